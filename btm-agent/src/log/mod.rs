@@ -1,0 +1,1 @@
+//! Append-only incremental log. See docs/FORMAT.md.

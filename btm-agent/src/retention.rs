@@ -1,0 +1,1 @@
+//! Which heights to keep: BTM fair and fade retention.

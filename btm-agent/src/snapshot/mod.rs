@@ -1,0 +1,1 @@
+//! Native snapshot modes: ZFS datasets and Btrfs subvolumes.

@@ -1,0 +1,1 @@
+//! Loads the eBPF tracker and drains its dirty-extent maps.

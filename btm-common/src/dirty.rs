@@ -1,0 +1,98 @@
+//! The dirty-extent bitmap: what the kernel side writes and the agent drains.
+//!
+//! A file's blocks are grouped in chunks of [`BLOCKS_PER_CHUNK`] 4 KiB blocks; each chunk that
+//! saw a change is one hash-map entry holding one bit per block. Memory therefore grows with the
+//! number of touched chunks (one bit per block plus a fixed key/entry overhead), and is bounded by
+//! the map's `max_entries`. When a chunk cannot be inserted the file degrades to a [`FileMark`]
+//! with `dirty_from = 0` ("whole file dirty"), which is counted, never silent.
+
+/// Bytes per tracked block. Equal to the page size on every architecture we support.
+pub const BLOCK_SIZE: u64 = 4096;
+pub const BLOCK_SHIFT: u32 = 12;
+/// Blocks covered by one [`Chunk`]: 512 blocks = 2 MiB of file per map entry.
+pub const BLOCKS_PER_CHUNK: u64 = 512;
+pub const CHUNK_WORDS: usize = (BLOCKS_PER_CHUNK / 64) as usize;
+/// `dirty_from` value meaning "no tail of the file is marked".
+pub const NO_TAIL: u64 = u64::MAX;
+
+/// Which two maps an event lands in: epoch `e` uses the maps with index `e & 1`.
+pub const EPOCHS: usize = 2;
+
+/// Key of one chunk: (device, inode, chunk index).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkKey {
+    /// Kernel `dev_t` (`MKDEV(major, minor)` in the kernel's 12:20 encoding).
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+    pub chunk: u64,
+}
+
+/// One bit per 4 KiB block of the chunk; bit `b % 64` of word `b / 64`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    pub bits: [u64; CHUNK_WORDS],
+}
+
+/// Key of a per-file record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileKey {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+
+/// Per-file marks that do not fit the block bitmap.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileMark {
+    /// Every byte at or beyond this offset may have changed (truncate, collapse/insert range,
+    /// clone, overflow degradation uses 0). [`NO_TAIL`] when unset.
+    pub dirty_from: u64,
+    /// Why the mark was set: an OR of the `WHY_*` bits.
+    pub why: u32,
+    pub _pad: u32,
+}
+
+pub const WHY_TRUNCATE: u32 = 1;
+pub const WHY_RANGE_SHIFT: u32 = 2;
+pub const WHY_CLONE: u32 = 4;
+pub const WHY_OVERFLOW: u32 = 8;
+
+/// The byte range the current task is writing through a precise (byte-granular) tracepoint.
+/// A folio event from the same task that overlaps it was caused by that write, so the folio's
+/// other blocks are not marked (large folios would otherwise turn 4 KiB writes into 2 MiB).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PreciseRange {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Slots of the per-CPU `STATS` array.
+pub mod stat {
+    /// Events that matched the tracked device.
+    pub const EVENTS: u32 = 0;
+    /// Chunk inserts that failed (map full) and degraded to a whole-file mark.
+    pub const CHUNK_OVERFLOW: u32 = 1;
+    /// File-mark inserts that failed too: the agent must resync everything (nothing is dropped
+    /// silently: this counter forces a full rescan of the epoch).
+    pub const LOST: u32 = 2;
+    /// Folio events suppressed because a precise write event covered them.
+    pub const FOLIO_SUPPRESSED: u32 = 3;
+    /// Folio events that marked the whole folio.
+    pub const FOLIO_MARKED: u32 = 4;
+    /// Precise (byte-range) events.
+    pub const PRECISE: u32 = 5;
+    /// Range-changing syscalls resolved to a tracked inode.
+    pub const RANGE_CALLS: u32 = 6;
+    /// Path-based truncates (`truncate(2)`) seen on any file: the agent rechecks sizes.
+    pub const PATH_TRUNCATE: u32 = 7;
+    pub const COUNT: u32 = 8;
+}
