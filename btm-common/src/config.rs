@@ -1,0 +1,65 @@
+//! Start-up configuration the agent hands to the programs through the `CONFIG` array map.
+//!
+//! Rust eBPF has no CO-RE relocations, so every kernel struct member offset the programs need is
+//! resolved by the agent from `/sys/kernel/btf/vmlinux`, and every tracepoint record field offset
+//! from tracefs `format` files. Nothing here is baked in for one kernel.
+
+/// Field offsets inside one tracepoint record (bytes from the start of the record).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RangeTp {
+    pub dev: u32,
+    pub ino: u32,
+    pub pos: u32,
+    pub len: u32,
+    /// Offset of a flags/mode field, or `u32::MAX` when the record has none.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Kernel `dev_t` of the tracked filesystem's superblock (`sb->s_dev`).
+    pub target_dev: u32,
+    /// Non-zero once the agent has filled this in; programs do nothing before.
+    pub ready: u32,
+
+    // struct folio
+    pub folio_flags: u32,
+    pub folio_index: u32,
+    /// `_flags_1` (second page's flags): the folio order is in its low byte when large.
+    pub folio_flags1: u32,
+    /// Bit number of `PG_head` in `folio->flags`.
+    pub pg_head_bit: u32,
+    // struct address_space / inode / super_block
+    pub mapping_host: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub inode_size: u32,
+    pub sb_dev: u32,
+    // task -> files -> fdtable -> file -> inode (resolving an fd)
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_inode: u32,
+    pub file_pos: u32,
+    // struct vm_area_struct (write faults on shared file mappings)
+    pub vma_start: u32,
+    pub vma_flags: u32,
+    pub vma_pgoff: u32,
+    pub vma_file: u32,
+    pub _pad: u32,
+
+    /// `iomap:iomap_iter` (flags = iomap flags) and the iomap flag values on this kernel.
+    pub iomap_iter: RangeTp,
+    pub iomap_flag_write: u32,
+    pub iomap_flag_zero: u32,
+    pub iomap_flag_fault: u32,
+    pub iomap_flag_direct: u32,
+    /// `ext4:ext4_write_begin` / `ext4:ext4_da_write_begin` (same layout).
+    pub ext4_write_begin: RangeTp,
+    /// `xfs:xfs_itruncate_extents_start`: `pos` holds the `new_size` offset.
+    pub xfs_itruncate: RangeTp,
+}
