@@ -5,7 +5,9 @@
 //! * [`retention`] decides which heights are kept (BTM's fair and fade).
 //! * [`snapshot`] holds the native-snapshot modes (ZFS, Btrfs).
 
+pub mod cmd;
 pub mod log;
 pub mod retention;
 pub mod snapshot;
 pub mod tracker;
+pub mod volume;

@@ -14,7 +14,8 @@ pub struct RangeTp {
     pub len: u32,
     /// Offset of a flags/mode field, or `u32::MAX` when the record has none.
     pub flags: u32,
-    pub _pad: u32,
+    /// Size in bytes of the `len` field (4 or 8).
+    pub len_size: u32,
 }
 
 #[repr(C)]
@@ -50,7 +51,8 @@ pub struct Config {
     pub vma_flags: u32,
     pub vma_pgoff: u32,
     pub vma_file: u32,
-    pub _pad: u32,
+    /// Offset of `vfs_inode` in `struct btrfs_inode` (`u32::MAX` without btrfs).
+    pub btrfs_vfs_inode: u32,
 
     /// `iomap:iomap_iter` (flags = iomap flags) and the iomap flag values on this kernel.
     pub iomap_iter: RangeTp,

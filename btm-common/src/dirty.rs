@@ -73,6 +73,8 @@ pub struct PreciseRange {
     pub ino: u64,
     pub start: u64,
     pub end: u64,
+    /// `bpf_ktime_get_ns()` after which the range no longer suppresses anything.
+    pub expires: u64,
 }
 
 /// Slots of the per-CPU `STATS` array.

@@ -1,1 +1,147 @@
-//! Shared fixtures for the end-to-end tests.
+//! Shared fixtures for the end-to-end tests: root checks that skip (or fail under
+//! `BTM_REQUIRE_KERNEL=1`), loop-mounted filesystems that clean up after themselves.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use tempfile::TempDir;
+
+/// Returns false (after printing why) when the test cannot run here. Under
+/// `BTM_REQUIRE_KERNEL=1` (CI) a skip is a failure instead.
+pub fn can_run(what: &str) -> bool {
+    let reason = if !nix::unistd::geteuid().is_root() {
+        Some("needs root (loop devices, mount, eBPF)".to_string())
+    } else if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        Some("kernel has no BTF".to_string())
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(r) => skip(what, &r),
+    }
+}
+
+/// Prints a skip, or panics when the environment requires kernel tests to run.
+pub fn skip(what: &str, reason: &str) -> bool {
+    if std::env::var("BTM_REQUIRE_KERNEL").as_deref() == Ok("1") {
+        panic!("{what}: cannot run: {reason} (BTM_REQUIRE_KERNEL=1 forbids skipping)");
+    }
+    eprintln!("SKIP {what}: {reason}");
+    false
+}
+
+pub fn have_tool(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+pub fn sh(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(cmd).args(args).output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{cmd} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A filesystem of `fstype` on a sparse image file, loop-mounted under a temp dir.
+pub struct LoopFs {
+    pub dir: TempDir,
+    pub mnt: PathBuf,
+    pub fstype: String,
+    mounted: bool,
+}
+
+impl LoopFs {
+    pub fn new(fstype: &str, size_mb: u64) -> anyhow::Result<LoopFs> {
+        let dir = tempfile::Builder::new()
+            .prefix("btm-fs-")
+            .tempdir_in(scratch())?;
+        let img = dir.path().join("fs.img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt)?;
+        std::fs::File::create(&img)?.set_len(size_mb << 20)?;
+        let img_s = img.to_str().unwrap();
+        match fstype {
+            "ext4" => sh("mkfs.ext4", &["-q", "-F", img_s])?,
+            "xfs" => sh("mkfs.xfs", &["-q", "-f", img_s])?,
+            "btrfs" => sh("mkfs.btrfs", &["-q", "-f", img_s])?,
+            other => anyhow::bail!("unsupported fs {other}"),
+        };
+        sh("mount", &["-o", "loop", img_s, mnt.to_str().unwrap()])?;
+        Ok(LoopFs {
+            dir,
+            mnt,
+            fstype: fstype.into(),
+            mounted: true,
+        })
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        if self.mounted {
+            let m = self.mnt.to_str().unwrap().to_string();
+            let _ = Command::new("fsfreeze").args(["-u", &m]).output();
+            // umount -d detaches the loop device too.
+            for _ in 0..20 {
+                if Command::new("umount")
+                    .args(["-d", &m])
+                    .status()
+                    .is_ok_and(|s| s.success())
+                {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// Where test images live: on the real disk, not tmpfs (images are sparse).
+pub fn scratch() -> PathBuf {
+    let p = std::env::var_os("BTM_TEST_SCRATCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&p).ok();
+    p
+}
+
+/// Filesystems the tests run on.
+pub const FILESYSTEMS: [&str; 3] = ["ext4", "xfs", "btrfs"];
+
+/// A deterministic xorshift generator: tests are reproducible without a rand dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next().to_le_bytes());
+        }
+        v.truncate(n);
+        v
+    }
+}

@@ -1,1 +1,429 @@
 //! Loads the eBPF tracker and drains its dirty-extent maps.
+//!
+//! The programs mark 4 KiB blocks per (device, inode) in the maps of the current epoch. To read
+//! what changed, the agent [`Tracker::flip`]s the epoch (new events land in the other maps),
+//! waits out every program that may still be running with the old epoch, and drains the old
+//! maps into a [`DirtySet`].
+mod dirty_set;
+mod kernel_btf;
+pub mod tracefs;
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{BtfTracePoint, TracePoint},
+};
+use btm_common::{
+    config::Config,
+    dirty::{Chunk, ChunkKey, FileKey, FileMark, stat},
+};
+pub use dirty_set::{DirtySet, FileDirty};
+pub use kernel_btf::KernelBtf;
+use tracefs::Format;
+
+use crate::volume::Mount;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrackerError {
+    #[error(
+        "loading eBPF programs needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN): run through \
+         `cargo xtask run`, with sudo, or use --mode zfs|btrfs|external"
+    )]
+    NotPrivileged,
+    #[error(
+        "the kernel has no BTF ({}): it was built without CONFIG_DEBUG_INFO_BTF, so the eBPF tracker \
+         cannot find its structs; use --mode zfs or --mode btrfs on such kernels",
+        kernel_btf::VMLINUX
+    )]
+    NoBtf,
+    #[error("kernel BTF: {0}")]
+    Btf(String),
+    #[error(
+        "the kernel lacks the tracepoint {name} that the eBPF tracker needs; use --mode zfs or \
+         --mode btrfs (native snapshots) on this kernel"
+    )]
+    MissingTracepoint { name: String },
+    #[error("tracepoint format: {0}")]
+    Format(String),
+    #[error("cannot mount {what}: {source}; mount it by hand or run as root")]
+    Mount {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("loading the eBPF programs failed: {0}")]
+    Load(String),
+    #[error("eBPF map {0}: {1}")]
+    Map(&'static str, String),
+}
+
+/// The embedded eBPF object, built by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/btm"));
+
+/// Sizes of the dirty maps.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Chunk entries per epoch (each covers 2 MiB of one file).
+    pub chunks: u32,
+    /// File marks per epoch.
+    pub files: u32,
+}
+
+impl Limits {
+    /// Room for the whole volume being dirty in one epoch: one chunk per 2 MiB, at most 4 Mi
+    /// entries, at least 64 Ki.
+    pub fn for_volume_bytes(bytes: u64) -> Self {
+        let chunks = (bytes / (2 << 20)).clamp(65_536, 4 << 20) as u32;
+        Limits {
+            chunks,
+            files: 65_536,
+        }
+    }
+}
+
+/// Counters since load, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, PartialEq, Eq)]
+pub struct Stats {
+    pub events: u64,
+    pub chunk_overflows: u64,
+    pub lost: u64,
+    pub folio_suppressed: u64,
+    pub folio_marked: u64,
+    pub precise: u64,
+    pub range_calls: u64,
+    pub path_truncates: u64,
+}
+
+pub struct Tracker {
+    ebpf: Ebpf,
+    mount: Mount,
+    epoch: u32,
+    /// Programs that could not be attached on this kernel (optional precision sources).
+    pub skipped: Vec<String>,
+}
+
+impl Tracker {
+    /// Loads and attaches the programs for the filesystem mounted at `mount`.
+    pub fn start(mount: &Mount, limits: Limits) -> Result<Tracker, TrackerError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(TrackerError::NotPrivileged);
+        }
+        tracefs::ensure_mounted()?;
+        let kbtf = KernelBtf::load()?;
+        let mut cfg = Config {
+            target_dev: mount.kernel_dev(),
+            ..Default::default()
+        };
+        kbtf.fill(&mut cfg)?;
+        fill_tracepoints(&mut cfg)?;
+
+        let btf = Btf::from_sys_fs().map_err(|e| TrackerError::Btf(e.to_string()))?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .map_max_entries("DIRTY0", limits.chunks)
+            .map_max_entries("DIRTY1", limits.chunks)
+            .map_max_entries("MARKS0", limits.files)
+            .map_max_entries("MARKS1", limits.files)
+            .load(EBPF_OBJECT)
+            .map_err(|e| load_error(e.to_string()))?;
+        cfg.ready = 1;
+        {
+            let mut config: Array<_, Config> = Array::try_from(ebpf.map_mut("CONFIG").unwrap())
+                .map_err(|e| TrackerError::Map("CONFIG", e.to_string()))?;
+            config
+                .set(0, cfg, 0)
+                .map_err(|e| TrackerError::Map("CONFIG", e.to_string()))?;
+        }
+
+        let mut skipped = Vec::new();
+        // (program, kind, target, required)
+        let fs = mount.fstype.as_str();
+        let progs: &[(&str, Kind, &str, bool)] = &[
+            ("btm_dirty_folio", Kind::Btf, "writeback_dirty_folio", true),
+            ("btm_fault_user", Kind::Btf, "page_fault_user", true),
+            ("btm_fault_kernel", Kind::Btf, "page_fault_kernel", true),
+            ("btm_iomap_iter", Kind::Tp, "iomap/iomap_iter", true),
+            (
+                "btm_ext4_da_write_begin",
+                Kind::Tp,
+                "ext4/ext4_da_write_begin",
+                fs == "ext4",
+            ),
+            (
+                "btm_ext4_write_begin",
+                Kind::Tp,
+                "ext4/ext4_write_begin",
+                fs == "ext4",
+            ),
+            (
+                "btm_ext4_truncate",
+                Kind::Btf,
+                "ext4_truncate_enter",
+                fs == "ext4",
+            ),
+            (
+                "btm_btrfs_truncate_regular",
+                Kind::Btf,
+                "btrfs_truncate_show_fi_regular",
+                fs == "btrfs",
+            ),
+            (
+                "btm_btrfs_truncate_inline",
+                Kind::Btf,
+                "btrfs_truncate_show_fi_inline",
+                fs == "btrfs",
+            ),
+            (
+                "btm_xfs_itruncate",
+                Kind::Tp,
+                "xfs/xfs_itruncate_extents_start",
+                fs == "xfs",
+            ),
+            (
+                "btm_fallocate",
+                Kind::Tp,
+                "syscalls/sys_enter_fallocate",
+                true,
+            ),
+            (
+                "btm_ftruncate",
+                Kind::Tp,
+                "syscalls/sys_enter_ftruncate",
+                true,
+            ),
+            (
+                "btm_truncate",
+                Kind::Tp,
+                "syscalls/sys_enter_truncate",
+                true,
+            ),
+            (
+                "btm_copy_file_range",
+                Kind::Tp,
+                "syscalls/sys_enter_copy_file_range",
+                true,
+            ),
+            ("btm_ioctl", Kind::Tp, "syscalls/sys_enter_ioctl", true),
+            (
+                "btm_enter_openat",
+                Kind::Tp,
+                "syscalls/sys_enter_openat",
+                true,
+            ),
+            (
+                "btm_exit_openat",
+                Kind::Tp,
+                "syscalls/sys_exit_openat",
+                true,
+            ),
+            (
+                "btm_enter_openat2",
+                Kind::Tp,
+                "syscalls/sys_enter_openat2",
+                true,
+            ),
+            (
+                "btm_exit_openat2",
+                Kind::Tp,
+                "syscalls/sys_exit_openat2",
+                true,
+            ),
+            ("btm_enter_open", Kind::Tp, "syscalls/sys_enter_open", false),
+            ("btm_exit_open", Kind::Tp, "syscalls/sys_exit_open", false),
+            (
+                "btm_enter_creat",
+                Kind::Tp,
+                "syscalls/sys_enter_creat",
+                false,
+            ),
+            ("btm_exit_creat", Kind::Tp, "syscalls/sys_exit_creat", false),
+        ];
+        for &(prog, kind, target, required) in progs {
+            match attach(&mut ebpf, &btf, prog, kind, target) {
+                Ok(()) => {}
+                Err(e) if required => return Err(e),
+                Err(e) => {
+                    tracing::debug!("not attaching {prog} ({target}): {e}");
+                    skipped.push(target.to_string());
+                }
+            }
+        }
+        Ok(Tracker {
+            ebpf,
+            mount: mount.clone(),
+            epoch: 0,
+            skipped,
+        })
+    }
+
+    pub fn mount(&self) -> &Mount {
+        &self.mount
+    }
+
+    /// Switches events to the other epoch's maps and waits until no program can still be
+    /// writing into the old ones. Returns the old epoch's map index.
+    pub fn flip(&mut self) -> Result<usize, TrackerError> {
+        let old = self.epoch;
+        self.epoch = self.epoch.wrapping_add(1);
+        let mut epoch: Array<_, u32> = Array::try_from(self.ebpf.map_mut("EPOCH").unwrap())
+            .map_err(|e| TrackerError::Map("EPOCH", e.to_string()))?;
+        epoch
+            .set(0, self.epoch, 0)
+            .map_err(|e| TrackerError::Map("EPOCH", e.to_string()))?;
+        // Programs run inside RCU read-side sections; MEMBARRIER_CMD_GLOBAL waits for a full
+        // RCU grace period, after which none can still hold the old epoch.
+        // SAFETY: plain syscall without pointers.
+        unsafe {
+            libc::syscall(
+                libc::SYS_membarrier,
+                1, /* MEMBARRIER_CMD_GLOBAL */
+                0,
+                0,
+            )
+        };
+        Ok((old & 1) as usize)
+    }
+
+    /// Empties the maps of epoch index `idx` into a [`DirtySet`].
+    pub fn drain(&mut self, idx: usize) -> Result<DirtySet, TrackerError> {
+        let (dname, mname) = if idx == 0 {
+            ("DIRTY0", "MARKS0")
+        } else {
+            ("DIRTY1", "MARKS1")
+        };
+        let mut set = DirtySet::default();
+        {
+            let mut dirty: HashMap<_, ChunkKey, Chunk> =
+                HashMap::try_from(self.ebpf.map_mut(dname).unwrap())
+                    .map_err(|e| TrackerError::Map("DIRTY", e.to_string()))?;
+            let keys: Vec<ChunkKey> = dirty.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                if let Ok(c) = dirty.get(&k, 0) {
+                    set.add_chunk(k.ino, k.chunk, &c.bits);
+                }
+                let _ = dirty.remove(&k);
+            }
+        }
+        {
+            let mut marks: HashMap<_, FileKey, FileMark> =
+                HashMap::try_from(self.ebpf.map_mut(mname).unwrap())
+                    .map_err(|e| TrackerError::Map("MARKS", e.to_string()))?;
+            let keys: Vec<FileKey> = marks.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                if let Ok(m) = marks.get(&k, 0) {
+                    set.add_tail(k.ino, m.dirty_from, m.why);
+                }
+                let _ = marks.remove(&k);
+            }
+        }
+        Ok(set)
+    }
+
+    /// Flip and drain in one step: everything marked since the previous call.
+    pub fn take(&mut self) -> Result<DirtySet, TrackerError> {
+        let idx = self.flip()?;
+        self.drain(idx)
+    }
+
+    pub fn stats(&self) -> Result<Stats, TrackerError> {
+        let arr: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map("STATS").unwrap())
+                .map_err(|e| TrackerError::Map("STATS", e.to_string()))?;
+        let get = |slot: u32| -> u64 { arr.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0) };
+        Ok(Stats {
+            events: get(stat::EVENTS),
+            chunk_overflows: get(stat::CHUNK_OVERFLOW),
+            lost: get(stat::LOST),
+            folio_suppressed: get(stat::FOLIO_SUPPRESSED),
+            folio_marked: get(stat::FOLIO_MARKED),
+            precise: get(stat::PRECISE),
+            range_calls: get(stat::RANGE_CALLS),
+            path_truncates: get(stat::PATH_TRUNCATE),
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Btf,
+    Tp,
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    prog: &str,
+    kind: Kind,
+    target: &str,
+) -> Result<(), TrackerError> {
+    let p = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| TrackerError::Load(format!("program {prog} missing from the object")))?;
+    match kind {
+        Kind::Btf => {
+            let p: &mut BtfTracePoint = p
+                .try_into()
+                .map_err(|e| load_error(format!("{prog}: {e}")))?;
+            p.load(target, btf)
+                .map_err(|e| load_error(format!("{prog}: {e:#}")))?;
+            p.attach().map_err(|e| load_error(format!("{prog}: {e}")))?;
+        }
+        Kind::Tp => {
+            let (cat, name) = target.split_once('/').unwrap();
+            if !Format::exists(cat, name) {
+                return Err(TrackerError::MissingTracepoint {
+                    name: format!("{cat}:{name}"),
+                });
+            }
+            let p: &mut TracePoint = p
+                .try_into()
+                .map_err(|e| load_error(format!("{prog}: {e}")))?;
+            p.load().map_err(|e| load_error(format!("{prog}: {e:#}")))?;
+            p.attach(cat, name)
+                .map_err(|e| load_error(format!("{prog}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+fn load_error(msg: String) -> TrackerError {
+    if msg.contains("Operation not permitted") || msg.contains("EPERM") {
+        TrackerError::NotPrivileged
+    } else {
+        TrackerError::Load(msg)
+    }
+}
+
+/// Tracepoint record offsets and flag values from tracefs.
+fn fill_tracepoints(cfg: &mut Config) -> Result<(), TrackerError> {
+    let iomap = Format::read("iomap", "iomap_iter")?;
+    cfg.iomap_iter = iomap.range("pos", Some("length"), Some("flags"))?;
+    cfg.iomap_flag_write = iomap.flag("WRITE")?;
+    cfg.iomap_flag_zero = iomap.flag("ZERO")?;
+    cfg.iomap_flag_fault = iomap.flag("FAULT")?;
+    cfg.iomap_flag_direct = iomap.flag("DIRECT")?;
+    if Format::exists("ext4", "ext4_da_write_begin") {
+        cfg.ext4_write_begin =
+            Format::read("ext4", "ext4_da_write_begin")?.range("pos", Some("len"), None)?;
+        let plain = Format::read("ext4", "ext4_write_begin")?.range("pos", Some("len"), None)?;
+        if plain != cfg.ext4_write_begin {
+            return Err(TrackerError::Format(
+                "ext4_write_begin and ext4_da_write_begin records differ; this kernel needs a newer btm".into(),
+            ));
+        }
+    }
+    if Format::exists("xfs", "xfs_itruncate_extents_start") {
+        cfg.xfs_itruncate =
+            Format::read("xfs", "xfs_itruncate_extents_start")?.range("new_size", None, None)?;
+    }
+    Ok(())
+}
+
+/// Per-file summary for display: inode -> (dirty bytes, extents).
+pub fn summarize(set: &DirtySet) -> BTreeMap<u64, (u64, usize)> {
+    set.files
+        .iter()
+        .map(|(ino, f)| (*ino, (f.block_bytes(), f.extents().len())))
+        .collect()
+}

@@ -1,0 +1,2 @@
+//! One module per CLI subcommand.
+pub mod track;

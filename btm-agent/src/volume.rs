@@ -1,0 +1,167 @@
+//! The tracked volume: which mounted filesystem a path is, and freezing it.
+use std::{
+    fs,
+    os::unix::io::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+/// A mounted filesystem, from `/proc/self/mountinfo`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    pub mount_point: PathBuf,
+    pub fstype: String,
+    pub source: String,
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl Mount {
+    /// The kernel's internal `dev_t` encoding (`MKDEV`: 12-bit major, 20-bit minor), which is
+    /// what `sb->s_dev` and tracepoint `dev` fields hold.
+    pub fn kernel_dev(&self) -> u32 {
+        (self.major << 20) | self.minor
+    }
+
+    /// The mount whose mount point is exactly `path` (the last one when mounts are stacked).
+    pub fn at(path: &Path) -> anyhow::Result<Mount> {
+        let canon = fs::canonicalize(path).map_err(|e| {
+            anyhow::anyhow!(
+                "volume {}: {e}; create and mount the chain data volume there first",
+                path.display()
+            )
+        })?;
+        let info = fs::read_to_string("/proc/self/mountinfo")?;
+        parse_mountinfo(&info)
+            .into_iter()
+            .rev()
+            .find(|m| m.mount_point == canon)
+            .ok_or_else(|| {
+                let containing = Mount::containing(&canon)
+                    .map(|m| format!(" (it lives on {} mounted at {})", m.fstype, m.mount_point.display()))
+                    .unwrap_or_default();
+                anyhow::anyhow!(
+                    "{} is not a mount point{containing}: btm tracks a whole filesystem. Mount the chain \
+                     data volume at this path, or pass its mount point as --volume (`findmnt -T {}` shows it)",
+                    canon.display(),
+                    canon.display()
+                )
+            })
+    }
+
+    /// The mount that contains `path` (longest mount-point prefix).
+    pub fn containing(path: &Path) -> Option<Mount> {
+        let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+        parse_mountinfo(&info)
+            .into_iter()
+            .filter(|m| path.starts_with(&m.mount_point))
+            .max_by_key(|m| m.mount_point.as_os_str().len())
+    }
+}
+
+/// Parses mountinfo lines: `id parent maj:min root mountpoint opts [optional...] - fstype source superopts`.
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let l: Vec<&str> = left.split(' ').collect();
+            let r: Vec<&str> = right.split(' ').collect();
+            let (major, minor) = l.get(2)?.split_once(':')?;
+            Some(Mount {
+                mount_point: PathBuf::from(unescape(l.get(4)?)),
+                fstype: r.first()?.to_string(),
+                source: unescape(r.get(1).unwrap_or(&"")),
+                major: major.parse().ok()?,
+                minor: minor.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+nix::ioctl_readwrite_bad!(fifreeze_raw, 0xc004_5877, libc::c_int);
+nix::ioctl_readwrite_bad!(fithaw_raw, 0xc004_5878, libc::c_int);
+
+/// A frozen filesystem; thawed on drop so no error path can leave the node's volume frozen.
+pub struct Frozen {
+    dir: fs::File,
+    thawed: bool,
+}
+
+impl Frozen {
+    /// `FIFREEZE`: blocks new writers and page faults, drains in-flight ones and writes back
+    /// every dirty page, so every folio is clean when this returns.
+    pub fn freeze(mount_point: &Path) -> anyhow::Result<Frozen> {
+        let dir = fs::File::open(mount_point)?;
+        let mut zero: libc::c_int = 0;
+        // SAFETY: FIFREEZE on an open directory of the filesystem; the argument is unused.
+        unsafe { fifreeze_raw(dir.as_raw_fd(), &mut zero) }.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot freeze {}: {e}; the filesystem must support FIFREEZE (ext4, xfs, btrfs do) \
+                 and not be frozen already (`fsfreeze -u {}` thaws a stuck one)",
+                mount_point.display(),
+                mount_point.display()
+            )
+        })?;
+        Ok(Frozen { dir, thawed: false })
+    }
+
+    pub fn thaw(mut self) -> anyhow::Result<()> {
+        self.do_thaw()
+    }
+
+    fn do_thaw(&mut self) -> anyhow::Result<()> {
+        if self.thawed {
+            return Ok(());
+        }
+        self.thawed = true;
+        let mut zero: libc::c_int = 0;
+        // SAFETY: FITHAW on the directory we froze.
+        unsafe { fithaw_raw(self.dir.as_raw_fd(), &mut zero) }?;
+        Ok(())
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if let Err(e) = self.do_thaw() {
+            tracing::error!("thawing the volume failed: {e}; run `fsfreeze -u` on it");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mountinfo() {
+        let text = "36 35 98:0 / /mnt/my\\040data rw,noatime master:1 - ext4 /dev/loop0 rw,errors=continue\n\
+                    37 35 0:45 / /mnt/b rw shared:2 - btrfs /dev/loop1 rw\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].mount_point, PathBuf::from("/mnt/my data"));
+        assert_eq!((m[0].major, m[0].minor), (98, 0));
+        assert_eq!(m[0].kernel_dev(), 98 << 20);
+        assert_eq!(m[1].fstype, "btrfs");
+        assert_eq!(m[1].kernel_dev(), 45);
+    }
+}

@@ -1,0 +1,38 @@
+//! Every map the programs share with the agent. Map names are the agent's contract.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use btm_common::{
+    config::Config,
+    dirty::{Chunk, ChunkKey, FileKey, FileMark, PreciseRange, stat},
+};
+
+/// Hash maps allocate entries on insert, so memory follows what is dirty, bounded by
+/// `max_entries` (the agent sizes the dirty maps for the volume at load time).
+const NO_PREALLOC: u32 = 1;
+
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+/// Current epoch; events land in the maps with index `epoch & 1`.
+#[map]
+pub static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static DIRTY0: HashMap<ChunkKey, Chunk> = HashMap::with_max_entries(65536, NO_PREALLOC);
+#[map]
+pub static DIRTY1: HashMap<ChunkKey, Chunk> = HashMap::with_max_entries(65536, NO_PREALLOC);
+#[map]
+pub static MARKS0: HashMap<FileKey, FileMark> = HashMap::with_max_entries(16384, NO_PREALLOC);
+#[map]
+pub static MARKS1: HashMap<FileKey, FileMark> = HashMap::with_max_entries(16384, NO_PREALLOC);
+
+/// Per task: the byte range its current write covers (see `PreciseRange`).
+#[map]
+pub static PRECISE: LruHashMap<u64, PreciseRange> = LruHashMap::with_max_entries(8192, 0);
+/// Per task: an open with O_TRUNC is in flight (resolved to an inode at syscall exit).
+#[map]
+pub static OPEN_TRUNC: LruHashMap<u64, u32> = LruHashMap::with_max_entries(8192, 0);
+
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);

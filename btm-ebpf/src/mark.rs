@@ -1,0 +1,262 @@
+//! Marking the bitmap of the current epoch.
+//!
+//! Missing a change loses data; over-marking only costs a read. So every failure path here
+//! degrades towards marking more (a file tail, then the whole file) and is counted.
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_or},
+};
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_loop},
+    maps::HashMap,
+};
+use btm_common::dirty::{
+    BLOCK_SHIFT, BLOCKS_PER_CHUNK, CHUNK_WORDS, Chunk, ChunkKey, FileKey, FileMark, PreciseRange,
+    WHY_OVERFLOW, stat,
+};
+
+use crate::maps::{DIRTY0, DIRTY1, EPOCH, MARKS0, MARKS1, PRECISE, STATS};
+
+/// Chunks one event may mark bit by bit (16 GiB); a longer range marks the file's tail.
+const MAX_CHUNKS_PER_EVENT: u64 = 8192;
+/// A precise range suppresses folio events from the same task for this long at most; an
+/// expired range only means the folio is marked whole (safe direction).
+const PRECISE_TTL_NS: u64 = 1_000_000_000;
+
+#[inline(always)]
+pub fn count(slot: u32) {
+    if let Some(p) = STATS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot; no other writer on this CPU while we run.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn epoch_maps() -> (
+    &'static HashMap<ChunkKey, Chunk>,
+    &'static HashMap<FileKey, FileMark>,
+) {
+    let e = EPOCH.get(0).copied().unwrap_or(0);
+    if e & 1 == 0 {
+        (&DIRTY0, &MARKS0)
+    } else {
+        (&DIRTY1, &MARKS1)
+    }
+}
+
+/// Marks every byte at or beyond `from` of the file (truncate, range shifts, clones, overflow).
+#[inline(never)]
+pub fn mark_tail(dev: u32, ino: u64, from: u64, why: u32) {
+    let (_, marks) = epoch_maps();
+    let key = FileKey { dev, _pad: 0, ino };
+    if let Some(m) = marks.get_ptr_mut(&key) {
+        // SAFETY: map value pointer; a lost race only leaves a larger `dirty_from`,
+        // which the next writer or the retry below fixes.
+        unsafe {
+            if from < (*m).dirty_from {
+                (*m).dirty_from = from;
+            }
+            (*m).why |= why;
+        }
+        return;
+    }
+    let mark = FileMark {
+        dirty_from: from,
+        why,
+        _pad: 0,
+    };
+    match marks.insert(&key, &mark, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        Err(_) => {
+            if let Some(m) = marks.get_ptr_mut(&key) {
+                // SAFETY: as above.
+                unsafe {
+                    if from < (*m).dirty_from {
+                        (*m).dirty_from = from;
+                    }
+                    (*m).why |= why;
+                }
+            } else {
+                // Both maps full: the agent must rescan everything this epoch.
+                count(stat::LOST);
+            }
+        }
+    }
+}
+
+/// Sets bits `lo..=hi` (block numbers within the chunk) of one chunk.
+#[inline(always)]
+fn mark_chunk(dirty: &HashMap<ChunkKey, Chunk>, key: &ChunkKey, lo: u64, hi: u64) -> bool {
+    let mut bits = [0u64; CHUNK_WORDS];
+    let mut w = 0;
+    while w < CHUNK_WORDS {
+        let wlo = (w as u64) * 64;
+        let whi = wlo + 63;
+        if hi >= wlo && lo <= whi {
+            let a = if lo > wlo { lo - wlo } else { 0 };
+            let b = if hi < whi { hi - wlo } else { 63 };
+            let width = b - a + 1;
+            let ones = if width == 64 {
+                u64::MAX
+            } else {
+                (1u64 << width) - 1
+            };
+            bits[w] = ones << a;
+        }
+        w += 1;
+    }
+    if let Some(c) = dirty.get_ptr_mut(key) {
+        or_bits(c, &bits);
+        return true;
+    }
+    let chunk = Chunk { bits };
+    if dirty.insert(key, &chunk, BPF_NOEXIST as u64).is_ok() {
+        return true;
+    }
+    // Lost an insert race, or the map is full.
+    if let Some(c) = dirty.get_ptr_mut(key) {
+        or_bits(c, &bits);
+        return true;
+    }
+    false
+}
+
+#[inline(always)]
+fn or_bits(c: *mut Chunk, bits: &[u64; CHUNK_WORDS]) {
+    let mut w = 0;
+    while w < CHUNK_WORDS {
+        if bits[w] != 0 {
+            // SAFETY: points into a live map value; atomic so concurrent CPUs never lose a bit.
+            unsafe {
+                let word = core::ptr::addr_of_mut!((*c).bits[w]);
+                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(word, bits[w]);
+            }
+        }
+        w += 1;
+    }
+}
+
+/// State shared with the per-chunk `bpf_loop` callback.
+#[repr(C)]
+struct RangeCtx {
+    dev: u32,
+    odd: u32,
+    ino: u64,
+    first: u64,
+    last: u64,
+    c0: u64,
+    failed: u64,
+}
+
+/// Marks the bytes `[start, end)` of a file dirty.
+///
+/// Chunks are visited with `bpf_loop` so the verifier checks the body once, whatever the
+/// length of the range.
+#[inline(never)]
+pub fn mark_range(dev: u32, ino: u64, start: u64, end: u64) {
+    if end <= start {
+        return;
+    }
+    count(stat::EVENTS);
+    let first = start >> BLOCK_SHIFT;
+    let last = (end - 1) >> BLOCK_SHIFT;
+    let c0 = first / BLOCKS_PER_CHUNK;
+    let c1 = last / BLOCKS_PER_CHUNK;
+    if c1 - c0 >= MAX_CHUNKS_PER_EVENT {
+        mark_tail(dev, ino, first << BLOCK_SHIFT, 0);
+        return;
+    }
+    let odd = EPOCH.get(0).copied().unwrap_or(0) & 1;
+    let mut ctx = RangeCtx {
+        dev,
+        odd,
+        ino,
+        first,
+        last,
+        c0,
+        failed: 0,
+    };
+    // SAFETY: the callback only touches `ctx`, which outlives the call.
+    unsafe {
+        bpf_loop(
+            (c1 - c0 + 1) as u32,
+            chunk_cb as *mut c_void,
+            &mut ctx as *mut RangeCtx as *mut c_void,
+            0,
+        );
+    }
+    if ctx.failed != 0 {
+        count(stat::CHUNK_OVERFLOW);
+        mark_tail(dev, ino, 0, WHY_OVERFLOW);
+    }
+}
+
+#[inline(never)]
+unsafe extern "C" fn chunk_cb(i: u64, data: *mut c_void) -> i64 {
+    // SAFETY: `data` is the RangeCtx passed by mark_range.
+    let ctx = unsafe { &mut *(data as *mut RangeCtx) };
+    let c = ctx.c0 + i;
+    let c_first = ctx.first / BLOCKS_PER_CHUNK;
+    let c_last = ctx.last / BLOCKS_PER_CHUNK;
+    let lo = if c == c_first {
+        ctx.first % BLOCKS_PER_CHUNK
+    } else {
+        0
+    };
+    let hi = if c == c_last {
+        ctx.last % BLOCKS_PER_CHUNK
+    } else {
+        BLOCKS_PER_CHUNK - 1
+    };
+    let key = ChunkKey {
+        dev: ctx.dev,
+        _pad: 0,
+        ino: ctx.ino,
+        chunk: c,
+    };
+    let dirty = if ctx.odd == 0 { &DIRTY0 } else { &DIRTY1 };
+    if mark_chunk(dirty, &key, lo, hi) {
+        0
+    } else {
+        ctx.failed = 1;
+        1
+    }
+}
+
+/// Marks `[start, end)` and remembers it as the current task's precise write range.
+#[inline(always)]
+pub fn mark_precise(dev: u32, ino: u64, start: u64, end: u64) {
+    count(stat::PRECISE);
+    mark_range(dev, ino, start, end);
+    let tid = bpf_get_current_pid_tgid();
+    let r = PreciseRange {
+        dev,
+        _pad: 0,
+        ino,
+        start,
+        end,
+        // SAFETY: plain helper call.
+        expires: unsafe { bpf_ktime_get_ns() } + PRECISE_TTL_NS,
+    };
+    let _ = PRECISE.insert(&tid, &r, 0);
+}
+
+/// True when the current task's precise range covers part of `[start, end)` of this file.
+#[inline(always)]
+pub fn covered_by_precise(dev: u32, ino: u64, start: u64, end: u64) -> bool {
+    let tid = bpf_get_current_pid_tgid();
+    // SAFETY: value copied out immediately.
+    match unsafe { PRECISE.get(&tid) } {
+        Some(r) => {
+            r.dev == dev
+                && r.ino == ino
+                && r.start < end
+                && r.end > start
+                // SAFETY: plain helper call.
+                && unsafe { bpf_ktime_get_ns() } < r.expires
+        }
+        None => false,
+    }
+}

@@ -1,0 +1,106 @@
+//! `exceptions:page_fault_user` / `page_fault_kernel` (tp_btf): write faults on shared file
+//! mappings, resolved to (inode, page) with `bpf_find_vma`.
+//!
+//! A store through a shared mapping is only visible to the kernel as a fault on a
+//! write-protected PTE (after each cut's writeback every PTE of a clean folio is read-only).
+//! Marking the faulting page gives 4 KiB precision for mmap-based engines (MDBX, LMDB) even
+//! with large folios, and makes the page a precise range so the folio event that follows does
+//! not mark the whole folio.
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::generated::{bpf_find_vma, bpf_get_current_task_btf},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use btm_common::dirty::BLOCK_SHIFT;
+
+use crate::{
+    kernel::{config, read, tracked_inode},
+    mark::mark_precise,
+};
+
+/// x86 page fault error code: the access was a write.
+const X86_PF_WRITE: u64 = 1 << 1;
+/// `VM_SHARED`: stores reach the file (private mappings copy on write).
+const VM_SHARED: u64 = 0x8;
+
+#[repr(C)]
+struct FaultCtx {
+    addr: u64,
+    dev: u32,
+    found: u32,
+    ino: u64,
+    page: u64,
+}
+
+#[btf_tracepoint(function = "page_fault_user")]
+pub fn btm_fault_user(ctx: BtfTracePointContext) -> u32 {
+    on_fault(ctx.arg(0), ctx.arg(2));
+    0
+}
+
+#[btf_tracepoint(function = "page_fault_kernel")]
+pub fn btm_fault_kernel(ctx: BtfTracePointContext) -> u32 {
+    on_fault(ctx.arg(0), ctx.arg(2));
+    0
+}
+
+#[inline(always)]
+fn on_fault(addr: u64, error_code: u64) {
+    if error_code & X86_PF_WRITE == 0 || config().is_none() {
+        return;
+    }
+    let mut fc = FaultCtx {
+        addr,
+        dev: 0,
+        found: 0,
+        ino: 0,
+        page: 0,
+    };
+    // SAFETY: the task pointer is a trusted BTF pointer; the callback only reads through
+    // probe_read and writes into `fc` on our stack.
+    unsafe {
+        let task = bpf_get_current_task_btf();
+        bpf_find_vma(
+            task,
+            addr,
+            find_cb as *mut c_void,
+            &mut fc as *mut FaultCtx as *mut c_void,
+            0,
+        );
+    }
+    if fc.found != 0 {
+        let start = fc.page << BLOCK_SHIFT;
+        mark_precise(fc.dev, fc.ino, start, start + (1 << BLOCK_SHIFT));
+    }
+}
+
+#[inline(never)]
+unsafe extern "C" fn find_cb(_task: *mut c_void, vma: *mut c_void, data: *mut c_void) -> i64 {
+    let _ = resolve(vma as *const u8, data as *mut FaultCtx);
+    0
+}
+
+#[inline(always)]
+fn resolve(vma: *const u8, fc: *mut FaultCtx) -> Option<()> {
+    let cfg = config()?;
+    let flags: u64 = read(vma, cfg.vma_flags)?;
+    if flags & VM_SHARED == 0 {
+        return None;
+    }
+    let file: *const u8 = read(vma, cfg.vma_file)?;
+    let inode: *const u8 = read(file, cfg.file_inode)?;
+    let (dev, ino) = tracked_inode(cfg, inode)?;
+    let start: u64 = read(vma, cfg.vma_start)?;
+    let pgoff: u64 = read(vma, cfg.vma_pgoff)?;
+    // SAFETY: `fc` points at the caller's stack object, passed through bpf_find_vma.
+    unsafe {
+        let addr = (*fc).addr;
+        (*fc).dev = dev;
+        (*fc).ino = ino;
+        (*fc).page = ((addr - start) >> BLOCK_SHIFT) + pgoff;
+        (*fc).found = 1;
+    }
+    Some(())
+}

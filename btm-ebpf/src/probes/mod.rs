@@ -1,0 +1,8 @@
+//! One program per file. Precise (byte-range) events first, the folio event as the safety net.
+mod btrfs;
+mod ext4;
+mod fault;
+mod folio;
+mod iomap;
+mod syscalls;
+mod xfs;

@@ -1,0 +1,224 @@
+//! Range-changing system calls that dirty no page: fallocate (punch, zero, collapse, insert),
+//! ftruncate, copy_file_range (reflinks), FICLONE/FICLONERANGE, open with O_TRUNC, and
+//! truncate(2) by path (counted: the agent rechecks sizes where no filesystem event covers it).
+//!
+//! Syscall records have a fixed ABI layout: 8 bytes of common header, the syscall number, then
+//! each argument as 8 bytes from offset 16.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use btm_common::dirty::{WHY_CLONE, WHY_RANGE_SHIFT, WHY_TRUNCATE, stat};
+
+use crate::{
+    kernel::{config, read, tracked_fd},
+    maps::OPEN_TRUNC,
+    mark::{count, mark_range, mark_tail},
+};
+
+const FALLOC_FL_PUNCH_HOLE: u64 = 0x02;
+const FALLOC_FL_COLLAPSE_RANGE: u64 = 0x08;
+const FALLOC_FL_ZERO_RANGE: u64 = 0x10;
+const FALLOC_FL_INSERT_RANGE: u64 = 0x20;
+const O_TRUNC: u64 = 0o1000;
+const FICLONE: u64 = 0x4004_9409;
+const FICLONERANGE: u64 = 0x4020_940d;
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> Option<u64> {
+    // SAFETY: syscall tracepoint records hold 8-byte arguments from offset 16.
+    unsafe { ctx.read_at::<u64>(16 + 8 * n).ok() }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_fallocate")]
+pub fn btm_fallocate(ctx: TracePointContext) -> u32 {
+    let _ = fallocate(&ctx);
+    0
+}
+
+#[inline(always)]
+fn fallocate(ctx: &TracePointContext) -> Option<()> {
+    let cfg = config()?;
+    let (dev, ino, _) = tracked_fd(cfg, arg(ctx, 0)?)?;
+    let (mode, off, len) = (arg(ctx, 1)?, arg(ctx, 2)?, arg(ctx, 3)?);
+    count(stat::RANGE_CALLS);
+    if mode & (FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE) != 0 {
+        mark_tail(dev, ino, off, WHY_RANGE_SHIFT);
+    } else if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE) != 0 {
+        mark_range(dev, ino, off, off.saturating_add(len));
+    }
+    // Plain allocation changes no content; growth past EOF is seen in the size.
+    Some(())
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_ftruncate")]
+pub fn btm_ftruncate(ctx: TracePointContext) -> u32 {
+    let _ = ftruncate(&ctx);
+    0
+}
+
+#[inline(always)]
+fn ftruncate(ctx: &TracePointContext) -> Option<()> {
+    let cfg = config()?;
+    let (dev, ino, file) = tracked_fd(cfg, arg(ctx, 0)?)?;
+    count(stat::RANGE_CALLS);
+    // Shrinking drops [len, size); growing adds zeros at [size, len): either way everything
+    // from the smaller of the two changes.
+    let inode: *const u8 = read(file, cfg.file_inode)?;
+    let size: u64 = read(inode, cfg.inode_size).unwrap_or(0);
+    let len = arg(ctx, 1)?;
+    mark_tail(dev, ino, if len < size { len } else { size }, WHY_TRUNCATE);
+    Some(())
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_truncate")]
+pub fn btm_truncate(_ctx: TracePointContext) -> u32 {
+    if config().is_some() {
+        count(stat::PATH_TRUNCATE);
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_copy_file_range")]
+pub fn btm_copy_file_range(ctx: TracePointContext) -> u32 {
+    let _ = copy_file_range(&ctx);
+    0
+}
+
+#[inline(always)]
+fn copy_file_range(ctx: &TracePointContext) -> Option<()> {
+    let cfg = config()?;
+    let (dev, ino, file) = tracked_fd(cfg, arg(ctx, 2)?)?;
+    let off_ptr = arg(ctx, 3)?;
+    let len = arg(ctx, 4)?;
+    let off: u64 = if off_ptr == 0 {
+        read(file, cfg.file_pos)?
+    } else {
+        // SAFETY: user pointer read through the helper; a fault yields an error.
+        unsafe { bpf_probe_read_user(off_ptr as *const u64).ok()? }
+    };
+    count(stat::RANGE_CALLS);
+    mark_range(dev, ino, off, off.saturating_add(len));
+    Some(())
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_ioctl")]
+pub fn btm_ioctl(ctx: TracePointContext) -> u32 {
+    let _ = ioctl(&ctx);
+    0
+}
+
+#[inline(always)]
+fn ioctl(ctx: &TracePointContext) -> Option<()> {
+    let cmd = arg(ctx, 1)? & 0xffff_ffff;
+    if cmd != FICLONE && cmd != FICLONERANGE {
+        return None;
+    }
+    let cfg = config()?;
+    let (dev, ino, _) = tracked_fd(cfg, arg(ctx, 0)?)?;
+    count(stat::RANGE_CALLS);
+    if cmd == FICLONE {
+        mark_tail(dev, ino, 0, WHY_CLONE);
+        return Some(());
+    }
+    // struct file_clone_range { s64 src_fd; u64 src_offset; u64 src_length; u64 dest_offset; }
+    let p = arg(ctx, 2)?;
+    // SAFETY: user pointers read through the helper.
+    let (len, dest) = unsafe {
+        (
+            bpf_probe_read_user((p + 16) as *const u64).ok()?,
+            bpf_probe_read_user((p + 24) as *const u64).ok()?,
+        )
+    };
+    if len == 0 {
+        mark_tail(dev, ino, dest, WHY_CLONE);
+    } else {
+        mark_range(dev, ino, dest, dest.saturating_add(len));
+    }
+    Some(())
+}
+
+/// open/openat/creat with O_TRUNC: note it at entry, resolve the returned fd at exit.
+#[inline(always)]
+fn note_trunc(flags: u64) {
+    if flags & O_TRUNC != 0 && config().is_some() {
+        let _ = OPEN_TRUNC.insert(&bpf_get_current_pid_tgid(), &1, 0);
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_openat")]
+pub fn btm_enter_openat(ctx: TracePointContext) -> u32 {
+    note_trunc(arg(&ctx, 2).unwrap_or(0));
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_open")]
+pub fn btm_enter_open(ctx: TracePointContext) -> u32 {
+    note_trunc(arg(&ctx, 1).unwrap_or(0));
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_creat")]
+pub fn btm_enter_creat(_ctx: TracePointContext) -> u32 {
+    note_trunc(O_TRUNC);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_openat2")]
+pub fn btm_enter_openat2(ctx: TracePointContext) -> u32 {
+    // struct open_how { u64 flags; ... }
+    let flags = arg(&ctx, 2)
+        .and_then(|p| unsafe { bpf_probe_read_user(p as *const u64).ok() })
+        .unwrap_or(0);
+    note_trunc(flags);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_openat")]
+pub fn btm_exit_openat(ctx: TracePointContext) -> u32 {
+    open_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_open")]
+pub fn btm_exit_open(ctx: TracePointContext) -> u32 {
+    open_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_creat")]
+pub fn btm_exit_creat(ctx: TracePointContext) -> u32 {
+    open_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_openat2")]
+pub fn btm_exit_openat2(ctx: TracePointContext) -> u32 {
+    open_exit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn open_exit(ctx: &TracePointContext) {
+    let tid = bpf_get_current_pid_tgid();
+    // SAFETY: value copied out immediately.
+    if unsafe { OPEN_TRUNC.get(&tid) }.is_none() {
+        return;
+    }
+    let _ = OPEN_TRUNC.remove(&tid);
+    // sys_exit records: common header, syscall nr, then `long ret` at offset 16.
+    let ret: i64 = match unsafe { ctx.read_at::<i64>(16) } {
+        Ok(r) => r,
+        Err(_) => return,
+    };
+    if ret < 0 {
+        return;
+    }
+    if let Some(cfg) = config()
+        && let Some((dev, ino, _)) = tracked_fd(cfg, ret as u64)
+    {
+        count(stat::RANGE_CALLS);
+        mark_tail(dev, ino, 0, WHY_TRUNCATE);
+    }
+}
