@@ -1,1 +1,1411 @@
-//! Append-only incremental log. See docs/FORMAT.md.
+//! Append-only incremental log: one record per block height, hash-chained, replayable to any
+//! recorded height.
+//!
+//! The on-disk format is specified byte by byte in `docs/FORMAT.md` (version
+//! [`FORMAT_VERSION`]). In short: a log directory holds `seg-<n>.btm` segment files (a new one
+//! after [`LogOptions::segment_size`] bytes), a `lock` file (exclusive `flock` held by the one
+//! appender) and a `readers.lock` file (shared `flock` held by readers; whatever rewrites or
+//! deletes segments must take it exclusively). A segment is a 32-byte header followed by
+//! records. A record is a 128-byte header (magic, version, height, time, lengths, the previous
+//! record's blake3, the metadata's blake3), a metadata block (namespace ops + extent table), a
+//! payload section (chunks of at most 1 MiB, each a table of 4 KiB block hashes followed by the
+//! zstd or raw data, deduplicated across the whole log by blake3) and a 48-byte trailer holding
+//! the blake3 of the whole record.
+//!
+//! * Opening reads headers and metadata only and seeks over payloads; it keeps an index of where
+//!   every record lives. A torn tail (the end of a crashed append) is cut off by
+//!   [`Log::open_append`] and ignored by [`Log::open_read`].
+//! * [`Log::state_at`] folds metadata only; [`Log::replay`] then reads just the payloads still
+//!   visible at that height and rewrites only what differs in the target directory.
+//! * [`Log::verify`] reads every byte and checks every hash.
+//!
+//! Paths in a log are data: every path is checked when appending, opening and replaying, and
+//! replay reaches every entry through `openat(O_NOFOLLOW)` chains from the target directory, so a
+//! hostile log cannot make it write outside the target.
+
+mod error;
+mod format;
+mod record;
+mod replay;
+mod state;
+mod verify;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+pub use error::LogError;
+pub use format::{Codec, FORMAT_VERSION, PayloadRef};
+pub use record::{
+    CutRecord, Entry, ExtentBytes, ExtentData, FileId, NsOp, RelPath, check_path,
+    check_symlink_target, display_path,
+};
+pub use replay::{ReplayOptions, ReplayStats};
+pub use state::{FileState, Node, Piece, TreeState};
+pub use verify::VerifyReport;
+
+use format::{
+    HeaderError, Meta, MetaError, MetaExtent, REC_HEADER_LEN, REC_MAGIC, RecHeader, SEG_HEADER_LEN,
+    SegHeader, TRAILER_LEN, Trailer, split_extent,
+};
+
+/// Tunables of a log. The defaults suit production; tests shrink the segment size.
+#[derive(Clone, Debug)]
+pub struct LogOptions {
+    /// Start a new segment once the current one holds at least this many bytes.
+    pub segment_size: u64,
+    /// zstd level for payloads.
+    pub zstd_level: i32,
+    /// Data extents are cut into payloads at multiples of this many bytes (file offsets).
+    pub chunk_size: u64,
+    /// Threads compressing payloads during an append.
+    pub compress_threads: usize,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            segment_size: 1 << 30,
+            zstd_level: 3,
+            chunk_size: 1 << 20,
+            compress_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+        }
+    }
+}
+
+/// One recorded height, as `list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HeightInfo {
+    pub height: u64,
+    pub time_unix_ms: u64,
+    /// Bytes the record takes in the log (header, metadata, new payloads, trailer).
+    pub stored_bytes: u64,
+    /// Raw bytes of data extents in the record (before dedup and compression).
+    pub data_bytes: u64,
+    /// Paths put or removed plus files whose size or data changed.
+    pub files_changed: u64,
+    /// blake3 of the record (the hash chain link), hex in JSON.
+    #[serde(serialize_with = "serialize_hex")]
+    pub hash: [u8; 32],
+}
+
+fn serialize_hex<S: serde::Serializer>(h: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex(h))
+}
+
+pub(crate) fn hex(h: &[u8]) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A torn tail found when opening: the remains of an append that did not complete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    pub segment: PathBuf,
+    pub offset: u64,
+    pub bytes: u64,
+    pub reason: String,
+    /// True when it was cut off (append mode), false when only ignored (read mode).
+    pub cut: bool,
+}
+
+struct Segment {
+    no: u64,
+    path: PathBuf,
+    file: File,
+    /// End of the last complete record (bytes beyond are a torn tail being ignored).
+    len: u64,
+}
+
+#[derive(Clone, Debug)]
+struct RecordLoc {
+    seg_no: u64,
+    seg_idx: usize,
+    offset: u64,
+    header: RecHeader,
+    info: HeightInfo,
+}
+
+impl RecordLoc {
+    fn len(&self) -> u64 {
+        self.header.record_len().expect("checked at decode")
+    }
+    fn payload_range(&self) -> (u64, u64) {
+        let s = self.offset + self.header.payload_start();
+        (s, s + self.header.payload_len)
+    }
+}
+
+/// An append-only incremental log. See the module documentation.
+pub struct Log {
+    dir: PathBuf,
+    writable: bool,
+    opts: LogOptions,
+    _locks: Vec<File>,
+    segments: Vec<Segment>,
+    records: Vec<RecordLoc>,
+    max_file_id: Option<FileId>,
+    torn_tail: Option<TornTail>,
+    /// Append mode: blake3 of raw bytes -> where that payload is stored.
+    dedup: HashMap<[u8; 32], PayloadRef>,
+    /// Append mode: the state at the last height (built on first append).
+    tip: Option<TreeState>,
+    poisoned: Option<String>,
+    /// Tests: fail writes once the segment would grow beyond this offset (simulated ENOSPC).
+    #[cfg(test)]
+    fail_writes_beyond: Option<u64>,
+    /// Tests: write records without checking them (to build hostile logs).
+    #[cfg(test)]
+    skip_checks: bool,
+}
+
+enum RecErr {
+    /// Not a complete, intact record. `resume` is where a later valid record could start.
+    Anomaly {
+        why: String,
+        resume: u64,
+    },
+    Fatal(LogError),
+}
+
+fn seg_name(no: u64) -> String {
+    format!("seg-{no:08}.btm")
+}
+
+fn parse_seg_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("seg-")?.strip_suffix(".btm")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| LogError::io(dir, e))
+}
+
+fn lock_error(path: &Path, e: TryLockError) -> LogError {
+    match e {
+        TryLockError::WouldBlock => LogError::Locked {
+            path: path.to_path_buf(),
+        },
+        TryLockError::Error(e) => LogError::io(path, e),
+    }
+}
+
+fn files_changed(meta: &Meta) -> u64 {
+    let mut paths: HashSet<&[u8]> = HashSet::new();
+    let mut put_ids = HashSet::new();
+    let mut ids = HashSet::new();
+    for op in &meta.ops {
+        match op {
+            NsOp::Put { path, entry } => {
+                paths.insert(path);
+                if let Entry::File { id, .. } = entry {
+                    put_ids.insert(*id);
+                }
+            }
+            NsOp::Remove { path } => {
+                paths.insert(path);
+            }
+            NsOp::SetSize { id, .. } => {
+                ids.insert(*id);
+            }
+        }
+    }
+    ids.extend(meta.extents.iter().map(|e| e.id()));
+    (paths.len() + ids.difference(&put_ids).count()) as u64
+}
+
+fn meta_ids(meta: &Meta) -> impl Iterator<Item = FileId> + '_ {
+    meta.ops
+        .iter()
+        .filter_map(|op| match op {
+            NsOp::Put {
+                entry: Entry::File { id, .. },
+                ..
+            }
+            | NsOp::SetSize { id, .. } => Some(*id),
+            _ => None,
+        })
+        .chain(meta.extents.iter().map(|e| e.id()))
+}
+
+fn data_bytes(meta: &Meta) -> u64 {
+    meta.extents
+        .iter()
+        .map(|e| match e {
+            MetaExtent::Data { payload, .. } => payload.raw_len,
+            MetaExtent::Zero { .. } => 0,
+        })
+        .sum()
+}
+
+impl Log {
+    /// Open (creating if needed) for appending. Finds a torn tail left by a crash (incomplete or
+    /// checksum-failing last record) and cuts it off, logging a warning. Takes an exclusive flock
+    /// on LOGDIR/lock so two agents cannot append to one log.
+    pub fn open_append(dir: &Path) -> Result<Log, LogError> {
+        Self::open_append_with(dir, LogOptions::default())
+    }
+
+    /// [`Log::open_append`] with explicit options.
+    pub fn open_append_with(dir: &Path, opts: LogOptions) -> Result<Log, LogError> {
+        fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| LogError::io(&lock_path, e))?;
+        lock.try_lock().map_err(|e| lock_error(&lock_path, e))?;
+        let mut log = Log::empty(dir, true, opts, vec![lock]);
+        log.scan()?;
+        Ok(log)
+    }
+
+    /// Open read-only (shared flock on LOGDIR/readers.lock), also tolerating a torn tail
+    /// (ignored, not cut). Readers may run while an agent appends.
+    pub fn open_read(dir: &Path) -> Result<Log, LogError> {
+        Self::open_read_with(dir, LogOptions::default())
+    }
+
+    /// [`Log::open_read`] with explicit options.
+    pub fn open_read_with(dir: &Path, opts: LogOptions) -> Result<Log, LogError> {
+        if !dir.is_dir() {
+            return Err(LogError::NoLog {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let lock_path = dir.join("readers.lock");
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .or_else(|_| File::open(&lock_path));
+        let mut locks = Vec::new();
+        match lock {
+            Ok(lock) => {
+                lock.try_lock_shared()
+                    .map_err(|e| lock_error(&lock_path, e))?;
+                locks.push(lock);
+            }
+            // A log on read-only media without the file: nobody can rewrite it either.
+            Err(e) => tracing::debug!("no reader lock {}: {e}", lock_path.display()),
+        }
+        let mut log = Log::empty(dir, false, opts, locks);
+        log.scan()?;
+        Ok(log)
+    }
+
+    fn empty(dir: &Path, writable: bool, opts: LogOptions, locks: Vec<File>) -> Log {
+        Log {
+            dir: dir.to_path_buf(),
+            writable,
+            opts,
+            _locks: locks,
+            segments: Vec::new(),
+            records: Vec::new(),
+            max_file_id: None,
+            torn_tail: None,
+            dedup: HashMap::new(),
+            tip: None,
+            poisoned: None,
+            #[cfg(test)]
+            fail_writes_beyond: None,
+            #[cfg(test)]
+            skip_checks: false,
+        }
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Recorded heights, ascending.
+    pub fn heights(&self) -> Vec<HeightInfo> {
+        self.records.iter().map(|r| r.info.clone()).collect()
+    }
+
+    /// The newest recorded height.
+    pub fn last_height(&self) -> Option<u64> {
+        self.records.last().map(|r| r.header.height)
+    }
+
+    /// The largest file id any record ever used (the agent continues after it).
+    pub fn max_file_id(&self) -> Option<FileId> {
+        self.max_file_id
+    }
+
+    /// The torn tail found when opening, if any.
+    pub fn torn_tail(&self) -> Option<&TornTail> {
+        self.torn_tail.as_ref()
+    }
+
+    /// Paths of the segment files, in order.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.segments.iter().map(|s| s.path.clone()).collect()
+    }
+
+    // ---- opening ----------------------------------------------------------------------------
+
+    fn scan(&mut self) -> Result<(), LogError> {
+        let mut found = Vec::new();
+        for ent in fs::read_dir(&self.dir).map_err(|e| LogError::io(&self.dir, e))? {
+            let ent = ent.map_err(|e| LogError::io(&self.dir, e))?;
+            if let Some(no) = ent.file_name().to_str().and_then(parse_seg_name) {
+                found.push((no, ent.path()));
+            }
+        }
+        found.sort();
+        for w in found.windows(2) {
+            if w[1].0 != w[0].0 + 1 {
+                return Err(LogError::Corrupt {
+                    segment: w[1].1.clone(),
+                    offset: 0,
+                    height: None,
+                    what: format!(
+                        "segment {} is missing (or a stray segment file lies here)",
+                        seg_name(w[0].0 + 1)
+                    ),
+                });
+            }
+        }
+        let n = found.len();
+        for (i, (no, path)) in found.into_iter().enumerate() {
+            let last = i + 1 == n;
+            // Append mode opens every segment writable: if the last one turns out to be a torn
+            // segment and is removed, the one before becomes the one to append to.
+            let file = OpenOptions::new()
+                .read(true)
+                .write(self.writable)
+                .open(&path)
+                .map_err(|e| LogError::io(&path, e))?;
+            let flen = file.metadata().map_err(|e| LogError::io(&path, e))?.len();
+            let mut hb = vec![0u8; SEG_HEADER_LEN.min(flen) as usize];
+            file.read_exact_at(&mut hb, 0)
+                .map_err(|e| LogError::io(&path, e))?;
+            match SegHeader::decode(&hb) {
+                Ok(h) if h.seg == no => {}
+                Ok(h) => {
+                    return Err(LogError::Corrupt {
+                        segment: path,
+                        offset: 0,
+                        height: None,
+                        what: format!("segment header says it is number {}", h.seg),
+                    });
+                }
+                Err(HeaderError::Version(v)) => {
+                    return Err(LogError::UnsupportedVersion {
+                        path,
+                        version: v,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+                Err(HeaderError::Garbage(why)) if last && flen <= SEG_HEADER_LEN => {
+                    // A crash while creating the segment: it holds nothing acknowledged.
+                    self.note_torn(&path, 0, flen, why.to_string());
+                    if self.writable {
+                        drop(file);
+                        fs::remove_file(&path).map_err(|e| LogError::io(&path, e))?;
+                        fsync_dir(&self.dir)?;
+                    }
+                    break;
+                }
+                Err(HeaderError::Garbage(why)) => {
+                    return Err(LogError::Corrupt {
+                        segment: path,
+                        offset: 0,
+                        height: None,
+                        what: why.to_string(),
+                    });
+                }
+            }
+            let seg_idx = self.segments.len();
+            self.segments.push(Segment {
+                no,
+                path: path.clone(),
+                file,
+                len: flen,
+            });
+            let mut p = SEG_HEADER_LEN;
+            while p < flen {
+                match self.read_record(seg_idx, p, flen, last) {
+                    Ok((rec, meta)) => {
+                        let len = rec.len();
+                        self.index_record(rec, &meta);
+                        p += len;
+                    }
+                    Err(RecErr::Fatal(e)) => return Err(e),
+                    Err(RecErr::Anomaly { why, resume }) => {
+                        let seg = &self.segments[seg_idx];
+                        if last && !valid_header_after(&seg.file, resume, flen) {
+                            self.note_torn(&path, p, flen - p, why);
+                            if self.writable {
+                                let seg = &self.segments[seg_idx];
+                                seg.file
+                                    .set_len(p)
+                                    .and_then(|()| seg.file.sync_all())
+                                    .map_err(|e| LogError::io(&path, e))?;
+                            }
+                            break;
+                        }
+                        return Err(LogError::Corrupt {
+                            segment: path,
+                            offset: p,
+                            height: None,
+                            what: if last {
+                                format!("{why}, and intact records follow it")
+                            } else {
+                                format!("{why} in a segment that is not the last one")
+                            },
+                        });
+                    }
+                }
+            }
+            self.segments[seg_idx].len = p;
+        }
+        Ok(())
+    }
+
+    fn note_torn(&mut self, path: &Path, offset: u64, bytes: u64, reason: String) {
+        let cut = self.writable;
+        if cut {
+            tracing::warn!(
+                "{}: torn tail of {bytes} bytes at offset {offset} ({reason}), left by an append that \
+                 did not complete; cutting it off",
+                path.display()
+            );
+        } else {
+            // Read mode: usually an append in progress in another process, or a crash that the
+            // next appender will clean up. `torn_tail()` reports it.
+            tracing::debug!(
+                "{}: ignoring {bytes} bytes at offset {offset} after the last complete record ({reason})",
+                path.display()
+            );
+        }
+        self.torn_tail = Some(TornTail {
+            segment: path.to_path_buf(),
+            offset,
+            bytes,
+            reason,
+            cut,
+        });
+    }
+
+    fn read_record(
+        &self,
+        seg_idx: usize,
+        p: u64,
+        flen: u64,
+        last_seg: bool,
+    ) -> Result<(RecordLoc, Meta), RecErr> {
+        let seg = &self.segments[seg_idx];
+        let io = |e: std::io::Error| RecErr::Fatal(LogError::io(&seg.path, e));
+        let anomaly = |why: String, resume: u64| RecErr::Anomaly { why, resume };
+        if flen - p < REC_HEADER_LEN {
+            return Err(anomaly(
+                format!("incomplete record header ({} bytes)", flen - p),
+                flen,
+            ));
+        }
+        let mut hb = [0u8; REC_HEADER_LEN as usize];
+        seg.file.read_exact_at(&mut hb, p).map_err(io)?;
+        let header = match RecHeader::decode(&hb) {
+            Ok(h) => h,
+            Err(HeaderError::Garbage(why)) => return Err(anomaly(why.to_string(), p + 1)),
+            Err(HeaderError::Version(v)) => {
+                return Err(RecErr::Fatal(LogError::UnsupportedVersion {
+                    path: seg.path.clone(),
+                    version: v,
+                    supported: FORMAT_VERSION,
+                }));
+            }
+        };
+        let len = header.record_len().expect("checked");
+        let end = p.saturating_add(len);
+        if end > flen {
+            return Err(anomaly(
+                format!(
+                    "incomplete record of height {}: {} of {len} bytes",
+                    header.height,
+                    flen - p
+                ),
+                flen,
+            ));
+        }
+        let mut mb = vec![0u8; header.meta_len as usize];
+        seg.file
+            .read_exact_at(&mut mb, p + REC_HEADER_LEN)
+            .map_err(io)?;
+        if *blake3::hash(&mb).as_bytes() != header.meta_hash {
+            return Err(anomaly(
+                format!(
+                    "metadata checksum mismatch in the record of height {}",
+                    header.height
+                ),
+                end,
+            ));
+        }
+        let mut tb = [0u8; TRAILER_LEN as usize];
+        seg.file
+            .read_exact_at(&mut tb, end - TRAILER_LEN)
+            .map_err(io)?;
+        let trailer = match Trailer::decode(&tb) {
+            Ok(t) if t.record_len == len => t,
+            Ok(_) => return Err(anomaly("trailer length mismatch".into(), end)),
+            Err(_) => {
+                return Err(anomaly(
+                    format!("bad trailer of the record of height {}", header.height),
+                    end,
+                ));
+            }
+        };
+        // The writer checks the whole last record before building on it: a crash (power loss)
+        // may have left the trailer durable but not every payload block.
+        if self.writable && last_seg && end == flen {
+            let mut hasher = blake3::Hasher::new();
+            let mut buf = vec![0u8; (1 << 20).min(len as usize)];
+            let mut at = p;
+            while at < end - TRAILER_LEN {
+                let n = buf.len().min((end - TRAILER_LEN - at) as usize);
+                seg.file.read_exact_at(&mut buf[..n], at).map_err(io)?;
+                hasher.update(&buf[..n]);
+                at += n as u64;
+            }
+            if *hasher.finalize().as_bytes() != trailer.hash {
+                return Err(anomaly(
+                    format!(
+                        "checksum mismatch in the record of height {}",
+                        header.height
+                    ),
+                    end,
+                ));
+            }
+        }
+        let corrupt = |what: String| {
+            RecErr::Fatal(LogError::Corrupt {
+                segment: seg.path.clone(),
+                offset: p,
+                height: Some(header.height),
+                what,
+            })
+        };
+        let meta = Meta::decode(&mb).map_err(|e| match e {
+            MetaError::Malformed(why) => corrupt(format!("malformed metadata: {why}")),
+            MetaError::UnsafePath(path, reason) => RecErr::Fatal(LogError::UnsafePath {
+                height: header.height,
+                path: display_path(&path),
+                reason,
+            }),
+        })?;
+        // The chain.
+        match self.records.last() {
+            Some(prev) => {
+                if header.height <= prev.header.height {
+                    return Err(corrupt(format!(
+                        "height {} follows height {}: heights must increase",
+                        header.height, prev.header.height
+                    )));
+                }
+                if header.prev_hash != prev.info.hash {
+                    return Err(corrupt(format!(
+                        "hash chain broken: the record does not follow the record of height {}",
+                        prev.header.height
+                    )));
+                }
+            }
+            None => {
+                if header.prev_hash != [0u8; 32] {
+                    return Err(corrupt(
+                        "the first record of the log points at a previous record (segments missing?)".into(),
+                    ));
+                }
+            }
+        }
+        let rec = RecordLoc {
+            seg_no: seg.no,
+            seg_idx,
+            offset: p,
+            header,
+            info: HeightInfo {
+                height: header.height,
+                time_unix_ms: header.time_unix_ms,
+                stored_bytes: len,
+                data_bytes: data_bytes(&meta),
+                files_changed: files_changed(&meta),
+                hash: trailer.hash,
+            },
+        };
+        self.check_payload_refs(&rec, &meta).map_err(corrupt)?;
+        Ok((rec, meta))
+    }
+
+    /// Every payload the record stores must tile its payload section exactly; every payload it
+    /// borrows must lie inside an earlier record's payload section.
+    fn check_payload_refs(&self, rec: &RecordLoc, meta: &Meta) -> Result<(), String> {
+        let (ps, pe) = rec.payload_range();
+        let mut own = Vec::new();
+        for e in &meta.extents {
+            let MetaExtent::Data {
+                id,
+                offset,
+                payload: p,
+            } = e
+            else {
+                continue;
+            };
+            let end = p
+                .offset
+                .checked_add(p.stored_len)
+                .ok_or_else(|| format!("payload of file id {id} at {offset} overflows"))?;
+            if p.seg == rec.seg_no && p.offset >= ps && end <= pe {
+                own.push((p.offset, p.stored_len));
+                continue;
+            }
+            let i = self
+                .records
+                .partition_point(|r| (r.seg_no, r.offset) <= (p.seg, p.offset));
+            let inside = i > 0 && {
+                let r = &self.records[i - 1];
+                let (rs, re) = r.payload_range();
+                r.seg_no == p.seg && p.offset >= rs && end <= re
+            };
+            if !inside {
+                return Err(format!(
+                    "data of file id {id} at offset {offset} points at segment {} bytes {}..{end}, \
+                     outside every payload section",
+                    p.seg, p.offset
+                ));
+            }
+        }
+        own.sort_unstable();
+        own.dedup();
+        let mut at = ps;
+        for (o, l) in own {
+            if o != at {
+                return Err(format!("payloads overlap or leave a gap at offset {at}"));
+            }
+            at = o + l;
+        }
+        if at != pe {
+            return Err(format!(
+                "payload section has {} bytes no extent uses",
+                pe - at
+            ));
+        }
+        Ok(())
+    }
+
+    fn index_record(&mut self, rec: RecordLoc, meta: &Meta) {
+        if let Some(m) = meta_ids(meta).max() {
+            self.max_file_id = Some(self.max_file_id.map_or(m, |o| o.max(m)));
+        }
+        if self.writable {
+            let (ps, pe) = rec.payload_range();
+            for e in &meta.extents {
+                if let MetaExtent::Data { payload: p, .. } = e
+                    && p.seg == rec.seg_no
+                    && p.offset >= ps
+                    && p.offset < pe
+                {
+                    self.dedup.entry(p.hash).or_insert(*p);
+                }
+            }
+        }
+        self.records.push(rec);
+    }
+
+    // ---- reading ----------------------------------------------------------------------------
+
+    fn index_of(&self, height: u64) -> Result<usize, LogError> {
+        self.records
+            .binary_search_by_key(&height, |r| r.header.height)
+            .map_err(|_| LogError::UnknownHeight {
+                height,
+                first: self.records.first().map(|r| r.header.height),
+                last: self.last_height(),
+            })
+    }
+
+    fn read_meta(&self, r: &RecordLoc) -> Result<Meta, LogError> {
+        let seg = &self.segments[r.seg_idx];
+        let mut mb = vec![0u8; r.header.meta_len as usize];
+        seg.file
+            .read_exact_at(&mut mb, r.offset + REC_HEADER_LEN)
+            .map_err(|e| LogError::io(&seg.path, e))?;
+        let corrupt = |what: String| LogError::Corrupt {
+            segment: seg.path.clone(),
+            offset: r.offset,
+            height: Some(r.header.height),
+            what,
+        };
+        if *blake3::hash(&mb).as_bytes() != r.header.meta_hash {
+            return Err(corrupt(
+                "metadata checksum mismatch (the segment changed after it was opened)".into(),
+            ));
+        }
+        Meta::decode(&mb).map_err(|e| match e {
+            MetaError::Malformed(why) => corrupt(format!("malformed metadata: {why}")),
+            MetaError::UnsafePath(path, reason) => LogError::UnsafePath {
+                height: r.header.height,
+                path: display_path(&path),
+                reason,
+            },
+        })
+    }
+
+    /// The state after the first `n` records.
+    fn fold_to(&self, n: usize) -> Result<TreeState, LogError> {
+        let mut st = TreeState::default();
+        for r in &self.records[..n] {
+            let meta = self.read_meta(r)?;
+            st.apply(r.header.height, &meta.ops, &meta.extents)?;
+        }
+        Ok(st)
+    }
+
+    /// Folded namespace + per-file extent map at `height` (must be a recorded height), without
+    /// reading payloads.
+    pub fn state_at(&self, height: u64) -> Result<TreeState, LogError> {
+        let i = self.index_of(height)?;
+        if i + 1 == self.records.len()
+            && let Some(tip) = &self.tip
+        {
+            return Ok(tip.clone());
+        }
+        self.fold_to(i + 1)
+    }
+
+    /// The height of the record whose payload section holds `p`.
+    fn payload_height(&self, p: &PayloadRef) -> Option<u64> {
+        let i = self
+            .records
+            .partition_point(|r| (r.seg_no, r.offset) <= (p.seg, p.offset));
+        (i > 0).then(|| self.records[i - 1].header.height)
+    }
+
+    fn segment(&self, no: u64) -> Option<&Segment> {
+        let i = self.segments.binary_search_by_key(&no, |s| s.no).ok()?;
+        Some(&self.segments[i])
+    }
+
+    /// Reads, decodes and checks one payload. `Err(Ok(why))` means the bytes are bad.
+    fn load_payload(&self, p: &PayloadRef) -> Result<Vec<u8>, Result<String, LogError>> {
+        let Some(seg) = self.segment(p.seg) else {
+            return Err(Ok(format!("segment {} is not part of the log", p.seg)));
+        };
+        if p.offset.saturating_add(p.stored_len) > seg.len {
+            return Err(Ok("payload lies beyond the end of its segment".into()));
+        }
+        let mut stored = vec![0u8; p.stored_len as usize];
+        seg.file
+            .read_exact_at(&mut stored, p.offset)
+            .map_err(|e| Err(LogError::io(&seg.path, e)))?;
+        decode_payload(p, stored).map_err(Ok)
+    }
+
+    /// Reads the block table of a payload (unchecked: a wrong entry only makes replay read the
+    /// payload, whose blake3 is checked).
+    fn load_table(&self, p: &PayloadRef) -> Result<Vec<u8>, LogError> {
+        let tl = format::table_len(p.raw_len);
+        let seg = self.segment(p.seg).ok_or_else(|| LogError::Corrupt {
+            segment: self.dir.clone(),
+            offset: p.offset,
+            height: None,
+            what: format!("segment {} is not part of the log", p.seg),
+        })?;
+        let mut t = vec![0u8; tl as usize];
+        if p.offset.saturating_add(tl) <= seg.len {
+            seg.file
+                .read_exact_at(&mut t, p.offset)
+                .map_err(|e| LogError::io(&seg.path, e))?;
+        }
+        Ok(t)
+    }
+
+    /// Resolve `target` against the recorded heights (BTM rollback semantics).
+    pub fn resolve(&self, target: Option<u64>, exact: bool) -> Result<u64, LogError> {
+        let hs: Vec<u64> = self.records.iter().map(|r| r.header.height).collect();
+        resolve_height(&hs, target, exact)
+    }
+
+    /// Materialise `height` into `into` (created if missing; may be non-empty), rewriting only
+    /// what differs. See [`ReplayOptions`] and [`ReplayStats`].
+    pub fn replay(
+        &self,
+        height: u64,
+        into: &Path,
+        opts: &ReplayOptions,
+    ) -> Result<ReplayStats, LogError> {
+        replay::replay(self, height, into, opts)
+    }
+
+    /// Read every record, check the hash chain, every record checksum and every extent's blake3.
+    /// Errors name the height and the file path (at that height) of a bad extent.
+    pub fn verify(&self) -> Result<VerifyReport, LogError> {
+        verify::verify(self)
+    }
+
+    // ---- appending --------------------------------------------------------------------------
+
+    /// zstd-compress + blake3 each extent, dedup identical payloads already in the log by
+    /// blake3, append one record, fsync (file and, for new segment files, the directory), and
+    /// only then return. On any error the log is left exactly as before.
+    pub fn append(&mut self, record: CutRecord) -> Result<HeightInfo, LogError> {
+        if !self.writable {
+            return Err(LogError::ReadOnly {
+                dir: self.dir.clone(),
+            });
+        }
+        if let Some(reason) = &self.poisoned {
+            return Err(LogError::Poisoned {
+                dir: self.dir.clone(),
+                reason: reason.clone(),
+            });
+        }
+        let CutRecord {
+            height,
+            time_unix_ms,
+            ops,
+            extents,
+        } = record;
+        if let Some(last) = self.last_height()
+            && height <= last
+        {
+            return Err(LogError::HeightNotIncreasing { last, got: height });
+        }
+        #[cfg(test)]
+        let check = !self.skip_checks;
+        #[cfg(not(test))]
+        let check = true;
+        // Cheap checks first.
+        for op in ops.iter().filter(|_| check) {
+            let (path, target) = match op {
+                NsOp::Put { path, entry } => (
+                    path,
+                    match entry {
+                        Entry::Symlink { target, .. } => Some(target),
+                        _ => None,
+                    },
+                ),
+                NsOp::Remove { path } => (path, None),
+                NsOp::SetSize { .. } => continue,
+            };
+            let bad = check_path(path)
+                .err()
+                .or_else(|| target.and_then(|t| check_symlink_target(t).err()));
+            if let Some(why) = bad {
+                return Err(LogError::UnsafePath {
+                    height,
+                    path: display_path(path),
+                    reason: why.to_string(),
+                });
+            }
+        }
+
+        // Cut data into chunks, hash, dedup, compress.
+        enum Row {
+            Zero {
+                id: FileId,
+                offset: u64,
+                len: u64,
+            },
+            Old {
+                id: FileId,
+                offset: u64,
+                p: PayloadRef,
+            },
+            New {
+                id: FileId,
+                offset: u64,
+                n: usize,
+            },
+        }
+        let mut rows = Vec::new();
+        let mut fresh: Vec<(&[u8], [u8; 32])> = Vec::new();
+        let mut fresh_by_hash: HashMap<[u8; 32], usize> = HashMap::new();
+        for e in &extents {
+            match &e.bytes {
+                ExtentBytes::Zero(len) => {
+                    if *len > 0 {
+                        rows.push(Row::Zero {
+                            id: e.id,
+                            offset: e.offset,
+                            len: *len,
+                        });
+                    }
+                }
+                ExtentBytes::Data(d) => {
+                    if e.offset.checked_add(d.len() as u64).is_none() {
+                        return Err(LogError::InvalidRecord {
+                            height,
+                            reason: format!("extent of file id {} at {} overflows", e.id, e.offset),
+                        });
+                    }
+                    for (offset, range) in split_extent(
+                        e.offset,
+                        &e.bytes,
+                        self.opts.chunk_size.clamp(1, format::MAX_PAYLOAD_RAW),
+                    ) {
+                        let raw = &d[range];
+                        let hash = *blake3::hash(raw).as_bytes();
+                        let row = if let Some(p) = self.dedup.get(&hash) {
+                            Row::Old {
+                                id: e.id,
+                                offset,
+                                p: *p,
+                            }
+                        } else {
+                            let n = *fresh_by_hash.entry(hash).or_insert_with(|| {
+                                fresh.push((raw, hash));
+                                fresh.len() - 1
+                            });
+                            Row::New {
+                                id: e.id,
+                                offset,
+                                n,
+                            }
+                        };
+                        rows.push(row);
+                    }
+                }
+            }
+        }
+        let stored = compress_all(&fresh, self.opts.zstd_level, self.opts.compress_threads)
+            .map_err(|e| LogError::io(&self.dir, e))?;
+
+        // Where the record goes.
+        let new_segment = match self.segments.last() {
+            None => true,
+            Some(s) => s.len >= self.opts.segment_size && s.len > SEG_HEADER_LEN,
+        };
+        let seg_no = if new_segment {
+            self.segments.last().map_or(1, |s| s.no + 1)
+        } else {
+            self.segments.last().expect("segment").no
+        };
+        let start = if new_segment {
+            SEG_HEADER_LEN
+        } else {
+            self.segments.last().expect("segment").len
+        };
+        let dummy = PayloadRef {
+            seg: 0,
+            offset: 0,
+            stored_len: 0,
+            raw_len: 0,
+            codec: Codec::Raw,
+            hash: [0; 32],
+        };
+        let mut meta = Meta {
+            ops,
+            extents: rows
+                .iter()
+                .map(|r| match r {
+                    Row::Zero { id, offset, len } => MetaExtent::Zero {
+                        id: *id,
+                        offset: *offset,
+                        len: *len,
+                    },
+                    Row::Old { id, offset, .. } | Row::New { id, offset, .. } => MetaExtent::Data {
+                        id: *id,
+                        offset: *offset,
+                        payload: dummy,
+                    },
+                })
+                .collect(),
+        };
+        let meta_len = meta.encoded_len() as u64;
+        let payload_start = start + REC_HEADER_LEN + meta_len;
+        let mut fresh_refs = Vec::with_capacity(fresh.len());
+        let mut at = payload_start;
+        for ((raw, hash), (table, s)) in fresh.iter().zip(&stored) {
+            let (codec, body) = match s {
+                Some(c) => (Codec::Zstd, c.len() as u64),
+                None => (Codec::Raw, raw.len() as u64),
+            };
+            let bytes = table.len() as u64 + body;
+            fresh_refs.push(PayloadRef {
+                seg: seg_no,
+                offset: at,
+                stored_len: bytes,
+                raw_len: raw.len() as u64,
+                codec,
+                hash: *hash,
+            });
+            at += bytes;
+        }
+        let payload_len = at - payload_start;
+        for (m, r) in meta.extents.iter_mut().zip(&rows) {
+            if let MetaExtent::Data { payload, .. } = m {
+                *payload = match r {
+                    Row::Old { p, .. } => *p,
+                    Row::New { n, .. } => fresh_refs[*n],
+                    Row::Zero { .. } => unreachable!(),
+                };
+            }
+        }
+        let meta_bytes = meta.encode();
+        debug_assert_eq!(meta_bytes.len() as u64, meta_len);
+
+        // Check the record against the state it builds on (parents exist, ids known, ...).
+        if self.tip.is_none() {
+            self.tip = Some(if check {
+                self.fold_to(self.records.len())?
+            } else {
+                TreeState::default()
+            });
+        }
+        let tip = self.tip.as_mut().expect("tip");
+        if let Err(e) = tip.apply(height, &meta.ops, &meta.extents)
+            && check
+        {
+            self.tip = None; // partly applied: rebuild on the next append
+            return Err(e);
+        }
+
+        let header = RecHeader {
+            height,
+            time_unix_ms,
+            meta_len,
+            payload_len,
+            prev_hash: self.records.last().map_or([0; 32], |r| r.info.hash),
+            meta_hash: *blake3::hash(&meta_bytes).as_bytes(),
+        };
+        let record_len = header.record_len().expect("fits");
+        // Each payload is its block table, then its data.
+        let payloads: Vec<&[u8]> = fresh
+            .iter()
+            .zip(&stored)
+            .flat_map(|((raw, _), (table, s))| [table.as_slice(), s.as_deref().unwrap_or(raw)])
+            .collect();
+        let written =
+            self.write_record(new_segment, seg_no, start, &header, &meta_bytes, &payloads);
+        let hash = match written {
+            Ok(h) => h,
+            Err(e) => {
+                self.tip = None;
+                return Err(e);
+            }
+        };
+
+        // Acknowledged: update the index (write_record pushed a new segment).
+        let seg_idx = self.segments.len() - 1;
+        self.segments[seg_idx].len = start + record_len;
+        let info = HeightInfo {
+            height,
+            time_unix_ms,
+            stored_bytes: record_len,
+            data_bytes: data_bytes(&meta),
+            files_changed: files_changed(&meta),
+            hash,
+        };
+        let rec = RecordLoc {
+            seg_no,
+            seg_idx,
+            offset: start,
+            header,
+            info: info.clone(),
+        };
+        self.index_record(rec, &meta);
+        Ok(info)
+    }
+
+    /// Writes one record (creating its segment first when `new_segment`), fsyncs, returns the
+    /// record hash. On error, undoes everything it did.
+    fn write_record(
+        &mut self,
+        new_segment: bool,
+        seg_no: u64,
+        start: u64,
+        header: &RecHeader,
+        meta: &[u8],
+        payloads: &[&[u8]],
+    ) -> Result<[u8; 32], LogError> {
+        if new_segment {
+            let path = self.dir.join(seg_name(seg_no));
+            let created = (|| -> Result<File, LogError> {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(|e| LogError::io(&path, e))?;
+                self.checked_write(&file, &path, &SegHeader { seg: seg_no }.encode(), 0)?;
+                file.sync_all().map_err(|e| LogError::io(&path, e))?;
+                fsync_dir(&self.dir)?;
+                Ok(file)
+            })();
+            match created {
+                Ok(file) => {
+                    self.segments.push(Segment {
+                        no: seg_no,
+                        path,
+                        file,
+                        len: SEG_HEADER_LEN,
+                    });
+                }
+                Err(e) => {
+                    if path.exists() {
+                        let _ = fs::remove_file(&path);
+                        let _ = fsync_dir(&self.dir);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let result = self.write_and_sync(start, header, meta, payloads);
+        if let Err(e) = &result {
+            tracing::warn!(
+                "append of height {} failed ({e}); undoing it",
+                header.height
+            );
+            let seg = self.segments.last().expect("segment");
+            let undo = if new_segment {
+                fs::remove_file(&seg.path)
+                    .map_err(|e| LogError::io(&seg.path, e))
+                    .and_then(|()| fsync_dir(&self.dir))
+            } else {
+                seg.file
+                    .set_len(start)
+                    .and_then(|()| seg.file.sync_all())
+                    .map_err(|e| LogError::io(&seg.path, e))
+            };
+            if new_segment {
+                self.segments.pop();
+            }
+            if let Err(u) = undo {
+                self.poisoned = Some(u.to_string());
+            }
+        }
+        result
+    }
+
+    fn write_and_sync(
+        &self,
+        start: u64,
+        header: &RecHeader,
+        meta: &[u8],
+        payloads: &[&[u8]],
+    ) -> Result<[u8; 32], LogError> {
+        let seg = self.segments.last().expect("segment");
+        let mut w = RecWriter {
+            log: self,
+            file: &seg.file,
+            path: &seg.path,
+            pos: start,
+            buf: Vec::with_capacity(WRITE_BUF),
+            hasher: blake3::Hasher::new(),
+        };
+        w.put(&header.encode())?;
+        w.put(meta)?;
+        for p in payloads {
+            w.put(p)?;
+        }
+        let hash = *w.hasher.finalize().as_bytes();
+        let record_len = header.record_len().expect("fits");
+        w.put_unhashed(&Trailer { record_len, hash }.encode())?;
+        w.flush()?;
+        debug_assert_eq!(w.pos, start + record_len);
+        seg.file
+            .sync_data()
+            .map_err(|e| LogError::io(&seg.path, e))?;
+        Ok(hash)
+    }
+
+    /// `write_all_at`, failing like a full disk when a test asked for it.
+    fn checked_write(
+        &self,
+        file: &File,
+        path: &Path,
+        bytes: &[u8],
+        at: u64,
+    ) -> Result<(), LogError> {
+        #[cfg(test)]
+        if let Some(limit) = self.fail_writes_beyond
+            && at + bytes.len() as u64 > limit
+        {
+            let n = limit.saturating_sub(at).min(bytes.len() as u64) as usize;
+            file.write_all_at(&bytes[..n], at)
+                .map_err(|e| LogError::io(path, e))?;
+            return Err(LogError::io(
+                path,
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            ));
+        }
+        file.write_all_at(bytes, at)
+            .map_err(|e| LogError::io(path, e))
+    }
+}
+
+const WRITE_BUF: usize = 4 << 20;
+
+struct RecWriter<'a> {
+    log: &'a Log,
+    file: &'a File,
+    path: &'a Path,
+    pos: u64,
+    buf: Vec<u8>,
+    hasher: blake3::Hasher,
+}
+
+impl RecWriter<'_> {
+    fn put(&mut self, b: &[u8]) -> Result<(), LogError> {
+        self.hasher.update(b);
+        self.put_unhashed(b)
+    }
+    fn put_unhashed(&mut self, b: &[u8]) -> Result<(), LogError> {
+        if self.buf.len() + b.len() > WRITE_BUF {
+            self.flush()?;
+        }
+        if b.len() >= WRITE_BUF / 2 {
+            self.log.checked_write(self.file, self.path, b, self.pos)?;
+            self.pos += b.len() as u64;
+        } else {
+            self.buf.extend_from_slice(b);
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), LogError> {
+        if !self.buf.is_empty() {
+            self.log
+                .checked_write(self.file, self.path, &self.buf, self.pos)?;
+            self.pos += self.buf.len() as u64;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Block table and zstd compression of every payload, on `threads` threads. The compressed
+/// data is `None` where compression does not pay (the payload is then stored raw).
+type Stored = (Vec<u8>, Option<Vec<u8>>);
+
+fn compress_all(
+    raw: &[(&[u8], [u8; 32])],
+    level: i32,
+    threads: usize,
+) -> std::io::Result<Vec<Stored>> {
+    let one = |d: &[u8]| -> std::io::Result<Stored> {
+        let c = zstd::bulk::compress(d, level)?;
+        Ok((format::block_table(d), (c.len() < d.len()).then_some(c)))
+    };
+    let mut out: Vec<std::io::Result<Stored>> = Vec::with_capacity(raw.len());
+    let total: usize = raw.iter().map(|(d, _)| d.len()).sum();
+    if threads <= 1 || raw.len() < 2 || total < (256 << 10) {
+        out.extend(raw.iter().map(|(d, _)| one(d)));
+    } else {
+        out.resize_with(raw.len(), || Ok((Vec::new(), None)));
+        let per = raw.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            for (inp, outp) in raw.chunks(per).zip(out.chunks_mut(per)) {
+                s.spawn(move || {
+                    for ((d, _), o) in inp.iter().zip(outp.iter_mut()) {
+                        *o = one(d);
+                    }
+                });
+            }
+        });
+    }
+    out.into_iter().collect()
+}
+
+/// Decodes stored payload bytes (block table, then data) and checks the data against the
+/// payload's blake3 and its block table.
+fn decode_payload(p: &PayloadRef, mut stored: Vec<u8>) -> Result<Vec<u8>, String> {
+    let tl = format::table_len(p.raw_len) as usize;
+    if stored.len() < tl {
+        return Err("payload shorter than its block table".into());
+    }
+    let raw = match p.codec {
+        Codec::Raw => stored.split_off(tl),
+        Codec::Zstd => {
+            let raw = zstd::bulk::decompress(&stored[tl..], p.raw_len as usize)
+                .map_err(|e| format!("zstd: {e}"))?;
+            if raw.len() as u64 != p.raw_len {
+                return Err(format!(
+                    "decompressed to {} bytes, expected {}",
+                    raw.len(),
+                    p.raw_len
+                ));
+            }
+            raw
+        }
+    };
+    if *blake3::hash(&raw).as_bytes() != p.hash {
+        return Err("blake3 mismatch".into());
+    }
+    if format::block_table(&raw) != stored[..tl] {
+        return Err("block table does not match the data".into());
+    }
+    Ok(raw)
+}
+
+/// Looks for a decodable record header at or after `from` (before `end`).
+fn valid_header_after(file: &File, from: u64, end: u64) -> bool {
+    const CHUNK: usize = 1 << 20;
+    let mut at = from;
+    let mut buf = vec![0u8; CHUNK];
+    while at + REC_HEADER_LEN <= end {
+        let n = CHUNK.min((end - at) as usize);
+        if file.read_exact_at(&mut buf[..n], at).is_err() {
+            return false;
+        }
+        let mut i = 0;
+        while let Some(k) = buf[i..n].windows(8).position(|w| w == REC_MAGIC) {
+            let q = at + (i + k) as u64;
+            if q + REC_HEADER_LEN <= end {
+                let mut hb = [0u8; REC_HEADER_LEN as usize];
+                if file.read_exact_at(&mut hb, q).is_ok() && RecHeader::decode(&hb).is_ok() {
+                    return true;
+                }
+            }
+            i += k + 1;
+        }
+        if n < CHUNK {
+            break;
+        }
+        at += (n - 7) as u64;
+    }
+    false
+}
+
+/// BTM rollback semantics: `None` -> the latest height; `exact` -> that height or an error;
+/// otherwise the newest height <= target; below every height -> an error. `heights` ascending.
+pub fn resolve_height(heights: &[u64], target: Option<u64>, exact: bool) -> Result<u64, LogError> {
+    let (Some(&first), Some(&last)) = (heights.first(), heights.last()) else {
+        return Err(LogError::Empty);
+    };
+    let Some(t) = target else {
+        return Ok(last);
+    };
+    if exact {
+        return heights
+            .binary_search(&t)
+            .map(|_| t)
+            .map_err(|_| LogError::UnknownHeight {
+                height: t,
+                first: Some(first),
+                last: Some(last),
+            });
+    }
+    let i = heights.partition_point(|&h| h <= t);
+    if i == 0 {
+        return Err(LogError::NoHeightAtOrBelow {
+            target: t,
+            oldest: first,
+        });
+    }
+    Ok(heights[i - 1])
+}

@@ -1,0 +1,694 @@
+//! The on-disk layout, byte by byte. `docs/FORMAT.md` is the specification; this file is its
+//! implementation. All integers are little-endian.
+
+use super::record::{Entry, ExtentBytes, FileId, NsOp, check_path, check_symlink_target};
+
+/// The format version written into every segment header and record header.
+pub const FORMAT_VERSION: u16 = 1;
+
+pub const SEG_MAGIC: [u8; 8] = *b"btm.seg\n";
+pub const REC_MAGIC: [u8; 8] = *b"btm.rec\n";
+pub const END_MAGIC: [u8; 8] = *b"btm.end\n";
+
+pub const SEG_HEADER_LEN: u64 = 32;
+pub const REC_HEADER_LEN: u64 = 128;
+pub const TRAILER_LEN: u64 = 48;
+
+/// Largest raw payload a reader accepts (the writer cuts data into chunks of at most
+/// `LogOptions::chunk_size`, 1 MiB by default). Bounds memory when reading a hostile log.
+pub const MAX_PAYLOAD_RAW: u64 = 64 << 20;
+
+/// Every stored payload starts with a table of `TABLE_ENTRY`-byte truncated blake3 hashes, one
+/// per `TABLE_BLOCK` bytes of its raw data, so that replay can compare part of a payload with a
+/// file without reading the payload.
+pub const TABLE_BLOCK: u64 = 4096;
+pub const TABLE_ENTRY: u64 = 16;
+
+/// Bytes of the block table of a payload of `raw_len` raw bytes.
+pub fn table_len(raw_len: u64) -> u64 {
+    raw_len.div_ceil(TABLE_BLOCK) * TABLE_ENTRY
+}
+
+/// The block table of raw bytes.
+pub fn block_table(raw: &[u8]) -> Vec<u8> {
+    let mut t = Vec::with_capacity(table_len(raw.len() as u64) as usize);
+    for block in raw.chunks(TABLE_BLOCK as usize) {
+        t.extend_from_slice(&blake3::hash(block).as_bytes()[..TABLE_ENTRY as usize]);
+    }
+    t
+}
+
+/// Payload codecs (of the bytes after the block table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// Stored as is (used when zstd does not make it smaller).
+    Raw = 0,
+    /// One zstd frame.
+    Zstd = 1,
+}
+
+/// Where a payload lives and what it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PayloadRef {
+    /// Segment number (the `<n>` of `seg-<n>.btm`).
+    pub seg: u64,
+    /// Absolute offset of the stored bytes in that segment file.
+    pub offset: u64,
+    /// Length of the stored bytes: block table, then the (possibly compressed) data.
+    pub stored_len: u64,
+    /// Length of the raw bytes.
+    pub raw_len: u64,
+    pub codec: Codec,
+    /// blake3 of the raw bytes.
+    pub hash: [u8; 32],
+}
+
+/// One row of a record's extent table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaExtent {
+    Zero {
+        id: FileId,
+        offset: u64,
+        len: u64,
+    },
+    Data {
+        id: FileId,
+        offset: u64,
+        payload: PayloadRef,
+    },
+}
+
+impl MetaExtent {
+    pub fn id(&self) -> FileId {
+        match self {
+            MetaExtent::Zero { id, .. } | MetaExtent::Data { id, .. } => *id,
+        }
+    }
+    pub fn offset(&self) -> u64 {
+        match self {
+            MetaExtent::Zero { offset, .. } | MetaExtent::Data { offset, .. } => *offset,
+        }
+    }
+    pub fn len(&self) -> u64 {
+        match self {
+            MetaExtent::Zero { len, .. } => *len,
+            MetaExtent::Data { payload, .. } => payload.raw_len,
+        }
+    }
+}
+
+/// A record's metadata block: namespace operations, then the extent table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub ops: Vec<NsOp>,
+    pub extents: Vec<MetaExtent>,
+}
+
+fn check8(bytes: &[u8]) -> [u8; 8] {
+    let h = blake3::hash(bytes);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&h.as_bytes()[..8]);
+    out
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes(b[at..at + 2].try_into().unwrap())
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+fn hash_at(b: &[u8], at: usize) -> [u8; 32] {
+    b[at..at + 32].try_into().unwrap()
+}
+
+/// Why a header could not be decoded.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Not a header at all: wrong magic, failed check, impossible lengths. At the end of a log,
+    /// this is a torn tail.
+    Garbage(&'static str),
+    /// The magic is right but the version is one this code does not know.
+    Version(u16),
+}
+
+/// Segment header (32 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegHeader {
+    pub seg: u64,
+}
+
+impl SegHeader {
+    pub fn encode(&self) -> [u8; SEG_HEADER_LEN as usize] {
+        let mut b = [0u8; SEG_HEADER_LEN as usize];
+        b[0..8].copy_from_slice(&SEG_MAGIC);
+        b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[10..12].copy_from_slice(&(SEG_HEADER_LEN as u16).to_le_bytes());
+        // 12..16 flags: 0
+        b[16..24].copy_from_slice(&self.seg.to_le_bytes());
+        let c = check8(&b[0..24]);
+        b[24..32].copy_from_slice(&c);
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<SegHeader, HeaderError> {
+        if b.len() < SEG_HEADER_LEN as usize {
+            return Err(HeaderError::Garbage("incomplete segment header"));
+        }
+        if b[0..8] != SEG_MAGIC {
+            return Err(HeaderError::Garbage("bad segment magic"));
+        }
+        if check8(&b[0..24]) != b[24..32] {
+            return Err(HeaderError::Garbage("segment header check mismatch"));
+        }
+        let version = u16_at(b, 8);
+        if version != FORMAT_VERSION {
+            return Err(HeaderError::Version(version));
+        }
+        if u16_at(b, 10) as u64 != SEG_HEADER_LEN || u32_at(b, 12) != 0 {
+            return Err(HeaderError::Garbage(
+                "unexpected segment header length or flags",
+            ));
+        }
+        Ok(SegHeader { seg: u64_at(b, 16) })
+    }
+}
+
+/// Record header (128 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecHeader {
+    pub height: u64,
+    pub time_unix_ms: u64,
+    pub meta_len: u64,
+    pub payload_len: u64,
+    /// blake3 of the previous record (zeros for the first record of a log).
+    pub prev_hash: [u8; 32],
+    /// blake3 of this record's metadata block.
+    pub meta_hash: [u8; 32],
+}
+
+impl RecHeader {
+    /// Header + metadata + payload + trailer.
+    pub fn record_len(&self) -> Option<u64> {
+        REC_HEADER_LEN
+            .checked_add(self.meta_len)?
+            .checked_add(self.payload_len)?
+            .checked_add(TRAILER_LEN)
+    }
+
+    /// Offset of the payload section from the start of the record.
+    pub fn payload_start(&self) -> u64 {
+        REC_HEADER_LEN + self.meta_len
+    }
+
+    pub fn encode(&self) -> [u8; REC_HEADER_LEN as usize] {
+        let mut b = [0u8; REC_HEADER_LEN as usize];
+        b[0..8].copy_from_slice(&REC_MAGIC);
+        b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[10..12].copy_from_slice(&(REC_HEADER_LEN as u16).to_le_bytes());
+        // 12..16 flags: 0
+        b[16..24].copy_from_slice(&self.height.to_le_bytes());
+        b[24..32].copy_from_slice(&self.time_unix_ms.to_le_bytes());
+        b[32..40].copy_from_slice(&self.meta_len.to_le_bytes());
+        b[40..48].copy_from_slice(&self.payload_len.to_le_bytes());
+        b[48..80].copy_from_slice(&self.prev_hash);
+        b[80..112].copy_from_slice(&self.meta_hash);
+        // 112..120 reserved: 0
+        let c = check8(&b[0..120]);
+        b[120..128].copy_from_slice(&c);
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<RecHeader, HeaderError> {
+        if b.len() < REC_HEADER_LEN as usize {
+            return Err(HeaderError::Garbage("incomplete record header"));
+        }
+        if b[0..8] != REC_MAGIC {
+            return Err(HeaderError::Garbage("bad record magic"));
+        }
+        if check8(&b[0..120]) != b[120..128] {
+            return Err(HeaderError::Garbage("record header check mismatch"));
+        }
+        let version = u16_at(b, 8);
+        if version != FORMAT_VERSION {
+            return Err(HeaderError::Version(version));
+        }
+        if u16_at(b, 10) as u64 != REC_HEADER_LEN || u32_at(b, 12) != 0 || u64_at(b, 112) != 0 {
+            return Err(HeaderError::Garbage(
+                "unexpected record header length, flags or reserved bytes",
+            ));
+        }
+        let h = RecHeader {
+            height: u64_at(b, 16),
+            time_unix_ms: u64_at(b, 24),
+            meta_len: u64_at(b, 32),
+            payload_len: u64_at(b, 40),
+            prev_hash: hash_at(b, 48),
+            meta_hash: hash_at(b, 80),
+        };
+        if h.record_len().is_none() {
+            return Err(HeaderError::Garbage("record length overflows"));
+        }
+        Ok(h)
+    }
+}
+
+/// Record trailer (48 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trailer {
+    pub record_len: u64,
+    /// blake3(header ‖ metadata ‖ payload section).
+    pub hash: [u8; 32],
+}
+
+impl Trailer {
+    pub fn encode(&self) -> [u8; TRAILER_LEN as usize] {
+        let mut b = [0u8; TRAILER_LEN as usize];
+        b[0..8].copy_from_slice(&END_MAGIC);
+        b[8..16].copy_from_slice(&self.record_len.to_le_bytes());
+        b[16..48].copy_from_slice(&self.hash);
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Trailer, HeaderError> {
+        if b.len() < TRAILER_LEN as usize {
+            return Err(HeaderError::Garbage("incomplete trailer"));
+        }
+        if b[0..8] != END_MAGIC {
+            return Err(HeaderError::Garbage("bad trailer magic"));
+        }
+        Ok(Trailer {
+            record_len: u64_at(b, 8),
+            hash: hash_at(b, 16),
+        })
+    }
+}
+
+// ---- metadata block -------------------------------------------------------------------------
+
+const OP_PUT: u8 = 1;
+const OP_REMOVE: u8 = 2;
+const OP_SET_SIZE: u8 = 3;
+const ENTRY_DIR: u8 = 1;
+const ENTRY_FILE: u8 = 2;
+const ENTRY_SYMLINK: u8 = 3;
+const EXT_ZERO: u8 = 1;
+const EXT_DATA: u8 = 2;
+
+/// Bytes one op takes in the metadata block.
+fn op_len(op: &NsOp) -> usize {
+    match op {
+        NsOp::Put { path, entry } => {
+            1 + 4
+                + path.len()
+                + 1
+                + match entry {
+                    Entry::Dir { .. } => 12,
+                    Entry::File { .. } => 20,
+                    Entry::Symlink { target, .. } => 4 + target.len() + 8,
+                }
+        }
+        NsOp::Remove { path } => 1 + 4 + path.len(),
+        NsOp::SetSize { .. } => 1 + 16,
+    }
+}
+
+const ZERO_EXT_LEN: usize = 8 + 8 + 1 + 8;
+const DATA_EXT_LEN: usize = 8 + 8 + 1 + 8 + 32 + 1 + 8 + 8 + 8;
+
+impl Meta {
+    /// Size of the encoded block (independent of payload locations, which are fixed-width).
+    pub fn encoded_len(&self) -> usize {
+        4 + self.ops.iter().map(op_len).sum::<usize>()
+            + 4
+            + self
+                .extents
+                .iter()
+                .map(|e| match e {
+                    MetaExtent::Zero { .. } => ZERO_EXT_LEN,
+                    MetaExtent::Data { .. } => DATA_EXT_LEN,
+                })
+                .sum::<usize>()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(self.encoded_len());
+        let bytes = |b: &mut Vec<u8>, v: &[u8]| {
+            b.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            b.extend_from_slice(v);
+        };
+        b.extend_from_slice(&(self.ops.len() as u32).to_le_bytes());
+        for op in &self.ops {
+            match op {
+                NsOp::Put { path, entry } => {
+                    b.push(OP_PUT);
+                    bytes(&mut b, path);
+                    match entry {
+                        Entry::Dir { mode, uid, gid } => {
+                            b.push(ENTRY_DIR);
+                            for v in [mode, uid, gid] {
+                                b.extend_from_slice(&v.to_le_bytes());
+                            }
+                        }
+                        Entry::File { id, mode, uid, gid } => {
+                            b.push(ENTRY_FILE);
+                            b.extend_from_slice(&id.to_le_bytes());
+                            for v in [mode, uid, gid] {
+                                b.extend_from_slice(&v.to_le_bytes());
+                            }
+                        }
+                        Entry::Symlink { target, uid, gid } => {
+                            b.push(ENTRY_SYMLINK);
+                            bytes(&mut b, target);
+                            for v in [uid, gid] {
+                                b.extend_from_slice(&v.to_le_bytes());
+                            }
+                        }
+                    }
+                }
+                NsOp::Remove { path } => {
+                    b.push(OP_REMOVE);
+                    bytes(&mut b, path);
+                }
+                NsOp::SetSize { id, size } => {
+                    b.push(OP_SET_SIZE);
+                    b.extend_from_slice(&id.to_le_bytes());
+                    b.extend_from_slice(&size.to_le_bytes());
+                }
+            }
+        }
+        b.extend_from_slice(&(self.extents.len() as u32).to_le_bytes());
+        for e in &self.extents {
+            match e {
+                MetaExtent::Zero { id, offset, len } => {
+                    b.extend_from_slice(&id.to_le_bytes());
+                    b.extend_from_slice(&offset.to_le_bytes());
+                    b.push(EXT_ZERO);
+                    b.extend_from_slice(&len.to_le_bytes());
+                }
+                MetaExtent::Data {
+                    id,
+                    offset,
+                    payload: p,
+                } => {
+                    b.extend_from_slice(&id.to_le_bytes());
+                    b.extend_from_slice(&offset.to_le_bytes());
+                    b.push(EXT_DATA);
+                    b.extend_from_slice(&p.raw_len.to_le_bytes());
+                    b.extend_from_slice(&p.hash);
+                    b.push(p.codec as u8);
+                    b.extend_from_slice(&p.seg.to_le_bytes());
+                    b.extend_from_slice(&p.offset.to_le_bytes());
+                    b.extend_from_slice(&p.stored_len.to_le_bytes());
+                }
+            }
+        }
+        debug_assert_eq!(b.len(), self.encoded_len());
+        b
+    }
+
+    /// Decodes and checks a metadata block: structure, path safety, symlink targets, payload
+    /// bounds. Errors are (kind, message) so the caller can add the location.
+    pub fn decode(b: &[u8]) -> Result<Meta, MetaError> {
+        let mut c = Cursor { b, at: 0 };
+        let n_ops = c.u32()? as usize;
+        // Every op takes at least 9 bytes: do not trust the count for allocation.
+        let mut ops = Vec::with_capacity(n_ops.min(b.len() / 9));
+        for _ in 0..n_ops {
+            let op = match c.u8()? {
+                OP_PUT => {
+                    let path = c.path()?;
+                    let entry = match c.u8()? {
+                        ENTRY_DIR => Entry::Dir {
+                            mode: c.u32()?,
+                            uid: c.u32()?,
+                            gid: c.u32()?,
+                        },
+                        ENTRY_FILE => Entry::File {
+                            id: c.u64()?,
+                            mode: c.u32()?,
+                            uid: c.u32()?,
+                            gid: c.u32()?,
+                        },
+                        ENTRY_SYMLINK => {
+                            let target = c.bytes()?.to_vec();
+                            if let Err(why) = check_symlink_target(&target) {
+                                return Err(MetaError::UnsafePath(path, why.to_string()));
+                            }
+                            Entry::Symlink {
+                                target,
+                                uid: c.u32()?,
+                                gid: c.u32()?,
+                            }
+                        }
+                        k => return Err(MetaError::Malformed(format!("unknown entry kind {k}"))),
+                    };
+                    NsOp::Put { path, entry }
+                }
+                OP_REMOVE => NsOp::Remove { path: c.path()? },
+                OP_SET_SIZE => NsOp::SetSize {
+                    id: c.u64()?,
+                    size: c.u64()?,
+                },
+                k => return Err(MetaError::Malformed(format!("unknown op kind {k}"))),
+            };
+            ops.push(op);
+        }
+        let n_ext = c.u32()? as usize;
+        let mut extents = Vec::with_capacity(n_ext.min(b.len() / ZERO_EXT_LEN));
+        for _ in 0..n_ext {
+            let id = c.u64()?;
+            let offset = c.u64()?;
+            let e = match c.u8()? {
+                EXT_ZERO => MetaExtent::Zero {
+                    id,
+                    offset,
+                    len: c.u64()?,
+                },
+                EXT_DATA => {
+                    let raw_len = c.u64()?;
+                    let hash = c.hash()?;
+                    let codec = match c.u8()? {
+                        0 => Codec::Raw,
+                        1 => Codec::Zstd,
+                        k => return Err(MetaError::Malformed(format!("unknown codec {k}"))),
+                    };
+                    let p = PayloadRef {
+                        seg: c.u64()?,
+                        offset: c.u64()?,
+                        stored_len: c.u64()?,
+                        raw_len,
+                        codec,
+                        hash,
+                    };
+                    if raw_len == 0 || raw_len > MAX_PAYLOAD_RAW {
+                        return Err(MetaError::Malformed(format!(
+                            "payload raw length {raw_len} outside 1..={MAX_PAYLOAD_RAW}"
+                        )));
+                    }
+                    let body = p.stored_len.checked_sub(table_len(raw_len));
+                    if codec == Codec::Raw && body != Some(raw_len) {
+                        return Err(MetaError::Malformed(
+                            "raw payload with stored length != table + raw length".into(),
+                        ));
+                    }
+                    if codec == Codec::Zstd && !body.is_some_and(|b| b > 0 && b <= raw_len) {
+                        return Err(MetaError::Malformed(
+                            "zstd payload not smaller than its raw bytes".into(),
+                        ));
+                    }
+                    MetaExtent::Data {
+                        id,
+                        offset,
+                        payload: p,
+                    }
+                }
+                k => return Err(MetaError::Malformed(format!("unknown extent kind {k}"))),
+            };
+            if offset.checked_add(e.len()).is_none() {
+                return Err(MetaError::Malformed(format!(
+                    "extent of file id {id} at {offset} overflows"
+                )));
+            }
+            extents.push(e);
+        }
+        if c.at != b.len() {
+            return Err(MetaError::Malformed(format!(
+                "{} trailing bytes",
+                b.len() - c.at
+            )));
+        }
+        Ok(Meta { ops, extents })
+    }
+}
+
+/// A metadata block that decodes badly.
+#[derive(Debug)]
+pub enum MetaError {
+    Malformed(String),
+    UnsafePath(Vec<u8>, String),
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], MetaError> {
+        if self.b.len() - self.at < n {
+            return Err(MetaError::Malformed("metadata block ends early".into()));
+        }
+        let s = &self.b[self.at..self.at + n];
+        self.at += n;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, MetaError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, MetaError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Result<u64, MetaError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn hash(&mut self) -> Result<[u8; 32], MetaError> {
+        Ok(self.take(32)?.try_into().unwrap())
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], MetaError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn path(&mut self) -> Result<Vec<u8>, MetaError> {
+        let p = self.bytes()?.to_vec();
+        if let Err(why) = check_path(&p) {
+            return Err(MetaError::UnsafePath(p, why.to_string()));
+        }
+        Ok(p)
+    }
+}
+
+/// Splits the extents of a cut into table rows: data is cut into chunks at multiples of
+/// `chunk` (absolute file offsets, so rewriting the same bytes at the same place dedups), zero
+/// runs stay whole, empty extents vanish.
+pub fn split_extent(
+    offset: u64,
+    bytes: &ExtentBytes,
+    chunk: u64,
+) -> Vec<(u64, std::ops::Range<usize>)> {
+    let mut out = Vec::new();
+    if let ExtentBytes::Data(d) = bytes {
+        let mut at = 0usize;
+        while at < d.len() {
+            let abs = offset + at as u64;
+            let room = chunk - abs % chunk;
+            let n = (room as usize).min(d.len() - at);
+            out.push((abs, at..at + n));
+            at += n;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_roundtrip() {
+        let s = SegHeader { seg: 7 };
+        assert_eq!(SegHeader::decode(&s.encode()).unwrap(), s);
+        let h = RecHeader {
+            height: 42,
+            time_unix_ms: 1_700_000_000_000,
+            meta_len: 99,
+            payload_len: 1234,
+            prev_hash: [3; 32],
+            meta_hash: [9; 32],
+        };
+        let mut e = h.encode();
+        assert_eq!(RecHeader::decode(&e).unwrap(), h);
+        e[20] ^= 1;
+        assert!(matches!(
+            RecHeader::decode(&e),
+            Err(HeaderError::Garbage(_))
+        ));
+        let t = Trailer {
+            record_len: 5,
+            hash: [1; 32],
+        };
+        assert_eq!(Trailer::decode(&t.encode()).unwrap(), t);
+    }
+
+    #[test]
+    fn meta_roundtrip() {
+        let m = Meta {
+            ops: vec![
+                NsOp::Put {
+                    path: b"d".to_vec(),
+                    entry: Entry::Dir {
+                        mode: 0o755,
+                        uid: 1,
+                        gid: 2,
+                    },
+                },
+                NsOp::Put {
+                    path: b"d/f \n\xff".to_vec(),
+                    entry: Entry::File {
+                        id: 5,
+                        mode: 0o644,
+                        uid: 0,
+                        gid: 0,
+                    },
+                },
+                NsOp::Put {
+                    path: b"l".to_vec(),
+                    entry: Entry::Symlink {
+                        target: b"/etc".to_vec(),
+                        uid: 0,
+                        gid: 0,
+                    },
+                },
+                NsOp::SetSize { id: 5, size: 10 },
+                NsOp::Remove {
+                    path: b"l".to_vec(),
+                },
+            ],
+            extents: vec![
+                MetaExtent::Zero {
+                    id: 5,
+                    offset: 0,
+                    len: 3,
+                },
+                MetaExtent::Data {
+                    id: 5,
+                    offset: 3,
+                    payload: PayloadRef {
+                        seg: 1,
+                        offset: 500,
+                        stored_len: 20,
+                        raw_len: 4,
+                        codec: Codec::Raw,
+                        hash: [7; 32],
+                    },
+                },
+            ],
+        };
+        let b = m.encode();
+        assert_eq!(b.len(), m.encoded_len());
+        assert_eq!(Meta::decode(&b).unwrap(), m);
+        for cut in 0..b.len() {
+            assert!(Meta::decode(&b[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn split() {
+        let d = ExtentBytes::Data(vec![0; 10]);
+        let v = split_extent(3, &d, 4);
+        assert_eq!(v, vec![(3, 0..1), (4, 1..5), (8, 5..9), (12, 9..10)]);
+        assert!(split_extent(0, &ExtentBytes::Zero(9), 4).is_empty());
+    }
+}

@@ -1,0 +1,838 @@
+//! Materialise a height into a directory, rewriting only what differs.
+//!
+//! Three passes over the target:
+//! 1. prune: walk what exists; remove every entry the state does not have (or has with another
+//!    type, or a symlink with another target);
+//! 2. build: in depth-first order, create directories and symlinks, create or update files
+//!    (comparing existing bytes by blake3 per piece before writing, punching holes where the state
+//!    has holes), link hard links;
+//! 3. directory metadata, deepest first (so a read-only directory does not block its children).
+//!
+//! Every entry is reached through `openat(O_NOFOLLOW | O_DIRECTORY)` chains from the target
+//! directory, and every final component is opened or created with `O_NOFOLLOW`/`*at` calls that
+//! do not follow symlinks: nothing a log or the existing target holds can make replay write
+//! outside the target.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::IsTerminal;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, FallocateFlags, OFlag, fallocate, openat, readlinkat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstatat, mkdirat};
+use nix::unistd::{
+    Gid, Uid, UnlinkatFlags, Whence, fchown, fchownat, linkat, lseek, symlinkat, unlinkat,
+};
+
+use super::Log;
+use super::error::LogError;
+use super::format::{PayloadRef, TABLE_BLOCK, TABLE_ENTRY};
+use super::record::{FileId, RelPath, cmp_components, display_path, file_name_of, parent_of};
+use super::state::{FileState, Node, Piece, TreeState};
+
+/// How to replay.
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
+    /// Show a progress bar on stderr when stderr is a terminal.
+    pub progress: bool,
+    /// `syncfs` the target's filesystem before returning, so the result is durable.
+    pub sync: bool,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        ReplayOptions {
+            progress: true,
+            sync: true,
+        }
+    }
+}
+
+/// What a replay did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReplayStats {
+    pub height: u64,
+    /// Bytes read from the log's payload sections (stored, i.e. compressed, bytes).
+    pub log_bytes_read: u64,
+    /// Payloads read from the log.
+    pub payloads_read: u64,
+    /// Bytes written into files of the target.
+    pub bytes_written: u64,
+    /// Bytes of existing files read to compare them with the state.
+    pub bytes_compared: u64,
+    /// Files, directories and symlinks created, rewritten, relinked or whose metadata was fixed.
+    pub files_touched: u64,
+    /// Entries of the target removed because the state does not have them (a removed directory
+    /// counts once).
+    pub entries_removed: u64,
+    /// Ranges turned into holes.
+    pub holes_punched: u64,
+}
+
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+const CACHE_BYTES: usize = 64 << 20;
+
+fn kind(st: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
+}
+
+fn join(prefix: &[u8], name: &[u8]) -> RelPath {
+    if prefix.is_empty() {
+        return name.to_vec();
+    }
+    let mut p = Vec::with_capacity(prefix.len() + 1 + name.len());
+    p.extend_from_slice(prefix);
+    p.push(b'/');
+    p.extend_from_slice(name);
+    p
+}
+
+fn list_dir(fd: &OwnedFd) -> Result<Vec<Vec<u8>>, Errno> {
+    let mut d = Dir::openat(
+        fd,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut names = Vec::new();
+    for ent in d.iter() {
+        let ent = ent?;
+        let n = ent.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(n.to_vec());
+        }
+    }
+    Ok(names)
+}
+
+pub(crate) fn replay(
+    log: &Log,
+    height: u64,
+    into: &Path,
+    opts: &ReplayOptions,
+) -> Result<ReplayStats, LogError> {
+    let state = log.state_at(height)?;
+    std::fs::create_dir_all(into).map_err(|e| LogError::io(into, e))?;
+    if let (Ok(l), Ok(t)) = (log.dir().canonicalize(), into.canonicalize())
+        && l.starts_with(&t)
+    {
+        return Err(LogError::Replay {
+            path: into.to_path_buf(),
+            what: format!(
+                "the log directory {} lies inside the target, and replay would delete it: \
+                 replay somewhere else",
+                log.dir().display()
+            ),
+        });
+    }
+    let root: OwnedFd = File::open(into).map_err(|e| LogError::io(into, e))?.into();
+    let total: u64 = state.data_bytes();
+    let progress = if opts.progress && std::io::stderr().is_terminal() {
+        let pb = ProgressBar::new(total);
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
+            pb.set_style(style.progress_chars("=> "));
+        }
+        pb.set_message(format!("replay {height}"));
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut r = Replayer::new(log, &state, height, into, root, progress);
+    let root = r.root.clone();
+    r.prune(&root, b"")?;
+    let mut paths: Vec<&RelPath> = state.nodes.keys().collect();
+    paths.sort_by(|a, b| cmp_components(a, b));
+    for p in &paths {
+        r.build(p)?;
+    }
+    for p in paths.iter().rev() {
+        if let Some(Node::Dir { mode, uid, gid }) = state.nodes.get(*p) {
+            r.dir_meta(p, *mode, *uid, *gid)?;
+        }
+    }
+    r.stack.clear();
+    if opts.sync {
+        nix::unistd::syncfs(&*r.root).map_err(|e| r.err(b"", format!("syncfs: {e}")))?;
+    }
+    r.progress.finish_and_clear();
+    Ok(r.stats)
+}
+
+pub(crate) struct Replayer<'a> {
+    log: &'a Log,
+    st: &'a TreeState,
+    height: u64,
+    into: PathBuf,
+    root: Rc<OwnedFd>,
+    is_root: bool,
+    stats: ReplayStats,
+    cache: HashMap<PayloadRef, Rc<Vec<u8>>>,
+    cache_order: VecDeque<PayloadRef>,
+    cache_bytes: usize,
+    /// Open directories along the last path used: (component, fd).
+    stack: Vec<(Vec<u8>, Rc<OwnedFd>)>,
+    /// Files written this replay: id -> (path, dev, ino).
+    done: HashMap<FileId, (RelPath, u64, u64)>,
+    /// Paths of files with several links.
+    links: HashMap<FileId, Vec<RelPath>>,
+    /// Directories pass 1 made writable (not root), with their mode before.
+    opened_up: HashMap<RelPath, u32>,
+    buf: Vec<u8>,
+    progress: ProgressBar,
+}
+
+impl<'a> Replayer<'a> {
+    fn new(
+        log: &'a Log,
+        state: &'a TreeState,
+        height: u64,
+        into: &Path,
+        root: OwnedFd,
+        progress: ProgressBar,
+    ) -> Replayer<'a> {
+        let mut links: HashMap<FileId, Vec<RelPath>> = HashMap::new();
+        for (p, n) in &state.nodes {
+            if let Node::File(id) = n
+                && state.files[id].nlink > 1
+            {
+                links.entry(*id).or_default().push(p.clone());
+            }
+        }
+        Replayer {
+            log,
+            st: state,
+            height,
+            into: into.to_path_buf(),
+            root: Rc::new(root),
+            is_root: nix::unistd::geteuid().is_root(),
+            stats: ReplayStats {
+                height,
+                ..Default::default()
+            },
+            cache: HashMap::new(),
+            cache_order: VecDeque::new(),
+            cache_bytes: 0,
+            stack: Vec::new(),
+            done: HashMap::new(),
+            links,
+            opened_up: HashMap::new(),
+            buf: Vec::new(),
+            progress,
+        }
+    }
+
+    fn err(&self, path: &[u8], what: impl std::fmt::Display) -> LogError {
+        LogError::Replay {
+            path: self.into.join(OsStr::from_bytes(path)),
+            what: what.to_string(),
+        }
+    }
+
+    /// The directory `dir` (relative), reached without following any symlink.
+    pub(crate) fn dir_fd(&mut self, dir: &[u8]) -> Result<Rc<OwnedFd>, LogError> {
+        let comps: Vec<&[u8]> = if dir.is_empty() {
+            Vec::new()
+        } else {
+            dir.split(|&b| b == b'/').collect()
+        };
+        let mut keep = 0;
+        while keep < self.stack.len() && keep < comps.len() && self.stack[keep].0 == comps[keep] {
+            keep += 1;
+        }
+        self.stack.truncate(keep);
+        for (i, c) in comps.iter().enumerate().skip(keep) {
+            let parent = self
+                .stack
+                .last()
+                .map_or_else(|| self.root.clone(), |(_, fd)| fd.clone());
+            match openat(&*parent, *c, DIR_FLAGS, Mode::empty()) {
+                Ok(fd) => self.stack.push((c.to_vec(), Rc::new(fd))),
+                Err(e @ (Errno::ELOOP | Errno::ENOTDIR)) => {
+                    let at = comps[..=i].join(&b'/');
+                    return Err(LogError::UnsafePath {
+                        height: self.height,
+                        path: display_path(&at),
+                        reason: format!(
+                            "a symlink or non-directory stands where a directory should be ({e}); \
+                             replay never follows symlinks"
+                        ),
+                    });
+                }
+                Err(e) => {
+                    return Err(self.err(&comps[..=i].join(&b'/'), format!("open directory: {e}")));
+                }
+            }
+        }
+        Ok(self
+            .stack
+            .last()
+            .map_or_else(|| self.root.clone(), |(_, fd)| fd.clone()))
+    }
+
+    // ---- pass 1 -----------------------------------------------------------------------------
+
+    fn prune(&mut self, dir: &OwnedFd, prefix: &[u8]) -> Result<(), LogError> {
+        let names = list_dir(dir).map_err(|e| self.err(prefix, format!("read directory: {e}")))?;
+        for name in names {
+            let path = join(prefix, &name);
+            let st = match fstatat(dir, name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(s) => s,
+                Err(Errno::ENOENT) => continue,
+                Err(e) => return Err(self.err(&path, format!("stat: {e}"))),
+            };
+            let k = kind(&st);
+            let keep = match self.st.nodes.get(&path) {
+                None => false,
+                Some(Node::Dir { .. }) => k == SFlag::S_IFDIR,
+                Some(Node::File(_)) => k == SFlag::S_IFREG,
+                Some(Node::Symlink { target, .. }) => {
+                    k == SFlag::S_IFLNK
+                        && readlinkat(dir, name.as_slice())
+                            .is_ok_and(|t| t.as_bytes() == target.as_slice())
+                }
+            };
+            if !keep {
+                self.remove(dir, &name, k == SFlag::S_IFDIR, &path)?;
+                self.stats.entries_removed += 1;
+                continue;
+            }
+            if k == SFlag::S_IFDIR {
+                let sub = openat(dir, name.as_slice(), DIR_FLAGS, Mode::empty())
+                    .map_err(|e| self.err(&path, format!("open directory: {e}")))?;
+                if !self.is_root && st.st_mode & 0o700 != 0o700 {
+                    // Pass 3 sets the final mode.
+                    let _ = fchmod(
+                        &sub,
+                        Mode::from_bits_truncate((st.st_mode & 0o7777) | 0o700),
+                    );
+                    self.opened_up.insert(path.clone(), st.st_mode & 0o7777);
+                }
+                self.prune(&sub, &path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(
+        &mut self,
+        dir: &OwnedFd,
+        name: &[u8],
+        is_dir: bool,
+        path: &[u8],
+    ) -> Result<(), LogError> {
+        if is_dir {
+            let sub = openat(dir, name, DIR_FLAGS, Mode::empty())
+                .map_err(|e| self.err(path, format!("open directory: {e}")))?;
+            if !self.is_root {
+                let _ = fchmod(&sub, Mode::from_bits_truncate(0o700));
+            }
+            for child in
+                list_dir(&sub).map_err(|e| self.err(path, format!("read directory: {e}")))?
+            {
+                let cpath = join(path, &child);
+                let st = match fstatat(&sub, child.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                    Ok(s) => s,
+                    Err(Errno::ENOENT) => continue,
+                    Err(e) => return Err(self.err(&cpath, format!("stat: {e}"))),
+                };
+                self.remove(&sub, &child, kind(&st) == SFlag::S_IFDIR, &cpath)?;
+            }
+            unlinkat(dir, name, UnlinkatFlags::RemoveDir)
+                .map_err(|e| self.err(path, format!("rmdir: {e}")))
+        } else {
+            unlinkat(dir, name, UnlinkatFlags::NoRemoveDir)
+                .map_err(|e| self.err(path, format!("unlink: {e}")))
+        }
+    }
+
+    // ---- pass 2 -----------------------------------------------------------------------------
+
+    fn build(&mut self, path: &RelPath) -> Result<(), LogError> {
+        let st = self.st;
+        let node = &st.nodes[path];
+        let dfd = self.dir_fd(parent_of(path).unwrap_or(b""))?;
+        let name = file_name_of(path);
+        let existing = match fstatat(&*dfd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(s) => Some(s),
+            Err(Errno::ENOENT) => None,
+            Err(e) => return Err(self.err(path, format!("stat: {e}"))),
+        };
+        match node {
+            Node::Dir { .. } => {
+                if let Some(s) = existing {
+                    if kind(&s) == SFlag::S_IFDIR {
+                        return Ok(());
+                    }
+                    self.remove(&dfd, name, false, path)?;
+                }
+                mkdirat(&*dfd, name, Mode::from_bits_truncate(0o700))
+                    .map_err(|e| self.err(path, format!("mkdir: {e}")))?;
+                self.stats.files_touched += 1;
+            }
+            Node::Symlink { target, uid, gid } => {
+                let mut touched = false;
+                let mut owner = existing.map(|s| (s.st_uid, s.st_gid));
+                let same = existing.is_some_and(|s| {
+                    kind(&s) == SFlag::S_IFLNK
+                        && readlinkat(&*dfd, name).is_ok_and(|t| t.as_bytes() == target.as_slice())
+                });
+                if !same {
+                    if let Some(s) = existing {
+                        self.remove(&dfd, name, kind(&s) == SFlag::S_IFDIR, path)?;
+                    }
+                    symlinkat(OsStr::from_bytes(target), &*dfd, name)
+                        .map_err(|e| self.err(path, format!("symlink: {e}")))?;
+                    touched = true;
+                    owner = fstatat(&*dfd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                        .ok()
+                        .map(|s| (s.st_uid, s.st_gid));
+                }
+                if self.is_root && owner != Some((*uid, *gid)) {
+                    fchownat(
+                        &*dfd,
+                        name,
+                        Some(Uid::from_raw(*uid)),
+                        Some(Gid::from_raw(*gid)),
+                        AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|e| self.err(path, format!("lchown: {e}")))?;
+                    touched = true;
+                }
+                if touched {
+                    self.stats.files_touched += 1;
+                }
+            }
+            Node::File(id) => self.file(&dfd, path, name, *id, existing)?,
+        }
+        Ok(())
+    }
+
+    fn file(
+        &mut self,
+        dfd: &Rc<OwnedFd>,
+        path: &RelPath,
+        name: &[u8],
+        id: FileId,
+        existing: Option<FileStat>,
+    ) -> Result<(), LogError> {
+        // Another link of a file already written: link it.
+        if let Some((primary, dev, ino)) = self.done.get(&id).cloned() {
+            if let Some(s) = existing {
+                if s.st_dev == dev && s.st_ino == ino {
+                    return Ok(());
+                }
+                self.remove(dfd, name, kind(&s) == SFlag::S_IFDIR, path)?;
+            }
+            let pfd = self.dir_fd(parent_of(&primary).unwrap_or(b""))?;
+            linkat(
+                &*pfd,
+                file_name_of(&primary),
+                &**dfd,
+                name,
+                AtFlags::empty(),
+            )
+            .map_err(|e| self.err(path, format!("link to \"{}\": {e}", display_path(&primary))))?;
+            self.stats.files_touched += 1;
+            return Ok(());
+        }
+        let st = self.st;
+        let f: &FileState = &st.files[&id];
+        let mut existing = match existing {
+            Some(s) if kind(&s) == SFlag::S_IFREG => Some(s),
+            Some(s) => {
+                self.remove(dfd, name, kind(&s) == SFlag::S_IFDIR, path)?;
+                None
+            }
+            None => None,
+        };
+        // Rewrite in place only when every link of the inode is a path of this file: otherwise
+        // the write would change another file of the state, or one outside the target.
+        if let Some(s) = existing
+            && s.st_nlink != self.links_to(id, path, &s)
+        {
+            unlinkat(&**dfd, name, UnlinkatFlags::NoRemoveDir)
+                .map_err(|e| self.err(path, format!("unlink: {e}")))?;
+            existing = None;
+        }
+        let fresh = existing.is_none();
+        let mut made_writable = false;
+        let fd = if fresh {
+            openat(
+                &**dfd,
+                name,
+                OFlag::O_RDWR
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )
+        } else {
+            let flags = OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            match openat(&**dfd, name, flags, Mode::empty()) {
+                Err(Errno::EACCES) if !self.is_root => {
+                    // A read-only file we own: make it writable (the mode is restored below).
+                    made_writable = true;
+                    let ro = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+                    openat(&**dfd, name, ro, Mode::empty())
+                        .and_then(|ro| fchmod(&ro, Mode::from_bits_truncate(0o600)))
+                        .and_then(|()| openat(&**dfd, name, flags, Mode::empty()))
+                }
+                r => r,
+            }
+        }
+        .map_err(|e| self.err(path, format!("open: {e}")))?;
+        let file = File::from(fd);
+        let md = file
+            .metadata()
+            .map_err(|e| self.err(path, format!("fstat: {e}")))?;
+        if !md.file_type().is_file()
+            || existing.is_some_and(|s| s.st_ino != md.ino() || s.st_dev != md.dev())
+        {
+            return Err(self.err(path, "the file changed while replay was working on it"));
+        }
+        let old_mode = existing.map_or(md.mode(), |s| s.st_mode);
+        let old_size = if fresh { 0 } else { md.len() };
+        let content_changed = self.content(&file, f, old_size, fresh, path, id)?;
+        let mut chowned = false;
+        if self.is_root && (md.uid(), md.gid()) != (f.uid, f.gid) {
+            fchown(
+                &file,
+                Some(Uid::from_raw(f.uid)),
+                Some(Gid::from_raw(f.gid)),
+            )
+            .map_err(|e| self.err(path, format!("chown: {e}")))?;
+            chowned = true;
+        }
+        // chown clears set-id bits, and so does a write without CAP_FSETID: set the mode after
+        // them.
+        let mode_differs = old_mode & 0o7777 != f.mode & 0o7777;
+        if chowned || content_changed || mode_differs || made_writable || fresh {
+            fchmod(&file, Mode::from_bits_truncate(f.mode & 0o7777))
+                .map_err(|e| self.err(path, format!("chmod: {e}")))?;
+        }
+        let changed = content_changed || chowned || mode_differs;
+        if changed || fresh {
+            self.stats.files_touched += 1;
+        }
+        self.done.insert(id, (path.clone(), md.dev(), md.ino()));
+        Ok(())
+    }
+
+    /// How many paths of file `id` currently name the inode `s` (which sits at `path`).
+    fn links_to(&mut self, id: FileId, path: &[u8], s: &FileStat) -> u64 {
+        let Some(paths) = self.links.get(&id).cloned() else {
+            return 1;
+        };
+        let mut n = 0;
+        for q in &paths {
+            if q.as_slice() == path {
+                n += 1;
+                continue;
+            }
+            // A parent may not exist yet (ENOENT): that path is not a link.
+            let Ok(qd) = self.dir_fd(parent_of(q).unwrap_or(b"")) else {
+                continue;
+            };
+            if let Ok(qs) = fstatat(&*qd, file_name_of(q), AtFlags::AT_SYMLINK_NOFOLLOW)
+                && qs.st_dev == s.st_dev
+                && qs.st_ino == s.st_ino
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Makes the file's bytes equal to the state's; returns whether anything changed.
+    fn content(
+        &mut self,
+        file: &File,
+        f: &FileState,
+        old_size: u64,
+        fresh: bool,
+        path: &[u8],
+        id: FileId,
+    ) -> Result<bool, LogError> {
+        let mut changed = false;
+        if old_size != f.size {
+            file.set_len(f.size)
+                .map_err(|e| self.err(path, format!("truncate: {e}")))?;
+            changed = true;
+        }
+        // Below `limit` the file may hold old bytes; above it, it is a fresh hole (except for
+        // the rest of the block holding the old end, hence `dirty_end`).
+        let limit = if fresh { 0 } else { old_size.min(f.size) };
+        let bs = file
+            .metadata()
+            .map(|m| m.blksize())
+            .unwrap_or(4096)
+            .clamp(512, 1 << 20);
+        let dirty_end = limit.div_ceil(bs).saturating_mul(bs);
+        let mut cursor = 0;
+        for (&start, piece) in &f.pieces {
+            if cursor < dirty_end {
+                changed |= self.hole(file, cursor, start, bs, path)?;
+            }
+            let end = start + piece.len;
+            let range = piece.skip as usize..(piece.skip + piece.len) as usize;
+            if end <= limit {
+                // Old bytes are there: compare, and write only the blocks that differ.
+                let mut old = std::mem::take(&mut self.buf);
+                old.resize(piece.len as usize, 0);
+                file.read_exact_at(&mut old, start)
+                    .map_err(|e| self.err(path, format!("read: {e}")))?;
+                self.stats.bytes_compared += piece.len;
+                let same = if piece.is_whole() {
+                    *blake3::hash(&old).as_bytes() == piece.payload.hash
+                } else {
+                    self.table_says_same(piece, &old)?
+                };
+                if !same {
+                    let raw = self.payload(&piece.payload, path, id, start)?;
+                    changed |= self.write_diff(file, start, &raw[range], &old, bs, path)?;
+                }
+                self.buf = old;
+            } else {
+                let raw = self.payload(&piece.payload, path, id, start)?;
+                file.write_all_at(&raw[range], start)
+                    .map_err(|e| self.err(path, format!("write: {e}")))?;
+                self.stats.bytes_written += piece.len;
+                changed = true;
+            }
+            self.progress.inc(piece.len);
+            cursor = end;
+        }
+        if cursor < dirty_end {
+            changed |= self.hole(file, cursor, f.size, bs, path)?;
+        }
+        Ok(changed)
+    }
+
+    /// True when the payload's block table shows that `old` (the file's bytes under `piece`)
+    /// already equals the piece: every block the piece covers is covered whole and its hash
+    /// matches. False when a block differs or the piece cuts through a block (then the payload
+    /// must be read to compare).
+    fn table_says_same(&mut self, piece: &Piece, old: &[u8]) -> Result<bool, LogError> {
+        let (s, e) = (piece.skip, piece.skip + piece.len);
+        let raw_len = piece.payload.raw_len;
+        let blocks = s / TABLE_BLOCK..e.div_ceil(TABLE_BLOCK);
+        let whole = |k: u64| k * TABLE_BLOCK >= s && ((k + 1) * TABLE_BLOCK).min(raw_len) <= e;
+        if !whole(blocks.start) || !whole(blocks.end - 1) {
+            return Ok(false);
+        }
+        let table = self.log.load_table(&piece.payload)?;
+        self.stats.log_bytes_read += table.len() as u64;
+        let n = TABLE_ENTRY as usize;
+        for k in blocks {
+            let bs = (k * TABLE_BLOCK - s) as usize;
+            let be = (((k + 1) * TABLE_BLOCK).min(raw_len) - s) as usize;
+            let want = &table[k as usize * n..(k as usize + 1) * n];
+            if blake3::hash(&old[bs..be]).as_bytes()[..n] != *want {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes `new` at `start` where it differs from `old` (the bytes there now), in runs of
+    /// whole filesystem blocks.
+    fn write_diff(
+        &mut self,
+        file: &File,
+        start: u64,
+        new: &[u8],
+        old: &[u8],
+        bs: u64,
+        path: &[u8],
+    ) -> Result<bool, LogError> {
+        let mut changed = false;
+        let mut run: Option<usize> = None; // start index of a run of differing blocks
+        let mut i = 0usize;
+        while i <= new.len() {
+            let j = if i == new.len() {
+                i
+            } else {
+                let abs = start + i as u64;
+                (i + (bs - abs % bs) as usize).min(new.len())
+            };
+            let differs = i < new.len() && new[i..j] != old[i..j];
+            match (differs, run) {
+                (true, None) => run = Some(i),
+                (false, Some(r)) => {
+                    file.write_all_at(&new[r..i], start + r as u64)
+                        .map_err(|e| self.err(path, format!("write: {e}")))?;
+                    self.stats.bytes_written += (i - r) as u64;
+                    changed = true;
+                    run = None;
+                }
+                _ => {}
+            }
+            if i == new.len() {
+                break;
+            }
+            i = j;
+        }
+        Ok(changed)
+    }
+
+    /// Makes `[start, end)` read as zeros without writing zeros over whole blocks: the block-
+    /// aligned interior is punched out where it holds data (SEEK_DATA), the partial blocks at the
+    /// edges are zeroed where they hold non-zero bytes. Writes zeros only where the filesystem
+    /// cannot punch holes.
+    fn hole(
+        &mut self,
+        file: &File,
+        start: u64,
+        end: u64,
+        bs: u64,
+        path: &[u8],
+    ) -> Result<bool, LogError> {
+        if start >= end {
+            return Ok(false);
+        }
+        let a = start.div_ceil(bs).saturating_mul(bs).min(end);
+        let b = (end / bs * bs).max(a);
+        let mut changed = self.zero_fill(file, start, a, path)?;
+        changed |= self.zero_fill(file, b, end, path)?;
+        if a >= b {
+            return Ok(changed);
+        }
+        let data = match lseek(file, a as i64, Whence::SeekData) {
+            Ok(off) if (off as u64) < b => off as u64,
+            Ok(_) | Err(Errno::ENXIO) => return Ok(changed),
+            Err(_) => a, // no SEEK_DATA: assume data
+        };
+        let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        match fallocate(file, flags, data as i64, (b - data) as i64) {
+            Ok(()) => {
+                self.stats.holes_punched += 1;
+                Ok(true)
+            }
+            Err(Errno::EOPNOTSUPP) => Ok(self.zero_fill(file, data, b, path)? | changed),
+            Err(e) => Err(self.err(path, format!("punch hole: {e}"))),
+        }
+    }
+
+    /// Overwrites the non-zero bytes of `[start, end)` with zeros.
+    fn zero_fill(
+        &mut self,
+        file: &File,
+        start: u64,
+        end: u64,
+        path: &[u8],
+    ) -> Result<bool, LogError> {
+        let mut changed = false;
+        let mut at = start;
+        let mut buf = vec![0u8; (1 << 20).min(end.saturating_sub(start) as usize)];
+        while at < end {
+            let n = buf.len().min((end - at) as usize);
+            file.read_exact_at(&mut buf[..n], at)
+                .map_err(|e| self.err(path, format!("read: {e}")))?;
+            self.stats.bytes_compared += n as u64;
+            if buf[..n].iter().any(|&b| b != 0) {
+                buf[..n].fill(0);
+                file.write_all_at(&buf[..n], at)
+                    .map_err(|e| self.err(path, format!("write: {e}")))?;
+                self.stats.bytes_written += n as u64;
+                changed = true;
+            }
+            at += n as u64;
+        }
+        Ok(changed)
+    }
+
+    fn payload(
+        &mut self,
+        p: &PayloadRef,
+        path: &[u8],
+        id: FileId,
+        offset: u64,
+    ) -> Result<Rc<Vec<u8>>, LogError> {
+        if let Some(v) = self.cache.get(p) {
+            return Ok(v.clone());
+        }
+        let raw = match self.log.load_payload(p) {
+            Ok(raw) => raw,
+            Err(Ok(what)) => {
+                return Err(LogError::CorruptExtent {
+                    height: self.log.payload_height(p).unwrap_or(self.height),
+                    path: display_path(path),
+                    id,
+                    offset,
+                    len: p.raw_len,
+                    what,
+                });
+            }
+            Err(Err(e)) => return Err(e),
+        };
+        self.stats.log_bytes_read += p.stored_len;
+        self.stats.payloads_read += 1;
+        let raw = Rc::new(raw);
+        self.cache_bytes += raw.len();
+        self.cache.insert(*p, raw.clone());
+        self.cache_order.push_back(*p);
+        while self.cache_bytes > CACHE_BYTES
+            && let Some(old) = self.cache_order.pop_front()
+        {
+            if let Some(v) = self.cache.remove(&old) {
+                self.cache_bytes -= v.len();
+            }
+        }
+        Ok(raw)
+    }
+
+    // ---- pass 3 -----------------------------------------------------------------------------
+
+    fn dir_meta(&mut self, path: &[u8], mode: u32, uid: u32, gid: u32) -> Result<(), LogError> {
+        let dfd = self.dir_fd(parent_of(path).unwrap_or(b""))?;
+        let d = openat(&*dfd, file_name_of(path), DIR_FLAGS, Mode::empty())
+            .map_err(|e| self.err(path, format!("open directory: {e}")))?;
+        let st = nix::sys::stat::fstat(&d).map_err(|e| self.err(path, format!("fstat: {e}")))?;
+        let mut touched = false;
+        if self.is_root && (st.st_uid, st.st_gid) != (uid, gid) {
+            fchown(&d, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+                .map_err(|e| self.err(path, format!("chown: {e}")))?;
+            touched = true;
+        }
+        // The mode before pass 1 made the directory writable for us, if it did.
+        let old_mode = self
+            .opened_up
+            .get(path)
+            .copied()
+            .unwrap_or(st.st_mode & 0o7777);
+        touched |= old_mode != mode & 0o7777;
+        if touched || st.st_mode & 0o7777 != mode & 0o7777 {
+            fchmod(d.as_fd(), Mode::from_bits_truncate(mode & 0o7777))
+                .map_err(|e| self.err(path, format!("chmod: {e}")))?;
+        }
+        if touched {
+            self.stats.files_touched += 1;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    pub(crate) fn replayer<'a>(log: &'a Log, state: &'a TreeState, into: &Path) -> Replayer<'a> {
+        let root: OwnedFd = File::open(into).unwrap().into();
+        Replayer::new(log, state, 0, into, root, ProgressBar::hidden())
+    }
+}

@@ -1,0 +1,490 @@
+//! The folded state of the tree: namespace plus, per file, which payload bytes cover which range.
+//! Folding only needs metadata; payloads are read by replay.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::error::LogError;
+use super::format::{MetaExtent, PayloadRef};
+use super::record::{
+    Entry, FileId, NsOp, RelPath, check_path, check_symlink_target, display_path, parent_of,
+};
+
+/// What a path holds in the folded state. Files point at their inode-like [`FileState`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Node {
+    Dir { mode: u32, uid: u32, gid: u32 },
+    File(FileId),
+    Symlink { target: Vec<u8>, uid: u32, gid: u32 },
+}
+
+/// Bytes `[start, start + len)` of a file come from `payload`'s raw bytes at `skip..skip + len`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Piece {
+    pub len: u64,
+    pub skip: u64,
+    pub payload: PayloadRef,
+}
+
+impl Piece {
+    /// True when the piece is the whole payload (so the payload's blake3 is the piece's blake3).
+    pub fn is_whole(&self) -> bool {
+        self.skip == 0 && self.len == self.payload.raw_len
+    }
+}
+
+/// A file (inode): metadata, size and its data pieces. Ranges no piece covers are holes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileState {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// Number of paths that name this file.
+    pub nlink: u32,
+    /// Start offset -> piece; pieces never overlap and all lie below `size`.
+    pub pieces: BTreeMap<u64, Piece>,
+}
+
+impl FileState {
+    /// Bytes covered by data pieces (the rest of `size` is holes).
+    pub fn data_bytes(&self) -> u64 {
+        self.pieces.values().map(|p| p.len).sum()
+    }
+
+    /// Makes `[start, end)` a hole.
+    fn punch(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        if let Some((&ps, p)) = self.pieces.range(..start).next_back() {
+            let pe = ps + p.len;
+            if pe > start {
+                let p = p.clone();
+                self.pieces.get_mut(&ps).expect("piece").len = start - ps;
+                if pe > end {
+                    let right = Piece {
+                        len: pe - end,
+                        skip: p.skip + (end - ps),
+                        payload: p.payload,
+                    };
+                    self.pieces.insert(end, right);
+                    return;
+                }
+            }
+        }
+        let inside: Vec<u64> = self.pieces.range(start..end).map(|(k, _)| *k).collect();
+        for k in inside {
+            let p = self.pieces.remove(&k).expect("piece");
+            let pe = k + p.len;
+            if pe > end {
+                let right = Piece {
+                    len: pe - end,
+                    skip: p.skip + (end - k),
+                    payload: p.payload,
+                };
+                self.pieces.insert(end, right);
+            }
+        }
+    }
+
+    fn set_size(&mut self, size: u64) {
+        if size < self.size {
+            self.punch(size, u64::MAX);
+        }
+        self.size = size;
+    }
+}
+
+/// The folded tree at a height.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TreeState {
+    /// The height this state is at (`None` before the first record).
+    pub height: Option<u64>,
+    /// Every path, in byte order (a parent sorts before its children).
+    pub nodes: BTreeMap<RelPath, Node>,
+    /// Every live file id.
+    pub files: HashMap<FileId, FileState>,
+}
+
+impl TreeState {
+    /// The entry at `path` in the record vocabulary.
+    pub fn entry(&self, path: &[u8]) -> Option<Entry> {
+        Some(self.to_entry(self.nodes.get(path)?))
+    }
+
+    /// Every (path, entry), parents before children.
+    pub fn entries(&self) -> impl Iterator<Item = (&RelPath, Entry)> + '_ {
+        self.nodes.iter().map(|(p, n)| (p, self.to_entry(n)))
+    }
+
+    fn to_entry(&self, n: &Node) -> Entry {
+        match n {
+            Node::Dir { mode, uid, gid } => Entry::Dir {
+                mode: *mode,
+                uid: *uid,
+                gid: *gid,
+            },
+            Node::File(id) => {
+                let f = &self.files[id];
+                Entry::File {
+                    id: *id,
+                    mode: f.mode,
+                    uid: f.uid,
+                    gid: f.gid,
+                }
+            }
+            Node::Symlink { target, uid, gid } => Entry::Symlink {
+                target: target.clone(),
+                uid: *uid,
+                gid: *gid,
+            },
+        }
+    }
+
+    /// The file with this id.
+    pub fn file(&self, id: FileId) -> Option<&FileState> {
+        self.files.get(&id)
+    }
+
+    /// Sum of the sizes of all files (holes included), each inode once.
+    pub fn total_size(&self) -> u64 {
+        self.files.values().map(|f| f.size).sum()
+    }
+
+    /// Sum of the data bytes (holes excluded) of all files, each inode once.
+    pub fn data_bytes(&self) -> u64 {
+        self.files.values().map(|f| f.data_bytes()).sum()
+    }
+
+    /// A path naming file `id` (the first in byte order), for messages.
+    pub fn path_of(&self, id: FileId) -> Option<&RelPath> {
+        self.nodes
+            .iter()
+            .find(|(_, n)| **n == Node::File(id))
+            .map(|(p, _)| p)
+    }
+
+    /// Removes whatever is at `path` (a directory with everything under it).
+    fn remove_node(&mut self, path: &[u8], orphans: &mut Vec<FileId>) -> bool {
+        let Some(node) = self.nodes.remove(path) else {
+            return false;
+        };
+        let mut unlink = |files: &mut HashMap<FileId, FileState>, n: &Node| {
+            if let Node::File(id) = n {
+                let f = files.get_mut(id).expect("file of a live path");
+                f.nlink -= 1;
+                if f.nlink == 0 {
+                    orphans.push(*id);
+                }
+            }
+        };
+        unlink(&mut self.files, &node);
+        if matches!(node, Node::Dir { .. }) {
+            let mut lo = path.to_vec();
+            lo.push(b'/');
+            let mut hi = path.to_vec();
+            hi.push(b'/' + 1);
+            let under: Vec<RelPath> = self.nodes.range(lo..hi).map(|(k, _)| k.clone()).collect();
+            for k in under {
+                let n = self.nodes.remove(&k).expect("node");
+                unlink(&mut self.files, &n);
+            }
+        }
+        true
+    }
+
+    /// Applies one record: ops, then extents, then forgets files no path names any more.
+    /// Checks everything a hostile or buggy record could get wrong; on error the state is
+    /// partly applied and must be thrown away.
+    pub(crate) fn apply(
+        &mut self,
+        height: u64,
+        ops: &[NsOp],
+        extents: &[MetaExtent],
+    ) -> Result<(), LogError> {
+        let invalid = |reason: String| LogError::InvalidRecord { height, reason };
+        let unsafe_path = |path: &[u8], reason: String| LogError::UnsafePath {
+            height,
+            path: display_path(path),
+            reason,
+        };
+        let mut orphans = Vec::new();
+        for op in ops {
+            match op {
+                NsOp::Put { path, entry } => {
+                    check_path(path).map_err(|why| unsafe_path(path, why.to_string()))?;
+                    if let Some(parent) = parent_of(path) {
+                        match self.nodes.get(parent) {
+                            Some(Node::Dir { .. }) => {}
+                            Some(Node::Symlink { .. }) => {
+                                return Err(unsafe_path(
+                                    path,
+                                    format!(
+                                        "its parent \"{}\" is a symlink, not a directory",
+                                        display_path(parent)
+                                    ),
+                                ));
+                            }
+                            Some(Node::File(_)) => {
+                                return Err(unsafe_path(
+                                    path,
+                                    format!(
+                                        "its parent \"{}\" is a file, not a directory",
+                                        display_path(parent)
+                                    ),
+                                ));
+                            }
+                            None => {
+                                return Err(invalid(format!(
+                                    "put \"{}\": its parent directory does not exist (put the parent first)",
+                                    display_path(path)
+                                )));
+                            }
+                        }
+                    }
+                    if let Entry::Symlink { target, .. } = entry {
+                        check_symlink_target(target)
+                            .map_err(|why| unsafe_path(path, why.to_string()))?;
+                    }
+                    let existing = self.nodes.get(path);
+                    match (existing, entry) {
+                        (Some(Node::Dir { .. }), Entry::Dir { mode, uid, gid }) => {
+                            // Same directory, new metadata: children stay.
+                            self.nodes.insert(
+                                path.clone(),
+                                Node::Dir {
+                                    mode: *mode,
+                                    uid: *uid,
+                                    gid: *gid,
+                                },
+                            );
+                        }
+                        (Some(Node::File(old)), Entry::File { id, mode, uid, gid })
+                            if old == id =>
+                        {
+                            let f = self.files.get_mut(id).expect("file of a live path");
+                            (f.mode, f.uid, f.gid) = (*mode, *uid, *gid);
+                        }
+                        (existing, _) => {
+                            if existing.is_some() {
+                                self.remove_node(path, &mut orphans);
+                            }
+                            let node = match entry {
+                                Entry::Dir { mode, uid, gid } => Node::Dir {
+                                    mode: *mode,
+                                    uid: *uid,
+                                    gid: *gid,
+                                },
+                                Entry::File { id, mode, uid, gid } => {
+                                    let f = self.files.entry(*id).or_insert_with(|| FileState {
+                                        mode: 0,
+                                        uid: 0,
+                                        gid: 0,
+                                        size: 0,
+                                        nlink: 0,
+                                        pieces: BTreeMap::new(),
+                                    });
+                                    f.nlink += 1;
+                                    (f.mode, f.uid, f.gid) = (*mode, *uid, *gid);
+                                    Node::File(*id)
+                                }
+                                Entry::Symlink { target, uid, gid } => Node::Symlink {
+                                    target: target.clone(),
+                                    uid: *uid,
+                                    gid: *gid,
+                                },
+                            };
+                            self.nodes.insert(path.clone(), node);
+                        }
+                    }
+                }
+                NsOp::Remove { path } => {
+                    check_path(path).map_err(|why| unsafe_path(path, why.to_string()))?;
+                    if !self.remove_node(path, &mut orphans) {
+                        return Err(invalid(format!(
+                            "remove \"{}\": nothing is there",
+                            display_path(path)
+                        )));
+                    }
+                }
+                NsOp::SetSize { id, size } => {
+                    let f = self.files.get_mut(id).ok_or_else(|| {
+                        invalid(format!(
+                            "set size of file id {id}: no such file (put it first)"
+                        ))
+                    })?;
+                    f.set_size(*size);
+                }
+            }
+        }
+        for e in extents {
+            let id = e.id();
+            let f = self.files.get_mut(&id).ok_or_else(|| {
+                invalid(format!(
+                    "extent for file id {id}: no such file (put it first)"
+                ))
+            })?;
+            let start = e.offset();
+            let end = start
+                .checked_add(e.len())
+                .ok_or_else(|| invalid(format!("extent of file id {id} overflows")))?;
+            // Bytes at or beyond the size are dropped (the size is set by SetSize only).
+            let end = end.min(f.size);
+            if start >= end {
+                continue;
+            }
+            f.punch(start, end);
+            if let MetaExtent::Data { payload, .. } = e {
+                f.pieces.insert(
+                    start,
+                    Piece {
+                        len: end - start,
+                        skip: 0,
+                        payload: *payload,
+                    },
+                );
+            }
+        }
+        for id in orphans {
+            if self.files.get(&id).is_some_and(|f| f.nlink == 0) {
+                self.files.remove(&id);
+            }
+        }
+        self.height = Some(height);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::format::Codec;
+    use super::*;
+
+    fn payload(n: u8, len: u64) -> PayloadRef {
+        PayloadRef {
+            seg: 1,
+            offset: n as u64 * 1000,
+            stored_len: len,
+            raw_len: len,
+            codec: Codec::Raw,
+            hash: [n; 32],
+        }
+    }
+
+    #[test]
+    fn pieces_overwrite_and_truncate() {
+        let mut f = FileState {
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            size: 100,
+            nlink: 1,
+            pieces: BTreeMap::new(),
+        };
+        f.pieces.insert(
+            0,
+            Piece {
+                len: 100,
+                skip: 0,
+                payload: payload(1, 100),
+            },
+        );
+        f.punch(10, 20);
+        f.pieces.insert(
+            10,
+            Piece {
+                len: 10,
+                skip: 0,
+                payload: payload(2, 10),
+            },
+        );
+        let v: Vec<(u64, u64, u64)> = f.pieces.iter().map(|(k, p)| (*k, p.len, p.skip)).collect();
+        assert_eq!(v, vec![(0, 10, 0), (10, 10, 0), (20, 80, 20)]);
+        f.punch(5, 25);
+        let v: Vec<(u64, u64, u64)> = f.pieces.iter().map(|(k, p)| (*k, p.len, p.skip)).collect();
+        assert_eq!(v, vec![(0, 5, 0), (25, 75, 25)]);
+        f.set_size(50);
+        let v: Vec<(u64, u64, u64)> = f.pieces.iter().map(|(k, p)| (*k, p.len, p.skip)).collect();
+        assert_eq!(v, vec![(0, 5, 0), (25, 25, 25)]);
+        assert_eq!(f.data_bytes(), 30);
+    }
+
+    #[test]
+    fn subtree_removal_and_links() {
+        let mut s = TreeState::default();
+        let dir = |p: &[u8]| NsOp::Put {
+            path: p.to_vec(),
+            entry: Entry::Dir {
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            },
+        };
+        let file = |p: &[u8], id| NsOp::Put {
+            path: p.to_vec(),
+            entry: Entry::File {
+                id,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            },
+        };
+        s.apply(
+            1,
+            &[
+                dir(b"a"),
+                dir(b"a b"),
+                file(b"a/x", 1),
+                file(b"a b/y", 1),
+                file(b"a-", 2),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.files[&1].nlink, 2);
+        s.apply(
+            2,
+            &[NsOp::Remove {
+                path: b"a".to_vec(),
+            }],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.nodes.len(), 3);
+        assert_eq!(s.files[&1].nlink, 1);
+        // Rename within one record keeps the content.
+        s.apply(
+            3,
+            &[
+                NsOp::SetSize { id: 2, size: 5 },
+                NsOp::Remove {
+                    path: b"a-".to_vec(),
+                },
+                file(b"z", 2),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.files[&2].size, 5);
+        // Symlink parent is refused.
+        let e = s
+            .apply(
+                4,
+                &[
+                    NsOp::Put {
+                        path: b"l".to_vec(),
+                        entry: Entry::Symlink {
+                            target: b"/etc".to_vec(),
+                            uid: 0,
+                            gid: 0,
+                        },
+                    },
+                    file(b"l/passwd", 9),
+                ],
+                &[],
+            )
+            .unwrap_err();
+        assert!(matches!(e, LogError::UnsafePath { .. }), "{e}");
+        assert!(e.to_string().contains("l/passwd"), "{e}");
+    }
+}

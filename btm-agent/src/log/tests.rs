@@ -1,0 +1,337 @@
+//! Unit tests that need the log internals: a failing writer (a full disk at every offset of a
+//! record) and hostile logs written without the append-time checks.
+
+use std::path::Path;
+
+use super::*;
+
+fn no_sync() -> ReplayOptions {
+    ReplayOptions {
+        progress: false,
+        sync: false,
+    }
+}
+
+fn file_op(path: &[u8], id: u64) -> NsOp {
+    NsOp::Put {
+        path: path.to_vec(),
+        entry: Entry::File {
+            id,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        },
+    }
+}
+
+fn record(height: u64, id: u64, data: Vec<u8>) -> CutRecord {
+    let name = format!("f{id}").into_bytes();
+    CutRecord {
+        height,
+        time_unix_ms: height,
+        ops: vec![
+            file_op(&name, id),
+            NsOp::SetSize {
+                id,
+                size: data.len() as u64,
+            },
+        ],
+        extents: vec![ExtentData {
+            id,
+            offset: 0,
+            bytes: ExtentBytes::Data(data),
+        }],
+    }
+}
+
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn listing(dir: &Path) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A write failing at any offset of a record (ENOSPC) leaves the log exactly as before, and the
+/// next append works.
+#[test]
+fn failed_write_is_undone_at_every_offset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut log = Log::open_append_with(
+        tmp.path(),
+        LogOptions {
+            chunk_size: 4096,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    log.append(record(1, 1, noise(1, 10_000))).unwrap();
+    let before = listing(tmp.path());
+    let start = log.segments[0].len;
+    let probe_len = {
+        // The size of the record we are going to fail.
+        let dir2 = tempfile::tempdir().unwrap();
+        let mut l2 = Log::open_append_with(
+            dir2.path(),
+            LogOptions {
+                chunk_size: 4096,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        l2.append(record(1, 1, noise(1, 10_000))).unwrap();
+        l2.append(record(2, 2, noise(2, 20_000)))
+            .unwrap()
+            .stored_bytes
+    };
+    let mut h = 2;
+    for limit in (start..start + probe_len)
+        .step_by(97)
+        .chain([start + probe_len - 1])
+    {
+        log.fail_writes_beyond = Some(limit);
+        let e = log.append(record(h, 2, noise(2, 20_000))).unwrap_err();
+        assert!(e.is_io_kind(std::io::ErrorKind::StorageFull), "{e}");
+        assert_eq!(listing(tmp.path()), before, "limit {limit}");
+        assert_eq!(log.last_height(), Some(1));
+        h += 1;
+    }
+    log.fail_writes_beyond = None;
+    log.append(record(h, 2, noise(2, 20_000))).unwrap();
+    log.verify().unwrap();
+    drop(log);
+    let log = Log::open_read(tmp.path()).unwrap();
+    assert!(log.torn_tail().is_none());
+    assert_eq!(log.heights().len(), 2);
+}
+
+/// A failure while the record goes into a new segment removes that segment again.
+#[test]
+fn failed_write_in_new_segment_removes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut log = Log::open_append_with(
+        tmp.path(),
+        LogOptions {
+            segment_size: 1000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    log.append(record(1, 1, noise(1, 5000))).unwrap();
+    let before = listing(tmp.path());
+    for limit in [0, 10, 32, 100, 3000] {
+        log.fail_writes_beyond = Some(limit);
+        assert!(log.append(record(2, 2, noise(2, 5000))).is_err());
+        assert_eq!(listing(tmp.path()), before, "limit {limit}");
+    }
+    log.fail_writes_beyond = None;
+    log.append(record(2, 2, noise(2, 5000))).unwrap();
+    assert_eq!(log.segment_paths().len(), 2);
+    log.verify().unwrap();
+}
+
+/// Dedup: the same bytes appended again cost a table row, not a payload.
+#[test]
+fn identical_payloads_are_stored_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut log = Log::open_append(tmp.path()).unwrap();
+    let data = noise(9, 3 << 20);
+    let a = log.append(record(1, 1, data.clone())).unwrap();
+    let b = log.append(record(2, 2, data.clone())).unwrap();
+    assert!(a.stored_bytes > 3 << 20);
+    assert!(b.stored_bytes < 4096, "{b:?}");
+    assert_eq!(b.data_bytes, 3 << 20);
+    drop(log);
+    // The dedup index is rebuilt on open.
+    let mut log = Log::open_append(tmp.path()).unwrap();
+    let c = log.append(record(3, 3, data.clone())).unwrap();
+    assert!(c.stored_bytes < 4096);
+    let rep = log.verify().unwrap();
+    assert_eq!(rep.payloads, 3);
+    assert_eq!(rep.deduplicated_extents, 6);
+    let into = tmp.path().join("r");
+    log.replay(3, &into, &no_sync()).unwrap();
+    for i in 1..=3 {
+        assert_eq!(fs::read(into.join(format!("f{i}"))).unwrap(), data);
+    }
+}
+
+fn hostile_log(dir: &Path, records: Vec<CutRecord>) {
+    let mut log = Log::open_append(dir).unwrap();
+    log.skip_checks = true;
+    for r in records {
+        log.append(r).unwrap();
+    }
+}
+
+/// Paths that could escape are refused when a log holding them is opened.
+#[test]
+fn hostile_paths_refused_at_open() {
+    for bad in [&b"../x"[..], b"/abs", b"a/../../b", b"a//b", b"x/."] {
+        let tmp = tempfile::tempdir().unwrap();
+        hostile_log(
+            tmp.path(),
+            vec![
+                CutRecord {
+                    height: 1,
+                    ops: vec![NsOp::Put {
+                        path: b"a".to_vec(),
+                        entry: Entry::Dir {
+                            mode: 0o755,
+                            uid: 0,
+                            gid: 0,
+                        },
+                    }],
+                    ..Default::default()
+                },
+                record(2, 1, b"x".to_vec()),
+                CutRecord {
+                    height: 3,
+                    ops: vec![file_op(bad, 2)],
+                    ..Default::default()
+                },
+            ],
+        );
+        let e = Log::open_read(tmp.path())
+            .err()
+            .expect("hostile log opened");
+        assert!(matches!(e, LogError::UnsafePath { height: 3, .. }), "{e}");
+        assert!(e.to_string().contains(&display_path(bad)), "{e}");
+        assert!(Log::open_append(tmp.path()).is_err());
+    }
+}
+
+/// A log that creates symlink `a -> outside` and then `a/passwd` opens (its paths are
+/// well-formed), but replay and verify refuse it naming the path, and nothing is written
+/// outside the target.
+#[test]
+fn symlink_parent_escape_refused_at_replay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let logdir = tmp.path().join("log");
+    hostile_log(
+        &logdir,
+        vec![
+            CutRecord {
+                height: 1,
+                ops: vec![NsOp::Put {
+                    path: b"a".to_vec(),
+                    entry: Entry::Symlink {
+                        target: outside.as_os_str().as_encoded_bytes().to_vec(),
+                        uid: 0,
+                        gid: 0,
+                    },
+                }],
+                ..Default::default()
+            },
+            CutRecord {
+                height: 2,
+                ops: vec![file_op(b"a/passwd", 1), NsOp::SetSize { id: 1, size: 4 }],
+                extents: vec![ExtentData {
+                    id: 1,
+                    offset: 0,
+                    bytes: ExtentBytes::Data(b"root".to_vec()),
+                }],
+                ..Default::default()
+            },
+        ],
+    );
+    let log = Log::open_read(&logdir).unwrap();
+    let into = tmp.path().join("t");
+    let e = log.replay(2, &into, &no_sync()).unwrap_err();
+    assert!(matches!(e, LogError::UnsafePath { .. }), "{e}");
+    assert!(e.to_string().contains("a/passwd"), "{e}");
+    let e = log.verify().unwrap_err();
+    assert!(e.to_string().contains("a/passwd"), "{e}");
+    assert!(fs::read_dir(&outside).unwrap().next().is_none());
+    // Height 1 alone is harmless: a dangling-or-not symlink, never followed.
+    log.replay(1, &into, &no_sync()).unwrap();
+    assert!(
+        fs::symlink_metadata(into.join("a"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(fs::read_dir(&outside).unwrap().next().is_none());
+}
+
+/// Defence in depth: even with the fold check bypassed, the openat(O_NOFOLLOW) chain refuses to
+/// go through a symlink in the target.
+#[test]
+fn openat_chain_does_not_follow_symlinks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let into = tmp.path().join("t");
+    fs::create_dir(&into).unwrap();
+    std::os::unix::fs::symlink(&outside, into.join("a")).unwrap();
+    let logdir = tmp.path().join("log");
+    let mut log = Log::open_append(&logdir).unwrap();
+    log.append(CutRecord {
+        height: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let state = TreeState::default();
+    let mut r = replay::tests_support::replayer(&log, &state, &into);
+    let e = r.dir_fd(b"a").expect_err("followed a symlink");
+    assert!(matches!(e, LogError::UnsafePath { .. }), "{e}");
+    assert!(e.to_string().contains("\"a\""), "{e}");
+}
+
+/// A record whose extent points outside every payload section is refused at open.
+#[test]
+fn payload_reference_out_of_bounds_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut log = Log::open_append(tmp.path()).unwrap();
+    log.append(record(1, 1, noise(3, 1000))).unwrap();
+    // Forge the dedup index so the next record points at bytes outside every payload section.
+    let fake = blake3::hash(&noise(4, 1000));
+    log.dedup.insert(
+        *fake.as_bytes(),
+        PayloadRef {
+            seg: 1,
+            offset: 40,
+            stored_len: 1016,
+            raw_len: 1000,
+            codec: Codec::Raw,
+            hash: *fake.as_bytes(),
+        },
+    );
+    log.append(record(2, 2, noise(4, 1000))).unwrap();
+    drop(log);
+    let e = Log::open_read(tmp.path()).err().expect("opened");
+    assert!(
+        e.to_string().contains("outside every payload section"),
+        "{e}"
+    );
+}
+
+/// The agent moves the log between threads.
+#[test]
+fn log_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Log>();
+    check::<TreeState>();
+    check::<LogError>();
+}

@@ -1,0 +1,205 @@
+//! Read every byte of the log and check every hash.
+
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+
+use super::error::LogError;
+use super::format::{
+    Meta, MetaError, MetaExtent, PayloadRef, REC_HEADER_LEN, RecHeader, SEG_HEADER_LEN, SegHeader,
+    TRAILER_LEN, Trailer,
+};
+use super::record::display_path;
+use super::state::TreeState;
+use super::{Log, TornTail, decode_payload};
+
+/// What [`Log::verify`] checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VerifyReport {
+    pub segments: u64,
+    pub records: u64,
+    pub first_height: Option<u64>,
+    pub last_height: Option<u64>,
+    /// Payloads decoded and checked against their blake3.
+    pub payloads: u64,
+    /// Extents whose payload is shared with an earlier one (dedup).
+    pub deduplicated_extents: u64,
+    /// Bytes read from the segment files.
+    pub bytes_read: u64,
+    /// Raw bytes the payloads decode to.
+    pub raw_bytes: u64,
+    /// Live files and their data bytes at the last height.
+    pub files_at_last: u64,
+    pub data_bytes_at_last: u64,
+    /// A torn tail found when the log was opened (ignored or cut, not verified).
+    #[serde(skip)]
+    pub torn_tail: Option<TornTail>,
+}
+
+pub(crate) fn verify(log: &Log) -> Result<VerifyReport, LogError> {
+    let mut rep = VerifyReport {
+        segments: log.segments.len() as u64,
+        torn_tail: log.torn_tail.clone(),
+        ..Default::default()
+    };
+    let mut state = TreeState::default();
+    let mut prev_hash = [0u8; 32];
+    let mut prev_height: Option<u64> = None;
+    // Every payload stored so far: (segment, offset) -> its description.
+    let mut stored: HashMap<(u64, u64), PayloadRef> = HashMap::new();
+    let mut buf = Vec::new();
+    for (si, seg) in log.segments.iter().enumerate() {
+        let corrupt = |offset: u64, height: Option<u64>, what: String| LogError::Corrupt {
+            segment: seg.path.clone(),
+            offset,
+            height,
+            what,
+        };
+        let io = |e| LogError::io(&seg.path, e);
+        let mut hb = [0u8; SEG_HEADER_LEN as usize];
+        seg.file.read_exact_at(&mut hb, 0).map_err(io)?;
+        rep.bytes_read += SEG_HEADER_LEN;
+        match SegHeader::decode(&hb) {
+            Ok(h) if h.seg == seg.no => {}
+            _ => return Err(corrupt(0, None, "bad segment header".into())),
+        }
+        let mut p = SEG_HEADER_LEN;
+        for rec in log.records.iter().filter(|r| r.seg_idx == si) {
+            if rec.offset != p {
+                return Err(corrupt(p, None, "records do not follow each other".into()));
+            }
+            let mut hasher = blake3::Hasher::new();
+            let mut hb = [0u8; REC_HEADER_LEN as usize];
+            seg.file.read_exact_at(&mut hb, p).map_err(io)?;
+            let header = RecHeader::decode(&hb)
+                .map_err(|e| corrupt(p, None, format!("bad record header: {e:?}")))?;
+            let height = header.height;
+            let corrupt = |what: String| corrupt(p, Some(height), what);
+            if header != rec.header {
+                return Err(corrupt(
+                    "the record header changed after the log was opened".into(),
+                ));
+            }
+            if prev_height.is_some_and(|h| height <= h) {
+                return Err(corrupt("heights do not increase".into()));
+            }
+            if header.prev_hash != prev_hash {
+                return Err(corrupt(
+                    "hash chain broken: previous-record hash mismatch".into(),
+                ));
+            }
+            hasher.update(&hb);
+            let mut mb = vec![0u8; header.meta_len as usize];
+            seg.file
+                .read_exact_at(&mut mb, p + REC_HEADER_LEN)
+                .map_err(io)?;
+            hasher.update(&mb);
+            if *blake3::hash(&mb).as_bytes() != header.meta_hash {
+                return Err(corrupt("metadata checksum mismatch".into()));
+            }
+            let meta = Meta::decode(&mb).map_err(|e| match e {
+                MetaError::Malformed(why) => corrupt(format!("malformed metadata: {why}")),
+                MetaError::UnsafePath(path, reason) => LogError::UnsafePath {
+                    height,
+                    path: display_path(&path),
+                    reason,
+                },
+            })?;
+            state.apply(height, &meta.ops, &meta.extents)?;
+
+            // The payload section, in order: the record's own payloads tile it.
+            let (ps, pe) = rec.payload_range();
+            let mut own: Vec<(&PayloadRef, u64, u64)> = Vec::new();
+            for e in &meta.extents {
+                let MetaExtent::Data {
+                    id,
+                    offset,
+                    payload,
+                } = e
+                else {
+                    continue;
+                };
+                if payload.seg == seg.no && payload.offset >= ps && payload.offset < pe {
+                    own.push((payload, *id, *offset));
+                } else {
+                    rep.deduplicated_extents += 1;
+                    if stored.get(&(payload.seg, payload.offset)) != Some(payload) {
+                        return Err(corrupt(format!(
+                            "data of file id {id} at offset {offset} refers to a payload no earlier record stores"
+                        )));
+                    }
+                }
+            }
+            own.sort_by_key(|(pl, _, _)| pl.offset);
+            let mut at = ps;
+            for (pl, id, offset) in own {
+                if pl.offset < at {
+                    // The same payload used twice in this record.
+                    rep.deduplicated_extents += 1;
+                    if stored.get(&(pl.seg, pl.offset)) != Some(pl) {
+                        return Err(corrupt("two payloads overlap".into()));
+                    }
+                    continue;
+                }
+                if pl.offset != at {
+                    return Err(corrupt(format!(
+                        "gap in the payload section at offset {at}"
+                    )));
+                }
+                buf.resize(pl.stored_len as usize, 0);
+                seg.file.read_exact_at(&mut buf, pl.offset).map_err(io)?;
+                hasher.update(&buf);
+                at += pl.stored_len;
+                rep.payloads += 1;
+                rep.raw_bytes += pl.raw_len;
+                if let Err(what) = decode_payload(pl, std::mem::take(&mut buf)) {
+                    let path = state
+                        .path_of(id)
+                        .map(|p| display_path(p))
+                        .unwrap_or_else(|| format!("<file id {id}, unlinked at height {height}>"));
+                    return Err(LogError::CorruptExtent {
+                        height,
+                        path,
+                        id,
+                        offset,
+                        len: pl.raw_len,
+                        what,
+                    });
+                }
+                stored.insert((pl.seg, pl.offset), *pl);
+            }
+            if at != pe {
+                return Err(corrupt(format!(
+                    "payload section has {} unused bytes",
+                    pe - at
+                )));
+            }
+            let mut tb = [0u8; TRAILER_LEN as usize];
+            seg.file.read_exact_at(&mut tb, pe).map_err(io)?;
+            let trailer = Trailer::decode(&tb).map_err(|_| corrupt("bad trailer".into()))?;
+            let hash = *hasher.finalize().as_bytes();
+            if trailer.record_len != rec.len() || trailer.hash != hash {
+                return Err(corrupt(
+                    "record checksum mismatch (the trailer's blake3 does not match the record)"
+                        .into(),
+                ));
+            }
+            rep.bytes_read += rec.len();
+            rep.records += 1;
+            rep.first_height.get_or_insert(height);
+            rep.last_height = Some(height);
+            prev_hash = hash;
+            prev_height = Some(height);
+            p = pe + TRAILER_LEN;
+        }
+        if p != seg.len {
+            return Err(corrupt(
+                p,
+                None,
+                "bytes after the last record of the segment".into(),
+            ));
+        }
+    }
+    rep.files_at_last = state.files.len() as u64;
+    rep.data_bytes_at_last = state.data_bytes();
+    Ok(rep)
+}
