@@ -96,5 +96,9 @@ pub mod stat {
     pub const RANGE_CALLS: u32 = 6;
     /// Path-based truncates (`truncate(2)`) seen on any file: the agent rechecks sizes.
     pub const PATH_TRUNCATE: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Write faults whose VMA could not be looked up (`bpf_find_vma` busy or failed).
+    pub const FAULT_UNRESOLVED: u32 = 8;
+    /// Write faults resolved to a tracked shared file mapping.
+    pub const FAULT_MARKED: u32 = 9;
+    pub const COUNT: u32 = 10;
 }

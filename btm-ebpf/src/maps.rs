@@ -27,6 +27,14 @@ pub static MARKS0: HashMap<FileKey, FileMark> = HashMap::with_max_entries(16384,
 #[map]
 pub static MARKS1: HashMap<FileKey, FileMark> = HashMap::with_max_entries(16384, NO_PREALLOC);
 
+/// Large folios whose folio event was suppressed (only the written range is marked), per
+/// epoch: key = (dev, ino, folio index), value = folio order. A write fault on such a folio
+/// marks it whole, since the kernel may map the whole folio writable on one fault.
+#[map]
+pub static PARTIAL0: HashMap<ChunkKey, u32> = HashMap::with_max_entries(65536, NO_PREALLOC);
+#[map]
+pub static PARTIAL1: HashMap<ChunkKey, u32> = HashMap::with_max_entries(65536, NO_PREALLOC);
+
 /// Per task: the byte range its current write covers (see `PreciseRange`).
 #[map]
 pub static PRECISE: LruHashMap<u64, PreciseRange> = LruHashMap::with_max_entries(8192, 0);

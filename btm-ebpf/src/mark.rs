@@ -17,7 +17,7 @@ use btm_common::dirty::{
     WHY_OVERFLOW, stat,
 };
 
-use crate::maps::{DIRTY0, DIRTY1, EPOCH, MARKS0, MARKS1, PRECISE, STATS};
+use crate::maps::{DIRTY0, DIRTY1, EPOCH, MARKS0, MARKS1, PARTIAL0, PARTIAL1, PRECISE, STATS};
 
 /// Chunks one event may mark bit by bit (16 GiB); a longer range marks the file's tail.
 const MAX_CHUNKS_PER_EVENT: u64 = 8192;
@@ -259,4 +259,50 @@ pub fn covered_by_precise(dev: u32, ino: u64, start: u64, end: u64) -> bool {
         }
         None => false,
     }
+}
+
+/// Records that folio `index` (of `order`) is dirty with only part of it marked. False when
+/// the record cannot be kept (map full): the caller must then mark the whole folio.
+#[inline(always)]
+pub fn note_partial(dev: u32, ino: u64, index: u64, order: u64) -> bool {
+    let key = ChunkKey {
+        dev,
+        _pad: 0,
+        ino,
+        chunk: index,
+    };
+    let odd = EPOCH.get(0).copied().unwrap_or(0) & 1;
+    let map = if odd == 0 { &PARTIAL0 } else { &PARTIAL1 };
+    map.insert(&key, &(order as u32), 0).is_ok()
+}
+
+/// The partially-marked folio (index, order) containing `page`, from either epoch's record.
+#[inline(always)]
+pub fn partial_folio(dev: u32, ino: u64, page: u64) -> Option<(u64, u64)> {
+    let mut order = 1u64;
+    while order <= 9 {
+        let index = page & !((1u64 << order) - 1);
+        let key = ChunkKey {
+            dev,
+            _pad: 0,
+            ino,
+            chunk: index,
+        };
+        for map in [&PARTIAL0, &PARTIAL1] {
+            // SAFETY: value copied out immediately.
+            if let Some(o) = unsafe { map.get(&key) }
+                && *o as u64 == order
+            {
+                return Some((index, order));
+            }
+        }
+        order += 1;
+    }
+    None
+}
+
+/// Forgets the current task's precise range, so no folio event it causes next is suppressed.
+#[inline(always)]
+pub fn clear_precise() {
+    let _ = PRECISE.remove(&bpf_get_current_pid_tgid());
 }

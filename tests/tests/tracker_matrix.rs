@@ -67,6 +67,11 @@ fn rw(path: &Path) -> File {
 }
 
 fn mmap_stores(path: &Path, rng: &mut Rng, n: usize, sync: bool) -> Changed {
+    mmap_stores_with(path, rng, n, sync, false)
+}
+
+/// `blind`: store without reading first, so every first touch is a not-present write fault.
+fn mmap_stores_with(path: &Path, rng: &mut Rng, n: usize, sync: bool, blind: bool) -> Changed {
     let f = rw(path);
     // SAFETY: a shared mapping of a file we own for the test's duration.
     let p = unsafe {
@@ -89,7 +94,13 @@ fn mmap_stores(path: &Path, rng: &mut Rng, n: usize, sync: bool) -> Changed {
         }
         let off = b * 4096 + rng.below(4000);
         // SAFETY: inside the mapping.
-        unsafe { *p.add(off as usize) = !*p.add(off as usize) };
+        unsafe {
+            if blind {
+                std::ptr::write_volatile(p.add(off as usize), (b as u8) ^ 0x5a);
+            } else {
+                *p.add(off as usize) = !*p.add(off as usize);
+            }
+        }
         c.ranges.push((off, off + 1));
     }
     // SAFETY: the mapping created above.
@@ -101,6 +112,63 @@ fn mmap_stores(path: &Path, rng: &mut Rng, n: usize, sync: bool) -> Changed {
     }
     c.amp_blocks = Some(n as u64);
     c
+}
+
+/// A shared mapping of a whole test file whose PTEs were all faulted in by reads.
+struct Mapping {
+    p: *mut u8,
+    _f: File,
+}
+
+impl Mapping {
+    fn prefaulted(path: &Path) -> Mapping {
+        let f = rw(path);
+        // SAFETY: a shared mapping of a file we own for the test's duration.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                FILE_SIZE as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        } as *mut u8;
+        assert!(p as isize != -1, "mmap failed");
+        let mut sum = 0u64;
+        for page in 0..FILE_SIZE / 4096 {
+            // SAFETY: inside the mapping; volatile so the reads happen.
+            sum = sum.wrapping_add(
+                unsafe { std::ptr::read_volatile(p.add((page * 4096) as usize)) } as u64,
+            );
+        }
+        std::hint::black_box(sum);
+        Mapping { p, _f: f }
+    }
+
+    fn stores(self, rng: &mut Rng, n: usize) -> Changed {
+        let mut blocks = std::collections::BTreeSet::new();
+        let mut c = Changed::default();
+        while blocks.len() < n {
+            let b = rng.below(FILE_SIZE / 4096);
+            if !blocks.insert(b) {
+                continue;
+            }
+            let off = b * 4096 + rng.below(4000);
+            // SAFETY: inside the mapping.
+            unsafe { *self.p.add(off as usize) = !*self.p.add(off as usize) };
+            c.ranges.push((off, off + 1));
+        }
+        c.amp_blocks = Some(n as u64);
+        c
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping created in `prefaulted`.
+        unsafe { libc::munmap(self.p as *mut _, FILE_SIZE as usize) };
+    }
 }
 
 fn uring_write(f: &File, buf: *const u8, len: u32, off: u64) {
@@ -117,7 +185,13 @@ fn uring_write(f: &File, buf: *const u8, len: u32, off: u64) {
 }
 
 /// Runs workload `name` on `path`; returns the changed ranges.
-fn workload(name: &str, fs: &LoopFs, path: &Path, rng: &mut Rng) -> Option<Changed> {
+fn workload(
+    name: &str,
+    fs: &LoopFs,
+    path: &Path,
+    rng: &mut Rng,
+    steady: &mut Option<Mapping>,
+) -> Option<Changed> {
     let mut c = Changed::default();
     match name {
         "write" => {
@@ -193,6 +267,13 @@ fn workload(name: &str, fs: &LoopFs, path: &Path, rng: &mut Rng) -> Option<Chang
         }
         "mmap_msync" => return Some(mmap_stores(path, rng, 64, true)),
         "mmap_nosync" => return Some(mmap_stores(path, rng, 64, false)),
+        "mmap_blind" => return Some(mmap_stores_with(path, rng, 256, false, true)),
+        "mmap_steady" => {
+            // What a long-running engine sees: the mapping's PTEs exist (faulted in by reads
+            // before the baseline cut), so stores are write-protect faults.
+            let map = steady.take().expect("mapping prepared before the cut");
+            return Some(map.stores(rng, 256));
+        }
         "append" => {
             let mut f = OpenOptions::new().append(true).open(path).unwrap();
             f.write_all(&rng.bytes(100_000)).unwrap();
@@ -304,10 +385,23 @@ fn workload(name: &str, fs: &LoopFs, path: &Path, rng: &mut Rng) -> Option<Chang
             c.amp_blocks = Some(256);
         }
         "random_mmap" => return Some(mmap_stores(path, rng, 256, false)),
+        "mmap_sparse" => {
+            // A sparse file faulted in through the mapping gets PMD-sized folios, which one
+            // write fault maps writable whole: later stores in them fault no more.
+            return Some(Changed {
+                amp_blocks: None,
+                ..mmap_stores(path, rng, 64, false)
+            });
+        }
         other => panic!("unknown workload {other}"),
     }
     Some(c)
 }
+
+/// Workloads whose amplification must stay <= 1.25. First-touch mmap stores (`mmap_*`,
+/// `random_mmap`) are folio-granular by design on large-folio filesystems: a not-present write
+/// fault may map the whole folio writable. Their amplification is printed, not bounded.
+const AMP_BOUNDED: &[&str] = &["random_4k_pwrite", "mmap_steady"];
 
 const WORKLOADS: &[&str] = &[
     "write",
@@ -329,25 +423,22 @@ const WORKLOADS: &[&str] = &[
     "beyond_4g",
     "random_4k_pwrite",
     "random_mmap",
+    "mmap_sparse",
+    "mmap_steady",
+    "mmap_blind",
 ];
 
 fn covered(set: &DirtySet, ino: u64, start: u64, end: u64) -> Result<(), String> {
     let Some(f) = set.files.get(&ino) else {
         return Err(format!("file not reported at all (wanted {start}..{end})"));
     };
-    let mut b = start / 4096;
-    while b * 4096 < end {
-        let in_tail = f.tail_from.is_some_and(|t| t <= b * 4096.max(start));
-        if !f.blocks.contains(&b)
-            && !in_tail
-            && !f.tail_from.is_some_and(|t| t <= start.max(b * 4096))
-        {
-            return Err(format!(
-                "block {b} (byte {}) of {start}..{end} missed",
-                b * 4096
-            ));
+    for b in start / 4096..end.div_ceil(4096) {
+        // The first changed byte within this block.
+        let first = start.max(b * 4096);
+        let in_tail = f.tail_from.is_some_and(|t| t <= first);
+        if !f.blocks.contains(&b) && !in_tail {
+            return Err(format!("block {b} (byte {first}) of {start}..{end} missed"));
         }
-        b += 1;
     }
     Ok(())
 }
@@ -369,13 +460,18 @@ fn matrix(fstype: &str) {
 
     for &name in WORKLOADS {
         let path: PathBuf = fs.path(&format!("wp-{name}"));
-        prepare(&path, &mut rng);
+        if name == "mmap_sparse" {
+            File::create(&path).unwrap().set_len(FILE_SIZE).unwrap();
+        } else {
+            prepare(&path, &mut rng);
+        }
         // A bystander in the same volume, written before the cut baseline only.
         let bystander = fs.path(&format!("by-{name}"));
         prepare(&bystander, &mut rng);
+        let mut steady = (name == "mmap_steady").then(|| Mapping::prefaulted(&path));
         cut(&mut tracker, &fs.mnt);
 
-        let Some(changed) = workload(name, &fs, &path, &mut rng) else {
+        let Some(changed) = workload(name, &fs, &path, &mut rng, &mut steady) else {
             continue;
         };
         std::fs::write(&other, rng.bytes(8192)).unwrap();
@@ -423,7 +519,10 @@ fn matrix(fstype: &str) {
     assert!(failures.is_empty(), "misses:\n{}", failures.join("\n"));
     assert_eq!(stats.lost, 0, "{fstype}: tracker lost events");
     for (name, a) in amp {
-        assert!(a <= 1.25, "{fstype}/{name}: amplification {a:.3} > 1.25");
+        assert!(
+            a <= 1.25 || !AMP_BOUNDED.contains(&name),
+            "{fstype}/{name}: amplification {a:.3} > 1.25"
+        );
         assert!(
             a >= 1.0,
             "{fstype}/{name}: amplification {a:.3} < 1: blocks missed"

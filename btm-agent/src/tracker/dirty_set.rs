@@ -92,6 +92,19 @@ impl DirtySet {
         }
     }
 
+    /// Widens every mark to its 2 MiB-aligned region: the largest page-cache folio, which is
+    /// naturally aligned. Used when a write fault could not be resolved to a page: the lost
+    /// page sits in a folio that was either marked whole or holds one of these marks.
+    pub fn widen_to_folios(&mut self) {
+        for f in self.files.values_mut() {
+            let regions: BTreeSet<u64> = f.blocks.iter().map(|b| b / BLOCKS_PER_CHUNK).collect();
+            for r in regions {
+                f.blocks
+                    .extend(r * BLOCKS_PER_CHUNK..(r + 1) * BLOCKS_PER_CHUNK);
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
     }
@@ -113,6 +126,14 @@ mod tests {
             f.extents(),
             vec![(512 * 4096, 8192), (515 * 4096, 4096), (1023 * 4096, 4096)]
         );
+    }
+
+    #[test]
+    fn widening_covers_aligned_two_mib() {
+        let mut s = DirtySet::default();
+        s.add_chunk(1, 3, &[1, 0, 0, 0, 0, 0, 0, 0]);
+        s.widen_to_folios();
+        assert_eq!(s.files[&1].extents(), vec![(3 * 512 * 4096, 2 << 20)]);
     }
 
     #[test]

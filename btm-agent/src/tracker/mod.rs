@@ -93,6 +93,8 @@ pub struct Stats {
     pub precise: u64,
     pub range_calls: u64,
     pub path_truncates: u64,
+    pub fault_unresolved: u64,
+    pub fault_marked: u64,
 }
 
 pub struct Tracker {
@@ -287,10 +289,10 @@ impl Tracker {
 
     /// Empties the maps of epoch index `idx` into a [`DirtySet`].
     pub fn drain(&mut self, idx: usize) -> Result<DirtySet, TrackerError> {
-        let (dname, mname) = if idx == 0 {
-            ("DIRTY0", "MARKS0")
+        let (dname, mname, pname) = if idx == 0 {
+            ("DIRTY0", "MARKS0", "PARTIAL0")
         } else {
-            ("DIRTY1", "MARKS1")
+            ("DIRTY1", "MARKS1", "PARTIAL1")
         };
         let mut set = DirtySet::default();
         {
@@ -317,6 +319,17 @@ impl Tracker {
                 let _ = marks.remove(&k);
             }
         }
+        {
+            // Partial-folio records of a drained epoch are only needed while those folios are
+            // dirty; the caller drains after writeback (syncfs or freeze).
+            let mut partial: HashMap<_, ChunkKey, u32> =
+                HashMap::try_from(self.ebpf.map_mut(pname).unwrap())
+                    .map_err(|e| TrackerError::Map("PARTIAL", e.to_string()))?;
+            let keys: Vec<ChunkKey> = partial.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                let _ = partial.remove(&k);
+            }
+        }
         Ok(set)
     }
 
@@ -340,6 +353,8 @@ impl Tracker {
             precise: get(stat::PRECISE),
             range_calls: get(stat::RANGE_CALLS),
             path_truncates: get(stat::PATH_TRUNCATE),
+            fault_unresolved: get(stat::FAULT_UNRESOLVED),
+            fault_marked: get(stat::FAULT_MARKED),
         })
     }
 }

@@ -3,9 +3,13 @@
 //!
 //! A store through a shared mapping is only visible to the kernel as a fault on a
 //! write-protected PTE (after each cut's writeback every PTE of a clean folio is read-only).
-//! Marking the faulting page gives 4 KiB precision for mmap-based engines (MDBX, LMDB) even
-//! with large folios, and makes the page a precise range so the folio event that follows does
-//! not mark the whole folio.
+//! A write-protect fault (PTE present, read-only since the last writeback: the steady state
+//! of a long-running mmap engine) makes exactly one PTE writable: the page is marked and
+//! becomes a precise range, so the folio event that follows marks 4 KiB even in a large folio.
+//! A not-present fault may map a whole large folio writable at once (`finish_fault`), after
+//! which stores into its other pages fault no more: its folio event marks the whole folio,
+//! and if that folio was already dirty with only part of it marked (see `PARTIAL*`), it is
+//! marked whole here.
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -13,13 +17,15 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use btm_common::dirty::BLOCK_SHIFT;
+use btm_common::dirty::{BLOCK_SHIFT, stat};
 
 use crate::{
     kernel::{config, read, tracked_inode},
-    mark::mark_precise,
+    mark::{clear_precise, count, mark_precise, mark_range, partial_folio},
 };
 
+/// x86 page fault error code: the PTE was present (a write-protect fault).
+const X86_PF_PROT: u64 = 1 << 0;
 /// x86 page fault error code: the access was a write.
 const X86_PF_WRITE: u64 = 1 << 1;
 /// `VM_SHARED`: stores reach the file (private mappings copy on write).
@@ -60,7 +66,7 @@ fn on_fault(addr: u64, error_code: u64) {
     };
     // SAFETY: the task pointer is a trusted BTF pointer; the callback only reads through
     // probe_read and writes into `fc` on our stack.
-    unsafe {
+    let ret = unsafe {
         let task = bpf_get_current_task_btf();
         bpf_find_vma(
             task,
@@ -68,11 +74,42 @@ fn on_fault(addr: u64, error_code: u64) {
             find_cb as *mut c_void,
             &mut fc as *mut FaultCtx as *mut c_void,
             0,
-        );
+        )
+    };
+    // -ENOENT: no VMA at that address (a kernel address, stack guard, bad pointer).
+    if ret < 0 && ret != -2 {
+        // Busy (its deferred mmap unlock is still pending on this CPU). Fail safe: the folio
+        // event this fault may cause is not suppressed, and the agent widens this cut's
+        // marks to whole folios (see FAULT_UNRESOLVED).
+        count(stat::FAULT_UNRESOLVED);
+        clear_precise();
+        return;
     }
-    if fc.found != 0 {
-        let start = fc.page << BLOCK_SHIFT;
+    if fc.found == 0 {
+        clear_precise();
+        return;
+    }
+    count(stat::FAULT_MARKED);
+    let start = fc.page << BLOCK_SHIFT;
+    if error_code & X86_PF_PROT != 0 {
+        // Write-protect fault: exactly this PTE becomes writable. The page is a precise
+        // range; the folio event that may follow marks only it.
         mark_precise(fc.dev, fc.ino, start, start + (1 << BLOCK_SHIFT));
+        return;
+    }
+    // Not-present fault: the kernel may map the whole folio writable, so whatever folio
+    // event follows must mark the whole folio, and a dirty folio marked only in part gets
+    // no event at all: mark it whole here.
+    clear_precise();
+    mark_range(fc.dev, fc.ino, start, start + (1 << BLOCK_SHIFT));
+    if let Some((index, order)) = partial_folio(fc.dev, fc.ino, fc.page) {
+        let s = index << BLOCK_SHIFT;
+        mark_range(
+            fc.dev,
+            fc.ino,
+            s,
+            s + (1u64 << (BLOCK_SHIFT as u64 + order)),
+        );
     }
 }
 

@@ -2,12 +2,16 @@
 //! buffered write path and for stores through shared mappings, once per clean->dirty
 //! transition. The BTF form hands us the `struct folio *`, from which the real (large) folio
 //! size is read, so a large folio never under-marks.
+//!
+//! The event is suppressed only when the same task's write syscall (a precise range) caused
+//! it; the folio is then recorded as partially marked. Write faults never suppress: the kernel
+//! may map a whole large folio writable on one fault, so later stores into it fault no more.
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use btm_common::dirty::{BLOCK_SHIFT, stat};
 
 use crate::{
     kernel::{config, read, tracked_inode},
-    mark::{count, covered_by_precise, mark_range},
+    mark::{count, covered_by_precise, mark_range, note_partial},
 };
 
 #[btf_tracepoint(function = "writeback_dirty_folio")]
@@ -34,7 +38,9 @@ fn try_dirty_folio(folio: *const u8, mapping: *const u8) -> Option<()> {
     let order = if order > 18 { 18 } else { order };
     let start = index << BLOCK_SHIFT;
     let end = start + (1u64 << (BLOCK_SHIFT as u64 + order));
-    if covered_by_precise(dev, ino, start, end) {
+    if covered_by_precise(dev, ino, start, end)
+        && (order == 0 || note_partial(dev, ino, index, order))
+    {
         count(stat::FOLIO_SUPPRESSED);
         return Some(());
     }
