@@ -6,8 +6,10 @@
 //! * [`snapshot`] holds the native-snapshot modes (ZFS, Btrfs).
 
 pub mod cmd;
+pub mod cut;
 pub mod log;
 pub mod retention;
 pub mod snapshot;
 pub mod tracker;
+pub mod treehash;
 pub mod volume;

@@ -1,35 +1,150 @@
 //! `btm-agent`: keep a blockchain node's data recoverable to any block height.
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 
-use btm_agent::cmd;
+use anyhow::{Result, bail};
+use btm_agent::cmd::{logs, run, track};
+use clap::{Args, Parser, Subcommand};
 
+/// Kernel-assisted time machine for a chain node's data volume: an eBPF tracker records which
+/// 4 KiB blocks change, and at each block height the agent appends exactly those bytes to an
+/// append-only, hash-chained log that replays to any recorded height.
+///
+/// Typical use: `btm-agent run --volume /chain --log /backup/btm` as root, then the node (or its
+/// -blocknotify hook) calls `btm-agent snapshot --height H` after each block. `btm-agent list`,
+/// `verify`, `replay --to H --into DIR` and `rollback --to H` work on the log.
+///
+/// BTM's flags keep working: -p VOLUME with -l (list), -x (roll back to the latest),
+/// -r H (closest lower), -R H (exact), -C (clean), plus --log.
 #[derive(Parser, Debug)]
-#[command(name = "btm-agent", version, about, long_about = None)]
+#[command(name = "btm-agent", version, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    compat: Compat,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the privileged agent: track the volume and cut a height each time one arrives.
+    Run(run::RunArgs),
+    /// Ask the running agent to cut at a height; exits 0 once it is durable.
+    Snapshot(logs::SnapshotArgs),
+    /// List recorded heights.
+    List(logs::ListArgs),
+    /// Read the whole log and check every hash; names the height and file of any damage.
+    Verify(logs::VerifyArgs),
+    /// Materialise a height into a directory (rewrites only what differs).
+    Replay(logs::ReplayArgs),
+    /// Roll the volume back in place to a height (stop the node first).
+    Rollback(logs::RollbackArgs),
     /// Load the eBPF tracker on a volume and print the dirty extents it sees at each drain.
-    Track(cmd::track::TrackArgs),
+    Track(track::TrackArgs),
+    /// Show the whole main job on a scratch volume: track, cut heights, replay, verify.
+    Demo(btm_agent::cmd::demo::DemoArgs),
+}
+
+/// BTM-compatible flags (without a subcommand).
+#[derive(Args, Debug)]
+struct Compat {
+    /// Volume (BTM: -p).
+    #[arg(short = 'p', long = "volume")]
+    volume: Option<PathBuf>,
+    /// Log directory.
+    #[arg(long = "log", env = "BTM_LOG_DIR")]
+    log: Option<PathBuf>,
+    /// List heights.
+    #[arg(short = 'l')]
+    list: bool,
+    /// Roll back to the latest height.
+    #[arg(short = 'x')]
+    latest: bool,
+    /// Roll back to the newest height at or below H.
+    #[arg(short = 'r', value_name = "H")]
+    closest: Option<u64>,
+    /// Roll back to exactly H.
+    #[arg(short = 'R', value_name = "H")]
+    exact: Option<u64>,
+    /// Remove every recorded height.
+    #[arg(short = 'C')]
+    clean: bool,
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BTM_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let json = std::env::var("BTM_LOG_FORMAT").as_deref() == Ok("json");
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("BTM_LOG").unwrap_or_else(|_| "info".into());
+    let sub = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        sub.json().init();
+    } else {
+        sub.init();
+    }
     let cli = Cli::parse();
     let res = match cli.command {
-        Command::Track(a) => cmd::track::run(a),
+        Some(Command::Run(a)) => run::run(a),
+        Some(Command::Snapshot(a)) => logs::snapshot(a),
+        Some(Command::List(a)) => logs::list(a),
+        Some(Command::Verify(a)) => logs::verify(a),
+        Some(Command::Replay(a)) => logs::replay(a),
+        Some(Command::Rollback(a)) => logs::rollback(a),
+        Some(Command::Track(a)) => track::run(a),
+        Some(Command::Demo(a)) => btm_agent::cmd::demo::run(a),
+        None => compat(cli.compat),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+fn compat(c: Compat) -> Result<()> {
+    let need_log = || -> Result<PathBuf> {
+        c.log
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("--log LOGDIR (or BTM_LOG_DIR) is required"))
+    };
+    let rollback = |to: Option<u64>, exact: bool| -> Result<()> {
+        let volume = c
+            .volume
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("-p VOLUME is required"))?;
+        logs::rollback(logs::RollbackArgs {
+            volume,
+            log: need_log()?,
+            to,
+            exact,
+            socket: std::env::var_os("BTM_SOCKET").map_or_else(
+                || btm_agent::cmd::proto::DEFAULT_SOCKET.into(),
+                PathBuf::from,
+            ),
+        })
+    };
+    if c.list {
+        logs::list(logs::ListArgs {
+            log: need_log()?,
+            json: false,
+        })
+    } else if c.latest {
+        rollback(None, false)
+    } else if let Some(h) = c.closest {
+        rollback(Some(h), false)
+    } else if let Some(h) = c.exact {
+        rollback(Some(h), true)
+    } else if c.clean {
+        let log = need_log()?;
+        // Holding the appender lock proves no agent is writing.
+        let l = btm_agent::log::Log::open_append(&log)?;
+        let n = l.heights().len();
+        drop(l);
+        std::fs::remove_dir_all(&log)?;
+        println!("removed {n} heights ({})", log.display());
+        Ok(())
+    } else {
+        bail!(
+            "nothing to do: give a subcommand (see --help) or one of BTM's -l, -x, -r H, -R H, -C"
+        )
     }
 }

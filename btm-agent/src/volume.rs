@@ -22,6 +22,11 @@ impl Mount {
         (self.major << 20) | self.minor
     }
 
+    /// Size of the filesystem in bytes (sizes the tracker's maps).
+    pub fn size_bytes(&self) -> u64 {
+        nix::sys::statvfs::statvfs(&self.mount_point).map_or(0, |s| s.blocks() * s.fragment_size())
+    }
+
     /// The mount whose mount point is exactly `path` (the last one when mounts are stacked).
     pub fn at(path: &Path) -> anyhow::Result<Mount> {
         let canon = fs::canonicalize(path).map_err(|e| {

@@ -1,1 +1,116 @@
-fn main() {}
+//! Build and run helpers: `cargo xtask setup | run | test`.
+//!
+//! Every command first makes sure the machine has what btm needs (idempotent: a second run
+//! only checks), so the README's two commands work on a fresh machine.
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what btm needs: apt packages, the pinned nightly with rust-src, bpf-linker
+    /// built against LLVM 22; mount bpffs and tracefs when missing.
+    Setup,
+    /// Set up, build the eBPF object and the agent, and run the agent as root
+    /// (through `sudo -E` when not root). Without arguments it runs `btm-agent demo`.
+    Run {
+        /// Build in release mode.
+        #[arg(long)]
+        release: bool,
+        /// Arguments for btm-agent (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, check formatting and clippy, and run every test as root.
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup::all(),
+        Cmd::Run { release, args } => {
+            setup::all()?;
+            let mut build = cargo();
+            build.args(["build", "-p", "btm-agent"]);
+            if release {
+                build.arg("--release");
+            }
+            status(&mut build)?;
+            let bin = format!(
+                "target/{}/btm-agent",
+                if release { "release" } else { "debug" }
+            );
+            let args = if args.is_empty() {
+                vec!["demo".to_string()]
+            } else {
+                args
+            };
+            let mut cmd = if setup::is_root() {
+                Command::new(&bin)
+            } else {
+                let mut c = Command::new("sudo");
+                c.args(["-E", &bin]);
+                c
+            };
+            cmd.args(&args);
+            status(&mut cmd)
+        }
+        Cmd::Test { args } => {
+            setup::all()?;
+            if !setup::is_root() {
+                // Tests mount loop devices and load eBPF programs.
+                let exe = std::env::current_exe()?;
+                let mut c = Command::new("sudo");
+                c.arg("-E").arg(exe).arg("test").arg("--").args(&args);
+                return status(&mut c);
+            }
+            status(cargo().args(["fmt", "--all", "--check"]))
+                .context("formatting: run `cargo fmt --all`")?;
+            status(cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+            status(cargo().args(["test", "--no-fail-fast"]).args(&args))
+        }
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed with {st}");
+    }
+    Ok(())
+}

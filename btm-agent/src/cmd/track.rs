@@ -35,10 +35,7 @@ pub struct TrackArgs {
 
 pub fn run(args: TrackArgs) -> Result<()> {
     let mount = Mount::at(&args.volume)?;
-    let size = nix::sys::statvfs::statvfs(&mount.mount_point)
-        .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
-        .unwrap_or(0);
-    let mut tracker = Tracker::start(&mount, Limits::for_volume_bytes(size))?;
+    let mut tracker = Tracker::start(&mount, Limits::for_volume_bytes(mount.size_bytes()))?;
     eprintln!(
         "tracking {} ({} {}, dev {}:{}); drain with {}",
         mount.mount_point.display(),

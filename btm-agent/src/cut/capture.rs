@@ -1,0 +1,164 @@
+//! Reading changed byte ranges into extents.
+use std::{fs::File, os::unix::fs::FileExt, os::unix::io::AsRawFd};
+
+use crate::log::{ExtentBytes, ExtentData, FileId};
+
+/// Extents are cut at multiples of this offset, so an unchanged aligned piece has the same
+/// bytes as before and the log deduplicates it by blake3 (what makes a resync cheap to store).
+pub const PIECE: u64 = 1 << 20;
+const BLOCK: usize = 4096;
+
+/// The data (non-hole) ranges of a file below `size`, from SEEK_DATA / SEEK_HOLE.
+pub fn data_ranges(f: &File, size: u64) -> Vec<(u64, u64)> {
+    let fd = f.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos: i64 = 0;
+    while (pos as u64) < size {
+        // SAFETY: lseek on an open fd.
+        let start = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+        if start < 0 {
+            break; // ENXIO: no data after pos
+        }
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+        let end = if end < 0 {
+            size as i64
+        } else {
+            end.min(size as i64)
+        };
+        if end > start {
+            out.push((start as u64, (end - start) as u64));
+        }
+        pos = end;
+    }
+    out
+}
+
+/// Bytes read and bytes that went out as data (not zeros).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct CaptureStats {
+    pub bytes_read: u64,
+    pub data_bytes: u64,
+}
+
+/// Reads `ranges` of `f` into `out` as extents of file `id`, cut at [`PIECE`] boundaries.
+/// Runs of zero blocks become `Zero` extents (punched holes, zeroed ranges). A short read
+/// (the file shrank while unfrozen) ends the range: the frozen phase records the final size.
+pub fn read_ranges(
+    f: &File,
+    id: FileId,
+    ranges: &[(u64, u64)],
+    out: &mut Vec<ExtentData>,
+    stats: &mut CaptureStats,
+) -> std::io::Result<()> {
+    for &(off, len) in ranges {
+        let end = off + len;
+        let mut pos = off;
+        while pos < end {
+            let piece_end = ((pos / PIECE) + 1) * PIECE;
+            let n = (piece_end.min(end) - pos) as usize;
+            let mut buf = vec![0u8; n];
+            let got = read_full(f, &mut buf, pos)?;
+            stats.bytes_read += got as u64;
+            buf.truncate(got);
+            push_piece(id, pos, buf, out, stats);
+            if got < n {
+                break;
+            }
+            pos += n as u64;
+        }
+    }
+    Ok(())
+}
+
+fn read_full(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], off + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Splits one piece into alternating data and zero extents at 4 KiB granularity.
+fn push_piece(
+    id: FileId,
+    off: u64,
+    buf: Vec<u8>,
+    out: &mut Vec<ExtentData>,
+    stats: &mut CaptureStats,
+) {
+    if !buf.iter().any(|&b| b != 0) {
+        if !buf.is_empty() {
+            out.push(ExtentData {
+                id,
+                offset: off,
+                bytes: ExtentBytes::Zero(buf.len() as u64),
+            });
+        }
+        return;
+    }
+    // Mostly-data pieces stay whole; only long zero runs are split out.
+    let blocks: Vec<bool> = buf
+        .chunks(BLOCK)
+        .map(|c| c.iter().any(|&b| b != 0))
+        .collect();
+    let mut i = 0;
+    while i < blocks.len() {
+        let data = blocks[i];
+        let mut j = i;
+        while j < blocks.len() && blocks[j] == data {
+            j += 1;
+        }
+        let (s, e) = (i * BLOCK, (j * BLOCK).min(buf.len()));
+        if data {
+            stats.data_bytes += (e - s) as u64;
+            out.push(ExtentData {
+                id,
+                offset: off + s as u64,
+                bytes: ExtentBytes::Data(buf[s..e].to_vec()),
+            });
+        } else {
+            out.push(ExtentData {
+                id,
+                offset: off + s as u64,
+                bytes: ExtentBytes::Zero((e - s) as u64),
+            });
+        }
+        i = j;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_runs_split_and_pieces_align() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let mut data = vec![7u8; 3 * PIECE as usize];
+        data[4096..3 * 4096].fill(0);
+        std::fs::write(&p, &data).unwrap();
+        let f = File::open(&p).unwrap();
+        let mut out = Vec::new();
+        let mut st = CaptureStats::default();
+        read_ranges(&f, 1, &[(100, 2 * PIECE)], &mut out, &mut st).unwrap();
+        // piece 1: [100, 1M) data/zero/data; piece 2: [1M, 2M) ; piece 3: [2M, 2M+100)
+        let offs: Vec<u64> = out.iter().map(|e| e.offset).collect();
+        assert_eq!(
+            offs,
+            vec![100, 100 + 4096, 100 + 3 * 4096, PIECE, 2 * PIECE]
+        );
+        assert!(matches!(out[1].bytes, ExtentBytes::Zero(8192)));
+        assert_eq!(st.bytes_read, 2 * PIECE);
+        assert_eq!(
+            data_ranges(&f, data.len() as u64),
+            vec![(0, data.len() as u64)]
+        );
+    }
+}

@@ -1,0 +1,539 @@
+//! The cut: capture exactly what changed up to height H, crash-consistently, and append it.
+//!
+//! Two phases keep the freeze short:
+//! 1. *Unfrozen*: flip the epoch, `syncfs` (every folio clean, every shared PTE write-protected,
+//!    so any later change fires a fresh event), then read what the previous epoch marked (or
+//!    everything, for a baseline).
+//! 2. *Frozen* (`FIFREEZE`): flip again, walk the namespace, re-read only what changed since
+//!    phase 1, thaw. Compression, hashing and the fsync happen after the thaw, in
+//!    [`Log::append`]; the height is acknowledged only once it is durable.
+//!
+//! The first cut after start (and any cut after the tracker lost an event) captures every file
+//! in full: the agent cannot know what changed while it was not tracking. Extents are cut at
+//! 1 MiB-aligned pieces, so the unchanged ones deduplicate against the log by blake3.
+pub mod capture;
+pub mod scan;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    fs::File,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context, Result, bail};
+use capture::{CaptureStats, data_ranges, read_ranges};
+use scan::{Identity, Kind, Scan, identity};
+
+use crate::{
+    log::{CutRecord, Entry, ExtentBytes, ExtentData, FileId, HeightInfo, Log, NsOp, RelPath},
+    tracker::{DirtySet, Tracker},
+    volume::{Frozen, Mount},
+};
+
+/// What one cut did, for logs, metrics and the caller.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CutReport {
+    pub height: u64,
+    /// True when every file was captured in full (baseline or resync).
+    pub full: bool,
+    pub freeze_ms: f64,
+    pub total_ms: f64,
+    /// Bytes read before the freeze and inside it.
+    pub read_unfrozen: u64,
+    pub read_frozen: u64,
+    /// Bytes of non-zero data captured.
+    pub data_bytes: u64,
+    pub stored_bytes: u64,
+    pub files_changed: u64,
+    pub ops: usize,
+}
+
+pub struct Cutter {
+    mount: Mount,
+    tracker: Tracker,
+    log: Log,
+    /// Namespace at the last recorded height, as the log has it.
+    prev: BTreeMap<RelPath, Entry>,
+    sizes: HashMap<FileId, u64>,
+    ids: HashMap<Identity, FileId>,
+    next_id: FileId,
+    force_full: bool,
+    lost_seen: u64,
+    unresolved_seen: u64,
+    /// Freeze the volume for phase 2 (off only when the caller pauses the node itself).
+    pub freeze: bool,
+}
+
+impl Cutter {
+    pub fn new(mount: Mount, tracker: Tracker, log: Log) -> Result<Cutter> {
+        let vol_dev = std::fs::metadata(&mount.mount_point)?.dev();
+        if std::fs::metadata(log.dir())?.dev() == vol_dev {
+            bail!(
+                "the log {} is on the tracked volume {}: the volume is frozen during cuts, so the \
+                 log must live on another filesystem",
+                log.dir().display(),
+                mount.mount_point.display()
+            );
+        }
+        let mut prev = BTreeMap::new();
+        let mut sizes = HashMap::new();
+        if let Some(h) = log.last_height() {
+            let st = log.state_at(h)?;
+            for (p, e) in st.entries() {
+                if let Entry::File { id, .. } = e {
+                    sizes.insert(id, st.file(id).map_or(0, |f| f.size));
+                }
+                prev.insert(p.clone(), e);
+            }
+        }
+        let next_id = log.max_file_id().map_or(1, |m| m + 1);
+        let st = tracker.stats()?;
+        let (lost_seen, unresolved_seen) = (st.lost, st.fault_unresolved);
+        Ok(Cutter {
+            mount,
+            tracker,
+            log,
+            prev,
+            sizes,
+            ids: HashMap::new(),
+            next_id,
+            force_full: true,
+            lost_seen,
+            unresolved_seen,
+            freeze: true,
+        })
+    }
+
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.mount.mount_point
+    }
+
+    /// Forget what is known about the volume: the next cut captures everything (after a
+    /// rollback or replay into the volume, which the tracker sees as ordinary writes).
+    pub fn resync(&mut self) {
+        self.force_full = true;
+    }
+
+    /// Cuts height `height`; returns once it is durable in the log.
+    pub fn cut(&mut self, height: u64) -> Result<(CutReport, HeightInfo)> {
+        if let Some(last) = self.log.last_height()
+            && height <= last
+        {
+            bail!(
+                "height {height} is not above the last recorded height {last}: heights must increase"
+            );
+        }
+        let t_start = Instant::now();
+        let root = self.mount.mount_point.clone();
+        let full = self.force_full;
+        let mut rep = CutReport {
+            height,
+            full,
+            ..Default::default()
+        };
+
+        // Phase 1: unfrozen pre-read.
+        // Drain after writeback: partial-folio records must outlive the dirty folios.
+        let idx = self.tracker.flip()?;
+        syncfs(&root)?;
+        let mut d1 = self.tracker.drain(idx)?;
+        let unresolved1 = self.tracker.stats()?.fault_unresolved;
+        if unresolved1 > self.unresolved_seen {
+            d1.widen_to_folios();
+        }
+        let scan1 = Scan::walk(&root).context("scanning the volume")?;
+        let files1 = scan1.files();
+        let mut pre: HashMap<Identity, Vec<ExtentData>> = HashMap::new();
+        let mut st1 = CaptureStats::default();
+        for (ident, (path, size1)) in &files1 {
+            let ranges = self.ranges_for(ident, *size1, &d1, full);
+            if let Some(ext) = read_identity(&root, path, ident, &ranges, &mut st1)? {
+                pre.insert(*ident, ext);
+            }
+        }
+        rep.read_unfrozen = st1.bytes_read;
+
+        // Phase 2: frozen.
+        let frozen = if self.freeze {
+            Some(Frozen::freeze(&root)?)
+        } else {
+            None
+        };
+        let t_freeze = Instant::now();
+        let phase2 = self.phase2(&root, &d1, &files1, &pre, full, unresolved1);
+        let freeze_time = t_freeze.elapsed();
+        if let Some(f) = frozen {
+            f.thaw()?;
+        }
+        let (scan2, post, st2) = phase2?;
+        rep.freeze_ms = ms(freeze_time);
+        rep.read_frozen = st2.bytes_read;
+        rep.data_bytes = st1.data_bytes + st2.data_bytes;
+
+        let lost = self.tracker.stats()?.lost;
+        if lost > self.lost_seen {
+            self.lost_seen = lost;
+            tracing::warn!(
+                "the tracker lost events (maps full); capturing height {height} in full"
+            );
+            self.force_full = true;
+            return self.cut(height);
+        }
+
+        // Build the record.
+        let mut ids: HashMap<Identity, FileId> = HashMap::new();
+        let mut entries: BTreeMap<RelPath, Entry> = BTreeMap::new();
+        let mut sizes: HashMap<FileId, u64> = HashMap::new();
+        for (path, e) in &scan2.entries {
+            let entry = match &e.kind {
+                Kind::Dir => Entry::Dir {
+                    mode: e.mode,
+                    uid: e.uid,
+                    gid: e.gid,
+                },
+                Kind::Symlink { target } => Entry::Symlink {
+                    target: target.clone(),
+                    uid: e.uid,
+                    gid: e.gid,
+                },
+                Kind::File { ident, size } => {
+                    let id = match ids.get(ident) {
+                        Some(id) => *id,
+                        None => {
+                            let id = self.id_for(ident, path, full, &ids);
+                            ids.insert(*ident, id);
+                            id
+                        }
+                    };
+                    sizes.insert(id, *size);
+                    Entry::File {
+                        id,
+                        mode: e.mode,
+                        uid: e.uid,
+                        gid: e.gid,
+                    }
+                }
+            };
+            entries.insert(path.clone(), entry);
+        }
+        let mut ops = namespace_ops(&self.prev, &entries);
+        let mut by_id: Vec<(FileId, u64)> = sizes.iter().map(|(&i, &s)| (i, s)).collect();
+        by_id.sort_unstable();
+        for (id, size) in by_id {
+            if full {
+                // A reused id may hold old data where the file now has a hole: start empty.
+                ops.push(NsOp::SetSize { id, size: 0 });
+                ops.push(NsOp::SetSize { id, size });
+            } else if self.sizes.get(&id) != Some(&size) {
+                ops.push(NsOp::SetSize { id, size });
+            }
+        }
+        let mut extents = Vec::new();
+        let mut changed: BTreeSet<FileId> = BTreeSet::new();
+        for (ident, mut ext) in pre.into_iter().chain(post) {
+            let Some(&id) = ids.get(&ident) else { continue }; // gone by the frozen scan
+            let size = sizes[&id];
+            for mut e in ext.drain(..) {
+                if clip(&mut e, size) {
+                    e.id = id;
+                    changed.insert(id);
+                    extents.push(e);
+                }
+            }
+        }
+        // Phase-1 extents first, frozen ones after: later wins.
+        rep.ops = ops.len();
+        rep.files_changed = changed.len() as u64;
+        let record = CutRecord {
+            height,
+            time_unix_ms: now_ms(),
+            ops,
+            extents,
+        };
+        let info = self.log.append(record)?;
+        rep.stored_bytes = info.stored_bytes;
+        rep.total_ms = ms(t_start.elapsed());
+
+        self.prev = entries;
+        self.sizes = sizes;
+        self.ids = ids;
+        self.force_full = false;
+        Ok((rep, info))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn phase2(
+        &mut self,
+        root: &Path,
+        d1: &DirtySet,
+        files1: &BTreeMap<Identity, (&RelPath, u64)>,
+        pre: &HashMap<Identity, Vec<ExtentData>>,
+        full: bool,
+        unresolved1: u64,
+    ) -> Result<(Scan, Vec<(Identity, Vec<ExtentData>)>, CaptureStats)> {
+        let mut d2 = self.tracker.take()?;
+        // A write fault we could not resolve since phase 1 began: widen both epochs' marks
+        // and re-read the widened phase-1 ranges here, frozen.
+        let unresolved2 = self.tracker.stats()?.fault_unresolved;
+        self.unresolved_seen = unresolved2;
+        if unresolved2 > unresolved1 {
+            tracing::debug!("unresolved write faults: widening marks to whole folios");
+            let mut wide = d1.clone();
+            wide.widen_to_folios();
+            d2.merge(wide);
+            d2.widen_to_folios();
+        }
+        let scan2 = Scan::walk(root).context("scanning the frozen volume")?;
+        let mut post = Vec::new();
+        let mut st = CaptureStats::default();
+        for (ident, (path, size2)) in scan2.files() {
+            let ranges = if pre.contains_key(&ident) {
+                let size1 = files1.get(&ident).map_or(0, |f| f.1);
+                let mut r = ranges_of(&d2, ident.0, size2);
+                if size2 > size1 {
+                    r.push((size1, size2 - size1));
+                }
+                r
+            } else {
+                let mut both = d1.clone();
+                both.merge(d2.clone());
+                self.ranges_for(&ident, size2, &both, full)
+            };
+            if let Some(ext) = read_identity(root, path, &ident, &ranges, &mut st)? {
+                post.push((ident, ext));
+            } else {
+                bail!(
+                    "{} changed while the volume was frozen",
+                    String::from_utf8_lossy(path)
+                );
+            }
+        }
+        Ok((scan2, post, st))
+    }
+
+    /// Ranges to read for a file: everything when it is new to us (or on a full cut), else
+    /// what the tracker marked plus any growth since the last height.
+    fn ranges_for(
+        &self,
+        ident: &Identity,
+        size: u64,
+        dirty: &DirtySet,
+        full: bool,
+    ) -> Vec<(u64, u64)> {
+        let known = !full && self.ids.contains_key(ident);
+        if !known {
+            return vec![(0, size)]; // holes are found by read_identity (SEEK_DATA)
+        }
+        let id = self.ids[ident];
+        let mut r = ranges_of(dirty, ident.0, size);
+        let old = self.sizes.get(&id).copied().unwrap_or(0);
+        if size > old {
+            r.push((old, size - old));
+        }
+        r
+    }
+
+    fn id_for(
+        &mut self,
+        ident: &Identity,
+        path: &RelPath,
+        full: bool,
+        taken: &HashMap<Identity, FileId>,
+    ) -> FileId {
+        if let Some(id) = self.ids.get(ident) {
+            return *id;
+        }
+        // On a full cut after start, keep the id the log has at this path (content is
+        // rewritten in full anyway), unless another inode already took it.
+        if full
+            && let Some(Entry::File { id, .. }) = self.prev.get(path)
+            && !taken.values().any(|t| t == id)
+        {
+            return *id;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+}
+
+fn ranges_of(set: &DirtySet, ino: u64, size: u64) -> Vec<(u64, u64)> {
+    set.files
+        .get(&ino)
+        .map(|f| f.ranges_within(size))
+        .unwrap_or_default()
+}
+
+/// Opens `path`, checks it is still `ident`, reads `ranges` (a full-file range is narrowed to
+/// its data ranges, so holes stay holes). None when the path no longer holds that file.
+fn read_identity(
+    root: &Path,
+    path: &RelPath,
+    ident: &Identity,
+    ranges: &[(u64, u64)],
+    st: &mut CaptureStats,
+) -> Result<Option<Vec<ExtentData>>> {
+    use std::os::unix::ffi::OsStrExt;
+    let full_path: PathBuf = root.join(std::ffi::OsStr::from_bytes(path));
+    let f = match File::open(&full_path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", full_path.display())),
+    };
+    let md = f.metadata()?;
+    if identity(&md) != *ident {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    let ranges: Vec<(u64, u64)> = match ranges {
+        [(0, len)] if *len == md.len() => data_ranges(&f, md.len()),
+        r => r.to_vec(),
+    };
+    read_ranges(&f, 0, &ranges, &mut out, st)
+        .with_context(|| format!("reading {}", full_path.display()))?;
+    Ok(Some(out))
+}
+
+/// Trims an extent to end at `size`; false when nothing is left.
+fn clip(e: &mut ExtentData, size: u64) -> bool {
+    if e.offset >= size {
+        return false;
+    }
+    let room = (size - e.offset) as usize;
+    match &mut e.bytes {
+        ExtentBytes::Data(d) => d.truncate(room),
+        ExtentBytes::Zero(n) => *n = (*n).min(room as u64),
+    }
+    true
+}
+
+/// Namespace operations that turn `prev` into `next`: removals first (the top-most removed path
+/// only), then puts in path order so parents precede children.
+pub fn namespace_ops(
+    prev: &BTreeMap<RelPath, Entry>,
+    next: &BTreeMap<RelPath, Entry>,
+) -> Vec<NsOp> {
+    let mut ops = Vec::new();
+    let mut removed: HashSet<&RelPath> = HashSet::new();
+    let is_dir = |e: &Entry| matches!(e, Entry::Dir { .. });
+    for (p, e) in prev {
+        let gone = match next.get(p) {
+            None => true,
+            Some(n) => is_dir(n) != is_dir(e),
+        };
+        if gone {
+            let covered = ancestors(p).any(|a| removed.contains(&a.to_vec()));
+            if !covered {
+                ops.push(NsOp::Remove { path: p.clone() });
+            }
+            removed.insert(p);
+        }
+    }
+    for (p, e) in next {
+        let same = prev.get(p).is_some_and(|old| old == e)
+            && !ancestors(p).any(|a| removed.contains(&a.to_vec()));
+        if !same {
+            ops.push(NsOp::Put {
+                path: p.clone(),
+                entry: e.clone(),
+            });
+        }
+    }
+    ops
+}
+
+fn ancestors(p: &[u8]) -> impl Iterator<Item = &[u8]> {
+    p.iter()
+        .enumerate()
+        .filter(|(_, c)| **c == b'/')
+        .map(move |(i, _)| &p[..i])
+}
+
+pub fn syncfs(root: &Path) -> Result<()> {
+    let f = File::open(root)?;
+    nix::unistd::syncfs(&f).with_context(|| format!("syncfs {}", root.display()))?;
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> Entry {
+        Entry::Dir {
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        }
+    }
+    fn file(id: u64) -> Entry {
+        Entry::File {
+            id,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    #[test]
+    fn ops_remove_topmost_then_put_in_order() {
+        let prev: BTreeMap<RelPath, Entry> = [
+            (b"a".to_vec(), dir()),
+            (b"a/x".to_vec(), file(1)),
+            (b"b".to_vec(), file(2)),
+            (b"c".to_vec(), file(3)),
+        ]
+        .into();
+        let next: BTreeMap<RelPath, Entry> = [
+            (b"b".to_vec(), dir()),
+            (b"b/y".to_vec(), file(2)),
+            (b"c".to_vec(), file(3)),
+            (b"d".to_vec(), file(1)),
+        ]
+        .into();
+        let ops = namespace_ops(&prev, &next);
+        assert_eq!(
+            ops,
+            vec![
+                NsOp::Remove {
+                    path: b"a".to_vec()
+                },
+                NsOp::Remove {
+                    path: b"b".to_vec()
+                },
+                NsOp::Put {
+                    path: b"b".to_vec(),
+                    entry: dir()
+                },
+                NsOp::Put {
+                    path: b"b/y".to_vec(),
+                    entry: file(2)
+                },
+                NsOp::Put {
+                    path: b"d".to_vec(),
+                    entry: file(1)
+                },
+            ]
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! Idempotent machine setup: every step checks first and only installs what is missing.
+use std::{path::Path, process::Command};
+
+use anyhow::{Context, Result, bail};
+
+/// Nightly used for the eBPF crate; its LLVM major (22) must match bpf-linker's.
+/// Keep in step with btm-agent/build.rs.
+pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+/// Debian packages: LLVM 22 for bpf-linker, filesystems and tools the tests use for real.
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "xfsprogs",
+    "btrfs-progs",
+    "e2fsprogs",
+    "util-linux",
+    "zfs-fuse",
+    "litecoind",
+    "fio",
+    "restic",
+    "rsync",
+    "zstd",
+];
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+pub fn all() -> Result<()> {
+    packages()?;
+    nightly()?;
+    bpf_linker()?;
+    if is_root() {
+        mounts()?;
+    }
+    Ok(())
+}
+
+fn sudo(cmd: &str) -> Command {
+    if is_root() {
+        Command::new(cmd)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg(cmd);
+        c
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed with {st}");
+    }
+    Ok(())
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    run(sudo("apt-get").args(["update", "-qq"]))?;
+    run(sudo("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing))
+}
+
+fn nightly() -> Result<()> {
+    let have = Command::new("rustup")
+        .args(["run", EBPF_TOOLCHAIN, "rustc", "--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let src_ok = have.as_ref().is_some_and(|s| {
+        Path::new(s)
+            .join("lib/rustlib/src/rust/library/core")
+            .exists()
+    });
+    if src_ok {
+        return Ok(());
+    }
+    eprintln!("setup: installing {EBPF_TOOLCHAIN} with rust-src");
+    run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        EBPF_TOOLCHAIN,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+}
+
+fn bpf_linker() -> Result<()> {
+    let version = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if version
+        .as_deref()
+        .is_some_and(|v| v.contains(BPF_LINKER_VERSION))
+    {
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes)");
+    run(Command::new("cargo").env("LLVM_PREFIX", LLVM_PREFIX).args([
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+    ]))
+}
+
+/// bpffs and tracefs are not mounted at boot on every machine.
+fn mounts() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for (path, fstype) in [("/sys/kernel/tracing", "tracefs"), ("/sys/fs/bpf", "bpf")] {
+        let present = mounts.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&path) && f.get(2) == Some(&fstype)
+        });
+        if !present {
+            eprintln!("setup: mounting {fstype} at {path}");
+            run(Command::new("mount").args(["-t", fstype, fstype, path]))?;
+        }
+    }
+    Ok(())
+}
