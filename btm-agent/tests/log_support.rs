@@ -594,9 +594,9 @@ pub fn tree_digest(dir: &Path) -> String {
     h.finalize().to_hex().to_string()
 }
 
-/// Tests that need root skip with a printed reason, unless BTM_CI_NO_SKIP is set.
+/// Tests that need root skip with a printed reason, unless BTM_REQUIRE_KERNEL is set.
 pub fn skip(reason: &str) {
-    if std::env::var_os("BTM_CI_NO_SKIP").is_some() {
+    if std::env::var_os("BTM_REQUIRE_KERNEL").is_some() {
         panic!("required test skipped: {reason}");
     }
     eprintln!("SKIPPED: {reason}");
