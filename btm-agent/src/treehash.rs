@@ -2,7 +2,6 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::Read,
     os::unix::{ffi::OsStrExt, fs::MetadataExt},
     path::Path,
 };
@@ -34,23 +33,41 @@ fn walk(root: &Path, dir: &Path, out: &mut TreeHash) -> std::io::Result<()> {
         } else if md.file_type().is_symlink() {
             format!("link {}", fs::read_link(&p)?.display())
         } else if md.is_file() {
-            let mut h = blake3::Hasher::new();
-            let mut f = fs::File::open(&p)?;
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = f.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
-            format!("file {mode:o} {} {}", md.len(), h.finalize().to_hex())
+            format!("file {mode:o} {} {}", md.len(), hash_content(&p, md.len())?)
         } else {
             continue;
         };
         out.insert(rel, desc);
     }
     Ok(())
+}
+
+/// Hash of a file's content that does not depend on how zeros are stored: non-zero 4 KiB
+/// blocks with their offsets, found through SEEK_DATA so holes cost nothing.
+fn hash_content(p: &Path, size: u64) -> std::io::Result<String> {
+    use crate::cut::capture::{data_ranges, read_full};
+    let f = fs::File::open(p)?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for (start, len) in data_ranges(&f, size) {
+        let mut pos = start & !4095;
+        let end = start + len;
+        while pos < end {
+            let n = ((end - pos) as usize).min(buf.len());
+            let got = read_full(&f, &mut buf[..n], pos)?;
+            for (i, block) in buf[..got].chunks(4096).enumerate() {
+                if block.iter().any(|&b| b != 0) {
+                    h.update(&(pos + i as u64 * 4096).to_le_bytes());
+                    h.update(block);
+                }
+            }
+            if got < n {
+                break;
+            }
+            pos += n as u64;
+        }
+    }
+    Ok(h.finalize().to_hex().to_string())
 }
 
 /// Human-readable differences between two tree hashes (empty when equal).

@@ -102,6 +102,34 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Exclusive claim on a volume for one agent: an flock on `/run/btm/vol-MAJ-MIN.lock`,
+/// held while the agent lives (the kernel drops it if the agent dies).
+pub struct VolumeLock {
+    _file: fs::File,
+}
+
+impl VolumeLock {
+    pub fn acquire(mount: &Mount) -> anyhow::Result<VolumeLock> {
+        let dir = Path::new("/run/btm");
+        fs::create_dir_all(dir)?;
+        let path = dir.join(format!("vol-{}-{}.lock", mount.major, mount.minor));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(VolumeLock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "another btm agent already tracks {} (lock {}); stop it first, or ask it through its socket",
+                mount.mount_point.display(),
+                path.display()
+            ),
+            Err(fs::TryLockError::Error(e)) => Err(e.into()),
+        }
+    }
+}
+
 nix::ioctl_readwrite_bad!(fifreeze_raw, 0xc004_5877, libc::c_int);
 nix::ioctl_readwrite_bad!(fithaw_raw, 0xc004_5878, libc::c_int);
 
@@ -127,6 +155,19 @@ impl Frozen {
             )
         })?;
         Ok(Frozen { dir, thawed: false })
+    }
+
+    /// Thaws a volume left frozen by an agent that died inside a cut (FIFREEZE outlives the
+    /// process). True when it was frozen.
+    pub fn thaw_leftover(mount_point: &Path) -> anyhow::Result<bool> {
+        let dir = fs::File::open(mount_point)?;
+        let mut zero: libc::c_int = 0;
+        // SAFETY: FITHAW on an open directory of the filesystem.
+        match unsafe { fithaw_raw(dir.as_raw_fd(), &mut zero) } {
+            Ok(_) => Ok(true),
+            Err(nix::errno::Errno::EINVAL) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub fn thaw(mut self) -> anyhow::Result<()> {

@@ -90,6 +90,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         );
     }
     let mount = Mount::at(&args.volume)?;
+    let _claim = crate::volume::VolumeLock::acquire(&mount)?;
+    if crate::volume::Frozen::thaw_leftover(&mount.mount_point)? {
+        tracing::warn!(
+            "{} was left frozen (an agent died inside a cut); thawed it",
+            mount.mount_point.display()
+        );
+    }
     std::fs::create_dir_all(&args.log)
         .with_context(|| format!("creating log dir {}", args.log.display()))?;
     let log = Log::open_append(&args.log)?;

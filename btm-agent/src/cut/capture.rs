@@ -71,7 +71,8 @@ pub fn read_ranges(
     Ok(())
 }
 
-fn read_full(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+/// Reads until `buf` is full or the file ends; the bytes read.
+pub fn read_full(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match f.read_at(&mut buf[done..], off + done as u64) {

@@ -90,7 +90,7 @@ impl Cutter {
         }
         let next_id = log.max_file_id().map_or(1, |m| m + 1);
         let st = tracker.stats()?;
-        let (lost_seen, unresolved_seen) = (st.lost, st.fault_unresolved);
+        let (lost_seen, unresolved_seen) = (st.lost + st.prog_misses, st.fault_unresolved);
         Ok(Cutter {
             mount,
             tracker,
@@ -124,8 +124,17 @@ impl Cutter {
         self.force_full = true;
     }
 
-    /// Cuts height `height`; returns once it is durable in the log.
+    /// Cuts height `height`; returns once it is durable in the log. After a failure (the
+    /// tracker's epochs are already drained) the next cut captures everything.
     pub fn cut(&mut self, height: u64) -> Result<(CutReport, HeightInfo)> {
+        let res = self.try_cut(height);
+        if res.is_err() {
+            self.force_full = true;
+        }
+        res
+    }
+
+    fn try_cut(&mut self, height: u64) -> Result<(CutReport, HeightInfo)> {
         if let Some(last) = self.log.last_height()
             && height <= last
         {
@@ -156,8 +165,8 @@ impl Cutter {
         let mut pre: HashMap<Identity, Vec<ExtentData>> = HashMap::new();
         let mut st1 = CaptureStats::default();
         for (ident, (path, size1)) in &files1 {
-            let ranges = self.ranges_for(ident, *size1, &d1, full);
-            if let Some(ext) = read_identity(&root, path, ident, &ranges, &mut st1)? {
+            let want = self.ranges_for(ident, *size1, &d1, full);
+            if let Some(ext) = read_identity(&root, path, ident, &want, &mut st1)? {
                 pre.insert(*ident, ext);
             }
         }
@@ -187,7 +196,7 @@ impl Cutter {
                 "the tracker lost events (maps full); capturing height {height} in full"
             );
             self.force_full = true;
-            return self.cut(height);
+            return self.try_cut(height);
         }
 
         // Build the record.
@@ -297,19 +306,19 @@ impl Cutter {
         let mut post = Vec::new();
         let mut st = CaptureStats::default();
         for (ident, (path, size2)) in scan2.files() {
-            let ranges = if pre.contains_key(&ident) {
+            let want = if pre.contains_key(&ident) {
                 let size1 = files1.get(&ident).map_or(0, |f| f.1);
                 let mut r = ranges_of(&d2, ident.0, size2);
                 if size2 > size1 {
                     r.push((size1, size2 - size1));
                 }
-                r
+                Want::Ranges(r)
             } else {
                 let mut both = d1.clone();
                 both.merge(d2.clone());
                 self.ranges_for(&ident, size2, &both, full)
             };
-            if let Some(ext) = read_identity(root, path, &ident, &ranges, &mut st)? {
+            if let Some(ext) = read_identity(root, path, &ident, &want, &mut st)? {
                 post.push((ident, ext));
             } else {
                 bail!(
@@ -321,18 +330,13 @@ impl Cutter {
         Ok((scan2, post, st))
     }
 
-    /// Ranges to read for a file: everything when it is new to us (or on a full cut), else
-    /// what the tracker marked plus any growth since the last height.
-    fn ranges_for(
-        &self,
-        ident: &Identity,
-        size: u64,
-        dirty: &DirtySet,
-        full: bool,
-    ) -> Vec<(u64, u64)> {
+    /// What to read of a file: all of it when it is new to us (or on a full cut, which resets
+    /// every file to empty first), else what the tracker marked plus growth since the last
+    /// height.
+    fn ranges_for(&self, ident: &Identity, size: u64, dirty: &DirtySet, full: bool) -> Want {
         let known = !full && self.ids.contains_key(ident);
         if !known {
-            return vec![(0, size)]; // holes are found by read_identity (SEEK_DATA)
+            return Want::Fresh;
         }
         let id = self.ids[ident];
         let mut r = ranges_of(dirty, ident.0, size);
@@ -340,7 +344,7 @@ impl Cutter {
         if size > old {
             r.push((old, size - old));
         }
-        r
+        Want::Ranges(r)
     }
 
     fn id_for(
@@ -367,6 +371,15 @@ impl Cutter {
     }
 }
 
+/// What a cut reads of one file.
+enum Want {
+    /// The file starts empty in this record: read its data ranges only (holes stay holes).
+    Fresh,
+    /// Re-read these byte ranges in full: zeros there (punched, zeroed, unwritten) must be
+    /// recorded, since older data exists underneath in the log.
+    Ranges(Vec<(u64, u64)>),
+}
+
 fn ranges_of(set: &DirtySet, ino: u64, size: u64) -> Vec<(u64, u64)> {
     set.files
         .get(&ino)
@@ -374,13 +387,13 @@ fn ranges_of(set: &DirtySet, ino: u64, size: u64) -> Vec<(u64, u64)> {
         .unwrap_or_default()
 }
 
-/// Opens `path`, checks it is still `ident`, reads `ranges` (a full-file range is narrowed to
-/// its data ranges, so holes stay holes). None when the path no longer holds that file.
+/// Opens `path`, checks it is still `ident`, and reads what `want` says. None when the path
+/// no longer holds that file.
 fn read_identity(
     root: &Path,
     path: &RelPath,
     ident: &Identity,
-    ranges: &[(u64, u64)],
+    want: &Want,
     st: &mut CaptureStats,
 ) -> Result<Option<Vec<ExtentData>>> {
     use std::os::unix::ffi::OsStrExt;
@@ -395,9 +408,9 @@ fn read_identity(
         return Ok(None);
     }
     let mut out = Vec::new();
-    let ranges: Vec<(u64, u64)> = match ranges {
-        [(0, len)] if *len == md.len() => data_ranges(&f, md.len()),
-        r => r.to_vec(),
+    let ranges = match want {
+        Want::Fresh => data_ranges(&f, md.len()),
+        Want::Ranges(r) => r.clone(),
     };
     read_ranges(&f, 0, &ranges, &mut out, st)
         .with_context(|| format!("reading {}", full_path.display()))?;

@@ -95,6 +95,9 @@ pub struct Stats {
     pub path_truncates: u64,
     pub fault_unresolved: u64,
     pub fault_marked: u64,
+    /// Program runs the kernel skipped (`recursion_misses`: another BPF program was active on
+    /// that CPU). Each may be a lost change, so a rise forces a full capture.
+    pub prog_misses: u64,
 }
 
 pub struct Tracker {
@@ -355,7 +358,25 @@ impl Tracker {
             path_truncates: get(stat::PATH_TRUNCATE),
             fault_unresolved: get(stat::FAULT_UNRESOLVED),
             fault_marked: get(stat::FAULT_MARKED),
+            prog_misses: self.prog_misses(),
         })
+    }
+}
+
+impl Tracker {
+    /// Sum of `recursion_misses` over the attached programs, from their fds' fdinfo.
+    fn prog_misses(&self) -> u64 {
+        use std::os::fd::{AsFd, AsRawFd};
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.fd().ok().map(|fd| fd.as_fd().as_raw_fd()))
+            .filter_map(|fd| std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok())
+            .filter_map(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("recursion_misses:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .sum()
     }
 }
 
