@@ -1,0 +1,328 @@
+//! Faults the main job must survive: kill -9 of the agent during cuts, a full disk under the
+//! log, two agents on one volume, heights that do not increase, no agent running.
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use btm_agent::{
+    cmd::proto,
+    cut::Cutter,
+    log::{Log, ReplayOptions},
+    tracker::{Limits, Tracker},
+    treehash::{TreeHash, diff, hash_tree},
+    volume::Mount,
+};
+use btm_tests::{LoopFs, Rng, can_run, scratch, sh};
+
+/// The agent binary built next to this test (cargo builds it for the workspace's tests).
+fn agent_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("btm-agent");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build -p btm-agent` first",
+        bin.display()
+    );
+    bin
+}
+
+fn start_agent(volume: &Path, log: &Path, socket: &Path) -> Child {
+    let child = Command::new(agent_bin())
+        .args(["run", "--volume"])
+        .arg(volume)
+        .arg("--log")
+        .arg(log)
+        .arg("--socket")
+        .arg(socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while proto::call(socket, &proto::Request::Status, Duration::from_secs(5)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "agent did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn mutate(root: &Path, rng: &mut Rng, h: u64) {
+    let dir = root.join("data");
+    fs::create_dir_all(&dir).unwrap();
+    for i in 0..3 {
+        let p = dir.join(format!("f{}", rng.below(12)));
+        let len = 1 + rng.below(400_000) as usize;
+        if i == 0 || !p.exists() {
+            fs::write(&p, rng.bytes(len)).unwrap();
+        } else {
+            use std::os::unix::fs::FileExt;
+            let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+            f.write_all_at(&rng.bytes(len.min(50_000)), rng.below(300_000))
+                .unwrap();
+        }
+    }
+    fs::write(root.join("height"), h.to_string()).unwrap();
+}
+
+#[test]
+fn kill_dash_nine_during_cuts() {
+    if !can_run("kill -9 during cuts") {
+        return;
+    }
+    let fs_ = LoopFs::new("ext4", 1024).unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("btm-kill-")
+        .tempdir_in(scratch())
+        .unwrap();
+    let (log, socket) = (work.path().join("log"), work.path().join("agent.sock"));
+    let mut rng = Rng(0xdead_beef);
+    let mut expected: BTreeMap<u64, TreeHash> = BTreeMap::new();
+    let mut acked = Vec::new();
+    let mut h = 0;
+
+    // No agent yet: the client says so.
+    let err = proto::snapshot(&socket, 1, Duration::from_secs(2))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no btm agent is listening"), "{err}");
+
+    for round in 0..6 {
+        let mut agent = start_agent(&fs_.mnt, &log, &socket);
+        if round == 0 {
+            // A second agent on the same volume is refused with a clear reason.
+            let out = Command::new(agent_bin())
+                .args(["run", "--volume"])
+                .arg(&fs_.mnt)
+                .arg("--log")
+                .arg(work.path().join("log2"))
+                .arg("--socket")
+                .arg(work.path().join("other.sock"))
+                .output()
+                .unwrap();
+            let msg = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && msg.contains("another btm agent already tracks"),
+                "{msg}"
+            );
+        }
+        for _ in 0..4 {
+            h += 1;
+            mutate(&fs_.mnt, &mut rng, h);
+            expected.insert(h, hash_tree(&fs_.mnt).unwrap());
+            proto::snapshot(&socket, h, Duration::from_secs(60)).unwrap();
+            acked.push(h);
+        }
+        // A height that does not increase is refused, and nothing is lost by asking.
+        let err = proto::snapshot(&socket, h, Duration::from_secs(60))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not above the last recorded height"), "{err}");
+
+        // One more cut, killed at a random instant while it runs.
+        h += 1;
+        mutate(&fs_.mnt, &mut rng, h);
+        expected.insert(h, hash_tree(&fs_.mnt).unwrap());
+        let s = socket.clone();
+        let req =
+            std::thread::spawn(move || proto::snapshot(&s, h, Duration::from_secs(60)).is_ok());
+        std::thread::sleep(Duration::from_millis(rng.below(120)));
+        agent.kill().unwrap();
+        agent.wait().unwrap();
+        if req.join().unwrap() {
+            acked.push(h);
+        }
+        // The volume may be left frozen; the next agent thaws it. Mutating before that would
+        // block, so the loop starts the agent first.
+    }
+    // A last agent thaws the volume; then the log must hold every acknowledged height.
+    let agent = start_agent(&fs_.mnt, &log, &socket);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let _ = { agent }.wait();
+
+    let l = Log::open_read(&log).unwrap();
+    l.verify().unwrap();
+    let heights: Vec<u64> = l.heights().iter().map(|i| i.height).collect();
+    for a in &acked {
+        assert!(
+            heights.contains(a),
+            "acknowledged height {a} missing after kill -9; log has {heights:?}"
+        );
+    }
+    let opts = ReplayOptions {
+        progress: false,
+        ..Default::default()
+    };
+    for &hh in &heights {
+        let into = work.path().join(format!("r{hh}"));
+        l.replay(hh, &into, &opts).unwrap();
+        let d = diff(&expected[&hh], &hash_tree(&into).unwrap());
+        assert!(d.is_empty(), "height {hh} after kill -9:\n{}", d.join("\n"));
+        fs::remove_dir_all(&into).unwrap();
+    }
+    eprintln!(
+        "kill -9: {} heights acknowledged, {} in the log, all replay exactly",
+        acked.len(),
+        heights.len()
+    );
+}
+
+#[test]
+fn disk_full_under_the_log() {
+    if !can_run("disk full under the log") {
+        return;
+    }
+    let fs_ = LoopFs::new("xfs", 1024).unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("btm-full-")
+        .tempdir_in(scratch())
+        .unwrap();
+    let logmnt = work.path().join("logfs");
+    fs::create_dir(&logmnt).unwrap();
+    sh(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=12m",
+            "tmpfs",
+            logmnt.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Umount(logmnt.clone());
+    let logdir = logmnt.join("log");
+    fs::create_dir(&logdir).unwrap();
+
+    let mount = Mount::at(&fs_.mnt).unwrap();
+    let tracker = Tracker::start(&mount, Limits::for_volume_bytes(1 << 30)).unwrap();
+    let mut cutter = Cutter::new(mount, tracker, Log::open_append(&logdir).unwrap()).unwrap();
+    let mut rng = Rng(42);
+    let mut expected = BTreeMap::new();
+    fs::write(fs_.path("small"), rng.bytes(100_000)).unwrap();
+    cutter.cut(1).unwrap();
+    expected.insert(1, hash_tree(&fs_.mnt).unwrap());
+
+    // 40 MiB of incompressible data cannot fit in 12 MiB: the cut fails, cleanly.
+    fs::write(fs_.path("big"), rng.bytes(40 << 20)).unwrap();
+    let err = format!("{:#}", cutter.cut(2).unwrap_err());
+    assert!(
+        err.to_lowercase().contains("space"),
+        "disk-full error should say so: {err}"
+    );
+    assert_eq!(cutter.log().last_height(), Some(1));
+
+    // Make room on the volume side (the node pruned), the next cut works and is exact.
+    fs::remove_file(fs_.path("big")).unwrap();
+    fs::write(fs_.path("small"), rng.bytes(120_000)).unwrap();
+    cutter.cut(3).unwrap();
+    expected.insert(3, hash_tree(&fs_.mnt).unwrap());
+    drop(cutter);
+
+    let l = Log::open_read(&logdir).unwrap();
+    l.verify().unwrap();
+    let opts = ReplayOptions {
+        progress: false,
+        ..Default::default()
+    };
+    for (h, want) in &expected {
+        let into = work.path().join(format!("r{h}"));
+        l.replay(*h, &into, &opts).unwrap();
+        let d = diff(want, &hash_tree(&into).unwrap());
+        assert!(
+            d.is_empty(),
+            "height {h} after disk full:\n{}",
+            d.join("\n")
+        );
+    }
+}
+
+#[test]
+fn full_maps_degrade_to_whole_file_and_are_counted() {
+    if !can_run("map overflow") {
+        return;
+    }
+    let fs_ = LoopFs::new("ext4", 512).unwrap();
+    let mount = Mount::at(&fs_.mnt).unwrap();
+    // Room for 8 chunks (16 MiB of one file) per epoch.
+    let mut tracker = Tracker::start(
+        &mount,
+        Limits {
+            chunks: 8,
+            files: 64,
+        },
+    )
+    .unwrap();
+    let p = fs_.path("big");
+    fs::write(&p, vec![1u8; 64 << 20]).unwrap();
+    let frozen = btm_agent::volume::Frozen::freeze(&fs_.mnt).unwrap();
+    tracker.take().unwrap();
+    frozen.thaw().unwrap();
+    // One 4 KiB write in each of 32 different 2 MiB chunks.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+        for c in 0..32u64 {
+            f.write_all_at(&[7u8; 4096], c * (2 << 20)).unwrap();
+        }
+    }
+    let set = tracker.take().unwrap();
+    let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&p).unwrap());
+    let st = tracker.stats().unwrap();
+    assert!(st.chunk_overflows > 0, "overflow not counted: {st:?}");
+    assert_eq!(st.lost, 0);
+    assert_eq!(
+        set.files[&ino].tail_from,
+        Some(0),
+        "a full map must degrade to a whole-file mark"
+    );
+}
+
+#[test]
+fn errors_say_what_to_do() {
+    if !can_run("error messages") {
+        return;
+    }
+    let dir = tempfile::tempdir_in(scratch()).unwrap();
+    let out = Command::new(agent_bin())
+        .args(["track", "--volume"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && msg.contains("is not a mount point") && msg.contains("findmnt"),
+        "{msg}"
+    );
+
+    let fs_ = LoopFs::new("ext4", 256).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(agent_bin())
+        .args(["track", "--volume"])
+        .arg(&fs_.mnt)
+        .output()
+        .unwrap();
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && msg.contains("needs root") && msg.contains("--mode"),
+        "{msg}"
+    );
+}
