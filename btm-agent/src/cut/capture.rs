@@ -103,20 +103,30 @@ fn push_piece(
         }
         return;
     }
-    // Mostly-data pieces stay whole; only long zero runs are split out.
-    let blocks: Vec<bool> = buf
-        .chunks(BLOCK)
-        .map(|c| c.iter().any(|&b| b != 0))
+    // Classify 4 KiB blocks on absolute (filesystem) boundaries: the first block runs from
+    // `off` to the next boundary.
+    let mut bounds = vec![0usize];
+    let mut b = (BLOCK - (off as usize % BLOCK)) % BLOCK;
+    if b == 0 {
+        b = BLOCK;
+    }
+    while b < buf.len() {
+        bounds.push(b);
+        b += BLOCK;
+    }
+    bounds.push(buf.len());
+    let data: Vec<bool> = bounds
+        .windows(2)
+        .map(|w| buf[w[0]..w[1]].iter().any(|&x| x != 0))
         .collect();
     let mut i = 0;
-    while i < blocks.len() {
-        let data = blocks[i];
+    while i < data.len() {
         let mut j = i;
-        while j < blocks.len() && blocks[j] == data {
+        while j < data.len() && data[j] == data[i] {
             j += 1;
         }
-        let (s, e) = (i * BLOCK, (j * BLOCK).min(buf.len()));
-        if data {
+        let (s, e) = (bounds[i], bounds[j]);
+        if data[i] {
             stats.data_bytes += (e - s) as u64;
             out.push(ExtentData {
                 id,
@@ -149,12 +159,10 @@ mod tests {
         let mut out = Vec::new();
         let mut st = CaptureStats::default();
         read_ranges(&f, 1, &[(100, 2 * PIECE)], &mut out, &mut st).unwrap();
-        // piece 1: [100, 1M) data/zero/data; piece 2: [1M, 2M) ; piece 3: [2M, 2M+100)
+        // piece 1: [100, 1M) data, zeros on the 4 KiB blocks [4096, 12288), data;
+        // piece 2: [1M, 2M); piece 3: [2M, 2M+100)
         let offs: Vec<u64> = out.iter().map(|e| e.offset).collect();
-        assert_eq!(
-            offs,
-            vec![100, 100 + 4096, 100 + 3 * 4096, PIECE, 2 * PIECE]
-        );
+        assert_eq!(offs, vec![100, 4096, 3 * 4096, PIECE, 2 * PIECE]);
         assert!(matches!(out[1].bytes, ExtentBytes::Zero(8192)));
         assert_eq!(st.bytes_read, 2 * PIECE);
         assert_eq!(

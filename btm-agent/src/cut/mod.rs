@@ -296,10 +296,9 @@ impl Cutter {
         let unresolved2 = self.tracker.stats()?.fault_unresolved;
         self.unresolved_seen = unresolved2;
         if unresolved2 > unresolved1 {
-            tracing::debug!("unresolved write faults: widening marks to whole folios");
-            let mut wide = d1.clone();
-            wide.widen_to_folios();
-            d2.merge(wide);
+            tracing::debug!("unresolved write faults: marking partially-marked folios whole");
+            // d1's partial folios were read unwidened in phase 1: read them whole here.
+            d2.partial.extend_from_slice(&d1.partial);
             d2.widen_to_folios();
         }
         let scan2 = Scan::walk(root).context("scanning the frozen volume")?;

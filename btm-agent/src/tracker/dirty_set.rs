@@ -55,6 +55,9 @@ impl FileDirty {
 #[derive(Clone, Debug, Default)]
 pub struct DirtySet {
     pub files: BTreeMap<u64, FileDirty>,
+    /// Large folios that were dirty with only part of them marked: (inode, first block,
+    /// order). Promoted whole by [`DirtySet::widen_to_folios`].
+    pub partial: Vec<(u64, u64, u32)>,
 }
 
 impl DirtySet {
@@ -90,18 +93,17 @@ impl DirtySet {
             }
             e.why |= f.why;
         }
+        self.partial.extend(other.partial);
     }
 
-    /// Widens every mark to its 2 MiB-aligned region: the largest page-cache folio, which is
-    /// naturally aligned. Used when a write fault could not be resolved to a page: the lost
-    /// page sits in a folio that was either marked whole or holds one of these marks.
+    /// Marks whole every folio that was dirty with only part of it marked. Used when a write
+    /// fault could not be resolved to a page: the lost page sits in a folio that was clean (its
+    /// folio event then marked it whole) or already dirty, and a dirty folio is either marked
+    /// whole or recorded here.
     pub fn widen_to_folios(&mut self) {
-        for f in self.files.values_mut() {
-            let regions: BTreeSet<u64> = f.blocks.iter().map(|b| b / BLOCKS_PER_CHUNK).collect();
-            for r in regions {
-                f.blocks
-                    .extend(r * BLOCKS_PER_CHUNK..(r + 1) * BLOCKS_PER_CHUNK);
-            }
+        for &(ino, index, order) in &self.partial {
+            let f = self.files.entry(ino).or_default();
+            f.blocks.extend(index..index + (1u64 << order));
         }
     }
 
@@ -129,11 +131,14 @@ mod tests {
     }
 
     #[test]
-    fn widening_covers_aligned_two_mib() {
+    fn widening_marks_partial_folios_whole() {
         let mut s = DirtySet::default();
-        s.add_chunk(1, 3, &[1, 0, 0, 0, 0, 0, 0, 0]);
+        s.add_chunk(1, 0, &[1 << 3, 0, 0, 0, 0, 0, 0, 0]); // block 3
+        s.partial.push((1, 0, 4)); // the 16-block folio holding it
+        s.partial.push((2, 64, 2));
         s.widen_to_folios();
-        assert_eq!(s.files[&1].extents(), vec![(3 * 512 * 4096, 2 << 20)]);
+        assert_eq!(s.files[&1].extents(), vec![(0, 16 * 4096)]);
+        assert_eq!(s.files[&2].extents(), vec![(64 * 4096, 4 * 4096)]);
     }
 
     #[test]

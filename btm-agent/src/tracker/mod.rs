@@ -330,6 +330,9 @@ impl Tracker {
                     .map_err(|e| TrackerError::Map("PARTIAL", e.to_string()))?;
             let keys: Vec<ChunkKey> = partial.keys().filter_map(Result::ok).collect();
             for k in keys {
+                if let Ok(order) = partial.get(&k, 0) {
+                    set.partial.push((k.ino, k.chunk, order.min(18)));
+                }
                 let _ = partial.remove(&k);
             }
         }
