@@ -109,6 +109,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     }
     println!("demo: tracker {:?}", cutter.tracker().stats()?);
     drop(cutter);
+    drop(chain); // unmaps the state file, so the volume can be unmounted
 
     let log = Log::open_read(&logdir)?;
     log.verify().context("verifying the log")?;
@@ -158,6 +159,13 @@ struct Chain {
     state_len: usize,
     _state_file: fs::File,
     lsm_next: u64,
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `Chain::new`.
+        unsafe { libc::munmap(self.state as *mut _, self.state_len) };
+    }
 }
 
 impl Chain {

@@ -43,7 +43,7 @@ pub struct CaptureStats {
 
 /// Reads `ranges` of `f` into `out` as extents of file `id`, cut at [`PIECE`] boundaries.
 /// Runs of zero blocks become `Zero` extents (punched holes, zeroed ranges). A short read
-/// (the file shrank while unfrozen) ends the range: the frozen phase records the final size.
+/// (the file shrank while unfrozen) just yields less: the frozen phase records the final size.
 pub fn read_ranges(
     f: &File,
     id: FileId,
@@ -51,24 +51,107 @@ pub fn read_ranges(
     out: &mut Vec<ExtentData>,
     stats: &mut CaptureStats,
 ) -> std::io::Result<()> {
-    for &(off, len) in ranges {
-        let end = off + len;
-        let mut pos = off;
-        while pos < end {
-            let piece_end = ((pos / PIECE) + 1) * PIECE;
-            let n = (piece_end.min(end) - pos) as usize;
-            let mut buf = vec![0u8; n];
-            let got = read_full(f, &mut buf, pos)?;
-            stats.bytes_read += got as u64;
-            buf.truncate(got);
-            push_piece(id, pos, buf, out, stats);
-            if got < n {
-                break;
-            }
-            pos += n as u64;
-        }
+    let pieces: Vec<(u64, usize)> = ranges
+        .iter()
+        .flat_map(|&(off, len)| {
+            let end = off + len;
+            std::iter::successors(Some(off), move |&p| {
+                let next = (p / PIECE + 1) * PIECE;
+                (next < end).then_some(next)
+            })
+            .map(move |p| (p, (((p / PIECE + 1) * PIECE).min(end) - p) as usize))
+        })
+        .collect();
+    for ((pos, _), buf) in pieces.iter().zip(uring::read_pieces(f, &pieces)?) {
+        stats.bytes_read += buf.len() as u64;
+        push_piece(id, *pos, buf, out, stats);
     }
     Ok(())
+}
+
+/// Batched reads through io_uring (one submission for many pieces), with a pread fallback
+/// where io_uring is unavailable (disabled by sysctl, seccomp).
+mod uring {
+    use std::{cell::RefCell, fs::File, os::unix::io::AsRawFd};
+
+    use io_uring::{IoUring, opcode, types};
+
+    use super::read_full;
+
+    const DEPTH: u32 = 64;
+
+    thread_local! {
+        static RING: RefCell<Option<IoUring>> = RefCell::new(IoUring::new(DEPTH).ok());
+    }
+
+    /// Reads each `(offset, len)` piece; a piece comes back shorter at end of file.
+    pub fn read_pieces(f: &File, pieces: &[(u64, usize)]) -> std::io::Result<Vec<Vec<u8>>> {
+        let mut bufs: Vec<Vec<u8>> = pieces.iter().map(|&(_, n)| vec![0u8; n]).collect();
+        let used = RING.with(|r| match r.borrow_mut().as_mut() {
+            Some(ring) => Some(read_ring(ring, f, pieces, &mut bufs)),
+            None => None,
+        });
+        match used {
+            Some(res) => res?,
+            None => {
+                for (buf, &(off, _)) in bufs.iter_mut().zip(pieces) {
+                    let got = read_full(f, buf, off)?;
+                    buf.truncate(got);
+                }
+            }
+        }
+        Ok(bufs)
+    }
+
+    fn read_ring(
+        ring: &mut IoUring,
+        f: &File,
+        pieces: &[(u64, usize)],
+        bufs: &mut [Vec<u8>],
+    ) -> std::io::Result<()> {
+        let fd = types::Fd(f.as_raw_fd());
+        let mut done = vec![0usize; pieces.len()];
+        let mut pending: Vec<usize> = (0..pieces.len()).rev().collect();
+        let mut in_flight = 0usize;
+        while !pending.is_empty() || in_flight > 0 {
+            while in_flight < DEPTH as usize
+                && let Some(i) = pending.pop()
+            {
+                let buf = &mut bufs[i][done[i]..];
+                let e = opcode::Read::new(fd, buf.as_mut_ptr(), buf.len() as u32)
+                    .offset(pieces[i].0 + done[i] as u64)
+                    .build()
+                    .user_data(i as u64);
+                // SAFETY: the buffer lives in `bufs` until its completion is reaped below.
+                unsafe { ring.submission().push(&e) }
+                    .map_err(|_| std::io::Error::other("io_uring queue full"))?;
+                in_flight += 1;
+            }
+            ring.submit_and_wait(1)?;
+            let completed: Vec<(usize, i32)> = ring
+                .completion()
+                .map(|c| (c.user_data() as usize, c.result()))
+                .collect();
+            for (i, res) in completed {
+                in_flight -= 1;
+                match res {
+                    r if r > 0 => {
+                        done[i] += r as usize;
+                        if done[i] < pieces[i].1 {
+                            pending.push(i); // short read mid-file: continue from there
+                        }
+                    }
+                    0 => {} // end of file
+                    r if -r == libc::EINTR || -r == libc::EAGAIN => pending.push(i),
+                    r => return Err(std::io::Error::from_raw_os_error(-r)),
+                }
+            }
+        }
+        for (buf, n) in bufs.iter_mut().zip(done) {
+            buf.truncate(n);
+        }
+        Ok(())
+    }
 }
 
 /// Reads until `buf` is full or the file ends; the bytes read.
