@@ -87,9 +87,10 @@ mod uring {
     /// Reads each `(offset, len)` piece; a piece comes back shorter at end of file.
     pub fn read_pieces(f: &File, pieces: &[(u64, usize)]) -> std::io::Result<Vec<Vec<u8>>> {
         let mut bufs: Vec<Vec<u8>> = pieces.iter().map(|&(_, n)| vec![0u8; n]).collect();
-        let used = RING.with(|r| match r.borrow_mut().as_mut() {
-            Some(ring) => Some(read_ring(ring, f, pieces, &mut bufs)),
-            None => None,
+        let used = RING.with(|r| {
+            r.borrow_mut()
+                .as_mut()
+                .map(|ring| read_ring(ring, f, pieces, &mut bufs))
         });
         match used {
             Some(res) => res?,
