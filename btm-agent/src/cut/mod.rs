@@ -164,11 +164,18 @@ impl Cutter {
         let files1 = scan1.files();
         let mut pre: HashMap<Identity, Vec<ExtentData>> = HashMap::new();
         let mut st1 = CaptureStats::default();
+        let bar = full.then(|| baseline_bar(files1.values().map(|f| f.1).sum()));
         for (ident, (path, size1)) in &files1 {
             let want = self.ranges_for(ident, *size1, &d1, full);
             if let Some(ext) = read_identity(&root, path, ident, &want, &mut st1)? {
                 pre.insert(*ident, ext);
             }
+            if let Some(b) = &bar {
+                b.inc(*size1);
+            }
+        }
+        if let Some(b) = bar {
+            b.finish_and_clear();
         }
         rep.read_unfrozen = st1.bytes_read;
 
@@ -469,6 +476,23 @@ fn ancestors(p: &[u8]) -> impl Iterator<Item = &[u8]> {
         .enumerate()
         .filter(|(_, c)| **c == b'/')
         .map(move |(i, _)| &p[..i])
+}
+
+/// A progress bar for the baseline (a full copy can take hours on a large volume), drawn only
+/// when stderr is a terminal.
+fn baseline_bar(total: u64) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "baseline {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
 }
 
 pub fn syncfs(root: &Path) -> Result<()> {
