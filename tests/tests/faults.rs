@@ -326,3 +326,97 @@ fn errors_say_what_to_do() {
         "{msg}"
     );
 }
+
+#[test]
+fn changes_while_the_agent_was_down_are_not_lost() {
+    if !can_run("agent restart") {
+        return;
+    }
+    let fs_ = LoopFs::new("xfs", 1024).unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("btm-restart-")
+        .tempdir_in(scratch())
+        .unwrap();
+    let (log, socket) = (work.path().join("log"), work.path().join("agent.sock"));
+    let mut rng = Rng(9);
+    let data = fs_.path("state.db");
+    fs::write(&data, rng.bytes(8 << 20)).unwrap();
+    fs::write(fs_.path("a"), rng.bytes(300_000)).unwrap();
+    fs::write(fs_.path("b"), rng.bytes(200_000)).unwrap();
+    let mut expected = BTreeMap::new();
+
+    let agent = start_agent(&fs_.mnt, &log, &socket);
+    proto::snapshot(&socket, 10, Duration::from_secs(60)).unwrap();
+    expected.insert(10, hash_tree(&fs_.mnt).unwrap());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let _ = { agent }.wait();
+
+    // While no agent runs: pwrite, a store through a shared mapping, a punched hole, a rename
+    // over an existing file.
+    {
+        use std::os::unix::{fs::FileExt, io::AsRawFd};
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&data)
+            .unwrap();
+        f.write_all_at(&rng.bytes(5000), 3 << 20).unwrap();
+        // SAFETY: shared mapping of our file, unmapped below.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                8 << 20,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            ) as *mut u8;
+            assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
+            *p.add(6 << 20) ^= 0xff;
+            libc::munmap(p as *mut _, 8 << 20);
+            libc::fallocate(
+                f.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                1 << 20,
+                65536,
+            );
+        }
+        fs::rename(fs_.path("b"), fs_.path("a")).unwrap();
+    }
+
+    let agent = start_agent(&fs_.mnt, &log, &socket);
+    proto::snapshot(&socket, 11, Duration::from_secs(60)).unwrap();
+    expected.insert(11, hash_tree(&fs_.mnt).unwrap());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let _ = { agent }.wait();
+
+    let l = Log::open_read(&log).unwrap();
+    let opts = ReplayOptions {
+        progress: false,
+        ..Default::default()
+    };
+    for (h, want) in &expected {
+        let into = work.path().join(format!("r{h}"));
+        l.replay(*h, &into, &opts).unwrap();
+        let d = diff(want, &hash_tree(&into).unwrap());
+        assert!(
+            d.is_empty(),
+            "height {h} after a restart:\n{}",
+            d.join("\n")
+        );
+    }
+    // The resync read everything but stored little: unchanged pieces deduplicate.
+    let infos = l.heights();
+    assert!(
+        infos[1].stored_bytes < infos[0].stored_bytes / 2,
+        "resync stored too much: {infos:?}"
+    );
+}
