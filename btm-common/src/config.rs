@@ -25,6 +25,11 @@ pub struct Config {
     pub target_dev: u32,
     /// Non-zero once the agent has filled this in; programs do nothing before.
     pub ready: u32,
+    /// Non-zero when folio events may be suppressed by precise write ranges: only sound when
+    /// the write-fault probes are attached (they mark partial folios whole), so the agent
+    /// clears it on kernels without them.
+    pub suppress: u32,
+    pub _pad0: u32,
 
     // struct folio
     pub folio_flags: u32,

@@ -114,60 +114,73 @@ fn mmap_stores_with(path: &Path, rng: &mut Rng, n: usize, sync: bool, blind: boo
     c
 }
 
-/// A shared mapping of a whole test file whose PTEs were all faulted in by reads.
+/// A separate, single-threaded process holding a shared mapping of a whole test file whose
+/// PTEs were all faulted in by reads: how a node's mmap engine looks between cuts. (In this
+/// multithreaded test process, sibling threads' mmap/munmap make `bpf_find_vma` busy; busy
+/// faults are handled conservatively, which would blur the measurement.)
 struct Mapping {
-    p: *mut u8,
-    _f: File,
+    child: std::process::Child,
 }
+
+const MAPPER: &str = r#"
+import mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+m = mmap.mmap(fd, int(sys.argv[2]))
+s = 0
+for p in range(0, len(m), 4096):
+    s += m[p]
+print("ready", flush=True)
+for line in sys.stdin:
+    off = int(line)
+    m[off] = m[off] ^ 0xff
+m.close()
+print("done", flush=True)
+"#;
 
 impl Mapping {
     fn prefaulted(path: &Path) -> Mapping {
-        let f = rw(path);
-        // SAFETY: a shared mapping of a file we own for the test's duration.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                FILE_SIZE as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        } as *mut u8;
-        assert!(p as isize != -1, "mmap failed");
-        let mut sum = 0u64;
-        for page in 0..FILE_SIZE / 4096 {
-            // SAFETY: inside the mapping; volatile so the reads happen.
-            sum = sum.wrapping_add(
-                unsafe { std::ptr::read_volatile(p.add((page * 4096) as usize)) } as u64,
-            );
-        }
-        std::hint::black_box(sum);
-        Mapping { p, _f: f }
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", MAPPER])
+            .arg(path)
+            .arg(FILE_SIZE.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        Mapping { child }
     }
 
-    fn stores(self, rng: &mut Rng, n: usize) -> Changed {
+    fn stores(mut self, rng: &mut Rng, n: usize) -> Changed {
+        use std::io::BufRead;
         let mut blocks = std::collections::BTreeSet::new();
         let mut c = Changed::default();
+        let mut input = String::new();
         while blocks.len() < n {
             let b = rng.below(FILE_SIZE / 4096);
             if !blocks.insert(b) {
                 continue;
             }
             let off = b * 4096 + rng.below(4000);
-            // SAFETY: inside the mapping.
-            unsafe { *self.p.add(off as usize) = !*self.p.add(off as usize) };
+            input.push_str(&format!("{off}\n"));
             c.ranges.push((off, off + 1));
         }
+        let mut stdin = self.child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).unwrap();
+        drop(stdin);
+        let mut line = String::new();
+        std::io::BufReader::new(self.child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "done");
+        self.child.wait().unwrap();
         c.amp_blocks = Some(n as u64);
         c
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: the mapping created in `prefaulted`.
-        unsafe { libc::munmap(self.p as *mut _, FILE_SIZE as usize) };
     }
 }
 

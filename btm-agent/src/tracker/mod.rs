@@ -132,22 +132,13 @@ impl Tracker {
             .map_max_entries("MARKS1", limits.files)
             .load(EBPF_OBJECT)
             .map_err(|e| load_error(e.to_string()))?;
-        cfg.ready = 1;
-        {
-            let mut config: Array<_, Config> = Array::try_from(ebpf.map_mut("CONFIG").unwrap())
-                .map_err(|e| TrackerError::Map("CONFIG", e.to_string()))?;
-            config
-                .set(0, cfg, 0)
-                .map_err(|e| TrackerError::Map("CONFIG", e.to_string()))?;
-        }
-
         let mut skipped = Vec::new();
         // (program, kind, target, required)
         let fs = mount.fstype.as_str();
         let progs: &[(&str, Kind, &str, bool)] = &[
             ("btm_dirty_folio", Kind::Btf, "writeback_dirty_folio", true),
-            ("btm_fault_user", Kind::Btf, "page_fault_user", true),
-            ("btm_fault_kernel", Kind::Btf, "page_fault_kernel", true),
+            ("btm_fault_user", Kind::Btf, "page_fault_user", false),
+            ("btm_fault_kernel", Kind::Btf, "page_fault_kernel", false),
             ("btm_iomap_iter", Kind::Tp, "iomap/iomap_iter", true),
             (
                 "btm_ext4_da_write_begin",
@@ -254,6 +245,21 @@ impl Tracker {
                 }
             }
         }
+        // Programs do nothing until `ready`: attach first, then arm them. Without the fault
+        // probes nothing may be suppressed (large folios are then marked whole).
+        let faults = !skipped.iter().any(|t| t.starts_with("page_fault"));
+        if !faults {
+            tracing::warn!(
+                "no page-fault tracepoints on this kernel: mmap writes are tracked per folio"
+            );
+        }
+        cfg.suppress = faults as u32;
+        cfg.ready = 1;
+        let mut config: Array<_, Config> = Array::try_from(ebpf.map_mut("CONFIG").unwrap())
+            .map_err(|e| TrackerError::Map("CONFIG", e.to_string()))?;
+        config
+            .set(0, cfg, 0)
+            .map_err(|e| TrackerError::Map("CONFIG", e.to_string()))?;
         Ok(Tracker {
             ebpf,
             mount: mount.clone(),

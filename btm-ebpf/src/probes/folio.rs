@@ -38,7 +38,8 @@ fn try_dirty_folio(folio: *const u8, mapping: *const u8) -> Option<()> {
     let order = if order > 18 { 18 } else { order };
     let start = index << BLOCK_SHIFT;
     let end = start + (1u64 << (BLOCK_SHIFT as u64 + order));
-    if covered_by_precise(dev, ino, start, end)
+    if cfg.suppress != 0
+        && covered_by_precise(dev, ino, start, end)
         && (order == 0 || note_partial(dev, ino, index, order))
     {
         count(stat::FOLIO_SUPPRESSED);
