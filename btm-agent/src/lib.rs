@@ -6,8 +6,11 @@
 //! * [`snapshot`] holds the native-snapshot modes (ZFS, Btrfs).
 
 pub mod cmd;
+pub mod config;
 pub mod cut;
+pub mod heights;
 pub mod log;
+pub mod metrics;
 pub mod retention;
 pub mod snapshot;
 pub mod tracker;

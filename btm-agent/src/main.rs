@@ -15,6 +15,10 @@ use clap::{Args, Parser, Subcommand};
 ///
 /// BTM's flags keep working: -p VOLUME with -l (list), -x (roll back to the latest),
 /// -r H (closest lower), -R H (exact), -C (clean), plus --log.
+///
+/// Where heights are kept (list, rollback, -l/-x/-r/-R/-C): in the log when --log (or
+/// BTM_LOG_DIR) is given; otherwise in the native ZFS/Btrfs snapshots of -p VOLUME, as taken by
+/// `run --mode zfs|btrfs` (or `auto` without eBPF). A running agent is asked first for rollbacks.
 #[derive(Parser, Debug)]
 #[command(name = "btm-agent", version, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -40,8 +44,16 @@ enum Command {
     Rollback(logs::RollbackArgs),
     /// Load the eBPF tracker on a volume and print the dirty extents it sees at each drain.
     Track(track::TrackArgs),
+    /// Fold heights removed by retention out of the log and return their space (agent stopped).
+    Compact(logs::CompactArgs),
+    /// Cut a height handed over by a node hook (-blocknotify): --height H, or --block-hash.
+    Notify(btm_agent::cmd::heights::NotifyArgs),
+    /// Poll a node (bitcoin, cometbft, ethereum RPC) and cut each new height.
+    Watch(btm_agent::cmd::heights::WatchArgs),
     /// Show the whole main job on a scratch volume: track, cut heights, replay, verify.
     Demo(btm_agent::cmd::demo::DemoArgs),
+    /// Check the configuration (file, BTM_* variables, flags) and print the effective one.
+    Config(btm_agent::cmd::config_cmd::ConfigArgs),
 }
 
 /// BTM-compatible flags (without a subcommand).
@@ -82,7 +94,8 @@ fn main() {
     } else {
         sub.init();
     }
-    let cli = Cli::parse();
+    // Flags over BTM_* variables over the config file (btm_agent::config).
+    let cli: Cli = btm_agent::config::parse();
     let res = match cli.command {
         Some(Command::Run(a)) => run::run(a),
         Some(Command::Snapshot(a)) => logs::snapshot(a),
@@ -91,7 +104,11 @@ fn main() {
         Some(Command::Replay(a)) => logs::replay(a),
         Some(Command::Rollback(a)) => logs::rollback(a),
         Some(Command::Track(a)) => track::run(a),
+        Some(Command::Compact(a)) => logs::compact(a),
+        Some(Command::Notify(a)) => btm_agent::cmd::heights::notify(a),
+        Some(Command::Watch(a)) => btm_agent::cmd::heights::watch(a),
         Some(Command::Demo(a)) => btm_agent::cmd::demo::run(a),
+        Some(Command::Config(a)) => btm_agent::cmd::config_cmd::run(a),
         None => compat(cli.compat),
     };
     if let Err(e) = res {
@@ -101,11 +118,6 @@ fn main() {
 }
 
 fn compat(c: Compat) -> Result<()> {
-    let need_log = || -> Result<PathBuf> {
-        c.log
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("--log LOGDIR (or BTM_LOG_DIR) is required"))
-    };
     let rollback = |to: Option<u64>, exact: bool| -> Result<()> {
         let volume = c
             .volume
@@ -113,7 +125,7 @@ fn compat(c: Compat) -> Result<()> {
             .ok_or_else(|| anyhow::anyhow!("-p VOLUME is required"))?;
         logs::rollback(logs::RollbackArgs {
             volume,
-            log: need_log()?,
+            log: c.log.clone(),
             to,
             exact,
             socket: std::env::var_os("BTM_SOCKET").map_or_else(
@@ -124,7 +136,8 @@ fn compat(c: Compat) -> Result<()> {
     };
     if c.list {
         logs::list(logs::ListArgs {
-            log: need_log()?,
+            log: c.log.clone(),
+            volume: c.volume.clone(),
             json: false,
         })
     } else if c.latest {
@@ -134,7 +147,19 @@ fn compat(c: Compat) -> Result<()> {
     } else if let Some(h) = c.exact {
         rollback(Some(h), true)
     } else if c.clean {
-        let log = need_log()?;
+        let Some(log) = c.log.clone() else {
+            // Native snapshots of the volume (see `list`): delete them all.
+            let volume = c.volume.clone().ok_or_else(|| {
+                anyhow::anyhow!("-C needs --log LOGDIR or -p VOLUME (native snapshots)")
+            })?;
+            let b = btm_agent::snapshot::detect(&volume)?.ok_or_else(|| {
+                anyhow::anyhow!("{} has no native snapshots; pass --log", volume.display())
+            })?;
+            let hs = b.list()?;
+            b.delete(&hs)?;
+            println!("removed {} snapshots of {}", hs.len(), b.describe());
+            return Ok(());
+        };
         // Holding the appender lock proves no agent is writing.
         let l = btm_agent::log::Log::open_append(&log)?;
         let n = l.heights().len();

@@ -1,28 +1,70 @@
 //! Commands that read or apply the log: list, verify, replay, rollback, snapshot.
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 use super::proto::{self, DEFAULT_SOCKET, Request};
 use crate::log::{Log, ReplayOptions};
+use crate::retention::{Algo, Policy};
+use crate::snapshot::{self, Probe, SnapshotBackend};
+
+/// Where heights are kept: the log when `--log` (or BTM_LOG_DIR) is given, otherwise the native
+/// snapshots (ZFS dataset or Btrfs subvolume) of `--volume`.
+fn native(volume: Option<&PathBuf>) -> Result<Box<dyn SnapshotBackend>> {
+    let Some(v) = volume else {
+        bail!(
+            "give --log LOGDIR (eBPF mode) or -p/--volume DIR (native ZFS/Btrfs snapshots) to say \
+             where the heights are kept"
+        );
+    };
+    match snapshot::probe(v)? {
+        Probe::Found(b) => Ok(b),
+        Probe::NotNative { reason } => bail!(
+            "no --log LOGDIR given and {} has no native snapshots ({reason}); pass --log",
+            v.display()
+        ),
+    }
+}
 
 #[derive(clap::Args, Debug)]
 pub struct ListArgs {
+    /// The log (eBPF mode). Without it, the native snapshots of --volume are listed.
     #[arg(long, env = "BTM_LOG_DIR")]
-    pub log: PathBuf,
+    pub log: Option<PathBuf>,
+    /// Volume with native snapshots (ZFS dataset / Btrfs subvolume), used when --log is absent.
+    #[arg(short = 'p', long, env = "BTM_VOLUME")]
+    pub volume: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn list(a: ListArgs) -> Result<()> {
-    let log = Log::open_read(&a.log)?;
+    let Some(dir) = &a.log else {
+        let b = native(a.volume.as_ref())?;
+        let hs = b.list()?;
+        if a.json {
+            let v: Vec<_> = hs
+                .iter()
+                .map(|h| serde_json::json!({ "height": h }))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else if hs.is_empty() {
+            println!("no snapshots of {}", b.describe());
+        } else {
+            for h in hs {
+                println!("{h:>10}  {}", b.name());
+            }
+        }
+        return Ok(());
+    };
+    let log = Log::open_read(dir)?;
     let hs = log.heights();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&hs)?);
         return Ok(());
     }
     if hs.is_empty() {
-        println!("no heights recorded in {}", a.log.display());
+        println!("no heights recorded in {}", dir.display());
     }
     for h in hs {
         println!(
@@ -74,8 +116,9 @@ pub struct RollbackArgs {
     /// The tracked volume to roll back in place (stop the node first).
     #[arg(short = 'p', long, env = "BTM_VOLUME")]
     pub volume: PathBuf,
+    /// The log (eBPF mode). Without it, the volume's native ZFS/Btrfs snapshots are used.
     #[arg(long, env = "BTM_LOG_DIR")]
-    pub log: PathBuf,
+    pub log: Option<PathBuf>,
     /// Target height; without it, the latest. The newest height <= target unless --exact.
     #[arg(long)]
     pub to: Option<u64>,
@@ -100,8 +143,14 @@ pub fn rollback(a: RollbackArgs) -> Result<()> {
         println!("rolled back through the agent: {v}");
         return Ok(());
     }
+    let Some(dir) = &a.log else {
+        let b = native(Some(&a.volume))?;
+        let v = super::run::native_rollback(b.as_ref(), a.to, a.exact)?;
+        println!("rolled {} back to height {}", b.describe(), v["height"]);
+        return Ok(());
+    };
     // Otherwise take the log's appender lock ourselves: fails if an agent holds it.
-    let log = Log::open_append(&a.log)?;
+    let log = Log::open_append(dir)?;
     let h = log.resolve(a.to, a.exact)?;
     let mount = crate::volume::Mount::at(&a.volume)?;
     let stats = log.replay(h, &mount.mount_point, &ReplayOptions::default())?;
@@ -131,5 +180,44 @@ pub fn snapshot(a: SnapshotArgs) -> Result<()> {
     } else {
         println!("height {} durable", a.height);
     }
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CompactArgs {
+    /// The log to compact (the agent must not be running on it).
+    #[arg(long, env = "BTM_LOG_DIR")]
+    pub log: PathBuf,
+    /// Apply this retention first (with --itv and --algo): heights it drops are compacted too.
+    #[arg(short = 'c', long)]
+    pub cap: Option<usize>,
+    /// With --cap: only heights divisible by this are kept.
+    #[arg(short = 'i', long, default_value_t = 1)]
+    pub itv: u64,
+    /// With --cap: fair or fade.
+    #[arg(short = 'a', long, value_enum, default_value = "fair")]
+    pub algo: Algo,
+}
+
+/// Folds the heights removed by retention into the next kept ones and returns their space.
+/// Needs the appender lock: stop the agent first (it compacts by itself when dropped records
+/// reach a quarter of the log).
+pub fn compact(a: CompactArgs) -> Result<()> {
+    let mut log = Log::open_append(&a.log)?;
+    if let Some(cap) = a.cap {
+        let p = Policy::new(a.itv, cap, a.algo)?;
+        let hs: Vec<u64> = log.heights().iter().map(|h| h.height).collect();
+        log.drop_heights(&p.to_delete(&hs))?;
+    }
+    let (log, rep) = log.compact()?;
+    println!(
+        "compacted {}: {} dropped records folded into {}, {} -> {} bytes ({} heights kept)",
+        a.log.display(),
+        rep.dropped_records,
+        rep.merged_records,
+        rep.bytes_before,
+        rep.bytes_after,
+        log.heights().len()
+    );
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! One module per CLI subcommand family.
+pub mod config_cmd;
 pub mod demo;
+pub mod heights;
 pub mod logs;
 pub mod proto;
 pub mod run;

@@ -1,5 +1,8 @@
-//! `btm-agent run`: the privileged agent. Tracks a volume, listens on a unix socket and cuts a
-//! height each time one is handed over.
+//! `btm-agent run`: the privileged agent. Listens on a unix socket and keeps each height handed
+//! over: in eBPF mode by a cut into the log, in zfs/btrfs mode as a native snapshot (`--mode`,
+//! see [`Mode`]). After every successful cut, retention (`--itv/--cap/--algo`) removes heights
+//! in every mode: snapshots are deleted; log heights are tombstoned at once and compacted away
+//! later (`crate::log::Log::compact`).
 use std::{
     io::{BufRead, BufReader, Write},
     os::unix::{fs::PermissionsExt, net::UnixListener},
@@ -8,6 +11,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -16,7 +20,8 @@ use super::proto::{DEFAULT_SOCKET, Request, Response};
 use crate::{
     cut::Cutter,
     log::Log,
-    retention::Algo,
+    retention::{Algo, Policy},
+    snapshot::{self, Probe, SnapshotBackend},
     tracker::{Limits, Tracker},
     volume::Mount,
 };
@@ -26,8 +31,9 @@ pub struct RunArgs {
     /// Mount point of the chain data volume to track.
     #[arg(short = 'p', long, env = "BTM_VOLUME")]
     pub volume: PathBuf,
-    /// Log directory (on another filesystem than the volume).
-    #[arg(long, env = "BTM_LOG_DIR")]
+    /// Log directory of --mode ebpf (on another filesystem than the volume); unused by the
+    /// native snapshot modes.
+    #[arg(long, env = "BTM_LOG_DIR", default_value = "/var/lib/btm/log")]
     pub log: PathBuf,
     /// Unix socket heights arrive on.
     #[arg(long, env = "BTM_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -50,7 +56,10 @@ pub struct RunArgs {
         default_value = "fair"
     )]
     pub algo: Algo,
-    /// Backend: ebpf (this log), or the volume's native snapshots.
+    /// Backend. auto: ebpf when --log is given and the tracker loads, else the volume's native
+    /// snapshots (ZFS dataset / Btrfs subvolume), else an error naming what is missing.
+    /// ebpf: tracker + log. zfs: snapshots DATASET@H. btrfs: read-only snapshots of the
+    /// subvolume. Retention (--itv/--cap/--algo) applies after every cut in every mode.
     #[arg(
         short = 'm',
         long,
@@ -59,22 +68,105 @@ pub struct RunArgs {
         default_value = "auto"
     )]
     pub mode: Mode,
+    /// eBPF mode: compact the log (a short tracker restart) once heights removed by retention
+    /// hold at least this many bytes and a quarter of the log.
+    #[arg(long, env = "BTM_COMPACT_MIN_BYTES", default_value_t = 256 << 20)]
+    pub compact_min_bytes: u64,
     /// Do not freeze the volume at cuts (only when the node is paused by the caller).
     #[arg(long)]
     pub no_freeze: bool,
+    /// Serve Prometheus /metrics and /healthz here (HOST:PORT, or :PORT for loopback).
+    #[arg(long, env = "BTM_METRICS_ADDR", value_parser = crate::metrics::parse_addr)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
+    /// ebpf if it loads, else native snapshots, else an error.
     Auto,
+    /// The eBPF tracker and the incremental log.
     Ebpf,
+    /// ZFS snapshots of the dataset mounted at the volume.
     Zfs,
+    /// Btrfs snapshots of the subvolume at the volume.
     Btrfs,
 }
 
 fn parse_octal(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s, 8).map_err(|e| format!("{s}: not an octal mode: {e}"))
 }
+
+/// What cuts heights: the eBPF tracker and the log, or the volume's native snapshots.
+enum Engine {
+    Log {
+        cutter: Box<Cutter>,
+        dir: PathBuf,
+        kept: Kept,
+    },
+    Native(Box<dyn SnapshotBackend>),
+}
+
+/// The log's kept heights (retention's input) and the byte counts that decide compaction,
+/// tracked here so that a cut never re-reads the log.
+struct Kept {
+    /// Kept height -> bytes its record takes.
+    sizes: std::collections::BTreeMap<u64, u64>,
+    dropped_bytes: u64,
+    total_bytes: u64,
+    /// After a postponed or failed compaction: not before this.
+    retry_after: Option<Instant>,
+}
+
+/// Whether nobody holds `readers.lock` right now (probed with a non-blocking exclusive lock).
+fn readers_idle(dir: &Path) -> bool {
+    std::fs::File::open(dir.join("readers.lock"))
+        .map(|f| f.try_lock().is_ok())
+        .unwrap_or(true)
+}
+
+impl Kept {
+    fn of(log: &Log) -> Kept {
+        Kept {
+            sizes: log
+                .heights()
+                .iter()
+                .map(|h| (h.height, h.stored_bytes))
+                .collect(),
+            dropped_bytes: log.dropped_bytes(),
+            total_bytes: log.total_bytes(),
+            retry_after: None,
+        }
+    }
+
+    fn heights(&self) -> Vec<u64> {
+        self.sizes.keys().copied().collect()
+    }
+
+    /// Adds a new height and returns what the policy drops now (not yet recorded).
+    fn add(&mut self, height: u64, bytes: u64, policy: &Policy) -> Vec<u64> {
+        self.sizes.insert(height, bytes);
+        self.total_bytes += bytes;
+        policy.to_delete(&self.heights())
+    }
+
+    fn forget(&mut self, dropped: &[u64]) {
+        for h in dropped {
+            self.dropped_bytes += self.sizes.remove(h).unwrap_or(0);
+        }
+    }
+
+    fn wants_compaction(&self, min_bytes: u64) -> bool {
+        self.retry_after.is_none_or(|t| Instant::now() >= t)
+            && self.dropped_bytes >= min_bytes.max(1)
+            && self.dropped_bytes * COMPACT_SHARE >= self.total_bytes
+    }
+}
+
+/// Compact the log (which restarts the tracker) once dropped records hold 1/COMPACT_SHARE of
+/// it (and `--compact-min-bytes`).
+const COMPACT_SHARE: u64 = 4;
+/// How long to wait after a postponed or failed compaction.
+const COMPACT_RETRY: Duration = Duration::from_secs(600);
 
 pub fn run(args: RunArgs) -> Result<()> {
     if args.itv == 0 {
@@ -83,36 +175,35 @@ pub fn run(args: RunArgs) -> Result<()> {
     if !(1..=4096).contains(&args.cap) {
         bail!("--cap must be between 1 and 4096");
     }
-    if matches!(args.mode, Mode::Zfs | Mode::Btrfs) {
-        bail!(
-            "--mode {:?} is served by the snapshot backends: not wired into `run` yet; use --mode ebpf",
-            args.mode
-        );
-    }
-    let mount = Mount::at(&args.volume)?;
-    let _claim = crate::volume::VolumeLock::acquire(&mount)?;
-    if crate::volume::Frozen::thaw_leftover(&mount.mount_point)? {
-        tracing::warn!(
-            "{} was left frozen (an agent died inside a cut); thawed it",
-            mount.mount_point.display()
-        );
-    }
-    std::fs::create_dir_all(&args.log)
-        .with_context(|| format!("creating log dir {}", args.log.display()))?;
-    let log = Log::open_append(&args.log)?;
-    let tracker = Tracker::start(&mount, Limits::for_volume_bytes(mount.size_bytes()))?;
-    let mut cutter = Cutter::new(mount.clone(), tracker, log)?;
-    cutter.freeze = !args.no_freeze;
-
+    let policy = Policy::new(args.itv, args.cap, args.algo)?;
+    let mut engine = select(&args, &policy)?;
     let listener = bind(&args.socket, args.socket_mode)?;
-    tracing::info!(
-        volume = %mount.mount_point.display(),
-        fs = %mount.fstype,
-        log = %args.log.display(),
-        socket = %args.socket.display(),
-        last_height = ?cutter.log().last_height(),
-        "agent ready"
-    );
+    let (metrics_dir, last) = match &engine {
+        Engine::Log { cutter, dir, .. } => (dir.clone(), cutter.log().last_height()),
+        Engine::Native(b) => (args.volume.clone(), b.list()?.last().copied()),
+    };
+    let metrics = crate::metrics::Metrics::start(args.metrics_addr, &metrics_dir, last)?;
+    match &engine {
+        Engine::Log { cutter, dir, .. } => {
+            let mount = Mount::at(cutter.root())?;
+            tracing::info!(
+                mode = "ebpf",
+                volume = %mount.mount_point.display(),
+                fs = %mount.fstype,
+                log = %dir.display(),
+                socket = %args.socket.display(),
+                last_height = ?last,
+                "agent ready"
+            );
+        }
+        Engine::Native(b) => tracing::info!(
+            mode = b.name(),
+            target = %b.describe(),
+            socket = %args.socket.display(),
+            last_height = ?last,
+            "agent ready"
+        ),
+    }
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signals(stop.clone(), args.socket.clone());
     for conn in listener.incoming() {
@@ -125,28 +216,186 @@ pub fn run(args: RunArgs) -> Result<()> {
             continue;
         }
         let resp = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => handle(&mut cutter, &args, req),
+            Ok(req) => handle(&mut engine, &args, &policy, &metrics, req),
             Err(e) => Response::err(format!("malformed request: {e}")),
         };
         let mut out = serde_json::to_string(&resp)?;
         out.push('\n');
         let _ = stream.write_all(out.as_bytes());
+        // After answering: the node does not wait for a compaction. Without its tracker
+        // the agent cannot go on, so a failure here stops it (the log stays consistent).
+        engine = maybe_compact(engine, &args).context("compacting the log")?;
     }
     let _ = std::fs::remove_file(&args.socket);
+    metrics.set_alive(false);
     tracing::info!("agent stopped");
     Ok(())
 }
 
-fn handle(cutter: &mut Cutter, args: &RunArgs, req: Request) -> Response {
-    match req {
-        Request::Snapshot { height } => {
-            if height % args.itv != 0 {
-                return Response::ok(
-                    serde_json::json!({ "height": height, "skipped": "not a multiple of itv" }),
-                );
+/// Picks the engine for `--mode` (see [`Mode`]).
+fn select(args: &RunArgs, policy: &Policy) -> Result<Engine> {
+    let native = |b: Box<dyn SnapshotBackend>| -> Result<Engine> {
+        b.preflight()?;
+        Ok(Engine::Native(b))
+    };
+    match args.mode {
+        Mode::Ebpf => start_ebpf(args, policy),
+        Mode::Zfs => native(Box::new(snapshot::Zfs::open(&args.volume)?)),
+        Mode::Btrfs => native(Box::new(snapshot::Btrfs::open(&args.volume)?)),
+        Mode::Auto => {
+            // Only a tracker that cannot load falls back; other errors (another agent, a log on
+            // the volume) are the user's to fix.
+            let ebpf_err = match start_ebpf(args, policy) {
+                Ok(e) => return Ok(e),
+                Err(e) if e.is::<EbpfUnavailable>() => format!("{e:#}"),
+                Err(e) => return Err(e),
+            };
+            match snapshot::probe(&args.volume)? {
+                Probe::Found(b) => {
+                    tracing::warn!(
+                        "eBPF mode unavailable ({ebpf_err}); using {} native snapshots of {}",
+                        b.name(),
+                        b.describe()
+                    );
+                    native(b)
+                }
+                Probe::NotNative { reason } => bail!(
+                    "--mode auto found no way to keep heights of {}: the eBPF tracker cannot be \
+                     used ({ebpf_err}) and the volume has no native snapshots ({reason}). Options: \
+                     --mode ebpf with --log LOGDIR on another filesystem (needs root, BTF, bpffs; \
+                     `btm-agent track` shows what fails), or put the volume on a ZFS dataset \
+                     (--mode zfs) or a Btrfs subvolume (--mode btrfs)",
+                    args.volume.display()
+                ),
             }
+        }
+    }
+}
+
+/// The eBPF tracker cannot be used on this volume (what `--mode auto` falls back on).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct EbpfUnavailable(String);
+
+fn unavailable(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(EbpfUnavailable(format!("{e:#}")))
+}
+
+/// The eBPF path: tracker, log, cutter (the tracker first, so a failed `auto` leaves nothing).
+fn start_ebpf(args: &RunArgs, policy: &Policy) -> Result<Engine> {
+    let dir = args.log.clone();
+    let mount = Mount::at(&args.volume).map_err(unavailable)?;
+    let _claim = crate::volume::VolumeLock::acquire(&mount)?;
+    if crate::volume::Frozen::thaw_leftover(&mount.mount_point)? {
+        tracing::warn!(
+            "{} was left frozen (an agent died inside a cut); thawed it",
+            mount.mount_point.display()
+        );
+    }
+    let tracker = Tracker::start(&mount, Limits::for_volume_bytes(mount.size_bytes()))
+        .map_err(unavailable)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating log dir {}", dir.display()))?;
+    let mut log = Log::open_append(&dir)?;
+    // The policy may have changed since the last run: apply it, and compact what it dropped
+    // (with the same threshold as after cuts).
+    let hs: Vec<u64> = log.heights().iter().map(|h| h.height).collect();
+    let del = policy.to_delete(&hs);
+    log.drop_heights(&del)?;
+    if Kept::of(&log).wants_compaction(args.compact_min_bytes) {
+        log = match log.compact() {
+            Ok((l, rep)) => {
+                tracing::info!(?rep, "compacted the log");
+                l
+            }
+            Err(e) => {
+                // The log is as it was: start anyway, compaction is retried after cuts.
+                tracing::warn!("log compaction failed: {e}");
+                Log::open_append(&dir)?
+            }
+        };
+    }
+    let kept = Kept::of(&log);
+    let mut cutter = Cutter::new(mount, tracker, log)?;
+    cutter.freeze = !args.no_freeze;
+    // Held for the life of the process (the kernel releases it when the agent exits).
+    std::mem::forget(_claim);
+    Ok(Engine::Log {
+        cutter: Box::new(cutter),
+        dir,
+        kept,
+    })
+}
+
+/// Compacts the log once dropped records take enough of it. The cutter owns the log, so this
+/// stops the tracker, compacts and starts both again; the next cut then reads every file
+/// (unchanged pieces dedup against the log, so that costs reads, not space).
+fn maybe_compact(engine: Engine, args: &RunArgs) -> Result<Engine> {
+    let Engine::Log {
+        cutter,
+        dir,
+        mut kept,
+    } = engine
+    else {
+        return Ok(engine);
+    };
+    if !kept.wants_compaction(args.compact_min_bytes) {
+        return Ok(Engine::Log { cutter, dir, kept });
+    }
+    // Readers (replay, list) hold readers.lock shared; do not stop tracking to wait for them.
+    if !readers_idle(&dir) {
+        tracing::info!("log compaction postponed: readers are using the log");
+        kept.retry_after = Some(Instant::now() + COMPACT_RETRY);
+        return Ok(Engine::Log { cutter, dir, kept });
+    }
+    let mount = Mount::at(cutter.root())?;
+    // The cutter holds the tracker and the appender lock: let both go first.
+    drop(cutter);
+    let log = match Log::open_append(&dir)?.compact() {
+        Ok((log, rep)) => {
+            tracing::info!(?rep, "compacted the log");
+            log
+        }
+        Err(e) => {
+            // Compaction leaves the log as it was on error: carry on with it.
+            tracing::warn!("log compaction failed, retrying later: {e}");
+            kept.retry_after = Some(Instant::now() + COMPACT_RETRY);
+            Log::open_append(&dir)?
+        }
+    };
+    let retry_after = kept.retry_after;
+    let mut kept = Kept::of(&log);
+    kept.retry_after = retry_after;
+    let tracker = Tracker::start(&mount, Limits::for_volume_bytes(mount.size_bytes()))?;
+    let kept = Kept::of(&log);
+    let mut cutter = Cutter::new(mount, tracker, log)?;
+    cutter.freeze = !args.no_freeze;
+    Ok(Engine::Log {
+        cutter: Box::new(cutter),
+        dir,
+        kept,
+    })
+}
+
+fn handle(
+    engine: &mut Engine,
+    args: &RunArgs,
+    policy: &Policy,
+    metrics: &crate::metrics::Metrics,
+    req: Request,
+) -> Response {
+    let to_resp = |r: Result<serde_json::Value>| match r {
+        Ok(v) => Response::ok(v),
+        Err(e) => Response::err(format!("{e:#}")),
+    };
+    match (engine, req) {
+        (_, Request::Snapshot { height }) if !policy.wants(height) => Response::ok(
+            serde_json::json!({ "height": height, "skipped": "not a multiple of itv" }),
+        ),
+        (Engine::Log { cutter, dir, kept }, Request::Snapshot { height }) => {
             match cutter.cut(height) {
                 Ok((rep, info)) => {
+                    let stats = cutter.tracker().stats().ok();
+                    metrics.record_cut(&rep, info.stored_bytes, stats.as_ref());
                     tracing::info!(
                         height,
                         freeze_ms = format!("{:.1}", rep.freeze_ms),
@@ -155,33 +404,93 @@ fn handle(cutter: &mut Cutter, args: &RunArgs, req: Request) -> Response {
                         files = rep.files_changed,
                         "height durable"
                     );
-                    Response::ok(serde_json::to_value(&rep).unwrap_or_default())
+                    let del = kept.add(height, info.stored_bytes, policy);
+                    if let Err(e) = crate::log::record_dropped(dir, &del) {
+                        // The height is durable; retention catches up after the next cut.
+                        tracing::error!("recording heights removed by retention: {e}");
+                    } else {
+                        kept.forget(&del);
+                    }
+                    let mut v = serde_json::to_value(&rep).unwrap_or_default();
+                    v["removed"] = serde_json::json!(del);
+                    Response::ok(v)
                 }
                 Err(e) => {
+                    metrics.record_error();
                     tracing::error!(height, "cut failed: {e:#}");
                     Response::err(format!("{e:#}"))
                 }
             }
         }
-        Request::Status => Response::ok(serde_json::json!({
+        (Engine::Native(b), Request::Snapshot { height }) => {
+            let r = native_snapshot(b.as_ref(), policy, height);
+            match &r {
+                Ok(v) => tracing::info!(height, removed = %v["removed"], "snapshot taken"),
+                Err(e) => {
+                    metrics.record_error();
+                    tracing::error!(height, "snapshot failed: {e:#}");
+                }
+            }
+            to_resp(r)
+        }
+        (Engine::Log { cutter, kept, .. }, Request::Status) => Response::ok(serde_json::json!({
+            "mode": "ebpf",
             "volume": cutter.root(),
             "last_height": cutter.log().last_height(),
-            "heights": cutter.log().heights().len(),
+            "heights": kept.sizes.len(),
             "tracker": cutter.tracker().stats().ok(),
         })),
-        Request::Rollback { height, exact } => match rollback_in_agent(cutter, height, exact) {
-            Ok(v) => Response::ok(v),
-            Err(e) => Response::err(format!("{e:#}")),
-        },
+        (Engine::Native(b), Request::Status) => to_resp(b.list().map_err(Into::into).map(|hs| {
+            serde_json::json!({
+                "mode": b.name(),
+                "volume": args.volume,
+                "target": b.describe(),
+                "last_height": hs.last(),
+                "heights": hs.len(),
+            })
+        })),
+        (Engine::Log { cutter, kept, .. }, Request::Rollback { height, exact }) => {
+            to_resp(rollback_in_agent(cutter, kept, height, exact))
+        }
+        (Engine::Native(b), Request::Rollback { height, exact }) => {
+            to_resp(native_rollback(b.as_ref(), height, exact))
+        }
     }
+}
+
+/// One native snapshot, then retention over every snapshot that exists.
+fn native_snapshot(
+    b: &dyn SnapshotBackend,
+    policy: &Policy,
+    height: u64,
+) -> Result<serde_json::Value> {
+    b.snapshot(height)?;
+    let del = policy.to_delete(&b.list()?);
+    if !del.is_empty() {
+        b.delete(&del)?;
+    }
+    Ok(serde_json::json!({ "height": height, "mode": b.name(), "removed": del }))
+}
+
+/// Native rollback with BTM's target rules; snapshots newer than the target go.
+pub fn native_rollback(
+    b: &dyn SnapshotBackend,
+    height: Option<u64>,
+    exact: bool,
+) -> Result<serde_json::Value> {
+    let h = snapshot::resolve_target(&b.describe(), &b.list()?, height, exact)?;
+    b.rollback(h)?;
+    Ok(serde_json::json!({ "height": h, "mode": b.name() }))
 }
 
 fn rollback_in_agent(
     cutter: &mut Cutter,
+    kept: &Kept,
     height: Option<u64>,
     exact: bool,
 ) -> Result<serde_json::Value> {
-    let h = cutter.log().resolve(height, exact)?;
+    // `kept` knows what this agent dropped since it opened the log.
+    let h = crate::log::resolve_height(&kept.heights(), height, exact)?;
     let root = cutter.root().to_path_buf();
     let stats = cutter.log().replay(h, &root, &Default::default())?;
     // The tracker saw the rollback as writes; the next cut re-reads everything to be sure.

@@ -22,6 +22,12 @@ pub enum LogError {
     )]
     Locked { path: PathBuf },
 
+    #[error(
+        "the log at {} is being compacted (readers.lock is held exclusively); retry in a moment",
+        dir.display()
+    )]
+    Compacting { dir: PathBuf },
+
     #[error("height {got} is not above the last recorded height {last}: heights must increase")]
     HeightNotIncreasing { last: u64, got: u64 },
 
@@ -79,6 +85,12 @@ pub enum LogError {
         first: Option<u64>,
         last: Option<u64>,
     },
+
+    #[error(
+        "height {height} was removed by retention; nearest kept: {nearest}; run `btm-agent list` \
+         to see the kept heights"
+    )]
+    Dropped { height: u64, nearest: String },
 
     #[error("no recorded height at or below {target}: the oldest recorded height is {oldest}")]
     NoHeightAtOrBelow { target: u64, oldest: u64 },

@@ -18,11 +18,15 @@
 //! * [`Log::state_at`] folds metadata only; [`Log::replay`] then reads just the payloads still
 //!   visible at that height and rewrites only what differs in the target directory.
 //! * [`Log::verify`] reads every byte and checks every hash.
+//! * Retention: [`Log::drop_heights`] (or [`record_dropped`]) tombstones heights in
+//!   `LOGDIR/dropped` at once; [`Log::compact`] later folds their records into the next kept
+//!   height, rewriting only from the first segment that holds one (`compact.rs`).
 //!
 //! Paths in a log are data: every path is checked when appending, opening and replaying, and
 //! replay reaches every entry through `openat(O_NOFOLLOW)` chains from the target directory, so a
 //! hostile log cannot make it write outside the target.
 
+mod compact;
 mod error;
 mod format;
 mod record;
@@ -33,11 +37,12 @@ mod verify;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+pub use compact::{CompactReport, DROPPED_FILE, record_dropped};
 pub use error::LogError;
 pub use format::{Codec, FORMAT_VERSION, PayloadRef};
 pub use record::{
@@ -153,6 +158,9 @@ pub struct Log {
     dedup: HashMap<[u8; 32], PayloadRef>,
     /// Append mode: the state at the last height (built on first append).
     tip: Option<TreeState>,
+    /// Heights removed by retention (`LOGDIR/dropped`): hidden from list, resolve and replay;
+    /// their records stay until [`Log::compact`] folds them into the next kept height.
+    dropped: BTreeSet<u64>,
     poisoned: Option<String>,
     /// Tests: fail writes once the segment would grow beyond this offset (simulated ENOSPC).
     #[cfg(test)]
@@ -266,6 +274,8 @@ impl Log {
             .open(&lock_path)
             .map_err(|e| LogError::io(&lock_path, e))?;
         lock.try_lock().map_err(|e| lock_error(&lock_path, e))?;
+        // A compaction that crashed after its commit point is finished; one before it, undone.
+        compact::recover(dir)?;
         let mut log = Log::empty(dir, true, opts, vec![lock]);
         log.scan()?;
         Ok(log)
@@ -295,8 +305,12 @@ impl Log {
         let mut locks = Vec::new();
         match lock {
             Ok(lock) => {
-                lock.try_lock_shared()
-                    .map_err(|e| lock_error(&lock_path, e))?;
+                lock.try_lock_shared().map_err(|e| match e {
+                    TryLockError::WouldBlock => LogError::Compacting {
+                        dir: dir.to_path_buf(),
+                    },
+                    e => lock_error(&lock_path, e),
+                })?;
                 locks.push(lock);
             }
             // A log on read-only media without the file: nobody can rewrite it either.
@@ -319,6 +333,7 @@ impl Log {
             torn_tail: None,
             dedup: HashMap::new(),
             tip: None,
+            dropped: BTreeSet::new(),
             poisoned: None,
             #[cfg(test)]
             fail_writes_beyond: None,
@@ -332,9 +347,31 @@ impl Log {
         &self.dir
     }
 
-    /// Recorded heights, ascending.
+    /// Recorded heights, ascending (without those removed by retention).
     pub fn heights(&self) -> Vec<HeightInfo> {
-        self.records.iter().map(|r| r.info.clone()).collect()
+        self.records
+            .iter()
+            .filter(|r| !self.dropped.contains(&r.header.height))
+            .map(|r| r.info.clone())
+            .collect()
+    }
+
+    /// Heights removed by retention (see [`Log::drop_heights`]), ascending. Includes heights
+    /// already compacted away.
+    pub fn dropped_heights(&self) -> Vec<u64> {
+        self.dropped.iter().copied().collect()
+    }
+
+    /// Removes `heights` by retention: durably recorded in `LOGDIR/dropped` at once (so they
+    /// vanish from `list` and `replay`), physically folded into the next kept height by
+    /// [`Log::compact`]. Unknown heights are an error and nothing is recorded.
+    pub fn drop_heights(&mut self, heights: &[u64]) -> Result<(), LogError> {
+        for &h in heights {
+            self.index_of(h)?;
+        }
+        record_dropped(&self.dir, heights)?;
+        self.dropped.extend(heights.iter().copied());
+        Ok(())
     }
 
     /// The newest recorded height.
@@ -360,6 +397,7 @@ impl Log {
     // ---- opening ----------------------------------------------------------------------------
 
     fn scan(&mut self) -> Result<(), LogError> {
+        self.dropped = compact::read_dropped(&self.dir)?;
         let mut found = Vec::new();
         for ent in fs::read_dir(&self.dir).map_err(|e| LogError::io(&self.dir, e))? {
             let ent = ent.map_err(|e| LogError::io(&self.dir, e))?;
@@ -367,6 +405,9 @@ impl Log {
                 found.push((no, ent.path()));
             }
         }
+        // A committed compaction whose files are not all in place yet (readers only: the
+        // appender finished it before scanning).
+        compact::overlay(&self.dir, &mut found)?;
         found.sort();
         for w in found.windows(2) {
             if w[1].0 != w[0].0 + 1 {
@@ -778,6 +819,7 @@ impl Log {
     /// Folded namespace + per-file extent map at `height` (must be a recorded height), without
     /// reading payloads.
     pub fn state_at(&self, height: u64) -> Result<TreeState, LogError> {
+        self.check_not_dropped(height)?;
         let i = self.index_of(height)?;
         if i + 1 == self.records.len()
             && let Some(tip) = &self.tip
@@ -834,10 +876,36 @@ impl Log {
         Ok(t)
     }
 
-    /// Resolve `target` against the recorded heights (BTM rollback semantics).
+    /// Resolve `target` against the kept heights (BTM rollback semantics).
     pub fn resolve(&self, target: Option<u64>, exact: bool) -> Result<u64, LogError> {
-        let hs: Vec<u64> = self.records.iter().map(|r| r.header.height).collect();
+        if exact && let Some(t) = target {
+            self.check_not_dropped(t)?;
+        }
+        let hs: Vec<u64> = self.heights().iter().map(|r| r.height).collect();
         resolve_height(&hs, target, exact)
+    }
+
+    /// The "removed by retention" error for a dropped height (the newest record stays
+    /// reachable: the agent builds on it).
+    fn check_not_dropped(&self, height: u64) -> Result<(), LogError> {
+        if !self.dropped.contains(&height) || self.last_height() == Some(height) {
+            return Ok(());
+        }
+        let kept: Vec<u64> = self.heights().iter().map(|r| r.height).collect();
+        let i = kept.partition_point(|&k| k < height);
+        let near: Vec<String> = [i.checked_sub(1).map(|j| kept[j]), kept.get(i).copied()]
+            .into_iter()
+            .flatten()
+            .map(|h| h.to_string())
+            .collect();
+        Err(LogError::Dropped {
+            height,
+            nearest: if near.is_empty() {
+                "none".into()
+            } else {
+                near.join(" and ")
+            },
+        })
     }
 
     /// Materialise `height` into `into` (created if missing; may be non-empty), rewriting only

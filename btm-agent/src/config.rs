@@ -1,0 +1,303 @@
+//! Configuration of the agent: a TOML file whose keys are `run`'s flags (`itv = 10`,
+//! `socket_mode = "660"`), environment variables `BTM_*`, and flags, in rising precedence.
+//!
+//! The file's values become the defaults of the matching arguments before clap parses the
+//! command line, so clap itself applies "flag over env over default" and validates every
+//! value with the flag's own parser: one rule, one set of checks, whatever the source.
+use std::{
+    collections::BTreeMap,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{
+    Arg, ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches, parser::ValueSource,
+};
+
+/// Read when present and no `--config` / `BTM_CONFIG` names another file.
+pub const DEFAULT_PATH: &str = "/etc/btm/btm.toml";
+
+/// Subcommands whose arguments the file configures.
+const TARGETS: &[&[&str]] = &[&["run"], &["config", "check"]];
+
+/// Arguments that are not configuration keys.
+const NOT_KEYS: &[&str] = &["config", "help", "version"];
+
+/// Where a value of the effective configuration came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    Env(String),
+    File(PathBuf),
+    Default,
+    Unset,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Flag => write!(f, "flag"),
+            Source::Env(v) => write!(f, "env {v}"),
+            Source::File(p) => write!(f, "file {}", p.display()),
+            Source::Default => write!(f, "default"),
+            Source::Unset => write!(f, "unset"),
+        }
+    }
+}
+
+/// One key of the effective configuration.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub key: String,
+    /// The value as given (before parsing), `None` when unset.
+    pub raw: Option<String>,
+    pub source: Source,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Bool,
+    Int,
+    Str,
+}
+
+impl Entry {
+    /// The entry as a TOML line (commented out when unset), with its source.
+    pub fn to_toml(&self) -> String {
+        let Some(raw) = &self.raw else {
+            return format!("# {} =  # unset", self.key);
+        };
+        let value = match self.kind {
+            Kind::Bool => raw.clone(),
+            Kind::Int if raw.parse::<u64>().is_ok() => raw.clone(),
+            _ => toml::Value::String(raw.clone()).to_string(),
+        };
+        format!("{} = {value}  # {}", self.key, self.source)
+    }
+}
+
+/// The configuration this process runs with: the file read (if any) and every key.
+#[derive(Clone, Debug, Default)]
+pub struct Effective {
+    pub file: Option<PathBuf>,
+    pub entries: Vec<Entry>,
+}
+
+static EFFECTIVE: OnceLock<Effective> = OnceLock::new();
+
+/// The effective configuration recorded by [`parse`] (empty for subcommands it does not cover).
+pub fn effective() -> Effective {
+    EFFECTIVE.get().cloned().unwrap_or_default()
+}
+
+/// Parses the process's arguments with the configuration file applied; exits on errors
+/// (clap's for flags, ours naming the file and key for the file).
+pub fn parse<T: CommandFactory + FromArgMatches>() -> T {
+    let res = matches_with_config(T::command(), std::env::args_os().collect())
+        .map(|m| T::from_arg_matches(&m).unwrap_or_else(|e| e.exit()));
+    match res {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Parses `argv` against `cmd`, using the configuration file's values as defaults of the
+/// configured subcommand's arguments. Records the effective configuration for [`effective`].
+pub fn matches_with_config(cmd: Command, argv: Vec<OsString>) -> Result<ArgMatches> {
+    let cmd = add_config_arg(cmd);
+    // A tolerant first pass only finds the subcommand and `--config`; help, version and
+    // real errors are left to the full parse below.
+    let Ok(pre) = cmd.clone().ignore_errors(true).try_get_matches_from(&argv) else {
+        return Ok(cmd.get_matches_from(argv));
+    };
+    let Some((target, sub)) = TARGETS
+        .iter()
+        .find_map(|t| descend(&pre, t).map(|m| (*t, m)))
+    else {
+        return Ok(cmd.get_matches_from(argv));
+    };
+    let file = match sub.get_one::<PathBuf>("config") {
+        Some(p) => Some(p.clone()),
+        None => Some(PathBuf::from(DEFAULT_PATH)).filter(|p| p.exists()),
+    };
+    let values = match &file {
+        Some(path) => read_file(path, subcommand(&cmd, target))?,
+        None => BTreeMap::new(),
+    };
+    // In declaration order (setting a default moves an argument to the end).
+    let order: Vec<String> = subcommand(&cmd, target)
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .filter(|k| !NOT_KEYS.contains(&k.as_str()))
+        .collect();
+    let cmd = with_defaults(cmd, target, &values);
+    let m = cmd.clone().get_matches_from(argv);
+    let sub = descend(&m, target).expect("the full parse found the same subcommand");
+    let args = subcommand(&cmd, target);
+    let entries = order
+        .iter()
+        .filter_map(|k| args.get_arguments().find(|a| a.get_id() == k.as_str()))
+        .map(|a| entry(a, sub, file.as_deref(), &values))
+        .collect();
+    let _ = EFFECTIVE.set(Effective { file, entries });
+    Ok(m)
+}
+
+/// Reads the file into `key -> value as a flag would spell it`, checking each key and value
+/// against the subcommand's arguments.
+fn read_file(path: &Path, cmd: &Command) -> Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "reading configuration {} (from --config, BTM_CONFIG or the default)",
+            path.display()
+        )
+    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{}: not valid TOML: {e}", path.display()))?;
+    let known: Vec<&str> = cmd
+        .get_arguments()
+        .map(|a| a.get_id().as_str())
+        .filter(|k| !NOT_KEYS.contains(k))
+        .collect();
+    let mut out = BTreeMap::new();
+    for (k, v) in table {
+        let key = k.replace('-', "_");
+        let Some(arg) = cmd
+            .get_arguments()
+            .find(|a| a.get_id().as_str() == key && !NOT_KEYS.contains(&key.as_str()))
+        else {
+            bail!(
+                "{}: unknown key `{k}`; known keys: {}",
+                path.display(),
+                known.join(", ")
+            );
+        };
+        let s = match v {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => bail!(
+                "{}: key `{k}`: expected a string, integer or boolean, found {}",
+                path.display(),
+                other.type_str()
+            ),
+        };
+        check_value(arg, &s).map_err(|e| {
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or_default();
+            anyhow::anyhow!(
+                "{}: key `{k}`: {}",
+                path.display(),
+                first.trim_start_matches("error: ")
+            )
+        })?;
+        out.insert(key, s);
+    }
+    Ok(out)
+}
+
+/// Runs `s` through the argument's own parser (as a default value, with its env var off).
+fn check_value(arg: &Arg, s: &str) -> Result<(), clap::Error> {
+    let v: &'static str = Box::leak(s.to_string().into_boxed_str());
+    Command::new("config")
+        .no_binary_name(true)
+        .arg(arg.clone().required(false).env(None).default_value(v))
+        .try_get_matches_from(Vec::<OsString>::new())
+        .map(drop)
+}
+
+fn add_config_arg(cmd: Command) -> Command {
+    let arg = Arg::new("config")
+        .long("config")
+        .env("BTM_CONFIG")
+        .value_name("FILE")
+        .value_parser(clap::value_parser!(PathBuf))
+        .help(format!(
+            "TOML file with these flags' keys (default {DEFAULT_PATH} if present); flags and BTM_* variables win"
+        ));
+    TARGETS
+        .iter()
+        .fold(cmd, |cmd, t| mut_path(cmd, t, &|c| c.arg(arg.clone())))
+}
+
+fn with_defaults(cmd: Command, target: &[&str], values: &BTreeMap<String, String>) -> Command {
+    mut_path(cmd, target, &|mut c| {
+        for (k, v) in values {
+            // clap keeps defaults as `&'static str`; one small string per key, once per process.
+            let v: &'static str = Box::leak(v.clone().into_boxed_str());
+            c = c.mut_arg(k.as_str(), |a| a.required(false).default_value(v));
+        }
+        c
+    })
+}
+
+fn mut_path(cmd: Command, path: &[&str], f: &dyn Fn(Command) -> Command) -> Command {
+    match path.split_first() {
+        None => f(cmd),
+        Some((first, rest)) => {
+            if cmd.find_subcommand(first).is_none() {
+                return cmd;
+            }
+            cmd.mut_subcommand(*first, |c| mut_path(c, rest, f))
+        }
+    }
+}
+
+fn subcommand<'a>(cmd: &'a Command, path: &[&str]) -> &'a Command {
+    path.iter()
+        .fold(cmd, |c, name| c.find_subcommand(name).unwrap_or(c))
+}
+
+fn descend<'a>(m: &'a ArgMatches, path: &[&str]) -> Option<&'a ArgMatches> {
+    path.iter().try_fold(m, |m, name| match m.subcommand() {
+        Some((n, sub)) if n == *name => Some(sub),
+        _ => None,
+    })
+}
+
+fn entry(
+    arg: &Arg,
+    m: &ArgMatches,
+    file: Option<&Path>,
+    values: &BTreeMap<String, String>,
+) -> Entry {
+    let id = arg.get_id().as_str();
+    let raw = m
+        .get_raw(id)
+        .and_then(|mut v| v.next())
+        .map(|v| v.to_string_lossy().into_owned());
+    let source = match (m.value_source(id), file) {
+        (None, _) => Source::Unset,
+        (Some(ValueSource::CommandLine), _) => Source::Flag,
+        (Some(ValueSource::EnvVariable), _) => Source::Env(
+            arg.get_env()
+                .map(|e| e.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        ),
+        (Some(_), Some(f)) if values.contains_key(id) => Source::File(f.to_path_buf()),
+        (Some(_), _) => Source::Default,
+    };
+    let kind = if matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse) {
+        Kind::Bool
+    } else {
+        let t = arg.get_value_parser().type_id();
+        if t == std::any::TypeId::of::<u64>() || t == std::any::TypeId::of::<usize>() {
+            Kind::Int
+        } else {
+            Kind::Str
+        }
+    };
+    Entry {
+        key: id.to_string(),
+        raw,
+        source,
+        kind,
+    }
+}

@@ -1,0 +1,337 @@
+//! Prometheus metrics and a health endpoint for the agent (`run --metrics-addr ADDR`).
+//!
+//! Counters are atomics the run loop updates after each cut; a small std HTTP server on its
+//! own thread renders them in the text exposition format. Scrapes never touch the cutter, so a
+//! slow scraper cannot delay a height. Off by default; an address without a host binds loopback.
+use std::{
+    fmt::Write as _,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+
+use crate::{cut::CutReport, tracker::Stats};
+
+/// Upper bounds (seconds) of the freeze-window histogram: the node stalls this long per cut.
+const FREEZE_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// `ADDR` for `--metrics-addr`: `host:port`, `:port` or `port` (the last two on 127.0.0.1,
+/// so metrics are never exposed by accident).
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    let full = if let Some(port) = s.strip_prefix(':') {
+        format!("127.0.0.1:{port}")
+    } else if s.parse::<u16>().is_ok() {
+        format!("127.0.0.1:{s}")
+    } else {
+        s.to_string()
+    };
+    full.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("{s}: not an address; use HOST:PORT, :PORT or PORT"))
+}
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; FREEZE_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// What the agent exposes. Shared (`Arc`) between the run loop and the HTTP thread.
+pub struct Metrics {
+    log_dir: PathBuf,
+    alive: AtomicBool,
+    heights: AtomicU64,
+    /// `u64::MAX` until a height is known.
+    last_height: AtomicU64,
+    read: AtomicU64,
+    stored: AtomicU64,
+    errors: AtomicU64,
+    overflows: AtomicU64,
+    freeze: Mutex<Histogram>,
+}
+
+impl Metrics {
+    pub fn new(log_dir: &Path, last_height: Option<u64>) -> Metrics {
+        Metrics {
+            log_dir: log_dir.to_path_buf(),
+            alive: AtomicBool::new(false),
+            heights: AtomicU64::new(0),
+            last_height: AtomicU64::new(last_height.unwrap_or(u64::MAX)),
+            read: AtomicU64::new(0),
+            stored: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            overflows: AtomicU64::new(0),
+            freeze: Mutex::new(Histogram::default()),
+        }
+    }
+
+    /// Metrics for the run loop, served on `addr` when given; marks the agent alive.
+    pub fn start(
+        addr: Option<SocketAddr>,
+        log_dir: &Path,
+        last_height: Option<u64>,
+    ) -> Result<Arc<Metrics>> {
+        let m = Arc::new(Metrics::new(log_dir, last_height));
+        if let Some(addr) = addr {
+            let bound = m.clone().serve(addr)?;
+            tracing::info!("metrics on http://{bound}/metrics, health on /healthz");
+        }
+        m.set_alive(true);
+        Ok(m)
+    }
+
+    /// Binds `addr` and answers scrapes on a thread; returns the bound address.
+    pub fn serve(self: Arc<Self>, addr: SocketAddr) -> Result<SocketAddr> {
+        let listener = TcpListener::bind(addr).with_context(|| {
+            format!("binding the metrics address {addr}; pick a free port with --metrics-addr")
+        })?;
+        let bound = listener.local_addr()?;
+        std::thread::Builder::new()
+            .name("btm-metrics".into())
+            .spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    if let Err(e) = self.answer(conn) {
+                        tracing::debug!("metrics request: {e}");
+                    }
+                }
+            })?;
+        Ok(bound)
+    }
+
+    /// The run loop is accepting heights (false once it stops).
+    pub fn set_alive(&self, alive: bool) {
+        self.alive.store(alive, Ordering::SeqCst);
+    }
+
+    /// Called after each successful cut.
+    pub fn record_cut(&self, rep: &CutReport, stored_bytes: u64, tracker: Option<&Stats>) {
+        self.heights.fetch_add(1, Ordering::Relaxed);
+        self.last_height.store(rep.height, Ordering::Relaxed);
+        self.read
+            .fetch_add(rep.read_unfrozen + rep.read_frozen, Ordering::Relaxed);
+        self.stored.fetch_add(stored_bytes, Ordering::Relaxed);
+        if let Some(s) = tracker {
+            // The tracker's counters are cumulative since it loaded: mirror, do not add.
+            self.overflows
+                .store(s.chunk_overflows + s.lost, Ordering::Relaxed);
+        }
+        let secs = rep.freeze_ms / 1000.0;
+        let mut h = self.freeze.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, le) in FREEZE_BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += secs;
+    }
+
+    /// Called when a cut fails.
+    pub fn record_error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
+        metric(
+            "btm_up",
+            "gauge",
+            "1 while the agent loop accepts heights.",
+            u8::from(self.alive.load(Ordering::SeqCst)).to_string(),
+        );
+        metric(
+            "btm_heights_total",
+            "counter",
+            "Heights cut into the log since the agent started.",
+            get(&self.heights),
+        );
+        let last = self.last_height.load(Ordering::Relaxed);
+        if last != u64::MAX {
+            metric(
+                "btm_last_height",
+                "gauge",
+                "Newest height in the log.",
+                last.to_string(),
+            );
+        }
+        metric(
+            "btm_cut_bytes_read_total",
+            "counter",
+            "Bytes read from the volume by cuts.",
+            get(&self.read),
+        );
+        metric(
+            "btm_cut_bytes_stored_total",
+            "counter",
+            "Bytes appended to the log by cuts (after dedup and compression).",
+            get(&self.stored),
+        );
+        metric(
+            "btm_cut_errors_total",
+            "counter",
+            "Cuts that failed (the height was not acknowledged).",
+            get(&self.errors),
+        );
+        metric(
+            "btm_tracker_overflows_total",
+            "counter",
+            "Dirty-map overflows and lost events in the tracker (each forces a full capture).",
+            get(&self.overflows),
+        );
+        metric(
+            "btm_log_bytes",
+            "gauge",
+            "Size of the log directory.",
+            dir_bytes(&self.log_dir).to_string(),
+        );
+        let h = self.freeze.lock().unwrap_or_else(|e| e.into_inner());
+        let name = "btm_freeze_seconds";
+        let _ = writeln!(
+            o,
+            "# HELP {name} How long each cut kept the volume frozen.\n# TYPE {name} histogram"
+        );
+        for (le, c) in FREEZE_BUCKETS.iter().zip(h.counts) {
+            let _ = writeln!(o, "{name}_bucket{{le=\"{le}\"}} {c}");
+        }
+        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(o, "{name}_sum {}", h.sum);
+        let _ = writeln!(o, "{name}_count {}", h.count);
+        o
+    }
+
+    fn answer(&self, mut conn: TcpStream) -> std::io::Result<()> {
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        conn.set_write_timeout(Some(Duration::from_secs(5)))?;
+        // Only the request line matters; read until the end of the headers (bounded).
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16 * 1024 {
+            let n = conn.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            req.extend_from_slice(&buf[..n]);
+        }
+        let line = String::from_utf8_lossy(&req);
+        let mut parts = line.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let path = path.split('?').next().unwrap_or("");
+        let (status, ctype, body) = match (method, path) {
+            ("GET" | "HEAD", "/metrics") => (
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.render(),
+            ),
+            ("GET" | "HEAD", "/healthz") if self.alive.load(Ordering::SeqCst) => {
+                ("200 OK", "text/plain", "ok\n".to_string())
+            }
+            ("GET" | "HEAD", "/healthz") => (
+                "503 Service Unavailable",
+                "text/plain",
+                "agent loop not running\n".to_string(),
+            ),
+            ("GET" | "HEAD", _) => (
+                "404 Not Found",
+                "text/plain",
+                "try /metrics or /healthz\n".to_string(),
+            ),
+            _ => (
+                "405 Method Not Allowed",
+                "text/plain",
+                "GET only\n".to_string(),
+            ),
+        };
+        let mut out = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        if method != "HEAD" {
+            out.push_str(&body);
+        }
+        conn.write_all(out.as_bytes())
+    }
+}
+
+/// Bytes of regular files under `dir` (the log is a handful of segments and indexes).
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addr_without_host_is_loopback() {
+        assert_eq!(
+            parse_addr(":9100").unwrap(),
+            "127.0.0.1:9100".parse().unwrap()
+        );
+        assert_eq!(
+            parse_addr("9100").unwrap(),
+            "127.0.0.1:9100".parse().unwrap()
+        );
+        assert_eq!(
+            parse_addr("0.0.0.0:1").unwrap(),
+            "0.0.0.0:1".parse().unwrap()
+        );
+        assert!(parse_addr("nonsense").is_err());
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::new(Path::new("/nonexistent"), None);
+        let rep = |h, ms| CutReport {
+            height: h,
+            freeze_ms: ms,
+            read_unfrozen: 1,
+            read_frozen: 2,
+            ..Default::default()
+        };
+        m.record_cut(&rep(5, 3.0), 10, None);
+        m.record_cut(&rep(6, 300.0), 10, None);
+        let t = m.render();
+        assert!(
+            t.contains("btm_freeze_seconds_bucket{le=\"0.005\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("btm_freeze_seconds_bucket{le=\"0.5\"} 2\n"),
+            "{t}"
+        );
+        assert!(t.contains("btm_freeze_seconds_count 2\n"), "{t}");
+        assert!(t.contains("btm_heights_total 2\n"), "{t}");
+        assert!(t.contains("btm_last_height 6\n"), "{t}");
+        assert!(t.contains("btm_cut_bytes_read_total 6\n"), "{t}");
+        assert!(t.contains("btm_cut_bytes_stored_total 20\n"), "{t}");
+    }
+}

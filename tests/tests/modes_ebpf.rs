@@ -1,0 +1,235 @@
+//! Retention in eBPF mode, end to end through the CLI: `run --mode ebpf --cap 3` drops old
+//! heights after each cut (gone from `list`, refused by `replay`, rollback still exact), and
+//! `compact` folds them out of the log: smaller, verified, every kept height still exact.
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use btm_tests::{LoopFs, can_run, scratch};
+
+fn agent_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("btm-agent");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p btm-agent` first",
+        bin.display()
+    );
+    bin
+}
+
+fn cli(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(agent_bin())
+        .args(args)
+        .env_remove("BTM_LOG_DIR")
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Regular files at the top of `dir` (ext4's lost+found and other directories left out).
+fn digest(dir: &Path) -> String {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    let mut h = blake3::Hasher::new();
+    for n in names {
+        h.update(n.as_encoded_bytes());
+        h.update(&std::fs::read(dir.join(&n)).unwrap());
+    }
+    h.finalize().to_hex().to_string()
+}
+
+fn heights(log: &str) -> Vec<u64> {
+    let out = cli(&["list", "--log", log, "--json"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["height"].as_u64().unwrap())
+        .collect()
+}
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn ebpf_retention_and_compaction() {
+    if !can_run("modes_ebpf") {
+        return;
+    }
+    let fs = LoopFs::new("ext4", 256).unwrap();
+    let vol = fs.mnt.clone();
+    let logdir = tempfile::Builder::new()
+        .prefix("btm-log-")
+        .tempdir_in(scratch())
+        .unwrap();
+    let log = logdir.path().join("log");
+    let log_s = log.to_str().unwrap();
+    let socket = logdir.path().join("btm.sock");
+    let sock_s = socket.to_str().unwrap();
+    let agent = Agent(
+        Command::new(agent_bin())
+            .args(["run", "--mode", "ebpf", "--volume"])
+            .arg(&vol)
+            .args(["--log", log_s, "--socket", sock_s])
+            .args(["--cap", "3", "--algo", "fair"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "agent did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut states = Vec::new();
+    for h in 1..=6u64 {
+        // Big, changing content so that dropped heights hold real bytes.
+        let big: Vec<u8> = (0..(2u64 << 20))
+            .map(|i| (i.wrapping_mul(h * 2654435761) >> 7) as u8)
+            .collect();
+        std::fs::write(vol.join("state"), &big).unwrap();
+        std::fs::write(vol.join(format!("block-{h}")), h.to_le_bytes()).unwrap();
+        states.push((h, digest(&vol)));
+        cli(&["snapshot", "--height", &h.to_string(), "--socket", sock_s]).unwrap();
+    }
+    assert_eq!(heights(log_s), vec![4, 5, 6], "fair cap 3");
+    let into = logdir.path().join("replay");
+    let e = cli(&[
+        "replay",
+        "--log",
+        log_s,
+        "--to",
+        "2",
+        "--exact",
+        "--into",
+        into.to_str().unwrap(),
+    ])
+    .unwrap_err();
+    assert!(e.contains("removed by retention"), "{e}");
+    // Rollback through the agent to a kept height.
+    cli(&[
+        "rollback",
+        "-p",
+        vol.to_str().unwrap(),
+        "--log",
+        log_s,
+        "--to",
+        "5",
+        "--exact",
+        "--socket",
+        sock_s,
+    ])
+    .unwrap();
+    assert_eq!(digest(&vol), states[4].1, "rollback to 5");
+    drop(agent);
+
+    let before = cli(&["verify", "--log", log_s]).unwrap();
+    let out = cli(&["compact", "--log", log_s]).unwrap();
+    println!("{out}");
+    let nums: Vec<u64> = out
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // "... N dropped records folded into M, BEFORE -> AFTER bytes (K heights kept)"
+    let (b, a) = (nums[nums.len() - 3], nums[nums.len() - 2]);
+    assert!(a < b, "compaction did not shrink the log: {out}");
+    assert_eq!(heights(log_s), vec![4, 5, 6]);
+    cli(&["verify", "--log", log_s]).unwrap();
+    for (h, d) in &states[3..] {
+        let into = logdir.path().join(format!("r{h}"));
+        cli(&[
+            "replay",
+            "--log",
+            log_s,
+            "--to",
+            &h.to_string(),
+            "--exact",
+            "--into",
+            into.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(&digest(&into), d, "height {h} after compaction");
+    }
+    println!("verify before compaction: {before}");
+
+    // Phase 2: the agent compacts by itself (threshold lowered), restarting its tracker; the
+    // cuts after that must still be exact.
+    let agent = Agent(
+        Command::new(agent_bin())
+            .args(["run", "--mode", "ebpf", "--volume"])
+            .arg(&vol)
+            .args(["--log", log_s, "--socket", sock_s])
+            .args(["--cap", "3", "--algo", "fair", "--compact-min-bytes", "1"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "agent did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut states = Vec::new();
+    for h in 7..=10u64 {
+        std::fs::write(
+            vol.join("state"),
+            format!("height {h}\n").repeat(1000 * h as usize),
+        )
+        .unwrap();
+        std::fs::write(vol.join(format!("block-{h}")), h.to_le_bytes()).unwrap();
+        states.push((h, digest(&vol)));
+        cli(&["snapshot", "--height", &h.to_string(), "--socket", sock_s]).unwrap();
+    }
+    // Compaction runs right after the answer: wait for the agent's next request to be served.
+    cli(&["snapshot", "--height", "11", "--socket", sock_s]).ok();
+    drop(agent);
+    assert_eq!(heights(log_s), vec![9, 10, 11]);
+    let v = cli(&["verify", "--log", log_s]).unwrap();
+    println!("after in-agent compaction: {v}");
+    assert!(
+        v.contains("records: 3,"),
+        "dropped records were not compacted: {v}"
+    );
+    for (h, d) in &states[2..] {
+        let into = logdir.path().join(format!("p2-{h}"));
+        cli(&[
+            "replay",
+            "--log",
+            log_s,
+            "--to",
+            &h.to_string(),
+            "--exact",
+            "--into",
+            into.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(&digest(&into), d, "height {h} after in-agent compaction");
+    }
+}

@@ -1,0 +1,319 @@
+//! `btm-agent run --mode btrfs|zfs` end to end, through the CLI only: snapshots handed over on
+//! the socket, `list` (and BTM's -l), rollback exact and closest lower (through the agent and
+//! without one), clean (-C), and retention (fair and fade, small caps) observed through `list`.
+//! Btrfs runs on a loop-mounted filesystem, ZFS on a real zfs-fuse pool on a file.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use btm_agent::retention::{Algo, Policy};
+use btm_tests::{LoopFs, can_run, have_tool, scratch, sh, skip};
+
+fn agent_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("btm-agent");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p btm-agent` first",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs the CLI (no log configured: heights live in the native snapshots); returns stdout.
+fn cli(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(agent_bin())
+        .args(args)
+        .env_remove("BTM_LOG_DIR")
+        .env_remove("BTM_VOLUME")
+        .env("BTM_SOCKET", "/nonexistent/btm.sock")
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+struct Agent {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Agent {
+    fn start(mode: &str, vol: &Path, socket: &Path, itv: u64, cap: usize, algo: &str) -> Agent {
+        let _ = std::fs::remove_file(socket);
+        let child = Command::new(agent_bin())
+            .args(["run", "--mode", mode, "--volume"])
+            .arg(vol)
+            .arg("--socket")
+            .arg(socket)
+            .args(["--itv", &itv.to_string(), "--cap", &cap.to_string()])
+            .args(["--algo", algo])
+            .env_remove("BTM_LOG_DIR")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut a = Agent {
+            child,
+            socket: socket.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            if let Ok(Some(st)) = a.child.try_wait() {
+                panic!("agent exited early: {st}");
+            }
+            assert!(Instant::now() < deadline, "agent did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        a
+    }
+
+    fn snapshot(&self, h: u64) -> String {
+        cli(&[
+            "snapshot",
+            "--height",
+            &h.to_string(),
+            "--socket",
+            self.socket.to_str().unwrap(),
+        ])
+        .unwrap_or_else(|e| panic!("snapshot {h}: {e}"))
+    }
+
+    fn rollback(&self, vol: &Path, to: u64, exact: bool) -> Result<String, String> {
+        let to = to.to_string();
+        let mut a = vec![
+            "rollback",
+            "-p",
+            vol.to_str().unwrap(),
+            "--to",
+            &to,
+            "--socket",
+            self.socket.to_str().unwrap(),
+        ];
+        if exact {
+            a.push("--exact");
+        }
+        cli(&a)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn list(vol: &Path) -> Vec<u64> {
+    let out = cli(&["list", "-p", vol.to_str().unwrap(), "--json"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["height"].as_u64().unwrap())
+        .collect()
+}
+
+/// The volume's state at height `h`: a file rewritten each height, one appended to, one
+/// created per height.
+fn write_height(vol: &Path, h: u64) -> String {
+    let body = format!("state at height {h}\n").repeat((h as usize % 7) + 1);
+    std::fs::write(vol.join("state"), &body).unwrap();
+    std::fs::write(vol.join(format!("block-{h}")), h.to_le_bytes()).unwrap();
+    sh("sync", &[]).unwrap();
+    digest(vol)
+}
+
+fn digest(vol: &Path) -> String {
+    let mut names: Vec<_> = std::fs::read_dir(vol)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    let mut h = blake3::Hasher::new();
+    for n in names {
+        h.update(n.as_encoded_bytes());
+        h.update(&std::fs::read(vol.join(&n)).unwrap());
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// Retention as the agent applies it: after every snapshot, over what exists.
+fn expected(policy: Policy, heights: impl IntoIterator<Item = u64>) -> Vec<u64> {
+    let mut kept = Vec::new();
+    for h in heights {
+        if !policy.wants(h) {
+            continue;
+        }
+        kept.push(h);
+        let del = policy.to_delete(&kept);
+        kept.retain(|k| !del.contains(k));
+    }
+    kept
+}
+
+/// The whole scenario on one native volume.
+fn scenario(mode: &str, vol: &Path, socket: &Path) {
+    let v = vol.to_str().unwrap();
+    // Fair, cap 5: snapshot 1..=8, list keeps the newest five.
+    let agent = Agent::start(mode, vol, socket, 1, 5, "fair");
+    let mut states = BTreeMap::new();
+    for h in 1..=8 {
+        states.insert(h, write_height(vol, h));
+        agent.snapshot(h);
+    }
+    assert_eq!(list(vol), vec![4, 5, 6, 7, 8], "{mode}: fair cap 5");
+    // Exact rollback through the agent: state of 6, newer snapshots gone.
+    agent.rollback(vol, 6, true).unwrap();
+    assert_eq!(digest(vol), states[&6], "{mode}: rollback -R 6");
+    assert_eq!(list(vol), vec![4, 5, 6]);
+    // Exact rollback to a height that was removed fails and changes nothing.
+    let e = agent.rollback(vol, 2, true).unwrap_err();
+    assert!(e.contains("no snapshot at height 2"), "{e}");
+    assert_eq!(digest(vol), states[&6]);
+    // The chain re-reaches 7 and 8 with other contents.
+    for h in [7, 9] {
+        states.insert(h, write_height(vol, h + 100));
+        agent.snapshot(h);
+    }
+    assert_eq!(list(vol), vec![4, 5, 6, 7, 9]);
+    // Closest lower: 8 is not there, 7 is.
+    agent.rollback(vol, 8, false).unwrap();
+    assert_eq!(digest(vol), states[&7], "{mode}: rollback -r 8");
+    drop(agent);
+
+    // Without an agent: BTM's flags on the volume's snapshots.
+    let out = cli(&["-p", v, "-l"]).unwrap();
+    assert!(out.contains('7') && out.contains('4'), "{out}");
+    cli(&["-p", v, "-R", "5"]).unwrap();
+    assert_eq!(digest(vol), states[&5], "{mode}: -R 5 without agent");
+    assert_eq!(list(vol), vec![4, 5]);
+    let e = cli(&["-p", v, "-r", "3"]).unwrap_err();
+    assert!(e.contains("no snapshot at or below height 3"), "{e}");
+    cli(&["-p", v, "-x"]).unwrap();
+    assert_eq!(digest(vol), states[&5]);
+    cli(&["-p", v, "-C"]).unwrap();
+    assert_eq!(list(vol), Vec::<u64>::new(), "{mode}: -C");
+
+    // Fade, itv 2, cap 10: odd heights are acknowledged and skipped; density falls with age.
+    let agent = Agent::start(mode, vol, socket, 2, 10, "fade");
+    let hs = 1..=40u64;
+    for h in hs.clone() {
+        write_height(vol, h);
+        let out = agent.snapshot(h);
+        assert_eq!(out.contains("skipped"), h % 2 == 1, "{out}");
+    }
+    let want = expected(Policy::new(2, 10, Algo::Fade).unwrap(), hs);
+    let got = list(vol);
+    println!("{mode}: fade itv 2 cap 10 over 1..=40 keeps {got:?}");
+    assert_eq!(got, want, "{mode}: fade");
+    assert!(got.len() <= 10 && got.contains(&40));
+    cli(&["-p", v, "-C"]).unwrap();
+}
+
+#[test]
+fn btrfs_mode_end_to_end() {
+    if !can_run("modes_native btrfs") {
+        return;
+    }
+    if !have_tool("btrfs") {
+        skip("modes_native btrfs", "btrfs-progs is not installed");
+        return;
+    }
+    let fs = LoopFs::new("btrfs", 300).unwrap();
+    let vol = fs.path("chain");
+    sh("btrfs", &["subvolume", "create", vol.to_str().unwrap()]).unwrap();
+    let socket = fs.dir.path().join("btm.sock");
+    scenario("btrfs", &vol, &socket);
+}
+
+#[test]
+fn zfs_mode_end_to_end() {
+    if !can_run("modes_native zfs") {
+        return;
+    }
+    if !have_tool("zpool") || !have_tool("zfs") {
+        skip("modes_native zfs", "zfs tools are not installed");
+        return;
+    }
+    if let Err(e) = ensure_zfs() {
+        skip("modes_native zfs", &e);
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("btm-zfs-")
+        .tempdir_in(scratch())
+        .unwrap();
+    let img = dir.path().join("pool.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(512 << 20)
+        .unwrap();
+    let name = format!("btmmodes{}", std::process::id());
+    let mnt = dir.path().join("mnt");
+    sh(
+        "zpool",
+        &[
+            "create",
+            "-m",
+            mnt.to_str().unwrap(),
+            &name,
+            img.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let _pool = PoolGuard(name.clone());
+    let socket = dir.path().join("btm.sock");
+    scenario("zfs", &mnt, &socket);
+}
+
+struct PoolGuard(String);
+
+impl Drop for PoolGuard {
+    fn drop(&mut self) {
+        if sh("zpool", &["destroy", "-f", &self.0]).is_err() {
+            let _ = sh("zfs", &["unmount", "-f", &self.0]);
+            let _ = sh("zpool", &["destroy", "-f", &self.0]);
+        }
+    }
+}
+
+/// `zpool` must answer; start the zfs-fuse daemon when it is what is missing.
+fn ensure_zfs() -> Result<(), String> {
+    if sh("zpool", &["list", "-H"]).is_ok() {
+        return Ok(());
+    }
+    if !have_tool("zfs-fuse") {
+        return Err("ZFS does not answer and zfs-fuse is not installed".into());
+    }
+    Command::new("zfs-fuse")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot start zfs-fuse: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if sh("zpool", &["list", "-H"]).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err("started zfs-fuse but zpool still does not answer".into())
+}
