@@ -312,6 +312,27 @@ fn errors_say_what_to_do() {
         "{msg}"
     );
 
+    // A filesystem the tracker's tests do not prove is refused, naming the fallback modes.
+    let tm = tempfile::tempdir_in(scratch()).unwrap();
+    sh(
+        "mount",
+        &["-t", "tmpfs", "tmpfs", tm.path().to_str().unwrap()],
+    )
+    .unwrap();
+    let out = Command::new(agent_bin())
+        .args(["track", "--volume"])
+        .arg(tm.path())
+        .output()
+        .unwrap();
+    let _ = Command::new("umount").arg(tm.path()).status();
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && msg.contains("supports ext4, xfs and btrfs")
+            && msg.contains("--mode zfs"),
+        "{msg}"
+    );
+
     let fs_ = LoopFs::new("ext4", 256).unwrap();
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])

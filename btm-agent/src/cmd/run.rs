@@ -162,7 +162,7 @@ impl Kept {
     }
 }
 
-/// Compact the log (which restarts the tracker) once dropped records hold 1/COMPACT_SHARE of
+/// Compact the log (tracking goes on meanwhile) once dropped records hold 1/COMPACT_SHARE of
 /// it (and `--compact-min-bytes`).
 const COMPACT_SHARE: u64 = 4;
 /// How long to wait after a postponed or failed compaction.
@@ -326,12 +326,11 @@ fn start_ebpf(args: &RunArgs, policy: &Policy) -> Result<Engine> {
     })
 }
 
-/// Compacts the log once dropped records take enough of it. The cutter owns the log, so this
-/// stops the tracker, compacts and starts both again; the next cut then reads every file
-/// (unchanged pieces dedup against the log, so that costs reads, not space).
+/// Compacts the log once dropped records take enough of it. Tracking goes on meanwhile and
+/// the next cut stays incremental (compaction keeps the last height's state).
 fn maybe_compact(engine: Engine, args: &RunArgs) -> Result<Engine> {
     let Engine::Log {
-        cutter,
+        mut cutter,
         dir,
         mut kept,
     } = engine
@@ -341,39 +340,24 @@ fn maybe_compact(engine: Engine, args: &RunArgs) -> Result<Engine> {
     if !kept.wants_compaction(args.compact_min_bytes) {
         return Ok(Engine::Log { cutter, dir, kept });
     }
-    // Readers (replay, list) hold readers.lock shared; do not stop tracking to wait for them.
+    // Readers (replay, list) hold readers.lock shared; compaction needs it exclusively.
     if !readers_idle(&dir) {
         tracing::info!("log compaction postponed: readers are using the log");
         kept.retry_after = Some(Instant::now() + COMPACT_RETRY);
         return Ok(Engine::Log { cutter, dir, kept });
     }
-    let mount = Mount::at(cutter.root())?;
-    // The cutter holds the tracker and the appender lock: let both go first.
-    drop(cutter);
-    let log = match Log::open_append(&dir)?.compact() {
-        Ok((log, rep)) => {
+    match cutter.transform_log(|log| log.compact()) {
+        Ok(rep) => {
             tracing::info!(?rep, "compacted the log");
-            log
+            kept = Kept::of(cutter.log());
         }
         Err(e) => {
             // Compaction leaves the log as it was on error: carry on with it.
-            tracing::warn!("log compaction failed, retrying later: {e}");
+            tracing::warn!("log compaction failed, retrying later: {e:#}");
             kept.retry_after = Some(Instant::now() + COMPACT_RETRY);
-            Log::open_append(&dir)?
         }
-    };
-    let retry_after = kept.retry_after;
-    let mut kept = Kept::of(&log);
-    kept.retry_after = retry_after;
-    let tracker = Tracker::start(&mount, Limits::for_volume_bytes(mount.size_bytes()))?;
-    let kept = Kept::of(&log);
-    let mut cutter = Cutter::new(mount, tracker, log)?;
-    cutter.freeze = !args.no_freeze;
-    Ok(Engine::Log {
-        cutter: Box::new(cutter),
-        dir,
-        kept,
-    })
+    }
+    Ok(Engine::Log { cutter, dir, kept })
 }
 
 fn handle(
@@ -391,7 +375,7 @@ fn handle(
         (_, Request::Snapshot { height }) if !policy.wants(height) => Response::ok(
             serde_json::json!({ "height": height, "skipped": "not a multiple of itv" }),
         ),
-        (Engine::Log { cutter, dir, kept }, Request::Snapshot { height }) => {
+        (Engine::Log { cutter, kept, .. }, Request::Snapshot { height }) => {
             match cutter.cut(height) {
                 Ok((rep, info)) => {
                     let stats = cutter.tracker().stats().ok();
@@ -405,7 +389,7 @@ fn handle(
                         "height durable"
                     );
                     let del = kept.add(height, info.stored_bytes, policy);
-                    if let Err(e) = crate::log::record_dropped(dir, &del) {
+                    if let Err(e) = cutter.log_mut().drop_heights(&del) {
                         // The height is durable; retention catches up after the next cut.
                         tracing::error!("recording heights removed by retention: {e}");
                     } else {

@@ -27,7 +27,9 @@ use capture::{CaptureStats, data_ranges, read_ranges};
 use scan::{Identity, Kind, Scan, identity};
 
 use crate::{
-    log::{CutRecord, Entry, ExtentBytes, ExtentData, FileId, HeightInfo, Log, NsOp, RelPath},
+    log::{
+        CutRecord, Entry, ExtentBytes, ExtentData, FileId, HeightInfo, Log, LogError, NsOp, RelPath,
+    },
     tracker::{DirtySet, Tracker},
     volume::{Frozen, Mount},
 };
@@ -53,7 +55,8 @@ pub struct CutReport {
 pub struct Cutter {
     mount: Mount,
     tracker: Tracker,
-    log: Log,
+    /// Always Some, except while [`Cutter::transform_log`] has lent it out.
+    log: Option<Log>,
     /// Namespace at the last recorded height, as the log has it.
     prev: BTreeMap<RelPath, Entry>,
     sizes: HashMap<FileId, u64>,
@@ -94,7 +97,7 @@ impl Cutter {
         Ok(Cutter {
             mount,
             tracker,
-            log,
+            log: Some(log),
             prev,
             sizes,
             ids: HashMap::new(),
@@ -107,7 +110,37 @@ impl Cutter {
     }
 
     pub fn log(&self) -> &Log {
-        &self.log
+        self.log.as_ref().expect("log lent out")
+    }
+
+    /// The log, for changes the cutter does not make itself (retention's tombstones).
+    pub fn log_mut(&mut self) -> &mut Log {
+        self.log.as_mut().expect("log lent out")
+    }
+
+    /// Hands the log to `f`, which consumes and returns it (compaction), while tracking goes
+    /// on: the next cut stays incremental. Compaction keeps the state of the last height, which
+    /// is all the cutter remembers; should the last height change, the next cut is full. If
+    /// `f` fails the log is reopened as it was.
+    pub fn transform_log<R>(
+        &mut self,
+        f: impl FnOnce(Log) -> Result<(Log, R), LogError>,
+    ) -> Result<R> {
+        let log = self.log.take().expect("log lent out");
+        let (dir, last) = (log.dir().to_path_buf(), log.last_height());
+        match f(log) {
+            Ok((log, r)) => {
+                if log.last_height() != last {
+                    self.force_full = true;
+                }
+                self.log = Some(log);
+                Ok(r)
+            }
+            Err(e) => {
+                self.log = Some(Log::open_append(&dir)?);
+                Err(e.into())
+            }
+        }
     }
 
     pub fn tracker(&self) -> &Tracker {
@@ -135,7 +168,7 @@ impl Cutter {
     }
 
     fn try_cut(&mut self, height: u64) -> Result<(CutReport, HeightInfo)> {
-        if let Some(last) = self.log.last_height()
+        if let Some(last) = self.log().last_height()
             && height <= last
         {
             bail!(
@@ -276,7 +309,7 @@ impl Cutter {
             ops,
             extents,
         };
-        let info = self.log.append(record)?;
+        let info = self.log_mut().append(record)?;
         rep.stored_bytes = info.stored_bytes;
         rep.total_ms = ms(t_start.elapsed());
 

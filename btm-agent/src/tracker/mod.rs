@@ -45,6 +45,11 @@ pub enum TrackerError {
          --mode btrfs (native snapshots) on this kernel"
     )]
     MissingTracepoint { name: String },
+    #[error(
+        "the eBPF tracker supports ext4, xfs and btrfs (the filesystems its tests prove), not \
+         {fstype}; use --mode zfs or --mode btrfs for native snapshots"
+    )]
+    UnsupportedFs { fstype: String },
     #[error("tracepoint format: {0}")]
     Format(String),
     #[error("cannot mount {what}: {source}; mount it by hand or run as root")]
@@ -57,6 +62,10 @@ pub enum TrackerError {
     #[error("eBPF map {0}: {1}")]
     Map(&'static str, String),
 }
+
+/// Filesystems whose every write path the tracker matrix proves (tests/tests/tracker_matrix.rs).
+/// Others (FUSE, NFS, tmpfs...) write through paths the probes do not see.
+pub const SUPPORTED_FS: &[&str] = &["ext4", "xfs", "btrfs"];
 
 /// The embedded eBPF object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/btm"));
@@ -113,6 +122,11 @@ impl Tracker {
     pub fn start(mount: &Mount, limits: Limits) -> Result<Tracker, TrackerError> {
         if !nix::unistd::geteuid().is_root() {
             return Err(TrackerError::NotPrivileged);
+        }
+        if !SUPPORTED_FS.contains(&mount.fstype.as_str()) {
+            return Err(TrackerError::UnsupportedFs {
+                fstype: mount.fstype.clone(),
+            });
         }
         tracefs::ensure_mounted()?;
         let kbtf = KernelBtf::load()?;
