@@ -68,7 +68,7 @@ pub struct RunArgs {
         default_value = "auto"
     )]
     pub mode: Mode,
-    /// eBPF mode: compact the log (a short tracker restart) once heights removed by retention
+    /// eBPF mode: compact the log (tracking goes on meanwhile) once heights removed by retention
     /// hold at least this many bytes and a quarter of the log.
     #[arg(long, env = "BTM_COMPACT_MIN_BYTES", default_value_t = 256 << 20)]
     pub compact_min_bytes: u64,
