@@ -30,7 +30,33 @@ fn agent_bin() -> PathBuf {
     bin
 }
 
-fn start_agent(volume: &Path, log: &Path, socket: &Path) -> Child {
+/// A running agent process, killed when dropped (a failing test must not leave it holding
+/// its volume lock).
+struct Agent(Child);
+
+impl Agent {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+    fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_agent(volume: &Path, log: &Path, socket: &Path) -> Agent {
+    // The agent's log lines go beside its socket, for the failure message.
+    let err_path = socket.with_extension("err");
+    let err = fs::File::create(&err_path).unwrap();
     let child = Command::new(agent_bin())
         .args(["run", "--volume"])
         .arg(volume)
@@ -39,18 +65,24 @@ fn start_agent(volume: &Path, log: &Path, socket: &Path) -> Child {
         .arg("--socket")
         .arg(socket)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(err)
         .spawn()
         .unwrap();
+    let mut agent = Agent(child);
     let t0 = Instant::now();
     while proto::call(socket, &proto::Request::Status, Duration::from_secs(5)).is_err() {
+        let out = || fs::read_to_string(&err_path).unwrap_or_default();
+        if let Ok(Some(st)) = agent.0.try_wait() {
+            panic!("agent exited with {st} before listening:\n{}", out());
+        }
         assert!(
             t0.elapsed() < Duration::from_secs(60),
-            "agent did not come up"
+            "agent did not come up:\n{}",
+            out()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    child
+    agent
 }
 
 fn mutate(root: &Path, rng: &mut Rng, h: u64) {
@@ -142,13 +174,13 @@ fn kill_dash_nine_during_cuts() {
         // block, so the loop starts the agent first.
     }
     // A last agent thaws the volume; then the log must hold every acknowledged height.
-    let agent = start_agent(&fs_.mnt, &log, &socket);
+    let mut agent = start_agent(&fs_.mnt, &log, &socket);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(agent.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let _ = { agent }.wait();
+    let _ = agent.wait();
 
     let l = Log::open_read(&log).unwrap();
     l.verify().unwrap();
@@ -366,7 +398,7 @@ fn changes_while_the_agent_was_down_are_not_lost() {
     fs::write(fs_.path("b"), rng.bytes(200_000)).unwrap();
     let mut expected = BTreeMap::new();
 
-    let agent = start_agent(&fs_.mnt, &log, &socket);
+    let mut agent = start_agent(&fs_.mnt, &log, &socket);
     proto::snapshot(&socket, 10, Duration::from_secs(60)).unwrap();
     expected.insert(10, hash_tree(&fs_.mnt).unwrap());
     nix::sys::signal::kill(
@@ -374,7 +406,7 @@ fn changes_while_the_agent_was_down_are_not_lost() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let _ = { agent }.wait();
+    let _ = agent.wait();
 
     // While no agent runs: pwrite, a store through a shared mapping, a punched hole, a rename
     // over an existing file.
@@ -409,7 +441,7 @@ fn changes_while_the_agent_was_down_are_not_lost() {
         fs::rename(fs_.path("b"), fs_.path("a")).unwrap();
     }
 
-    let agent = start_agent(&fs_.mnt, &log, &socket);
+    let mut agent = start_agent(&fs_.mnt, &log, &socket);
     proto::snapshot(&socket, 11, Duration::from_secs(60)).unwrap();
     expected.insert(11, hash_tree(&fs_.mnt).unwrap());
     nix::sys::signal::kill(
@@ -417,7 +449,7 @@ fn changes_while_the_agent_was_down_are_not_lost() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let _ = { agent }.wait();
+    let _ = agent.wait();
 
     let l = Log::open_read(&log).unwrap();
     let opts = ReplayOptions {
@@ -440,4 +472,89 @@ fn changes_while_the_agent_was_down_are_not_lost() {
         infos[1].stored_bytes < infos[0].stored_bytes / 2,
         "resync stored too much: {infos:?}"
     );
+}
+
+#[test]
+fn rollback_drops_newer_heights_and_they_can_be_cut_again() {
+    if !can_run("rollback then re-cut") {
+        return;
+    }
+    let fs_ = LoopFs::new("ext4", 512).unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("btm-recut-")
+        .tempdir_in(scratch())
+        .unwrap();
+    let (log, socket) = (work.path().join("log"), work.path().join("agent.sock"));
+    let mut rng = Rng(11);
+    let mut expected = BTreeMap::new();
+    let mut agent = start_agent(&fs_.mnt, &log, &socket);
+    for h in 1..=6 {
+        mutate(&fs_.mnt, &mut rng, h);
+        proto::snapshot(&socket, h, Duration::from_secs(60)).unwrap();
+        expected.insert(h, hash_tree(&fs_.mnt).unwrap());
+    }
+    // Through the running agent, as BTM's -r/-R do.
+    let out = Command::new(agent_bin())
+        .args(["rollback", "--volume"])
+        .arg(&fs_.mnt)
+        .arg("--log")
+        .arg(&log)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--to", "3", "--exact"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        diff(&expected[&3], &hash_tree(&fs_.mnt).unwrap()).is_empty(),
+        "volume not at height 3"
+    );
+    // The chain re-reaches 4..6 with other contents; those heights are cut again.
+    for h in 4..=6 {
+        mutate(&fs_.mnt, &mut rng, h + 100);
+        proto::snapshot(&socket, h, Duration::from_secs(60)).unwrap();
+        expected.insert(h, hash_tree(&fs_.mnt).unwrap());
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let _ = agent.wait();
+
+    // Offline, without an agent: back to 5, which leaves 1..5.
+    let out = Command::new(agent_bin())
+        .args(["rollback", "--volume"])
+        .arg(&fs_.mnt)
+        .arg("--log")
+        .arg(&log)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--to", "5"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let l = Log::open_read(&log).unwrap();
+    l.verify().unwrap();
+    let hs: Vec<u64> = l.heights().iter().map(|i| i.height).collect();
+    assert_eq!(hs, vec![1, 2, 3, 4, 5]);
+    let opts = ReplayOptions {
+        progress: false,
+        ..Default::default()
+    };
+    for h in hs {
+        let into = work.path().join(format!("r{h}"));
+        l.replay(h, &into, &opts).unwrap();
+        let d = diff(&expected[&h], &hash_tree(&into).unwrap());
+        assert!(d.is_empty(), "height {h}:\n{}", d.join("\n"));
+    }
 }

@@ -154,8 +154,11 @@ pub fn rollback(a: RollbackArgs) -> Result<()> {
     let h = log.resolve(a.to, a.exact)?;
     let mount = crate::volume::Mount::at(&a.volume)?;
     let stats = log.replay(h, &mount.mount_point, &ReplayOptions::default())?;
+    // Like `zfs rollback -r`: newer heights leave the log, so the node can re-reach them.
+    let newer = log.heights().iter().filter(|i| i.height > h).count();
+    log.truncate_after(h)?;
     println!(
-        "rolled {} back to height {h}: {stats:?}",
+        "rolled {} back to height {h}: {stats:?}; removed {newer} newer heights from the log",
         mount.mount_point.display()
     );
     Ok(())

@@ -469,7 +469,7 @@ pub fn native_rollback(
 
 fn rollback_in_agent(
     cutter: &mut Cutter,
-    kept: &Kept,
+    kept: &mut Kept,
     height: Option<u64>,
     exact: bool,
 ) -> Result<serde_json::Value> {
@@ -477,9 +477,13 @@ fn rollback_in_agent(
     let h = crate::log::resolve_height(&kept.heights(), height, exact)?;
     let root = cutter.root().to_path_buf();
     let stats = cutter.log().replay(h, &root, &Default::default())?;
+    // Like `zfs rollback -r`: newer heights leave the log, so the node can re-reach them.
+    let removed: Vec<u64> = kept.heights().into_iter().filter(|&x| x > h).collect();
+    cutter.transform_log(|log| log.truncate_after(h).map(|log| (log, ())))?;
+    *kept = Kept::of(cutter.log());
     // The tracker saw the rollback as writes; the next cut re-reads everything to be sure.
     cutter.resync();
-    Ok(serde_json::json!({ "height": h, "stats": format!("{stats:?}") }))
+    Ok(serde_json::json!({ "height": h, "removed": removed, "stats": format!("{stats:?}") }))
 }
 
 /// Binds the socket, replacing a stale one (left by a crash) but never a live agent's.

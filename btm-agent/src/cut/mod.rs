@@ -80,17 +80,7 @@ impl Cutter {
                 mount.mount_point.display()
             );
         }
-        let mut prev = BTreeMap::new();
-        let mut sizes = HashMap::new();
-        if let Some(h) = log.last_height() {
-            let st = log.state_at(h)?;
-            for (p, e) in st.entries() {
-                if let Entry::File { id, .. } = e {
-                    sizes.insert(id, st.file(id).map_or(0, |f| f.size));
-                }
-                prev.insert(p.clone(), e);
-            }
-        }
+        let (prev, sizes) = namespace_at_last(&log)?;
         let next_id = log.max_file_id().map_or(1, |m| m + 1);
         let st = tracker.stats()?;
         let (lost_seen, unresolved_seen) = (st.lost + st.prog_misses, st.fault_unresolved);
@@ -131,6 +121,9 @@ impl Cutter {
         match f(log) {
             Ok((log, r)) => {
                 if log.last_height() != last {
+                    // Rolled back: continue from the log's new last height, in full.
+                    (self.prev, self.sizes) = namespace_at_last(&log)?;
+                    self.ids.clear();
                     self.force_full = true;
                 }
                 self.log = Some(log);
@@ -408,6 +401,23 @@ impl Cutter {
         self.next_id += 1;
         id
     }
+}
+
+/// The namespace and file sizes at the log's last height: what the next cut diffs against.
+type Namespace = (BTreeMap<RelPath, Entry>, HashMap<FileId, u64>);
+
+fn namespace_at_last(log: &Log) -> Result<Namespace> {
+    let (mut prev, mut sizes) = (BTreeMap::new(), HashMap::new());
+    if let Some(h) = log.last_height() {
+        let st = log.state_at(h)?;
+        for (p, e) in st.entries() {
+            if let Entry::File { id, .. } = e {
+                sizes.insert(id, st.file(id).map_or(0, |f| f.size));
+            }
+            prev.insert(p.clone(), e);
+        }
+    }
+    Ok((prev, sizes))
 }
 
 /// What a cut reads of one file.

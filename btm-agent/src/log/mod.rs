@@ -32,6 +32,7 @@ mod format;
 mod record;
 mod replay;
 mod state;
+mod truncate;
 mod verify;
 
 #[cfg(test)]

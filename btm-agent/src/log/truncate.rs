@@ -1,0 +1,62 @@
+//! Rolling the log back: heights above a rollback target leave the log, as newer snapshots
+//! leave a dataset with `zfs rollback -r`, so the node can re-reach those heights and have
+//! them cut again.
+use std::fs::{self, OpenOptions};
+
+use super::{
+    Log, LogError,
+    compact::{DROPPED_FILE, read_dropped},
+    format::SEG_HEADER_LEN,
+    fsync_dir,
+};
+
+impl Log {
+    /// Removes every height above `height` (which must be recorded) and returns the log
+    /// reopened. Crash-safe: tombstones above `height` go first, then later segments newest
+    /// first, then the segment holding the cut is truncated at a record boundary; every step
+    /// leaves a valid prefix of the log.
+    pub fn truncate_after(self, height: u64) -> Result<Log, LogError> {
+        if !self.writable {
+            return Err(LogError::ReadOnly {
+                dir: self.dir.clone(),
+            });
+        }
+        self.index_of(height)?;
+        let Some(first) = self.records.iter().position(|r| r.header.height > height) else {
+            return Ok(self);
+        };
+        let (dir, opts) = (self.dir.clone(), self.opts.clone());
+        let (seg_idx, offset) = (self.records[first].seg_idx, self.records[first].offset);
+
+        let dropped = read_dropped(&dir)?;
+        if dropped.iter().any(|&h| h > height) {
+            let path = dir.join(DROPPED_FILE);
+            let tmp = dir.join(format!("{DROPPED_FILE}.tmp"));
+            let text: String = dropped.range(..=height).map(|h| format!("{h}\n")).collect();
+            fs::write(&tmp, text)
+                .and_then(|()| OpenOptions::new().write(true).open(&tmp)?.sync_all())
+                .and_then(|()| fs::rename(&tmp, &path))
+                .map_err(|e| LogError::io(&path, e))?;
+            fsync_dir(&dir)?;
+        }
+        for seg in self.segments[seg_idx + 1..].iter().rev() {
+            fs::remove_file(&seg.path).map_err(|e| LogError::io(&seg.path, e))?;
+            fsync_dir(&dir)?;
+        }
+        let seg = &self.segments[seg_idx].path;
+        if offset <= SEG_HEADER_LEN && seg_idx > 0 {
+            fs::remove_file(seg).map_err(|e| LogError::io(seg, e))?;
+        } else {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(seg)
+                .map_err(|e| LogError::io(seg, e))?;
+            f.set_len(offset)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| LogError::io(seg, e))?;
+        }
+        fsync_dir(&dir)?;
+        drop(self);
+        Log::open_append_with(&dir, opts)
+    }
+}
