@@ -519,12 +519,22 @@ fn rollback_drops_newer_heights_and_they_can_be_cut_again() {
         proto::snapshot(&socket, h, Duration::from_secs(60)).unwrap();
         expected.insert(h, hash_tree(&fs_.mnt).unwrap());
     }
+    // SIGTERM stops the agent even when its socket path is gone (the wake-up does not go
+    // through the path).
+    fs::remove_file(&socket).unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(agent.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let _ = agent.wait();
+    let t0 = Instant::now();
+    while agent.0.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "agent ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // Offline, without an agent: back to 5, which leaves 1..5.
     let out = Command::new(agent_bin())

@@ -205,12 +205,14 @@ pub fn run(args: RunArgs) -> Result<()> {
         ),
     }
     let stop = Arc::new(AtomicBool::new(false));
-    stop_on_signals(stop.clone(), args.socket.clone());
+    stop_on_signals(stop.clone(), &listener);
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             break;
         }
         let Ok(mut stream) = conn else { continue };
+        // A client that connects and says nothing must not hold up every other height.
+        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
         let mut line = String::new();
         if BufReader::new(&stream).read_line(&mut line).is_err() || line.trim().is_empty() {
             continue;
@@ -505,17 +507,24 @@ fn bind(path: &Path, mode: u32) -> Result<UnixListener> {
     Ok(l)
 }
 
-fn stop_on_signals(stop: Arc<AtomicBool>, socket: PathBuf) {
+/// On SIGINT/SIGTERM: set `stop` and wake the accept loop by shutting the listening socket
+/// down (accept then fails at once; connecting to the socket path would not work once the
+/// path is gone).
+fn stop_on_signals(stop: Arc<AtomicBool>, listener: &UnixListener) {
+    use std::os::fd::AsRawFd;
+
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
     let _ = set.thread_block();
+    let fd = listener.as_raw_fd();
     std::thread::spawn(move || {
         if set.wait().is_ok() {
             stop.store(true, Ordering::SeqCst);
-            // Wake the accept loop.
-            let _ = std::os::unix::net::UnixStream::connect(&socket);
+            // SAFETY: the listener outlives the accept loop this wakes; shutdown on a
+            // listening socket makes a blocked accept return.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
         }
     });
 }
