@@ -145,3 +145,90 @@ impl Rng {
         v
     }
 }
+
+/// The `btm-agent` binary cargo builds beside the test executables.
+pub fn agent_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("btm-agent");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build -p btm-agent` first",
+        bin.display()
+    );
+    bin
+}
+
+/// A child process stopped when dropped, whether the test passed or not: SIGTERM, then SIGKILL
+/// after the grace period. (An agent left running would keep its volume lock.)
+pub struct Running {
+    pub child: std::process::Child,
+    grace: std::time::Duration,
+}
+
+impl Running {
+    pub fn new(child: std::process::Child) -> Running {
+        Running {
+            child,
+            grace: std::time::Duration::from_secs(30),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then wait for a clean exit; panics when the signal is ignored.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                t0.elapsed() < self.grace,
+                "process {} ignored SIGTERM",
+                self.child.id()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < self.grace && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (up to a minute) until something accepts connections on `socket`; fails at once,
+/// with `log()`, if the process exits first.
+pub fn wait_listening(p: &mut Running, socket: &Path, log: impl Fn() -> String) {
+    let t0 = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        if let Ok(Some(st)) = p.child.try_wait() {
+            panic!(
+                "process exited with {st} before listening on {}:\n{}",
+                socket.display(),
+                log()
+            );
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "nothing listens on {}:\n{}",
+            socket.display(),
+            log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

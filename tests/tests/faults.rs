@@ -4,8 +4,8 @@ use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    time::Duration,
 };
 
 use btm_agent::{
@@ -16,47 +16,11 @@ use btm_agent::{
     treehash::{TreeHash, diff, hash_tree},
     volume::Mount,
 };
-use btm_tests::{LoopFs, Rng, can_run, scratch, sh};
+use btm_tests::{LoopFs, Rng, Running, agent_bin, can_run, scratch, sh, wait_listening};
 
-/// The agent binary built next to this test (cargo builds it for the workspace's tests).
-fn agent_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("btm-agent");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build -p btm-agent` first",
-        bin.display()
-    );
-    bin
-}
-
-/// A running agent process, killed when dropped (a failing test must not leave it holding
-/// its volume lock).
-struct Agent(Child);
-
-impl Agent {
-    fn id(&self) -> u32 {
-        self.0.id()
-    }
-    fn kill(&mut self) -> std::io::Result<()> {
-        self.0.kill()
-    }
-    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.0.wait()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_agent(volume: &Path, log: &Path, socket: &Path) -> Agent {
-    // The agent's log lines go beside its socket, for the failure message.
+fn start_agent(volume: &Path, log: &Path, socket: &Path) -> Running {
+    // The agent's log lines go beside its socket, for failure messages.
     let err_path = socket.with_extension("err");
-    let err = fs::File::create(&err_path).unwrap();
     let child = Command::new(agent_bin())
         .args(["run", "--volume"])
         .arg(volume)
@@ -65,24 +29,36 @@ fn start_agent(volume: &Path, log: &Path, socket: &Path) -> Agent {
         .arg("--socket")
         .arg(socket)
         .stdout(Stdio::null())
-        .stderr(err)
+        .stderr(fs::File::create(&err_path).unwrap())
         .spawn()
         .unwrap();
-    let mut agent = Agent(child);
-    let t0 = Instant::now();
-    while proto::call(socket, &proto::Request::Status, Duration::from_secs(5)).is_err() {
-        let out = || fs::read_to_string(&err_path).unwrap_or_default();
-        if let Ok(Some(st)) = agent.0.try_wait() {
-            panic!("agent exited with {st} before listening:\n{}", out());
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "agent did not come up:\n{}",
-            out()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut agent = Running::new(child);
+    wait_listening(&mut agent, socket, || {
+        fs::read_to_string(&err_path).unwrap_or_default()
+    });
     agent
+}
+
+/// Replays each of `heights` from `log` into a scratch directory under `work` and checks it
+/// equals the tree hashed at that height's cut.
+fn assert_replays(
+    log: &Log,
+    heights: impl IntoIterator<Item = u64>,
+    expected: &BTreeMap<u64, TreeHash>,
+    work: &Path,
+    when: &str,
+) {
+    let opts = ReplayOptions {
+        progress: false,
+        ..Default::default()
+    };
+    for h in heights {
+        let into = work.join(format!("r{h}"));
+        log.replay(h, &into, &opts).unwrap();
+        let d = diff(&expected[&h], &hash_tree(&into).unwrap());
+        assert!(d.is_empty(), "height {h} {when}:\n{}", d.join("\n"));
+        fs::remove_dir_all(&into).unwrap();
+    }
 }
 
 fn mutate(root: &Path, rng: &mut Rng, h: u64) {
@@ -165,8 +141,8 @@ fn kill_dash_nine_during_cuts() {
         let req =
             std::thread::spawn(move || proto::snapshot(&s, h, Duration::from_secs(60)).is_ok());
         std::thread::sleep(Duration::from_millis(rng.below(120)));
-        agent.kill().unwrap();
-        agent.wait().unwrap();
+        agent.child.kill().unwrap();
+        agent.child.wait().unwrap();
         if req.join().unwrap() {
             acked.push(h);
         }
@@ -175,12 +151,7 @@ fn kill_dash_nine_during_cuts() {
     }
     // A last agent thaws the volume; then the log must hold every acknowledged height.
     let mut agent = start_agent(&fs_.mnt, &log, &socket);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let _ = agent.wait();
+    agent.terminate();
 
     let l = Log::open_read(&log).unwrap();
     l.verify().unwrap();
@@ -191,17 +162,13 @@ fn kill_dash_nine_during_cuts() {
             "acknowledged height {a} missing after kill -9; log has {heights:?}"
         );
     }
-    let opts = ReplayOptions {
-        progress: false,
-        ..Default::default()
-    };
-    for &hh in &heights {
-        let into = work.path().join(format!("r{hh}"));
-        l.replay(hh, &into, &opts).unwrap();
-        let d = diff(&expected[&hh], &hash_tree(&into).unwrap());
-        assert!(d.is_empty(), "height {hh} after kill -9:\n{}", d.join("\n"));
-        fs::remove_dir_all(&into).unwrap();
-    }
+    assert_replays(
+        &l,
+        heights.iter().copied(),
+        &expected,
+        work.path(),
+        "after kill -9",
+    );
     eprintln!(
         "kill -9: {} heights acknowledged, {} in the log, all replay exactly",
         acked.len(),
@@ -270,20 +237,13 @@ fn disk_full_under_the_log() {
 
     let l = Log::open_read(&logdir).unwrap();
     l.verify().unwrap();
-    let opts = ReplayOptions {
-        progress: false,
-        ..Default::default()
-    };
-    for (h, want) in &expected {
-        let into = work.path().join(format!("r{h}"));
-        l.replay(*h, &into, &opts).unwrap();
-        let d = diff(want, &hash_tree(&into).unwrap());
-        assert!(
-            d.is_empty(),
-            "height {h} after disk full:\n{}",
-            d.join("\n")
-        );
-    }
+    assert_replays(
+        &l,
+        expected.keys().copied(),
+        &expected,
+        work.path(),
+        "after disk full",
+    );
 }
 
 #[test]
@@ -401,12 +361,7 @@ fn changes_while_the_agent_was_down_are_not_lost() {
     let mut agent = start_agent(&fs_.mnt, &log, &socket);
     proto::snapshot(&socket, 10, Duration::from_secs(60)).unwrap();
     expected.insert(10, hash_tree(&fs_.mnt).unwrap());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let _ = agent.wait();
+    agent.terminate();
 
     // While no agent runs: pwrite, a store through a shared mapping, a punched hole, a rename
     // over an existing file.
@@ -444,28 +399,16 @@ fn changes_while_the_agent_was_down_are_not_lost() {
     let mut agent = start_agent(&fs_.mnt, &log, &socket);
     proto::snapshot(&socket, 11, Duration::from_secs(60)).unwrap();
     expected.insert(11, hash_tree(&fs_.mnt).unwrap());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let _ = agent.wait();
+    agent.terminate();
 
     let l = Log::open_read(&log).unwrap();
-    let opts = ReplayOptions {
-        progress: false,
-        ..Default::default()
-    };
-    for (h, want) in &expected {
-        let into = work.path().join(format!("r{h}"));
-        l.replay(*h, &into, &opts).unwrap();
-        let d = diff(want, &hash_tree(&into).unwrap());
-        assert!(
-            d.is_empty(),
-            "height {h} after a restart:\n{}",
-            d.join("\n")
-        );
-    }
+    assert_replays(
+        &l,
+        expected.keys().copied(),
+        &expected,
+        work.path(),
+        "after a restart",
+    );
     // The resync read everything but stored little: unchanged pieces deduplicate.
     let infos = l.heights();
     assert!(
@@ -522,19 +465,7 @@ fn rollback_drops_newer_heights_and_they_can_be_cut_again() {
     // SIGTERM stops the agent even when its socket path is gone (the wake-up does not go
     // through the path).
     fs::remove_file(&socket).unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let t0 = Instant::now();
-    while agent.0.try_wait().unwrap().is_none() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "agent ignored SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    agent.terminate();
 
     // Offline, without an agent: back to 5, which leaves 1..5.
     let out = Command::new(agent_bin())
@@ -557,14 +488,5 @@ fn rollback_drops_newer_heights_and_they_can_be_cut_again() {
     l.verify().unwrap();
     let hs: Vec<u64> = l.heights().iter().map(|i| i.height).collect();
     assert_eq!(hs, vec![1, 2, 3, 4, 5]);
-    let opts = ReplayOptions {
-        progress: false,
-        ..Default::default()
-    };
-    for h in hs {
-        let into = work.path().join(format!("r{h}"));
-        l.replay(h, &into, &opts).unwrap();
-        let d = diff(&expected[&h], &hash_tree(&into).unwrap());
-        assert!(d.is_empty(), "height {h}:\n{}", d.join("\n"));
-    }
+    assert_replays(&l, hs, &expected, work.path(), "after rollbacks");
 }

@@ -22,20 +22,8 @@ use btm_agent::{
     cmd::proto,
     heights::{Auth, Endpoint, Source},
 };
-use btm_tests::{LoopFs, can_run, have_tool, scratch, sh, skip};
+use btm_tests::{LoopFs, agent_bin, can_run, have_tool, scratch, sh, skip};
 use serde_json::{Value, json};
-
-/// The agent binary built next to this test.
-fn agent_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("btm-agent");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build -p btm-agent` first",
-        bin.display()
-    );
-    bin
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

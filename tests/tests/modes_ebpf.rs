@@ -2,23 +2,12 @@
 //! heights after each cut (gone from `list`, refused by `replay`, rollback still exact), and
 //! `compact` folds them out of the log: smaller, verified, every kept height still exact.
 use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use btm_tests::{LoopFs, can_run, scratch};
-
-fn agent_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("btm-agent");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p btm-agent` first",
-        bin.display()
-    );
-    bin
-}
+use btm_tests::{LoopFs, Running, agent_bin, can_run, scratch};
 
 fn cli(args: &[&str]) -> Result<String, String> {
     let out = Command::new(agent_bin())
@@ -60,24 +49,6 @@ fn heights(log: &str) -> Vec<u64> {
         .collect()
 }
 
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn ebpf_retention_and_compaction() {
     if !can_run("modes_ebpf") {
@@ -93,7 +64,7 @@ fn ebpf_retention_and_compaction() {
     let log_s = log.to_str().unwrap();
     let socket = logdir.path().join("btm.sock");
     let sock_s = socket.to_str().unwrap();
-    let agent = Agent(
+    let agent = Running::new(
         Command::new(agent_bin())
             .args(["run", "--mode", "ebpf", "--volume"])
             .arg(&vol)
@@ -148,6 +119,8 @@ fn ebpf_retention_and_compaction() {
     ])
     .unwrap();
     assert_eq!(digest(&vol), states[4].1, "rollback to 5");
+    // Like `zfs rollback -r`: height 6 left the log so the chain can re-reach it.
+    assert_eq!(heights(log_s), vec![4, 5]);
     drop(agent);
 
     let before = cli(&["verify", "--log", log_s]).unwrap();
@@ -160,9 +133,9 @@ fn ebpf_retention_and_compaction() {
     // "... N dropped records folded into M, BEFORE -> AFTER bytes (K heights kept)"
     let (b, a) = (nums[nums.len() - 3], nums[nums.len() - 2]);
     assert!(a < b, "compaction did not shrink the log: {out}");
-    assert_eq!(heights(log_s), vec![4, 5, 6]);
+    assert_eq!(heights(log_s), vec![4, 5]);
     cli(&["verify", "--log", log_s]).unwrap();
-    for (h, d) in &states[3..] {
+    for (h, d) in &states[3..5] {
         let into = logdir.path().join(format!("r{h}"));
         cli(&[
             "replay",
@@ -181,7 +154,7 @@ fn ebpf_retention_and_compaction() {
 
     // Phase 2: the agent compacts by itself (threshold lowered), restarting its tracker; the
     // cuts after that must still be exact.
-    let agent = Agent(
+    let agent = Running::new(
         Command::new(agent_bin())
             .args(["run", "--mode", "ebpf", "--volume"])
             .arg(&vol)

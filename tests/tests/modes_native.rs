@@ -10,18 +10,7 @@ use std::{
 };
 
 use btm_agent::retention::{Algo, Policy};
-use btm_tests::{LoopFs, can_run, have_tool, scratch, sh, skip};
-
-fn agent_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("btm-agent");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p btm-agent` first",
-        bin.display()
-    );
-    bin
-}
+use btm_tests::{LoopFs, agent_bin, can_run, have_tool, scratch, sh, skip};
 
 /// Runs the CLI (no log configured: heights live in the native snapshots); returns stdout.
 fn cli(args: &[&str]) -> Result<String, String> {

@@ -7,23 +7,11 @@ use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use btm_tests::{LoopFs, Rng, can_run, scratch};
-
-/// The agent binary built next to this test (cargo builds it for the workspace's tests).
-fn agent_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("btm-agent");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build -p btm-agent` first",
-        bin.display()
-    );
-    bin
-}
+use btm_tests::{LoopFs, Rng, Running, agent_bin, can_run, scratch};
 
 /// The agent with a clean environment: the runner's BTM_* variables must not leak in.
 fn agent() -> Command {
@@ -71,26 +59,6 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
             Some((k.to_string(), v.parse().ok()?))
         })
         .collect()
-}
-
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(30) {
-            if self.0.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn snapshot(socket: &Path, h: u64) -> Output {
@@ -160,7 +128,7 @@ fn metrics_scraped_after_real_cuts() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let agent = Agent(child);
+    let agent = Running::new(child);
 
     let before = samples(&get(port, "/metrics").unwrap().1);
     assert_eq!(before["btm_heights_total"], 0.0);
