@@ -58,6 +58,9 @@ pub struct Config {
     pub vma_file: u32,
     /// Offset of `vfs_inode` in `struct btrfs_inode` (`u32::MAX` without btrfs).
     pub btrfs_vfs_inode: u32,
+    /// `task_struct.tgid` (fork inheritance of mapping processes).
+    pub task_tgid: u32,
+    pub _pad1: u32,
 
     /// `iomap:iomap_iter` (flags = iomap flags) and the iomap flag values on this kernel.
     pub iomap_iter: RangeTp,

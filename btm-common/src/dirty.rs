@@ -96,7 +96,9 @@ pub mod stat {
     pub const RANGE_CALLS: u32 = 6;
     /// Path-based truncates (`truncate(2)`) seen on any file: the agent rechecks sizes.
     pub const PATH_TRUNCATE: u32 = 7;
-    /// Write faults whose VMA could not be looked up (`bpf_find_vma` busy or failed).
+    /// Write faults whose VMA could not be looked up (`bpf_find_vma` busy or failed), in a
+    /// process that maps a file of the tracked volume shared and writable (others cannot have
+    /// stored into it).
     pub const FAULT_UNRESOLVED: u32 = 8;
     /// Write faults resolved to a tracked shared file mapping.
     pub const FAULT_MARKED: u32 = 9;

@@ -55,3 +55,9 @@ pub fn tracked_fd(cfg: &Config, fd: u64) -> Option<(u32, u64, *const u8)> {
     let (dev, ino) = tracked_inode(cfg, inode)?;
     Some((dev, ino, file))
 }
+
+/// The current process (tgid).
+#[inline(always)]
+pub fn current_tgid() -> u32 {
+    (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32
+}

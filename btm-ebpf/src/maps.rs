@@ -35,6 +35,12 @@ pub static PARTIAL0: HashMap<ChunkKey, u32> = HashMap::with_max_entries(65536, N
 #[map]
 pub static PARTIAL1: HashMap<ChunkKey, u32> = HashMap::with_max_entries(65536, NO_PREALLOC);
 
+/// Processes (tgids) that map a file of the tracked volume shared and writable: seeded by the
+/// agent from /proc, kept current by the mmap and fork probes and by resolved faults. Only
+/// their unresolvable write faults can have stored into the volume.
+#[map]
+pub static MAPPERS: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
 /// Per task: the byte range its current write covers (see `PreciseRange`).
 #[map]
 pub static PRECISE: LruHashMap<u64, PreciseRange> = LruHashMap::with_max_entries(8192, 0);

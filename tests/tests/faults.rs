@@ -490,3 +490,149 @@ fn rollback_drops_newer_heights_and_they_can_be_cut_again() {
     assert_eq!(hs, vec![1, 2, 3, 4, 5]);
     assert_replays(&l, hs, &expected, work.path(), "after rollbacks");
 }
+
+#[test]
+fn an_unprivileged_node_hands_heights_over_through_its_group() {
+    if !can_run("external mode") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let fs_ = LoopFs::new("ext4", 256).unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("btm-ext-")
+        .tempdir_in(scratch())
+        .unwrap();
+    // The node (uid/gid 65534) must reach the socket's directory.
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let (log, socket) = (work.path().join("log"), work.path().join("agent.sock"));
+    let err_path = socket.with_extension("err");
+    let child = Command::new(agent_bin())
+        .args(["run", "--volume"])
+        .arg(&fs_.mnt)
+        .arg("--log")
+        .arg(&log)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--socket-group", "65534", "--socket-mode", "660"])
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut agent = Running::new(child);
+    wait_listening(&mut agent, &socket, || {
+        fs::read_to_string(&err_path).unwrap_or_default()
+    });
+    let md = fs::metadata(&socket).unwrap();
+    assert_eq!(
+        (
+            std::os::unix::fs::MetadataExt::gid(&md),
+            md.permissions().mode() & 0o777
+        ),
+        (65534, 0o660)
+    );
+
+    let as_node = |uid: &str, gid: &str, h: &str| {
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+            ])
+            .arg(agent_bin())
+            .args(["snapshot", "--height", h, "--socket"])
+            .arg(&socket)
+            .output()
+            .unwrap()
+    };
+    let out = as_node("65534", "65534", "7");
+    assert!(
+        out.status.success(),
+        "node in the socket's group: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = as_node("65533", "65533", "8");
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && msg.contains("ermission denied"),
+        "outsider: {msg}"
+    );
+    agent.terminate();
+    let heights: Vec<u64> = Log::open_read(&log)
+        .unwrap()
+        .heights()
+        .iter()
+        .map(|i| i.height)
+        .collect();
+    assert_eq!(heights, vec![7]);
+}
+
+#[test]
+fn only_processes_mapping_the_volume_count_as_mappers() {
+    if !can_run("mapper attribution") {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Write};
+    let fs_ = LoopFs::new("ext4", 256).unwrap();
+    let f = fs_.path("db");
+    fs::write(&f, vec![0u8; 1 << 20]).unwrap();
+    // Maps the file shared, forks a child that waits, reports both pids, waits for a line.
+    const MAPPER: &str = r#"
+import mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+m = mmap.mmap(fd, 1 << 20)
+r, w = os.pipe()
+child = os.fork()
+if child == 0:
+    os.read(r, 1)
+    os._exit(0)
+print(os.getpid(), child, flush=True)
+sys.stdin.readline()
+os.write(w, b"x")
+os.waitpid(child, 0)
+"#;
+    let spawn = || {
+        let mut c = Command::new("python3")
+            .args(["-c", MAPPER])
+            .arg(&f)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(c.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let pids: Vec<u32> = line
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        (c, pids)
+    };
+    // Mapped before the tracker loads: found by the /proc seed (its child too: it inherited
+    // the mapping).
+    let (mut before, pids_before) = spawn();
+    let mount = Mount::at(&fs_.mnt).unwrap();
+    let tracker = Tracker::start(&mount, Limits::for_volume_bytes(256 << 20)).unwrap();
+    // Mapped after: found by the mmap probe; its child by the fork probe.
+    let (mut after, pids_after) = spawn();
+    let bystander = Command::new("sleep").arg("30").spawn().unwrap();
+    let _guard = Running::new(bystander);
+    for pid in pids_before.iter().chain(&pids_after) {
+        assert!(
+            tracker.is_mapper(*pid),
+            "process {pid} maps the volume but is not known"
+        );
+    }
+    assert!(
+        !tracker.is_mapper(_guard.pid()),
+        "a process that maps nothing counted as a mapper"
+    );
+    assert!(
+        !tracker.is_mapper(std::process::id()),
+        "the test process maps nothing of the volume"
+    );
+    for c in [&mut before, &mut after] {
+        c.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+        c.wait().unwrap();
+    }
+}

@@ -456,10 +456,15 @@ fn covered(set: &DirtySet, ino: u64, start: u64, end: u64) -> Result<(), String>
     Ok(())
 }
 
+/// One filesystem at a time: a host runs one tracker, and concurrent trackers' probes share
+/// the per-CPU state behind bpf_find_vma (busy lookups would blur the amplification bound).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn matrix(fstype: &str) {
     if !can_run(&format!("tracker matrix on {fstype}")) {
         return;
     }
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let fs = LoopFs::new(fstype, 2048).expect("loop fs");
     let mount = Mount::at(&fs.mnt).unwrap();
     let mut tracker =

@@ -41,6 +41,13 @@ pub struct RunArgs {
     /// Socket permissions (octal): who may hand over heights.
     #[arg(long, default_value = "660", value_parser = parse_octal)]
     pub socket_mode: u32,
+    /// Owner of the socket (user name or uid); default: the agent's user (root).
+    #[arg(long, env = "BTM_SOCKET_OWNER")]
+    pub socket_owner: Option<String>,
+    /// Group of the socket (name or gid): give it the node's group so an unprivileged node
+    /// can hand over heights (with the default mode 660).
+    #[arg(long, env = "BTM_SOCKET_GROUP")]
+    pub socket_group: Option<String>,
     /// Only heights divisible by this are kept.
     #[arg(short = 'i', long, env = "BTM_ITV", default_value_t = 1)]
     pub itv: u64,
@@ -178,6 +185,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     let policy = Policy::new(args.itv, args.cap, args.algo)?;
     let mut engine = select(&args, &policy)?;
     let listener = bind(&args.socket, args.socket_mode)?;
+    set_socket_owner(
+        &args.socket,
+        args.socket_owner.as_deref(),
+        args.socket_group.as_deref(),
+    )?;
     let (metrics_dir, last) = match &engine {
         Engine::Log { cutter, dir, .. } => (dir.clone(), cutter.log().last_height()),
         Engine::Native(b) => (args.volume.clone(), b.list()?.last().copied()),
@@ -505,6 +517,37 @@ fn bind(path: &Path, mode: u32) -> Result<UnixListener> {
     let l = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(l)
+}
+
+/// Hands the socket to `owner`/`group` (names or numeric ids).
+fn set_socket_owner(path: &Path, owner: Option<&str>, group: Option<&str>) -> Result<()> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let uid = match owner {
+        None => None,
+        Some(o) => Some(match o.parse::<u32>() {
+            Ok(n) => Uid::from_raw(n),
+            Err(_) => {
+                User::from_name(o)?
+                    .ok_or_else(|| anyhow::anyhow!("--socket-owner {o}: no such user"))?
+                    .uid
+            }
+        }),
+    };
+    let gid = match group {
+        None => None,
+        Some(g) => Some(match g.parse::<u32>() {
+            Ok(n) => Gid::from_raw(n),
+            Err(_) => {
+                Group::from_name(g)?
+                    .ok_or_else(|| anyhow::anyhow!("--socket-group {g}: no such group"))?
+                    .gid
+            }
+        }),
+    };
+    if uid.is_some() || gid.is_some() {
+        nix::unistd::chown(path, uid, gid).with_context(|| format!("chown {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// On SIGINT/SIGTERM: set `stop` and wake the accept loop by shutting the listening socket

@@ -122,6 +122,7 @@ impl KernelBtf {
         cfg.btrfs_vfs_inode = self
             .offset("btrfs_inode", &["vfs_inode"])
             .unwrap_or(u32::MAX);
+        cfg.task_tgid = self.offset("task_struct", &["tgid"])?;
         Ok(())
     }
 }

@@ -153,6 +153,8 @@ impl Tracker {
             ("btm_dirty_folio", Kind::Btf, "writeback_dirty_folio", true),
             ("btm_fault_user", Kind::Btf, "page_fault_user", false),
             ("btm_fault_kernel", Kind::Btf, "page_fault_kernel", false),
+            ("btm_enter_mmap", Kind::Tp, "syscalls/sys_enter_mmap", true),
+            ("btm_fork", Kind::Btf, "sched_process_fork", true),
             ("btm_iomap_iter", Kind::Tp, "iomap/iomap_iter", true),
             (
                 "btm_ext4_da_write_begin",
@@ -274,6 +276,9 @@ impl Tracker {
         config
             .set(0, cfg, 0)
             .map_err(|e| TrackerError::Map("CONFIG", e.to_string()))?;
+        // Processes that mapped the volume before the probes were armed (those after are seen
+        // by the mmap and fork probes; a store in between is in the first cut, which is full).
+        seed_mappers(&mut ebpf, mount)?;
         Ok(Tracker {
             ebpf,
             mount: mount.clone(),
@@ -365,6 +370,12 @@ impl Tracker {
         self.drain(idx)
     }
 
+    /// Is `pid` (a tgid) known to map a file of the volume shared?
+    pub fn is_mapper(&self, pid: u32) -> bool {
+        HashMap::<&MapData, u32, u8>::try_from(self.ebpf.map("MAPPERS").unwrap())
+            .is_ok_and(|m| m.get(&pid, 0).is_ok())
+    }
+
     pub fn stats(&self) -> Result<Stats, TrackerError> {
         let arr: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(self.ebpf.map("STATS").unwrap())
@@ -452,6 +463,34 @@ fn load_error(msg: String) -> TrackerError {
     } else {
         TrackerError::Load(msg)
     }
+}
+
+/// Adds every process with a shared mapping of a file on `mount`'s device to `MAPPERS`.
+fn seed_mappers(ebpf: &mut Ebpf, mount: &Mount) -> Result<(), TrackerError> {
+    let dev = format!("{:02x}:{:02x}", mount.major, mount.minor);
+    let mut mappers: HashMap<_, u32, u8> = HashMap::try_from(ebpf.map_mut("MAPPERS").unwrap())
+        .map_err(|e| TrackerError::Map("MAPPERS", e.to_string()))?;
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Ok(());
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(maps) = std::fs::read_to_string(p.path().join("maps")) else {
+            continue;
+        };
+        // `start-end perms offset dev inode path`; perms end in 's' for shared mappings.
+        let maps_volume = maps.lines().any(|l| {
+            let mut f = l.split_whitespace();
+            let perms = f.nth(1).unwrap_or("");
+            perms.ends_with('s') && f.nth(1) == Some(dev.as_str())
+        });
+        if maps_volume {
+            let _ = mappers.insert(pid, 1, 0);
+        }
+    }
+    Ok(())
 }
 
 /// Tracepoint record offsets and flag values from tracefs.

@@ -20,7 +20,8 @@ use aya_ebpf::{
 use btm_common::dirty::{BLOCK_SHIFT, stat};
 
 use crate::{
-    kernel::{config, read, tracked_inode},
+    kernel::{config, current_tgid, read, tracked_inode},
+    maps::MAPPERS,
     mark::{clear_precise, count, mark_precise, mark_range, partial_folio},
 };
 
@@ -57,6 +58,14 @@ fn on_fault(addr: u64, error_code: u64) {
     if error_code & X86_PF_WRITE == 0 || config().is_none() {
         return;
     }
+    // Only a process that maps a file of the volume shared can store into it through a
+    // mapping (the set is complete: seeded from /proc, kept by the mmap and fork probes).
+    // Skipping the rest keeps bpf_find_vma, and its per-CPU deferred unlock, off other
+    // processes' faults: less overhead, and fewer busy lookups for the node's own faults.
+    // SAFETY: value copied out immediately.
+    if unsafe { MAPPERS.get(&current_tgid()) }.is_none() {
+        return;
+    }
     let mut fc = FaultCtx {
         addr,
         dev: 0,
@@ -78,11 +87,11 @@ fn on_fault(addr: u64, error_code: u64) {
     };
     // -ENOENT: no VMA at that address (a kernel address, stack guard, bad pointer).
     if ret < 0 && ret != -2 {
+        clear_precise();
         // Busy (its deferred mmap unlock is still pending on this CPU). Fail safe: the folio
         // event this fault may cause is not suppressed, and the agent widens this cut's
         // marks to whole folios (see FAULT_UNRESOLVED).
         count(stat::FAULT_UNRESOLVED);
-        clear_precise();
         return;
     }
     if fc.found == 0 {

@@ -4,5 +4,6 @@ mod ext4;
 mod fault;
 mod folio;
 mod iomap;
+mod mappers;
 mod syscalls;
 mod xfs;

@@ -1,0 +1,54 @@
+//! Which processes map files of the tracked volume shared (`MAPPERS`). A write fault that
+//! `bpf_find_vma` cannot resolve (busy) only matters in such a process; the agent seeds the
+//! set from /proc, these probes keep it current. Mappings made read-only count too (mprotect
+//! can make them writable later); over-inclusion only costs some widening.
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+
+use crate::{
+    kernel::{config, current_tgid, read, tracked_fd},
+    maps::MAPPERS,
+};
+
+/// `MAP_SHARED` (also set in `MAP_SHARED_VALIDATE`).
+const MAP_SHARED: u64 = 0x01;
+
+#[tracepoint(category = "syscalls", name = "sys_enter_mmap")]
+pub fn btm_enter_mmap(ctx: TracePointContext) -> u32 {
+    let _ = mmap(&ctx);
+    0
+}
+
+#[inline(always)]
+fn mmap(ctx: &TracePointContext) -> Option<()> {
+    // SAFETY: syscall records hold 8-byte arguments from offset 16: flags is the 4th, fd the 5th.
+    let flags: u64 = unsafe { ctx.read_at(16 + 8 * 3).ok()? };
+    if flags & MAP_SHARED == 0 {
+        return None;
+    }
+    let cfg = config()?;
+    let fd: u64 = unsafe { ctx.read_at(16 + 8 * 4).ok()? };
+    tracked_fd(cfg, fd)?;
+    let _ = MAPPERS.insert(&current_tgid(), &1, 0);
+    Some(())
+}
+
+/// A child inherits its parent's mappings.
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn btm_fork(ctx: BtfTracePointContext) -> u32 {
+    let child: *const u8 = ctx.arg(1);
+    let _ = fork(child);
+    0
+}
+
+#[inline(always)]
+fn fork(child: *const u8) -> Option<()> {
+    // SAFETY: value copied out immediately.
+    unsafe { MAPPERS.get(&current_tgid()) }?;
+    let cfg = config()?;
+    let tgid: i32 = read(child, cfg.task_tgid)?;
+    let _ = MAPPERS.insert(&(tgid as u32), &1, 0);
+    Some(())
+}
