@@ -2,6 +2,7 @@
 //!
 //! Every command first makes sure the machine has what btm needs (idempotent: a second run
 //! only checks), so the README's two commands work on a fresh machine.
+mod bench;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -37,6 +38,9 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmark btm against restic, rsync, btrfs send and tar+zstd on loop volumes (as root,
+    /// through `sudo -E` when not root); writes BENCHMARKS.md.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +82,19 @@ fn run() -> Result<()> {
             };
             cmd.args(&args);
             status(&mut cmd)
+        }
+        Cmd::Bench(a) => {
+            setup::all()?;
+            if !setup::is_root() {
+                let exe = std::env::current_exe()?;
+                let mut c = Command::new("sudo");
+                c.arg("-E")
+                    .arg(exe)
+                    .arg("bench")
+                    .args(std::env::args().skip(2));
+                return status(&mut c);
+            }
+            bench::run(a)
         }
         Cmd::Test { args } => {
             setup::all()?;

@@ -1,0 +1,422 @@
+//! `cargo xtask bench`: btm against the tools users would pick instead, side by side, in one run.
+//!
+//! The same chain-like data set (see [`dataset`]) lives on an xfs loop volume (btm in ebpf mode,
+//! restic, rsync and tar read it) and on a btrfs loop volume (the `btrfs send -p` anchor); every
+//! height applies the same changes to both. Results go to BENCHMARKS.md.
+mod dataset;
+mod report;
+mod tools;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use dataset::DataSet;
+use tools::{Agent, LoopVol, Restic, Run};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Size of the data set in GiB (fractions allowed, e.g. 0.25 while developing).
+    #[arg(long, default_value_t = 4.0)]
+    pub size_gib: f64,
+    /// Heights measured at each change rate (0.1 %, 1 %, 10 % of the data set).
+    #[arg(long, default_value_t = 3)]
+    pub heights: u64,
+    /// Heights of 16 MiB each for the freeze-window distribution (btm only).
+    #[arg(long, default_value_t = 20)]
+    pub freeze_heights: u64,
+    /// Seconds per fio run for the tracking overhead (0 skips it).
+    #[arg(long, default_value_t = 10)]
+    pub fio_secs: u64,
+    /// Where the report is written.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub out: PathBuf,
+    /// Scratch directory (on a real disk: images, logs, repositories, mirrors).
+    #[arg(long, default_value = "/var/tmp/btm-bench")]
+    pub dir: PathBuf,
+}
+
+pub const RATES: [f64; 3] = [0.001, 0.01, 0.1];
+pub const FIO_ENGINES: [&str; 3] = ["buffered", "direct", "mmap"];
+
+/// btm's figures for one height.
+#[derive(Clone, Debug, Default)]
+pub struct BtmCut {
+    pub secs: f64,
+    pub freeze_ms: f64,
+    pub read: u64,
+    pub read_frozen: u64,
+    pub data: u64,
+    pub stored: u64,
+}
+
+impl BtmCut {
+    fn from_report(secs: f64, v: &Value) -> BtmCut {
+        let u = |k: &str| v[k].as_u64().unwrap_or(0);
+        BtmCut {
+            secs,
+            freeze_ms: v["freeze_ms"].as_f64().unwrap_or(0.0),
+            read: u("read_unfrozen") + u("read_frozen"),
+            read_frozen: u("read_frozen"),
+            data: u("data_bytes"),
+            stored: u("stored_bytes"),
+        }
+    }
+}
+
+/// Every tool at one height.
+#[derive(Clone, Debug, Default)]
+pub struct Height {
+    pub height: u64,
+    pub changed: u64,
+    pub btm: BtmCut,
+    pub restic: Run,
+    pub rsync: Run,
+    pub btrfs: Run,
+    pub tar: Run,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Results {
+    pub size: u64,
+    pub tree_bytes: u64,
+    pub baseline: Height,
+    /// Per rate: its heights.
+    pub rates: Vec<(f64, Vec<Height>)>,
+    /// Per fio engine: IOPS without and with the agent (one entry per repetition).
+    pub fio: Vec<(String, Vec<f64>, Vec<f64>)>,
+    pub fio_size: u64,
+    pub fio_secs: u64,
+    /// Freeze windows (ms) of the 16 MiB heights.
+    pub freeze16: Vec<f64>,
+    /// btm's cuts of the 16 MiB heights.
+    pub cuts16: Vec<BtmCut>,
+    /// The tracker's counters at the end (the agent's status answer).
+    pub tracker: Value,
+    pub replay_secs: f64,
+    pub replay_bytes: u64,
+    pub replay_height: u64,
+    pub rollback_secs: f64,
+    pub rollback_height: u64,
+    pub rollback_undone: u64,
+    pub restore_secs: f64,
+    pub rss_hwm_kb: u64,
+    pub rss_kb: u64,
+    pub bpf_map_bytes: u64,
+    pub log_bytes: u64,
+    pub restic_repo_bytes: u64,
+    pub secs_total: f64,
+    /// btm steps that failed (reported, not fatal).
+    pub errors: Vec<String>,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if a.size_gib.is_nan() || a.size_gib <= 0.0 {
+        bail!("--size-gib must be positive");
+    }
+    if a.heights == 0 {
+        bail!("--heights must be at least 1");
+    }
+    let root = workspace_root();
+    let status = |c: &mut Command| -> Result<()> {
+        let st = c.status().with_context(|| format!("spawning {c:?}"))?;
+        if !st.success() {
+            bail!("{c:?} failed with {st}");
+        }
+        Ok(())
+    };
+    status(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(&root)
+            .args(["build", "-q", "--release", "-p", "btm-agent"]),
+    )?;
+    let bin = root.join("target/release/btm-agent");
+    let out = if a.out.is_absolute() {
+        a.out.clone()
+    } else {
+        root.join(&a.out)
+    };
+    let t0 = Instant::now();
+    let mut r = measure(&a, &bin)?;
+    r.secs_total = t0.elapsed().as_secs_f64();
+    let md = report::render(&a, &r);
+    std::fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
+    println!("bench: wrote {}", out.display());
+    Ok(())
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
+    let size = (a.size_gib * (1u64 << 30) as f64) as u64;
+    let dir = &a.dir;
+    for m in ["xfs", "btrfs"] {
+        let _ = Command::new("umount").arg("-d").arg(dir.join(m)).output();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let mut r = Results {
+        size,
+        ..Default::default()
+    };
+    let growth = size / 10 * 3 * a.heights / 4 + a.freeze_heights * (16 << 20);
+    let xfs = LoopVol::new(dir, "xfs", "xfs", size + growth + size / 2 + (2 << 30))?;
+    let btrfs = LoopVol::new(dir, "btrfs", "btrfs", 2 * (size + growth) + (2 << 30))?;
+    let socket = dir.join("btm.sock");
+    println!(
+        "bench: data set {} on {} (xfs, btm) and {} (btrfs)",
+        gib(size),
+        xfs.mnt.display(),
+        btrfs.mnt.display()
+    );
+
+    // 1. Tracking overhead: fio with and without the agent tracking the volume, alternated.
+    if a.fio_secs > 0 {
+        let fio_file = xfs.mnt.join("fio.dat");
+        r.fio_size = (size / 4).clamp(64 << 20, 1 << 30);
+        r.fio_secs = a.fio_secs;
+        r.fio = FIO_ENGINES
+            .iter()
+            .map(|e| (e.to_string(), vec![], vec![]))
+            .collect();
+        // Lay the file out once, outside the measurements.
+        tools::fio("buffered", &fio_file, r.fio_size, 1)?;
+        for rep in 0..2 {
+            for with in [false, true] {
+                let agent = if with {
+                    Some(Agent::start(
+                        bin,
+                        &xfs.mnt,
+                        &dir.join(format!("log-fio{rep}")),
+                        &socket,
+                    )?)
+                } else {
+                    None
+                };
+                for (i, e) in FIO_ENGINES.iter().enumerate() {
+                    let iops = tools::fio(e, &fio_file, r.fio_size, a.fio_secs)?;
+                    println!(
+                        "bench: fio {e:>8} {} agent: {iops:>10.0} IOPS",
+                        if with { "with   " } else { "without" }
+                    );
+                    if with {
+                        r.fio[i].2.push(iops);
+                    } else {
+                        r.fio[i].1.push(iops);
+                    }
+                }
+                drop(agent);
+            }
+        }
+        std::fs::remove_file(&fio_file)?;
+        for rep in 0..2 {
+            let _ = std::fs::remove_dir_all(dir.join(format!("log-fio{rep}")));
+        }
+    }
+
+    // 2. The data set, the same on both volumes.
+    let t = Instant::now();
+    let bdata = btrfs.mnt.join("data");
+    tools::sh(
+        "btrfs",
+        &["-q", "subvolume", "create", bdata.to_str().unwrap()],
+    )?;
+    let mut ds_x = DataSet::create(&xfs.mnt, size, 0x2545_f491_4f6c_dd1d)?;
+    let mut ds_b = DataSet::create(&bdata, size, 0x2545_f491_4f6c_dd1d)?;
+    tools::sh("sync", &[])?;
+    r.tree_bytes = tools::tree_bytes(&xfs.mnt);
+    println!(
+        "bench: data set written in {:.1} s ({})",
+        t.elapsed().as_secs_f64(),
+        gib(r.tree_bytes)
+    );
+
+    // 3. Baselines: every tool's first full copy.
+    let log = dir.join("log");
+    let agent = Agent::start(bin, &xfs.mnt, &log, &socket)?;
+    let restic = Restic::init(dir)?;
+    let mirror = dir.join("rsync-mirror");
+    let send_file = dir.join("btrfs.send");
+    let tar_file = dir.join("full.tar.zst");
+    let mut height = 1;
+    let mut restic_snaps = vec![];
+    let mut base = Height {
+        height,
+        changed: r.tree_bytes,
+        ..Default::default()
+    };
+    let (secs, rep) = agent.cut(height)?;
+    base.btm = BtmCut::from_report(secs, &rep);
+    let (run, snap) = restic.backup(&xfs.mnt)?;
+    base.restic = run;
+    restic_snaps.push((height, snap));
+    base.rsync = tools::rsync(&xfs.mnt, &mirror)?;
+    let (run, mut parent) = tools::btrfs_send(&bdata, height, None, &send_file)?;
+    base.btrfs = run;
+    base.tar = tools::tar_zstd(&xfs.mnt, &tar_file, r.tree_bytes)?;
+    print_height("baseline", &base);
+    r.baseline = base;
+
+    // 4. Heights at each change rate.
+    for rate in RATES {
+        let changed = ((size as f64 * rate) as u64).max(64 << 10);
+        let mut hs = vec![];
+        for _ in 0..a.heights {
+            height += 1;
+            ds_x.height(changed)?;
+            ds_b.height(changed)?;
+            let tree = tools::tree_bytes(&xfs.mnt);
+            let mut h = Height {
+                height,
+                changed,
+                ..Default::default()
+            };
+            let (secs, rep) = agent.cut(height)?;
+            h.btm = BtmCut::from_report(secs, &rep);
+            let (run, snap) = restic.backup(&xfs.mnt)?;
+            h.restic = run;
+            restic_snaps.push((height, snap));
+            h.rsync = tools::rsync(&xfs.mnt, &mirror)?;
+            let (run, snap) = tools::btrfs_send(&bdata, height, Some(&parent), &send_file)?;
+            h.btrfs = run;
+            tools::sh(
+                "btrfs",
+                &["-q", "subvolume", "delete", parent.to_str().unwrap()],
+            )?;
+            parent = snap;
+            h.tar = tools::tar_zstd(&xfs.mnt, &tar_file, tree)?;
+            print_height(&format!("{:.1} %", rate * 100.0), &h);
+            hs.push(h);
+        }
+        r.rates.push((rate, hs));
+    }
+    let rollback_to = height;
+    let restic_snap = restic_snaps.last().map(|s| s.1.clone()).unwrap_or_default();
+    drop(ds_b);
+
+    // 5. Freeze window with 16 MiB changed per height (btm only).
+    let mut undone = 0;
+    for _ in 0..a.freeze_heights {
+        height += 1;
+        ds_x.height(16 << 20)?;
+        let (secs, rep) = agent.cut(height)?;
+        let c = BtmCut::from_report(secs, &rep);
+        undone += c.data;
+        r.freeze16.push(c.freeze_ms);
+        r.cuts16.push(c);
+    }
+    if !r.freeze16.is_empty() {
+        println!(
+            "bench: 16 MiB heights: freeze p50 {:.1} ms, p99 {:.1} ms",
+            report::pct(&r.freeze16, 50.0),
+            report::pct(&r.freeze16, 99.0)
+        );
+    }
+    drop(ds_x);
+    r.tracker = agent
+        .status()
+        .map(|v| v["tracker"].clone())
+        .unwrap_or_default();
+    let (hwm, rss, maps) = agent.memory();
+    r.rss_hwm_kb = hwm;
+    r.rss_kb = rss;
+    r.bpf_map_bytes = maps;
+
+    // 6. Replay the latest height into a fresh directory.
+    let into = dir.join("replay");
+    let replay = tools::timed(
+        Command::new(bin)
+            .args(["replay", "--log"])
+            .arg(&log)
+            .arg("--to")
+            .arg(height.to_string())
+            .arg("--into")
+            .arg(&into)
+            .env("BTM_LOG", "warn"),
+    );
+    r.replay_height = height;
+    match replay {
+        Ok((secs, out)) => {
+            r.replay_secs = secs;
+            r.replay_bytes = out
+                .split("bytes_written: ")
+                .nth(1)
+                .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+                .unwrap_or_else(|| tools::tree_bytes(&into));
+            println!(
+                "bench: replay of height {height}: {} in {secs:.2} s",
+                gib(r.replay_bytes)
+            );
+        }
+        Err(e) => {
+            println!("bench: replay FAILED: {e:#}");
+            r.errors.push(format!("replay --to {height}: {e:#}"));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&into);
+
+    // 7. In-place rollback (through the running agent) vs a full restic restore.
+    let rollback = tools::timed(
+        Command::new(bin)
+            .args(["rollback", "--exact", "--volume"])
+            .arg(&xfs.mnt)
+            .arg("--log")
+            .arg(&log)
+            .arg("--to")
+            .arg(rollback_to.to_string())
+            .arg("--socket")
+            .arg(&socket)
+            .env("BTM_LOG", "warn"),
+    );
+    r.rollback_height = rollback_to;
+    r.rollback_undone = undone;
+    match rollback {
+        Ok((secs, _)) => r.rollback_secs = secs,
+        Err(e) => {
+            println!("bench: rollback FAILED: {e:#}");
+            r.errors.push(format!("rollback --to {rollback_to}: {e:#}"));
+        }
+    }
+    let target = dir.join("restic-restore");
+    r.restore_secs = restic.restore(&restic_snap, &target)?;
+    println!(
+        "bench: rollback to {rollback_to} in place {:.2} s, restic restore {:.2} s",
+        r.rollback_secs, r.restore_secs
+    );
+    let _ = std::fs::remove_dir_all(&target);
+    drop(agent);
+    r.log_bytes = tools::tree_bytes(&log);
+    r.restic_repo_bytes = tools::tree_bytes(&restic.repo);
+    drop(btrfs);
+    drop(xfs);
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(r)
+}
+
+fn print_height(label: &str, h: &Height) {
+    println!(
+        "bench: {label:>8} h{:<3} btm {:>7.2}s (freeze {:>6.1} ms) restic {:>7.2}s rsync {:>7.2}s \
+         btrfs {:>7.2}s tar {:>7.2}s",
+        h.height,
+        h.btm.secs,
+        h.btm.freeze_ms,
+        h.restic.secs,
+        h.rsync.secs,
+        h.btrfs.secs,
+        h.tar.secs
+    );
+}
