@@ -33,7 +33,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::{MountEntry, Probe, SnapshotBackend, SnapshotError, os, run, with_suffix};
+use super::{
+    MountEntry, Probe, SnapshotBackend, SnapshotError, check_new_height, os, run, with_suffix,
+};
 
 /// The directory beside the volume that holds its snapshots.
 pub const SNAPSHOT_DIR: &str = ".btm-snapshots";
@@ -291,22 +293,7 @@ impl SnapshotBackend for Btrfs {
     }
 
     fn snapshot(&self, height: u64) -> Result<(), SnapshotError> {
-        let have = self.list()?;
-        if have.binary_search(&height).is_ok() {
-            return Err(SnapshotError::AlreadyExists {
-                target: self.describe(),
-                height,
-            });
-        }
-        if let Some(&latest) = have.last()
-            && latest > height
-        {
-            return Err(SnapshotError::NotAbove {
-                target: self.describe(),
-                height,
-                latest,
-            });
-        }
+        check_new_height(&self.describe(), &self.list()?, height)?;
         let dest = self.snapshot_path(height);
         // `btrfs subvolume snapshot` puts the snapshot INSIDE an existing destination directory.
         if exists(&dest) {

@@ -204,6 +204,29 @@ fn fmt_hint(s: &str) -> String {
 /// Picks the rollback height from the available ones, with BTM's rules:
 /// no target: the latest; `exact`: the target itself or an error; otherwise the newest height
 /// at or below the target; below every height: an error.
+/// A snapshot may be taken at `height` only when none exists there and it is above the
+/// newest (`have` ascending), like a chain's heights.
+pub(crate) fn check_new_height(
+    target: &str,
+    have: &[u64],
+    height: u64,
+) -> Result<(), SnapshotError> {
+    if have.binary_search(&height).is_ok() {
+        return Err(SnapshotError::AlreadyExists {
+            target: target.to_string(),
+            height,
+        });
+    }
+    match have.last() {
+        Some(&latest) if latest > height => Err(SnapshotError::NotAbove {
+            target: target.to_string(),
+            height,
+            latest,
+        }),
+        _ => Ok(()),
+    }
+}
+
 pub fn resolve_target(
     target_desc: &str,
     available: &[u64],

@@ -16,7 +16,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use super::{MountEntry, Probe, SnapshotBackend, SnapshotError, os, run};
+use super::{MountEntry, Probe, SnapshotBackend, SnapshotError, check_new_height, os, run};
 
 const COMMA_UNKNOWN: u8 = 0;
 const COMMA_YES: u8 = 1;
@@ -179,22 +179,7 @@ impl SnapshotBackend for Zfs {
     }
 
     fn snapshot(&self, height: u64) -> Result<(), SnapshotError> {
-        let have = self.list()?;
-        if have.binary_search(&height).is_ok() {
-            return Err(SnapshotError::AlreadyExists {
-                target: self.describe(),
-                height,
-            });
-        }
-        if let Some(&latest) = have.last()
-            && latest > height
-        {
-            return Err(SnapshotError::NotAbove {
-                target: self.describe(),
-                height,
-                latest,
-            });
-        }
+        check_new_height(&self.describe(), &self.list()?, height)?;
         zfs(&[os("snapshot"), self.snap(height)]).map(drop)
     }
 
