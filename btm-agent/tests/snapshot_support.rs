@@ -46,9 +46,11 @@ pub fn missing_prerequisite(tools: &[&str]) -> Option<String> {
         .map(|t| format!("`{t}` is not installed"))
 }
 
-/// Runs a setup command; `Err` carries the command line and its output.
+/// Runs a setup command (killed after two minutes: a hung zfs-fuse must fail the test, not
+/// stall the whole run); `Err` carries the command line and its output.
 pub fn sh<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<String, String> {
-    let out = Command::new(program)
+    let out = Command::new("timeout")
+        .args(["-k", "5", "120", program])
         .args(args)
         .env("LC_ALL", "C")
         .stdin(Stdio::null())

@@ -446,39 +446,98 @@ pub(crate) fn cmdline(program: &str, args: &[OsString]) -> String {
     s
 }
 
+/// How long a zfs/btrfs command may take (`BTM_CMD_TIMEOUT` seconds, default 300): a hung
+/// tool (a zfs-fuse daemon that stopped answering) must fail the request, not the agent.
+fn cmd_timeout() -> std::time::Duration {
+    let secs = std::env::var("BTM_CMD_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    std::time::Duration::from_secs(secs)
+}
+
 /// Runs `program args` (no shell, `LC_ALL=C`) and returns its standard output. `hint` turns the
-/// tool's stderr into advice for the user (empty for none).
+/// tool's stderr into advice for the user (empty for none). Killed after [`cmd_timeout`].
 pub(crate) fn run(
     program: &str,
     args: &[OsString],
     hint: &dyn Fn(&str) -> String,
 ) -> Result<String, SnapshotError> {
+    run_timeout(program, args, hint, cmd_timeout())
+}
+
+fn run_timeout(
+    program: &str,
+    args: &[OsString],
+    hint: &dyn Fn(&str) -> String,
+    timeout: std::time::Duration,
+) -> Result<String, SnapshotError> {
+    use std::io::Read;
     let line = cmdline(program, args);
     tracing::debug!(cmd = %line, "running");
-    let out = Command::new(program)
+    let spawn_err = |e: io::Error| SnapshotError::Spawn {
+        hint: if e.kind() == io::ErrorKind::NotFound {
+            format!("`{program}` is not installed or not in PATH")
+        } else {
+            String::new()
+        },
+        cmdline: line.clone(),
+        source: e,
+    };
+    let mut child = Command::new(program)
         .args(args)
         .env("LC_ALL", "C")
         .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| SnapshotError::Spawn {
-            hint: if e.kind() == io::ErrorKind::NotFound {
-                format!("`{program}` is not installed or not in PATH")
-            } else {
-                String::new()
-            },
-            cmdline: line.clone(),
-            source: e,
-        })?;
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    if !out.status.success() {
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped")));
+    let err = drain(Box::new(child.stderr.take().expect("piped")));
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().map_err(spawn_err)? {
+            break Some(st);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let stdout = out.join().unwrap_or_default();
+    let stderr = String::from_utf8_lossy(&err.join().unwrap_or_default())
+        .trim()
+        .to_string();
+    let Some(status) = status else {
+        return Err(SnapshotError::Command {
+            hint: format!(
+                "`{program}` did not answer within {}s and was killed; check the tool (for zfs-fuse: \
+                 is the zfs-fuse daemon alive? restart it) or raise BTM_CMD_TIMEOUT",
+                timeout.as_secs()
+            ),
+            cmdline: line,
+            status: "timed out".into(),
+            stderr,
+        });
+    };
+    if !status.success() {
         return Err(SnapshotError::Command {
             hint: hint(&stderr),
             cmdline: line,
-            status: out.status.to_string(),
+            status: status.to_string(),
             stderr,
         });
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(String::from_utf8_lossy(&stdout).into_owned())
 }
 
 pub(crate) fn os(s: impl AsRef<OsStr>) -> OsString {
@@ -488,6 +547,37 @@ pub(crate) fn os(s: impl AsRef<OsStr>) -> OsString {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hung_command_is_killed_and_reported() {
+        let t0 = std::time::Instant::now();
+        let e = run_timeout(
+            "sleep",
+            &[os("30")],
+            &|_| String::new(),
+            std::time::Duration::from_secs(1),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "not killed in time"
+        );
+        assert!(
+            e.contains("timed out") && e.contains("did not answer within 1s"),
+            "{e}"
+        );
+        assert_eq!(
+            run_timeout(
+                "echo",
+                &[os("hi")],
+                &|_| String::new(),
+                std::time::Duration::from_secs(5)
+            )
+            .unwrap(),
+            "hi\n"
+        );
+    }
 
     #[test]
     fn mountinfo_parsing() {
