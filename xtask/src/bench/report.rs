@@ -412,12 +412,13 @@ pub fn render(a: &BenchArgs, r: &Results) -> String {
         )
     } else if amp1 > 2.0 {
         format!(
-            "btm read {amp1:.1}x the bytes a 1 % height changes: random 4 KiB stores through the \
-             shared mapping land in large folios, and a store the tracker cannot resolve to its \
-             page marks the whole folio (folio_marked {}, fault_unresolved {}), so the cut \
-             re-reads, hashes and compresses much of the state file. Per-page marks inside large \
-             folios (resolving every write fault's address) would bring the read back to the \
-             changed bytes",
+            "btm read {amp1:.1}x the bytes a 1 % height changes: the data set stores blindly into \
+             state pages its process never touched through the mapping; such a not-present write \
+             fault may map a whole large folio (2 MiB here) writable at once, so the tracker marks \
+             the folio (folio_marked {}, fault_unresolved {}) and the cut re-reads, hashes and \
+             compresses it. Stores into pages already mapped, and pwrite engines, are marked per \
+             4 KiB. Dropping unchanged 4 KiB blocks against the log's per-block hashes before \
+             storing would cut what is stored and compressed",
             counter("folio_marked"),
             counter("fault_unresolved")
         )
