@@ -9,9 +9,11 @@ use clap::{Args, Parser, Subcommand};
 /// 4 KiB blocks change, and at each block height the agent appends exactly those bytes to an
 /// append-only, hash-chained log that replays to any recorded height.
 ///
-/// Typical use: `btm-agent run --volume /chain --log /backup/btm` as root, then the node (or its
-/// -blocknotify hook) calls `btm-agent snapshot --height H` after each block. `btm-agent list`,
-/// `verify`, `replay --to H --into DIR` and `rollback --to H` work on the log.
+/// Typical use: `btm-agent run --volume /chain --log /backup/btm` as root; heights arrive from
+/// `btm-agent snapshot --height H`, a bitcoind/litecoind `-blocknotify` hook running
+/// `btm-agent notify --block-hash %s ...`, or `btm-agent watch --source bitcoin|cometbft|ethereum`
+/// polling the node (docs/NODES.md). `btm-agent list`, `verify`, `replay --to H --into DIR` and
+/// `rollback --to H` work on the log.
 ///
 /// BTM's flags keep working: -p VOLUME with -l (list), -x (roll back to the latest),
 /// -r H (closest lower), -R H (exact), -C (clean), plus --log.
