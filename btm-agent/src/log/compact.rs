@@ -304,15 +304,6 @@ impl Writer<'_> {
                 own[n] = Own::Fresh { raw, table, zstd };
             }
         }
-        // Locations: the metadata length does not depend on them.
-        let dummy = PayloadRef {
-            seg: 0,
-            offset: 0,
-            stored_len: 0,
-            raw_len: 0,
-            codec: Codec::Raw,
-            hash: [0; 32],
-        };
         let meta_of = |refs: &[PayloadRef]| Meta {
             ops: ops.clone(),
             extents: slots
@@ -331,7 +322,7 @@ impl Writer<'_> {
                     Slot::Own(n) => MetaExtent::Data {
                         id: *id,
                         offset: *offset,
-                        payload: refs.get(*n).copied().unwrap_or(dummy),
+                        payload: refs.get(*n).copied().unwrap_or(PayloadRef::PLACEHOLDER),
                     },
                 })
                 .collect(),

@@ -63,6 +63,19 @@ pub struct PayloadRef {
     pub hash: [u8; 32],
 }
 
+impl PayloadRef {
+    /// Stands in for a payload whose location is not known yet: metadata has a fixed size per
+    /// extent, so its length can be computed before payloads are placed.
+    pub(crate) const PLACEHOLDER: PayloadRef = PayloadRef {
+        seg: 0,
+        offset: 0,
+        stored_len: 0,
+        raw_len: 0,
+        codec: Codec::Raw,
+        hash: [0; 32],
+    };
+}
+
 /// One row of a record's extent table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MetaExtent {

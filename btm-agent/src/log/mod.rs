@@ -1069,14 +1069,6 @@ impl Log {
         } else {
             self.segments.last().expect("segment").len
         };
-        let dummy = PayloadRef {
-            seg: 0,
-            offset: 0,
-            stored_len: 0,
-            raw_len: 0,
-            codec: Codec::Raw,
-            hash: [0; 32],
-        };
         let mut meta = Meta {
             ops,
             extents: rows
@@ -1090,7 +1082,7 @@ impl Log {
                     Row::Old { id, offset, .. } | Row::New { id, offset, .. } => MetaExtent::Data {
                         id: *id,
                         offset: *offset,
-                        payload: dummy,
+                        payload: PayloadRef::PLACEHOLDER,
                     },
                 })
                 .collect(),
