@@ -61,6 +61,25 @@ fn assert_replays(
     }
 }
 
+/// `btm-agent rollback` (through the agent on `socket` when one runs); must succeed.
+fn rollback(volume: &Path, log: &Path, socket: &Path, args: &[&str]) {
+    let out = Command::new(agent_bin())
+        .args(["rollback", "--volume"])
+        .arg(volume)
+        .arg("--log")
+        .arg(log)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn mutate(root: &Path, rng: &mut Rng, h: u64) {
     let dir = root.join("data");
     fs::create_dir_all(&dir).unwrap();
@@ -437,21 +456,7 @@ fn rollback_drops_newer_heights_and_they_can_be_cut_again() {
         expected.insert(h, hash_tree(&fs_.mnt).unwrap());
     }
     // Through the running agent, as BTM's -r/-R do.
-    let out = Command::new(agent_bin())
-        .args(["rollback", "--volume"])
-        .arg(&fs_.mnt)
-        .arg("--log")
-        .arg(&log)
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--to", "3", "--exact"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rollback(&fs_.mnt, &log, &socket, &["--to", "3", "--exact"]);
     assert!(
         diff(&expected[&3], &hash_tree(&fs_.mnt).unwrap()).is_empty(),
         "volume not at height 3"
@@ -468,21 +473,7 @@ fn rollback_drops_newer_heights_and_they_can_be_cut_again() {
     agent.terminate();
 
     // Offline, without an agent: back to 5, which leaves 1..5.
-    let out = Command::new(agent_bin())
-        .args(["rollback", "--volume"])
-        .arg(&fs_.mnt)
-        .arg("--log")
-        .arg(&log)
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--to", "5"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rollback(&fs_.mnt, &log, &socket, &["--to", "5"]);
 
     let l = Log::open_read(&log).unwrap();
     l.verify().unwrap();

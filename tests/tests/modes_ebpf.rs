@@ -49,6 +49,26 @@ fn heights(log: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Each `(height, digest)` replays from `log` (into `base/<prefix><height>`) to that digest.
+fn replays_match(log: &str, states: &[(u64, String)], base: &Path, prefix: &str, when: &str) {
+    for (h, d) in states {
+        let into = base.join(format!("{prefix}{h}"));
+        let to = h.to_string();
+        cli(&[
+            "replay",
+            "--log",
+            log,
+            "--to",
+            &to,
+            "--exact",
+            "--into",
+            into.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(&digest(&into), d, "height {h} {when}");
+    }
+}
+
 #[test]
 fn ebpf_retention_and_compaction() {
     if !can_run("modes_ebpf") {
@@ -135,21 +155,7 @@ fn ebpf_retention_and_compaction() {
     assert!(a < b, "compaction did not shrink the log: {out}");
     assert_eq!(heights(log_s), vec![4, 5]);
     cli(&["verify", "--log", log_s]).unwrap();
-    for (h, d) in &states[3..5] {
-        let into = logdir.path().join(format!("r{h}"));
-        cli(&[
-            "replay",
-            "--log",
-            log_s,
-            "--to",
-            &h.to_string(),
-            "--exact",
-            "--into",
-            into.to_str().unwrap(),
-        ])
-        .unwrap();
-        assert_eq!(&digest(&into), d, "height {h} after compaction");
-    }
+    replays_match(log_s, &states[3..5], logdir.path(), "r", "after compaction");
     println!("verify before compaction: {before}");
 
     // Phase 2: the agent compacts by itself (threshold lowered), restarting its tracker; the
@@ -190,19 +196,11 @@ fn ebpf_retention_and_compaction() {
         v.contains("records: 3,"),
         "dropped records were not compacted: {v}"
     );
-    for (h, d) in &states[2..] {
-        let into = logdir.path().join(format!("p2-{h}"));
-        cli(&[
-            "replay",
-            "--log",
-            log_s,
-            "--to",
-            &h.to_string(),
-            "--exact",
-            "--into",
-            into.to_str().unwrap(),
-        ])
-        .unwrap();
-        assert_eq!(&digest(&into), d, "height {h} after in-agent compaction");
-    }
+    replays_match(
+        log_s,
+        &states[2..],
+        logdir.path(),
+        "p2-",
+        "after in-agent compaction",
+    );
 }
