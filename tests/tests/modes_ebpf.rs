@@ -22,21 +22,9 @@ fn cli(args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// Regular files at the top of `dir` (ext4's lost+found and other directories left out).
-fn digest(dir: &Path) -> String {
-    let mut names: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().unwrap().is_file())
-        .map(|e| e.file_name())
-        .collect();
-    names.sort();
-    let mut h = blake3::Hasher::new();
-    for n in names {
-        h.update(n.as_encoded_bytes());
-        h.update(&std::fs::read(dir.join(&n)).unwrap());
-    }
-    h.finalize().to_hex().to_string()
+/// The tree as the oracle sees it: paths, kinds, modes, sizes, contents.
+fn digest(dir: &Path) -> btm_agent::treehash::TreeHash {
+    btm_agent::treehash::hash_tree(dir).unwrap()
 }
 
 fn heights(log: &str) -> Vec<u64> {
@@ -50,7 +38,13 @@ fn heights(log: &str) -> Vec<u64> {
 }
 
 /// Each `(height, digest)` replays from `log` (into `base/<prefix><height>`) to that digest.
-fn replays_match(log: &str, states: &[(u64, String)], base: &Path, prefix: &str, when: &str) {
+fn replays_match(
+    log: &str,
+    states: &[(u64, btm_agent::treehash::TreeHash)],
+    base: &Path,
+    prefix: &str,
+    when: &str,
+) {
     for (h, d) in states {
         let into = base.join(format!("{prefix}{h}"));
         let to = h.to_string();

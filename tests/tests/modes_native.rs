@@ -121,7 +121,7 @@ fn list(vol: &Path) -> Vec<u64> {
 
 /// The volume's state at height `h`: a file rewritten each height, one appended to, one
 /// created per height.
-fn write_height(vol: &Path, h: u64) -> String {
+fn write_height(vol: &Path, h: u64) -> btm_agent::treehash::TreeHash {
     let body = format!("state at height {h}\n").repeat((h as usize % 7) + 1);
     std::fs::write(vol.join("state"), &body).unwrap();
     std::fs::write(vol.join(format!("block-{h}")), h.to_le_bytes()).unwrap();
@@ -129,18 +129,9 @@ fn write_height(vol: &Path, h: u64) -> String {
     digest(vol)
 }
 
-fn digest(vol: &Path) -> String {
-    let mut names: Vec<_> = std::fs::read_dir(vol)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    names.sort();
-    let mut h = blake3::Hasher::new();
-    for n in names {
-        h.update(n.as_encoded_bytes());
-        h.update(&std::fs::read(vol.join(&n)).unwrap());
-    }
-    h.finalize().to_hex().to_string()
+/// The tree as the oracle sees it: paths, kinds, modes, sizes, contents.
+fn digest(dir: &Path) -> btm_agent::treehash::TreeHash {
+    btm_agent::treehash::hash_tree(dir).unwrap()
 }
 
 /// Retention as the agent applies it: after every snapshot, over what exists.
