@@ -106,10 +106,6 @@ impl DirtySet {
             f.blocks.extend(index..index + (1u64 << order));
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
 }
 
 #[cfg(test)]

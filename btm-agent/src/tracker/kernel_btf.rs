@@ -90,14 +90,6 @@ impl KernelBtf {
         )))
     }
 
-    /// Does the kernel have a BTF-enabled tracepoint of this name (for tp_btf)?
-    pub fn has_btf_tracepoint(&self, name: &str) -> bool {
-        self.btf
-            .resolve_ids_by_name(&format!("btf_trace_{name}"))
-            .map(|ids| !ids.is_empty())
-            .unwrap_or(false)
-    }
-
     /// Fills every struct offset of `cfg`.
     pub fn fill(&self, cfg: &mut Config) -> Result<(), TrackerError> {
         cfg.folio_flags = self.offset("folio", &["flags"])?;

@@ -8,8 +8,6 @@ mod dirty_set;
 mod kernel_btf;
 pub mod tracefs;
 
-use std::collections::BTreeMap;
-
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray},
@@ -516,12 +514,4 @@ fn fill_tracepoints(cfg: &mut Config) -> Result<(), TrackerError> {
             Format::read("xfs", "xfs_itruncate_extents_start")?.range("new_size", None, None)?;
     }
     Ok(())
-}
-
-/// Per-file summary for display: inode -> (dirty bytes, extents).
-pub fn summarize(set: &DirtySet) -> BTreeMap<u64, (u64, usize)> {
-    set.files
-        .iter()
-        .map(|(ino, f)| (*ino, (f.block_bytes(), f.extents().len())))
-        .collect()
 }
