@@ -11,6 +11,7 @@ pub mod cut;
 pub mod heights;
 pub mod log;
 pub mod metrics;
+pub mod remote;
 pub mod retention;
 pub mod snapshot;
 pub mod tracker;

@@ -54,6 +54,10 @@ enum Command {
     Watch(btm_agent::cmd::heights::WatchArgs),
     /// Show the whole main job on a scratch volume: track, cut heights, replay, verify.
     Demo(btm_agent::cmd::demo::DemoArgs),
+    /// Copy the log offsite (s3://, gs://, az://, file://); resumes where it stopped.
+    Push(btm_agent::cmd::offsite::PushArgs),
+    /// Delete offsite objects no height of any volume needs any more.
+    Prune(btm_agent::cmd::offsite::PruneArgs),
     /// Check the configuration (file, BTM_* variables, flags) and print the effective one.
     Config(btm_agent::cmd::config_cmd::ConfigArgs),
 }
@@ -110,6 +114,8 @@ fn main() {
         Some(Command::Notify(a)) => btm_agent::cmd::heights::notify(a),
         Some(Command::Watch(a)) => btm_agent::cmd::heights::watch(a),
         Some(Command::Demo(a)) => btm_agent::cmd::demo::run(a),
+        Some(Command::Push(a)) => btm_agent::cmd::offsite::push(a),
+        Some(Command::Prune(a)) => btm_agent::cmd::offsite::prune(a),
         Some(Command::Config(a)) => btm_agent::cmd::config_cmd::run(a),
         None => compat(cli.compat),
     };
@@ -141,6 +147,11 @@ fn compat(c: Compat) -> Result<()> {
             log: c.log.clone(),
             volume: c.volume.clone(),
             json: false,
+            offsite: btm_agent::cmd::offsite::RemoteArgs {
+                remote: None,
+                remote_name: None,
+            },
+            tag: None,
         })
     } else if c.latest {
         rollback(None, false)

@@ -41,6 +41,24 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{s}: not an address; use HOST:PORT, :PORT or PORT"))
 }
 
+/// Offsite shipping (`crate::remote::Shipper`) runs on its own thread, apart from the run loop.
+static OFFSITE_HEIGHT: AtomicU64 = AtomicU64::new(u64::MAX);
+static OFFSITE_BYTES: AtomicU64 = AtomicU64::new(0);
+static OFFSITE_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// A push to the remote finished.
+pub fn offsite_shipped(height: Option<u64>, bytes: u64) {
+    if let Some(h) = height {
+        OFFSITE_HEIGHT.store(h, Ordering::Relaxed);
+    }
+    OFFSITE_BYTES.fetch_add(bytes, Ordering::Relaxed);
+}
+
+/// A push to the remote failed (it is retried).
+pub fn offsite_failed() {
+    OFFSITE_FAILURES.fetch_add(1, Ordering::Relaxed);
+}
+
 #[derive(Default)]
 struct Histogram {
     counts: [u64; FREEZE_BUCKETS.len()],
@@ -203,6 +221,27 @@ impl Metrics {
             "gauge",
             "Size of the log directory.",
             dir_bytes(&self.log_dir).to_string(),
+        );
+        let shipped = OFFSITE_HEIGHT.load(Ordering::Relaxed);
+        if shipped != u64::MAX {
+            metric(
+                "btm_offsite_last_height",
+                "gauge",
+                "Newest height shipped offsite (run --remote).",
+                shipped.to_string(),
+            );
+        }
+        metric(
+            "btm_offsite_bytes_total",
+            "counter",
+            "Bytes uploaded offsite (run --remote).",
+            get(&OFFSITE_BYTES),
+        );
+        metric(
+            "btm_offsite_failures_total",
+            "counter",
+            "Offsite pushes that failed and are retried.",
+            get(&OFFSITE_FAILURES),
         );
         let h = self.freeze.lock().unwrap_or_else(|e| e.into_inner());
         let name = "btm_freeze_seconds";

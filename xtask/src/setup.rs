@@ -37,6 +37,7 @@ unsafe extern "C" {
 
 pub fn all() -> Result<()> {
     packages()?;
+    moto()?;
     nightly()?;
     bpf_linker()?;
     if is_root() {
@@ -81,6 +82,29 @@ fn packages() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing))
+}
+
+/// The S3-compatible server the offsite tests run against on loopback (PyPI `moto[server]`).
+pub const MOTO: &str = "moto[server]>=5.1,<6";
+
+fn moto() -> Result<()> {
+    let have = Command::new("python3")
+        .args(["-c", "import moto, moto.server, flask, boto3"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have {
+        return Ok(());
+    }
+    eprintln!("setup: installing {MOTO} (pip)");
+    run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--root-user-action=ignore",
+        MOTO,
+    ]))
 }
 
 fn nightly() -> Result<()> {

@@ -3,6 +3,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Result, bail};
 
+use super::offsite::{self, RemoteArgs};
 use super::proto::{self, DEFAULT_SOCKET, Request};
 use crate::log::{Log, ReplayOptions};
 use crate::retention::{Algo, Policy};
@@ -36,9 +37,17 @@ pub struct ListArgs {
     pub volume: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub offsite: RemoteArgs,
+    /// With --remote: only heights pushed with this tag.
+    #[arg(short = 't', long, requires = "remote")]
+    pub tag: Option<String>,
 }
 
 pub fn list(a: ListArgs) -> Result<()> {
+    if let Some(url) = &a.offsite.remote {
+        return offsite::list(&a.offsite, url, a.tag.as_deref(), a.json);
+    }
     let Some(dir) = &a.log else {
         let b = native(a.volume.as_ref())?;
         let hs = b.list()?;
@@ -90,8 +99,14 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
 
 #[derive(clap::Args, Debug)]
 pub struct ReplayArgs {
-    #[arg(long, env = "BTM_LOG_DIR")]
-    pub log: PathBuf,
+    /// The log to replay from (or give --remote).
+    #[arg(long, env = "BTM_LOG_DIR", required_unless_present = "remote")]
+    pub log: Option<PathBuf>,
+    #[command(flatten)]
+    pub offsite: RemoteArgs,
+    /// With --remote: keep downloaded records and payloads here (checked again on every use).
+    #[arg(long, requires = "remote")]
+    pub cache: Option<PathBuf>,
     /// Height to materialise (default: the latest).
     #[arg(long)]
     pub to: Option<u64>,
@@ -104,7 +119,14 @@ pub struct ReplayArgs {
 }
 
 pub fn replay(a: ReplayArgs) -> Result<()> {
-    let log = Log::open_read(&a.log)?;
+    if let Some(url) = &a.offsite.remote {
+        return offsite::replay(&a.offsite, url, a.to, a.exact, &a.into, a.cache);
+    }
+    let dir = a
+        .log
+        .as_ref()
+        .expect("clap requires --log without --remote");
+    let log = Log::open_read(dir)?;
     let h = log.resolve(a.to, a.exact)?;
     let stats = log.replay(h, &a.into, &ReplayOptions::default())?;
     println!("replayed height {h} into {}: {stats:?}", a.into.display());

@@ -3,6 +3,7 @@ pub mod config_cmd;
 pub mod demo;
 pub mod heights;
 pub mod logs;
+pub mod offsite;
 pub mod proto;
 pub mod run;
 pub mod track;

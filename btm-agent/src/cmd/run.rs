@@ -85,6 +85,16 @@ pub struct RunArgs {
     /// Serve Prometheus /metrics and /healthz here (HOST:PORT, or :PORT for loopback).
     #[arg(long, env = "BTM_METRICS_ADDR", value_parser = crate::metrics::parse_addr)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Ship every acknowledged height offsite in the background (never delays a cut); the
+    /// remote mirrors the log's retention. See `btm-agent push --help` for URLs.
+    #[command(flatten)]
+    pub offsite: super::offsite::RemoteArgs,
+    /// Tag for the heights shipped offsite.
+    #[arg(long, env = "BTM_REMOTE_TAG")]
+    pub remote_tag: Option<String>,
+    /// JSON metadata for the heights shipped offsite.
+    #[arg(long, env = "BTM_REMOTE_META", value_parser = super::offsite::parse_meta)]
+    pub remote_meta: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -195,6 +205,24 @@ pub fn run(args: RunArgs) -> Result<()> {
         Engine::Native(b) => (args.volume.clone(), b.list()?.last().copied()),
     };
     let metrics = crate::metrics::Metrics::start(args.metrics_addr, &metrics_dir, last)?;
+    let shipper = match (&args.offsite.remote, &engine) {
+        (None, _) => None,
+        (Some(url), Engine::Log { dir, .. }) => Some(crate::remote::Shipper::start(
+            crate::remote::Remote::open(url)?,
+            dir.clone(),
+            super::offsite::push_options(
+                dir,
+                args.offsite.remote_name.as_deref(),
+                args.remote_tag.clone(),
+                args.remote_meta.clone(),
+            ),
+        )),
+        (Some(_), Engine::Native(b)) => bail!(
+            "--remote ships the log of eBPF mode; {} keeps heights as native snapshots: send \
+             those with zfs send / btrfs send instead",
+            b.describe()
+        ),
+    };
     match &engine {
         Engine::Log { cutter, dir, .. } => {
             let mount = Mount::at(cutter.root())?;
@@ -236,12 +264,20 @@ pub fn run(args: RunArgs) -> Result<()> {
         let mut out = serde_json::to_string(&resp)?;
         out.push('\n');
         let _ = stream.write_all(out.as_bytes());
+        drop(stream);
+        if let Some(s) = &shipper {
+            s.notify();
+        }
         // After answering: the node does not wait for a compaction. Without its tracker
         // the agent cannot go on, so a failure here stops it (the log stays consistent).
         engine = maybe_compact(engine, &args).context("compacting the log")?;
     }
     let _ = std::fs::remove_file(&args.socket);
     metrics.set_alive(false);
+    if shipper.is_some() {
+        tracing::info!("finishing the offsite push");
+    }
+    drop(shipper);
     tracing::info!("agent stopped");
     Ok(())
 }

@@ -21,6 +21,7 @@ use super::format::{
     Trailer,
 };
 use super::record::{FileId, NsOp, parent_of};
+use super::replay::PayloadSource;
 use super::state::{FileState, TreeState};
 use super::{Log, LogError, compress_all, fsync_dir, seg_name};
 

@@ -108,6 +108,9 @@ pub enum LogError {
     )]
     Poisoned { dir: PathBuf, reason: String },
 
+    #[error("offsite copy: {0}")]
+    Remote(String),
+
     #[error("replay into {}: {what}", path.display())]
     Replay { path: PathBuf, what: String },
 }

@@ -50,14 +50,15 @@ pub use record::{
     CutRecord, Entry, ExtentBytes, ExtentData, FileId, NsOp, RelPath, check_path,
     check_symlink_target, display_path,
 };
-pub use replay::{ReplayOptions, ReplayStats};
+pub use replay::{PayloadSource, ReplayOptions, ReplayStats, refuse_inside, replay_state};
 pub use state::{FileState, Node, Piece, TreeState};
 pub use verify::VerifyReport;
 
 use format::{
-    HeaderError, Meta, MetaError, MetaExtent, REC_HEADER_LEN, REC_MAGIC, RecHeader, SEG_HEADER_LEN,
-    SegHeader, TRAILER_LEN, Trailer, split_extent,
+    HeaderError, MetaError, REC_HEADER_LEN, REC_MAGIC, RecHeader, SEG_HEADER_LEN, SegHeader,
+    TRAILER_LEN, Trailer, split_extent,
 };
+pub(crate) use format::{Meta, MetaExtent, table_len};
 
 /// Tunables of a log. The defaults suit production; tests shrink the segment size.
 #[derive(Clone, Debug)]
@@ -81,6 +82,20 @@ impl Default for LogOptions {
             compress_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         }
     }
+}
+
+/// One record of the chain with its metadata, as [`Log::record_view`] gives it.
+pub(crate) struct RecordView {
+    pub height: u64,
+    pub time_unix_ms: u64,
+    /// The record hash (the chain link).
+    pub hash: [u8; 32],
+    /// Removed by retention (still part of the fold until compaction).
+    pub dropped: bool,
+    /// The metadata block exactly as stored.
+    pub meta_bytes: Vec<u8>,
+    /// The payloads this record stores itself, once each, in the order of their first row.
+    pub own: Vec<PayloadRef>,
 }
 
 /// One recorded height, as `list` shows it.
@@ -781,6 +796,11 @@ impl Log {
     }
 
     fn read_meta(&self, r: &RecordLoc) -> Result<Meta, LogError> {
+        self.read_meta_bytes(r).map(|(_, m)| m)
+    }
+
+    /// The metadata block of a record as stored, and decoded (both checked).
+    fn read_meta_bytes(&self, r: &RecordLoc) -> Result<(Vec<u8>, Meta), LogError> {
         let seg = &self.segments[r.seg_idx];
         let mut mb = vec![0u8; r.header.meta_len as usize];
         seg.file
@@ -797,14 +817,76 @@ impl Log {
                 "metadata checksum mismatch (the segment changed after it was opened)".into(),
             ));
         }
-        Meta::decode(&mb).map_err(|e| match e {
+        let meta = Meta::decode(&mb).map_err(|e| match e {
             MetaError::Malformed(why) => corrupt(format!("malformed metadata: {why}")),
             MetaError::UnsafePath(path, reason) => LogError::UnsafePath {
                 height: r.header.height,
                 path: display_path(&path),
                 reason,
             },
+        })?;
+        Ok((mb, meta))
+    }
+
+    /// Number of records in the chain, dropped ones included (see [`Log::record_view`]).
+    pub(crate) fn record_count(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Record `i` of the chain (0-based, dropped ones included) as an offsite copy needs it:
+    /// its metadata block and the payloads it stores itself (the others it borrows from
+    /// earlier records).
+    pub(crate) fn record_view(&self, i: usize) -> Result<RecordView, LogError> {
+        let r = &self.records[i];
+        let (meta_bytes, meta) = self.read_meta_bytes(r)?;
+        let (s, e) = r.payload_range();
+        let mut seen = HashSet::new();
+        let own = meta
+            .extents
+            .iter()
+            .filter_map(|x| match x {
+                MetaExtent::Data { payload, .. }
+                    if payload.seg == r.seg_no
+                        && (s..e).contains(&payload.offset)
+                        && seen.insert(payload.hash) =>
+                {
+                    Some(*payload)
+                }
+                _ => None,
+            })
+            .collect();
+        Ok(RecordView {
+            height: r.header.height,
+            time_unix_ms: r.header.time_unix_ms,
+            hash: r.info.hash,
+            dropped: self.dropped.contains(&r.header.height),
+            meta_bytes,
+            own,
         })
+    }
+
+    /// The stored bytes of a payload (block table, then the codec's body), checked by decoding
+    /// them first so that damage is never copied elsewhere.
+    pub(crate) fn read_stored(&self, p: &PayloadRef) -> Result<Vec<u8>, LogError> {
+        let seg = self.segment(p.seg).ok_or_else(|| LogError::Corrupt {
+            segment: self.dir.clone(),
+            offset: p.offset,
+            height: None,
+            what: format!("segment {} is not part of the log", p.seg),
+        })?;
+        let mut stored = vec![0u8; p.stored_len as usize];
+        seg.file
+            .read_exact_at(&mut stored, p.offset)
+            .map_err(|e| LogError::io(&seg.path, e))?;
+        if let Err(what) = decode_payload(p, stored.clone()) {
+            return Err(LogError::Corrupt {
+                segment: seg.path.clone(),
+                offset: p.offset,
+                height: self.payload_height(p),
+                what: format!("payload {}: {what}", hex(&p.hash)),
+            });
+        }
+        Ok(stored)
     }
 
     /// The state after the first `n` records.
@@ -830,51 +912,9 @@ impl Log {
         self.fold_to(i + 1)
     }
 
-    /// The height of the record whose payload section holds `p`.
-    fn payload_height(&self, p: &PayloadRef) -> Option<u64> {
-        let i = self
-            .records
-            .partition_point(|r| (r.seg_no, r.offset) <= (p.seg, p.offset));
-        (i > 0).then(|| self.records[i - 1].header.height)
-    }
-
     fn segment(&self, no: u64) -> Option<&Segment> {
         let i = self.segments.binary_search_by_key(&no, |s| s.no).ok()?;
         Some(&self.segments[i])
-    }
-
-    /// Reads, decodes and checks one payload. `Err(Ok(why))` means the bytes are bad.
-    fn load_payload(&self, p: &PayloadRef) -> Result<Vec<u8>, Result<String, LogError>> {
-        let Some(seg) = self.segment(p.seg) else {
-            return Err(Ok(format!("segment {} is not part of the log", p.seg)));
-        };
-        if p.offset.saturating_add(p.stored_len) > seg.len {
-            return Err(Ok("payload lies beyond the end of its segment".into()));
-        }
-        let mut stored = vec![0u8; p.stored_len as usize];
-        seg.file
-            .read_exact_at(&mut stored, p.offset)
-            .map_err(|e| Err(LogError::io(&seg.path, e)))?;
-        decode_payload(p, stored).map_err(Ok)
-    }
-
-    /// Reads the block table of a payload (unchecked: a wrong entry only makes replay read the
-    /// payload, whose blake3 is checked).
-    fn load_table(&self, p: &PayloadRef) -> Result<Vec<u8>, LogError> {
-        let tl = format::table_len(p.raw_len);
-        let seg = self.segment(p.seg).ok_or_else(|| LogError::Corrupt {
-            segment: self.dir.clone(),
-            offset: p.offset,
-            height: None,
-            what: format!("segment {} is not part of the log", p.seg),
-        })?;
-        let mut t = vec![0u8; tl as usize];
-        if p.offset.saturating_add(tl) <= seg.len {
-            seg.file
-                .read_exact_at(&mut t, p.offset)
-                .map_err(|e| LogError::io(&seg.path, e))?;
-        }
-        Ok(t)
     }
 
     /// Resolve `target` against the kept heights (BTM rollback semantics).
@@ -1384,7 +1424,48 @@ fn compress_all(
 
 /// Decodes stored payload bytes (block table, then data) and checks the data against the
 /// payload's blake3 and its block table.
-fn decode_payload(p: &PayloadRef, mut stored: Vec<u8>) -> Result<Vec<u8>, String> {
+/// The log's own segments as replay's payload source.
+impl PayloadSource for Log {
+    fn load_payload(&self, p: &PayloadRef) -> Result<Vec<u8>, Result<String, LogError>> {
+        let Some(seg) = self.segment(p.seg) else {
+            return Err(Ok(format!("segment {} is not part of the log", p.seg)));
+        };
+        if p.offset.saturating_add(p.stored_len) > seg.len {
+            return Err(Ok("payload lies beyond the end of its segment".into()));
+        }
+        let mut stored = vec![0u8; p.stored_len as usize];
+        seg.file
+            .read_exact_at(&mut stored, p.offset)
+            .map_err(|e| Err(LogError::io(&seg.path, e)))?;
+        decode_payload(p, stored).map_err(Ok)
+    }
+
+    fn load_table(&self, p: &PayloadRef) -> Result<Vec<u8>, LogError> {
+        let tl = format::table_len(p.raw_len);
+        let seg = self.segment(p.seg).ok_or_else(|| LogError::Corrupt {
+            segment: self.dir.clone(),
+            offset: p.offset,
+            height: None,
+            what: format!("segment {} is not part of the log", p.seg),
+        })?;
+        let mut t = vec![0u8; tl as usize];
+        if p.offset.saturating_add(tl) <= seg.len {
+            seg.file
+                .read_exact_at(&mut t, p.offset)
+                .map_err(|e| LogError::io(&seg.path, e))?;
+        }
+        Ok(t)
+    }
+
+    fn payload_height(&self, p: &PayloadRef) -> Option<u64> {
+        let i = self
+            .records
+            .partition_point(|r| (r.seg_no, r.offset) <= (p.seg, p.offset));
+        (i > 0).then(|| self.records[i - 1].header.height)
+    }
+}
+
+pub(crate) fn decode_payload(p: &PayloadRef, mut stored: Vec<u8>) -> Result<Vec<u8>, String> {
     let tl = format::table_len(p.raw_len) as usize;
     if stored.len() < tl {
         return Err("payload shorter than its block table".into());

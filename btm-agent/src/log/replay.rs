@@ -117,6 +117,21 @@ fn list_dir(fd: &OwnedFd) -> Result<Vec<Vec<u8>>, Errno> {
     Ok(names)
 }
 
+/// Where replay gets payload bytes: the local log's segments, or an offsite copy
+/// (`crate::remote`). Everything else about replay is the same for both.
+pub trait PayloadSource {
+    /// The raw bytes of `p`, decoded and checked against its blake3 and block table.
+    /// `Err(Ok(why))`: the stored bytes are bad; `Err(Err(e))`: they could not be read.
+    fn load_payload(&self, p: &PayloadRef) -> Result<Vec<u8>, Result<String, LogError>>;
+    /// The block table of `p` (unchecked: a wrong entry only makes replay read the payload,
+    /// whose blake3 is checked).
+    fn load_table(&self, p: &PayloadRef) -> Result<Vec<u8>, LogError>;
+    /// The height whose record stored `p`, for error messages.
+    fn payload_height(&self, _p: &PayloadRef) -> Option<u64> {
+        None
+    }
+}
+
 pub(crate) fn replay(
     log: &Log,
     height: u64,
@@ -124,19 +139,38 @@ pub(crate) fn replay(
     opts: &ReplayOptions,
 ) -> Result<ReplayStats, LogError> {
     let state = log.state_at(height)?;
+    refuse_inside(log.dir(), "log directory", into)?;
+    replay_state(log, &state, height, into, opts)
+}
+
+/// Refuses a target that holds `dir` (replay would delete it).
+pub fn refuse_inside(dir: &Path, what: &str, into: &Path) -> Result<(), LogError> {
     std::fs::create_dir_all(into).map_err(|e| LogError::io(into, e))?;
-    if let (Ok(l), Ok(t)) = (log.dir().canonicalize(), into.canonicalize())
+    if let (Ok(l), Ok(t)) = (dir.canonicalize(), into.canonicalize())
         && l.starts_with(&t)
     {
         return Err(LogError::Replay {
             path: into.to_path_buf(),
             what: format!(
-                "the log directory {} lies inside the target, and replay would delete it: \
+                "the {what} {} lies inside the target, and replay would delete it: \
                  replay somewhere else",
-                log.dir().display()
+                dir.display()
             ),
         });
     }
+    Ok(())
+}
+
+/// Materialises `state` (the tree at `height`) into `into`, reading payloads from `src` and
+/// rewriting only what differs.
+pub fn replay_state(
+    src: &dyn PayloadSource,
+    state: &TreeState,
+    height: u64,
+    into: &Path,
+    opts: &ReplayOptions,
+) -> Result<ReplayStats, LogError> {
+    std::fs::create_dir_all(into).map_err(|e| LogError::io(into, e))?;
     let root: OwnedFd = File::open(into).map_err(|e| LogError::io(into, e))?.into();
     let total: u64 = state.data_bytes();
     let progress = if opts.progress && std::io::stderr().is_terminal() {
@@ -151,7 +185,7 @@ pub(crate) fn replay(
     } else {
         ProgressBar::hidden()
     };
-    let mut r = Replayer::new(log, &state, height, into, root, progress);
+    let mut r = Replayer::new(src, state, height, into, root, progress);
     let root = r.root.clone();
     r.prune(&root, b"")?;
     let mut paths: Vec<&RelPath> = state.nodes.keys().collect();
@@ -173,7 +207,7 @@ pub(crate) fn replay(
 }
 
 pub(crate) struct Replayer<'a> {
-    log: &'a Log,
+    log: &'a dyn PayloadSource,
     st: &'a TreeState,
     height: u64,
     into: PathBuf,
@@ -197,7 +231,7 @@ pub(crate) struct Replayer<'a> {
 
 impl<'a> Replayer<'a> {
     fn new(
-        log: &'a Log,
+        log: &'a dyn PayloadSource,
         state: &'a TreeState,
         height: u64,
         into: &Path,

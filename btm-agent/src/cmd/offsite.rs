@@ -1,0 +1,195 @@
+//! Offsite commands: push a log to a remote, prune a remote, and the `--remote` halves of
+//! list and replay (`crate::remote`).
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::log::{Log, ReplayOptions};
+use crate::remote::{self, PushOptions, Remote};
+
+/// Where an offsite copy lives and under which volume name.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RemoteArgs {
+    /// Offsite location: s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX or
+    /// file:///DIR. Credentials come from the usual AWS_*, GOOGLE_*, AZURE_* variables (and
+    /// ~/.aws/credentials); AWS_ENDPOINT_URL=http://... targets an S3-compatible server.
+    #[arg(long, env = "BTM_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
+    /// Volume name on the remote (several volumes share one URL and dedup against each other).
+    /// Push default: <hostname>-<log dir name>; list/replay default: the only volume there.
+    #[arg(long, env = "BTM_REMOTE_NAME", value_name = "NAME")]
+    pub remote_name: Option<String>,
+}
+
+/// Parses `--meta` (must be a JSON object or value).
+pub fn parse_meta(s: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(s)
+        .map_err(|e| format!("--meta must be JSON (e.g. '{{\"block\": 1}}'): {e}"))
+}
+
+/// Options for a push of `log_dir` under `name` (or the default name).
+pub fn push_options(
+    log_dir: &std::path::Path,
+    name: Option<&str>,
+    tag: Option<String>,
+    meta: Option<serde_json::Value>,
+) -> PushOptions {
+    PushOptions {
+        name: name.map_or_else(|| remote::default_volume_name(log_dir), str::to_string),
+        tag,
+        meta,
+        progress: true,
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PushArgs {
+    /// The log to copy offsite (an agent may be appending to it meanwhile).
+    #[arg(long, env = "BTM_LOG_DIR")]
+    pub log: PathBuf,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Tag the heights this push publishes (like pitreos -t).
+    #[arg(short = 't', long)]
+    pub tag: Option<String>,
+    /// JSON metadata for the heights this push publishes (like pitreos -m).
+    #[arg(short = 'm', long, value_parser = parse_meta)]
+    pub meta: Option<serde_json::Value>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Copies every record the remote lacks, then publishes a pointer per kept height and
+/// removes pointers of heights retention removed. Safe to interrupt: run it again to resume.
+pub fn push(a: PushArgs) -> Result<()> {
+    let url = a
+        .remote
+        .remote
+        .as_deref()
+        .context("push needs --remote URL (s3://BUCKET/PREFIX, gs://, az:// or file:///DIR)")?;
+    let remote = Remote::open(url)?;
+    let log = Log::open_read(&a.log)?;
+    let opts = push_options(&a.log, a.remote.remote_name.as_deref(), a.tag, a.meta);
+    let rep = remote::push(&log, &remote, &opts).with_context(|| {
+        format!(
+            "pushing {} to {url} (run push again to resume)",
+            a.log.display()
+        )
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+    } else {
+        println!(
+            "pushed {} to {url} as {:?}: newest height {}, {} records uploaded ({} already there), \
+             {} objects uploaded ({} already there), {} bytes, {} pointers written, {} removed",
+            a.log.display(),
+            opts.name,
+            rep.newest_height.map_or("none".into(), |h| h.to_string()),
+            rep.records_uploaded,
+            rep.records_present,
+            rep.objects_uploaded,
+            rep.objects_present,
+            rep.bytes_uploaded,
+            rep.pointers_written,
+            rep.pointers_removed
+        );
+    }
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Keep unreferenced objects younger than this many seconds (a push may be linking them).
+    #[arg(long, default_value_t = 3600)]
+    pub grace: u64,
+    /// Only report what would be deleted.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Deletes records and payloads no height of any volume needs any more.
+pub fn prune(a: PruneArgs) -> Result<()> {
+    let url = a
+        .remote
+        .remote
+        .as_deref()
+        .context("prune needs --remote URL")?;
+    let remote = Remote::open(url)?;
+    let rep = remote::prune(&remote, Duration::from_secs(a.grace), a.dry_run)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+    } else {
+        println!(
+            "{} {url}: {} volumes, {} heights; records kept {} / deleted {}; objects kept {} / \
+             deleted {}; {} bytes freed; {} recent unreferenced objects left",
+            if a.dry_run { "would prune" } else { "pruned" },
+            rep.volumes,
+            rep.pointers,
+            rep.records_kept,
+            rep.records_deleted,
+            rep.objects_kept,
+            rep.objects_deleted,
+            rep.bytes_freed,
+            rep.recent_left
+        );
+    }
+    Ok(())
+}
+
+/// `list --remote`.
+pub fn list(r: &RemoteArgs, url: &str, tag: Option<&str>, json: bool) -> Result<()> {
+    let remote = Remote::open(url)?;
+    let name = remote::resolve_volume(&remote, r.remote_name.as_deref())?;
+    let hs = remote::list_heights(&remote, &name, tag)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&hs)?);
+        return Ok(());
+    }
+    if hs.is_empty() {
+        println!(
+            "no heights of {name:?} on {url}{}",
+            tag.map_or(String::new(), |t| format!(" tagged {t:?}"))
+        );
+    }
+    for h in hs {
+        println!(
+            "{:>10}  {}  tag {:<12} meta {}",
+            h.height,
+            &h.record[..16],
+            h.tag.as_deref().unwrap_or("-"),
+            h.meta.map_or("-".into(), |m| m.to_string())
+        );
+    }
+    Ok(())
+}
+
+/// `replay --remote`.
+pub fn replay(
+    r: &RemoteArgs,
+    url: &str,
+    to: Option<u64>,
+    exact: bool,
+    into: &std::path::Path,
+    cache: Option<PathBuf>,
+) -> Result<()> {
+    let remote = Remote::open(url)?.with_cache(cache);
+    let name = remote::resolve_volume(&remote, r.remote_name.as_deref())?;
+    let rep = remote::replay(&remote, &name, to, exact, into, &ReplayOptions::default())?;
+    println!(
+        "replayed height {} of {:?} from {url} into {}: {} records, {} objects ({} bytes) \
+         downloaded; {:?}",
+        rep.height,
+        rep.volume,
+        into.display(),
+        rep.records,
+        rep.objects_downloaded,
+        rep.bytes_downloaded,
+        rep.replay
+    );
+    Ok(())
+}

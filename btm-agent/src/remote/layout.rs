@@ -1,0 +1,288 @@
+//! Object names and encodings of an offsite copy ("Remote layout" in docs/FORMAT.md).
+//!
+//! Payload objects and record objects are immutable and named by their blake3, so they dedup
+//! across heights and volumes and every download can be checked against its own name.
+//! Pointers (one per kept height of a volume) are tiny JSON objects whose name carries the
+//! height and the record they point at; they are the only thing retention deletes.
+
+use object_store::path::Path as ObjPath;
+use serde::{Deserialize, Serialize};
+
+use crate::log::{Codec, PayloadRef, hex, table_len};
+
+pub const OBJ_MAGIC: &[u8; 8] = b"btm.obj\n";
+pub const OBJ_HEADER_LEN: u64 = 17;
+pub const REC_MAGIC: &[u8; 8] = b"btm.rix\n";
+pub const REC_VERSION: u16 = 1;
+pub const REC_HEADER_LEN: usize = 104;
+/// Pointer JSON `format`.
+pub const POINTER_FORMAT: u32 = 1;
+
+fn fanout(dir: &str, key: &[u8; 32]) -> ObjPath {
+    let h = hex(key);
+    ObjPath::from(format!("{dir}/{}/{h}", &h[..2]))
+}
+
+/// `objects/<2 hex>/<64 hex>`: the payload whose raw bytes hash to `hash`.
+pub fn object_path(hash: &[u8; 32]) -> ObjPath {
+    fanout("objects", hash)
+}
+
+/// `records/<2 hex>/<64 hex>`: the record object whose bytes hash to `key`.
+pub fn record_path(key: &[u8; 32]) -> ObjPath {
+    fanout("records", key)
+}
+
+/// `volumes/<name>/`.
+pub fn volume_dir(name: &str) -> ObjPath {
+    ObjPath::from(format!("volumes/{name}"))
+}
+
+/// `volumes/<name>/owner`: which log pushes to this volume name.
+pub fn owner_path(name: &str) -> ObjPath {
+    ObjPath::from(format!("volumes/{name}/owner"))
+}
+
+/// `volumes/<name>/heights/`.
+pub fn heights_dir(name: &str) -> ObjPath {
+    ObjPath::from(format!("volumes/{name}/heights"))
+}
+
+/// `volumes/<name>/heights/<height, 20 digits>-<record key>.json`.
+pub fn pointer_path(name: &str, height: u64, record: &[u8; 32]) -> ObjPath {
+    ObjPath::from(format!(
+        "volumes/{name}/heights/{height:020}-{}.json",
+        hex(record)
+    ))
+}
+
+/// Height and record key from a pointer's file name.
+pub fn parse_pointer_name(file: &str) -> Option<(u64, [u8; 32])> {
+    let stem = file.strip_suffix(".json")?;
+    let (h, k) = stem.split_once('-')?;
+    if h.len() != 20 || !h.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((h.parse().ok()?, parse_hex32(k)?))
+}
+
+pub fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A volume name must be one plain path component.
+pub fn check_volume_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "volume name {name:?} must be 1-128 characters of A-Z a-z 0-9 . _ - (not starting with \
+             a dot)"
+        ))
+    }
+}
+
+/// A payload object: the log's stored payload (block table, then the codec's body) behind a
+/// 17-byte header naming the codec and the raw length.
+pub fn encode_object(p: &PayloadRef, stored: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(OBJ_HEADER_LEN as usize + stored.len());
+    b.extend_from_slice(OBJ_MAGIC);
+    b.push(p.codec as u8);
+    b.extend_from_slice(&p.raw_len.to_le_bytes());
+    b.extend_from_slice(stored);
+    b
+}
+
+/// The bytes of an object's header and block table (what a range read needs).
+pub fn object_table_range(raw_len: u64) -> std::ops::Range<u64> {
+    0..OBJ_HEADER_LEN + table_len(raw_len)
+}
+
+/// Parses an object's header: the [`PayloadRef`] to decode its stored bytes with (location
+/// fields zero) and where those bytes start. Checks only the structure; decoding checks the hash.
+pub fn decode_object_header(
+    b: &[u8],
+    hash: &[u8; 32],
+    total_len: u64,
+) -> Result<PayloadRef, String> {
+    if b.len() < OBJ_HEADER_LEN as usize || &b[..8] != OBJ_MAGIC {
+        return Err("not a btm payload object (bad magic)".into());
+    }
+    let codec = match b[8] {
+        0 => Codec::Raw,
+        1 => Codec::Zstd,
+        c => return Err(format!("unknown codec {c}")),
+    };
+    let raw_len = u64::from_le_bytes(b[9..17].try_into().unwrap());
+    if raw_len == 0 || raw_len > 64 << 20 {
+        return Err(format!("raw length {raw_len} out of range"));
+    }
+    let stored_len = total_len - OBJ_HEADER_LEN;
+    if stored_len < table_len(raw_len) {
+        return Err("object shorter than its block table".into());
+    }
+    Ok(PayloadRef {
+        seg: 0,
+        offset: 0,
+        stored_len,
+        raw_len,
+        codec,
+        hash: *hash,
+    })
+}
+
+/// A record object: one record of a log's chain with its metadata block, linked to the record
+/// object before it. Named by its own blake3.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordObj {
+    pub height: u64,
+    pub time_unix_ms: u64,
+    /// Key of the previous record object (zeros for the first).
+    pub prev: [u8; 32],
+    /// The source log's record hash (informational).
+    pub source_hash: [u8; 32],
+    /// The metadata block, in the log's format (docs/FORMAT.md).
+    pub meta: Vec<u8>,
+}
+
+impl RecordObj {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(REC_HEADER_LEN + self.meta.len());
+        b.extend_from_slice(REC_MAGIC);
+        b.extend_from_slice(&REC_VERSION.to_le_bytes());
+        b.extend_from_slice(&[0u8; 6]);
+        b.extend_from_slice(&self.height.to_le_bytes());
+        b.extend_from_slice(&self.time_unix_ms.to_le_bytes());
+        b.extend_from_slice(&self.prev);
+        b.extend_from_slice(&self.source_hash);
+        b.extend_from_slice(&(self.meta.len() as u64).to_le_bytes());
+        b.extend_from_slice(&self.meta);
+        b
+    }
+
+    /// The object's name: blake3 of its bytes.
+    pub fn key(encoded: &[u8]) -> [u8; 32] {
+        *blake3::hash(encoded).as_bytes()
+    }
+
+    /// Decodes and checks a downloaded record object against the key it was fetched by.
+    pub fn decode(b: &[u8], key: &[u8; 32]) -> Result<RecordObj, String> {
+        if RecordObj::key(b) != *key {
+            return Err("blake3 of the record object does not match its name".into());
+        }
+        if b.len() < REC_HEADER_LEN || &b[..8] != REC_MAGIC {
+            return Err("not a btm record object (bad magic)".into());
+        }
+        let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+        let version = u16::from_le_bytes([b[8], b[9]]);
+        if version != REC_VERSION {
+            return Err(format!(
+                "record object version {version}; this btm reads {REC_VERSION}: use a newer btm"
+            ));
+        }
+        let meta_len = u64_at(96);
+        if meta_len != (b.len() - REC_HEADER_LEN) as u64 {
+            return Err("record object length does not match its metadata length".into());
+        }
+        Ok(RecordObj {
+            height: u64_at(16),
+            time_unix_ms: u64_at(24),
+            prev: b[32..64].try_into().unwrap(),
+            source_hash: b[64..96].try_into().unwrap(),
+            meta: b[REC_HEADER_LEN..].to_vec(),
+        })
+    }
+}
+
+/// A kept height of a volume: which record object holds it, plus the user's tag and metadata.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pointer {
+    pub format: u32,
+    pub height: u64,
+    /// Hex key of the record object.
+    pub record: String,
+    pub time_unix_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<serde_json::Value>,
+    pub pushed_unix_ms: u64,
+}
+
+/// `volumes/<name>/owner`: the identity of the log that pushes under this name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Owner {
+    pub log_id: String,
+    pub host: String,
+    pub created_unix_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_objects_roundtrip_and_reject_tampering() {
+        let r = RecordObj {
+            height: 42,
+            time_unix_ms: 7,
+            prev: [1; 32],
+            source_hash: [2; 32],
+            meta: vec![0, 0, 0, 0, 0, 0, 0, 0],
+        };
+        let b = r.encode();
+        let k = RecordObj::key(&b);
+        assert_eq!(RecordObj::decode(&b, &k).unwrap(), r);
+        let mut bad = b.clone();
+        bad[20] ^= 1;
+        assert!(RecordObj::decode(&bad, &k).unwrap_err().contains("blake3"));
+        assert!(RecordObj::decode(&b[..50], &RecordObj::key(&b[..50])).is_err());
+    }
+
+    #[test]
+    fn pointer_names_roundtrip() {
+        let p = pointer_path("node-1", 1234, &[0xab; 32]);
+        let file = p.filename().unwrap();
+        assert_eq!(parse_pointer_name(file), Some((1234, [0xab; 32])));
+        assert_eq!(parse_pointer_name("123-ab.json"), None);
+        assert!(check_volume_name("node-1.data_2").is_ok());
+        for bad in ["", "a/b", "..", ".x", "a b"] {
+            assert!(check_volume_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn object_headers_are_checked() {
+        let p = PayloadRef {
+            seg: 3,
+            offset: 9,
+            stored_len: 16 + 5,
+            raw_len: 5,
+            codec: Codec::Raw,
+            hash: [7; 32],
+        };
+        let o = encode_object(&p, &[0u8; 21]);
+        let got = decode_object_header(&o, &[7; 32], o.len() as u64).unwrap();
+        assert_eq!(
+            (got.raw_len, got.stored_len, got.codec),
+            (5, 21, Codec::Raw)
+        );
+        assert!(decode_object_header(&o[..10], &[7; 32], 10).is_err());
+        let mut bad = o.clone();
+        bad[8] = 9;
+        assert!(decode_object_header(&bad, &[7; 32], o.len() as u64).is_err());
+    }
+}

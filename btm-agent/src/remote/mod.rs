@@ -1,0 +1,400 @@
+//! Offsite copies: the log replicated to object storage (`s3://`, `gs://`, `az://`, `file://`)
+//! and restored from it.
+//!
+//! The layout is specified in docs/FORMAT.md ("Remote layout"): content-addressed payload and
+//! record objects shared by every volume under one URL, and per volume one small pointer per kept
+//! height carrying a tag and user metadata. `push` uploads what the remote lacks, in an order
+//! that leaves the remote consistent after any interruption (objects, then the record that uses
+//! them, then its pointer); `restore` walks a pointer's chain back, checks every object against
+//! its name, folds the metadata and replays with the local replayer, reading only payloads
+//! whose bytes differ in the target. `prune` deletes what no pointer reaches.
+//!
+//! All storage access goes through the `object_store` crate (one maintained client for the
+//! four schemes); credentials come from its usual environment variables (`AWS_*`,
+//! `GOOGLE_*`, `AZURE_*`) and, for S3, `~/.aws/credentials` when the variables are absent.
+
+pub mod layout;
+mod prune;
+mod push;
+mod restore;
+mod ship;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+
+pub use prune::{PruneReport, prune};
+pub use push::{PushOptions, PushReport, push};
+pub use restore::{RemoteHeight, RemoteReplay, list_heights, list_volumes, replay, resolve_volume};
+pub use ship::Shipper;
+
+/// An open offsite location: the store, the URL's path as prefix, and a runtime to drive the
+/// async client from our synchronous code.
+pub struct Remote {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    rt: tokio::runtime::Runtime,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Optional local cache of downloaded immutable objects (records and payloads).
+    cache: Option<PathBuf>,
+}
+
+fn retry_config() -> RetryConfig {
+    // BTM_REMOTE_RETRY_SECS bounds how long one request is retried (object_store's default is
+    // 3 minutes): tests and interactive use want failures fast.
+    let secs = std::env::var("BTM_REMOTE_RETRY_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(180u64);
+    RetryConfig {
+        max_retries: if secs == 0 { 0 } else { 10 },
+        retry_timeout: Duration::from_secs(secs),
+        ..Default::default()
+    }
+}
+
+/// `~/.aws/credentials` (or `AWS_SHARED_CREDENTIALS_FILE`), profile `AWS_PROFILE` or default:
+/// the usual file the AWS tools read, used when the environment names no keys.
+fn aws_shared_credentials() -> Option<(String, String, Option<String>)> {
+    let path = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".aws/credentials")))?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+    let (mut id, mut secret, mut token, mut inside) = (None, None, None, false);
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = name.trim() == profile;
+        } else if inside && let Some((k, v)) = line.split_once('=') {
+            let v = v.trim().to_string();
+            match k.trim() {
+                "aws_access_key_id" => id = Some(v),
+                "aws_secret_access_key" => secret = Some(v),
+                "aws_session_token" => token = Some(v),
+                _ => {}
+            }
+        }
+    }
+    Some((id?, secret?, token))
+}
+
+impl Remote {
+    /// Opens `url`. Nothing is contacted yet.
+    pub fn open(url: &str) -> Result<Remote> {
+        let parsed = url::Url::parse(url).with_context(|| {
+            format!(
+                "--remote {url:?} is not a URL: use s3://BUCKET/PREFIX, gs://, az:// or file:///DIR"
+            )
+        })?;
+        let prefix = parsed.path().trim_matches('/').to_string();
+        let store: Arc<dyn ObjectStore> = match parsed.scheme() {
+            "s3" | "s3a" => {
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(url)
+                    .with_retry(retry_config());
+                if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
+                    && let Some((id, secret, token)) = aws_shared_credentials()
+                {
+                    b = b.with_access_key_id(id).with_secret_access_key(secret);
+                    if let Some(t) = token {
+                        b = b.with_token(t);
+                    }
+                }
+                if let Ok(ep) = std::env::var("AWS_ENDPOINT_URL")
+                    && ep.starts_with("http://")
+                {
+                    b = b.with_endpoint(ep).with_allow_http(true);
+                }
+                Arc::new(b.build().with_context(|| format!("opening {url}"))?)
+            }
+            "gs" => Arc::new(
+                object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_url(url)
+                    .with_retry(retry_config())
+                    .build()
+                    .with_context(|| format!("opening {url}"))?,
+            ),
+            "az" | "azure" | "abfs" | "abfss" => Arc::new(
+                object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_url(url)
+                    .with_retry(retry_config())
+                    .build()
+                    .with_context(|| format!("opening {url}"))?,
+            ),
+            "file" => {
+                let dir = PathBuf::from(parsed.path());
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                return Ok(Remote::with_store(
+                    url,
+                    Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&dir)?),
+                ));
+            }
+            other => bail!(
+                "unsupported remote scheme {other:?} in {url}: use s3://, gs://, az:// or file://"
+            ),
+        };
+        let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            store
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(
+                store,
+                ObjPath::from(prefix),
+            ))
+        };
+        Ok(Remote::with_store(url, store))
+    }
+
+    fn with_store(url: &str, store: Arc<dyn ObjectStore>) -> Remote {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        Remote {
+            url: url.to_string(),
+            store,
+            rt,
+            concurrency: 16,
+            cache: None,
+        }
+    }
+
+    /// Keeps downloaded records and payloads in `dir` (checked again on every use).
+    pub fn with_cache(mut self, dir: Option<PathBuf>) -> Remote {
+        self.cache = dir;
+        self
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn ctx(&self, what: &str, p: &ObjPath) -> String {
+        format!("{what} {p} on {}", self.url)
+    }
+
+    /// Whether `p` exists.
+    pub(crate) fn exists(&self, p: &ObjPath) -> Result<bool> {
+        self.rt
+            .block_on(exists(&*self.store, p))
+            .with_context(|| self.ctx("checking", p))
+    }
+
+    /// Which of `paths` exist (asked `concurrency` at a time).
+    pub(crate) fn exist_many(&self, paths: &[ObjPath]) -> Result<Vec<bool>> {
+        let store = &*self.store;
+        self.rt.block_on(async {
+            futures::stream::iter(paths.iter().map(|p| async move {
+                exists(store, p)
+                    .await
+                    .with_context(|| format!("checking {p} on {}", self.url))
+            }))
+            .buffered(self.concurrency)
+            .try_collect()
+            .await
+        })
+    }
+
+    pub(crate) fn put(&self, p: &ObjPath, bytes: Vec<u8>) -> Result<()> {
+        self.rt
+            .block_on(self.store.put(p, PutPayload::from(bytes)))
+            .map(|_| ())
+            .with_context(|| self.ctx("uploading", p))
+    }
+
+    /// Uploads every `(path, bytes)`, `concurrency` at a time; `done(bytes)` after each.
+    pub(crate) fn put_many(
+        &self,
+        items: Vec<(ObjPath, Vec<u8>)>,
+        done: &(dyn Fn(u64) + Sync),
+    ) -> Result<()> {
+        let store = &*self.store;
+        self.rt.block_on(async {
+            futures::stream::iter(items.into_iter().map(|(p, b)| async move {
+                let n = b.len() as u64;
+                store
+                    .put(&p, PutPayload::from(b))
+                    .await
+                    .with_context(|| format!("uploading {p} to {}", self.url))?;
+                done(n);
+                Ok::<_, anyhow::Error>(())
+            }))
+            .buffer_unordered(self.concurrency)
+            .try_collect::<Vec<()>>()
+            .await
+        })?;
+        Ok(())
+    }
+
+    /// The object's bytes, or `None` when it does not exist.
+    pub(crate) fn get_opt(&self, p: &ObjPath) -> Result<Option<Bytes>> {
+        self.rt
+            .block_on(async {
+                match self.store.get(p).await {
+                    Ok(r) => r.bytes().await.map(Some),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .with_context(|| self.ctx("downloading", p))
+    }
+
+    pub(crate) fn get(&self, p: &ObjPath) -> Result<Bytes> {
+        self.get_opt(p)?.ok_or_else(|| {
+            anyhow!(
+                "{} is missing: the offsite copy is incomplete or was pruned too eagerly; run \
+                 `btm-agent push` from the source log again",
+                self.ctx("object", p)
+            )
+        })
+    }
+
+    /// Several objects at once, in order.
+    pub(crate) fn get_many(&self, paths: &[ObjPath]) -> Result<Vec<Bytes>> {
+        let cached = paths.iter().map(|p| self.cache_get(p)).collect::<Vec<_>>();
+        let store = &*self.store;
+        let got: Vec<Bytes> = self.rt.block_on(async {
+            futures::stream::iter(paths.iter().zip(cached).map(|(p, c)| async move {
+                if let Some(b) = c {
+                    return Ok(b);
+                }
+                let r = store
+                    .get(p)
+                    .await
+                    .with_context(|| format!("downloading {p} from {}", self.url))?;
+                r.bytes()
+                    .await
+                    .with_context(|| format!("downloading {p} from {}", self.url))
+            }))
+            .buffered(self.concurrency)
+            .try_collect()
+            .await
+        })?;
+        Ok(got)
+    }
+
+    pub(crate) fn get_range(&self, p: &ObjPath, r: std::ops::Range<u64>) -> Result<Bytes> {
+        self.rt
+            .block_on(self.store.get_range(p, r))
+            .with_context(|| self.ctx("downloading part of", p))
+    }
+
+    /// Every object under `prefix`: (path, size, last modified).
+    pub(crate) fn list(
+        &self,
+        prefix: &ObjPath,
+    ) -> Result<Vec<(ObjPath, u64, chrono::DateTime<chrono::Utc>)>> {
+        self.rt
+            .block_on(
+                self.store
+                    .list(Some(prefix))
+                    .map_ok(|m| (m.location, m.size, m.last_modified))
+                    .try_collect(),
+            )
+            .with_context(|| self.ctx("listing", prefix))
+    }
+
+    /// The immediate "directories" under `prefix`.
+    pub(crate) fn list_dirs(&self, prefix: &ObjPath) -> Result<Vec<ObjPath>> {
+        self.rt
+            .block_on(self.store.list_with_delimiter(Some(prefix)))
+            .map(|r| r.common_prefixes)
+            .with_context(|| self.ctx("listing", prefix))
+    }
+
+    pub(crate) fn delete_many(&self, paths: Vec<ObjPath>) -> Result<()> {
+        let store = &*self.store;
+        self.rt.block_on(async {
+            futures::stream::iter(paths.into_iter().map(|p| async move {
+                match store.delete(&p).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => {
+                        Err(anyhow::Error::new(e)
+                            .context(format!("deleting {p} from {}", self.url)))
+                    }
+                }
+            }))
+            .buffer_unordered(self.concurrency)
+            .try_collect::<Vec<()>>()
+            .await
+        })?;
+        Ok(())
+    }
+
+    fn cache_file(&self, p: &ObjPath) -> Option<PathBuf> {
+        self.cache.as_ref().map(|c| c.join(p.as_ref()))
+    }
+
+    /// A cached copy of an immutable object (the caller checks it like a download).
+    pub(crate) fn cache_get(&self, p: &ObjPath) -> Option<Bytes> {
+        std::fs::read(self.cache_file(p)?).ok().map(Bytes::from)
+    }
+
+    /// Keeps a checked immutable object in the cache (best effort: a full cache disk only
+    /// costs downloads).
+    pub(crate) fn cache_put(&self, p: &ObjPath, bytes: &[u8]) {
+        let Some(f) = self.cache_file(p) else { return };
+        let tmp = f.with_extension("tmp");
+        let ok = f
+            .parent()
+            .map(std::fs::create_dir_all)
+            .transpose()
+            .and_then(|_| std::fs::write(&tmp, bytes))
+            .and_then(|_| std::fs::rename(&tmp, &f));
+        if let Err(e) = ok {
+            tracing::debug!("not caching {p}: {e}");
+        }
+    }
+}
+
+async fn exists(store: &dyn ObjectStore, p: &ObjPath) -> object_store::Result<bool> {
+    match store.head(p).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "host".into())
+}
+
+/// The default volume name for a log: `<hostname>-<log dir name>`.
+pub fn default_volume_name(log_dir: &std::path::Path) -> String {
+    let base = log_dir
+        .canonicalize()
+        .unwrap_or_else(|_| log_dir.to_path_buf())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "log".into());
+    let raw = format!("{}-{base}", hostname());
+    raw.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect::<String>()
+        .trim_start_matches('.')
+        .to_string()
+}

@@ -1,0 +1,109 @@
+//! Prune: delete record and payload objects that no pointer of any volume reaches any more
+//! (after retention removed heights and compaction rewrote the records after them).
+//!
+//! Mark and sweep, like restic's prune: walk every pointer's chain (records shared by several
+//! chains are read once), collect the payloads their metadata names, then delete unreached
+//! objects older than a grace period. The grace period protects objects a concurrent push has
+//! uploaded but not yet linked; run prune while no push reuses long-unreferenced data (in
+//! practice: it is always safe when pushes of the same data are not running).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use object_store::path::Path as ObjPath;
+
+use super::Remote;
+use super::layout::{self, RecordObj};
+use crate::log::{Meta, MetaExtent};
+
+/// What a prune found and did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PruneReport {
+    pub volumes: u64,
+    pub pointers: u64,
+    pub records_kept: u64,
+    pub records_deleted: u64,
+    pub objects_kept: u64,
+    pub objects_deleted: u64,
+    pub bytes_freed: u64,
+    /// Unreached objects younger than the grace period, left alone.
+    pub recent_left: u64,
+    pub dry_run: bool,
+}
+
+pub fn prune(remote: &Remote, grace: Duration, dry_run: bool) -> Result<PruneReport> {
+    let mut rep = PruneReport {
+        dry_run,
+        ..Default::default()
+    };
+    let mut records: HashSet<[u8; 32]> = HashSet::new();
+    let mut objects: HashSet<[u8; 32]> = HashSet::new();
+    for vol in super::list_volumes(remote)? {
+        rep.volumes += 1;
+        for (p, _, _) in remote.list(&layout::heights_dir(&vol))? {
+            let Some((_, key)) = p.filename().and_then(layout::parse_pointer_name) else {
+                continue;
+            };
+            rep.pointers += 1;
+            let mut next = key;
+            while next != [0u8; 32] && records.insert(next) {
+                let b = remote.get(&layout::record_path(&next))?;
+                let rec = RecordObj::decode(&b, &next).map_err(|why| {
+                    anyhow!(
+                        "record {} is damaged ({why}); nothing was deleted: push again from the \
+                         source log, then prune",
+                        hex(&next)
+                    )
+                })?;
+                let meta = Meta::decode(&rec.meta)
+                    .map_err(|e| anyhow!("metadata of height {}: {e:?}", rec.height))?;
+                for x in &meta.extents {
+                    if let MetaExtent::Data { payload, .. } = x {
+                        objects.insert(payload.hash);
+                    }
+                }
+                next = rec.prev;
+            }
+        }
+    }
+    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(grace)?;
+    let mut doomed = Vec::new();
+    for (dir, marked, kept, deleted) in [
+        (
+            "records",
+            &records,
+            &mut rep.records_kept,
+            &mut rep.records_deleted,
+        ),
+        (
+            "objects",
+            &objects,
+            &mut rep.objects_kept,
+            &mut rep.objects_deleted,
+        ),
+    ] {
+        for (p, size, modified) in remote.list(&ObjPath::from(dir))? {
+            let Some(key) = p.filename().and_then(layout::parse_hex32) else {
+                continue;
+            };
+            if marked.contains(&key) {
+                *kept += 1;
+            } else if modified > cutoff {
+                rep.recent_left += 1;
+            } else {
+                *deleted += 1;
+                rep.bytes_freed += size;
+                doomed.push(p);
+            }
+        }
+    }
+    if !dry_run {
+        remote.delete_many(doomed)?;
+    }
+    Ok(rep)
+}
+
+fn hex(k: &[u8; 32]) -> String {
+    crate::log::hex(k)
+}

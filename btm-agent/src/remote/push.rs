@@ -1,0 +1,309 @@
+//! Push: make the remote hold every record of a local log and a pointer for each kept height.
+//!
+//! Order is what keeps the remote consistent after any interruption: a record's payload
+//! objects go up before the record object, records go up in chain order, and a height's pointer
+//! only after its record. So an existing record object implies its whole chain and all its
+//! payloads exist, and `push` resumes by finding (binary search) the first record the remote
+//! lacks. Pointers of heights retention removed locally are deleted last.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use object_store::path::Path as ObjPath;
+
+use super::layout::{self, Owner, Pointer, RecordObj};
+use super::{Remote, hostname, now_ms};
+use crate::log::{Log, hex};
+
+/// What to push under which name.
+#[derive(Clone, Debug, Default)]
+pub struct PushOptions {
+    /// Volume name on the remote (`volumes/<name>/`).
+    pub name: String,
+    /// Tag for heights this push publishes (like pitreos `-t`).
+    pub tag: Option<String>,
+    /// User JSON metadata for heights this push publishes (like pitreos `-m`).
+    pub meta: Option<serde_json::Value>,
+    /// Show a progress bar on stderr when it is a terminal.
+    pub progress: bool,
+}
+
+/// What a push did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PushReport {
+    pub records_uploaded: u64,
+    /// Records the remote already had (found by the resume search).
+    pub records_present: u64,
+    pub objects_uploaded: u64,
+    /// Payloads the remote already had (from an earlier push, height or volume).
+    pub objects_present: u64,
+    pub bytes_uploaded: u64,
+    pub pointers_written: u64,
+    pub pointers_removed: u64,
+    pub newest_height: Option<u64>,
+}
+
+/// Upload batches hold at most this many stored bytes in memory.
+const BATCH_BYTES: u64 = 64 << 20;
+
+/// The log's identity for `volumes/<name>/owner`, kept in `LOGDIR/remote-id` (created once).
+fn log_id(dir: &Path) -> Result<String> {
+    let f = dir.join("remote-id");
+    if let Ok(s) = std::fs::read_to_string(&f)
+        && !s.trim().is_empty()
+    {
+        return Ok(s.trim().to_string());
+    }
+    let mut seed = Vec::new();
+    seed.extend_from_slice(&now_ms().to_le_bytes());
+    seed.extend_from_slice(&std::process::id().to_le_bytes());
+    seed.extend_from_slice(hostname().as_bytes());
+    seed.extend_from_slice(dir.as_os_str().as_encoded_bytes());
+    if let Ok(r) = std::fs::read("/proc/sys/kernel/random/uuid") {
+        seed.extend_from_slice(&r);
+    }
+    let id = hex(&blake3::hash(&seed).as_bytes()[..16]);
+    std::fs::write(&f, format!("{id}\n"))
+        .with_context(|| format!("writing {} (the log's offsite identity)", f.display()))?;
+    Ok(id)
+}
+
+/// Claims `volumes/<name>` for this log, or refuses when another log owns it.
+fn check_owner(log: &Log, remote: &Remote, name: &str) -> Result<()> {
+    let id = log_id(log.dir())?;
+    let p = layout::owner_path(name);
+    match remote.get_opt(&p)? {
+        Some(b) => {
+            let o: Owner = serde_json::from_slice(&b)
+                .with_context(|| format!("{p} on {} is not a btm owner record", remote.url()))?;
+            if o.log_id != id {
+                bail!(
+                    "volume name {name:?} on {} belongs to another log (log id {}, host {}); \
+                     this log is {id}: pick another --remote-name, or delete {p} if that log is \
+                     gone for good",
+                    remote.url(),
+                    o.log_id,
+                    o.host
+                );
+            }
+        }
+        None => {
+            let o = Owner {
+                log_id: id,
+                host: hostname(),
+                created_unix_ms: now_ms(),
+            };
+            remote.put(&p, serde_json::to_vec_pretty(&o)?)?;
+        }
+    }
+    Ok(())
+}
+
+struct Planned {
+    key: [u8; 32],
+    height: u64,
+    time_unix_ms: u64,
+    dropped: bool,
+}
+
+/// Pushes `log` to `remote` under `o.name`. Safe to interrupt and run again; concurrent pushes
+/// of the same log only repeat work.
+pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
+    layout::check_volume_name(&o.name).map_err(anyhow::Error::msg)?;
+    check_owner(log, remote, &o.name)?;
+    let mut rep = PushReport::default();
+    // Every record's remote key; the chain of keys mirrors the log's hash chain.
+    let n = log.record_count();
+    let mut plan = Vec::with_capacity(n);
+    let mut prev = [0u8; 32];
+    for i in 0..n {
+        let v = log.record_view(i)?;
+        let key = RecordObj::key(
+            &RecordObj {
+                height: v.height,
+                time_unix_ms: v.time_unix_ms,
+                prev,
+                source_hash: v.hash,
+                meta: v.meta_bytes,
+            }
+            .encode(),
+        );
+        plan.push(Planned {
+            key,
+            height: v.height,
+            time_unix_ms: v.time_unix_ms,
+            dropped: v.dropped,
+        });
+        prev = key;
+    }
+    // Records exist as a prefix of the chain: find its end.
+    let (mut lo, mut hi) = (0usize, n);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if remote.exists(&layout::record_path(&plan[mid].key))? {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    let start = lo;
+    rep.records_present = start as u64;
+    let bar = progress_bar(o.progress, (n - start) as u64, &o.name);
+    let uploaded = AtomicU64::new(0);
+    let mut known: HashSet<[u8; 32]> = HashSet::new();
+    let mut prev = if start > 0 {
+        plan[start - 1].key
+    } else {
+        [0u8; 32]
+    };
+    for (i, p) in plan.iter().enumerate().skip(start) {
+        let v = log.record_view(i)?;
+        // Payload objects first, in batches: ask which exist, upload the rest.
+        let own: Vec<_> = v.own.iter().filter(|x| known.insert(x.hash)).collect();
+        for batch in batches(&own, |x| x.stored_len, BATCH_BYTES) {
+            let paths: Vec<ObjPath> = batch.iter().map(|x| layout::object_path(&x.hash)).collect();
+            let there = remote.exist_many(&paths)?;
+            let mut items = Vec::new();
+            for ((x, path), there) in batch.iter().zip(paths).zip(there) {
+                if there {
+                    rep.objects_present += 1;
+                    continue;
+                }
+                let stored = log.read_stored(x)?;
+                items.push((path, layout::encode_object(x, &stored)));
+                rep.objects_uploaded += 1;
+            }
+            remote.put_many(items, &|b| {
+                let t = uploaded.fetch_add(b, Ordering::Relaxed) + b;
+                bar.set_message(format!("{} uploaded", indicatif::HumanBytes(t)));
+            })?;
+        }
+        let obj = RecordObj {
+            height: v.height,
+            time_unix_ms: v.time_unix_ms,
+            prev,
+            source_hash: v.hash,
+            meta: v.meta_bytes,
+        }
+        .encode();
+        debug_assert_eq!(RecordObj::key(&obj), p.key);
+        uploaded.fetch_add(obj.len() as u64, Ordering::Relaxed);
+        remote.put(&layout::record_path(&p.key), obj)?;
+        rep.records_uploaded += 1;
+        prev = p.key;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    rep.bytes_uploaded = uploaded.load(Ordering::Relaxed);
+    publish(remote, o, &plan, &mut rep)?;
+    rep.newest_height = plan.last().map(|p| p.height);
+    Ok(rep)
+}
+
+/// Writes a pointer for every kept height (and the newest record, which the log keeps
+/// reachable), then deletes pointers of heights retention removed or whose record changed.
+fn publish(remote: &Remote, o: &PushOptions, plan: &[Planned], rep: &mut PushReport) -> Result<()> {
+    let existing: Vec<(u64, [u8; 32], ObjPath)> = remote
+        .list(&layout::heights_dir(&o.name))?
+        .into_iter()
+        .filter_map(|(p, _, _)| {
+            let (h, k) = layout::parse_pointer_name(p.filename()?)?;
+            Some((h, k, p))
+        })
+        .collect();
+    let have: HashSet<(u64, [u8; 32])> = existing.iter().map(|(h, k, _)| (*h, *k)).collect();
+    let by_height: HashMap<u64, &ObjPath> = existing.iter().map(|(h, _, p)| (*h, p)).collect();
+    let last = plan.len().saturating_sub(1);
+    let wanted: Vec<&Planned> = plan
+        .iter()
+        .enumerate()
+        .filter(|(i, p)| !p.dropped || *i == last)
+        .map(|(_, p)| p)
+        .collect();
+    let mut items = Vec::new();
+    for p in &wanted {
+        if have.contains(&(p.height, p.key)) {
+            continue;
+        }
+        // A height whose record changed (compaction) keeps the tag and metadata it had.
+        let old: Option<Pointer> = match by_height.get(&p.height) {
+            Some(path) => remote
+                .get_opt(path)?
+                .and_then(|b| serde_json::from_slice(&b).ok()),
+            None => None,
+        };
+        let ptr = Pointer {
+            format: layout::POINTER_FORMAT,
+            height: p.height,
+            record: hex(&p.key),
+            time_unix_ms: p.time_unix_ms,
+            tag: old.as_ref().map_or(o.tag.clone(), |x| x.tag.clone()),
+            meta: old.as_ref().map_or(o.meta.clone(), |x| x.meta.clone()),
+            pushed_unix_ms: now_ms(),
+        };
+        items.push((
+            layout::pointer_path(&o.name, p.height, &p.key),
+            serde_json::to_vec_pretty(&ptr)?,
+        ));
+    }
+    rep.pointers_written = items.len() as u64;
+    remote.put_many(items, &|_| {})?;
+    let keep: HashSet<(u64, [u8; 32])> = wanted.iter().map(|p| (p.height, p.key)).collect();
+    let stale: Vec<ObjPath> = existing
+        .into_iter()
+        .filter(|(h, k, _)| !keep.contains(&(*h, *k)))
+        .map(|(_, _, p)| p)
+        .collect();
+    rep.pointers_removed = stale.len() as u64;
+    remote.delete_many(stale)?;
+    Ok(())
+}
+
+/// Splits `items` into runs whose `size` sums stay under `max` (a single larger item is a run).
+fn batches<T>(items: &[T], size: impl Fn(&T) -> u64, max: u64) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let (mut start, mut sum) = (0, 0);
+    for (i, x) in items.iter().enumerate() {
+        let s = size(x);
+        if i > start && sum + s > max {
+            out.push(&items[start..i]);
+            (start, sum) = (i, 0);
+        }
+        sum += s;
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
+}
+
+fn progress_bar(show: bool, len: u64, name: &str) -> ProgressBar {
+    use std::io::IsTerminal;
+    if !show || !std::io::stderr().is_terminal() || len == 0 {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    if let Ok(st) = ProgressStyle::with_template(
+        "push {prefix} [{bar:30}] {pos}/{len} records, {msg} eta {eta}",
+    ) {
+        pb.set_style(st.progress_chars("=> "));
+    }
+    pb.set_prefix(name.to_string());
+    pb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batches;
+
+    #[test]
+    fn batches_respect_the_byte_budget() {
+        let xs = [5u64, 5, 5, 20, 1, 1];
+        let b = batches(&xs, |x| *x, 10);
+        assert_eq!(b, vec![&xs[0..2], &xs[2..3], &xs[3..4], &xs[4..6]]);
+        assert!(batches(&[] as &[u64], |x| *x, 10).is_empty());
+    }
+}

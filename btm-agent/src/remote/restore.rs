@@ -1,0 +1,283 @@
+//! Restore from an offsite copy: list volumes and heights, and replay a height into a directory
+//! with the local replayer, downloading only payloads whose bytes differ there.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use object_store::path::Path as ObjPath;
+
+use super::Remote;
+use super::layout::{self, Pointer, RecordObj};
+use crate::log::{
+    LogError, Meta, PayloadRef, PayloadSource, ReplayOptions, ReplayStats, TreeState,
+    decode_payload, hex, resolve_height,
+};
+
+/// A height as the remote lists it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RemoteHeight {
+    pub height: u64,
+    pub record: String,
+    pub time_unix_ms: u64,
+    pub tag: Option<String>,
+    pub meta: Option<serde_json::Value>,
+}
+
+/// Volume names under the remote.
+pub fn list_volumes(remote: &Remote) -> Result<Vec<String>> {
+    let mut v: Vec<String> = remote
+        .list_dirs(&ObjPath::from("volumes"))?
+        .into_iter()
+        .filter_map(|p| p.filename().map(str::to_string))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// `name` if given, else the only volume on the remote.
+pub fn resolve_volume(remote: &Remote, name: Option<&str>) -> Result<String> {
+    if let Some(n) = name {
+        layout::check_volume_name(n).map_err(anyhow::Error::msg)?;
+        return Ok(n.to_string());
+    }
+    let vs = list_volumes(remote)?;
+    match vs.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!(
+            "{} holds no volumes: push one first (`btm-agent push --log LOGDIR --remote URL`)",
+            remote.url()
+        ),
+        _ => bail!(
+            "{} holds several volumes ({}): say which with --remote-name",
+            remote.url(),
+            vs.join(", ")
+        ),
+    }
+}
+
+/// The pointers of a volume (one per kept height), read `concurrency` at a time, optionally
+/// only those tagged `tag`. Ascending by height.
+pub fn list_heights(remote: &Remote, name: &str, tag: Option<&str>) -> Result<Vec<RemoteHeight>> {
+    let mut names: Vec<(u64, [u8; 32], ObjPath)> = remote
+        .list(&layout::heights_dir(name))?
+        .into_iter()
+        .filter_map(|(p, _, _)| {
+            let (h, k) = layout::parse_pointer_name(p.filename()?)?;
+            Some((h, k, p))
+        })
+        .collect();
+    names.sort_by_key(|(h, _, _)| *h);
+    // Two pointers for one height (a push replacing a compacted record was interrupted) name
+    // the same tree; keep the newer listing entry.
+    names.dedup_by_key(|(h, _, _)| *h);
+    let paths: Vec<ObjPath> = names.iter().map(|(_, _, p)| p.clone()).collect();
+    let bodies = remote.get_many(&paths)?;
+    let mut out = Vec::new();
+    for ((h, k, p), b) in names.into_iter().zip(bodies) {
+        let ptr: Pointer = serde_json::from_slice(&b)
+            .with_context(|| format!("{p} on {} is not a btm height pointer", remote.url()))?;
+        if ptr.height != h || layout::parse_hex32(&ptr.record) != Some(k) {
+            bail!(
+                "{p} on {} does not match its name (height {}, record {}): the remote is damaged",
+                remote.url(),
+                ptr.height,
+                ptr.record
+            );
+        }
+        if tag.is_some_and(|t| ptr.tag.as_deref() != Some(t)) {
+            continue;
+        }
+        out.push(RemoteHeight {
+            height: h,
+            record: ptr.record,
+            time_unix_ms: ptr.time_unix_ms,
+            tag: ptr.tag,
+            meta: ptr.meta,
+        });
+    }
+    Ok(out)
+}
+
+/// Downloads and checks the record objects of the chain ending at `key`, oldest first.
+pub(crate) fn fetch_chain(remote: &Remote, key: [u8; 32]) -> Result<Vec<RecordObj>> {
+    let mut chain = Vec::new();
+    let mut next = key;
+    while next != [0u8; 32] {
+        let p = layout::record_path(&next);
+        let cached = remote.cache_get(&p);
+        let from_cache = cached.is_some();
+        let b = match cached {
+            Some(b) => b,
+            None => remote.get(&p)?,
+        };
+        let rec = match RecordObj::decode(&b, &next) {
+            Ok(r) => r,
+            Err(why) if !from_cache => bail!(
+                "record object {p} on {} is damaged: {why}; push again from the source log to \
+                 repair it",
+                remote.url()
+            ),
+            // A damaged cache entry: fetch it again.
+            Err(_) => {
+                let b = remote.get(&p)?;
+                RecordObj::decode(&b, &next).map_err(|why| {
+                    anyhow!("record object {p} on {} is damaged: {why}", remote.url())
+                })?
+            }
+        };
+        if !from_cache {
+            remote.cache_put(&p, &b);
+        }
+        if let Some(later) = chain.last().map(|r: &RecordObj| r.height)
+            && rec.height >= later
+        {
+            bail!(
+                "record object {p} on {} breaks the chain (height {} before {later})",
+                remote.url(),
+                rec.height
+            );
+        }
+        next = rec.prev;
+        chain.push(rec);
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
+/// The folded state at the end of `chain`.
+pub(crate) fn fold(chain: &[RecordObj]) -> Result<TreeState> {
+    let mut st = TreeState::default();
+    for r in chain {
+        let meta = Meta::decode(&r.meta)
+            .map_err(|e| anyhow!("metadata of height {} on the remote: {e:?}", r.height))?;
+        st.apply(r.height, &meta.ops, &meta.extents)?;
+    }
+    Ok(st)
+}
+
+/// Payloads from the remote, checked against their names; the last few kept in memory.
+struct RemoteSource<'a> {
+    remote: &'a Remote,
+    read: RefCell<(u64, u64)>,
+}
+
+impl RemoteSource<'_> {
+    fn fetch(&self, p: &PayloadRef) -> Result<Vec<u8>, Result<String, LogError>> {
+        let path = layout::object_path(&p.hash);
+        let cached = self.remote.cache_get(&path);
+        let from_cache = cached.is_some();
+        let b = match cached {
+            Some(b) => b,
+            None => self
+                .remote
+                .get(&path)
+                .map_err(|e| Err(LogError::Remote(format!("{e:#}"))))?,
+        };
+        let checked = layout::decode_object_header(&b, &p.hash, b.len() as u64).and_then(|r| {
+            if r.raw_len != p.raw_len {
+                return Err(format!(
+                    "holds {} raw bytes, the record says {}",
+                    r.raw_len, p.raw_len
+                ));
+            }
+            decode_payload(&r, b[layout::OBJ_HEADER_LEN as usize..].to_vec())
+        });
+        match checked {
+            Ok(raw) => {
+                let mut r = self.read.borrow_mut();
+                r.0 += 1;
+                r.1 += b.len() as u64;
+                if !from_cache {
+                    self.remote.cache_put(&path, &b);
+                }
+                Ok(raw)
+            }
+            Err(why) => Err(Ok(format!(
+                "remote object {path} on {} is damaged ({why}); push again from the source log \
+                 to repair it",
+                self.remote.url()
+            ))),
+        }
+    }
+}
+
+impl PayloadSource for RemoteSource<'_> {
+    fn load_payload(&self, p: &PayloadRef) -> Result<Vec<u8>, Result<String, LogError>> {
+        self.fetch(p)
+    }
+
+    fn load_table(&self, p: &PayloadRef) -> Result<Vec<u8>, LogError> {
+        let path = layout::object_path(&p.hash);
+        let range = layout::object_table_range(p.raw_len);
+        let b = match self.remote.cache_get(&path) {
+            Some(b) if b.len() as u64 >= range.end => {
+                b.slice(range.start as usize..range.end as usize)
+            }
+            _ => self
+                .remote
+                .get_range(&path, range.clone())
+                .map_err(|e| LogError::Remote(format!("{e:#}")))?,
+        };
+        // Unchecked here, like the local table: a wrong entry only makes replay fetch the
+        // payload, whose hash is checked.
+        Ok(b.get(layout::OBJ_HEADER_LEN as usize..)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default())
+    }
+}
+
+/// What `replay` did, with the remote's view.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RemoteReplay {
+    pub volume: String,
+    pub height: u64,
+    pub records: usize,
+    pub objects_downloaded: u64,
+    pub bytes_downloaded: u64,
+    pub replay: ReplayStats,
+}
+
+/// Materialises height `to` (or the newest at or below it unless `exact`; the latest when
+/// `None`) of volume `name` into `into`, rewriting only what differs.
+pub fn replay(
+    remote: &Remote,
+    name: &str,
+    to: Option<u64>,
+    exact: bool,
+    into: &Path,
+    opts: &ReplayOptions,
+) -> Result<RemoteReplay> {
+    let heights = list_heights(remote, name, None)?;
+    let hs: Vec<u64> = heights.iter().map(|h| h.height).collect();
+    if hs.is_empty() {
+        bail!(
+            "volume {name:?} on {} has no heights: push first (`btm-agent push`)",
+            remote.url()
+        );
+    }
+    let h = resolve_height(&hs, to, exact)?;
+    let by_height: HashMap<u64, &RemoteHeight> = heights.iter().map(|x| (x.height, x)).collect();
+    let key = layout::parse_hex32(&by_height[&h].record).expect("checked by list_heights");
+    let chain = fetch_chain(remote, key)?;
+    let state = fold(&chain)?;
+    if let Some(c) = &remote.cache {
+        crate::log::refuse_inside(c, "cache directory", into)?;
+    }
+    let src = RemoteSource {
+        remote,
+        read: RefCell::new((0, 0)),
+    };
+    let stats = crate::log::replay_state(&src, &state, h, into, opts)?;
+    let (objects, bytes) = *src.read.borrow();
+    tracing::debug!(height = h, record = %hex(&key), "replayed from the remote");
+    Ok(RemoteReplay {
+        volume: name.to_string(),
+        height: h,
+        records: chain.len(),
+        objects_downloaded: objects,
+        bytes_downloaded: bytes,
+        replay: stats,
+    })
+}

@@ -1,0 +1,124 @@
+//! Continuous offsite shipping for `run --remote`: a background thread pushes after each
+//! acknowledged height, so a slow or unreachable remote never delays a cut.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{PushOptions, Remote, push};
+use crate::log::Log;
+
+/// Handle of the shipping thread. Dropping it lets the thread finish its current push and end.
+pub struct Shipper {
+    tx: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How long to wait before retrying after a failed push.
+const RETRY: Duration = Duration::from_secs(30);
+
+impl Shipper {
+    /// Starts shipping `log_dir` to `remote`. The first push (catch-up) starts at once.
+    pub fn start(remote: Remote, log_dir: PathBuf, opts: PushOptions) -> Shipper {
+        let (tx, rx) = channel();
+        let thread = std::thread::Builder::new()
+            .name("btm-ship".into())
+            .spawn(move || ship_loop(remote, log_dir, opts, rx))
+            .expect("spawning the shipping thread");
+        let _ = tx.send(());
+        Shipper {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// The log changed (a height is durable, a rollback or compaction happened): ship it
+    /// (never blocks).
+    pub fn notify(&self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for Shipper {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn ship_loop(remote: Remote, log_dir: PathBuf, opts: PushOptions, rx: Receiver<()>) {
+    let mut pending = false;
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        let wait = match retry_at {
+            Some(t) => t.saturating_duration_since(Instant::now()),
+            None if pending => Duration::ZERO,
+            None => Duration::from_secs(3600),
+        };
+        match rx.recv_timeout(wait) {
+            Ok(_) => {
+                pending = true;
+                // Coalesce heights that arrived meanwhile into one push.
+                while rx.try_recv().is_ok() {}
+                if retry_at.is_some() {
+                    continue;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                if pending {
+                    once(&remote, &log_dir, &opts);
+                }
+                return;
+            }
+        }
+        if !pending || retry_at.is_some_and(|t| Instant::now() < t) {
+            continue;
+        }
+        if once(&remote, &log_dir, &opts) {
+            pending = false;
+            retry_at = None;
+        } else {
+            retry_at = Some(Instant::now() + RETRY);
+        }
+    }
+}
+
+/// One push; false when it should be retried later.
+fn once(remote: &Remote, log_dir: &std::path::Path, opts: &PushOptions) -> bool {
+    // A reader's shared lock: a compaction in progress makes this fail, and we retry.
+    let log = match Log::open_read(log_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("offsite push postponed: {e}");
+            return false;
+        }
+    };
+    match push(&log, remote, opts) {
+        Ok(rep) => {
+            tracing::info!(
+                remote = remote.url(),
+                height = rep.newest_height,
+                records = rep.records_uploaded,
+                objects = rep.objects_uploaded,
+                bytes = rep.bytes_uploaded,
+                "shipped offsite"
+            );
+            crate::metrics::offsite_shipped(rep.newest_height, rep.bytes_uploaded);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(
+                "offsite push to {} failed, retrying in {RETRY:?}: {e:#}",
+                remote.url()
+            );
+            crate::metrics::offsite_failed();
+            false
+        }
+    }
+}
