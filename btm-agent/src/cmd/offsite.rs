@@ -40,6 +40,7 @@ pub fn push_options(
         tag,
         meta,
         progress: true,
+        verify: false,
     }
 }
 
@@ -56,6 +57,10 @@ pub struct PushArgs {
     /// JSON metadata for the heights this push publishes (like pitreos -m).
     #[arg(short = 'm', long, value_parser = parse_meta)]
     pub meta: Option<serde_json::Value>,
+    /// Download and check every object of the chain and upload again what is missing or
+    /// damaged (a scrub; slow: reads the whole offsite copy).
+    #[arg(long)]
+    pub verify: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -70,7 +75,8 @@ pub fn push(a: PushArgs) -> Result<()> {
         .context("push needs --remote URL (s3://BUCKET/PREFIX, gs://, az:// or file:///DIR)")?;
     let remote = Remote::open(url)?;
     let log = Log::open_read(&a.log)?;
-    let opts = push_options(&a.log, a.remote.remote_name.as_deref(), a.tag, a.meta);
+    let mut opts = push_options(&a.log, a.remote.remote_name.as_deref(), a.tag, a.meta);
+    opts.verify = a.verify;
     let rep = remote::push(&log, &remote, &opts).with_context(|| {
         format!(
             "pushing {} to {url} (run push again to resume)",
@@ -82,7 +88,7 @@ pub fn push(a: PushArgs) -> Result<()> {
     } else {
         println!(
             "pushed {} to {url} as {:?}: newest height {}, {} records uploaded ({} already there), \
-             {} objects uploaded ({} already there), {} bytes, {} pointers written, {} removed",
+             {} objects uploaded ({} already there), {} bytes, {} pointers written, {} removed{}",
             a.log.display(),
             opts.name,
             rep.newest_height.map_or("none".into(), |h| h.to_string()),
@@ -92,7 +98,12 @@ pub fn push(a: PushArgs) -> Result<()> {
             rep.objects_present,
             rep.bytes_uploaded,
             rep.pointers_written,
-            rep.pointers_removed
+            rep.pointers_removed,
+            if a.verify {
+                format!(", {} damaged objects repaired", rep.repaired)
+            } else {
+                String::new()
+            }
         );
     }
     Ok(())

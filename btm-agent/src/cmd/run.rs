@@ -200,6 +200,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         args.socket_owner.as_deref(),
         args.socket_group.as_deref(),
     )?;
+    // Before any other thread starts (metrics, offsite shipping): they inherit the blocked
+    // signal mask, so SIGTERM reaches the handler instead of killing the process.
+    let stop = Arc::new(AtomicBool::new(false));
+    stop_on_signals(stop.clone(), &listener);
     let (metrics_dir, last) = match &engine {
         Engine::Log { cutter, dir, .. } => (dir.clone(), cutter.log().last_height()),
         Engine::Native(b) => (args.volume.clone(), b.list()?.last().copied()),
@@ -244,8 +248,6 @@ pub fn run(args: RunArgs) -> Result<()> {
             "agent ready"
         ),
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    stop_on_signals(stop.clone(), &listener);
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             break;

@@ -203,6 +203,30 @@ impl Remote {
         })
     }
 
+    /// For each payload object: `Some(true)` intact, `Some(false)` damaged, `None` missing
+    /// (each downloaded and decoded against its hash).
+    pub(crate) fn objects_intact(
+        &self,
+        paths: &[ObjPath],
+        hashes: &[[u8; 32]],
+    ) -> Result<Vec<Option<bool>>> {
+        let store = &*self.store;
+        self.rt.block_on(async {
+            futures::stream::iter(paths.iter().zip(hashes).map(|(p, h)| async move {
+                let b = match store.get(p).await {
+                    Ok(r) => r.bytes().await,
+                    Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                    Err(e) => Err(e),
+                }
+                .with_context(|| format!("downloading {p} from {}", self.url))?;
+                Ok::<_, anyhow::Error>(Some(object_ok(&b, h)))
+            }))
+            .buffered(self.concurrency)
+            .try_collect()
+            .await
+        })
+    }
+
     pub(crate) fn put(&self, p: &ObjPath, bytes: Vec<u8>) -> Result<()> {
         self.rt
             .block_on(self.store.put(p, PutPayload::from(bytes)))
@@ -353,6 +377,16 @@ impl Remote {
             tracing::debug!("not caching {p}: {e}");
         }
     }
+}
+
+/// Decodes a payload object and checks it against its name; the raw bytes, or why not.
+pub(crate) fn decode_object(b: &[u8], hash: &[u8; 32]) -> Result<Vec<u8>, String> {
+    let r = layout::decode_object_header(b, hash, b.len() as u64)?;
+    crate::log::decode_payload(&r, b[layout::OBJ_HEADER_LEN as usize..].to_vec())
+}
+
+fn object_ok(b: &[u8], hash: &[u8; 32]) -> bool {
+    decode_object(b, hash).is_ok()
 }
 
 async fn exists(store: &dyn ObjectStore, p: &ObjPath) -> object_store::Result<bool> {

@@ -29,6 +29,9 @@ pub struct PushOptions {
     pub meta: Option<serde_json::Value>,
     /// Show a progress bar on stderr when it is a terminal.
     pub progress: bool,
+    /// Download and check every object of the chain (not only find where to resume), and
+    /// upload again what is missing or damaged: repairs a remote after storage damage.
+    pub verify: bool,
 }
 
 /// What a push did.
@@ -43,6 +46,8 @@ pub struct PushReport {
     pub bytes_uploaded: u64,
     pub pointers_written: u64,
     pub pointers_removed: u64,
+    /// With `verify`: objects that were on the remote but damaged, uploaded again.
+    pub repaired: u64,
     pub newest_height: Option<u64>,
 }
 
@@ -149,8 +154,8 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
             hi = mid;
         }
     }
-    let start = lo;
-    rep.records_present = start as u64;
+    let start = if o.verify { 0 } else { lo };
+    rep.records_present = lo as u64;
     let bar = progress_bar(o.progress, (n - start) as u64, &o.name);
     let uploaded = AtomicU64::new(0);
     let mut known: HashSet<[u8; 32]> = HashSet::new();
@@ -165,7 +170,14 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
         let own: Vec<_> = v.own.iter().filter(|x| known.insert(x.hash)).collect();
         for batch in batches(&own, |x| x.stored_len, BATCH_BYTES) {
             let paths: Vec<ObjPath> = batch.iter().map(|x| layout::object_path(&x.hash)).collect();
-            let there = remote.exist_many(&paths)?;
+            let there = if o.verify {
+                let hashes: Vec<[u8; 32]> = batch.iter().map(|x| x.hash).collect();
+                let ok = remote.objects_intact(&paths, &hashes)?;
+                rep.repaired += ok.iter().filter(|x| **x == Some(false)).count() as u64;
+                ok.into_iter().map(|x| x == Some(true)).collect()
+            } else {
+                remote.exist_many(&paths)?
+            };
             let mut items = Vec::new();
             for ((x, path), there) in batch.iter().zip(paths).zip(there) {
                 if there {
@@ -190,9 +202,22 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
         }
         .encode();
         debug_assert_eq!(RecordObj::key(&obj), p.key);
-        uploaded.fetch_add(obj.len() as u64, Ordering::Relaxed);
-        remote.put(&layout::record_path(&p.key), obj)?;
-        rep.records_uploaded += 1;
+        let rpath = layout::record_path(&p.key);
+        let intact = i < lo
+            && match remote.get_opt(&rpath)? {
+                Some(b) => {
+                    RecordObj::decode(&b, &p.key).is_ok() || {
+                        rep.repaired += 1;
+                        false
+                    }
+                }
+                None => false,
+            };
+        if !intact {
+            uploaded.fetch_add(obj.len() as u64, Ordering::Relaxed);
+            remote.put(&rpath, obj)?;
+            rep.records_uploaded += 1;
+        }
         prev = p.key;
         bar.inc(1);
     }

@@ -11,8 +11,8 @@ use object_store::path::Path as ObjPath;
 use super::Remote;
 use super::layout::{self, Pointer, RecordObj};
 use crate::log::{
-    LogError, Meta, PayloadRef, PayloadSource, ReplayOptions, ReplayStats, TreeState,
-    decode_payload, hex, resolve_height,
+    LogError, Meta, PayloadRef, PayloadSource, ReplayOptions, ReplayStats, TreeState, hex,
+    resolve_height,
 };
 
 /// A height as the remote lists it.
@@ -115,8 +115,8 @@ pub(crate) fn fetch_chain(remote: &Remote, key: [u8; 32]) -> Result<Vec<RecordOb
         let rec = match RecordObj::decode(&b, &next) {
             Ok(r) => r,
             Err(why) if !from_cache => bail!(
-                "record object {p} on {} is damaged: {why}; push again from the source log to \
-                 repair it",
+                "record object {p} on {} is damaged: {why}; repair it with `btm-agent push \
+                 --verify` from the source log",
                 remote.url()
             ),
             // A damaged cache entry: fetch it again.
@@ -175,14 +175,15 @@ impl RemoteSource<'_> {
                 .get(&path)
                 .map_err(|e| Err(LogError::Remote(format!("{e:#}"))))?,
         };
-        let checked = layout::decode_object_header(&b, &p.hash, b.len() as u64).and_then(|r| {
-            if r.raw_len != p.raw_len {
+        let checked = super::decode_object(&b, &p.hash).and_then(|raw| {
+            if raw.len() as u64 != p.raw_len {
                 return Err(format!(
                     "holds {} raw bytes, the record says {}",
-                    r.raw_len, p.raw_len
+                    raw.len(),
+                    p.raw_len
                 ));
             }
-            decode_payload(&r, b[layout::OBJ_HEADER_LEN as usize..].to_vec())
+            Ok(raw)
         });
         match checked {
             Ok(raw) => {
@@ -195,8 +196,8 @@ impl RemoteSource<'_> {
                 Ok(raw)
             }
             Err(why) => Err(Ok(format!(
-                "remote object {path} on {} is damaged ({why}); push again from the source log \
-                 to repair it",
+                "remote object {path} on {} is damaged ({why}); repair it with `btm-agent push \
+                 --verify` from the source log",
                 self.remote.url()
             ))),
         }

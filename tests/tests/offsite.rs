@@ -1,0 +1,638 @@
+//! Offsite copies end to end: a real S3-compatible server (moto, from the project's setup) on
+//! loopback behind a proxy that can "die" mid-upload, a real agent cutting 50 heights of a
+//! loop-mounted ext4 volume, and restores compared with the tree at cut time.
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, TcpListener, TcpStream},
+    path::Path,
+    process::{Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use btm_agent::treehash::{TreeHash, hash_tree};
+use btm_tests::{LoopFs, Rng, Running, agent_bin, can_run, scratch, skip, wait_listening};
+
+const BUCKET: &str = "btm-offsite";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// moto's S3 server on loopback, stopped when dropped.
+struct Moto {
+    _proc: Running,
+    port: u16,
+}
+
+impl Moto {
+    fn start() -> Option<Moto> {
+        let ok = Command::new("python3")
+            .args(["-c", "import moto.server, boto3"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            skip(
+                "offsite",
+                "moto[server] is not installed (cargo xtask setup installs it)",
+            );
+            return None;
+        }
+        let port = free_port();
+        let proc = Running::new(
+            Command::new("python3")
+                .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
+                .arg(port.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let t0 = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t0.elapsed() < Duration::from_secs(60), "moto did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let m = Moto { _proc: proc, port };
+        m.boto(&format!("s3.create_bucket(Bucket='{BUCKET}')"));
+        Some(m)
+    }
+
+    /// Runs python with `s3` a boto3 client of this server; returns stdout.
+    fn boto(&self, code: &str) -> String {
+        let script = format!(
+            "import boto3\ns3 = boto3.client('s3', endpoint_url='http://127.0.0.1:{}', \
+             aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1')\n{code}\n",
+            self.port
+        );
+        let out = Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "boto3: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Flips one byte in the middle of an object, in place on the server.
+    fn corrupt(&self, key: &str) {
+        self.boto(&format!(
+            "b = bytearray(s3.get_object(Bucket='{BUCKET}', Key='{key}')['Body'].read())\n\
+             b[len(b) // 2] ^= 0xff\n\
+             s3.put_object(Bucket='{BUCKET}', Key='{key}', Body=bytes(b))"
+        ));
+    }
+}
+
+/// A TCP proxy in front of the server. Past `kill_after` forwarded request bytes it goes down:
+/// every open connection is cut and new ones are closed at once, as if the server died.
+struct Proxy {
+    port: u16,
+    down: Arc<AtomicBool>,
+    forwarded: Arc<AtomicU64>,
+    kill_after: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let down = Arc::new(AtomicBool::new(false));
+        let forwarded = Arc::new(AtomicU64::new(0));
+        let kill_after = Arc::new(AtomicU64::new(u64::MAX));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (d, f, k) = (down.clone(), forwarded.clone(), kill_after.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(client) = c else { continue };
+                if d.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                conns.lock().unwrap().push(client.try_clone().unwrap());
+                conns.lock().unwrap().push(server.try_clone().unwrap());
+                let pipe = |mut from: TcpStream, mut to: TcpStream, count: bool| {
+                    let (d, f, k, conns) = (d.clone(), f.clone(), k.clone(), conns.clone());
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 64 << 10];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if count
+                                && f.fetch_add(n as u64, Ordering::SeqCst) + n as u64
+                                    > k.load(Ordering::SeqCst)
+                                && !d.swap(true, Ordering::SeqCst)
+                            {
+                                for c in conns.lock().unwrap().drain(..) {
+                                    let _ = c.shutdown(Shutdown::Both);
+                                }
+                            }
+                            if d.load(Ordering::SeqCst) || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(Shutdown::Both);
+                        let _ = from.shutdown(Shutdown::Both);
+                    });
+                };
+                pipe(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    true,
+                );
+                pipe(server, client, false);
+            }
+        });
+        Proxy {
+            port,
+            down,
+            forwarded,
+            kill_after,
+        }
+    }
+
+    fn revive(&self) {
+        self.kill_after.store(u64::MAX, Ordering::SeqCst);
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+struct Cli {
+    endpoint: String,
+}
+
+impl Cli {
+    fn run(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(agent_bin())
+            .args(args)
+            .env_remove("BTM_LOG_DIR")
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            // Fail fast when the server is gone instead of retrying for minutes.
+            .env("BTM_REMOTE_RETRY_SECS", "2")
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.run(&a).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    }
+
+    fn replay(&self, remote: &str, h: u64, into: &Path) -> Result<String, String> {
+        self.run(&[
+            "replay",
+            "--remote",
+            remote,
+            "--to",
+            &h.to_string(),
+            "--exact",
+            "--into",
+            into.to_str().unwrap(),
+        ])
+    }
+}
+
+/// Objects downloaded, from `replay --remote`'s summary line.
+fn downloaded(out: &str) -> u64 {
+    let w: Vec<&str> = out.split_whitespace().collect();
+    let i = w.iter().position(|x| *x == "objects").unwrap();
+    w[i - 1].parse().unwrap()
+}
+
+/// One height of a chain node's life: blocks appended, state pages rewritten, old ldb files
+/// replaced by new ones. Returns the content of the new ldb file, if one was written.
+fn mutate(vol: &Path, h: u64, rng: &mut Rng) -> Option<Vec<u8>> {
+    std::fs::create_dir_all(vol.join("blocks")).unwrap();
+    std::fs::create_dir_all(vol.join("ldb")).unwrap();
+    let mut blk = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(vol.join(format!("blocks/blk{:05}.dat", h / 10)))
+        .unwrap();
+    blk.write_all(&rng.bytes(150_000)).unwrap();
+    let state = vol.join("chainstate");
+    if h == 1 {
+        std::fs::write(&state, rng.bytes(1 << 20)).unwrap();
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&state)
+        .unwrap();
+    for _ in 0..8 {
+        let page = rng.below(256);
+        std::os::unix::fs::FileExt::write_all_at(&f, &rng.bytes(4096), page * 4096).unwrap();
+    }
+    if h % 7 == 0 || h == 50 {
+        if h > 7 {
+            let _ = std::fs::remove_file(vol.join(format!("ldb/{:06}.ldb", h.saturating_sub(7))));
+        }
+        let data = rng.bytes(300_000);
+        std::fs::write(vol.join(format!("ldb/{h:06}.ldb")), &data).unwrap();
+        return Some(data);
+    }
+    None
+}
+
+fn snapshot(sock: &str, h: u64) {
+    let out = Command::new(agent_bin())
+        .args(["snapshot", "--height", &h.to_string(), "--socket", sock])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "snapshot {h}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs an agent on `vol` and cuts heights 1..=n, returning the tree at each height and the
+/// last ldb file written.
+fn cut_heights(
+    vol: &Path,
+    log: &Path,
+    sock: &Path,
+    n: u64,
+    extra: &[&str],
+) -> (Vec<(u64, TreeHash)>, Vec<u8>, Running) {
+    let agent_log = log.with_extension("agent.log");
+    let mut agent = Running::new(
+        Command::new(agent_bin())
+            .args(["run", "--mode", "ebpf", "--volume"])
+            .arg(vol)
+            .arg("--log")
+            .arg(log)
+            .arg("--socket")
+            .arg(sock)
+            .args(extra)
+            .env("BTM_REMOTE_RETRY_SECS", "2")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&agent_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(&mut agent, sock, || {
+        std::fs::read_to_string(&agent_log).unwrap_or_default()
+    });
+    let mut rng = Rng(0x5eed_0ff5_17e5);
+    let mut states = Vec::new();
+    let mut last_ldb = Vec::new();
+    for h in 1..=n {
+        if let Some(d) = mutate(vol, h, &mut rng) {
+            last_ldb = d;
+        }
+        states.push((h, hash_tree(vol).unwrap()));
+        snapshot(sock.to_str().unwrap(), h);
+    }
+    (states, last_ldb, agent)
+}
+
+#[test]
+fn s3_push_survives_a_dying_server_restores_and_detects_damage() {
+    if !can_run("offsite") {
+        return;
+    }
+    let Some(moto) = Moto::start() else { return };
+    let proxy = Proxy::start(moto.port);
+    let cli = Cli {
+        endpoint: format!("http://127.0.0.1:{}", proxy.port),
+    };
+    let remote = format!("s3://{BUCKET}/btm");
+    let fs = LoopFs::new("ext4", 256).unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("btm-offsite-")
+        .tempdir_in(scratch())
+        .unwrap();
+    let log = work.path().join("log");
+    let log_s = log.to_str().unwrap();
+    let (states, last_ldb, agent) =
+        cut_heights(&fs.mnt, &log, &work.path().join("s.sock"), 50, &[]);
+    drop(agent);
+    let log_bytes: u64 = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+
+    // The server dies a third of the way into the first push.
+    proxy.kill_after.store(log_bytes / 3, Ordering::SeqCst);
+    let push = [
+        "push",
+        "--log",
+        log_s,
+        "--remote",
+        &remote,
+        "--remote-name",
+        "node1",
+    ];
+    let e = cli.run(&push).unwrap_err();
+    assert!(
+        proxy.down.load(Ordering::SeqCst),
+        "the proxy never went down"
+    );
+    assert!(e.contains("run push again to resume"), "{e}");
+    println!("interrupted push: {e}");
+    proxy.revive();
+    let forwarded_first = proxy.forwarded.swap(0, Ordering::SeqCst);
+    let mut args = push.to_vec();
+    args.extend(["--tag", "nightly", "--meta", r#"{"chain":"ltc-regtest"}"#]);
+    let rep = cli.json(&args);
+    println!("resumed push: {rep}");
+    assert_eq!(rep["newest_height"], 50);
+    let present =
+        rep["objects_present"].as_u64().unwrap() + rep["records_present"].as_u64().unwrap();
+    assert!(
+        present > 0,
+        "the resumed push uploaded everything again: {rep}"
+    );
+    assert!(
+        proxy.forwarded.load(Ordering::SeqCst) < log_bytes,
+        "resume sent {} bytes for a {log_bytes}-byte log (first attempt sent {forwarded_first})",
+        proxy.forwarded.load(Ordering::SeqCst)
+    );
+    // A second push finds nothing to do.
+    let again = cli.json(&push);
+    assert_eq!(again["records_uploaded"], 0, "{again}");
+    assert_eq!(again["objects_uploaded"], 0, "{again}");
+
+    let listed = cli.json(&["list", "--remote", &remote, "--tag", "nightly"]);
+    let hs: Vec<u64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["height"].as_u64().unwrap())
+        .collect();
+    assert_eq!(hs, (1..=50).collect::<Vec<_>>());
+    assert_eq!(listed[0]["meta"]["chain"], "ltc-regtest");
+    assert!(
+        cli.json(&["list", "--remote", &remote, "--tag", "weekly"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // Restores into empty directories match the tree at cut time.
+    let mut full_50 = 0;
+    for h in [1u64, 17, 33, 50] {
+        let into = work.path().join(format!("empty-{h}"));
+        let out = cli.replay(&remote, h, &into).unwrap();
+        assert_eq!(
+            hash_tree(&into).unwrap(),
+            states[h as usize - 1].1,
+            "height {h}"
+        );
+        if h == 50 {
+            full_50 = downloaded(&out);
+        }
+    }
+    // A stale directory (height 17) brought to 50 downloads only what differs.
+    let stale = work.path().join("empty-17");
+    let out = cli.replay(&remote, 50, &stale).unwrap();
+    assert_eq!(hash_tree(&stale).unwrap(), states[49].1, "stale 17 -> 50");
+    assert!(
+        downloaded(&out) < full_50,
+        "stale restore downloaded {} objects, a full one {full_50}",
+        downloaded(&out)
+    );
+    // Backwards too (50 -> 33, files removed and rewritten).
+    cli.replay(&remote, 33, &stale).unwrap();
+    assert_eq!(hash_tree(&stale).unwrap(), states[32].1, "50 -> 33");
+    let e = cli.replay(&remote, 51, &stale).unwrap_err();
+    assert!(e.contains("51"), "{e}");
+
+    // Damage: one payload object (the ldb file written at height 50) ...
+    let h = blake3::hash(&last_ldb).to_hex().to_string();
+    let key = format!("btm/objects/{}/{h}", &h[..2]);
+    moto.corrupt(&key);
+    let e = cli
+        .replay(&remote, 50, &work.path().join("after-damage"))
+        .unwrap_err();
+    assert!(e.contains("damaged") && e.contains(&h), "{e}");
+    // ... and a record object.
+    let rec = listed[49]["record"].as_str().unwrap().to_string();
+    moto.corrupt(&format!("btm/records/{}/{rec}", &rec[..2]));
+    let e = cli
+        .replay(&remote, 50, &work.path().join("after-damage2"))
+        .unwrap_err();
+    assert!(e.contains("record object") && e.contains("damaged"), "{e}");
+    // push --verify finds both and repairs them from the log.
+    let mut args = push.to_vec();
+    args.push("--verify");
+    let rep = cli.json(&args);
+    assert_eq!(rep["repaired"], 2, "{rep}");
+    let into = work.path().join("repaired");
+    cli.replay(&remote, 50, &into).unwrap();
+    assert_eq!(hash_tree(&into).unwrap(), states[49].1, "after repair");
+}
+
+#[test]
+fn run_ships_heights_retention_and_prune_apply_remotely() {
+    if !can_run("offsite") {
+        return;
+    }
+    let fs = LoopFs::new("ext4", 256).unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("btm-offsite-")
+        .tempdir_in(scratch())
+        .unwrap();
+    let cli = Cli {
+        endpoint: String::new(),
+    };
+    let store = work.path().join("store");
+    let remote = format!("file://{}", store.display());
+    let log = work.path().join("log");
+    let log_s = log.to_str().unwrap();
+    let (states, _, mut agent) = cut_heights(
+        &fs.mnt,
+        &log,
+        &work.path().join("s.sock"),
+        12,
+        &[
+            "--remote",
+            &remote,
+            "--remote-name",
+            "node1",
+            "--remote-tag",
+            "live",
+            "--cap",
+            "4",
+            "--compact-min-bytes",
+            "0",
+        ],
+    );
+    // Shipping is asynchronous: wait until the remote mirrors the log's kept heights.
+    let local = |cli: &Cli| -> Vec<u64> {
+        // The agent compacts after cuts (readers wait for it).
+        let out = loop {
+            match cli.run(&["list", "--log", log_s, "--json"]) {
+                Ok(o) => break o,
+                Err(e) if e.contains("being compacted") => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) => panic!("list: {e}"),
+            }
+        };
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["height"].as_u64().unwrap())
+            .collect()
+    };
+    let remote_heights = |cli: &Cli| -> Vec<u64> {
+        cli.json(&["list", "--remote", &remote])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["height"].as_u64().unwrap())
+            .collect()
+    };
+    let t0 = Instant::now();
+    loop {
+        let (l, r) = (local(&cli), remote_heights(&cli));
+        if l == r && l.last() == Some(&12) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "remote {r:?} never caught up with the log {l:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let kept = local(&cli);
+    assert_eq!(kept.len(), 4, "cap 4 keeps 4 heights: {kept:?}");
+    assert_eq!(agent.terminate().code(), Some(0));
+
+    // Retention removed pointers; compaction rewrote records; prune frees what nothing reaches.
+    let dry = cli.json(&["prune", "--remote", &remote, "--grace", "0", "--dry-run"]);
+    let freed = dry["objects_deleted"].as_u64().unwrap() + dry["records_deleted"].as_u64().unwrap();
+    assert!(freed > 0, "nothing to prune after retention: {dry}");
+    let rep = cli.json(&["prune", "--remote", &remote, "--grace", "0"]);
+    assert_eq!(rep["objects_deleted"], dry["objects_deleted"], "{rep}");
+    let again = cli.json(&["prune", "--remote", &remote, "--grace", "0"]);
+    assert_eq!(again["objects_deleted"], 0, "{again}");
+    for h in &kept {
+        let into = work.path().join(format!("r{h}"));
+        cli.replay(&remote, *h, &into).unwrap();
+        assert_eq!(
+            hash_tree(&into).unwrap(),
+            states[*h as usize - 1].1,
+            "height {h} after prune"
+        );
+    }
+
+    // Another log may not push under a name it does not own ...
+    let copy = work.path().join("copy");
+    assert!(
+        Command::new("cp")
+            .args(["-a", log_s, copy.to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::remove_file(copy.join("remote-id")).unwrap();
+    let copy_s = copy.to_str().unwrap();
+    let e = cli
+        .run(&[
+            "push",
+            "--log",
+            copy_s,
+            "--remote",
+            &remote,
+            "--remote-name",
+            "node1",
+        ])
+        .unwrap_err();
+    assert!(e.contains("belongs to another log"), "{e}");
+    // ... under its own name an identical log shares every record object ...
+    let rep = cli.json(&[
+        "push",
+        "--log",
+        copy_s,
+        "--remote",
+        &remote,
+        "--remote-name",
+        "copy",
+    ]);
+    assert_eq!(rep["records_uploaded"], 0, "{rep}");
+    assert_eq!(rep["objects_uploaded"], 0, "{rep}");
+    assert_eq!(rep["pointers_written"], 4, "{rep}");
+    // ... and another node's volume holding a file node1 has uploads only its own bytes.
+    let fs2 = LoopFs::new("ext4", 128).unwrap();
+    let shared = std::fs::read(fs.mnt.join("ldb/000007.ldb")).unwrap();
+    std::fs::write(fs2.mnt.join("same.ldb"), &shared).unwrap();
+    std::fs::write(fs2.mnt.join("own.dat"), Rng(99).bytes(200_000)).unwrap();
+    let log2 = work.path().join("log2");
+    let sock2 = work.path().join("s2.sock");
+    let mut agent2 = Running::new(
+        Command::new(agent_bin())
+            .args(["run", "--mode", "ebpf", "--volume"])
+            .arg(&fs2.mnt)
+            .arg("--log")
+            .arg(&log2)
+            .arg("--socket")
+            .arg(&sock2)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(&mut agent2, &sock2, String::new);
+    snapshot(sock2.to_str().unwrap(), 1);
+    assert_eq!(agent2.terminate().code(), Some(0));
+    let rep = cli.json(&[
+        "push",
+        "--log",
+        log2.to_str().unwrap(),
+        "--remote",
+        &remote,
+        "--remote-name",
+        "node2",
+    ]);
+    assert!(
+        rep["objects_present"].as_u64().unwrap() >= 1,
+        "nothing deduplicated: {rep}"
+    );
+    assert!(rep["objects_uploaded"].as_u64().unwrap() >= 1, "{rep}");
+    assert!(
+        rep["bytes_uploaded"].as_u64().unwrap() < shared.len() as u64 + 200_000,
+        "the shared file went up again: {rep}"
+    );
+    let e = cli
+        .run(&[
+            "replay",
+            "--remote",
+            &remote,
+            "--into",
+            work.path().join("x").to_str().unwrap(),
+        ])
+        .unwrap_err();
+    assert!(
+        e.contains("several volumes") && e.contains("--remote-name"),
+        "{e}"
+    );
+}
