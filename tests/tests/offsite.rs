@@ -247,7 +247,7 @@ fn mutate(vol: &Path, h: u64, rng: &mut Rng) -> Option<Vec<u8>> {
         let page = rng.below(256);
         std::os::unix::fs::FileExt::write_all_at(&f, &rng.bytes(4096), page * 4096).unwrap();
     }
-    if h % 7 == 0 || h == 50 {
+    if h.is_multiple_of(7) || h == 50 {
         if h > 7 {
             let _ = std::fs::remove_file(vol.join(format!("ldb/{:06}.ldb", h.saturating_sub(7))));
         }
