@@ -347,6 +347,10 @@ fn s3_push_survives_a_dying_server_restores_and_detects_damage() {
         &remote,
         "--remote-name",
         "node1",
+        "--tag",
+        "nightly",
+        "--meta",
+        r#"{"chain":"ltc-regtest"}"#,
     ];
     let e = cli.run(&push).unwrap_err();
     assert!(
@@ -356,10 +360,28 @@ fn s3_push_survives_a_dying_server_restores_and_detects_damage() {
     assert!(e.contains("run push again to resume"), "{e}");
     println!("interrupted push: {e}");
     proxy.revive();
+    // What the interrupted push published restores exactly: nothing is half there.
+    let partial: Vec<u64> = cli
+        .json(&["list", "--remote", &remote])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["height"].as_u64().unwrap())
+        .collect();
+    println!("published before the server died: {partial:?}");
+    assert!(partial.len() < 50, "{partial:?}");
+    if let Some(&k) = partial.last() {
+        assert_eq!(partial, (1..=k).collect::<Vec<_>>());
+        let into = work.path().join("partial");
+        cli.replay(&remote, k, &into).unwrap();
+        assert_eq!(
+            hash_tree(&into).unwrap(),
+            states[k as usize - 1].1,
+            "partial height {k}"
+        );
+    }
     let forwarded_first = proxy.forwarded.swap(0, Ordering::SeqCst);
-    let mut args = push.to_vec();
-    args.extend(["--tag", "nightly", "--meta", r#"{"chain":"ltc-regtest"}"#]);
-    let rep = cli.json(&args);
+    let rep = cli.json(&push);
     println!("resumed push: {rep}");
     assert_eq!(rep["newest_height"], 50);
     let present =
@@ -526,6 +548,18 @@ fn run_ships_heights_retention_and_prune_apply_remotely() {
     let kept = local(&cli);
     assert_eq!(kept.len(), 4, "cap 4 keeps 4 heights: {kept:?}");
     assert_eq!(agent.terminate().code(), Some(0));
+    // Whatever compaction the agent left (postponed while a push read the log) is done now,
+    // and pushed: the remote's chain no longer holds the dropped records.
+    cli.run(&["compact", "--log", log_s]).unwrap();
+    cli.json(&[
+        "push",
+        "--log",
+        log_s,
+        "--remote",
+        &remote,
+        "--remote-name",
+        "node1",
+    ]);
 
     // Retention removed pointers; compaction rewrote records; prune frees what nothing reaches.
     let dry = cli.json(&["prune", "--remote", &remote, "--grace", "0", "--dry-run"]);

@@ -267,12 +267,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         out.push('\n');
         let _ = stream.write_all(out.as_bytes());
         drop(stream);
-        if let Some(s) = &shipper {
-            s.notify();
-        }
         // After answering: the node does not wait for a compaction. Without its tracker
         // the agent cannot go on, so a failure here stops it (the log stays consistent).
         engine = maybe_compact(engine, &args).context("compacting the log")?;
+        // Then ship (a push holds the readers' lock, which would postpone compaction).
+        if let Some(s) = &shipper {
+            s.notify();
+        }
     }
     let _ = std::fs::remove_file(&args.socket);
     metrics.set_alive(false);

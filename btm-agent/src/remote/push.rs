@@ -4,9 +4,10 @@
 //! objects go up before the record object, records go up in chain order, and a height's pointer
 //! only after its record. So an existing record object implies its whole chain and all its
 //! payloads exist, and `push` resumes by finding (binary search) the first record the remote
-//! lacks. Pointers of heights retention removed locally are deleted last.
+//! lacks. Each height is published as soon as its record is up, so a long first push is
+//! restorable as it goes; pointers of heights retention removed locally are deleted last.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -155,6 +156,7 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
         }
     }
     let start = if o.verify { 0 } else { lo };
+    let mut pointers = Pointers::load(remote, &o.name)?;
     rep.records_present = lo as u64;
     let bar = progress_bar(o.progress, (n - start) as u64, &o.name);
     let uploaded = AtomicU64::new(0);
@@ -218,44 +220,54 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
             remote.put(&rpath, obj)?;
             rep.records_uploaded += 1;
         }
+        // Each height becomes restorable as soon as its record is up.
+        if !p.dropped {
+            pointers.ensure(remote, o, p, &mut rep)?;
+        }
         prev = p.key;
         bar.inc(1);
     }
     bar.finish_and_clear();
     rep.bytes_uploaded = uploaded.load(Ordering::Relaxed);
-    publish(remote, o, &plan, &mut rep)?;
+    pointers.finish(remote, o, &plan, &mut rep)?;
     rep.newest_height = plan.last().map(|p| p.height);
     Ok(rep)
 }
 
-/// Writes a pointer for every kept height (and the newest record, which the log keeps
-/// reachable), then deletes pointers of heights retention removed or whose record changed.
-fn publish(remote: &Remote, o: &PushOptions, plan: &[Planned], rep: &mut PushReport) -> Result<()> {
-    let existing: Vec<(u64, [u8; 32], ObjPath)> = remote
-        .list(&layout::heights_dir(&o.name))?
-        .into_iter()
-        .filter_map(|(p, _, _)| {
-            let (h, k) = layout::parse_pointer_name(p.filename()?)?;
-            Some((h, k, p))
-        })
-        .collect();
-    let have: HashSet<(u64, [u8; 32])> = existing.iter().map(|(h, k, _)| (*h, *k)).collect();
-    let by_height: HashMap<u64, &ObjPath> = existing.iter().map(|(h, _, p)| (*h, p)).collect();
-    let last = plan.len().saturating_sub(1);
-    let wanted: Vec<&Planned> = plan
-        .iter()
-        .enumerate()
-        .filter(|(i, p)| !p.dropped || *i == last)
-        .map(|(_, p)| p)
-        .collect();
-    let mut items = Vec::new();
-    for p in &wanted {
-        if have.contains(&(p.height, p.key)) {
-            continue;
+/// The pointers of the volume: those listed at the start of a push plus those it wrote.
+struct Pointers {
+    existing: Vec<(u64, [u8; 32], ObjPath)>,
+    have: HashSet<(u64, [u8; 32])>,
+}
+
+impl Pointers {
+    fn load(remote: &Remote, name: &str) -> Result<Pointers> {
+        let existing: Vec<(u64, [u8; 32], ObjPath)> = remote
+            .list(&layout::heights_dir(name))?
+            .into_iter()
+            .filter_map(|(p, _, _)| {
+                let (h, k) = layout::parse_pointer_name(p.filename()?)?;
+                Some((h, k, p))
+            })
+            .collect();
+        let have = existing.iter().map(|(h, k, _)| (*h, *k)).collect();
+        Ok(Pointers { existing, have })
+    }
+
+    /// Publishes `p`'s height unless its pointer exists. A height whose record changed
+    /// (compaction) keeps the tag and metadata it had.
+    fn ensure(
+        &mut self,
+        remote: &Remote,
+        o: &PushOptions,
+        p: &Planned,
+        rep: &mut PushReport,
+    ) -> Result<()> {
+        if !self.have.insert((p.height, p.key)) {
+            return Ok(());
         }
-        // A height whose record changed (compaction) keeps the tag and metadata it had.
-        let old: Option<Pointer> = match by_height.get(&p.height) {
-            Some(path) => remote
+        let old: Option<Pointer> = match self.existing.iter().find(|(h, _, _)| *h == p.height) {
+            Some((_, _, path)) => remote
                 .get_opt(path)?
                 .and_then(|b| serde_json::from_slice(&b).ok()),
             None => None,
@@ -269,22 +281,43 @@ fn publish(remote: &Remote, o: &PushOptions, plan: &[Planned], rep: &mut PushRep
             meta: old.as_ref().map_or(o.meta.clone(), |x| x.meta.clone()),
             pushed_unix_ms: now_ms(),
         };
-        items.push((
-            layout::pointer_path(&o.name, p.height, &p.key),
+        remote.put(
+            &layout::pointer_path(&o.name, p.height, &p.key),
             serde_json::to_vec_pretty(&ptr)?,
-        ));
+        )?;
+        rep.pointers_written += 1;
+        Ok(())
     }
-    rep.pointers_written = items.len() as u64;
-    remote.put_many(items, &|_| {})?;
-    let keep: HashSet<(u64, [u8; 32])> = wanted.iter().map(|p| (p.height, p.key)).collect();
-    let stale: Vec<ObjPath> = existing
-        .into_iter()
-        .filter(|(h, k, _)| !keep.contains(&(*h, *k)))
-        .map(|(_, _, p)| p)
-        .collect();
-    rep.pointers_removed = stale.len() as u64;
-    remote.delete_many(stale)?;
-    Ok(())
+
+    /// Publishes every kept height (and the newest record, which the log keeps reachable),
+    /// then deletes pointers of heights retention removed or whose record changed.
+    fn finish(
+        mut self,
+        remote: &Remote,
+        o: &PushOptions,
+        plan: &[Planned],
+        rep: &mut PushReport,
+    ) -> Result<()> {
+        let last = plan.len().saturating_sub(1);
+        let wanted: Vec<&Planned> = plan
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| !p.dropped || *i == last)
+            .map(|(_, p)| p)
+            .collect();
+        for p in &wanted {
+            self.ensure(remote, o, p, rep)?;
+        }
+        let keep: HashSet<(u64, [u8; 32])> = wanted.iter().map(|p| (p.height, p.key)).collect();
+        let stale: Vec<ObjPath> = self
+            .existing
+            .into_iter()
+            .filter(|(h, k, _)| !keep.contains(&(*h, *k)))
+            .map(|(_, _, p)| p)
+            .collect();
+        rep.pointers_removed = stale.len() as u64;
+        remote.delete_many(stale)
+    }
 }
 
 /// Splits `items` into runs whose `size` sums stay under `max` (a single larger item is a run).
