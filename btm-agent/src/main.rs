@@ -90,8 +90,9 @@ struct Compat {
 
 fn main() {
     let json = std::env::var("BTM_LOG_FORMAT").as_deref() == Ok("json");
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("BTM_LOG").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BTM_LOG")
+        // object_store logs every retry at info; its final error is what we report.
+        .unwrap_or_else(|_| "info,object_store=warn".into());
     let sub = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

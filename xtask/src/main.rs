@@ -41,6 +41,10 @@ enum Cmd {
     /// Benchmark btm against restic, rsync, btrfs send and tar+zstd on loop volumes (as root,
     /// through `sudo -E` when not root); writes BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Benchmark btm's offsite copy (push, replay --remote) against restic on an S3 server
+    /// (moto on loopback), as root (through `sudo -E` when not root); writes
+    /// BENCHMARKS-offsite.md.
+    BenchOffsite(bench::offsite::OffsiteArgs),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +99,19 @@ fn run() -> Result<()> {
                 return status(&mut c);
             }
             bench::run(a)
+        }
+        Cmd::BenchOffsite(a) => {
+            setup::all()?;
+            if !setup::is_root() {
+                let exe = std::env::current_exe()?;
+                let mut c = Command::new("sudo");
+                c.arg("-E")
+                    .arg(exe)
+                    .arg("bench-offsite")
+                    .args(std::env::args().skip(2));
+                return status(&mut c);
+            }
+            bench::offsite::run(a)
         }
         Cmd::Test { args } => {
             setup::all()?;

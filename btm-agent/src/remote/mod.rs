@@ -181,11 +181,33 @@ impl Remote {
         format!("{what} {p} on {}", self.url)
     }
 
+    /// One readable error for a failed request: what was done, the store's message once
+    /// (its error chain repeats itself), and what to check.
+    fn fail(&self, what: &str, p: &ObjPath, e: object_store::Error) -> anyhow::Error {
+        let msg = e.to_string();
+        let hint = if msg.contains("NoSuchBucket") {
+            "; the bucket does not exist: create it first"
+        } else if msg.contains("AccessDenied")
+            || msg.contains("403")
+            || msg.contains("InvalidAccessKeyId")
+            || msg.contains("SignatureDoesNotMatch")
+        {
+            "; check the credentials (AWS_*, GOOGLE_*, AZURE_* variables or ~/.aws/credentials)"
+        } else if matches!(e, object_store::Error::Generic { .. })
+            && (msg.contains("error sending request") || msg.contains("Connect"))
+        {
+            "; the endpoint is unreachable: check the URL, AWS_ENDPOINT_URL and the network"
+        } else {
+            ""
+        };
+        anyhow!("{} failed{hint}: {msg}", self.ctx(what, p))
+    }
+
     /// Whether `p` exists.
     pub(crate) fn exists(&self, p: &ObjPath) -> Result<bool> {
         self.rt
             .block_on(exists(&*self.store, p))
-            .with_context(|| self.ctx("checking", p))
+            .map_err(|e| self.fail("checking", p, e))
     }
 
     /// Which of `paths` exist (asked `concurrency` at a time).
@@ -195,7 +217,7 @@ impl Remote {
             futures::stream::iter(paths.iter().map(|p| async move {
                 exists(store, p)
                     .await
-                    .with_context(|| format!("checking {p} on {}", self.url))
+                    .map_err(|e| self.fail("checking", p, e))
             }))
             .buffered(self.concurrency)
             .try_collect()
@@ -218,7 +240,7 @@ impl Remote {
                     Err(object_store::Error::NotFound { .. }) => return Ok(None),
                     Err(e) => Err(e),
                 }
-                .with_context(|| format!("downloading {p} from {}", self.url))?;
+                .map_err(|e| self.fail("downloading", p, e))?;
                 Ok::<_, anyhow::Error>(Some(object_ok(&b, h)))
             }))
             .buffered(self.concurrency)
@@ -231,7 +253,7 @@ impl Remote {
         self.rt
             .block_on(self.store.put(p, PutPayload::from(bytes)))
             .map(|_| ())
-            .with_context(|| self.ctx("uploading", p))
+            .map_err(|e| self.fail("uploading", p, e))
     }
 
     /// Uploads every `(path, bytes)`, `concurrency` at a time; `done(bytes)` after each.
@@ -247,7 +269,7 @@ impl Remote {
                 store
                     .put(&p, PutPayload::from(b))
                     .await
-                    .with_context(|| format!("uploading {p} to {}", self.url))?;
+                    .map_err(|e| self.fail("uploading", &p, e))?;
                 done(n);
                 Ok::<_, anyhow::Error>(())
             }))
@@ -268,7 +290,7 @@ impl Remote {
                     Err(e) => Err(e),
                 }
             })
-            .with_context(|| self.ctx("downloading", p))
+            .map_err(|e| self.fail("downloading", p, e))
     }
 
     pub(crate) fn get(&self, p: &ObjPath) -> Result<Bytes> {
@@ -293,10 +315,8 @@ impl Remote {
                 let r = store
                     .get(p)
                     .await
-                    .with_context(|| format!("downloading {p} from {}", self.url))?;
-                r.bytes()
-                    .await
-                    .with_context(|| format!("downloading {p} from {}", self.url))
+                    .map_err(|e| self.fail("downloading", p, e))?;
+                r.bytes().await.map_err(|e| self.fail("downloading", p, e))
             }))
             .buffered(self.concurrency)
             .try_collect()
@@ -308,7 +328,7 @@ impl Remote {
     pub(crate) fn get_range(&self, p: &ObjPath, r: std::ops::Range<u64>) -> Result<Bytes> {
         self.rt
             .block_on(self.store.get_range(p, r))
-            .with_context(|| self.ctx("downloading part of", p))
+            .map_err(|e| self.fail("downloading part of", p, e))
     }
 
     /// Every object under `prefix`: (path, size, last modified).
@@ -323,7 +343,7 @@ impl Remote {
                     .map_ok(|m| (m.location, m.size, m.last_modified))
                     .try_collect(),
             )
-            .with_context(|| self.ctx("listing", prefix))
+            .map_err(|e| self.fail("listing", prefix, e))
     }
 
     /// The immediate "directories" under `prefix`.
@@ -331,7 +351,7 @@ impl Remote {
         self.rt
             .block_on(self.store.list_with_delimiter(Some(prefix)))
             .map(|r| r.common_prefixes)
-            .with_context(|| self.ctx("listing", prefix))
+            .map_err(|e| self.fail("listing", prefix, e))
     }
 
     pub(crate) fn delete_many(&self, paths: Vec<ObjPath>) -> Result<()> {

@@ -71,7 +71,9 @@ fn ship_loop(remote: Remote, log_dir: PathBuf, opts: PushOptions, rx: Receiver<(
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                if pending {
+                // Stopping: one last push, unless the remote is failing (its retries would
+                // hold up the stop for minutes; the next start catches up).
+                if pending && retry_at.is_none() {
                     once(&remote, &log_dir, &opts);
                 }
                 return;

@@ -4,6 +4,7 @@
 //! restic, rsync and tar read it) and on a btrfs loop volume (the `btrfs send -p` anchor); every
 //! height applies the same changes to both. Results go to BENCHMARKS.md.
 mod dataset;
+pub mod offsite;
 mod report;
 mod tools;
 

@@ -1,0 +1,728 @@
+//! `cargo xtask bench-offsite`: btm's offsite copy (`btm-agent push` / `replay --remote`) against
+//! restic, both talking to the same S3-compatible server (moto on loopback), on the same data.
+//!
+//! One xfs loop volume holds the chain-like data set ([`DataSet`]); the agent tracks it and cuts a
+//! baseline and K heights that each change P % of it. After every cut, `btm-agent push` ships the
+//! log and `restic backup` the volume, each to its own prefix of one bucket. Then both restore the
+//! last height into an empty directory, and btm also replays it into a tree restored at the
+//! baseline (a stale copy: only what differs is downloaded). Results go to BENCHMARKS-offsite.md.
+use std::{
+    fmt::Write as _,
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use super::{
+    dataset::DataSet,
+    tools::{self, Agent, LoopVol},
+    workspace_root,
+};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct OffsiteArgs {
+    /// Size of the data set in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub size_mib: u64,
+    /// Heights after the baseline, each pushed and backed up incrementally.
+    #[arg(long, default_value_t = 3)]
+    pub heights: u64,
+    /// Percentage of the data set each height changes.
+    #[arg(long, default_value_t = 1.0)]
+    pub change_pct: f64,
+    /// Where the report is written.
+    #[arg(long, default_value = "BENCHMARKS-offsite.md")]
+    pub out: PathBuf,
+    /// Scratch directory (on a real disk: the volume image, the log, restore targets).
+    #[arg(long, default_value = "/var/tmp/btm-bench-offsite")]
+    pub dir: PathBuf,
+}
+
+const BUCKET: &str = "b";
+const BTM_PREFIX: &str = "btm";
+const RESTIC_PREFIX: &str = "restic";
+const VOLUME_NAME: &str = "bench";
+
+/// One measured step.
+#[derive(Clone, Debug, Default)]
+struct Step {
+    tool: &'static str,
+    what: String,
+    secs: f64,
+    /// Payload bytes sent (push/backup) or received (restore), as the row's note says.
+    bytes: u64,
+    /// Bytes that crossed the loopback interface during the step (requests and answers).
+    lo: u64,
+    note: String,
+    /// Row whose time this one is compared with (btm's row for the same thing).
+    vs: Option<usize>,
+}
+
+#[derive(Debug, Default)]
+struct Results {
+    size: u64,
+    tree_bytes: u64,
+    changed: u64,
+    steps: Vec<Step>,
+    checks: Vec<String>,
+    log_bytes: u64,
+    btm_remote: (u64, u64),
+    restic_remote: (u64, u64),
+    secs_total: f64,
+}
+
+pub fn run(a: OffsiteArgs) -> Result<()> {
+    if a.size_mib < 64 {
+        bail!("--size-mib must be at least 64");
+    }
+    if a.heights == 0 {
+        bail!("--heights must be at least 1");
+    }
+    if !(a.change_pct > 0.0 && a.change_pct <= 100.0) {
+        bail!("--change-pct must be in (0, 100]");
+    }
+    let root = workspace_root();
+    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args(["build", "-q", "--release", "-p", "btm-agent"])
+        .status()
+        .context("spawning cargo build")?;
+    if !st.success() {
+        bail!("cargo build --release -p btm-agent failed with {st}");
+    }
+    let bin = root.join("target/release/btm-agent");
+    let out = if a.out.is_absolute() {
+        a.out.clone()
+    } else {
+        root.join(&a.out)
+    };
+    let t0 = Instant::now();
+    let res = measure(&a, &bin);
+    // Whatever happened, leave no scratch data behind (the guards already unmounted).
+    let _ = std::fs::remove_dir_all(&a.dir);
+    let mut r = res?;
+    r.secs_total = t0.elapsed().as_secs_f64();
+    let md = render(&a, &r, &root);
+    std::fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
+    println!("bench-offsite: wrote {}", out.display());
+    Ok(())
+}
+
+/// moto's S3 server on a free loopback port; stopped on drop.
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Moto {
+    fn start(dir: &Path) -> Result<Moto> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let log = std::fs::File::create(dir.join("moto.log"))?;
+        let child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting python3 -m moto.server")?;
+        let mut m = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let t = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(st) = m.child.try_wait()? {
+                bail!(
+                    "moto exited early with {st} (see {}/moto.log)",
+                    dir.display()
+                );
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                bail!("moto did not listen on port {port} in 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        m.python(&format!("s3.create_bucket(Bucket={BUCKET:?})",))?;
+        Ok(m)
+    }
+
+    /// Runs `code` with `s3` a boto3 client of this server; returns stdout.
+    fn python(&self, code: &str) -> Result<String> {
+        let script = format!(
+            "import boto3\ns3 = boto3.client('s3', endpoint_url={:?}, aws_access_key_id='test', \
+             aws_secret_access_key='test', region_name='us-east-1')\n{code}\n",
+            self.endpoint
+        );
+        tools::sh("python3", &["-c", &script])
+    }
+
+    /// Bytes and number of objects under `prefix/` of the bucket.
+    fn usage(&self, prefix: &str) -> Result<(u64, u64)> {
+        let out = self.python(&format!(
+            "n = b = 0\n\
+             for page in s3.get_paginator('list_objects_v2').paginate(Bucket={BUCKET:?}, \
+             Prefix={:?}):\n    for o in page.get('Contents', []):\n        n += 1\n        \
+             b += o['Size']\nprint(b, n)",
+            format!("{prefix}/")
+        ))?;
+        let mut it = out.split_whitespace().map(|s| s.parse::<u64>());
+        match (it.next(), it.next()) {
+            (Some(Ok(b)), Some(Ok(n))) => Ok((b, n)),
+            _ => bail!("unexpected bucket listing output {out:?}"),
+        }
+    }
+
+    /// Environment for btm-agent and restic talking to this server.
+    fn env(&self, c: &mut Command, dir: &Path) {
+        c.env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env("BTM_REMOTE_RETRY_SECS", "10")
+            .env("BTM_LOG", "warn")
+            .env_remove("BTM_REMOTE")
+            .env_remove("BTM_REMOTE_NAME")
+            .env(
+                "RESTIC_REPOSITORY",
+                format!("s3:{}/{BUCKET}/{RESTIC_PREFIX}", self.endpoint),
+            )
+            .env("RESTIC_PASSWORD", "btm-bench")
+            .env("RESTIC_CACHE_DIR", dir.join("restic-cache"))
+            .stdin(Stdio::null());
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the child we spawned.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        for _ in 0..50 {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Bytes received on the loopback interface so far (on `lo` every byte sent is also received).
+fn lo_bytes() -> u64 {
+    std::fs::read_to_string("/proc/net/dev")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("lo:"))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A command timed, with the loopback bytes it caused; fails with its stderr.
+fn timed_lo(c: &mut Command) -> Result<(f64, u64, String)> {
+    let lo0 = lo_bytes();
+    let (secs, out) = tools::timed(c)?;
+    Ok((secs, lo_bytes().saturating_sub(lo0), out))
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+}
+
+/// The number after `key` in `s`.
+fn num_after(s: &str, key: &str) -> Option<u64> {
+    s.split(key)
+        .nth(1)?
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `diff -rq --no-dereference a b`: None when equal, else the first lines of the difference.
+fn tree_diff(a: &Path, b: &Path) -> Option<String> {
+    let out = Command::new("diff")
+        .args(["-rq", "--no-dereference"])
+        .arg(a)
+        .arg(b)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .chain(String::from_utf8_lossy(&o.stderr).lines())
+                .take(5)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        Err(e) => Some(format!("diff: {e}")),
+    }
+}
+
+struct Ctx<'a> {
+    bin: &'a Path,
+    dir: &'a Path,
+    moto: &'a Moto,
+    log: PathBuf,
+    remote: String,
+}
+
+impl Ctx<'_> {
+    fn btm(&self) -> Command {
+        let mut c = Command::new(self.bin);
+        self.moto.env(&mut c, self.dir);
+        c
+    }
+
+    fn restic(&self) -> Command {
+        let mut c = Command::new("restic");
+        self.moto.env(&mut c, self.dir);
+        c
+    }
+
+    fn push(&self, what: &str) -> Result<Step> {
+        let (secs, lo, out) = timed_lo(
+            self.btm()
+                .args(["push", "--json", "--log"])
+                .arg(&self.log)
+                .args(["--remote", &self.remote, "--remote-name", VOLUME_NAME]),
+        )?;
+        let v: Value = serde_json::from_str(&out[out.find('{').context("push printed no JSON")?..])
+            .context("push JSON")?;
+        let u = |k: &str| v[k].as_u64().unwrap_or(0);
+        Ok(Step {
+            tool: "btm",
+            what: what.into(),
+            secs,
+            bytes: u("bytes_uploaded"),
+            lo,
+            note: format!(
+                "push: {} records, {} objects uploaded ({} already there), newest height {}",
+                u("records_uploaded"),
+                u("objects_uploaded"),
+                u("objects_present"),
+                v["newest_height"]
+            ),
+            vs: None,
+        })
+    }
+
+    fn backup(&self, what: &str, src: &Path, vs: usize) -> Result<Step> {
+        let before = self.moto.usage(RESTIC_PREFIX)?;
+        let (secs, lo, out) = timed_lo(
+            self.restic()
+                .args(["backup", "--json", "--host", "bench"])
+                .arg(src),
+        )?;
+        let after = self.moto.usage(RESTIC_PREFIX)?;
+        let summary = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["message_type"] == "summary")
+            .context("restic printed no summary")?;
+        Ok(Step {
+            tool: "restic",
+            what: what.into(),
+            secs,
+            bytes: after.0.saturating_sub(before.0),
+            lo,
+            note: format!(
+                "backup: repo grew by {} objects; restic's data_added {}",
+                after.1.saturating_sub(before.1),
+                mib(summary["data_added"].as_u64().unwrap_or(0))
+            ),
+            vs: Some(vs),
+        })
+    }
+
+    fn replay(&self, what: &str, height: u64, into: &Path) -> Result<Step> {
+        let (secs, lo, out) = timed_lo(
+            self.btm()
+                .args([
+                    "replay",
+                    "--remote",
+                    &self.remote,
+                    "--remote-name",
+                    VOLUME_NAME,
+                ])
+                .args(["--exact", "--to", &height.to_string(), "--into"])
+                .arg(into),
+        )?;
+        // "... into DIR: N records, M objects (B bytes) downloaded; ReplayStats { .. }"
+        let down = out.split(" downloaded;").next().unwrap_or_default();
+        let down = down.rsplit_once(": ").map_or(down, |(_, r)| r);
+        let records: u64 = down
+            .split_whitespace()
+            .next()
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0);
+        let objects = num_after(down, "records, ").unwrap_or(0);
+        let bytes = num_after(down, "(").unwrap_or(0);
+        Ok(Step {
+            tool: "btm",
+            what: what.into(),
+            secs,
+            bytes,
+            lo,
+            note: format!(
+                "replay: {records} records, {objects} objects downloaded; {} written, {} compared",
+                mib(num_after(&out, "bytes_written:").unwrap_or(0)),
+                mib(num_after(&out, "bytes_compared:").unwrap_or(0))
+            ),
+            vs: None,
+        })
+    }
+}
+
+fn measure(a: &OffsiteArgs, bin: &Path) -> Result<Results> {
+    let size = a.size_mib << 20;
+    let dir = &a.dir;
+    let _ = Command::new("umount")
+        .arg("-d")
+        .arg(dir.join("xfs"))
+        .output();
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let mut r = Results {
+        size,
+        ..Default::default()
+    };
+    let changed = ((size as f64 * a.change_pct / 100.0) as u64).max(64 << 10);
+    r.changed = changed;
+    let growth = changed / 2 * a.heights;
+    let xfs = LoopVol::new(dir, "xfs", "xfs", size + growth + size / 2 + (1 << 30))?;
+    let socket = dir.join("btm.sock");
+
+    let t = Instant::now();
+    let mut ds = DataSet::create(&xfs.mnt, size, 0x2545_f491_4f6c_dd1d)?;
+    tools::sh("sync", &[])?;
+    r.tree_bytes = tools::tree_bytes(&xfs.mnt);
+    println!(
+        "bench-offsite: data set of {} written to {} in {:.1} s",
+        mib(r.tree_bytes),
+        xfs.mnt.display(),
+        t.elapsed().as_secs_f64()
+    );
+
+    let moto = Moto::start(dir)?;
+    println!("bench-offsite: moto at {}", moto.endpoint);
+    let cx = Ctx {
+        bin,
+        dir,
+        moto: &moto,
+        log: dir.join("log"),
+        remote: format!("s3://{BUCKET}/{BTM_PREFIX}"),
+    };
+    let mut init = cx.restic();
+    tools::timed(init.args(["init", "-q"])).context("restic init")?;
+
+    let agent = Agent::start(bin, &xfs.mnt, &cx.log, &socket)?;
+    let mut steps: Vec<Step> = vec![];
+    let mut push_step = |steps: &mut Vec<Step>, height: u64, what: &str| -> Result<()> {
+        let (cut_secs, rep) = agent.cut(height)?;
+        let stored = rep["stored_bytes"].as_u64().unwrap_or(0);
+        let mut p = cx.push(what)?;
+        write!(
+            p.note,
+            "; the cut before it (local, not offsite) took {cut_secs:.2} s and stored {}",
+            mib(stored)
+        )?;
+        let i = steps.len();
+        steps.push(p);
+        let b = cx.backup(what, &xfs.mnt, i)?;
+        println!(
+            "bench-offsite: {what:<24} btm push {:>7.2} s {:>10}   restic backup {:>7.2} s {:>10}",
+            steps[i].secs,
+            mib(steps[i].bytes),
+            b.secs,
+            mib(b.bytes)
+        );
+        steps.push(b);
+        Ok(())
+    };
+
+    // Baseline and the initial offsite copy.
+    let base = 1;
+    push_step(&mut steps, base, "initial copy (h1)")?;
+    // Heights changing P % each, pushed and backed up incrementally.
+    let mut height = base;
+    for _ in 0..a.heights {
+        height += 1;
+        ds.height(changed)?;
+        push_step(
+            &mut steps,
+            height,
+            &format!("incremental h{height} ({} %)", a.change_pct),
+        )?;
+    }
+    drop(ds);
+    drop(agent);
+    tools::sh("sync", &[])?;
+
+    // Full restore of the last height into empty directories.
+    let what = format!("restore h{height} into an empty dir");
+    let btm_dir = dir.join("restore-btm");
+    let s = cx.replay(&what, height, &btm_dir)?;
+    match tree_diff(&xfs.mnt, &btm_dir) {
+        None => r.checks.push(format!(
+            "btm replay of h{height} from moto == volume (diff -r)"
+        )),
+        Some(d) => r
+            .checks
+            .push(format!("MISMATCH btm replay of h{height} vs volume: {d}")),
+    }
+    let i = steps.len();
+    println!(
+        "bench-offsite: {what:<24} btm replay {:.2} s ({})",
+        s.secs,
+        mib(s.bytes)
+    );
+    steps.push(s);
+    let restic_dir = dir.join("restore-restic");
+    let (secs, lo, _) = timed_lo(
+        cx.restic()
+            .args(["restore", "-q", "latest", "--target"])
+            .arg(&restic_dir),
+    )?;
+    let restored = restic_dir.join(xfs.mnt.strip_prefix("/").unwrap_or(&xfs.mnt));
+    match tree_diff(&xfs.mnt, &restored) {
+        None => r.checks.push(format!(
+            "restic restore of h{height} from moto == volume (diff -r)"
+        )),
+        Some(d) => r
+            .checks
+            .push(format!("MISMATCH restic restore vs volume: {d}")),
+    }
+    println!("bench-offsite: {what:<24} restic restore {secs:.2} s");
+    steps.push(Step {
+        tool: "restic",
+        what: what.clone(),
+        secs,
+        bytes: lo,
+        lo,
+        note: "restore latest: restic reports no byte count; bytes are the loopback traffic".into(),
+        vs: Some(i),
+    });
+    let _ = std::fs::remove_dir_all(&restic_dir);
+    let _ = std::fs::remove_dir_all(&btm_dir);
+
+    // Differential restore: the last height into a tree restored at the baseline.
+    let stale = dir.join("restore-stale");
+    let mut s = cx.replay(&format!("restore h{base} into an empty dir"), base, &stale)?;
+    s.note
+        .push_str(" (prepares the stale tree for the next row)");
+    steps.push(s);
+    let what = format!("restore h{height} into the h{base} tree");
+    let s = cx.replay(&what, height, &stale)?;
+    match tree_diff(&xfs.mnt, &stale) {
+        None => r.checks.push(format!(
+            "btm differential replay h{base} -> h{height} from moto == volume (diff -r)"
+        )),
+        Some(d) => r.checks.push(format!(
+            "MISMATCH btm differential replay h{base} -> h{height} vs volume: {d}"
+        )),
+    }
+    println!(
+        "bench-offsite: {what:<24} btm replay {:.2} s ({})",
+        s.secs,
+        mib(s.bytes)
+    );
+    steps.push(s);
+    let _ = std::fs::remove_dir_all(&stale);
+
+    r.log_bytes = tools::tree_bytes(&cx.log);
+    r.btm_remote = moto.usage(BTM_PREFIX)?;
+    r.restic_remote = moto.usage(RESTIC_PREFIX)?;
+    r.steps = steps;
+    drop(moto);
+    drop(xfs);
+    Ok(r)
+}
+
+fn first_line(cmd: &str, args: &[&str]) -> String {
+    tools::sh(cmd, args)
+        .ok()
+        .and_then(|s| s.lines().next().map(str::trim).map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn render(a: &OffsiteArgs, r: &Results, root: &Path) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|s| s.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "?".into());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / (1 << 20) as f64);
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let git = |args: &[&str]| -> String {
+        Command::new("git")
+            .current_dir(root)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let commit = git(&["rev-parse", "--short", "HEAD"]);
+    let dirty = if git(&["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+        ""
+    } else {
+        " (with uncommitted changes)"
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# btm offsite benchmark: btm push/replay vs restic on S3\n"
+    );
+    let _ = writeln!(
+        s,
+        "Generated by `cargo xtask bench-offsite --size-mib {} --heights {} --change-pct {}` \
+         (do not edit by hand) on commit {commit}{dirty}.\n",
+        a.size_mib, a.heights, a.change_pct
+    );
+    let _ = writeln!(
+        s,
+        "Machine: {cpu}, {cores} cores, {mem_gib:.0} GiB RAM, Linux {}, {}, {}. The S3 server \
+         is moto ({}) on loopback, so network latency and bandwidth limits are absent: the \
+         numbers are bound by CPU (the tools' and moto's, which share the cores) and by the \
+         protocol (requests per object), not by a network. Caches were warm (nothing dropped \
+         between steps).\n",
+        first_line("uname", &["-r"]),
+        first_line("restic", &["version"]),
+        first_line(
+            "python3",
+            &["-c", "import boto3; print('boto3', boto3.__version__)"]
+        ),
+        first_line(
+            "python3",
+            &["-c", "import moto; print('moto', moto.__version__)"]
+        ),
+    );
+    let _ = writeln!(
+        s,
+        "Data: the chain-like data set of `cargo xtask bench` ({} on a loop-mounted xfs volume: \
+         an mmap'd state file with random page updates, append-only block files, LSM tables), \
+         tracked by `btm-agent run --mode ebpf`. Height h1 is the baseline; each later height \
+         changes {} % ({}). After each cut, `btm-agent push --log LOG --remote s3://{BUCKET}/{BTM_PREFIX}` \
+         ships the log and `restic backup` the volume to `s3:…/{BUCKET}/{RESTIC_PREFIX}` of the \
+         same bucket. btm bytes: push's `bytes_uploaded` and replay's downloaded bytes; restic \
+         backup bytes: growth of its prefix in the bucket; restic restore: loopback traffic. \
+         \"loopback\" is every byte (both directions, HTTP included) on `lo` during the step.\n",
+        mib(r.tree_bytes),
+        a.change_pct,
+        mib(r.changed)
+    );
+    let _ = writeln!(
+        s,
+        "| tool | what | time | bytes sent/received | time vs btm (ratio) | loopback | notes |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---|");
+    for st in &r.steps {
+        let ratio = match st.vs {
+            Some(i) if r.steps[i].secs > 0.0 => {
+                format!("{:.2}x", st.secs / r.steps[i].secs)
+            }
+            Some(_) => "-".into(),
+            None => "1.00x".into(),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.2} s | {} | {ratio} | {} | {} |",
+            st.tool,
+            st.what,
+            st.secs,
+            mib(st.bytes),
+            mib(st.lo),
+            st.note
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nAt the end: the local btm log is {}; on the server btm holds {} in {} objects, restic \
+         {} in {} objects. Whole run: {:.0} s.\n",
+        mib(r.log_bytes),
+        mib(r.btm_remote.0),
+        r.btm_remote.1,
+        mib(r.restic_remote.0),
+        r.restic_remote.1,
+        r.secs_total
+    );
+    let _ = writeln!(s, "Checks:\n");
+    for c in &r.checks {
+        let _ = writeln!(s, "- {c}");
+    }
+    let _ = writeln!(s, "\n{}", conclusion(r));
+    s
+}
+
+/// One line with the measured ratios (restic / btm) only.
+fn conclusion(r: &Results) -> String {
+    let pair = |pred: &dyn Fn(&str) -> bool| -> (f64, f64, u64, u64) {
+        let mut t = (0.0, 0.0, 0, 0);
+        for st in r
+            .steps
+            .iter()
+            .filter(|s| s.tool == "restic" && pred(&s.what))
+        {
+            if let Some(i) = st.vs {
+                t.0 += r.steps[i].secs;
+                t.1 += st.secs;
+                t.2 += r.steps[i].bytes;
+                t.3 += st.bytes;
+            }
+        }
+        t
+    };
+    let ratio = |a: f64, b: f64| if a > 0.0 { b / a } else { f64::NAN };
+    let init = pair(&|w| w.starts_with("initial"));
+    let inc = pair(&|w| w.starts_with("incremental"));
+    let rest = pair(&|w| w.starts_with("restore"));
+    let full = r
+        .steps
+        .iter()
+        .find(|s| s.tool == "btm" && s.what.ends_with("empty dir") && s.vs.is_none())
+        .map(|s| (s.secs, s.bytes));
+    let diff = r
+        .steps
+        .iter()
+        .rev()
+        .find(|s| s.tool == "btm" && s.what.contains("tree"));
+    let mut line = format!(
+        "Conclusion (restic / btm): initial copy {:.2}x the time and {:.2}x the bytes; \
+         incremental heights {:.2}x the time and {:.2}x the bytes; full restore {:.2}x the time \
+         and {:.2}x the bytes",
+        ratio(init.0, init.1),
+        ratio(init.2 as f64, init.3 as f64),
+        ratio(inc.0, inc.1),
+        ratio(inc.2 as f64, inc.3 as f64),
+        ratio(rest.0, rest.1),
+        ratio(rest.2 as f64, rest.3 as f64),
+    );
+    if let (Some((fs, fb)), Some(d)) = (full, diff) {
+        let _ = write!(
+            line,
+            "; btm's differential restore took {:.2}x the time and {:.3}x the bytes of its full \
+             restore.",
+            ratio(fs, d.secs),
+            ratio(fb as f64, d.bytes as f64)
+        );
+    } else {
+        line.push('.');
+    }
+    line
+}
