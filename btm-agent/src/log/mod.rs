@@ -59,6 +59,7 @@ use format::{
     TRAILER_LEN, Trailer, split_extent,
 };
 pub(crate) use format::{Meta, MetaExtent, table_len};
+pub(crate) use record::cmp_components;
 
 /// Tunables of a log. The defaults suit production; tests shrink the segment size.
 #[derive(Clone, Debug)]

@@ -183,7 +183,7 @@ impl Remote {
 
     /// One readable error for a failed request: what was done, the store's message once
     /// (its error chain repeats itself), and what to check.
-    fn fail(&self, what: &str, p: &ObjPath, e: object_store::Error) -> anyhow::Error {
+    pub(crate) fn fail(&self, what: &str, p: &ObjPath, e: object_store::Error) -> anyhow::Error {
         let msg = e.to_string();
         let hint = if msg.contains("NoSuchBucket") {
             "; the bucket does not exist: create it first"

@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
+use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjPath;
 
 use super::Remote;
 use super::layout::{self, Pointer, RecordObj};
 use crate::log::{
-    LogError, Meta, PayloadRef, PayloadSource, ReplayOptions, ReplayStats, TreeState, hex,
+    LogError, Meta, Node, PayloadRef, PayloadSource, ReplayOptions, ReplayStats, TreeState, hex,
     resolve_height,
 };
 
@@ -157,24 +158,108 @@ pub(crate) fn fold(chain: &[RecordObj]) -> Result<TreeState> {
     Ok(st)
 }
 
-/// Payloads from the remote, checked against their names; the last few kept in memory.
+/// Payloads from the remote, checked against their names. Into an empty target every payload
+/// is needed, in the order replay walks the tree: the next few are then downloaded ahead, so a
+/// restore is not one round trip per payload.
 struct RemoteSource<'a> {
     remote: &'a Remote,
     read: RefCell<(u64, u64)>,
+    ahead: RefCell<Ahead>,
+}
+
+type Pending = tokio::task::JoinHandle<object_store::Result<bytes::Bytes>>;
+
+/// Read-ahead state: payload hashes in replay order, and downloads in flight.
+#[derive(Default)]
+struct Ahead {
+    order: Vec<[u8; 32]>,
+    pos: HashMap<[u8; 32], usize>,
+    next: usize,
+    inflight: HashMap<[u8; 32], Pending>,
+    window: usize,
+}
+
+/// Downloads in flight at once while reading ahead (`BTM_REMOTE_READ_AHEAD`, default 8; 0
+/// turns reading ahead off).
+fn read_ahead() -> usize {
+    std::env::var("BTM_REMOTE_READ_AHEAD")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8)
+}
+
+impl Ahead {
+    /// Payloads in the order replay asks for them (paths in replay's order, pieces by offset),
+    /// each once.
+    fn new(state: &TreeState) -> Ahead {
+        let mut paths: Vec<&Vec<u8>> = state.nodes.keys().collect();
+        paths.sort_by(|a, b| crate::log::cmp_components(a, b));
+        let mut a = Ahead {
+            window: read_ahead(),
+            ..Default::default()
+        };
+        for p in paths {
+            if let Some(Node::File(id)) = state.nodes.get(p)
+                && let Some(f) = state.files.get(id)
+            {
+                for piece in f.pieces.values() {
+                    let h = piece.payload.hash;
+                    if !a.pos.contains_key(&h) {
+                        a.pos.insert(h, a.order.len());
+                        a.order.push(h);
+                    }
+                }
+            }
+        }
+        a
+    }
 }
 
 impl RemoteSource<'_> {
+    /// The object's bytes: from the cache, a read-ahead download, or a new one; then starts
+    /// the next read-ahead downloads.
+    fn object(&self, path: &ObjPath, hash: &[u8; 32]) -> Result<(bytes::Bytes, bool), LogError> {
+        if let Some(b) = self.remote.cache_get(path) {
+            return Ok((b, true));
+        }
+        let mine = {
+            let mut a = self.ahead.borrow_mut();
+            if let Some(&i) = a.pos.get(hash) {
+                a.next = a.next.max(i + 1);
+            }
+            let mine = a.inflight.remove(hash);
+            while a.inflight.len() < a.window && a.next < a.order.len() {
+                let h = a.order[a.next];
+                a.next += 1;
+                let p = layout::object_path(&h);
+                if a.inflight.contains_key(&h) || self.remote.cache_get(&p).is_some() {
+                    continue;
+                }
+                let store = self.remote.store.clone();
+                let task = self
+                    .remote
+                    .rt
+                    .spawn(async move { store.get(&p).await?.bytes().await });
+                a.inflight.insert(h, task);
+            }
+            mine
+        };
+        let got = match mine {
+            Some(task) => self
+                .remote
+                .rt
+                .block_on(task)
+                .map_err(|e| LogError::Remote(format!("download task: {e}")))?
+                .map_err(|e| self.remote.fail("downloading", path, e)),
+            None => self.remote.get(path),
+        };
+        got.map(|b| (b, false))
+            .map_err(|e| LogError::Remote(format!("{e:#}")))
+    }
+
     fn fetch(&self, p: &PayloadRef) -> Result<Vec<u8>, Result<String, LogError>> {
         let path = layout::object_path(&p.hash);
-        let cached = self.remote.cache_get(&path);
-        let from_cache = cached.is_some();
-        let b = match cached {
-            Some(b) => b,
-            None => self
-                .remote
-                .get(&path)
-                .map_err(|e| Err(LogError::Remote(format!("{e:#}"))))?,
-        };
+        let (b, from_cache) = self.object(&path, &p.hash).map_err(Err)?;
         let checked = super::decode_object(&b, &p.hash).and_then(|raw| {
             if raw.len() as u64 != p.raw_len {
                 return Err(format!(
@@ -266,9 +351,17 @@ pub fn replay(
     if let Some(c) = &remote.cache {
         crate::log::refuse_inside(c, "cache directory", into)?;
     }
+    // Read ahead only into an empty target: elsewhere most payloads are already there and
+    // downloading them ahead would waste the transfer.
+    let empty = std::fs::read_dir(into).map_or(true, |mut d| d.next().is_none());
     let src = RemoteSource {
         remote,
         read: RefCell::new((0, 0)),
+        ahead: RefCell::new(if empty {
+            Ahead::new(&state)
+        } else {
+            Ahead::default()
+        }),
     };
     let stats = crate::log::replay_state(&src, &state, h, into, opts)?;
     let (objects, bytes) = *src.read.borrow();
