@@ -270,15 +270,8 @@ fn snapshot(sock: &str, h: u64) {
     );
 }
 
-/// Runs an agent on `vol` and cuts heights 1..=n, returning the tree at each height and the
-/// last ldb file written.
-fn cut_heights(
-    vol: &Path,
-    log: &Path,
-    sock: &Path,
-    n: u64,
-    extra: &[&str],
-) -> (Vec<(u64, TreeHash)>, Vec<u8>, Running) {
+/// Starts `btm-agent run` in eBPF mode and waits until it listens.
+fn start_agent(vol: &Path, log: &Path, sock: &Path, extra: &[&str]) -> Running {
     let agent_log = log.with_extension("agent.log");
     let mut agent = Running::new(
         Command::new(agent_bin())
@@ -298,6 +291,19 @@ fn cut_heights(
     wait_listening(&mut agent, sock, || {
         std::fs::read_to_string(&agent_log).unwrap_or_default()
     });
+    agent
+}
+
+/// Runs an agent on `vol` and cuts heights 1..=n, returning the tree at each height and the
+/// last ldb file written.
+fn cut_heights(
+    vol: &Path,
+    log: &Path,
+    sock: &Path,
+    n: u64,
+    extra: &[&str],
+) -> (Vec<(u64, TreeHash)>, Vec<u8>, Running) {
+    let agent = start_agent(vol, log, sock, extra);
     let mut rng = Rng(0x5eed_0ff5_17e5);
     let mut states = Vec::new();
     let mut last_ldb = Vec::new();
@@ -622,20 +628,7 @@ fn run_ships_heights_retention_and_prune_apply_remotely() {
     std::fs::write(fs2.mnt.join("own.dat"), Rng(99).bytes(200_000)).unwrap();
     let log2 = work.path().join("log2");
     let sock2 = work.path().join("s2.sock");
-    let mut agent2 = Running::new(
-        Command::new(agent_bin())
-            .args(["run", "--mode", "ebpf", "--volume"])
-            .arg(&fs2.mnt)
-            .arg("--log")
-            .arg(&log2)
-            .arg("--socket")
-            .arg(&sock2)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_listening(&mut agent2, &sock2, String::new);
+    let mut agent2 = start_agent(&fs2.mnt, &log2, &sock2, &[]);
     snapshot(sock2.to_str().unwrap(), 1);
     assert_eq!(agent2.terminate().code(), Some(0));
     let rep = cli.json(&[

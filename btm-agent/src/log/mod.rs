@@ -869,12 +869,7 @@ impl Log {
     /// The stored bytes of a payload (block table, then the codec's body), checked by decoding
     /// them first so that damage is never copied elsewhere.
     pub(crate) fn read_stored(&self, p: &PayloadRef) -> Result<Vec<u8>, LogError> {
-        let seg = self.segment(p.seg).ok_or_else(|| LogError::Corrupt {
-            segment: self.dir.clone(),
-            offset: p.offset,
-            height: None,
-            what: format!("segment {} is not part of the log", p.seg),
-        })?;
+        let seg = self.payload_segment(p)?;
         let mut stored = vec![0u8; p.stored_len as usize];
         seg.file
             .read_exact_at(&mut stored, p.offset)
@@ -911,6 +906,16 @@ impl Log {
             return Ok(tip.clone());
         }
         self.fold_to(i + 1)
+    }
+
+    /// The segment a payload names, or the damage that it names none.
+    fn payload_segment(&self, p: &PayloadRef) -> Result<&Segment, LogError> {
+        self.segment(p.seg).ok_or_else(|| LogError::Corrupt {
+            segment: self.dir.clone(),
+            offset: p.offset,
+            height: None,
+            what: format!("segment {} is not part of the log", p.seg),
+        })
     }
 
     fn segment(&self, no: u64) -> Option<&Segment> {
@@ -1443,12 +1448,7 @@ impl PayloadSource for Log {
 
     fn load_table(&self, p: &PayloadRef) -> Result<Vec<u8>, LogError> {
         let tl = format::table_len(p.raw_len);
-        let seg = self.segment(p.seg).ok_or_else(|| LogError::Corrupt {
-            segment: self.dir.clone(),
-            offset: p.offset,
-            height: None,
-            what: format!("segment {} is not part of the log", p.seg),
-        })?;
+        let seg = self.payload_segment(p)?;
         let mut t = vec![0u8; tl as usize];
         if p.offset.saturating_add(tl) <= seg.len {
             seg.file

@@ -346,6 +346,18 @@ impl Remote {
             .map_err(|e| self.fail("listing", prefix, e))
     }
 
+    /// Height, record key and path of every pointer of volume `name` (`volumes/<name>/heights/`).
+    pub(crate) fn pointers(&self, name: &str) -> Result<Vec<(u64, [u8; 32], ObjPath)>> {
+        Ok(self
+            .list(&layout::heights_dir(name))?
+            .into_iter()
+            .filter_map(|(p, _, _)| {
+                let (h, k) = layout::parse_pointer_name(p.filename()?)?;
+                Some((h, k, p))
+            })
+            .collect())
+    }
+
     /// The immediate "directories" under `prefix`.
     pub(crate) fn list_dirs(&self, prefix: &ObjPath) -> Result<Vec<ObjPath>> {
         self.rt

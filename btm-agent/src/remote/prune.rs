@@ -41,10 +41,7 @@ pub fn prune(remote: &Remote, grace: Duration, dry_run: bool) -> Result<PruneRep
     let mut objects: HashSet<[u8; 32]> = HashSet::new();
     for vol in super::list_volumes(remote)? {
         rep.volumes += 1;
-        for (p, _, _) in remote.list(&layout::heights_dir(&vol))? {
-            let Some((_, key)) = p.filename().and_then(layout::parse_pointer_name) else {
-                continue;
-            };
+        for (_, key, _) in remote.pointers(&vol)? {
             rep.pointers += 1;
             let mut next = key;
             while next != [0u8; 32] && records.insert(next) {

@@ -242,14 +242,7 @@ struct Pointers {
 
 impl Pointers {
     fn load(remote: &Remote, name: &str) -> Result<Pointers> {
-        let existing: Vec<(u64, [u8; 32], ObjPath)> = remote
-            .list(&layout::heights_dir(name))?
-            .into_iter()
-            .filter_map(|(p, _, _)| {
-                let (h, k) = layout::parse_pointer_name(p.filename()?)?;
-                Some((h, k, p))
-            })
-            .collect();
+        let existing: Vec<(u64, [u8; 32], ObjPath)> = remote.pointers(name)?;
         let have = existing.iter().map(|(h, k, _)| (*h, *k)).collect();
         Ok(Pointers { existing, have })
     }

@@ -61,14 +61,7 @@ pub fn resolve_volume(remote: &Remote, name: Option<&str>) -> Result<String> {
 /// The pointers of a volume (one per kept height), read `concurrency` at a time, optionally
 /// only those tagged `tag`. Ascending by height.
 pub fn list_heights(remote: &Remote, name: &str, tag: Option<&str>) -> Result<Vec<RemoteHeight>> {
-    let mut names: Vec<(u64, [u8; 32], ObjPath)> = remote
-        .list(&layout::heights_dir(name))?
-        .into_iter()
-        .filter_map(|(p, _, _)| {
-            let (h, k) = layout::parse_pointer_name(p.filename()?)?;
-            Some((h, k, p))
-        })
-        .collect();
+    let mut names = remote.pointers(name)?;
     names.sort_by_key(|(h, _, _)| *h);
     // Two pointers for one height (a push replacing a compacted record was interrupted) name
     // the same tree; keep the newer listing entry.
