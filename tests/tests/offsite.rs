@@ -539,18 +539,53 @@ fn run_ships_heights_retention_and_prune_apply_remotely() {
             .map(|x| x["height"].as_u64().unwrap())
             .collect()
     };
-    let t0 = Instant::now();
-    loop {
-        let (l, r) = (local(&cli), remote_heights(&cli));
-        if l == r && l.last() == Some(&12) {
-            break;
+    let caught_up = |last: u64| {
+        let t0 = Instant::now();
+        loop {
+            let (l, r) = (local(&cli), remote_heights(&cli));
+            if l == r && l.last() == Some(&last) {
+                return l;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "remote {r:?} never caught up with the log {l:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "remote {r:?} never caught up with the log {l:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    };
+    let kept = caught_up(12);
+    // A rollback removes newer heights from the log, and so from the remote; a new height
+    // cut after it (same number, other content) replaces the old one there too.
+    let sock = work.path().join("s.sock");
+    let sock_s = sock.to_str().unwrap();
+    let back = kept[kept.len() - 2];
+    cli.run(&[
+        "rollback",
+        "-p",
+        fs.mnt.to_str().unwrap(),
+        "--log",
+        log_s,
+        "--to",
+        &back.to_string(),
+        "--exact",
+        "--socket",
+        sock_s,
+    ])
+    .unwrap();
+    caught_up(back);
+    std::fs::write(fs.mnt.join("after-rollback"), b"new branch").unwrap();
+    let new_tree = hash_tree(&fs.mnt).unwrap();
+    snapshot(sock_s, 12);
+    caught_up(12);
+    let into = work.path().join("new12");
+    cli.replay(&remote, 12, &into).unwrap();
+    assert_eq!(
+        hash_tree(&into).unwrap(),
+        new_tree,
+        "height 12 after the rollback"
+    );
+    let mut states = states;
+    states[11].1 = new_tree;
     let kept = local(&cli);
     assert_eq!(kept.len(), 4, "cap 4 keeps 4 heights: {kept:?}");
     assert_eq!(agent.terminate().code(), Some(0));

@@ -129,6 +129,14 @@ impl Remote {
                     .with_context(|| format!("opening {url}"))?,
             ),
             "file" => {
+                if parsed.host_str().is_some_and(|h| !h.is_empty() && h != "localhost")
+                    || parsed.path().trim_matches('/').is_empty()
+                {
+                    bail!(
+                        "{url}: a file URL names an absolute directory, with three slashes: \
+                         file:///var/backups/btm"
+                    );
+                }
                 let dir = PathBuf::from(parsed.path());
                 std::fs::create_dir_all(&dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
