@@ -42,7 +42,7 @@ pub struct OffsiteArgs {
     pub dir: PathBuf,
 }
 
-const BUCKET: &str = "b";
+const BUCKET: &str = "btm-bench";
 const BTM_PREFIX: &str = "btm";
 const RESTIC_PREFIX: &str = "restic";
 const VOLUME_NAME: &str = "bench";
@@ -57,6 +57,11 @@ struct Step {
     bytes: u64,
     /// Bytes that crossed the loopback interface during the step (requests and answers).
     lo: u64,
+    /// CPU seconds of the tool (user + system) and of the moto server during the step.
+    cpu: f64,
+    moto_cpu: f64,
+    /// HTTP requests moto served during the step, by method.
+    reqs: String,
     note: String,
     /// Row whose time this one is compared with (btm's row for the same thing).
     vs: Option<usize>,
@@ -64,7 +69,6 @@ struct Step {
 
 #[derive(Debug, Default)]
 struct Results {
-    size: u64,
     tree_bytes: u64,
     changed: u64,
     steps: Vec<Step>,
@@ -116,12 +120,14 @@ pub fn run(a: OffsiteArgs) -> Result<()> {
 struct Moto {
     child: Child,
     endpoint: String,
+    log: PathBuf,
 }
 
 impl Moto {
     fn start(dir: &Path) -> Result<Moto> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let log = std::fs::File::create(dir.join("moto.log"))?;
+        let log_path = dir.join("moto.log");
+        let log = std::fs::File::create(&log_path)?;
         let child = Command::new("python3")
             .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
             .arg(port.to_string())
@@ -133,6 +139,7 @@ impl Moto {
         let mut m = Moto {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
+            log: log_path,
         };
         let t = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -175,6 +182,60 @@ impl Moto {
             (Some(Ok(b)), Some(Ok(n))) => Ok((b, n)),
             _ => bail!("unexpected bucket listing output {out:?}"),
         }
+    }
+
+    /// CPU seconds moto has used so far.
+    fn cpu(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which is in parentheses): utime and stime are 14, 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<f64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0.0))
+            .collect();
+        // SAFETY: sysconf(3) has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        if f.len() > 13 && hz > 0.0 {
+            (f[11] + f[12]) / hz
+        } else {
+            0.0
+        }
+    }
+
+    /// moto's request log so far (one line per request).
+    fn log_len(&self) -> u64 {
+        std::fs::metadata(&self.log).map_or(0, |m| m.len())
+    }
+
+    /// Requests logged after byte `from` of the log, by method ("PUT 12, HEAD 3").
+    fn requests_since(&self, from: u64) -> String {
+        let log = std::fs::read(&self.log).unwrap_or_default();
+        let tail = String::from_utf8_lossy(log.get(from as usize..).unwrap_or_default());
+        let mut by: std::collections::BTreeMap<&str, u64> = Default::default();
+        for l in tail.lines() {
+            if let Some(m) = l.split('"').nth(1).and_then(|r| r.split(' ').next()) {
+                *by.entry(m).or_default() += 1;
+            }
+        }
+        by.iter()
+            .map(|(m, n)| format!("{m} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Runs `c` timed, with the loopback bytes, CPU and requests it caused; fails with its
+    /// stderr.
+    fn timed(&self, c: &mut Command) -> Result<(f64, Probe, String)> {
+        let (lo0, cpu0, mcpu0, log0) = (lo_bytes(), children_cpu(), self.cpu(), self.log_len());
+        let (secs, out) = tools::timed(c)?;
+        let p = Probe {
+            lo: lo_bytes().saturating_sub(lo0),
+            cpu: children_cpu() - cpu0,
+            moto_cpu: self.cpu() - mcpu0,
+            reqs: self.requests_since(log0),
+        };
+        Ok((secs, p, out))
     }
 
     /// Environment for btm-agent and restic talking to this server.
@@ -225,11 +286,21 @@ fn lo_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-/// A command timed, with the loopback bytes it caused; fails with its stderr.
-fn timed_lo(c: &mut Command) -> Result<(f64, u64, String)> {
-    let lo0 = lo_bytes();
-    let (secs, out) = tools::timed(c)?;
-    Ok((secs, lo_bytes().saturating_sub(lo0), out))
+/// CPU seconds of the children this process has waited for.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage(2) into a zeroed struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// What a step cost besides its wall time.
+struct Probe {
+    lo: u64,
+    cpu: f64,
+    moto_cpu: f64,
+    reqs: String,
 }
 
 fn mib(b: u64) -> String {
@@ -290,7 +361,7 @@ impl Ctx<'_> {
     }
 
     fn push(&self, what: &str) -> Result<Step> {
-        let (secs, lo, out) = timed_lo(
+        let (secs, pr, out) = self.moto.timed(
             self.btm()
                 .args(["push", "--json", "--log"])
                 .arg(&self.log)
@@ -304,7 +375,10 @@ impl Ctx<'_> {
             what: what.into(),
             secs,
             bytes: u("bytes_uploaded"),
-            lo,
+            lo: pr.lo,
+            cpu: pr.cpu,
+            moto_cpu: pr.moto_cpu,
+            reqs: pr.reqs.clone(),
             note: format!(
                 "push: {} records, {} objects uploaded ({} already there), newest height {}",
                 u("records_uploaded"),
@@ -318,7 +392,7 @@ impl Ctx<'_> {
 
     fn backup(&self, what: &str, src: &Path, vs: usize) -> Result<Step> {
         let before = self.moto.usage(RESTIC_PREFIX)?;
-        let (secs, lo, out) = timed_lo(
+        let (secs, pr, out) = self.moto.timed(
             self.restic()
                 .args(["backup", "--json", "--host", "bench"])
                 .arg(src),
@@ -334,7 +408,10 @@ impl Ctx<'_> {
             what: what.into(),
             secs,
             bytes: after.0.saturating_sub(before.0),
-            lo,
+            lo: pr.lo,
+            cpu: pr.cpu,
+            moto_cpu: pr.moto_cpu,
+            reqs: pr.reqs.clone(),
             note: format!(
                 "backup: repo grew by {} objects; restic's data_added {}",
                 after.1.saturating_sub(before.1),
@@ -345,7 +422,7 @@ impl Ctx<'_> {
     }
 
     fn replay(&self, what: &str, height: u64, into: &Path) -> Result<Step> {
-        let (secs, lo, out) = timed_lo(
+        let (secs, pr, out) = self.moto.timed(
             self.btm()
                 .args([
                     "replay",
@@ -372,7 +449,10 @@ impl Ctx<'_> {
             what: what.into(),
             secs,
             bytes,
-            lo,
+            lo: pr.lo,
+            cpu: pr.cpu,
+            moto_cpu: pr.moto_cpu,
+            reqs: pr.reqs.clone(),
             note: format!(
                 "replay: {records} records, {objects} objects downloaded; {} written, {} compared",
                 mib(num_after(&out, "bytes_written:").unwrap_or(0)),
@@ -392,10 +472,7 @@ fn measure(a: &OffsiteArgs, bin: &Path) -> Result<Results> {
         .output();
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
-    let mut r = Results {
-        size,
-        ..Default::default()
-    };
+    let mut r = Results::default();
     let changed = ((size as f64 * a.change_pct / 100.0) as u64).max(64 << 10);
     r.changed = changed;
     let growth = changed / 2 * a.heights;
@@ -427,7 +504,7 @@ fn measure(a: &OffsiteArgs, bin: &Path) -> Result<Results> {
 
     let agent = Agent::start(bin, &xfs.mnt, &cx.log, &socket)?;
     let mut steps: Vec<Step> = vec![];
-    let mut push_step = |steps: &mut Vec<Step>, height: u64, what: &str| -> Result<()> {
+    let push_step = |steps: &mut Vec<Step>, height: u64, what: &str| -> Result<()> {
         let (cut_secs, rep) = agent.cut(height)?;
         let stored = rep["stored_bytes"].as_u64().unwrap_or(0);
         let mut p = cx.push(what)?;
@@ -488,7 +565,7 @@ fn measure(a: &OffsiteArgs, bin: &Path) -> Result<Results> {
     );
     steps.push(s);
     let restic_dir = dir.join("restore-restic");
-    let (secs, lo, _) = timed_lo(
+    let (secs, pr, _) = moto.timed(
         cx.restic()
             .args(["restore", "-q", "latest", "--target"])
             .arg(&restic_dir),
@@ -503,13 +580,27 @@ fn measure(a: &OffsiteArgs, bin: &Path) -> Result<Results> {
             .push(format!("MISMATCH restic restore vs volume: {d}")),
     }
     println!("bench-offsite: {what:<24} restic restore {secs:.2} s");
+    // restic reports no byte count for a restore: the blobs the snapshot needs, as stored.
+    let mut stats = cx.restic();
+    let raw = tools::timed(stats.args(["stats", "--json", "--mode", "raw-data", "latest"]))
+        .ok()
+        .and_then(|(_, out)| serde_json::from_str::<Value>(&out).ok())
+        .and_then(|v| v["total_size"].as_u64());
     steps.push(Step {
         tool: "restic",
         what: what.clone(),
         secs,
-        bytes: lo,
-        lo,
-        note: "restore latest: restic reports no byte count; bytes are the loopback traffic".into(),
+        bytes: pr.lo,
+        lo: pr.lo,
+        cpu: pr.cpu,
+        moto_cpu: pr.moto_cpu,
+        reqs: pr.reqs.clone(),
+        note: format!(
+            "restore latest: restic reports no byte count, so bytes are the loopback traffic \
+             (whole pack files); the snapshot's blobs as stored are {} (`restic stats --mode \
+             raw-data`)",
+            raw.map_or("?".into(), mib)
+        ),
         vs: Some(i),
     });
     let _ = std::fs::remove_dir_all(&restic_dir);
@@ -622,16 +713,20 @@ fn render(a: &OffsiteArgs, r: &Results, root: &Path) -> String {
          ships the log and `restic backup` the volume to `s3:…/{BUCKET}/{RESTIC_PREFIX}` of the \
          same bucket. btm bytes: push's `bytes_uploaded` and replay's downloaded bytes; restic \
          backup bytes: growth of its prefix in the bucket; restic restore: loopback traffic. \
-         \"loopback\" is every byte (both directions, HTTP included) on `lo` during the step.\n",
+         \"loopback\" is every byte (both directions, HTTP included) on `lo` during the step \
+         (the machine is shared: it may include others' loopback traffic); \
+         \"CPU\" is user + system seconds of the tool's process and of moto during the step, and \
+         the requests are those moto logged during it.\n",
         mib(r.tree_bytes),
         a.change_pct,
         mib(r.changed)
     );
     let _ = writeln!(
         s,
-        "| tool | what | time | bytes sent/received | time vs btm (ratio) | loopback | notes |"
+        "| tool | what | time | bytes sent/received | time vs btm (ratio) | loopback | CPU tool / moto \
+         | requests to moto | notes |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---|---|");
     for st in &r.steps {
         let ratio = match st.vs {
             Some(i) if r.steps[i].secs > 0.0 => {
@@ -642,12 +737,15 @@ fn render(a: &OffsiteArgs, r: &Results, root: &Path) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {:.2} s | {} | {ratio} | {} | {} |",
+            "| {} | {} | {:.2} s | {} | {ratio} | {} | {:.1} s / {:.1} s | {} | {} |",
             st.tool,
             st.what,
             st.secs,
             mib(st.bytes),
             mib(st.lo),
+            st.cpu,
+            st.moto_cpu,
+            st.reqs,
             st.note
         );
     }
