@@ -87,32 +87,8 @@ fn run() -> Result<()> {
             cmd.args(&args);
             status(&mut cmd)
         }
-        Cmd::Bench(a) => {
-            setup::all()?;
-            if !setup::is_root() {
-                let exe = std::env::current_exe()?;
-                let mut c = Command::new("sudo");
-                c.arg("-E")
-                    .arg(exe)
-                    .arg("bench")
-                    .args(std::env::args().skip(2));
-                return status(&mut c);
-            }
-            bench::run(a)
-        }
-        Cmd::BenchOffsite(a) => {
-            setup::all()?;
-            if !setup::is_root() {
-                let exe = std::env::current_exe()?;
-                let mut c = Command::new("sudo");
-                c.arg("-E")
-                    .arg(exe)
-                    .arg("bench-offsite")
-                    .args(std::env::args().skip(2));
-                return status(&mut c);
-            }
-            bench::offsite::run(a)
-        }
+        Cmd::Bench(a) => as_root("bench").unwrap_or_else(|| bench::run(a)),
+        Cmd::BenchOffsite(a) => as_root("bench-offsite").unwrap_or_else(|| bench::offsite::run(a)),
         Cmd::Test { args } => {
             setup::all()?;
             if !setup::is_root() {
@@ -133,6 +109,24 @@ fn run() -> Result<()> {
 
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Sets the machine up, then, when not root, runs `cargo xtask <sub> ARGS` again through
+/// `sudo -E` and returns its outcome; `None` when already root (go on here).
+fn as_root(sub: &str) -> Option<Result<()>> {
+    if let Err(e) = setup::all() {
+        return Some(Err(e));
+    }
+    if setup::is_root() {
+        return None;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return Some(Err(e.into())),
+    };
+    let mut c = Command::new("sudo");
+    c.arg("-E").arg(exe).arg(sub).args(std::env::args().skip(2));
+    Some(status(&mut c))
 }
 
 fn status(cmd: &mut Command) -> Result<()> {

@@ -866,15 +866,20 @@ impl Log {
         })
     }
 
-    /// The stored bytes of a payload (block table, then the codec's body), checked by decoding
-    /// them first so that damage is never copied elsewhere.
-    pub(crate) fn read_stored(&self, p: &PayloadRef) -> Result<Vec<u8>, LogError> {
+    /// Appends the stored bytes of a payload (block table, then the codec's body) to `out`,
+    /// checked by decoding them first so that damage is never copied elsewhere.
+    pub(crate) fn read_stored_into(
+        &self,
+        p: &PayloadRef,
+        out: &mut Vec<u8>,
+    ) -> Result<(), LogError> {
         let seg = self.payload_segment(p)?;
-        let mut stored = vec![0u8; p.stored_len as usize];
+        let at = out.len();
+        out.resize(at + p.stored_len as usize, 0);
         seg.file
-            .read_exact_at(&mut stored, p.offset)
+            .read_exact_at(&mut out[at..], p.offset)
             .map_err(|e| LogError::io(&seg.path, e))?;
-        if let Err(what) = decode_payload(p, stored.clone()) {
+        if let Err(what) = check_payload(p, &out[at..]) {
             return Err(LogError::Corrupt {
                 segment: seg.path.clone(),
                 offset: p.offset,
@@ -882,7 +887,7 @@ impl Log {
                 what: format!("payload {}: {what}", hex(&p.hash)),
             });
         }
-        Ok(stored)
+        Ok(())
     }
 
     /// The state after the first `n` records.
@@ -1473,26 +1478,51 @@ pub(crate) fn decode_payload(p: &PayloadRef, mut stored: Vec<u8>) -> Result<Vec<
     }
     let raw = match p.codec {
         Codec::Raw => stored.split_off(tl),
-        Codec::Zstd => {
-            let raw = zstd::bulk::decompress(&stored[tl..], p.raw_len as usize)
-                .map_err(|e| format!("zstd: {e}"))?;
-            if raw.len() as u64 != p.raw_len {
-                return Err(format!(
-                    "decompressed to {} bytes, expected {}",
-                    raw.len(),
-                    p.raw_len
-                ));
-            }
-            raw
-        }
+        Codec::Zstd => unzstd(p, &stored[tl..])?,
     };
-    if *blake3::hash(&raw).as_bytes() != p.hash {
-        return Err("blake3 mismatch".into());
+    check_raw(p, &raw, &stored[..tl])?;
+    Ok(raw)
+}
+
+/// [`decode_payload`]'s checks without keeping the raw bytes (nor copying raw ones).
+pub(crate) fn check_payload(p: &PayloadRef, stored: &[u8]) -> Result<(), String> {
+    let tl = format::table_len(p.raw_len) as usize;
+    if stored.len() < tl {
+        return Err("payload shorter than its block table".into());
     }
-    if format::block_table(&raw) != stored[..tl] {
-        return Err("block table does not match the data".into());
+    match p.codec {
+        Codec::Raw => check_raw(p, &stored[tl..], &stored[..tl]),
+        Codec::Zstd => check_raw(p, &unzstd(p, &stored[tl..])?, &stored[..tl]),
+    }
+}
+
+fn unzstd(p: &PayloadRef, body: &[u8]) -> Result<Vec<u8>, String> {
+    let raw = zstd::bulk::decompress(body, p.raw_len as usize).map_err(|e| format!("zstd: {e}"))?;
+    if raw.len() as u64 != p.raw_len {
+        return Err(format!(
+            "decompressed to {} bytes, expected {}",
+            raw.len(),
+            p.raw_len
+        ));
     }
     Ok(raw)
+}
+
+fn check_raw(p: &PayloadRef, raw: &[u8], table: &[u8]) -> Result<(), String> {
+    if raw.len() as u64 != p.raw_len {
+        return Err(format!(
+            "holds {} raw bytes, expected {}",
+            raw.len(),
+            p.raw_len
+        ));
+    }
+    if *blake3::hash(raw).as_bytes() != p.hash {
+        return Err("blake3 mismatch".into());
+    }
+    if format::block_table(raw) != table {
+        return Err("block table does not match the data".into());
+    }
+    Ok(())
 }
 
 /// Looks for a decodable record header at or after `from` (before `end`).

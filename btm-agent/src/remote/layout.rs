@@ -98,11 +98,17 @@ pub fn check_volume_name(name: &str) -> Result<(), String> {
 /// A payload object: the log's stored payload (block table, then the codec's body) behind a
 /// 17-byte header naming the codec and the raw length.
 pub fn encode_object(p: &PayloadRef, stored: &[u8]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(OBJ_HEADER_LEN as usize + stored.len());
+    let mut b = object_header(p);
+    b.extend_from_slice(stored);
+    b
+}
+
+/// The 17-byte header of `p`'s object, with room for its stored bytes after it.
+pub fn object_header(p: &PayloadRef) -> Vec<u8> {
+    let mut b = Vec::with_capacity((OBJ_HEADER_LEN + p.stored_len) as usize);
     b.extend_from_slice(OBJ_MAGIC);
     b.push(p.codec as u8);
     b.extend_from_slice(&p.raw_len.to_le_bytes());
-    b.extend_from_slice(stored);
     b
 }
 

@@ -186,8 +186,9 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
                     rep.objects_present += 1;
                     continue;
                 }
-                let stored = log.read_stored(x)?;
-                items.push((path, layout::encode_object(x, &stored)));
+                let mut obj = layout::object_header(x);
+                log.read_stored_into(x, &mut obj)?;
+                items.push((path, obj));
                 rep.objects_uploaded += 1;
             }
             remote.put_many(items, &|b| {

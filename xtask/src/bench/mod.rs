@@ -123,6 +123,25 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Builds the release agent; returns it and `out` made absolute (relative to the workspace).
+pub fn build_agent(out: &Path) -> Result<(PathBuf, PathBuf)> {
+    let root = workspace_root();
+    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args(["build", "-q", "--release", "-p", "btm-agent"])
+        .status()
+        .context("spawning cargo build")?;
+    if !st.success() {
+        bail!("cargo build --release -p btm-agent failed with {st}");
+    }
+    let out = if out.is_absolute() {
+        out.to_path_buf()
+    } else {
+        root.join(out)
+    };
+    Ok((root.join("target/release/btm-agent"), out))
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.size_gib.is_nan() || a.size_gib <= 0.0 {
         bail!("--size-gib must be positive");
@@ -130,25 +149,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.heights == 0 {
         bail!("--heights must be at least 1");
     }
-    let root = workspace_root();
-    let status = |c: &mut Command| -> Result<()> {
-        let st = c.status().with_context(|| format!("spawning {c:?}"))?;
-        if !st.success() {
-            bail!("{c:?} failed with {st}");
-        }
-        Ok(())
-    };
-    status(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(&root)
-            .args(["build", "-q", "--release", "-p", "btm-agent"]),
-    )?;
-    let bin = root.join("target/release/btm-agent");
-    let out = if a.out.is_absolute() {
-        a.out.clone()
-    } else {
-        root.join(&a.out)
-    };
+    let (bin, out) = build_agent(&a.out)?;
     let t0 = Instant::now();
     let mut r = measure(&a, &bin)?;
     r.secs_total = t0.elapsed().as_secs_f64();

@@ -89,28 +89,14 @@ pub fn run(a: OffsiteArgs) -> Result<()> {
     if !(a.change_pct > 0.0 && a.change_pct <= 100.0) {
         bail!("--change-pct must be in (0, 100]");
     }
-    let root = workspace_root();
-    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&root)
-        .args(["build", "-q", "--release", "-p", "btm-agent"])
-        .status()
-        .context("spawning cargo build")?;
-    if !st.success() {
-        bail!("cargo build --release -p btm-agent failed with {st}");
-    }
-    let bin = root.join("target/release/btm-agent");
-    let out = if a.out.is_absolute() {
-        a.out.clone()
-    } else {
-        root.join(&a.out)
-    };
+    let (bin, out) = super::build_agent(&a.out)?;
     let t0 = Instant::now();
     let res = measure(&a, &bin);
     // Whatever happened, leave no scratch data behind (the guards already unmounted).
     let _ = std::fs::remove_dir_all(&a.dir);
     let mut r = res?;
     r.secs_total = t0.elapsed().as_secs_f64();
-    let md = render(&a, &r, &root);
+    let md = render(&a, &r, &workspace_root());
     std::fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
     println!("bench-offsite: wrote {}", out.display());
     Ok(())
