@@ -698,3 +698,209 @@ fn run_ships_heights_retention_and_prune_apply_remotely() {
         "{e}"
     );
 }
+
+/// The Azure blob emulator (Azurite) on loopback, persisting to `dir`: it can be killed and
+/// started again on the same data.
+struct Azurite {
+    proc: Option<Running>,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+const AZ_CONTAINER: &str = "btm";
+/// The emulator's well-known development account.
+const AZ_CONN: &str = "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=\
+    Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;";
+
+impl Azurite {
+    fn start(dir: &Path) -> Option<Azurite> {
+        let ok = Command::new("azurite-blob")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+            && Command::new("python3")
+                .args(["-c", "import azure.storage.blob"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+        if !ok {
+            skip(
+                "offsite az://",
+                "azurite or azure-storage-blob is not installed (cargo xtask setup installs them)",
+            );
+            return None;
+        }
+        let mut a = Azurite {
+            proc: None,
+            port: free_port(),
+            dir: dir.to_path_buf(),
+        };
+        a.restart();
+        let script = format!(
+            "from azure.storage.blob import BlobServiceClient\n\
+             BlobServiceClient.from_connection_string('{AZ_CONN}BlobEndpoint=http://127.0.0.1:{}/devstoreaccount1;')\
+             .create_container('{AZ_CONTAINER}')\n",
+            a.port
+        );
+        let out = Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "creating the container: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(a)
+    }
+
+    fn restart(&mut self) {
+        self.proc = Some(Running::new(
+            Command::new("azurite-blob")
+                .args(["--blobHost", "127.0.0.1", "--blobPort"])
+                .arg(self.port.to_string())
+                .arg("--location")
+                .arg(&self.dir)
+                .args([
+                    "--disableTelemetry",
+                    "--silent",
+                    "--skipApiVersionCheck",
+                    "--loose",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+        let t0 = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "azurite did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the server mid-request (SIGTERM: requests in flight are cut, and Azurite saves
+    /// its metadata on the way down; after SIGKILL it loses even the container, so nothing
+    /// of a restart would be left to resume).
+    fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.terminate();
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(agent_bin())
+            .args(args)
+            .env_remove("BTM_LOG_DIR")
+            .env("AZURE_STORAGE_USE_EMULATOR", "true")
+            .env(
+                "AZURITE_BLOB_STORAGE_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            )
+            .env("BTM_REMOTE_RETRY_SECS", "2")
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+#[test]
+fn azure_push_survives_killing_the_server_and_restores() {
+    if !can_run("offsite az://") {
+        return;
+    }
+    let work = tempfile::Builder::new()
+        .prefix("btm-offsite-az-")
+        .tempdir_in(scratch())
+        .unwrap();
+    let Some(mut az) = Azurite::start(&work.path().join("azurite")) else {
+        return;
+    };
+    let fs = LoopFs::new("ext4", 256).unwrap();
+    let log = work.path().join("log");
+    let log_s = log.to_str().unwrap();
+    let (states, _, agent) = cut_heights(&fs.mnt, &log, &work.path().join("s.sock"), 20, &[]);
+    drop(agent);
+    let remote = format!("az://{AZ_CONTAINER}/btm");
+    let push = ["push", "--log", log_s, "--remote", &remote, "--json"];
+    // Stop the server for real while the push is uploading.
+    let mut child = Command::new(agent_bin())
+        .args(&push[..push.len() - 1])
+        .env("AZURE_STORAGE_USE_EMULATOR", "true")
+        .env(
+            "AZURITE_BLOB_STORAGE_URL",
+            format!("http://127.0.0.1:{}", az.port),
+        )
+        .env("BTM_REMOTE_RETRY_SECS", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let blobs = work.path().join("azurite");
+    let t0 = Instant::now();
+    // Wait until some payload data has reached the server's disk, then kill it.
+    while btm_agent_dir_bytes(&blobs) < 2 << 20 {
+        if child.try_wait().unwrap().is_some() || t0.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    az.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("push while the server died: {} {err}", out.status);
+    assert!(
+        !out.status.success(),
+        "the push finished before the kill; raise the data size"
+    );
+    assert!(err.contains("run push again to resume"), "{err}");
+    az.restart();
+    // Resume, then scrub: `push --verify` reads everything back and finds nothing to repair.
+    let rep: serde_json::Value = serde_json::from_str(&az.cli(&push).unwrap()).unwrap();
+    println!("resumed: {rep}");
+    assert_eq!(rep["newest_height"], 20);
+    let mut verify = push.to_vec();
+    verify.push("--verify");
+    let rep: serde_json::Value = serde_json::from_str(&az.cli(&verify).unwrap()).unwrap();
+    println!("verified: {rep}");
+    assert_eq!(rep["repaired"], 0, "{rep}");
+    assert_eq!(rep["objects_uploaded"], 0, "{rep}");
+    for h in [1u64, 10, 20] {
+        let into = work.path().join(format!("az-{h}"));
+        az.cli(&[
+            "replay",
+            "--remote",
+            &remote,
+            "--to",
+            &h.to_string(),
+            "--exact",
+            "--into",
+            into.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(
+            hash_tree(&into).unwrap(),
+            states[h as usize - 1].1,
+            "az height {h}"
+        );
+    }
+}
+
+fn btm_agent_dir_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => btm_agent_dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}

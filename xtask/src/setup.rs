@@ -37,7 +37,7 @@ unsafe extern "C" {
 
 pub fn all() -> Result<()> {
     packages()?;
-    moto()?;
+    object_servers()?;
     nightly()?;
     bpf_linker()?;
     if is_root() {
@@ -87,24 +87,39 @@ fn packages() -> Result<()> {
 /// The S3-compatible server the offsite tests run against on loopback (PyPI `moto[server]`).
 pub const MOTO: &str = "moto[server]>=5.1,<6";
 
-fn moto() -> Result<()> {
+/// The Azure blob emulator for the az:// tests (npm), and the Python client that creates their
+/// container (object_store cannot).
+pub const AZURITE: &str = "azurite@3.35.0";
+pub const AZURE_BLOB: &str = "azure-storage-blob>=12,<13";
+
+/// Object-store servers for the offsite tests: moto (S3) and Azurite (Azure blobs).
+fn object_servers() -> Result<()> {
     let have = Command::new("python3")
-        .args(["-c", "import moto, moto.server, flask, boto3"])
+        .args(["-c", "import moto, moto.server, flask, boto3, azure.storage.blob"])
         .output()
         .is_ok_and(|o| o.status.success());
-    if have {
-        return Ok(());
+    if !have {
+        eprintln!("setup: installing {MOTO} {AZURE_BLOB} (pip)");
+        run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--root-user-action=ignore",
+            MOTO,
+            AZURE_BLOB,
+        ]))?;
     }
-    eprintln!("setup: installing {MOTO} (pip)");
-    run(Command::new("python3").args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        "--root-user-action=ignore",
-        MOTO,
-    ]))
+    let azurite = Command::new("azurite-blob")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !azurite {
+        eprintln!("setup: installing {AZURITE} (npm)");
+        run(sudo("npm").args(["install", "--global", "--no-fund", "--no-audit", AZURITE]))?;
+    }
+    Ok(())
 }
 
 fn nightly() -> Result<()> {

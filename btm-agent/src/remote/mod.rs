@@ -214,7 +214,8 @@ impl Remote {
         } else if matches!(e, object_store::Error::Generic { .. })
             && (msg.contains("error sending request") || msg.contains("Connect"))
         {
-            "; the endpoint is unreachable: check the URL, AWS_ENDPOINT_URL and the network"
+            "; the endpoint is unreachable: check the URL, the endpoint settings (AWS_ENDPOINT_URL, \
+             AZURITE_BLOB_STORAGE_URL, ...) and the network"
         } else {
             ""
         };
