@@ -95,7 +95,10 @@ pub const AZURE_BLOB: &str = "azure-storage-blob>=12,<13";
 /// Object-store servers for the offsite tests: moto (S3) and Azurite (Azure blobs).
 fn object_servers() -> Result<()> {
     let have = Command::new("python3")
-        .args(["-c", "import moto, moto.server, flask, boto3, azure.storage.blob"])
+        .args([
+            "-c",
+            "import moto, moto.server, flask, boto3, azure.storage.blob",
+        ])
         .output()
         .is_ok_and(|o| o.status.success());
     if !have {
