@@ -603,6 +603,29 @@ fn run_ships_heights_retention_and_prune_apply_remotely() {
     ]);
 
     // Retention removed pointers; compaction rewrote records; prune frees what nothing reaches.
+    // Push and prune keep out of each other's way (a push could link an object prune deletes).
+    let locks = store.join("locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    std::fs::write(locks.join("push-elsewhere.json"), b"{}").unwrap();
+    let e = cli
+        .run(&["prune", "--remote", &remote, "--grace", "0"])
+        .unwrap_err();
+    assert!(e.contains("pushes are running"), "{e}");
+    std::fs::remove_file(locks.join("push-elsewhere.json")).unwrap();
+    std::fs::write(locks.join("prune-elsewhere.json"), b"{}").unwrap();
+    let e = cli
+        .run(&[
+            "push",
+            "--log",
+            log_s,
+            "--remote",
+            &remote,
+            "--remote-name",
+            "node1",
+        ])
+        .unwrap_err();
+    assert!(e.contains("a prune is running"), "{e}");
+    std::fs::remove_file(locks.join("prune-elsewhere.json")).unwrap();
     let dry = cli.json(&["prune", "--remote", &remote, "--grace", "0", "--dry-run"]);
     let freed = dry["objects_deleted"].as_u64().unwrap() + dry["records_deleted"].as_u64().unwrap();
     assert!(freed > 0, "nothing to prune after retention: {dry}");
@@ -610,6 +633,8 @@ fn run_ships_heights_retention_and_prune_apply_remotely() {
     assert_eq!(rep["objects_deleted"], dry["objects_deleted"], "{rep}");
     let again = cli.json(&["prune", "--remote", &remote, "--grace", "0"]);
     assert_eq!(again["objects_deleted"], 0, "{again}");
+    let left: Vec<_> = std::fs::read_dir(&locks).unwrap().collect();
+    assert!(left.is_empty(), "locks left behind: {left:?}");
     for h in &kept {
         let into = work.path().join(format!("r{h}"));
         cli.replay(&remote, *h, &into).unwrap();

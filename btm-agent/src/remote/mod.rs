@@ -14,6 +14,7 @@
 //! `GOOGLE_*`, `AZURE_*`) and, for S3, `~/.aws/credentials` when the variables are absent.
 
 pub mod layout;
+mod lock;
 mod prune;
 mod push;
 mod restore;

@@ -4,8 +4,8 @@
 //! Mark and sweep, like restic's prune: walk every pointer's chain (records shared by several
 //! chains are read once), collect the payloads their metadata names, then delete unreached
 //! objects older than a grace period. The grace period protects objects a concurrent push has
-//! uploaded but not yet linked; run prune while no push reuses long-unreferenced data (in
-//! practice: it is always safe when pushes of the same data are not running).
+//! uploaded but not yet linked; lock objects (`lock.rs`) keep prune and pushes apart, so a push
+//! never links an old object that prune is deleting.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -37,6 +37,7 @@ pub fn prune(remote: &Remote, grace: Duration, dry_run: bool) -> Result<PruneRep
         dry_run,
         ..Default::default()
     };
+    let mut lock = super::lock::Lock::take(remote, "prune")?;
     let mut records: HashSet<[u8; 32]> = HashSet::new();
     let mut objects: HashSet<[u8; 32]> = HashSet::new();
     for vol in super::list_volumes(remote)? {
@@ -45,6 +46,7 @@ pub fn prune(remote: &Remote, grace: Duration, dry_run: bool) -> Result<PruneRep
             rep.pointers += 1;
             let mut next = key;
             while next != [0u8; 32] && records.insert(next) {
+                lock.refresh()?;
                 let b = remote.get(&layout::record_path(&next))?;
                 let rec = RecordObj::decode(&b, &next).map_err(|why| {
                     anyhow!(
@@ -66,6 +68,7 @@ pub fn prune(remote: &Remote, grace: Duration, dry_run: bool) -> Result<PruneRep
     }
     let cutoff = chrono::Utc::now() - chrono::Duration::from_std(grace)?;
     let mut doomed = Vec::new();
+    lock.refresh()?;
     for (dir, marked, kept, deleted) in [
         (
             "records",

@@ -120,6 +120,7 @@ struct Planned {
 pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
     layout::check_volume_name(&o.name).map_err(anyhow::Error::msg)?;
     check_owner(log, remote, &o.name)?;
+    let mut lock = super::lock::Lock::take(remote, "push")?;
     let mut rep = PushReport::default();
     // Every record's remote key; the chain of keys mirrors the log's hash chain.
     let n = log.record_count();
@@ -171,6 +172,7 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
         // Payload objects first, in batches: ask which exist, upload the rest.
         let own: Vec<_> = v.own.iter().filter(|x| known.insert(x.hash)).collect();
         for batch in batches(&own, |x| x.stored_len, BATCH_BYTES) {
+            lock.refresh()?;
             let paths: Vec<ObjPath> = batch.iter().map(|x| layout::object_path(&x.hash)).collect();
             let there = if o.verify {
                 let hashes: Vec<[u8; 32]> = batch.iter().map(|x| x.hash).collect();
@@ -230,6 +232,7 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
     }
     bar.finish_and_clear();
     rep.bytes_uploaded = uploaded.load(Ordering::Relaxed);
+    lock.refresh()?;
     pointers.finish(remote, o, &plan, &mut rep)?;
     rep.newest_height = plan.last().map(|p| p.height);
     Ok(rep)
