@@ -681,6 +681,38 @@ fn run_ships_heights_retention_and_prune_apply_remotely() {
     assert_eq!(rep["records_uploaded"], 0, "{rep}");
     assert_eq!(rep["objects_uploaded"], 0, "{rep}");
     assert_eq!(rep["pointers_written"], 4, "{rep}");
+    // A log cut far back (here: truncated to its first height) does not take the offsite copy
+    // with it unless the push says so.
+    let first = kept[0];
+    btm_agent::log::Log::open_append(&copy)
+        .unwrap()
+        .truncate_after(first)
+        .unwrap();
+    let copy_push = [
+        "push",
+        "--log",
+        copy_s,
+        "--remote",
+        &remote,
+        "--remote-name",
+        "copy",
+    ];
+    let e = cli.run(&copy_push).unwrap_err();
+    assert!(
+        e.contains("would remove 3 of the 4 heights") && e.contains("--allow-removals"),
+        "{e}"
+    );
+    let n = |cli: &Cli| {
+        cli.json(&["list", "--remote", &remote, "--remote-name", "copy"])
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(n(&cli), 4, "the refused push changed the remote");
+    let mut allowed = copy_push.to_vec();
+    allowed.push("--allow-removals");
+    cli.run(&allowed).unwrap();
+    assert_eq!(n(&cli), 1);
     // ... and another node's volume holding a file node1 has uploads only its own bytes.
     let fs2 = LoopFs::new("ext4", 128).unwrap();
     let shared = std::fs::read(fs.mnt.join("ldb/000007.ldb")).unwrap();

@@ -41,6 +41,7 @@ pub fn push_options(
         meta,
         progress: true,
         verify: false,
+        allow_removals: false,
     }
 }
 
@@ -61,6 +62,10 @@ pub struct PushArgs {
     /// damaged (a scrub; slow: reads the whole offsite copy).
     #[arg(long)]
     pub verify: bool,
+    /// Allow removing more than half of the remote's heights (after a rollback far back or a
+    /// new retention policy); without it such a push stops before changing anything.
+    #[arg(long)]
+    pub allow_removals: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -77,6 +82,7 @@ pub fn push(a: PushArgs) -> Result<()> {
     let log = Log::open_read(&a.log)?;
     let mut opts = push_options(&a.log, a.remote.remote_name.as_deref(), a.tag, a.meta);
     opts.verify = a.verify;
+    opts.allow_removals = a.allow_removals;
     let rep = remote::push(&log, &remote, &opts).with_context(|| {
         format!(
             "pushing {} to {url} (run push again to resume)",

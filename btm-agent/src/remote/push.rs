@@ -33,7 +33,14 @@ pub struct PushOptions {
     /// Download and check every object of the chain (not only find where to resume), and
     /// upload again what is missing or damaged: repairs a remote after storage damage.
     pub verify: bool,
+    /// Let this push remove more than half of the remote's heights (see [`MASS_REMOVAL`]).
+    pub allow_removals: bool,
 }
+
+/// A push that would remove more than this many heights, and more than half of those the remote
+/// has, stops before changing anything unless allowed: a log emptied or rolled far back by
+/// mistake must not take the offsite copy with it (BTSOOT's safety abort).
+pub const MASS_REMOVAL: usize = 2;
 
 /// What a push did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -158,6 +165,9 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
     }
     let start = if o.verify { 0 } else { lo };
     let mut pointers = Pointers::load(remote, &o.name)?;
+    if !o.allow_removals {
+        pointers.check_removals(&plan, remote, &o.name)?;
+    }
     rep.records_present = lo as u64;
     let bar = progress_bar(o.progress, (n - start) as u64, &o.name);
     let uploaded = AtomicU64::new(0);
@@ -286,6 +296,27 @@ impl Pointers {
         Ok(())
     }
 
+    /// Refuses a push that would remove most of the remote's heights (see [`MASS_REMOVAL`]).
+    fn check_removals(&self, plan: &[Planned], remote: &Remote, name: &str) -> Result<()> {
+        let wanted: HashSet<u64> = wanted(plan).map(|p| p.height).collect();
+        let remote_heights: HashSet<u64> = self.existing.iter().map(|(h, _, _)| *h).collect();
+        let mut gone: Vec<u64> = remote_heights.difference(&wanted).copied().collect();
+        gone.sort_unstable();
+        if gone.len() > MASS_REMOVAL && gone.len() * 2 > remote_heights.len() {
+            bail!(
+                "this push would remove {} of the {} heights of {name:?} on {} ({}..={}) because \
+                 the log no longer has them; nothing was changed. If that is intended (a \
+                 rollback, a new retention policy), push with --allow-removals",
+                gone.len(),
+                remote_heights.len(),
+                remote.url(),
+                gone[0],
+                gone[gone.len() - 1]
+            );
+        }
+        Ok(())
+    }
+
     /// Publishes every kept height (and the newest record, which the log keeps reachable),
     /// then deletes pointers of heights retention removed or whose record changed.
     fn finish(
@@ -295,13 +326,7 @@ impl Pointers {
         plan: &[Planned],
         rep: &mut PushReport,
     ) -> Result<()> {
-        let last = plan.len().saturating_sub(1);
-        let wanted: Vec<&Planned> = plan
-            .iter()
-            .enumerate()
-            .filter(|(i, p)| !p.dropped || *i == last)
-            .map(|(_, p)| p)
-            .collect();
+        let wanted: Vec<&Planned> = wanted(plan).collect();
         for p in &wanted {
             self.ensure(remote, o, p, rep)?;
         }
@@ -315,6 +340,16 @@ impl Pointers {
         rep.pointers_removed = stale.len() as u64;
         remote.delete_many(stale)
     }
+}
+
+/// The records that get a pointer: kept heights, and the newest record (which the log keeps
+/// reachable even when retention dropped it).
+fn wanted(plan: &[Planned]) -> impl Iterator<Item = &Planned> {
+    let last = plan.len().saturating_sub(1);
+    plan.iter()
+        .enumerate()
+        .filter(move |(i, p)| !p.dropped || *i == last)
+        .map(|(_, p)| p)
 }
 
 /// Splits `items` into runs whose `size` sums stay under `max` (a single larger item is a run).
