@@ -181,7 +181,13 @@ impl Remote {
             url: url.to_string(),
             store,
             rt,
-            concurrency: 16,
+            // Requests in flight (BTM_REMOTE_CONCURRENCY): more hides more latency on a
+            // distant store, at the cost of memory (up to 64 MiB per upload batch anyway).
+            concurrency: std::env::var("BTM_REMOTE_CONCURRENCY")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(16),
             cache: None,
         }
     }
