@@ -66,6 +66,7 @@ pub struct PushArgs {
     /// new retention policy); without it such a push stops before changing anything.
     #[arg(long)]
     pub allow_removals: bool,
+    /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -125,6 +126,7 @@ pub struct PruneArgs {
     /// Only report what would be deleted.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -128,14 +128,21 @@ impl Remote {
                     .with_url(url)
                     .with_retry(retry_config())
                     .build()
-                    .with_context(|| format!("opening {url}"))?,
+                    .with_context(|| {
+                        format!("opening {url} (credentials: GOOGLE_APPLICATION_CREDENTIALS=FILE)")
+                    })?,
             ),
             "az" | "azure" | "abfs" | "abfss" => Arc::new(
                 object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_url(url)
                     .with_retry(retry_config())
                     .build()
-                    .with_context(|| format!("opening {url}"))?,
+                    .with_context(|| {
+                        format!(
+                            "opening {url} (set AZURE_STORAGE_ACCOUNT_NAME and a credential such \
+                             as AZURE_STORAGE_ACCOUNT_KEY)"
+                        )
+                    })?,
             ),
             "file" => {
                 if parsed
