@@ -20,6 +20,9 @@ mod push;
 mod restore;
 mod ship;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
