@@ -1,7 +1,7 @@
 //! The on-disk layout, byte by byte. `docs/FORMAT.md` is the specification; this file is its
 //! implementation. All integers are little-endian.
 
-use super::record::{Entry, ExtentBytes, FileId, NsOp, check_path, check_symlink_target};
+use super::record::{Entry, FileId, NsOp, check_path, check_symlink_target};
 
 /// The format version written into every segment header and record header.
 pub const FORMAT_VERSION: u16 = 1;
@@ -583,24 +583,17 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Splits the extents of a cut into table rows: data is cut into chunks at multiples of
-/// `chunk` (absolute file offsets, so rewriting the same bytes at the same place dedups), zero
-/// runs stay whole, empty extents vanish.
-pub fn split_extent(
-    offset: u64,
-    bytes: &ExtentBytes,
-    chunk: u64,
-) -> Vec<(u64, std::ops::Range<usize>)> {
+/// `len` bytes of extent data at `offset`, cut into pieces at multiples of `chunk` (absolute
+/// file offsets, so the same bytes at the same place always make the same payloads).
+pub fn split_range(offset: u64, len: usize, chunk: u64) -> Vec<(u64, std::ops::Range<usize>)> {
     let mut out = Vec::new();
-    if let ExtentBytes::Data(d) = bytes {
-        let mut at = 0usize;
-        while at < d.len() {
-            let abs = offset + at as u64;
-            let room = chunk - abs % chunk;
-            let n = (room as usize).min(d.len() - at);
-            out.push((abs, at..at + n));
-            at += n;
-        }
+    let mut at = 0usize;
+    while at < len {
+        let abs = offset + at as u64;
+        let room = chunk - abs % chunk;
+        let n = (room as usize).min(len - at);
+        out.push((abs, at..at + n));
+        at += n;
     }
     out
 }
@@ -699,9 +692,8 @@ mod tests {
 
     #[test]
     fn split() {
-        let d = ExtentBytes::Data(vec![0; 10]);
-        let v = split_extent(3, &d, 4);
+        let v = split_range(3, 10, 4);
         assert_eq!(v, vec![(3, 0..1), (4, 1..5), (8, 5..9), (12, 9..10)]);
-        assert!(split_extent(0, &ExtentBytes::Zero(9), 4).is_empty());
+        assert!(split_range(0, 0, 4).is_empty());
     }
 }

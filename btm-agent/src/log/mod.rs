@@ -33,6 +33,7 @@ mod record;
 mod replay;
 mod state;
 mod truncate;
+mod unchanged;
 mod verify;
 
 #[cfg(test)]
@@ -56,7 +57,7 @@ pub use verify::VerifyReport;
 
 use format::{
     HeaderError, MetaError, REC_HEADER_LEN, REC_MAGIC, RecHeader, SEG_HEADER_LEN, SegHeader,
-    TRAILER_LEN, Trailer, split_extent,
+    TRAILER_LEN, Trailer, split_range,
 };
 pub(crate) use format::{Meta, MetaExtent, table_len};
 pub(crate) use record::cmp_components;
@@ -72,6 +73,9 @@ pub struct LogOptions {
     pub chunk_size: u64,
     /// Threads compressing payloads during an append.
     pub compress_threads: usize,
+    /// Leave out whole 4 KiB blocks that already hold the same bytes at the last height
+    /// (`unchanged.rs`): cuts that capture more than changed store only what did.
+    pub drop_unchanged: bool,
 }
 
 impl Default for LogOptions {
@@ -81,6 +85,7 @@ impl Default for LogOptions {
             zstd_level: 3,
             chunk_size: 1 << 20,
             compress_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            drop_unchanged: true,
         }
     }
 }
@@ -1034,7 +1039,19 @@ impl Log {
             }
         }
 
-        // Cut data into chunks, hash, dedup, compress.
+        // The state this record builds on: its checks, and the blocks it already holds.
+        if self.tip.is_none() {
+            self.tip = Some(if check {
+                self.fold_to(self.records.len())?
+            } else {
+                TreeState::default()
+            });
+        }
+        let tip_ref = self.tip.as_ref().expect("tip");
+        let unchanged = (check && self.opts.drop_unchanged)
+            .then(|| unchanged::Unchanged::new(self, tip_ref, &ops, &extents));
+
+        // Cut data into chunks (leaving out blocks the tip already holds), hash, dedup, compress.
         enum Row {
             Zero {
                 id: FileId,
@@ -1073,12 +1090,14 @@ impl Log {
                             reason: format!("extent of file id {} at {} overflows", e.id, e.offset),
                         });
                     }
-                    for (offset, range) in split_extent(
-                        e.offset,
-                        &e.bytes,
-                        self.opts.chunk_size.clamp(1, format::MAX_PAYLOAD_RAW),
-                    ) {
-                        let raw = &d[range];
+                    let chunk = self.opts.chunk_size.clamp(1, format::MAX_PAYLOAD_RAW);
+                    let runs = unchanged::data_runs(unchanged.as_ref(), e)?;
+                    let pieces = runs.iter().flat_map(|&(at, run)| {
+                        split_range(at, run.len(), chunk)
+                            .into_iter()
+                            .map(move |(offset, r)| (offset, &run[r]))
+                    });
+                    for (offset, raw) in pieces {
                         let hash = *blake3::hash(raw).as_bytes();
                         let row = if let Some(p) = self.dedup.get(&hash) {
                             Row::Old {
@@ -1172,13 +1191,6 @@ impl Log {
         debug_assert_eq!(meta_bytes.len() as u64, meta_len);
 
         // Check the record against the state it builds on (parents exist, ids known, ...).
-        if self.tip.is_none() {
-            self.tip = Some(if check {
-                self.fold_to(self.records.len())?
-            } else {
-                TreeState::default()
-            });
-        }
         let tip = self.tip.as_mut().expect("tip");
         if let Err(e) = tip.apply(height, &meta.ops, &meta.extents)
             && check

@@ -335,3 +335,100 @@ fn log_is_send_and_sync() {
     check::<TreeState>();
     check::<LogError>();
 }
+
+/// A record that rewrites a whole 3 MiB file with one 4 KiB block changed (and zeros over a hole)
+/// stores about that block, and every height still replays exactly; extents that overlap, and
+/// sizes the record's ops shrink, are compared with nothing (a later extent may undo an earlier
+/// one; a shrink drops the old bytes).
+#[test]
+fn unchanged_blocks_are_left_out_and_replays_stay_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let mut log = Log::open_append(&dir).unwrap();
+    let mut v1 = noise(1, 3 << 20);
+    v1[(2 << 20)..(2 << 20) + 8192].fill(0);
+    let mut r1 = record(1, 1, v1.clone());
+    // A hole of 64 KiB after the data: the file is 3 MiB + 64 KiB.
+    r1.ops.push(NsOp::SetSize {
+        id: 1,
+        size: (3 << 20) + 65536,
+    });
+    log.append(r1).unwrap();
+
+    // Height 2: the whole file again plus the hole as zeros; one block differs.
+    let mut v2 = v1.clone();
+    v2[4096 * 100..4096 * 101].copy_from_slice(&noise(2, 4096));
+    v2.extend_from_slice(&[0u8; 65536]);
+    let mut r2 = record(2, 1, v2.clone());
+    r2.ops.pop(); // keep the size
+    let info = log.append(r2).unwrap();
+    assert!(
+        info.stored_bytes < 64 << 10,
+        "stored {} bytes for one changed 4 KiB block",
+        info.stored_bytes
+    );
+
+    // Height 3: overlapping extents: the first changes block 5, the second puts block 5 back.
+    let old5 = v2[5 * 4096..6 * 4096].to_vec();
+    let r3 = CutRecord {
+        height: 3,
+        time_unix_ms: 3,
+        ops: vec![],
+        extents: vec![
+            ExtentData {
+                id: 1,
+                offset: 5 * 4096,
+                bytes: ExtentBytes::Data(noise(3, 4096)),
+            },
+            ExtentData {
+                id: 1,
+                offset: 5 * 4096,
+                bytes: ExtentBytes::Data(old5),
+            },
+        ],
+    };
+    log.append(r3).unwrap();
+
+    // Height 4: shrink to 1 MiB and grow back to 3 MiB + 64 KiB in one record, rewriting the
+    // old bytes: they must be stored again (the shrink dropped them).
+    let r4 = CutRecord {
+        height: 4,
+        time_unix_ms: 4,
+        ops: vec![
+            NsOp::SetSize {
+                id: 1,
+                size: 1 << 20,
+            },
+            NsOp::SetSize {
+                id: 1,
+                size: v2.len() as u64,
+            },
+        ],
+        extents: vec![ExtentData {
+            id: 1,
+            offset: 1 << 20,
+            bytes: ExtentBytes::Data(v2[1 << 20..].to_vec()),
+        }],
+    };
+    log.append(r4).unwrap();
+    drop(log);
+
+    let log = Log::open_read(&dir).unwrap();
+    log.verify().unwrap();
+    for (h, want) in [
+        (1, {
+            let mut v = v1.clone();
+            v.extend_from_slice(&[0u8; 65536]);
+            v
+        }),
+        (2, v2.clone()),
+        (3, v2.clone()),
+        (4, v2.clone()),
+    ] {
+        let into = tmp.path().join(format!("r{h}"));
+        log.replay(h, &into, &no_sync()).unwrap();
+        let got = fs::read(into.join("f1")).unwrap();
+        assert_eq!(got.len(), want.len(), "height {h}");
+        assert!(got == want, "height {h} differs");
+    }
+}
