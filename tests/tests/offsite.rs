@@ -26,6 +26,21 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Runs a python script (the servers' own clients do what object_store cannot: create buckets
+/// and containers, damage objects); returns its stdout.
+fn python(script: &str) -> String {
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python: {}\n{script}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// moto's S3 server on loopback, stopped when dropped.
 struct Moto {
     _proc: Running,
@@ -72,16 +87,7 @@ impl Moto {
              aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1')\n{code}\n",
             self.port
         );
-        let out = Command::new("python3")
-            .args(["-c", &script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "boto3: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        python(&script)
     }
 
     /// Flips one byte in the middle of an object, in place on the server.
@@ -798,15 +804,7 @@ impl Azurite {
              .create_container('{AZ_CONTAINER}')\n",
             a.port
         );
-        let out = Command::new("python3")
-            .args(["-c", &script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "creating the container: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        python(&script);
         Some(a)
     }
 

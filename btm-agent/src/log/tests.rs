@@ -44,7 +44,7 @@ fn record(height: u64, id: u64, data: Vec<u8>) -> CutRecord {
     }
 }
 
-fn noise(seed: u64, n: usize) -> Vec<u8> {
+pub(crate) fn noise(seed: u64, n: usize) -> Vec<u8> {
     let mut x = seed | 1;
     (0..n)
         .map(|_| {

@@ -447,14 +447,27 @@ impl Remote {
     }
 }
 
-/// Decodes a payload object and checks it against its name; the raw bytes, or why not.
-pub(crate) fn decode_object(b: &[u8], hash: &[u8; 32]) -> Result<Vec<u8>, String> {
+/// Decodes a payload object and checks it against its name (and, when given, the raw length
+/// the record says); the raw bytes, or why not.
+pub(crate) fn decode_object(
+    b: &[u8],
+    hash: &[u8; 32],
+    raw_len: Option<u64>,
+) -> Result<Vec<u8>, String> {
     let r = layout::decode_object_header(b, hash, b.len() as u64)?;
+    if let Some(want) = raw_len
+        && want != r.raw_len
+    {
+        return Err(format!(
+            "holds {} raw bytes, the record says {want}",
+            r.raw_len
+        ));
+    }
     crate::log::decode_payload(&r, b[layout::OBJ_HEADER_LEN as usize..].to_vec())
 }
 
 fn object_ok(b: &[u8], hash: &[u8; 32]) -> bool {
-    decode_object(b, hash).is_ok()
+    decode_object(b, hash, None).is_ok()
 }
 
 async fn exists(store: &dyn ObjectStore, p: &ObjPath) -> object_store::Result<bool> {

@@ -253,16 +253,7 @@ impl RemoteSource<'_> {
     fn fetch(&self, p: &PayloadRef) -> Result<Vec<u8>, Result<String, LogError>> {
         let path = layout::object_path(&p.hash);
         let (b, from_cache) = self.object(&path, &p.hash).map_err(Err)?;
-        let checked = super::decode_object(&b, &p.hash).and_then(|raw| {
-            if raw.len() as u64 != p.raw_len {
-                return Err(format!(
-                    "holds {} raw bytes, the record says {}",
-                    raw.len(),
-                    p.raw_len
-                ));
-            }
-            Ok(raw)
-        });
+        let checked = super::decode_object(&b, &p.hash, Some(p.raw_len));
         match checked {
             Ok(raw) => {
                 let mut r = self.read.borrow_mut();

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use super::*;
+use crate::log::tests::noise;
 use crate::log::{CutRecord, Entry, ExtentBytes, ExtentData, Log, NsOp, ReplayOptions};
 
 fn no_sync() -> ReplayOptions {
@@ -14,22 +15,10 @@ fn no_sync() -> ReplayOptions {
     }
 }
 
-fn bytes(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Height h writes file `f<h % 3>` (new content) and, at height 4, removes `f0`.
 fn record(h: u64) -> CutRecord {
     let id = h % 3 + 1;
-    let data = bytes(h, 300_000 + h as usize * 1000);
+    let data = noise(h, 300_000 + h as usize * 1000);
     let mut ops = vec![
         NsOp::Put {
             path: format!("f{}", id - 1).into_bytes(),
