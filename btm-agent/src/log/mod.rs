@@ -1390,15 +1390,19 @@ impl RecWriter<'_> {
         self.put_unhashed(b)
     }
     fn put_unhashed(&mut self, b: &[u8]) -> Result<(), LogError> {
+        if b.len() >= WRITE_BUF / 2 {
+            // Large pieces go straight to the file, after what is buffered before them (it
+            // used to stay buffered when it fit beside `b`: a metadata block of 2 to 4 MiB was
+            // then written over the record header's place, and the header after it).
+            self.flush()?;
+            self.log.checked_write(self.file, self.path, b, self.pos)?;
+            self.pos += b.len() as u64;
+            return Ok(());
+        }
         if self.buf.len() + b.len() > WRITE_BUF {
             self.flush()?;
         }
-        if b.len() >= WRITE_BUF / 2 {
-            self.log.checked_write(self.file, self.path, b, self.pos)?;
-            self.pos += b.len() as u64;
-        } else {
-            self.buf.extend_from_slice(b);
-        }
+        self.buf.extend_from_slice(b);
         Ok(())
     }
     fn flush(&mut self) -> Result<(), LogError> {
