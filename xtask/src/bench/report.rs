@@ -415,10 +415,9 @@ pub fn render(a: &BenchArgs, r: &Results) -> String {
             "btm read {amp1:.1}x the bytes a 1 % height changes: the data set stores blindly into \
              state pages its process never touched through the mapping; such a not-present write \
              fault may map a whole large folio (2 MiB here) writable at once, so the tracker marks \
-             the folio (folio_marked {}, fault_unresolved {}) and the cut re-reads, hashes and \
-             compresses it. Stores into pages already mapped, and pwrite engines, are marked per \
-             4 KiB. Dropping unchanged 4 KiB blocks against the log's per-block hashes before \
-             storing would cut what is stored and compressed",
+             the folio (folio_marked {}, fault_unresolved {}) and the cut re-reads and hashes it \
+             (the log then stores only the 4 KiB blocks that differ). Stores into pages already \
+             mapped, and pwrite engines, are marked per 4 KiB",
             counter("folio_marked"),
             counter("fault_unresolved")
         )
