@@ -172,13 +172,14 @@ struct Ahead {
     window: usize,
 }
 
-/// Downloads in flight at once while reading ahead (`BTM_REMOTE_READ_AHEAD`, default 8; 0
-/// turns reading ahead off).
+/// Downloads in flight at once while reading ahead (`BTM_REMOTE_READ_AHEAD`, default 32: many
+/// payloads are a few 4 KiB blocks, so round trips, not bytes, bound a restore; 0 turns
+/// reading ahead off).
 fn read_ahead() -> usize {
     std::env::var("BTM_REMOTE_READ_AHEAD")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(8)
+        .unwrap_or(32)
 }
 
 impl Ahead {
