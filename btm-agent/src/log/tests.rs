@@ -24,7 +24,7 @@ fn file_op(path: &[u8], id: u64) -> NsOp {
     }
 }
 
-fn record(height: u64, id: u64, data: Vec<u8>) -> CutRecord {
+pub(crate) fn record(height: u64, id: u64, data: Vec<u8>) -> CutRecord {
     let name = format!("f{id}").into_bytes();
     CutRecord {
         height,

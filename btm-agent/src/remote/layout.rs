@@ -95,14 +95,9 @@ pub fn check_volume_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// A payload object: the log's stored payload (block table, then the codec's body) behind a
+/// A payload object is the log's stored payload (block table, then the codec's body) behind a
 /// 17-byte header naming the codec and the raw length.
-pub fn encode_object(p: &PayloadRef, stored: &[u8]) -> Vec<u8> {
-    let mut b = object_header(p);
-    b.extend_from_slice(stored);
-    b
-}
-
+///
 /// The 17-byte header of `p`'s object, with room for its stored bytes after it.
 pub fn object_header(p: &PayloadRef) -> Vec<u8> {
     let mut b = Vec::with_capacity((OBJ_HEADER_LEN + p.stored_len) as usize);
@@ -280,7 +275,8 @@ mod tests {
             codec: Codec::Raw,
             hash: [7; 32],
         };
-        let o = encode_object(&p, &[0u8; 21]);
+        let mut o = object_header(&p);
+        o.extend_from_slice(&[0u8; 21]);
         let got = decode_object_header(&o, &[7; 32], o.len() as u64).unwrap();
         assert_eq!(
             (got.raw_len, got.stored_len, got.codec),

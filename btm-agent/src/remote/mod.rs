@@ -340,14 +340,11 @@ impl Remote {
     }
 
     /// Several objects at once, in order.
+    /// (Used for pointers, which are mutable and so never cached.)
     pub(crate) fn get_many(&self, paths: &[ObjPath]) -> Result<Vec<Bytes>> {
-        let cached = paths.iter().map(|p| self.cache_get(p)).collect::<Vec<_>>();
         let store = &*self.store;
         let got: Vec<Bytes> = self.rt.block_on(async {
-            futures::stream::iter(paths.iter().zip(cached).map(|(p, c)| async move {
-                if let Some(b) = c {
-                    return Ok(b);
-                }
+            futures::stream::iter(paths.iter().map(|p| async move {
                 let r = store
                     .get(p)
                     .await
@@ -423,6 +420,11 @@ impl Remote {
 
     fn cache_file(&self, p: &ObjPath) -> Option<PathBuf> {
         self.cache.as_ref().map(|c| c.join(p.as_ref()))
+    }
+
+    /// Whether the cache holds `p` (without reading it).
+    pub(crate) fn cache_has(&self, p: &ObjPath) -> bool {
+        self.cache_file(p).is_some_and(|f| f.is_file())
     }
 
     /// A cached copy of an immutable object (the caller checks it like a download).

@@ -239,7 +239,7 @@ impl RemoteSource<'_> {
                 let h = a.order[a.next];
                 a.next += 1;
                 let p = layout::object_path(&h);
-                if a.inflight.contains_key(&h) || self.remote.cache_get(&p).is_some() {
+                if a.inflight.contains_key(&h) || self.remote.cache_has(&p) {
                     continue;
                 }
                 let store = self.remote.store.clone();

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::*;
 use crate::log::tests::noise;
-use crate::log::{CutRecord, Entry, ExtentBytes, ExtentData, Log, NsOp, ReplayOptions};
+use crate::log::{CutRecord, Log, NsOp, ReplayOptions};
 
 fn no_sync() -> ReplayOptions {
     ReplayOptions {
@@ -15,40 +15,15 @@ fn no_sync() -> ReplayOptions {
     }
 }
 
-/// Height h writes file `f<h % 3>` (new content) and, at height 4, removes `f0`.
+/// Height h writes file `f<h % 3 + 1>` (new content) and, at height 4, removes `f1`.
 fn record(h: u64) -> CutRecord {
-    let id = h % 3 + 1;
-    let data = noise(h, 300_000 + h as usize * 1000);
-    let mut ops = vec![
-        NsOp::Put {
-            path: format!("f{}", id - 1).into_bytes(),
-            entry: Entry::File {
-                id,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-            },
-        },
-        NsOp::SetSize {
-            id,
-            size: data.len() as u64,
-        },
-    ];
+    let mut r = crate::log::tests::record(h, h % 3 + 1, noise(h, 300_000 + h as usize * 1000));
     if h == 4 {
-        ops.push(NsOp::Remove {
-            path: b"f0".to_vec(),
+        r.ops.push(NsOp::Remove {
+            path: b"f1".to_vec(),
         });
     }
-    CutRecord {
-        height: h,
-        time_unix_ms: h,
-        ops,
-        extents: vec![ExtentData {
-            id,
-            offset: 0,
-            bytes: ExtentBytes::Data(data),
-        }],
-    }
+    r
 }
 
 fn tree(dir: &Path) -> crate::treehash::TreeHash {
