@@ -40,6 +40,15 @@ pub fn have_tool(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// A finished command's stdout when it succeeded, else its stderr.
+pub fn outcome(out: std::process::Output) -> Result<String, String> {
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 pub fn sh(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(cmd).args(args).output()?;
     if !out.status.success() {

@@ -15,11 +15,7 @@ fn cli(args: &[&str]) -> Result<String, String> {
         .env_remove("BTM_LOG_DIR")
         .output()
         .unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    btm_tests::outcome(out)
 }
 
 /// The tree as the oracle sees it: paths, kinds, modes, sizes, contents.

@@ -21,11 +21,7 @@ fn cli(args: &[&str]) -> Result<String, String> {
         .env("BTM_SOCKET", "/nonexistent/btm.sock")
         .output()
         .unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    btm_tests::outcome(out)
 }
 
 struct Agent {

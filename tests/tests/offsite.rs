@@ -14,7 +14,7 @@ use std::{
 };
 
 use btm_agent::treehash::{TreeHash, hash_tree};
-use btm_tests::{LoopFs, Rng, Running, agent_bin, can_run, scratch, skip, wait_listening};
+use btm_tests::{LoopFs, Rng, Running, agent_bin, can_run, outcome, scratch, skip, wait_listening};
 
 const BUCKET: &str = "btm-offsite";
 
@@ -178,28 +178,37 @@ impl Proxy {
     }
 }
 
+/// The agent's CLI with the environment that reaches one store.
 struct Cli {
-    endpoint: String,
+    env: Vec<(&'static str, String)>,
 }
 
 impl Cli {
-    fn run(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(agent_bin())
-            .args(args)
+    /// An S3-compatible server at `endpoint` (moto's test credentials).
+    fn s3(endpoint: String) -> Cli {
+        Cli {
+            env: vec![
+                ("AWS_ENDPOINT_URL", endpoint),
+                ("AWS_ACCESS_KEY_ID", "test".into()),
+                ("AWS_SECRET_ACCESS_KEY", "test".into()),
+                ("AWS_REGION", "us-east-1".into()),
+            ],
+        }
+    }
+
+    /// `btm-agent ARGS` with this store's environment.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(agent_bin());
+        c.args(args)
             .env_remove("BTM_LOG_DIR")
-            .env("AWS_ENDPOINT_URL", &self.endpoint)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
             // Fail fast when the server is gone instead of retrying for minutes.
             .env("BTM_REMOTE_RETRY_SECS", "2")
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Result<String, String> {
+        outcome(self.command(args).output().unwrap())
     }
 
     fn json(&self, args: &[&str]) -> serde_json::Value {
@@ -330,9 +339,7 @@ fn s3_push_survives_a_dying_server_restores_and_detects_damage() {
     }
     let Some(moto) = Moto::start() else { return };
     let proxy = Proxy::start(moto.port);
-    let cli = Cli {
-        endpoint: format!("http://127.0.0.1:{}", proxy.port),
-    };
+    let cli = Cli::s3(format!("http://127.0.0.1:{}", proxy.port));
     let remote = format!("s3://{BUCKET}/btm");
     let fs = LoopFs::new("ext4", 256).unwrap();
     let work = tempfile::Builder::new()
@@ -492,9 +499,7 @@ fn run_ships_heights_retention_and_prune_apply_remotely() {
         .prefix("btm-offsite-")
         .tempdir_in(scratch())
         .unwrap();
-    let cli = Cli {
-        endpoint: String::new(),
-    };
+    let cli = Cli { env: vec![] };
     let store = work.path().join("store");
     let remote = format!("file://{}", store.display());
     let log = work.path().join("log");
@@ -845,22 +850,16 @@ impl Azurite {
         }
     }
 
-    fn cli(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(agent_bin())
-            .args(args)
-            .env_remove("BTM_LOG_DIR")
-            .env("AZURE_STORAGE_USE_EMULATOR", "true")
-            .env(
-                "AZURITE_BLOB_STORAGE_URL",
-                format!("http://127.0.0.1:{}", self.port),
-            )
-            .env("BTM_REMOTE_RETRY_SECS", "2")
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    /// The agent's CLI pointed at this emulator.
+    fn cli(&self) -> Cli {
+        Cli {
+            env: vec![
+                ("AZURE_STORAGE_USE_EMULATOR", "true".into()),
+                (
+                    "AZURITE_BLOB_STORAGE_URL",
+                    format!("http://127.0.0.1:{}", self.port),
+                ),
+            ],
         }
     }
 }
@@ -885,14 +884,9 @@ fn azure_push_survives_killing_the_server_and_restores() {
     let remote = format!("az://{AZ_CONTAINER}/btm");
     let push = ["push", "--log", log_s, "--remote", &remote, "--json"];
     // Stop the server for real while the push is uploading.
-    let mut child = Command::new(agent_bin())
-        .args(&push[..push.len() - 1])
-        .env("AZURE_STORAGE_USE_EMULATOR", "true")
-        .env(
-            "AZURITE_BLOB_STORAGE_URL",
-            format!("http://127.0.0.1:{}", az.port),
-        )
-        .env("BTM_REMOTE_RETRY_SECS", "2")
+    let mut child = az
+        .cli()
+        .command(&push[..push.len() - 1])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -917,28 +911,29 @@ fn azure_push_survives_killing_the_server_and_restores() {
     assert!(err.contains("run push again to resume"), "{err}");
     az.restart();
     // Resume, then scrub: `push --verify` reads everything back and finds nothing to repair.
-    let rep: serde_json::Value = serde_json::from_str(&az.cli(&push).unwrap()).unwrap();
+    let rep: serde_json::Value = serde_json::from_str(&az.cli().run(&push).unwrap()).unwrap();
     println!("resumed: {rep}");
     assert_eq!(rep["newest_height"], 20);
     let mut verify = push.to_vec();
     verify.push("--verify");
-    let rep: serde_json::Value = serde_json::from_str(&az.cli(&verify).unwrap()).unwrap();
+    let rep: serde_json::Value = serde_json::from_str(&az.cli().run(&verify).unwrap()).unwrap();
     println!("verified: {rep}");
     assert_eq!(rep["repaired"], 0, "{rep}");
     assert_eq!(rep["objects_uploaded"], 0, "{rep}");
     for h in [1u64, 10, 20] {
         let into = work.path().join(format!("az-{h}"));
-        az.cli(&[
-            "replay",
-            "--remote",
-            &remote,
-            "--to",
-            &h.to_string(),
-            "--exact",
-            "--into",
-            into.to_str().unwrap(),
-        ])
-        .unwrap();
+        az.cli()
+            .run(&[
+                "replay",
+                "--remote",
+                &remote,
+                "--to",
+                &h.to_string(),
+                "--exact",
+                "--into",
+                into.to_str().unwrap(),
+            ])
+            .unwrap();
         assert_eq!(
             hash_tree(&into).unwrap(),
             states[h as usize - 1].1,
