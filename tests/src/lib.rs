@@ -241,3 +241,29 @@ pub fn wait_listening(p: &mut Running, socket: &Path, log: impl Fn() -> String) 
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Starts `btm-agent run --mode ebpf` on `vol` with `extra` flags and waits until it listens;
+/// its stderr goes to `<log>.agent.log` and is shown if it exits first.
+pub fn start_agent(vol: &Path, log: &Path, sock: &Path, extra: &[&str]) -> Running {
+    let agent_log = log.with_extension("agent.log");
+    let mut agent = Running::new(
+        Command::new(agent_bin())
+            .args(["run", "--mode", "ebpf", "--volume"])
+            .arg(vol)
+            .arg("--log")
+            .arg(log)
+            .arg("--socket")
+            .arg(sock)
+            .args(extra)
+            // A failing offsite remote is retried quickly (the tests' stores are on loopback).
+            .env("BTM_REMOTE_RETRY_SECS", "2")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&agent_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(&mut agent, sock, || {
+        std::fs::read_to_string(&agent_log).unwrap_or_default()
+    });
+    agent
+}

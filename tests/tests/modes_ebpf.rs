@@ -1,13 +1,9 @@
 //! Retention in eBPF mode, end to end through the CLI: `run --mode ebpf --cap 3` drops old
 //! heights after each cut (gone from `list`, refused by `replay`, rollback still exact), and
 //! `compact` folds them out of the log: smaller, verified, every kept height still exact.
-use std::{
-    path::Path,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{path::Path, process::Command};
 
-use btm_tests::{LoopFs, Running, agent_bin, can_run, scratch};
+use btm_tests::{LoopFs, agent_bin, can_run, scratch, start_agent};
 
 fn cli(args: &[&str]) -> Result<String, String> {
     let out = Command::new(agent_bin())
@@ -74,21 +70,7 @@ fn ebpf_retention_and_compaction() {
     let log_s = log.to_str().unwrap();
     let socket = logdir.path().join("btm.sock");
     let sock_s = socket.to_str().unwrap();
-    let agent = Running::new(
-        Command::new(agent_bin())
-            .args(["run", "--mode", "ebpf", "--volume"])
-            .arg(&vol)
-            .args(["--log", log_s, "--socket", sock_s])
-            .args(["--cap", "3", "--algo", "fair"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "agent did not listen");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let agent = start_agent(&vol, &log, &socket, &["--cap", "3", "--algo", "fair"]);
     let mut states = Vec::new();
     for h in 1..=6u64 {
         // Big, changing content so that dropped heights hold real bytes.
@@ -150,21 +132,12 @@ fn ebpf_retention_and_compaction() {
 
     // Phase 2: the agent compacts by itself (threshold lowered), restarting its tracker; the
     // cuts after that must still be exact.
-    let agent = Running::new(
-        Command::new(agent_bin())
-            .args(["run", "--mode", "ebpf", "--volume"])
-            .arg(&vol)
-            .args(["--log", log_s, "--socket", sock_s])
-            .args(["--cap", "3", "--algo", "fair", "--compact-min-bytes", "1"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let agent = start_agent(
+        &vol,
+        &log,
+        &socket,
+        &["--cap", "3", "--algo", "fair", "--compact-min-bytes", "1"],
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "agent did not listen");
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let mut states = Vec::new();
     for h in 7..=10u64 {
         std::fs::write(

@@ -14,7 +14,7 @@ use std::{
 };
 
 use btm_agent::treehash::{TreeHash, hash_tree};
-use btm_tests::{LoopFs, Rng, Running, agent_bin, can_run, outcome, scratch, skip, wait_listening};
+use btm_tests::{LoopFs, Rng, Running, agent_bin, can_run, outcome, scratch, skip, start_agent};
 
 const BUCKET: &str = "btm-offsite";
 
@@ -283,30 +283,6 @@ fn snapshot(sock: &str, h: u64) {
         "snapshot {h}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Starts `btm-agent run` in eBPF mode and waits until it listens.
-fn start_agent(vol: &Path, log: &Path, sock: &Path, extra: &[&str]) -> Running {
-    let agent_log = log.with_extension("agent.log");
-    let mut agent = Running::new(
-        Command::new(agent_bin())
-            .args(["run", "--mode", "ebpf", "--volume"])
-            .arg(vol)
-            .arg("--log")
-            .arg(log)
-            .arg("--socket")
-            .arg(sock)
-            .args(extra)
-            .env("BTM_REMOTE_RETRY_SECS", "2")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&agent_log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    wait_listening(&mut agent, sock, || {
-        std::fs::read_to_string(&agent_log).unwrap_or_default()
-    });
-    agent
 }
 
 /// Runs an agent on `vol` and cuts heights 1..=n, returning the tree at each height and the
