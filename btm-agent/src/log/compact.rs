@@ -387,7 +387,7 @@ impl Writer<'_> {
                         .read_exact_at(&mut b, p.offset)
                         .map_err(|e| LogError::io(&seg.path, e))?;
                     // Never carry damage into the new log.
-                    super::decode_payload(p, b.clone()).map_err(|what| LogError::Corrupt {
+                    super::check_payload(p, &b).map_err(|what| LogError::Corrupt {
                         segment: seg.path.clone(),
                         offset: p.offset,
                         height: None,
