@@ -36,6 +36,8 @@ struct Mutator {
     n: u64,
     /// Bytes the workload changed in the current height (writes, zeroing, new files).
     changed: u64,
+    /// What each height did, printed for the files of a failed comparison.
+    history: Vec<String>,
 }
 
 impl Mutator {
@@ -68,6 +70,7 @@ impl Mutator {
             _state_file: f,
             n: 0,
             changed: 0,
+            history: Vec::new(),
         }
     }
 
@@ -163,14 +166,15 @@ impl Mutator {
             let p = self.new_name();
             let data = self.bytes(0, 300_000);
             fs::write(&p, &data).unwrap();
+            self.history
+                .push(format!("h{h} create {p:?} ({} bytes)", data.len()));
             self.changed += data.len() as u64;
             return;
         };
         let size = fs::metadata(&f).unwrap().len();
         let rw = || OpenOptions::new().read(true).write(true).open(&f).unwrap();
-        if std::env::var_os("BTM_E2E_TRACE").is_some() {
-            eprintln!("h{h} op {which} on {} (size {size})", f.display());
-        }
+        self.history
+            .push(format!("h{h} op {which} on {:?} (size {size})", f));
         match which {
             1 | 2 => {
                 let len = 1 + self.rng.below(50_000);
@@ -206,11 +210,13 @@ impl Mutator {
             8 => fs::remove_file(&f).unwrap(),
             9 => {
                 let to = self.new_name();
+                self.history.push(format!("  -> {to:?}"));
                 fs::rename(&f, to).unwrap();
             }
             10 => {
                 // Rename over an existing file.
                 if let Some(g) = self.pick(&files).filter(|g| *g != f) {
+                    self.history.push(format!("  -> {g:?}"));
                     fs::rename(&f, g).unwrap();
                 }
             }
@@ -229,6 +235,7 @@ impl Mutator {
             }
             13 => {
                 let l = self.new_name();
+                self.history.push(format!("  link {l:?}"));
                 fs::hard_link(&f, l).unwrap();
             }
             14 => {
@@ -344,6 +351,11 @@ fn e2e(fstype: &str) {
             .cut(h)
             .unwrap_or_else(|e| panic!("{fstype}: cut {h}: {e:#}"));
         expected.insert(h, hash_tree(&fs.mnt).unwrap());
+        let st = cutter.tracker().stats().unwrap();
+        m.history.push(format!(
+            "cut {h}: read {}+{}, unresolved {}, fault_marked {}",
+            rep.read_unfrozen, rep.read_frozen, st.fault_unresolved, st.fault_marked
+        ));
         if std::env::var_os("BTM_E2E_TRACE").is_some() {
             let copy = work.path().join(format!("copy-{h}"));
             std::process::Command::new("cp")
@@ -358,6 +370,7 @@ fn e2e(fstype: &str) {
     }
     let stats = cutter.tracker().stats().unwrap();
     drop(cutter);
+    let m_history = std::mem::take(&mut m.history);
     drop(m);
 
     // Replay every height fresh, and differentially into one directory in shuffled order.
@@ -434,6 +447,9 @@ fn e2e(fstype: &str) {
         captured as f64 / changed.max(1) as f64,
         reports[0].0.read_unfrozen + reports[0].0.read_frozen,
     );
+    if !failures.is_empty() {
+        eprintln!("{fstype} history:\n{}", m_history.join("\n"));
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
