@@ -60,6 +60,15 @@ pub struct Config {
     pub btrfs_vfs_inode: u32,
     /// `task_struct.tgid` (fork inheritance of mapping processes).
     pub task_tgid: u32,
+    /// `task_struct.mm`, `vm_area_struct.vm_end` and `.vm_mm`, and `mm_struct.flags` (its
+    /// first word): what decides whether a write fault may map a whole 2 MiB folio by PMD.
+    pub task_mm: u32,
+    pub vma_end: u32,
+    pub vma_mm: u32,
+    pub mm_flags: u32,
+    /// The bit of `mm_struct.flags` that `PR_SET_THP_DISABLE` sets, measured at start-up;
+    /// `u32::MAX` when it could not be measured (PMD mappings are then assumed possible).
+    pub thp_off_bit: u32,
     pub _pad1: u32,
 
     /// `iomap:iomap_iter` (flags = iomap flags) and the iomap flag values on this kernel.

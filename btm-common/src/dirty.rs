@@ -69,13 +69,23 @@ pub const WHY_OVERFLOW: u32 = 8;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PreciseRange {
     pub dev: u32,
-    pub _pad: u32,
+    /// [`PRECISE_PMD`] or 0.
+    pub flags: u32,
     pub ino: u64,
     pub start: u64,
     pub end: u64,
     /// `bpf_ktime_get_ns()` after which the range no longer suppresses anything.
     pub expires: u64,
 }
+
+/// The range comes from a write-protect fault on a mapping where its page may sit in a
+/// PMD-mapped 2 MiB folio: a PMD write fault maps the whole folio writable, so the folio
+/// event it causes must mark the whole folio when the folio is PMD-sized.
+pub const PRECISE_PMD: u32 = 1;
+
+/// Order of a folio a PMD maps (2 MiB of 4 KiB pages on x86-64, the only architecture with
+/// the fault tracepoints). Smaller folios are only ever mapped by PTEs.
+pub const PMD_ORDER: u64 = 9;
 
 /// Slots of the per-CPU `STATS` array.
 pub mod stat {
@@ -102,5 +112,12 @@ pub mod stat {
     pub const FAULT_UNRESOLVED: u32 = 8;
     /// Write faults resolved to a tracked shared file mapping.
     pub const FAULT_MARKED: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// Write faults and folio events marked as a whole 2 MiB folio because a PMD may map it
+    /// (a PMD write fault makes all of it writable at once).
+    pub const FAULT_WIDE: u32 = 10;
+    /// Calls that can write into a mapped file's pages without a fault the programs see
+    /// (`madvise(MADV_POPULATE_WRITE)`, `process_vm_writev`, `ptrace` pokes) by or into a
+    /// mapping process: the agent then marks partially-marked folios whole.
+    pub const REMOTE_WRITES: u32 = 11;
+    pub const COUNT: u32 = 12;
 }

@@ -41,6 +41,11 @@ pub static PARTIAL1: HashMap<ChunkKey, u32> = HashMap::with_max_entries(65536, N
 #[map]
 pub static MAPPERS: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
+/// Start-up measurement: for each tgid the agent inserts, the mmap probe stores
+/// `[1, mm->flags]` (the first word), so the agent finds the bit `PR_SET_THP_DISABLE` sets.
+#[map]
+pub static CALIB: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(8, 0);
+
 /// Per task: the byte range its current write covers (see `PreciseRange`).
 #[map]
 pub static PRECISE: LruHashMap<u64, PreciseRange> = LruHashMap::with_max_entries(8192, 0);

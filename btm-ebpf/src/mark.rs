@@ -225,15 +225,16 @@ unsafe extern "C" fn chunk_cb(i: u64, data: *mut c_void) -> i64 {
     }
 }
 
-/// Marks `[start, end)` and remembers it as the current task's precise write range.
+/// Marks `[start, end)` and remembers it as the current task's precise write range;
+/// `flags` is [`btm_common::dirty::PRECISE_PMD`] or 0.
 #[inline(always)]
-pub fn mark_precise(dev: u32, ino: u64, start: u64, end: u64) {
+pub fn mark_precise(dev: u32, ino: u64, start: u64, end: u64, flags: u32) {
     count(stat::PRECISE);
     mark_range(dev, ino, start, end);
     let tid = bpf_get_current_pid_tgid();
     let r = PreciseRange {
         dev,
-        _pad: 0,
+        flags,
         ino,
         start,
         end,
@@ -243,22 +244,20 @@ pub fn mark_precise(dev: u32, ino: u64, start: u64, end: u64) {
     let _ = PRECISE.insert(&tid, &r, 0);
 }
 
-/// True when the current task's precise range covers part of `[start, end)` of this file.
+/// The flags of the current task's precise range when it covers part of `[start, end)` of
+/// this file.
 #[inline(always)]
-pub fn covered_by_precise(dev: u32, ino: u64, start: u64, end: u64) -> bool {
+pub fn covered_by_precise(dev: u32, ino: u64, start: u64, end: u64) -> Option<u32> {
     let tid = bpf_get_current_pid_tgid();
     // SAFETY: value copied out immediately.
-    match unsafe { PRECISE.get(&tid) } {
-        Some(r) => {
-            r.dev == dev
-                && r.ino == ino
-                && r.start < end
-                && r.end > start
-                // SAFETY: plain helper call.
-                && unsafe { bpf_ktime_get_ns() } < r.expires
-        }
-        None => false,
-    }
+    let r = unsafe { PRECISE.get(&tid) }?;
+    (r.dev == dev
+        && r.ino == ino
+        && r.start < end
+        && r.end > start
+        // SAFETY: plain helper call.
+        && unsafe { bpf_ktime_get_ns() } < r.expires)
+        .then_some(r.flags)
 }
 
 /// Records that folio `index` (of `order`) is dirty with only part of it marked. False when

@@ -115,6 +115,13 @@ impl KernelBtf {
             .offset("btrfs_inode", &["vfs_inode"])
             .unwrap_or(u32::MAX);
         cfg.task_tgid = self.offset("task_struct", &["tgid"])?;
+        // Optional: without them PMD mappings are assumed possible on every write fault.
+        let opt = |st: &str, m: &str| self.offset(st, &[m]).unwrap_or(u32::MAX);
+        cfg.task_mm = opt("task_struct", "mm");
+        cfg.vma_end = opt("vm_area_struct", "vm_end");
+        cfg.vma_mm = opt("vm_area_struct", "vm_mm");
+        cfg.mm_flags = opt("mm_struct", "flags");
+        cfg.thp_off_bit = u32::MAX;
         Ok(())
     }
 }

@@ -6,6 +6,7 @@
 //! maps into a [`DirtySet`].
 mod dirty_set;
 mod kernel_btf;
+mod thp;
 pub mod tracefs;
 
 use aya::{
@@ -102,6 +103,10 @@ pub struct Stats {
     pub path_truncates: u64,
     pub fault_unresolved: u64,
     pub fault_marked: u64,
+    /// Write faults and folio events widened to a whole 2 MiB folio a PMD may map.
+    pub fault_wide: u64,
+    /// Calls that may write into mapped pages without a fault the programs see.
+    pub remote_writes: u64,
     /// Program runs the kernel skipped (`recursion_misses`: another BPF program was active on
     /// that CPU). Each may be a lost change, so a rise forces a full capture.
     pub prog_misses: u64,
@@ -113,6 +118,9 @@ pub struct Tracker {
     epoch: u32,
     /// Programs that could not be attached on this kernel (optional precision sources).
     pub skipped: Vec<String>,
+    /// The `mm_struct.flags` bit of `PR_SET_THP_DISABLE`, as measured at start (None: not
+    /// measured, so every mapping that could hold a PMD is treated as one).
+    pub thp_off_bit: Option<u32>,
 }
 
 impl Tracker {
@@ -277,11 +285,31 @@ impl Tracker {
         // Processes that mapped the volume before the probes were armed (those after are seen
         // by the mmap and fork probes; a store in between is in the first cut, which is full).
         seed_mappers(&mut ebpf, mount)?;
+        let thp_off_bit = thp::measure_off_bit(&mut ebpf);
+        match thp_off_bit {
+            Some(bit) => {
+                cfg.thp_off_bit = bit;
+                let mut config: Array<_, Config> = Array::try_from(ebpf.map_mut("CONFIG").unwrap())
+                    .map_err(|e| TrackerError::Map("CONFIG", e.to_string()))?;
+                config
+                    .set(0, cfg, 0)
+                    .map_err(|e| TrackerError::Map("CONFIG", e.to_string()))?;
+                tracing::info!(
+                    "mmap stores: 2 MiB folios a PMD may map are marked whole; processes with \
+                     THP disabled (mm flag bit {bit}, `btm-agent exec`) keep 4 KiB marks"
+                );
+            }
+            None => tracing::warn!(
+                "could not measure how this kernel marks THP-disabled processes: mmap stores \
+                 into 2 MiB folios are marked whole even for processes with THP disabled"
+            ),
+        }
         Ok(Tracker {
             ebpf,
             mount: mount.clone(),
             epoch: 0,
             skipped,
+            thp_off_bit,
         })
     }
 
@@ -390,6 +418,8 @@ impl Tracker {
             path_truncates: get(stat::PATH_TRUNCATE),
             fault_unresolved: get(stat::FAULT_UNRESOLVED),
             fault_marked: get(stat::FAULT_MARKED),
+            fault_wide: get(stat::FAULT_WIDE),
+            remote_writes: get(stat::REMOTE_WRITES),
             prog_misses: self.prog_misses(),
         })
     }

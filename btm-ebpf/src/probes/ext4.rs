@@ -40,7 +40,7 @@ fn write_begin(ctx: &TracePointContext) -> Option<()> {
     } else {
         unsafe { ctx.read_at::<u64>(tp.len as usize).ok()? }
     };
-    mark_precise(dev, ino, pos, pos.saturating_add(len));
+    mark_precise(dev, ino, pos, pos.saturating_add(len), 0);
     Some(())
 }
 

@@ -1,15 +1,20 @@
 //! `exceptions:page_fault_user` / `page_fault_kernel` (tp_btf): write faults on shared file
 //! mappings, resolved to (inode, page) with `bpf_find_vma`.
 //!
-//! A store through a shared mapping is only visible to the kernel as a fault on a
-//! write-protected PTE (after each cut's writeback every PTE of a clean folio is read-only).
-//! A write-protect fault (PTE present, read-only since the last writeback: the steady state
-//! of a long-running mmap engine) makes exactly one PTE writable: the page is marked and
-//! becomes a precise range, so the folio event that follows marks 4 KiB even in a large folio.
-//! A not-present fault may map a whole large folio writable at once (`finish_fault`), after
-//! which stores into its other pages fault no more: its folio event marks the whole folio,
-//! and if that folio was already dirty with only part of it marked (see `PARTIAL*`), it is
-//! marked whole here.
+//! A store through a shared mapping is only visible to the kernel as a write fault (after each
+//! cut's writeback every mapping of a clean folio is read-only). What one fault makes writable
+//! decides what must be marked:
+//! - a write-protect fault on a PTE makes exactly that PTE writable: the page is marked and
+//!   becomes a precise range, so the folio event that follows marks 4 KiB even in a large
+//!   folio;
+//! - a write-protect fault on a PMD (a 2 MiB folio mapped whole) splits it, and the refault
+//!   maps the whole folio writable again: when the mapping may hold a PMD there (see
+//!   [`pmd_possible`]), a PMD-sized folio is marked whole, here if it is already dirty with
+//!   only part of it marked, else by its folio event;
+//! - a not-present fault may map a whole large folio writable (`finish_fault`), after which
+//!   stores into its other pages fault no more: its folio event marks the whole folio, and if
+//!   that folio was already dirty with only part of it marked (see `PARTIAL*`), it is marked
+//!   whole here.
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -17,7 +22,10 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use btm_common::dirty::{BLOCK_SHIFT, stat};
+use btm_common::{
+    config::Config,
+    dirty::{BLOCK_SHIFT, PMD_ORDER, PRECISE_PMD, stat},
+};
 
 use crate::{
     kernel::{config, current_tgid, read, tracked_inode},
@@ -31,6 +39,9 @@ const X86_PF_PROT: u64 = 1 << 0;
 const X86_PF_WRITE: u64 = 1 << 1;
 /// `VM_SHARED`: stores reach the file (private mappings copy on write).
 const VM_SHARED: u64 = 0x8;
+/// `VM_NOHUGEPAGE` (`MADV_NOHUGEPAGE`): the kernel never maps this VMA by PMD.
+const VM_NOHUGEPAGE: u64 = 0x4000_0000;
+const PMD_BYTES: u64 = 1 << (BLOCK_SHIFT as u64 + PMD_ORDER);
 
 #[repr(C)]
 struct FaultCtx {
@@ -39,6 +50,8 @@ struct FaultCtx {
     found: u32,
     ino: u64,
     page: u64,
+    /// Non-zero when a PMD may map the faulting address (see [`pmd_possible`]).
+    pmd: u64,
 }
 
 #[btf_tracepoint(function = "page_fault_user")]
@@ -72,6 +85,7 @@ fn on_fault(addr: u64, error_code: u64) {
         found: 0,
         ino: 0,
         page: 0,
+        pmd: 0,
     };
     // SAFETY: the task pointer is a trusted BTF pointer; the callback only reads through
     // probe_read and writes into `fc` on our stack.
@@ -101,9 +115,26 @@ fn on_fault(addr: u64, error_code: u64) {
     count(stat::FAULT_MARKED);
     let start = fc.page << BLOCK_SHIFT;
     if error_code & X86_PF_PROT != 0 {
-        // Write-protect fault: exactly this PTE becomes writable. The page is a precise
-        // range; the folio event that may follow marks only it.
-        mark_precise(fc.dev, fc.ino, start, start + (1 << BLOCK_SHIFT));
+        // Write-protect fault: on a PTE exactly this page becomes writable, a precise range
+        // that the folio event following it marks alone. On a PMD the whole 2 MiB folio
+        // does: the folio event marks it whole (PRECISE_PMD), and a dirty PMD-sized folio
+        // marked only in part gets no event at all, so it is marked whole here.
+        let pmd = fc.pmd != 0;
+        mark_precise(
+            fc.dev,
+            fc.ino,
+            start,
+            start + (1 << BLOCK_SHIFT),
+            if pmd { PRECISE_PMD } else { 0 },
+        );
+        if pmd
+            && let Some((index, order)) = partial_folio(fc.dev, fc.ino, fc.page)
+            && order >= PMD_ORDER
+        {
+            count(stat::FAULT_WIDE);
+            let s = index << BLOCK_SHIFT;
+            mark_range(fc.dev, fc.ino, s, s + PMD_BYTES);
+        }
         return;
     }
     // Not-present fault: the kernel may map the whole folio writable, so whatever folio
@@ -146,7 +177,44 @@ fn resolve(vma: *const u8, fc: *mut FaultCtx) -> Option<()> {
         (*fc).dev = dev;
         (*fc).ino = ino;
         (*fc).page = ((addr - start) >> BLOCK_SHIFT) + pgoff;
+        (*fc).pmd = pmd_possible(cfg, vma, flags, start, pgoff, addr) as u64;
         (*fc).found = 1;
     }
     Some(())
+}
+
+/// False only when the kernel cannot map `addr` of this VMA by PMD (the checks of
+/// `do_set_pmd`): the VMA is `MADV_NOHUGEPAGE`, its process has THP disabled
+/// (`PR_SET_THP_DISABLE`, the bit measured by the agent), or the 2 MiB around `addr` is not
+/// inside the VMA at a 2 MiB-aligned file offset. Anything unreadable counts as possible.
+#[inline(always)]
+fn pmd_possible(
+    cfg: &Config,
+    vma: *const u8,
+    flags: u64,
+    start: u64,
+    pgoff: u64,
+    addr: u64,
+) -> bool {
+    if flags & VM_NOHUGEPAGE != 0 {
+        return false;
+    }
+    let haddr = addr & !(PMD_BYTES - 1);
+    if let Some(end) = read::<u64>(vma, cfg.vma_end)
+        && (haddr < start || haddr + PMD_BYTES > end)
+    {
+        return false;
+    }
+    if ((start >> BLOCK_SHIFT).wrapping_sub(pgoff)) & ((1 << PMD_ORDER) - 1) != 0 {
+        return false;
+    }
+    let bit = cfg.thp_off_bit;
+    if bit < 64
+        && let Some(mm) = read::<*const u8>(vma, cfg.vma_mm)
+        && let Some(word) = read::<u64>(mm, cfg.mm_flags)
+        && word & (1u64 << bit) != 0
+    {
+        return false;
+    }
+    true
 }

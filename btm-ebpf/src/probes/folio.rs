@@ -3,11 +3,12 @@
 //! transition. The BTF form hands us the `struct folio *`, from which the real (large) folio
 //! size is read, so a large folio never under-marks.
 //!
-//! The event is suppressed only when the same task's write syscall (a precise range) caused
-//! it; the folio is then recorded as partially marked. Write faults never suppress: the kernel
-//! may map a whole large folio writable on one fault, so later stores into it fault no more.
+//! The event is suppressed only when the same task's precise range caused it (a write
+//! syscall, or a write-protect fault that makes exactly one PTE writable); the folio is then
+//! recorded as partially marked. Not when the folio is PMD-sized and the fault's mapping may
+//! map it by PMD: then the whole folio became writable.
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use btm_common::dirty::{BLOCK_SHIFT, stat};
+use btm_common::dirty::{BLOCK_SHIFT, PMD_ORDER, PRECISE_PMD, stat};
 
 use crate::{
     kernel::{config, read, tracked_inode},
@@ -39,11 +40,16 @@ fn try_dirty_folio(folio: *const u8, mapping: *const u8) -> Option<()> {
     let start = index << BLOCK_SHIFT;
     let end = start + (1u64 << (BLOCK_SHIFT as u64 + order));
     if cfg.suppress != 0
-        && covered_by_precise(dev, ino, start, end)
-        && (order == 0 || note_partial(dev, ino, index, order))
+        && let Some(flags) = covered_by_precise(dev, ino, start, end)
     {
-        count(stat::FOLIO_SUPPRESSED);
-        return Some(());
+        if flags & PRECISE_PMD != 0 && order >= PMD_ORDER {
+            // A write-protect fault on a folio a PMD may map: the refault after the PMD split
+            // maps all of it writable, and later stores into it fault no more.
+            count(stat::FAULT_WIDE);
+        } else if order == 0 || note_partial(dev, ino, index, order) {
+            count(stat::FOLIO_SUPPRESSED);
+            return Some(());
+        }
     }
     count(stat::FOLIO_MARKED);
     mark_range(dev, ino, start, end);

@@ -37,7 +37,7 @@ fn try_iomap_iter(ctx: &TracePointContext) -> Option<()> {
         // Direct I/O dirties no folio: nothing to suppress.
         mark_range(dev, ino, pos, end);
     } else {
-        mark_precise(dev, ino, pos, end);
+        mark_precise(dev, ino, pos, end, 0);
     }
     Some(())
 }

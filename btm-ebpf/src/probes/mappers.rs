@@ -3,13 +3,14 @@
 //! set from /proc, these probes keep it current. Mappings made read-only count too (mprotect
 //! can make them writable later); over-inclusion only costs some widening.
 use aya_ebpf::{
+    helpers::bpf_get_current_task,
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 
 use crate::{
     kernel::{config, current_tgid, read, tracked_fd},
-    maps::MAPPERS,
+    maps::{CALIB, MAPPERS},
 };
 
 /// `MAP_SHARED` (also set in `MAP_SHARED_VALIDATE`).
@@ -23,6 +24,7 @@ pub fn btm_enter_mmap(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn mmap(ctx: &TracePointContext) -> Option<()> {
+    calibrate();
     // SAFETY: syscall records hold 8-byte arguments from offset 16: flags is the 4th, fd the 5th.
     let flags: u64 = unsafe { ctx.read_at(16 + 8 * 3).ok()? };
     if flags & MAP_SHARED == 0 {
@@ -32,6 +34,20 @@ fn mmap(ctx: &TracePointContext) -> Option<()> {
     let fd: u64 = unsafe { ctx.read_at(16 + 8 * 4).ok()? };
     tracked_fd(cfg, fd)?;
     let _ = MAPPERS.insert(&current_tgid(), &1, 0);
+    Some(())
+}
+
+/// Records the current process's `mm->flags` word when the agent asked for it (`CALIB`).
+#[inline(always)]
+fn calibrate() -> Option<()> {
+    let slot = CALIB.get_ptr_mut(&current_tgid())?;
+    let cfg = config()?;
+    // SAFETY: the current task pointer, only read through probe_read.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let mm: *const u8 = read(task, cfg.task_mm)?;
+    let word: u64 = read(mm, cfg.mm_flags)?;
+    // SAFETY: points into a live map value.
+    unsafe { *slot = [1, word] };
     Some(())
 }
 

@@ -1,0 +1,275 @@
+//! Large folios and PMD mappings: stores through a shared mapping whose pages sit in 2 MiB
+//! folios, on ext4, xfs and btrfs.
+//!
+//! The file is written with 2 MiB buffered writes, so the page cache holds 2 MiB folios, and a
+//! separate single-threaded process maps it shared and reads every page, so that ext4 and xfs
+//! map those folios with PMDs (`FilePmdMapped` in its smaps, asserted: a workload that never
+//! builds the condition would prove nothing). Between cuts it stores into one page of a folio,
+//! then into other pages of the same folio, the way LMDB and MDBX reuse pages, and into pages
+//! of folios it stored into before the last cut. After a PMD write-protect fault the kernel
+//! maps the whole folio writable again: later stores fault no more, so every changed byte must
+//! already lie in a marked extent.
+//!
+//! With THP disabled for the mapping process (`PR_SET_THP_DISABLE`, what `btm-agent exec` sets
+//! for a node) the folios are PTE-mapped, write-protect faults are per page again, and the
+//! marks must come back to 4 KiB.
+use std::{
+    collections::BTreeSet,
+    fs::File,
+    io::{BufRead, BufReader, Write},
+    os::unix::fs::MetadataExt,
+    path::Path,
+    process::{Child, Command, Stdio},
+};
+
+use btm_agent::{
+    tracker::{DirtySet, Limits, Tracker},
+    volume::{Frozen, Mount},
+};
+use btm_tests::{LoopFs, Rng, can_run};
+
+const MIB: u64 = 1 << 20;
+const FOLIO: u64 = 2 * MIB;
+const FILE_SIZE: u64 = 16 * MIB;
+const PAGES_PER_FOLIO: u64 = FOLIO / 4096;
+
+/// The mapping process: `ready <FilePmdMapped kB>` once every page is mapped, then for each
+/// line of offsets it flips one byte at each and answers `ok <FilePmdMapped kB>`.
+const MAPPER: &str = r#"
+import ctypes, mmap, os, sys
+path, size, nothp = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+libc = ctypes.CDLL(None, use_errno=True)
+if nothp and libc.prctl(41, 1, 0, 0, 0) != 0:  # PR_SET_THP_DISABLE
+    sys.exit("prctl: errno %d" % ctypes.get_errno())
+fd = os.open(path, os.O_RDWR)
+m = mmap.mmap(fd, size)
+addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+def pmd_kb():
+    inside = False
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            inside = int(head.split("-")[0], 16) == addr
+        elif inside and head == "FilePmdMapped:":
+            return int(line.split()[1])
+    return 0
+s = 0
+for p in range(0, size, 4096):
+    s += m[p]
+print("ready", pmd_kb(), flush=True)
+for line in sys.stdin:
+    for off in line.split():
+        o = int(off)
+        m[o] = m[o] ^ 0xff
+    print("ok", pmd_kb(), flush=True)
+"#;
+
+struct Mapper {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+    /// `FilePmdMapped` of the mapping, in kB, after the last command.
+    pmd_kb: u64,
+}
+
+impl Mapper {
+    fn spawn(path: &Path, thp_disabled: bool) -> Mapper {
+        let mut child = Command::new("python3")
+            .args(["-c", MAPPER])
+            .arg(path)
+            .arg(FILE_SIZE.to_string())
+            .arg(if thp_disabled { "1" } else { "0" })
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let mut m = Mapper {
+            child,
+            out,
+            pmd_kb: 0,
+        };
+        m.pmd_kb = m.answer("ready");
+        m
+    }
+
+    fn answer(&mut self, word: &str) -> u64 {
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        let mut it = line.split_whitespace();
+        assert_eq!(it.next(), Some(word), "mapper said {line:?}");
+        it.next().unwrap().parse().unwrap()
+    }
+
+    /// Flips one byte at each offset, in order.
+    fn store(&mut self, offsets: &[u64]) {
+        let line: Vec<String> = offsets.iter().map(u64::to_string).collect();
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{}", line.join(" ")).unwrap();
+        self.pmd_kb = self.answer("ok");
+    }
+}
+
+impl Drop for Mapper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A cut as the cutter makes it: freeze (writeback), flip and drain, thaw; partial folios
+/// widened when a write fault could not be resolved meanwhile.
+fn cut(tracker: &mut Tracker, mnt: &Path, unresolved_seen: &mut u64) -> DirtySet {
+    let frozen = Frozen::freeze(mnt).expect("freeze");
+    let mut set = tracker.take().expect("drain");
+    frozen.thaw().expect("thaw");
+    let now = tracker.stats().unwrap().fault_unresolved;
+    if now > *unresolved_seen {
+        set.widen_to_folios();
+        *unresolved_seen = now;
+    }
+    set
+}
+
+/// Blocks of `pages` that `set` does not cover for file `ino`.
+fn missed(set: &DirtySet, ino: u64, pages: &BTreeSet<u64>) -> Vec<u64> {
+    let f = set.files.get(&ino);
+    pages
+        .iter()
+        .copied()
+        .filter(|&p| {
+            f.is_none_or(|f| !f.blocks.contains(&p) && f.tail_from.is_none_or(|t| t > p * 4096))
+        })
+        .collect()
+}
+
+/// One filesystem at a time (see tracker_matrix.rs: concurrent trackers make lookups busy).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Returns the amplification: bytes marked / bytes of the pages stored into.
+fn folio_stores(fstype: &str, thp_disabled: bool) -> f64 {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let fs = LoopFs::new(fstype, 512).expect("loop fs");
+    let mount = Mount::at(&fs.mnt).unwrap();
+    let mut tracker = Tracker::start(&mount, Limits::for_volume_bytes(512 * MIB)).unwrap();
+    let mut rng = Rng(0x2f01_10e5 ^ fstype.len() as u64 ^ thp_disabled as u64);
+    let path = fs.path("state.mdb");
+    {
+        let mut f = File::create(&path).unwrap();
+        for _ in 0..FILE_SIZE / FOLIO {
+            f.write_all(&rng.bytes(FOLIO as usize)).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    let ino = std::fs::metadata(&path).unwrap().ino();
+    let mut mapper = Mapper::spawn(&path, thp_disabled);
+    let what = format!(
+        "{fstype}{}",
+        if thp_disabled { " (THP disabled)" } else { "" }
+    );
+    eprintln!("{what}: FilePmdMapped {} kB after mapping", mapper.pmd_kb);
+    if thp_disabled {
+        assert_eq!(
+            mapper.pmd_kb, 0,
+            "{what}: PMD mappings despite THP disabled"
+        );
+    } else if fstype != "btrfs" {
+        // The condition this test exists for: ext4 and xfs PMD-map 2 MiB file folios.
+        assert!(
+            mapper.pmd_kb >= 4096,
+            "{what}: the mapping holds no PMD-mapped folios ({} kB): this test would prove nothing",
+            mapper.pmd_kb
+        );
+    }
+    let mut unresolved = tracker.stats().unwrap().fault_unresolved;
+    cut(&mut tracker, &fs.mnt, &mut unresolved);
+
+    let mut failures = Vec::new();
+    let (mut marked, mut stored) = (0u64, 0u64);
+    let mut last_round: Vec<u64> = Vec::new();
+    for round in 0..6 {
+        let mut offsets = Vec::new();
+        let mut pages = BTreeSet::new();
+        // One store opens each folio (the write-protect fault), then more pages of it.
+        let folios: Vec<u64> = (0..3).map(|_| rng.below(FILE_SIZE / FOLIO)).collect();
+        for pass in 0..6 {
+            for &f in &folios {
+                let page = f * PAGES_PER_FOLIO + rng.below(PAGES_PER_FOLIO);
+                offsets.push(page * 4096 + pass * 8 + rng.below(4000));
+            }
+        }
+        // Pages of folios stored into before the last cut.
+        for &p in last_round.iter().take(4) {
+            offsets.push((p ^ 1) * 4096 + 100);
+        }
+        for &o in &offsets {
+            pages.insert(o / 4096);
+        }
+        mapper.store(&offsets);
+        let set = cut(&mut tracker, &fs.mnt, &mut unresolved);
+        let miss = missed(&set, ino, &pages);
+        if !miss.is_empty() {
+            failures.push(format!(
+                "{what} round {round}: {} of {} stored pages not marked (first {:?}); \
+                 FilePmdMapped {} kB",
+                miss.len(),
+                pages.len(),
+                &miss[..miss.len().min(4)],
+                mapper.pmd_kb
+            ));
+        }
+        marked += set.files.get(&ino).map_or(0, |f| f.block_bytes());
+        stored += pages.len() as u64 * 4096;
+        last_round = pages.into_iter().collect();
+    }
+    let stats = tracker.stats().unwrap();
+    let amp = marked as f64 / stored as f64;
+    eprintln!(
+        "{what}: amplification {amp:.2}; FilePmdMapped {} kB at the end; {stats:?}",
+        mapper.pmd_kb
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(stats.lost, 0, "{what}: tracker lost events");
+    if mapper.pmd_kb > 0 {
+        // The PMD path ran: write-protect faults on PMD-mapped folios were marked whole.
+        assert!(
+            stats.fault_wide > 0,
+            "{what}: no fault was widened to its folio"
+        );
+    }
+    if thp_disabled {
+        // Without the measured bit every 2 MiB-aligned mapping would be marked per folio.
+        assert!(
+            tracker.thp_off_bit.is_some(),
+            "{what}: the PR_SET_THP_DISABLE bit of mm flags was not measured"
+        );
+    }
+    amp
+}
+
+fn folios(fstype: &str) {
+    if !can_run(&format!("large-folio mmap stores on {fstype}")) {
+        return;
+    }
+    folio_stores(fstype, false);
+    let amp = folio_stores(fstype, true);
+    // PTE-mapped: each write-protect fault makes one page writable, so marks are 4 KiB.
+    assert!(
+        amp <= 1.25,
+        "{fstype} with THP disabled: amplification {amp:.2} > 1.25"
+    );
+}
+
+#[test]
+fn folio_stores_ext4() {
+    folios("ext4");
+}
+
+#[test]
+fn folio_stores_xfs() {
+    folios("xfs");
+}
+
+#[test]
+fn folio_stores_btrfs() {
+    folios("btrfs");
+}
