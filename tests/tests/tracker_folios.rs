@@ -33,8 +33,10 @@ const FOLIO: u64 = 2 * MIB;
 const FILE_SIZE: u64 = 16 * MIB;
 const PAGES_PER_FOLIO: u64 = FOLIO / 4096;
 
-/// The mapping process: `ready <FilePmdMapped kB>` once every page is mapped, then for each
-/// line of offsets it flips one byte at each and answers `ok <FilePmdMapped kB>`.
+/// The mapping process: `ready <FilePmdMapped kB> <address of the mapping>` once every page
+/// is mapped, then for each command line `ok <FilePmdMapped kB>`: `s OFF...` flips one byte at
+/// each offset through the mapping, `w OFF...` through pwrite, `p OFF LEN` populates the
+/// range writable (`MADV_POPULATE_WRITE`).
 const MAPPER: &str = r#"
 import ctypes, mmap, os, sys
 path, size, nothp = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
@@ -56,11 +58,18 @@ def pmd_kb():
 s = 0
 for p in range(0, size, 4096):
     s += m[p]
-print("ready", pmd_kb(), flush=True)
+print("ready", pmd_kb(), addr, flush=True)
 for line in sys.stdin:
-    for off in line.split():
-        o = int(off)
-        m[o] = m[o] ^ 0xff
+    cmd, *args = line.split()
+    args = [int(a) for a in args]
+    if cmd == "s":
+        for o in args:
+            m[o] = m[o] ^ 0xff
+    elif cmd == "w":
+        for o in args:
+            os.pwrite(fd, bytes([m[o] ^ 0xff]), o)
+    elif cmd == "p":
+        m.madvise(23, args[0], args[1])
     print("ok", pmd_kb(), flush=True)
 "#;
 
@@ -69,6 +78,8 @@ struct Mapper {
     out: BufReader<std::process::ChildStdout>,
     /// `FilePmdMapped` of the mapping, in kB, after the last command.
     pmd_kb: u64,
+    /// Where the mapping starts in the mapper's address space.
+    addr: u64,
 }
 
 impl Mapper {
@@ -87,25 +98,31 @@ impl Mapper {
             child,
             out,
             pmd_kb: 0,
+            addr: 0,
         };
-        m.pmd_kb = m.answer("ready");
+        let ready = m.answer("ready");
+        (m.pmd_kb, m.addr) = (ready[0], ready[1]);
         m
     }
 
-    fn answer(&mut self, word: &str) -> u64 {
+    fn answer(&mut self, word: &str) -> Vec<u64> {
         let mut line = String::new();
         self.out.read_line(&mut line).unwrap();
         let mut it = line.split_whitespace();
         assert_eq!(it.next(), Some(word), "mapper said {line:?}");
-        it.next().unwrap().parse().unwrap()
+        it.map(|v| v.parse().unwrap()).collect()
     }
 
-    /// Flips one byte at each offset, in order.
-    fn store(&mut self, offsets: &[u64]) {
-        let line: Vec<String> = offsets.iter().map(u64::to_string).collect();
+    fn command(&mut self, cmd: &str, args: &[u64]) {
+        let args: Vec<String> = args.iter().map(u64::to_string).collect();
         let stdin = self.child.stdin.as_mut().unwrap();
-        writeln!(stdin, "{}", line.join(" ")).unwrap();
-        self.pmd_kb = self.answer("ok");
+        writeln!(stdin, "{cmd} {}", args.join(" ")).unwrap();
+        self.pmd_kb = self.answer("ok")[0];
+    }
+
+    /// Flips one byte at each offset through the mapping, in order.
+    fn store(&mut self, offsets: &[u64]) {
+        self.command("s", offsets);
     }
 }
 
@@ -117,17 +134,38 @@ impl Drop for Mapper {
 }
 
 /// A cut as the cutter makes it: freeze (writeback), flip and drain, thaw; partial folios
-/// widened when a write fault could not be resolved meanwhile.
-fn cut(tracker: &mut Tracker, mnt: &Path, unresolved_seen: &mut u64) -> DirtySet {
+/// widened when a write fault could not be resolved, or a write took no fault, meanwhile.
+fn cut(tracker: &mut Tracker, mnt: &Path, seen: &mut (u64, u64)) -> DirtySet {
     let frozen = Frozen::freeze(mnt).expect("freeze");
+    let st = tracker.stats().unwrap();
     let mut set = tracker.take().expect("drain");
     frozen.thaw().expect("thaw");
-    let now = tracker.stats().unwrap().fault_unresolved;
-    if now > *unresolved_seen {
+    let now = (st.fault_unresolved, st.remote_writes);
+    if now.0 > seen.0 || now.1 > seen.1 {
         set.widen_to_folios();
-        *unresolved_seen = now;
     }
+    *seen = now;
     set
+}
+
+fn seen(tracker: &Tracker) -> (u64, u64) {
+    let st = tracker.stats().unwrap();
+    (st.fault_unresolved, st.remote_writes)
+}
+
+/// A volume holding one 16 MiB file written in 2 MiB writes, tracked.
+fn volume(fstype: &str, rng: &mut Rng) -> (LoopFs, Tracker, std::path::PathBuf, u64) {
+    let fs = LoopFs::new(fstype, 512).expect("loop fs");
+    let mount = Mount::at(&fs.mnt).unwrap();
+    let tracker = Tracker::start(&mount, Limits::for_volume_bytes(512 * MIB)).unwrap();
+    let path = fs.path("state.mdb");
+    let mut f = File::create(&path).unwrap();
+    for _ in 0..FILE_SIZE / FOLIO {
+        f.write_all(&rng.bytes(FOLIO as usize)).unwrap();
+    }
+    f.sync_all().unwrap();
+    let ino = std::fs::metadata(&path).unwrap().ino();
+    (fs, tracker, path, ino)
 }
 
 /// Blocks of `pages` that `set` does not cover for file `ino`.
@@ -148,19 +186,8 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Returns the amplification: bytes marked / bytes of the pages stored into.
 fn folio_stores(fstype: &str, thp_disabled: bool) -> f64 {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let fs = LoopFs::new(fstype, 512).expect("loop fs");
-    let mount = Mount::at(&fs.mnt).unwrap();
-    let mut tracker = Tracker::start(&mount, Limits::for_volume_bytes(512 * MIB)).unwrap();
     let mut rng = Rng(0x2f01_10e5 ^ fstype.len() as u64 ^ thp_disabled as u64);
-    let path = fs.path("state.mdb");
-    {
-        let mut f = File::create(&path).unwrap();
-        for _ in 0..FILE_SIZE / FOLIO {
-            f.write_all(&rng.bytes(FOLIO as usize)).unwrap();
-        }
-        f.sync_all().unwrap();
-    }
-    let ino = std::fs::metadata(&path).unwrap().ino();
+    let (fs, mut tracker, path, ino) = volume(fstype, &mut rng);
     let mut mapper = Mapper::spawn(&path, thp_disabled);
     let what = format!(
         "{fstype}{}",
@@ -180,7 +207,7 @@ fn folio_stores(fstype: &str, thp_disabled: bool) -> f64 {
             mapper.pmd_kb
         );
     }
-    let mut unresolved = tracker.stats().unwrap().fault_unresolved;
+    let mut unresolved = seen(&tracker);
     cut(&mut tracker, &fs.mnt, &mut unresolved);
 
     let mut failures = Vec::new();
@@ -246,10 +273,95 @@ fn folio_stores(fstype: &str, thp_disabled: bool) -> f64 {
     amp
 }
 
+/// Writes into mapped pages that take no fault the fault probes see (the kernel faults them in
+/// through get_user_pages), each into a folio already dirty with only part of it marked (a
+/// pwrite first), so no folio event fires either.
+fn faultless_writes(fstype: &str, thp_disabled: bool) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = Rng(0x7e40_11e5 ^ fstype.len() as u64);
+    let (fs, mut tracker, path, ino) = volume(fstype, &mut rng);
+    let mut mapper = Mapper::spawn(&path, thp_disabled);
+    let pid = mapper.child.id() as libc::pid_t;
+    let mut seen_now = seen(&tracker);
+    cut(&mut tracker, &fs.mnt, &mut seen_now);
+    let mut failures = Vec::new();
+    for (i, how) in ["MADV_POPULATE_WRITE", "process_vm_writev", "ptrace"]
+        .into_iter()
+        .enumerate()
+    {
+        let folio = (2 * i as u64 + 1) * FOLIO;
+        let (first, target) = (folio + 3 * 4096 + 5, folio + 100 * 4096 + 8);
+        mapper.command("w", &[first]);
+        match how {
+            "MADV_POPULATE_WRITE" => {
+                mapper.command("p", &[folio, FOLIO]);
+                mapper.store(&[target]);
+            }
+            "process_vm_writev" => {
+                let byte = [0xa5u8];
+                let local = libc::iovec {
+                    iov_base: byte.as_ptr() as *mut _,
+                    iov_len: 1,
+                };
+                let remote = libc::iovec {
+                    iov_base: (mapper.addr + target) as *mut _,
+                    iov_len: 1,
+                };
+                // SAFETY: valid iovecs; the remote one is inside the mapper's mapping.
+                let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+                assert_eq!(
+                    n,
+                    1,
+                    "process_vm_writev: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            _ => poke(pid, mapper.addr + target),
+        }
+        let set = cut(&mut tracker, &fs.mnt, &mut seen_now);
+        let pages: BTreeSet<u64> = [first / 4096, target / 4096].into();
+        let miss = missed(&set, ino, &pages);
+        if !miss.is_empty() {
+            failures.push(format!("{fstype}/{how}: pages {miss:?} not marked"));
+        }
+    }
+    let stats = tracker.stats().unwrap();
+    eprintln!("{fstype} faultless writes: {stats:?}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(
+        stats.remote_writes >= 3,
+        "{fstype}: calls not counted: {stats:?}"
+    );
+}
+
+/// Flips the byte at `addr` of process `pid` with ptrace (attach, peek, poke, detach).
+fn poke(pid: libc::pid_t, addr: u64) {
+    let word = (addr & !7) as *mut libc::c_void;
+    // SAFETY: ptrace on our own child; the address is inside its mapping.
+    unsafe {
+        assert_eq!(
+            libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0),
+            0,
+            "PTRACE_ATTACH"
+        );
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+        *libc::__errno_location() = 0;
+        let v = libc::ptrace(libc::PTRACE_PEEKDATA, pid, word, 0);
+        assert_eq!(*libc::__errno_location(), 0, "PTRACE_PEEKDATA");
+        let shift = (addr & 7) * 8;
+        let r = libc::ptrace(libc::PTRACE_POKEDATA, pid, word, v ^ (0xff << shift));
+        assert_eq!(r, 0, "PTRACE_POKEDATA");
+        libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
+    }
+}
+
 fn folios(fstype: &str) {
     if !can_run(&format!("large-folio mmap stores on {fstype}")) {
         return;
     }
+    faultless_writes(fstype, true);
+    faultless_writes(fstype, false);
     folio_stores(fstype, false);
     let amp = folio_stores(fstype, true);
     // PTE-mapped: each write-protect fault makes one page writable, so marks are 4 KiB.

@@ -12,6 +12,7 @@
 //! in full: the agent cannot know what changed while it was not tracking. Extents are cut at
 //! 1 MiB-aligned pieces, so the unchanged ones deduplicate against the log by blake3.
 pub mod capture;
+mod losses;
 pub mod scan;
 
 use std::{
@@ -24,6 +25,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use capture::{CaptureStats, data_ranges, read_ranges};
+use losses::Losses;
 use scan::{Identity, Kind, Scan, identity};
 
 use crate::{
@@ -52,6 +54,9 @@ pub struct CutReport {
     pub ops: usize,
 }
 
+/// A height whose capture keeps losing events fails after this many full retries.
+const MAX_FULL_RETRIES: u32 = 2;
+
 pub struct Cutter {
     mount: Mount,
     tracker: Tracker,
@@ -63,8 +68,10 @@ pub struct Cutter {
     ids: HashMap<Identity, FileId>,
     next_id: FileId,
     force_full: bool,
-    lost_seen: u64,
-    unresolved_seen: u64,
+    /// The tracker's loss counters as the last cut saw them (see [`losses`]).
+    seen: Losses,
+    /// Full captures of the current height redone because events were lost meanwhile.
+    full_retries: u32,
     /// Freeze the volume for phase 2 (off only when the caller pauses the node itself).
     pub freeze: bool,
 }
@@ -82,8 +89,7 @@ impl Cutter {
         }
         let (prev, sizes) = namespace_at_last(&log)?;
         let next_id = log.max_file_id().map_or(1, |m| m + 1);
-        let st = tracker.stats()?;
-        let (lost_seen, unresolved_seen) = (st.lost + st.prog_misses, st.fault_unresolved);
+        let seen = Losses::of(&tracker.stats()?);
         Ok(Cutter {
             mount,
             tracker,
@@ -93,8 +99,8 @@ impl Cutter {
             ids: HashMap::new(),
             next_id,
             force_full: true,
-            lost_seen,
-            unresolved_seen,
+            seen,
+            full_retries: 0,
             freeze: true,
         })
     }
@@ -153,6 +159,7 @@ impl Cutter {
     /// Cuts height `height`; returns once it is durable in the log. After a failure (the
     /// tracker's epochs are already drained) the next cut captures everything.
     pub fn cut(&mut self, height: u64) -> Result<(CutReport, HeightInfo)> {
+        self.full_retries = 0;
         let res = self.try_cut(height);
         if res.is_err() {
             self.force_full = true;
@@ -179,11 +186,12 @@ impl Cutter {
 
         // Phase 1: unfrozen pre-read.
         // Drain after writeback: partial-folio records must outlive the dirty folios.
+        let losses1 = Losses::of(&self.tracker.stats()?);
         let idx = self.tracker.flip()?;
         syncfs(&root)?;
         let mut d1 = self.tracker.drain(idx)?;
-        let unresolved1 = self.tracker.stats()?.fault_unresolved;
-        if unresolved1 > self.unresolved_seen {
+        let widened1 = losses1.force_widen(&self.seen);
+        if widened1 {
             d1.widen_to_folios();
         }
         let scan1 = Scan::walk(&root).context("scanning the volume")?;
@@ -212,21 +220,30 @@ impl Cutter {
             None
         };
         let t_freeze = Instant::now();
-        let phase2 = self.phase2(&root, &d1, &files1, &pre, full, unresolved1);
+        let phase2 = self.phase2(&root, &d1, &files1, &pre, full, (losses1, widened1));
         let freeze_time = t_freeze.elapsed();
         if let Some(f) = frozen {
             f.thaw()?;
         }
-        let (scan2, post, st2) = phase2?;
+        let (scan2, post, st2, phase2_losses) = phase2?;
         rep.freeze_ms = ms(freeze_time);
         rep.read_frozen = st2.bytes_read;
         rep.data_bytes = st1.data_bytes + st2.data_bytes;
 
-        let lost = self.tracker.stats()?.lost;
-        if lost > self.lost_seen {
-            self.lost_seen = lost;
+        let (before, losses2) = (self.seen, phase2_losses);
+        self.seen = losses2;
+        if losses2.force_full(&before) {
+            // Even a full cut: what changed during it is only known from the marks.
+            if self.full_retries >= MAX_FULL_RETRIES {
+                bail!(
+                    "the tracker lost events during {MAX_FULL_RETRIES} full captures of height \
+                     {height} in a row ({losses2:?}): its maps are too small for this write rate"
+                );
+            }
+            self.full_retries += 1;
             tracing::warn!(
-                "the tracker lost events (maps full); capturing height {height} in full"
+                "the tracker lost events or skipped program runs ({before:?} -> {losses2:?}); \
+                 capturing height {height} in full"
             );
             self.force_full = true;
             return self.try_cut(height);
@@ -321,17 +338,18 @@ impl Cutter {
         files1: &BTreeMap<Identity, (&RelPath, u64)>,
         pre: &HashMap<Identity, Vec<ExtentData>>,
         full: bool,
-        unresolved1: u64,
-    ) -> Result<(Scan, Vec<(Identity, Vec<ExtentData>)>, CaptureStats)> {
+        (losses1, widened1): (Losses, bool),
+    ) -> Result<(Scan, Vec<(Identity, Vec<ExtentData>)>, CaptureStats, Losses)> {
+        // Counted before the flip: all of it belongs to the epochs drained here.
+        let losses2 = Losses::of(&self.tracker.stats()?);
         let mut d2 = self.tracker.take()?;
-        // A write fault we could not resolve since phase 1 began: widen both epochs' marks
-        // and re-read the widened phase-1 ranges here, frozen.
-        let unresolved2 = self.tracker.stats()?.fault_unresolved;
-        self.unresolved_seen = unresolved2;
-        if unresolved2 > unresolved1 {
+        if losses2.force_widen(&self.seen) {
             tracing::debug!("unresolved write faults: marking partially-marked folios whole");
-            // d1's partial folios were read unwidened in phase 1: read them whole here.
-            d2.partial.extend_from_slice(&d1.partial);
+            // d1's partial folios were read unwidened in phase 1, or before the last rise:
+            // read them whole here, frozen.
+            if !widened1 || losses2.force_widen(&losses1) {
+                d2.partial.extend_from_slice(&d1.partial);
+            }
             d2.widen_to_folios();
         }
         let scan2 = Scan::walk(root).context("scanning the frozen volume")?;
@@ -359,7 +377,7 @@ impl Cutter {
                 );
             }
         }
-        Ok((scan2, post, st))
+        Ok((scan2, post, st, losses2))
     }
 
     /// What to read of a file: all of it when it is new to us (or on a full cut, which resets

@@ -223,6 +223,14 @@ impl Tracker {
                 true,
             ),
             ("btm_ioctl", Kind::Tp, "syscalls/sys_enter_ioctl", true),
+            ("btm_madvise", Kind::Tp, "syscalls/sys_enter_madvise", true),
+            (
+                "btm_process_vm_writev",
+                Kind::Tp,
+                "syscalls/sys_enter_process_vm_writev",
+                true,
+            ),
+            ("btm_ptrace", Kind::Tp, "syscalls/sys_enter_ptrace", true),
             (
                 "btm_enter_openat",
                 Kind::Tp,

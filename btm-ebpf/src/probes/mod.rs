@@ -5,5 +5,6 @@ mod fault;
 mod folio;
 mod iomap;
 mod mappers;
+mod remote;
 mod syscalls;
 mod xfs;

@@ -1,0 +1,56 @@
+//! Writes into mapped pages that take no fault the fault probes see: `get_user_pages` with
+//! FOLL_WRITE faults pages in from inside the kernel (`handle_mm_fault`, no exception
+//! tracepoint), may map a whole folio writable, and writes through the kernel's own mapping.
+//! A clean folio still fires its folio event; a folio that is already dirty with only part of
+//! it marked does not. So each such call is counted, and the agent marks partially-marked
+//! folios whole at the next cut (like an unresolved fault):
+//! - `madvise(MADV_POPULATE_WRITE)` by a process that maps the volume;
+//! - `process_vm_writev` and `ptrace(PTRACE_POKETEXT|POKEDATA)`, into any process (the target
+//!   may be any thread of a mapping process: counting every call is simpler and they are rare).
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use btm_common::dirty::stat;
+
+use crate::{
+    kernel::{config, current_tgid},
+    maps::MAPPERS,
+    mark::count,
+};
+
+const MADV_POPULATE_WRITE: u64 = 23;
+const PTRACE_POKETEXT: u64 = 4;
+const PTRACE_POKEDATA: u64 = 5;
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> Option<u64> {
+    // SAFETY: syscall records hold 8-byte arguments from offset 16.
+    unsafe { ctx.read_at::<u64>(16 + 8 * n).ok() }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_madvise")]
+pub fn btm_madvise(ctx: TracePointContext) -> u32 {
+    if arg(&ctx, 2) == Some(MADV_POPULATE_WRITE)
+        && config().is_some()
+        // SAFETY: value not kept.
+        && unsafe { MAPPERS.get(&current_tgid()) }.is_some()
+    {
+        count(stat::REMOTE_WRITES);
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_process_vm_writev")]
+pub fn btm_process_vm_writev(_ctx: TracePointContext) -> u32 {
+    if config().is_some() {
+        count(stat::REMOTE_WRITES);
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_ptrace")]
+pub fn btm_ptrace(ctx: TracePointContext) -> u32 {
+    let req = arg(&ctx, 0).unwrap_or(0);
+    if (req == PTRACE_POKETEXT || req == PTRACE_POKEDATA) && config().is_some() {
+        count(stat::REMOTE_WRITES);
+    }
+    0
+}
