@@ -76,6 +76,10 @@ pub struct PreciseRange {
     pub end: u64,
     /// `bpf_ktime_get_ns()` after which the range no longer suppresses anything.
     pub expires: u64,
+    /// The epoch it was marked in: after a flip it suppresses nothing, since its mark went
+    /// with the old epoch and a later change to the same folio needs a mark of its own.
+    pub epoch: u32,
+    pub _pad: u32,
 }
 
 /// The range comes from a write-protect fault on a mapping where its page may sit in a

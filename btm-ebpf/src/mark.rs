@@ -240,6 +240,8 @@ pub fn mark_precise(dev: u32, ino: u64, start: u64, end: u64, flags: u32) {
         end,
         // SAFETY: plain helper call.
         expires: unsafe { bpf_ktime_get_ns() } + PRECISE_TTL_NS,
+        epoch: EPOCH.get(0).copied().unwrap_or(0),
+        _pad: 0,
     };
     let _ = PRECISE.insert(&tid, &r, 0);
 }
@@ -253,6 +255,7 @@ pub fn covered_by_precise(dev: u32, ino: u64, start: u64, end: u64) -> Option<u3
     let r = unsafe { PRECISE.get(&tid) }?;
     (r.dev == dev
         && r.ino == ino
+        && r.epoch == EPOCH.get(0).copied().unwrap_or(0)
         && r.start < end
         && r.end > start
         // SAFETY: plain helper call.

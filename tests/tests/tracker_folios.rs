@@ -153,15 +153,19 @@ fn seen(tracker: &Tracker) -> (u64, u64) {
     (st.fault_unresolved, st.remote_writes)
 }
 
-/// A volume holding one 16 MiB file written in 2 MiB writes, tracked.
+/// A volume holding one 16 MiB file written in 2 MiB writes (its last 2 MiB in 4 KiB writes,
+/// so 4 KiB folios), tracked.
 fn volume(fstype: &str, rng: &mut Rng) -> (LoopFs, Tracker, std::path::PathBuf, u64) {
     let fs = LoopFs::new(fstype, 512).expect("loop fs");
     let mount = Mount::at(&fs.mnt).unwrap();
     let tracker = Tracker::start(&mount, Limits::for_volume_bytes(512 * MIB)).unwrap();
     let path = fs.path("state.mdb");
     let mut f = File::create(&path).unwrap();
-    for _ in 0..FILE_SIZE / FOLIO {
+    for _ in 0..FILE_SIZE / FOLIO - 1 {
         f.write_all(&rng.bytes(FOLIO as usize)).unwrap();
+    }
+    for _ in 0..PAGES_PER_FOLIO {
+        f.write_all(&rng.bytes(4096)).unwrap();
     }
     f.sync_all().unwrap();
     let ino = std::fs::metadata(&path).unwrap().ino();
@@ -324,6 +328,21 @@ fn faultless_writes(fstype: &str, thp_disabled: bool) {
         if !miss.is_empty() {
             failures.push(format!("{fstype}/{how}: pages {miss:?} not marked"));
         }
+    }
+    // A pwrite's precise range must not outlive its epoch: the page written just before a
+    // cut and again right after it, through MADV_POPULATE_WRITE (no fault event), in a 4 KiB
+    // folio (so no partial-folio record can rescue it), must be marked again.
+    let page = FILE_SIZE - FOLIO + 9 * 4096;
+    mapper.command("w", &[page + 3]);
+    cut(&mut tracker, &fs.mnt, &mut seen_now);
+    mapper.command("p", &[page, 4096]);
+    mapper.store(&[page + 4]);
+    let set = cut(&mut tracker, &fs.mnt, &mut seen_now);
+    if !missed(&set, ino, &[page / 4096].into()).is_empty() {
+        failures.push(format!(
+            "{fstype}: page {} written again after a cut not marked",
+            page / 4096
+        ));
     }
     let stats = tracker.stats().unwrap();
     eprintln!("{fstype} faultless writes: {stats:?}");
