@@ -60,6 +60,9 @@ enum Command {
     Prune(btm_agent::cmd::offsite::PruneArgs),
     /// Check the configuration (file, BTM_* variables, flags) and print the effective one.
     Config(btm_agent::cmd::config_cmd::ConfigArgs),
+    /// Start a node with THP disabled (`-- NODE ARGS`), so that its mmap stores into files
+    /// written in large chunks are tracked per 4 KiB instead of per 2 MiB folio (ext4, xfs).
+    Exec(btm_agent::cmd::exec::ExecArgs),
 }
 
 /// BTM-compatible flags (without a subcommand).
@@ -118,6 +121,7 @@ fn main() {
         Some(Command::Push(a)) => btm_agent::cmd::offsite::push(a),
         Some(Command::Prune(a)) => btm_agent::cmd::offsite::prune(a),
         Some(Command::Config(a)) => btm_agent::cmd::config_cmd::run(a),
+        Some(Command::Exec(a)) => btm_agent::cmd::exec::run(a),
         None => compat(cli.compat),
     };
     if let Err(e) = res {

@@ -10,8 +10,8 @@
 //! maps the whole folio writable again: later stores fault no more, so every changed byte must
 //! already lie in a marked extent.
 //!
-//! With THP disabled for the mapping process (`PR_SET_THP_DISABLE`, what `btm-agent exec` sets
-//! for a node) the folios are PTE-mapped, write-protect faults are per page again, and the
+//! With THP disabled for the mapping process (started through `btm-agent exec`, which sets
+//! `PR_SET_THP_DISABLE`) the folios are PTE-mapped, write-protect faults are per page again, and the
 //! marks must come back to 4 KiB.
 use std::{
     collections::BTreeSet,
@@ -26,7 +26,7 @@ use btm_agent::{
     tracker::{DirtySet, Limits, Tracker},
     volume::{Frozen, Mount},
 };
-use btm_tests::{LoopFs, Rng, can_run};
+use btm_tests::{LoopFs, Rng, agent_bin, can_run};
 
 const MIB: u64 = 1 << 20;
 const FOLIO: u64 = 2 * MIB;
@@ -40,9 +40,8 @@ const PAGES_PER_FOLIO: u64 = FOLIO / 4096;
 const MAPPER: &str = r#"
 import ctypes, mmap, os, sys
 path, size, nothp = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
-libc = ctypes.CDLL(None, use_errno=True)
-if nothp and libc.prctl(41, 1, 0, 0, 0) != 0:  # PR_SET_THP_DISABLE
-    sys.exit("prctl: errno %d" % ctypes.get_errno())
+if nothp and "THP_enabled:\t0" not in open("/proc/self/status").read():
+    sys.exit("THP is not disabled for this process")
 fd = os.open(path, os.O_RDWR)
 m = mmap.mmap(fd, size)
 addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
@@ -83,8 +82,16 @@ struct Mapper {
 }
 
 impl Mapper {
+    /// With `thp_disabled`, started the way a node would be: `btm-agent exec -- python3 ...`.
     fn spawn(path: &Path, thp_disabled: bool) -> Mapper {
-        let mut child = Command::new("python3")
+        let mut cmd = if thp_disabled {
+            let mut c = Command::new(agent_bin());
+            c.args(["exec", "--", "python3"]);
+            c
+        } else {
+            Command::new("python3")
+        };
+        let mut child = cmd
             .args(["-c", MAPPER])
             .arg(path)
             .arg(FILE_SIZE.to_string())

@@ -1,6 +1,7 @@
 //! One module per CLI subcommand family.
 pub mod config_cmd;
 pub mod demo;
+pub mod exec;
 pub mod heights;
 pub mod logs;
 pub mod offsite;
