@@ -77,6 +77,8 @@ pub struct Metrics {
     stored: AtomicU64,
     errors: AtomicU64,
     overflows: AtomicU64,
+    /// The tracker's counters after the last cut.
+    tracker: Mutex<Option<Stats>>,
     freeze: Mutex<Histogram>,
 }
 
@@ -91,6 +93,7 @@ impl Metrics {
             stored: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             overflows: AtomicU64::new(0),
+            tracker: Mutex::new(None),
             freeze: Mutex::new(Histogram::default()),
         }
     }
@@ -144,6 +147,7 @@ impl Metrics {
             // The tracker's counters are cumulative since it loaded: mirror, do not add.
             self.overflows
                 .store(s.chunk_overflows + s.lost, Ordering::Relaxed);
+            *self.tracker.lock().unwrap_or_else(|e| e.into_inner()) = Some(*s);
         }
         let secs = rep.freeze_ms / 1000.0;
         let mut h = self.freeze.lock().unwrap_or_else(|e| e.into_inner());
@@ -255,6 +259,20 @@ impl Metrics {
         let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
         let _ = writeln!(o, "{name}_sum {}", h.sum);
         let _ = writeln!(o, "{name}_count {}", h.count);
+        if let Some(st) = *self.tracker.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = writeln!(
+                o,
+                "# HELP btm_tracker_events_total What the tracker's programs counted since it \
+                 loaded, by kind (fault_wide: 2 MiB folios marked whole for PMD mappings; \
+                 fault_unresolved, remote_writes: partial folios read whole; lost, prog_misses: \
+                 full captures).\n# TYPE btm_tracker_events_total counter"
+            );
+            if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(st) {
+                for (kind, v) in m {
+                    let _ = writeln!(o, "btm_tracker_events_total{{kind=\"{kind}\"}} {v}");
+                }
+            }
+        }
         o
     }
 

@@ -169,6 +169,22 @@ fn metrics_scraped_after_real_cuts() {
     );
     assert!(m["btm_freeze_seconds_sum"] > 0.0, "{text}");
     assert!(m.contains_key("btm_tracker_overflows_total"), "{text}");
+    // Every kind of tracker counter, the loss counters included; 300 kB written per height
+    // were seen as events.
+    for kind in [
+        "lost",
+        "prog_misses",
+        "fault_unresolved",
+        "fault_wide",
+        "remote_writes",
+    ] {
+        let key = format!("btm_tracker_events_total{{kind=\"{kind}\"}}");
+        assert!(m.contains_key(&key), "{key} missing: {text}");
+    }
+    assert!(
+        m["btm_tracker_events_total{kind=\"events\"}"] > 0.0,
+        "{text}"
+    );
     // The log holds at least what the cuts stored.
     assert!(
         m["btm_log_bytes"] >= m["btm_cut_bytes_stored_total"],

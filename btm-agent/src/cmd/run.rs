@@ -347,6 +347,7 @@ fn start_ebpf(args: &RunArgs, policy: &Policy) -> Result<Engine> {
     }
     let tracker = Tracker::start(&mount, Limits::for_volume_bytes(mount.size_bytes()))
         .map_err(unavailable)?;
+    tracing::info!("{}", tracker.mmap_policy());
     std::fs::create_dir_all(&dir).with_context(|| format!("creating log dir {}", dir.display()))?;
     let mut log = Log::open_append(&dir)?;
     // The policy may have changed since the last run: apply it, and compact what it dropped

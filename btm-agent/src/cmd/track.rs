@@ -48,6 +48,7 @@ pub fn run(args: TrackArgs) -> Result<()> {
             None => "Enter or SIGUSR1 (Ctrl-D or SIGINT/SIGTERM to stop)".into(),
         }
     );
+    eprintln!("{}", tracker.mmap_policy());
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [libc::SIGINT, libc::SIGTERM] {

@@ -294,31 +294,40 @@ impl Tracker {
         // by the mmap and fork probes; a store in between is in the first cut, which is full).
         seed_mappers(&mut ebpf, mount)?;
         let thp_off_bit = thp::measure_off_bit(&mut ebpf);
-        match thp_off_bit {
-            Some(bit) => {
-                cfg.thp_off_bit = bit;
-                let mut config: Array<_, Config> = Array::try_from(ebpf.map_mut("CONFIG").unwrap())
-                    .map_err(|e| TrackerError::Map("CONFIG", e.to_string()))?;
-                config
-                    .set(0, cfg, 0)
-                    .map_err(|e| TrackerError::Map("CONFIG", e.to_string()))?;
-                tracing::info!(
-                    "mmap stores: 2 MiB folios a PMD may map are marked whole; processes with \
-                     THP disabled (mm flag bit {bit}, `btm-agent exec`) keep 4 KiB marks"
-                );
-            }
-            None => tracing::warn!(
-                "could not measure how this kernel marks THP-disabled processes: mmap stores \
-                 into 2 MiB folios are marked whole even for processes with THP disabled"
-            ),
+        if let Some(bit) = thp_off_bit {
+            cfg.thp_off_bit = bit;
+            let mut config: Array<_, Config> = Array::try_from(ebpf.map_mut("CONFIG").unwrap())
+                .map_err(|e| TrackerError::Map("CONFIG", e.to_string()))?;
+            config
+                .set(0, cfg, 0)
+                .map_err(|e| TrackerError::Map("CONFIG", e.to_string()))?;
         }
-        Ok(Tracker {
+        let t = Tracker {
             ebpf,
             mount: mount.clone(),
             epoch: 0,
             skipped,
             thp_off_bit,
-        })
+        };
+        tracing::debug!("{}", t.mmap_policy());
+        Ok(t)
+    }
+
+    /// How mmap stores are marked on this kernel, for `track` and the agent's start-up log.
+    pub fn mmap_policy(&self) -> String {
+        let faults = !self.skipped.iter().any(|t| t.starts_with("page_fault"));
+        match (faults, self.thp_off_bit) {
+            (false, _) => "mmap stores: marked per folio (no page-fault tracepoints)".into(),
+            (true, Some(bit)) => format!(
+                "mmap stores: 4 KiB per write-protect fault; whole folio on first-touch faults \
+                 and on 2 MiB folios a PMD may map (THP-disabled processes, mm flag bit {bit}, \
+                 never get PMD mappings: start the node with `btm-agent exec`)"
+            ),
+            (true, None) => "mmap stores: 4 KiB per write-protect fault; whole folio on \
+                 first-touch faults and on every 2 MiB folio of a 2 MiB-aligned mapping (THP \
+                 state of processes not measurable on this kernel)"
+                .into(),
+        }
     }
 
     pub fn mount(&self) -> &Mount {
