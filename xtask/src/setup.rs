@@ -92,27 +92,40 @@ pub const MOTO: &str = "moto[server]>=5.1,<6";
 pub const AZURITE: &str = "azurite@3.35.0";
 pub const AZURE_BLOB: &str = "azure-storage-blob>=12,<13";
 
-/// Object-store servers for the offsite tests: moto (S3) and Azurite (Azure blobs).
+/// The storage engines the semantic oracle tests open restored data with (PyPI wheels that
+/// bundle their C/C++ libraries): LMDB, MDBX, LevelDB, RocksDB.
+pub const ENGINES: [&str; 4] = [
+    "lmdb>=1.4,<4",
+    "libmdbx>=0.3,<0.4",
+    "plyvel>=1.5,<2",
+    "rocksdict>=0.3,<0.4",
+];
+
+/// Object-store servers for the offsite tests: moto (S3) and Azurite (Azure blobs); the
+/// storage engines for tests/engines.rs.
 fn object_servers() -> Result<()> {
     let have = Command::new("python3")
         .args([
             "-c",
-            "import moto, moto.server, flask, boto3, azure.storage.blob",
+            "import moto, moto.server, flask, boto3, azure.storage.blob, lmdb, mdbx, plyvel, \
+             rocksdict",
         ])
         .output()
         .is_ok_and(|o| o.status.success());
     if !have {
-        eprintln!("setup: installing {MOTO} {AZURE_BLOB} (pip)");
-        run(Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--root-user-action=ignore",
-            MOTO,
-            AZURE_BLOB,
-        ]))?;
+        eprintln!("setup: installing {MOTO} {AZURE_BLOB} {ENGINES:?} (pip)");
+        run(Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--root-user-action=ignore",
+                MOTO,
+                AZURE_BLOB,
+            ])
+            .args(ENGINES))?;
     }
     let azurite = Command::new("azurite-blob")
         .arg("--version")
