@@ -260,6 +260,42 @@ fn workload(
             unsafe { std::alloc::dealloc(p, layout) };
             c.ranges.push((4 * MIB, 4 * MIB + (64 << 10)));
         }
+        "odirect_at_0" => {
+            // The first iomap_iter of an operation at file offset 0 reports length 0.
+            let f = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(path)
+                .unwrap();
+            let (p, layout) = aligned(16 << 10, 0x3c);
+            // SAFETY: aligned buffer of 16 KiB.
+            let n = unsafe { libc::pwrite(f.as_raw_fd(), p as *const _, 16 << 10, 0) };
+            assert_eq!(n, 16 << 10, "O_DIRECT pwrite at 0");
+            // SAFETY: allocated above with this layout.
+            unsafe { std::alloc::dealloc(p, layout) };
+            c.ranges.push((0, 16 << 10));
+        }
+        "uring_direct_at_0" => {
+            let f = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(path)
+                .unwrap();
+            let (p, layout) = aligned(8 << 10, 0x6b);
+            uring_write(&f, p, 8 << 10, 0);
+            // SAFETY: allocated above with this layout.
+            unsafe { std::alloc::dealloc(p, layout) };
+            c.ranges.push((0, 8 << 10));
+        }
+        "pwrite_at_0_dirty_folio" => {
+            // A buffered write at offset 0 into a (large) folio an earlier write of this
+            // epoch already dirtied: no folio event, so only the write's own range marks it.
+            let f = rw(path);
+            f.write_all_at(&rng.bytes(4096), 8192).unwrap();
+            f.write_all_at(&rng.bytes(100), 0).unwrap();
+            c.ranges.push((8192, 8192 + 4096));
+            c.ranges.push((0, 100));
+        }
         "uring_buffered" => {
             let f = rw(path);
             let buf = rng.bytes(10_000);
@@ -421,8 +457,11 @@ const WORKLOADS: &[&str] = &[
     "pwrite",
     "pwritev",
     "odirect",
+    "odirect_at_0",
     "uring_buffered",
     "uring_direct",
+    "uring_direct_at_0",
+    "pwrite_at_0_dirty_folio",
     "mmap_msync",
     "mmap_nosync",
     "append",
