@@ -71,8 +71,15 @@ pub struct Config {
     pub thp_off_bit: u32,
     pub _pad1: u32,
 
-    /// `iomap:iomap_iter` (flags = iomap flags) and the iomap flag values on this kernel.
-    pub iomap_iter: RangeTp,
+    /// `struct iomap_iter` members read by the `iomap_iter` (tp_btf) program. The tracepoint
+    /// record's `length` is `iomap_length()` of the previous mapping, not the operation's: it is
+    /// 0 on every iteration of an operation at file offset 0 (and on all but the first of any
+    /// operation), so the program reads the iterator's own `pos` and remaining `len`.
+    pub iomap_iter_inode: u32,
+    pub iomap_iter_pos: u32,
+    pub iomap_iter_len: u32,
+    pub iomap_iter_flags: u32,
+    /// The iomap flag values on this kernel (from the `iomap:iomap_iter` print format).
     pub iomap_flag_write: u32,
     pub iomap_flag_zero: u32,
     pub iomap_flag_fault: u32,

@@ -122,6 +122,10 @@ impl KernelBtf {
         cfg.vma_mm = opt("vm_area_struct", "vm_mm");
         cfg.mm_flags = opt("mm_struct", "flags");
         cfg.thp_off_bit = u32::MAX;
+        cfg.iomap_iter_inode = self.offset("iomap_iter", &["inode"])?;
+        cfg.iomap_iter_pos = self.offset("iomap_iter", &["pos"])?;
+        cfg.iomap_iter_len = self.offset("iomap_iter", &["len"])?;
+        cfg.iomap_iter_flags = self.offset("iomap_iter", &["flags"])?;
         Ok(())
     }
 }

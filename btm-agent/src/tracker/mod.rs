@@ -161,7 +161,7 @@ impl Tracker {
             ("btm_fault_kernel", Kind::Btf, "page_fault_kernel", false),
             ("btm_enter_mmap", Kind::Tp, "syscalls/sys_enter_mmap", true),
             ("btm_fork", Kind::Btf, "sched_process_fork", true),
-            ("btm_iomap_iter", Kind::Tp, "iomap/iomap_iter", true),
+            ("btm_iomap_iter", Kind::Btf, "iomap_iter", true),
             (
                 "btm_ext4_da_write_begin",
                 Kind::Tp,
@@ -541,7 +541,6 @@ fn seed_mappers(ebpf: &mut Ebpf, mount: &Mount) -> Result<(), TrackerError> {
 /// Tracepoint record offsets and flag values from tracefs.
 fn fill_tracepoints(cfg: &mut Config) -> Result<(), TrackerError> {
     let iomap = Format::read("iomap", "iomap_iter")?;
-    cfg.iomap_iter = iomap.range("pos", Some("length"), Some("flags"))?;
     cfg.iomap_flag_write = iomap.flag("WRITE")?;
     cfg.iomap_flag_zero = iomap.flag("ZERO")?;
     cfg.iomap_flag_fault = iomap.flag("FAULT")?;

@@ -1,37 +1,40 @@
-//! `iomap:iomap_iter`: byte-precise ranges for iomap-based writes (xfs buffered and direct,
+//! `iomap_iter` (tp_btf): byte-precise ranges for iomap-based writes (xfs buffered and direct,
 //! ext4 and btrfs direct I/O), including zeroing. Page-fault iterations cover whole folios and
 //! are left to the fault and folio probes.
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+//!
+//! The range comes from the `struct iomap_iter` itself: `[pos, pos + len)` is what is left of
+//! the operation, the whole of it on the first iteration. The tracepoint record's `length` must
+//! not be used: it is `iomap_length()` of the mapping of the previous iteration, which is 0
+//! on every iteration after the first, and on the first one too when the operation starts at
+//! file offset 0 (`0 - pos` of the still empty mapping is 0 there): an O_DIRECT write at
+//! offset 0 would go unmarked.
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
-    kernel::config,
+    kernel::{config, read, tracked_inode},
     mark::{mark_precise, mark_range},
 };
 
-#[tracepoint(category = "iomap", name = "iomap_iter")]
-pub fn btm_iomap_iter(ctx: TracePointContext) -> u32 {
-    let _ = try_iomap_iter(&ctx);
+#[btf_tracepoint(function = "iomap_iter")]
+pub fn btm_iomap_iter(ctx: BtfTracePointContext) -> u32 {
+    let iter: *const u8 = ctx.arg(0);
+    let _ = try_iomap_iter(iter);
     0
 }
 
 #[inline(always)]
-fn try_iomap_iter(ctx: &TracePointContext) -> Option<()> {
+fn try_iomap_iter(iter: *const u8) -> Option<()> {
     let cfg = config()?;
-    let tp = &cfg.iomap_iter;
-    // SAFETY: offsets come from this kernel's tracefs format file.
-    let flags: u32 = unsafe { ctx.read_at(tp.flags as usize).ok()? };
+    let flags: u32 = read(iter, cfg.iomap_iter_flags)?;
     if flags & (cfg.iomap_flag_write | cfg.iomap_flag_zero) == 0
         || flags & cfg.iomap_flag_fault != 0
     {
         return None;
     }
-    let dev: u32 = unsafe { ctx.read_at(tp.dev as usize).ok()? };
-    if dev != cfg.target_dev {
-        return None;
-    }
-    let ino: u64 = unsafe { ctx.read_at(tp.ino as usize).ok()? };
-    let pos: u64 = unsafe { ctx.read_at(tp.pos as usize).ok()? };
-    let len: u64 = unsafe { ctx.read_at(tp.len as usize).ok()? };
+    let inode: *const u8 = read(iter, cfg.iomap_iter_inode)?;
+    let (dev, ino) = tracked_inode(cfg, inode)?;
+    let pos: u64 = read(iter, cfg.iomap_iter_pos)?;
+    let len: u64 = read(iter, cfg.iomap_iter_len)?;
     let end = pos.saturating_add(len);
     if flags & cfg.iomap_flag_direct != 0 {
         // Direct I/O dirties no folio: nothing to suppress.
