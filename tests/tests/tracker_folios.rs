@@ -69,6 +69,31 @@ for line in sys.stdin:
             os.pwrite(fd, bytes([m[o] ^ 0xff]), o)
     elif cmd == "p":
         m.madvise(23, args[0], args[1])
+    elif cmd == "populate":  # a second mapping, MAP_POPULATE, stored through
+        m2 = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+        m2[args[0]] = m2[args[0]] ^ 0xff
+        m2.close()
+    elif cmd == "mlock":
+        base = (addr + args[0]) & ~4095
+        assert ctypes.CDLL(None).mlock(ctypes.c_void_p(base), 4096) == 0
+        m[args[0]] = m[args[0]] ^ 0xff
+    elif cmd == "fork":  # the child stores
+        pid = os.fork()
+        if pid == 0:
+            m[args[0]] = m[args[0]] ^ 0xff
+            os._exit(0)
+        os.waitpid(pid, 0)
+    elif cmd == "pipe":  # the kernel copies into the mapping (a kernel-mode write fault)
+        r, w = os.pipe()
+        os.write(w, bytes([m[args[0]] ^ 0xff]))
+        os.readv(r, [memoryview(m)[args[0]:args[0] + 1]])
+        os.close(r)
+        os.close(w)
+    elif cmd == "dio":  # an O_DIRECT read into a page of the mapping
+        src = os.open(os.path.join(os.path.dirname(path), "dio-src"), os.O_RDONLY | os.O_DIRECT)
+        page = args[0] & ~4095
+        assert os.preadv(src, [memoryview(m)[page:page + 4096]], 0) == 4096
+        os.close(src)
     print("ok", pmd_kb(), flush=True)
 "#;
 
@@ -284,9 +309,11 @@ fn folio_stores(fstype: &str, thp_disabled: bool) -> f64 {
     amp
 }
 
-/// Writes into mapped pages that take no fault the fault probes see (the kernel faults them in
-/// through get_user_pages), each into a folio already dirty with only part of it marked (a
-/// pwrite first), so no folio event fires either.
+/// Every other way into a mapped page, each into a folio already dirty with only part of it
+/// marked (a pwrite first), so that no folio event fires: writes that take no fault the fault
+/// probes see (the kernel faults the pages in through get_user_pages: MADV_POPULATE_WRITE,
+/// process_vm_writev, ptrace pokes, O_DIRECT reads into the mapping), and stores that do fault
+/// after MAP_POPULATE, mlock, in a forked child, or by the kernel copying into the mapping.
 fn faultless_writes(fstype: &str, thp_disabled: bool) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = Rng(0x7e40_11e5 ^ fstype.len() as u64);
@@ -295,12 +322,22 @@ fn faultless_writes(fstype: &str, thp_disabled: bool) {
     let pid = mapper.child.id() as libc::pid_t;
     let mut seen_now = seen(&tracker);
     cut(&mut tracker, &fs.mnt, &mut seen_now);
+    std::fs::write(fs.path("dio-src"), rng.bytes(8192)).unwrap();
     let mut failures = Vec::new();
-    for (i, how) in ["MADV_POPULATE_WRITE", "process_vm_writev", "ptrace"]
-        .into_iter()
-        .enumerate()
+    for (i, how) in [
+        "MADV_POPULATE_WRITE",
+        "process_vm_writev",
+        "ptrace",
+        "dio",
+        "populate",
+        "mlock",
+        "fork",
+        "pipe",
+    ]
+    .into_iter()
+    .enumerate()
     {
-        let folio = (2 * i as u64 + 1) * FOLIO;
+        let folio = (i as u64 % (FILE_SIZE / FOLIO - 1)) * FOLIO;
         let (first, target) = (folio + 3 * 4096 + 5, folio + 100 * 4096 + 8);
         mapper.command("w", &[first]);
         match how {
@@ -327,7 +364,8 @@ fn faultless_writes(fstype: &str, thp_disabled: bool) {
                     std::io::Error::last_os_error()
                 );
             }
-            _ => poke(pid, mapper.addr + target),
+            "ptrace" => poke(pid, mapper.addr + target),
+            other => mapper.command(other, &[target]),
         }
         let set = cut(&mut tracker, &fs.mnt, &mut seen_now);
         let pages: BTreeSet<u64> = [first / 4096, target / 4096].into();
@@ -355,7 +393,7 @@ fn faultless_writes(fstype: &str, thp_disabled: bool) {
     eprintln!("{fstype} faultless writes: {stats:?}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(
-        stats.remote_writes >= 3,
+        stats.remote_writes >= 4,
         "{fstype}: calls not counted: {stats:?}"
     );
 }

@@ -1,6 +1,7 @@
 //! `iomap_iter` (tp_btf): byte-precise ranges for iomap-based writes (xfs buffered and direct,
 //! ext4 and btrfs direct I/O), including zeroing. Page-fault iterations cover whole folios and
-//! are left to the fault and folio probes.
+//! are left to the fault and folio probes. Direct reads by a mapping process are counted
+//! (`REMOTE_WRITES`): their buffer may be a shared mapping of a tracked file.
 //!
 //! The range comes from the `struct iomap_iter` itself: `[pos, pos + len)` is what is left of
 //! the operation, the whole of it on the first iteration. The tracepoint record's `length` must
@@ -9,10 +10,12 @@
 //! file offset 0 (`0 - pos` of the still empty mapping is 0 there): an O_DIRECT write at
 //! offset 0 would go unmarked.
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use btm_common::dirty::stat;
 
 use crate::{
-    kernel::{config, read, tracked_inode},
-    mark::{mark_precise, mark_range},
+    kernel::{config, current_tgid, read, tracked_inode},
+    maps::MAPPERS,
+    mark::{count, mark_precise, mark_range},
 };
 
 #[btf_tracepoint(function = "iomap_iter")]
@@ -26,9 +29,18 @@ pub fn btm_iomap_iter(ctx: BtfTracePointContext) -> u32 {
 fn try_iomap_iter(iter: *const u8) -> Option<()> {
     let cfg = config()?;
     let flags: u32 = read(iter, cfg.iomap_iter_flags)?;
-    if flags & (cfg.iomap_flag_write | cfg.iomap_flag_zero) == 0
-        || flags & cfg.iomap_flag_fault != 0
-    {
+    if flags & (cfg.iomap_flag_write | cfg.iomap_flag_zero) == 0 {
+        // A direct read by a mapping process may land in a shared mapping of a tracked file:
+        // its pages are pinned and written without a fault the programs see (remote.rs).
+        if flags & cfg.iomap_flag_direct != 0
+            // SAFETY: value not kept.
+            && unsafe { MAPPERS.get(&current_tgid()) }.is_some()
+        {
+            count(stat::REMOTE_WRITES);
+        }
+        return None;
+    }
+    if flags & cfg.iomap_flag_fault != 0 {
         return None;
     }
     let inode: *const u8 = read(iter, cfg.iomap_iter_inode)?;

@@ -6,7 +6,11 @@
 //! folios whole at the next cut (like an unresolved fault):
 //! - `madvise(MADV_POPULATE_WRITE)` by a process that maps the volume;
 //! - `process_vm_writev` and `ptrace(PTRACE_POKETEXT|POKEDATA)`, into any process (the target
-//!   may be any thread of a mapping process: counting every call is simpler and they are rare).
+//!   may be any thread of a mapping process: counting every call is simpler and they are rare);
+//! - direct reads (O_DIRECT, io_uring) by a mapping process, counted in iomap.rs.
+//!
+//! Not seen: writes to `/proc/PID/mem` (a `write` on any file would need a probe on every
+//! write system call of the host); they need ptrace rights over the node.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use btm_common::dirty::stat;
 
