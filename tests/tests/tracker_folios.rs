@@ -89,6 +89,19 @@ for line in sys.stdin:
         os.readv(r, [memoryview(m)[args[0]:args[0] + 1]])
         os.close(r)
         os.close(w)
+    elif cmd == "mremap":  # a mapping moved elsewhere, then stored through
+        c = ctypes.CDLL(None)
+        c.mmap.restype = c.mremap.restype = ctypes.c_void_p
+        c.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t] + [ctypes.c_int] * 3 + [ctypes.c_long]
+        c.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
+        a = c.mmap(None, size, 3, 1, fd, 0)  # PROT_READ|PROT_WRITE, MAP_SHARED
+        ctypes.string_at(a + (args[0] & ~4095), 1)  # fault the page in
+        hole = c.mmap(None, size, 0, 0x22, -1, 0)  # PROT_NONE, MAP_PRIVATE|MAP_ANONYMOUS
+        b = c.mremap(a, size, size, 3, hole)  # MREMAP_MAYMOVE|MREMAP_FIXED
+        assert b == hole
+        v = ctypes.c_ubyte.from_address(b + args[0])
+        v.value ^= 0xff
+        c.munmap(ctypes.c_void_p(b), ctypes.c_size_t(size))
     elif cmd == "dio":  # an O_DIRECT read into a page of the mapping
         src = os.open(os.path.join(os.path.dirname(path), "dio-src"), os.O_RDONLY | os.O_DIRECT)
         page = args[0] & ~4095
@@ -313,7 +326,8 @@ fn folio_stores(fstype: &str, thp_disabled: bool) -> f64 {
 /// marked (a pwrite first), so that no folio event fires: writes that take no fault the fault
 /// probes see (the kernel faults the pages in through get_user_pages: MADV_POPULATE_WRITE,
 /// process_vm_writev, ptrace pokes, O_DIRECT reads into the mapping), and stores that do fault
-/// after MAP_POPULATE, mlock, in a forked child, or by the kernel copying into the mapping.
+/// after MAP_POPULATE, mlock, mremap, in a forked child, or by the kernel copying into the
+/// mapping.
 fn faultless_writes(fstype: &str, thp_disabled: bool) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = Rng(0x7e40_11e5 ^ fstype.len() as u64);
@@ -333,6 +347,7 @@ fn faultless_writes(fstype: &str, thp_disabled: bool) {
         "mlock",
         "fork",
         "pipe",
+        "mremap",
     ]
     .into_iter()
     .enumerate()
