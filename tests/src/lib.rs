@@ -167,6 +167,18 @@ pub fn agent_bin() -> PathBuf {
     bin
 }
 
+/// `python3`, or with `thp_disabled` `btm-agent exec -- python3`: started the way a node
+/// whose mmap stores should be tracked per 4 KiB is (THP disabled).
+pub fn python3(thp_disabled: bool) -> Command {
+    if thp_disabled {
+        let mut c = Command::new(agent_bin());
+        c.args(["exec", "--", "python3"]);
+        c
+    } else {
+        Command::new("python3")
+    }
+}
+
 /// A child process stopped when dropped, whether the test passed or not: SIGTERM, then SIGKILL
 /// after the grace period. (An agent left running would keep its volume lock.)
 pub struct Running {

@@ -24,7 +24,7 @@ use btm_agent::{
     tracker::{Limits, Tracker},
     volume::Mount,
 };
-use btm_tests::{LoopFs, agent_bin, can_run, have_tool, scratch, skip};
+use btm_tests::{LoopFs, can_run, have_tool, python3, scratch, skip};
 
 const HEIGHTS: u64 = 10;
 const DRIVER: &str = include_str!("../py/engine.py");
@@ -46,14 +46,7 @@ impl Engine {
     /// Loads the engine's data into `dir`; with `exec`, started the way `btm-agent exec`
     /// starts a node (THP disabled). Returns the engine and the digest of its first state.
     fn start(kind: &str, dir: &Path, exec: bool) -> (Engine, String, u64) {
-        let mut cmd = if exec {
-            let mut c = Command::new(agent_bin());
-            c.args(["exec", "--", "python3"]);
-            c
-        } else {
-            Command::new("python3")
-        };
-        let mut child = cmd
+        let mut child = python3(exec)
             .args(["-c", DRIVER, "run", kind])
             .arg(dir)
             .stdin(Stdio::piped())

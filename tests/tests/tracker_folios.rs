@@ -19,14 +19,14 @@ use std::{
     io::{BufRead, BufReader, Write},
     os::unix::fs::MetadataExt,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
 };
 
 use btm_agent::{
     tracker::{DirtySet, Limits, Tracker},
     volume::{Frozen, Mount},
 };
-use btm_tests::{LoopFs, Rng, agent_bin, can_run};
+use btm_tests::{LoopFs, Rng, can_run, python3};
 
 const MIB: u64 = 1 << 20;
 const FOLIO: u64 = 2 * MIB;
@@ -122,14 +122,7 @@ struct Mapper {
 impl Mapper {
     /// With `thp_disabled`, started the way a node would be: `btm-agent exec -- python3 ...`.
     fn spawn(path: &Path, thp_disabled: bool) -> Mapper {
-        let mut cmd = if thp_disabled {
-            let mut c = Command::new(agent_bin());
-            c.args(["exec", "--", "python3"]);
-            c
-        } else {
-            Command::new("python3")
-        };
-        let mut child = cmd
+        let mut child = python3(thp_disabled)
             .args(["-c", MAPPER])
             .arg(path)
             .arg(FILE_SIZE.to_string())

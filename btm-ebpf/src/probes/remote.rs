@@ -14,6 +14,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use btm_common::dirty::stat;
 
+use super::syscalls::arg;
 use crate::{
     kernel::{config, current_tgid},
     maps::MAPPERS,
@@ -23,12 +24,6 @@ use crate::{
 const MADV_POPULATE_WRITE: u64 = 23;
 const PTRACE_POKETEXT: u64 = 4;
 const PTRACE_POKEDATA: u64 = 5;
-
-#[inline(always)]
-fn arg(ctx: &TracePointContext, n: usize) -> Option<u64> {
-    // SAFETY: syscall records hold 8-byte arguments from offset 16.
-    unsafe { ctx.read_at::<u64>(16 + 8 * n).ok() }
-}
 
 #[tracepoint(category = "syscalls", name = "sys_enter_madvise")]
 pub fn btm_madvise(ctx: TracePointContext) -> u32 {

@@ -26,7 +26,7 @@ const FICLONE: u64 = 0x4004_9409;
 const FICLONERANGE: u64 = 0x4020_940d;
 
 #[inline(always)]
-fn arg(ctx: &TracePointContext, n: usize) -> Option<u64> {
+pub(super) fn arg(ctx: &TracePointContext, n: usize) -> Option<u64> {
     // SAFETY: syscall tracepoint records hold 8-byte arguments from offset 16.
     unsafe { ctx.read_at::<u64>(16 + 8 * n).ok() }
 }
