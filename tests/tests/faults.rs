@@ -522,7 +522,7 @@ fn an_unprivileged_node_hands_heights_over_through_its_group() {
         (65534, 0o660)
     );
 
-    let as_node = |uid: &str, gid: &str, h: &str| {
+    let as_user = |uid: &str, gid: &str, args: &[&str]| {
         Command::new("setpriv")
             .args([
                 &format!("--reuid={uid}"),
@@ -530,22 +530,37 @@ fn an_unprivileged_node_hands_heights_over_through_its_group() {
                 "--clear-groups",
             ])
             .arg(agent_bin())
-            .args(["snapshot", "--height", h, "--socket"])
+            .args(args)
+            .arg("--socket")
             .arg(&socket)
             .output()
             .unwrap()
     };
-    let out = as_node("65534", "65534", "7");
-    assert!(
-        out.status.success(),
-        "node in the socket's group: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = as_node("65533", "65533", "8");
+    let as_node = |uid: &str, gid: &str, h: &str| as_user(uid, gid, &["snapshot", "--height", h]);
+    for h in ["7", "9"] {
+        let out = as_node("65534", "65534", h);
+        assert!(
+            out.status.success(),
+            "node in the socket's group: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = as_node("65533", "65533", "10");
     let msg = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && msg.contains("ermission denied"),
         "outsider: {msg}"
+    );
+    // The node may hand over heights, but not roll back (which would erase height 9).
+    let (mnt, logs) = (fs_.mnt.to_str().unwrap(), log.to_str().unwrap());
+    let roll = [
+        "rollback", "--volume", mnt, "--log", logs, "--to", "7", "--exact",
+    ];
+    let out = as_user("65534", "65534", &roll);
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && msg.contains("only root may roll back"),
+        "node asking for a rollback: {msg}"
     );
     agent.terminate();
     let heights: Vec<u64> = Log::open_read(&log)
@@ -554,7 +569,7 @@ fn an_unprivileged_node_hands_heights_over_through_its_group() {
         .iter()
         .map(|i| i.height)
         .collect();
-    assert_eq!(heights, vec![7]);
+    assert_eq!(heights, vec![7, 9]);
 }
 
 #[test]

@@ -259,8 +259,18 @@ pub fn run(args: RunArgs) -> Result<()> {
         if BufReader::new(&stream).read_line(&mut line).is_err() || line.trim().is_empty() {
             continue;
         }
+        let peer =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .ok()
+                .map(|c| c.uid());
         let resp = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => handle(&mut engine, &args, &policy, &metrics, req),
+            Ok(req) => match refusal(&req, peer) {
+                Some(why) => {
+                    tracing::warn!(?peer, "refused a request: {why}");
+                    Response::err(why)
+                }
+                None => handle(&mut engine, &args, &policy, &metrics, req),
+            },
             Err(e) => Response::err(format!("malformed request: {e}")),
         };
         let mut out = serde_json::to_string(&resp)?;
@@ -412,6 +422,21 @@ fn maybe_compact(engine: Engine, args: &RunArgs) -> Result<Engine> {
         }
     }
     Ok(Engine::Log { cutter, dir, kept })
+}
+
+/// Who may ask what over the socket. A client in the socket's group (the node) may hand over
+/// heights and ask for the status. A rollback rewrites the volume and removes every newer
+/// height from the log: only root may ask for it, so that a compromised node cannot erase the
+/// history that exists to survive it.
+fn refusal(req: &Request, peer_uid: Option<u32>) -> Option<String> {
+    match req {
+        Request::Rollback { .. } if peer_uid != Some(0) => Some(format!(
+            "rollback refused: only root may roll back over the socket (the request came from \
+             uid {}); run `btm-agent rollback` as root",
+            peer_uid.map_or("unknown".to_string(), |u| u.to_string())
+        )),
+        _ => None,
+    }
 }
 
 fn handle(
