@@ -212,6 +212,8 @@ pub(crate) struct Replayer<'a> {
     height: u64,
     into: PathBuf,
     root: Rc<OwnedFd>,
+    /// The target's filesystem: another one mounted inside it is never entered or removed.
+    root_dev: u64,
     is_root: bool,
     stats: ReplayStats,
     cache: HashMap<PayloadRef, Rc<Vec<u8>>>,
@@ -246,11 +248,13 @@ impl<'a> Replayer<'a> {
                 links.entry(*id).or_default().push(p.clone());
             }
         }
+        let root_dev = nix::sys::stat::fstat(&root).map_or(0, |s| s.st_dev);
         Replayer {
             log,
             st: state,
             height,
             into: into.to_path_buf(),
+            root_dev,
             root: Rc::new(root),
             is_root: nix::unistd::geteuid().is_root(),
             stats: ReplayStats {
@@ -328,6 +332,18 @@ impl<'a> Replayer<'a> {
                 Err(Errno::ENOENT) => continue,
                 Err(e) => return Err(self.err(&path, format!("stat: {e}"))),
             };
+            if st.st_dev != self.root_dev {
+                // A filesystem mounted inside the target is not part of it (cuts skip it too):
+                // never enter or remove it, and refuse when the height holds data there.
+                if self.st.nodes.contains_key(&path) {
+                    return Err(self.err(
+                        &path,
+                        "another filesystem is mounted here, where the height has data: \
+                         unmount it first",
+                    ));
+                }
+                continue;
+            }
             let k = kind(&st);
             let keep = match self.st.nodes.get(&path) {
                 None => false,
@@ -383,6 +399,13 @@ impl<'a> Replayer<'a> {
                     Err(Errno::ENOENT) => continue,
                     Err(e) => return Err(self.err(&cpath, format!("stat: {e}"))),
                 };
+                if st.st_dev != self.root_dev {
+                    return Err(self.err(
+                        &cpath,
+                        "another filesystem is mounted here, inside a directory the height does \
+                         not have: unmount it first (nothing in it was touched)",
+                    ));
+                }
                 self.remove(&sub, &child, kind(&st) == SFlag::S_IFDIR, &cpath)?;
             }
             unlinkat(dir, name, UnlinkatFlags::RemoveDir)
