@@ -191,6 +191,27 @@ fn existing_symlinks_in_the_target_are_not_followed() {
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 2);
 }
 
+/// A target that is itself a symlink (the node can plant one) is refused: replay would empty
+/// the directory it names.
+#[test]
+fn symlinked_target_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut log = Log::open_append(&tmp.path().join("log")).unwrap();
+    log.append(CutRecord {
+        height: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let other = tmp.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("precious"), b"keep").unwrap();
+    let into = tmp.path().join("restore");
+    std::os::unix::fs::symlink(&other, &into).unwrap();
+    let e = log.replay(1, &into, &opts()).unwrap_err();
+    assert!(e.to_string().contains("the target is a symlink"), "{e}");
+    assert_eq!(std::fs::read(other.join("precious")).unwrap(), b"keep");
+}
+
 /// Replay refuses to run when the log lives inside the target (it would delete it).
 #[test]
 fn log_inside_target_is_refused() {

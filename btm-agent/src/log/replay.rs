@@ -171,7 +171,20 @@ pub fn replay_state(
     opts: &ReplayOptions,
 ) -> Result<ReplayStats, LogError> {
     std::fs::create_dir_all(into).map_err(|e| LogError::io(into, e))?;
-    let root: OwnedFd = File::open(into).map_err(|e| LogError::io(into, e))?.into();
+    // The target itself must not be a symlink either: replay deletes what the height does not
+    // have, so a link planted where the target should be would empty the directory it names.
+    let root: OwnedFd =
+        openat(nix::fcntl::AT_FDCWD, into, DIR_FLAGS, Mode::empty()).map_err(|e| match e {
+            Errno::ELOOP | Errno::ENOTDIR => LogError::Replay {
+                path: into.to_path_buf(),
+                what:
+                    "the target is a symlink (or not a directory): replay writes only into a real \
+                   directory, since it removes what the height does not have; give the \
+                   directory's own path"
+                        .into(),
+            },
+            e => LogError::io(into, std::io::Error::from(e)),
+        })?;
     let total: u64 = state.data_bytes();
     let progress = if opts.progress && std::io::stderr().is_terminal() {
         let pb = ProgressBar::new(total);
