@@ -102,7 +102,11 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Exclusive claim on a volume for one agent: an flock on `/run/btm/vol-MAJ-MIN.lock`,
+/// Where volume locks live: a directory only root can enter, so no other user can open a
+/// lock file and hold a lock on it to keep agents from starting.
+pub const LOCK_DIR: &str = "/run/btm/locks";
+
+/// Exclusive claim on a volume for one agent: an flock on `/run/btm/locks/vol-MAJ-MIN.lock`,
 /// held while the agent lives (the kernel drops it if the agent dies).
 pub struct VolumeLock {
     _file: fs::File,
@@ -110,14 +114,15 @@ pub struct VolumeLock {
 
 impl VolumeLock {
     pub fn acquire(mount: &Mount) -> anyhow::Result<VolumeLock> {
-        let dir = Path::new("/run/btm");
-        fs::create_dir_all(dir)?;
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let dir = Path::new(LOCK_DIR);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
         let path = dir.join(format!("vol-{}-{}.lock", mount.major, mount.minor));
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)?;
+        let file = crate::log::open_lock_file(&path)?;
         match file.try_lock() {
             Ok(()) => Ok(VolumeLock { _file: file }),
             Err(fs::TryLockError::WouldBlock) => anyhow::bail!(

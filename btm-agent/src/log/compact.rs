@@ -559,13 +559,7 @@ impl Log {
             });
         }
         let rl_path = self.dir.join("readers.lock");
-        let rl = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&rl_path)
-            .map_err(|e| LogError::io(&rl_path, e))?;
+        let rl = super::open_lock_file(&rl_path).map_err(|e| LogError::io(&rl_path, e))?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             match rl.try_lock() {

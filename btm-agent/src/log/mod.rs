@@ -276,6 +276,24 @@ fn data_bytes(meta: &Meta) -> u64 {
         .sum()
 }
 
+/// Opens (creating it `0600`) a lock file that no other user may open: a user who could
+/// would be able to hold a lock on it and keep the agent from starting or compacting. A file
+/// left by an older version with wider permissions is narrowed.
+pub fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    if file.metadata()?.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
+}
+
 impl Log {
     /// Open (creating if needed) for appending. Finds a torn tail left by a crash (incomplete or
     /// checksum-failing last record) and cuts it off, logging a warning. Takes an exclusive flock
@@ -288,13 +306,7 @@ impl Log {
     pub fn open_append_with(dir: &Path, opts: LogOptions) -> Result<Log, LogError> {
         fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
         let lock_path = dir.join("lock");
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(|e| LogError::io(&lock_path, e))?;
+        let lock = open_lock_file(&lock_path).map_err(|e| LogError::io(&lock_path, e))?;
         lock.try_lock().map_err(|e| lock_error(&lock_path, e))?;
         // A compaction that crashed after its commit point is finished; one before it, undone.
         compact::recover(dir)?;
@@ -317,13 +329,7 @@ impl Log {
             });
         }
         let lock_path = dir.join("readers.lock");
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .or_else(|_| File::open(&lock_path));
+        let lock = open_lock_file(&lock_path).or_else(|_| File::open(&lock_path));
         let mut locks = Vec::new();
         match lock {
             Ok(lock) => {
