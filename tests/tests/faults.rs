@@ -551,6 +551,13 @@ fn an_unprivileged_node_hands_heights_over_through_its_group() {
         !out.status.success() && msg.contains("ermission denied"),
         "outsider: {msg}"
     );
+    // Nor a height so far above the last that every real one after it would be refused.
+    let out = as_node("65534", "65534", "18446744073709551615");
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && msg.contains("refused: it is more than"),
+        "absurd height: {msg}"
+    );
     // The node may hand over heights, but not roll back (which would erase height 9).
     let (mnt, logs) = (fs_.mnt.to_str().unwrap(), log.to_str().unwrap());
     let roll = [

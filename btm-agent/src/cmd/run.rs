@@ -264,7 +264,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 .ok()
                 .map(|c| c.uid());
         let resp = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => match refusal(&req, peer) {
+            Ok(req) => match refusal(&req, peer, || last_height(&engine)) {
                 Some(why) => {
                     tracing::warn!(?peer, "refused a request: {why}");
                     Response::err(why)
@@ -428,14 +428,40 @@ fn maybe_compact(engine: Engine, args: &RunArgs) -> Result<Engine> {
 /// heights and ask for the status. A rollback rewrites the volume and removes every newer
 /// height from the log: only root may ask for it, so that a compromised node cannot erase the
 /// history that exists to survive it.
-fn refusal(req: &Request, peer_uid: Option<u32>) -> Option<String> {
+///
+/// A height far above the last one is refused from anyone but root too: heights must increase,
+/// so one absurd height (2^64 - 1) would make the agent refuse every real height after it.
+fn refusal(
+    req: &Request,
+    peer_uid: Option<u32>,
+    last: impl FnOnce() -> Option<u64>,
+) -> Option<String> {
     match req {
+        Request::Snapshot { height } if peer_uid != Some(0) => {
+            let last = last().filter(|l| height.saturating_sub(*l) > MAX_HEIGHT_JUMP)?;
+            Some(format!(
+                "height {height} refused: it is more than {MAX_HEIGHT_JUMP} above the last \
+                 recorded height {last}, and heights must increase, so it would block every real \
+                 height after it; if the node really is that far ahead, hand it over as root"
+            ))
+        }
         Request::Rollback { .. } if peer_uid != Some(0) => Some(format!(
             "rollback refused: only root may roll back over the socket (the request came from \
              uid {}); run `btm-agent rollback` as root",
             peer_uid.map_or("unknown".to_string(), |u| u.to_string())
         )),
         _ => None,
+    }
+}
+
+/// How far above the last recorded height a non-root client may hand over a height (about
+/// a month of Solana slots, centuries of Bitcoin blocks).
+const MAX_HEIGHT_JUMP: u64 = 10_000_000;
+
+fn last_height(engine: &Engine) -> Option<u64> {
+    match engine {
+        Engine::Log { cutter, .. } => cutter.log().last_height(),
+        Engine::Native(b) => b.list().ok().and_then(|hs| hs.last().copied()),
     }
 }
 
