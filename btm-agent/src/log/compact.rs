@@ -60,9 +60,17 @@ pub fn record_dropped(dir: &Path, heights: &[u64]) -> Result<(), LogError> {
     let created = !path.exists();
     let mut f = OpenOptions::new()
         .append(true)
+        .read(true)
         .create(true)
         .open(&path)
         .map_err(|e| LogError::io(&path, e))?;
+    // A torn last line (a crash mid-append) would join the first height written now (12 and
+    // 130 would read as 12130): cut it off first, as a reader ignores it anyway.
+    let text = fs::read(&path).map_err(|e| LogError::io(&path, e))?;
+    if text.last().is_some_and(|&b| b != b'\n') {
+        let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        f.set_len(keep as u64).map_err(|e| LogError::io(&path, e))?;
+    }
     let text: String = heights.iter().map(|h| format!("{h}\n")).collect();
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_data())

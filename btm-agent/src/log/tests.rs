@@ -467,3 +467,13 @@ fn large_metadata_blocks_are_written_in_place() {
         assert_eq!(got[at + 100], 0);
     }
 }
+
+/// A torn last line in `dropped` (a crash mid-append) must not join the next height appended.
+#[test]
+fn torn_dropped_line_does_not_join_the_next_height() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(super::DROPPED_FILE), b"5\n1").unwrap();
+    super::record_dropped(dir.path(), &[130]).unwrap();
+    let got = super::compact::read_dropped(dir.path()).unwrap();
+    assert_eq!(got.into_iter().collect::<Vec<_>>(), vec![5, 130]);
+}
