@@ -464,14 +464,31 @@ fn read_identity(
     st: &mut CaptureStats,
 ) -> Result<Option<Vec<ExtentData>>> {
     use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
     let full_path: PathBuf = root.join(std::ffi::OsStr::from_bytes(path));
-    let f = match File::open(&full_path) {
+    // The path may have changed since the walk: a symlink is not followed, and a FIFO or device
+    // swapped in opens without blocking (O_NONBLOCK), then fails the identity check below.
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&full_path)
+    {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ELOOP) =>
+        {
+            return Ok(None);
+        }
         Err(e) => return Err(e).with_context(|| format!("opening {}", full_path.display())),
     };
     let md = f.metadata()?;
-    if identity(&md) != *ident {
+    // Same inode and birth time, a regular file, and on the volume (a directory swapped for a
+    // symlink along the path leads elsewhere).
+    if identity(&md) != *ident
+        || !md.is_file()
+        || md.dev() != std::fs::symlink_metadata(root)?.dev()
+    {
         return Ok(None);
     }
     let mut out = Vec::new();
@@ -575,6 +592,33 @@ fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file swapped for a FIFO between the walk and the read must not block the cut.
+    #[test]
+    fn a_fifo_swapped_in_is_not_opened_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"data").unwrap();
+        let ident = identity(&std::fs::metadata(&p).unwrap());
+        std::fs::remove_file(&p).unwrap();
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let root = dir.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut st = CaptureStats::default();
+            let r = read_identity(&root, &b"f".to_vec(), &ident, &Want::Fresh, &mut st);
+            let _ = tx.send(r.map(|o| o.is_none()).map_err(|e| e.to_string()));
+        });
+        let got = rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(got, Ok(Ok(true)), "the FIFO blocked the read or was read");
+        // A symlink swapped in is not followed either.
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(dir.path().join("g"), b"data").unwrap();
+        std::os::unix::fs::symlink("g", &p).unwrap();
+        let mut st = CaptureStats::default();
+        let r = read_identity(dir.path(), &b"f".to_vec(), &ident, &Want::Fresh, &mut st).unwrap();
+        assert!(r.is_none());
+    }
 
     fn dir() -> Entry {
         Entry::Dir {
