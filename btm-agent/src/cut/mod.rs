@@ -468,11 +468,24 @@ fn read_identity(
     let full_path: PathBuf = root.join(std::ffi::OsStr::from_bytes(path));
     // The path may have changed since the walk: a symlink is not followed, and a FIFO or device
     // swapped in opens without blocking (O_NONBLOCK), then fails the identity check below.
-    let f = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(&full_path)
-    {
+    let open = |flags| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | flags)
+            .open(&full_path)
+    };
+    let f = match open(libc::O_NONBLOCK).or_else(|e| {
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(e);
+        }
+        // Someone holds a write lease on it: O_NONBLOCK refuses to break it. The data is
+        // needed, so break it and wait (the holder has the lease-break time to let go).
+        tracing::warn!(
+            "{} is under a write lease: waiting for its holder to release it",
+            full_path.display()
+        );
+        open(0)
+    }) {
         Ok(f) => f,
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound
