@@ -7,4 +7,5 @@ pub mod logs;
 pub mod offsite;
 pub mod proto;
 pub mod run;
+pub mod socket;
 pub mod track;

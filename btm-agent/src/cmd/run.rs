@@ -4,7 +4,6 @@
 //! in every mode: snapshots are deleted; log heights are tombstoned at once and compacted away
 //! later (`crate::log::Log::compact`).
 use std::{
-    io::{BufRead, BufReader, Write},
     os::unix::{fs::PermissionsExt, net::UnixListener},
     path::{Path, PathBuf},
     sync::{
@@ -248,35 +247,29 @@ pub fn run(args: RunArgs) -> Result<()> {
             "agent ready"
         ),
     }
-    for conn in listener.incoming() {
+    let requests = super::socket::serve(listener, stop.clone());
+    loop {
+        let mut inc = match requests.recv_timeout(Duration::from_millis(500)) {
+            Ok(inc) => inc,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !stop.load(Ordering::SeqCst) => {
+                continue;
+            }
+            Err(_) => break,
+        };
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        let Ok(mut stream) = conn else { continue };
-        // A client that connects and says nothing must not hold up every other height.
-        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
-        let mut line = String::new();
-        if BufReader::new(&stream).read_line(&mut line).is_err() || line.trim().is_empty() {
-            continue;
-        }
-        let peer =
-            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
-                .ok()
-                .map(|c| c.uid());
-        let resp = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => match refusal(&req, peer, || last_height(&engine)) {
+        let resp = match std::mem::replace(&mut inc.req, Err(String::new())) {
+            Ok(req) => match refusal(&req, inc.peer_uid, || last_height(&engine)) {
                 Some(why) => {
-                    tracing::warn!(?peer, "refused a request: {why}");
+                    tracing::warn!(peer_uid = ?inc.peer_uid, "refused a request: {why}");
                     Response::err(why)
                 }
                 None => handle(&mut engine, &args, &policy, &metrics, req),
             },
-            Err(e) => Response::err(format!("malformed request: {e}")),
+            Err(e) => Response::err(e),
         };
-        let mut out = serde_json::to_string(&resp)?;
-        out.push('\n');
-        let _ = stream.write_all(out.as_bytes());
-        drop(stream);
+        inc.answer(&resp);
         // After answering: the node does not wait for a compaction. Without its tracker
         // the agent cannot go on, so a failure here stops it (the log stays consistent).
         engine = maybe_compact(engine, &args).context("compacting the log")?;

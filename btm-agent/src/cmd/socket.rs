@@ -1,0 +1,121 @@
+//! Requests over the agent's socket. Each connection is read on its own thread, with a
+//! deadline for the whole request line and a size cap, so a slow or huge client cannot hold
+//! up other clients' heights. The run loop then handles complete requests one at a time.
+use std::{
+    io::{Read, Write},
+    os::unix::net::{UnixListener, UnixStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc::{Receiver, SyncSender, sync_channel},
+    },
+    time::{Duration, Instant},
+};
+
+use super::proto::{Request, Response};
+
+/// How long a client may take to send its request line.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// The longest request line (a request is a few dozen bytes).
+const MAX_REQUEST: usize = 64 << 10;
+/// Connections read at once; more are answered "busy" and closed.
+const MAX_READERS: usize = 64;
+
+/// A complete request, or why it could not be read, with the client's uid (`SO_PEERCRED`).
+pub struct Incoming {
+    pub req: Result<Request, String>,
+    pub peer_uid: Option<u32>,
+    pub stream: UnixStream,
+}
+
+impl Incoming {
+    /// Sends the response line; a client that went away is not an error.
+    pub fn answer(mut self, resp: &Response) {
+        let mut out = serde_json::to_string(resp).unwrap_or_default();
+        out.push('\n');
+        let _ = self.stream.set_write_timeout(Some(REQUEST_DEADLINE));
+        let _ = self.stream.write_all(out.as_bytes());
+    }
+}
+
+/// Accepts connections until the listener is shut down (see `stop_on_signals`); complete
+/// requests arrive on the returned channel.
+pub fn serve(listener: UnixListener, stop: Arc<AtomicBool>) -> Receiver<Incoming> {
+    let (tx, rx) = sync_channel(MAX_READERS);
+    std::thread::spawn(move || {
+        let active = Arc::new(AtomicUsize::new(0));
+        for conn in listener.incoming() {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(stream) = conn else { continue };
+            if active.load(Ordering::SeqCst) >= MAX_READERS {
+                reject(
+                    stream,
+                    "busy: too many connections are sending requests; retry",
+                );
+                continue;
+            }
+            active.fetch_add(1, Ordering::SeqCst);
+            let (tx, active): (SyncSender<Incoming>, _) = (tx.clone(), active.clone());
+            std::thread::spawn(move || {
+                if let Some(inc) = read_request(stream) {
+                    let _ = tx.send(inc);
+                }
+                active.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    rx
+}
+
+fn reject(stream: UnixStream, why: &str) {
+    Incoming {
+        req: Err(why.into()),
+        peer_uid: None,
+        stream,
+    }
+    .answer(&Response::err(why));
+}
+
+/// Reads one request line within [`REQUEST_DEADLINE`]; None when the client sent nothing
+/// usable in time (it is dropped without an answer) or too much (answered, then dropped).
+fn read_request(mut stream: UnixStream) -> Option<Incoming> {
+    let peer_uid =
+        nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+            .ok()
+            .map(|c| c.uid());
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            break i;
+        }
+        if buf.len() > MAX_REQUEST {
+            reject(stream, "request too large: one JSON line of at most 64 KiB");
+            return None;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return None;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => break buf.len(),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    };
+    let line = &buf[..end];
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    let req =
+        serde_json::from_slice::<Request>(line).map_err(|e| format!("malformed request: {e}"));
+    Some(Incoming {
+        req,
+        peer_uid,
+        stream,
+    })
+}
