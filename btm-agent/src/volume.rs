@@ -138,6 +138,81 @@ impl VolumeLock {
 nix::ioctl_readwrite_bad!(fifreeze_raw, 0xc004_5877, libc::c_int);
 nix::ioctl_readwrite_bad!(fithaw_raw, 0xc004_5878, libc::c_int);
 
+/// The agent's thaw guard, when it runs one (see [`ThawGuard`]).
+static GUARD: std::sync::Mutex<Option<ThawGuard>> = std::sync::Mutex::new(None);
+
+/// A small child process that thaws the volume if the agent dies while the volume is frozen.
+/// A freeze outlives the process that made it: an agent killed (SIGKILL, OOM) between
+/// `FIFREEZE` and `FITHAW` would leave the node blocked until someone ran `fsfreeze -u`. The
+/// agent tells the guard "frozen" and "thawed" through a pipe; when the pipe closes (the agent
+/// is gone) while the volume is frozen, the guard thaws it.
+pub struct ThawGuard {
+    tx: std::os::fd::OwnedFd,
+    pid: libc::pid_t,
+}
+
+impl ThawGuard {
+    /// Starts the guard for `mount_point`; every later [`Frozen`] reports to it. Fork it early
+    /// (before the agent holds much memory).
+    pub fn install(mount_point: &Path) -> anyhow::Result<()> {
+        let dir = fs::File::open(mount_point)?;
+        let (rx, tx) = nix::unistd::pipe()?;
+        // SAFETY: the child makes only raw system calls (async-signal-safe after fork in a
+        // multithreaded process) and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: raw system calls on descriptors this child owns.
+            unsafe {
+                libc::close(tx.as_raw_fd());
+                let (mut frozen, mut b) = (false, 0u8);
+                loop {
+                    match libc::read(rx.as_raw_fd(), (&mut b as *mut u8).cast(), 1) {
+                        1 => frozen = b == b'F',
+                        n if n < 0 && *libc::__errno_location() == libc::EINTR => {}
+                        _ => break,
+                    }
+                }
+                if frozen {
+                    let mut zero: libc::c_int = 0;
+                    let _ = fithaw_raw(dir.as_raw_fd(), &mut zero);
+                }
+                libc::_exit(0);
+            }
+        }
+        if pid < 0 {
+            anyhow::bail!(
+                "starting the thaw guard: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        drop(rx);
+        let old = GUARD
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(ThawGuard { tx, pid });
+        drop(old);
+        Ok(())
+    }
+
+    fn tell(frozen: bool) {
+        if let Some(g) = GUARD.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = nix::unistd::write(&g.tx, if frozen { b"F" } else { b"T" });
+        }
+    }
+}
+
+impl Drop for ThawGuard {
+    fn drop(&mut self) {
+        // Closing the pipe (after this) ends the guard; reap it.
+        let _ = nix::unistd::write(&self.tx, b"T");
+        // SAFETY: plain kill/waitpid on our own child.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
 /// A frozen filesystem; thawed on drop so no error path can leave the node's volume frozen.
 pub struct Frozen {
     dir: fs::File,
@@ -150,8 +225,10 @@ impl Frozen {
     pub fn freeze(mount_point: &Path) -> anyhow::Result<Frozen> {
         let dir = fs::File::open(mount_point)?;
         let mut zero: libc::c_int = 0;
+        ThawGuard::tell(true);
         // SAFETY: FIFREEZE on an open directory of the filesystem; the argument is unused.
         unsafe { fifreeze_raw(dir.as_raw_fd(), &mut zero) }.map_err(|e| {
+            ThawGuard::tell(false);
             anyhow::anyhow!(
                 "cannot freeze {}: {e}; the filesystem must support FIFREEZE (ext4, xfs, btrfs do) \
                  and not be frozen already (`fsfreeze -u {}` thaws a stuck one)",
@@ -187,6 +264,7 @@ impl Frozen {
         let mut zero: libc::c_int = 0;
         // SAFETY: FITHAW on the directory we froze.
         unsafe { fithaw_raw(self.dir.as_raw_fd(), &mut zero) }?;
+        ThawGuard::tell(false);
         Ok(())
     }
 }

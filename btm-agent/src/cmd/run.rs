@@ -192,6 +192,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         bail!("--cap must be between 1 and 4096");
     }
     let policy = Policy::new(args.itv, args.cap, args.algo)?;
+    // Forked before the agent loads anything: the guard holds no lock or program.
+    if let Err(e) = crate::volume::ThawGuard::install(&args.volume) {
+        tracing::warn!("no thaw guard for {}: {e:#}", args.volume.display());
+    }
     let mut engine = select(&args, &policy)?;
     let listener = bind(&args.socket, args.socket_mode)?;
     set_socket_owner(

@@ -220,6 +220,7 @@ impl Cutter {
             None
         };
         let t_freeze = Instant::now();
+        hold_frozen_for_tests();
         let phase2 = self.phase2(&root, &d1, &files1, &pre, full, (losses1, widened1));
         let freeze_time = t_freeze.elapsed();
         if let Some(f) = frozen {
@@ -594,6 +595,16 @@ pub fn syncfs(root: &Path) -> Result<()> {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// Tests keep the volume frozen this long (`BTM_TEST_HOLD_FROZEN_MS`) to kill the agent there.
+fn hold_frozen_for_tests() {
+    if let Some(ms) = std::env::var("BTM_TEST_HOLD_FROZEN_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
 }
 
 fn now_ms() -> u64 {

@@ -1,0 +1,81 @@
+//! A freeze outlives the process that made it: an agent killed between FIFREEZE and FITHAW
+//! must not leave the node's volume frozen. The agent's thaw guard thaws it.
+use std::{
+    fs,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use btm_agent::volume::Frozen;
+use btm_tests::{LoopFs, Running, agent_bin, can_run, scratch, wait_listening};
+
+/// Writes a file on `dir` in a thread; the receiver gets a message once the write returned.
+fn write_in_background(dir: &std::path::Path) -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel();
+    let p = dir.join("node-write");
+    std::thread::spawn(move || {
+        fs::write(&p, b"the node goes on").unwrap();
+        let _ = tx.send(());
+    });
+    rx
+}
+
+#[test]
+fn an_agent_killed_while_the_volume_is_frozen_leaves_it_thawed() {
+    if !can_run("thaw guard") {
+        return;
+    }
+    let vol = LoopFs::new("ext4", 256).unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("btm-guard-")
+        .tempdir_in(scratch())
+        .unwrap();
+    let (log, sock) = (work.path().join("log"), work.path().join("agent.sock"));
+    let err = work.path().join("agent.err");
+    let child = Command::new(agent_bin())
+        .args(["run", "--mode", "ebpf", "--volume"])
+        .arg(&vol.mnt)
+        .arg("--log")
+        .arg(&log)
+        .arg("--socket")
+        .arg(&sock)
+        // Stay frozen long enough to be killed there.
+        .env("BTM_TEST_HOLD_FROZEN_MS", "8000")
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let mut agent = Running::new(child);
+    wait_listening(&mut agent, &sock, || {
+        fs::read_to_string(&err).unwrap_or_default()
+    });
+    fs::write(vol.path("block-1"), vec![7u8; 100_000]).unwrap();
+    let mut cut = Command::new(agent_bin())
+        .args(["snapshot", "--height", "1", "--socket"])
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    // Frozen now: a write blocks.
+    let wrote = write_in_background(&vol.mnt);
+    let frozen = wrote.recv_timeout(Duration::from_millis(500)).is_err();
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    let _ = cut.wait();
+    let thawed = wrote.recv_timeout(Duration::from_secs(5)).is_ok();
+    if !thawed {
+        // Leave the machine usable whatever happened.
+        let _ = Frozen::thaw_leftover(&vol.mnt);
+    }
+    assert!(
+        frozen,
+        "the volume was not frozen when the agent was killed: nothing was tested"
+    );
+    assert!(
+        thawed,
+        "the volume stayed frozen after the agent was killed inside a cut"
+    );
+}
