@@ -465,17 +465,11 @@ fn read_identity(
     st: &mut CaptureStats,
 ) -> Result<Option<Vec<ExtentData>>> {
     use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::OpenOptionsExt;
     let full_path: PathBuf = root.join(std::ffi::OsStr::from_bytes(path));
     // The path may have changed since the walk: a symlink is not followed, and a FIFO or device
     // swapped in opens without blocking (O_NONBLOCK), then fails the identity check below.
-    let open = |flags| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | flags)
-            .open(&full_path)
-    };
-    let f = match open(libc::O_NONBLOCK).or_else(|e| {
+    let open = |flags| scan::open_beneath(root, path, nix::fcntl::OFlag::O_NOCTTY | flags);
+    let f = match open(nix::fcntl::OFlag::O_NONBLOCK).or_else(|e| {
         if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
             return Err(e);
         }
@@ -485,12 +479,13 @@ fn read_identity(
             "{} is under a write lease: waiting for its holder to release it",
             full_path.display()
         );
-        open(0)
+        open(nix::fcntl::OFlag::empty())
     }) {
         Ok(f) => f,
+        // Gone, or a symlink (or a non-directory) now stands along its path.
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound
-                || e.raw_os_error() == Some(libc::ELOOP) =>
+                || matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) =>
         {
             return Ok(None);
         }

@@ -2,8 +2,16 @@
 use std::{
     collections::BTreeMap,
     fs,
-    os::unix::{ffi::OsStrExt, fs::MetadataExt},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::{ffi::OsStrExt, fs::MetadataExt},
+    },
     path::Path,
+};
+
+use nix::{
+    fcntl::{OFlag, openat},
+    sys::stat::Mode,
 };
 
 use crate::log::RelPath;
@@ -36,58 +44,94 @@ pub struct Scan {
 }
 
 impl Scan {
+    /// Walks the tree under `root` relative to open directory descriptors, never by full
+    /// path: a path longer than PATH_MAX is walked like any other, and a directory swapped
+    /// for a symlink meanwhile is not followed (it is skipped, as if it had gone).
     pub fn walk(root: &Path) -> std::io::Result<Scan> {
+        raise_fd_limit();
         let mut scan = Scan::default();
+        let root_fd = open_dir(None, root.as_os_str().as_bytes())?;
         let root_dev = fs::symlink_metadata(root)?.dev();
-        let mut stack: Vec<(std::path::PathBuf, RelPath)> = vec![(root.to_path_buf(), Vec::new())];
-        while let Some((dir, rel)) = stack.pop() {
-            for e in fs::read_dir(&dir)? {
-                let e = e?;
-                let name = e.file_name();
-                let mut path = rel.clone();
-                if !path.is_empty() {
-                    path.push(b'/');
-                }
-                path.extend_from_slice(name.as_bytes());
-                let md = match fs::symlink_metadata(e.path()) {
-                    Ok(m) => m,
-                    // Deleted between readdir and stat (only possible while unfrozen).
-                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(err) => return Err(err),
-                };
-                let ft = md.file_type();
-                let kind = if ft.is_dir() {
-                    if md.dev() != root_dev {
+        let names = list(&root_fd)?;
+        let mut stack = vec![Frame {
+            fd: root_fd,
+            rel: Vec::new(),
+            names,
+        }];
+        while let Some(top) = stack.last_mut() {
+            let Some(name) = top.names.pop() else {
+                stack.pop();
+                continue;
+            };
+            let mut path = top.rel.clone();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(&name);
+            let st = match stat_at(&top.fd, &name) {
+                Ok(st) => st,
+                // Deleted between readdir and stat (only possible while unfrozen).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let kind = match st.mode & libc::S_IFMT {
+                libc::S_IFDIR => {
+                    if st.dev != root_dev {
                         continue; // another filesystem mounted inside the volume
                     }
-                    stack.push((e.path(), path.clone()));
-                    Kind::Dir
-                } else if ft.is_file() {
-                    Kind::File {
-                        ident: identity(&md),
-                        size: md.len(),
-                    }
-                } else if ft.is_symlink() {
-                    let target = fs::read_link(e.path())?;
-                    Kind::Symlink {
-                        target: target.as_os_str().as_bytes().to_vec(),
-                    }
-                } else {
+                    let sub = match open_dir(Some(&top.fd), &name) {
+                        Ok(fd) => fd,
+                        // Gone, or swapped for a symlink or a file since the stat.
+                        Err(e)
+                            if matches!(
+                                e.raw_os_error(),
+                                Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR)
+                            ) =>
+                        {
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    let names = list(&sub)?;
+                    scan.insert(path.clone(), Kind::Dir, &st);
+                    stack.push(Frame {
+                        fd: sub,
+                        rel: path,
+                        names,
+                    });
+                    continue;
+                }
+                libc::S_IFREG => Kind::File {
+                    ident: (st.ino, st.btime),
+                    size: st.size,
+                },
+                libc::S_IFLNK => match nix::fcntl::readlinkat(&top.fd, name.as_slice()) {
+                    Ok(t) => Kind::Symlink {
+                        target: t.as_bytes().to_vec(),
+                    },
+                    Err(nix::errno::Errno::ENOENT) => continue,
+                    Err(e) => return Err(e.into()),
+                },
+                _ => {
                     scan.skipped_special += 1;
                     continue;
-                };
-                scan.entries.insert(
-                    path,
-                    ScanEntry {
-                        kind,
-                        mode: md.mode() & 0o7777,
-                        uid: md.uid(),
-                        gid: md.gid(),
-                    },
-                );
-            }
+                }
+            };
+            scan.insert(path, kind, &st);
         }
         Ok(scan)
+    }
+
+    fn insert(&mut self, path: RelPath, kind: Kind, st: &Stat) {
+        self.entries.insert(
+            path,
+            ScanEntry {
+                kind,
+                mode: st.mode & 0o7777,
+                uid: st.uid,
+                gid: st.gid,
+            },
+        );
     }
 
     /// Identity -> (first path, size) of every regular file.
@@ -110,4 +154,124 @@ pub fn identity(md: &fs::Metadata) -> Identity {
         .map(|d| d.as_nanos() as i128)
         .unwrap_or(0);
     (md.ino(), btime)
+}
+
+/// One directory being walked: its descriptor, its path, the names not visited yet.
+struct Frame {
+    fd: OwnedFd,
+    rel: RelPath,
+    names: Vec<Vec<u8>>,
+}
+
+/// What the walk needs of a `statx`.
+struct Stat {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    ino: u64,
+    dev: u64,
+    size: u64,
+    /// Birth time in nanoseconds since the epoch, 0 where the filesystem has none (as
+    /// [`identity`] has it).
+    btime: i128,
+}
+
+fn stat_at(dir: &OwnedFd, name: &[u8]) -> std::io::Result<Stat> {
+    let c = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: zeroed is a valid statx buffer; the call fills it.
+    let mut sx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor, NUL-terminated name and buffer.
+    let r = unsafe {
+        libc::statx(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_BASIC_STATS | libc::STATX_BTIME,
+            &mut sx,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let btime = if sx.stx_mask & libc::STATX_BTIME != 0 && sx.stx_btime.tv_sec >= 0 {
+        sx.stx_btime.tv_sec as i128 * 1_000_000_000 + sx.stx_btime.tv_nsec as i128
+    } else {
+        0
+    };
+    Ok(Stat {
+        mode: sx.stx_mode as u32,
+        uid: sx.stx_uid,
+        gid: sx.stx_gid,
+        ino: sx.stx_ino,
+        dev: libc::makedev(sx.stx_dev_major, sx.stx_dev_minor),
+        size: sx.stx_size,
+        btime,
+    })
+}
+
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+/// Opens directory `name` of `dir` (or `name` itself, the root, which may be reached through
+/// symlinks the operator chose), never following a symlink at `name`.
+fn open_dir(dir: Option<&OwnedFd>, name: &[u8]) -> std::io::Result<OwnedFd> {
+    match dir {
+        Some(d) => openat(d, name, DIR_FLAGS, Mode::empty()),
+        None => openat(
+            nix::fcntl::AT_FDCWD,
+            name,
+            DIR_FLAGS - OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        ),
+    }
+    .map_err(Into::into)
+}
+
+/// The names in a directory, without `.` and `..`.
+fn list(dir: &OwnedFd) -> std::io::Result<Vec<Vec<u8>>> {
+    let fd = nix::unistd::dup(dir)?;
+    let mut d = nix::dir::Dir::from_fd(fd)?;
+    let mut out = Vec::new();
+    for e in d.iter() {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            out.push(n.to_vec());
+        }
+    }
+    Ok(out)
+}
+
+/// Opens file `rel` under `root` one component at a time, never following a symlink and never
+/// passing a path longer than one name to the kernel (paths beyond PATH_MAX work).
+pub fn open_beneath(root: &Path, rel: &[u8], flags: OFlag) -> std::io::Result<fs::File> {
+    let mut dir = open_dir(None, root.as_os_str().as_bytes())?;
+    let mut comps = rel.split(|&b| b == b'/').peekable();
+    while let Some(c) = comps.next() {
+        if comps.peek().is_none() {
+            let fd = openat(
+                &dir,
+                c,
+                flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            return Ok(fs::File::from(fd));
+        }
+        dir = open_dir(Some(&dir), c)?;
+    }
+    Err(std::io::Error::from_raw_os_error(libc::ENOENT))
+}
+
+/// The walk holds one descriptor per directory level: allow as many as the hard limit does.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
 }
