@@ -102,7 +102,10 @@ if [ -f "$etc/btm.toml" ] && ! cmp -s "$conf" "$etc/btm.toml"; then
     echo "kept the previous configuration as $etc/btm.toml.bak"
 fi
 install -m 0644 "$conf" "$etc/btm.toml"
+# btm.env is where offsite credentials go (AWS_*, AZURE_*, ...): root only, also when an
+# older install left it readable by others.
 if [ ! -f "$etc/btm.env" ]; then
+    (umask 077 && : >"$etc/btm.env")
     cat >"$etc/btm.env" <<'EOF'
 # Environment of btm-agent.service. BTM_* variables override /etc/btm/btm.toml, e.g.
 # BTM_ITV=10
@@ -110,8 +113,8 @@ if [ ! -f "$etc/btm.env" ]; then
 # BTM_LOG=info          (log filter)   BTM_LOG_FORMAT=json   (structured logs)
 BTM_CONFIG=/etc/btm/btm.toml
 EOF
-    chmod 0644 "$etc/btm.env"
 fi
+chmod 0600 "$etc/btm.env"
 echo "installed btm-agent into ${root%/}/ (unit btm-agent.service, configuration $etc/btm.toml)"
 
 if [ "$root" = / ] && [ "$start" = 1 ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then

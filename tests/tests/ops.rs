@@ -378,6 +378,13 @@ fn install_script_in_temp_root() {
         env.lines().any(|l| l == "BTM_CONFIG=/etc/btm/btm.toml"),
         "{env}"
     );
+    // Offsite credentials go there: nobody but root may read it.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(r.join("etc/btm/btm.env"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "btm.env mode {mode:o}");
 
     // The installed binary reads the written file back with the flags' values.
     let conf = r.join("etc/btm/btm.toml");
