@@ -1,0 +1,202 @@
+//! Hand block heights to a btm agent: the agent's unix-socket protocol (one JSON request line,
+//! one JSON response line; docs/PROTOCOL.md) and [`snapshot`], the call a node embeds.
+//!
+//! Only std, serde and serde_json: a node depending on this crate pulls in nothing of the
+//! agent (no eBPF, io_uring, object store or async runtime, no build script).
+//!
+//! ```no_run
+//! use std::{path::Path, time::Duration};
+//! // After the node has committed block 812345 to disk:
+//! btm_client::snapshot(Path::new(btm_client::DEFAULT_SOCKET), 812_345, Duration::from_secs(60))
+//!     .expect("height durable");
+//! ```
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_SOCKET: &str = "/run/btm/btm.sock";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Cut at this height; answered once it is durable.
+    Snapshot {
+        height: u64,
+    },
+    /// Roll the volume back in place (the node must be stopped).
+    Rollback {
+        height: Option<u64>,
+        exact: bool,
+    },
+    Status,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
+impl Response {
+    pub fn ok(detail: serde_json::Value) -> Self {
+        Response {
+            ok: true,
+            error: None,
+            detail,
+        }
+    }
+    pub fn err(e: impl std::fmt::Display) -> Self {
+        Response {
+            ok: false,
+            error: Some(e.to_string()),
+            detail: serde_json::Value::Null,
+        }
+    }
+}
+
+/// Why a request did not get an answer from the agent.
+#[derive(Debug)]
+pub enum ClientError {
+    /// Nothing listens on the socket (no agent, or another path).
+    NotRunning {
+        socket: String,
+        source: std::io::Error,
+    },
+    /// The connection failed or timed out mid-request.
+    Io {
+        socket: String,
+        source: std::io::Error,
+    },
+    /// The agent answered with an error (for example "heights must increase").
+    Refused(String),
+    /// The answer was not a response line.
+    Malformed(String),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::NotRunning { socket, source } => write!(
+                f,
+                "no btm agent is listening on {socket}: {source}. Start it with `btm-agent run \
+                 --volume DIR --log LOGDIR` (or `cargo xtask run -- run ...`), or pass --socket"
+            ),
+            ClientError::Io { socket, source } => {
+                write!(f, "talking to the agent on {socket}: {source}")
+            }
+            ClientError::Refused(why) => write!(f, "the agent refused: {why}"),
+            ClientError::Malformed(what) => write!(f, "the agent sent a malformed answer: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::NotRunning { source, .. } | ClientError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Sends one request and waits (up to `timeout`) for the answer.
+pub fn call(
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<serde_json::Value, ClientError> {
+    let s = socket.display().to_string();
+    let io = |source| ClientError::Io {
+        socket: s.clone(),
+        source,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::NotRunning {
+        socket: s.clone(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    let mut line = serde_json::to_string(req).expect("serializable");
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
+    let resp: Response = serde_json::from_str(&answer)
+        .map_err(|e| ClientError::Malformed(format!("{e}: {answer:?}")))?;
+    if resp.ok {
+        Ok(resp.detail)
+    } else {
+        Err(ClientError::Refused(resp.error.unwrap_or_default()))
+    }
+}
+
+/// Asks the agent to cut at `height`; returns once the height is durable in the log.
+pub fn snapshot(
+    socket: &Path,
+    height: u64,
+    timeout: Duration,
+) -> Result<serde_json::Value, ClientError> {
+    call(socket, &Request::Snapshot { height }, timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io::Read, os::unix::net::UnixListener};
+
+    use super::*;
+
+    /// A one-shot agent: reads one request line, answers `answer`, returns the request.
+    fn fake_agent(socket: &Path, answer: &'static str) -> std::thread::JoinHandle<String> {
+        let l = UnixListener::bind(socket).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut req = Vec::new();
+            let mut b = [0u8; 1];
+            while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+                req.push(b[0]);
+            }
+            s.write_all(answer.as_bytes()).unwrap();
+            String::from_utf8(req).unwrap()
+        })
+    }
+
+    #[test]
+    fn snapshot_sends_one_line_and_returns_the_detail() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s");
+        let agent = fake_agent(&sock, "{\"ok\":true,\"detail\":{\"height\":7}}\n");
+        let v = snapshot(&sock, 7, Duration::from_secs(5)).unwrap();
+        assert_eq!(v["height"], 7);
+        assert_eq!(agent.join().unwrap(), r#"{"cmd":"snapshot","height":7}"#);
+    }
+
+    #[test]
+    fn errors_name_the_socket_and_the_agents_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s");
+        let e = snapshot(&sock, 1, Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no btm agent is listening") && e.contains("btm-agent run"),
+            "{e}"
+        );
+        let agent = fake_agent(
+            &sock,
+            "{\"ok\":false,\"error\":\"heights must increase\"}\n",
+        );
+        let e = snapshot(&sock, 1, Duration::from_secs(5)).unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Refused(w) if w == "heights must increase"),
+            "{e}"
+        );
+        agent.join().unwrap();
+    }
+}
