@@ -106,28 +106,34 @@ fn unescape(s: &str) -> String {
 /// lock file and hold a lock on it to keep agents from starting.
 pub const LOCK_DIR: &str = "/run/btm/locks";
 
-/// Exclusive claim on a volume for one agent: an flock on `/run/btm/locks/vol-MAJ-MIN.lock`,
-/// held while the agent lives (the kernel drops it if the agent dies).
+/// Exclusive claim on a volume for one agent: an flock on `/run/btm/locks/vol-MAJ-MIN.lock`
+/// (the volume's `st_dev`: the filesystem's device, or a btrfs subvolume's own), held while
+/// the agent lives (the kernel drops it if the agent dies).
 pub struct VolumeLock {
     _file: fs::File,
 }
 
 impl VolumeLock {
-    pub fn acquire(mount: &Mount) -> anyhow::Result<VolumeLock> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    pub fn acquire(volume: &Path) -> anyhow::Result<VolumeLock> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        let dev = fs::metadata(volume)?.dev();
         let dir = Path::new(LOCK_DIR);
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-        let path = dir.join(format!("vol-{}-{}.lock", mount.major, mount.minor));
+        let path = dir.join(format!(
+            "vol-{}-{}.lock",
+            libc::major(dev),
+            libc::minor(dev)
+        ));
         let file = crate::log::open_lock_file(&path)?;
         match file.try_lock() {
             Ok(()) => Ok(VolumeLock { _file: file }),
             Err(fs::TryLockError::WouldBlock) => anyhow::bail!(
                 "another btm agent already tracks {} (lock {}); stop it first, or ask it through its socket",
-                mount.mount_point.display(),
+                volume.display(),
                 path.display()
             ),
             Err(fs::TryLockError::Error(e)) => Err(e.into()),

@@ -50,6 +50,10 @@ fn other_users_cannot_hold_the_agents_locks() {
 
     let m = Mount::at(&vol.mnt).unwrap();
     let vol_lock = Path::new(LOCK_DIR).join(format!("vol-{}-{}.lock", m.major, m.minor));
+    assert!(
+        vol_lock.exists(),
+        "the volume lock is not named after the mount's device"
+    );
     for f in [log.join("lock"), log.join("readers.lock"), vol_lock] {
         assert!(f.exists(), "{} missing", f.display());
         assert!(!squat(&f), "uid 65534 could lock {}", f.display());

@@ -149,6 +149,22 @@ fn scenario(mode: &str, vol: &Path, socket: &Path) {
     let v = vol.to_str().unwrap();
     // Fair, cap 5: snapshot 1..=8, list keeps the newest five.
     let agent = Agent::start(mode, vol, socket, 1, 5, "fair");
+    // A second agent on the same volume is refused, in native modes too.
+    let other = socket.with_extension("other");
+    let e = cli(&[
+        "run",
+        "--mode",
+        mode,
+        "--volume",
+        v,
+        "--socket",
+        other.to_str().unwrap(),
+    ])
+    .unwrap_err();
+    assert!(
+        e.contains("another btm agent already tracks"),
+        "{mode}: {e}"
+    );
     let mut states = BTreeMap::new();
     for h in 1..=8 {
         states.insert(h, write_height(vol, h));

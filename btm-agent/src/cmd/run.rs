@@ -296,6 +296,9 @@ pub fn run(args: RunArgs) -> Result<()> {
 fn select(args: &RunArgs, policy: &Policy) -> Result<Engine> {
     let native = |b: Box<dyn SnapshotBackend>| -> Result<Engine> {
         b.preflight()?;
+        // One agent per volume in every mode: two would race each other's rollbacks and
+        // retention. Held for the life of the process.
+        std::mem::forget(crate::volume::VolumeLock::acquire(&args.volume)?);
         Ok(Engine::Native(b))
     };
     match args.mode {
@@ -345,7 +348,7 @@ fn unavailable(e: impl std::fmt::Display) -> anyhow::Error {
 fn start_ebpf(args: &RunArgs, policy: &Policy) -> Result<Engine> {
     let dir = args.log.clone();
     let mount = Mount::at(&args.volume).map_err(unavailable)?;
-    let _claim = crate::volume::VolumeLock::acquire(&mount)?;
+    let _claim = crate::volume::VolumeLock::acquire(&mount.mount_point)?;
     if crate::volume::Frozen::thaw_leftover(&mount.mount_point)? {
         tracing::warn!(
             "{} was left frozen (an agent died inside a cut); thawed it",
