@@ -19,6 +19,9 @@ use anyhow::{Context, Result};
 
 use crate::{cut::CutReport, tracker::Stats};
 
+/// Scrapes answered at once; more connections are dropped.
+const MAX_SCRAPES: usize = 16;
+
 /// Upper bounds (seconds) of the freeze-window histogram: the node stalls this long per cut.
 const FREEZE_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -122,10 +125,20 @@ impl Metrics {
         std::thread::Builder::new()
             .name("btm-metrics".into())
             .spawn(move || {
+                // Each scrape on its own thread, so a slow or silent client holds up no one.
+                let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
                 for conn in listener.incoming().flatten() {
-                    if let Err(e) = self.answer(conn) {
-                        tracing::debug!("metrics request: {e}");
+                    if active.load(Ordering::SeqCst) >= MAX_SCRAPES {
+                        continue; // dropped: the scraper retries
                     }
+                    active.fetch_add(1, Ordering::SeqCst);
+                    let (m, active) = (self.clone(), active.clone());
+                    std::thread::spawn(move || {
+                        if let Err(e) = m.answer(conn) {
+                            tracing::debug!("metrics request: {e}");
+                        }
+                        active.fetch_sub(1, Ordering::SeqCst);
+                    });
                 }
             })?;
         Ok(bound)
@@ -277,12 +290,18 @@ impl Metrics {
     }
 
     fn answer(&self, mut conn: TcpStream) -> std::io::Result<()> {
-        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
         conn.set_write_timeout(Some(Duration::from_secs(5)))?;
-        // Only the request line matters; read until the end of the headers (bounded).
+        // Only the request line matters; read until the end of the headers (bounded in size,
+        // and in time as a whole: per-read timeouts would let a byte every 4 s go on forever).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let mut req = Vec::new();
         let mut buf = [0u8; 1024];
         while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16 * 1024 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            conn.set_read_timeout(Some(left))?;
             let n = conn.read(&mut buf)?;
             if n == 0 {
                 break;

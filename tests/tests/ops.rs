@@ -149,6 +149,17 @@ fn metrics_scraped_after_real_cuts() {
     // A height that does not increase fails and is counted as an error.
     assert!(!snapshot(&socket, 11).status.success());
 
+    // A client that connects and says nothing holds up no scrape (the server gives a request
+    // 5 s; this scrape waits 3 s at most).
+    let _silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    write!(s, "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)
+        .expect("a silent client held up the metrics server");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     let (status, text) = get(port, "/metrics").unwrap();
     assert_eq!(status, 200);
     let m = samples(&text);
