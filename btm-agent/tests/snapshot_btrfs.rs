@@ -223,6 +223,16 @@ fn btrfs_volumes_sharing_a_parent_keep_apart() {
     assert_eq!(ba.list().unwrap(), vec![1]);
     assert_eq!(bc.list().unwrap(), vec![2]);
     assert_eq!(bd.list().unwrap(), vec![3]);
+    // A snapshot directory others could write to is refused (they could plant or swap a
+    // snapshot a rollback would copy onto the volume), until it is the agent's own again.
+    use std::os::unix::fs::PermissionsExt;
+    let snapdir = fs.mnt.join(".btm-snapshots");
+    std::fs::set_permissions(&snapdir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = ba.preflight().unwrap_err().to_string();
+    assert!(e.contains("is not the agent's own directory"), "{e}");
+    assert!(ba.snapshot(9).is_err());
+    std::fs::set_permissions(&snapdir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    ba.preflight().unwrap();
     // A stray file where the next snapshot goes is reported, not snapshotted into.
     let e = ba.snapshot(4).unwrap_err();
     assert!(e.to_string().contains("node@4 exists"), "{e}");

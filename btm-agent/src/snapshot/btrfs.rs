@@ -194,6 +194,36 @@ impl Btrfs {
         Ok(())
     }
 
+    /// The snapshot directory, when it exists, must be the agent's own: a real directory owned
+    /// by the agent's user and writable by no one else. Otherwise another user could plant or
+    /// swap snapshots in it, which a rollback would then copy onto the volume.
+    fn check_snapdir(&self) -> Result<(), SnapshotError> {
+        use std::os::unix::fs::MetadataExt;
+        let md = match std::fs::symlink_metadata(&self.snapdir) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(format!("cannot stat {}", self.snapdir.display()))(e)),
+        };
+        let me = nix::unistd::geteuid().as_raw();
+        if md.file_type().is_dir() && md.uid() == me && md.mode() & 0o022 == 0 {
+            return Ok(());
+        }
+        Err(SnapshotError::Volume(format!(
+            "{} is not the agent's own directory (owner uid {}, mode {:o}{}): another user could \
+             plant or swap snapshots there that a rollback would copy onto the volume; remove \
+             it, or `chown {me} {}` and `chmod go-w` it",
+            self.snapdir.display(),
+            md.uid(),
+            md.mode() & 0o7777,
+            if md.file_type().is_symlink() {
+                ", a symlink"
+            } else {
+                ""
+            },
+            self.snapdir.display()
+        )))
+    }
+
     /// Deletes a subvolume left at `p` by an interrupted rollback.
     fn remove_leftover(&self, p: &Path) -> Result<(), SnapshotError> {
         if !exists(p) {
@@ -307,6 +337,7 @@ impl SnapshotBackend for Btrfs {
             .mode(0o700)
             .create(&self.snapdir)
             .map_err(io_err(format!("cannot create {}", self.snapdir.display())))?;
+        self.check_snapdir()?;
         btrfs(&[
             os("subvolume"),
             os("snapshot"),
@@ -405,6 +436,7 @@ impl SnapshotBackend for Btrfs {
 
     fn preflight(&self) -> Result<(), SnapshotError> {
         self.check_not_mount_point()?;
+        self.check_snapdir()?;
         if !is_subvolume(&self.volume)
             .map_err(io_err(format!("cannot stat {}", self.volume.display())))?
         {
@@ -422,7 +454,9 @@ impl SnapshotBackend for Btrfs {
             .collect();
         if !nested.is_empty() {
             return Err(SnapshotError::Volume(format!(
-                "{} contains nested subvolumes ({}, paths from the filesystem's top level);                  btrfs snapshots do not include them and a rollback would leave them behind:                  move their data into plain directories, or use the ebpf mode",
+                "{} contains nested subvolumes ({}, paths from the filesystem's top level); \
+                 btrfs snapshots do not include them and a rollback would leave them behind: \
+                 move their data into plain directories, or use the ebpf mode",
                 self.volume.display(),
                 nested.join(", ")
             )));
