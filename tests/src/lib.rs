@@ -279,3 +279,47 @@ pub fn start_agent(vol: &Path, log: &Path, sock: &Path, extra: &[&str]) -> Runni
     });
     agent
 }
+
+/// A tracked loop volume with a cutter writing a log in a scratch work directory: what the
+/// in-process end-to-end tests start from.
+pub struct Cutting {
+    pub cutter: btm_agent::cut::Cutter,
+    pub vol: LoopFs,
+    pub work: TempDir,
+    pub logdir: PathBuf,
+}
+
+pub fn cutting(fstype: &str, size_mb: u64, prefix: &str) -> Cutting {
+    use btm_agent::{
+        cut::Cutter,
+        log::Log,
+        tracker::{Limits, Tracker},
+        volume::Mount,
+    };
+    let vol = LoopFs::new(fstype, size_mb).expect("loop fs");
+    let work = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(scratch())
+        .unwrap();
+    let logdir = work.path().join("log");
+    std::fs::create_dir(&logdir).unwrap();
+    let mount = Mount::at(&vol.mnt).unwrap();
+    let tracker = Tracker::start(&mount, Limits::for_volume_bytes(size_mb << 20)).unwrap();
+    let cutter = Cutter::new(mount, tracker, Log::open_append(&logdir).unwrap()).unwrap();
+    Cutting {
+        cutter,
+        vol,
+        work,
+        logdir,
+    }
+}
+
+/// The heights a log holds.
+pub fn log_heights(log: &Path) -> Vec<u64> {
+    btm_agent::log::Log::open_read(log)
+        .unwrap()
+        .heights()
+        .iter()
+        .map(|i| i.height)
+        .collect()
+}

@@ -18,13 +18,8 @@ use std::{
     process::{Child, ChildStdout, Command, Stdio},
 };
 
-use btm_agent::{
-    cut::Cutter,
-    log::{Log, ReplayOptions},
-    tracker::{Limits, Tracker},
-    volume::Mount,
-};
-use btm_tests::{LoopFs, can_run, have_tool, python3, scratch, skip};
+use btm_agent::log::{Log, ReplayOptions};
+use btm_tests::{Cutting, can_run, cutting, have_tool, python3, skip};
 
 const HEIGHTS: u64 = 10;
 const DRIVER: &str = include_str!("../py/engine.py");
@@ -104,16 +99,12 @@ struct Run {
 
 fn one(fstype: &str, kind: &str, exec: bool) -> Run {
     let what = format!("{kind} on {fstype}{}", if exec { " (exec)" } else { "" });
-    let fs = LoopFs::new(fstype, 1024).expect("loop fs");
-    let work = tempfile::Builder::new()
-        .prefix("btm-engines-")
-        .tempdir_in(scratch())
-        .unwrap();
-    let logdir = work.path().join("log");
-    fs::create_dir(&logdir).unwrap();
-    let mount = Mount::at(&fs.mnt).unwrap();
-    let tracker = Tracker::start(&mount, Limits::for_volume_bytes(1 << 30)).unwrap();
-    let mut cutter = Cutter::new(mount, tracker, Log::open_append(&logdir).unwrap()).unwrap();
+    let Cutting {
+        mut cutter,
+        vol: fs,
+        work,
+        logdir,
+    } = cutting(fstype, 1024, "btm-engines-");
     let db = fs.mnt.join("db");
     let (mut engine, d1, mut pmd_kb) = Engine::start(kind, &db, exec);
     let mut expected: BTreeMap<u64, String> = BTreeMap::new();

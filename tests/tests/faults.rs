@@ -570,13 +570,7 @@ fn an_unprivileged_node_hands_heights_over_through_its_group() {
         "node asking for a rollback: {msg}"
     );
     agent.terminate();
-    let heights: Vec<u64> = Log::open_read(&log)
-        .unwrap()
-        .heights()
-        .iter()
-        .map(|i| i.height)
-        .collect();
-    assert_eq!(heights, vec![7, 9]);
+    assert_eq!(btm_tests::log_heights(&log), vec![7, 9]);
 }
 
 #[test]

@@ -7,13 +7,8 @@ use std::{
     path::Path,
 };
 
-use btm_agent::{
-    cut::Cutter,
-    log::{Log, ReplayOptions},
-    tracker::{Limits, Tracker},
-    volume::Mount,
-};
-use btm_tests::{LoopFs, can_run, scratch};
+use btm_agent::log::{Log, ReplayOptions};
+use btm_tests::{Cutting, can_run, cutting};
 use nix::{
     fcntl::{OFlag, openat},
     sys::stat::{Mode, mkdirat},
@@ -58,16 +53,12 @@ fn paths_beyond_path_max_are_cut_and_replayed() {
     if !can_run("long paths") {
         return;
     }
-    let vol = LoopFs::new("ext4", 256).unwrap();
-    let work = tempfile::Builder::new()
-        .prefix("btm-long-")
-        .tempdir_in(scratch())
-        .unwrap();
-    let logdir = work.path().join("log");
-    fs::create_dir(&logdir).unwrap();
-    let mount = Mount::at(&vol.mnt).unwrap();
-    let tracker = Tracker::start(&mount, Limits::for_volume_bytes(256 << 20)).unwrap();
-    let mut cutter = Cutter::new(mount, tracker, Log::open_append(&logdir).unwrap()).unwrap();
+    let Cutting {
+        mut cutter,
+        vol,
+        work,
+        logdir,
+    } = cutting("ext4", 256, "btm-long-");
     deep_dir(&vol.mnt, true);
     write_deep(&vol.mnt, b"first");
     cutter.cut(1).unwrap_or_else(|e| panic!("cut 1: {e:#}"));

@@ -3,13 +3,8 @@
 //! has no directory of that name.
 use std::{fs, path::Path, process::Command};
 
-use btm_agent::{
-    cut::Cutter,
-    log::{Log, ReplayOptions},
-    tracker::{Limits, Tracker},
-    volume::Mount,
-};
-use btm_tests::{LoopFs, can_run, scratch};
+use btm_agent::log::{Log, ReplayOptions};
+use btm_tests::{Cutting, can_run, cutting};
 
 /// A tmpfs mounted at `at`, unmounted when dropped.
 struct Tmpfs(std::path::PathBuf);
@@ -39,16 +34,12 @@ fn rollback_leaves_filesystems_mounted_inside_the_volume_alone() {
     if !can_run("nested mounts") {
         return;
     }
-    let vol = LoopFs::new("ext4", 256).unwrap();
-    let work = tempfile::Builder::new()
-        .prefix("btm-nested-")
-        .tempdir_in(scratch())
-        .unwrap();
-    let logdir = work.path().join("log");
-    fs::create_dir(&logdir).unwrap();
-    let mount = Mount::at(&vol.mnt).unwrap();
-    let tracker = Tracker::start(&mount, Limits::for_volume_bytes(256 << 20)).unwrap();
-    let mut cutter = Cutter::new(mount, tracker, Log::open_append(&logdir).unwrap()).unwrap();
+    let Cutting {
+        mut cutter,
+        vol,
+        logdir,
+        ..
+    } = cutting("ext4", 256, "btm-nested-");
     fs::write(vol.path("chain.dat"), b"height one").unwrap();
     cutter.cut(1).unwrap();
     // Mounted after height 1: one at a new directory of the volume's root, one deeper, inside a

@@ -12,8 +12,7 @@ use std::{
     time::Duration,
 };
 
-use btm_agent::log::Log;
-use btm_tests::{LoopFs, agent_bin, can_run, scratch, start_agent};
+use btm_tests::{LoopFs, agent_bin, can_run, log_heights, scratch, start_agent};
 
 fn snapshot(sock: &std::path::Path, h: u64) -> std::process::Output {
     Command::new(agent_bin())
@@ -80,11 +79,5 @@ fn slow_and_huge_clients_do_not_hold_up_heights() {
     drop(silent);
     slow.join().unwrap();
     agent.terminate();
-    let heights: Vec<u64> = Log::open_read(&log)
-        .unwrap()
-        .heights()
-        .iter()
-        .map(|i| i.height)
-        .collect();
-    assert_eq!(heights, vec![1, 2, 3, 4]);
+    assert_eq!(log_heights(&log), vec![1, 2, 3, 4]);
 }
