@@ -38,7 +38,7 @@ fn rollback_leaves_filesystems_mounted_inside_the_volume_alone() {
         mut cutter,
         vol,
         logdir,
-        ..
+        work: _work,
     } = cutting("ext4", 256, "btm-nested-");
     fs::write(vol.path("chain.dat"), b"height one").unwrap();
     cutter.cut(1).unwrap();
