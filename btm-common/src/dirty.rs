@@ -123,5 +123,9 @@ pub mod stat {
     /// (`madvise(MADV_POPULATE_WRITE)`, `process_vm_writev`, `ptrace` pokes) by or into a
     /// mapping process: the agent then marks partially-marked folios whole.
     pub const REMOTE_WRITES: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Opens for writing of a file named `mem` (`/proc/PID/mem`): writes through it reach a
+    /// process's pages with no fault and, unlike the calls above, may go on for as long as the
+    /// file stays open. After one, every cut marks partially-marked folios whole.
+    pub const MEM_OPENS: u32 = 12;
+    pub const COUNT: u32 = 13;
 }

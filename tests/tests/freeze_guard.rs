@@ -58,10 +58,18 @@ fn an_agent_killed_while_the_volume_is_frozen_leaves_it_thawed() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(2000));
-    // Frozen now: a write blocks.
-    let wrote = write_in_background(&vol.mnt);
-    let frozen = wrote.recv_timeout(Duration::from_millis(500)).is_err();
+    // Wait until the volume is frozen: a write blocks (the agent holds the freeze 8 s).
+    let mut frozen = false;
+    let mut wrote = write_in_background(&vol.mnt);
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(6) {
+        if wrote.recv_timeout(Duration::from_millis(300)).is_err() {
+            frozen = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        wrote = write_in_background(&vol.mnt);
+    }
     agent.child.kill().unwrap();
     agent.child.wait().unwrap();
     let _ = cut.wait();

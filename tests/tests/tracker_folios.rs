@@ -179,7 +179,7 @@ fn cut(tracker: &mut Tracker, mnt: &Path, seen: &mut (u64, u64)) -> DirtySet {
     let mut set = tracker.take().expect("drain");
     frozen.thaw().expect("thaw");
     let now = (st.fault_unresolved, st.remote_writes);
-    if now.0 > seen.0 || now.1 > seen.1 {
+    if now.0 > seen.0 || now.1 > seen.1 || st.mem_opens > 0 {
         set.widen_to_folios();
     }
     *seen = now;
@@ -330,6 +330,7 @@ fn faultless_writes(fstype: &str, thp_disabled: bool) {
     let mut seen_now = seen(&tracker);
     cut(&mut tracker, &fs.mnt, &mut seen_now);
     std::fs::write(fs.path("dio-src"), rng.bytes(8192)).unwrap();
+    let mut proc_mem: Option<std::fs::File> = None;
     let mut failures = Vec::new();
     for (i, how) in [
         "MADV_POPULATE_WRITE",
@@ -341,6 +342,8 @@ fn faultless_writes(fstype: &str, thp_disabled: bool) {
         "fork",
         "pipe",
         "mremap",
+        "proc_mem",
+        "proc_mem",
     ]
     .into_iter()
     .enumerate()
@@ -373,6 +376,18 @@ fn faultless_writes(fstype: &str, thp_disabled: bool) {
                 );
             }
             "ptrace" => poke(pid, mapper.addr + target),
+            "proc_mem" => {
+                // Through /proc/PID/mem, twice: the second in a later cut, the file still open.
+                use std::os::unix::fs::FileExt;
+                let mem = proc_mem.get_or_insert_with(|| {
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(format!("/proc/{pid}/mem"))
+                        .unwrap()
+                });
+                mem.write_all_at(&[0x5a], mapper.addr + target).unwrap();
+            }
             other => mapper.command(other, &[target]),
         }
         let set = cut(&mut tracker, &fs.mnt, &mut seen_now);

@@ -6,7 +6,9 @@
 //! - `fault_unresolved` (a write fault `bpf_find_vma` could not resolve) and `remote_writes`
 //!   (calls that write into mapped pages without a fault the programs see): a store may have
 //!   gone into a folio that was already dirty with only part of it marked, so partially-marked
-//!   folios are read whole.
+//!   folios are read whole;
+//! - `mem_opens` (`/proc/PID/mem` opened for writing): writes through it go on unseen for as
+//!   long as it stays open, so once there was one, every cut widens.
 //!
 //! Counters are read before an epoch flip, never after: everything counted then happened in
 //! an epoch this cut drains (a count after the flip would be charged to this cut while its
@@ -19,6 +21,7 @@ pub struct Losses {
     prog_misses: u64,
     unresolved: u64,
     remote_writes: u64,
+    mem_opens: u64,
 }
 
 impl Losses {
@@ -28,6 +31,7 @@ impl Losses {
             prog_misses: st.prog_misses,
             unresolved: st.fault_unresolved,
             remote_writes: st.remote_writes,
+            mem_opens: st.mem_opens,
         }
     }
 
@@ -38,7 +42,14 @@ impl Losses {
 
     /// A store may have hidden in a partially-marked folio since `before`: widen.
     pub fn force_widen(&self, before: &Losses) -> bool {
-        self.unresolved > before.unresolved || self.remote_writes > before.remote_writes
+        self.rose(before) || self.mem_opens > 0
+    }
+
+    /// A counter that widens rose since `before` (`mem_opens` widens for good instead).
+    pub fn rose(&self, before: &Losses) -> bool {
+        self.unresolved > before.unresolved
+            || self.remote_writes > before.remote_writes
+            || self.mem_opens > before.mem_opens
     }
 }
 
@@ -90,5 +101,9 @@ mod tests {
                 "{name}"
             );
         }
+        // Once /proc/PID/mem was opened for writing, every cut widens.
+        let mem = stats(|s| s.mem_opens = 1);
+        assert!(mem.force_widen(&seen) && mem.force_widen(&mem) && !mem.force_full(&mem));
+        assert!(mem.rose(&seen) && !mem.rose(&mem));
     }
 }

@@ -348,7 +348,7 @@ impl Cutter {
             tracing::debug!("unresolved write faults: marking partially-marked folios whole");
             // d1's partial folios were read unwidened in phase 1, or before the last rise:
             // read them whole here, frozen.
-            if !widened1 || losses2.force_widen(&losses1) {
+            if !widened1 || losses2.rose(&losses1) {
                 d2.partial.extend_from_slice(&d1.partial);
             }
             d2.widen_to_folios();

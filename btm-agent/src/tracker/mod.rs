@@ -107,6 +107,8 @@ pub struct Stats {
     pub fault_wide: u64,
     /// Calls that may write into mapped pages without a fault the programs see.
     pub remote_writes: u64,
+    /// Opens of `/proc/PID/mem` for writing (after one, every cut widens partial folios).
+    pub mem_opens: u64,
     /// Program runs the kernel skipped (`recursion_misses`: another BPF program was active on
     /// that CPU). Each may be a lost change, so a rise forces a full capture.
     pub prog_misses: u64,
@@ -437,6 +439,7 @@ impl Tracker {
             fault_marked: get(stat::FAULT_MARKED),
             fault_wide: get(stat::FAULT_WIDE),
             remote_writes: get(stat::REMOTE_WRITES),
+            mem_opens: get(stat::MEM_OPENS),
             prog_misses: self.prog_misses(),
         })
     }

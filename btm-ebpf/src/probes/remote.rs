@@ -9,8 +9,9 @@
 //!   may be any thread of a mapping process: counting every call is simpler and they are rare);
 //! - direct reads (O_DIRECT, io_uring) by a mapping process, counted in iomap.rs.
 //!
-//! Not seen: writes to `/proc/PID/mem` (a `write` on any file would need a probe on every
-//! write system call of the host); they need ptrace rights over the node.
+//! Writes through `/proc/PID/mem` are caught at its open for writing (syscalls.rs,
+//! `MEM_OPENS`): a probe on every write system call of the host would cost too much, so after
+//! such an open every cut widens.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use btm_common::dirty::stat;
 

@@ -5,7 +5,7 @@
 //! Syscall records have a fixed ABI layout: 8 bytes of common header, the syscall number, then
 //! each argument as 8 bytes from offset 16.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -149,14 +149,45 @@ fn note_trunc(flags: u64) {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_openat")]
 pub fn btm_enter_openat(ctx: TracePointContext) -> u32 {
-    note_trunc(arg(&ctx, 2).unwrap_or(0));
+    let flags = arg(&ctx, 2).unwrap_or(0);
+    note_trunc(flags);
+    note_mem_open(arg(&ctx, 1).unwrap_or(0), flags);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_open")]
 pub fn btm_enter_open(ctx: TracePointContext) -> u32 {
-    note_trunc(arg(&ctx, 1).unwrap_or(0));
+    let flags = arg(&ctx, 1).unwrap_or(0);
+    note_trunc(flags);
+    note_mem_open(arg(&ctx, 0).unwrap_or(0), flags);
     0
+}
+
+/// Counts an open for writing of a path ending in `/mem` (or `mem` alone): `/proc/PID/mem`,
+/// through which a process's mapped pages are written with no fault (see `stat::MEM_OPENS`).
+/// A longer path than the buffer is cut short and not counted; other files named `mem` are
+/// counted too, which only costs some widening.
+#[inline(always)]
+fn note_mem_open(path: u64, flags: u64) {
+    const O_ACCMODE: u64 = 3;
+    if flags & O_ACCMODE == 0 || path == 0 || config().is_none() {
+        return;
+    }
+    let mut buf = [0u8; 48];
+    // SAFETY: reads a NUL-terminated user string into our stack buffer, bounded by its size.
+    let Ok(s) = (unsafe { bpf_probe_read_user_str_bytes(path as *const u8, &mut buf) }) else {
+        return;
+    };
+    let n = s.len();
+    if n >= 3
+        && n <= buf.len()
+        && buf[(n - 3) % 48] == b'm'
+        && buf[(n - 2) % 48] == b'e'
+        && buf[(n - 1) % 48] == b'm'
+        && (n == 3 || buf[(n - 4) % 48] == b'/')
+    {
+        count(stat::MEM_OPENS);
+    }
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_creat")]
@@ -172,6 +203,7 @@ pub fn btm_enter_openat2(ctx: TracePointContext) -> u32 {
         .and_then(|p| unsafe { bpf_probe_read_user(p as *const u64).ok() })
         .unwrap_or(0);
     note_trunc(flags);
+    note_mem_open(arg(&ctx, 1).unwrap_or(0), flags);
     0
 }
 
