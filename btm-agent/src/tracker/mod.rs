@@ -287,22 +287,14 @@ impl Tracker {
         }
         cfg.suppress = faults as u32;
         cfg.ready = 1;
-        let mut config: Array<_, Config> = Array::try_from(ebpf.map_mut("CONFIG").unwrap())
-            .map_err(|e| TrackerError::Map("CONFIG", e.to_string()))?;
-        config
-            .set(0, cfg, 0)
-            .map_err(|e| TrackerError::Map("CONFIG", e.to_string()))?;
+        write_config(&mut ebpf, cfg)?;
         // Processes that mapped the volume before the probes were armed (those after are seen
         // by the mmap and fork probes; a store in between is in the first cut, which is full).
         seed_mappers(&mut ebpf, mount)?;
         let thp_off_bit = thp::measure_off_bit(&mut ebpf);
         if let Some(bit) = thp_off_bit {
             cfg.thp_off_bit = bit;
-            let mut config: Array<_, Config> = Array::try_from(ebpf.map_mut("CONFIG").unwrap())
-                .map_err(|e| TrackerError::Map("CONFIG", e.to_string()))?;
-            config
-                .set(0, cfg, 0)
-                .map_err(|e| TrackerError::Map("CONFIG", e.to_string()))?;
+            write_config(&mut ebpf, cfg)?;
         }
         let t = Tracker {
             ebpf,
@@ -511,6 +503,15 @@ fn load_error(msg: String) -> TrackerError {
     } else {
         TrackerError::Load(msg)
     }
+}
+
+/// Hands the programs their configuration (they do nothing until `cfg.ready`).
+fn write_config(ebpf: &mut Ebpf, cfg: Config) -> Result<(), TrackerError> {
+    let mut config: Array<_, Config> = Array::try_from(ebpf.map_mut("CONFIG").unwrap())
+        .map_err(|e| TrackerError::Map("CONFIG", e.to_string()))?;
+    config
+        .set(0, cfg, 0)
+        .map_err(|e| TrackerError::Map("CONFIG", e.to_string()))
 }
 
 /// Adds every process with a shared mapping of a file on `mount`'s device to `MAPPERS`.

@@ -57,9 +57,8 @@ fn child_mm_flags(ebpf: &mut Ebpf, thp_off: bool) -> Option<u64> {
     // Release the child whatever happened, and reap it.
     let _ = nix::unistd::write(&tx, &[1]);
     let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-    let calib = calib?;
-    let got = armed.then(|| calib.get(&key, 0).ok()).flatten();
-    let mut calib = calib;
+    let mut calib = calib.filter(|_| armed)?;
+    let got = calib.get(&key, 0).ok();
     let _ = calib.remove(&key);
     got.filter(|v| v[0] != 0).map(|v| v[1])
 }
