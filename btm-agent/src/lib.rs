@@ -8,6 +8,7 @@
 pub mod cmd;
 pub mod config;
 pub mod cut;
+pub mod dirfd;
 pub mod heights;
 pub mod log;
 pub mod metrics;

@@ -201,7 +201,7 @@ impl Cutter {
         let bar = full.then(|| baseline_bar(files1.values().map(|f| f.1).sum()));
         for (ident, (path, size1)) in &files1 {
             let want = self.ranges_for(ident, *size1, &d1, full);
-            if let Some(ext) = read_identity(&root, path, ident, &want, &mut st1)? {
+            if let Some(ext) = read_identity(&root, &scan1, path, ident, &want, &mut st1)? {
                 pre.insert(*ident, ext);
             }
             if let Some(b) = &bar {
@@ -369,7 +369,7 @@ impl Cutter {
                 both.merge(d2.clone());
                 self.ranges_for(&ident, size2, &both, full)
             };
-            if let Some(ext) = read_identity(root, path, &ident, &want, &mut st)? {
+            if let Some(ext) = read_identity(root, &scan2, path, &ident, &want, &mut st)? {
                 post.push((ident, ext));
             } else {
                 bail!(
@@ -459,6 +459,7 @@ fn ranges_of(set: &DirtySet, ino: u64, size: u64) -> Vec<(u64, u64)> {
 /// no longer holds that file.
 fn read_identity(
     root: &Path,
+    scan: &Scan,
     path: &RelPath,
     ident: &Identity,
     want: &Want,
@@ -468,7 +469,8 @@ fn read_identity(
     let full_path: PathBuf = root.join(std::ffi::OsStr::from_bytes(path));
     // The path may have changed since the walk: a symlink is not followed, and a FIFO or device
     // swapped in opens without blocking (O_NONBLOCK), then fails the identity check below.
-    let open = |flags| scan::open_beneath(root, path, nix::fcntl::OFlag::O_NOCTTY | flags);
+    let root_fd = scan.root.as_deref().context("a scan without its root")?;
+    let open = |flags| scan::open_beneath(root_fd, path, nix::fcntl::OFlag::O_NOCTTY | flags);
     let f = match open(nix::fcntl::OFlag::O_NONBLOCK).or_else(|e| {
         if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
             return Err(e);
@@ -482,10 +484,13 @@ fn read_identity(
         open(nix::fcntl::OFlag::empty())
     }) {
         Ok(f) => f,
-        // Gone, or a symlink (or a non-directory) now stands along its path.
+        // Gone, or a symlink, a non-directory or a mount now stands along its path.
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound
-                || matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) =>
+                || matches!(
+                    e.raw_os_error(),
+                    Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV)
+                ) =>
         {
             return Ok(None);
         }
@@ -494,10 +499,7 @@ fn read_identity(
     let md = f.metadata()?;
     // Same inode and birth time, a regular file, and on the volume (a directory swapped for a
     // symlink along the path leads elsewhere).
-    if identity(&md) != *ident
-        || !md.is_file()
-        || md.dev() != std::fs::symlink_metadata(root)?.dev()
-    {
+    if identity(&md) != *ident || !md.is_file() || md.dev() != scan.root_dev {
         return Ok(None);
     }
     let mut out = Vec::new();
@@ -619,13 +621,14 @@ mod tests {
         let p = dir.path().join("f");
         std::fs::write(&p, b"data").unwrap();
         let ident = identity(&std::fs::metadata(&p).unwrap());
+        let scan = Scan::walk(dir.path()).unwrap();
         std::fs::remove_file(&p).unwrap();
         nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
-        let root = dir.path().to_path_buf();
+        let (root, scan2) = (dir.path().to_path_buf(), scan.clone());
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut st = CaptureStats::default();
-            let r = read_identity(&root, &b"f".to_vec(), &ident, &Want::Fresh, &mut st);
+            let r = read_identity(&root, &scan2, &b"f".to_vec(), &ident, &Want::Fresh, &mut st);
             let _ = tx.send(r.map(|o| o.is_none()).map_err(|e| e.to_string()));
         });
         let got = rx.recv_timeout(Duration::from_secs(10));
@@ -635,7 +638,15 @@ mod tests {
         std::fs::write(dir.path().join("g"), b"data").unwrap();
         std::os::unix::fs::symlink("g", &p).unwrap();
         let mut st = CaptureStats::default();
-        let r = read_identity(dir.path(), &b"f".to_vec(), &ident, &Want::Fresh, &mut st).unwrap();
+        let r = read_identity(
+            dir.path(),
+            &scan,
+            &b"f".to_vec(),
+            &ident,
+            &Want::Fresh,
+            &mut st,
+        )
+        .unwrap();
         assert!(r.is_none());
     }
 

@@ -14,7 +14,10 @@ use nix::{
     sys::stat::Mode,
 };
 
-use crate::log::RelPath;
+use crate::{
+    dirfd::{self, DIR_FLAGS},
+    log::RelPath,
+};
 
 /// A file's identity across cuts: inode number plus birth time, so a reused inode number is
 /// never mistaken for the file that had it before.
@@ -41,6 +44,10 @@ pub struct Scan {
     pub entries: BTreeMap<RelPath, ScanEntry>,
     /// Sockets, FIFOs and device nodes are not data: skipped, counted.
     pub skipped_special: u64,
+    /// The volume's root directory as walked, and its device: files are read beneath it
+    /// and must still be on it.
+    pub root: Option<std::sync::Arc<OwnedFd>>,
+    pub root_dev: u64,
 }
 
 impl Scan {
@@ -51,8 +58,10 @@ impl Scan {
         raise_fd_limit();
         let mut scan = Scan::default();
         let root_fd = open_dir(None, root.as_os_str().as_bytes())?;
-        let root_dev = fs::symlink_metadata(root)?.dev();
-        let names = list(&root_fd)?;
+        let root_dev = nix::sys::stat::fstat(&root_fd)?.st_dev;
+        scan.root_dev = root_dev;
+        scan.root = Some(std::sync::Arc::new(nix::unistd::dup(&root_fd)?));
+        let names = dirfd::list(&root_fd)?;
         let mut stack = vec![Frame {
             fd: root_fd,
             rel: Vec::new(),
@@ -92,7 +101,7 @@ impl Scan {
                         }
                         Err(e) => return Err(e),
                     };
-                    let names = list(&sub)?;
+                    let names = dirfd::list(&sub)?;
                     scan.insert(path.clone(), Kind::Dir, &st);
                     stack.push(Frame {
                         fd: sub,
@@ -209,11 +218,6 @@ fn stat_at(dir: &OwnedFd, name: &[u8]) -> std::io::Result<Stat> {
     })
 }
 
-const DIR_FLAGS: OFlag = OFlag::O_RDONLY
-    .union(OFlag::O_DIRECTORY)
-    .union(OFlag::O_NOFOLLOW)
-    .union(OFlag::O_CLOEXEC);
-
 /// Opens directory `name` of `dir` (or `name` itself, the root, which may be reached through
 /// symlinks the operator chose), never following a symlink at `name`.
 fn open_dir(dir: Option<&OwnedFd>, name: &[u8]) -> std::io::Result<OwnedFd> {
@@ -229,37 +233,30 @@ fn open_dir(dir: Option<&OwnedFd>, name: &[u8]) -> std::io::Result<OwnedFd> {
     .map_err(Into::into)
 }
 
-/// The names in a directory, without `.` and `..`.
-fn list(dir: &OwnedFd) -> std::io::Result<Vec<Vec<u8>>> {
-    let fd = nix::unistd::dup(dir)?;
-    let mut d = nix::dir::Dir::from_fd(fd)?;
-    let mut out = Vec::new();
-    for e in d.iter() {
-        let e = e?;
-        let n = e.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            out.push(n.to_vec());
-        }
+/// Opens file `rel` beneath the directory `root`, never following a symlink and never leaving
+/// the filesystem: in one `openat2` (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV),
+/// or, for a path longer than PATH_MAX (or a kernel without openat2), one component at a time.
+pub fn open_beneath(root: &OwnedFd, rel: &[u8], flags: OFlag) -> std::io::Result<fs::File> {
+    use nix::fcntl::{OpenHow, ResolveFlag, openat2};
+    let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let how = OpenHow::new().flags(flags).resolve(
+        ResolveFlag::RESOLVE_BENEATH
+            | ResolveFlag::RESOLVE_NO_SYMLINKS
+            | ResolveFlag::RESOLVE_NO_XDEV,
+    );
+    match openat2(root, rel, how) {
+        Ok(fd) => return Ok(fs::File::from(fd)),
+        Err(nix::errno::Errno::ENAMETOOLONG | nix::errno::Errno::ENOSYS) => {}
+        Err(e) => return Err(e.into()),
     }
-    Ok(out)
-}
-
-/// Opens file `rel` under `root` one component at a time, never following a symlink and never
-/// passing a path longer than one name to the kernel (paths beyond PATH_MAX work).
-pub fn open_beneath(root: &Path, rel: &[u8], flags: OFlag) -> std::io::Result<fs::File> {
-    let mut dir = open_dir(None, root.as_os_str().as_bytes())?;
+    let mut dir: Option<OwnedFd> = None;
     let mut comps = rel.split(|&b| b == b'/').peekable();
     while let Some(c) = comps.next() {
+        let at = dir.as_ref().unwrap_or(root);
         if comps.peek().is_none() {
-            let fd = openat(
-                &dir,
-                c,
-                flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )?;
-            return Ok(fs::File::from(fd));
+            return Ok(fs::File::from(openat(at, c, flags, Mode::empty())?));
         }
-        dir = open_dir(Some(&dir), c)?;
+        dir = Some(open_dir(Some(at), c)?);
     }
     Err(std::io::Error::from_raw_os_error(libc::ENOENT))
 }

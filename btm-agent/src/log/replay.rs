@@ -24,7 +24,6 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, FallocateFlags, OFlag, fallocate, openat, readlinkat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstatat, mkdirat};
@@ -37,6 +36,7 @@ use super::error::LogError;
 use super::format::{PayloadRef, TABLE_BLOCK, TABLE_ENTRY};
 use super::record::{FileId, RelPath, cmp_components, display_path, file_name_of, parent_of};
 use super::state::{FileState, Node, Piece, TreeState};
+use crate::dirfd::{self, DIR_FLAGS};
 
 /// How to replay.
 #[derive(Clone, Debug)]
@@ -77,11 +77,6 @@ pub struct ReplayStats {
     pub holes_punched: u64,
 }
 
-const DIR_FLAGS: OFlag = OFlag::O_RDONLY
-    .union(OFlag::O_DIRECTORY)
-    .union(OFlag::O_NOFOLLOW)
-    .union(OFlag::O_CLOEXEC);
-
 const CACHE_BYTES: usize = 64 << 20;
 
 fn kind(st: &FileStat) -> SFlag {
@@ -97,24 +92,6 @@ fn join(prefix: &[u8], name: &[u8]) -> RelPath {
     p.push(b'/');
     p.extend_from_slice(name);
     p
-}
-
-fn list_dir(fd: &OwnedFd) -> Result<Vec<Vec<u8>>, Errno> {
-    let mut d = Dir::openat(
-        fd,
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
-    let mut names = Vec::new();
-    for ent in d.iter() {
-        let ent = ent?;
-        let n = ent.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            names.push(n.to_vec());
-        }
-    }
-    Ok(names)
 }
 
 /// Where replay gets payload bytes: the local log's segments, or an offsite copy
@@ -337,7 +314,8 @@ impl<'a> Replayer<'a> {
     // ---- pass 1 -----------------------------------------------------------------------------
 
     fn prune(&mut self, dir: &OwnedFd, prefix: &[u8]) -> Result<(), LogError> {
-        let names = list_dir(dir).map_err(|e| self.err(prefix, format!("read directory: {e}")))?;
+        let names =
+            dirfd::list(dir).map_err(|e| self.err(prefix, format!("read directory: {e}")))?;
         for name in names {
             let path = join(prefix, &name);
             let st = match fstatat(dir, name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW) {
@@ -404,7 +382,7 @@ impl<'a> Replayer<'a> {
                 let _ = fchmod(&sub, Mode::from_bits_truncate(0o700));
             }
             for child in
-                list_dir(&sub).map_err(|e| self.err(path, format!("read directory: {e}")))?
+                dirfd::list(&sub).map_err(|e| self.err(path, format!("read directory: {e}")))?
             {
                 let cpath = join(path, &child);
                 let st = match fstatat(&sub, child.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW) {

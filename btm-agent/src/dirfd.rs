@@ -1,0 +1,30 @@
+//! Directories by descriptor: what the cut's walk and replay share to never follow a symlink
+//! and never hand the kernel a path longer than one name.
+use std::os::fd::OwnedFd;
+
+use nix::{dir::Dir, errno::Errno, fcntl::OFlag, sys::stat::Mode};
+
+/// Opening a directory that must not be a symlink.
+pub const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+/// The names in a directory, without `.` and `..`.
+pub fn list(fd: &OwnedFd) -> Result<Vec<Vec<u8>>, Errno> {
+    let mut d = Dir::openat(
+        fd,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut names = Vec::new();
+    for ent in d.iter() {
+        let ent = ent?;
+        let n = ent.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(n.to_vec());
+        }
+    }
+    Ok(names)
+}
