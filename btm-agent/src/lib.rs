@@ -7,6 +7,7 @@
 
 pub mod cmd;
 pub mod config;
+pub mod conn;
 pub mod cut;
 pub mod dirfd;
 pub mod heights;

@@ -125,21 +125,18 @@ impl Metrics {
         std::thread::Builder::new()
             .name("btm-metrics".into())
             .spawn(move || {
-                // Each scrape on its own thread, so a slow or silent client holds up no one.
-                let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-                for conn in listener.incoming().flatten() {
-                    if active.load(Ordering::SeqCst) >= MAX_SCRAPES {
-                        continue; // dropped: the scraper retries
-                    }
-                    active.fetch_add(1, Ordering::SeqCst);
-                    let (m, active) = (self.clone(), active.clone());
-                    std::thread::spawn(move || {
-                        if let Err(e) = m.answer(conn) {
+                // Each scrape on its own thread, so a slow or silent client holds up no one;
+                // beyond MAX_SCRAPES a connection is dropped (the scraper retries).
+                crate::conn::each_on_its_thread(
+                    listener.incoming().flatten(),
+                    MAX_SCRAPES,
+                    drop,
+                    move |c| {
+                        if let Err(e) = self.answer(c) {
                             tracing::debug!("metrics request: {e}");
                         }
-                        active.fetch_sub(1, Ordering::SeqCst);
-                    });
-                }
+                    },
+                );
             })?;
         Ok(bound)
     }

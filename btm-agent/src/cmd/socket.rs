@@ -6,8 +6,8 @@ use std::{
     os::unix::net::{UnixListener, UnixStream},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        mpsc::{Receiver, SyncSender, sync_channel},
+        atomic::{AtomicBool, Ordering},
+        mpsc::{Receiver, sync_channel},
     },
     time::{Duration, Instant},
 };
@@ -43,28 +43,20 @@ impl Incoming {
 pub fn serve(listener: UnixListener, stop: Arc<AtomicBool>) -> Receiver<Incoming> {
     let (tx, rx) = sync_channel(MAX_READERS);
     std::thread::spawn(move || {
-        let active = Arc::new(AtomicUsize::new(0));
-        for conn in listener.incoming() {
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let Ok(stream) = conn else { continue };
-            if active.load(Ordering::SeqCst) >= MAX_READERS {
-                reject(
-                    stream,
-                    "busy: too many connections are sending requests; retry",
-                );
-                continue;
-            }
-            active.fetch_add(1, Ordering::SeqCst);
-            let (tx, active): (SyncSender<Incoming>, _) = (tx.clone(), active.clone());
-            std::thread::spawn(move || {
-                if let Some(inc) = read_request(stream) {
+        let conns = listener
+            .incoming()
+            .take_while(|_| !stop.load(Ordering::SeqCst))
+            .flatten();
+        crate::conn::each_on_its_thread(
+            conns,
+            MAX_READERS,
+            |s| reject(s, "busy: too many connections are sending requests; retry"),
+            move |s| {
+                if let Some(inc) = read_request(s) {
                     let _ = tx.send(inc);
                 }
-                active.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
+            },
+        );
     });
     rx
 }
