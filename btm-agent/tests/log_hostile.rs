@@ -191,17 +191,23 @@ fn existing_symlinks_in_the_target_are_not_followed() {
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 2);
 }
 
-/// A target that is itself a symlink (the node can plant one) is refused: replay would empty
-/// the directory it names.
-#[test]
-fn symlinked_target_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut log = Log::open_append(&tmp.path().join("log")).unwrap();
+/// A log in `dir/log` holding one empty height, 1.
+fn empty_height_one(dir: &Path) -> Log {
+    let mut log = Log::open_append(&dir.join("log")).unwrap();
     log.append(CutRecord {
         height: 1,
         ..Default::default()
     })
     .unwrap();
+    log
+}
+
+/// A target that is itself a symlink (the node can plant one) is refused: replay would empty
+/// the directory it names.
+#[test]
+fn symlinked_target_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = empty_height_one(tmp.path());
     let other = tmp.path().join("other");
     std::fs::create_dir(&other).unwrap();
     std::fs::write(other.join("precious"), b"keep").unwrap();
@@ -216,12 +222,7 @@ fn symlinked_target_is_refused() {
 #[test]
 fn log_inside_target_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut log = Log::open_append(&tmp.path().join("log")).unwrap();
-    log.append(CutRecord {
-        height: 1,
-        ..Default::default()
-    })
-    .unwrap();
+    let log = empty_height_one(tmp.path());
     let e = log.replay(1, tmp.path(), &opts()).unwrap_err();
     assert!(e.to_string().contains("inside the target"), "{e}");
     assert!(tmp.path().join("log/seg-00000001.btm").exists());

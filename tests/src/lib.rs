@@ -257,6 +257,17 @@ pub fn wait_listening(p: &mut Running, socket: &Path, log: impl Fn() -> String) 
 /// Starts `btm-agent run --mode ebpf` on `vol` with `extra` flags and waits until it listens;
 /// its stderr goes to `<log>.agent.log` and is shown if it exits first.
 pub fn start_agent(vol: &Path, log: &Path, sock: &Path, extra: &[&str]) -> Running {
+    start_agent_env(vol, log, sock, extra, &[])
+}
+
+/// [`start_agent`] with more environment variables (test hooks).
+pub fn start_agent_env(
+    vol: &Path,
+    log: &Path,
+    sock: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Running {
     let agent_log = log.with_extension("agent.log");
     let mut agent = Running::new(
         Command::new(agent_bin())
@@ -269,6 +280,7 @@ pub fn start_agent(vol: &Path, log: &Path, sock: &Path, extra: &[&str]) -> Runni
             .args(extra)
             // A failing offsite remote is retried quickly (the tests' stores are on loopback).
             .env("BTM_REMOTE_RETRY_SECS", "2")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&agent_log).unwrap())
             .spawn()
@@ -278,6 +290,14 @@ pub fn start_agent(vol: &Path, log: &Path, sock: &Path, extra: &[&str]) -> Runni
         std::fs::read_to_string(&agent_log).unwrap_or_default()
     });
     agent
+}
+
+/// A scratch work directory (logs, replays) on the real disk, removed when dropped.
+pub fn workdir(prefix: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(scratch())
+        .unwrap()
 }
 
 /// A tracked loop volume with a cutter writing a log in a scratch work directory: what the
@@ -297,10 +317,7 @@ pub fn cutting(fstype: &str, size_mb: u64, prefix: &str) -> Cutting {
         volume::Mount,
     };
     let vol = LoopFs::new(fstype, size_mb).expect("loop fs");
-    let work = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in(scratch())
-        .unwrap();
+    let work = workdir(prefix);
     let logdir = work.path().join("log");
     std::fs::create_dir(&logdir).unwrap();
     let mount = Mount::at(&vol.mnt).unwrap();

@@ -8,7 +8,7 @@ use std::{
 };
 
 use btm_agent::volume::Frozen;
-use btm_tests::{LoopFs, Running, agent_bin, can_run, scratch, wait_listening};
+use btm_tests::{LoopFs, agent_bin, can_run, start_agent_env, workdir};
 
 /// Writes a file on `dir` in a thread; the receiver gets a message once the write returned.
 fn write_in_background(dir: &std::path::Path) -> mpsc::Receiver<()> {
@@ -27,29 +27,16 @@ fn an_agent_killed_while_the_volume_is_frozen_leaves_it_thawed() {
         return;
     }
     let vol = LoopFs::new("ext4", 256).unwrap();
-    let work = tempfile::Builder::new()
-        .prefix("btm-guard-")
-        .tempdir_in(scratch())
-        .unwrap();
+    let work = workdir("btm-guard-");
     let (log, sock) = (work.path().join("log"), work.path().join("agent.sock"));
-    let err = work.path().join("agent.err");
-    let child = Command::new(agent_bin())
-        .args(["run", "--mode", "ebpf", "--volume"])
-        .arg(&vol.mnt)
-        .arg("--log")
-        .arg(&log)
-        .arg("--socket")
-        .arg(&sock)
-        // Stay frozen long enough to be killed there.
-        .env("BTM_TEST_HOLD_FROZEN_MS", "8000")
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&err).unwrap())
-        .spawn()
-        .unwrap();
-    let mut agent = Running::new(child);
-    wait_listening(&mut agent, &sock, || {
-        fs::read_to_string(&err).unwrap_or_default()
-    });
+    // Stay frozen long enough to be killed there.
+    let mut agent = start_agent_env(
+        &vol.mnt,
+        &log,
+        &sock,
+        &[],
+        &[("BTM_TEST_HOLD_FROZEN_MS", "8000")],
+    );
     fs::write(vol.path("block-1"), vec![7u8; 100_000]).unwrap();
     let mut cut = Command::new(agent_bin())
         .args(["snapshot", "--height", "1", "--socket"])

@@ -3,7 +3,7 @@
 use std::{fs, os::unix::fs::PermissionsExt, path::Path, process::Command};
 
 use btm_agent::volume::{LOCK_DIR, Mount};
-use btm_tests::{LoopFs, agent_bin, can_run, scratch, start_agent};
+use btm_tests::{LoopFs, agent_bin, can_run, start_agent, workdir};
 
 /// `flock -s -n FILE true` as uid/gid 65534: true when that user got the lock.
 fn squat(file: &Path) -> bool {
@@ -29,10 +29,7 @@ fn other_users_cannot_hold_the_agents_locks() {
         return;
     }
     let vol = LoopFs::new("ext4", 256).unwrap();
-    let work = tempfile::Builder::new()
-        .prefix("btm-squat-")
-        .tempdir_in(scratch())
-        .unwrap();
+    let work = workdir("btm-squat-");
     // Everything on the way is reachable by the other user: only the files' modes protect.
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let (log, sock) = (work.path().join("log"), work.path().join("agent.sock"));

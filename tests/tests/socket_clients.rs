@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use btm_tests::{LoopFs, agent_bin, can_run, log_heights, scratch, start_agent};
+use btm_tests::{LoopFs, agent_bin, can_run, log_heights, start_agent, workdir};
 
 fn snapshot(sock: &std::path::Path, h: u64) -> std::process::Output {
     Command::new(agent_bin())
@@ -28,10 +28,7 @@ fn slow_and_huge_clients_do_not_hold_up_heights() {
         return;
     }
     let vol = LoopFs::new("ext4", 256).unwrap();
-    let work = tempfile::Builder::new()
-        .prefix("btm-clients-")
-        .tempdir_in(scratch())
-        .unwrap();
+    let work = workdir("btm-clients-");
     let (log, sock) = (work.path().join("log"), work.path().join("agent.sock"));
     let mut agent = start_agent(&vol.mnt, &log, &sock, &[]);
 
