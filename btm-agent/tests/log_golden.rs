@@ -128,7 +128,7 @@ fn write_fixture() {
         ..Default::default()
     };
     let mut log = Log::open_append_with(&dir, small).unwrap();
-    let mut rng = Rng(0x901d_e11);
+    let mut rng = Rng(0x0901_de11);
     let mut model = Model::new();
     let mut lines = vec!["# height record-hash tree-digest".to_string()];
     let tmp = tempfile::tempdir().unwrap();
