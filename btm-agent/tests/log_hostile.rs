@@ -321,7 +321,8 @@ fn flipped_metadata_byte_is_found_at_open() {
     };
     let seg = b.dir.path().join("seg-00000001.btm");
     // A byte inside the metadata block of the third record (height 30).
-    flip(&seg, rec_off + 128 + 10);
+    let meta_at = rec_off + meta_start(&seg, rec_off);
+    flip(&seg, meta_at + 10);
     let e = Log::open_read(b.dir.path()).err().expect("open must fail");
     let msg = e.to_string();
     assert!(matches!(e, LogError::Corrupt { .. }), "{msg}");
@@ -330,7 +331,7 @@ fn flipped_metadata_byte_is_found_at_open() {
         Log::open_append(b.dir.path()).is_err(),
         "the appender must not cut acknowledged records"
     );
-    flip(&seg, rec_off + 128 + 10);
+    flip(&seg, meta_at + 10);
     // A byte inside its header.
     flip(&seg, rec_off + 20);
     assert!(Log::open_read(b.dir.path()).is_err());
@@ -365,4 +366,22 @@ fn damaged_last_record_is_a_torn_tail() {
     assert_eq!(log.last_height(), Some(40));
     assert_eq!(log.torn_tail().map(|t| t.offset), Some(last_off));
     log.verify().unwrap();
+}
+
+/// Where the metadata block of the record at `rec` starts, from its header (docs/FORMAT.md):
+/// right after the header in version 1, after the payload section in version 2.
+fn meta_start(seg: &std::path::Path, rec: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mut h = [0u8; 128];
+    std::fs::File::open(seg)
+        .unwrap()
+        .read_exact_at(&mut h, rec)
+        .unwrap();
+    let version = u16::from_le_bytes(h[8..10].try_into().unwrap());
+    let payload_len = u64::from_le_bytes(h[40..48].try_into().unwrap());
+    match version {
+        1 => 128,
+        2 => 128 + payload_len,
+        v => panic!("unknown record version {v}"),
+    }
 }

@@ -16,14 +16,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::format::{
-    Codec, Meta, MetaExtent, PayloadRef, REC_HEADER_LEN, RecHeader, SEG_HEADER_LEN, SegHeader,
-    Trailer,
-};
+use super::append::compress_all;
+use super::format::{Codec, Meta, MetaExtent, PayloadRef, SEG_HEADER_LEN, SegHeader};
 use super::record::{FileId, NsOp, parent_of};
 use super::replay::PayloadSource;
 use super::state::{FileState, TreeState};
-use super::{Log, LogError, compress_all, fsync_dir, seg_name};
+use super::writer::{RecordWriter, SegmentIo};
+use super::{Log, LogError, fsync_dir, seg_name};
 
 /// Heights removed by retention, one decimal height per line.
 pub const DROPPED_FILE: &str = "dropped";
@@ -206,16 +205,6 @@ enum Row {
     },
 }
 
-/// What goes into a new record's payload section.
-enum Own {
-    Copy(PayloadRef),
-    Fresh {
-        raw: Vec<u8>,
-        table: Vec<u8>,
-        zstd: Option<Vec<u8>>,
-    },
-}
-
 /// Writes the new segments into `compact.new`.
 struct Writer<'a> {
     log: &'a Log,
@@ -258,168 +247,73 @@ impl Writer<'_> {
         {
             self.new_segment()?;
         }
-        let seg_no = self.files.last().expect("segment").0;
-        // Own payloads in order of first use; rows point at them by index.
-        let mut own: Vec<Own> = Vec::new();
-        let mut own_of: HashMap<(u64, u64), usize> = HashMap::new();
-        enum Slot {
-            Zero(u64),
-            Fixed(PayloadRef),
-            Own(usize),
-        }
-        let mut slots = Vec::with_capacity(rows.len());
-        let mut fresh_raw = Vec::new();
-        for r in rows {
-            let (id, offset, slot) = match r {
-                Row::Zero { id, offset, len } => (id, offset, Slot::Zero(len)),
-                Row::Ref { id, offset, p } => {
-                    let slot = if p.seg < self.first_seg {
-                        Slot::Fixed(p)
-                    } else if let Some(n) = self.moved.get(&(p.seg, p.offset)) {
-                        Slot::Fixed(*n)
-                    } else {
-                        let n = *own_of.entry((p.seg, p.offset)).or_insert_with(|| {
-                            own.push(Own::Copy(p));
-                            own.len() - 1
-                        });
-                        Slot::Own(n)
-                    };
-                    (id, offset, slot)
-                }
-                Row::Fresh { id, offset, raw } => {
-                    fresh_raw.push((own.len(), raw));
-                    own.push(Own::Fresh {
-                        raw: Vec::new(),
-                        table: Vec::new(),
-                        zstd: None,
-                    });
-                    (id, offset, Slot::Own(own.len() - 1))
-                }
-            };
-            slots.push((id, offset, slot));
-        }
-        if !fresh_raw.is_empty() {
-            let hashed: Vec<(&[u8], [u8; 32])> = fresh_raw
-                .iter()
-                .map(|(_, r)| (r.as_slice(), *blake3::hash(r).as_bytes()))
-                .collect();
-            let stored = compress_all(
-                &hashed,
-                self.log.opts.zstd_level,
-                self.log.opts.compress_threads,
-            )
-            .map_err(|e| LogError::io(&self.tmp, e))?;
-            for ((n, raw), (table, zstd)) in fresh_raw.into_iter().zip(stored) {
-                own[n] = Own::Fresh { raw, table, zstd };
-            }
-        }
-        let meta_of = |refs: &[PayloadRef]| Meta {
-            ops: ops.clone(),
-            extents: slots
-                .iter()
-                .map(|(id, offset, s)| match s {
-                    Slot::Zero(len) => MetaExtent::Zero {
-                        id: *id,
-                        offset: *offset,
-                        len: *len,
-                    },
-                    Slot::Fixed(p) => MetaExtent::Data {
-                        id: *id,
-                        offset: *offset,
-                        payload: *p,
-                    },
-                    Slot::Own(n) => MetaExtent::Data {
-                        id: *id,
-                        offset: *offset,
-                        payload: refs.get(*n).copied().unwrap_or(PayloadRef::PLACEHOLDER),
-                    },
-                })
-                .collect(),
-        };
-        let start = self.len;
-        let meta_len = meta_of(&[]).encoded_len() as u64;
-        let mut at = start + REC_HEADER_LEN + meta_len;
-        let mut refs = Vec::with_capacity(own.len());
-        for o in &own {
-            let r = match o {
-                Own::Copy(p) => PayloadRef {
-                    seg: seg_no,
-                    offset: at,
-                    ..*p
-                },
-                Own::Fresh { raw, table, zstd } => PayloadRef {
-                    seg: seg_no,
-                    offset: at,
-                    stored_len: (table.len() + zstd.as_ref().map_or(raw.len(), Vec::len)) as u64,
-                    raw_len: raw.len() as u64,
-                    codec: if zstd.is_some() {
-                        Codec::Zstd
-                    } else {
-                        Codec::Raw
-                    },
-                    hash: *blake3::hash(raw).as_bytes(),
-                },
-            };
-            at += r.stored_len;
-            refs.push(r);
-        }
-        let meta = meta_of(&refs).encode();
-        debug_assert_eq!(meta.len() as u64, meta_len);
-        let header = RecHeader {
-            height,
-            time_unix_ms,
-            meta_len,
-            payload_len: at - (start + REC_HEADER_LEN + meta_len),
-            prev_hash: self.prev_hash,
-            meta_hash: *blake3::hash(&meta).as_bytes(),
-        };
-        let (_, file) = self.files.last().expect("segment");
+        let (seg_no, file) = self.files.last().expect("segment");
+        let seg_no = *seg_no;
         let path = self.tmp.join(seg_name(seg_no));
-        let io = |e| LogError::io(&path, e);
-        let mut hasher = blake3::Hasher::new();
-        let mut pos = start;
-        let mut put = |b: &[u8], hasher: &mut blake3::Hasher| -> Result<(), LogError> {
-            hasher.update(b);
-            file.write_all_at(b, pos).map_err(io)?;
-            pos += b.len() as u64;
-            Ok(())
-        };
-        put(&header.encode(), &mut hasher)?;
-        put(&meta, &mut hasher)?;
-        for (o, r) in own.iter().zip(&refs) {
-            match o {
-                Own::Copy(p) => {
-                    let seg = self.log.segment(p.seg).expect("checked at open");
-                    let mut b = vec![0u8; p.stored_len as usize];
-                    seg.file
-                        .read_exact_at(&mut b, p.offset)
-                        .map_err(|e| LogError::io(&seg.path, e))?;
-                    // Never carry damage into the new log.
-                    super::check_payload(p, &b).map_err(|what| LogError::Corrupt {
-                        segment: seg.path.clone(),
-                        offset: p.offset,
-                        height: None,
-                        what: format!("payload copied by compaction: {what}"),
-                    })?;
-                    put(&b, &mut hasher)?;
-                    self.moved.insert((p.seg, p.offset), *r);
-                    self.rep.copied_payloads += 1;
+        let io = SegmentIo::new(file, &path, self.log.fail_beyond())?;
+        let mut w = RecordWriter::new(io, seg_no, self.len);
+        let fresh: Vec<&[u8]> = rows
+            .iter()
+            .filter_map(|r| match r {
+                Row::Fresh { raw, .. } => Some(raw.as_slice()),
+                _ => None,
+            })
+            .collect();
+        let opts = &self.log.opts;
+        let mut stored = compress_all(&fresh, opts.zstd_level, opts.compress_threads)
+            .map_err(|e| LogError::io(&self.tmp, e))?
+            .into_iter();
+        let mut extents = Vec::with_capacity(rows.len());
+        for r in rows {
+            let (id, offset, payload) = match r {
+                Row::Zero { id, offset, len } => {
+                    extents.push(MetaExtent::Zero { id, offset, len });
+                    continue;
                 }
-                Own::Fresh { raw, table, zstd } => {
-                    put(table, &mut hasher)?;
-                    put(zstd.as_deref().unwrap_or(raw), &mut hasher)?;
+                Row::Ref { id, offset, p } if p.seg < self.first_seg => (id, offset, p),
+                Row::Ref { id, offset, p } => match self.moved.get(&(p.seg, p.offset)) {
+                    Some(n) => (id, offset, *n),
+                    None => {
+                        let seg = self.log.segment(p.seg).expect("checked at open");
+                        let mut b = vec![0u8; p.stored_len as usize];
+                        seg.file
+                            .read_exact_at(&mut b, p.offset)
+                            .map_err(|e| LogError::io(&seg.path, e))?;
+                        // Never carry damage into the new log.
+                        super::check_payload(&p, &b).map_err(|what| LogError::Corrupt {
+                            segment: seg.path.clone(),
+                            offset: p.offset,
+                            height: None,
+                            what: format!("payload copied by compaction: {what}"),
+                        })?;
+                        let n = w.copied(&b, &p)?;
+                        self.moved.insert((p.seg, p.offset), n);
+                        self.rep.copied_payloads += 1;
+                        (id, offset, n)
+                    }
+                },
+                Row::Fresh { id, offset, raw } => {
+                    let (table, zstd) = stored.next().expect("one per fresh row");
+                    let (codec, body) = match &zstd {
+                        Some(c) => (Codec::Zstd, c.as_slice()),
+                        None => (Codec::Raw, raw.as_slice()),
+                    };
+                    let hash = *blake3::hash(&raw).as_bytes();
+                    let n = w.payload(&table, body, raw.len() as u64, codec, hash)?;
                     self.rep.sliced_payloads += 1;
+                    (id, offset, n)
                 }
-            }
+            };
+            extents.push(MetaExtent::Data {
+                id,
+                offset,
+                payload,
+            });
         }
-        let hash = *hasher.finalize().as_bytes();
-        let record_len = header.record_len().expect("fits");
-        file.write_all_at(
-            &Trailer { record_len, hash }.encode(),
-            start + record_len - super::TRAILER_LEN,
-        )
-        .map_err(|e| LogError::io(&path, e))?;
-        self.len = start + record_len;
+        let meta = Meta { ops, extents }.encode();
+        let start = self.len;
+        let (header, hash) = w.finish(height, time_unix_ms, self.prev_hash, &meta)?;
+        self.len = start + header.record_len().expect("fits");
         self.prev_hash = hash;
         test_pause();
         Ok(())

@@ -3,8 +3,18 @@
 
 use super::record::{Entry, FileId, NsOp, check_path, check_symlink_target};
 
-/// The format version written into every segment header and record header.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version written into every new segment header and record header.
+///
+/// Version 2 puts a record's payloads before its metadata (header, payloads, metadata, trailer),
+/// so a writer streams payloads to their final offsets before it knows how many extents the
+/// record has; version 1 put the metadata first. Both are read.
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest format version this code still reads.
+pub const OLDEST_FORMAT_VERSION: u16 = 1;
+
+fn known_version(v: u16) -> bool {
+    (OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&v)
+}
 
 pub const SEG_MAGIC: [u8; 8] = *b"btm.seg\n";
 pub const REC_MAGIC: [u8; 8] = *b"btm.rec\n";
@@ -177,7 +187,7 @@ impl SegHeader {
             return Err(HeaderError::Garbage("segment header check mismatch"));
         }
         let version = u16_at(b, 8);
-        if version != FORMAT_VERSION {
+        if !known_version(version) {
             return Err(HeaderError::Version(version));
         }
         if u16_at(b, 10) as u64 != SEG_HEADER_LEN || u32_at(b, 12) != 0 {
@@ -192,6 +202,8 @@ impl SegHeader {
 /// Record header (128 bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecHeader {
+    /// The record's layout: 1 (metadata before payloads) or 2 (payloads before metadata).
+    pub version: u16,
     pub height: u64,
     pub time_unix_ms: u64,
     pub meta_len: u64,
@@ -213,13 +225,24 @@ impl RecHeader {
 
     /// Offset of the payload section from the start of the record.
     pub fn payload_start(&self) -> u64 {
-        REC_HEADER_LEN + self.meta_len
+        match self.version {
+            1 => REC_HEADER_LEN + self.meta_len,
+            _ => REC_HEADER_LEN,
+        }
+    }
+
+    /// Offset of the metadata block from the start of the record.
+    pub fn meta_start(&self) -> u64 {
+        match self.version {
+            1 => REC_HEADER_LEN,
+            _ => REC_HEADER_LEN + self.payload_len,
+        }
     }
 
     pub fn encode(&self) -> [u8; REC_HEADER_LEN as usize] {
         let mut b = [0u8; REC_HEADER_LEN as usize];
         b[0..8].copy_from_slice(&REC_MAGIC);
-        b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[8..10].copy_from_slice(&self.version.to_le_bytes());
         b[10..12].copy_from_slice(&(REC_HEADER_LEN as u16).to_le_bytes());
         // 12..16 flags: 0
         b[16..24].copy_from_slice(&self.height.to_le_bytes());
@@ -245,7 +268,7 @@ impl RecHeader {
             return Err(HeaderError::Garbage("record header check mismatch"));
         }
         let version = u16_at(b, 8);
-        if version != FORMAT_VERSION {
+        if !known_version(version) {
             return Err(HeaderError::Version(version));
         }
         if u16_at(b, 10) as u64 != REC_HEADER_LEN || u32_at(b, 12) != 0 || u64_at(b, 112) != 0 {
@@ -254,6 +277,7 @@ impl RecHeader {
             ));
         }
         let h = RecHeader {
+            version,
             height: u64_at(b, 16),
             time_unix_ms: u64_at(b, 24),
             meta_len: u64_at(b, 32),
@@ -272,8 +296,67 @@ impl RecHeader {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Trailer {
     pub record_len: u64,
-    /// blake3(header ‖ metadata ‖ payload section).
+    /// The record hash (see [`RecordHash`]).
     pub hash: [u8; 32],
+}
+
+/// The record hash, fed in the same order for every version: header, metadata, then the
+/// payload section's bytes in file order.
+///
+/// Version 1: blake3(header ‖ metadata ‖ payload section). Version 2: blake3(header ‖
+/// blake3(payload section)); the metadata is covered by the header's `meta_hash`. A version-2
+/// writer hashes payloads as it streams them, before the header exists.
+pub enum RecordHash {
+    V1(blake3::Hasher),
+    V2 {
+        header: [u8; REC_HEADER_LEN as usize],
+        payloads: blake3::Hasher,
+    },
+}
+
+impl RecordHash {
+    pub fn new(header: &RecHeader) -> RecordHash {
+        let encoded = header.encode();
+        match header.version {
+            1 => {
+                let mut h = blake3::Hasher::new();
+                h.update(&encoded);
+                RecordHash::V1(h)
+            }
+            _ => RecordHash::V2 {
+                header: encoded,
+                payloads: blake3::Hasher::new(),
+            },
+        }
+    }
+
+    pub fn meta(&mut self, meta: &[u8]) {
+        if let RecordHash::V1(h) = self {
+            h.update(meta);
+        }
+    }
+
+    pub fn payload(&mut self, bytes: &[u8]) {
+        match self {
+            RecordHash::V1(h) => h.update(bytes),
+            RecordHash::V2 { payloads, .. } => payloads.update(bytes),
+        };
+    }
+
+    pub fn finish(self) -> [u8; 32] {
+        match self {
+            RecordHash::V1(h) => *h.finalize().as_bytes(),
+            RecordHash::V2 { header, payloads } => v2_hash(&header, payloads.finalize().as_bytes()),
+        }
+    }
+}
+
+/// A version-2 record hash from its encoded header and the blake3 of its payload section.
+pub fn v2_hash(header: &[u8; REC_HEADER_LEN as usize], payloads: &[u8; 32]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(header);
+    h.update(payloads);
+    *h.finalize().as_bytes()
 }
 
 impl Trailer {
@@ -607,6 +690,7 @@ mod tests {
         let s = SegHeader { seg: 7 };
         assert_eq!(SegHeader::decode(&s.encode()).unwrap(), s);
         let h = RecHeader {
+            version: FORMAT_VERSION,
             height: 42,
             time_unix_ms: 1_700_000_000_000,
             meta_len: 99,

@@ -26,6 +26,7 @@
 //! replay reaches every entry through `openat(O_NOFOLLOW)` chains from the target directory, so a
 //! hostile log cannot make it write outside the target.
 
+mod append;
 mod compact;
 mod error;
 mod format;
@@ -35,6 +36,7 @@ mod state;
 mod truncate;
 mod unchanged;
 mod verify;
+mod writer;
 
 #[cfg(test)]
 pub(crate) mod tests;
@@ -44,6 +46,7 @@ use std::fs::{self, File, OpenOptions, TryLockError};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+pub use append::Draft;
 pub use compact::{CompactReport, DROPPED_FILE, record_dropped};
 pub use error::LogError;
 pub use format::{Codec, FORMAT_VERSION, PayloadRef};
@@ -57,7 +60,7 @@ pub use verify::VerifyReport;
 
 use format::{
     HeaderError, MetaError, REC_HEADER_LEN, REC_MAGIC, RecHeader, SEG_HEADER_LEN, SegHeader,
-    TRAILER_LEN, Trailer, split_range,
+    TRAILER_LEN, Trailer,
 };
 pub(crate) use format::{Meta, MetaExtent, table_len};
 pub(crate) use record::cmp_components;
@@ -76,6 +79,9 @@ pub struct LogOptions {
     /// Leave out whole 4 KiB blocks that already hold the same bytes at the last height
     /// (`unchanged.rs`): cuts that capture more than changed store only what did.
     pub drop_unchanged: bool,
+    /// Raw bytes an append gathers before it compresses and writes them: the bound on the
+    /// memory a height takes, whatever its size.
+    pub batch_bytes: usize,
 }
 
 impl Default for LogOptions {
@@ -86,6 +92,7 @@ impl Default for LogOptions {
             chunk_size: 1 << 20,
             compress_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             drop_unchanged: true,
+            batch_bytes: 64 << 20,
         }
     }
 }
@@ -615,7 +622,7 @@ impl Log {
         }
         let mut mb = vec![0u8; header.meta_len as usize];
         seg.file
-            .read_exact_at(&mut mb, p + REC_HEADER_LEN)
+            .read_exact_at(&mut mb, p + header.meta_start())
             .map_err(io)?;
         if *blake3::hash(&mb).as_bytes() != header.meta_hash {
             return Err(anomaly(
@@ -642,25 +649,18 @@ impl Log {
         };
         // The writer checks the whole last record before building on it: a crash (power loss)
         // may have left the trailer durable but not every payload block.
-        if self.writable && last_seg && end == flen {
-            let mut hasher = blake3::Hasher::new();
-            let mut buf = vec![0u8; (1 << 20).min(len as usize)];
-            let mut at = p;
-            while at < end - TRAILER_LEN {
-                let n = buf.len().min((end - TRAILER_LEN - at) as usize);
-                seg.file.read_exact_at(&mut buf[..n], at).map_err(io)?;
-                hasher.update(&buf[..n]);
-                at += n as u64;
-            }
-            if *hasher.finalize().as_bytes() != trailer.hash {
-                return Err(anomaly(
-                    format!(
-                        "checksum mismatch in the record of height {}",
-                        header.height
-                    ),
-                    end,
-                ));
-            }
+        if self.writable
+            && last_seg
+            && end == flen
+            && hash_on_disk(&seg.file, p, &header, &mb).map_err(io)? != trailer.hash
+        {
+            return Err(anomaly(
+                format!(
+                    "checksum mismatch in the record of height {}",
+                    header.height
+                ),
+                end,
+            ));
         }
         let corrupt = |what: String| {
             RecErr::Fatal(LogError::Corrupt {
@@ -760,14 +760,17 @@ impl Log {
         }
         own.sort_unstable();
         own.dedup();
+        // Version 1 payloads tile the section; a version-2 writer may leave payloads of files
+        // that vanished during the cut unused in it.
+        let gaps = rec.header.version >= 2;
         let mut at = ps;
         for (o, l) in own {
-            if o != at {
+            if o < at || (o > at && !gaps) {
                 return Err(format!("payloads overlap or leave a gap at offset {at}"));
             }
             at = o + l;
         }
-        if at != pe {
+        if at != pe && !gaps {
             return Err(format!(
                 "payload section has {} bytes no extent uses",
                 pe - at
@@ -816,7 +819,7 @@ impl Log {
         let seg = &self.segments[r.seg_idx];
         let mut mb = vec![0u8; r.header.meta_len as usize];
         seg.file
-            .read_exact_at(&mut mb, r.offset + REC_HEADER_LEN)
+            .read_exact_at(&mut mb, r.offset + r.header.meta_start())
             .map_err(|e| LogError::io(&seg.path, e))?;
         let corrupt = |what: String| LogError::Corrupt {
             segment: seg.path.clone(),
@@ -988,475 +991,93 @@ impl Log {
         verify::verify(self)
     }
 
-    // ---- appending --------------------------------------------------------------------------
+    // ---- appending (see append.rs) -------------------------------------------------------
 
-    /// zstd-compress + blake3 each extent, dedup identical payloads already in the log by
-    /// blake3, append one record, fsync (file and, for new segment files, the directory), and
-    /// only then return. On any error the log is left exactly as before.
-    pub fn append(&mut self, record: CutRecord) -> Result<HeightInfo, LogError> {
-        if !self.writable {
-            return Err(LogError::ReadOnly {
-                dir: self.dir.clone(),
-            });
-        }
-        if let Some(reason) = &self.poisoned {
-            return Err(LogError::Poisoned {
-                dir: self.dir.clone(),
-                reason: reason.clone(),
-            });
-        }
-        let CutRecord {
-            height,
-            time_unix_ms,
-            ops,
-            extents,
-        } = record;
-        if let Some(last) = self.last_height()
-            && height <= last
-        {
-            return Err(LogError::HeightNotIncreasing { last, got: height });
-        }
-        #[cfg(test)]
-        let check = !self.skip_checks;
-        #[cfg(not(test))]
-        let check = true;
-        // Cheap checks first.
-        for op in ops.iter().filter(|_| check) {
-            let (path, target) = match op {
-                NsOp::Put { path, entry } => (
+    /// Creates segment `seg_no` (header, fsync, directory fsync) and makes it the last one.
+    fn create_segment(&mut self, seg_no: u64) -> Result<(), LogError> {
+        let path = self.dir.join(seg_name(seg_no));
+        let created = (|| -> Result<File, LogError> {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| LogError::io(&path, e))?;
+            let io = writer::SegmentIo::new(&file, &path, self.fail_beyond())?;
+            io.write_at(&SegHeader { seg: seg_no }.encode(), 0)?;
+            file.sync_all().map_err(|e| LogError::io(&path, e))?;
+            fsync_dir(&self.dir)?;
+            Ok(file)
+        })();
+        match created {
+            Ok(file) => {
+                self.segments.push(Segment {
+                    no: seg_no,
                     path,
-                    match entry {
-                        Entry::Symlink { target, .. } => Some(target),
-                        _ => None,
-                    },
-                ),
-                NsOp::Remove { path } => (path, None),
-                NsOp::SetSize { .. } => continue,
-            };
-            let bad = check_path(path)
-                .err()
-                .or_else(|| target.and_then(|t| check_symlink_target(t).err()));
-            if let Some(why) = bad {
-                return Err(LogError::UnsafePath {
-                    height,
-                    path: display_path(path),
-                    reason: why.to_string(),
+                    file,
+                    len: SEG_HEADER_LEN,
                 });
+                Ok(())
             }
-        }
-
-        // The state this record builds on: its checks, and the blocks it already holds.
-        if self.tip.is_none() {
-            self.tip = Some(if check {
-                self.fold_to(self.records.len())?
-            } else {
-                TreeState::default()
-            });
-        }
-        let tip_ref = self.tip.as_ref().expect("tip");
-        let unchanged = (check && self.opts.drop_unchanged)
-            .then(|| unchanged::Unchanged::new(self, tip_ref, &ops, &extents));
-
-        // Cut data into chunks (leaving out blocks the tip already holds), hash, dedup, compress.
-        enum Row {
-            Zero {
-                id: FileId,
-                offset: u64,
-                len: u64,
-            },
-            Old {
-                id: FileId,
-                offset: u64,
-                p: PayloadRef,
-            },
-            New {
-                id: FileId,
-                offset: u64,
-                n: usize,
-            },
-        }
-        let mut rows = Vec::new();
-        let mut fresh: Vec<(&[u8], [u8; 32])> = Vec::new();
-        let mut fresh_by_hash: HashMap<[u8; 32], usize> = HashMap::new();
-        for e in &extents {
-            match &e.bytes {
-                ExtentBytes::Zero(len) => {
-                    if *len > 0 {
-                        rows.push(Row::Zero {
-                            id: e.id,
-                            offset: e.offset,
-                            len: *len,
-                        });
-                    }
-                }
-                ExtentBytes::Data(d) => {
-                    if e.offset.checked_add(d.len() as u64).is_none() {
-                        return Err(LogError::InvalidRecord {
-                            height,
-                            reason: format!("extent of file id {} at {} overflows", e.id, e.offset),
-                        });
-                    }
-                    let chunk = self.opts.chunk_size.clamp(1, format::MAX_PAYLOAD_RAW);
-                    let runs = unchanged::data_runs(unchanged.as_ref(), e)?;
-                    let pieces = runs.iter().flat_map(|&(at, run)| {
-                        split_range(at, run.len(), chunk)
-                            .into_iter()
-                            .map(move |(offset, r)| (offset, &run[r]))
-                    });
-                    for (offset, raw) in pieces {
-                        let hash = *blake3::hash(raw).as_bytes();
-                        let row = if let Some(p) = self.dedup.get(&hash) {
-                            Row::Old {
-                                id: e.id,
-                                offset,
-                                p: *p,
-                            }
-                        } else {
-                            let n = *fresh_by_hash.entry(hash).or_insert_with(|| {
-                                fresh.push((raw, hash));
-                                fresh.len() - 1
-                            });
-                            Row::New {
-                                id: e.id,
-                                offset,
-                                n,
-                            }
-                        };
-                        rows.push(row);
-                    }
-                }
-            }
-        }
-        let stored = compress_all(&fresh, self.opts.zstd_level, self.opts.compress_threads)
-            .map_err(|e| LogError::io(&self.dir, e))?;
-
-        // Where the record goes.
-        let new_segment = match self.segments.last() {
-            None => true,
-            Some(s) => s.len >= self.opts.segment_size && s.len > SEG_HEADER_LEN,
-        };
-        let seg_no = if new_segment {
-            self.segments.last().map_or(1, |s| s.no + 1)
-        } else {
-            self.segments.last().expect("segment").no
-        };
-        let start = if new_segment {
-            SEG_HEADER_LEN
-        } else {
-            self.segments.last().expect("segment").len
-        };
-        let mut meta = Meta {
-            ops,
-            extents: rows
-                .iter()
-                .map(|r| match r {
-                    Row::Zero { id, offset, len } => MetaExtent::Zero {
-                        id: *id,
-                        offset: *offset,
-                        len: *len,
-                    },
-                    Row::Old { id, offset, .. } | Row::New { id, offset, .. } => MetaExtent::Data {
-                        id: *id,
-                        offset: *offset,
-                        payload: PayloadRef::PLACEHOLDER,
-                    },
-                })
-                .collect(),
-        };
-        let meta_len = meta.encoded_len() as u64;
-        let payload_start = start + REC_HEADER_LEN + meta_len;
-        let mut fresh_refs = Vec::with_capacity(fresh.len());
-        let mut at = payload_start;
-        for ((raw, hash), (table, s)) in fresh.iter().zip(&stored) {
-            let (codec, body) = match s {
-                Some(c) => (Codec::Zstd, c.len() as u64),
-                None => (Codec::Raw, raw.len() as u64),
-            };
-            let bytes = table.len() as u64 + body;
-            fresh_refs.push(PayloadRef {
-                seg: seg_no,
-                offset: at,
-                stored_len: bytes,
-                raw_len: raw.len() as u64,
-                codec,
-                hash: *hash,
-            });
-            at += bytes;
-        }
-        let payload_len = at - payload_start;
-        for (m, r) in meta.extents.iter_mut().zip(&rows) {
-            if let MetaExtent::Data { payload, .. } = m {
-                *payload = match r {
-                    Row::Old { p, .. } => *p,
-                    Row::New { n, .. } => fresh_refs[*n],
-                    Row::Zero { .. } => unreachable!(),
-                };
-            }
-        }
-        let meta_bytes = meta.encode();
-        debug_assert_eq!(meta_bytes.len() as u64, meta_len);
-
-        // Check the record against the state it builds on (parents exist, ids known, ...).
-        let tip = self.tip.as_mut().expect("tip");
-        if let Err(e) = tip.apply(height, &meta.ops, &meta.extents)
-            && check
-        {
-            self.tip = None; // partly applied: rebuild on the next append
-            return Err(e);
-        }
-
-        let header = RecHeader {
-            height,
-            time_unix_ms,
-            meta_len,
-            payload_len,
-            prev_hash: self.records.last().map_or([0; 32], |r| r.info.hash),
-            meta_hash: *blake3::hash(&meta_bytes).as_bytes(),
-        };
-        let record_len = header.record_len().expect("fits");
-        // Each payload is its block table, then its data.
-        let payloads: Vec<&[u8]> = fresh
-            .iter()
-            .zip(&stored)
-            .flat_map(|((raw, _), (table, s))| [table.as_slice(), s.as_deref().unwrap_or(raw)])
-            .collect();
-        let written =
-            self.write_record(new_segment, seg_no, start, &header, &meta_bytes, &payloads);
-        let hash = match written {
-            Ok(h) => h,
             Err(e) => {
-                self.tip = None;
-                return Err(e);
-            }
-        };
-
-        // Acknowledged: update the index (write_record pushed a new segment).
-        let seg_idx = self.segments.len() - 1;
-        self.segments[seg_idx].len = start + record_len;
-        let info = HeightInfo {
-            height,
-            time_unix_ms,
-            stored_bytes: record_len,
-            data_bytes: data_bytes(&meta),
-            files_changed: files_changed(&meta),
-            hash,
-        };
-        let rec = RecordLoc {
-            seg_no,
-            seg_idx,
-            offset: start,
-            header,
-            info: info.clone(),
-        };
-        self.index_record(rec, &meta);
-        Ok(info)
-    }
-
-    /// Writes one record (creating its segment first when `new_segment`), fsyncs, returns the
-    /// record hash. On error, undoes everything it did.
-    fn write_record(
-        &mut self,
-        new_segment: bool,
-        seg_no: u64,
-        start: u64,
-        header: &RecHeader,
-        meta: &[u8],
-        payloads: &[&[u8]],
-    ) -> Result<[u8; 32], LogError> {
-        if new_segment {
-            let path = self.dir.join(seg_name(seg_no));
-            let created = (|| -> Result<File, LogError> {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                    .map_err(|e| LogError::io(&path, e))?;
-                self.checked_write(&file, &path, &SegHeader { seg: seg_no }.encode(), 0)?;
-                file.sync_all().map_err(|e| LogError::io(&path, e))?;
-                fsync_dir(&self.dir)?;
-                Ok(file)
-            })();
-            match created {
-                Ok(file) => {
-                    self.segments.push(Segment {
-                        no: seg_no,
-                        path,
-                        file,
-                        len: SEG_HEADER_LEN,
-                    });
+                if path.exists() {
+                    let _ = fs::remove_file(&path);
+                    let _ = fsync_dir(&self.dir);
                 }
-                Err(e) => {
-                    if path.exists() {
-                        let _ = fs::remove_file(&path);
-                        let _ = fsync_dir(&self.dir);
-                    }
-                    return Err(e);
-                }
+                Err(e)
             }
         }
-        let result = self.write_and_sync(start, header, meta, payloads);
-        if let Err(e) = &result {
-            tracing::warn!(
-                "append of height {} failed ({e}); undoing it",
-                header.height
-            );
-            let seg = self.segments.last().expect("segment");
-            let undo = if new_segment {
-                fs::remove_file(&seg.path)
-                    .map_err(|e| LogError::io(&seg.path, e))
-                    .and_then(|()| fsync_dir(&self.dir))
-            } else {
-                seg.file
-                    .set_len(start)
-                    .and_then(|()| seg.file.sync_all())
-                    .map_err(|e| LogError::io(&seg.path, e))
-            };
-            if new_segment {
-                self.segments.pop();
-            }
-            if let Err(u) = undo {
-                self.poisoned = Some(u.to_string());
-            }
-        }
-        result
     }
 
-    fn write_and_sync(
-        &self,
-        start: u64,
-        header: &RecHeader,
-        meta: &[u8],
-        payloads: &[&[u8]],
-    ) -> Result<[u8; 32], LogError> {
+    /// Undoes a record that was not acknowledged: cuts the last segment back to `start`, or
+    /// removes it when the record created it. A failure here poisons the log.
+    fn undo_append(&mut self, new_segment: bool, start: u64) {
         let seg = self.segments.last().expect("segment");
-        let mut w = RecWriter {
-            log: self,
-            file: &seg.file,
-            path: &seg.path,
-            pos: start,
-            buf: Vec::with_capacity(WRITE_BUF),
-            hasher: blake3::Hasher::new(),
+        let undo = if new_segment {
+            fs::remove_file(&seg.path)
+                .map_err(|e| LogError::io(&seg.path, e))
+                .and_then(|()| fsync_dir(&self.dir))
+        } else {
+            seg.file
+                .set_len(start)
+                .and_then(|()| seg.file.sync_all())
+                .map_err(|e| LogError::io(&seg.path, e))
         };
-        w.put(&header.encode())?;
-        w.put(meta)?;
-        for p in payloads {
-            w.put(p)?;
+        if new_segment {
+            self.segments.pop();
         }
-        let hash = *w.hasher.finalize().as_bytes();
-        let record_len = header.record_len().expect("fits");
-        w.put_unhashed(&Trailer { record_len, hash }.encode())?;
-        w.flush()?;
-        debug_assert_eq!(w.pos, start + record_len);
-        seg.file
-            .sync_data()
-            .map_err(|e| LogError::io(&seg.path, e))?;
-        Ok(hash)
+        if let Err(u) = undo {
+            self.poisoned = Some(u.to_string());
+        }
     }
 
-    /// `write_all_at`, failing like a full disk when a test asked for it.
-    fn checked_write(
-        &self,
-        file: &File,
-        path: &Path,
-        bytes: &[u8],
-        at: u64,
-    ) -> Result<(), LogError> {
+    /// Tests: where writes start failing like a full disk.
+    fn fail_beyond(&self) -> Option<u64> {
         #[cfg(test)]
-        if let Some(limit) = self.fail_writes_beyond
-            && at + bytes.len() as u64 > limit
-        {
-            let n = limit.saturating_sub(at).min(bytes.len() as u64) as usize;
-            file.write_all_at(&bytes[..n], at)
-                .map_err(|e| LogError::io(path, e))?;
-            return Err(LogError::io(
-                path,
-                std::io::Error::from_raw_os_error(libc::ENOSPC),
-            ));
-        }
-        file.write_all_at(bytes, at)
-            .map_err(|e| LogError::io(path, e))
+        return self.fail_writes_beyond;
+        #[cfg(not(test))]
+        None
     }
 }
 
-const WRITE_BUF: usize = 4 << 20;
-
-struct RecWriter<'a> {
-    log: &'a Log,
-    file: &'a File,
-    path: &'a Path,
-    pos: u64,
-    buf: Vec<u8>,
-    hasher: blake3::Hasher,
+/// The record hash of the record at `p`, read back from the file (`meta` is its metadata).
+fn hash_on_disk(file: &File, p: u64, header: &RecHeader, meta: &[u8]) -> std::io::Result<[u8; 32]> {
+    let mut h = format::RecordHash::new(header);
+    h.meta(meta);
+    let mut buf = vec![0u8; (1 << 20).min(header.payload_len as usize)];
+    let (mut at, end) = (
+        p + header.payload_start(),
+        p + header.payload_start() + header.payload_len,
+    );
+    while at < end {
+        let n = buf.len().min((end - at) as usize);
+        file.read_exact_at(&mut buf[..n], at)?;
+        h.payload(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(h.finish())
 }
 
-impl RecWriter<'_> {
-    fn put(&mut self, b: &[u8]) -> Result<(), LogError> {
-        self.hasher.update(b);
-        self.put_unhashed(b)
-    }
-    fn put_unhashed(&mut self, b: &[u8]) -> Result<(), LogError> {
-        if b.len() >= WRITE_BUF / 2 {
-            // Large pieces go straight to the file, after what is buffered before them (it
-            // used to stay buffered when it fit beside `b`: a metadata block of 2 to 4 MiB was
-            // then written over the record header's place, and the header after it).
-            self.flush()?;
-            self.log.checked_write(self.file, self.path, b, self.pos)?;
-            self.pos += b.len() as u64;
-            return Ok(());
-        }
-        if self.buf.len() + b.len() > WRITE_BUF {
-            self.flush()?;
-        }
-        self.buf.extend_from_slice(b);
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<(), LogError> {
-        if !self.buf.is_empty() {
-            self.log
-                .checked_write(self.file, self.path, &self.buf, self.pos)?;
-            self.pos += self.buf.len() as u64;
-            self.buf.clear();
-        }
-        Ok(())
-    }
-}
-
-/// Block table and zstd compression of every payload, on `threads` threads. The compressed
-/// data is `None` where compression does not pay (the payload is then stored raw).
-type Stored = (Vec<u8>, Option<Vec<u8>>);
-
-fn compress_all(
-    raw: &[(&[u8], [u8; 32])],
-    level: i32,
-    threads: usize,
-) -> std::io::Result<Vec<Stored>> {
-    let one = |d: &[u8]| -> std::io::Result<Stored> {
-        let c = zstd::bulk::compress(d, level)?;
-        Ok((format::block_table(d), (c.len() < d.len()).then_some(c)))
-    };
-    let mut out: Vec<std::io::Result<Stored>> = Vec::with_capacity(raw.len());
-    let total: usize = raw.iter().map(|(d, _)| d.len()).sum();
-    if threads <= 1 || raw.len() < 2 || total < (256 << 10) {
-        out.extend(raw.iter().map(|(d, _)| one(d)));
-    } else {
-        out.resize_with(raw.len(), || Ok((Vec::new(), None)));
-        let per = raw.len().div_ceil(threads);
-        std::thread::scope(|s| {
-            for (inp, outp) in raw.chunks(per).zip(out.chunks_mut(per)) {
-                s.spawn(move || {
-                    for ((d, _), o) in inp.iter().zip(outp.iter_mut()) {
-                        *o = one(d);
-                    }
-                });
-            }
-        });
-    }
-    out.into_iter().collect()
-}
-
-/// Decodes stored payload bytes (block table, then data) and checks the data against the
-/// payload's blake3 and its block table.
 /// The log's own segments as replay's payload source.
 impl PayloadSource for Log {
     fn load_payload(&self, p: &PayloadRef) -> Result<Vec<u8>, Result<String, LogError>> {
@@ -1493,6 +1114,8 @@ impl PayloadSource for Log {
     }
 }
 
+/// Decodes stored payload bytes (block table, then data) and checks the data against the
+/// payload's blake3 and its block table.
 pub(crate) fn decode_payload(p: &PayloadRef, mut stored: Vec<u8>) -> Result<Vec<u8>, String> {
     let tl = format::table_len(p.raw_len) as usize;
     if stored.len() < tl {

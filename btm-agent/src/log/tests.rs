@@ -477,3 +477,140 @@ fn torn_dropped_line_does_not_join_the_next_height() {
     let got = super::compact::read_dropped(dir.path()).unwrap();
     assert_eq!(got.into_iter().collect::<Vec<_>>(), vec![5, 130]);
 }
+
+/// A height far larger than the draft's batch goes out in many batches, each written to its
+/// final place, and reads back exactly; deduplication still finds payloads across batches.
+#[test]
+fn a_draft_streams_in_bounded_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        chunk_size: 64 << 10,
+        batch_bytes: 256 << 10,
+        ..Default::default()
+    };
+    let mut log = Log::open_append_with(tmp.path(), opts).unwrap();
+    let data = noise(3, 4 << 20);
+    let mut d = log.begin(1).unwrap();
+    for (i, part) in data.chunks(100_000).enumerate() {
+        d.extent(ExtentData {
+            id: 1,
+            offset: (i * 100_000) as u64,
+            bytes: ExtentBytes::Data(part.to_vec()),
+        })
+        .unwrap();
+        assert!(
+            d.buffered_bytes() < (256 << 10) + 100_000,
+            "the batch is bounded"
+        );
+    }
+    // The same bytes again, as a second file: every piece is a borrowed payload.
+    for (i, part) in data.chunks(100_000).enumerate() {
+        d.extent(ExtentData {
+            id: 2,
+            offset: (i * 100_000) as u64,
+            bytes: ExtentBytes::Data(part.to_vec()),
+        })
+        .unwrap();
+    }
+    let size = data.len() as u64;
+    let info = d
+        .commit(
+            1,
+            vec![
+                file_op(b"a", 1),
+                file_op(b"b", 2),
+                NsOp::SetSize { id: 1, size },
+                NsOp::SetSize { id: 2, size },
+            ],
+        )
+        .unwrap();
+    assert!(info.stored_bytes < size + size / 8, "{info:?}: stored once");
+    drop(log);
+    let log = Log::open_read(tmp.path()).unwrap();
+    log.verify().unwrap();
+    let into = tmp.path().join("r");
+    log.replay(1, &into, &no_sync()).unwrap();
+    assert_eq!(fs::read(into.join("a")).unwrap(), data);
+    assert_eq!(fs::read(into.join("b")).unwrap(), data);
+}
+
+/// A draft dropped without commit (a cut that starts over) leaves no trace; one whose files
+/// vanished keeps their payloads unused, which verify and open accept.
+#[test]
+fn a_dropped_draft_is_undone_and_vanished_files_leave_unused_payloads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        batch_bytes: 64 << 10,
+        ..Default::default()
+    };
+    let mut log = Log::open_append_with(tmp.path(), opts).unwrap();
+    log.append(record(1, 1, noise(1, 10_000))).unwrap();
+    let before = listing(tmp.path());
+    {
+        let mut d = log.begin(2).unwrap();
+        d.extent(ExtentData {
+            id: 2,
+            offset: 0,
+            bytes: ExtentBytes::Data(noise(2, 500_000)),
+        })
+        .unwrap();
+    }
+    assert_eq!(listing(tmp.path()), before);
+    let mut d = log.begin(2).unwrap();
+    for id in [2, 3] {
+        d.extent(ExtentData {
+            id,
+            offset: 0,
+            bytes: ExtentBytes::Data(noise(id, 300_000)),
+        })
+        .unwrap();
+    }
+    d.retain_files(|id| id != 3);
+    d.commit(
+        2,
+        vec![
+            file_op(b"f2", 2),
+            NsOp::SetSize {
+                id: 2,
+                size: 300_000,
+            },
+        ],
+    )
+    .unwrap();
+    let rep = log.verify().unwrap();
+    assert_eq!(rep.records, 2);
+    drop(log);
+    let log = Log::open_append(tmp.path()).unwrap();
+    let into = tmp.path().join("r");
+    log.replay(2, &into, &no_sync()).unwrap();
+    assert_eq!(fs::read(into.join("f2")).unwrap(), noise(2, 300_000));
+    assert!(!into.join("f3").exists());
+}
+
+/// Compaction writes through the same writer and its fault seam: a full disk at any point
+/// leaves the log as it was.
+#[test]
+fn compaction_on_a_full_disk_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = || LogOptions {
+        chunk_size: 4096,
+        ..Default::default()
+    };
+    let mut log = Log::open_append_with(tmp.path(), opts()).unwrap();
+    for h in 1..=4 {
+        log.append(record(h, h % 2 + 1, noise(h, 30_000))).unwrap();
+    }
+    log.drop_heights(&[2]).unwrap();
+    let heights = |l: &Log| l.heights().iter().map(|h| h.hash).collect::<Vec<_>>();
+    let want = heights(&log);
+    drop(log);
+    for limit in [40, 1000, 20_000, 60_000] {
+        let mut l = Log::open_append_with(tmp.path(), opts()).unwrap();
+        l.fail_writes_beyond = Some(limit);
+        let e = l.compact().err().expect("the full disk fails compaction");
+        assert!(e.is_io_kind(std::io::ErrorKind::StorageFull), "{e}");
+        let reopened = Log::open_append_with(tmp.path(), opts()).unwrap();
+        assert_eq!(heights(&reopened), want, "limit {limit}");
+        reopened.verify().unwrap();
+    }
+}

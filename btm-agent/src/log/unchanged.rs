@@ -1,95 +1,127 @@
 //! Appending leaves out 4 KiB blocks that already hold exactly those bytes.
 //!
 //! A cut may capture more than changed: a write fault can make a whole large folio writable,
-//! so the tracker marks all of it (up to 2 MiB) although a process stored into one page. Before
-//! a record is chunked, every whole 4 KiB block of its data extents is compared with the state it
-//! builds on: through the block table of the payload the tip already has there (16-byte blake3
-//! prefixes, read from the log, never the payload), or, where the tip has a hole, with zeros.
-//! Equal blocks are dropped; what is left is exactly the bytes that differ, in runs.
+//! so the tracker marks all of it (up to 2 MiB) although a process stored into one page, and a
+//! full capture (after a restart) reads every file. Before data is chunked, every whole 4 KiB
+//! block is compared with the state the record builds on: through the block table of the
+//! payload the tip already has there (16-byte blake3 prefixes, read from the log, never the
+//! payload), or, where the tip has a hole, with zeros. Equal blocks are dropped; what is left
+//! is exactly the bytes that differ, in runs.
 //!
-//! Only what the fold guarantees is used: a block is compared only when it lies below every size
-//! the record's operations give its file (so it survives them unchanged) and when no two extents
-//! of the record for that file overlap (a later one could restore what an earlier one changed).
+//! Extents arrive one at a time (see [`super::append`]), so only what the fold guarantees is
+//! used: a block is compared only where no earlier extent of the record touched it (a later
+//! one could restore what an earlier one changed) and below the file's tip size. Operations
+//! come last; [`Unchanged::allows`] then checks that none of them empties a dropped block
+//! (a shrink followed by a larger size, which reads as zeros there).
 
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::Range;
 
 use super::error::LogError;
 use super::format::{PayloadRef, TABLE_BLOCK, TABLE_ENTRY};
-use super::record::{ExtentBytes, ExtentData, FileId, NsOp};
+use super::record::{FileId, NsOp};
 use super::replay::PayloadSource;
 use super::state::TreeState;
 
 const BLOCK: u64 = TABLE_BLOCK;
 
-/// What a record's data can be compared against: the tip, and per file the size below which
-/// its tip content survives the record's operations.
-pub(crate) struct Unchanged<'a> {
-    src: &'a dyn PayloadSource,
-    tip: &'a TreeState,
-    /// File id -> the smallest size the record's ops give it (or its tip size).
+/// Block tables kept for comparisons; dropped when they grow beyond this.
+const TABLE_CACHE: usize = 32 << 20;
+
+/// What a draft record has touched and left out, per file.
+#[derive(Default)]
+pub(crate) struct Unchanged {
+    /// File id -> a size given up front below which the tip's content survives the ops.
     limit: HashMap<FileId, u64>,
-    tables: RefCell<HashMap<PayloadRef, Vec<u8>>>,
+    /// File id -> byte ranges earlier extents of the record touched (sorted, merged).
+    covered: HashMap<FileId, Vec<(u64, u64)>>,
+    /// File id -> the end of the highest block left out.
+    dropped_end: HashMap<FileId, u64>,
+    tables: HashMap<PayloadRef, Vec<u8>>,
+    table_bytes: usize,
     /// Bytes left out (for the record's statistics and tests).
-    pub dropped: std::cell::Cell<u64>,
+    pub dropped: u64,
 }
 
-impl<'a> Unchanged<'a> {
-    pub(crate) fn new(
-        src: &'a dyn PayloadSource,
-        tip: &'a TreeState,
-        ops: &[NsOp],
-        extents: &[ExtentData],
-    ) -> Unchanged<'a> {
-        let mut limit: HashMap<FileId, u64> = HashMap::new();
-        for e in extents {
-            if let Some(f) = tip.file(e.id) {
-                limit.insert(e.id, f.size);
-            }
-        }
+impl Unchanged {
+    /// Lowers the comparison limit of each file to every size `ops` set.
+    pub(crate) fn limit_by(&mut self, ops: &[NsOp]) {
         for op in ops {
-            if let NsOp::SetSize { id, size } = op
-                && let Some(l) = limit.get_mut(id)
-            {
+            if let NsOp::SetSize { id, size } = op {
+                let l = self.limit.entry(*id).or_insert(u64::MAX);
                 *l = (*l).min(*size);
             }
         }
-        // Files whose extents overlap are left as they are.
-        let mut by_id: HashMap<FileId, Vec<(u64, u64)>> = HashMap::new();
-        for e in extents {
-            by_id
-                .entry(e.id)
-                .or_default()
-                .push((e.offset, e.offset.saturating_add(e.bytes.len())));
+    }
+
+    /// Records that an extent of the record touched `[start, end)` of file `id`.
+    pub(crate) fn cover(&mut self, id: FileId, start: u64, end: u64) {
+        if start >= end {
+            return;
         }
-        let overlapping: HashSet<FileId> = by_id
-            .into_iter()
-            .filter_map(|(id, mut v)| {
+        let v = self.covered.entry(id).or_default();
+        match v.last_mut() {
+            Some(last) if last.0 <= start && start <= last.1 => last.1 = last.1.max(end),
+            Some(last) if last.1 < start => v.push((start, end)),
+            None => v.push((start, end)),
+            Some(_) => {
+                v.push((start, end));
                 v.sort_unstable();
-                v.windows(2).any(|w| w[1].0 < w[0].1).then_some(id)
-            })
-            .collect();
-        limit.retain(|id, _| !overlapping.contains(id));
-        Unchanged {
-            src,
-            tip,
-            limit,
-            tables: RefCell::new(HashMap::new()),
-            dropped: std::cell::Cell::new(0),
+                let mut merged: Vec<(u64, u64)> = Vec::with_capacity(v.len());
+                for &(s, e) in v.iter() {
+                    match merged.last_mut() {
+                        Some(m) if s <= m.1 => m.1 = m.1.max(e),
+                        _ => merged.push((s, e)),
+                    }
+                }
+                *v = merged;
+            }
         }
+    }
+
+    fn touched(&self, id: FileId, start: u64, end: u64) -> bool {
+        let Some(v) = self.covered.get(&id) else {
+            return false;
+        };
+        let i = v.partition_point(|r| r.1 <= start);
+        v.get(i).is_some_and(|r| r.0 < end)
+    }
+
+    /// Whether `ops` (the record's operations) keep every dropped block as the tip has it.
+    pub(crate) fn allows(&self, ops: &[NsOp]) -> Result<(), String> {
+        let mut sizes: HashMap<FileId, (u64, u64)> = HashMap::new();
+        for op in ops {
+            if let NsOp::SetSize { id, size } = op
+                && self.dropped_end.contains_key(id)
+            {
+                let e = sizes.entry(*id).or_insert((*size, *size));
+                e.0 = e.0.min(*size);
+                e.1 = *size;
+            }
+        }
+        for (id, (min, last)) in sizes {
+            if min < last && self.dropped_end[&id] > min {
+                return Err(format!(
+                    "file id {id} is shrunk to {min} and grown again after its data was compared                      with the tip: give the sizes before the extents"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The byte ranges of `data` (file `id` at `offset`) that differ from the tip, in order.
     pub(crate) fn changed(
-        &self,
+        &mut self,
+        src: &dyn PayloadSource,
+        tip: &TreeState,
         id: FileId,
         offset: u64,
         data: &[u8],
     ) -> Result<Vec<Range<usize>>, LogError> {
-        let (Some(&limit), Some(f)) = (self.limit.get(&id), self.tip.file(id)) else {
+        let Some(f) = tip.file(id) else {
             return Ok(std::iter::once(0..data.len()).collect());
         };
+        let limit = self.limit.get(&id).map_or(f.size, |&l| l.min(f.size));
         let mut out: Vec<Range<usize>> = Vec::new();
         let mut keep = |r: Range<usize>| match out.last_mut() {
             Some(last) if last.end == r.start => last.end = r.end,
@@ -105,9 +137,12 @@ impl<'a> Unchanged<'a> {
             let same = at == block
                 && next == block + BLOCK
                 && next <= limit
-                && self.same(f, block, &data[r.clone()])?;
+                && !self.touched(id, block, next)
+                && self.same(src, f, block, &data[r.clone()])?;
             if same {
-                self.dropped.set(self.dropped.get() + BLOCK);
+                self.dropped += BLOCK;
+                let d = self.dropped_end.entry(id).or_default();
+                *d = (*d).max(next);
             } else {
                 keep(r);
             }
@@ -118,7 +153,8 @@ impl<'a> Unchanged<'a> {
 
     /// Whether the 4 KiB block at `block` of file `f` (tip) holds `bytes`.
     fn same(
-        &self,
+        &mut self,
+        src: &dyn PayloadSource,
         f: &super::state::FileState,
         block: u64,
         bytes: &[u8],
@@ -141,36 +177,20 @@ impl<'a> Unchanged<'a> {
         {
             return Ok(false);
         }
-        let mut tables = self.tables.borrow_mut();
-        let table = match tables.get(&piece.payload) {
-            Some(t) => t,
-            None => {
-                let t = self.src.load_table(&piece.payload)?;
-                tables.entry(piece.payload).or_insert(t)
+        if !self.tables.contains_key(&piece.payload) {
+            if self.table_bytes > TABLE_CACHE {
+                self.tables.clear();
+                self.table_bytes = 0;
             }
-        };
+            let t = src.load_table(&piece.payload)?;
+            self.table_bytes += t.len();
+            self.tables.insert(piece.payload, t);
+        }
+        let table = &self.tables[&piece.payload];
         let k = (q / BLOCK * TABLE_ENTRY) as usize;
         let Some(want) = table.get(k..k + TABLE_ENTRY as usize) else {
             return Ok(false);
         };
         Ok(blake3::hash(bytes).as_bytes()[..TABLE_ENTRY as usize] == *want)
     }
-}
-
-/// The data extents' bytes in `extents`, minus what [`Unchanged`] finds equal.
-pub(crate) fn data_runs<'d>(
-    unchanged: Option<&Unchanged>,
-    e: &'d ExtentData,
-) -> Result<Vec<(u64, &'d [u8])>, LogError> {
-    let ExtentBytes::Data(d) = &e.bytes else {
-        return Ok(Vec::new());
-    };
-    let runs = match unchanged {
-        Some(u) => u.changed(e.id, e.offset, d)?,
-        None => std::iter::once(0..d.len()).collect(),
-    };
-    Ok(runs
-        .into_iter()
-        .map(|r| (e.offset + r.start as u64, &d[r]))
-        .collect())
 }

@@ -5,8 +5,8 @@ use std::os::unix::fs::FileExt;
 
 use super::error::LogError;
 use super::format::{
-    Meta, MetaError, MetaExtent, PayloadRef, REC_HEADER_LEN, RecHeader, SEG_HEADER_LEN, SegHeader,
-    TRAILER_LEN, Trailer,
+    Meta, MetaError, MetaExtent, PayloadRef, REC_HEADER_LEN, RecHeader, RecordHash, SEG_HEADER_LEN,
+    SegHeader, TRAILER_LEN, Trailer,
 };
 use super::record::display_path;
 use super::state::TreeState;
@@ -67,7 +67,6 @@ pub(crate) fn verify(log: &Log) -> Result<VerifyReport, LogError> {
             if rec.offset != p {
                 return Err(corrupt(p, None, "records do not follow each other".into()));
             }
-            let mut hasher = blake3::Hasher::new();
             let mut hb = [0u8; REC_HEADER_LEN as usize];
             seg.file.read_exact_at(&mut hb, p).map_err(io)?;
             let header = RecHeader::decode(&hb)
@@ -87,12 +86,12 @@ pub(crate) fn verify(log: &Log) -> Result<VerifyReport, LogError> {
                     "hash chain broken: previous-record hash mismatch".into(),
                 ));
             }
-            hasher.update(&hb);
+            let mut hasher = RecordHash::new(&header);
             let mut mb = vec![0u8; header.meta_len as usize];
             seg.file
-                .read_exact_at(&mut mb, p + REC_HEADER_LEN)
+                .read_exact_at(&mut mb, p + header.meta_start())
                 .map_err(io)?;
-            hasher.update(&mb);
+            hasher.meta(&mb);
             if *blake3::hash(&mb).as_bytes() != header.meta_hash {
                 return Err(corrupt("metadata checksum mismatch".into()));
             }
@@ -106,7 +105,9 @@ pub(crate) fn verify(log: &Log) -> Result<VerifyReport, LogError> {
             })?;
             state.apply(height, &meta.ops, &meta.extents)?;
 
-            // The payload section, in order: the record's own payloads tile it.
+            // The payload section, in order: the record's own payloads tile it (version 2 may
+            // leave unused bytes: payloads of files that vanished during the cut).
+            let gaps = header.version >= 2;
             let (ps, pe) = rec.payload_range();
             let mut own: Vec<(&PayloadRef, u64, u64)> = Vec::new();
             for e in &meta.extents {
@@ -140,15 +141,16 @@ pub(crate) fn verify(log: &Log) -> Result<VerifyReport, LogError> {
                     }
                     continue;
                 }
-                if pl.offset != at {
+                if pl.offset != at && !gaps {
                     return Err(corrupt(format!(
                         "gap in the payload section at offset {at}"
                     )));
                 }
+                hash_unused(&seg.file, at, pl.offset, &mut hasher).map_err(io)?;
                 buf.resize(pl.stored_len as usize, 0);
                 seg.file.read_exact_at(&mut buf, pl.offset).map_err(io)?;
-                hasher.update(&buf);
-                at += pl.stored_len;
+                hasher.payload(&buf);
+                at = pl.offset + pl.stored_len;
                 rep.payloads += 1;
                 rep.raw_bytes += pl.raw_len;
                 if let Err(what) = decode_payload(pl, std::mem::take(&mut buf)) {
@@ -167,16 +169,18 @@ pub(crate) fn verify(log: &Log) -> Result<VerifyReport, LogError> {
                 }
                 stored.insert((pl.seg, pl.offset), *pl);
             }
-            if at != pe {
+            if at != pe && !gaps {
                 return Err(corrupt(format!(
                     "payload section has {} unused bytes",
                     pe - at
                 )));
             }
+            hash_unused(&seg.file, at, pe, &mut hasher).map_err(io)?;
             let mut tb = [0u8; TRAILER_LEN as usize];
-            seg.file.read_exact_at(&mut tb, pe).map_err(io)?;
+            let trailer_at = p + rec.len() - TRAILER_LEN;
+            seg.file.read_exact_at(&mut tb, trailer_at).map_err(io)?;
             let trailer = Trailer::decode(&tb).map_err(|_| corrupt("bad trailer".into()))?;
-            let hash = *hasher.finalize().as_bytes();
+            let hash = hasher.finish();
             if trailer.record_len != rec.len() || trailer.hash != hash {
                 return Err(corrupt(
                     "record checksum mismatch (the trailer's blake3 does not match the record)"
@@ -189,7 +193,7 @@ pub(crate) fn verify(log: &Log) -> Result<VerifyReport, LogError> {
             rep.last_height = Some(height);
             prev_hash = hash;
             prev_height = Some(height);
-            p = pe + TRAILER_LEN;
+            p += rec.len();
         }
         if p != seg.len {
             return Err(corrupt(
@@ -202,4 +206,22 @@ pub(crate) fn verify(log: &Log) -> Result<VerifyReport, LogError> {
     rep.files_at_last = state.files.len() as u64;
     rep.data_bytes_at_last = state.data_bytes();
     Ok(rep)
+}
+
+/// Feeds payload-section bytes no payload uses (`from..to`) to the record hash.
+fn hash_unused(
+    file: &std::fs::File,
+    from: u64,
+    to: u64,
+    hasher: &mut RecordHash,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; (1 << 20).min(to.saturating_sub(from) as usize)];
+    let mut at = from;
+    while at < to {
+        let n = buf.len().min((to - at) as usize);
+        file.read_exact_at(&mut buf[..n], at)?;
+        hasher.payload(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(())
 }

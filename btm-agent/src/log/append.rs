@@ -1,0 +1,424 @@
+//! Appending a height as it is captured: a [`Draft`] takes extents one at a time, chunks,
+//! hashes, deduplicates and compresses them in bounded batches and writes the payloads to
+//! their final place in the segment; [`Draft::commit`] adds the namespace operations and the
+//! metadata, fsyncs and acknowledges. Memory is the batch (`LogOptions::batch_bytes`) plus one
+//! metadata row per stored extent, whatever the size of the height.
+//!
+//! A draft dropped without commit (an error, a cut that starts over) is undone: the segment is
+//! cut back to where the record began, or removed if the record started it.
+
+use std::collections::HashMap;
+
+use super::error::LogError;
+use super::format::{self, Codec, MetaExtent, PayloadRef, SEG_HEADER_LEN};
+use super::record::{
+    CutRecord, Entry, ExtentBytes, ExtentData, FileId, NsOp, check_path, check_symlink_target,
+    display_path,
+};
+use super::unchanged::Unchanged;
+use super::writer::{RecordWriter, SegmentIo};
+use super::{HeightInfo, Log, Meta, RecordLoc, TreeState, data_bytes, files_changed};
+
+/// A record being appended. See the module documentation.
+pub struct Draft<'a> {
+    log: &'a mut Log,
+    height: u64,
+    new_segment: bool,
+    seg_no: u64,
+    start: u64,
+    w: Option<RecordWriter>,
+    rows: Vec<MetaExtent>,
+    /// New payloads waiting for compression, in order of first use.
+    pending: Vec<Pending>,
+    pending_by_hash: HashMap<[u8; 32], usize>,
+    pending_bytes: usize,
+    /// Payloads this record stored already.
+    fresh: HashMap<[u8; 32], PayloadRef>,
+    unchanged: Option<Unchanged>,
+    check: bool,
+}
+
+struct Pending {
+    raw: Vec<u8>,
+    hash: [u8; 32],
+    rows: Vec<usize>,
+}
+
+impl Log {
+    /// Starts the record of `height` (above the last one). Nothing is acknowledged until
+    /// [`Draft::commit`]; dropping the draft undoes it.
+    pub fn begin(&mut self, height: u64) -> Result<Draft<'_>, LogError> {
+        if !self.writable {
+            return Err(LogError::ReadOnly {
+                dir: self.dir.clone(),
+            });
+        }
+        if let Some(reason) = &self.poisoned {
+            return Err(LogError::Poisoned {
+                dir: self.dir.clone(),
+                reason: reason.clone(),
+            });
+        }
+        if let Some(last) = self.last_height()
+            && height <= last
+        {
+            return Err(LogError::HeightNotIncreasing { last, got: height });
+        }
+        #[cfg(test)]
+        let check = !self.skip_checks;
+        #[cfg(not(test))]
+        let check = true;
+        // The state this record builds on: its checks, and the blocks it already holds.
+        if self.tip.is_none() {
+            self.tip = Some(if check {
+                self.fold_to(self.records.len())?
+            } else {
+                TreeState::default()
+            });
+        }
+        let new_segment = match self.segments.last() {
+            None => true,
+            Some(s) => s.len >= self.opts.segment_size && s.len > SEG_HEADER_LEN,
+        };
+        let (seg_no, start) = if new_segment {
+            (self.segments.last().map_or(1, |s| s.no + 1), SEG_HEADER_LEN)
+        } else {
+            let s = self.segments.last().expect("segment");
+            (s.no, s.len)
+        };
+        if new_segment {
+            self.create_segment(seg_no)?;
+        }
+        let seg = self.segments.last().expect("segment");
+        let io = SegmentIo::new(&seg.file, &seg.path, self.fail_beyond());
+        let w = match io {
+            Ok(io) => RecordWriter::new(io, seg_no, start),
+            Err(e) => {
+                self.undo_append(new_segment, start);
+                return Err(e);
+            }
+        };
+        let unchanged = (check && self.opts.drop_unchanged).then(Unchanged::default);
+        Ok(Draft {
+            log: self,
+            height,
+            new_segment,
+            seg_no,
+            start,
+            w: Some(w),
+            rows: Vec::new(),
+            pending: Vec::new(),
+            pending_by_hash: HashMap::new(),
+            pending_bytes: 0,
+            fresh: HashMap::new(),
+            unchanged,
+            check,
+        })
+    }
+
+    /// zstd-compress + blake3 each extent, dedup identical payloads already in the log by
+    /// blake3, append one record, fsync (file and, for new segment files, the directory), and
+    /// only then return. On any error the log is left exactly as before.
+    pub fn append(&mut self, record: CutRecord) -> Result<HeightInfo, LogError> {
+        let CutRecord {
+            height,
+            time_unix_ms,
+            ops,
+            extents,
+        } = record;
+        let mut d = self.begin(height)?;
+        d.check_paths(&ops)?;
+        d.sizes_from(&ops);
+        for e in extents {
+            d.extent(e)?;
+        }
+        d.commit(time_unix_ms, ops)
+    }
+}
+
+impl Draft<'_> {
+    /// The height being appended.
+    pub fn height(&self) -> u64 {
+        self.height
+    }
+
+    /// Bytes of raw data waiting for compression.
+    pub fn buffered_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    /// Bytes of captured data left out because the log already holds them at that place.
+    pub fn unchanged_bytes(&self) -> u64 {
+        self.unchanged.as_ref().map_or(0, |u| u.dropped)
+    }
+
+    /// Tells the draft every size the record's operations will set, when they are known before
+    /// the extents (otherwise [`Draft::commit`] checks that they allow what was left out).
+    pub fn sizes_from(&mut self, ops: &[NsOp]) {
+        if let Some(u) = &mut self.unchanged {
+            u.limit_by(ops);
+        }
+    }
+
+    /// Adds an extent (applied after the operations, after every earlier extent: later wins).
+    pub fn extent(&mut self, e: ExtentData) -> Result<(), LogError> {
+        let len = e.bytes.len();
+        let end = e.offset.checked_add(len).ok_or(LogError::InvalidRecord {
+            height: self.height,
+            reason: format!("extent of file id {} at {} overflows", e.id, e.offset),
+        })?;
+        match e.bytes {
+            ExtentBytes::Zero(n) => {
+                if n > 0 {
+                    self.rows.push(MetaExtent::Zero {
+                        id: e.id,
+                        offset: e.offset,
+                        len: n,
+                    });
+                }
+            }
+            ExtentBytes::Data(d) => {
+                let runs = match (&mut self.unchanged, self.log.tip.as_ref()) {
+                    (Some(u), Some(tip)) => u.changed(&*self.log, tip, e.id, e.offset, &d)?,
+                    _ => std::iter::once(0..d.len()).collect(),
+                };
+                let chunk = self.log.opts.chunk_size.clamp(1, format::MAX_PAYLOAD_RAW);
+                for run in runs {
+                    let at = e.offset + run.start as u64;
+                    for (offset, r) in format::split_range(at, run.len(), chunk) {
+                        self.piece(e.id, offset, &d[run.start + r.start..run.start + r.end]);
+                    }
+                }
+            }
+        }
+        if let Some(u) = &mut self.unchanged {
+            u.cover(e.id, e.offset, end);
+        }
+        if self.pending_bytes >= self.log.opts.batch_bytes {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn piece(&mut self, id: FileId, offset: u64, raw: &[u8]) {
+        let hash = *blake3::hash(raw).as_bytes();
+        let known = self.log.dedup.get(&hash).or_else(|| self.fresh.get(&hash));
+        let row = self.rows.len();
+        self.rows.push(MetaExtent::Data {
+            id,
+            offset,
+            payload: known.copied().unwrap_or(PayloadRef::PLACEHOLDER),
+        });
+        if known.is_none() {
+            match self.pending_by_hash.get(&hash) {
+                Some(&n) => self.pending[n].rows.push(row),
+                None => {
+                    self.pending_by_hash.insert(hash, self.pending.len());
+                    self.pending_bytes += raw.len();
+                    self.pending.push(Pending {
+                        raw: raw.to_vec(),
+                        hash,
+                        rows: vec![row],
+                    });
+                }
+            }
+        }
+    }
+
+    /// Compresses what is pending (on several threads) and writes it out.
+    fn flush(&mut self) -> Result<(), LogError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_by_hash.clear();
+        self.pending_bytes = 0;
+        let opts = &self.log.opts;
+        let raws: Vec<&[u8]> = pending.iter().map(|p| p.raw.as_slice()).collect();
+        let stored = compress_all(&raws, opts.zstd_level, opts.compress_threads)
+            .map_err(|e| LogError::io(&self.log.dir, e))?;
+        let w = self.w.as_mut().expect("draft in progress");
+        for (p, (table, zstd)) in pending.iter().zip(stored) {
+            let (codec, body) = match &zstd {
+                Some(c) => (Codec::Zstd, c.as_slice()),
+                None => (Codec::Raw, p.raw.as_slice()),
+            };
+            let r = w.payload(&table, body, p.raw.len() as u64, codec, p.hash)?;
+            self.fresh.insert(p.hash, r);
+            for &row in &p.rows {
+                if let MetaExtent::Data { payload, .. } = &mut self.rows[row] {
+                    *payload = r;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves out the extents of files `keep` refuses (files gone before the record's
+    /// namespace was taken). Their payloads stay in the record, unused.
+    pub fn retain_files(&mut self, keep: impl Fn(FileId) -> bool) {
+        // Where each kept row goes; re-point pending payloads at the new places.
+        let mut kept = 0;
+        let place: Vec<Option<usize>> = self
+            .rows
+            .iter()
+            .map(|r| {
+                keep(r.id()).then(|| {
+                    kept += 1;
+                    kept - 1
+                })
+            })
+            .collect();
+        let mut i = 0;
+        self.rows.retain(|_| {
+            i += 1;
+            place[i - 1].is_some()
+        });
+        for p in &mut self.pending {
+            p.rows = p.rows.iter().filter_map(|&r| place[r]).collect();
+        }
+    }
+
+    /// The cheap checks of the operations' paths.
+    pub fn check_paths(&self, ops: &[NsOp]) -> Result<(), LogError> {
+        for op in ops.iter().filter(|_| self.check) {
+            let (path, target) = match op {
+                NsOp::Put { path, entry } => (
+                    path,
+                    match entry {
+                        Entry::Symlink { target, .. } => Some(target),
+                        _ => None,
+                    },
+                ),
+                NsOp::Remove { path } => (path, None),
+                NsOp::SetSize { .. } => continue,
+            };
+            let bad = check_path(path)
+                .err()
+                .or_else(|| target.and_then(|t| check_symlink_target(t).err()));
+            if let Some(why) = bad {
+                return Err(LogError::UnsafePath {
+                    height: self.height,
+                    path: display_path(path),
+                    reason: why.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the namespace operations (applied before every extent), checks the record against
+    /// the state it builds on, writes the metadata, fsyncs, and acknowledges the height.
+    pub fn commit(mut self, time_unix_ms: u64, ops: Vec<NsOp>) -> Result<HeightInfo, LogError> {
+        self.check_paths(&ops)?;
+        if let (Some(u), true) = (&self.unchanged, self.check)
+            && let Err(reason) = u.allows(&ops)
+        {
+            return Err(LogError::InvalidRecord {
+                height: self.height,
+                reason,
+            });
+        }
+        // Pending payloads whose rows were all dropped are not stored.
+        self.pending.retain(|p| !p.rows.is_empty());
+        self.flush()?;
+        let meta = Meta {
+            ops,
+            extents: std::mem::take(&mut self.rows),
+        };
+        let tip = self.log.tip.as_mut().expect("tip");
+        if let Err(e) = tip.apply(self.height, &meta.ops, &meta.extents)
+            && self.check
+        {
+            self.log.tip = None; // partly applied: rebuild on the next append
+            return Err(e);
+        }
+        let meta_bytes = meta.encode();
+        let prev_hash = self.log.records.last().map_or([0; 32], |r| r.info.hash);
+        let w = self.w.take().expect("draft in progress");
+        let seg = self.log.segments.last().expect("segment");
+        let written = w
+            .finish(self.height, time_unix_ms, prev_hash, &meta_bytes)
+            .and_then(|hw| {
+                seg.file
+                    .sync_data()
+                    .map_err(|e| LogError::io(&seg.path, e))?;
+                Ok(hw)
+            });
+        let (header, hash) = match written {
+            Ok(hw) => hw,
+            Err(e) => {
+                self.log.tip = None;
+                return Err(e); // Drop undoes the record
+            }
+        };
+        let record_len = header.record_len().expect("fits");
+        let seg_idx = self.log.segments.len() - 1;
+        self.log.segments[seg_idx].len = self.start + record_len;
+        let info = HeightInfo {
+            height: self.height,
+            time_unix_ms,
+            stored_bytes: record_len,
+            data_bytes: data_bytes(&meta),
+            files_changed: files_changed(&meta),
+            hash,
+        };
+        let rec = RecordLoc {
+            seg_no: self.seg_no,
+            seg_idx,
+            offset: self.start,
+            header,
+            info: info.clone(),
+        };
+        self.log.index_record(rec, &meta);
+        self.new_segment = false;
+        self.start = u64::MAX; // committed: nothing to undo
+        Ok(info)
+    }
+}
+
+impl Drop for Draft<'_> {
+    fn drop(&mut self) {
+        if self.start != u64::MAX {
+            tracing::warn!(
+                "the record of height {} was not committed; undoing it",
+                self.height
+            );
+            self.log.tip = None;
+            self.log.undo_append(self.new_segment, self.start);
+        }
+    }
+}
+
+/// Block table and zstd compression of every payload, on `threads` threads. The compressed
+/// data is `None` where compression does not pay (the payload is then stored raw).
+pub(super) type Stored = (Vec<u8>, Option<Vec<u8>>);
+
+pub(super) fn compress_all(
+    raw: &[&[u8]],
+    level: i32,
+    threads: usize,
+) -> std::io::Result<Vec<Stored>> {
+    let one = |d: &[u8]| -> std::io::Result<Stored> {
+        let c = zstd::bulk::compress(d, level)?;
+        Ok((format::block_table(d), (c.len() < d.len()).then_some(c)))
+    };
+    let mut out: Vec<std::io::Result<Stored>> = Vec::with_capacity(raw.len());
+    let total: usize = raw.iter().map(|d| d.len()).sum();
+    if threads <= 1 || raw.len() < 2 || total < (256 << 10) {
+        out.extend(raw.iter().map(|d| one(d)));
+    } else {
+        out.resize_with(raw.len(), || Ok((Vec::new(), None)));
+        let per = raw.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            for (inp, outp) in raw.chunks(per).zip(out.chunks_mut(per)) {
+                s.spawn(move || {
+                    for (d, o) in inp.iter().zip(outp.iter_mut()) {
+                        *o = one(d);
+                    }
+                });
+            }
+        });
+    }
+    out.into_iter().collect()
+}
