@@ -1,9 +1,16 @@
-//! btm-agent: the userspace half of btm.
+//! btm-agent: the userspace half of btm (`docs/ARCHITECTURE.md` follows a dirty block through it).
 //!
 //! * [`tracker`] loads the eBPF programs and drains the dirty-extent bitmap.
-//! * [`log`] is the append-only incremental log (format: `docs/FORMAT.md`).
-//! * [`retention`] decides which heights are kept (BTM's fair and fade).
+//! * [`cut`] captures a height: flips, walks the volume, reads what changed, freezes briefly.
+//! * [`log`] is the append-only incremental log (format: `docs/FORMAT.md`), its streaming
+//!   writer, replay and verification.
+//! * [`remote`] keeps offsite copies of the log in object stores.
 //! * [`snapshot`] holds the native-snapshot modes (ZFS, Btrfs).
+//! * [`retention`] decides which heights are kept (BTM's fair and fade).
+//! * [`heights`] polls nodes for their height; [`cmd`] is the command line and the socket.
+//! * [`volume`] finds the mount and freezes it; [`dirfd`] and [`treehash`] walk trees by
+//!   descriptor; [`conn`] and [`metrics`] serve connections and Prometheus metrics;
+//!   [`config`] reads the configuration file.
 
 pub mod cmd;
 pub mod config;

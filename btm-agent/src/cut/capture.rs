@@ -41,32 +41,57 @@ pub struct CaptureStats {
     pub data_bytes: u64,
 }
 
-/// Reads `ranges` of `f` into `out` as extents of file `id`, cut at [`PIECE`] boundaries.
-/// Runs of zero blocks become `Zero` extents (punched holes, zeroed ranges). A short read
-/// (the file shrank while unfrozen) just yields less: the frozen phase records the final size.
+/// Pieces read in one io_uring batch: bounds the memory a read takes (this many [`PIECE`]s).
+const GROUP: usize = 16;
+
+/// Reads `ranges` of `f` as extents of file `id`, cut at [`PIECE`] boundaries, and hands each
+/// to `sink` as soon as its group of pieces is read (memory stays at [`GROUP`] pieces, whatever
+/// the size of the file). Runs of zero blocks become `Zero` extents (punched holes, zeroed
+/// ranges). A short read (the file shrank while unfrozen) just yields less: the frozen phase
+/// records the final size.
 pub fn read_ranges(
     f: &File,
     id: FileId,
     ranges: &[(u64, u64)],
-    out: &mut Vec<ExtentData>,
+    sink: &mut dyn FnMut(ExtentData) -> anyhow::Result<()>,
     stats: &mut CaptureStats,
-) -> std::io::Result<()> {
-    let pieces: Vec<(u64, usize)> = ranges
-        .iter()
-        .flat_map(|&(off, len)| {
-            let end = off + len;
-            std::iter::successors(Some(off), move |&p| {
-                let next = (p / PIECE + 1) * PIECE;
-                (next < end).then_some(next)
-            })
-            .map(move |p| (p, (((p / PIECE + 1) * PIECE).min(end) - p) as usize))
+) -> anyhow::Result<()> {
+    let pieces = ranges.iter().flat_map(|&(off, len)| {
+        let end = off + len;
+        std::iter::successors(Some(off), move |&p| {
+            let next = (p / PIECE + 1) * PIECE;
+            (next < end).then_some(next)
         })
-        .collect();
-    for ((pos, _), buf) in pieces.iter().zip(uring::read_pieces(f, &pieces)?) {
-        stats.bytes_read += buf.len() as u64;
-        push_piece(id, *pos, buf, out, stats);
+        .map(move |p| (p, (((p / PIECE + 1) * PIECE).min(end) - p) as usize))
+    });
+    let mut group = Vec::with_capacity(GROUP);
+    let mut pieces = pieces.peekable();
+    while pieces.peek().is_some() {
+        group.clear();
+        group.extend(pieces.by_ref().take(GROUP));
+        for ((pos, _), buf) in group.iter().zip(uring::read_pieces(f, &group)?) {
+            stats.bytes_read += buf.len() as u64;
+            push_piece(id, *pos, buf, sink, stats)?;
+        }
     }
     Ok(())
+}
+
+/// The holes of a file of `size` bytes whose data ranges are `data`, as `Zero` extents.
+pub fn holes(id: FileId, data: &[(u64, u64)], size: u64) -> Vec<ExtentData> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for &(start, len) in data.iter().chain(std::iter::once(&(size, 0))) {
+        if start > at {
+            out.push(ExtentData {
+                id,
+                offset: at,
+                bytes: ExtentBytes::Zero(start - at),
+            });
+        }
+        at = at.max(start + len);
+    }
+    out
 }
 
 /// Batched reads through io_uring (one submission for many pieces), with a pread fallback
@@ -174,18 +199,18 @@ fn push_piece(
     id: FileId,
     off: u64,
     buf: Vec<u8>,
-    out: &mut Vec<ExtentData>,
+    out: &mut dyn FnMut(ExtentData) -> anyhow::Result<()>,
     stats: &mut CaptureStats,
-) {
+) -> anyhow::Result<()> {
     if !buf.iter().any(|&b| b != 0) {
         if !buf.is_empty() {
-            out.push(ExtentData {
+            out(ExtentData {
                 id,
                 offset: off,
                 bytes: ExtentBytes::Zero(buf.len() as u64),
-            });
+            })?;
         }
-        return;
+        return Ok(());
     }
     // Classify 4 KiB blocks on absolute (filesystem) boundaries: the first block runs from
     // `off` to the next boundary.
@@ -212,20 +237,21 @@ fn push_piece(
         let (s, e) = (bounds[i], bounds[j]);
         if data[i] {
             stats.data_bytes += (e - s) as u64;
-            out.push(ExtentData {
+            out(ExtentData {
                 id,
                 offset: off + s as u64,
                 bytes: ExtentBytes::Data(buf[s..e].to_vec()),
-            });
+            })?;
         } else {
-            out.push(ExtentData {
+            out(ExtentData {
                 id,
                 offset: off + s as u64,
                 bytes: ExtentBytes::Zero((e - s) as u64),
-            });
+            })?;
         }
         i = j;
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -242,7 +268,11 @@ mod tests {
         let f = File::open(&p).unwrap();
         let mut out = Vec::new();
         let mut st = CaptureStats::default();
-        read_ranges(&f, 1, &[(100, 2 * PIECE)], &mut out, &mut st).unwrap();
+        let mut sink = |e| {
+            out.push(e);
+            Ok(())
+        };
+        read_ranges(&f, 1, &[(100, 2 * PIECE)], &mut sink, &mut st).unwrap();
         // piece 1: [100, 1M) data, zeros on the 4 KiB blocks [4096, 12288), data;
         // piece 2: [1M, 2M); piece 3: [2M, 2M+100)
         let offs: Vec<u64> = out.iter().map(|e| e.offset).collect();
@@ -253,5 +283,18 @@ mod tests {
             data_ranges(&f, data.len() as u64),
             vec![(0, data.len() as u64)]
         );
+    }
+
+    #[test]
+    fn holes_fill_between_data_ranges() {
+        let z = |e: &ExtentData| (e.offset, e.bytes.len());
+        let h: Vec<_> = holes(1, &[(4096, 4096), (16384, 100)], 20000)
+            .iter()
+            .map(z)
+            .collect();
+        assert_eq!(h, vec![(0, 4096), (8192, 8192), (16484, 3516)]);
+        assert!(holes(1, &[(0, 100)], 100).is_empty());
+        let all: Vec<_> = holes(1, &[], 10).iter().map(z).collect();
+        assert_eq!(all, vec![(0, 10)]);
     }
 }

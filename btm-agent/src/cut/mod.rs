@@ -16,7 +16,7 @@ mod losses;
 pub mod scan;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fs::File,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
@@ -24,14 +24,12 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use capture::{CaptureStats, data_ranges, read_ranges};
+use capture::{CaptureStats, data_ranges, holes, read_ranges};
 use losses::Losses;
 use scan::{Identity, Kind, Scan, identity};
 
 use crate::{
-    log::{
-        CutRecord, Entry, ExtentBytes, ExtentData, FileId, HeightInfo, Log, LogError, NsOp, RelPath,
-    },
+    log::{Draft, Entry, ExtentData, FileId, HeightInfo, Log, LogError, NsOp, RelPath},
     tracker::{DirtySet, Tracker},
     volume::{Frozen, Mount},
 };
@@ -50,6 +48,8 @@ pub struct CutReport {
     /// Bytes of non-zero data captured.
     pub data_bytes: u64,
     pub stored_bytes: u64,
+    /// Bytes captured but left out because the log already held them at that place.
+    pub unchanged_bytes: u64,
     pub files_changed: u64,
     pub ops: usize,
 }
@@ -160,15 +160,18 @@ impl Cutter {
     /// tracker's epochs are already drained) the next cut captures everything.
     pub fn cut(&mut self, height: u64) -> Result<(CutReport, HeightInfo)> {
         self.full_retries = 0;
-        let res = self.try_cut(height);
+        // The record is written while the cut goes on: the log is held here for its duration.
+        let mut log = self.log.take().expect("log lent out");
+        let res = self.try_cut(&mut log, height);
+        self.log = Some(log);
         if res.is_err() {
             self.force_full = true;
         }
         res
     }
 
-    fn try_cut(&mut self, height: u64) -> Result<(CutReport, HeightInfo)> {
-        if let Some(last) = self.log().last_height()
+    fn try_cut(&mut self, log: &mut Log, height: u64) -> Result<(CutReport, HeightInfo)> {
+        if let Some(last) = log.last_height()
             && height <= last
         {
             bail!(
@@ -196,13 +199,18 @@ impl Cutter {
         }
         let scan1 = Scan::walk(&root).context("scanning the volume")?;
         let files1 = scan1.files();
-        let mut pre: HashMap<Identity, Vec<ExtentData>> = HashMap::new();
+        // Captured data goes straight into the record: memory stays at the log's batch.
+        let mut draft = log.begin(height)?;
+        let mut ids: HashMap<Identity, FileId> = HashMap::new();
+        let mut pre: HashSet<Identity> = HashSet::new();
         let mut st1 = CaptureStats::default();
         let bar = full.then(|| baseline_bar(files1.values().map(|f| f.1).sum()));
         for (ident, (path, size1)) in &files1 {
-            let want = self.ranges_for(ident, *size1, &d1, full);
-            if let Some(ext) = read_identity(&root, &scan1, path, ident, &want, &mut st1)? {
-                pre.insert(*ident, ext);
+            let id = self.id_for(ident, path, full, &mut ids);
+            let want = self.ranges_for(ident, id, *size1, &d1, full);
+            let mut sink = |e: ExtentData| Ok(draft.extent(e)?);
+            if read_identity(&root, &scan1, path, ident, id, &want, &mut st1, &mut sink)? {
+                pre.insert(*ident);
             }
             if let Some(b) = &bar {
                 b.inc(*size1);
@@ -212,6 +220,8 @@ impl Cutter {
             b.finish_and_clear();
         }
         rep.read_unfrozen = st1.bytes_read;
+        // What phase 2 reads stays buffered until the thaw (up to the batch size).
+        draft.flush()?;
 
         // Phase 2: frozen.
         let frozen = if self.freeze {
@@ -221,12 +231,18 @@ impl Cutter {
         };
         let t_freeze = Instant::now();
         hold_frozen_for_tests();
-        let phase2 = self.phase2(&root, &d1, &files1, &pre, full, (losses1, widened1));
+        let phase2 = self.phase2(
+            &root,
+            (&d1, &files1, &pre),
+            (&mut draft, &mut ids),
+            full,
+            (losses1, widened1),
+        );
         let freeze_time = t_freeze.elapsed();
         if let Some(f) = frozen {
             f.thaw()?;
         }
-        let (scan2, post, st2, phase2_losses) = phase2?;
+        let (scan2, st2, phase2_losses) = phase2?;
         rep.freeze_ms = ms(freeze_time);
         rep.read_frozen = st2.bytes_read;
         rep.data_bytes = st1.data_bytes + st2.data_bytes;
@@ -247,13 +263,14 @@ impl Cutter {
                  capturing height {height} in full"
             );
             self.force_full = true;
-            return self.try_cut(height);
+            drop(draft); // undone
+            return self.try_cut(log, height);
         }
 
         // Build the record.
-        let mut ids: HashMap<Identity, FileId> = HashMap::new();
         let mut entries: BTreeMap<RelPath, Entry> = BTreeMap::new();
         let mut sizes: HashMap<FileId, u64> = HashMap::new();
+        let mut live: HashSet<Identity> = HashSet::new();
         for (path, e) in &scan2.entries {
             let entry = match &e.kind {
                 Kind::Dir => Entry::Dir {
@@ -267,14 +284,8 @@ impl Cutter {
                     gid: e.gid,
                 },
                 Kind::File { ident, size } => {
-                    let id = match ids.get(ident) {
-                        Some(id) => *id,
-                        None => {
-                            let id = self.id_for(ident, path, full, &ids);
-                            ids.insert(*ident, id);
-                            id
-                        }
-                    };
+                    let id = self.id_for(ident, path, full, &mut ids);
+                    live.insert(*ident);
                     sizes.insert(id, *size);
                     Entry::File {
                         id,
@@ -286,41 +297,23 @@ impl Cutter {
             };
             entries.insert(path.clone(), entry);
         }
+        ids.retain(|ident, _| live.contains(ident));
         let mut ops = namespace_ops(&self.prev, &entries);
         let mut by_id: Vec<(FileId, u64)> = sizes.iter().map(|(&i, &s)| (i, s)).collect();
         by_id.sort_unstable();
         for (id, size) in by_id {
-            if full {
-                // A reused id may hold old data where the file now has a hole: start empty.
-                ops.push(NsOp::SetSize { id, size: 0 });
-                ops.push(NsOp::SetSize { id, size });
-            } else if self.sizes.get(&id) != Some(&size) {
+            // A full cut rewrote every byte below the size (holes as zeros): the size is all
+            // that is left to set.
+            if full || self.sizes.get(&id) != Some(&size) {
                 ops.push(NsOp::SetSize { id, size });
             }
         }
-        let mut extents = Vec::new();
-        let mut changed: BTreeSet<FileId> = BTreeSet::new();
-        for (ident, mut ext) in pre.into_iter().chain(post) {
-            let Some(&id) = ids.get(&ident) else { continue }; // gone by the frozen scan
-            let size = sizes[&id];
-            for mut e in ext.drain(..) {
-                if clip(&mut e, size) {
-                    e.id = id;
-                    changed.insert(id);
-                    extents.push(e);
-                }
-            }
-        }
-        // Phase-1 extents first, frozen ones after: later wins.
+        // Files that vanished between the phases leave nothing in the record.
+        draft.retain_files(|id| sizes.contains_key(&id));
         rep.ops = ops.len();
-        rep.files_changed = changed.len() as u64;
-        let record = CutRecord {
-            height,
-            time_unix_ms: now_ms(),
-            ops,
-            extents,
-        };
-        let info = self.log_mut().append(record)?;
+        rep.unchanged_bytes = draft.unchanged_bytes();
+        let info = draft.commit(now_ms(), ops)?;
+        rep.files_changed = info.files_changed;
         rep.stored_bytes = info.stored_bytes;
         rep.total_ms = ms(t_start.elapsed());
 
@@ -331,16 +324,20 @@ impl Cutter {
         Ok((rep, info))
     }
 
+    /// The frozen phase: flip, walk, and read into the record what changed since phase 1.
     #[allow(clippy::type_complexity)]
     fn phase2(
         &mut self,
         root: &Path,
-        d1: &DirtySet,
-        files1: &BTreeMap<Identity, (&RelPath, u64)>,
-        pre: &HashMap<Identity, Vec<ExtentData>>,
+        (d1, files1, pre): (
+            &DirtySet,
+            &BTreeMap<Identity, (&RelPath, u64)>,
+            &HashSet<Identity>,
+        ),
+        (draft, ids): (&mut Draft, &mut HashMap<Identity, FileId>),
         full: bool,
         (losses1, widened1): (Losses, bool),
-    ) -> Result<(Scan, Vec<(Identity, Vec<ExtentData>)>, CaptureStats, Losses)> {
+    ) -> Result<(Scan, CaptureStats, Losses)> {
         // Counted before the flip: all of it belongs to the epochs drained here.
         let losses2 = Losses::of(&self.tracker.stats()?);
         let mut d2 = self.tracker.take()?;
@@ -354,10 +351,10 @@ impl Cutter {
             d2.widen_to_folios();
         }
         let scan2 = Scan::walk(root).context("scanning the frozen volume")?;
-        let mut post = Vec::new();
         let mut st = CaptureStats::default();
         for (ident, (path, size2)) in scan2.files() {
-            let want = if pre.contains_key(&ident) {
+            let id = self.id_for(&ident, path, full, ids);
+            let want = if pre.contains(&ident) {
                 let size1 = files1.get(&ident).map_or(0, |f| f.1);
                 let mut r = ranges_of(&d2, ident.0, size2);
                 if size2 > size1 {
@@ -367,57 +364,68 @@ impl Cutter {
             } else {
                 let mut both = d1.clone();
                 both.merge(d2.clone());
-                self.ranges_for(&ident, size2, &both, full)
+                self.ranges_for(&ident, id, size2, &both, full)
             };
-            if let Some(ext) = read_identity(root, &scan2, path, &ident, &want, &mut st)? {
-                post.push((ident, ext));
-            } else {
+            let mut sink = |e: ExtentData| Ok(draft.extent(e)?);
+            if !read_identity(root, &scan2, path, &ident, id, &want, &mut st, &mut sink)? {
                 bail!(
                     "{} changed while the volume was frozen",
                     String::from_utf8_lossy(path)
                 );
             }
         }
-        Ok((scan2, post, st, losses2))
+        Ok((scan2, st, losses2))
     }
 
-    /// What to read of a file: all of it when it is new to us (or on a full cut, which resets
-    /// every file to empty first), else what the tracker marked plus growth since the last
-    /// height.
-    fn ranges_for(&self, ident: &Identity, size: u64, dirty: &DirtySet, full: bool) -> Want {
-        let known = !full && self.ids.contains_key(ident);
-        if !known {
-            return Want::Fresh;
+    /// What to read of a file with `id`: what the tracker marked plus growth since the last
+    /// height when it is tracked; on a full cut, all of it, holes as zeros, when the log has
+    /// the id (only blocks that differ are stored); else its data (it starts empty).
+    fn ranges_for(
+        &self,
+        ident: &Identity,
+        id: FileId,
+        size: u64,
+        dirty: &DirtySet,
+        full: bool,
+    ) -> Want {
+        if !full && self.ids.get(ident) == Some(&id) {
+            let mut r = ranges_of(dirty, ident.0, size);
+            let old = self.sizes.get(&id).copied().unwrap_or(0);
+            if size > old {
+                r.push((old, size - old));
+            }
+            return Want::Ranges(r);
         }
-        let id = self.ids[ident];
-        let mut r = ranges_of(dirty, ident.0, size);
-        let old = self.sizes.get(&id).copied().unwrap_or(0);
-        if size > old {
-            r.push((old, size - old));
+        if self.sizes.contains_key(&id) {
+            Want::Whole
+        } else {
+            Want::Fresh
         }
-        Want::Ranges(r)
     }
 
+    /// The id of a file this cut captures (kept across cuts while the inode lives).
     fn id_for(
         &mut self,
         ident: &Identity,
         path: &RelPath,
         full: bool,
-        taken: &HashMap<Identity, FileId>,
+        ids: &mut HashMap<Identity, FileId>,
     ) -> FileId {
-        if let Some(id) = self.ids.get(ident) {
-            return *id;
+        if let Some(id) = ids.get(ident).or_else(|| self.ids.get(ident)) {
+            let id = *id;
+            ids.insert(*ident, id);
+            return id;
         }
         // On a full cut after start, keep the id the log has at this path (content is
         // rewritten in full anyway), unless another inode already took it.
-        if full
-            && let Some(Entry::File { id, .. }) = self.prev.get(path)
-            && !taken.values().any(|t| t == id)
-        {
-            return *id;
-        }
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = match self.prev.get(path) {
+            Some(Entry::File { id, .. }) if full && !ids.values().any(|t| t == id) => *id,
+            _ => {
+                self.next_id += 1;
+                self.next_id - 1
+            }
+        };
+        ids.insert(*ident, id);
         id
     }
 }
@@ -443,6 +451,9 @@ fn namespace_at_last(log: &Log) -> Result<Namespace> {
 enum Want {
     /// The file starts empty in this record: read its data ranges only (holes stay holes).
     Fresh,
+    /// The log has other content for this id: read the data ranges and record the holes as
+    /// zeros, so every byte below the size is written (unchanged blocks are left out).
+    Whole,
     /// Re-read these byte ranges in full: zeros there (punched, zeroed, unwritten) must be
     /// recorded, since older data exists underneath in the log.
     Ranges(Vec<(u64, u64)>),
@@ -455,16 +466,19 @@ fn ranges_of(set: &DirtySet, ino: u64, size: u64) -> Vec<(u64, u64)> {
         .unwrap_or_default()
 }
 
-/// Opens `path`, checks it is still `ident`, and reads what `want` says. None when the path
-/// no longer holds that file.
+/// Opens `path`, checks it is still `ident`, and hands what `want` says to `sink` as extents
+/// of file `id`. False when the path no longer holds that file.
+#[allow(clippy::too_many_arguments)]
 fn read_identity(
     root: &Path,
     scan: &Scan,
     path: &RelPath,
     ident: &Identity,
+    id: FileId,
     want: &Want,
     st: &mut CaptureStats,
-) -> Result<Option<Vec<ExtentData>>> {
+    sink: &mut dyn FnMut(ExtentData) -> Result<()>,
+) -> Result<bool> {
     use std::os::unix::ffi::OsStrExt;
     let full_path: PathBuf = root.join(std::ffi::OsStr::from_bytes(path));
     // The path may have changed since the walk: a symlink is not followed, and a FIFO or device
@@ -492,7 +506,7 @@ fn read_identity(
                     Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV)
                 ) =>
         {
-            return Ok(None);
+            return Ok(false);
         }
         Err(e) => return Err(e).with_context(|| format!("opening {}", full_path.display())),
     };
@@ -500,29 +514,20 @@ fn read_identity(
     // Same inode and birth time, a regular file, and on the volume (a directory swapped for a
     // symlink along the path leads elsewhere).
     if identity(&md) != *ident || !md.is_file() || md.dev() != scan.root_dev {
-        return Ok(None);
+        return Ok(false);
     }
-    let mut out = Vec::new();
     let ranges = match want {
-        Want::Fresh => data_ranges(&f, md.len()),
+        Want::Fresh | Want::Whole => data_ranges(&f, md.len()),
         Want::Ranges(r) => r.clone(),
     };
-    read_ranges(&f, 0, &ranges, &mut out, st)
+    if let Want::Whole = want {
+        for e in holes(id, &ranges, md.len()) {
+            sink(e)?;
+        }
+    }
+    read_ranges(&f, id, &ranges, sink, st)
         .with_context(|| format!("reading {}", full_path.display()))?;
-    Ok(Some(out))
-}
-
-/// Trims an extent to end at `size`; false when nothing is left.
-fn clip(e: &mut ExtentData, size: u64) -> bool {
-    if e.offset >= size {
-        return false;
-    }
-    let room = (size - e.offset) as usize;
-    match &mut e.bytes {
-        ExtentBytes::Data(d) => d.truncate(room),
-        ExtentBytes::Zero(n) => *n = (*n).min(room as u64),
-    }
-    true
+    Ok(true)
 }
 
 /// Namespace operations that turn `prev` into `next`: removals first (the top-most removed path
@@ -628,8 +633,18 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut st = CaptureStats::default();
-            let r = read_identity(&root, &scan2, &b"f".to_vec(), &ident, &Want::Fresh, &mut st);
-            let _ = tx.send(r.map(|o| o.is_none()).map_err(|e| e.to_string()));
+            let mut sink = |_| Ok(());
+            let r = read_identity(
+                &root,
+                &scan2,
+                &b"f".to_vec(),
+                &ident,
+                1,
+                &Want::Fresh,
+                &mut st,
+                &mut sink,
+            );
+            let _ = tx.send(r.map(|read| !read).map_err(|e| e.to_string()));
         });
         let got = rx.recv_timeout(Duration::from_secs(10));
         assert_eq!(got, Ok(Ok(true)), "the FIFO blocked the read or was read");
@@ -643,11 +658,13 @@ mod tests {
             &scan,
             &b"f".to_vec(),
             &ident,
+            1,
             &Want::Fresh,
             &mut st,
+            &mut |_| Ok(()),
         )
         .unwrap();
-        assert!(r.is_none());
+        assert!(!r);
     }
 
     fn dir() -> Entry {

@@ -225,8 +225,9 @@ impl Draft<'_> {
         }
     }
 
-    /// Compresses what is pending (on several threads) and writes it out.
-    fn flush(&mut self) -> Result<(), LogError> {
+    /// Compresses what is pending (on several threads) and writes it out; the batch is then
+    /// empty (the cut empties it before the freeze, so the frozen phase only buffers).
+    pub fn flush(&mut self) -> Result<(), LogError> {
         if self.pending.is_empty() {
             return Ok(());
         }

@@ -92,9 +92,28 @@ impl Default for LogOptions {
             chunk_size: 1 << 20,
             compress_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             drop_unchanged: true,
-            batch_bytes: 64 << 20,
+            batch_bytes: capture_buffer(),
         }
     }
+}
+
+/// The append batch: `BTM_CAPTURE_BUFFER_MIB` (1 to 4096), 64 MiB by default.
+fn capture_buffer() -> usize {
+    const DEFAULT_MIB: usize = 64;
+    let mib = match std::env::var("BTM_CAPTURE_BUFFER_MIB") {
+        Err(_) => DEFAULT_MIB,
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=4096).contains(&n) => n,
+            _ => {
+                tracing::warn!(
+                    "BTM_CAPTURE_BUFFER_MIB={v:?} is not a number of MiB from 1 to 4096; \
+                     using {DEFAULT_MIB}"
+                );
+                DEFAULT_MIB
+            }
+        },
+    };
+    mib << 20
 }
 
 /// One record of the chain with its metadata, as [`Log::record_view`] gives it.

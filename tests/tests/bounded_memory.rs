@@ -1,0 +1,274 @@
+//! Real node sizes: a baseline of more data than the agent may hold in memory, and a restart
+//! that stores what changed, not the volume again.
+//!
+//! The agent runs inside a memory cgroup whose limit is below the size of the data (cgroup v2
+//! or v1, whichever the host has): holding a height in memory, as the agent did before, gets
+//! it killed there. Its peak resident set (VmHWM) must stay a fraction of the data.
+use std::{
+    fs,
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use btm_agent::log::{Log, ReplayOptions};
+use btm_tests::{LoopFs, Rng, Running, agent_bin, can_run, skip, wait_listening, workdir};
+
+const MIB: u64 = 1 << 20;
+/// The data on the volume, and the agent's memory limit (well below it).
+const DATA: u64 = 1024 * MIB;
+const LIMIT: u64 = 320 * MIB;
+
+/// A memory cgroup for one test, removed when dropped.
+struct MemCage {
+    dir: PathBuf,
+    v2: bool,
+}
+
+impl MemCage {
+    fn new(limit: u64) -> Result<MemCage, String> {
+        let name = format!("btm-test-{}", std::process::id());
+        let v2_root = Path::new("/sys/fs/cgroup");
+        let v2 = fs::read_to_string(v2_root.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"));
+        let dir = if v2 {
+            // The memory controller must be enabled for children of the root.
+            let _ = fs::write(v2_root.join("cgroup.subtree_control"), "+memory");
+            v2_root.join(&name)
+        } else {
+            let v1 = v2_root.join("memory");
+            if !v1.join("memory.limit_in_bytes").exists() {
+                return Err("no memory cgroup controller (v2 or v1) on this host".into());
+            }
+            v1.join(&name)
+        };
+        fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let cage = MemCage { dir, v2 };
+        let set = |file: &str, v: String| {
+            fs::write(cage.dir.join(file), v).map_err(|e| format!("setting {file}: {e}"))
+        };
+        if v2 {
+            set("memory.max", limit.to_string())?;
+            let _ = set("memory.swap.max", "0".into());
+        } else {
+            set("memory.limit_in_bytes", limit.to_string())?;
+        }
+        Ok(cage)
+    }
+
+    fn procs(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+
+    /// The limit the kernel enforces.
+    fn limit(&self) -> u64 {
+        let f = if self.v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        fs::read_to_string(self.dir.join(f))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Processes the kernel's OOM killer killed in the cgroup.
+    fn oom_kills(&self) -> u64 {
+        let f = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        fs::read_to_string(self.dir.join(f))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for MemCage {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+/// `btm-agent run` inside `cage` (a shell moves itself into the cgroup, then execs the agent:
+/// the child's pid is the agent's).
+fn start_caged(cage: &MemCage, vol: &Path, log: &Path, sock: &Path) -> Running {
+    let agent_log = log.with_extension("agent.log");
+    let mut agent = Running::new(
+        Command::new("sh")
+            .args(["-c", "echo 0 > \"$0\" && exec \"$@\""])
+            .arg(cage.procs())
+            .arg(agent_bin())
+            .args(["run", "--mode", "ebpf", "--volume"])
+            .arg(vol)
+            .arg("--log")
+            .arg(log)
+            .arg("--socket")
+            .arg(sock)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&agent_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(&mut agent, sock, || {
+        fs::read_to_string(&agent_log).unwrap_or_default()
+    });
+    agent
+}
+
+fn snapshot(sock: &Path, h: u64) {
+    let out = Command::new(agent_bin())
+        .args(["snapshot", "--timeout", "600", "--height", &h.to_string()])
+        .arg("--socket")
+        .arg(sock)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "snapshot {h}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Peak resident set of a process, in bytes (VmHWM).
+fn vm_hwm(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let kb = l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim();
+            kb.parse::<u64>().ok()
+        })
+        .unwrap()
+        * 1024
+}
+
+/// blake3 of every regular file under `dir`, by relative path.
+fn digests(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                if e.file_name() != "lost+found" {
+                    stack.push(e.path());
+                }
+            } else if t.is_file() {
+                let mut h = blake3::Hasher::new();
+                h.update_reader(fs::File::open(e.path()).unwrap()).unwrap();
+                let rel = e.path().strip_prefix(dir).unwrap().to_path_buf();
+                out.push((rel, h.finalize().to_hex().to_string()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn replay_matches(log: &Path, h: u64, vol: &Path, work: &Path) {
+    let log = Log::open_read(log).unwrap();
+    let into = work.join(format!("replay-{h}"));
+    let opts = ReplayOptions {
+        progress: false,
+        sync: false,
+    };
+    log.replay(h, &into, &opts).unwrap();
+    assert_eq!(digests(&into), digests(vol), "height {h} replays exactly");
+    fs::remove_dir_all(&into).unwrap();
+}
+
+#[test]
+fn a_baseline_larger_than_the_agents_memory_and_a_restart_that_stores_only_changes() {
+    if !can_run("bounded memory") {
+        return;
+    }
+    let cage = match MemCage::new(LIMIT) {
+        Ok(c) => c,
+        Err(why) => {
+            skip("bounded memory", &why);
+            return;
+        }
+    };
+    assert!(
+        cage.limit() < DATA,
+        "the cgroup must hold less than the data ({} < {DATA})",
+        cage.limit()
+    );
+    let vol = LoopFs::new("ext4", (DATA / MIB) * 2).unwrap();
+    let work = workdir("btm-bounded-");
+    let (log, sock) = (work.path().join("log"), work.path().join("agent.sock"));
+    // A chain-like volume: one large state file and many small ones.
+    let mut rng = Rng(0xb0bd_ed00);
+    let state = vol.path("state.db");
+    let f = fs::File::create(&state).unwrap();
+    let big = DATA * 3 / 4;
+    for off in (0..big).step_by(8 * MIB as usize) {
+        f.write_all_at(&rng.bytes(8 * MIB as usize), off).unwrap();
+    }
+    drop(f);
+    let small = (DATA - big) / MIB;
+    for i in 0..small {
+        let d = vol.path(&format!("blocks/{:03}", i / 64));
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join(format!("{i:05}.blk")), rng.bytes(MIB as usize)).unwrap();
+    }
+
+    let mut agent = start_caged(&cage, &vol.mnt, &log, &sock);
+    snapshot(&sock, 1);
+    let hwm = vm_hwm(agent.pid());
+    assert_eq!(
+        cage.oom_kills(),
+        0,
+        "the agent was OOM-killed in its cgroup"
+    );
+    assert!(
+        hwm < DATA / 3,
+        "the agent's peak RSS was {} MiB for {} MiB of data: a height is held in memory",
+        hwm / MIB,
+        DATA / MIB
+    );
+    eprintln!(
+        "baseline of {} MiB: agent VmHWM {} MiB (cgroup limit {} MiB)",
+        DATA / MIB,
+        hwm / MIB,
+        LIMIT / MIB
+    );
+    assert!(agent.terminate().success());
+    replay_matches(&log, 1, &vol.mnt, work.path());
+
+    // While the agent is down, 1 % of the state file changes in scattered 4 KiB writes.
+    let f = fs::OpenOptions::new().write(true).open(&state).unwrap();
+    let changed = big / 100;
+    for _ in 0..changed / 4096 {
+        let at = rng.below(big / 4096) * 4096;
+        f.write_all_at(&rng.bytes(4096), at).unwrap();
+    }
+    drop(f);
+    let agent = start_caged(&cage, &vol.mnt, &log, &sock);
+    snapshot(&sock, 2);
+    drop(agent);
+    let stored = Log::open_read(&log).unwrap().heights()[1].stored_bytes;
+    eprintln!(
+        "after a restart with {} MiB changed: height 2 stored {} KiB",
+        changed / MIB,
+        stored / 1024
+    );
+    // Only what differs is stored (random data does not compress; metadata rows add a little).
+    assert!(
+        stored < changed * 2,
+        "height 2 stored {stored} bytes for {changed} bytes changed while the agent was down"
+    );
+    replay_matches(&log, 2, &vol.mnt, work.path());
+}
