@@ -13,12 +13,13 @@
 //!   [`config`] reads the configuration file.
 
 pub mod cmd;
+/// The log lives in its own crate (`btm-log`, no eBPF toolchain needed); re-exported here.
+pub use btm_log as log;
+pub use btm_log::dirfd;
 pub mod config;
 pub mod conn;
 pub mod cut;
-pub mod dirfd;
 pub mod heights;
-pub mod log;
 pub mod metrics;
 pub mod remote;
 pub mod retention;

@@ -256,12 +256,12 @@ impl RemoteSource<'_> {
                 .remote
                 .rt
                 .block_on(task)
-                .map_err(|e| LogError::Remote(format!("download task: {e}")))?
+                .map_err(|e| LogError::Source(format!("offsite copy: download task: {e}")))?
                 .map_err(|e| self.remote.fail("downloading", path, e)),
             None => self.remote.get(path),
         };
         got.map(|b| (b, false))
-            .map_err(|e| LogError::Remote(format!("{e:#}")))
+            .map_err(|e| LogError::Source(format!("offsite copy: {e:#}")))
     }
 
     fn fetch(&self, p: &PayloadRef) -> Result<Vec<u8>, Result<String, LogError>> {
@@ -321,7 +321,7 @@ impl PayloadSource for RemoteSource<'_> {
             _ => self
                 .remote
                 .get_range(&path, range.clone())
-                .map_err(|e| LogError::Remote(format!("{e:#}")))?,
+                .map_err(|e| LogError::Source(format!("offsite copy: {e:#}")))?,
         };
         // Unchecked here, like the local table: a wrong entry only makes replay fetch the
         // payload, whose hash is checked.

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::*;
-use crate::log::tests::noise;
+use crate::log::testing::noise;
 use crate::log::{CutRecord, Log, NsOp, ReplayOptions};
 
 fn no_sync() -> ReplayOptions {
@@ -17,7 +17,7 @@ fn no_sync() -> ReplayOptions {
 
 /// Height h writes file `f<h % 3 + 1>` (new content) and, at height 4, removes `f1`.
 fn record(h: u64) -> CutRecord {
-    let mut r = crate::log::tests::record(h, h % 3 + 1, noise(h, 300_000 + h as usize * 1000));
+    let mut r = crate::log::testing::record(h, h % 3 + 1, noise(h, 300_000 + h as usize * 1000));
     if h == 4 {
         r.ops.push(NsOp::Remove {
             path: b"f1".to_vec(),

@@ -11,7 +11,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use btm_agent::log::{Log, LogOptions, ReplayOptions};
+use btm_log::{Log, LogOptions, ReplayOptions};
 use support::{Model, Rng, tree_digest};
 
 fn fixture() -> PathBuf {
@@ -87,8 +87,8 @@ fn the_v1_fixture_reads_verifies_and_replays_exactly() {
     // Ids must not collide with the fixture's: the model starts at 1, so put it far above.
     let mut rec = model.cut(last + 1);
     for op in &mut rec.ops {
-        if let btm_agent::log::NsOp::Put {
-            entry: btm_agent::log::Entry::File { id, .. },
+        if let btm_log::NsOp::Put {
+            entry: btm_log::Entry::File { id, .. },
             ..
         } = op
         {

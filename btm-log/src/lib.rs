@@ -1,6 +1,15 @@
 //! Append-only incremental log: one record per block height, hash-chained, replayable to any
 //! recorded height.
 //!
+//! This crate is the log alone: format, streaming writer ([`Log::begin`], [`Draft`]), fold,
+//! replay, verification, retention and compaction. It needs no eBPF toolchain and no async
+//! runtime, so tools that only read or restore logs can depend on it; the agent (`btm-agent`)
+//! captures heights into it and re-exports it as `btm_agent::log`. Modules: `format` (the
+//! bytes), `record` (what a height holds), `writer` (the one record writer), `append` (drafts),
+//! `unchanged` (blocks the log already holds), `state` (the fold), `replay`, `verify`,
+//! `compact`, `truncate`, `error`, [`dirfd`] (directories by descriptor), `testing` (feature
+//! `testing`: record builders for other crates' tests).
+//!
 //! The on-disk format is specified byte by byte in `docs/FORMAT.md` (version
 //! [`FORMAT_VERSION`]). In short: a log directory holds `seg-<n>.btm` segment files (a new one
 //! after [`LogOptions::segment_size`] bytes), a `lock` file (exclusive `flock` held by the one
@@ -28,6 +37,7 @@
 
 mod append;
 mod compact;
+pub mod dirfd;
 mod error;
 mod format;
 mod record;
@@ -38,8 +48,10 @@ mod unchanged;
 mod verify;
 mod writer;
 
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -62,8 +74,10 @@ use format::{
     HeaderError, MetaError, REC_HEADER_LEN, REC_MAGIC, RecHeader, SEG_HEADER_LEN, SegHeader,
     TRAILER_LEN, Trailer,
 };
-pub(crate) use format::{Meta, MetaExtent, table_len};
-pub(crate) use record::cmp_components;
+// The record-level API the offsite layer (btm-agent's `remote`) builds on: a record's metadata,
+// its own stored payloads, and the checks a payload must pass.
+pub use format::{Meta, MetaExtent, table_len};
+pub use record::cmp_components;
 
 /// Tunables of a log. The defaults suit production; tests shrink the segment size.
 #[derive(Clone, Debug)]
@@ -117,7 +131,7 @@ fn capture_buffer() -> usize {
 }
 
 /// One record of the chain with its metadata, as [`Log::record_view`] gives it.
-pub(crate) struct RecordView {
+pub struct RecordView {
     pub height: u64,
     pub time_unix_ms: u64,
     /// The record hash (the chain link).
@@ -150,7 +164,7 @@ fn serialize_hex<S: serde::Serializer>(h: &[u8; 32], s: S) -> Result<S::Ok, S::E
     s.serialize_str(&hex(h))
 }
 
-pub(crate) fn hex(h: &[u8]) -> String {
+pub fn hex(h: &[u8]) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -863,14 +877,14 @@ impl Log {
     }
 
     /// Number of records in the chain, dropped ones included (see [`Log::record_view`]).
-    pub(crate) fn record_count(&self) -> usize {
+    pub fn record_count(&self) -> usize {
         self.records.len()
     }
 
     /// Record `i` of the chain (0-based, dropped ones included) as an offsite copy needs it:
     /// its metadata block and the payloads it stores itself (the others it borrows from
     /// earlier records).
-    pub(crate) fn record_view(&self, i: usize) -> Result<RecordView, LogError> {
+    pub fn record_view(&self, i: usize) -> Result<RecordView, LogError> {
         let r = &self.records[i];
         let (meta_bytes, meta) = self.read_meta_bytes(r)?;
         let (s, e) = r.payload_range();
@@ -901,11 +915,7 @@ impl Log {
 
     /// Appends the stored bytes of a payload (block table, then the codec's body) to `out`,
     /// checked by decoding them first so that damage is never copied elsewhere.
-    pub(crate) fn read_stored_into(
-        &self,
-        p: &PayloadRef,
-        out: &mut Vec<u8>,
-    ) -> Result<(), LogError> {
+    pub fn read_stored_into(&self, p: &PayloadRef, out: &mut Vec<u8>) -> Result<(), LogError> {
         let seg = self.payload_segment(p)?;
         let at = out.len();
         out.resize(at + p.stored_len as usize, 0);
@@ -1135,7 +1145,7 @@ impl PayloadSource for Log {
 
 /// Decodes stored payload bytes (block table, then data) and checks the data against the
 /// payload's blake3 and its block table.
-pub(crate) fn decode_payload(p: &PayloadRef, mut stored: Vec<u8>) -> Result<Vec<u8>, String> {
+pub fn decode_payload(p: &PayloadRef, mut stored: Vec<u8>) -> Result<Vec<u8>, String> {
     let tl = format::table_len(p.raw_len) as usize;
     if stored.len() < tl {
         return Err("payload shorter than its block table".into());
@@ -1149,7 +1159,7 @@ pub(crate) fn decode_payload(p: &PayloadRef, mut stored: Vec<u8>) -> Result<Vec<
 }
 
 /// [`decode_payload`]'s checks without keeping the raw bytes (nor copying raw ones).
-pub(crate) fn check_payload(p: &PayloadRef, stored: &[u8]) -> Result<(), String> {
+pub fn check_payload(p: &PayloadRef, stored: &[u8]) -> Result<(), String> {
     let tl = format::table_len(p.raw_len) as usize;
     if stored.len() < tl {
         return Err("payload shorter than its block table".into());

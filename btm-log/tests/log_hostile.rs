@@ -6,9 +6,7 @@ mod support;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use btm_agent::log::{
-    CutRecord, Entry, ExtentBytes, ExtentData, Log, LogError, NsOp, ReplayOptions,
-};
+use btm_log::{CutRecord, Entry, ExtentBytes, ExtentData, Log, LogError, NsOp, ReplayOptions};
 use support::{Model, Rng, assert_tree};
 
 fn opts() -> ReplayOptions {
@@ -290,7 +288,7 @@ fn flipped_payload_byte_is_named_by_verify() {
             height, path: p, ..
         } => {
             assert_eq!(*height, h);
-            assert_eq!(p, &btm_agent::log::display_path(&path));
+            assert_eq!(p, &btm_log::display_path(&path));
         }
         other => panic!("expected CorruptExtent, got {other}"),
     }

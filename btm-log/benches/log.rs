@@ -3,9 +3,7 @@
 //! `cargo bench -p btm-agent --bench log`
 use std::{hint::black_box, time::Duration};
 
-use btm_agent::log::{
-    CutRecord, Entry, ExtentBytes, ExtentData, Log, LogOptions, NsOp, ReplayOptions,
-};
+use btm_log::{CutRecord, Entry, ExtentBytes, ExtentData, Log, LogOptions, NsOp, ReplayOptions};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 const MIB: usize = 1 << 20;

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use btm_agent::log::{CutRecord, ExtentBytes, Log, LogOptions, ReplayOptions};
+use btm_log::{CutRecord, ExtentBytes, Log, LogOptions, ReplayOptions};
 use support::{Model, Rng, assert_tree, is_root, skip};
 
 fn opts() -> ReplayOptions {

@@ -141,7 +141,7 @@ pub(crate) fn file_name_of(path: &[u8]) -> &[u8] {
 
 /// Orders paths component by component (a directory, then everything under it, then its next
 /// sibling), which is a depth-first walk. Paths never hold NUL, so mapping '/' to 0 does it.
-pub(crate) fn cmp_components(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+pub fn cmp_components(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     let key = |c: &u8| if *c == b'/' { 0 } else { *c };
     a.iter().map(key).cmp(b.iter().map(key))
 }

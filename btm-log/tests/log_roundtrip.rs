@@ -6,7 +6,7 @@ mod support;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 
-use btm_agent::log::{
+use btm_log::{
     CutRecord, Entry, ExtentBytes, ExtentData, Log, LogOptions, NsOp, ReplayOptions, resolve_height,
 };
 use support::{Model, Rng, assert_tree, tree_digest};

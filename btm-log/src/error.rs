@@ -108,8 +108,10 @@ pub enum LogError {
     )]
     Poisoned { dir: PathBuf, reason: String },
 
-    #[error("offsite copy: {0}")]
-    Remote(String),
+    /// A payload source other than the log's own segments failed (an offsite copy, for one):
+    /// its own error, as text.
+    #[error("{0}")]
+    Source(String),
 
     #[error("replay into {}: {what}", path.display())]
     Replay { path: PathBuf, what: String },

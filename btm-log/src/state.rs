@@ -196,7 +196,7 @@ impl TreeState {
     /// Applies one record: ops, then extents, then forgets files no path names any more.
     /// Checks everything a hostile or buggy record could get wrong; on error the state is
     /// partly applied and must be thrown away.
-    pub(crate) fn apply(
+    pub fn apply(
         &mut self,
         height: u64,
         ops: &[NsOp],

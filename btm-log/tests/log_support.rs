@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use btm_agent::log::{CutRecord, Entry, ExtentBytes, ExtentData, NsOp};
+use btm_log::{CutRecord, Entry, ExtentBytes, ExtentData, NsOp};
 
 /// splitmix64: small, seeded, good enough for test data.
 pub struct Rng(pub u64);

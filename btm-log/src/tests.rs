@@ -12,49 +12,7 @@ fn no_sync() -> ReplayOptions {
     }
 }
 
-fn file_op(path: &[u8], id: u64) -> NsOp {
-    NsOp::Put {
-        path: path.to_vec(),
-        entry: Entry::File {
-            id,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        },
-    }
-}
-
-pub(crate) fn record(height: u64, id: u64, data: Vec<u8>) -> CutRecord {
-    let name = format!("f{id}").into_bytes();
-    CutRecord {
-        height,
-        time_unix_ms: height,
-        ops: vec![
-            file_op(&name, id),
-            NsOp::SetSize {
-                id,
-                size: data.len() as u64,
-            },
-        ],
-        extents: vec![ExtentData {
-            id,
-            offset: 0,
-            bytes: ExtentBytes::Data(data),
-        }],
-    }
-}
-
-pub(crate) fn noise(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use super::testing::{file_op, noise, record};
 
 fn listing(dir: &Path) -> Vec<(String, u64)> {
     let mut v: Vec<(String, u64)> = fs::read_dir(dir)

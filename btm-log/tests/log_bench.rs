@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Instant;
 
-use btm_agent::log::{ExtentBytes, Log, ReplayOptions};
+use btm_log::{ExtentBytes, Log, ReplayOptions};
 use support::{Model, Rng, assert_tree};
 
 fn mbs(bytes: u64, secs: f64) -> String {

@@ -118,6 +118,11 @@ impl MetaExtent {
             MetaExtent::Data { payload, .. } => payload.raw_len,
         }
     }
+
+    /// True for a row of no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A record's metadata block: namespace operations, then the extent table.
