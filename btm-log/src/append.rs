@@ -8,16 +8,20 @@
 //! cut back to where the record began, or removed if the record started it.
 
 use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
 
 use super::error::LogError;
-use super::format::{self, Codec, MetaExtent, PayloadRef, SEG_HEADER_LEN};
+use super::format::{self, Codec, MetaExtent, PayloadRef, SEG_HEADER_LEN, SegHeader};
 use super::record::{
     CutRecord, Entry, ExtentBytes, ExtentData, FileId, NsOp, check_path, check_symlink_target,
     display_path,
 };
 use super::unchanged::Unchanged;
 use super::writer::{RecordWriter, SegmentIo};
-use super::{HeightInfo, Log, Meta, RecordLoc, TreeState, data_bytes, files_changed};
+use super::{
+    HeightInfo, Log, Meta, RecordLoc, Segment, TreeState, data_bytes, files_changed, fsync_dir,
+    seg_name,
+};
 
 /// A record being appended. See the module documentation.
 pub struct Draft<'a> {
@@ -388,6 +392,76 @@ impl Drop for Draft<'_> {
             self.log.tip = None;
             self.log.undo_append(self.new_segment, self.start);
         }
+    }
+}
+
+impl Log {
+    // ---- appending (see append.rs) -------------------------------------------------------
+
+    /// Creates segment `seg_no` (header, fsync, directory fsync) and makes it the last one.
+    pub(super) fn create_segment(&mut self, seg_no: u64) -> Result<(), LogError> {
+        let path = self.dir.join(seg_name(seg_no));
+        let created = (|| -> Result<File, LogError> {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| LogError::io(&path, e))?;
+            let io = SegmentIo::new(&file, &path, self.fail_beyond())?;
+            io.write_at(&SegHeader { seg: seg_no }.encode(), 0)?;
+            file.sync_all().map_err(|e| LogError::io(&path, e))?;
+            fsync_dir(&self.dir)?;
+            Ok(file)
+        })();
+        match created {
+            Ok(file) => {
+                self.segments.push(Segment {
+                    no: seg_no,
+                    path,
+                    file,
+                    len: SEG_HEADER_LEN,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                if path.exists() {
+                    let _ = fs::remove_file(&path);
+                    let _ = fsync_dir(&self.dir);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Undoes a record that was not acknowledged: cuts the last segment back to `start`, or
+    /// removes it when the record created it. A failure here poisons the log.
+    pub(super) fn undo_append(&mut self, new_segment: bool, start: u64) {
+        let seg = self.segments.last().expect("segment");
+        let undo = if new_segment {
+            fs::remove_file(&seg.path)
+                .map_err(|e| LogError::io(&seg.path, e))
+                .and_then(|()| fsync_dir(&self.dir))
+        } else {
+            seg.file
+                .set_len(start)
+                .and_then(|()| seg.file.sync_all())
+                .map_err(|e| LogError::io(&seg.path, e))
+        };
+        if new_segment {
+            self.segments.pop();
+        }
+        if let Err(u) = undo {
+            self.poisoned = Some(u.to_string());
+        }
+    }
+
+    /// Tests: where writes start failing like a full disk.
+    pub(super) fn fail_beyond(&self) -> Option<u64> {
+        #[cfg(test)]
+        return self.fail_writes_beyond;
+        #[cfg(not(test))]
+        None
     }
 }
 

@@ -1,0 +1,412 @@
+//! Opening a log: segments, records, torn tails, the checks every record passes.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::format::{
+    self, FORMAT_VERSION, HeaderError, MetaError, REC_HEADER_LEN, RecHeader, SEG_HEADER_LEN,
+    SegHeader, TRAILER_LEN, Trailer,
+};
+use super::{
+    HeightInfo, Log, LogError, Meta, MetaExtent, RecordLoc, Segment, TornTail, compact, data_bytes,
+    display_path, files_changed, fsync_dir, meta_ids, parse_seg_name, seg_name, valid_header_after,
+};
+
+pub(super) enum RecErr {
+    /// Not a complete, intact record. `resume` is where a later valid record could start.
+    Anomaly {
+        why: String,
+        resume: u64,
+    },
+    Fatal(LogError),
+}
+
+impl Log {
+    // ---- opening ----------------------------------------------------------------------------
+
+    pub(super) fn scan(&mut self) -> Result<(), LogError> {
+        self.dropped = compact::read_dropped(&self.dir)?;
+        let mut found = Vec::new();
+        for ent in fs::read_dir(&self.dir).map_err(|e| LogError::io(&self.dir, e))? {
+            let ent = ent.map_err(|e| LogError::io(&self.dir, e))?;
+            if let Some(no) = ent.file_name().to_str().and_then(parse_seg_name) {
+                found.push((no, ent.path()));
+            }
+        }
+        // A committed compaction whose files are not all in place yet (readers only: the
+        // appender finished it before scanning).
+        compact::overlay(&self.dir, &mut found)?;
+        found.sort();
+        for w in found.windows(2) {
+            if w[1].0 != w[0].0 + 1 {
+                return Err(LogError::Corrupt {
+                    segment: w[1].1.clone(),
+                    offset: 0,
+                    height: None,
+                    what: format!(
+                        "segment {} is missing (or a stray segment file lies here)",
+                        seg_name(w[0].0 + 1)
+                    ),
+                });
+            }
+        }
+        let n = found.len();
+        for (i, (no, path)) in found.into_iter().enumerate() {
+            let last = i + 1 == n;
+            // Append mode opens every segment writable: if the last one turns out to be a torn
+            // segment and is removed, the one before becomes the one to append to.
+            let file = OpenOptions::new()
+                .read(true)
+                .write(self.writable)
+                .open(&path)
+                .map_err(|e| LogError::io(&path, e))?;
+            let flen = file.metadata().map_err(|e| LogError::io(&path, e))?.len();
+            let mut hb = vec![0u8; SEG_HEADER_LEN.min(flen) as usize];
+            file.read_exact_at(&mut hb, 0)
+                .map_err(|e| LogError::io(&path, e))?;
+            match SegHeader::decode(&hb) {
+                Ok(h) if h.seg == no => {}
+                Ok(h) => {
+                    return Err(LogError::Corrupt {
+                        segment: path,
+                        offset: 0,
+                        height: None,
+                        what: format!("segment header says it is number {}", h.seg),
+                    });
+                }
+                Err(HeaderError::Version(v)) => {
+                    return Err(LogError::UnsupportedVersion {
+                        path,
+                        version: v,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+                Err(HeaderError::Garbage(why)) if last && flen <= SEG_HEADER_LEN => {
+                    // A crash while creating the segment: it holds nothing acknowledged.
+                    self.note_torn(&path, 0, flen, why.to_string());
+                    if self.writable {
+                        drop(file);
+                        fs::remove_file(&path).map_err(|e| LogError::io(&path, e))?;
+                        fsync_dir(&self.dir)?;
+                    }
+                    break;
+                }
+                Err(HeaderError::Garbage(why)) => {
+                    return Err(LogError::Corrupt {
+                        segment: path,
+                        offset: 0,
+                        height: None,
+                        what: why.to_string(),
+                    });
+                }
+            }
+            let seg_idx = self.segments.len();
+            self.segments.push(Segment {
+                no,
+                path: path.clone(),
+                file,
+                len: flen,
+            });
+            let mut p = SEG_HEADER_LEN;
+            while p < flen {
+                match self.read_record(seg_idx, p, flen, last) {
+                    Ok((rec, meta)) => {
+                        let len = rec.len();
+                        self.index_record(rec, &meta);
+                        p += len;
+                    }
+                    Err(RecErr::Fatal(e)) => return Err(e),
+                    Err(RecErr::Anomaly { why, resume }) => {
+                        let seg = &self.segments[seg_idx];
+                        if last && !valid_header_after(&seg.file, resume, flen) {
+                            self.note_torn(&path, p, flen - p, why);
+                            if self.writable {
+                                let seg = &self.segments[seg_idx];
+                                seg.file
+                                    .set_len(p)
+                                    .and_then(|()| seg.file.sync_all())
+                                    .map_err(|e| LogError::io(&path, e))?;
+                            }
+                            break;
+                        }
+                        return Err(LogError::Corrupt {
+                            segment: path,
+                            offset: p,
+                            height: None,
+                            what: if last {
+                                format!("{why}, and intact records follow it")
+                            } else {
+                                format!("{why} in a segment that is not the last one")
+                            },
+                        });
+                    }
+                }
+            }
+            self.segments[seg_idx].len = p;
+        }
+        Ok(())
+    }
+
+    fn note_torn(&mut self, path: &Path, offset: u64, bytes: u64, reason: String) {
+        let cut = self.writable;
+        if cut {
+            tracing::warn!(
+                "{}: torn tail of {bytes} bytes at offset {offset} ({reason}), left by an append that \
+                 did not complete; cutting it off",
+                path.display()
+            );
+        } else {
+            // Read mode: usually an append in progress in another process, or a crash that the
+            // next appender will clean up. `torn_tail()` reports it.
+            tracing::debug!(
+                "{}: ignoring {bytes} bytes at offset {offset} after the last complete record ({reason})",
+                path.display()
+            );
+        }
+        self.torn_tail = Some(TornTail {
+            segment: path.to_path_buf(),
+            offset,
+            bytes,
+            reason,
+            cut,
+        });
+    }
+
+    fn read_record(
+        &self,
+        seg_idx: usize,
+        p: u64,
+        flen: u64,
+        last_seg: bool,
+    ) -> Result<(RecordLoc, Meta), RecErr> {
+        let seg = &self.segments[seg_idx];
+        let io = |e: std::io::Error| RecErr::Fatal(LogError::io(&seg.path, e));
+        let anomaly = |why: String, resume: u64| RecErr::Anomaly { why, resume };
+        if flen - p < REC_HEADER_LEN {
+            return Err(anomaly(
+                format!("incomplete record header ({} bytes)", flen - p),
+                flen,
+            ));
+        }
+        let mut hb = [0u8; REC_HEADER_LEN as usize];
+        seg.file.read_exact_at(&mut hb, p).map_err(io)?;
+        let header = match RecHeader::decode(&hb) {
+            Ok(h) => h,
+            Err(HeaderError::Garbage(why)) => return Err(anomaly(why.to_string(), p + 1)),
+            Err(HeaderError::Version(v)) => {
+                return Err(RecErr::Fatal(LogError::UnsupportedVersion {
+                    path: seg.path.clone(),
+                    version: v,
+                    supported: FORMAT_VERSION,
+                }));
+            }
+        };
+        let len = header.record_len().expect("checked");
+        let end = p.saturating_add(len);
+        if end > flen {
+            return Err(anomaly(
+                format!(
+                    "incomplete record of height {}: {} of {len} bytes",
+                    header.height,
+                    flen - p
+                ),
+                flen,
+            ));
+        }
+        let mut mb = vec![0u8; header.meta_len as usize];
+        seg.file
+            .read_exact_at(&mut mb, p + header.meta_start())
+            .map_err(io)?;
+        if *blake3::hash(&mb).as_bytes() != header.meta_hash {
+            return Err(anomaly(
+                format!(
+                    "metadata checksum mismatch in the record of height {}",
+                    header.height
+                ),
+                end,
+            ));
+        }
+        let mut tb = [0u8; TRAILER_LEN as usize];
+        seg.file
+            .read_exact_at(&mut tb, end - TRAILER_LEN)
+            .map_err(io)?;
+        let trailer = match Trailer::decode(&tb) {
+            Ok(t) if t.record_len == len => t,
+            Ok(_) => return Err(anomaly("trailer length mismatch".into(), end)),
+            Err(_) => {
+                return Err(anomaly(
+                    format!("bad trailer of the record of height {}", header.height),
+                    end,
+                ));
+            }
+        };
+        // The writer checks the whole last record before building on it: a crash (power loss)
+        // may have left the trailer durable but not every payload block.
+        if self.writable
+            && last_seg
+            && end == flen
+            && hash_on_disk(&seg.file, p, &header, &mb).map_err(io)? != trailer.hash
+        {
+            return Err(anomaly(
+                format!(
+                    "checksum mismatch in the record of height {}",
+                    header.height
+                ),
+                end,
+            ));
+        }
+        let corrupt = |what: String| {
+            RecErr::Fatal(LogError::Corrupt {
+                segment: seg.path.clone(),
+                offset: p,
+                height: Some(header.height),
+                what,
+            })
+        };
+        let meta = Meta::decode(&mb).map_err(|e| match e {
+            MetaError::Malformed(why) => corrupt(format!("malformed metadata: {why}")),
+            MetaError::UnsafePath(path, reason) => RecErr::Fatal(LogError::UnsafePath {
+                height: header.height,
+                path: display_path(&path),
+                reason,
+            }),
+        })?;
+        // The chain.
+        match self.records.last() {
+            Some(prev) => {
+                if header.height <= prev.header.height {
+                    return Err(corrupt(format!(
+                        "height {} follows height {}: heights must increase",
+                        header.height, prev.header.height
+                    )));
+                }
+                if header.prev_hash != prev.info.hash {
+                    return Err(corrupt(format!(
+                        "hash chain broken: the record does not follow the record of height {}",
+                        prev.header.height
+                    )));
+                }
+            }
+            None => {
+                if header.prev_hash != [0u8; 32] {
+                    return Err(corrupt(
+                        "the first record of the log points at a previous record (segments missing?)".into(),
+                    ));
+                }
+            }
+        }
+        let rec = RecordLoc {
+            seg_no: seg.no,
+            seg_idx,
+            offset: p,
+            header,
+            info: HeightInfo {
+                height: header.height,
+                time_unix_ms: header.time_unix_ms,
+                stored_bytes: len,
+                data_bytes: data_bytes(&meta),
+                files_changed: files_changed(&meta),
+                hash: trailer.hash,
+            },
+        };
+        self.check_payload_refs(&rec, &meta).map_err(corrupt)?;
+        Ok((rec, meta))
+    }
+
+    /// Every payload the record stores must tile its payload section exactly; every payload it
+    /// borrows must lie inside an earlier record's payload section.
+    fn check_payload_refs(&self, rec: &RecordLoc, meta: &Meta) -> Result<(), String> {
+        let (ps, pe) = rec.payload_range();
+        let mut own = Vec::new();
+        for e in &meta.extents {
+            let MetaExtent::Data {
+                id,
+                offset,
+                payload: p,
+            } = e
+            else {
+                continue;
+            };
+            let end = p
+                .offset
+                .checked_add(p.stored_len)
+                .ok_or_else(|| format!("payload of file id {id} at {offset} overflows"))?;
+            if p.seg == rec.seg_no && p.offset >= ps && end <= pe {
+                own.push((p.offset, p.stored_len));
+                continue;
+            }
+            let i = self
+                .records
+                .partition_point(|r| (r.seg_no, r.offset) <= (p.seg, p.offset));
+            let inside = i > 0 && {
+                let r = &self.records[i - 1];
+                let (rs, re) = r.payload_range();
+                r.seg_no == p.seg && p.offset >= rs && end <= re
+            };
+            if !inside {
+                return Err(format!(
+                    "data of file id {id} at offset {offset} points at segment {} bytes {}..{end}, \
+                     outside every payload section",
+                    p.seg, p.offset
+                ));
+            }
+        }
+        own.sort_unstable();
+        own.dedup();
+        // Version 1 payloads tile the section; a version-2 writer may leave payloads of files
+        // that vanished during the cut unused in it.
+        let gaps = rec.header.version >= 2;
+        let mut at = ps;
+        for (o, l) in own {
+            if o < at || (o > at && !gaps) {
+                return Err(format!("payloads overlap or leave a gap at offset {at}"));
+            }
+            at = o + l;
+        }
+        if at != pe && !gaps {
+            return Err(format!(
+                "payload section has {} bytes no extent uses",
+                pe - at
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn index_record(&mut self, rec: RecordLoc, meta: &Meta) {
+        if let Some(m) = meta_ids(meta).max() {
+            self.max_file_id = Some(self.max_file_id.map_or(m, |o| o.max(m)));
+        }
+        if self.writable {
+            let (ps, pe) = rec.payload_range();
+            for e in &meta.extents {
+                if let MetaExtent::Data { payload: p, .. } = e
+                    && p.seg == rec.seg_no
+                    && p.offset >= ps
+                    && p.offset < pe
+                {
+                    self.dedup.entry(p.hash).or_insert(*p);
+                }
+            }
+        }
+        self.records.push(rec);
+    }
+}
+
+/// The record hash of the record at `p`, read back from the file (`meta` is its metadata).
+fn hash_on_disk(file: &File, p: u64, header: &RecHeader, meta: &[u8]) -> std::io::Result<[u8; 32]> {
+    let mut h = format::RecordHash::new(header);
+    h.meta(meta);
+    let mut buf = vec![0u8; (1 << 20).min(header.payload_len as usize)];
+    let (mut at, end) = (
+        p + header.payload_start(),
+        p + header.payload_start() + header.payload_len,
+    );
+    while at < end {
+        let n = buf.len().min((end - at) as usize);
+        file.read_exact_at(&mut buf[..n], at)?;
+        h.payload(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(h.finish())
+}

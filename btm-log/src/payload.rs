@@ -1,0 +1,98 @@
+//! Reading stored payloads back: decoding and the checks a payload must pass.
+
+use std::os::unix::fs::FileExt;
+
+use super::format::{self, Codec, PayloadRef};
+use super::{Log, LogError, PayloadSource};
+
+/// The log's own segments as replay's payload source.
+impl PayloadSource for Log {
+    fn load_payload(&self, p: &PayloadRef) -> Result<Vec<u8>, Result<String, LogError>> {
+        let Some(seg) = self.segment(p.seg) else {
+            return Err(Ok(format!("segment {} is not part of the log", p.seg)));
+        };
+        if p.offset.saturating_add(p.stored_len) > seg.len {
+            return Err(Ok("payload lies beyond the end of its segment".into()));
+        }
+        let mut stored = vec![0u8; p.stored_len as usize];
+        seg.file
+            .read_exact_at(&mut stored, p.offset)
+            .map_err(|e| Err(LogError::io(&seg.path, e)))?;
+        decode_payload(p, stored).map_err(Ok)
+    }
+
+    fn load_table(&self, p: &PayloadRef) -> Result<Vec<u8>, LogError> {
+        let tl = format::table_len(p.raw_len);
+        let seg = self.payload_segment(p)?;
+        let mut t = vec![0u8; tl as usize];
+        if p.offset.saturating_add(tl) <= seg.len {
+            seg.file
+                .read_exact_at(&mut t, p.offset)
+                .map_err(|e| LogError::io(&seg.path, e))?;
+        }
+        Ok(t)
+    }
+
+    fn payload_height(&self, p: &PayloadRef) -> Option<u64> {
+        let i = self
+            .records
+            .partition_point(|r| (r.seg_no, r.offset) <= (p.seg, p.offset));
+        (i > 0).then(|| self.records[i - 1].header.height)
+    }
+}
+
+/// Decodes stored payload bytes (block table, then data) and checks the data against the
+/// payload's blake3 and its block table.
+pub fn decode_payload(p: &PayloadRef, mut stored: Vec<u8>) -> Result<Vec<u8>, String> {
+    let tl = format::table_len(p.raw_len) as usize;
+    if stored.len() < tl {
+        return Err("payload shorter than its block table".into());
+    }
+    let raw = match p.codec {
+        Codec::Raw => stored.split_off(tl),
+        Codec::Zstd => unzstd(p, &stored[tl..])?,
+    };
+    check_raw(p, &raw, &stored[..tl])?;
+    Ok(raw)
+}
+
+/// [`decode_payload`]'s checks without keeping the raw bytes (nor copying raw ones).
+pub fn check_payload(p: &PayloadRef, stored: &[u8]) -> Result<(), String> {
+    let tl = format::table_len(p.raw_len) as usize;
+    if stored.len() < tl {
+        return Err("payload shorter than its block table".into());
+    }
+    match p.codec {
+        Codec::Raw => check_raw(p, &stored[tl..], &stored[..tl]),
+        Codec::Zstd => check_raw(p, &unzstd(p, &stored[tl..])?, &stored[..tl]),
+    }
+}
+
+fn unzstd(p: &PayloadRef, body: &[u8]) -> Result<Vec<u8>, String> {
+    let raw = zstd::bulk::decompress(body, p.raw_len as usize).map_err(|e| format!("zstd: {e}"))?;
+    if raw.len() as u64 != p.raw_len {
+        return Err(format!(
+            "decompressed to {} bytes, expected {}",
+            raw.len(),
+            p.raw_len
+        ));
+    }
+    Ok(raw)
+}
+
+fn check_raw(p: &PayloadRef, raw: &[u8], table: &[u8]) -> Result<(), String> {
+    if raw.len() as u64 != p.raw_len {
+        return Err(format!(
+            "holds {} raw bytes, expected {}",
+            raw.len(),
+            p.raw_len
+        ));
+    }
+    if *blake3::hash(raw).as_bytes() != p.hash {
+        return Err("blake3 mismatch".into());
+    }
+    if format::block_table(raw) != table {
+        return Err("block table does not match the data".into());
+    }
+    Ok(())
+}

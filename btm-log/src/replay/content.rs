@@ -1,0 +1,245 @@
+//! Replay of a file's bytes: compare what is there with the state, write only what differs.
+
+use super::*;
+
+impl Replayer<'_> {
+    /// Makes the file's bytes equal to the state's; returns whether anything changed.
+    pub(super) fn content(
+        &mut self,
+        file: &File,
+        f: &FileState,
+        old_size: u64,
+        fresh: bool,
+        path: &[u8],
+        id: FileId,
+    ) -> Result<bool, LogError> {
+        let mut changed = false;
+        if old_size != f.size {
+            file.set_len(f.size)
+                .map_err(|e| self.err(path, format!("truncate: {e}")))?;
+            changed = true;
+        }
+        // Below `limit` the file may hold old bytes; above it, it is a fresh hole (except for
+        // the rest of the block holding the old end, hence `dirty_end`).
+        let limit = if fresh { 0 } else { old_size.min(f.size) };
+        let bs = file
+            .metadata()
+            .map(|m| m.blksize())
+            .unwrap_or(4096)
+            .clamp(512, 1 << 20);
+        let dirty_end = limit.div_ceil(bs).saturating_mul(bs);
+        let mut cursor = 0;
+        for (&start, piece) in &f.pieces {
+            if cursor < dirty_end {
+                changed |= self.hole(file, cursor, start, bs, path)?;
+            }
+            let end = start + piece.len;
+            let range = piece.skip as usize..(piece.skip + piece.len) as usize;
+            if end <= limit {
+                // Old bytes are there: compare, and write only the blocks that differ.
+                let mut old = std::mem::take(&mut self.buf);
+                old.resize(piece.len as usize, 0);
+                file.read_exact_at(&mut old, start)
+                    .map_err(|e| self.err(path, format!("read: {e}")))?;
+                self.stats.bytes_compared += piece.len;
+                let same = if piece.is_whole() {
+                    *blake3::hash(&old).as_bytes() == piece.payload.hash
+                } else {
+                    self.table_says_same(piece, &old)?
+                };
+                if !same {
+                    let raw = self.payload(&piece.payload, path, id, start)?;
+                    changed |= self.write_diff(file, start, &raw[range], &old, bs, path)?;
+                }
+                self.buf = old;
+            } else {
+                let raw = self.payload(&piece.payload, path, id, start)?;
+                file.write_all_at(&raw[range], start)
+                    .map_err(|e| self.err(path, format!("write: {e}")))?;
+                self.stats.bytes_written += piece.len;
+                changed = true;
+            }
+            self.progress.inc(piece.len);
+            cursor = end;
+        }
+        if cursor < dirty_end {
+            changed |= self.hole(file, cursor, f.size, bs, path)?;
+        }
+        Ok(changed)
+    }
+
+    /// True when the payload's block table shows that `old` (the file's bytes under `piece`)
+    /// already equals the piece: every block the piece covers is covered whole and its hash
+    /// matches. False when a block differs or the piece cuts through a block (then the payload
+    /// must be read to compare).
+    fn table_says_same(&mut self, piece: &Piece, old: &[u8]) -> Result<bool, LogError> {
+        let (s, e) = (piece.skip, piece.skip + piece.len);
+        let raw_len = piece.payload.raw_len;
+        let blocks = s / TABLE_BLOCK..e.div_ceil(TABLE_BLOCK);
+        let whole = |k: u64| k * TABLE_BLOCK >= s && ((k + 1) * TABLE_BLOCK).min(raw_len) <= e;
+        if !whole(blocks.start) || !whole(blocks.end - 1) {
+            return Ok(false);
+        }
+        let table = self.log.load_table(&piece.payload)?;
+        self.stats.log_bytes_read += table.len() as u64;
+        let n = TABLE_ENTRY as usize;
+        for k in blocks {
+            let bs = (k * TABLE_BLOCK - s) as usize;
+            let be = (((k + 1) * TABLE_BLOCK).min(raw_len) - s) as usize;
+            let want = &table[k as usize * n..(k as usize + 1) * n];
+            if blake3::hash(&old[bs..be]).as_bytes()[..n] != *want {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes `new` at `start` where it differs from `old` (the bytes there now), in runs of
+    /// whole filesystem blocks.
+    fn write_diff(
+        &mut self,
+        file: &File,
+        start: u64,
+        new: &[u8],
+        old: &[u8],
+        bs: u64,
+        path: &[u8],
+    ) -> Result<bool, LogError> {
+        let mut changed = false;
+        let mut run: Option<usize> = None; // start index of a run of differing blocks
+        let mut i = 0usize;
+        while i <= new.len() {
+            let j = if i == new.len() {
+                i
+            } else {
+                let abs = start + i as u64;
+                (i + (bs - abs % bs) as usize).min(new.len())
+            };
+            let differs = i < new.len() && new[i..j] != old[i..j];
+            match (differs, run) {
+                (true, None) => run = Some(i),
+                (false, Some(r)) => {
+                    file.write_all_at(&new[r..i], start + r as u64)
+                        .map_err(|e| self.err(path, format!("write: {e}")))?;
+                    self.stats.bytes_written += (i - r) as u64;
+                    changed = true;
+                    run = None;
+                }
+                _ => {}
+            }
+            if i == new.len() {
+                break;
+            }
+            i = j;
+        }
+        Ok(changed)
+    }
+
+    /// Makes `[start, end)` read as zeros without writing zeros over whole blocks: the block-
+    /// aligned interior is punched out where it holds data (SEEK_DATA), the partial blocks at the
+    /// edges are zeroed where they hold non-zero bytes. Writes zeros only where the filesystem
+    /// cannot punch holes.
+    fn hole(
+        &mut self,
+        file: &File,
+        start: u64,
+        end: u64,
+        bs: u64,
+        path: &[u8],
+    ) -> Result<bool, LogError> {
+        if start >= end {
+            return Ok(false);
+        }
+        let a = start.div_ceil(bs).saturating_mul(bs).min(end);
+        let b = (end / bs * bs).max(a);
+        let mut changed = self.zero_fill(file, start, a, path)?;
+        changed |= self.zero_fill(file, b, end, path)?;
+        if a >= b {
+            return Ok(changed);
+        }
+        let data = match lseek(file, a as i64, Whence::SeekData) {
+            Ok(off) if (off as u64) < b => off as u64,
+            Ok(_) | Err(Errno::ENXIO) => return Ok(changed),
+            Err(_) => a, // no SEEK_DATA: assume data
+        };
+        let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        match fallocate(file, flags, data as i64, (b - data) as i64) {
+            Ok(()) => {
+                self.stats.holes_punched += 1;
+                Ok(true)
+            }
+            Err(Errno::EOPNOTSUPP) => Ok(self.zero_fill(file, data, b, path)? | changed),
+            Err(e) => Err(self.err(path, format!("punch hole: {e}"))),
+        }
+    }
+
+    /// Overwrites the non-zero bytes of `[start, end)` with zeros.
+    fn zero_fill(
+        &mut self,
+        file: &File,
+        start: u64,
+        end: u64,
+        path: &[u8],
+    ) -> Result<bool, LogError> {
+        let mut changed = false;
+        let mut at = start;
+        let mut buf = vec![0u8; (1 << 20).min(end.saturating_sub(start) as usize)];
+        while at < end {
+            let n = buf.len().min((end - at) as usize);
+            file.read_exact_at(&mut buf[..n], at)
+                .map_err(|e| self.err(path, format!("read: {e}")))?;
+            self.stats.bytes_compared += n as u64;
+            if buf[..n].iter().any(|&b| b != 0) {
+                buf[..n].fill(0);
+                file.write_all_at(&buf[..n], at)
+                    .map_err(|e| self.err(path, format!("write: {e}")))?;
+                self.stats.bytes_written += n as u64;
+                changed = true;
+            }
+            at += n as u64;
+        }
+        Ok(changed)
+    }
+
+    fn payload(
+        &mut self,
+        p: &PayloadRef,
+        path: &[u8],
+        id: FileId,
+        offset: u64,
+    ) -> Result<Rc<Vec<u8>>, LogError> {
+        if let Some(v) = self.cache.get(p) {
+            return Ok(v.clone());
+        }
+        let raw = match self.log.load_payload(p) {
+            Ok(raw) => raw,
+            Err(Ok(what)) => {
+                return Err(LogError::CorruptExtent {
+                    height: self.log.payload_height(p).unwrap_or(self.height),
+                    path: display_path(path),
+                    id,
+                    offset,
+                    len: p.raw_len,
+                    what,
+                });
+            }
+            Err(Err(e)) => return Err(e),
+        };
+        self.stats.log_bytes_read += p.stored_len;
+        self.stats.payloads_read += 1;
+        let raw = Rc::new(raw);
+        self.cache_bytes += raw.len();
+        self.cache.insert(*p, raw.clone());
+        self.cache_order.push_back(*p);
+        while self.cache_bytes > CACHE_BYTES
+            && let Some(old) = self.cache_order.pop_front()
+        {
+            if let Some(v) = self.cache.remove(&old) {
+                self.cache_bytes -= v.len();
+            }
+        }
+        Ok(raw)
+    }
+
+    // ---- pass 3 -----------------------------------------------------------------------------
+}
