@@ -92,18 +92,7 @@ struct Compat {
 }
 
 fn main() {
-    let json = std::env::var("BTM_LOG_FORMAT").as_deref() == Ok("json");
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BTM_LOG")
-        // object_store logs every retry at info; its final error is what we report.
-        .unwrap_or_else(|_| "info,object_store=warn".into());
-    let sub = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        sub.json().init();
-    } else {
-        sub.init();
-    }
+    init_logging();
     // Flags over BTM_* variables over the config file (btm_agent::config).
     let cli: Cli = btm_agent::config::parse();
     let res = match cli.command {
@@ -127,6 +116,45 @@ fn main() {
     if let Err(e) = res {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Logs go to stderr: text (coloured only on a terminal, and not under NO_COLOR), or JSON
+/// lines with BTM_LOG_FORMAT=json. BTM_LOG_LEVEL (an `EnvFilter`: `debug`,
+/// `info,btm_agent::cut=debug`) sets the level; BTM_LOG is its older name.
+fn init_logging() {
+    use std::io::IsTerminal;
+    // object_store logs every retry at info; its final error is what we report.
+    let default = || tracing_subscriber::EnvFilter::new("info,object_store=warn");
+    let mut ignored = None;
+    let filter = match ["BTM_LOG_LEVEL", "BTM_LOG"]
+        .into_iter()
+        .find_map(|k| std::env::var(k).ok().map(|v| (k, v)))
+    {
+        None => default(),
+        // BTM_LOG reads like the log directory: a path there is not a level.
+        Some((k, v)) if v.starts_with('/') => {
+            ignored = Some(format!("{k}={v} (a path, not a level)"));
+            default()
+        }
+        Some((k, v)) => tracing_subscriber::EnvFilter::try_new(&v).unwrap_or_else(|e| {
+            ignored = Some(format!("{k}={v} ({e})"));
+            default()
+        }),
+    };
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let sub = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    if std::env::var("BTM_LOG_FORMAT").as_deref() == Ok("json") {
+        sub.json().init();
+    } else {
+        sub.init();
+    }
+    if let Some(what) = ignored {
+        tracing::warn!("ignoring {what}; logging at info");
     }
 }
 

@@ -239,7 +239,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 fs = %mount.fstype,
                 log = %dir.display(),
                 socket = %args.socket.display(),
-                last_height = ?last,
+                last_height = last,
                 "agent ready"
             );
         }
@@ -247,7 +247,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             mode = b.name(),
             target = %b.describe(),
             socket = %args.socket.display(),
-            last_height = ?last,
+            last_height = last,
             "agent ready"
         ),
     }
@@ -266,7 +266,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         let resp = match std::mem::replace(&mut inc.req, Err(String::new())) {
             Ok(req) => match refusal(&req, inc.peer_uid, || last_height(&engine)) {
                 Some(why) => {
-                    tracing::warn!(peer_uid = ?inc.peer_uid, "refused a request: {why}");
+                    tracing::warn!(peer_uid = inc.peer_uid, "refused a request: {why}");
                     Response::err(why)
                 }
                 None => handle(&mut engine, &args, &policy, &metrics, req),
@@ -368,7 +368,7 @@ fn start_ebpf(args: &RunArgs, policy: &Policy) -> Result<Engine> {
     if Kept::of(&log).wants_compaction(args.compact_min_bytes) {
         log = match log.compact() {
             Ok((l, rep)) => {
-                tracing::info!(?rep, "compacted the log");
+                log_compacted(&rep);
                 l
             }
             Err(e) => {
@@ -388,6 +388,17 @@ fn start_ebpf(args: &RunArgs, policy: &Policy) -> Result<Engine> {
         dir,
         kept,
     })
+}
+
+/// Logs a compaction's report, each count as a number.
+fn log_compacted(rep: &crate::log::CompactReport) {
+    tracing::info!(
+        dropped_records = rep.dropped_records,
+        merged_records = rep.merged_records,
+        bytes_before = rep.bytes_before,
+        bytes_after = rep.bytes_after,
+        "compacted the log"
+    );
 }
 
 /// Compacts the log once dropped records take enough of it. Tracking goes on meanwhile and
@@ -412,7 +423,7 @@ fn maybe_compact(engine: Engine, args: &RunArgs) -> Result<Engine> {
     }
     match cutter.transform_log(|log| log.compact()) {
         Ok(rep) => {
-            tracing::info!(?rep, "compacted the log");
+            log_compacted(&rep);
             kept = Kept::of(cutter.log());
         }
         Err(e) => {
@@ -487,7 +498,7 @@ fn handle(
                     metrics.record_cut(&rep, info.stored_bytes, stats.as_ref());
                     tracing::info!(
                         height,
-                        freeze_ms = format!("{:.1}", rep.freeze_ms),
+                        freeze_ms = (rep.freeze_ms * 10.0).round() / 10.0,
                         read = rep.read_unfrozen + rep.read_frozen,
                         stored = info.stored_bytes,
                         files = rep.files_changed,
