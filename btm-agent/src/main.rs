@@ -1,8 +1,8 @@
 //! `btm-agent`: keep a blockchain node's data recoverable to any block height.
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
-use btm_agent::cmd::{logs, run, track};
+use anyhow::Result;
+use btm_agent::cmd::{exit, logs, run, track};
 use clap::{Args, Parser, Subcommand};
 
 /// Kernel-assisted time machine for a chain node's data volume: an eBPF tracker records which
@@ -22,7 +22,12 @@ use clap::{Args, Parser, Subcommand};
 /// BTM_LOG_DIR) is given; otherwise in the native ZFS/Btrfs snapshots of -p VOLUME, as taken by
 /// `run --mode zfs|btrfs` (or `auto` without eBPF). A running agent is asked first for rollbacks.
 #[derive(Parser, Debug)]
-#[command(name = "btm-agent", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "btm-agent",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = exit::help()
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -91,10 +96,24 @@ struct Compat {
     clean: bool,
 }
 
+impl Command {
+    /// Whether the verb handles SIGINT/SIGTERM itself (the agent finishes its cut; track
+    /// prints its last drain; demo and exec leave signals to what they run).
+    fn handles_signals(&self) -> bool {
+        matches!(
+            self,
+            Command::Run(_) | Command::Track(_) | Command::Demo(_) | Command::Exec(_)
+        )
+    }
+}
+
 fn main() {
     init_logging();
     // Flags over BTM_* variables over the config file (btm_agent::config).
     let cli: Cli = btm_agent::config::parse();
+    if !cli.command.as_ref().is_some_and(Command::handles_signals) {
+        exit::exit_on_signals();
+    }
     let res = match cli.command {
         Some(Command::Run(a)) => run::run(a),
         Some(Command::Snapshot(a)) => logs::snapshot(a),
@@ -114,8 +133,7 @@ fn main() {
         None => compat(cli.compat),
     };
     if let Err(e) = res {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+        exit::fail(exit::classify(&e), &format!("{e:#}"));
     }
 }
 
@@ -163,7 +181,7 @@ fn compat(c: Compat) -> Result<()> {
         let volume = c
             .volume
             .clone()
-            .ok_or_else(|| anyhow::anyhow!("-p VOLUME is required"))?;
+            .ok_or_else(|| exit::usage("-p VOLUME is required"))?;
         logs::rollback(logs::RollbackArgs {
             volume,
             log: c.log.clone(),
@@ -207,15 +225,15 @@ fn compat(c: Compat) -> Result<()> {
             return Ok(());
         };
         // Holding the appender lock proves no agent is writing.
-        let l = btm_agent::log::Log::open_append(&log)?;
+        let l = logs::open_existing(&log)?;
         let n = l.heights().len();
         drop(l);
         std::fs::remove_dir_all(&log)?;
         println!("removed {n} heights ({})", log.display());
         Ok(())
     } else {
-        bail!(
-            "nothing to do: give a subcommand (see --help) or one of BTM's -l, -x, -r H, -R H, -C"
-        )
+        Err(exit::usage(
+            "nothing to do: give a subcommand (see --help) or one of BTM's -l, -x, -r H, -R H, -C",
+        ))
     }
 }

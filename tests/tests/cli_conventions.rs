@@ -1,13 +1,16 @@
-//! What scripts and operators rely on, through the real binary: logs without colour codes
-//! when stderr is a file and with numbers as numbers, `BTM_LOG_LEVEL` (and its old name
-//! `BTM_LOG`).
+//! What scripts and operators rely on, through the real binary: documented exit codes (the
+//! same table in `--help` and docs/OPERATIONS.md), logs without colour codes when stderr is a
+//! file and with numbers as numbers, `BTM_LOG_LEVEL` (and its old name `BTM_LOG`), and exit
+//! 130 when interrupted.
 use std::{
-    path::Path,
-    process::{Command, Stdio},
+    os::unix::net::UnixListener,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
     time::Duration,
 };
 
-use btm_tests::{LoopFs, Running, agent_bin, can_run, start_agent_env, workdir};
+use btm_agent::cmd::exit::Code;
+use btm_tests::{LoopFs, Rng, Running, agent_bin, can_run, start_agent_env, workdir};
 
 /// The agent with a clean environment: the runner's BTM_* variables must not leak in.
 fn agent() -> Command {
@@ -17,8 +20,43 @@ fn agent() -> Command {
     c
 }
 
+fn run(args: &[&str]) -> Output {
+    agent().args(args).output().unwrap()
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// Asserts the exit status and returns the output.
+fn expect(out: Output, code: Code) -> Output {
+    assert_eq!(
+        out.status.code(),
+        Some(code.status()),
+        "expected {code:?}; stdout: {}; stderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+/// Asserts success and returns the output.
+fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "{}; stdout: {}; stderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .into()
 }
 
 /// `watch` against nothing logs at once (info) and then warns on every retry: its stderr,
@@ -43,7 +81,8 @@ fn watch_log(env: &[(&str, &str)]) -> String {
         .unwrap();
     let mut p = Running::new(child);
     std::thread::sleep(Duration::from_millis(800));
-    p.terminate();
+    let st = p.terminate();
+    assert_eq!(st.code(), Some(Code::Interrupted.status()), "{st}");
     std::fs::read_to_string(&err).unwrap()
 }
 
@@ -135,5 +174,188 @@ fn agent_logs_have_no_colour_and_numbers_as_numbers() {
     assert!(
         f["freeze_ms"].is_f64() && f["height"] == 2 && f["stored"].is_u64(),
         "{f}"
+    );
+}
+
+#[test]
+fn help_and_docs_list_every_exit_code() {
+    let help = text(&ok(run(&["--help"])).stdout);
+    let docs = std::fs::read_to_string(repo().join("docs/OPERATIONS.md")).unwrap();
+    for c in Code::ALL {
+        let line = format!("{:>3}  {:<18} {}", c.status(), c.name(), c.meaning());
+        assert!(help.contains(&line), "--help lacks {line:?}:\n{help}");
+        let row = format!("| {} | `{}` |", c.status(), c.name());
+        assert!(
+            docs.contains(&row),
+            "docs/OPERATIONS.md lacks the row {row:?}"
+        );
+    }
+    let mut statuses: Vec<i32> = Code::ALL.iter().map(|c| c.status()).collect();
+    statuses.sort_unstable();
+    statuses.dedup();
+    assert_eq!(statuses.len(), Code::ALL.len(), "two codes share a status");
+}
+
+#[test]
+fn exit_codes_without_an_agent() {
+    let work = workdir("btm-cli-");
+    let missing = work.path().join("missing");
+    let m = missing.to_str().unwrap();
+
+    // No log: 66, with the error on stderr.
+    let out = expect(run(&["list", "--log", m]), Code::NoLog);
+    assert!(out.stdout.is_empty());
+    assert!(
+        text(&out.stderr).starts_with("error: no log at"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A mistyped path is not made into a new log.
+    expect(run(&["compact", "--log", m]), Code::NoLog);
+    assert!(
+        !missing.exists(),
+        "compact created a log at a mistyped path"
+    );
+
+    // Usage: clap's errors, and ours.
+    expect(run(&["list", "--no-such-flag"]), Code::Usage);
+    expect(run(&[]), Code::Usage);
+
+    // An empty log has no height to replay.
+    let log = work.path().join("log");
+    drop(btm_agent::log::Log::open_append(&log).unwrap());
+    let into = work.path().join("into");
+    let l = log.to_str().unwrap();
+    let i = into.to_str().unwrap();
+    expect(
+        run(&["replay", "--log", l, "--into", i]),
+        Code::HeightNotFound,
+    );
+
+    // Locked: another process appends to the log.
+    let held = btm_agent::log::Log::open_append(&log).unwrap();
+    let out = expect(run(&["compact", "--log", l]), Code::Locked);
+    assert!(
+        text(&out.stderr).contains("held by another process"),
+        "{}",
+        text(&out.stderr)
+    );
+    drop(held);
+
+    // No agent: absent socket, and a socket file nobody listens on any more.
+    let stale = work.path().join("stale.sock");
+    drop(UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    let s = stale.to_str().unwrap();
+    for sock in [m, s] {
+        expect(
+            run(&["snapshot", "--height", "1", "--socket", sock]),
+            Code::AgentNotRunning,
+        );
+    }
+}
+
+/// A socket that accepts and never answers: the client waits until it is interrupted.
+#[test]
+fn interrupted_verbs_exit_130() {
+    use nix::sys::signal::{Signal, kill};
+    let work = workdir("btm-cli-");
+    let sock = work.path().join("mute.sock");
+    let l = UnixListener::bind(&sock).unwrap();
+    for (sig, verb) in [
+        (Signal::SIGINT, &["snapshot", "--height", "1"][..]),
+        (Signal::SIGTERM, &["snapshot", "--height", "1"][..]),
+    ] {
+        let child = agent()
+            .args(verb)
+            .arg("--socket")
+            .arg(&sock)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Accepted: the client is past its setup and waits for the answer.
+        let _conn = l.accept().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        let out = expect(child.wait_with_output().unwrap(), Code::Interrupted);
+        assert!(
+            text(&out.stderr).contains(&format!("interrupted by {sig}")),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn exit_codes_with_a_real_agent() {
+    if !can_run("exit codes with an agent") {
+        return;
+    }
+    let vol = LoopFs::new("ext4", 256).unwrap();
+    let work = workdir("btm-cli-agent-");
+    let (log, sock) = (work.path().join("log"), work.path().join("agent.sock"));
+    let (l, s) = (log.to_str().unwrap(), sock.to_str().unwrap());
+    let mut rng = Rng(0x636c_6921);
+
+    let mut a = start_agent_env(&vol.mnt, &log, &sock, &[], &[]);
+    // Height 1: a megabyte of incompressible data (damaged below).
+    std::fs::write(vol.path("big"), rng.bytes(1 << 20)).unwrap();
+    snapshot(&sock, 1);
+    std::fs::write(vol.path("small"), b"two").unwrap();
+    snapshot(&sock, 2);
+    // The agent holds the log and the volume.
+    expect(run(&["compact", "--log", l]), Code::Locked);
+    let other = work.path().join("other.sock");
+    let out = expect(
+        run(&[
+            "run",
+            "--mode",
+            "ebpf",
+            "--volume",
+            vol.mnt.to_str().unwrap(),
+            "--log",
+            l,
+            "--socket",
+            other.to_str().unwrap(),
+        ]),
+        Code::Locked,
+    );
+    assert!(
+        text(&out.stderr).contains("another btm agent"),
+        "{}",
+        text(&out.stderr)
+    );
+    a.terminate();
+
+    // The agent is gone.
+    expect(
+        run(&["snapshot", "--height", "3", "--socket", s]),
+        Code::AgentNotRunning,
+    );
+    // A height the log does not hold.
+    let into = work.path().join("into");
+    let i = into.to_str().unwrap();
+    let out = expect(
+        run(&["replay", "--log", l, "--to", "7", "--exact", "--into", i]),
+        Code::HeightNotFound,
+    );
+    assert!(
+        text(&out.stderr).contains("not recorded"),
+        "{}",
+        text(&out.stderr)
+    );
+    ok(run(&["verify", "--log", l]));
+    // Damage inside height 1's data.
+    let seg = log.join("seg-00000001.btm");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0xff;
+    std::fs::write(&seg, bytes).unwrap();
+    let out = expect(run(&["verify", "--log", l]), Code::Damage);
+    assert!(
+        text(&out.stderr).contains("damaged"),
+        "{}",
+        text(&out.stderr)
     );
 }

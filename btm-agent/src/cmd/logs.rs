@@ -1,8 +1,9 @@
 //! Commands that read or apply the log: list, verify, replay, rollback, snapshot.
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
+use super::exit::{self, Code};
 use super::offsite::{self, RemoteArgs};
 use super::proto::{self, DEFAULT_SOCKET, Request};
 use crate::log::{Log, ReplayOptions};
@@ -13,18 +14,30 @@ use crate::snapshot::{self, Probe, SnapshotBackend};
 /// snapshots (ZFS dataset or Btrfs subvolume) of `--volume`.
 fn native(volume: Option<&PathBuf>) -> Result<Box<dyn SnapshotBackend>> {
     let Some(v) = volume else {
-        bail!(
+        return Err(exit::usage(
             "give --log LOGDIR (eBPF mode) or -p/--volume DIR (native ZFS/Btrfs snapshots) to say \
-             where the heights are kept"
-        );
+             where the heights are kept",
+        ));
     };
     match snapshot::probe(v)? {
         Probe::Found(b) => Ok(b),
-        Probe::NotNative { reason } => bail!(
-            "no --log LOGDIR given and {} has no native snapshots ({reason}); pass --log",
-            v.display()
-        ),
+        Probe::NotNative { reason } => Err(exit::coded(
+            Code::NoLog,
+            format!(
+                "no --log LOGDIR given and {} has no native snapshots ({reason}); pass --log",
+                v.display()
+            ),
+        )),
     }
+}
+
+/// Opens an existing log for appending: `open_append` would create one at a mistyped path,
+/// where a rollback or a compaction wants the log that is there.
+pub fn open_existing(dir: &std::path::Path) -> Result<Log> {
+    if !dir.is_dir() {
+        return Err(crate::log::LogError::NoLog { dir: dir.into() }.into());
+    }
+    Ok(Log::open_append(dir)?)
 }
 
 #[derive(clap::Args, Debug)]
@@ -172,7 +185,7 @@ pub fn rollback(a: RollbackArgs) -> Result<()> {
         return Ok(());
     };
     // Otherwise take the log's appender lock ourselves: fails if an agent holds it.
-    let log = Log::open_append(dir)?;
+    let log = open_existing(dir)?;
     let h = log.resolve(a.to, a.exact)?;
     let mount = crate::volume::Mount::at(&a.volume)?;
     let stats = log.replay(h, &mount.mount_point, &ReplayOptions::default())?;
@@ -228,7 +241,7 @@ pub struct CompactArgs {
 /// Needs the appender lock: stop the agent first (it compacts by itself when dropped records
 /// reach a quarter of the log).
 pub fn compact(a: CompactArgs) -> Result<()> {
-    let mut log = Log::open_append(&a.log)?;
+    let mut log = open_existing(&a.log)?;
     if let Some(cap) = a.cap {
         let p = Policy::new(a.itv, cap, a.algo)?;
         let hs: Vec<u64> = log.heights().iter().map(|h| h.height).collect();

@@ -2,6 +2,7 @@
 pub mod config_cmd;
 pub mod demo;
 pub mod exec;
+pub mod exit;
 pub mod heights;
 pub mod logs;
 pub mod offsite;

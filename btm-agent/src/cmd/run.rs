@@ -186,10 +186,10 @@ const COMPACT_RETRY: Duration = Duration::from_secs(600);
 
 pub fn run(args: RunArgs) -> Result<()> {
     if args.itv == 0 {
-        bail!("--itv must be at least 1");
+        return Err(super::exit::usage("--itv must be at least 1"));
     }
     if !(1..=4096).contains(&args.cap) {
-        bail!("--cap must be between 1 and 4096");
+        return Err(super::exit::usage("--cap must be between 1 and 4096"));
     }
     let policy = Policy::new(args.itv, args.cap, args.algo)?;
     // Forked before the agent loads anything: the guard holds no lock or program.
@@ -609,10 +609,14 @@ fn bind(path: &Path, mode: u32) -> Result<UnixListener> {
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!(
-                "another agent is already listening on {}; stop it first or pass a different --socket",
-                path.display()
-            );
+            return Err(super::exit::coded(
+                super::exit::Code::Locked,
+                format!(
+                    "another agent is already listening on {}; stop it first or pass a different \
+                     --socket",
+                    path.display()
+                ),
+            ));
         }
         std::fs::remove_file(path)?;
     }
