@@ -2,7 +2,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use btm_agent::cmd::{exit, logs, run, track};
+use btm_agent::cmd::{exit, logs, run, status, track};
 use clap::{Args, Parser, Subcommand};
 
 /// Kernel-assisted time machine for a chain node's data volume: an eBPF tracker records which
@@ -39,6 +39,8 @@ struct Cli {
 enum Command {
     /// Run the privileged agent: track the volume and cut a height each time one arrives.
     Run(run::RunArgs),
+    /// Ask the running agent how it is: mode, volume, last height, heights kept.
+    Status(status::StatusArgs),
     /// Ask the running agent to cut at a height; exits 0 once it is durable.
     Snapshot(logs::SnapshotArgs),
     /// List recorded heights.
@@ -116,6 +118,7 @@ fn main() {
     }
     let res = match cli.command {
         Some(Command::Run(a)) => run::run(a),
+        Some(Command::Status(a)) => status::run(a),
         Some(Command::Snapshot(a)) => logs::snapshot(a),
         Some(Command::List(a)) => logs::list(a),
         Some(Command::Verify(a)) => logs::verify(a),

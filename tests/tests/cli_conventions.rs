@@ -1,7 +1,7 @@
 //! What scripts and operators rely on, through the real binary: documented exit codes (the
 //! same table in `--help` and docs/OPERATIONS.md), logs without colour codes when stderr is a
-//! file and with numbers as numbers, `BTM_LOG_LEVEL` (and its old name `BTM_LOG`), and exit
-//! 130 when interrupted.
+//! file and with numbers as numbers, `BTM_LOG_LEVEL` (and its old name `BTM_LOG`), `status`
+//! against a running agent, and exit 130 when interrupted.
 use std::{
     os::unix::net::UnixListener,
     path::{Path, PathBuf},
@@ -252,6 +252,8 @@ fn exit_codes_without_an_agent() {
             run(&["snapshot", "--height", "1", "--socket", sock]),
             Code::AgentNotRunning,
         );
+        let out = expect(run(&["status", "--socket", sock]), Code::AgentNotRunning);
+        assert!(out.stdout.is_empty());
     }
 }
 
@@ -287,9 +289,18 @@ fn interrupted_verbs_exit_130() {
     }
 }
 
+fn status(sock: &Path) -> serde_json::Value {
+    let out = ok(agent()
+        .args(["status", "--json", "--socket"])
+        .arg(sock)
+        .output()
+        .unwrap());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
-fn exit_codes_with_a_real_agent() {
-    if !can_run("exit codes with an agent") {
+fn status_and_exit_codes_with_a_real_agent() {
+    if !can_run("status and exit codes with an agent") {
         return;
     }
     let vol = LoopFs::new("ext4", 256).unwrap();
@@ -299,11 +310,24 @@ fn exit_codes_with_a_real_agent() {
     let mut rng = Rng(0x636c_6921);
 
     let mut a = start_agent_env(&vol.mnt, &log, &sock, &[], &[]);
+    let v = status(&sock);
+    assert_eq!(v["v"], 1, "{v}");
+    assert!(v["last_height"].is_null(), "{v}");
     // Height 1: a megabyte of incompressible data (damaged below).
     std::fs::write(vol.path("big"), rng.bytes(1 << 20)).unwrap();
     snapshot(&sock, 1);
     std::fs::write(vol.path("small"), b"two").unwrap();
     snapshot(&sock, 2);
+    let v = status(&sock);
+    assert_eq!(v["v"], 1, "{v}");
+    assert_eq!(v["mode"], "ebpf", "{v}");
+    assert_eq!(v["last_height"], 2, "{v}");
+    assert_eq!(v["heights"], 2, "{v}");
+    assert_eq!(v["socket"], s, "{v}");
+    assert!(v["tracker"]["events"].as_u64().unwrap() > 0, "{v}");
+    let summary = text(&ok(run(&["status", "--socket", s])).stdout);
+    assert!(summary.contains("last height  2\n"), "{summary}");
+    assert!(summary.contains("2 kept"), "{summary}");
     // The agent holds the log and the volume.
     expect(run(&["compact", "--log", l]), Code::Locked);
     let other = work.path().join("other.sock");
@@ -329,10 +353,7 @@ fn exit_codes_with_a_real_agent() {
     a.terminate();
 
     // The agent is gone.
-    expect(
-        run(&["snapshot", "--height", "3", "--socket", s]),
-        Code::AgentNotRunning,
-    );
+    expect(run(&["status", "--socket", s]), Code::AgentNotRunning);
     // A height the log does not hold.
     let into = work.path().join("into");
     let i = into.to_str().unwrap();

@@ -80,7 +80,7 @@ impl Code {
             Code::Damage => "the log is damaged (verify, replay, rollback)",
             Code::NoLog => "no log at --log (or no native snapshots of the volume)",
             Code::HeightNotFound => "the height is not recorded, or the log is empty",
-            Code::AgentNotRunning => "no agent listens on the socket (snapshot, notify)",
+            Code::AgentNotRunning => "no agent listens on the socket (status, snapshot)",
             Code::Locked => "another process holds the log or the volume; retry later",
             Code::Interrupted => "stopped by SIGINT or SIGTERM before finishing; run it again",
         }

@@ -9,4 +9,5 @@ pub mod offsite;
 pub mod proto;
 pub mod run;
 pub mod socket;
+pub mod status;
 pub mod track;
