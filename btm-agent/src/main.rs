@@ -38,6 +38,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the privileged agent: track the volume and cut a height each time one arrives.
+    #[command(visible_alias = "daemon")]
     Run(run::RunArgs),
     /// Ask the running agent how it is: mode, volume, last height, heights kept.
     Status(status::StatusArgs),
@@ -190,6 +191,7 @@ fn compat(c: Compat) -> Result<()> {
             log: c.log.clone(),
             to,
             exact,
+            mode: run::Mode::Auto,
             socket: std::env::var_os("BTM_SOCKET").map_or_else(
                 || btm_agent::cmd::proto::DEFAULT_SOCKET.into(),
                 PathBuf::from,

@@ -1,7 +1,8 @@
 //! What scripts and operators rely on, through the real binary: documented exit codes (the
 //! same table in `--help` and docs/OPERATIONS.md), logs without colour codes when stderr is a
 //! file and with numbers as numbers, `BTM_LOG_LEVEL` (and its old name `BTM_LOG`), `status`
-//! against a running agent, and exit 130 when interrupted.
+//! against a running agent, `daemon` as `run`, `rollback --mode`, and exit 130 when
+//! interrupted.
 use std::{
     os::unix::net::UnixListener,
     path::{Path, PathBuf},
@@ -255,6 +256,77 @@ fn exit_codes_without_an_agent() {
         let out = expect(run(&["status", "--socket", sock]), Code::AgentNotRunning);
         assert!(out.stdout.is_empty());
     }
+}
+
+#[test]
+fn rollback_takes_mode() {
+    let work = workdir("btm-cli-");
+    let missing = work.path().join("missing");
+    let m = missing.to_str().unwrap();
+    expect(
+        run(&["rollback", "--volume", m, "--mode", "tape"]),
+        Code::Usage,
+    );
+    // ebpf reads the log (here: none, and none is created).
+    let out = expect(
+        run(&[
+            "rollback", "--volume", m, "--mode", "ebpf", "--log", m, "--socket", m,
+        ]),
+        Code::NoLog,
+    );
+    assert!(
+        text(&out.stderr).contains("no log at"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !missing.exists(),
+        "rollback created a log at a mistyped path"
+    );
+    // auto without --log: the volume's native snapshots, which a plain directory lacks;
+    // btrfs: only those.
+    let dir = work.path().to_str().unwrap();
+    let out = expect(
+        run(&["rollback", "--volume", dir, "--socket", m]),
+        Code::NoLog,
+    );
+    assert!(
+        text(&out.stderr).contains("no native snapshots"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&[
+        "rollback", "--volume", dir, "--mode", "btrfs", "--socket", m,
+    ]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && err.contains("btrfs"), "{err}");
+    assert!(
+        !err.contains("no --log LOGDIR given"),
+        "--mode btrfs ignored: {err}"
+    );
+}
+
+#[test]
+fn daemon_is_run() {
+    let work = workdir("btm-cli-");
+    let conf = work.path().join("btm.toml");
+    std::fs::write(&conf, "itvs = 3\n").unwrap();
+    let c = conf.to_str().unwrap();
+    // The configuration file applies to `daemon` as to `run` (and names the bad key).
+    for verb in ["run", "daemon"] {
+        let out = expect(run(&[verb, "--config", c, "--volume", "/x"]), Code::Usage);
+        assert!(
+            text(&out.stderr).contains("unknown key `itvs`"),
+            "{verb}: {}",
+            text(&out.stderr)
+        );
+    }
+    let out = ok(run(&["daemon", "--help"]));
+    assert!(
+        text(&out.stdout).contains("Usage: btm-agent run"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 /// A socket that accepts and never answers: the client waits until it is interrupted.

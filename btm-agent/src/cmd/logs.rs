@@ -6,6 +6,7 @@ use anyhow::Result;
 use super::exit::{self, Code};
 use super::offsite::{self, RemoteArgs};
 use super::proto::{self, DEFAULT_SOCKET, Request};
+use super::run::Mode;
 use crate::log::{Log, ReplayOptions};
 use crate::retention::{Algo, Policy};
 use crate::snapshot::{self, Probe, SnapshotBackend};
@@ -159,6 +160,18 @@ pub struct RollbackArgs {
     pub to: Option<u64>,
     #[arg(long)]
     pub exact: bool,
+    /// Where the heights are kept, as `run --mode` keeps them. auto: the log when --log is
+    /// given, else the volume's native snapshots. ebpf: the log (default --log: run's,
+    /// /var/lib/btm/log). zfs, btrfs: the volume's native snapshots (--log is not used).
+    /// A running agent is asked first whatever the mode: it knows its own.
+    #[arg(
+        short = 'm',
+        long,
+        env = "BTM_MODE",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub mode: Mode,
     /// Socket of a running agent: the rollback is done by it.
     #[arg(long, env = "BTM_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
@@ -178,12 +191,19 @@ pub fn rollback(a: RollbackArgs) -> Result<()> {
         println!("rolled back through the agent: {v}");
         return Ok(());
     }
-    let Some(dir) = &a.log else {
-        let b = native(Some(&a.volume))?;
+    let native_rollback = |b: Box<dyn SnapshotBackend>| -> Result<()> {
         let v = super::run::native_rollback(b.as_ref(), a.to, a.exact)?;
         println!("rolled {} back to height {}", b.describe(), v["height"]);
-        return Ok(());
+        Ok(())
     };
+    let dir = match (a.mode, &a.log) {
+        (Mode::Zfs, _) => return native_rollback(Box::new(snapshot::Zfs::open(&a.volume)?)),
+        (Mode::Btrfs, _) => return native_rollback(Box::new(snapshot::Btrfs::open(&a.volume)?)),
+        (Mode::Auto, None) => return native_rollback(native(Some(&a.volume))?),
+        (Mode::Ebpf, None) => PathBuf::from(super::run::DEFAULT_LOG),
+        (Mode::Auto | Mode::Ebpf, Some(dir)) => dir.clone(),
+    };
+    let dir = &dir;
     // Otherwise take the log's appender lock ourselves: fails if an agent holds it.
     let log = open_existing(dir)?;
     let h = log.resolve(a.to, a.exact)?;

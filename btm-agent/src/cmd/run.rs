@@ -25,6 +25,9 @@ use crate::{
     volume::Mount,
 };
 
+/// The log directory of `run --mode ebpf` (and `rollback --mode ebpf`) without `--log`.
+pub const DEFAULT_LOG: &str = "/var/lib/btm/log";
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
     /// Mount point of the chain data volume to track.
@@ -32,7 +35,7 @@ pub struct RunArgs {
     pub volume: PathBuf,
     /// Log directory of --mode ebpf (on another filesystem than the volume); unused by the
     /// native snapshot modes.
-    #[arg(long, env = "BTM_LOG_DIR", default_value = "/var/lib/btm/log")]
+    #[arg(long, env = "BTM_LOG_DIR", default_value = DEFAULT_LOG)]
     pub log: PathBuf,
     /// Unix socket heights arrive on.
     #[arg(long, env = "BTM_SOCKET", default_value = DEFAULT_SOCKET)]
