@@ -100,6 +100,18 @@ struct Compat {
 }
 
 impl Command {
+    /// Whether the verb was asked for JSON output (its errors are JSON too).
+    fn json(&self) -> bool {
+        match self {
+            Command::List(a) => a.json,
+            Command::Track(a) => a.json,
+            Command::Push(a) => a.json,
+            Command::Prune(a) => a.json,
+            Command::Status(a) => a.json,
+            _ => false,
+        }
+    }
+
     /// Whether the verb handles SIGINT/SIGTERM itself (the agent finishes its cut; track
     /// prints its last drain; demo and exec leave signals to what they run).
     fn handles_signals(&self) -> bool {
@@ -114,6 +126,7 @@ fn main() {
     init_logging();
     // Flags over BTM_* variables over the config file (btm_agent::config).
     let cli: Cli = btm_agent::config::parse();
+    exit::set_json(cli.command.as_ref().is_some_and(Command::json));
     if !cli.command.as_ref().is_some_and(Command::handles_signals) {
         exit::exit_on_signals();
     }

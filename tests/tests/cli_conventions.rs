@@ -1,8 +1,8 @@
 //! What scripts and operators rely on, through the real binary: documented exit codes (the
-//! same table in `--help` and docs/OPERATIONS.md), logs without colour codes when stderr is a
-//! file and with numbers as numbers, `BTM_LOG_LEVEL` (and its old name `BTM_LOG`), `status`
-//! against a running agent, `daemon` as `run`, `rollback --mode`, and exit 130 when
-//! interrupted.
+//! same table in `--help` and docs/OPERATIONS.md), `{"v":1,"error":{...}}` on stdout under
+//! `--json`, logs without colour codes when stderr is a file and with numbers as numbers,
+//! `BTM_LOG_LEVEL` (and its old name `BTM_LOG`), `status` against a running agent, `daemon`
+//! as `run`, `rollback --mode`, and exit 130 when interrupted.
 use std::{
     os::unix::net::UnixListener,
     path::{Path, PathBuf},
@@ -51,6 +51,20 @@ fn ok(out: Output) -> Output {
         text(&out.stderr)
     );
     out
+}
+
+/// The one JSON error object a failed `--json` verb prints on stdout; returns its message.
+fn json_error(out: &Output, code: Code) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}): {}", text(&out.stdout)));
+    assert_eq!(v["v"], 1, "{v}");
+    assert_eq!(v["error"]["code"], code.name(), "{v}");
+    let msg = v["error"]["message"]
+        .as_str()
+        .expect("a message")
+        .to_string();
+    assert!(!msg.is_empty(), "{v}");
+    msg
 }
 
 fn repo() -> PathBuf {
@@ -329,6 +343,34 @@ fn daemon_is_run() {
     );
 }
 
+#[test]
+fn json_errors_on_stdout() {
+    let work = workdir("btm-cli-");
+    let m = work.path().join("missing");
+    let m = m.to_str().unwrap();
+    let out = expect(run(&["list", "--log", m, "--json"]), Code::NoLog);
+    assert!(json_error(&out, Code::NoLog).contains(m));
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    let out = expect(
+        run(&["status", "--socket", m, "--json"]),
+        Code::AgentNotRunning,
+    );
+    assert!(json_error(&out, Code::AgentNotRunning).contains("no btm agent"));
+    let out = expect(
+        run(&["prune", "--remote", "nope://x", "--json"]),
+        Code::Failure,
+    );
+    json_error(&out, Code::Failure);
+    // Usage errors too, but not help.
+    let out = expect(run(&["list", "--json", "--bogus"]), Code::Usage);
+    assert!(json_error(&out, Code::Usage).contains("--bogus"));
+    let out = ok(run(&["list", "--json", "--help"]));
+    assert!(text(&out.stdout).contains("Usage: btm-agent list"));
+    // Without --json: nothing on stdout.
+    let out = expect(run(&["status", "--socket", m]), Code::AgentNotRunning);
+    assert!(out.stdout.is_empty());
+}
+
 /// A socket that accepts and never answers: the client waits until it is interrupted.
 #[test]
 fn interrupted_verbs_exit_130() {
@@ -338,7 +380,7 @@ fn interrupted_verbs_exit_130() {
     let l = UnixListener::bind(&sock).unwrap();
     for (sig, verb) in [
         (Signal::SIGINT, &["snapshot", "--height", "1"][..]),
-        (Signal::SIGTERM, &["snapshot", "--height", "1"][..]),
+        (Signal::SIGTERM, &["status", "--json"][..]),
     ] {
         let child = agent()
             .args(verb)
@@ -353,11 +395,15 @@ fn interrupted_verbs_exit_130() {
         std::thread::sleep(Duration::from_millis(200));
         kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
         let out = expect(child.wait_with_output().unwrap(), Code::Interrupted);
-        assert!(
-            text(&out.stderr).contains(&format!("interrupted by {sig}")),
-            "{}",
-            text(&out.stderr)
-        );
+        if sig == Signal::SIGTERM {
+            assert!(json_error(&out, Code::Interrupted).contains("SIGTERM"));
+        } else {
+            assert!(
+                text(&out.stderr).contains("interrupted by SIGINT"),
+                "{}",
+                text(&out.stderr)
+            );
+        }
     }
 }
 

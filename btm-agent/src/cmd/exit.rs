@@ -1,10 +1,12 @@
 //! `btm-agent`'s exit codes, in one place: what each means, how an error maps to one
-//! ([`classify`]), how it is printed, and the table `--help` shows (docs/OPERATIONS.md has the
-//! same table).
+//! ([`classify`]), how it is printed (text on stderr, or `{"v":1,"error":{...}}` on stdout
+//! under `--json`), and the table `--help` shows (docs/OPERATIONS.md has the same table).
 //!
 //! The numbers follow sysexits.h where a meaning fits (65 data error, 66 no input, 69
 //! unavailable, 75 temporary failure), clap's 2 for usage, and the shell's 128 + SIGINT for an
 //! interruption. They are stable: scripts may test them.
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::log::LogError;
 use crate::snapshot::SnapshotError;
 use crate::volume::VolumeLocked;
@@ -148,9 +150,26 @@ fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<Code> {
     None
 }
 
-/// Prints the error and exits with its code.
+/// Whether errors are printed as JSON (set once the command line is parsed).
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Print errors as `{"v":1,"error":{...}}` on stdout from now on (the verb has `--json`).
+pub fn set_json(on: bool) {
+    JSON.store(on, Ordering::SeqCst);
+}
+
+/// The JSON form of an error (`"v": 1`, like every `--json` output).
+pub fn json_error(code: Code, message: &str) -> serde_json::Value {
+    serde_json::json!({ "v": 1, "error": { "code": code.name(), "message": message } })
+}
+
+/// Prints the error the way the command line asked for and exits with its code.
 pub fn fail(code: Code, message: &str) -> ! {
-    eprintln!("error: {message}");
+    if JSON.load(Ordering::SeqCst) {
+        println!("{}", json_error(code, message));
+    } else {
+        eprintln!("error: {message}");
+    }
     std::process::exit(code.status())
 }
 
@@ -182,5 +201,7 @@ pub fn help() -> String {
     for c in Code::ALL {
         s += &format!("  {:>3}  {:<18} {}\n", c.status(), c.name(), c.meaning());
     }
+    s += "  Under --json an error is printed on stdout as \
+          {\"v\":1,\"error\":{\"code\":NAME,\"message\":...}}.";
     s
 }
