@@ -163,13 +163,13 @@ pub fn json_error(code: Code, message: &str) -> serde_json::Value {
     serde_json::json!({ "v": 1, "error": { "code": code.name(), "message": message } })
 }
 
-/// Prints the error the way the command line asked for and exits with its code.
+/// Prints the error and exits with its code: on stderr always (a person, a log, and scripts
+/// that read stderr keep working), and under `--json` also as one object on stdout.
 pub fn fail(code: Code, message: &str) -> ! {
     if JSON.load(Ordering::SeqCst) {
         println!("{}", json_error(code, message));
-    } else {
-        eprintln!("error: {message}");
     }
+    eprintln!("error: {message}");
     std::process::exit(code.status())
 }
 
@@ -201,7 +201,7 @@ pub fn help() -> String {
     for c in Code::ALL {
         s += &format!("  {:>3}  {:<18} {}\n", c.status(), c.name(), c.meaning());
     }
-    s += "  Under --json an error is printed on stdout as \
+    s += "  Under --json an error is also printed on stdout as \
           {\"v\":1,\"error\":{\"code\":NAME,\"message\":...}}.";
     s
 }
