@@ -503,3 +503,53 @@ fn status_and_exit_codes_with_a_real_agent() {
         text(&out.stderr)
     );
 }
+
+/// `rollback --mode btrfs` against a real subvolume whose heights a `run --mode btrfs` agent
+/// kept (and `status` of a native-mode agent).
+#[test]
+fn rollback_mode_btrfs_restores_a_height() {
+    if !can_run("rollback --mode btrfs") {
+        return;
+    }
+    if !btm_tests::have_tool("btrfs") {
+        btm_tests::skip("rollback --mode btrfs", "btrfs-progs is not installed");
+        return;
+    }
+    let fs = LoopFs::new("btrfs", 300).unwrap();
+    let vol = fs.path("chain");
+    btm_tests::sh("btrfs", &["subvolume", "create", vol.to_str().unwrap()]).unwrap();
+    let sock = fs.dir.path().join("btm.sock");
+    let (v, s) = (vol.to_str().unwrap(), sock.to_str().unwrap());
+    let mut a = Running::new(
+        agent()
+            .args(["run", "--mode", "btrfs", "--volume", v, "--socket", s])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    btm_tests::wait_listening(&mut a, &sock, String::new);
+    std::fs::write(vol.join("f"), b"one").unwrap();
+    snapshot(&sock, 1);
+    std::fs::write(vol.join("f"), b"two").unwrap();
+    snapshot(&sock, 2);
+    let st = status(&sock);
+    assert_eq!(st["mode"], "btrfs", "{st}");
+    assert_eq!(st["last_height"], 2, "{st}");
+    assert!(st["target"].is_string(), "{st}");
+    a.terminate();
+
+    let rollback = |to: &str| {
+        run(&[
+            "rollback", "--mode", "btrfs", "-p", v, "--to", to, "--exact", "--socket", s,
+        ])
+    };
+    let out = expect(rollback("7"), Code::HeightNotFound);
+    assert!(
+        text(&out.stderr).contains("no snapshot at height 7"),
+        "{}",
+        text(&out.stderr)
+    );
+    ok(rollback("1"));
+    assert_eq!(std::fs::read(vol.join("f")).unwrap(), b"one");
+}
