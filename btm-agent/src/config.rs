@@ -94,17 +94,32 @@ pub fn effective() -> Effective {
 }
 
 /// Parses the process's arguments with the configuration file applied; exits on errors
-/// (clap's for flags, ours naming the file and key for the file).
+/// (clap's for flags, ours naming the file and key for the file) with the usage code, 2. With
+/// `--json` among the arguments the error is a JSON object on stdout, as the verb's others.
 pub fn parse<T: CommandFactory + FromArgMatches>() -> T {
-    let res = matches_with_config(T::command(), std::env::args_os().collect())
-        .map(|m| T::from_arg_matches(&m).unwrap_or_else(|e| e.exit()));
-    match res {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::exit(2);
+    use crate::cmd::exit;
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let res =
+        matches_with_config(T::command(), argv.clone()).and_then(|m| Ok(T::from_arg_matches(&m)?));
+    let e = match res {
+        Ok(t) => return t,
+        Err(e) => e,
+    };
+    let json = argv
+        .iter()
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--json");
+    let e = match e.downcast::<clap::Error>() {
+        Ok(c) if !json || !c.use_stderr() => c.exit(),
+        Ok(c) => {
+            let text = c.render().to_string();
+            let first = text.lines().next().unwrap_or_default();
+            anyhow::anyhow!("{}", first.trim_start_matches("error: "))
         }
-    }
+        Err(e) => e,
+    };
+    exit::set_json(json);
+    exit::fail(exit::Code::Usage, &format!("{e:#}"))
 }
 
 /// Parses `argv` against `cmd`, using the configuration file's values as defaults of the
@@ -114,13 +129,13 @@ pub fn matches_with_config(cmd: Command, argv: Vec<OsString>) -> Result<ArgMatch
     // A tolerant first pass only finds the subcommand and `--config`; help, version and
     // real errors are left to the full parse below.
     let Ok(pre) = cmd.clone().ignore_errors(true).try_get_matches_from(&argv) else {
-        return Ok(cmd.get_matches_from(argv));
+        return Ok(cmd.try_get_matches_from(argv)?);
     };
     let Some((target, sub)) = TARGETS
         .iter()
         .find_map(|t| descend(&pre, t).map(|m| (*t, m)))
     else {
-        return Ok(cmd.get_matches_from(argv));
+        return Ok(cmd.try_get_matches_from(argv)?);
     };
     let file = match sub.get_one::<PathBuf>("config") {
         Some(p) => Some(p.clone()),
@@ -137,7 +152,7 @@ pub fn matches_with_config(cmd: Command, argv: Vec<OsString>) -> Result<ArgMatch
         .filter(|k| !NOT_KEYS.contains(&k.as_str()))
         .collect();
     let cmd = with_defaults(cmd, target, &values);
-    let m = cmd.clone().get_matches_from(argv);
+    let m = cmd.clone().try_get_matches_from(argv)?;
     let sub = descend(&m, target).expect("the full parse found the same subcommand");
     let args = subcommand(&cmd, target);
     let entries = order

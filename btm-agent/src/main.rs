@@ -1,8 +1,8 @@
 //! `btm-agent`: keep a blockchain node's data recoverable to any block height.
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
-use btm_agent::cmd::{logs, run, track};
+use anyhow::Result;
+use btm_agent::cmd::{exit, logs, run, status, track};
 use clap::{Args, Parser, Subcommand};
 
 /// Kernel-assisted time machine for a chain node's data volume: an eBPF tracker records which
@@ -22,7 +22,12 @@ use clap::{Args, Parser, Subcommand};
 /// BTM_LOG_DIR) is given; otherwise in the native ZFS/Btrfs snapshots of -p VOLUME, as taken by
 /// `run --mode zfs|btrfs` (or `auto` without eBPF). A running agent is asked first for rollbacks.
 #[derive(Parser, Debug)]
-#[command(name = "btm-agent", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "btm-agent",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = exit::help()
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -33,7 +38,10 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the privileged agent: track the volume and cut a height each time one arrives.
+    #[command(visible_alias = "daemon")]
     Run(run::RunArgs),
+    /// Ask the running agent how it is: mode, volume, last height, heights kept.
+    Status(status::StatusArgs),
     /// Ask the running agent to cut at a height; exits 0 once it is durable.
     Snapshot(logs::SnapshotArgs),
     /// List recorded heights.
@@ -91,23 +99,40 @@ struct Compat {
     clean: bool,
 }
 
-fn main() {
-    let json = std::env::var("BTM_LOG_FORMAT").as_deref() == Ok("json");
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BTM_LOG")
-        // object_store logs every retry at info; its final error is what we report.
-        .unwrap_or_else(|_| "info,object_store=warn".into());
-    let sub = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        sub.json().init();
-    } else {
-        sub.init();
+impl Command {
+    /// Whether the verb was asked for JSON output (its errors are JSON too).
+    fn json(&self) -> bool {
+        match self {
+            Command::List(a) => a.json,
+            Command::Track(a) => a.json,
+            Command::Push(a) => a.json,
+            Command::Prune(a) => a.json,
+            Command::Status(a) => a.json,
+            _ => false,
+        }
     }
+
+    /// Whether the verb handles SIGINT/SIGTERM itself (the agent finishes its cut; track
+    /// prints its last drain; demo and exec leave signals to what they run).
+    fn handles_signals(&self) -> bool {
+        matches!(
+            self,
+            Command::Run(_) | Command::Track(_) | Command::Demo(_) | Command::Exec(_)
+        )
+    }
+}
+
+fn main() {
+    init_logging();
     // Flags over BTM_* variables over the config file (btm_agent::config).
     let cli: Cli = btm_agent::config::parse();
+    exit::set_json(cli.command.as_ref().is_some_and(Command::json));
+    if !cli.command.as_ref().is_some_and(Command::handles_signals) {
+        exit::exit_on_signals();
+    }
     let res = match cli.command {
         Some(Command::Run(a)) => run::run(a),
+        Some(Command::Status(a)) => status::run(a),
         Some(Command::Snapshot(a)) => logs::snapshot(a),
         Some(Command::List(a)) => logs::list(a),
         Some(Command::Verify(a)) => logs::verify(a),
@@ -125,8 +150,46 @@ fn main() {
         None => compat(cli.compat),
     };
     if let Err(e) = res {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+        exit::fail(exit::classify(&e), &format!("{e:#}"));
+    }
+}
+
+/// Logs go to stderr: text (coloured only on a terminal, and not under NO_COLOR), or JSON
+/// lines with BTM_LOG_FORMAT=json. BTM_LOG_LEVEL (an `EnvFilter`: `debug`,
+/// `info,btm_agent::cut=debug`) sets the level; BTM_LOG is its older name.
+fn init_logging() {
+    use std::io::IsTerminal;
+    // object_store logs every retry at info; its final error is what we report.
+    let default = || tracing_subscriber::EnvFilter::new("info,object_store=warn");
+    let mut ignored = None;
+    let filter = match ["BTM_LOG_LEVEL", "BTM_LOG"]
+        .into_iter()
+        .find_map(|k| std::env::var(k).ok().map(|v| (k, v)))
+    {
+        None => default(),
+        // BTM_LOG reads like the log directory: a path there is not a level.
+        Some((k, v)) if v.starts_with('/') => {
+            ignored = Some(format!("{k}={v} (a path, not a level)"));
+            default()
+        }
+        Some((k, v)) => tracing_subscriber::EnvFilter::try_new(&v).unwrap_or_else(|e| {
+            ignored = Some(format!("{k}={v} ({e})"));
+            default()
+        }),
+    };
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let sub = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    if std::env::var("BTM_LOG_FORMAT").as_deref() == Ok("json") {
+        sub.json().init();
+    } else {
+        sub.init();
+    }
+    if let Some(what) = ignored {
+        tracing::warn!("ignoring {what}; logging at info");
     }
 }
 
@@ -135,12 +198,13 @@ fn compat(c: Compat) -> Result<()> {
         let volume = c
             .volume
             .clone()
-            .ok_or_else(|| anyhow::anyhow!("-p VOLUME is required"))?;
+            .ok_or_else(|| exit::usage("-p VOLUME is required"))?;
         logs::rollback(logs::RollbackArgs {
             volume,
             log: c.log.clone(),
             to,
             exact,
+            mode: run::Mode::Auto,
             socket: std::env::var_os("BTM_SOCKET").map_or_else(
                 || btm_agent::cmd::proto::DEFAULT_SOCKET.into(),
                 PathBuf::from,
@@ -179,15 +243,15 @@ fn compat(c: Compat) -> Result<()> {
             return Ok(());
         };
         // Holding the appender lock proves no agent is writing.
-        let l = btm_agent::log::Log::open_append(&log)?;
+        let l = logs::open_existing(&log)?;
         let n = l.heights().len();
         drop(l);
         std::fs::remove_dir_all(&log)?;
         println!("removed {n} heights ({})", log.display());
         Ok(())
     } else {
-        bail!(
-            "nothing to do: give a subcommand (see --help) or one of BTM's -l, -x, -r H, -R H, -C"
-        )
+        Err(exit::usage(
+            "nothing to do: give a subcommand (see --help) or one of BTM's -l, -x, -r H, -R H, -C",
+        ))
     }
 }

@@ -106,6 +106,18 @@ fn unescape(s: &str) -> String {
 /// lock file and hold a lock on it to keep agents from starting.
 pub const LOCK_DIR: &str = "/run/btm/locks";
 
+/// Another agent holds the volume's lock.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "another btm agent already tracks {} (lock {}); stop it first, or ask it through its socket",
+    volume.display(),
+    lock.display()
+)]
+pub struct VolumeLocked {
+    pub volume: PathBuf,
+    pub lock: PathBuf,
+}
+
 /// Exclusive claim on a volume for one agent: an flock on `/run/btm/locks/vol-MAJ-MIN.lock`
 /// (the volume's `st_dev`: the filesystem's device, or a btrfs subvolume's own), held while
 /// the agent lives (the kernel drops it if the agent dies).
@@ -131,11 +143,11 @@ impl VolumeLock {
         let file = crate::log::open_lock_file(&path)?;
         match file.try_lock() {
             Ok(()) => Ok(VolumeLock { _file: file }),
-            Err(fs::TryLockError::WouldBlock) => anyhow::bail!(
-                "another btm agent already tracks {} (lock {}); stop it first, or ask it through its socket",
-                volume.display(),
-                path.display()
-            ),
+            Err(fs::TryLockError::WouldBlock) => Err(VolumeLocked {
+                volume: volume.to_path_buf(),
+                lock: path,
+            }
+            .into()),
             Err(fs::TryLockError::Error(e)) => Err(e.into()),
         }
     }

@@ -110,7 +110,7 @@ if [ ! -f "$etc/btm.env" ]; then
 # Environment of btm-agent.service. BTM_* variables override /etc/btm/btm.toml, e.g.
 # BTM_ITV=10
 # BTM_METRICS_ADDR=127.0.0.1:9100
-# BTM_LOG=info          (log filter)   BTM_LOG_FORMAT=json   (structured logs)
+# BTM_LOG_LEVEL=info    (log filter)   BTM_LOG_FORMAT=json   (structured logs)
 BTM_CONFIG=/etc/btm/btm.toml
 EOF
 fi

@@ -1,10 +1,12 @@
 //! Commands that read or apply the log: list, verify, replay, rollback, snapshot.
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
+use super::exit::{self, Code};
 use super::offsite::{self, RemoteArgs};
 use super::proto::{self, DEFAULT_SOCKET, Request};
+use super::run::Mode;
 use crate::log::{Log, ReplayOptions};
 use crate::retention::{Algo, Policy};
 use crate::snapshot::{self, Probe, SnapshotBackend};
@@ -13,18 +15,30 @@ use crate::snapshot::{self, Probe, SnapshotBackend};
 /// snapshots (ZFS dataset or Btrfs subvolume) of `--volume`.
 fn native(volume: Option<&PathBuf>) -> Result<Box<dyn SnapshotBackend>> {
     let Some(v) = volume else {
-        bail!(
+        return Err(exit::usage(
             "give --log LOGDIR (eBPF mode) or -p/--volume DIR (native ZFS/Btrfs snapshots) to say \
-             where the heights are kept"
-        );
+             where the heights are kept",
+        ));
     };
     match snapshot::probe(v)? {
         Probe::Found(b) => Ok(b),
-        Probe::NotNative { reason } => bail!(
-            "no --log LOGDIR given and {} has no native snapshots ({reason}); pass --log",
-            v.display()
-        ),
+        Probe::NotNative { reason } => Err(exit::coded(
+            Code::NoLog,
+            format!(
+                "no --log LOGDIR given and {} has no native snapshots ({reason}); pass --log",
+                v.display()
+            ),
+        )),
     }
+}
+
+/// Opens an existing log for appending: `open_append` would create one at a mistyped path,
+/// where a rollback or a compaction wants the log that is there.
+pub fn open_existing(dir: &std::path::Path) -> Result<Log> {
+    if !dir.is_dir() {
+        return Err(crate::log::LogError::NoLog { dir: dir.into() }.into());
+    }
+    Ok(Log::open_append(dir)?)
 }
 
 #[derive(clap::Args, Debug)]
@@ -146,6 +160,18 @@ pub struct RollbackArgs {
     pub to: Option<u64>,
     #[arg(long)]
     pub exact: bool,
+    /// Where the heights are kept, as `run --mode` keeps them. auto: the log when --log is
+    /// given, else the volume's native snapshots. ebpf: the log (default --log: run's,
+    /// /var/lib/btm/log). zfs, btrfs: the volume's native snapshots (--log is not used).
+    /// A running agent is asked first whatever the mode: it knows its own.
+    #[arg(
+        short = 'm',
+        long,
+        env = "BTM_MODE",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub mode: Mode,
     /// Socket of a running agent: the rollback is done by it.
     #[arg(long, env = "BTM_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
@@ -165,14 +191,21 @@ pub fn rollback(a: RollbackArgs) -> Result<()> {
         println!("rolled back through the agent: {v}");
         return Ok(());
     }
-    let Some(dir) = &a.log else {
-        let b = native(Some(&a.volume))?;
+    let native_rollback = |b: Box<dyn SnapshotBackend>| -> Result<()> {
         let v = super::run::native_rollback(b.as_ref(), a.to, a.exact)?;
         println!("rolled {} back to height {}", b.describe(), v["height"]);
-        return Ok(());
+        Ok(())
     };
+    let dir = match (a.mode, &a.log) {
+        (Mode::Zfs, _) => return native_rollback(Box::new(snapshot::Zfs::open(&a.volume)?)),
+        (Mode::Btrfs, _) => return native_rollback(Box::new(snapshot::Btrfs::open(&a.volume)?)),
+        (Mode::Auto, None) => return native_rollback(native(Some(&a.volume))?),
+        (Mode::Ebpf, None) => PathBuf::from(super::run::DEFAULT_LOG),
+        (Mode::Auto | Mode::Ebpf, Some(dir)) => dir.clone(),
+    };
+    let dir = &dir;
     // Otherwise take the log's appender lock ourselves: fails if an agent holds it.
-    let log = Log::open_append(dir)?;
+    let log = open_existing(dir)?;
     let h = log.resolve(a.to, a.exact)?;
     let mount = crate::volume::Mount::at(&a.volume)?;
     let stats = log.replay(h, &mount.mount_point, &ReplayOptions::default())?;
@@ -228,7 +261,7 @@ pub struct CompactArgs {
 /// Needs the appender lock: stop the agent first (it compacts by itself when dropped records
 /// reach a quarter of the log).
 pub fn compact(a: CompactArgs) -> Result<()> {
-    let mut log = Log::open_append(&a.log)?;
+    let mut log = open_existing(&a.log)?;
     if let Some(cap) = a.cap {
         let p = Policy::new(a.itv, cap, a.algo)?;
         let hs: Vec<u64> = log.heights().iter().map(|h| h.height).collect();

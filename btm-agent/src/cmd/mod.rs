@@ -2,10 +2,12 @@
 pub mod config_cmd;
 pub mod demo;
 pub mod exec;
+pub mod exit;
 pub mod heights;
 pub mod logs;
 pub mod offsite;
 pub mod proto;
 pub mod run;
 pub mod socket;
+pub mod status;
 pub mod track;

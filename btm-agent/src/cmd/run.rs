@@ -25,6 +25,9 @@ use crate::{
     volume::Mount,
 };
 
+/// The log directory of `run --mode ebpf` (and `rollback --mode ebpf`) without `--log`.
+pub const DEFAULT_LOG: &str = "/var/lib/btm/log";
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
     /// Mount point of the chain data volume to track.
@@ -32,7 +35,7 @@ pub struct RunArgs {
     pub volume: PathBuf,
     /// Log directory of --mode ebpf (on another filesystem than the volume); unused by the
     /// native snapshot modes.
-    #[arg(long, env = "BTM_LOG_DIR", default_value = "/var/lib/btm/log")]
+    #[arg(long, env = "BTM_LOG_DIR", default_value = DEFAULT_LOG)]
     pub log: PathBuf,
     /// Unix socket heights arrive on.
     #[arg(long, env = "BTM_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -186,10 +189,10 @@ const COMPACT_RETRY: Duration = Duration::from_secs(600);
 
 pub fn run(args: RunArgs) -> Result<()> {
     if args.itv == 0 {
-        bail!("--itv must be at least 1");
+        return Err(super::exit::usage("--itv must be at least 1"));
     }
     if !(1..=4096).contains(&args.cap) {
-        bail!("--cap must be between 1 and 4096");
+        return Err(super::exit::usage("--cap must be between 1 and 4096"));
     }
     let policy = Policy::new(args.itv, args.cap, args.algo)?;
     // Forked before the agent loads anything: the guard holds no lock or program.
@@ -239,7 +242,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 fs = %mount.fstype,
                 log = %dir.display(),
                 socket = %args.socket.display(),
-                last_height = ?last,
+                last_height = last,
                 "agent ready"
             );
         }
@@ -247,7 +250,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             mode = b.name(),
             target = %b.describe(),
             socket = %args.socket.display(),
-            last_height = ?last,
+            last_height = last,
             "agent ready"
         ),
     }
@@ -266,7 +269,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         let resp = match std::mem::replace(&mut inc.req, Err(String::new())) {
             Ok(req) => match refusal(&req, inc.peer_uid, || last_height(&engine)) {
                 Some(why) => {
-                    tracing::warn!(peer_uid = ?inc.peer_uid, "refused a request: {why}");
+                    tracing::warn!(peer_uid = inc.peer_uid, "refused a request: {why}");
                     Response::err(why)
                 }
                 None => handle(&mut engine, &args, &policy, &metrics, req),
@@ -368,7 +371,7 @@ fn start_ebpf(args: &RunArgs, policy: &Policy) -> Result<Engine> {
     if Kept::of(&log).wants_compaction(args.compact_min_bytes) {
         log = match log.compact() {
             Ok((l, rep)) => {
-                tracing::info!(?rep, "compacted the log");
+                log_compacted(&rep);
                 l
             }
             Err(e) => {
@@ -388,6 +391,17 @@ fn start_ebpf(args: &RunArgs, policy: &Policy) -> Result<Engine> {
         dir,
         kept,
     })
+}
+
+/// Logs a compaction's report, each count as a number.
+fn log_compacted(rep: &crate::log::CompactReport) {
+    tracing::info!(
+        dropped_records = rep.dropped_records,
+        merged_records = rep.merged_records,
+        bytes_before = rep.bytes_before,
+        bytes_after = rep.bytes_after,
+        "compacted the log"
+    );
 }
 
 /// Compacts the log once dropped records take enough of it. Tracking goes on meanwhile and
@@ -412,7 +426,7 @@ fn maybe_compact(engine: Engine, args: &RunArgs) -> Result<Engine> {
     }
     match cutter.transform_log(|log| log.compact()) {
         Ok(rep) => {
-            tracing::info!(?rep, "compacted the log");
+            log_compacted(&rep);
             kept = Kept::of(cutter.log());
         }
         Err(e) => {
@@ -487,7 +501,7 @@ fn handle(
                     metrics.record_cut(&rep, info.stored_bytes, stats.as_ref());
                     tracing::info!(
                         height,
-                        freeze_ms = format!("{:.1}", rep.freeze_ms),
+                        freeze_ms = (rep.freeze_ms * 10.0).round() / 10.0,
                         read = rep.read_unfrozen + rep.read_frozen,
                         stored = info.stored_bytes,
                         files = rep.files_changed,
@@ -598,10 +612,14 @@ fn bind(path: &Path, mode: u32) -> Result<UnixListener> {
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!(
-                "another agent is already listening on {}; stop it first or pass a different --socket",
-                path.display()
-            );
+            return Err(super::exit::coded(
+                super::exit::Code::Locked,
+                format!(
+                    "another agent is already listening on {}; stop it first or pass a different \
+                     --socket",
+                    path.display()
+                ),
+            ));
         }
         std::fs::remove_file(path)?;
     }

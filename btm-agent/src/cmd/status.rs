@@ -1,0 +1,113 @@
+//! `btm-agent status`: asks the running agent over its socket (`{"cmd":"status"}`,
+//! docs/PROTOCOL.md) and prints a summary, or the answer as JSON with `"v": 1`. Exits 69
+//! (agent not running) when nothing listens on the socket.
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Result;
+use serde_json::Value;
+
+use super::proto::{self, DEFAULT_SOCKET, Request};
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Socket of the agent to ask.
+    #[arg(long, env = "BTM_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Print the answer as one JSON object: `v` (1), `socket`, and the agent's fields: `mode`,
+    /// `volume`, `last_height` (null while nothing is recorded), `heights`, and `tracker`
+    /// (eBPF mode) or `target` (zfs/btrfs).
+    #[arg(long)]
+    pub json: bool,
+    /// Give up after this many seconds (the agent answers between cuts).
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+pub fn run(a: StatusArgs) -> Result<()> {
+    let detail = proto::call(&a.socket, &Request::Status, Duration::from_secs(a.timeout))?;
+    let v = versioned(&a.socket, detail);
+    if a.json {
+        println!("{v}");
+    } else {
+        print!("{}", summary(&v));
+    }
+    Ok(())
+}
+
+/// The agent's answer with `v` and `socket` in front (the agent's status has neither field).
+fn versioned(socket: &std::path::Path, detail: Value) -> Value {
+    let mut v = serde_json::json!({ "v": 1, "socket": socket });
+    if let (Some(out), Value::Object(d)) = (v.as_object_mut(), detail) {
+        for (k, x) in d {
+            out.entry(k).or_insert(x);
+        }
+    }
+    v
+}
+
+/// A few aligned lines for a person.
+fn summary(v: &Value) -> String {
+    let text = |k: &str| match &v[k] {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        x => x.to_string(),
+    };
+    let mut s = format!(
+        "agent        running on {}\nmode         {}\nvolume       {}\n",
+        text("socket"),
+        text("mode"),
+        text("volume")
+    );
+    if v.get("target").is_some() {
+        s += &format!("target       {}\n", text("target"));
+    }
+    s += &match v["last_height"].as_u64() {
+        Some(h) => format!("last height  {h}\n"),
+        None => "last height  none recorded yet\n".into(),
+    };
+    s += &format!("heights      {} kept\n", text("heights"));
+    if let Some(t) = v.get("tracker").filter(|t| t.is_object()) {
+        let n = |k: &str| t[k].as_u64().unwrap_or(0);
+        s += &format!(
+            "tracker      {} events, {} overflows, {} lost, {} missed runs\n",
+            n("events"),
+            n("chunk_overflows"),
+            n("lost"),
+            n("prog_misses")
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versioned_keeps_the_agents_fields_and_adds_v() {
+        let v = versioned(
+            std::path::Path::new("/run/btm/btm.sock"),
+            serde_json::json!({"mode": "ebpf", "last_height": 7, "heights": 3,
+                "tracker": {"events": 10, "lost": 1}}),
+        );
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["socket"], "/run/btm/btm.sock");
+        assert_eq!(v["last_height"], 7);
+        let s = summary(&v);
+        assert!(s.contains("last height  7\n"), "{s}");
+        assert!(s.contains("3 kept"), "{s}");
+        assert!(s.contains("10 events, 0 overflows, 1 lost"), "{s}");
+    }
+
+    #[test]
+    fn an_empty_agent_says_so() {
+        let v = versioned(
+            std::path::Path::new("/s"),
+            serde_json::json!({"mode": "zfs", "target": "dataset tank/data",
+                "last_height": null, "heights": 0}),
+        );
+        let s = summary(&v);
+        assert!(s.contains("none recorded yet"), "{s}");
+        assert!(s.contains("target       dataset tank/data"), "{s}");
+    }
+}

@@ -1,0 +1,555 @@
+//! What scripts and operators rely on, through the real binary: documented exit codes (the
+//! same table in `--help` and docs/OPERATIONS.md), `{"v":1,"error":{...}}` on stdout under
+//! `--json`, logs without colour codes when stderr is a file and with numbers as numbers,
+//! `BTM_LOG_LEVEL` (and its old name `BTM_LOG`), `status` against a running agent, `daemon`
+//! as `run`, `rollback --mode`, and exit 130 when interrupted.
+use std::{
+    os::unix::net::UnixListener,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use btm_agent::cmd::exit::Code;
+use btm_tests::{LoopFs, Rng, Running, agent_bin, can_run, start_agent_env, workdir};
+
+/// The agent with a clean environment: the runner's BTM_* variables must not leak in.
+fn agent() -> Command {
+    let mut c = Command::new(agent_bin());
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    agent().args(args).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Asserts the exit status and returns the output.
+fn expect(out: Output, code: Code) -> Output {
+    assert_eq!(
+        out.status.code(),
+        Some(code.status()),
+        "expected {code:?}; stdout: {}; stderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+/// Asserts success and returns the output.
+fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "{}; stdout: {}; stderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+/// The one JSON error object a failed `--json` verb prints on stdout; returns its message.
+fn json_error(out: &Output, code: Code) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}): {}", text(&out.stdout)));
+    assert_eq!(v["v"], 1, "{v}");
+    assert_eq!(v["error"]["code"], code.name(), "{v}");
+    let msg = v["error"]["message"]
+        .as_str()
+        .expect("a message")
+        .to_string();
+    assert!(!msg.is_empty(), "{v}");
+    msg
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .into()
+}
+
+/// `watch` against nothing logs at once (info) and then warns on every retry: its stderr,
+/// written to a file, shows which level the environment selected.
+fn watch_log(env: &[(&str, &str)]) -> String {
+    let work = workdir("btm-cli-");
+    let err = work.path().join("stderr");
+    let child = agent()
+        .args([
+            "watch",
+            "--source",
+            "bitcoin",
+            "--url",
+            "http://127.0.0.1:9",
+        ])
+        .args(["--every", "0.1", "--socket"])
+        .arg(work.path().join("none.sock"))
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let mut p = Running::new(child);
+    std::thread::sleep(Duration::from_millis(800));
+    let st = p.terminate();
+    assert_eq!(st.code(), Some(Code::Interrupted.status()), "{st}");
+    std::fs::read_to_string(&err).unwrap()
+}
+
+#[test]
+fn logs_to_a_file_have_no_colour_and_follow_btm_log_level() {
+    let info = "watching node heights";
+    let log = watch_log(&[]);
+    assert!(log.contains(info) && log.contains("WARN"), "{log}");
+    assert!(
+        !log.contains("\x1b["),
+        "escape sequences in a log file: {log:?}"
+    );
+    // `every` is a number, not a string.
+    assert!(log.contains("every=0.1"), "{log}");
+
+    let log = watch_log(&[("BTM_LOG_LEVEL", "warn")]);
+    assert!(!log.contains(info) && log.contains("WARN"), "{log}");
+    // The old name still works; the new one wins over it.
+    let log = watch_log(&[("BTM_LOG", "warn")]);
+    assert!(!log.contains(info), "{log}");
+    let log = watch_log(&[("BTM_LOG", "warn"), ("BTM_LOG_LEVEL", "info")]);
+    assert!(log.contains(info), "{log}");
+    // A path in BTM_LOG (the log directory, by mistake) is not a filter that silences all.
+    let log = watch_log(&[("BTM_LOG", "/backup/btm")]);
+    assert!(
+        log.contains(info) && log.contains("ignoring BTM_LOG=/backup/btm"),
+        "{log}"
+    );
+    // JSON lines: numbers as JSON numbers.
+    let log = watch_log(&[("BTM_LOG_FORMAT", "json")]);
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert_eq!(first["fields"]["every"], 0.1, "{first}");
+}
+
+fn snapshot(sock: &Path, h: u64) {
+    let out = agent()
+        .args(["snapshot", "--height", &h.to_string(), "--socket"])
+        .arg(sock)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "height {h}: {}", text(&out.stderr));
+}
+
+/// The agent's own log lines with `msg`, parsed (BTM_LOG_FORMAT=json).
+fn json_lines(file: &Path, msg: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == msg)
+        .collect()
+}
+
+#[test]
+fn agent_logs_have_no_colour_and_numbers_as_numbers() {
+    if !can_run("agent logs") {
+        return;
+    }
+    let vol = LoopFs::new("ext4", 256).unwrap();
+    let work = workdir("btm-cli-logs-");
+    let (log, sock) = (work.path().join("log"), work.path().join("agent.sock"));
+    let agent_log = log.with_extension("agent.log");
+
+    // Text logs into a file: no colour codes, numbers unquoted.
+    let mut a = start_agent_env(&vol.mnt, &log, &sock, &[], &[]);
+    std::fs::write(vol.path("a"), b"one").unwrap();
+    snapshot(&sock, 1);
+    a.terminate();
+    let text_log = std::fs::read_to_string(&agent_log).unwrap();
+    assert!(text_log.contains("height durable"), "{text_log}");
+    assert!(
+        !text_log.contains("\x1b["),
+        "escape sequences in the agent's log: {text_log:?}"
+    );
+    assert!(
+        text_log.contains("freeze_ms=") && !text_log.contains("freeze_ms=\""),
+        "{text_log}"
+    );
+
+    // JSON logs: the same fields as JSON numbers.
+    let mut a = start_agent_env(&vol.mnt, &log, &sock, &[], &[("BTM_LOG_FORMAT", "json")]);
+    std::fs::write(vol.path("a"), b"two").unwrap();
+    snapshot(&sock, 2);
+    a.terminate();
+    let ready = json_lines(&agent_log, "agent ready");
+    assert_eq!(ready[0]["fields"]["last_height"], 1, "{ready:?}");
+    let durable = json_lines(&agent_log, "height durable");
+    let f = &durable[0]["fields"];
+    assert!(
+        f["freeze_ms"].is_f64() && f["height"] == 2 && f["stored"].is_u64(),
+        "{f}"
+    );
+}
+
+#[test]
+fn help_and_docs_list_every_exit_code() {
+    let help = text(&ok(run(&["--help"])).stdout);
+    let docs = std::fs::read_to_string(repo().join("docs/OPERATIONS.md")).unwrap();
+    for c in Code::ALL {
+        let line = format!("{:>3}  {:<18} {}", c.status(), c.name(), c.meaning());
+        assert!(help.contains(&line), "--help lacks {line:?}:\n{help}");
+        let row = format!("| {} | `{}` |", c.status(), c.name());
+        assert!(
+            docs.contains(&row),
+            "docs/OPERATIONS.md lacks the row {row:?}"
+        );
+    }
+    let mut statuses: Vec<i32> = Code::ALL.iter().map(|c| c.status()).collect();
+    statuses.sort_unstable();
+    statuses.dedup();
+    assert_eq!(statuses.len(), Code::ALL.len(), "two codes share a status");
+}
+
+#[test]
+fn exit_codes_without_an_agent() {
+    let work = workdir("btm-cli-");
+    let missing = work.path().join("missing");
+    let m = missing.to_str().unwrap();
+
+    // No log: 66, with the error on stderr.
+    let out = expect(run(&["list", "--log", m]), Code::NoLog);
+    assert!(out.stdout.is_empty());
+    assert!(
+        text(&out.stderr).starts_with("error: no log at"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A mistyped path is not made into a new log.
+    expect(run(&["compact", "--log", m]), Code::NoLog);
+    assert!(
+        !missing.exists(),
+        "compact created a log at a mistyped path"
+    );
+
+    // Usage: clap's errors, and ours.
+    expect(run(&["list", "--no-such-flag"]), Code::Usage);
+    expect(run(&[]), Code::Usage);
+
+    // An empty log has no height to replay.
+    let log = work.path().join("log");
+    drop(btm_agent::log::Log::open_append(&log).unwrap());
+    let into = work.path().join("into");
+    let l = log.to_str().unwrap();
+    let i = into.to_str().unwrap();
+    expect(
+        run(&["replay", "--log", l, "--into", i]),
+        Code::HeightNotFound,
+    );
+
+    // Locked: another process appends to the log.
+    let held = btm_agent::log::Log::open_append(&log).unwrap();
+    let out = expect(run(&["compact", "--log", l]), Code::Locked);
+    assert!(
+        text(&out.stderr).contains("held by another process"),
+        "{}",
+        text(&out.stderr)
+    );
+    drop(held);
+
+    // No agent: absent socket, and a socket file nobody listens on any more.
+    let stale = work.path().join("stale.sock");
+    drop(UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    let s = stale.to_str().unwrap();
+    for sock in [m, s] {
+        expect(
+            run(&["snapshot", "--height", "1", "--socket", sock]),
+            Code::AgentNotRunning,
+        );
+        let out = expect(run(&["status", "--socket", sock]), Code::AgentNotRunning);
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn rollback_takes_mode() {
+    let work = workdir("btm-cli-");
+    let missing = work.path().join("missing");
+    let m = missing.to_str().unwrap();
+    expect(
+        run(&["rollback", "--volume", m, "--mode", "tape"]),
+        Code::Usage,
+    );
+    // ebpf reads the log (here: none, and none is created).
+    let out = expect(
+        run(&[
+            "rollback", "--volume", m, "--mode", "ebpf", "--log", m, "--socket", m,
+        ]),
+        Code::NoLog,
+    );
+    assert!(
+        text(&out.stderr).contains("no log at"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !missing.exists(),
+        "rollback created a log at a mistyped path"
+    );
+    // auto without --log: the volume's native snapshots, which a plain directory lacks;
+    // btrfs: only those.
+    let dir = work.path().to_str().unwrap();
+    let out = expect(
+        run(&["rollback", "--volume", dir, "--socket", m]),
+        Code::NoLog,
+    );
+    assert!(
+        text(&out.stderr).contains("no native snapshots"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&[
+        "rollback", "--volume", dir, "--mode", "btrfs", "--socket", m,
+    ]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && err.contains("btrfs"), "{err}");
+    assert!(
+        !err.contains("no --log LOGDIR given"),
+        "--mode btrfs ignored: {err}"
+    );
+}
+
+#[test]
+fn daemon_is_run() {
+    let work = workdir("btm-cli-");
+    let conf = work.path().join("btm.toml");
+    std::fs::write(&conf, "itvs = 3\n").unwrap();
+    let c = conf.to_str().unwrap();
+    // The configuration file applies to `daemon` as to `run` (and names the bad key).
+    for verb in ["run", "daemon"] {
+        let out = expect(run(&[verb, "--config", c, "--volume", "/x"]), Code::Usage);
+        assert!(
+            text(&out.stderr).contains("unknown key `itvs`"),
+            "{verb}: {}",
+            text(&out.stderr)
+        );
+    }
+    let out = ok(run(&["daemon", "--help"]));
+    assert!(
+        text(&out.stdout).contains("Usage: btm-agent run"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn json_errors_on_stdout() {
+    let work = workdir("btm-cli-");
+    let m = work.path().join("missing");
+    let m = m.to_str().unwrap();
+    let out = expect(run(&["list", "--log", m, "--json"]), Code::NoLog);
+    assert!(json_error(&out, Code::NoLog).contains(m));
+    // stderr keeps the text line (scripts that read it go on working).
+    assert!(
+        text(&out.stderr).starts_with("error: no log at"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = expect(
+        run(&["status", "--socket", m, "--json"]),
+        Code::AgentNotRunning,
+    );
+    assert!(json_error(&out, Code::AgentNotRunning).contains("no btm agent"));
+    let out = expect(
+        run(&["prune", "--remote", "nope://x", "--json"]),
+        Code::Failure,
+    );
+    json_error(&out, Code::Failure);
+    // Usage errors too, but not help.
+    let out = expect(run(&["list", "--json", "--bogus"]), Code::Usage);
+    assert!(json_error(&out, Code::Usage).contains("--bogus"));
+    let out = ok(run(&["list", "--json", "--help"]));
+    assert!(text(&out.stdout).contains("Usage: btm-agent list"));
+    // Without --json: nothing on stdout.
+    let out = expect(run(&["status", "--socket", m]), Code::AgentNotRunning);
+    assert!(out.stdout.is_empty());
+}
+
+/// A socket that accepts and never answers: the client waits until it is interrupted.
+#[test]
+fn interrupted_verbs_exit_130() {
+    use nix::sys::signal::{Signal, kill};
+    let work = workdir("btm-cli-");
+    let sock = work.path().join("mute.sock");
+    let l = UnixListener::bind(&sock).unwrap();
+    for (sig, verb) in [
+        (Signal::SIGINT, &["snapshot", "--height", "1"][..]),
+        (Signal::SIGTERM, &["status", "--json"][..]),
+    ] {
+        let child = agent()
+            .args(verb)
+            .arg("--socket")
+            .arg(&sock)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Accepted: the client is past its setup and waits for the answer.
+        let _conn = l.accept().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        let out = expect(child.wait_with_output().unwrap(), Code::Interrupted);
+        if sig == Signal::SIGTERM {
+            assert!(json_error(&out, Code::Interrupted).contains("SIGTERM"));
+        } else {
+            assert!(
+                text(&out.stderr).contains("interrupted by SIGINT"),
+                "{}",
+                text(&out.stderr)
+            );
+        }
+    }
+}
+
+fn status(sock: &Path) -> serde_json::Value {
+    let out = ok(agent()
+        .args(["status", "--json", "--socket"])
+        .arg(sock)
+        .output()
+        .unwrap());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn status_and_exit_codes_with_a_real_agent() {
+    if !can_run("status and exit codes with an agent") {
+        return;
+    }
+    let vol = LoopFs::new("ext4", 256).unwrap();
+    let work = workdir("btm-cli-agent-");
+    let (log, sock) = (work.path().join("log"), work.path().join("agent.sock"));
+    let (l, s) = (log.to_str().unwrap(), sock.to_str().unwrap());
+    let mut rng = Rng(0x636c_6921);
+
+    let mut a = start_agent_env(&vol.mnt, &log, &sock, &[], &[]);
+    let v = status(&sock);
+    assert_eq!(v["v"], 1, "{v}");
+    assert!(v["last_height"].is_null(), "{v}");
+    // Height 1: a megabyte of incompressible data (damaged below).
+    std::fs::write(vol.path("big"), rng.bytes(1 << 20)).unwrap();
+    snapshot(&sock, 1);
+    std::fs::write(vol.path("small"), b"two").unwrap();
+    snapshot(&sock, 2);
+    let v = status(&sock);
+    assert_eq!(v["v"], 1, "{v}");
+    assert_eq!(v["mode"], "ebpf", "{v}");
+    assert_eq!(v["last_height"], 2, "{v}");
+    assert_eq!(v["heights"], 2, "{v}");
+    assert_eq!(v["socket"], s, "{v}");
+    assert!(v["tracker"]["events"].as_u64().unwrap() > 0, "{v}");
+    let summary = text(&ok(run(&["status", "--socket", s])).stdout);
+    assert!(summary.contains("last height  2\n"), "{summary}");
+    assert!(summary.contains("2 kept"), "{summary}");
+    // The agent holds the log and the volume.
+    expect(run(&["compact", "--log", l]), Code::Locked);
+    let other = work.path().join("other.sock");
+    let out = expect(
+        run(&[
+            "run",
+            "--mode",
+            "ebpf",
+            "--volume",
+            vol.mnt.to_str().unwrap(),
+            "--log",
+            l,
+            "--socket",
+            other.to_str().unwrap(),
+        ]),
+        Code::Locked,
+    );
+    assert!(
+        text(&out.stderr).contains("another btm agent"),
+        "{}",
+        text(&out.stderr)
+    );
+    a.terminate();
+
+    // The agent is gone.
+    expect(run(&["status", "--socket", s]), Code::AgentNotRunning);
+    // A height the log does not hold.
+    let into = work.path().join("into");
+    let i = into.to_str().unwrap();
+    let out = expect(
+        run(&["replay", "--log", l, "--to", "7", "--exact", "--into", i]),
+        Code::HeightNotFound,
+    );
+    assert!(
+        text(&out.stderr).contains("not recorded"),
+        "{}",
+        text(&out.stderr)
+    );
+    ok(run(&["verify", "--log", l]));
+    // Damage inside height 1's data.
+    let seg = log.join("seg-00000001.btm");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0xff;
+    std::fs::write(&seg, bytes).unwrap();
+    let out = expect(run(&["verify", "--log", l]), Code::Damage);
+    assert!(
+        text(&out.stderr).contains("damaged"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// `rollback --mode btrfs` against a real subvolume whose heights a `run --mode btrfs` agent
+/// kept (and `status` of a native-mode agent).
+#[test]
+fn rollback_mode_btrfs_restores_a_height() {
+    if !can_run("rollback --mode btrfs") {
+        return;
+    }
+    if !btm_tests::have_tool("btrfs") {
+        btm_tests::skip("rollback --mode btrfs", "btrfs-progs is not installed");
+        return;
+    }
+    let fs = LoopFs::new("btrfs", 300).unwrap();
+    let vol = fs.path("chain");
+    btm_tests::sh("btrfs", &["subvolume", "create", vol.to_str().unwrap()]).unwrap();
+    let sock = fs.dir.path().join("btm.sock");
+    let (v, s) = (vol.to_str().unwrap(), sock.to_str().unwrap());
+    let mut a = Running::new(
+        agent()
+            .args(["run", "--mode", "btrfs", "--volume", v, "--socket", s])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    btm_tests::wait_listening(&mut a, &sock, String::new);
+    std::fs::write(vol.join("f"), b"one").unwrap();
+    snapshot(&sock, 1);
+    std::fs::write(vol.join("f"), b"two").unwrap();
+    snapshot(&sock, 2);
+    let st = status(&sock);
+    assert_eq!(st["mode"], "btrfs", "{st}");
+    assert_eq!(st["last_height"], 2, "{st}");
+    assert!(st["target"].is_string(), "{st}");
+    a.terminate();
+
+    let rollback = |to: &str| {
+        run(&[
+            "rollback", "--mode", "btrfs", "-p", v, "--to", to, "--exact", "--socket", s,
+        ])
+    };
+    let out = expect(rollback("7"), Code::HeightNotFound);
+    assert!(
+        text(&out.stderr).contains("no snapshot at height 7"),
+        "{}",
+        text(&out.stderr)
+    );
+    ok(rollback("1"));
+    assert_eq!(std::fs::read(vol.join("f")).unwrap(), b"one");
+}
