@@ -526,7 +526,7 @@ fn litecoind_end_to_end(fs: &str) {
                 .lines()
                 .filter_map(|l| {
                     let v: Value = serde_json::from_str(l).ok()?;
-                    v["fields"]["freeze_ms"].as_str()?.parse().ok()
+                    v["fields"]["freeze_ms"].as_f64()
                 })
                 .collect();
             freeze_ms.sort_by(f64::total_cmp);
