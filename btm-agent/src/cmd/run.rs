@@ -502,6 +502,8 @@ fn handle(
                     tracing::info!(
                         height,
                         freeze_ms = (rep.freeze_ms * 10.0).round() / 10.0,
+                        frozen_entries = rep.frozen_entries,
+                        frozen_walk = rep.frozen_walk,
                         read = rep.read_unfrozen + rep.read_frozen,
                         stored = info.stored_bytes,
                         files = rep.files_changed,

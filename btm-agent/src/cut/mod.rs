@@ -13,6 +13,7 @@
 //! 1 MiB-aligned pieces, so the unchanged ones deduplicate against the log by blake3.
 pub mod capture;
 mod losses;
+pub mod nsevents;
 pub mod scan;
 
 use std::{
@@ -26,7 +27,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use capture::{CaptureStats, data_ranges, holes, read_ranges};
 use losses::Losses;
-use scan::{Identity, Kind, Scan, identity};
+use nsevents::NsWatch;
+use scan::{Identity, Kind, Scan, ancestors, identity};
 
 use crate::{
     log::{Draft, Entry, ExtentData, FileId, HeightInfo, Log, LogError, NsOp, RelPath},
@@ -50,6 +52,12 @@ pub struct CutReport {
     pub stored_bytes: u64,
     /// Bytes captured but left out because the log already held them at that place.
     pub unchanged_bytes: u64,
+    /// Whether the frozen phase walked the whole tree (no namespace events, or lost ones).
+    pub frozen_walk: bool,
+    /// Entries the frozen phase stat'ed or walked, and files it opened: what the freeze cost
+    /// in system calls, which must follow what changed, not the size of the tree.
+    pub frozen_entries: u64,
+    pub frozen_opens: u64,
     pub files_changed: u64,
     pub ops: usize,
 }
@@ -74,6 +82,13 @@ pub struct Cutter {
     full_retries: u32,
     /// Freeze the volume for phase 2 (off only when the caller pauses the node itself).
     pub freeze: bool,
+    /// Namespace changes since the unfrozen walk, so the freeze does not walk again.
+    ns: Option<NsWatch>,
+    /// Marked inode numbers no path of the volume leads to (see [`candidates`]).
+    phantoms: HashSet<u64>,
+    /// Tests: runs between the unfrozen phase and the freeze (changes made there are what
+    /// the frozen phase must find).
+    pub before_freeze: Option<Box<dyn FnMut() + Send>>,
 }
 
 impl Cutter {
@@ -90,6 +105,14 @@ impl Cutter {
         let (prev, sizes) = namespace_at_last(&log)?;
         let next_id = log.max_file_id().map_or(1, |m| m + 1);
         let seen = Losses::of(&tracker.stats()?);
+        let ns = NsWatch::new(&mount.mount_point)
+            .inspect_err(|e| {
+                tracing::warn!(
+                    "no namespace events on {} ({e}): every freeze walks the whole tree",
+                    mount.mount_point.display()
+                )
+            })
+            .ok();
         Ok(Cutter {
             mount,
             tracker,
@@ -102,6 +125,9 @@ impl Cutter {
             seen,
             full_retries: 0,
             freeze: true,
+            ns,
+            phantoms: HashSet::new(),
+            before_freeze: None,
         })
     }
 
@@ -197,8 +223,26 @@ impl Cutter {
         if widened1 {
             d1.widen_to_folios();
         }
+        // Every namespace change from here on is named by an event (the freeze re-reads those).
+        if let Some(ns) = &self.ns {
+            ns.discard();
+        }
         let scan1 = Scan::walk(&root).context("scanning the volume")?;
-        let files1 = scan1.files();
+        let files1: BTreeMap<Identity, (RelPath, u64)> = scan1
+            .files()
+            .into_iter()
+            .map(|(i, (p, s))| (i, (p.clone(), s)))
+            .collect();
+        // Files with several links: the freeze looks further for one whose path it saw go.
+        let linked: HashSet<Identity> = scan1
+            .entries
+            .values()
+            .filter(|e| e.links > 1)
+            .filter_map(|e| match e.kind {
+                Kind::File { ident, .. } => Some(ident),
+                _ => None,
+            })
+            .collect();
         // Captured data goes straight into the record: memory stays at the log's batch.
         let mut draft = log.begin(height)?;
         let mut ids: HashMap<Identity, FileId> = HashMap::new();
@@ -224,6 +268,9 @@ impl Cutter {
         draft.flush()?;
 
         // Phase 2: frozen.
+        if let Some(f) = &mut self.before_freeze {
+            f();
+        }
         let frozen = if self.freeze {
             Some(Frozen::freeze(&root)?)
         } else {
@@ -233,7 +280,7 @@ impl Cutter {
         hold_frozen_for_tests();
         let phase2 = self.phase2(
             &root,
-            (&d1, &files1, &pre),
+            (scan1, &d1, (&files1, &linked), &pre),
             (&mut draft, &mut ids),
             full,
             (losses1, widened1),
@@ -242,7 +289,8 @@ impl Cutter {
         if let Some(f) = frozen {
             f.thaw()?;
         }
-        let (scan2, st2, phase2_losses) = phase2?;
+        let (scan2, st2, phase2_losses, work) = phase2?;
+        (rep.frozen_walk, rep.frozen_entries, rep.frozen_opens) = work;
         rep.freeze_ms = ms(freeze_time);
         rep.read_frozen = st2.bytes_read;
         rep.data_bytes = st1.data_bytes + st2.data_bytes;
@@ -324,20 +372,24 @@ impl Cutter {
         Ok((rep, info))
     }
 
-    /// The frozen phase: flip, walk, and read into the record what changed since phase 1.
+    /// The frozen phase: flip, bring the namespace up to date, and read into the record what
+    /// changed since phase 1. Only entries named by namespace events are stat'ed again and only
+    /// files with something to read are opened (the whole tree is walked only when events
+    /// were lost or are unavailable).
     #[allow(clippy::type_complexity)]
     fn phase2(
         &mut self,
         root: &Path,
-        (d1, files1, pre): (
+        (scan1, d1, (files1, linked), pre): (
+            Scan,
             &DirtySet,
-            &BTreeMap<Identity, (&RelPath, u64)>,
+            (&BTreeMap<Identity, (RelPath, u64)>, &HashSet<Identity>),
             &HashSet<Identity>,
         ),
         (draft, ids): (&mut Draft, &mut HashMap<Identity, FileId>),
         full: bool,
         (losses1, widened1): (Losses, bool),
-    ) -> Result<(Scan, CaptureStats, Losses)> {
+    ) -> Result<(Scan, CaptureStats, Losses, (bool, u64, u64))> {
         // Counted before the flip: all of it belongs to the epochs drained here.
         let losses2 = Losses::of(&self.tracker.stats()?);
         let mut d2 = self.tracker.take()?;
@@ -350,10 +402,32 @@ impl Cutter {
             }
             d2.widen_to_folios();
         }
-        let scan2 = Scan::walk(root).context("scanning the frozen volume")?;
+        let changes = self.ns.as_ref().map(NsWatch::drain);
+        let (scan2, walked, work, candidates) = match changes {
+            Some(c) if !c.lost => {
+                let mut scan2 = scan1;
+                let (work, reread) = scan2
+                    .patch(&c.entries)
+                    .context("re-reading changed entries of the frozen volume")?;
+                let c = candidates(&mut self.phantoms, &scan2, (files1, linked), &d2, &reread);
+                (scan2, false, work, c)
+            }
+            _ => {
+                let scan2 = Scan::walk(root).context("scanning the frozen volume")?;
+                let n = scan2.entries.len() as u64;
+                let c = scan2
+                    .files()
+                    .into_iter()
+                    .map(|(i, (p, s))| (i, (p.clone(), s)))
+                    .collect();
+                (scan2, true, n, c)
+            }
+        };
         let mut st = CaptureStats::default();
-        for (ident, (path, size2)) in scan2.files() {
-            let id = self.id_for(&ident, path, full, ids);
+        let mut both: Option<DirtySet> = None;
+        let mut opens = 0;
+        for (ident, (path, size2)) in candidates {
+            let id = self.id_for(&ident, &path, full, ids);
             let want = if pre.contains(&ident) {
                 let size1 = files1.get(&ident).map_or(0, |f| f.1);
                 let mut r = ranges_of(&d2, ident.0, size2);
@@ -362,19 +436,26 @@ impl Cutter {
                 }
                 Want::Ranges(r)
             } else {
-                let mut both = d1.clone();
-                both.merge(d2.clone());
-                self.ranges_for(&ident, id, size2, &both, full)
+                let both = both.get_or_insert_with(|| {
+                    let mut b = d1.clone();
+                    b.merge(d2.clone());
+                    b
+                });
+                self.ranges_for(&ident, id, size2, both, full)
             };
+            if matches!(&want, Want::Ranges(r) if r.is_empty()) {
+                continue;
+            }
+            opens += 1;
             let mut sink = |e: ExtentData| Ok(draft.extent(e)?);
-            if !read_identity(root, &scan2, path, &ident, id, &want, &mut st, &mut sink)? {
+            if !read_identity(root, &scan2, &path, &ident, id, &want, &mut st, &mut sink)? {
                 bail!(
                     "{} changed while the volume was frozen",
-                    String::from_utf8_lossy(path)
+                    String::from_utf8_lossy(&path)
                 );
             }
         }
-        Ok((scan2, st, losses2))
+        Ok((scan2, st, losses2, (walked, work, opens)))
     }
 
     /// What to read of a file with `id`: what the tracker marked plus growth since the last
@@ -428,6 +509,75 @@ impl Cutter {
         ids.insert(*ident, id);
         id
     }
+}
+
+/// The files the frozen phase may have to read, by identity, with their path and size in
+/// `scan2`: those the tracker marked since phase 1, and those at paths re-read by the patch
+/// (new, renamed, resized). Every other file is as phase 1 read it.
+fn candidates(
+    phantoms: &mut HashSet<u64>,
+    scan2: &Scan,
+    (files1, linked): (&BTreeMap<Identity, (RelPath, u64)>, &HashSet<Identity>),
+    d2: &DirtySet,
+    reread: &[RelPath],
+) -> BTreeMap<Identity, (RelPath, u64)> {
+    let mut out = BTreeMap::new();
+    let file_at = |p: &RelPath| match scan2.entries.get(p).map(|e| &e.kind) {
+        Some(Kind::File { ident, size }) => Some((*ident, *size)),
+        _ => None,
+    };
+    let mut missing = Vec::new();
+    let mut unknown = Vec::new();
+    for ino in d2.files.keys() {
+        let mut known = false;
+        for (ident, (path, _)) in files1.range((*ino, i128::MIN)..=(*ino, i128::MAX)) {
+            known = true;
+            match file_at(path) {
+                Some((i, size)) if i == *ident => {
+                    out.insert(i, (path.clone(), size));
+                }
+                // Moved: found below among the re-read paths. Removed: gone, unless it has
+                // another link (then found by its identity over the whole scan).
+                _ if linked.contains(ident) => missing.push(*ident),
+                _ => {}
+            }
+        }
+        if !known {
+            unknown.push(*ino); // created since phase 1: must be among the re-read paths
+        }
+    }
+    for path in reread {
+        if let Some((i, size)) = file_at(path) {
+            out.insert(i, (path.clone(), size));
+        }
+    }
+    missing.retain(|i| !out.contains_key(i));
+    unknown.retain(|ino| {
+        out.range((*ino, i128::MIN)..=(*ino, i128::MAX))
+            .next()
+            .is_none()
+            && !scan2.was_dir_ino(*ino)
+            && !phantoms.contains(ino)
+    });
+    if !missing.is_empty() || !unknown.is_empty() {
+        // A file marked dirty that no event accounts for (created and removed since phase 1,
+        // or reached by another link): look for it by identity over the whole scan, in
+        // memory only (no system call).
+        for (i, (p, size)) in scan2.files() {
+            if d2.files.contains_key(&i.0) && !out.contains_key(&i) {
+                out.insert(i, (p.clone(), size));
+            }
+        }
+        // Marked inodes no path leads to (a filesystem's own, like btrfs's btree inode) are
+        // remembered so later freezes do not look again; a file that takes such a number
+        // later is created after a walk, so it is among the re-read paths.
+        phantoms.extend(unknown.into_iter().filter(|ino| {
+            out.range((*ino, i128::MIN)..=(*ino, i128::MAX))
+                .next()
+                .is_none()
+        }));
+    }
+    out
 }
 
 /// The namespace and file sizes at the log's last height: what the next cut diffs against.
@@ -563,13 +713,6 @@ pub fn namespace_ops(
         }
     }
     ops
-}
-
-fn ancestors(p: &[u8]) -> impl Iterator<Item = &[u8]> {
-    p.iter()
-        .enumerate()
-        .filter(|(_, c)| **c == b'/')
-        .map(move |(i, _)| &p[..i])
 }
 
 /// A progress bar for the baseline (a full copy can take hours on a large volume), drawn only

@@ -1,6 +1,6 @@
 //! Walking the tracked tree: the namespace as the log sees it, plus inode identities.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fs,
     os::{
         fd::{AsRawFd, OwnedFd},
@@ -33,6 +33,10 @@ pub enum Kind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScanEntry {
     pub kind: Kind,
+    /// Inode number (a directory re-read with the same one keeps what is under it).
+    pub ino: u64,
+    /// Hard links to it (a file with several may be found at another path).
+    pub links: u32,
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
@@ -48,6 +52,9 @@ pub struct Scan {
     /// and must still be on it.
     pub root: Option<std::sync::Arc<OwnedFd>>,
     pub root_dev: u64,
+    /// Directory inode -> its path (kept when the directory goes; check the entry there): a
+    /// directory moved between the walk and the freeze is moved here too, not walked again.
+    dirs: HashMap<u64, RelPath>,
 }
 
 impl Scan {
@@ -61,81 +68,254 @@ impl Scan {
         let root_dev = nix::sys::stat::fstat(&root_fd)?.st_dev;
         scan.root_dev = root_dev;
         scan.root = Some(std::sync::Arc::new(nix::unistd::dup(&root_fd)?));
-        let names = dirfd::list(&root_fd)?;
+        scan.walk_under(root_fd, Vec::new(), &mut Vec::new())?;
+        Ok(scan)
+    }
+
+    /// Walks everything under the open directory `dir` (at `rel`), adding the paths of the
+    /// files it finds to `files`; the number of entries.
+    fn walk_under(
+        &mut self,
+        dir: OwnedFd,
+        rel: RelPath,
+        files: &mut Vec<RelPath>,
+    ) -> std::io::Result<u64> {
+        let track = !rel.is_empty(); // a patch, not the whole walk
+        let names = dirfd::list(&dir)?;
         let mut stack = vec![Frame {
-            fd: root_fd,
-            rel: Vec::new(),
+            fd: dir,
+            rel,
             names,
         }];
+        let mut seen = 0;
         while let Some(top) = stack.last_mut() {
             let Some(name) = top.names.pop() else {
                 stack.pop();
                 continue;
             };
-            let mut path = top.rel.clone();
-            if !path.is_empty() {
-                path.push(b'/');
-            }
-            path.extend_from_slice(&name);
+            let path = join(&top.rel, &name);
             let st = match stat_at(&top.fd, &name) {
                 Ok(st) => st,
                 // Deleted between readdir and stat (only possible while unfrozen).
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            let kind = match st.mode & libc::S_IFMT {
-                libc::S_IFDIR => {
-                    if st.dev != root_dev {
-                        continue; // another filesystem mounted inside the volume
-                    }
-                    let sub = match open_dir(Some(&top.fd), &name) {
-                        Ok(fd) => fd,
-                        // Gone, or swapped for a symlink or a file since the stat.
-                        Err(e)
-                            if matches!(
-                                e.raw_os_error(),
-                                Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR)
-                            ) =>
-                        {
-                            continue;
-                        }
-                        Err(e) => return Err(e),
-                    };
+            seen += 1;
+            match self.entry_at(&top.fd, &name, path, &st)? {
+                Some((path, Some(sub))) => {
                     let names = dirfd::list(&sub)?;
-                    scan.insert(path.clone(), Kind::Dir, &st);
                     stack.push(Frame {
                         fd: sub,
                         rel: path,
                         names,
                     });
-                    continue;
                 }
-                libc::S_IFREG => Kind::File {
-                    ident: (st.ino, st.btime),
-                    size: st.size,
+                Some((path, None)) if track => files.push(path),
+                Some((_, None)) | None => {}
+            }
+        }
+        Ok(seen)
+    }
+
+    /// Records the entry `name` of `dir` (at `path`, stat'ed as `st`). For a directory on the
+    /// volume, also returns it opened, to walk into.
+    fn entry_at(
+        &mut self,
+        dir: &OwnedFd,
+        name: &[u8],
+        path: RelPath,
+        st: &Stat,
+    ) -> std::io::Result<Option<(RelPath, Option<OwnedFd>)>> {
+        let kind = match st.mode & libc::S_IFMT {
+            libc::S_IFDIR => {
+                if st.dev != self.root_dev {
+                    return Ok(None); // another filesystem mounted inside the volume
+                }
+                let sub = match open_dir(Some(dir), name) {
+                    Ok(fd) => fd,
+                    // Gone, or swapped for a symlink or a file since the stat.
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR)
+                        ) =>
+                    {
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e),
+                };
+                self.insert(path.clone(), Kind::Dir, st);
+                return Ok(Some((path, Some(sub))));
+            }
+            libc::S_IFREG => Kind::File {
+                ident: (st.ino, st.btime),
+                size: st.size,
+            },
+            libc::S_IFLNK => match nix::fcntl::readlinkat(dir, name) {
+                Ok(t) => Kind::Symlink {
+                    target: t.as_bytes().to_vec(),
                 },
-                libc::S_IFLNK => match nix::fcntl::readlinkat(&top.fd, name.as_slice()) {
-                    Ok(t) => Kind::Symlink {
-                        target: t.as_bytes().to_vec(),
-                    },
-                    Err(nix::errno::Errno::ENOENT) => continue,
-                    Err(e) => return Err(e.into()),
-                },
-                _ => {
-                    scan.skipped_special += 1;
-                    continue;
+                Err(nix::errno::Errno::ENOENT) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            },
+            _ => {
+                self.skipped_special += 1;
+                return Ok(None);
+            }
+        };
+        self.insert(path.clone(), kind, st);
+        Ok(Some((path, None)))
+    }
+
+    /// Brings a walk up to date with the entries named since it began (see [`super::nsevents`]):
+    /// each is stat'ed again, a directory new at its place is walked, and what is gone is
+    /// removed with everything under it. Returns how many entries it stat'ed or walked, and
+    /// the paths it re-read (a file there may have changed).
+    pub fn patch(
+        &mut self,
+        named: &BTreeSet<(RelPath, Vec<u8>)>,
+    ) -> std::io::Result<(u64, Vec<RelPath>)> {
+        let root = self
+            .root
+            .clone()
+            .ok_or_else(|| std::io::Error::other("a scan without its root"))?;
+        let mut work = 0;
+        let mut reread = Vec::new();
+        let mut walked: HashSet<RelPath> = HashSet::new();
+        let gone = |e: &std::io::Error| {
+            e.kind() == std::io::ErrorKind::NotFound
+                || matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOTDIR | libc::ELOOP | libc::EXDEV)
+                )
+        };
+        // Sorted by directory: a parent's entries come before its children's. What exists is
+        // read first and what is gone removed after, so a directory moved away is still in
+        // the scan when its new place is read, and moves with what is under it.
+        let mut gone_paths = Vec::new();
+        for (dir, name) in named {
+            let path = join(dir, name);
+            if ancestors(&path).any(|a| walked.contains(a)) {
+                continue; // under a directory walked in full just now
+            }
+            let dir_fd = if dir.is_empty() {
+                nix::unistd::dup(&*root)?
+            } else {
+                match open_beneath(&root, dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY) {
+                    Ok(f) => OwnedFd::from(f),
+                    Err(e) if gone(&e) => {
+                        gone_paths.push(path);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 }
             };
-            scan.insert(path, kind, &st);
+            work += 1;
+            let st = match stat_at(&dir_fd, name) {
+                Ok(st) => st,
+                Err(e) if gone(&e) => {
+                    gone_paths.push(path);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let is_dir = st.mode & libc::S_IFMT == libc::S_IFDIR;
+            let dir_ino_at = |s: &Scan, p: &[u8]| {
+                s.entries
+                    .get(p)
+                    .is_some_and(|e| e.kind == Kind::Dir && e.ino == st.ino)
+            };
+            if is_dir && dir_ino_at(self, &path) {
+                // Its own metadata changed; what is under it has events of its own.
+                self.insert(path.clone(), Kind::Dir, &st);
+                reread.push(path);
+                continue;
+            }
+            let moved_from = self
+                .dirs
+                .get(&st.ino)
+                .filter(|old| **old != path && dir_ino_at(self, old))
+                .cloned();
+            self.remove_tree(&path);
+            if let (true, Some(old)) = (is_dir && st.dev == self.root_dev, moved_from) {
+                // Renamed: every path under it changes, nothing under it needs a stat.
+                self.move_tree(&old, &path, &mut reread);
+                self.insert(path.clone(), Kind::Dir, &st);
+                reread.push(path);
+                continue;
+            }
+            if let Some((path, sub)) = self.entry_at(&dir_fd, name, path, &st)? {
+                if let Some(sub) = sub {
+                    work += self.walk_under(sub, path.clone(), &mut reread)?;
+                    walked.insert(path.clone());
+                }
+                reread.push(path);
+            }
         }
-        Ok(scan)
+        for path in gone_paths {
+            self.remove_tree(&path);
+            reread.push(path);
+        }
+        Ok((work, reread))
+    }
+
+    /// Moves the entries at and under `from` to `to` (in memory: a directory renamed), and
+    /// adds the paths of the files it moved to `moved`.
+    fn move_tree(&mut self, from: &[u8], to: &[u8], moved: &mut Vec<RelPath>) {
+        let mut lo = from.to_vec();
+        lo.push(b'/');
+        let mut hi = from.to_vec();
+        hi.push(b'/' + 1);
+        let keys: Vec<RelPath> = self.entries.range(lo..hi).map(|(k, _)| k.clone()).collect();
+        self.entries.remove(from);
+        for k in keys {
+            let e = self.entries.remove(&k).expect("listed");
+            let mut nk = to.to_vec();
+            nk.extend_from_slice(&k[from.len()..]);
+            match e.kind {
+                Kind::Dir => {
+                    self.dirs.insert(e.ino, nk.clone());
+                }
+                Kind::File { .. } => moved.push(nk.clone()),
+                Kind::Symlink { .. } => {}
+            }
+            self.entries.insert(nk, e);
+        }
+    }
+
+    /// Whether `ino` is, or was while this scan was patched, a directory: the tracker marks
+    /// a directory's blocks when it is removed, and they are not file data.
+    pub fn was_dir_ino(&self, ino: u64) -> bool {
+        self.dirs.contains_key(&ino)
+    }
+
+    /// Removes `path` and everything under it.
+    fn remove_tree(&mut self, path: &[u8]) {
+        self.entries.remove(path);
+        let mut from = path.to_vec();
+        from.push(b'/');
+        let mut to = path.to_vec();
+        to.push(b'/' + 1);
+        let under: Vec<RelPath> = self
+            .entries
+            .range(from..to)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in under {
+            self.entries.remove(&k);
+        }
     }
 
     fn insert(&mut self, path: RelPath, kind: Kind, st: &Stat) {
+        if kind == Kind::Dir {
+            self.dirs.insert(st.ino, path.clone());
+        }
         self.entries.insert(
             path,
             ScanEntry {
                 kind,
+                ino: st.ino,
+                links: st.nlink,
                 mode: st.mode & 0o7777,
                 uid: st.uid,
                 gid: st.gid,
@@ -165,6 +345,23 @@ pub fn identity(md: &fs::Metadata) -> Identity {
     (md.ino(), btime)
 }
 
+fn join(dir: &[u8], name: &[u8]) -> RelPath {
+    let mut p = dir.to_vec();
+    if !p.is_empty() {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+/// The proper ancestors of a relative path, nearest last ("a/b/c" -> "a", "a/b").
+pub(crate) fn ancestors(p: &[u8]) -> impl Iterator<Item = &[u8]> {
+    p.iter()
+        .enumerate()
+        .filter(|(_, c)| **c == b'/')
+        .map(move |(i, _)| &p[..i])
+}
+
 /// One directory being walked: its descriptor, its path, the names not visited yet.
 struct Frame {
     fd: OwnedFd,
@@ -175,6 +372,7 @@ struct Frame {
 /// What the walk needs of a `statx`.
 struct Stat {
     mode: u32,
+    nlink: u32,
     uid: u32,
     gid: u32,
     ino: u64,
@@ -209,6 +407,7 @@ fn stat_at(dir: &OwnedFd, name: &[u8]) -> std::io::Result<Stat> {
     };
     Ok(Stat {
         mode: sx.stx_mode as u32,
+        nlink: sx.stx_nlink,
         uid: sx.stx_uid,
         gid: sx.stx_gid,
         ino: sx.stx_ino,
