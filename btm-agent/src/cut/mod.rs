@@ -105,14 +105,19 @@ impl Cutter {
         let (prev, sizes) = namespace_at_last(&log)?;
         let next_id = log.max_file_id().map_or(1, |m| m + 1);
         let seen = Losses::of(&tracker.stats()?);
-        let ns = NsWatch::new(&mount.mount_point)
+        // BTM_FREEZE_WALK=1: walk the whole tree in every freeze (no namespace events).
+        let walk = std::env::var("BTM_FREEZE_WALK").is_ok_and(|v| v == "1");
+        let ns = (!walk)
+            .then(|| NsWatch::new(&mount.mount_point))
+            .transpose()
             .inspect_err(|e| {
                 tracing::warn!(
                     "no namespace events on {} ({e}): every freeze walks the whole tree",
                     mount.mount_point.display()
                 )
             })
-            .ok();
+            .ok()
+            .flatten();
         Ok(Cutter {
             mount,
             tracker,
