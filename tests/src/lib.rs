@@ -268,10 +268,30 @@ pub fn start_agent_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Running {
+    start_agent_via(&[], vol, log, sock, extra, env)
+}
+
+/// [`start_agent_env`] run through `wrapper` (a program and its arguments that end by
+/// exec'ing the agent command line appended to them, like `sh -c '...; exec "$@"' sh`).
+pub fn start_agent_via(
+    wrapper: &[&std::ffi::OsStr],
+    vol: &Path,
+    log: &Path,
+    sock: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Running {
     let agent_log = log.with_extension("agent.log");
+    let mut cmd = match wrapper.split_first() {
+        Some((prog, args)) => {
+            let mut c = Command::new(prog);
+            c.args(args).arg(agent_bin());
+            c
+        }
+        None => Command::new(agent_bin()),
+    };
     let mut agent = Running::new(
-        Command::new(agent_bin())
-            .args(["run", "--mode", "ebpf", "--volume"])
+        cmd.args(["run", "--mode", "ebpf", "--volume"])
             .arg(vol)
             .arg("--log")
             .arg(log)
@@ -290,6 +310,21 @@ pub fn start_agent_env(
         std::fs::read_to_string(&agent_log).unwrap_or_default()
     });
     agent
+}
+
+/// `btm-agent snapshot --height h` through `sock`; panics with the agent's words on failure.
+pub fn snapshot_via(sock: &Path, h: u64) {
+    let out = Command::new(agent_bin())
+        .args(["snapshot", "--timeout", "600", "--height", &h.to_string()])
+        .arg("--socket")
+        .arg(sock)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "snapshot {h}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A scratch work directory (logs, replays) on the real disk, removed when dropped.

@@ -5,14 +5,14 @@
 //! or v1, whichever the host has): holding a height in memory, as the agent did before, gets
 //! it killed there. Its peak resident set (VmHWM) must stay a fraction of the data.
 use std::{
+    ffi::OsStr,
     fs,
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
 };
 
 use btm_agent::log::{Log, ReplayOptions};
-use btm_tests::{LoopFs, Rng, Running, agent_bin, can_run, skip, wait_listening, workdir};
+use btm_tests::{LoopFs, Rng, Running, can_run, skip, snapshot_via, start_agent_via, workdir};
 
 const MIB: u64 = 1 << 20;
 /// The data on the volume, and the agent's memory limit (well below it).
@@ -100,44 +100,17 @@ impl Drop for MemCage {
     }
 }
 
-/// `btm-agent run` inside `cage` (a shell moves itself into the cgroup, then execs the agent:
-/// the child's pid is the agent's).
+/// `btm-agent run` inside `cage`: a shell moves itself into the cgroup, then execs the agent
+/// (the child's pid is the agent's).
 fn start_caged(cage: &MemCage, vol: &Path, log: &Path, sock: &Path) -> Running {
-    let agent_log = log.with_extension("agent.log");
-    let mut agent = Running::new(
-        Command::new("sh")
-            .args(["-c", "echo 0 > \"$0\" && exec \"$@\""])
-            .arg(cage.procs())
-            .arg(agent_bin())
-            .args(["run", "--mode", "ebpf", "--volume"])
-            .arg(vol)
-            .arg("--log")
-            .arg(log)
-            .arg("--socket")
-            .arg(sock)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&agent_log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    wait_listening(&mut agent, sock, || {
-        fs::read_to_string(&agent_log).unwrap_or_default()
-    });
-    agent
-}
-
-fn snapshot(sock: &Path, h: u64) {
-    let out = Command::new(agent_bin())
-        .args(["snapshot", "--timeout", "600", "--height", &h.to_string()])
-        .arg("--socket")
-        .arg(sock)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "snapshot {h}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let procs = cage.procs();
+    let wrapper: [&OsStr; 4] = [
+        "sh".as_ref(),
+        "-c".as_ref(),
+        "echo 0 > \"$0\" && exec \"$@\"".as_ref(),
+        procs.as_os_str(),
+    ];
+    start_agent_via(&wrapper, vol, log, sock, &[], &[])
 }
 
 /// Peak resident set of a process, in bytes (VmHWM).
@@ -226,7 +199,7 @@ fn a_baseline_larger_than_the_agents_memory_and_a_restart_that_stores_only_chang
     }
 
     let mut agent = start_caged(&cage, &vol.mnt, &log, &sock);
-    snapshot(&sock, 1);
+    snapshot_via(&sock, 1);
     let hwm = vm_hwm(agent.pid());
     assert_eq!(
         cage.oom_kills(),
@@ -257,7 +230,7 @@ fn a_baseline_larger_than_the_agents_memory_and_a_restart_that_stores_only_chang
     }
     drop(f);
     let agent = start_caged(&cage, &vol.mnt, &log, &sock);
-    snapshot(&sock, 2);
+    snapshot_via(&sock, 2);
     drop(agent);
     let stored = Log::open_read(&log).unwrap().heights()[1].stored_bytes;
     eprintln!(

@@ -14,7 +14,9 @@ use std::{
 };
 
 use btm_agent::treehash::{TreeHash, hash_tree};
-use btm_tests::{LoopFs, Rng, Running, agent_bin, can_run, outcome, scratch, skip, start_agent};
+use btm_tests::{
+    LoopFs, Rng, Running, agent_bin, can_run, outcome, scratch, skip, snapshot_via, start_agent,
+};
 
 const BUCKET: &str = "btm-offsite";
 
@@ -273,18 +275,6 @@ fn mutate(vol: &Path, h: u64, rng: &mut Rng) -> Option<Vec<u8>> {
     None
 }
 
-fn snapshot(sock: &str, h: u64) {
-    let out = Command::new(agent_bin())
-        .args(["snapshot", "--height", &h.to_string(), "--socket", sock])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "snapshot {h}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Runs an agent on `vol` and cuts heights 1..=n, returning the tree at each height and the
 /// last ldb file written.
 fn cut_heights(
@@ -303,7 +293,7 @@ fn cut_heights(
             last_ldb = d;
         }
         states.push((h, hash_tree(vol).unwrap()));
-        snapshot(sock.to_str().unwrap(), h);
+        snapshot_via(sock, h);
     }
     (states, last_ldb, agent)
 }
@@ -562,7 +552,7 @@ fn run_ships_heights_retention_and_prune_apply_remotely() {
     caught_up(back);
     std::fs::write(fs.mnt.join("after-rollback"), b"new branch").unwrap();
     let new_tree = hash_tree(&fs.mnt).unwrap();
-    snapshot(sock_s, 12);
+    snapshot_via(Path::new(sock_s), 12);
     caught_up(12);
     let into = work.path().join("new12");
     cli.replay(&remote, 12, &into).unwrap();
@@ -708,7 +698,7 @@ fn run_ships_heights_retention_and_prune_apply_remotely() {
     let log2 = work.path().join("log2");
     let sock2 = work.path().join("s2.sock");
     let mut agent2 = start_agent(&fs2.mnt, &log2, &sock2, &[]);
-    snapshot(sock2.to_str().unwrap(), 1);
+    snapshot_via(&sock2, 1);
     assert_eq!(agent2.terminate().code(), Some(0));
     let rep = cli.json(&[
         "push",

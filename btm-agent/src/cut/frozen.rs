@@ -1,0 +1,160 @@
+//! The frozen phase of a cut: flip, bring the namespace up to date, read what changed since
+//! phase 1 (see the module documentation of [`super`]).
+use super::*;
+
+impl Cutter {
+    /// The frozen phase: flip, bring the namespace up to date, and read into the record what
+    /// changed since phase 1. Only entries named by namespace events are stat'ed again and only
+    /// files with something to read are opened (the whole tree is walked only when events
+    /// were lost or are unavailable).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn phase2(
+        &mut self,
+        root: &Path,
+        (scan1, d1, (files1, linked), pre): (
+            Scan,
+            &DirtySet,
+            (&BTreeMap<Identity, (RelPath, u64)>, &HashSet<Identity>),
+            &HashSet<Identity>,
+        ),
+        (draft, ids): (&mut Draft, &mut HashMap<Identity, FileId>),
+        full: bool,
+        (losses1, widened1): (Losses, bool),
+    ) -> Result<(Scan, CaptureStats, Losses, (bool, u64, u64))> {
+        // Counted before the flip: all of it belongs to the epochs drained here.
+        let losses2 = Losses::of(&self.tracker.stats()?);
+        let mut d2 = self.tracker.take()?;
+        if losses2.force_widen(&self.seen) {
+            tracing::debug!("unresolved write faults: marking partially-marked folios whole");
+            // d1's partial folios were read unwidened in phase 1, or before the last rise:
+            // read them whole here, frozen.
+            if !widened1 || losses2.rose(&losses1) {
+                d2.partial.extend_from_slice(&d1.partial);
+            }
+            d2.widen_to_folios();
+        }
+        let changes = self.ns.as_ref().map(NsWatch::drain);
+        let (scan2, walked, work, candidates) = match changes {
+            Some(c) if !c.lost => {
+                let mut scan2 = scan1;
+                let (work, reread) = scan2
+                    .patch(&c.entries)
+                    .context("re-reading changed entries of the frozen volume")?;
+                let c = candidates(&mut self.phantoms, &scan2, (files1, linked), &d2, &reread);
+                (scan2, false, work, c)
+            }
+            _ => {
+                let scan2 = Scan::walk(root).context("scanning the frozen volume")?;
+                let n = scan2.entries.len() as u64;
+                let c = scan2
+                    .files()
+                    .into_iter()
+                    .map(|(i, (p, s))| (i, (p.clone(), s)))
+                    .collect();
+                (scan2, true, n, c)
+            }
+        };
+        let mut st = CaptureStats::default();
+        let mut both: Option<DirtySet> = None;
+        let mut opens = 0;
+        for (ident, (path, size2)) in candidates {
+            let id = self.id_for(&ident, &path, full, ids);
+            let want = if pre.contains(&ident) {
+                let size1 = files1.get(&ident).map_or(0, |f| f.1);
+                let mut r = ranges_of(&d2, ident.0, size2);
+                if size2 > size1 {
+                    r.push((size1, size2 - size1));
+                }
+                Want::Ranges(r)
+            } else {
+                let both = both.get_or_insert_with(|| {
+                    let mut b = d1.clone();
+                    b.merge(d2.clone());
+                    b
+                });
+                self.ranges_for(&ident, id, size2, both, full)
+            };
+            if matches!(&want, Want::Ranges(r) if r.is_empty()) {
+                continue;
+            }
+            opens += 1;
+            let mut sink = |e: ExtentData| Ok(draft.extent(e)?);
+            if !read_identity(root, &scan2, &path, &ident, id, &want, &mut st, &mut sink)? {
+                bail!(
+                    "{} changed while the volume was frozen",
+                    String::from_utf8_lossy(&path)
+                );
+            }
+        }
+        Ok((scan2, st, losses2, (walked, work, opens)))
+    }
+}
+
+/// The files the frozen phase may have to read, by identity, with their path and size in
+/// `scan2`: those the tracker marked since phase 1, and those at paths re-read by the patch
+/// (new, renamed, resized). Every other file is as phase 1 read it.
+fn candidates(
+    phantoms: &mut HashSet<u64>,
+    scan2: &Scan,
+    (files1, linked): (&BTreeMap<Identity, (RelPath, u64)>, &HashSet<Identity>),
+    d2: &DirtySet,
+    reread: &[RelPath],
+) -> BTreeMap<Identity, (RelPath, u64)> {
+    let mut out = BTreeMap::new();
+    let file_at = |p: &RelPath| match scan2.entries.get(p).map(|e| &e.kind) {
+        Some(Kind::File { ident, size }) => Some((*ident, *size)),
+        _ => None,
+    };
+    let mut missing = Vec::new();
+    let mut unknown = Vec::new();
+    for ino in d2.files.keys() {
+        let mut known = false;
+        for (ident, (path, _)) in files1.range((*ino, i128::MIN)..=(*ino, i128::MAX)) {
+            known = true;
+            match file_at(path) {
+                Some((i, size)) if i == *ident => {
+                    out.insert(i, (path.clone(), size));
+                }
+                // Moved: found below among the re-read paths. Removed: gone, unless it has
+                // another link (then found by its identity over the whole scan).
+                _ if linked.contains(ident) => missing.push(*ident),
+                _ => {}
+            }
+        }
+        if !known {
+            unknown.push(*ino); // created since phase 1: must be among the re-read paths
+        }
+    }
+    for path in reread {
+        if let Some((i, size)) = file_at(path) {
+            out.insert(i, (path.clone(), size));
+        }
+    }
+    missing.retain(|i| !out.contains_key(i));
+    unknown.retain(|ino| {
+        out.range((*ino, i128::MIN)..=(*ino, i128::MAX))
+            .next()
+            .is_none()
+            && !scan2.was_dir_ino(*ino)
+            && !phantoms.contains(ino)
+    });
+    if !missing.is_empty() || !unknown.is_empty() {
+        // A file marked dirty that no event accounts for (created and removed since phase 1,
+        // or reached by another link): look for it by identity over the whole scan, in
+        // memory only (no system call).
+        for (i, (p, size)) in scan2.files() {
+            if d2.files.contains_key(&i.0) && !out.contains_key(&i) {
+                out.insert(i, (p.clone(), size));
+            }
+        }
+        // Marked inodes no path leads to (a filesystem's own, like btrfs's btree inode) are
+        // remembered so later freezes do not look again; a file that takes such a number
+        // later is created after a walk, so it is among the re-read paths.
+        phantoms.extend(unknown.into_iter().filter(|ino| {
+            out.range((*ino, i128::MIN)..=(*ino, i128::MAX))
+                .next()
+                .is_none()
+        }));
+    }
+    out
+}
