@@ -287,6 +287,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     let _ = std::fs::remove_file(&args.socket);
     metrics.set_alive(false);
+    // A clean stop: the next start reads only what changes until then (cut/resume.rs).
+    if let Engine::Log { cutter, .. } = &mut engine
+        && let Err(e) = cutter.suspend()
+    {
+        tracing::warn!(
+            "recording the state for the next start failed ({e:#}): it reads every file"
+        );
+    }
     if shipper.is_some() {
         tracing::info!("finishing the offsite push");
     }

@@ -72,7 +72,12 @@ impl Cutter {
                     b.merge(d2.clone());
                     b
                 });
-                self.ranges_for(&ident, id, size2, both, full)
+                // Not read in phase 1: the same rules, with both flips' marks.
+                let stat = scan2
+                    .entries
+                    .get(&path)
+                    .map_or((size2, 0, 0), |e| (size2, e.mtime, e.ctime));
+                self.ranges_for(&ident, id, stat, both, full)
             };
             if matches!(&want, Want::Ranges(r) if r.is_empty()) {
                 continue;

@@ -15,6 +15,7 @@ pub mod capture;
 mod frozen;
 mod losses;
 pub mod nsevents;
+pub mod resume;
 pub mod scan;
 
 use std::{
@@ -29,6 +30,7 @@ use anyhow::{Context, Result, bail};
 use capture::{CaptureStats, data_ranges, holes, read_ranges};
 use losses::Losses;
 use nsevents::NsWatch;
+use resume::Resume;
 use scan::{Identity, Kind, Scan, ancestors, identity};
 
 use crate::{
@@ -85,7 +87,9 @@ pub struct Cutter {
     pub freeze: bool,
     /// Namespace changes since the unfrozen walk, so the freeze does not walk again.
     ns: Option<NsWatch>,
-    /// Marked inode numbers no path of the volume leads to (see [`candidates`]).
+    /// What a clean stop left for the first cut after this start (see [`resume`]).
+    resume: Option<Resume>,
+    /// Marked inode numbers no path of the volume leads to (see [`frozen`]).
     phantoms: HashSet<u64>,
     /// Tests: runs between the unfrozen phase and the freeze (changes made there are what
     /// the frozen phase must find).
@@ -104,6 +108,21 @@ impl Cutter {
             );
         }
         let (prev, sizes) = namespace_at_last(&log)?;
+        // A clean stop's index: the first cut reads only what changed (see resume.rs).
+        let resume = Resume::take(log.dir(), log.last_height());
+        let ids: HashMap<Identity, FileId> = resume
+            .iter()
+            .flat_map(|r| r.files.iter())
+            .filter(|(_, k)| sizes.contains_key(&k.id))
+            .map(|(i, k)| (*i, k.id))
+            .collect();
+        if let Some(r) = &resume {
+            tracing::info!(
+                "resuming after a clean stop at height {}: {} files known, only what changed                  since is read",
+                r.height,
+                ids.len()
+            );
+        }
         let next_id = log.max_file_id().map_or(1, |m| m + 1);
         let seen = Losses::of(&tracker.stats()?);
         // BTM_FREEZE_WALK=1: walk the whole tree in every freeze (no namespace events).
@@ -125,9 +144,10 @@ impl Cutter {
             log: Some(log),
             prev,
             sizes,
-            ids: HashMap::new(),
+            force_full: resume.is_none(),
+            ids,
             next_id,
-            force_full: true,
+            resume,
             seen,
             full_retries: 0,
             freeze: true,
@@ -199,6 +219,8 @@ impl Cutter {
         if res.is_err() {
             self.force_full = true;
         }
+        // What a clean stop recorded serves the first cut after the start only.
+        self.resume = None;
         res
     }
 
@@ -257,7 +279,11 @@ impl Cutter {
         let bar = full.then(|| baseline_bar(files1.values().map(|f| f.1).sum()));
         for (ident, (path, size1)) in &files1 {
             let id = self.id_for(ident, path, full, &mut ids);
-            let want = self.ranges_for(ident, id, *size1, &d1, full);
+            let stat = scan1
+                .entries
+                .get(path)
+                .map_or((*size1, 0, 0), |e| (*size1, e.mtime, e.ctime));
+            let want = self.ranges_for(ident, id, stat, &d1, full);
             let mut sink = |e: ExtentData| Ok(draft.extent(e)?);
             if read_identity(&root, &scan1, path, ident, id, &want, &mut st1, &mut sink)? {
                 pre.insert(*ident);
@@ -379,29 +405,80 @@ impl Cutter {
     }
 
     /// What to read of a file with `id`: what the tracker marked plus growth since the last
-    /// height when it is tracked; on a full cut, all of it, holes as zeros, when the log has
-    /// the id (only blocks that differ are stored); else its data (it starts empty).
+    /// height when it is tracked (and, on the first cut after a clean stop, what the stop
+    /// recorded, when the file did not change since: `stat` is its size, mtime and ctime now);
+    /// on a full cut or a changed file, all of it, holes as zeros, when the log has the id
+    /// (only blocks that differ are stored); else its data (it starts empty).
     fn ranges_for(
         &self,
         ident: &Identity,
         id: FileId,
-        size: u64,
+        stat: (u64, i128, i128),
         dirty: &DirtySet,
         full: bool,
     ) -> Want {
+        let size = stat.0;
         if !full && self.ids.get(ident) == Some(&id) {
-            let mut r = ranges_of(dirty, ident.0, size);
-            let old = self.sizes.get(&id).copied().unwrap_or(0);
-            if size > old {
-                r.push((old, size - old));
+            let recorded = match &self.resume {
+                None => Some(&[][..]),
+                Some(r) => r.unchanged(ident, id, stat),
+            };
+            if let Some(recorded) = recorded {
+                let mut r = ranges_of(dirty, ident.0, size);
+                r.extend(
+                    recorded
+                        .iter()
+                        .filter(|(o, _)| *o < size)
+                        .map(|&(o, l)| (o, l.min(size - o))),
+                );
+                let old = self.sizes.get(&id).copied().unwrap_or(0);
+                if size > old {
+                    r.push((old, size - old));
+                }
+                return Want::Ranges(r);
             }
-            return Want::Ranges(r);
         }
         if self.sizes.contains_key(&id) {
             Want::Whole
         } else {
             Want::Fresh
         }
+    }
+
+    /// On a clean stop: records what the next start needs to read only what changed (see
+    /// [`resume`]). Nothing is written when the next cut would be full anyway.
+    pub fn suspend(&mut self) -> Result<Option<PathBuf>> {
+        let Some(height) = self.log().last_height() else {
+            return Ok(None);
+        };
+        if self.force_full {
+            return Ok(None);
+        }
+        let root = self.mount.mount_point.clone();
+        // Write-protect shared mappings: a store after this faults and updates mtime.
+        syncfs(&root)?;
+        let scan = Scan::walk(&root).context("scanning the volume")?;
+        let idx = self.tracker.flip()?;
+        let mut d = self.tracker.drain(idx)?;
+        let losses = Losses::of(&self.tracker.stats()?);
+        if losses.force_full(&self.seen) {
+            tracing::warn!("the tracker lost events since the last height: no resume state");
+            return Ok(None);
+        }
+        if losses.force_widen(&self.seen) {
+            d.widen_to_folios();
+        }
+        let taken = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |t| t.as_nanos() as i128);
+        let state = resume::index(height, taken, &scan, &self.ids, &d);
+        let path = state.save(self.log().dir())?;
+        tracing::info!(
+            "recorded {} files at height {height} for the next start ({})",
+            state.files.len(),
+            path.display()
+        );
+        Ok(Some(path))
     }
 
     /// The id of a file this cut captures (kept across cuts while the inode lives).

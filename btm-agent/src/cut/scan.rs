@@ -37,6 +37,9 @@ pub struct ScanEntry {
     pub ino: u64,
     /// Hard links to it (a file with several may be found at another path).
     pub links: u32,
+    /// Modification and change times, ns since the epoch (what a restart trusts).
+    pub mtime: i128,
+    pub ctime: i128,
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
@@ -316,6 +319,8 @@ impl Scan {
                 kind,
                 ino: st.ino,
                 links: st.nlink,
+                mtime: st.mtime,
+                ctime: st.ctime,
                 mode: st.mode & 0o7777,
                 uid: st.uid,
                 gid: st.gid,
@@ -373,6 +378,8 @@ struct Frame {
 struct Stat {
     mode: u32,
     nlink: u32,
+    mtime: i128,
+    ctime: i128,
     uid: u32,
     gid: u32,
     ino: u64,
@@ -405,9 +412,12 @@ fn stat_at(dir: &OwnedFd, name: &[u8]) -> std::io::Result<Stat> {
     } else {
         0
     };
+    let ns = |t: libc::statx_timestamp| t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128;
     Ok(Stat {
         mode: sx.stx_mode as u32,
         nlink: sx.stx_nlink,
+        mtime: ns(sx.stx_mtime),
+        ctime: ns(sx.stx_ctime),
         uid: sx.stx_uid,
         gid: sx.stx_gid,
         ino: sx.stx_ino,

@@ -1,0 +1,299 @@
+//! A clean stop leaves the next start what it needs to read only what changed.
+//!
+//! Without it, the first cut after a start reads every file (the tracker did not see what
+//! happened meanwhile). On SIGTERM the agent writes `LOGDIR/resume.state`: for every file it
+//! knows at the last height, its identity, file id, size, mtime and ctime, and the ranges the
+//! tracker marked since that height. The next start trusts a file only where all of its stat
+//! is unchanged and not "racy" (changed within [`RACY_NS`] of the moment the index was taken,
+//! where a later write could leave the same timestamps: git's index has the same rule), and
+//! reads just those ranges; any other file is read whole, and the unchanged-block filter
+//! stores only what differs. `syncfs` before the index write-protects every shared mapping, so
+//! a store through `mmap` after it faults and updates mtime.
+//!
+//! The file is used once (removed when read) and only for the height it was written at: after
+//! a crash there is none, and the first cut reads everything, as before.
+use std::{
+    collections::HashMap,
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::scan::{Identity, Kind, Scan};
+use crate::log::FileId;
+
+pub const RESUME_FILE: &str = "resume.state";
+const MAGIC: &[u8; 8] = b"btm.res\n";
+const VERSION: u32 = 1;
+/// Changes this close to the index are not trusted (covers coarse filesystem timestamps).
+pub const RACY_NS: i128 = 2_000_000_000;
+
+/// What a file was at the stop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Known {
+    pub id: FileId,
+    pub size: u64,
+    pub mtime: i128,
+    pub ctime: i128,
+    /// Byte ranges marked since the height, below `size`.
+    pub dirty: Vec<(u64, u64)>,
+}
+
+/// The state a clean stop left for the height it was written at.
+#[derive(Debug, Default)]
+pub struct Resume {
+    pub height: u64,
+    /// When the index was taken (ns since the epoch).
+    pub taken: i128,
+    pub files: HashMap<Identity, Known>,
+}
+
+impl Resume {
+    /// What to read of a file found now with `size`, `mtime`, `ctime`: its marked ranges when
+    /// nothing about it changed since the stop, else None (read it whole).
+    pub fn unchanged(
+        &self,
+        ident: &Identity,
+        id: FileId,
+        now: (u64, i128, i128),
+    ) -> Option<&[(u64, u64)]> {
+        let k = self.files.get(ident)?;
+        let (size, mtime, ctime) = now;
+        let racy = mtime.max(ctime) >= self.taken - RACY_NS;
+        (k.id == id && k.size == size && k.mtime == mtime && k.ctime == ctime && !racy)
+            .then_some(k.dirty.as_slice())
+    }
+
+    /// Writes the state atomically (temporary file, fsync, rename, directory fsync).
+    pub fn save(&self, dir: &Path) -> Result<PathBuf> {
+        let mut b = Vec::with_capacity(64 + self.files.len() * 80);
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&VERSION.to_le_bytes());
+        b.extend_from_slice(&self.height.to_le_bytes());
+        b.extend_from_slice(&self.taken.to_le_bytes());
+        b.extend_from_slice(&(self.files.len() as u64).to_le_bytes());
+        for ((ino, btime), k) in &self.files {
+            for v in [*ino, k.id, k.size, k.dirty.len() as u64] {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+            for v in [*btime, k.mtime, k.ctime] {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+            for (o, l) in &k.dirty {
+                b.extend_from_slice(&o.to_le_bytes());
+                b.extend_from_slice(&l.to_le_bytes());
+            }
+        }
+        let sum = *blake3::hash(&b).as_bytes();
+        b.extend_from_slice(&sum);
+        let path = dir.join(RESUME_FILE);
+        let tmp = dir.join(format!("{RESUME_FILE}.tmp"));
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode_0600()
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&b)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        fs::File::open(dir)?.sync_all()?;
+        Ok(path)
+    }
+
+    /// Reads and removes the state in `dir`: None when there is none, or when it is damaged
+    /// or was written at another height than `height` (then the first cut reads everything).
+    pub fn take(dir: &Path, height: Option<u64>) -> Option<Resume> {
+        let path = dir.join(RESUME_FILE);
+        let bytes = fs::read(&path).ok()?;
+        let _ = fs::remove_file(&path);
+        let _ = fs::File::open(dir).and_then(|d| d.sync_all());
+        match decode(&bytes) {
+            Ok(r) if Some(r.height) == height => Some(r),
+            Ok(r) => {
+                tracing::warn!(
+                    "{} was written at height {}, the log ends at {height:?}: reading every file",
+                    path.display(),
+                    r.height
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!("{} is unusable ({e:#}): reading every file", path.display());
+                None
+            }
+        }
+    }
+}
+
+fn decode(b: &[u8]) -> Result<Resume> {
+    if b.len() < 8 + 4 + 8 + 16 + 8 + 32 || &b[..8] != MAGIC {
+        bail!("not a resume state");
+    }
+    let (body, sum) = b.split_at(b.len() - 32);
+    if blake3::hash(body).as_bytes() != sum {
+        bail!("checksum mismatch");
+    }
+    let mut r = Reader(&body[8..]);
+    if r.u32()? != VERSION {
+        bail!("unknown version");
+    }
+    let height = r.u64()?;
+    let taken = r.i128()?;
+    let n = r.u64()?;
+    let mut files = HashMap::new();
+    for _ in 0..n {
+        let (ino, id, size, ranges) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+        let (btime, mtime, ctime) = (r.i128()?, r.i128()?, r.i128()?);
+        let mut dirty = Vec::new();
+        for _ in 0..ranges {
+            dirty.push((r.u64()?, r.u64()?));
+        }
+        files.insert(
+            (ino, btime),
+            Known {
+                id,
+                size,
+                mtime,
+                ctime,
+                dirty,
+            },
+        );
+    }
+    if !r.0.is_empty() {
+        bail!("trailing bytes");
+    }
+    Ok(Resume {
+        height,
+        taken,
+        files,
+    })
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
+        if self.0.len() < N {
+            bail!("truncated");
+        }
+        let (a, rest) = self.0.split_at(N);
+        self.0 = rest;
+        Ok(a.try_into().expect("length checked"))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take()?))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take()?))
+    }
+    fn i128(&mut self) -> Result<i128> {
+        Ok(i128::from_le_bytes(self.take()?))
+    }
+}
+
+/// Opening with mode 0600 (the state names every file of the volume).
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+
+impl Mode0600 for fs::OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o600)
+    }
+}
+
+/// The index of a scan: every file the cutter knows (`ids`), with its stat and what `dirty`
+/// marked of it.
+pub fn index(
+    height: u64,
+    taken: i128,
+    scan: &Scan,
+    ids: &HashMap<Identity, FileId>,
+    dirty: &crate::tracker::DirtySet,
+) -> Resume {
+    let mut files = HashMap::new();
+    for e in scan.entries.values() {
+        let Kind::File { ident, size } = e.kind else {
+            continue;
+        };
+        let Some(&id) = ids.get(&ident) else {
+            continue;
+        };
+        let marked = dirty
+            .files
+            .get(&ident.0)
+            .map(|f| f.ranges_within(size))
+            .unwrap_or_default();
+        files.insert(
+            ident,
+            Known {
+                id,
+                size,
+                mtime: e.mtime,
+                ctime: e.ctime,
+                dirty: marked,
+            },
+        );
+    }
+    Resume {
+        height,
+        taken,
+        files,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_once_and_only_at_its_height() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Known {
+            id: 7,
+            size: 100,
+            mtime: 1,
+            ctime: 2,
+            dirty: vec![(0, 4096)],
+        };
+        let r = Resume {
+            height: 5,
+            taken: 10_000_000_000,
+            files: [((3, 4), k.clone())].into(),
+        };
+        r.save(dir.path()).unwrap();
+        assert!(
+            Resume::take(dir.path(), Some(6)).is_none(),
+            "another height"
+        );
+        r.save(dir.path()).unwrap();
+        let back = Resume::take(dir.path(), Some(5)).unwrap();
+        assert_eq!(back.files[&(3, 4)], k);
+        assert!(Resume::take(dir.path(), Some(5)).is_none(), "used once");
+        // Trusted only when nothing changed and it is not racy.
+        assert_eq!(
+            back.unchanged(&(3, 4), 7, (100, 1, 2)),
+            Some(&[(0, 4096)][..])
+        );
+        assert!(back.unchanged(&(3, 4), 7, (101, 1, 2)).is_none());
+        assert!(back.unchanged(&(3, 4), 7, (100, 1, 3)).is_none());
+        assert!(back.unchanged(&(3, 4), 8, (100, 1, 2)).is_none());
+        assert!(
+            back.unchanged(&(3, 4), 7, (100, 9_000_000_000, 2))
+                .is_none(),
+            "racy"
+        );
+        // A damaged file is refused.
+        r.save(dir.path()).unwrap();
+        let p = dir.path().join(RESUME_FILE);
+        let mut b = fs::read(&p).unwrap();
+        b[30] ^= 1;
+        fs::write(&p, b).unwrap();
+        assert!(Resume::take(dir.path(), Some(5)).is_none());
+    }
+}
