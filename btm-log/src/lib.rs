@@ -673,31 +673,51 @@ fn valid_header_after(file: &File, from: u64, end: u64) -> bool {
     false
 }
 
-/// BTM rollback semantics: `None` -> the latest height; `exact` -> that height or an error;
-/// otherwise the newest height <= target; below every height -> an error. `heights` ascending.
-pub fn resolve_height(heights: &[u64], target: Option<u64>, exact: bool) -> Result<u64, LogError> {
+/// Why [`pick_height`] found no height.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoHeight {
+    /// There are no heights at all.
+    Empty,
+    /// `exact` was asked and the target is not one of them.
+    NotRecorded { first: u64, last: u64 },
+    /// Every height is above the target.
+    AllAbove { oldest: u64 },
+}
+
+/// BTM's rollback rules, the one place they are written (the log and the native snapshot
+/// modes both use them): `None` -> the latest height; `exact` -> that height or nothing;
+/// otherwise the newest height <= target. `heights` ascending.
+pub fn pick_height(heights: &[u64], target: Option<u64>, exact: bool) -> Result<u64, NoHeight> {
     let (Some(&first), Some(&last)) = (heights.first(), heights.last()) else {
-        return Err(LogError::Empty);
+        return Err(NoHeight::Empty);
     };
     let Some(t) = target else {
         return Ok(last);
     };
+    if heights.binary_search(&t).is_ok() {
+        return Ok(t);
+    }
     if exact {
-        return heights
-            .binary_search(&t)
-            .map(|_| t)
-            .map_err(|_| LogError::UnknownHeight {
-                height: t,
-                first: Some(first),
-                last: Some(last),
-            });
+        return Err(NoHeight::NotRecorded { first, last });
     }
-    let i = heights.partition_point(|&h| h <= t);
-    if i == 0 {
-        return Err(LogError::NoHeightAtOrBelow {
-            target: t,
-            oldest: first,
-        });
+    match heights.partition_point(|&h| h <= t) {
+        0 => Err(NoHeight::AllAbove { oldest: first }),
+        i => Ok(heights[i - 1]),
     }
-    Ok(heights[i - 1])
+}
+
+/// [`pick_height`] with the log's errors.
+pub fn resolve_height(heights: &[u64], target: Option<u64>, exact: bool) -> Result<u64, LogError> {
+    pick_height(heights, target, exact).map_err(|e| match e {
+        NoHeight::Empty => LogError::Empty,
+        NoHeight::NotRecorded { first, last } => LogError::UnknownHeight {
+            height: target.unwrap_or_default(),
+            first: Some(first),
+            last: Some(last),
+        },
+        NoHeight::AllAbove { oldest } => LogError::NoHeightAtOrBelow {
+            target: target.unwrap_or_default(),
+            oldest,
+        },
+    })
 }

@@ -23,6 +23,8 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::log::NoHeight;
+
 pub use btrfs::Btrfs;
 pub use zfs::Zfs;
 
@@ -227,6 +229,7 @@ pub(crate) fn check_new_height(
     }
 }
 
+/// BTM's rollback target among the native snapshots' heights (rules: [`crate::log::pick_height`]).
 pub fn resolve_target(
     target_desc: &str,
     available: &[u64],
@@ -236,33 +239,25 @@ pub fn resolve_target(
     let mut avail = available.to_vec();
     avail.sort_unstable();
     avail.dedup();
-    let Some(&latest) = avail.last() else {
-        return Err(SnapshotError::NoTarget {
+    let t = target.unwrap_or_default();
+    crate::log::pick_height(&avail, target, exact).map_err(|e| match e {
+        NoHeight::Empty => SnapshotError::NoTarget {
             target: target_desc.into(),
             reason: "there are no snapshots to roll back to".into(),
-        });
-    };
-    let Some(t) = target else { return Ok(latest) };
-    if avail.binary_search(&t).is_ok() {
-        return Ok(t);
-    }
-    if exact {
-        return Err(SnapshotError::NoSuchHeight {
+        },
+        NoHeight::NotRecorded { .. } => SnapshotError::NoSuchHeight {
             target: target_desc.into(),
             height: t,
-            available: avail,
-        });
-    }
-    match avail.iter().rev().find(|&&h| h <= t) {
-        Some(&h) => Ok(h),
-        None => Err(SnapshotError::NoTarget {
+            available: avail.clone(),
+        },
+        NoHeight::AllAbove { .. } => SnapshotError::NoTarget {
             target: target_desc.into(),
             reason: format!(
                 "no snapshot at or below height {t}; available: {}",
                 fmt_heights(&avail)
             ),
-        }),
-    }
+        },
+    })
 }
 
 /// What [`probe`] found at a volume.
