@@ -55,13 +55,8 @@ pub struct CutReport {
     pub stored_bytes: u64,
     /// Bytes captured but left out because the log already held them at that place.
     pub unchanged_bytes: u64,
-    /// Whether the unfrozen phase walked the whole tree (else it patched the last cut's
-    /// namespace from events), and whether the frozen phase did (no events, or lost ones).
-    pub unfrozen_walk: bool,
+    /// Whether the frozen phase walked the whole tree (no namespace events, or lost ones).
     pub frozen_walk: bool,
-    /// When the unfrozen phase walked to check the namespace kept from events: the entries
-    /// the events had missed (0 unless events are lost without the kernel saying so).
-    pub namespace_missed: usize,
     /// Entries the frozen phase stat'ed or walked, and files it opened: what the freeze cost
     /// in system calls, which must follow what changed, not the size of the tree.
     pub frozen_entries: u64,
@@ -92,13 +87,6 @@ pub struct Cutter {
     pub freeze: bool,
     /// Namespace changes since the unfrozen walk, so the freeze does not walk again.
     ns: Option<NsWatch>,
-    /// The namespace as the last freeze left it, patched from events by the next cut instead
-    /// of walking again (see [`Cutter::namespace_now`]).
-    kept: Option<Scan>,
-    /// Heights cut since the unfrozen phase last walked the whole tree.
-    since_walk: u64,
-    /// Walk the whole tree unfrozen at least every this many heights (`BTM_WALK_EVERY`).
-    pub walk_every: u64,
     /// What a clean stop left for the first cut after this start (see [`resume`]).
     resume: Option<Resume>,
     /// Marked inode numbers no path of the volume leads to (see [`frozen`]).
@@ -165,9 +153,6 @@ impl Cutter {
             freeze: true,
             ns,
             phantoms: HashSet::new(),
-            kept: None,
-            since_walk: 0,
-            walk_every: walk_every(),
             before_freeze: None,
         })
     }
@@ -267,8 +252,11 @@ impl Cutter {
             d1.widen_to_folios();
         }
         // Every namespace change from here on is named by an event (the freeze re-reads those).
-        let (scan1, walked1, missed) = self.namespace_now(&root, full)?;
-        (rep.unfrozen_walk, rep.namespace_missed) = (walked1, missed);
+        // Every namespace change from here on is named by an event (the freeze re-reads those).
+        if let Some(ns) = &self.ns {
+            ns.discard();
+        }
+        let scan1 = Scan::walk(&root).context("scanning the volume")?;
         let files1: BTreeMap<Identity, (RelPath, u64)> = scan1
             .files()
             .into_iter()
@@ -418,8 +406,6 @@ impl Cutter {
         self.sizes = sizes;
         self.ids = ids;
         self.force_full = false;
-        self.since_walk = if walked1 { 0 } else { self.since_walk + 1 };
-        self.kept = Some(scan2);
         Ok((rep, info))
     }
 
@@ -462,43 +448,6 @@ impl Cutter {
         } else {
             Want::Fresh
         }
-    }
-
-    /// The namespace for phase 1: the last cut's, patched with the entries named by events
-    /// since its freeze, or a walk of the whole tree (on a full cut, without a kept namespace
-    /// or events, when events were lost, and every [`walk_every`] heights, to check the
-    /// events against the tree). True when it walked.
-    fn namespace_now(&mut self, root: &Path, full: bool) -> Result<(Scan, bool, usize)> {
-        let kept = self.kept.take();
-        let mut patched = None;
-        if let (Some(mut scan), Some(ns), false) = (kept, &self.ns, full) {
-            let c = ns.drain();
-            if !c.lost {
-                scan.patch(&c.entries)
-                    .context("re-reading changed entries of the volume")?;
-                if self.since_walk + 1 < self.walk_every {
-                    return Ok((scan, false, 0));
-                }
-                patched = Some(scan);
-            }
-        }
-        // Every namespace change from here on is named by an event (the freeze re-reads those).
-        if let Some(ns) = &self.ns {
-            ns.discard();
-        }
-        let walked = Scan::walk(root).context("scanning the volume")?;
-        let mut missed = 0;
-        if let Some(p) = patched {
-            missed = namespace_differences(&p, &walked);
-            if missed > 0 {
-                tracing::warn!(
-                    missed,
-                    "the namespace kept from events differs from the tree in {missed} entries; \
-                     the walk corrected it"
-                );
-            }
-        }
-        Ok((walked, true, missed))
     }
 
     /// On a clean stop: records what the next start needs to read only what changed (see
@@ -562,35 +511,6 @@ impl Cutter {
         ids.insert(*ident, id);
         id
     }
-}
-
-/// Entries whose path, type, size, mode or owner differ between a namespace kept from events
-/// and a walk of the tree (times are left out: a store through mmap changes mtime silently).
-fn namespace_differences(kept: &Scan, walked: &Scan) -> usize {
-    let same = |a: &scan::ScanEntry, b: &scan::ScanEntry| {
-        (&a.kind, a.mode, a.uid, a.gid) == (&b.kind, b.mode, b.uid, b.gid)
-    };
-    let changed = walked
-        .entries
-        .iter()
-        .filter(|(p, e)| !kept.entries.get(*p).is_some_and(|k| same(k, e)))
-        .count();
-    let gone = kept
-        .entries
-        .keys()
-        .filter(|p| !walked.entries.contains_key(*p))
-        .count();
-    changed + gone
-}
-
-/// The unfrozen phase walks the whole tree at least every this many heights
-/// (`BTM_WALK_EVERY`, 64 by default; 1 walks at every height).
-fn walk_every() -> u64 {
-    std::env::var("BTM_WALK_EVERY")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n >= 1)
-        .unwrap_or(64)
 }
 
 /// The namespace and file sizes at the log's last height: what the next cut diffs against.

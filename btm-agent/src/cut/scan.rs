@@ -58,6 +58,9 @@ pub struct Scan {
     /// Directory inode -> its path (kept when the directory goes; check the entry there): a
     /// directory moved between the walk and the freeze is moved here too, not walked again.
     dirs: HashMap<u64, RelPath>,
+    /// Identity -> the paths of a file with several links (may be stale: check the entry): a
+    /// change seen through one path is copied to the others.
+    linked: HashMap<Identity, Vec<RelPath>>,
 }
 
 impl Scan {
@@ -252,6 +255,7 @@ impl Scan {
                     work += self.walk_under(sub, path.clone(), &mut reread)?;
                     walked.insert(path.clone());
                 }
+                self.same_for_every_link(&path, &mut reread);
                 reread.push(path);
             }
         }
@@ -260,6 +264,37 @@ impl Scan {
             reread.push(path);
         }
         Ok((work, reread))
+    }
+
+    /// A file re-read at `path` has the same size, mode, owner and times at all its other
+    /// links (an event names only the path that was used).
+    fn same_for_every_link(&mut self, path: &[u8], reread: &mut Vec<RelPath>) {
+        let Some(e) = self.entries.get(path).cloned() else {
+            return;
+        };
+        let Kind::File { ident, .. } = e.kind else {
+            return;
+        };
+        let mut paths = self.linked.get(&ident).cloned().unwrap_or_default();
+        if paths.len() < e.links as usize {
+            // A link made after another path was read (with one link then): find every path
+            // of this file, once, in memory.
+            paths = self
+                .entries
+                .iter()
+                .filter(|(_, o)| matches!(o.kind, Kind::File { ident: i, .. } if i == ident))
+                .map(|(p, _)| p.clone())
+                .collect();
+            self.linked.insert(ident, paths.clone());
+        }
+        for p in paths.iter().filter(|p| p.as_slice() != path) {
+            if let Some(other) = self.entries.get_mut(p)
+                && matches!(other.kind, Kind::File { ident: i, .. } if i == ident)
+            {
+                *other = e.clone();
+                reread.push(p.clone());
+            }
+        }
     }
 
     /// Moves the entries at and under `from` to `to` (in memory: a directory renamed), and
@@ -312,6 +347,14 @@ impl Scan {
     fn insert(&mut self, path: RelPath, kind: Kind, st: &Stat) {
         if kind == Kind::Dir {
             self.dirs.insert(st.ino, path.clone());
+        }
+        if let Kind::File { ident, .. } = kind
+            && st.nlink > 1
+        {
+            let paths = self.linked.entry(ident).or_default();
+            if !paths.contains(&path) {
+                paths.push(path.clone());
+            }
         }
         self.entries.insert(
             path,
