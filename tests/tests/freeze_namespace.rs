@@ -40,13 +40,23 @@ fn populate(vol: &Path, n: usize) {
         }
         fs::write(d.join(format!("f{i:06}")), (i as u64).to_le_bytes()).unwrap();
     }
+    fs::hard_link(vol.join("d000/f000010"), vol.join("d001/link-10")).unwrap();
 }
 
-/// Every kind of namespace change (13 entries), made while the cut is between its walk and
+/// Every kind of namespace change (14 entries), made while the cut is between its walk and
 /// its freeze.
 fn churn(vol: &Path) {
     let p = |r: &str| vol.join(r);
     fs::write(p("d000/new-a"), b"new file").unwrap();
+    // Changed through one link that is then removed: the event names only that link.
+    fs::set_permissions(p("d001/link-10"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(p("d001/link-10"))
+        .unwrap()
+        .set_len(3)
+        .unwrap();
+    fs::remove_file(p("d001/link-10")).unwrap();
     fs::write(
         p("odd (deleted)/inside"),
         b"found by its directory's handle",
@@ -102,7 +112,7 @@ fn run(fstype: &str, files: usize, size_mb: u64) {
     );
     assert!(
         r2.frozen_entries >= 10,
-        "only {} entries re-read for 13 changes: events were missed",
+        "only {} entries re-read for 14 changes: events were missed",
         r2.frozen_entries
     );
     assert!(

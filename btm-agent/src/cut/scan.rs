@@ -199,7 +199,26 @@ impl Scan {
         // read first and what is gone removed after, so a directory moved away is still in
         // the scan when its new place is read, and moves with what is under it.
         let mut gone_paths = Vec::new();
-        for (dir, name) in named {
+        // An event names only the path a change went through: every other path of a file
+        // with several links is read again too (that path may be gone by now, taking the
+        // only mention of the change with it).
+        let mut named = named.clone();
+        let others: Vec<(RelPath, Vec<u8>)> = named
+            .iter()
+            .filter_map(
+                |(d, n)| match self.entries.get(&join(d, n)).map(|e| &e.kind) {
+                    Some(Kind::File { ident, .. }) => Some(*ident),
+                    _ => None,
+                },
+            )
+            .filter(|i| self.linked.contains_key(i))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .flat_map(|i| self.paths_of(i, 0))
+            .map(|p| split(&p))
+            .collect();
+        named.extend(others);
+        for (dir, name) in &named {
             let path = join(dir, name);
             if ancestors(&path).any(|a| walked.contains(a)) {
                 continue; // under a directory walked in full just now
@@ -266,6 +285,36 @@ impl Scan {
         Ok((work, reread))
     }
 
+    /// Every path of file `ident` (the list of its links, checked against the scan, and
+    /// rebuilt over the whole scan when it has fewer paths than the file has links: the most
+    /// any of its entries, or `links`, says).
+    fn paths_of(&mut self, ident: Identity, links: u32) -> Vec<RelPath> {
+        let holds = |s: &Scan, p: &RelPath| {
+            s.entries
+                .get(p)
+                .is_some_and(|o| matches!(o.kind, Kind::File { ident: i, .. } if i == ident))
+        };
+        let mut paths = self.linked.get(&ident).cloned().unwrap_or_default();
+        paths.retain(|p| holds(self, p));
+        let links = paths
+            .iter()
+            .filter_map(|p| self.entries.get(p))
+            .map(|e| e.links)
+            .chain([links])
+            .max()
+            .unwrap_or(0) as usize;
+        if paths.len() < links {
+            paths = self
+                .entries
+                .iter()
+                .filter(|(_, o)| matches!(o.kind, Kind::File { ident: i, .. } if i == ident))
+                .map(|(p, _)| p.clone())
+                .collect();
+        }
+        self.linked.insert(ident, paths.clone());
+        paths
+    }
+
     /// A file re-read at `path` has the same size, mode, owner and times at all its other
     /// links (an event names only the path that was used).
     fn same_for_every_link(&mut self, path: &[u8], reread: &mut Vec<RelPath>) {
@@ -275,18 +324,8 @@ impl Scan {
         let Kind::File { ident, .. } = e.kind else {
             return;
         };
-        let mut paths = self.linked.get(&ident).cloned().unwrap_or_default();
-        if paths.len() < e.links as usize {
-            // A link made after another path was read (with one link then): find every path
-            // of this file, once, in memory.
-            paths = self
-                .entries
-                .iter()
-                .filter(|(_, o)| matches!(o.kind, Kind::File { ident: i, .. } if i == ident))
-                .map(|(p, _)| p.clone())
-                .collect();
-            self.linked.insert(ident, paths.clone());
-        }
+        // Entries have the new link count now: paths_of finds every link.
+        let paths = self.paths_of(ident, e.links);
         for p in paths.iter().filter(|p| p.as_slice() != path) {
             if let Some(other) = self.entries.get_mut(p)
                 && matches!(other.kind, Kind::File { ident: i, .. } if i == ident)
@@ -391,6 +430,14 @@ pub fn identity(md: &fs::Metadata) -> Identity {
         .map(|d| d.as_nanos() as i128)
         .unwrap_or(0);
     (md.ino(), btime)
+}
+
+/// A relative path as (parent directory, name).
+fn split(p: &[u8]) -> (RelPath, Vec<u8>) {
+    match p.iter().rposition(|&b| b == b'/') {
+        Some(i) => (p[..i].to_vec(), p[i + 1..].to_vec()),
+        None => (Vec::new(), p.to_vec()),
+    }
 }
 
 fn join(dir: &[u8], name: &[u8]) -> RelPath {
