@@ -40,6 +40,9 @@ pub struct ScanEntry {
     /// Modification and change times, ns since the epoch (what a restart trusts).
     pub mtime: i128,
     pub ctime: i128,
+    /// Birth time (0 where the filesystem has none): with the inode number, tells a renamed
+    /// directory from a new one that reuses a freed inode number.
+    pub btime: i128,
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
@@ -245,10 +248,12 @@ impl Scan {
                 Err(e) => return Err(e),
             };
             let is_dir = st.mode & libc::S_IFMT == libc::S_IFDIR;
+            // The same directory: inode number and birth time (a directory removed and made
+            // again may get the freed number back).
             let dir_ino_at = |s: &Scan, p: &[u8]| {
-                s.entries
-                    .get(p)
-                    .is_some_and(|e| e.kind == Kind::Dir && e.ino == st.ino)
+                s.entries.get(p).is_some_and(|e| {
+                    e.kind == Kind::Dir && e.ino == st.ino && e.btime == st.btime && st.btime != 0
+                })
             };
             if is_dir && dir_ino_at(self, &path) {
                 // Its own metadata changed; what is under it has events of its own.
@@ -256,6 +261,7 @@ impl Scan {
                 reread.push(path);
                 continue;
             }
+            // The same directory seen elsewhere: renamed (moved in memory, not walked).
             let moved_from = self
                 .dirs
                 .get(&st.ino)
@@ -403,6 +409,7 @@ impl Scan {
                 links: st.nlink,
                 mtime: st.mtime,
                 ctime: st.ctime,
+                btime: st.btime,
                 mode: st.mode & 0o7777,
                 uid: st.uid,
                 gid: st.gid,
