@@ -375,3 +375,19 @@ pub fn log_heights(log: &Path) -> Vec<u64> {
         .map(|i| i.height)
         .collect()
 }
+
+/// Replays height `h` of the log in `logdir` into a fresh directory under `work` and asserts
+/// it equals the tree at `vol` (paths, types, modes, contents), then removes the replay.
+pub fn assert_replay_equals(logdir: &Path, h: u64, vol: &Path, work: &Path) {
+    use btm_agent::treehash::{diff, hash_tree};
+    let log = btm_agent::log::Log::open_read(logdir).unwrap();
+    let into = work.join(format!("replay-{h}"));
+    let opts = btm_agent::log::ReplayOptions {
+        progress: false,
+        sync: false,
+    };
+    log.replay(h, &into, &opts).unwrap();
+    let d = diff(&hash_tree(&into).unwrap(), &hash_tree(vol).unwrap());
+    assert!(d.is_empty(), "height {h} differs from the volume: {d:?}");
+    std::fs::remove_dir_all(&into).unwrap();
+}

@@ -10,24 +10,7 @@ use std::{
     path::Path,
 };
 
-use btm_agent::{
-    log::{Log, ReplayOptions},
-    treehash::{diff, hash_tree},
-};
-use btm_tests::{Cutting, FILESYSTEMS, can_run, cutting};
-
-fn replay_equals_volume(logdir: &Path, h: u64, vol: &Path, work: &Path) {
-    let log = Log::open_read(logdir).unwrap();
-    let into = work.join(format!("replay-{h}"));
-    let opts = ReplayOptions {
-        progress: false,
-        sync: false,
-    };
-    log.replay(h, &into, &opts).unwrap();
-    let d = diff(&hash_tree(&into).unwrap(), &hash_tree(vol).unwrap());
-    assert!(d.is_empty(), "height {h} differs from the volume: {d:?}");
-    fs::remove_dir_all(&into).unwrap();
-}
+use btm_tests::{Cutting, FILESYSTEMS, assert_replay_equals, can_run, cutting};
 
 /// `n` small files in directories of 1,000, and a directory whose name is what the kernel
 /// appends to the path of an unlinked one.
@@ -97,7 +80,7 @@ fn run(fstype: &str, files: usize, size_mb: u64) {
     populate(&vol.mnt, files);
     let (r1, _) = cutter.cut(1).unwrap();
     assert!(r1.full);
-    replay_equals_volume(&logdir, 1, &vol.mnt, work.path());
+    assert_replay_equals(&logdir, 1, &vol.mnt, work.path());
 
     let root = vol.mnt.clone();
     cutter.before_freeze = Some(Box::new(move || {
@@ -124,13 +107,13 @@ fn run(fstype: &str, files: usize, size_mb: u64) {
         r2.frozen_entries,
         r2.frozen_opens
     );
-    replay_equals_volume(&logdir, 2, &vol.mnt, work.path());
+    assert_replay_equals(&logdir, 2, &vol.mnt, work.path());
 
     // Quiet height: nothing is re-read or opened inside the freeze.
     let (r3, _) = cutter.cut(3).unwrap();
     assert!(!r3.frozen_walk);
     assert_eq!((r3.frozen_entries, r3.frozen_opens), (0, 0), "{r3:?}");
-    replay_equals_volume(&logdir, 3, &vol.mnt, work.path());
+    assert_replay_equals(&logdir, 3, &vol.mnt, work.path());
 
     drop(cutter); // its namespace watch holds the mount
 }

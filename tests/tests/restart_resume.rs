@@ -6,28 +6,14 @@ use std::{fs, os::unix::fs::FileExt, path::Path, time::Duration};
 
 use btm_agent::{
     cut::{Cutter, resume::RESUME_FILE},
-    log::{Log, ReplayOptions},
+    log::Log,
     tracker::{Limits, Tracker},
-    treehash::{diff, hash_tree},
     volume::Mount,
 };
-use btm_tests::{Cutting, FILESYSTEMS, Rng, can_run, cutting};
+use btm_tests::{Cutting, FILESYSTEMS, Rng, assert_replay_equals, can_run, cutting};
 
 const MIB: u64 = 1 << 20;
 const VOL_MB: u64 = 512;
-
-fn replay_equals_volume(logdir: &Path, h: u64, vol: &Path, work: &Path) {
-    let log = Log::open_read(logdir).unwrap();
-    let into = work.join(format!("replay-{h}"));
-    let opts = ReplayOptions {
-        progress: false,
-        sync: false,
-    };
-    log.replay(h, &into, &opts).unwrap();
-    let d = diff(&hash_tree(&into).unwrap(), &hash_tree(vol).unwrap());
-    assert!(d.is_empty(), "height {h} differs from the volume: {d:?}");
-    fs::remove_dir_all(&into).unwrap();
-}
 
 fn restart(vol: &Path, logdir: &Path) -> Cutter {
     let mount = Mount::at(vol).unwrap();
@@ -96,7 +82,7 @@ fn run(fstype: &str) {
         read < 2 * MIB,
         "the first cut after a clean stop read {read} bytes of an 80 MiB volume"
     );
-    replay_equals_volume(&logdir, 3, &vol.mnt, work.path());
+    assert_replay_equals(&logdir, 3, &vol.mnt, work.path());
 
     // Control: a crash (no state) makes the first cut read everything.
     write_at(&state, 20 * MIB, &rng.bytes(4096));
@@ -105,7 +91,7 @@ fn run(fstype: &str) {
     let (r4, _) = cutter.cut(4).unwrap();
     let read = r4.read_unfrozen + r4.read_frozen;
     assert!(r4.full && read >= 64 * MIB, "{r4:?}");
-    replay_equals_volume(&logdir, 4, &vol.mnt, work.path());
+    assert_replay_equals(&logdir, 4, &vol.mnt, work.path());
     drop(cutter);
 }
 
