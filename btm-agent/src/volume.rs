@@ -5,14 +5,19 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// A mounted filesystem, from `/proc/self/mountinfo`.
+/// A mounted filesystem, from `/proc/self/mountinfo` (the one parser of it: the tracker,
+/// the cut and the native snapshot modes all use this).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {
     pub mount_point: PathBuf,
+    /// `ext4`, `btrfs`, `zfs`, `fuse.zfs`, ...
     pub fstype: String,
+    /// Device or dataset.
     pub source: String,
     pub major: u32,
     pub minor: u32,
+    /// The directory within the filesystem mounted here (Btrfs: the subvolume path).
+    pub root: String,
 }
 
 impl Mount {
@@ -35,8 +40,7 @@ impl Mount {
                 path.display()
             )
         })?;
-        let info = fs::read_to_string("/proc/self/mountinfo")?;
-        parse_mountinfo(&info)
+        read_mountinfo()?
             .into_iter()
             .rev()
             .find(|m| m.mount_point == canon)
@@ -55,51 +59,84 @@ impl Mount {
 
     /// The mount that contains `path` (longest mount-point prefix).
     pub fn containing(path: &Path) -> Option<Mount> {
-        let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
-        parse_mountinfo(&info)
-            .into_iter()
-            .filter(|m| path.starts_with(&m.mount_point))
-            .max_by_key(|m| m.mount_point.as_os_str().len())
+        containing_mount(&read_mountinfo().ok()?, path).cloned()
     }
 }
 
-/// Parses mountinfo lines: `id parent maj:min root mountpoint opts [optional...] - fstype source superopts`.
-pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let l: Vec<&str> = left.split(' ').collect();
-            let r: Vec<&str> = right.split(' ').collect();
-            let (major, minor) = l.get(2)?.split_once(':')?;
-            Some(Mount {
-                mount_point: PathBuf::from(unescape(l.get(4)?)),
-                fstype: r.first()?.to_string(),
-                source: unescape(r.get(1).unwrap_or(&"")),
-                major: major.parse().ok()?,
-                minor: minor.parse().ok()?,
-            })
-        })
-        .collect()
+/// The mounts of this process's namespace.
+pub fn read_mountinfo() -> std::io::Result<Vec<Mount>> {
+    Ok(parse_mountinfo(&fs::read("/proc/self/mountinfo")?))
+}
+
+/// Parses mountinfo (proc(5)): `id parent maj:min root mount_point options [optional...] -
+/// fstype source super_options`, with space, tab, newline and backslash escaped as `\ooo`.
+/// Lines that do not parse are left out.
+pub fn parse_mountinfo(raw: &[u8]) -> Vec<Mount> {
+    use std::os::unix::ffi::OsStringExt;
+    let text = |f: &[u8]| String::from_utf8_lossy(&unescape(f)).into_owned();
+    let mut out = Vec::new();
+    for line in raw.split(|&b| b == b'\n') {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        let Some(dash) = fields.iter().position(|f| *f == b"-") else {
+            continue;
+        };
+        if dash < 6 || fields.len() < dash + 3 {
+            continue;
+        }
+        let Some((major, minor)) = std::str::from_utf8(fields[2])
+            .ok()
+            .and_then(|d| d.split_once(':'))
+            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        else {
+            continue;
+        };
+        out.push(Mount {
+            mount_point: PathBuf::from(std::ffi::OsString::from_vec(unescape(fields[4]))),
+            fstype: text(fields[dash + 1]),
+            source: text(fields[dash + 2]),
+            major,
+            minor,
+            root: text(fields[3]),
+        });
+    }
+    out
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
+fn unescape(f: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(f.len());
     let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+    while i < f.len() {
+        if f[i] == b'\\'
+            && i + 3 < f.len()
+            && f[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            let v = (f[i + 1] - b'0') as u32 * 64
+                + (f[i + 2] - b'0') as u32 * 8
+                + (f[i + 3] - b'0') as u32;
+            out.push(v as u8);
             i += 4;
         } else {
-            out.push(b[i]);
+            out.push(f[i]);
             i += 1;
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
+}
+
+/// The mount `path` lives on: the longest mount point that is `path` or an ancestor of it; of
+/// equal ones the last (a later mount hides an earlier one).
+pub fn containing_mount<'a>(mounts: &'a [Mount], path: &Path) -> Option<&'a Mount> {
+    let mut best: Option<&Mount> = None;
+    for m in mounts {
+        if path.starts_with(&m.mount_point)
+            && best
+                .is_none_or(|b| m.mount_point.as_os_str().len() >= b.mount_point.as_os_str().len())
+        {
+            best = Some(m);
+        }
+    }
+    best
 }
 
 /// Where volume locks live: a directory only root can enter, so no other user can open a
@@ -303,7 +340,7 @@ mod tests {
     fn parses_mountinfo() {
         let text = "36 35 98:0 / /mnt/my\\040data rw,noatime master:1 - ext4 /dev/loop0 rw,errors=continue\n\
                     37 35 0:45 / /mnt/b rw shared:2 - btrfs /dev/loop1 rw\n";
-        let m = parse_mountinfo(text);
+        let m = parse_mountinfo(text.as_bytes());
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].mount_point, PathBuf::from("/mnt/my data"));
         assert_eq!((m[0].major, m[0].minor), (98, 0));

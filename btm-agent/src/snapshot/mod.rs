@@ -19,7 +19,7 @@ pub mod zfs;
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::io;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -323,89 +323,16 @@ pub(crate) fn canonical_dir(volume: &Path) -> Result<PathBuf, SnapshotError> {
     Ok(vol)
 }
 
-/// One line of `/proc/self/mountinfo`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct MountEntry {
-    /// The directory within the filesystem mounted here (Btrfs: the subvolume path).
-    pub root: String,
-    /// Where it is mounted.
-    pub mount_point: PathBuf,
-    /// `btrfs`, `zfs`, `fuse.zfs`, ...
-    pub fstype: String,
-    /// Device or dataset.
-    pub source: String,
-}
+#[cfg(test)]
+use crate::volume::parse_mountinfo;
+/// One line of `/proc/self/mountinfo` (the volume module's parser serves every mode).
+pub(crate) use crate::volume::{Mount as MountEntry, containing_mount};
 
 pub(crate) fn read_mountinfo() -> Result<Vec<MountEntry>, SnapshotError> {
-    let raw = std::fs::read("/proc/self/mountinfo").map_err(|e| SnapshotError::Io {
+    crate::volume::read_mountinfo().map_err(|e| SnapshotError::Io {
         context: "cannot read /proc/self/mountinfo".into(),
         source: e,
-    })?;
-    Ok(parse_mountinfo(&raw))
-}
-
-/// Parses mountinfo (proc(5)): `id parent maj:min root mount_point options [optional...] -
-/// fstype source super_options`, with space, tab, newline and backslash escaped as `\ooo`.
-pub(crate) fn parse_mountinfo(raw: &[u8]) -> Vec<MountEntry> {
-    let mut out = Vec::new();
-    for line in raw.split(|&b| b == b'\n') {
-        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        let Some(dash) = fields.iter().position(|f| *f == b"-") else {
-            continue;
-        };
-        if dash < 6 || fields.len() < dash + 3 {
-            continue;
-        }
-        out.push(MountEntry {
-            root: String::from_utf8_lossy(&unescape(fields[3])).into_owned(),
-            mount_point: PathBuf::from(OsString::from_vec(unescape(fields[4]))),
-            fstype: String::from_utf8_lossy(&unescape(fields[dash + 1])).into_owned(),
-            source: String::from_utf8_lossy(&unescape(fields[dash + 2])).into_owned(),
-        });
-    }
-    out
-}
-
-fn unescape(f: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(f.len());
-    let mut i = 0;
-    while i < f.len() {
-        if f[i] == b'\\'
-            && i + 3 < f.len()
-            && f[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (f[i + 1] - b'0') as u32 * 64
-                + (f[i + 2] - b'0') as u32 * 8
-                + (f[i + 3] - b'0') as u32;
-            out.push(v as u8);
-            i += 4;
-        } else {
-            out.push(f[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
-/// The mount `path` lives on: the longest mount point that is `path` or an ancestor of it; of
-/// equal ones the last (a later mount hides an earlier one).
-pub(crate) fn containing_mount<'a>(
-    mounts: &'a [MountEntry],
-    path: &Path,
-) -> Option<&'a MountEntry> {
-    let mut best: Option<&MountEntry> = None;
-    for m in mounts {
-        if path.starts_with(&m.mount_point) {
-            let better = match best {
-                None => true,
-                Some(b) => m.mount_point.as_os_str().len() >= b.mount_point.as_os_str().len(),
-            };
-            if better {
-                best = Some(m);
-            }
-        }
-    }
-    best
+    })
 }
 
 /// `<base><suffix>` as a sibling name (`/a/vol` + `.btm-new` = `/a/vol.btm-new`).
@@ -597,6 +524,8 @@ garbage line\n";
             mount_point: mp.into(),
             fstype: "x".into(),
             source: src.into(),
+            major: 0,
+            minor: 0,
         };
         let m = vec![
             e("/", "root"),
