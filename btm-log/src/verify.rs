@@ -146,7 +146,8 @@ pub(crate) fn verify(log: &Log) -> Result<VerifyReport, LogError> {
                         "gap in the payload section at offset {at}"
                     )));
                 }
-                hash_unused(&seg.file, at, pl.offset, &mut hasher).map_err(io)?;
+                super::open::hash_payload_range(&seg.file, at, pl.offset, &mut hasher)
+                    .map_err(io)?;
                 buf.resize(pl.stored_len as usize, 0);
                 seg.file.read_exact_at(&mut buf, pl.offset).map_err(io)?;
                 hasher.payload(&buf);
@@ -175,7 +176,7 @@ pub(crate) fn verify(log: &Log) -> Result<VerifyReport, LogError> {
                     pe - at
                 )));
             }
-            hash_unused(&seg.file, at, pe, &mut hasher).map_err(io)?;
+            super::open::hash_payload_range(&seg.file, at, pe, &mut hasher).map_err(io)?;
             let mut tb = [0u8; TRAILER_LEN as usize];
             let trailer_at = p + rec.len() - TRAILER_LEN;
             seg.file.read_exact_at(&mut tb, trailer_at).map_err(io)?;
@@ -206,22 +207,4 @@ pub(crate) fn verify(log: &Log) -> Result<VerifyReport, LogError> {
     rep.files_at_last = state.files.len() as u64;
     rep.data_bytes_at_last = state.data_bytes();
     Ok(rep)
-}
-
-/// Feeds payload-section bytes no payload uses (`from..to`) to the record hash.
-fn hash_unused(
-    file: &std::fs::File,
-    from: u64,
-    to: u64,
-    hasher: &mut RecordHash,
-) -> std::io::Result<()> {
-    let mut buf = vec![0u8; (1 << 20).min(to.saturating_sub(from) as usize)];
-    let mut at = from;
-    while at < to {
-        let n = buf.len().min((to - at) as usize);
-        file.read_exact_at(&mut buf[..n], at)?;
-        hasher.payload(&buf[..n]);
-        at += n as u64;
-    }
-    Ok(())
 }
