@@ -11,8 +11,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use btm_agent::log::{Log, ReplayOptions};
-use btm_tests::{LoopFs, Rng, Running, can_run, skip, snapshot_via, start_agent_via, workdir};
+use btm_agent::log::Log;
+use btm_tests::{
+    LoopFs, Rng, Running, assert_replay_equals, can_run, skip, snapshot_via, start_agent_via,
+    workdir,
+};
 
 const MIB: u64 = 1 << 20;
 /// The data on the volume, and the agent's memory limit (well below it).
@@ -126,42 +129,6 @@ fn vm_hwm(pid: u32) -> u64 {
         * 1024
 }
 
-/// blake3 of every regular file under `dir`, by relative path.
-fn digests(dir: &Path) -> Vec<(PathBuf, String)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let t = e.file_type().unwrap();
-            if t.is_dir() {
-                if e.file_name() != "lost+found" {
-                    stack.push(e.path());
-                }
-            } else if t.is_file() {
-                let mut h = blake3::Hasher::new();
-                h.update_reader(fs::File::open(e.path()).unwrap()).unwrap();
-                let rel = e.path().strip_prefix(dir).unwrap().to_path_buf();
-                out.push((rel, h.finalize().to_hex().to_string()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn replay_matches(log: &Path, h: u64, vol: &Path, work: &Path) {
-    let log = Log::open_read(log).unwrap();
-    let into = work.join(format!("replay-{h}"));
-    let opts = ReplayOptions {
-        progress: false,
-        sync: false,
-    };
-    log.replay(h, &into, &opts).unwrap();
-    assert_eq!(digests(&into), digests(vol), "height {h} replays exactly");
-    fs::remove_dir_all(&into).unwrap();
-}
-
 #[test]
 fn a_baseline_larger_than_the_agents_memory_and_a_restart_that_stores_only_changes() {
     if !can_run("bounded memory") {
@@ -219,7 +186,7 @@ fn a_baseline_larger_than_the_agents_memory_and_a_restart_that_stores_only_chang
         LIMIT / MIB
     );
     assert!(agent.terminate().success());
-    replay_matches(&log, 1, &vol.mnt, work.path());
+    assert_replay_equals(&log, 1, &vol.mnt, work.path());
 
     // While the agent is down, 1 % of the state file changes in scattered 4 KiB writes.
     let f = fs::OpenOptions::new().write(true).open(&state).unwrap();
@@ -243,5 +210,5 @@ fn a_baseline_larger_than_the_agents_memory_and_a_restart_that_stores_only_chang
         stored < changed * 2,
         "height 2 stored {stored} bytes for {changed} bytes changed while the agent was down"
     );
-    replay_matches(&log, 2, &vol.mnt, work.path());
+    assert_replay_equals(&log, 2, &vol.mnt, work.path());
 }

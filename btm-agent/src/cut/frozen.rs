@@ -11,10 +11,10 @@ impl Cutter {
     pub(super) fn phase2(
         &mut self,
         root: &Path,
-        (scan1, d1, (files1, linked), pre): (
+        (scan1, d1, files1, pre): (
             Scan,
             &DirtySet,
-            (&BTreeMap<Identity, (RelPath, u64)>, &HashSet<Identity>),
+            &BTreeMap<Identity, (RelPath, u64)>,
             &HashSet<Identity>,
         ),
         (draft, ids): (&mut Draft, &mut HashMap<Identity, FileId>),
@@ -40,17 +40,13 @@ impl Cutter {
                 let (work, reread) = scan2
                     .patch(&c.entries)
                     .context("re-reading changed entries of the frozen volume")?;
-                let c = candidates(&mut self.phantoms, &scan2, (files1, linked), &d2, &reread);
+                let c = candidates(&mut self.phantoms, &scan2, files1, &d2, &reread);
                 (scan2, false, work, c)
             }
             _ => {
                 let scan2 = Scan::walk(root).context("scanning the frozen volume")?;
                 let n = scan2.entries.len() as u64;
-                let c = scan2
-                    .files()
-                    .into_iter()
-                    .map(|(i, (p, s))| (i, (p.clone(), s)))
-                    .collect();
+                let c = scan2.owned_files();
                 (scan2, true, n, c)
             }
         };
@@ -101,7 +97,7 @@ impl Cutter {
 fn candidates(
     phantoms: &mut HashSet<u64>,
     scan2: &Scan,
-    (files1, linked): (&BTreeMap<Identity, (RelPath, u64)>, &HashSet<Identity>),
+    files1: &BTreeMap<Identity, (RelPath, u64)>,
     d2: &DirtySet,
     reread: &[RelPath],
 ) -> BTreeMap<Identity, (RelPath, u64)> {
@@ -122,7 +118,7 @@ fn candidates(
                 }
                 // Moved: found below among the re-read paths. Removed: gone, unless it has
                 // another link (then found by its identity over the whole scan).
-                _ if linked.contains(ident) => missing.push(*ident),
+                _ if scan2.has_several_links(ident) => missing.push(*ident),
                 _ => {}
             }
         }

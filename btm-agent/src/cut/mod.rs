@@ -257,21 +257,7 @@ impl Cutter {
             ns.discard();
         }
         let scan1 = Scan::walk(&root).context("scanning the volume")?;
-        let files1: BTreeMap<Identity, (RelPath, u64)> = scan1
-            .files()
-            .into_iter()
-            .map(|(i, (p, s))| (i, (p.clone(), s)))
-            .collect();
-        // Files with several links: the freeze looks further for one whose path it saw go.
-        let linked: HashSet<Identity> = scan1
-            .entries
-            .values()
-            .filter(|e| e.links > 1)
-            .filter_map(|e| match e.kind {
-                Kind::File { ident, .. } => Some(ident),
-                _ => None,
-            })
-            .collect();
+        let files1 = scan1.owned_files();
         // Captured data goes straight into the record: memory stays at the log's batch.
         let mut draft = log.begin(height)?;
         let mut ids: HashMap<Identity, FileId> = HashMap::new();
@@ -317,7 +303,7 @@ impl Cutter {
         hold_frozen_for_tests();
         let phase2 = self.phase2(
             &root,
-            (scan1, &d1, (&files1, &linked), &pre),
+            (scan1, &d1, &files1, &pre),
             (&mut draft, &mut ids),
             full,
             (losses1, widened1),

@@ -16,6 +16,7 @@ use std::{
     collections::HashMap,
     fs,
     io::Write,
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
@@ -94,7 +95,7 @@ impl Resume {
             .write(true)
             .create(true)
             .truncate(true)
-            .mode_0600()
+            .mode(0o600) // it names every file of the volume
             .open(&tmp)
             .with_context(|| format!("writing {}", tmp.display()))?;
         f.write_all(&b)?;
@@ -192,18 +193,6 @@ impl Reader<'_> {
     }
     fn i128(&mut self) -> Result<i128> {
         Ok(i128::from_le_bytes(self.take()?))
-    }
-}
-
-/// Opening with mode 0600 (the state names every file of the volume).
-trait Mode0600 {
-    fn mode_0600(&mut self) -> &mut Self;
-}
-
-impl Mode0600 for fs::OpenOptions {
-    fn mode_0600(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o600)
     }
 }
 

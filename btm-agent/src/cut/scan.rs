@@ -417,6 +417,19 @@ impl Scan {
         );
     }
 
+    /// Whether file `ident` was seen with several links (by the walk or a patch).
+    pub fn has_several_links(&self, ident: &Identity) -> bool {
+        self.linked.contains_key(ident)
+    }
+
+    /// [`Scan::files`] with its own copies of the paths (to outlive the scan).
+    pub fn owned_files(&self) -> BTreeMap<Identity, (RelPath, u64)> {
+        self.files()
+            .into_iter()
+            .map(|(i, (p, s))| (i, (p.clone(), s)))
+            .collect()
+    }
+
     /// Identity -> (first path, size) of every regular file.
     pub fn files(&self) -> BTreeMap<Identity, (&RelPath, u64)> {
         let mut out = BTreeMap::new();
