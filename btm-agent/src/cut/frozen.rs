@@ -69,10 +69,7 @@ impl Cutter {
                     b
                 });
                 // Not read in phase 1: the same rules, with both flips' marks.
-                let stat = scan2
-                    .entries
-                    .get(&path)
-                    .map_or((size2, 0, 0), |e| (size2, e.mtime, e.ctime));
+                let stat = self.stat_for_resume(&scan2, &path, size2);
                 self.ranges_for(&ident, id, stat, both, full)
             };
             if matches!(&want, Want::Ranges(r) if r.is_empty()) {

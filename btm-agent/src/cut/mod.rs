@@ -266,10 +266,7 @@ impl Cutter {
         let bar = full.then(|| baseline_bar(files1.values().map(|f| f.1).sum()));
         for (ident, (path, size1)) in &files1 {
             let id = self.id_for(ident, path, full, &mut ids);
-            let stat = scan1
-                .entries
-                .get(path)
-                .map_or((*size1, 0, 0), |e| (*size1, e.mtime, e.ctime));
+            let stat = self.stat_for_resume(&scan1, path, *size1);
             let want = self.ranges_for(ident, id, stat, &d1, full);
             if matches!(&want, Want::Ranges(r) if r.is_empty()) {
                 pre.insert(*ident); // nothing to read: not even opened
@@ -433,6 +430,15 @@ impl Cutter {
             Want::Whole
         } else {
             Want::Fresh
+        }
+    }
+
+    /// A file's size, and its mtime and ctime when a clean stop's record is to be checked
+    /// (the first cut after a start; otherwise the times are not looked up).
+    fn stat_for_resume(&self, scan: &Scan, path: &RelPath, size: u64) -> (u64, i128, i128) {
+        match (&self.resume, scan.entries.get(path)) {
+            (Some(_), Some(e)) => (size, e.mtime, e.ctime),
+            _ => (size, 0, 0),
         }
     }
 
