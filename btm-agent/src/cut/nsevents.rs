@@ -30,9 +30,8 @@ const EVENTS: u64 = libc::FAN_CREATE
 /// A fanotify group watching one filesystem.
 pub struct NsWatch {
     fd: OwnedFd,
-    /// The mount point, opened: file handles are opened relative to it (an `O_PATH`
-    /// descriptor is refused there with EBADF).
-    mount_fd: OwnedFd,
+    /// File handles are opened relative to the mount point, opened for each drain that has
+    /// events (held for the agent's life, it would keep the volume from being unmounted).
     mount_point: PathBuf,
 }
 
@@ -76,20 +75,8 @@ impl NsWatch {
         if r != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        // SAFETY: NUL-terminated path; the descriptor is owned below.
-        let m = unsafe {
-            libc::open(
-                path.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if m < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
         Ok(NsWatch {
             fd,
-            // SAFETY: open returned a new descriptor.
-            mount_fd: unsafe { OwnedFd::from_raw_fd(m) },
             mount_point: mount_point.canonicalize()?,
         })
     }
@@ -106,6 +93,8 @@ impl NsWatch {
         let mut buf = vec![0u8; 64 << 10];
         let mut dirs: std::collections::HashMap<Vec<u8>, std::io::Result<Option<RelPath>>> =
             Default::default();
+        // An O_PATH descriptor is refused by open_by_handle_at (EBADF): a plain one.
+        let mut mount_fd: Option<std::io::Result<std::fs::File>> = None;
         loop {
             let n = match self.read(&mut buf) {
                 Ok(0) => break,
@@ -125,9 +114,13 @@ impl NsWatch {
                     out.lost = true;
                     continue;
                 }
-                let dir = dirs
-                    .entry(handle.to_vec())
-                    .or_insert_with(|| self.resolve(handle));
+                let dir = dirs.entry(handle.to_vec()).or_insert_with(|| {
+                    let m = mount_fd.get_or_insert_with(|| std::fs::File::open(&self.mount_point));
+                    match m {
+                        Ok(m) => self.resolve(m, handle),
+                        Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                    }
+                });
                 // A directory gone (or outside the volume): its removal was reported by its
                 // parent. One that cannot be named (deeper than PATH_MAX): trust nothing.
                 let dir = match dir {
@@ -165,12 +158,12 @@ impl NsWatch {
 
     /// The path, relative to the volume root, of the directory a file handle names; None when
     /// it is gone or not under the mount point; an error when it exists but cannot be named.
-    fn resolve(&self, handle: &[u8]) -> std::io::Result<Option<RelPath>> {
+    fn resolve(&self, mount: &std::fs::File, handle: &[u8]) -> std::io::Result<Option<RelPath>> {
         let mut h = handle.to_vec();
         // SAFETY: `h` holds a complete `struct file_handle` (header and f_handle bytes).
         let fd = unsafe {
             libc::open_by_handle_at(
-                self.mount_fd.as_raw_fd(),
+                mount.as_raw_fd(),
                 h.as_mut_ptr().cast(),
                 libc::O_PATH | libc::O_CLOEXEC,
             )
