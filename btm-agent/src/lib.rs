@@ -4,7 +4,8 @@
 //! * [`cut`] captures a height: flips, walks the volume, reads what changed, freezes briefly.
 //! * [`log`] is the append-only incremental log (format: `docs/FORMAT.md`), its streaming
 //!   writer, replay and verification.
-//! * [`remote`] keeps offsite copies of the log in object stores.
+//! * [`remote`] keeps offsite copies of the log in object stores (the `btm-remote` crate) and
+//!   ships each new height in the background.
 //! * [`snapshot`] holds the native-snapshot modes (ZFS, Btrfs).
 //! * [`retention`] decides which heights are kept (BTM's fair and fade).
 //! * [`heights`] polls nodes for their height; [`cmd`] is the command line and the socket.

@@ -11,7 +11,7 @@ use object_store::path::Path as ObjPath;
 
 use super::Remote;
 use super::layout::{self, Pointer, RecordObj};
-use crate::log::{
+use btm_log::{
     LogError, Meta, Node, PayloadRef, PayloadSource, ReplayOptions, ReplayStats, TreeState, hex,
     resolve_height,
 };
@@ -196,7 +196,7 @@ impl Ahead {
     /// each once.
     fn new(state: &TreeState) -> Ahead {
         let mut paths: Vec<&Vec<u8>> = state.nodes.keys().collect();
-        paths.sort_by(|a, b| crate::log::cmp_components(a, b));
+        paths.sort_by(|a, b| btm_log::cmp_components(a, b));
         let mut a = Ahead {
             window: read_ahead(),
             ..Default::default()
@@ -366,7 +366,7 @@ pub fn replay(
     let chain = fetch_chain(remote, key)?;
     let state = fold(&chain)?;
     if let Some(c) = &remote.cache {
-        crate::log::refuse_inside(c, "cache directory", into)?;
+        btm_log::refuse_inside(c, "cache directory", into)?;
     }
     // Read ahead only into an empty target: elsewhere most payloads are already there and
     // downloading them ahead would waste the transfer.
@@ -381,7 +381,7 @@ pub fn replay(
             Ahead::default()
         }),
     };
-    let stats = crate::log::replay_state(&src, &state, h, into, opts)?;
+    let stats = btm_log::replay_state(&src, &state, h, into, opts)?;
     let (objects, bytes) = *src.read.borrow();
     tracing::debug!(height = h, record = %hex(&key), "replayed from the remote");
     Ok(RemoteReplay {

@@ -17,7 +17,7 @@ use object_store::path::Path as ObjPath;
 
 use super::layout::{self, Owner, Pointer, RecordObj};
 use super::{Remote, hostname, now_ms};
-use crate::log::{Log, hex};
+use btm_log::{Log, hex};
 
 /// What to push under which name.
 #[derive(Clone, Debug, Default)]

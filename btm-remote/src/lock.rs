@@ -31,7 +31,7 @@ pub struct Lock<'a> {
 impl<'a> Lock<'a> {
     /// Takes a `kind` lock ("push" or "prune"), or fails naming the other party's lock.
     pub fn take(remote: &'a Remote, kind: &str) -> Result<Lock<'a>> {
-        let id = crate::log::hex(
+        let id = btm_log::hex(
             &blake3::hash(format!("{}{}{}", hostname(), std::process::id(), now_ms()).as_bytes())
                 .as_bytes()[..8],
         );

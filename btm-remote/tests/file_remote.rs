@@ -2,11 +2,14 @@
 //! restores exactly as the local replay does, a resumed push uploads only what is missing, and
 //! damage on the remote is found, named and repaired.
 
+#[path = "../../btm-log/tests/log_support.rs"]
+mod support;
+
 use std::path::Path;
 
-use super::*;
-use crate::log::testing::noise;
-use crate::log::{CutRecord, Log, NsOp, ReplayOptions};
+use btm_log::testing::noise;
+use btm_log::{CutRecord, Log, NsOp, ReplayOptions};
+use btm_remote::{PushOptions, Remote, list_heights, push, replay};
 
 fn no_sync() -> ReplayOptions {
     ReplayOptions {
@@ -17,7 +20,7 @@ fn no_sync() -> ReplayOptions {
 
 /// Height h writes file `f<h % 3 + 1>` (new content) and, at height 4, removes `f1`.
 fn record(h: u64) -> CutRecord {
-    let mut r = crate::log::testing::record(h, h % 3 + 1, noise(h, 300_000 + h as usize * 1000));
+    let mut r = btm_log::testing::record(h, h % 3 + 1, noise(h, 300_000 + h as usize * 1000));
     if h == 4 {
         r.ops.push(NsOp::Remove {
             path: b"f1".to_vec(),
@@ -26,8 +29,8 @@ fn record(h: u64) -> CutRecord {
     r
 }
 
-fn tree(dir: &Path) -> crate::treehash::TreeHash {
-    crate::treehash::hash_tree(dir).unwrap()
+fn tree(dir: &Path) -> String {
+    support::tree_digest(dir)
 }
 
 fn opts(name: &str) -> PushOptions {

@@ -15,7 +15,7 @@ use object_store::path::Path as ObjPath;
 
 use super::Remote;
 use super::layout::{self, RecordObj};
-use crate::log::{Meta, MetaExtent};
+use btm_log::{Meta, MetaExtent};
 
 /// What a prune found and did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -105,5 +105,5 @@ pub fn prune(remote: &Remote, grace: Duration, dry_run: bool) -> Result<PruneRep
 }
 
 fn hex(k: &[u8; 32]) -> String {
-    crate::log::hex(k)
+    btm_log::hex(k)
 }

@@ -8,7 +8,7 @@
 use object_store::path::Path as ObjPath;
 use serde::{Deserialize, Serialize};
 
-use crate::log::{Codec, PayloadRef, hex, table_len};
+use btm_log::{Codec, PayloadRef, hex, table_len};
 
 pub const OBJ_MAGIC: &[u8; 8] = b"btm.obj\n";
 pub const OBJ_HEADER_LEN: u64 = 17;

@@ -18,10 +18,6 @@ mod lock;
 mod prune;
 mod push;
 mod restore;
-mod ship;
-
-#[cfg(test)]
-mod tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,7 +32,6 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 pub use prune::{PruneReport, prune};
 pub use push::{PushOptions, PushReport, push};
 pub use restore::{RemoteHeight, RemoteReplay, list_heights, list_volumes, replay, resolve_volume};
-pub use ship::Shipper;
 
 /// An open offsite location: the store, the URL's path as prefix, and a runtime to drive the
 /// async client from our synchronous code.
@@ -465,7 +460,7 @@ pub(crate) fn decode_object(
             r.raw_len
         ));
     }
-    crate::log::decode_payload(&r, b[layout::OBJ_HEADER_LEN as usize..].to_vec())
+    btm_log::decode_payload(&r, b[layout::OBJ_HEADER_LEN as usize..].to_vec())
 }
 
 fn object_ok(b: &[u8], hash: &[u8; 32]) -> bool {

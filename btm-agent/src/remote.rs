@@ -1,12 +1,14 @@
-//! Continuous offsite shipping for `run --remote`: a background thread pushes after each
+//! Offsite copies: the `btm-remote` crate (push, restore, prune on object storage), plus the
+//! agent's continuous shipping for `run --remote`: a background thread pushes after each
 //! acknowledged height, so a slow or unreachable remote never delays a cut.
+
+pub use btm_remote::*;
 
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{PushOptions, Remote, push};
 use crate::log::Log;
 
 /// Handle of the shipping thread. Dropping it lets the thread finish its current push and end.
