@@ -480,6 +480,15 @@ fn refusal(
 /// a month of Solana slots, centuries of Bitcoin blocks).
 const MAX_HEIGHT_JUMP: u64 = 10_000_000;
 
+/// Whether `height` is recorded and kept: asking for it again (a retried hook, a restarted
+/// poller, a client that lost the first answer) is answered as done, without a new cut.
+fn durable(engine: &Engine, height: u64) -> bool {
+    match engine {
+        Engine::Log { cutter, .. } => cutter.log().heights().iter().any(|h| h.height == height),
+        Engine::Native(b) => b.list().is_ok_and(|hs| hs.contains(&height)),
+    }
+}
+
 fn last_height(engine: &Engine) -> Option<u64> {
     match engine {
         Engine::Log { cutter, .. } => cutter.log().last_height(),
@@ -499,6 +508,9 @@ fn handle(
         Err(e) => Response::err(format!("{e:#}")),
     };
     match (engine, req) {
+        (e, Request::Snapshot { height }) if durable(e, height) => {
+            Response::ok(serde_json::json!({ "height": height, "already_durable": true }))
+        }
         (_, Request::Snapshot { height }) if !policy.wants(height) => Response::ok(
             serde_json::json!({ "height": height, "skipped": "not a multiple of itv" }),
         ),
