@@ -6,7 +6,8 @@
 //!   writer, replay and verification.
 //! * [`remote`] keeps offsite copies of the log in object stores (the `btm-remote` crate) and
 //!   ships each new height in the background.
-//! * [`snapshot`] holds the native-snapshot modes (ZFS, Btrfs).
+//! * [`store`] is where kept heights live, behind one trait: the log (eBPF mode) or native
+//!   snapshots; [`snapshot`] holds the native-snapshot backends (ZFS, Btrfs).
 //! * [`retention`] decides which heights are kept (BTM's fair and fade).
 //! * [`heights`] polls nodes for their height; [`cmd`] is the command line and the socket.
 //! * [`volume`] finds the mount and freezes it; [`dirfd`] and [`treehash`] walk trees by
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod remote;
 pub mod retention;
 pub mod snapshot;
+pub mod store;
 pub mod tracker;
 pub mod treehash;
 pub mod volume;

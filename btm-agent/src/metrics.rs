@@ -71,7 +71,9 @@ struct Histogram {
 
 /// What the agent exposes. Shared (`Arc`) between the run loop and the HTTP thread.
 pub struct Metrics {
-    log_dir: PathBuf,
+    /// The log of eBPF mode, whose size a scrape reports; `None` in native modes (the volume
+    /// is never walked for a scrape).
+    log_dir: Option<PathBuf>,
     alive: AtomicBool,
     heights: AtomicU64,
     /// `u64::MAX` until a height is known.
@@ -86,9 +88,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(log_dir: &Path, last_height: Option<u64>) -> Metrics {
+    pub fn new(log_dir: Option<&Path>, last_height: Option<u64>) -> Metrics {
         Metrics {
-            log_dir: log_dir.to_path_buf(),
+            log_dir: log_dir.map(Path::to_path_buf),
             alive: AtomicBool::new(false),
             heights: AtomicU64::new(0),
             last_height: AtomicU64::new(last_height.unwrap_or(u64::MAX)),
@@ -104,7 +106,7 @@ impl Metrics {
     /// Metrics for the run loop, served on `addr` when given; marks the agent alive.
     pub fn start(
         addr: Option<SocketAddr>,
-        log_dir: &Path,
+        log_dir: Option<&Path>,
         last_height: Option<u64>,
     ) -> Result<Arc<Metrics>> {
         let m = Arc::new(Metrics::new(log_dir, last_height));
@@ -148,8 +150,7 @@ impl Metrics {
 
     /// Called after each successful cut.
     pub fn record_cut(&self, rep: &CutReport, stored_bytes: u64, tracker: Option<&Stats>) {
-        self.heights.fetch_add(1, Ordering::Relaxed);
-        self.last_height.store(rep.height, Ordering::Relaxed);
+        self.record_height(rep.height);
         self.read
             .fetch_add(rep.read_unfrozen + rep.read_frozen, Ordering::Relaxed);
         self.stored.fetch_add(stored_bytes, Ordering::Relaxed);
@@ -168,6 +169,12 @@ impl Metrics {
         }
         h.count += 1;
         h.sum += secs;
+    }
+
+    /// Called after each height kept, by a cut or a native snapshot.
+    pub fn record_height(&self, height: u64) {
+        self.heights.fetch_add(1, Ordering::Relaxed);
+        self.last_height.store(height, Ordering::Relaxed);
     }
 
     /// Called when a cut fails.
@@ -230,12 +237,14 @@ impl Metrics {
             "Dirty-map overflows and lost events in the tracker (each forces a full capture).",
             get(&self.overflows),
         );
-        metric(
-            "btm_log_bytes",
-            "gauge",
-            "Size of the log directory.",
-            dir_bytes(&self.log_dir).to_string(),
-        );
+        if let Some(dir) = &self.log_dir {
+            metric(
+                "btm_log_bytes",
+                "gauge",
+                "Size of the log directory.",
+                dir_bytes(dir).to_string(),
+            );
+        }
         let shipped = OFFSITE_HEIGHT.load(Ordering::Relaxed);
         if shipped != u64::MAX {
             metric(
@@ -382,7 +391,7 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative() {
-        let m = Metrics::new(Path::new("/nonexistent"), None);
+        let m = Metrics::new(Some(Path::new("/nonexistent")), None);
         let rep = |h, ms| CutReport {
             height: h,
             freeze_ms: ms,

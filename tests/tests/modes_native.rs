@@ -10,7 +10,9 @@ use std::{
 };
 
 use btm_agent::retention::{Algo, Policy};
-use btm_tests::{LoopFs, agent_bin, can_run, have_tool, scratch, sh, skip};
+use btm_tests::{
+    LoopFs, agent_bin, can_run, free_port, have_tool, http_get, prom_samples, scratch, sh, skip,
+};
 
 /// Runs the CLI (no log configured: heights live in the native snapshots); returns stdout.
 fn cli(args: &[&str]) -> Result<String, String> {
@@ -30,7 +32,14 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(mode: &str, vol: &Path, socket: &Path, itv: u64, cap: usize, algo: &str) -> Agent {
+    /// Started with metrics on `metrics_port`.
+    fn start(
+        mode: &str,
+        vol: &Path,
+        socket: &Path,
+        (itv, cap, algo): (u64, usize, &str),
+        metrics_port: u16,
+    ) -> Agent {
         let _ = std::fs::remove_file(socket);
         let child = Command::new(agent_bin())
             .args(["run", "--mode", mode, "--volume"])
@@ -39,6 +48,7 @@ impl Agent {
             .arg(socket)
             .args(["--itv", &itv.to_string(), "--cap", &cap.to_string()])
             .args(["--algo", algo])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .env_remove("BTM_LOG_DIR")
             .stdout(Stdio::null())
             .spawn()
@@ -148,7 +158,8 @@ fn expected(policy: Policy, heights: impl IntoIterator<Item = u64>) -> Vec<u64> 
 fn scenario(mode: &str, vol: &Path, socket: &Path) {
     let v = vol.to_str().unwrap();
     // Fair, cap 5: snapshot 1..=8, list keeps the newest five.
-    let agent = Agent::start(mode, vol, socket, 1, 5, "fair");
+    let port = free_port();
+    let agent = Agent::start(mode, vol, socket, (1, 5, "fair"), port);
     // A second agent on the same volume is refused, in native modes too.
     let other = socket.with_extension("other");
     let e = cli(&[
@@ -171,6 +182,16 @@ fn scenario(mode: &str, vol: &Path, socket: &Path) {
         agent.snapshot(h);
     }
     assert_eq!(list(vol), vec![4, 5, 6, 7, 8], "{mode}: fair cap 5");
+    // Heights move the metrics in native modes too; the volume is not walked for a log size.
+    let (status, text) = http_get(port, "/metrics").unwrap();
+    assert_eq!(status, 200, "{text}");
+    let m = prom_samples(&text);
+    assert_eq!(m["btm_heights_total"], 8.0, "{mode}: {text}");
+    assert_eq!(m["btm_last_height"], 8.0, "{mode}: {text}");
+    assert!(!m.contains_key("btm_log_bytes"), "{mode}: {text}");
+    // Asking for a kept height again is answered as done, with no new snapshot.
+    assert!(agent.snapshot(8).contains("durable"));
+    assert_eq!(list(vol), vec![4, 5, 6, 7, 8]);
     // Exact rollback through the agent: state of 6, newer snapshots gone.
     agent.rollback(vol, 6, true).unwrap();
     assert_eq!(digest(vol), states[&6], "{mode}: rollback -R 6");
@@ -204,7 +225,7 @@ fn scenario(mode: &str, vol: &Path, socket: &Path) {
     assert_eq!(list(vol), Vec::<u64>::new(), "{mode}: -C");
 
     // Fade, itv 2, cap 10: odd heights are acknowledged and skipped; density falls with age.
-    let agent = Agent::start(mode, vol, socket, 2, 10, "fade");
+    let agent = Agent::start(mode, vol, socket, (2, 10, "fade"), free_port());
     let hs = 1..=40u64;
     for h in hs.clone() {
         write_height(vol, h);

@@ -192,7 +192,7 @@ pub fn rollback(a: RollbackArgs) -> Result<()> {
         return Ok(());
     }
     let native_rollback = |b: Box<dyn SnapshotBackend>| -> Result<()> {
-        let v = super::run::native_rollback(b.as_ref(), a.to, a.exact)?;
+        let v = crate::store::native_rollback(b.as_ref(), a.to, a.exact)?;
         println!("rolled {} back to height {}", b.describe(), v["height"]);
         Ok(())
     };

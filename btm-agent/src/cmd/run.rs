@@ -1,8 +1,8 @@
 //! `btm-agent run`: the privileged agent. Listens on a unix socket and keeps each height handed
 //! over: in eBPF mode by a cut into the log, in zfs/btrfs mode as a native snapshot (`--mode`,
-//! see [`Mode`]). After every successful cut, retention (`--itv/--cap/--algo`) removes heights
-//! in every mode: snapshots are deleted; log heights are tombstoned at once and compacted away
-//! later (`crate::log::Log::compact`).
+//! see [`Mode`]; both behind `crate::store::HeightStore`). After every height, retention
+//! (`--itv/--cap/--algo`) removes heights in every mode: snapshots are deleted; log heights are
+//! tombstoned at once and compacted away later (`crate::log::Log::compact`).
 use std::{
     os::unix::{fs::PermissionsExt, net::UnixListener},
     path::{Path, PathBuf},
@@ -10,17 +10,16 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 
 use super::proto::{DEFAULT_SOCKET, Request, Response};
 use crate::{
-    cut::Cutter,
-    log::Log,
     retention::{Algo, Policy},
     snapshot::{self, Probe, SnapshotBackend},
+    store::{HeightStore, LogStore, NativeStore},
     tracker::{Limits, Tracker},
     volume::Mount,
 };
@@ -115,78 +114,6 @@ fn parse_octal(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s, 8).map_err(|e| format!("{s}: not an octal mode: {e}"))
 }
 
-/// What cuts heights: the eBPF tracker and the log, or the volume's native snapshots.
-enum Engine {
-    Log {
-        cutter: Box<Cutter>,
-        dir: PathBuf,
-        kept: Kept,
-    },
-    Native(Box<dyn SnapshotBackend>),
-}
-
-/// The log's kept heights (retention's input) and the byte counts that decide compaction,
-/// tracked here so that a cut never re-reads the log.
-struct Kept {
-    /// Kept height -> bytes its record takes.
-    sizes: std::collections::BTreeMap<u64, u64>,
-    dropped_bytes: u64,
-    total_bytes: u64,
-    /// After a postponed or failed compaction: not before this.
-    retry_after: Option<Instant>,
-}
-
-/// Whether nobody holds `readers.lock` right now (probed with a non-blocking exclusive lock).
-fn readers_idle(dir: &Path) -> bool {
-    std::fs::File::open(dir.join("readers.lock"))
-        .map(|f| f.try_lock().is_ok())
-        .unwrap_or(true)
-}
-
-impl Kept {
-    fn of(log: &Log) -> Kept {
-        Kept {
-            sizes: log
-                .heights()
-                .iter()
-                .map(|h| (h.height, h.stored_bytes))
-                .collect(),
-            dropped_bytes: log.dropped_bytes(),
-            total_bytes: log.total_bytes(),
-            retry_after: None,
-        }
-    }
-
-    fn heights(&self) -> Vec<u64> {
-        self.sizes.keys().copied().collect()
-    }
-
-    /// Adds a new height and returns what the policy drops now (not yet recorded).
-    fn add(&mut self, height: u64, bytes: u64, policy: &Policy) -> Vec<u64> {
-        self.sizes.insert(height, bytes);
-        self.total_bytes += bytes;
-        policy.to_delete(&self.heights())
-    }
-
-    fn forget(&mut self, dropped: &[u64]) {
-        for h in dropped {
-            self.dropped_bytes += self.sizes.remove(h).unwrap_or(0);
-        }
-    }
-
-    fn wants_compaction(&self, min_bytes: u64) -> bool {
-        self.retry_after.is_none_or(|t| Instant::now() >= t)
-            && self.dropped_bytes >= min_bytes.max(1)
-            && self.dropped_bytes * COMPACT_SHARE >= self.total_bytes
-    }
-}
-
-/// Compact the log (tracking goes on meanwhile) once dropped records hold 1/COMPACT_SHARE of
-/// it (and `--compact-min-bytes`).
-const COMPACT_SHARE: u64 = 4;
-/// How long to wait after a postponed or failed compaction.
-const COMPACT_RETRY: Duration = Duration::from_secs(600);
-
 pub fn run(args: RunArgs) -> Result<()> {
     if args.itv == 0 {
         return Err(super::exit::usage("--itv must be at least 1"));
@@ -199,7 +126,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let Err(e) = crate::volume::ThawGuard::install(&args.volume) {
         tracing::warn!("no thaw guard for {}: {e:#}", args.volume.display());
     }
-    let mut engine = select(&args, &policy)?;
+    let mut store = select(&args, &policy)?;
     let listener = bind(&args.socket, args.socket_mode)?;
     set_socket_owner(
         &args.socket,
@@ -210,16 +137,13 @@ pub fn run(args: RunArgs) -> Result<()> {
     // signal mask, so SIGTERM reaches the handler instead of killing the process.
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signals(stop.clone(), &listener);
-    let (metrics_dir, last) = match &engine {
-        Engine::Log { cutter, dir, .. } => (dir.clone(), cutter.log().last_height()),
-        Engine::Native(b) => (args.volume.clone(), b.list()?.last().copied()),
-    };
-    let metrics = crate::metrics::Metrics::start(args.metrics_addr, &metrics_dir, last)?;
-    let shipper = match (&args.offsite.remote, &engine) {
+    let last = store.last_height();
+    let metrics = crate::metrics::Metrics::start(args.metrics_addr, store.log_dir(), last)?;
+    let shipper = match (&args.offsite.remote, store.log_dir()) {
         (None, _) => None,
-        (Some(url), Engine::Log { dir, .. }) => Some(crate::remote::Shipper::start(
+        (Some(url), Some(dir)) => Some(crate::remote::Shipper::start(
             crate::remote::Remote::open(url)?,
-            dir.clone(),
+            dir.to_path_buf(),
             super::offsite::push_options(
                 dir,
                 args.offsite.remote_name.as_deref(),
@@ -227,33 +151,19 @@ pub fn run(args: RunArgs) -> Result<()> {
                 args.remote_meta.clone(),
             ),
         )),
-        (Some(_), Engine::Native(b)) => bail!(
+        (Some(_), None) => bail!(
             "--remote ships the log of eBPF mode; {} keeps heights as native snapshots: send \
              those with zfs send / btrfs send instead",
-            b.describe()
+            store.describe()
         ),
     };
-    match &engine {
-        Engine::Log { cutter, dir, .. } => {
-            let mount = Mount::at(cutter.root())?;
-            tracing::info!(
-                mode = "ebpf",
-                volume = %mount.mount_point.display(),
-                fs = %mount.fstype,
-                log = %dir.display(),
-                socket = %args.socket.display(),
-                last_height = last,
-                "agent ready"
-            );
-        }
-        Engine::Native(b) => tracing::info!(
-            mode = b.name(),
-            target = %b.describe(),
-            socket = %args.socket.display(),
-            last_height = last,
-            "agent ready"
-        ),
-    }
+    tracing::info!(
+        mode = store.mode(),
+        target = %store.describe(),
+        socket = %args.socket.display(),
+        last_height = last,
+        "agent ready"
+    );
     let requests = super::socket::serve(listener, stop.clone());
     loop {
         let mut inc = match requests.recv_timeout(Duration::from_millis(500)) {
@@ -267,19 +177,19 @@ pub fn run(args: RunArgs) -> Result<()> {
             break;
         }
         let resp = match std::mem::replace(&mut inc.req, Err(String::new())) {
-            Ok(req) => match refusal(&req, inc.peer_uid, || last_height(&engine)) {
+            Ok(req) => match refusal(&req, inc.peer_uid, || store.last_height()) {
                 Some(why) => {
                     tracing::warn!(peer_uid = inc.peer_uid, "refused a request: {why}");
                     Response::err(why)
                 }
-                None => handle(&mut engine, &args, &policy, &metrics, req),
+                None => handle(store.as_mut(), &policy, &metrics, req),
             },
             Err(e) => Response::err(e),
         };
         inc.answer(&resp);
         // After answering: the node does not wait for a compaction. Without its tracker
         // the agent cannot go on, so a failure here stops it (the log stays consistent).
-        engine = maybe_compact(engine, &args).context("compacting the log")?;
+        store.maintain().context("compacting the log")?;
         // Then ship (a push holds the readers' lock, which would postpone compaction).
         if let Some(s) = &shipper {
             s.notify();
@@ -288,9 +198,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let _ = std::fs::remove_file(&args.socket);
     metrics.set_alive(false);
     // A clean stop: the next start reads only what changes until then (cut/resume.rs).
-    if let Engine::Log { cutter, .. } = &mut engine
-        && let Err(e) = cutter.suspend()
-    {
+    if let Err(e) = store.suspend() {
         tracing::warn!(
             "recording the state for the next start failed ({e:#}): it reads every file"
         );
@@ -303,14 +211,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// Picks the engine for `--mode` (see [`Mode`]).
-fn select(args: &RunArgs, policy: &Policy) -> Result<Engine> {
-    let native = |b: Box<dyn SnapshotBackend>| -> Result<Engine> {
-        b.preflight()?;
-        // One agent per volume in every mode: two would race each other's rollbacks and
-        // retention. Held for the life of the process.
-        std::mem::forget(crate::volume::VolumeLock::acquire(&args.volume)?);
-        Ok(Engine::Native(b))
+/// Picks the store for `--mode` (see [`Mode`]).
+fn select(args: &RunArgs, policy: &Policy) -> Result<Box<dyn HeightStore>> {
+    let native = |b: Box<dyn SnapshotBackend>| -> Result<Box<dyn HeightStore>> {
+        Ok(Box::new(NativeStore::open(b, args.volume.clone())?))
     };
     match args.mode {
         Mode::Ebpf => start_ebpf(args, policy),
@@ -356,10 +260,9 @@ fn unavailable(e: impl std::fmt::Display) -> anyhow::Error {
 }
 
 /// The eBPF path: tracker, log, cutter (the tracker first, so a failed `auto` leaves nothing).
-fn start_ebpf(args: &RunArgs, policy: &Policy) -> Result<Engine> {
-    let dir = args.log.clone();
+fn start_ebpf(args: &RunArgs, policy: &Policy) -> Result<Box<dyn HeightStore>> {
     let mount = Mount::at(&args.volume).map_err(unavailable)?;
-    let _claim = crate::volume::VolumeLock::acquire(&mount.mount_point)?;
+    let claim = crate::volume::VolumeLock::acquire(&mount.mount_point)?;
     if crate::volume::Frozen::thaw_leftover(&mount.mount_point)? {
         tracing::warn!(
             "{} was left frozen (an agent died inside a cut); thawed it",
@@ -369,81 +272,17 @@ fn start_ebpf(args: &RunArgs, policy: &Policy) -> Result<Engine> {
     let tracker = Tracker::start(&mount, Limits::for_volume_bytes(mount.size_bytes()))
         .map_err(unavailable)?;
     tracing::info!("{}", tracker.mmap_policy());
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating log dir {}", dir.display()))?;
-    let mut log = Log::open_append(&dir)?;
-    // The policy may have changed since the last run: apply it, and compact what it dropped
-    // (with the same threshold as after cuts).
-    let hs: Vec<u64> = log.heights().iter().map(|h| h.height).collect();
-    let del = policy.to_delete(&hs);
-    log.drop_heights(&del)?;
-    if Kept::of(&log).wants_compaction(args.compact_min_bytes) {
-        log = match log.compact() {
-            Ok((l, rep)) => {
-                log_compacted(&rep);
-                l
-            }
-            Err(e) => {
-                // The log is as it was: start anyway, compaction is retried after cuts.
-                tracing::warn!("log compaction failed: {e}");
-                Log::open_append(&dir)?
-            }
-        };
-    }
-    let kept = Kept::of(&log);
-    let mut cutter = Cutter::new(mount, tracker, log)?;
-    cutter.freeze = !args.no_freeze;
+    let store = LogStore::open(
+        mount,
+        tracker,
+        &args.log,
+        policy,
+        args.compact_min_bytes,
+        !args.no_freeze,
+    )?;
     // Held for the life of the process (the kernel releases it when the agent exits).
-    std::mem::forget(_claim);
-    Ok(Engine::Log {
-        cutter: Box::new(cutter),
-        dir,
-        kept,
-    })
-}
-
-/// Logs a compaction's report, each count as a number.
-fn log_compacted(rep: &crate::log::CompactReport) {
-    tracing::info!(
-        dropped_records = rep.dropped_records,
-        merged_records = rep.merged_records,
-        bytes_before = rep.bytes_before,
-        bytes_after = rep.bytes_after,
-        "compacted the log"
-    );
-}
-
-/// Compacts the log once dropped records take enough of it. Tracking goes on meanwhile and
-/// the next cut stays incremental (compaction keeps the last height's state).
-fn maybe_compact(engine: Engine, args: &RunArgs) -> Result<Engine> {
-    let Engine::Log {
-        mut cutter,
-        dir,
-        mut kept,
-    } = engine
-    else {
-        return Ok(engine);
-    };
-    if !kept.wants_compaction(args.compact_min_bytes) {
-        return Ok(Engine::Log { cutter, dir, kept });
-    }
-    // Readers (replay, list) hold readers.lock shared; compaction needs it exclusively.
-    if !readers_idle(&dir) {
-        tracing::info!("log compaction postponed: readers are using the log");
-        kept.retry_after = Some(Instant::now() + COMPACT_RETRY);
-        return Ok(Engine::Log { cutter, dir, kept });
-    }
-    match cutter.transform_log(|log| log.compact()) {
-        Ok(rep) => {
-            log_compacted(&rep);
-            kept = Kept::of(cutter.log());
-        }
-        Err(e) => {
-            // Compaction leaves the log as it was on error: carry on with it.
-            tracing::warn!("log compaction failed, retrying later: {e:#}");
-            kept.retry_after = Some(Instant::now() + COMPACT_RETRY);
-        }
-    }
-    Ok(Engine::Log { cutter, dir, kept })
+    std::mem::forget(claim);
+    Ok(Box::new(store))
 }
 
 /// Who may ask what over the socket. A client in the socket's group (the node) may hand over
@@ -480,151 +319,32 @@ fn refusal(
 /// a month of Solana slots, centuries of Bitcoin blocks).
 const MAX_HEIGHT_JUMP: u64 = 10_000_000;
 
-/// Whether `height` is recorded and kept: asking for it again (a retried hook, a restarted
-/// poller, a client that lost the first answer) is answered as done, without a new cut.
-fn durable(engine: &Engine, height: u64) -> bool {
-    match engine {
-        Engine::Log { cutter, .. } => cutter.log().heights().iter().any(|h| h.height == height),
-        Engine::Native(b) => b.list().is_ok_and(|hs| hs.contains(&height)),
-    }
-}
-
-fn last_height(engine: &Engine) -> Option<u64> {
-    match engine {
-        Engine::Log { cutter, .. } => cutter.log().last_height(),
-        Engine::Native(b) => b.list().ok().and_then(|hs| hs.last().copied()),
-    }
-}
-
 fn handle(
-    engine: &mut Engine,
-    args: &RunArgs,
+    store: &mut dyn HeightStore,
     policy: &Policy,
     metrics: &crate::metrics::Metrics,
     req: Request,
 ) -> Response {
-    let to_resp = |r: Result<serde_json::Value>| match r {
+    let r = match req {
+        Request::Snapshot { height } if store.is_kept(height) => Ok(serde_json::json!({
+            "height": height,
+            "already_durable": true
+        })),
+        Request::Snapshot { height } if !policy.wants(height) => Ok(serde_json::json!({
+            "height": height,
+            "skipped": "not a multiple of itv"
+        })),
+        Request::Snapshot { height } => store.take(height, policy, metrics).inspect_err(|e| {
+            metrics.record_error();
+            tracing::error!(height, "height failed: {e:#}");
+        }),
+        Request::Status => store.status(),
+        Request::Rollback { height, exact } => store.rollback(height, exact),
+    };
+    match r {
         Ok(v) => Response::ok(v),
         Err(e) => Response::err(format!("{e:#}")),
-    };
-    match (engine, req) {
-        (e, Request::Snapshot { height }) if durable(e, height) => {
-            Response::ok(serde_json::json!({ "height": height, "already_durable": true }))
-        }
-        (_, Request::Snapshot { height }) if !policy.wants(height) => Response::ok(
-            serde_json::json!({ "height": height, "skipped": "not a multiple of itv" }),
-        ),
-        (Engine::Log { cutter, kept, .. }, Request::Snapshot { height }) => {
-            match cutter.cut(height) {
-                Ok((rep, info)) => {
-                    let stats = cutter.tracker().stats().ok();
-                    metrics.record_cut(&rep, info.stored_bytes, stats.as_ref());
-                    tracing::info!(
-                        height,
-                        freeze_ms = (rep.freeze_ms * 10.0).round() / 10.0,
-                        frozen_entries = rep.frozen_entries,
-                        frozen_walk = rep.frozen_walk,
-                        read = rep.read_unfrozen + rep.read_frozen,
-                        stored = info.stored_bytes,
-                        files = rep.files_changed,
-                        "height durable"
-                    );
-                    let del = kept.add(height, info.stored_bytes, policy);
-                    if let Err(e) = cutter.log_mut().drop_heights(&del) {
-                        // The height is durable; retention catches up after the next cut.
-                        tracing::error!("recording heights removed by retention: {e}");
-                    } else {
-                        kept.forget(&del);
-                    }
-                    let mut v = serde_json::to_value(&rep).unwrap_or_default();
-                    v["removed"] = serde_json::json!(del);
-                    Response::ok(v)
-                }
-                Err(e) => {
-                    metrics.record_error();
-                    tracing::error!(height, "cut failed: {e:#}");
-                    Response::err(format!("{e:#}"))
-                }
-            }
-        }
-        (Engine::Native(b), Request::Snapshot { height }) => {
-            let r = native_snapshot(b.as_ref(), policy, height);
-            match &r {
-                Ok(v) => tracing::info!(height, removed = %v["removed"], "snapshot taken"),
-                Err(e) => {
-                    metrics.record_error();
-                    tracing::error!(height, "snapshot failed: {e:#}");
-                }
-            }
-            to_resp(r)
-        }
-        (Engine::Log { cutter, kept, .. }, Request::Status) => Response::ok(serde_json::json!({
-            "mode": "ebpf",
-            "volume": cutter.root(),
-            "last_height": cutter.log().last_height(),
-            "heights": kept.sizes.len(),
-            "tracker": cutter.tracker().stats().ok(),
-        })),
-        (Engine::Native(b), Request::Status) => to_resp(b.list().map_err(Into::into).map(|hs| {
-            serde_json::json!({
-                "mode": b.name(),
-                "volume": args.volume,
-                "target": b.describe(),
-                "last_height": hs.last(),
-                "heights": hs.len(),
-            })
-        })),
-        (Engine::Log { cutter, kept, .. }, Request::Rollback { height, exact }) => {
-            to_resp(rollback_in_agent(cutter, kept, height, exact))
-        }
-        (Engine::Native(b), Request::Rollback { height, exact }) => {
-            to_resp(native_rollback(b.as_ref(), height, exact))
-        }
     }
-}
-
-/// One native snapshot, then retention over every snapshot that exists.
-fn native_snapshot(
-    b: &dyn SnapshotBackend,
-    policy: &Policy,
-    height: u64,
-) -> Result<serde_json::Value> {
-    b.snapshot(height)?;
-    let del = policy.to_delete(&b.list()?);
-    if !del.is_empty() {
-        b.delete(&del)?;
-    }
-    Ok(serde_json::json!({ "height": height, "mode": b.name(), "removed": del }))
-}
-
-/// Native rollback with BTM's target rules; snapshots newer than the target go.
-pub fn native_rollback(
-    b: &dyn SnapshotBackend,
-    height: Option<u64>,
-    exact: bool,
-) -> Result<serde_json::Value> {
-    let h = snapshot::resolve_target(&b.describe(), &b.list()?, height, exact)?;
-    b.rollback(h)?;
-    Ok(serde_json::json!({ "height": h, "mode": b.name() }))
-}
-
-fn rollback_in_agent(
-    cutter: &mut Cutter,
-    kept: &mut Kept,
-    height: Option<u64>,
-    exact: bool,
-) -> Result<serde_json::Value> {
-    // `kept` knows what this agent dropped since it opened the log.
-    let h = crate::log::resolve_height(&kept.heights(), height, exact)?;
-    let root = cutter.root().to_path_buf();
-    let stats = cutter.log().replay(h, &root, &Default::default())?;
-    // Like `zfs rollback -r`: newer heights leave the log, so the node can re-reach them.
-    let removed: Vec<u64> = kept.heights().into_iter().filter(|&x| x > h).collect();
-    cutter.transform_log(|log| log.truncate_after(h).map(|log| (log, ())))?;
-    *kept = Kept::of(cutter.log());
-    // The tracker saw the rollback as writes; the next cut re-reads everything to be sure.
-    cutter.resync();
-    Ok(serde_json::json!({ "height": h, "removed": removed, "stats": format!("{stats:?}") }))
 }
 
 /// Binds the socket, replacing a stale one (left by a crash) but never a live agent's.

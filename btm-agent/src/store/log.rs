@@ -1,0 +1,231 @@
+//! eBPF mode's store: the cutter (tracker + log) and the log's kept heights, with retention
+//! tombstoning heights at once and compaction folding them away once they weigh enough.
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::HeightStore;
+use crate::cut::Cutter;
+use crate::log::{CompactReport, Log};
+use crate::metrics::Metrics;
+use crate::retention::Policy;
+use crate::tracker::Tracker;
+use crate::volume::Mount;
+
+/// Compact the log (tracking goes on meanwhile) once dropped records hold 1/COMPACT_SHARE of
+/// it (and `--compact-min-bytes`).
+const COMPACT_SHARE: u64 = 4;
+/// How long to wait after a postponed or failed compaction.
+const COMPACT_RETRY: Duration = Duration::from_secs(600);
+
+pub struct LogStore {
+    cutter: Box<Cutter>,
+    dir: PathBuf,
+    kept: Kept,
+    compact_min_bytes: u64,
+}
+
+/// The log's kept heights (retention's input) and the byte counts that decide compaction,
+/// tracked here so that a cut never re-reads the log.
+struct Kept {
+    /// Kept height -> bytes its record takes.
+    sizes: std::collections::BTreeMap<u64, u64>,
+    dropped_bytes: u64,
+    total_bytes: u64,
+    /// After a postponed or failed compaction: not before this.
+    retry_after: Option<Instant>,
+}
+
+impl Kept {
+    fn of(log: &Log) -> Kept {
+        Kept {
+            sizes: log
+                .heights()
+                .iter()
+                .map(|h| (h.height, h.stored_bytes))
+                .collect(),
+            dropped_bytes: log.dropped_bytes(),
+            total_bytes: log.total_bytes(),
+            retry_after: None,
+        }
+    }
+
+    fn heights(&self) -> Vec<u64> {
+        self.sizes.keys().copied().collect()
+    }
+
+    fn wants_compaction(&self, min_bytes: u64) -> bool {
+        self.retry_after.is_none_or(|t| Instant::now() >= t)
+            && self.dropped_bytes >= min_bytes.max(1)
+            && self.dropped_bytes * COMPACT_SHARE >= self.total_bytes
+    }
+}
+
+/// Whether nobody holds `readers.lock` right now (probed with a non-blocking exclusive lock).
+fn readers_idle(dir: &Path) -> bool {
+    std::fs::File::open(dir.join("readers.lock"))
+        .map(|f| f.try_lock().is_ok())
+        .unwrap_or(true)
+}
+
+/// Logs a compaction's report, each count as a number.
+fn log_compacted(rep: &CompactReport) {
+    tracing::info!(
+        dropped_records = rep.dropped_records,
+        merged_records = rep.merged_records,
+        bytes_before = rep.bytes_before,
+        bytes_after = rep.bytes_after,
+        "compacted the log"
+    );
+}
+
+impl LogStore {
+    /// Opens (or creates) the log at `dir` for the tracked volume. The policy may have changed
+    /// since the last run: it is applied at once, and what it drops is compacted with the same
+    /// threshold as after cuts.
+    pub fn open(
+        mount: Mount,
+        tracker: Tracker,
+        dir: &Path,
+        policy: &Policy,
+        compact_min_bytes: u64,
+        freeze: bool,
+    ) -> Result<LogStore> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating log dir {}", dir.display()))?;
+        let mut log = Log::open_append(dir)?;
+        let hs: Vec<u64> = log.heights().iter().map(|h| h.height).collect();
+        log.drop_heights(&policy.to_delete(&hs))?;
+        if Kept::of(&log).wants_compaction(compact_min_bytes) {
+            log = match log.compact() {
+                Ok((l, rep)) => {
+                    log_compacted(&rep);
+                    l
+                }
+                Err(e) => {
+                    // The log is as it was: start anyway, compaction is retried after cuts.
+                    tracing::warn!("log compaction failed: {e}");
+                    Log::open_append(dir)?
+                }
+            };
+        }
+        let kept = Kept::of(&log);
+        let mut cutter = Cutter::new(mount, tracker, log)?;
+        cutter.freeze = freeze;
+        Ok(LogStore {
+            cutter: Box::new(cutter),
+            dir: dir.to_path_buf(),
+            kept,
+            compact_min_bytes,
+        })
+    }
+}
+
+impl HeightStore for LogStore {
+    fn mode(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "volume {}, log {}",
+            self.cutter.root().display(),
+            self.dir.display()
+        )
+    }
+
+    fn heights(&self) -> Result<Vec<u64>> {
+        Ok(self.kept.heights())
+    }
+
+    fn last_height(&self) -> Option<u64> {
+        self.cutter.log().last_height()
+    }
+
+    fn keep(&mut self, height: u64, metrics: &Metrics) -> Result<serde_json::Value> {
+        let (rep, info) = self.cutter.cut(height)?;
+        let stats = self.cutter.tracker().stats().ok();
+        metrics.record_cut(&rep, info.stored_bytes, stats.as_ref());
+        tracing::info!(
+            height,
+            freeze_ms = (rep.freeze_ms * 10.0).round() / 10.0,
+            frozen_entries = rep.frozen_entries,
+            frozen_walk = rep.frozen_walk,
+            read = rep.read_unfrozen + rep.read_frozen,
+            stored = info.stored_bytes,
+            files = rep.files_changed,
+            "height durable"
+        );
+        self.kept.sizes.insert(height, info.stored_bytes);
+        self.kept.total_bytes += info.stored_bytes;
+        Ok(serde_json::to_value(&rep)?)
+    }
+
+    fn remove(&mut self, heights: &[u64]) -> Result<()> {
+        self.cutter.log_mut().drop_heights(heights)?;
+        for h in heights {
+            self.kept.dropped_bytes += self.kept.sizes.remove(h).unwrap_or(0);
+        }
+        Ok(())
+    }
+
+    fn rollback(&mut self, height: Option<u64>, exact: bool) -> Result<serde_json::Value> {
+        // `kept` knows what this agent dropped since it opened the log.
+        let h = crate::log::resolve_height(&self.kept.heights(), height, exact)?;
+        let root = self.cutter.root().to_path_buf();
+        let stats = self.cutter.log().replay(h, &root, &Default::default())?;
+        // Like `zfs rollback -r`: newer heights leave the log, so the node can re-reach them.
+        let removed: Vec<u64> = self.kept.heights().into_iter().filter(|&x| x > h).collect();
+        self.cutter
+            .transform_log(|log| log.truncate_after(h).map(|log| (log, ())))?;
+        self.kept = Kept::of(self.cutter.log());
+        // The tracker saw the rollback as writes; the next cut re-reads everything to be sure.
+        self.cutter.resync();
+        Ok(serde_json::json!({ "height": h, "removed": removed, "stats": format!("{stats:?}") }))
+    }
+
+    fn status(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::json!({
+            "mode": "ebpf",
+            "volume": self.cutter.root(),
+            "last_height": self.cutter.log().last_height(),
+            "heights": self.kept.sizes.len(),
+            "tracker": self.cutter.tracker().stats().ok(),
+        }))
+    }
+
+    /// Compacts the log once dropped records take enough of it. Tracking goes on meanwhile
+    /// and the next cut stays incremental (compaction keeps the last height's state). An
+    /// error leaves the log as it was; only a lost tracker is returned (the agent cannot go on).
+    fn maintain(&mut self) -> Result<()> {
+        if !self.kept.wants_compaction(self.compact_min_bytes) {
+            return Ok(());
+        }
+        // Readers (replay, list) hold readers.lock shared; compaction needs it exclusively.
+        if !readers_idle(&self.dir) {
+            tracing::info!("log compaction postponed: readers are using the log");
+            self.kept.retry_after = Some(Instant::now() + COMPACT_RETRY);
+            return Ok(());
+        }
+        match self.cutter.transform_log(|log| log.compact()) {
+            Ok(rep) => {
+                log_compacted(&rep);
+                self.kept = Kept::of(self.cutter.log());
+            }
+            Err(e) => {
+                tracing::warn!("log compaction failed, retrying later: {e:#}");
+                self.kept.retry_after = Some(Instant::now() + COMPACT_RETRY);
+            }
+        }
+        Ok(())
+    }
+
+    fn suspend(&mut self) -> Result<()> {
+        self.cutter.suspend().map(drop)
+    }
+
+    fn log_dir(&self) -> Option<&Path> {
+        Some(&self.dir)
+    }
+}
