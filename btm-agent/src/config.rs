@@ -220,10 +220,14 @@ fn read_file(path: &Path, cmd: &Command) -> Result<BTreeMap<String, String>> {
 
 /// Runs `s` through the argument's own parser (as a default value, with its env var off).
 fn check_value(arg: &Arg, s: &str) -> Result<(), clap::Error> {
-    let v: &'static str = Box::leak(s.to_string().into_boxed_str());
     Command::new("config")
         .no_binary_name(true)
-        .arg(arg.clone().required(false).env(None).default_value(v))
+        .arg(
+            arg.clone()
+                .required(false)
+                .env(None)
+                .default_value(s.to_string()),
+        )
         .try_get_matches_from(Vec::<OsString>::new())
         .map(drop)
 }
@@ -245,9 +249,7 @@ fn add_config_arg(cmd: Command) -> Command {
 fn with_defaults(cmd: Command, target: &[&str], values: &BTreeMap<String, String>) -> Command {
     mut_path(cmd, target, &|mut c| {
         for (k, v) in values {
-            // clap keeps defaults as `&'static str`; one small string per key, once per process.
-            let v: &'static str = Box::leak(v.clone().into_boxed_str());
-            c = c.mut_arg(k.as_str(), |a| a.required(false).default_value(v));
+            c = c.mut_arg(k.as_str(), |a| a.required(false).default_value(v.clone()));
         }
         c
     })

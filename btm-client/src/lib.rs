@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_SOCKET: &str = "/run/btm/btm.sock";
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     /// Cut at this height; answered once it is durable.
@@ -34,6 +34,17 @@ pub enum Request {
         exact: bool,
     },
     Status,
+}
+
+impl Request {
+    /// One request line as the agent reads it (without its newline): `None` for a blank line,
+    /// which the agent ignores; otherwise the request or why it is malformed.
+    pub fn parse_line(line: &[u8]) -> Option<Result<Request, String>> {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        Some(serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}")))
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -75,9 +75,9 @@ pub use state::{FileState, Node, Piece, TreeState};
 pub use verify::VerifyReport;
 
 use format::{MetaError, REC_HEADER_LEN, REC_MAGIC, RecHeader};
-// The record-level API the offsite layer (btm-agent's `remote`) builds on: a record's metadata,
-// its own stored payloads, and the checks a payload must pass.
-pub use format::{Meta, MetaExtent, table_len};
+// The record-level API the offsite layer (`btm-remote`) and the fuzz targets build on: a record's
+// metadata, its own stored payloads, the checks a payload must pass and its block table.
+pub use format::{Meta, MetaExtent, block_table, table_len};
 pub use record::cmp_components;
 
 /// Tunables of a log. The defaults suit production; tests shrink the segment size.

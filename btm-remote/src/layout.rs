@@ -131,8 +131,9 @@ pub fn decode_object_header(
     if raw_len == 0 || raw_len > 64 << 20 {
         return Err(format!("raw length {raw_len} out of range"));
     }
-    let stored_len = total_len - OBJ_HEADER_LEN;
-    if stored_len < table_len(raw_len) {
+    // The total comes from the listing, not the body: a forged one may be below the header.
+    let stored_len = total_len.saturating_sub(OBJ_HEADER_LEN);
+    if total_len < b.len() as u64 || stored_len < table_len(raw_len) {
         return Err("object shorter than its block table".into());
     }
     Ok(PayloadRef {
@@ -194,6 +195,11 @@ impl RecordObj {
                 "record object version {version}; this btm reads {REC_VERSION}: use a newer btm"
             ));
         }
+        // Reserved for flags a later version may set: a reader that does not know them must
+        // not read the object as if they were unset.
+        if b[10..16] != [0u8; 6] {
+            return Err("record object has reserved bytes set: use a newer btm".into());
+        }
         let meta_len = u64_at(96);
         if meta_len != (b.len() - REC_HEADER_LEN) as u64 {
             return Err("record object length does not match its metadata length".into());
@@ -251,6 +257,11 @@ mod tests {
         bad[20] ^= 1;
         assert!(RecordObj::decode(&bad, &k).unwrap_err().contains("blake3"));
         assert!(RecordObj::decode(&b[..50], &RecordObj::key(&b[..50])).is_err());
+        // Found by the remote_objects fuzz target: reserved bytes were ignored.
+        let mut flagged = b.clone();
+        flagged[13] = 14;
+        let e = RecordObj::decode(&flagged, &RecordObj::key(&flagged)).unwrap_err();
+        assert!(e.contains("reserved"), "{e}");
     }
 
     #[test]
@@ -286,5 +297,7 @@ mod tests {
         let mut bad = o.clone();
         bad[8] = 9;
         assert!(decode_object_header(&bad, &[7; 32], o.len() as u64).is_err());
+        // A listed size below what was read (or below the header) is refused, not wrapped.
+        assert!(decode_object_header(&o, &[7; 32], 3).is_err());
     }
 }

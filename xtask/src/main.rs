@@ -1,8 +1,9 @@
-//! Build and run helpers: `cargo xtask setup | run | test`.
+//! Build and run helpers: `cargo xtask setup | run | test | bench | bench-offsite | fuzz`.
 //!
 //! Every command first makes sure the machine has what btm needs (idempotent: a second run
 //! only checks), so the README's two commands work on a fresh machine.
 mod bench;
+mod fuzz;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -45,6 +46,9 @@ enum Cmd {
     /// (moto on loopback), as root (through `sudo -E` when not root); writes
     /// BENCHMARKS-offsite.md.
     BenchOffsite(bench::offsite::OffsiteArgs),
+    /// Run every cargo-fuzz target (log, remote objects, socket protocol, configuration file)
+    /// for --secs each from the committed seeds; fails on a crash or hang.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +93,7 @@ fn run() -> Result<()> {
         }
         Cmd::Bench(a) => as_root("bench").unwrap_or_else(|| bench::run(a)),
         Cmd::BenchOffsite(a) => as_root("bench-offsite").unwrap_or_else(|| bench::offsite::run(a)),
+        Cmd::Fuzz(a) => fuzz::run(a),
         Cmd::Test { args } => {
             setup::all()?;
             if !setup::is_root() {

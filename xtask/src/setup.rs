@@ -138,7 +138,7 @@ fn object_servers() -> Result<()> {
     Ok(())
 }
 
-fn nightly() -> Result<()> {
+pub fn nightly() -> Result<()> {
     let have = Command::new("rustup")
         .args(["run", EBPF_TOOLCHAIN, "rustc", "--print", "sysroot"])
         .output()

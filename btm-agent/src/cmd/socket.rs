@@ -99,12 +99,7 @@ fn read_request(mut stream: UnixStream) -> Option<Incoming> {
             Err(_) => return None,
         }
     };
-    let line = &buf[..end];
-    if line.iter().all(u8::is_ascii_whitespace) {
-        return None;
-    }
-    let req =
-        serde_json::from_slice::<Request>(line).map_err(|e| format!("malformed request: {e}"));
+    let req = Request::parse_line(&buf[..end])?;
     Some(Incoming {
         req,
         peer_uid,

@@ -1,0 +1,61 @@
+//! What a bucket returns, from any bytes: payload objects (header, block table, data), record
+//! objects (with the name they were fetched by, so the checks behind the hash run), pointers,
+//! owners and object names. Nothing may panic; what decodes must be what was encoded.
+#![no_main]
+use btm_remote::layout::{
+    self, Owner, Pointer, RecordObj, check_volume_name, decode_object_header, parse_hex32,
+    parse_pointer_name,
+};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&kind, rest)) = data.split_first() else {
+        return;
+    };
+    match kind % 4 {
+        0 => {
+            // A payload object: its claimed total length comes from the listing, not the body.
+            if rest.len() < 8 {
+                return;
+            }
+            let total = u64::from_le_bytes(rest[..8].try_into().unwrap());
+            let body = &rest[8..];
+            let hash = *blake3::hash(body).as_bytes();
+            if let Ok(p) = decode_object_header(body, &hash, total) {
+                assert!(p.raw_len <= 64 << 20);
+                let range = layout::object_table_range(p.raw_len);
+                assert!(range.end >= range.start);
+                if total == body.len() as u64 {
+                    let stored = body[body.len() - p.stored_len as usize..].to_vec();
+                    let _ = btm_log::decode_payload(&p, stored);
+                }
+            }
+        }
+        1 => {
+            let key = RecordObj::key(rest);
+            if let Ok(r) = RecordObj::decode(rest, &key) {
+                assert_eq!(r.encode(), rest);
+                let _ = btm_log::Meta::decode(&r.meta);
+            }
+        }
+        2 => {
+            if let Ok(p) = serde_json::from_slice::<Pointer>(rest) {
+                let again = serde_json::to_vec(&p).unwrap();
+                assert_eq!(serde_json::from_slice::<Pointer>(&again).unwrap(), p);
+            }
+            let _ = serde_json::from_slice::<Owner>(rest);
+        }
+        _ => {
+            let s = String::from_utf8_lossy(rest);
+            if let Some((h, key)) = parse_pointer_name(&s) {
+                let name = layout::pointer_path("v", h, &key);
+                let file = name.filename().unwrap();
+                assert_eq!(parse_pointer_name(file), Some((h, key)));
+            }
+            let _ = parse_hex32(&s);
+            if check_volume_name(&s).is_ok() {
+                assert!(!s.contains('/') && s != "." && s != "..", "{s:?}");
+            }
+        }
+    }
+});
