@@ -36,6 +36,7 @@
 //! hostile log cannot make it write outside the target.
 
 mod append;
+mod check;
 mod compact;
 pub mod dirfd;
 mod error;
@@ -74,7 +75,7 @@ pub use replay::{PayloadSource, ReplayOptions, ReplayStats, refuse_inside, repla
 pub use state::{FileState, Node, Piece, TreeState};
 pub use verify::VerifyReport;
 
-use format::{MetaError, REC_HEADER_LEN, REC_MAGIC, RecHeader};
+use format::{REC_HEADER_LEN, REC_MAGIC, RecHeader};
 // The record-level API the offsite layer (`btm-remote`) and the fuzz targets build on: a record's
 // metadata, its own stored payloads, the checks a payload must pass and its block table.
 pub use format::{Meta, MetaExtent, block_table, table_len};
@@ -483,18 +484,8 @@ impl Log {
             height: Some(r.header.height),
             what,
         };
-        if *blake3::hash(&mb).as_bytes() != r.header.meta_hash {
-            return Err(corrupt(
-                "metadata checksum mismatch (the segment changed after it was opened)".into(),
-            ));
-        }
-        let meta = Meta::decode(&mb).map_err(|e| match e {
-            MetaError::Malformed(why) => corrupt(format!("malformed metadata: {why}")),
-            MetaError::UnsafePath(path, reason) => LogError::UnsafePath {
-                height: r.header.height,
-                path: display_path(&path),
-                reason,
-            },
+        let meta = check::decode_meta(&r.header, &mb, corrupt)?.ok_or_else(|| {
+            corrupt("metadata checksum mismatch (the segment changed after it was opened)".into())
         })?;
         Ok((mb, meta))
     }

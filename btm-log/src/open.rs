@@ -4,13 +4,14 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use super::check;
 use super::format::{
-    self, FORMAT_VERSION, HeaderError, MetaError, REC_HEADER_LEN, RecHeader, SEG_HEADER_LEN,
-    SegHeader, TRAILER_LEN, Trailer,
+    self, FORMAT_VERSION, HeaderError, REC_HEADER_LEN, RecHeader, SEG_HEADER_LEN, SegHeader,
+    TRAILER_LEN, Trailer,
 };
 use super::{
     HeightInfo, Log, LogError, Meta, MetaExtent, RecordLoc, Segment, TornTail, compact, data_bytes,
-    display_path, files_changed, fsync_dir, meta_ids, parse_seg_name, seg_name, valid_header_after,
+    files_changed, fsync_dir, meta_ids, parse_seg_name, seg_name, valid_header_after,
 };
 
 pub(super) enum RecErr {
@@ -218,7 +219,14 @@ impl Log {
         seg.file
             .read_exact_at(&mut mb, p + header.meta_start())
             .map_err(io)?;
-        if *blake3::hash(&mb).as_bytes() != header.meta_hash {
+        let damaged = |what: String| LogError::Corrupt {
+            segment: seg.path.clone(),
+            offset: p,
+            height: Some(header.height),
+            what,
+        };
+        let corrupt = |what: String| RecErr::Fatal(damaged(what));
+        let Some(meta) = check::decode_meta(&header, &mb, damaged).map_err(RecErr::Fatal)? else {
             return Err(anomaly(
                 format!(
                     "metadata checksum mismatch in the record of height {}",
@@ -226,7 +234,7 @@ impl Log {
                 ),
                 end,
             ));
-        }
+        };
         let mut tb = [0u8; TRAILER_LEN as usize];
         seg.file
             .read_exact_at(&mut tb, end - TRAILER_LEN)
@@ -256,46 +264,8 @@ impl Log {
                 end,
             ));
         }
-        let corrupt = |what: String| {
-            RecErr::Fatal(LogError::Corrupt {
-                segment: seg.path.clone(),
-                offset: p,
-                height: Some(header.height),
-                what,
-            })
-        };
-        let meta = Meta::decode(&mb).map_err(|e| match e {
-            MetaError::Malformed(why) => corrupt(format!("malformed metadata: {why}")),
-            MetaError::UnsafePath(path, reason) => RecErr::Fatal(LogError::UnsafePath {
-                height: header.height,
-                path: display_path(&path),
-                reason,
-            }),
-        })?;
-        // The chain.
-        match self.records.last() {
-            Some(prev) => {
-                if header.height <= prev.header.height {
-                    return Err(corrupt(format!(
-                        "height {} follows height {}: heights must increase",
-                        header.height, prev.header.height
-                    )));
-                }
-                if header.prev_hash != prev.info.hash {
-                    return Err(corrupt(format!(
-                        "hash chain broken: the record does not follow the record of height {}",
-                        prev.header.height
-                    )));
-                }
-            }
-            None => {
-                if header.prev_hash != [0u8; 32] {
-                    return Err(corrupt(
-                        "the first record of the log points at a previous record (segments missing?)".into(),
-                    ));
-                }
-            }
-        }
+        let prev = self.records.last().map(|r| (r.header.height, &r.info.hash));
+        check::check_chain(prev, &header).map_err(corrupt)?;
         let rec = RecordLoc {
             seg_no: seg.no,
             seg_idx,
@@ -314,28 +284,13 @@ impl Log {
         Ok((rec, meta))
     }
 
-    /// Every payload the record stores must tile its payload section exactly; every payload it
-    /// borrows must lie inside an earlier record's payload section.
+    /// The record's own payloads must lie in its payload section (`check::payload_layout`);
+    /// every payload it borrows must lie inside an earlier record's payload section.
     fn check_payload_refs(&self, rec: &RecordLoc, meta: &Meta) -> Result<(), String> {
-        let (ps, pe) = rec.payload_range();
-        let mut own = Vec::new();
-        for e in &meta.extents {
-            let MetaExtent::Data {
-                id,
-                offset,
-                payload: p,
-            } = e
-            else {
-                continue;
-            };
-            let end = p
-                .offset
-                .checked_add(p.stored_len)
-                .ok_or_else(|| format!("payload of file id {id} at {offset} overflows"))?;
-            if p.seg == rec.seg_no && p.offset >= ps && end <= pe {
-                own.push((p.offset, p.stored_len));
-                continue;
-            }
+        let layout =
+            check::payload_layout(rec.seg_no, rec.payload_range(), rec.header.version, meta)?;
+        for (p, id, offset) in layout.borrowed {
+            let end = p.offset + p.stored_len;
             let i = self
                 .records
                 .partition_point(|r| (r.seg_no, r.offset) <= (p.seg, p.offset));
@@ -351,24 +306,6 @@ impl Log {
                     p.seg, p.offset
                 ));
             }
-        }
-        own.sort_unstable();
-        own.dedup();
-        // Version 1 payloads tile the section; a version-2 writer may leave payloads of files
-        // that vanished during the cut unused in it.
-        let gaps = rec.header.version >= 2;
-        let mut at = ps;
-        for (o, l) in own {
-            if o < at || (o > at && !gaps) {
-                return Err(format!("payloads overlap or leave a gap at offset {at}"));
-            }
-            at = o + l;
-        }
-        if at != pe && !gaps {
-            return Err(format!(
-                "payload section has {} bytes no extent uses",
-                pe - at
-            ));
         }
         Ok(())
     }

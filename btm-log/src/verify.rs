@@ -5,12 +5,12 @@ use std::os::unix::fs::FileExt;
 
 use super::error::LogError;
 use super::format::{
-    Meta, MetaError, MetaExtent, PayloadRef, REC_HEADER_LEN, RecHeader, RecordHash, SEG_HEADER_LEN,
-    SegHeader, TRAILER_LEN, Trailer,
+    PayloadRef, REC_HEADER_LEN, RecHeader, RecordHash, SEG_HEADER_LEN, SegHeader, TRAILER_LEN,
+    Trailer,
 };
 use super::record::display_path;
 use super::state::TreeState;
-use super::{Log, TornTail, decode_payload};
+use super::{Log, TornTail, check, decode_payload};
 
 /// What [`Log::verify`] checked.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -42,8 +42,8 @@ pub(crate) fn verify(log: &Log) -> Result<VerifyReport, LogError> {
         ..Default::default()
     };
     let mut state = TreeState::default();
-    let mut prev_hash = [0u8; 32];
-    let mut prev_height: Option<u64> = None;
+    // The previous record: its height and record hash.
+    let mut prev: Option<(u64, [u8; 32])> = None;
     // Every payload stored so far: (segment, offset) -> its description.
     let mut stored: HashMap<(u64, u64), PayloadRef> = HashMap::new();
     let mut buf = Vec::new();
@@ -78,74 +78,32 @@ pub(crate) fn verify(log: &Log) -> Result<VerifyReport, LogError> {
                     "the record header changed after the log was opened".into(),
                 ));
             }
-            if prev_height.is_some_and(|h| height <= h) {
-                return Err(corrupt("heights do not increase".into()));
-            }
-            if header.prev_hash != prev_hash {
-                return Err(corrupt(
-                    "hash chain broken: previous-record hash mismatch".into(),
-                ));
-            }
+            check::check_chain(prev.as_ref().map(|(h, x)| (*h, x)), &header).map_err(corrupt)?;
             let mut hasher = RecordHash::new(&header);
             let mut mb = vec![0u8; header.meta_len as usize];
             seg.file
                 .read_exact_at(&mut mb, p + header.meta_start())
                 .map_err(io)?;
             hasher.meta(&mb);
-            if *blake3::hash(&mb).as_bytes() != header.meta_hash {
-                return Err(corrupt("metadata checksum mismatch".into()));
-            }
-            let meta = Meta::decode(&mb).map_err(|e| match e {
-                MetaError::Malformed(why) => corrupt(format!("malformed metadata: {why}")),
-                MetaError::UnsafePath(path, reason) => LogError::UnsafePath {
-                    height,
-                    path: display_path(&path),
-                    reason,
-                },
-            })?;
+            let meta = check::decode_meta(&header, &mb, corrupt)?
+                .ok_or_else(|| corrupt("metadata checksum mismatch".into()))?;
             state.apply(height, &meta.ops, &meta.extents)?;
 
-            // The payload section, in order: the record's own payloads tile it (version 2 may
-            // leave unused bytes: payloads of files that vanished during the cut).
-            let gaps = header.version >= 2;
+            // The payload section, in order (its layout was checked at open; again here, as
+            // the file may have changed since).
             let (ps, pe) = rec.payload_range();
-            let mut own: Vec<(&PayloadRef, u64, u64)> = Vec::new();
-            for e in &meta.extents {
-                let MetaExtent::Data {
-                    id,
-                    offset,
-                    payload,
-                } = e
-                else {
-                    continue;
-                };
-                if payload.seg == seg.no && payload.offset >= ps && payload.offset < pe {
-                    own.push((payload, *id, *offset));
-                } else {
-                    rep.deduplicated_extents += 1;
-                    if stored.get(&(payload.seg, payload.offset)) != Some(payload) {
-                        return Err(corrupt(format!(
-                            "data of file id {id} at offset {offset} refers to a payload no earlier record stores"
-                        )));
-                    }
-                }
-            }
-            own.sort_by_key(|(pl, _, _)| pl.offset);
-            let mut at = ps;
-            for (pl, id, offset) in own {
-                if pl.offset < at {
-                    // The same payload used twice in this record.
-                    rep.deduplicated_extents += 1;
-                    if stored.get(&(pl.seg, pl.offset)) != Some(pl) {
-                        return Err(corrupt("two payloads overlap".into()));
-                    }
-                    continue;
-                }
-                if pl.offset != at && !gaps {
+            let layout =
+                check::payload_layout(seg.no, (ps, pe), header.version, &meta).map_err(corrupt)?;
+            rep.deduplicated_extents += layout.repeated + layout.borrowed.len() as u64;
+            for (payload, id, offset) in layout.borrowed {
+                if stored.get(&(payload.seg, payload.offset)) != Some(payload) {
                     return Err(corrupt(format!(
-                        "gap in the payload section at offset {at}"
+                        "data of file id {id} at offset {offset} refers to a payload no earlier record stores"
                     )));
                 }
+            }
+            let mut at = ps;
+            for (pl, id, offset) in layout.own {
                 super::open::hash_payload_range(&seg.file, at, pl.offset, &mut hasher)
                     .map_err(io)?;
                 buf.resize(pl.stored_len as usize, 0);
@@ -170,12 +128,6 @@ pub(crate) fn verify(log: &Log) -> Result<VerifyReport, LogError> {
                 }
                 stored.insert((pl.seg, pl.offset), *pl);
             }
-            if at != pe && !gaps {
-                return Err(corrupt(format!(
-                    "payload section has {} unused bytes",
-                    pe - at
-                )));
-            }
             super::open::hash_payload_range(&seg.file, at, pe, &mut hasher).map_err(io)?;
             let mut tb = [0u8; TRAILER_LEN as usize];
             let trailer_at = p + rec.len() - TRAILER_LEN;
@@ -192,8 +144,7 @@ pub(crate) fn verify(log: &Log) -> Result<VerifyReport, LogError> {
             rep.records += 1;
             rep.first_height.get_or_insert(height);
             rep.last_height = Some(height);
-            prev_hash = hash;
-            prev_height = Some(height);
+            prev = Some((height, hash));
             p += rec.len();
         }
         if p != seg.len {

@@ -1,0 +1,124 @@
+//! The checks a record must pass, written once for every reader: open (headers and metadata of
+//! every record), later reads of a record's metadata, and verify (every byte). What differs
+//! between them is only what they do with a failure: at the end of a log a failed checksum is a
+//! torn append, anywhere else it is damage.
+
+use super::error::LogError;
+use super::format::{Meta, MetaError, MetaExtent, PayloadRef, RecHeader};
+use super::record::{FileId, display_path};
+
+/// A record's metadata block checked against the header's blake3, then decoded. `Ok(None)`
+/// when the checksum does not match; `corrupt` names the record for a malformed block.
+pub(crate) fn decode_meta(
+    header: &RecHeader,
+    mb: &[u8],
+    corrupt: impl Fn(String) -> LogError,
+) -> Result<Option<Meta>, LogError> {
+    if *blake3::hash(mb).as_bytes() != header.meta_hash {
+        return Ok(None);
+    }
+    Meta::decode(mb).map(Some).map_err(|e| match e {
+        MetaError::Malformed(why) => corrupt(format!("malformed metadata: {why}")),
+        MetaError::UnsafePath(path, reason) => LogError::UnsafePath {
+            height: header.height,
+            path: display_path(&path),
+            reason,
+        },
+    })
+}
+
+/// The chain: heights increase, and each record names the one before it (`prev`: its height
+/// and record hash); the first record of a log names none.
+pub(crate) fn check_chain(
+    prev: Option<(u64, &[u8; 32])>,
+    header: &RecHeader,
+) -> Result<(), String> {
+    match prev {
+        Some((height, _)) if header.height <= height => Err(format!(
+            "height {} follows height {height}: heights must increase",
+            header.height
+        )),
+        Some((height, hash)) if header.prev_hash != *hash => Err(format!(
+            "hash chain broken: the record does not follow the record of height {height}"
+        )),
+        None if header.prev_hash != [0u8; 32] => Err(
+            "the first record of the log points at a previous record (segments missing?)".into(),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// A data extent's payload with the first extent (file id, offset) that uses it.
+pub(crate) type Use<'m> = (&'m PayloadRef, FileId, u64);
+
+/// Where a record's data extents point.
+pub(crate) struct PayloadLayout<'m> {
+    /// Payloads stored in this record's payload section, in section order, each once.
+    pub own: Vec<Use<'m>>,
+    /// Payloads stored by earlier records (deduplicated data).
+    pub borrowed: Vec<Use<'m>>,
+    /// Extents that use a payload of `own` a second time.
+    pub repeated: u64,
+}
+
+/// Sorts a record's extents into its own payloads and borrowed ones, and checks its own: each
+/// lies inside the payload section `section` of segment `seg`, none overlaps another, and in
+/// version 1 they tile the section (a version-2 writer may leave the payloads of files that
+/// vanished during the cut unused).
+pub(crate) fn payload_layout<'m>(
+    seg: u64,
+    section: (u64, u64),
+    version: u16,
+    meta: &'m Meta,
+) -> Result<PayloadLayout<'m>, String> {
+    let (ps, pe) = section;
+    let mut own: Vec<Use<'m>> = Vec::new();
+    let mut borrowed = Vec::new();
+    for e in &meta.extents {
+        let MetaExtent::Data {
+            id,
+            offset,
+            payload: p,
+        } = e
+        else {
+            continue;
+        };
+        let end = p
+            .offset
+            .checked_add(p.stored_len)
+            .ok_or_else(|| format!("payload of file id {id} at {offset} overflows"))?;
+        if p.seg == seg && p.offset >= ps && p.offset < pe {
+            if end > pe {
+                return Err(format!(
+                    "data of file id {id} at offset {offset} runs past the payload section"
+                ));
+            }
+            own.push((p, *id, *offset));
+        } else {
+            borrowed.push((p, *id, *offset));
+        }
+    }
+    own.sort_by_key(|(p, _, _)| p.offset);
+    let before = own.len();
+    own.dedup_by(|(a, _, _), (b, _, _)| a == b);
+    let repeated = (before - own.len()) as u64;
+    let gaps = version >= 2;
+    let mut at = ps;
+    for (p, _, _) in &own {
+        if p.offset < at || (p.offset > at && !gaps) {
+            return Err(format!("payloads overlap or leave a gap at offset {at}"));
+        }
+        at = p.offset + p.stored_len;
+    }
+    if at != pe && !gaps {
+        return Err(format!(
+            "payload section has {} bytes no extent uses",
+            pe - at
+        ));
+    }
+    Ok(PayloadLayout {
+        own,
+        borrowed,
+        repeated,
+    })
+}
