@@ -1,12 +1,14 @@
 //! What one epoch marked, per inode, as merged byte extents plus an optional dirty tail.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use btm_common::dirty::{BLOCK_SIZE, BLOCKS_PER_CHUNK, NO_TAIL};
+use btm_common::dirty::{BLOCK_SIZE, NO_TAIL};
+
+use super::blocks::BlockSet;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FileDirty {
     /// Dirty 4 KiB block numbers.
-    pub blocks: BTreeSet<u64>,
+    pub blocks: BlockSet,
     /// Every byte at or beyond this offset may have changed.
     pub tail_from: Option<u64>,
     /// OR of `WHY_*` bits for the tail.
@@ -16,19 +18,15 @@ pub struct FileDirty {
 impl FileDirty {
     /// Merged `(offset, len)` extents of the dirty blocks (the tail not included).
     pub fn extents(&self) -> Vec<(u64, u64)> {
-        let mut out: Vec<(u64, u64)> = Vec::new();
-        for &b in &self.blocks {
-            let off = b * BLOCK_SIZE;
-            match out.last_mut() {
-                Some((o, l)) if *o + *l == off => *l += BLOCK_SIZE,
-                _ => out.push((off, BLOCK_SIZE)),
-            }
-        }
-        out
+        self.blocks
+            .runs()
+            .into_iter()
+            .map(|(first, n)| (first * BLOCK_SIZE, n * BLOCK_SIZE))
+            .collect()
     }
 
     pub fn block_bytes(&self) -> u64 {
-        self.blocks.len() as u64 * BLOCK_SIZE
+        self.blocks.len() * BLOCK_SIZE
     }
 
     /// Extents clipped to `size`, with the tail (if any) as `[tail_from, size)`, merged.
@@ -62,16 +60,11 @@ pub struct DirtySet {
 
 impl DirtySet {
     pub fn add_chunk(&mut self, ino: u64, chunk: u64, bits: &[u64]) {
-        let f = self.files.entry(ino).or_default();
-        for (w, word) in bits.iter().enumerate() {
-            let mut v = *word;
-            while v != 0 {
-                let b = v.trailing_zeros() as u64;
-                f.blocks
-                    .insert(chunk * BLOCKS_PER_CHUNK + w as u64 * 64 + b);
-                v &= v - 1;
-            }
-        }
+        self.files
+            .entry(ino)
+            .or_default()
+            .blocks
+            .add_words(chunk, bits);
     }
 
     pub fn add_tail(&mut self, ino: u64, from: u64, why: u32) {
@@ -87,7 +80,7 @@ impl DirtySet {
     pub fn merge(&mut self, other: DirtySet) {
         for (ino, f) in other.files {
             let e = self.files.entry(ino).or_default();
-            e.blocks.extend(f.blocks);
+            e.blocks.union(f.blocks);
             if let Some(t) = f.tail_from {
                 e.tail_from = Some(e.tail_from.map_or(t, |x| x.min(t)));
             }
@@ -103,7 +96,7 @@ impl DirtySet {
     pub fn widen_to_folios(&mut self) {
         for &(ino, index, order) in &self.partial {
             let f = self.files.entry(ino).or_default();
-            f.blocks.extend(index..index + (1u64 << order));
+            f.blocks.insert_range(index..index + (1u64 << order));
         }
     }
 }

@@ -4,6 +4,7 @@
 //! what changed, the agent [`Tracker::flip`]s the epoch (new events land in the other maps),
 //! waits out every program that may still be running with the old epoch, and drains the old
 //! maps into a [`DirtySet`].
+mod blocks;
 mod dirty_set;
 mod kernel_btf;
 mod thp;
@@ -14,6 +15,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{BtfTracePoint, TracePoint},
 };
+pub use blocks::BlockSet;
 use btm_common::{
     config::Config,
     dirty::{Chunk, ChunkKey, FileKey, FileMark, stat},
