@@ -14,25 +14,12 @@ use std::process::{Command, Stdio};
 use btm_agent::retention::{Algo, Policy};
 use btm_agent::snapshot::{SnapshotBackend, SnapshotError};
 
-/// Skips the calling test (prints `SKIP: <reason>`), or fails it when `BTM_REQUIRE_KERNEL=1`.
+pub use btm_testkit::{have_tool, is_root};
+
+/// Skips the calling test with `reason`, or fails it when skipping is forbidden (btm-testkit's
+/// one rule).
 pub fn skip(reason: &str) {
-    if std::env::var("BTM_REQUIRE_KERNEL").as_deref() == Ok("1") {
-        panic!("BTM_REQUIRE_KERNEL=1 but this test cannot run: {reason}");
-    }
-    println!("SKIP: {reason}");
-    eprintln!("SKIP: {reason}");
-}
-
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// Is `tool` an executable in PATH (or the sbin directories, which a non-login PATH may lack)?
-pub fn have_tool(tool: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/sbin", "/usr/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .any(|d| fs::metadata(d.join(tool)).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0))
+    btm_testkit::skip("snapshot test", reason);
 }
 
 /// Checks root and tools; `Some(reason)` when the test must be skipped.

@@ -37,7 +37,7 @@ fn bench_log_throughput() {
         let d = if i % 2 == 0 {
             rng.data(FILE as usize)
         } else {
-            rng.noise(FILE as usize)
+            rng.bytes(FILE as usize)
         };
         m.write(id, 0, ExtentBytes::Data(d));
         ids.push(id);
@@ -60,7 +60,7 @@ fn bench_log_throughput() {
         for _ in 0..(total / 100 / (64 << 10)).max(1) {
             let id = *rng.pick(&ids);
             let off = rng.below(FILE / (64 << 10)) * (64 << 10);
-            m.write(id, off, ExtentBytes::Data(rng.noise(64 << 10)));
+            m.write(id, off, ExtentBytes::Data(rng.bytes(64 << 10)));
             inc_bytes += 64 << 10;
         }
         log.append(m.cut(h)).unwrap();

@@ -32,10 +32,10 @@ fn small_log(dir: &Path, n: u64) -> Vec<Model> {
             m.write(id, 0, ExtentBytes::Data(rng.data(2000)));
         } else {
             // The last record: a write into an existing file and a new file.
-            m.write(1, 100, ExtentBytes::Data(rng.noise(1500)));
+            m.write(1, 100, ExtentBytes::Data(rng.bytes(1500)));
             let id = m.new_file(b"last".to_vec(), 0o600, 0, 0);
             m.set_size(id, 700);
-            m.write(id, 0, ExtentBytes::Data(rng.noise(700)));
+            m.write(id, 0, ExtentBytes::Data(rng.bytes(700)));
         }
         log.append(m.cut(h)).unwrap();
         out.push(m.clone());
@@ -241,7 +241,7 @@ fn kill9_changes(m: &mut Model, rng: &mut Rng, h: u64) {
     if let Some(id) = big {
         let len = (1 << 20) + rng.below(3 << 20);
         let off = rng.below(BIG - len);
-        let d = rng.noise(len as usize);
+        let d = rng.bytes(len as usize);
         m.write(id, off, ExtentBytes::Data(d));
     }
 }

@@ -406,12 +406,12 @@ fn partial_pieces_compare_by_block_table() {
     const MIB: u64 = 1 << 20;
     let id = m.new_file(b"db".to_vec(), 0o644, 0, 0);
     m.set_size(id, 4 * MIB);
-    m.write(id, 0, ExtentBytes::Data(rng.noise(4 * MIB as usize)));
+    m.write(id, 0, ExtentBytes::Data(rng.bytes(4 * MIB as usize)));
     log.append(m.cut(1)).unwrap();
     let m1 = m.clone();
     // Page writes into every 1 MiB payload.
     for k in 0..4 {
-        m.write(id, k * MIB + 64 * 1024, ExtentBytes::Data(rng.noise(4096)));
+        m.write(id, k * MIB + 64 * 1024, ExtentBytes::Data(rng.bytes(4096)));
     }
     log.append(m.cut(2)).unwrap();
     let m2 = m.clone();

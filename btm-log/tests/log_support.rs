@@ -11,53 +11,8 @@ use std::path::Path;
 
 use btm_log::{CutRecord, Entry, ExtentBytes, ExtentData, NsOp};
 
-/// splitmix64: small, seeded, good enough for test data.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next_u64() % n }
-    }
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len() as u64) as usize]
-    }
-    /// Bytes that do not compress.
-    pub fn noise(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next_u64().to_le_bytes());
-        }
-        v.truncate(n);
-        v
-    }
-
-    /// Bytes that compress somewhat (runs) or not at all (noise).
-    pub fn data(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n);
-        if self.chance(50) {
-            while v.len() < n {
-                let b = self.next_u64() as u8;
-                let run = 1 + self.below(64) as usize;
-                v.extend(std::iter::repeat_n(b, run.min(n - v.len())));
-            }
-        } else {
-            while v.len() < n {
-                v.extend_from_slice(&self.next_u64().to_le_bytes()[..8.min(n - v.len())]);
-            }
-        }
-        v
-    }
-}
+#[allow(unused_imports)] // each test file uses some of them
+pub use btm_testkit::{Rng, is_root, remove_tree, tree_digest};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MNode {
@@ -467,10 +422,6 @@ impl Model {
     }
 }
 
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 /// Asserts that `dir` holds exactly the model's tree.
 pub fn assert_tree(dir: &Path, m: &Model, what: &str) {
     let mut found: BTreeMap<Vec<u8>, std::fs::Metadata> = BTreeMap::new();
@@ -568,53 +519,7 @@ pub fn assert_tree(dir: &Path, m: &Model, what: &str) {
     }
 }
 
-/// A tree digest for quick whole-directory comparisons (paths, types, contents).
-pub fn tree_digest(dir: &Path) -> String {
-    let mut h = blake3::Hasher::new();
-    fn walk(dir: &Path, h: &mut blake3::Hasher) {
-        let mut ents: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap())
-            .collect();
-        ents.sort_by_key(|e| e.file_name());
-        for e in ents {
-            let md = std::fs::symlink_metadata(e.path()).unwrap();
-            h.update(e.file_name().as_bytes());
-            h.update(&md.mode().to_le_bytes());
-            if md.is_dir() {
-                walk(&e.path(), h);
-            } else if md.is_file() {
-                h.update(&std::fs::read(e.path()).unwrap());
-            } else {
-                h.update(std::fs::read_link(e.path()).unwrap().as_os_str().as_bytes());
-            }
-        }
-    }
-    walk(dir, &mut h);
-    h.finalize().to_hex().to_string()
-}
-
-/// Tests that need root skip with a printed reason, unless BTM_REQUIRE_KERNEL is set.
+/// Tests that need root skip with a printed reason (btm-testkit's one rule).
 pub fn skip(reason: &str) {
-    if std::env::var_os("BTM_REQUIRE_KERNEL").is_some() {
-        panic!("required test skipped: {reason}");
-    }
-    eprintln!("SKIPPED: {reason}");
-}
-
-/// `rm -rf` that also works without root on read-only directories.
-pub fn remove_tree(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    fn open_up(p: &Path) {
-        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
-        if let Ok(rd) = std::fs::read_dir(p) {
-            for e in rd.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    open_up(&e.path());
-                }
-            }
-        }
-    }
-    open_up(dir);
-    std::fs::remove_dir_all(dir).unwrap();
+    btm_testkit::skip("log test", reason);
 }

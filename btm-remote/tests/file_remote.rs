@@ -2,9 +2,6 @@
 //! restores exactly as the local replay does, a resumed push uploads only what is missing, and
 //! damage on the remote is found, named and repaired.
 
-#[path = "../../btm-log/tests/log_support.rs"]
-mod support;
-
 use std::path::Path;
 
 use btm_log::testing::noise;
@@ -30,7 +27,7 @@ fn record(h: u64) -> CutRecord {
 }
 
 fn tree(dir: &Path) -> String {
-    support::tree_digest(dir)
+    btm_testkit::tree_digest(dir)
 }
 
 fn opts(name: &str) -> PushOptions {

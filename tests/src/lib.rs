@@ -10,7 +10,7 @@ use tempfile::TempDir;
 /// Returns false (after printing why) when the test cannot run here. Under
 /// `BTM_REQUIRE_KERNEL=1` (CI) a skip is a failure instead.
 pub fn can_run(what: &str) -> bool {
-    let reason = if !nix::unistd::geteuid().is_root() {
+    let reason = if !is_root() {
         Some("needs root (loop devices, mount, eBPF)".to_string())
     } else if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         Some("kernel has no BTF".to_string())
@@ -23,22 +23,7 @@ pub fn can_run(what: &str) -> bool {
     }
 }
 
-/// Prints a skip, or panics when the environment requires kernel tests to run.
-pub fn skip(what: &str, reason: &str) -> bool {
-    if std::env::var("BTM_REQUIRE_KERNEL").as_deref() == Ok("1") {
-        panic!("{what}: cannot run: {reason} (BTM_REQUIRE_KERNEL=1 forbids skipping)");
-    }
-    eprintln!("SKIP {what}: {reason}");
-    false
-}
-
-pub fn have_tool(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
+pub use btm_testkit::{Rng, have_tool, is_root, remove_tree, scratch, skip, tree_digest};
 
 /// A finished command's stdout when it succeeded, else its stderr.
 pub fn outcome(out: std::process::Output) -> Result<String, String> {
@@ -118,42 +103,8 @@ impl Drop for LoopFs {
     }
 }
 
-/// Where test images live: on the real disk, not tmpfs (images are sparse).
-pub fn scratch() -> PathBuf {
-    let p = std::env::var_os("BTM_TEST_SCRATCH")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    std::fs::create_dir_all(&p).ok();
-    p
-}
-
 /// Filesystems the tests run on.
 pub const FILESYSTEMS: [&str; 3] = ["ext4", "xfs", "btrfs"];
-
-/// A deterministic xorshift generator: tests are reproducible without a rand dependency.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next_u64().to_le_bytes());
-        }
-        v.truncate(n);
-        v
-    }
-}
 
 /// The `btm-agent` binary cargo builds beside the test executables.
 pub fn agent_bin() -> PathBuf {
