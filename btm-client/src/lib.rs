@@ -21,6 +21,37 @@ use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_SOCKET: &str = "/run/btm/btm.sock";
 
+/// The protocol version this crate and the agent built with it speak. Every response carries it
+/// as `"v"`; a request may carry it too, and an agent refuses a request of a newer version
+/// (`unsupported_version`) instead of guessing what it means.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Why the agent refused or failed a request: stable names for programs to act on (the
+/// message is for people and may change).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not a request: bad JSON, an unknown command, a missing field.
+    Malformed,
+    /// The request carries a protocol version newer than the agent's.
+    UnsupportedVersion,
+    /// The request line is longer than 64 KiB.
+    TooLarge,
+    /// Too many connections are sending requests at once; retry.
+    Busy,
+    /// The caller may not ask this (a rollback from anyone but root, a height too far ahead).
+    Forbidden,
+    /// The height is not above the last kept one, and was never kept itself.
+    NotAbove,
+    /// No kept height satisfies a rollback.
+    NoSuchHeight,
+    /// A valid request that failed (I/O, the volume, the log): see the message.
+    Failed,
+    /// A code this client does not know (an agent of a newer version).
+    #[serde(other)]
+    Unknown,
+}
+
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
@@ -38,20 +69,45 @@ pub enum Request {
 
 impl Request {
     /// One request line as the agent reads it (without its newline): `None` for a blank line,
-    /// which the agent ignores; otherwise the request or why it is malformed.
-    pub fn parse_line(line: &[u8]) -> Option<Result<Request, String>> {
+    /// which the agent ignores; otherwise the request, or the refusal to answer with.
+    pub fn parse_line(line: &[u8]) -> Option<Result<Request, Response>> {
         if line.iter().all(u8::is_ascii_whitespace) {
             return None;
         }
-        Some(serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}")))
+        let malformed = |e: serde_json::Error| {
+            Response::err(ErrorCode::Malformed, format!("malformed request: {e}"))
+        };
+        let v: serde_json::Value = match serde_json::from_slice(line) {
+            Ok(v) => v,
+            Err(e) => return Some(Err(malformed(e))),
+        };
+        if let Some(n) = v.get("v").and_then(serde_json::Value::as_u64)
+            && n > PROTOCOL_VERSION as u64
+        {
+            return Some(Err(Response::err(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "request of protocol version {n}; this agent speaks version \
+                     {PROTOCOL_VERSION}: upgrade the agent, or send version {PROTOCOL_VERSION}"
+                ),
+            )));
+        }
+        Some(serde_json::from_value(v).map_err(malformed))
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct Response {
+    /// The agent's protocol version (0 from agents that predate versions).
+    #[serde(default)]
+    pub v: u32,
     pub ok: bool,
+    /// Why it failed, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why it failed, for programs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
     #[serde(default)]
     pub detail: serde_json::Value,
 }
@@ -59,15 +115,20 @@ pub struct Response {
 impl Response {
     pub fn ok(detail: serde_json::Value) -> Self {
         Response {
+            v: PROTOCOL_VERSION,
             ok: true,
             error: None,
+            code: None,
             detail,
         }
     }
-    pub fn err(e: impl std::fmt::Display) -> Self {
+
+    pub fn err(code: ErrorCode, e: impl std::fmt::Display) -> Self {
         Response {
+            v: PROTOCOL_VERSION,
             ok: false,
             error: Some(e.to_string()),
+            code: Some(code),
             detail: serde_json::Value::Null,
         }
     }
@@ -86,8 +147,12 @@ pub enum ClientError {
         socket: String,
         source: std::io::Error,
     },
-    /// The agent answered with an error (for example "heights must increase").
-    Refused(String),
+    /// The agent answered with an error (for example "heights must increase"); `code` is
+    /// `None` from agents that predate error codes.
+    Refused {
+        code: Option<ErrorCode>,
+        message: String,
+    },
     /// The answer was not a response line.
     Malformed(String),
 }
@@ -103,7 +168,7 @@ impl std::fmt::Display for ClientError {
             ClientError::Io { socket, source } => {
                 write!(f, "talking to the agent on {socket}: {source}")
             }
-            ClientError::Refused(why) => write!(f, "the agent refused: {why}"),
+            ClientError::Refused { message, .. } => write!(f, "the agent refused: {message}"),
             ClientError::Malformed(what) => write!(f, "the agent sent a malformed answer: {what}"),
         }
     }
@@ -134,7 +199,9 @@ pub fn call(
         source,
     })?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    let mut line = serde_json::to_string(req).expect("serializable");
+    let mut v = serde_json::to_value(req).expect("serializable");
+    v["v"] = PROTOCOL_VERSION.into();
+    let mut line = v.to_string();
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(io)?;
     let mut answer = String::new();
@@ -144,7 +211,10 @@ pub fn call(
     if resp.ok {
         Ok(resp.detail)
     } else {
-        Err(ClientError::Refused(resp.error.unwrap_or_default()))
+        Err(ClientError::Refused {
+            code: resp.code,
+            message: resp.error.unwrap_or_default(),
+        })
     }
 }
 
@@ -185,7 +255,10 @@ mod tests {
         let agent = fake_agent(&sock, "{\"ok\":true,\"detail\":{\"height\":7}}\n");
         let v = snapshot(&sock, 7, Duration::from_secs(5)).unwrap();
         assert_eq!(v["height"], 7);
-        assert_eq!(agent.join().unwrap(), r#"{"cmd":"snapshot","height":7}"#);
+        assert_eq!(
+            agent.join().unwrap(),
+            r#"{"cmd":"snapshot","height":7,"v":1}"#
+        );
     }
 
     #[test]
@@ -199,15 +272,44 @@ mod tests {
             e.contains("no btm agent is listening") && e.contains("btm-agent run"),
             "{e}"
         );
-        let agent = fake_agent(
-            &sock,
-            "{\"ok\":false,\"error\":\"heights must increase\"}\n",
+        // An agent that predates codes, then one that sends a code this client knows and one
+        // it does not.
+        for (answer, want) in [
+            ("{\"ok\":false,\"error\":\"heights must increase\"}\n", None),
+            (
+                "{\"v\":1,\"ok\":false,\"error\":\"heights must increase\",\"code\":\"not_above\"}\n",
+                Some(ErrorCode::NotAbove),
+            ),
+            (
+                "{\"v\":9,\"ok\":false,\"error\":\"heights must increase\",\"code\":\"new\"}\n",
+                Some(ErrorCode::Unknown),
+            ),
+        ] {
+            let _ = std::fs::remove_file(&sock);
+            let agent = fake_agent(&sock, answer);
+            let e = snapshot(&sock, 1, Duration::from_secs(5)).unwrap_err();
+            assert!(
+                matches!(&e, ClientError::Refused { code, message }
+                    if *code == want && message == "heights must increase"),
+                "{e:?}"
+            );
+            agent.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn request_lines_are_checked_for_version_and_shape() {
+        let ok = Request::parse_line(br#"{"cmd":"snapshot","height":3,"v":1}"#);
+        assert_eq!(ok, Some(Ok(Request::Snapshot { height: 3 })));
+        let old = Request::parse_line(br#"{"cmd":"status"}"#);
+        assert_eq!(old, Some(Ok(Request::Status)));
+        assert_eq!(Request::parse_line(b"  "), None);
+        let code = |line: &[u8]| Request::parse_line(line).unwrap().unwrap_err().code;
+        assert_eq!(
+            code(br#"{"cmd":"status","v":2}"#),
+            Some(ErrorCode::UnsupportedVersion)
         );
-        let e = snapshot(&sock, 1, Duration::from_secs(5)).unwrap_err();
-        assert!(
-            matches!(&e, ClientError::Refused(w) if w == "heights must increase"),
-            "{e}"
-        );
-        agent.join().unwrap();
+        assert_eq!(code(br#"{"cmd":"reboot"}"#), Some(ErrorCode::Malformed));
+        assert_eq!(code(b"{"), Some(ErrorCode::Malformed));
     }
 }

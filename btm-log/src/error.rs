@@ -12,7 +12,7 @@ pub enum LogError {
         source: std::io::Error,
     },
 
-    #[error("no log at {}: the directory does not exist (check the path; `open_append` creates a log)", dir.display())]
+    #[error("no log at {}: the directory does not exist (check the path; `btm-agent run` creates the log at its first height)", dir.display())]
     NoLog { dir: PathBuf },
 
     #[error(
@@ -45,7 +45,7 @@ pub enum LogError {
     InvalidRecord { height: u64, reason: String },
 
     #[error(
-        "the log is damaged: {what} ({}, offset {offset}{}); run `btm verify` and restore the log \
+        "the log is damaged: {what} ({}, offset {offset}{}); run `btm-agent verify` and restore the log \
          from a copy, or start a new log with a fresh baseline",
         segment.display(),
         height.map(|h| format!(", record of height {h}")).unwrap_or_default()
@@ -79,7 +79,7 @@ pub enum LogError {
         supported: u16,
     },
 
-    #[error("height {height} is not recorded in this log{}; run `btm list` to see the recorded heights", range_hint(*first, *last))]
+    #[error("height {height} is not recorded in this log{}; run `btm-agent list` to see the recorded heights", range_hint(*first, *last))]
     UnknownHeight {
         height: u64,
         first: Option<u64>,

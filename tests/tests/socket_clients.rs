@@ -22,6 +22,15 @@ fn snapshot(sock: &std::path::Path, h: u64) -> std::process::Output {
         .unwrap()
 }
 
+/// One request line, its answer as JSON.
+fn ask(sock: &std::path::Path, line: &str) -> serde_json::Value {
+    let mut s = UnixStream::connect(sock).unwrap();
+    writeln!(s, "{line}").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+}
+
 #[test]
 fn slow_and_huge_clients_do_not_hold_up_heights() {
     if !can_run("socket clients") {
@@ -71,19 +80,30 @@ fn slow_and_huge_clients_do_not_hold_up_heights() {
     let mut answer = String::new();
     let _ = huge.read_to_string(&mut answer);
     assert!(answer.contains("request too large"), "{answer:?}");
+    assert!(answer.contains(r#""code":"too_large""#), "{answer:?}");
     assert!(snapshot(&sock, 4).status.success());
 
     // A height asked for again (a retried hook, a client that lost its answer) is answered as
     // done, without a new cut; the newest and an older kept one alike.
     for h in [4, 2] {
-        let mut s = UnixStream::connect(&sock).unwrap();
-        writeln!(s, r#"{{"cmd":"snapshot","height":{h}}}"#).unwrap();
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
-        assert_eq!(v["ok"], true, "{answer}");
-        assert_eq!(v["detail"]["already_durable"], true, "{answer}");
+        let v = ask(&sock, &format!(r#"{{"cmd":"snapshot","height":{h}}}"#));
+        assert_eq!(v["ok"], true, "{v}");
+        assert_eq!(v["detail"]["already_durable"], true, "{v}");
         assert!(snapshot(&sock, h).status.success());
+    }
+    // Every answer carries the protocol version, and every refusal a stable code.
+    for (line, code) in [
+        (r#"{"cmd":"snapshot","height":0}"#, "not_above"),
+        (r#"{"cmd":"reboot"}"#, "malformed"),
+        (r#"{"cmd":"status","v":99}"#, "unsupported_version"),
+    ] {
+        let v = ask(&sock, line);
+        assert_eq!(
+            (v["v"].as_u64(), v["ok"].as_bool()),
+            (Some(1), Some(false)),
+            "{v}"
+        );
+        assert_eq!(v["code"], code, "{line}: {v}");
     }
 
     drop(silent);

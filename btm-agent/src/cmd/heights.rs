@@ -197,7 +197,7 @@ fn cut(socket: &Path, height: u64, timeout: Duration) -> Result<Cut> {
             Some(s) => Cut::Skipped(s.as_str().unwrap_or_default().to_string()),
             None => Cut::Durable,
         }),
-        Err(ClientError::Refused(why)) => match agent_last(socket, timeout)? {
+        Err(ClientError::Refused { message: why, .. }) => match agent_last(socket, timeout)? {
             Some(l) if l >= height => Ok(Cut::Covered(l)),
             _ => bail!("the agent refused height {height}: {why}"),
         },

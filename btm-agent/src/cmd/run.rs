@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::proto::{DEFAULT_SOCKET, Request, Response};
+use super::proto::{DEFAULT_SOCKET, ErrorCode, Request, Response};
 use crate::{
     retention::{Algo, Policy},
     snapshot::{self, Probe, SnapshotBackend},
@@ -176,15 +176,15 @@ pub fn run(args: RunArgs) -> Result<()> {
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        let resp = match std::mem::replace(&mut inc.req, Err(String::new())) {
+        let resp = match std::mem::replace(&mut inc.req, Ok(Request::Status)) {
             Ok(req) => match refusal(&req, inc.peer_uid, || store.last_height()) {
                 Some(why) => {
                     tracing::warn!(peer_uid = inc.peer_uid, "refused a request: {why}");
-                    Response::err(why)
+                    Response::err(ErrorCode::Forbidden, why)
                 }
                 None => handle(store.as_mut(), &policy, &metrics, req),
             },
-            Err(e) => Response::err(e),
+            Err(refused) => refused,
         };
         inc.answer(&resp);
         // After answering: the node does not wait for a compaction. Without its tracker
@@ -343,8 +343,37 @@ fn handle(
     };
     match r {
         Ok(v) => Response::ok(v),
-        Err(e) => Response::err(format!("{e:#}")),
+        Err(e) => Response::err(code_of(&e), format!("{e:#}")),
     }
+}
+
+/// The protocol's stable code for a failed request, from the error's kind.
+fn code_of(e: &anyhow::Error) -> ErrorCode {
+    use crate::log::LogError;
+    use crate::snapshot::SnapshotError;
+    for cause in e.chain() {
+        if let Some(l) = cause.downcast_ref::<LogError>() {
+            match l {
+                LogError::HeightNotIncreasing { .. } => return ErrorCode::NotAbove,
+                LogError::Empty
+                | LogError::UnknownHeight { .. }
+                | LogError::NoHeightAtOrBelow { .. } => return ErrorCode::NoSuchHeight,
+                _ => {}
+            }
+        }
+        if let Some(s) = cause.downcast_ref::<SnapshotError>() {
+            match s {
+                SnapshotError::NotAbove { .. } | SnapshotError::AlreadyExists { .. } => {
+                    return ErrorCode::NotAbove;
+                }
+                SnapshotError::NoTarget { .. } | SnapshotError::NoSuchHeight { .. } => {
+                    return ErrorCode::NoSuchHeight;
+                }
+                _ => {}
+            }
+        }
+    }
+    ErrorCode::Failed
 }
 
 /// Binds the socket, replacing a stale one (left by a crash) but never a live agent's.

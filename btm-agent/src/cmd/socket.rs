@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::proto::{Request, Response};
+use super::proto::{ErrorCode, Request, Response};
 
 /// How long a client may take to send its request line.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
@@ -23,7 +23,8 @@ const MAX_READERS: usize = 64;
 
 /// A complete request, or why it could not be read, with the client's uid (`SO_PEERCRED`).
 pub struct Incoming {
-    pub req: Result<Request, String>,
+    /// The request, or the refusal to answer it with.
+    pub req: Result<Request, Response>,
     pub peer_uid: Option<u32>,
     pub stream: UnixStream,
 }
@@ -50,7 +51,13 @@ pub fn serve(listener: UnixListener, stop: Arc<AtomicBool>) -> Receiver<Incoming
         crate::conn::each_on_its_thread(
             conns,
             MAX_READERS,
-            |s| reject(s, "busy: too many connections are sending requests; retry"),
+            |s| {
+                reject(
+                    s,
+                    ErrorCode::Busy,
+                    "busy: too many connections are sending requests; retry",
+                )
+            },
             move |s| {
                 if let Some(inc) = read_request(s) {
                     let _ = tx.send(inc);
@@ -61,13 +68,14 @@ pub fn serve(listener: UnixListener, stop: Arc<AtomicBool>) -> Receiver<Incoming
     rx
 }
 
-fn reject(stream: UnixStream, why: &str) {
+fn reject(stream: UnixStream, code: ErrorCode, why: &str) {
+    let resp = Response::err(code, why);
     Incoming {
-        req: Err(why.into()),
+        req: Err(Response::err(code, why)),
         peer_uid: None,
         stream,
     }
-    .answer(&Response::err(why));
+    .answer(&resp);
 }
 
 /// Reads one request line within [`REQUEST_DEADLINE`]; None when the client sent nothing
@@ -85,7 +93,11 @@ fn read_request(mut stream: UnixStream) -> Option<Incoming> {
             break i;
         }
         if buf.len() > MAX_REQUEST {
-            reject(stream, "request too large: one JSON line of at most 64 KiB");
+            reject(
+                stream,
+                ErrorCode::TooLarge,
+                "request too large: one JSON line of at most 64 KiB",
+            );
             return None;
         }
         let left = deadline.saturating_duration_since(Instant::now());

@@ -228,9 +228,7 @@ impl Cutter {
         if let Some(last) = log.last_height()
             && height <= last
         {
-            bail!(
-                "height {height} is not above the last recorded height {last}: heights must increase"
-            );
+            return Err(LogError::HeightNotIncreasing { last, got: height }.into());
         }
         let t_start = Instant::now();
         let root = self.mount.mount_point.clone();
