@@ -553,3 +553,52 @@ fn rollback_mode_btrfs_restores_a_height() {
     ok(rollback("1"));
     assert_eq!(std::fs::read(vol.join("f")).unwrap(), b"one");
 }
+
+/// Sizes are accepted as people write them, in flags and in the configuration file, and a
+/// size that is not one is a usage error naming the flag.
+#[test]
+fn sizes_are_human() {
+    let out = ok(run(&[
+        "config",
+        "check",
+        "--volume",
+        "/tmp",
+        "--compact-min-bytes",
+        "1.5GiB",
+    ]));
+    assert!(
+        text(&out.stdout).contains(r#"compact_min_bytes = "1.5GiB""#),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = expect(
+        run(&[
+            "config",
+            "check",
+            "--volume",
+            "/tmp",
+            "--compact-min-bytes",
+            "12parsecs",
+        ]),
+        Code::Usage,
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--compact-min-bytes") && err.contains("unknown unit"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("btm.toml");
+    std::fs::write(&conf, "volume = \"/tmp\"\ncompact_min_bytes = \"256MiB\"\n").unwrap();
+    let out = ok(run(&[
+        "config",
+        "check",
+        "--config",
+        conf.to_str().unwrap(),
+    ]));
+    assert!(
+        text(&out.stdout).contains(r#"compact_min_bytes = "256MiB""#),
+        "{}",
+        text(&out.stdout)
+    );
+}

@@ -7,6 +7,7 @@ use super::exit::{self, Code};
 use super::offsite::{self, RemoteArgs};
 use super::proto::{self, DEFAULT_SOCKET, Request};
 use super::run::Mode;
+use super::size::human;
 use crate::log::{Log, ReplayOptions};
 use crate::retention::{Algo, Policy};
 use crate::snapshot::{self, Probe, SnapshotBackend};
@@ -91,8 +92,11 @@ pub fn list(a: ListArgs) -> Result<()> {
     }
     for h in hs {
         println!(
-            "{:>10}  stored {:>12}  data {:>12}  files {:>6}",
-            h.height, h.stored_bytes, h.data_bytes, h.files_changed
+            "{:>10}  stored {:>10}  data {:>10}  files {:>6}",
+            h.height,
+            human(h.stored_bytes),
+            human(h.data_bytes),
+            h.files_changed
         );
     }
     Ok(())
@@ -269,12 +273,12 @@ pub fn compact(a: CompactArgs) -> Result<()> {
     }
     let (log, rep) = log.compact()?;
     println!(
-        "compacted {}: {} dropped records folded into {}, {} -> {} bytes ({} heights kept)",
+        "compacted {}: {} dropped records folded into {}, {} -> {} ({} heights kept)",
         a.log.display(),
         rep.dropped_records,
         rep.merged_records,
-        rep.bytes_before,
-        rep.bytes_after,
+        human(rep.bytes_before),
+        human(rep.bytes_after),
         log.heights().len()
     );
     Ok(())

@@ -8,6 +8,7 @@ pub mod logs;
 pub mod offsite;
 pub mod proto;
 pub mod run;
+pub mod size;
 pub mod socket;
 pub mod status;
 pub mod track;

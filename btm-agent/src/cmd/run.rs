@@ -77,8 +77,13 @@ pub struct RunArgs {
     )]
     pub mode: Mode,
     /// eBPF mode: compact the log (tracking goes on meanwhile) once heights removed by retention
-    /// hold at least this many bytes and a quarter of the log.
-    #[arg(long, env = "BTM_COMPACT_MIN_BYTES", default_value_t = 256 << 20)]
+    /// hold at least this much (bytes, or a size: 256MiB, 1G) and a quarter of the log.
+    #[arg(
+        long,
+        env = "BTM_COMPACT_MIN_BYTES",
+        default_value = "256MiB",
+        value_parser = super::size::parse_size
+    )]
     pub compact_min_bytes: u64,
     /// Do not freeze the volume at cuts (only when the node is paused by the caller).
     #[arg(long)]
