@@ -13,6 +13,7 @@
 //! four schemes); credentials come from its usual environment variables (`AWS_*`,
 //! `GOOGLE_*`, `AZURE_*`) and, for S3, `~/.aws/credentials` when the variables are absent.
 
+mod error;
 pub mod layout;
 mod lock;
 mod prune;
@@ -23,8 +24,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
+pub use error::{RemoteError, Result};
+use error::{fail, io};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
@@ -87,11 +89,17 @@ fn aws_shared_credentials() -> Option<(String, String, Option<String>)> {
 impl Remote {
     /// Opens `url`. Nothing is contacted yet.
     pub fn open(url: &str) -> Result<Remote> {
-        let parsed = url::Url::parse(url).with_context(|| {
-            format!(
-                "--remote {url:?} is not a URL: use s3://BUCKET/PREFIX, gs://, az:// or file:///DIR"
-            )
+        let parsed = url::Url::parse(url).map_err(|e| {
+            RemoteError::Config(format!(
+                "--remote {url:?} is not a URL ({e}): use s3://BUCKET/PREFIX, gs://, az:// or \
+                 file:///DIR"
+            ))
         })?;
+        let opening = |hint: &str| {
+            let url = url.to_string();
+            let hint = hint.to_string();
+            move |e: object_store::Error| RemoteError::Config(format!("opening {url}{hint}: {e}"))
+        };
         let prefix = parsed.path().trim_matches('/').to_string();
         let store: Arc<dyn ObjectStore> = match parsed.scheme() {
             "s3" | "s3a" => {
@@ -119,28 +127,26 @@ impl Remote {
                     }
                     _ => {}
                 }
-                Arc::new(b.build().with_context(|| format!("opening {url}"))?)
+                Arc::new(b.build().map_err(opening(""))?)
             }
             "gs" => Arc::new(
                 object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_url(url)
                     .with_retry(retry_config())
                     .build()
-                    .with_context(|| {
-                        format!("opening {url} (credentials: GOOGLE_APPLICATION_CREDENTIALS=FILE)")
-                    })?,
+                    .map_err(opening(
+                        " (credentials: GOOGLE_APPLICATION_CREDENTIALS=FILE)",
+                    ))?,
             ),
             "az" | "azure" | "abfs" | "abfss" => Arc::new(
                 object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_url(url)
                     .with_retry(retry_config())
                     .build()
-                    .with_context(|| {
-                        format!(
-                            "opening {url} (set AZURE_STORAGE_ACCOUNT_NAME and a credential such \
-                             as AZURE_STORAGE_ACCOUNT_KEY)"
-                        )
-                    })?,
+                    .map_err(opening(
+                        " (set AZURE_STORAGE_ACCOUNT_NAME and a credential such as \
+                         AZURE_STORAGE_ACCOUNT_KEY)",
+                    ))?,
             ),
             "file" => {
                 if parsed
@@ -148,20 +154,24 @@ impl Remote {
                     .is_some_and(|h| !h.is_empty() && h != "localhost")
                     || parsed.path().trim_matches('/').is_empty()
                 {
-                    bail!(
+                    fail!(
+                        Config,
                         "{url}: a file URL names an absolute directory, with three slashes: \
                          file:///var/backups/btm"
                     );
                 }
                 let dir = PathBuf::from(parsed.path());
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
                 return Ok(Remote::with_store(
                     url,
-                    Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&dir)?),
+                    Arc::new(
+                        object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                            .map_err(opening(""))?,
+                    ),
                 ));
             }
-            other => bail!(
+            other => fail!(
+                Config,
                 "unsupported remote scheme {other:?} in {url}: use s3://, gs://, az:// or file://"
             ),
         };
@@ -213,7 +223,7 @@ impl Remote {
 
     /// One readable error for a failed request: what was done, the store's message once
     /// (its error chain repeats itself), and what to check.
-    pub(crate) fn fail(&self, what: &str, p: &ObjPath, e: object_store::Error) -> anyhow::Error {
+    pub(crate) fn fail(&self, what: &str, p: &ObjPath, e: object_store::Error) -> RemoteError {
         let msg = e.to_string();
         let hint = if msg.contains("NoSuchBucket") {
             "; the bucket does not exist: create it first"
@@ -231,7 +241,10 @@ impl Remote {
         } else {
             ""
         };
-        anyhow!("{} failed{hint}: {msg}", self.ctx(what, p))
+        RemoteError::Store {
+            message: format!("{} failed{hint}: {msg}", self.ctx(what, p)),
+            source: Some(e),
+        }
     }
 
     /// Whether `p` exists.
@@ -272,7 +285,7 @@ impl Remote {
                     Err(e) => Err(e),
                 }
                 .map_err(|e| self.fail("downloading", p, e))?;
-                Ok::<_, anyhow::Error>(Some(object_ok(&b, h)))
+                Ok::<_, RemoteError>(Some(object_ok(&b, h)))
             }))
             .buffered(self.concurrency)
             .try_collect()
@@ -302,7 +315,7 @@ impl Remote {
                     .await
                     .map_err(|e| self.fail("uploading", &p, e))?;
                 done(n);
-                Ok::<_, anyhow::Error>(())
+                Ok::<_, RemoteError>(())
             }))
             .buffer_unordered(self.concurrency)
             .try_collect::<Vec<()>>()
@@ -326,11 +339,11 @@ impl Remote {
 
     pub(crate) fn get(&self, p: &ObjPath) -> Result<Bytes> {
         self.get_opt(p)?.ok_or_else(|| {
-            anyhow!(
+            RemoteError::Missing(format!(
                 "{} is missing: the offsite copy is incomplete or was pruned too eagerly; run \
                  `btm-agent push` from the source log again",
                 self.ctx("object", p)
-            )
+            ))
         })
     }
 
@@ -400,10 +413,7 @@ impl Remote {
             futures::stream::iter(paths.into_iter().map(|p| async move {
                 match store.delete(&p).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                    Err(e) => {
-                        Err(anyhow::Error::new(e)
-                            .context(format!("deleting {p} from {}", self.url)))
-                    }
+                    Err(e) => Err(self.fail("deleting", &p, e)),
                 }
             }))
             .buffer_unordered(self.concurrency)

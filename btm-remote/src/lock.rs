@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use crate::error::{Result, fail};
 use object_store::path::Path as ObjPath;
 
 use super::{Remote, hostname, now_ms};
@@ -41,7 +41,8 @@ impl<'a> Lock<'a> {
             "host": hostname(),
             "pid": std::process::id(),
             "created_unix_ms": now_ms(),
-        }))?;
+        }))
+        .expect("serializable");
         remote.put(&path, body.clone())?;
         let lock = Lock {
             remote,
@@ -51,14 +52,15 @@ impl<'a> Lock<'a> {
         };
         let blocker = if kind == "prune" { "" } else { "prune-" };
         let now = chrono::Utc::now();
-        let stale = chrono::Duration::from_std(STALE)?;
+        let stale = chrono::Duration::from_std(STALE).expect("a few minutes");
         for (p, _, modified) in remote.list(&ObjPath::from("locks"))? {
             let Some(name) = p.filename() else { continue };
             if p == lock.path || now - modified > stale || !name.starts_with(blocker) {
                 continue;
             }
             if kind == "prune" {
-                bail!(
+                fail!(
+                    Locked,
                     "pushes are running on {} ({p}, refreshed {}): prune again once they are \
                      done (a lock older than {} min is ignored)",
                     remote.url(),
@@ -66,7 +68,8 @@ impl<'a> Lock<'a> {
                     STALE.as_secs() / 60
                 );
             }
-            bail!(
+            fail!(
+                Locked,
                 "a prune is running on {} ({p}, refreshed {}): push again once it is done (the \
                  agent retries by itself; a lock older than {} min is ignored)",
                 remote.url(),

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
+use crate::error::{RemoteError, Result};
 use object_store::path::Path as ObjPath;
 
 use super::Remote;
@@ -49,14 +49,15 @@ pub fn prune(remote: &Remote, grace: Duration, dry_run: bool) -> Result<PruneRep
                 lock.refresh()?;
                 let b = remote.get(&layout::record_path(&next))?;
                 let rec = RecordObj::decode(&b, &next).map_err(|why| {
-                    anyhow!(
+                    RemoteError::Damaged(format!(
                         "record {} is damaged ({why}); nothing was deleted: push again from the \
                          source log, then prune",
                         hex(&next)
-                    )
+                    ))
                 })?;
-                let meta = Meta::decode(&rec.meta)
-                    .map_err(|e| anyhow!("metadata of height {}: {e:?}", rec.height))?;
+                let meta = Meta::decode(&rec.meta).map_err(|e| {
+                    RemoteError::Damaged(format!("metadata of height {}: {e:?}", rec.height))
+                })?;
                 for x in &meta.extents {
                     if let MetaExtent::Data { payload, .. } = x {
                         objects.insert(payload.hash);
@@ -66,7 +67,9 @@ pub fn prune(remote: &Remote, grace: Duration, dry_run: bool) -> Result<PruneRep
             }
         }
     }
-    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(grace)?;
+    let grace = chrono::Duration::from_std(grace)
+        .map_err(|e| RemoteError::Config(format!("grace period {grace:?}: {e}")))?;
+    let cutoff = chrono::Utc::now() - grace;
     let mut doomed = Vec::new();
     lock.refresh()?;
     for (dir, marked, kept, deleted) in [

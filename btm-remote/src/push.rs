@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::{Context, Result, bail};
+use crate::error::{RemoteError, Result, fail, io};
 use indicatif::{ProgressBar, ProgressStyle};
 use object_store::path::Path as ObjPath;
 
@@ -79,8 +79,10 @@ fn log_id(dir: &Path) -> Result<String> {
         seed.extend_from_slice(&r);
     }
     let id = hex(&blake3::hash(&seed).as_bytes()[..16]);
-    std::fs::write(&f, format!("{id}\n"))
-        .with_context(|| format!("writing {} (the log's offsite identity)", f.display()))?;
+    std::fs::write(&f, format!("{id}\n")).map_err(io(format!(
+        "writing {} (the log's offsite identity)",
+        f.display()
+    )))?;
     Ok(id)
 }
 
@@ -90,10 +92,15 @@ fn check_owner(log: &Log, remote: &Remote, name: &str) -> Result<()> {
     let p = layout::owner_path(name);
     match remote.get_opt(&p)? {
         Some(b) => {
-            let o: Owner = serde_json::from_slice(&b)
-                .with_context(|| format!("{p} on {} is not a btm owner record", remote.url()))?;
+            let o: Owner = serde_json::from_slice(&b).map_err(|e| {
+                RemoteError::Damaged(format!(
+                    "{p} on {} is not a btm owner record: {e}",
+                    remote.url()
+                ))
+            })?;
             if o.log_id != id {
-                bail!(
+                fail!(
+                    Refused,
                     "volume name {name:?} on {} belongs to another log (log id {}, host {}); \
                      this log is {id}: pick another --remote-name, or delete {p} if that log is \
                      gone for good",
@@ -109,7 +116,7 @@ fn check_owner(log: &Log, remote: &Remote, name: &str) -> Result<()> {
                 host: hostname(),
                 created_unix_ms: now_ms(),
             };
-            remote.put(&p, serde_json::to_vec_pretty(&o)?)?;
+            remote.put(&p, serde_json::to_vec_pretty(&o).expect("serializable"))?;
         }
     }
     Ok(())
@@ -125,7 +132,7 @@ struct Planned {
 /// Pushes `log` to `remote` under `o.name`. Safe to interrupt and run again; concurrent pushes
 /// of the same log only repeat work.
 pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
-    layout::check_volume_name(&o.name).map_err(anyhow::Error::msg)?;
+    layout::check_volume_name(&o.name).map_err(RemoteError::Refused)?;
     check_owner(log, remote, &o.name)?;
     let mut lock = super::lock::Lock::take(remote, "push")?;
     let mut rep = PushReport::default();
@@ -290,7 +297,7 @@ impl Pointers {
         };
         remote.put(
             &layout::pointer_path(&o.name, p.height, &p.key),
-            serde_json::to_vec_pretty(&ptr)?,
+            serde_json::to_vec_pretty(&ptr).expect("serializable"),
         )?;
         rep.pointers_written += 1;
         Ok(())
@@ -303,7 +310,8 @@ impl Pointers {
         let mut gone: Vec<u64> = remote_heights.difference(&wanted).copied().collect();
         gone.sort_unstable();
         if gone.len() > MASS_REMOVAL && gone.len() * 2 > remote_heights.len() {
-            bail!(
+            fail!(
+                Refused,
                 "this push would remove {} of the {} heights of {name:?} on {} ({}..={}) because \
                  the log no longer has them; nothing was changed. If that is intended (a \
                  rollback, a new retention policy), push with --allow-removals",

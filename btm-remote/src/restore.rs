@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow, bail};
+use crate::error::{RemoteError, Result, fail};
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjPath;
 
@@ -40,17 +40,19 @@ pub fn list_volumes(remote: &Remote) -> Result<Vec<String>> {
 /// `name` if given, else the only volume on the remote.
 pub fn resolve_volume(remote: &Remote, name: Option<&str>) -> Result<String> {
     if let Some(n) = name {
-        layout::check_volume_name(n).map_err(anyhow::Error::msg)?;
+        layout::check_volume_name(n).map_err(RemoteError::Refused)?;
         return Ok(n.to_string());
     }
     let vs = list_volumes(remote)?;
     match vs.as_slice() {
         [one] => Ok(one.clone()),
-        [] => bail!(
+        [] => fail!(
+            NotFound,
             "{} holds no volumes: push one first (`btm-agent push --log LOGDIR --remote URL`)",
             remote.url()
         ),
-        _ => bail!(
+        _ => fail!(
+            NotFound,
             "{} holds several volumes ({}): say which with --remote-name",
             remote.url(),
             vs.join(", ")
@@ -70,10 +72,15 @@ pub fn list_heights(remote: &Remote, name: &str, tag: Option<&str>) -> Result<Ve
     let bodies = remote.get_many(&paths)?;
     let mut out = Vec::new();
     for ((h, k, p), b) in names.into_iter().zip(bodies) {
-        let ptr: Pointer = serde_json::from_slice(&b)
-            .with_context(|| format!("{p} on {} is not a btm height pointer", remote.url()))?;
+        let ptr: Pointer = serde_json::from_slice(&b).map_err(|e| {
+            RemoteError::Damaged(format!(
+                "{p} on {} is not a btm height pointer: {e}",
+                remote.url()
+            ))
+        })?;
         if ptr.height != h || layout::parse_hex32(&ptr.record) != Some(k) {
-            bail!(
+            fail!(
+                Damaged,
                 "{p} on {} does not match its name (height {}, record {}): the remote is damaged",
                 remote.url(),
                 ptr.height,
@@ -108,7 +115,8 @@ pub(crate) fn fetch_chain(remote: &Remote, key: [u8; 32]) -> Result<Vec<RecordOb
         };
         let rec = match RecordObj::decode(&b, &next) {
             Ok(r) => r,
-            Err(why) if !from_cache => bail!(
+            Err(why) if !from_cache => fail!(
+                Damaged,
                 "record object {p} on {} is damaged: {why}; repair it with `btm-agent push \
                  --verify` from the source log",
                 remote.url()
@@ -117,7 +125,10 @@ pub(crate) fn fetch_chain(remote: &Remote, key: [u8; 32]) -> Result<Vec<RecordOb
             Err(_) => {
                 let b = remote.get(&p)?;
                 RecordObj::decode(&b, &next).map_err(|why| {
-                    anyhow!("record object {p} on {} is damaged: {why}", remote.url())
+                    RemoteError::Damaged(format!(
+                        "record object {p} on {} is damaged: {why}",
+                        remote.url()
+                    ))
                 })?
             }
         };
@@ -127,7 +138,8 @@ pub(crate) fn fetch_chain(remote: &Remote, key: [u8; 32]) -> Result<Vec<RecordOb
         if let Some(later) = chain.last().map(|r: &RecordObj| r.height)
             && rec.height >= later
         {
-            bail!(
+            fail!(
+                Damaged,
                 "record object {p} on {} breaks the chain (height {} before {later})",
                 remote.url(),
                 rec.height
@@ -144,8 +156,12 @@ pub(crate) fn fetch_chain(remote: &Remote, key: [u8; 32]) -> Result<Vec<RecordOb
 pub(crate) fn fold(chain: &[RecordObj]) -> Result<TreeState> {
     let mut st = TreeState::default();
     for r in chain {
-        let meta = Meta::decode(&r.meta)
-            .map_err(|e| anyhow!("metadata of height {} on the remote: {e:?}", r.height))?;
+        let meta = Meta::decode(&r.meta).map_err(|e| {
+            RemoteError::Damaged(format!(
+                "metadata of height {} on the remote: {e:?}",
+                r.height
+            ))
+        })?;
         st.apply(r.height, &meta.ops, &meta.extents)?;
     }
     Ok(st)
@@ -355,7 +371,8 @@ pub fn replay(
     let heights = list_heights(remote, name, None)?;
     let hs: Vec<u64> = heights.iter().map(|h| h.height).collect();
     if hs.is_empty() {
-        bail!(
+        fail!(
+            NotFound,
             "volume {name:?} on {} has no heights: push first (`btm-agent push`)",
             remote.url()
         );

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use btm_log::testing::noise;
 use btm_log::{CutRecord, Log, NsOp, ReplayOptions};
-use btm_remote::{PushOptions, Remote, list_heights, push, replay};
+use btm_remote::{PushOptions, Remote, RemoteError, list_heights, push, replay};
 
 fn no_sync() -> ReplayOptions {
     ReplayOptions {
@@ -84,6 +84,27 @@ fn file_remote_roundtrip_resume_and_damage() {
         .map(|h| h.height)
         .collect();
     assert_eq!(hs, vec![1, 2, 3, 4, 5]);
+    // Errors are typed by what the caller can do: nothing to restore, or a height not kept.
+    let e = replay(
+        &remote,
+        "nope",
+        None,
+        true,
+        &tmp.path().join("n"),
+        &no_sync(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, RemoteError::NotFound(_)), "{e:?}");
+    let e = replay(
+        &remote,
+        "v",
+        Some(9),
+        true,
+        &tmp.path().join("n"),
+        &no_sync(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, RemoteError::Log(_)), "{e:?}");
 
     // Damage a payload object: the restore names it, push --verify repairs it.
     let obj = walk(&store.join("objects")).into_iter().next().unwrap();

@@ -141,6 +141,16 @@ fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<Code> {
             _ => None,
         };
     }
+    if let Some(e) = cause.downcast_ref::<crate::remote::RemoteError>() {
+        use crate::remote::RemoteError as R;
+        return match e {
+            R::Log(l) => code_of(l),
+            R::Locked(_) => Some(Code::Locked),
+            R::Damaged(_) | R::Missing(_) => Some(Code::Damage),
+            R::NotFound(_) => Some(Code::HeightNotFound),
+            _ => None,
+        };
+    }
     if let Some(ClientError::NotRunning { .. }) = cause.downcast_ref::<ClientError>() {
         return Some(Code::AgentNotRunning);
     }
