@@ -108,6 +108,9 @@ impl Command {
             Command::Push(a) => a.json,
             Command::Prune(a) => a.json,
             Command::Status(a) => a.json,
+            Command::Verify(a) => a.json,
+            Command::Replay(a) => a.json,
+            Command::Rollback(a) => a.json,
             _ => false,
         }
     }
@@ -209,6 +212,7 @@ fn compat(c: Compat) -> Result<()> {
                 || btm_agent::cmd::proto::DEFAULT_SOCKET.into(),
                 PathBuf::from,
             ),
+            json: false,
         })
     };
     if c.list {

@@ -602,3 +602,58 @@ fn sizes_are_human() {
         text(&out.stdout)
     );
 }
+
+/// verify, replay and rollback say what they did in a sentence, or with --json as one object:
+/// never a Rust debug dump.
+#[test]
+fn verify_and_replay_report_as_text_or_json() {
+    use btm_agent::log::{CutRecord, Entry, ExtentBytes, ExtentData, Log, NsOp};
+    let dir = tempfile::tempdir().unwrap();
+    let logdir = dir.path().join("log");
+    let mut log = Log::open_append(&logdir).unwrap();
+    for h in 1..=2u64 {
+        log.append(CutRecord {
+            height: h,
+            time_unix_ms: h,
+            ops: vec![
+                NsOp::Put {
+                    path: b"f".to_vec(),
+                    entry: Entry::File {
+                        id: 1,
+                        mode: 0o644,
+                        uid: 0,
+                        gid: 0,
+                    },
+                },
+                NsOp::SetSize { id: 1, size: 8192 },
+            ],
+            extents: vec![ExtentData {
+                id: 1,
+                offset: 0,
+                bytes: ExtentBytes::Data(vec![h as u8; 8192]),
+            }],
+        })
+        .unwrap();
+    }
+    drop(log);
+    let l = logdir.to_str().unwrap();
+    let out = text(&ok(run(&["verify", "--log", l])).stdout);
+    assert!(out.starts_with("ok: 2 heights (1..=2)"), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&ok(run(&["verify", "--log", l, "--json"])).stdout).unwrap();
+    assert_eq!(
+        (v["v"].as_u64(), v["records"].as_u64()),
+        (Some(1), Some(2)),
+        "{v}"
+    );
+    let into = dir.path().join("into");
+    let i = into.to_str().unwrap();
+    let out = text(&ok(run(&["replay", "--log", l, "--to", "1", "--into", i])).stdout);
+    assert!(out.contains("wrote 8.0 KiB") && !out.contains('{'), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&ok(run(&["replay", "--log", l, "--into", i, "--json"])).stdout)
+            .unwrap();
+    assert_eq!(v["height"], 2, "{v}");
+    assert_eq!(v["stats"]["bytes_written"], 8192, "{v}");
+    assert_eq!(std::fs::read(into.join("f")).unwrap(), vec![2u8; 8192]);
+}

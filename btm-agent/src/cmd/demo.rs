@@ -108,7 +108,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
             if rep.full { "  (baseline)" } else { "" }
         );
     }
-    println!("demo: tracker {:?}", cutter.tracker().stats()?);
+    println!(
+        "demo: tracker counters {}",
+        serde_json::to_string(&cutter.tracker().stats()?)?
+    );
     drop(cutter);
     drop(chain); // unmaps the state file, so the volume can be unmounted
 
@@ -128,7 +131,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
                 d.join("\n")
             );
         }
-        println!("demo: replay --to {h} matches the tree hashed at cut {h} ({stats:?})");
+        println!(
+            "demo: replay --to {h} matches the tree hashed at cut {h} ({})",
+            super::report::replay_summary(&stats)
+        );
     }
     // Offsite: push to a file:// store (s3://, gs://, az:// work the same) and restore from it.
     let store = a.dir.join("offsite");

@@ -6,6 +6,7 @@ use anyhow::Result;
 use super::exit::{self, Code};
 use super::offsite::{self, RemoteArgs};
 use super::proto::{self, DEFAULT_SOCKET, Request};
+use super::report;
 use super::run::Mode;
 use super::size::human;
 use crate::log::{Log, ReplayOptions};
@@ -106,12 +107,18 @@ pub fn list(a: ListArgs) -> Result<()> {
 pub struct VerifyArgs {
     #[arg(long, env = "BTM_LOG_DIR")]
     pub log: PathBuf,
+    /// Print the report as one JSON object (`"v": 1`); errors too.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn verify(a: VerifyArgs) -> Result<()> {
     let log = Log::open_read(&a.log)?;
     let rep = log.verify()?;
-    println!("ok: {rep:?}");
+    if a.json {
+        return report::print_json(&rep);
+    }
+    println!("{}", report::verify_summary(&rep));
     Ok(())
 }
 
@@ -134,11 +141,14 @@ pub struct ReplayArgs {
     /// Directory to write the tree into (created if missing; only differences are rewritten).
     #[arg(long)]
     pub into: PathBuf,
+    /// Print what was done as one JSON object (`"v": 1`); errors too.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn replay(a: ReplayArgs) -> Result<()> {
     if let Some(url) = &a.offsite.remote {
-        return offsite::replay(&a.offsite, url, a.to, a.exact, &a.into, a.cache);
+        return offsite::replay(&a.offsite, url, (a.to, a.exact), &a.into, a.cache, a.json);
     }
     let dir = a
         .log
@@ -147,7 +157,16 @@ pub fn replay(a: ReplayArgs) -> Result<()> {
     let log = Log::open_read(dir)?;
     let h = log.resolve(a.to, a.exact)?;
     let stats = log.replay(h, &a.into, &ReplayOptions::default())?;
-    println!("replayed height {h} into {}: {stats:?}", a.into.display());
+    if a.json {
+        return report::print_json(serde_json::json!({
+            "height": h, "into": a.into, "stats": stats
+        }));
+    }
+    println!(
+        "replayed height {h} into {}: {}",
+        a.into.display(),
+        report::replay_summary(&stats)
+    );
     Ok(())
 }
 
@@ -179,6 +198,9 @@ pub struct RollbackArgs {
     /// Socket of a running agent: the rollback is done by it.
     #[arg(long, env = "BTM_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// Print what was done as one JSON object (`"v": 1`); errors too.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn rollback(a: RollbackArgs) -> Result<()> {
@@ -192,11 +214,20 @@ pub fn rollback(a: RollbackArgs) -> Result<()> {
             },
             Duration::from_secs(24 * 3600),
         )?;
-        println!("rolled back through the agent: {v}");
+        if a.json {
+            return report::print_json(serde_json::json!({ "through_agent": true, "detail": v }));
+        }
+        println!(
+            "rolled back through the agent to height {}; removed heights {}",
+            v["height"], v["removed"]
+        );
         return Ok(());
     }
     let native_rollback = |b: Box<dyn SnapshotBackend>| -> Result<()> {
         let v = crate::store::native_rollback(b.as_ref(), a.to, a.exact)?;
+        if a.json {
+            return report::print_json(&v);
+        }
         println!("rolled {} back to height {}", b.describe(), v["height"]);
         Ok(())
     };
@@ -214,11 +245,23 @@ pub fn rollback(a: RollbackArgs) -> Result<()> {
     let mount = crate::volume::Mount::at(&a.volume)?;
     let stats = log.replay(h, &mount.mount_point, &ReplayOptions::default())?;
     // Like `zfs rollback -r`: newer heights leave the log, so the node can re-reach them.
-    let newer = log.heights().iter().filter(|i| i.height > h).count();
+    let newer: Vec<u64> = log
+        .heights()
+        .iter()
+        .map(|i| i.height)
+        .filter(|&x| x > h)
+        .collect();
     log.truncate_after(h)?;
+    if a.json {
+        return report::print_json(serde_json::json!({
+            "height": h, "volume": mount.mount_point, "removed": newer, "stats": stats
+        }));
+    }
     println!(
-        "rolled {} back to height {h}: {stats:?}; removed {newer} newer heights from the log",
-        mount.mount_point.display()
+        "rolled {} back to height {h}: {}; removed {} newer heights from the log",
+        mount.mount_point.display(),
+        report::replay_summary(&stats),
+        newer.len()
     );
     Ok(())
 }

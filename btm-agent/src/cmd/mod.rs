@@ -7,6 +7,7 @@ pub mod heights;
 pub mod logs;
 pub mod offsite;
 pub mod proto;
+pub mod report;
 pub mod run;
 pub mod size;
 pub mod socket;

@@ -191,24 +191,27 @@ pub fn list(r: &RemoteArgs, url: &str, tag: Option<&str>, json: bool) -> Result<
 pub fn replay(
     r: &RemoteArgs,
     url: &str,
-    to: Option<u64>,
-    exact: bool,
+    (to, exact): (Option<u64>, bool),
     into: &std::path::Path,
     cache: Option<PathBuf>,
+    json: bool,
 ) -> Result<()> {
     let remote = Remote::open(url)?.with_cache(cache);
     let name = remote::resolve_volume(&remote, r.remote_name.as_deref())?;
     let rep = remote::replay(&remote, &name, to, exact, into, &ReplayOptions::default())?;
+    if json {
+        return super::report::print_json(&rep);
+    }
     println!(
-        "replayed height {} of {:?} from {url} into {}: {} records, {} objects ({} bytes) \
-         downloaded; {:?}",
+        "replayed height {} of {:?} from {url} into {}: {} records, {} objects ({}) \
+         downloaded; {}",
         rep.height,
         rep.volume,
         into.display(),
         rep.records,
         rep.objects_downloaded,
-        rep.bytes_downloaded,
-        rep.replay
+        super::size::human(rep.bytes_downloaded),
+        super::report::replay_summary(&rep.replay)
     );
     Ok(())
 }

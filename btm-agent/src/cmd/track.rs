@@ -179,7 +179,7 @@ fn print_set(tracker: &Tracker, set: &DirtySet, json: bool) -> Result<()> {
                 ext.join(" ")
             );
         }
-        println!("   stats: {stats:?}");
+        println!("   counters: {}", serde_json::to_string(&stats)?);
     }
     Ok(())
 }

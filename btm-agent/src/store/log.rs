@@ -182,7 +182,7 @@ impl HeightStore for LogStore {
         self.kept = Kept::of(self.cutter.log());
         // The tracker saw the rollback as writes; the next cut re-reads everything to be sure.
         self.cutter.resync();
-        Ok(serde_json::json!({ "height": h, "removed": removed, "stats": format!("{stats:?}") }))
+        Ok(serde_json::json!({ "height": h, "removed": removed, "stats": stats }))
     }
 
     fn status(&self) -> Result<serde_json::Value> {
