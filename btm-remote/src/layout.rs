@@ -18,6 +18,32 @@ pub const REC_HEADER_LEN: usize = 104;
 /// Pointer JSON `format`.
 pub const POINTER_FORMAT: u32 = 1;
 
+/// The largest payload a log stores (btm-log's limit).
+const MAX_PAYLOAD_RAW: u64 = 64 << 20;
+/// The largest record object accepted: its metadata block, for a height that changed about
+/// ten million extents or paths.
+const MAX_RECORD_OBJECT: u64 = 1 << 30;
+/// Pointers, owners and locks are a few hundred bytes of JSON.
+const MAX_SMALL_OBJECT: u64 = 1 << 20;
+
+/// The most bytes an object at `p` can hold when btm wrote it: larger is damage or a forgery,
+/// and is refused before its body is downloaded.
+pub fn max_object_len(p: &ObjPath) -> u64 {
+    let s = p.as_ref();
+    if s.starts_with("objects/") {
+        // Header, block table, and zstd's worst case over incompressible data.
+        OBJ_HEADER_LEN
+            + table_len(MAX_PAYLOAD_RAW)
+            + MAX_PAYLOAD_RAW
+            + MAX_PAYLOAD_RAW / 128
+            + (1 << 20)
+    } else if s.starts_with("records/") {
+        MAX_RECORD_OBJECT
+    } else {
+        MAX_SMALL_OBJECT
+    }
+}
+
 fn fanout(dir: &str, key: &[u8; 32]) -> ObjPath {
     let h = hex(key);
     ObjPath::from(format!("{dir}/{}/{h}", &h[..2]))
@@ -128,7 +154,7 @@ pub fn decode_object_header(
         c => return Err(format!("unknown codec {c}")),
     };
     let raw_len = u64::from_le_bytes(b[9..17].try_into().unwrap());
-    if raw_len == 0 || raw_len > 64 << 20 {
+    if raw_len == 0 || raw_len > MAX_PAYLOAD_RAW {
         return Err(format!("raw length {raw_len} out of range"));
     }
     // The total comes from the listing, not the body: a forged one may be below the header.

@@ -327,14 +327,20 @@ impl Remote {
     /// The object's bytes, or `None` when it does not exist.
     pub(crate) fn get_opt(&self, p: &ObjPath) -> Result<Option<Bytes>> {
         self.rt
-            .block_on(async {
-                match self.store.get(p).await {
-                    Ok(r) => r.bytes().await.map(Some),
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            })
-            .map_err(|e| self.fail("downloading", p, e))
+            .block_on(fetch_capped(&*self.store, p))
+            .map_err(|f| self.fetch_failed(p, f))
+    }
+
+    /// The error for a failed [`fetch_capped`].
+    pub(crate) fn fetch_failed(&self, p: &ObjPath, f: Fetch) -> RemoteError {
+        match f {
+            Fetch::Store(e) => self.fail("downloading", p, e),
+            Fetch::TooLarge { size, cap } => RemoteError::Damaged(format!(
+                "{} is {size} bytes, more than btm ever writes there ({cap}): not downloaded; \
+                 the remote is damaged or was written by someone else",
+                self.ctx("object", p)
+            )),
+        }
     }
 
     pub(crate) fn get(&self, p: &ObjPath) -> Result<Bytes> {
@@ -353,11 +359,18 @@ impl Remote {
         let store = &*self.store;
         let got: Vec<Bytes> = self.rt.block_on(async {
             futures::stream::iter(paths.iter().map(|p| async move {
-                let r = store
-                    .get(p)
-                    .await
-                    .map_err(|e| self.fail("downloading", p, e))?;
-                r.bytes().await.map_err(|e| self.fail("downloading", p, e))
+                match fetch_capped(store, p).await {
+                    Ok(Some(b)) => Ok(b),
+                    Ok(None) => Err(self.fail(
+                        "downloading",
+                        p,
+                        object_store::Error::NotFound {
+                            path: p.to_string(),
+                            source: "listed, then gone".into(),
+                        },
+                    )),
+                    Err(f) => Err(self.fetch_failed(p, f)),
+                }
             }))
             .buffered(self.concurrency)
             .try_collect()
@@ -475,6 +488,37 @@ pub(crate) fn decode_object(
 
 fn object_ok(b: &[u8], hash: &[u8; 32]) -> bool {
     decode_object(b, hash, None).is_ok()
+}
+
+/// Why [`fetch_capped`] returned no bytes.
+pub(crate) enum Fetch {
+    Store(object_store::Error),
+    /// The store says the object is larger than btm ever writes at its path.
+    TooLarge {
+        size: u64,
+        cap: u64,
+    },
+}
+
+/// An object's bytes (`None`: it does not exist), refused before its body is read when the
+/// store reports more bytes than [`layout::max_object_len`] allows at its path.
+pub(crate) async fn fetch_capped(
+    store: &dyn ObjectStore,
+    p: &ObjPath,
+) -> std::result::Result<Option<Bytes>, Fetch> {
+    let r = match store.get(p).await {
+        Ok(r) => r,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(Fetch::Store(e)),
+    };
+    let cap = layout::max_object_len(p);
+    if r.meta.size > cap {
+        return Err(Fetch::TooLarge {
+            size: r.meta.size,
+            cap,
+        });
+    }
+    r.bytes().await.map(Some).map_err(Fetch::Store)
 }
 
 async fn exists(store: &dyn ObjectStore, p: &ObjPath) -> object_store::Result<bool> {

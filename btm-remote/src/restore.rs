@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::{RemoteError, Result, fail};
-use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjPath;
 
 use super::Remote;
@@ -185,7 +184,7 @@ const SMALL_OBJECT: u64 = 64 << 10;
 /// Memory for kept small objects.
 const SMALL_KEPT: usize = 256;
 
-type Pending = tokio::task::JoinHandle<object_store::Result<bytes::Bytes>>;
+type Pending = tokio::task::JoinHandle<std::result::Result<Option<bytes::Bytes>, super::Fetch>>;
 
 /// Read-ahead state: payload hashes in replay order, and downloads in flight.
 #[derive(Default)]
@@ -262,7 +261,7 @@ impl RemoteSource<'_> {
                 let task = self
                     .remote
                     .rt
-                    .spawn(async move { store.get(&p).await?.bytes().await });
+                    .spawn(async move { super::fetch_capped(&*store, &p).await });
                 a.inflight.insert(h, task);
             }
             mine
@@ -273,7 +272,16 @@ impl RemoteSource<'_> {
                 .rt
                 .block_on(task)
                 .map_err(|e| LogError::Source(format!("offsite copy: download task: {e}")))?
-                .map_err(|e| self.remote.fail("downloading", path, e)),
+                .map_err(|f| self.remote.fetch_failed(path, f))
+                .and_then(|b| {
+                    b.ok_or_else(|| {
+                        RemoteError::Missing(format!(
+                            "object {path} on {} is missing: run `btm-agent push` from the \
+                             source log again",
+                            self.remote.url()
+                        ))
+                    })
+                }),
             None => self.remote.get(path),
         };
         got.map(|b| (b, false))

@@ -84,6 +84,16 @@ fn file_remote_roundtrip_resume_and_damage() {
         .map(|h| h.height)
         .collect();
     assert_eq!(hs, vec![1, 2, 3, 4, 5]);
+    // A pointer far larger than btm writes is refused before its body is read.
+    let big = store
+        .join("volumes/v/heights/00000000000000000099-".to_string() + &"ab".repeat(32) + ".json");
+    std::fs::write(&big, vec![b' '; 2 << 20]).unwrap();
+    let e = list_heights(&remote, "v", None).unwrap_err();
+    assert!(
+        matches!(&e, RemoteError::Damaged(m) if m.contains("more than btm ever writes")),
+        "{e:?}"
+    );
+    std::fs::remove_file(&big).unwrap();
     // Errors are typed by what the caller can do: nothing to restore, or a height not kept.
     let e = replay(
         &remote,
