@@ -3,6 +3,7 @@ pub mod config_cmd;
 pub mod demo;
 pub mod exec;
 pub mod exit;
+pub mod generate;
 pub mod heights;
 pub mod logs;
 pub mod offsite;
