@@ -71,6 +71,8 @@ enum Command {
     /// Start a node with THP disabled (`-- NODE ARGS`), so that its mmap stores into files
     /// written in large chunks are tracked per 4 KiB instead of per 2 MiB folio (ext4, xfs).
     Exec(btm_agent::cmd::exec::ExecArgs),
+    /// Thaw the volume if a cut left it frozen (the unit runs it after the agent stops).
+    Thaw(btm_agent::cmd::thaw::ThawArgs),
     /// Print shell completions (bash, zsh, fish, ...) or write man pages; the .deb ships both.
     Generate(btm_agent::cmd::generate::GenerateArgs),
 }
@@ -149,6 +151,7 @@ fn main() {
         Some(Command::Prune(a)) => btm_agent::cmd::offsite::prune(a),
         Some(Command::Config(a)) => btm_agent::cmd::config_cmd::run(a),
         Some(Command::Exec(a)) => btm_agent::cmd::exec::run(a),
+        Some(Command::Thaw(a)) => btm_agent::cmd::thaw::run(a),
         Some(Command::Generate(a)) => btm_agent::cmd::generate::run(a, Cli::command()),
         None => compat(cli.compat),
     };

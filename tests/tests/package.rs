@@ -1,9 +1,11 @@
-//! What the .deb relies on, through the real binary: `generate` makes completions and man
-//! pages from the clap definitions (`cargo xtask dist` packages them).
-use std::process::Command;
+//! What the .deb and the systemd unit rely on, through the real binary: `generate` makes
+//! completions and man pages from the clap definitions (`cargo xtask dist` packages them),
+//! `run` tells systemd it is ready once its socket listens (`Type=notify`), and `thaw` (the
+//! unit's ExecStopPost) thaws a volume left frozen but never one a running agent holds.
+use std::{os::unix::net::UnixDatagram, path::Path, process::Command, time::Duration};
 
 use btm_agent::cmd::exit::Code;
-use btm_tests::{agent_bin, workdir};
+use btm_tests::{LoopFs, agent_bin, can_run, start_agent_env, workdir};
 
 /// The agent with a clean environment: the runner's BTM_* variables must not leak in.
 fn agent() -> Command {
@@ -30,7 +32,7 @@ fn completions_name_every_verb_and_flag() {
     // the completions must know it too.
     for (shell, long) in [("bash", "--"), ("zsh", "--"), ("fish", "-l ")] {
         let s = stdout_of(agent().args(["generate", "completions", shell]));
-        for verb in ["run", "rollback", "replay", "generate"] {
+        for verb in ["run", "rollback", "replay", "thaw", "generate"] {
             assert!(s.contains(verb), "{shell} completions lack {verb}");
         }
         for flag in ["volume", "socket-group", "config"] {
@@ -73,4 +75,67 @@ fn man_pages_have_the_sections_man_shows() {
         "{run}"
     );
     assert!(man.join("btm-agent-config-check.1").exists());
+}
+
+#[test]
+fn run_notifies_readiness_and_thaw_respects_the_running_agent() {
+    if !can_run("run_notifies_readiness_and_thaw_respects_the_running_agent") {
+        return;
+    }
+    let fs = LoopFs::new("ext4", 64).unwrap();
+    std::fs::write(fs.path("a"), b"chain data").unwrap();
+    let work = workdir("btm-notify-");
+    let notify = work.path().join("notify.sock");
+    let listen = UnixDatagram::bind(&notify).unwrap();
+    listen
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let sock = work.path().join("btm.sock");
+    let mut running = start_agent_env(
+        &fs.mnt,
+        &work.path().join("log"),
+        &sock,
+        &[],
+        &[("NOTIFY_SOCKET", notify.to_str().unwrap())],
+    );
+    let mut buf = [0u8; 256];
+    let n = listen.recv(&mut buf).expect("no READY=1 from the agent");
+    assert_eq!(&buf[..n], b"READY=1");
+
+    // The agent holds the volume: its freezes are its own to end.
+    let out = agent()
+        .args(["thaw", "--volume"])
+        .arg(&fs.mnt)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(Code::Locked.status()),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    assert!(running.terminate().success());
+    let n = listen.recv(&mut buf).expect("no STOPPING=1 from the agent");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+
+    // A volume left frozen (the agent and its guard killed together) is thawed, found
+    // through the configuration file as the unit's ExecStopPost does.
+    let conf = work.path().join("btm.toml");
+    std::fs::write(&conf, format!("volume = {:?}\n", fs.mnt.to_str().unwrap())).unwrap();
+    freeze(&fs.mnt);
+    let s = stdout_of(agent().args(["thaw", "--config"]).arg(&conf));
+    assert!(s.contains("was frozen; thawed it"), "{s}");
+    std::fs::write(fs.path("b"), b"writable again").unwrap();
+    let s = stdout_of(agent().arg("thaw").env("BTM_CONFIG", &conf));
+    assert!(s.contains("is not frozen"), "{s}");
+}
+
+fn freeze(mnt: &Path) {
+    let st = Command::new("fsfreeze")
+        .arg("-f")
+        .arg(mnt)
+        .status()
+        .unwrap();
+    assert!(st.success(), "fsfreeze -f {}", mnt.display());
 }

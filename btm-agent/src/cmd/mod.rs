@@ -9,6 +9,8 @@ pub mod logs;
 pub mod offsite;
 pub mod proto;
 pub mod run;
+pub mod sd_notify;
 pub mod socket;
 pub mod status;
+pub mod thaw;
 pub mod track;

@@ -254,6 +254,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             "agent ready"
         ),
     }
+    super::sd_notify::ready();
     let requests = super::socket::serve(listener, stop.clone());
     loop {
         let mut inc = match requests.recv_timeout(Duration::from_millis(500)) {
@@ -285,6 +286,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             s.notify();
         }
     }
+    super::sd_notify::stopping();
     let _ = std::fs::remove_file(&args.socket);
     metrics.set_alive(false);
     // A clean stop: the next start reads only what changes until then (cut/resume.rs).
