@@ -3,6 +3,7 @@
 //! Every command first makes sure the machine has what btm needs (idempotent: a second run
 //! only checks), so the README's two commands work on a fresh machine.
 mod bench;
+mod dist;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -45,6 +46,9 @@ enum Cmd {
     /// (moto on loopback), as root (through `sudo -E` when not root); writes
     /// BENCHMARKS-offsite.md.
     BenchOffsite(bench::offsite::OffsiteArgs),
+    /// Build the release agent, its shell completions and man pages, and a .deb (cargo-deb)
+    /// into target/dist/.
+    Dist,
 }
 
 fn main() -> ExitCode {
@@ -89,6 +93,7 @@ fn run() -> Result<()> {
         }
         Cmd::Bench(a) => as_root("bench").unwrap_or_else(|| bench::run(a)),
         Cmd::BenchOffsite(a) => as_root("bench-offsite").unwrap_or_else(|| bench::offsite::run(a)),
+        Cmd::Dist => dist::run(),
         Cmd::Test { args } => {
             setup::all()?;
             if !setup::is_root() {
