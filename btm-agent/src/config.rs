@@ -232,7 +232,9 @@ fn check_value(arg: &Arg, s: &str) -> Result<(), clap::Error> {
         .map(drop)
 }
 
-fn add_config_arg(cmd: Command) -> Command {
+/// `cmd` with `--config` on the subcommands the file configures, as [`parse`] sees it (also
+/// for generated completions and man pages).
+pub fn add_config_arg(cmd: Command) -> Command {
     let arg = Arg::new("config")
         .long("config")
         .env("BTM_CONFIG")

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use btm_agent::cmd::{exit, logs, run, status, track};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// Kernel-assisted time machine for a chain node's data volume: an eBPF tracker records which
 /// 4 KiB blocks change, and at each block height the agent appends exactly those bytes to an
@@ -71,6 +71,10 @@ enum Command {
     /// Start a node with THP disabled (`-- NODE ARGS`), so that its mmap stores into files
     /// written in large chunks are tracked per 4 KiB instead of per 2 MiB folio (ext4, xfs).
     Exec(btm_agent::cmd::exec::ExecArgs),
+    /// Thaw the volume if a cut left it frozen (the unit runs it after the agent stops).
+    Thaw(btm_agent::cmd::thaw::ThawArgs),
+    /// Print shell completions (bash, zsh, fish, ...) or write man pages; the .deb ships both.
+    Generate(btm_agent::cmd::generate::GenerateArgs),
 }
 
 /// BTM-compatible flags (without a subcommand).
@@ -150,6 +154,8 @@ fn main() {
         Some(Command::Prune(a)) => btm_agent::cmd::offsite::prune(a),
         Some(Command::Config(a)) => btm_agent::cmd::config_cmd::run(a),
         Some(Command::Exec(a)) => btm_agent::cmd::exec::run(a),
+        Some(Command::Thaw(a)) => btm_agent::cmd::thaw::run(a),
+        Some(Command::Generate(a)) => btm_agent::cmd::generate::run(a, Cli::command()),
         None => compat(cli.compat),
     };
     if let Err(e) = res {

@@ -351,6 +351,28 @@ fn install_script_in_temp_root() {
             "unit lacks {line}:\n{unit}"
         );
     }
+    // The template unit too, both naming this install's binary (the .deb's is in /usr/bin).
+    let template = fs::read_to_string(r.join("etc/systemd/system/btm-agent@.service")).unwrap();
+    assert!(
+        template
+            .lines()
+            .any(|l| l == "ExecStart=/usr/local/bin/btm-agent run"),
+        "{template}"
+    );
+    assert!(!unit.contains("/usr/bin/") && !template.contains("/usr/bin/"));
+    // The sandboxed unit may write the volume and the log, once they are mounted.
+    let dropin =
+        fs::read_to_string(r.join("etc/systemd/system/btm-agent.service.d/btm-paths.conf"))
+            .unwrap();
+    for line in [
+        "RequiresMountsFor=\"/srv/chain\" \"/backup/btm\"",
+        "ReadWritePaths=\"/srv/chain\" \"/backup/btm\"",
+    ] {
+        assert!(
+            dropin.lines().any(|l| l == line),
+            "drop-in lacks {line}:\n{dropin}"
+        );
+    }
     let bin = r.join("usr/local/bin/btm-agent");
     assert_eq!(fs::read(&bin).unwrap(), fs::read(agent_bin()).unwrap());
     let env = fs::read_to_string(r.join("etc/btm/btm.env")).unwrap();

@@ -3,6 +3,7 @@
 //! Every command first makes sure the machine has what btm needs (idempotent: a second run
 //! only checks), so the README's two commands work on a fresh machine.
 mod bench;
+mod dist;
 mod fuzz;
 mod setup;
 
@@ -49,6 +50,9 @@ enum Cmd {
     /// Run every cargo-fuzz target (log, remote objects, socket protocol, configuration file)
     /// for --secs each from the committed seeds; fails on a crash or hang.
     Fuzz(fuzz::FuzzArgs),
+    /// Build the release agent, its shell completions and man pages, and a .deb (cargo-deb)
+    /// into target/dist/.
+    Dist,
 }
 
 fn main() -> ExitCode {
@@ -94,6 +98,7 @@ fn run() -> Result<()> {
         Cmd::Bench(a) => as_root("bench").unwrap_or_else(|| bench::run(a)),
         Cmd::BenchOffsite(a) => as_root("bench-offsite").unwrap_or_else(|| bench::offsite::run(a)),
         Cmd::Fuzz(a) => fuzz::run(a),
+        Cmd::Dist => dist::run(),
         Cmd::Test { args } => {
             setup::all()?;
             if !setup::is_root() {

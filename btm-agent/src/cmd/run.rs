@@ -169,6 +169,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         last_height = last,
         "agent ready"
     );
+    super::sd_notify::ready();
     let requests = super::socket::serve(listener, stop.clone());
     loop {
         let mut inc = match requests.recv_timeout(Duration::from_millis(500)) {
@@ -200,6 +201,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             s.notify();
         }
     }
+    super::sd_notify::stopping();
     let _ = std::fs::remove_file(&args.socket);
     metrics.set_alive(false);
     // A clean stop: the next start reads only what changes until then (cut/resume.rs).
