@@ -98,9 +98,12 @@ struct Compat {
     /// Roll back to exactly H.
     #[arg(short = 'R', value_name = "H")]
     exact: Option<u64>,
-    /// Remove every recorded height.
+    /// Remove every recorded height (asks first; only btm's own files go).
     #[arg(short = 'C')]
     clean: bool,
+    /// Do not ask before -C.
+    #[arg(long, requires = "clean")]
+    yes: bool,
 }
 
 impl Command {
@@ -239,26 +242,13 @@ fn compat(c: Compat) -> Result<()> {
     } else if let Some(h) = c.exact {
         rollback(Some(h), true)
     } else if c.clean {
-        let Some(log) = c.log.clone() else {
-            // Native snapshots of the volume (see `list`): delete them all.
-            let volume = c.volume.clone().ok_or_else(|| {
-                anyhow::anyhow!("-C needs --log LOGDIR or -p VOLUME (native snapshots)")
-            })?;
-            let b = btm_agent::snapshot::detect(&volume)?.ok_or_else(|| {
-                anyhow::anyhow!("{} has no native snapshots; pass --log", volume.display())
-            })?;
-            let hs = b.list()?;
-            b.delete(&hs)?;
-            println!("removed {} snapshots of {}", hs.len(), b.describe());
-            return Ok(());
-        };
-        // Holding the appender lock proves no agent is writing.
-        let l = logs::open_existing(&log)?;
-        let n = l.heights().len();
-        drop(l);
-        std::fs::remove_dir_all(&log)?;
-        println!("removed {n} heights ({})", log.display());
-        Ok(())
+        match (&c.log, &c.volume) {
+            (Some(log), _) => btm_agent::cmd::clean::clean_log(log, c.yes),
+            (None, Some(volume)) => btm_agent::cmd::clean::clean_native(volume, c.yes),
+            (None, None) => Err(exit::usage(
+                "-C needs --log LOGDIR or -p VOLUME (native snapshots)",
+            )),
+        }
     } else {
         Err(exit::usage(
             "nothing to do: give a subcommand (see --help) or one of BTM's -l, -x, -r H, -R H, -C",

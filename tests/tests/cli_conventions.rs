@@ -657,3 +657,47 @@ fn verify_and_replay_report_as_text_or_json() {
     assert_eq!(v["stats"]["bytes_written"], 8192, "{v}");
     assert_eq!(std::fs::read(into.join("f")).unwrap(), vec![2u8; 8192]);
 }
+
+/// `-C` asks before removing every height (here: no terminal, so --yes is required), and
+/// removes only what btm wrote: a user's file in the log directory stays.
+#[test]
+fn clean_asks_and_removes_only_btms_files() {
+    use btm_agent::log::{CutRecord, Log};
+    let dir = tempfile::tempdir().unwrap();
+    let logdir = dir.path().join("log");
+    let mut log = Log::open_append(&logdir).unwrap();
+    log.append(CutRecord {
+        height: 1,
+        time_unix_ms: 1,
+        ops: vec![],
+        extents: vec![],
+    })
+    .unwrap();
+    drop(log);
+    std::fs::write(logdir.join("notes.txt"), b"mine").unwrap();
+    let l = logdir.to_str().unwrap();
+    let out = expect(
+        agent()
+            .args(["--log", l, "-C"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap(),
+        Code::Usage,
+    );
+    assert!(text(&out.stderr).contains("--yes"), "{}", text(&out.stderr));
+    assert!(
+        logdir.join("seg-00000001.btm").exists(),
+        "removed without asking"
+    );
+    let out = ok(run(&["--log", l, "-C", "--yes"]));
+    assert!(
+        text(&out.stdout).contains("left 1 other"),
+        "{}",
+        text(&out.stdout)
+    );
+    let left: Vec<String> = std::fs::read_dir(&logdir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["notes.txt"]);
+}

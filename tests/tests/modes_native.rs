@@ -221,7 +221,7 @@ fn scenario(mode: &str, vol: &Path, socket: &Path) {
     assert!(e.contains("no snapshot at or below height 3"), "{e}");
     cli(&["-p", v, "-x"]).unwrap();
     assert_eq!(digest(vol), states[&5]);
-    cli(&["-p", v, "-C"]).unwrap();
+    cli(&["-p", v, "-C", "--yes"]).unwrap();
     assert_eq!(list(vol), Vec::<u64>::new(), "{mode}: -C");
 
     // Fade, itv 2, cap 10: odd heights are acknowledged and skipped; density falls with age.
@@ -237,7 +237,7 @@ fn scenario(mode: &str, vol: &Path, socket: &Path) {
     println!("{mode}: fade itv 2 cap 10 over 1..=40 keeps {got:?}");
     assert_eq!(got, want, "{mode}: fade");
     assert!(got.len() <= 10 && got.contains(&40));
-    cli(&["-p", v, "-C"]).unwrap();
+    cli(&["-p", v, "-C", "--yes"]).unwrap();
 }
 
 #[test]

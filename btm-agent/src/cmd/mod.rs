@@ -1,4 +1,5 @@
 //! One module per CLI subcommand family.
+pub mod clean;
 pub mod config_cmd;
 pub mod demo;
 pub mod exec;
