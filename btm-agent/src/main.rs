@@ -80,8 +80,8 @@ enum Command {
 /// BTM-compatible flags (without a subcommand).
 #[derive(Args, Debug)]
 struct Compat {
-    /// Volume (BTM: -p).
-    #[arg(short = 'p', long = "volume")]
+    /// Volume (BTM: -p, or BTM_VOLUME). Given alone, its heights are listed, as BTM does.
+    #[arg(short = 'p', long = "volume", env = "BTM_VOLUME")]
     volume: Option<PathBuf>,
     /// Log directory.
     #[arg(long = "log", env = "BTM_LOG_DIR")]
@@ -224,7 +224,9 @@ fn compat(c: Compat) -> Result<()> {
             json: false,
         })
     };
-    if c.list {
+    let act = c.latest || c.closest.is_some() || c.exact.is_some() || c.clean;
+    // BTM: `btm -p VOLUME` alone lists.
+    if c.list || (!act && (c.volume.is_some() || c.log.is_some())) {
         logs::list(logs::ListArgs {
             log: c.log.clone(),
             volume: c.volume.clone(),

@@ -676,6 +676,9 @@ fn clean_asks_and_removes_only_btms_files() {
     drop(log);
     std::fs::write(logdir.join("notes.txt"), b"mine").unwrap();
     let l = logdir.to_str().unwrap();
+    // As in BTM, naming the heights' place alone lists them.
+    let out = text(&ok(run(&["--log", l])).stdout);
+    assert!(out.trim_start().starts_with("1 "), "{out}");
     let out = expect(
         agent()
             .args(["--log", l, "-C"])
