@@ -638,7 +638,7 @@ fn verify_and_replay_report_as_text_or_json() {
     drop(log);
     let l = logdir.to_str().unwrap();
     let out = text(&ok(run(&["verify", "--log", l])).stdout);
-    assert!(out.starts_with("ok: 2 heights (1..=2)"), "{out}");
+    assert!(out.starts_with("ok: 2 records (heights 1..=2)"), "{out}");
     let v: serde_json::Value =
         serde_json::from_slice(&ok(run(&["verify", "--log", l, "--json"])).stdout).unwrap();
     assert_eq!(

@@ -33,11 +33,11 @@ pub fn replay_summary(s: &ReplayStats) -> String {
     )
 }
 
-/// `ok: 12 heights (3..=14) in 1 segment, 40 payloads checked (9.0 MiB), 2.1 MiB read; the
+/// `ok: 12 records (heights 3..=14) in 1 segment, 40 payloads checked (9.0 MiB), 2.1 MiB read; the
 /// last height has 5 files (8.0 MiB)`.
 pub fn verify_summary(r: &VerifyReport) -> String {
     let range = match (r.first_height, r.last_height) {
-        (Some(a), Some(b)) => format!(" ({a}..={b})"),
+        (Some(a), Some(b)) => format!(" (heights {a}..={b})"),
         _ => String::new(),
     };
     let torn = r.torn_tail.as_ref().map_or(String::new(), |t| {
@@ -49,7 +49,7 @@ pub fn verify_summary(r: &VerifyReport) -> String {
         )
     });
     format!(
-        "ok: {} heights{range} in {} segments, {} payloads checked ({}), {} read; the last \
+        "ok: {} records{range} in {} segments, {} payloads checked ({}), {} read; the last \
          height has {} files ({}){torn}",
         r.records,
         r.segments,
@@ -85,6 +85,6 @@ mod tests {
             last_height: Some(4),
             ..Default::default()
         };
-        assert!(verify_summary(&r).starts_with("ok: 2 heights (3..=4) in 1 segments"));
+        assert!(verify_summary(&r).starts_with("ok: 2 records (heights 3..=4) in 1 segments"));
     }
 }
