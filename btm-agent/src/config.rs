@@ -164,18 +164,22 @@ pub fn matches_with_config(cmd: Command, argv: Vec<OsString>) -> Result<ArgMatch
     Ok(m)
 }
 
+/// The configuration file as a TOML table; `reading` says what was being done (`{}` is the
+/// path) when the file cannot be read.
+pub fn read_table(path: &Path, reading: &str) -> Result<toml::Table> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| reading.replace("{}", &path.display().to_string()))?;
+    text.parse()
+        .map_err(|e| anyhow::anyhow!("{}: not valid TOML: {e}", path.display()))
+}
+
 /// Reads the file into `key -> value as a flag would spell it`, checking each key and value
 /// against the subcommand's arguments.
 fn read_file(path: &Path, cmd: &Command) -> Result<BTreeMap<String, String>> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "reading configuration {} (from --config, BTM_CONFIG or the default)",
-            path.display()
-        )
-    })?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e| anyhow::anyhow!("{}: not valid TOML: {e}", path.display()))?;
+    let table = read_table(
+        path,
+        "reading configuration {} (from --config, BTM_CONFIG or the default)",
+    )?;
     let known: Vec<&str> = cmd
         .get_arguments()
         .map(|a| a.get_id().as_str())

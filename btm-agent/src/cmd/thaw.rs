@@ -37,15 +37,8 @@ pub fn run(args: ThawArgs) -> Result<()> {
 /// The `volume` key of the configuration file.
 fn volume_of(config: Option<&Path>) -> Result<PathBuf> {
     let path = config.unwrap_or(Path::new(crate::config::DEFAULT_PATH));
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "no --volume, and reading configuration {} failed",
-            path.display()
-        )
-    })?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e| anyhow::anyhow!("{}: not valid TOML: {e}", path.display()))?;
+    let table =
+        crate::config::read_table(path, "no --volume, and reading configuration {} failed")?;
     match table.get("volume") {
         Some(toml::Value::String(v)) => Ok(PathBuf::from(v)),
         _ => Err(super::exit::usage(format!(
