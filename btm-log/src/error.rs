@@ -113,8 +113,22 @@ pub enum LogError {
     #[error("{0}")]
     Source(String),
 
+    #[error(
+        "compacting the log at {} needs about {} free and the filesystem has {}: nothing was \
+         changed; free space there, or wait until retention drops more",
+        dir.display(), human(*need), human(*free)
+    )]
+    NoSpace { dir: PathBuf, need: u64, free: u64 },
+
+    #[error("compaction of the log at {} abandoned ({why}); the log is as it was", dir.display())]
+    Abandoned { dir: PathBuf, why: String },
+
     #[error("replay into {}: {what}", path.display())]
     Replay { path: PathBuf, what: String },
+}
+
+fn human(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
 }
 
 fn range_hint(first: Option<u64>, last: Option<u64>) -> String {

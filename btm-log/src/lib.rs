@@ -63,7 +63,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 pub use append::Draft;
-pub use compact::{CompactReport, DROPPED_FILE, record_dropped};
+pub use compact::{CompactReport, DROPPED_FILE, Prepared, record_dropped};
 pub use error::LogError;
 pub use format::{Codec, FORMAT_VERSION, PayloadRef};
 pub use payload::{check_payload, decode_payload};

@@ -263,6 +263,45 @@ pub fn start_agent_via(
     agent
 }
 
+/// Waits until the agent started on log `log` (by [`start_agent`]) has logged a line
+/// holding `needle` at least `times` times; returns its log. Panics with it after a minute.
+pub fn wait_agent_log(log: &Path, needle: &str, times: usize) -> String {
+    let path = log.with_extension("agent.log");
+    let t0 = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().filter(|l| l.contains(needle)).count() >= times {
+            return text;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "the agent never logged {needle:?} {times} time(s):\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Waits until the agent listening on `sock` has no compaction in progress (its status).
+pub fn wait_compaction_idle(sock: &Path) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let out = Command::new(agent_bin())
+            .args(["status", "--json", "--socket"])
+            .arg(sock)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if out.status.success() && v["compaction"].is_null() {
+            return;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(120),
+            "the agent's compaction never finished: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// `btm-agent snapshot --height h` through `sock`; panics with the agent's words on failure.
 pub fn snapshot_via(sock: &Path, h: u64) {
     let out = Command::new(agent_bin())

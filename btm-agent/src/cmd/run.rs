@@ -85,6 +85,16 @@ pub struct RunArgs {
         value_parser = super::size::parse_size
     )]
     pub compact_min_bytes: u64,
+    /// eBPF mode: at most this many bytes per second read and written by a compaction (a
+    /// size: 64MiB; 0 for no limit), so that it does not take the disk from the node. Heights
+    /// keep being cut while it runs; only the copy of those cut meanwhile waits for them.
+    #[arg(
+        long,
+        env = "BTM_COMPACT_RATE",
+        default_value = "128MiB",
+        value_parser = super::size::parse_size
+    )]
+    pub compact_rate: u64,
     /// Do not freeze the volume at cuts (only when the node is paused by the caller).
     #[arg(long)]
     pub no_freeze: bool,
@@ -175,6 +185,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         let mut inc = match requests.recv_timeout(Duration::from_millis(500)) {
             Ok(inc) => inc,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !stop.load(Ordering::SeqCst) => {
+                // A compaction prepared in the background is finished between requests.
+                store.maintain().context("compacting the log")?;
                 continue;
             }
             Err(_) => break,
@@ -193,8 +205,9 @@ pub fn run(args: RunArgs) -> Result<()> {
             Err(refused) => refused,
         };
         inc.answer(&resp);
-        // After answering: the node does not wait for a compaction. Without its tracker
-        // the agent cannot go on, so a failure here stops it (the log stays consistent).
+        // After answering: the node does not wait for a compaction (it is prepared on its own
+        // thread and only finished here). Without its tracker the agent cannot go on, so a
+        // failure here stops it (the log stays consistent).
         store.maintain().context("compacting the log")?;
         // Then ship (a push holds the readers' lock, which would postpone compaction).
         if let Some(s) = &shipper {
@@ -284,7 +297,10 @@ fn start_ebpf(args: &RunArgs, policy: &Policy) -> Result<Box<dyn HeightStore>> {
         tracker,
         &args.log,
         policy,
-        args.compact_min_bytes,
+        crate::store::CompactSettings {
+            min_bytes: args.compact_min_bytes,
+            bytes_per_sec: args.compact_rate,
+        },
         !args.no_freeze,
     )?;
     // Held for the life of the process (the kernel releases it when the agent exits).

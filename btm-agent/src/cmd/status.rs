@@ -76,6 +76,17 @@ fn summary(v: &Value) -> String {
             n("prog_misses")
         );
     }
+    if let Some(c) = v.get("compaction").filter(|c| c.is_object()) {
+        s += &format!(
+            "compaction   running for {} s{}\n",
+            c["running_secs"],
+            if c["prepared"] == true {
+                ", prepared: its commit waits for readers of the log"
+            } else {
+                ""
+            }
+        );
+    }
     s
 }
 

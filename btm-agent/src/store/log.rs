@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::HeightStore;
+use super::compaction::{Background, Progress};
 use crate::cut::Cutter;
 use crate::log::{CompactReport, Log};
 use crate::metrics::Metrics;
@@ -24,6 +25,10 @@ pub struct LogStore {
     dir: PathBuf,
     kept: Kept,
     compact_min_bytes: u64,
+    /// Bytes per second a background compaction reads and writes at most (0: no limit).
+    compact_rate: u64,
+    /// A compaction being prepared beside the cuts.
+    compaction: Option<Background>,
 }
 
 /// The log's kept heights (retention's input) and the byte counts that decide compaction,
@@ -70,8 +75,9 @@ fn readers_idle(dir: &Path) -> bool {
 }
 
 /// Logs a compaction's report, each count as a number.
-fn log_compacted(rep: &CompactReport) {
+fn log_compacted(rep: &CompactReport, started: Option<Instant>) {
     tracing::info!(
+        secs = started.map_or(0.0, |t| (t.elapsed().as_secs_f64() * 10.0).round() / 10.0),
         dropped_records = rep.dropped_records,
         merged_records = rep.merged_records,
         bytes_before = rep.bytes_before,
@@ -82,14 +88,14 @@ fn log_compacted(rep: &CompactReport) {
 
 impl LogStore {
     /// Opens (or creates) the log at `dir` for the tracked volume. The policy may have changed
-    /// since the last run: it is applied at once, and what it drops is compacted with the same
-    /// threshold as after cuts.
+    /// since the last run: it is applied at once, and what it drops is compacted in the
+    /// background with the same threshold as after cuts.
     pub fn open(
         mount: Mount,
         tracker: Tracker,
         dir: &Path,
         policy: &Policy,
-        compact_min_bytes: u64,
+        compaction: CompactSettings,
         freeze: bool,
     ) -> Result<LogStore> {
         std::fs::create_dir_all(dir)
@@ -97,19 +103,6 @@ impl LogStore {
         let mut log = Log::open_append(dir)?;
         let hs: Vec<u64> = log.heights().iter().map(|h| h.height).collect();
         log.drop_heights(&policy.to_delete(&hs))?;
-        if Kept::of(&log).wants_compaction(compact_min_bytes) {
-            log = match log.compact() {
-                Ok((l, rep)) => {
-                    log_compacted(&rep);
-                    l
-                }
-                Err(e) => {
-                    // The log is as it was: start anyway, compaction is retried after cuts.
-                    tracing::warn!("log compaction failed: {e}");
-                    Log::open_append(dir)?
-                }
-            };
-        }
         let kept = Kept::of(&log);
         let mut cutter = Cutter::new(mount, tracker, log)?;
         cutter.freeze = freeze;
@@ -117,9 +110,44 @@ impl LogStore {
             cutter: Box::new(cutter),
             dir: dir.to_path_buf(),
             kept,
-            compact_min_bytes,
+            compact_min_bytes: compaction.min_bytes,
+            compact_rate: compaction.bytes_per_sec,
+            compaction: None,
         })
     }
+
+    /// Stops a compaction being prepared, throwing its work away.
+    fn stop_compaction(&mut self) {
+        if let Some(bg) = self.compaction.take() {
+            tracing::info!("stopping the log compaction in progress");
+            bg.stop();
+        }
+    }
+
+    /// Finishes a prepared compaction (copying the heights cut meanwhile) once no reader
+    /// holds the log; until then it waits, and cuts go on.
+    fn finish_compaction(&mut self, p: crate::log::Prepared) {
+        let started = self.compaction.as_ref().map(|b| b.started);
+        self.compaction = None;
+        match self.cutter.transform_log(|log| log.finish_compaction(p)) {
+            Ok(rep) => {
+                log_compacted(&rep, started);
+                self.kept = Kept::of(self.cutter.log());
+            }
+            Err(e) => {
+                tracing::warn!("log compaction failed, retrying later: {e:#}");
+                self.kept = Kept::of(self.cutter.log());
+                self.kept.retry_after = Some(Instant::now() + COMPACT_RETRY);
+            }
+        }
+    }
+}
+
+/// When eBPF mode compacts its log (`run --compact-min-bytes`, `--compact-rate`).
+#[derive(Clone, Copy, Debug)]
+pub struct CompactSettings {
+    pub min_bytes: u64,
+    pub bytes_per_sec: u64,
 }
 
 impl HeightStore for LogStore {
@@ -173,6 +201,8 @@ impl HeightStore for LogStore {
     fn rollback(&mut self, height: Option<u64>, exact: bool) -> Result<serde_json::Value> {
         // `kept` knows what this agent dropped since it opened the log.
         let h = crate::log::resolve_height(&self.kept.heights(), height, exact)?;
+        // A compaction prepared from the records a rollback cuts off would bring them back.
+        self.stop_compaction();
         let root = self.cutter.root().to_path_buf();
         let stats = self.cutter.log().replay(h, &root, &Default::default())?;
         // Like `zfs rollback -r`: newer heights leave the log, so the node can re-reach them.
@@ -192,29 +222,45 @@ impl HeightStore for LogStore {
             "last_height": self.cutter.log().last_height(),
             "heights": self.kept.sizes.len(),
             "tracker": self.cutter.tracker().stats().ok(),
+            "compaction": self.compaction.as_ref().map(Background::describe),
         }))
     }
 
-    /// Compacts the log once dropped records take enough of it. Tracking goes on meanwhile
-    /// and the next cut stays incremental (compaction keeps the last height's state). An
-    /// error leaves the log as it was; only a lost tracker is returned (the agent cannot go on).
+    /// Compacts the log once dropped records take enough of it: starts preparing it on a
+    /// thread, and finishes it on a later call once it is prepared. Cuts go on meanwhile and
+    /// the next cut stays incremental (compaction keeps the last height's state). An error
+    /// leaves the log as it was; compaction is retried later.
     fn maintain(&mut self) -> Result<()> {
+        if let Some(bg) = &mut self.compaction {
+            match bg.poll() {
+                Progress::Running => {}
+                Progress::Nothing => self.compaction = None,
+                Progress::Failed(e) => {
+                    self.compaction = None;
+                    tracing::warn!("log compaction failed, retrying later: {e:#}");
+                    self.kept.retry_after = Some(Instant::now() + COMPACT_RETRY);
+                }
+                // Readers (replay, list) hold readers.lock shared; the commit needs it
+                // exclusively. The prepared work waits for them (and cuts go on).
+                Progress::Prepared(p) if readers_idle(&self.dir) => self.finish_compaction(p),
+                Progress::Prepared(p) => bg.park(p),
+            }
+            return Ok(());
+        }
         if !self.kept.wants_compaction(self.compact_min_bytes) {
             return Ok(());
         }
-        // Readers (replay, list) hold readers.lock shared; compaction needs it exclusively.
-        if !readers_idle(&self.dir) {
-            tracing::info!("log compaction postponed: readers are using the log");
-            self.kept.retry_after = Some(Instant::now() + COMPACT_RETRY);
-            return Ok(());
-        }
-        match self.cutter.transform_log(|log| log.compact()) {
-            Ok(rep) => {
-                log_compacted(&rep);
-                self.kept = Kept::of(self.cutter.log());
+        match Background::start(self.cutter.log(), self.compact_rate) {
+            Ok(bg) => {
+                tracing::info!(
+                    dropped_bytes = self.kept.dropped_bytes,
+                    total_bytes = self.kept.total_bytes,
+                    "log compaction started in the background"
+                );
+                self.compaction = Some(bg);
             }
             Err(e) => {
-                tracing::warn!("log compaction failed, retrying later: {e:#}");
+                tracing::warn!("log compaction could not start, retrying later: {e:#}");
                 self.kept.retry_after = Some(Instant::now() + COMPACT_RETRY);
             }
         }
@@ -222,6 +268,7 @@ impl HeightStore for LogStore {
     }
 
     fn suspend(&mut self) -> Result<()> {
+        self.stop_compaction();
         self.cutter.suspend().map(drop)
     }
 

@@ -3,6 +3,7 @@
 //! and never asks which; BTM's rules (retention after every height, rollback exact or to the
 //! closest lower height, newer heights leaving on rollback) are written once, here and in
 //! `btm_log::pick_height`.
+mod compaction;
 mod log;
 mod native;
 
@@ -10,7 +11,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-pub use log::LogStore;
+pub use log::{CompactSettings, LogStore};
 pub use native::{NativeStore, rollback as native_rollback};
 
 use crate::metrics::Metrics;

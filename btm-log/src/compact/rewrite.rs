@@ -1,0 +1,232 @@
+//! The writer of a compaction: new segments in `compact.new`, one record at a time, through
+//! the log's one record writer. It outlives the log it was filled from: a compaction prepared
+//! on a read-only view ([`Log::view`]) is finished on the appending log.
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::{CompactReport, test_pause};
+use crate::append::compress_all;
+use crate::format::{Codec, Meta, MetaExtent, PayloadRef, SEG_HEADER_LEN, SegHeader};
+use crate::record::{FileId, NsOp};
+use crate::writer::{RecordWriter, SegmentIo};
+use crate::{Log, LogError, seg_name};
+
+/// A row of a rewritten record before payload locations are known.
+pub(super) enum Row {
+    Zero {
+        id: FileId,
+        offset: u64,
+        len: u64,
+    },
+    /// An existing payload (moved if it lives in a rewritten segment).
+    Ref {
+        id: FileId,
+        offset: u64,
+        p: PayloadRef,
+    },
+    /// New bytes (part of a payload still visible at the kept height).
+    Fresh {
+        id: FileId,
+        offset: u64,
+        raw: Vec<u8>,
+    },
+}
+
+/// The rows of a record copied as it is (its payloads move with it).
+pub(super) fn rows_of(extents: Vec<MetaExtent>) -> Vec<Row> {
+    extents
+        .into_iter()
+        .map(|e| match e {
+            MetaExtent::Zero { id, offset, len } => Row::Zero { id, offset, len },
+            MetaExtent::Data {
+                id,
+                offset,
+                payload,
+            } => Row::Ref {
+                id,
+                offset,
+                p: payload,
+            },
+        })
+        .collect()
+}
+
+/// Writes the new segments into `compact.new`.
+pub(super) struct Writer {
+    pub(super) tmp: PathBuf,
+    pub(super) first_seg: u64,
+    pub(super) files: Vec<(u64, File)>,
+    len: u64,
+    prev_hash: [u8; 32],
+    /// Old location of a payload in a rewritten segment -> its new location.
+    moved: HashMap<(u64, u64), PayloadRef>,
+    pub(super) rep: CompactReport,
+    throttle: Throttle,
+}
+
+impl Writer {
+    pub(super) fn new(
+        tmp: PathBuf,
+        first_seg: u64,
+        prev_hash: [u8; 32],
+        rep: CompactReport,
+        bytes_per_sec: u64,
+    ) -> Writer {
+        Writer {
+            tmp,
+            first_seg,
+            files: Vec::new(),
+            len: 0,
+            prev_hash,
+            moved: HashMap::new(),
+            rep,
+            throttle: Throttle::new(bytes_per_sec),
+        }
+    }
+
+    /// The catch-up of [`Log::finish_compaction`] runs while cuts wait: at full speed.
+    pub(super) fn unthrottled(&mut self) {
+        self.throttle.bytes_per_sec = 0;
+    }
+
+    fn new_segment(&mut self) -> Result<(), LogError> {
+        let no = self.files.last().map_or(self.first_seg, |(n, _)| n + 1);
+        let path = self.tmp.join(seg_name(no));
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| LogError::io(&path, e))?;
+        f.write_all_at(&SegHeader { seg: no }.encode(), 0)
+            .map_err(|e| LogError::io(&path, e))?;
+        self.files.push((no, f));
+        self.len = SEG_HEADER_LEN;
+        Ok(())
+    }
+
+    /// Writes one record; payloads it refers to in rewritten segments are read from `log`.
+    pub(super) fn emit(
+        &mut self,
+        log: &Log,
+        height: u64,
+        time_unix_ms: u64,
+        ops: Vec<NsOp>,
+        rows: Vec<Row>,
+    ) -> Result<(), LogError> {
+        if self.files.is_empty() || (self.len >= log.opts.segment_size && self.len > SEG_HEADER_LEN)
+        {
+            self.new_segment()?;
+        }
+        let (seg_no, file) = self.files.last().expect("segment");
+        let seg_no = *seg_no;
+        let path = self.tmp.join(seg_name(seg_no));
+        let io = SegmentIo::new(file, &path, log.fail_beyond())?;
+        let mut w = RecordWriter::new(io, seg_no, self.len);
+        let fresh: Vec<&[u8]> = rows
+            .iter()
+            .filter_map(|r| match r {
+                Row::Fresh { raw, .. } => Some(raw.as_slice()),
+                _ => None,
+            })
+            .collect();
+        let opts = &log.opts;
+        let mut stored = compress_all(&fresh, opts.zstd_level, opts.compress_threads)
+            .map_err(|e| LogError::io(&self.tmp, e))?
+            .into_iter();
+        let mut extents = Vec::with_capacity(rows.len());
+        for r in rows {
+            let (id, offset, payload) = match r {
+                Row::Zero { id, offset, len } => {
+                    extents.push(MetaExtent::Zero { id, offset, len });
+                    continue;
+                }
+                Row::Ref { id, offset, p } if p.seg < self.first_seg => (id, offset, p),
+                Row::Ref { id, offset, p } => match self.moved.get(&(p.seg, p.offset)) {
+                    Some(n) => (id, offset, *n),
+                    None => {
+                        let seg = log.segment(p.seg).expect("checked at open");
+                        let mut b = vec![0u8; p.stored_len as usize];
+                        seg.file
+                            .read_exact_at(&mut b, p.offset)
+                            .map_err(|e| LogError::io(&seg.path, e))?;
+                        // Never carry damage into the new log.
+                        crate::check_payload(&p, &b).map_err(|what| LogError::Corrupt {
+                            segment: seg.path.clone(),
+                            offset: p.offset,
+                            height: None,
+                            what: format!("payload copied by compaction: {what}"),
+                        })?;
+                        let n = w.copied(&b, &p)?;
+                        self.moved.insert((p.seg, p.offset), n);
+                        self.rep.copied_payloads += 1;
+                        self.throttle.account(2 * p.stored_len);
+                        (id, offset, n)
+                    }
+                },
+                Row::Fresh { id, offset, raw } => {
+                    let (table, zstd) = stored.next().expect("one per fresh row");
+                    let (codec, body) = match &zstd {
+                        Some(c) => (Codec::Zstd, c.as_slice()),
+                        None => (Codec::Raw, raw.as_slice()),
+                    };
+                    let hash = *blake3::hash(&raw).as_bytes();
+                    let n = w.payload(&table, body, raw.len() as u64, codec, hash)?;
+                    self.rep.sliced_payloads += 1;
+                    self.throttle.account(raw.len() as u64 + body.len() as u64);
+                    (id, offset, n)
+                }
+            };
+            extents.push(MetaExtent::Data {
+                id,
+                offset,
+                payload,
+            });
+        }
+        let meta = Meta { ops, extents }.encode();
+        let start = self.len;
+        let (header, hash) = w.finish(height, time_unix_ms, self.prev_hash, &meta)?;
+        self.len = start + header.record_len().expect("fits");
+        self.prev_hash = hash;
+        self.throttle.account(2 * meta.len() as u64);
+        self.throttle.pace();
+        test_pause();
+        Ok(())
+    }
+}
+
+/// Keeps a compaction's reads and writes under a rate, so that it does not starve the node
+/// (or the cuts) of disk bandwidth. `0`: no limit.
+struct Throttle {
+    bytes_per_sec: u64,
+    start: Instant,
+    bytes: u64,
+}
+
+impl Throttle {
+    fn new(bytes_per_sec: u64) -> Throttle {
+        Throttle {
+            bytes_per_sec,
+            start: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    fn account(&mut self, bytes: u64) {
+        self.bytes += bytes;
+    }
+
+    /// Sleeps until the bytes so far fit the rate.
+    fn pace(&self) {
+        if self.bytes_per_sec == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(self.bytes as f64 / self.bytes_per_sec as f64);
+        if let Some(ahead) = due.checked_sub(self.start.elapsed()) {
+            std::thread::sleep(ahead);
+        }
+    }
+}
