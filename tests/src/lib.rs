@@ -291,7 +291,12 @@ pub fn wait_compaction_idle(sock: &Path) {
             .output()
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if out.status.success() && v["compaction"].is_null() {
+        assert!(
+            out.status.success(),
+            "the agent no longer answers (did it die?): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if v["compaction"].is_null() {
             return;
         }
         assert!(

@@ -1,5 +1,5 @@
-//! Real node sizes: a baseline of more data than the agent may hold in memory, and a restart
-//! that stores what changed, not the volume again.
+//! Real node sizes: a baseline of more data than the agent may hold in memory, a restart that
+//! stores what changed, not the volume again, and a compaction that folds the baseline away.
 //!
 //! The agent runs inside a memory cgroup whose limit is below the size of the data (cgroup v2
 //! or v1, whichever the host has): holding a height in memory, as the agent did before, gets
@@ -105,7 +105,7 @@ impl Drop for MemCage {
 
 /// `btm-agent run` inside `cage`: a shell moves itself into the cgroup, then execs the agent
 /// (the child's pid is the agent's).
-fn start_caged(cage: &MemCage, vol: &Path, log: &Path, sock: &Path) -> Running {
+fn start_caged(cage: &MemCage, vol: &Path, log: &Path, sock: &Path, extra: &[&str]) -> Running {
     let procs = cage.procs();
     let wrapper: [&OsStr; 4] = [
         "sh".as_ref(),
@@ -113,7 +113,7 @@ fn start_caged(cage: &MemCage, vol: &Path, log: &Path, sock: &Path) -> Running {
         "echo 0 > \"$0\" && exec \"$@\"".as_ref(),
         procs.as_os_str(),
     ];
-    start_agent_via(&wrapper, vol, log, sock, &[], &[])
+    start_agent_via(&wrapper, vol, log, sock, extra, &[])
 }
 
 /// Peak resident set of a process, in bytes (VmHWM).
@@ -165,7 +165,7 @@ fn a_baseline_larger_than_the_agents_memory_and_a_restart_that_stores_only_chang
         fs::write(d.join(format!("{i:05}.blk")), rng.bytes(MIB as usize)).unwrap();
     }
 
-    let mut agent = start_caged(&cage, &vol.mnt, &log, &sock);
+    let mut agent = start_caged(&cage, &vol.mnt, &log, &sock, &[]);
     snapshot_via(&sock, 1);
     let hwm = vm_hwm(agent.pid());
     assert_eq!(
@@ -196,7 +196,7 @@ fn a_baseline_larger_than_the_agents_memory_and_a_restart_that_stores_only_chang
         f.write_all_at(&rng.bytes(4096), at).unwrap();
     }
     drop(f);
-    let agent = start_caged(&cage, &vol.mnt, &log, &sock);
+    let agent = start_caged(&cage, &vol.mnt, &log, &sock, &[]);
     snapshot_via(&sock, 2);
     drop(agent);
     let stored = Log::open_read(&log).unwrap().heights()[1].stored_bytes;
@@ -209,6 +209,50 @@ fn a_baseline_larger_than_the_agents_memory_and_a_restart_that_stores_only_chang
     assert!(
         stored < changed * 2,
         "height 2 stored {stored} bytes for {changed} bytes changed while the agent was down"
+    );
+    assert_replay_equals(&log, 2, &vol.mnt, work.path());
+
+    // Retention down to one height: the baseline is folded into height 2 by a compaction in
+    // the same cgroup. Height 2 borrows most of its bytes from the baseline in pieces cut by
+    // the scattered writes, so the compaction writes about the whole state file anew: holding
+    // those pieces in memory at once (as it did) gets the agent killed here.
+    let mut agent = start_caged(
+        &cage,
+        &vol.mnt,
+        &log,
+        &sock,
+        &[
+            "--cap",
+            "1",
+            "--compact-min-bytes",
+            "0",
+            "--compact-rate",
+            "0",
+        ],
+    );
+    btm_tests::wait_compaction_idle(&sock);
+    let hwm = vm_hwm(agent.pid());
+    assert_eq!(
+        cage.oom_kills(),
+        0,
+        "the agent was OOM-killed while compacting"
+    );
+    assert!(agent.terminate().success());
+    let log_r = Log::open_read(&log).unwrap();
+    let v = log_r.verify().unwrap();
+    assert_eq!(v.records, 1, "the baseline was not folded into height 2");
+    drop(log_r);
+    let text = fs::read_to_string(log.with_extension("agent.log")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("compacted the log"))
+        .unwrap();
+    eprintln!("compaction: agent VmHWM {} MiB; {line}", hwm / MIB);
+    assert!(
+        hwm < DATA / 3,
+        "the agent's peak RSS was {} MiB while compacting {} MiB of data",
+        hwm / MIB,
+        DATA / MIB
     );
     assert_replay_equals(&log, 2, &vol.mnt, work.path());
 }

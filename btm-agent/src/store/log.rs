@@ -106,14 +106,17 @@ impl LogStore {
         let kept = Kept::of(&log);
         let mut cutter = Cutter::new(mount, tracker, log)?;
         cutter.freeze = freeze;
-        Ok(LogStore {
+        let mut store = LogStore {
             cutter: Box::new(cutter),
             dir: dir.to_path_buf(),
             kept,
             compact_min_bytes: compaction.min_bytes,
             compact_rate: compaction.bytes_per_sec,
             compaction: None,
-        })
+        };
+        // What the policy drops now starts compacting at once, beside the first cuts.
+        store.maintain()?;
+        Ok(store)
     }
 
     /// Stops a compaction being prepared, throwing its work away.

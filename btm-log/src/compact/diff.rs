@@ -3,11 +3,9 @@
 use std::collections::BTreeSet;
 
 use super::rewrite::Row;
-use crate::format::PayloadRef;
+use crate::Log;
 use crate::record::{FileId, NsOp, parent_of};
-use crate::replay::PayloadSource;
 use crate::state::{FileState, TreeState};
-use crate::{Log, LogError};
 
 /// The kind of bytes at a file position: a hole, or payload bytes (by content).
 fn piece_at(f: &FileState, limit: u64, x: u64) -> Option<([u8; 32], u64)> {
@@ -54,11 +52,7 @@ fn differing(base: Option<&FileState>, base_limit: u64, cur: &FileState) -> Vec<
 impl Log {
     /// The record at `height` of the diff from `prev` to `cur`: applied to `prev` it gives a
     /// tree with `cur`'s namespace, metadata and bytes.
-    pub(super) fn diff(
-        &self,
-        prev: &TreeState,
-        cur: &TreeState,
-    ) -> Result<(Vec<NsOp>, Vec<Row>), LogError> {
+    pub(super) fn diff(&self, prev: &TreeState, cur: &TreeState) -> (Vec<NsOp>, Vec<Row>) {
         let mut ops = Vec::new();
         for p in prev.nodes.keys() {
             let parent_gone = parent_of(p).is_some_and(|q| !cur.nodes.contains_key(q));
@@ -77,7 +71,6 @@ impl Log {
         let mut ids: Vec<FileId> = cur.files.keys().copied().collect();
         ids.sort_unstable();
         let mut rows = Vec::new();
-        let mut cache: Option<(PayloadRef, Vec<u8>)> = None;
         for id in ids {
             let f = &cur.files[&id];
             let base = prev.files.get(&id);
@@ -113,32 +106,19 @@ impl Log {
                             p: piece.payload,
                         });
                     } else {
-                        if cache.as_ref().is_none_or(|(p, _)| *p != piece.payload) {
-                            let raw = self.load_payload(&piece.payload).map_err(|e| match e {
-                                Ok(what) => LogError::Corrupt {
-                                    segment: self.dir.clone(),
-                                    offset: piece.payload.offset,
-                                    height: None,
-                                    what: format!(
-                                        "payload of segment {} read by compaction: {what}",
-                                        piece.payload.seg
-                                    ),
-                                },
-                                Err(e) => e,
-                            })?;
-                            cache = Some((piece.payload, raw));
-                        }
-                        let raw = &cache.as_ref().expect("loaded").1;
+                        // Part of a payload: cut out when written, in bounded batches.
                         rows.push(Row::Fresh {
                             id,
                             offset: x,
-                            raw: raw[skip as usize..(skip + end - x) as usize].to_vec(),
+                            src: piece.payload,
+                            skip,
+                            len: end - x,
                         });
                     }
                     x = end;
                 }
             }
         }
-        Ok((ops, rows))
+        (ops, rows)
     }
 }

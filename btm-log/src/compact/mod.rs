@@ -327,7 +327,7 @@ impl Log {
             let (ops, rows) = match run_base.take() {
                 Some(base) => {
                     w.rep.merged_records += 1;
-                    self.diff(&base, &state)?
+                    self.diff(&base, &state)
                 }
                 None => (meta.ops, rows_of(meta.extents)),
             };

@@ -11,6 +11,7 @@ use super::{CompactReport, test_pause};
 use crate::append::compress_all;
 use crate::format::{Codec, Meta, MetaExtent, PayloadRef, SEG_HEADER_LEN, SegHeader};
 use crate::record::{FileId, NsOp};
+use crate::replay::PayloadSource;
 use crate::writer::{RecordWriter, SegmentIo};
 use crate::{Log, LogError, seg_name};
 
@@ -27,11 +28,14 @@ pub(super) enum Row {
         offset: u64,
         p: PayloadRef,
     },
-    /// New bytes (part of a payload still visible at the kept height).
+    /// New bytes: `len` bytes from `skip` of the raw bytes of `src` (the part of a payload
+    /// still visible at the kept height), cut out when written.
     Fresh {
         id: FileId,
         offset: u64,
-        raw: Vec<u8>,
+        src: PayloadRef,
+        skip: u64,
+        len: u64,
     },
 }
 
@@ -126,22 +130,32 @@ impl Writer {
         let path = self.tmp.join(seg_name(seg_no));
         let io = SegmentIo::new(file, &path, log.fail_beyond())?;
         let mut w = RecordWriter::new(io, seg_no, self.len);
-        let fresh: Vec<&[u8]> = rows
-            .iter()
-            .filter_map(|r| match r {
-                Row::Fresh { raw, .. } => Some(raw.as_slice()),
-                _ => None,
-            })
-            .collect();
-        let opts = &log.opts;
-        let mut stored = compress_all(&fresh, opts.zstd_level, opts.compress_threads)
-            .map_err(|e| LogError::io(&self.tmp, e))?
-            .into_iter();
-        let mut extents = Vec::with_capacity(rows.len());
+        // Rows in order; fresh ones are filled in batch by batch (bounded memory, whatever
+        // the size of the record).
+        let mut extents: Vec<Option<MetaExtent>> = Vec::with_capacity(rows.len());
+        let mut batch: Vec<(usize, FileId, u64, PayloadRef, u64, u64)> = Vec::new();
+        let mut batch_bytes = 0u64;
+        let limit = (log.opts.batch_bytes as u64).max(1 << 20);
         for r in rows {
             let (id, offset, payload) = match r {
                 Row::Zero { id, offset, len } => {
-                    extents.push(MetaExtent::Zero { id, offset, len });
+                    extents.push(Some(MetaExtent::Zero { id, offset, len }));
+                    continue;
+                }
+                Row::Fresh {
+                    id,
+                    offset,
+                    src,
+                    skip,
+                    len,
+                } => {
+                    if batch_bytes + len > limit && !batch.is_empty() {
+                        self.fresh(log, &mut w, &mut batch, &mut extents)?;
+                        batch_bytes = 0;
+                    }
+                    batch.push((extents.len(), id, offset, src, skip, len));
+                    batch_bytes += len;
+                    extents.push(None);
                     continue;
                 }
                 Row::Ref { id, offset, p } if p.seg < self.first_seg => (id, offset, p),
@@ -167,25 +181,18 @@ impl Writer {
                         (id, offset, n)
                     }
                 },
-                Row::Fresh { id, offset, raw } => {
-                    let (table, zstd) = stored.next().expect("one per fresh row");
-                    let (codec, body) = match &zstd {
-                        Some(c) => (Codec::Zstd, c.as_slice()),
-                        None => (Codec::Raw, raw.as_slice()),
-                    };
-                    let hash = *blake3::hash(&raw).as_bytes();
-                    let n = w.payload(&table, body, raw.len() as u64, codec, hash)?;
-                    self.rep.sliced_payloads += 1;
-                    self.throttle.account(raw.len() as u64 + body.len() as u64);
-                    (id, offset, n)
-                }
             };
-            extents.push(MetaExtent::Data {
+            extents.push(Some(MetaExtent::Data {
                 id,
                 offset,
                 payload,
-            });
+            }));
         }
+        self.fresh(log, &mut w, &mut batch, &mut extents)?;
+        let extents = extents
+            .into_iter()
+            .map(|e| e.expect("every fresh row written"))
+            .collect();
         let meta = Meta { ops, extents }.encode();
         let start = self.len;
         let (header, hash) = w.finish(height, time_unix_ms, self.prev_hash, &meta)?;
@@ -194,6 +201,64 @@ impl Writer {
         self.throttle.account(2 * meta.len() as u64);
         self.throttle.pace();
         test_pause();
+        Ok(())
+    }
+}
+
+impl Writer {
+    /// Cuts out, compresses (in parallel) and writes a batch of fresh rows, filling in their
+    /// extents. Consecutive rows of one payload load it once.
+    fn fresh(
+        &mut self,
+        log: &Log,
+        w: &mut RecordWriter,
+        batch: &mut Vec<(usize, FileId, u64, PayloadRef, u64, u64)>,
+        extents: &mut [Option<MetaExtent>],
+    ) -> Result<(), LogError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut cache: Option<(PayloadRef, Vec<u8>)> = None;
+        let mut raws = Vec::with_capacity(batch.len());
+        for &(_, _, _, src, skip, len) in batch.iter() {
+            if cache.as_ref().is_none_or(|(p, _)| *p != src) {
+                let raw = log.load_payload(&src).map_err(|e| match e {
+                    Ok(what) => LogError::Corrupt {
+                        segment: log.dir.clone(),
+                        offset: src.offset,
+                        height: None,
+                        what: format!("payload of segment {} read by compaction: {what}", src.seg),
+                    },
+                    Err(e) => e,
+                })?;
+                self.throttle.account(src.stored_len);
+                cache = Some((src, raw));
+            }
+            let raw = &cache.as_ref().expect("loaded").1;
+            raws.push(raw[skip as usize..(skip + len) as usize].to_vec());
+        }
+        drop(cache);
+        let refs: Vec<&[u8]> = raws.iter().map(|r| r.as_slice()).collect();
+        let opts = &log.opts;
+        let stored = compress_all(&refs, opts.zstd_level, opts.compress_threads)
+            .map_err(|e| LogError::io(&self.tmp, e))?;
+        for ((&(at, id, offset, ..), raw), (table, zstd)) in batch.iter().zip(&raws).zip(stored) {
+            let (codec, body) = match &zstd {
+                Some(c) => (Codec::Zstd, c.as_slice()),
+                None => (Codec::Raw, raw.as_slice()),
+            };
+            let hash = *blake3::hash(raw).as_bytes();
+            let n = w.payload(&table, body, raw.len() as u64, codec, hash)?;
+            self.rep.sliced_payloads += 1;
+            self.throttle.account(body.len() as u64);
+            extents[at] = Some(MetaExtent::Data {
+                id,
+                offset,
+                payload: n,
+            });
+        }
+        batch.clear();
+        self.throttle.pace();
         Ok(())
     }
 }
