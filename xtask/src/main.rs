@@ -1,4 +1,4 @@
-//! Build and run helpers: `cargo xtask setup | run | test | bench | bench-offsite | fuzz`.
+//! Build and run helpers: `cargo xtask setup | run | test | bench | bench-offsite | bench-scale | fuzz`.
 //!
 //! Every command first makes sure the machine has what btm needs (idempotent: a second run
 //! only checks), so the README's two commands work on a fresh machine.
@@ -47,6 +47,9 @@ enum Cmd {
     /// (moto on loopback), as root (through `sudo -E` when not root); writes
     /// BENCHMARKS-offsite.md.
     BenchOffsite(bench::offsite::OffsiteArgs),
+    /// Measure how btm's costs grow with the volume (data larger than RAM, up to 10^6 files):
+    /// memory, freeze, cuts, restarts, compaction; writes BENCHMARKS-scale.md. As root.
+    BenchScale(bench::scale::ScaleArgs),
     /// Run every cargo-fuzz target (log, remote objects, socket protocol, configuration file)
     /// for --secs each from the committed seeds; fails on a crash or hang.
     Fuzz(fuzz::FuzzArgs),
@@ -97,6 +100,7 @@ fn run() -> Result<()> {
         }
         Cmd::Bench(a) => as_root("bench").unwrap_or_else(|| bench::run(a)),
         Cmd::BenchOffsite(a) => as_root("bench-offsite").unwrap_or_else(|| bench::offsite::run(a)),
+        Cmd::BenchScale(a) => as_root("bench-scale").unwrap_or_else(|| bench::scale::run(a)),
         Cmd::Fuzz(a) => fuzz::run(a),
         Cmd::Dist => dist::run(),
         Cmd::Test { args } => {

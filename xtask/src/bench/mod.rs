@@ -6,6 +6,7 @@
 mod dataset;
 pub mod offsite;
 mod report;
+pub mod scale;
 mod tools;
 
 use std::{

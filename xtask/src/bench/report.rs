@@ -25,7 +25,7 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
-fn bytes(b: f64) -> String {
+pub fn bytes(b: f64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut x = b;
     let mut i = 0;
@@ -40,7 +40,7 @@ fn bytes(b: f64) -> String {
     }
 }
 
-fn secs(s: f64) -> String {
+pub fn secs(s: f64) -> String {
     if s < 1.0 {
         format!("{:.0} ms", s * 1000.0)
     } else {

@@ -100,6 +100,17 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(bin: &Path, volume: &Path, log: &Path, socket: &Path) -> Result<Agent> {
+        Self::start_with(bin, volume, log, socket, &[])
+    }
+
+    /// [`Agent::start`] with more `run` flags.
+    pub fn start_with(
+        bin: &Path,
+        volume: &Path,
+        log: &Path,
+        socket: &Path,
+        extra: &[&str],
+    ) -> Result<Agent> {
         std::fs::create_dir_all(log)?;
         let child = Command::new(bin)
             .args(["run", "--mode", "ebpf", "--volume"])
@@ -108,6 +119,7 @@ impl Agent {
             .arg(log)
             .arg("--socket")
             .arg(socket)
+            .args(extra)
             .env("BTM_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -133,6 +145,12 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Ends the agent with SIGKILL: no resume state is written (a crash, or a reboot).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The agent's status answer (tracker counters included).
@@ -204,7 +222,10 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on the child we spawned.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SAFETY: kill(2) on the child we spawned (not reaped yet, so its pid is still ours).
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         for _ in 0..100 {
             if self.child.try_wait().ok().flatten().is_some() {
