@@ -21,6 +21,8 @@ const LSM_FILE: u64 = 8 << 20;
 pub struct DataSet {
     root: PathBuf,
     rng: u64,
+    /// Of every 4 KiB of block files and tables, how many bytes are zeros (compressible).
+    zeros: usize,
     state: *mut u8,
     state_len: u64,
     _state_file: File,
@@ -40,6 +42,12 @@ impl Drop for DataSet {
 impl DataSet {
     /// Writes the initial data set of about `bytes` under `root`.
     pub fn create(root: &Path, bytes: u64, seed: u64) -> Result<DataSet> {
+        Self::create_with(root, bytes, seed, 0)
+    }
+
+    /// [`DataSet::create`] with `zeros` bytes of every 4 KiB of block files and tables left
+    /// zero (the scale benchmark's logs must fit the machine's disk).
+    pub fn create_with(root: &Path, bytes: u64, seed: u64, zeros: usize) -> Result<DataSet> {
         fs::create_dir_all(root.join("blocks"))?;
         fs::create_dir_all(root.join("chainstate"))?;
         let state_len = (bytes / 2) / PAGE * PAGE;
@@ -52,6 +60,7 @@ impl DataSet {
         let mut ds = DataSet {
             root: root.to_path_buf(),
             rng: seed | 1,
+            zeros: zeros.min(PAGE as usize),
             state: std::ptr::null_mut(),
             state_len,
             _state_file: f.try_clone()?,
@@ -108,6 +117,13 @@ impl DataSet {
             v.extend_from_slice(&self.next().to_le_bytes());
         }
         v.truncate(n as usize);
+        if self.zeros > 0 {
+            let keep = PAGE as usize - self.zeros;
+            for page in v.chunks_mut(PAGE as usize) {
+                let from = keep.min(page.len());
+                page[from..].fill(0);
+            }
+        }
         v
     }
 
