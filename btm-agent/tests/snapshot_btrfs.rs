@@ -16,9 +16,8 @@ use support::*;
 
 /// A 1 GiB sparse image with a fresh btrfs, loop-mounted; torn down on drop.
 struct LoopBtrfs {
-    dev: Option<String>,
-    /// Mounted directories, unmounted in reverse order.
-    mounts: Vec<PathBuf>,
+    /// Declared first: unmounted and detached before its directory goes.
+    fs: btm_testkit::LoopFs,
     mnt: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -29,48 +28,19 @@ impl LoopBtrfs {
             .prefix("btm-btrfs-test-")
             .tempdir()
             .map_err(|e| e.to_string())?;
-        let img = dir.path().join("fs.img");
-        std::fs::File::create(&img)
-            .and_then(|f| f.set_len(1 << 30))
-            .map_err(|e| e.to_string())?;
-        sh(
-            "mkfs.btrfs",
-            &[OsStr::new("-q"), OsStr::new("-f"), img.as_os_str()],
-        )?;
         let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).map_err(|e| e.to_string())?;
-        let mut fs = LoopBtrfs {
-            dev: None,
-            mounts: Vec::new(),
-            mnt,
-            dir,
-        };
-        let dev = sh(
-            "losetup",
-            &[OsStr::new("--find"), OsStr::new("--show"), img.as_os_str()],
-        )?;
-        fs.dev = Some(dev.trim().to_string());
-        let mnt = fs.mnt.clone();
-        fs.mount(&[], &mnt)?;
-        Ok(fs)
+        let fs = btm_testkit::LoopFs::create(&dir.path().join("fs.img"), &mnt, "btrfs", 1 << 30)
+            .map_err(|e| e.to_string())?;
+        Ok(LoopBtrfs { fs, mnt, dir })
     }
 
     fn dev(&self) -> &str {
-        self.dev.as_deref().unwrap()
+        &self.fs.dev
     }
 
     /// Mounts the device (again) at `at` with extra `mount` options.
     fn mount(&mut self, opts: &[&str], at: &Path) -> Result<(), String> {
-        let mut args: Vec<&OsStr> = Vec::new();
-        for o in opts {
-            args.push(OsStr::new(o));
-        }
-        let dev = self.dev().to_string();
-        args.push(OsStr::new(&dev));
-        args.push(at.as_os_str());
-        sh("mount", &args)?;
-        self.mounts.push(at.to_path_buf());
-        Ok(())
+        self.fs.mount_at(opts, at).map_err(|e| e.to_string())
     }
 
     fn subvolume(&self, name: &str) -> PathBuf {
@@ -81,23 +51,6 @@ impl LoopBtrfs {
         )
         .unwrap();
         p
-    }
-}
-
-impl Drop for LoopBtrfs {
-    fn drop(&mut self) {
-        for m in self.mounts.drain(..).rev() {
-            if let Err(e) = sh("umount", &[m.as_os_str()]) {
-                eprintln!("cleanup: {e}; lazy unmount");
-                let _ = sh("umount", &[OsStr::new("-l"), m.as_os_str()]);
-            }
-        }
-        if let Some(dev) = self.dev.take()
-            && let Err(e) = sh("losetup", &["-d", &dev])
-        {
-            eprintln!("cleanup: {e}");
-        }
-        let _ = &self.dir; // removed after this
     }
 }
 

@@ -1,7 +1,12 @@
 //! What btm's tests share, written once (they had drifted apart in four copies): the rule for
-//! when a test may skip, tool lookup, a seeded generator, a tree digest, scratch space. It
+//! when a test may skip, tool lookup, a seeded generator, a tree digest, scratch space, loop
+//! filesystems ([`LoopFs`], also used by the benchmarks and the demo). It
 //! depends on no btm crate, so the log's, the remote's, the agent's and the end-to-end tests
 //! all use it.
+mod loopfs;
+
+pub use loopfs::LoopFs;
+
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

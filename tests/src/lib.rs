@@ -45,12 +45,14 @@ pub fn sh(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// A filesystem of `fstype` on a sparse image file, loop-mounted under a temp dir.
+/// A filesystem of `fstype` on a sparse image file, loop-mounted under a temp dir
+/// (btm-testkit's [`btm_testkit::LoopFs`] in a scratch directory of its own).
 pub struct LoopFs {
+    /// Declared first: unmounted before the directory holding its image goes.
+    pub fs: btm_testkit::LoopFs,
     pub dir: TempDir,
     pub mnt: PathBuf,
     pub fstype: String,
-    mounted: bool,
 }
 
 impl LoopFs {
@@ -58,48 +60,19 @@ impl LoopFs {
         let dir = tempfile::Builder::new()
             .prefix("btm-fs-")
             .tempdir_in(scratch())?;
-        let img = dir.path().join("fs.img");
         let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt)?;
-        std::fs::File::create(&img)?.set_len(size_mb << 20)?;
-        let img_s = img.to_str().unwrap();
-        match fstype {
-            "ext4" => sh("mkfs.ext4", &["-q", "-F", img_s])?,
-            "xfs" => sh("mkfs.xfs", &["-q", "-f", img_s])?,
-            "btrfs" => sh("mkfs.btrfs", &["-q", "-f", img_s])?,
-            other => anyhow::bail!("unsupported fs {other}"),
-        };
-        sh("mount", &["-o", "loop", img_s, mnt.to_str().unwrap()])?;
+        let fs =
+            btm_testkit::LoopFs::create(&dir.path().join("fs.img"), &mnt, fstype, size_mb << 20)?;
         Ok(LoopFs {
+            fs,
             dir,
             mnt,
             fstype: fstype.into(),
-            mounted: true,
         })
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel)
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        if self.mounted {
-            let m = self.mnt.to_str().unwrap().to_string();
-            let _ = Command::new("fsfreeze").args(["-u", &m]).output();
-            // umount -d detaches the loop device too.
-            for _ in 0..20 {
-                if Command::new("umount")
-                    .args(["-d", &m])
-                    .status()
-                    .is_ok_and(|s| s.success())
-                {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(200));
-            }
-        }
     }
 }
 

@@ -40,30 +40,15 @@ pub struct DemoArgs {
     pub check: bool,
 }
 
-struct Volume {
-    mnt: PathBuf,
-}
-
-impl Drop for Volume {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-d").arg(&self.mnt).status();
-    }
-}
-
 pub fn run(a: DemoArgs) -> Result<()> {
     let img = a.dir.join("volume.img");
     let mnt = a.dir.join("volume");
     let logdir = a.dir.join("log");
     let _ = Command::new("umount").arg("-d").arg(&mnt).output();
     let _ = fs::remove_dir_all(&a.dir);
-    fs::create_dir_all(&mnt)?;
-    fs::File::create(&img)?.set_len(1 << 30)?;
-    sh("mkfs.ext4", &["-q", "-F", img.to_str().unwrap()])?;
-    sh(
-        "mount",
-        &["-o", "loop", img.to_str().unwrap(), mnt.to_str().unwrap()],
-    )?;
-    let vol = Volume { mnt: mnt.clone() };
+    // Unmounted when the demo ends (left mounted with --keep).
+    let vol = btm_testkit::LoopFs::create(&img, &mnt, "ext4", 1 << 30)
+        .with_context(|| format!("loop-mounting a scratch ext4 volume at {}", mnt.display()))?;
     println!(
         "demo: ext4 volume at {} (1 GiB loop image), log at {}",
         mnt.display(),
@@ -182,17 +167,6 @@ pub fn run(a: DemoArgs) -> Result<()> {
     } else {
         drop(vol);
         let _ = fs::remove_dir_all(&a.dir);
-    }
-    Ok(())
-}
-
-fn sh(cmd: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {cmd}"))?;
-    if !out.status.success() {
-        bail!("{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
 }

@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use dataset::DataSet;
-use tools::{Agent, LoopVol, Restic, Run};
+use tools::{Agent, Restic, Run};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -177,8 +177,8 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
         ..Default::default()
     };
     let growth = size / 10 * 3 * a.heights / 4 + a.freeze_heights * (16 << 20);
-    let xfs = LoopVol::new(dir, "xfs", "xfs", size + growth + size / 2 + (2 << 30))?;
-    let btrfs = LoopVol::new(dir, "btrfs", "btrfs", 2 * (size + growth) + (2 << 30))?;
+    let xfs = tools::loop_vol(dir, "xfs", "xfs", size + growth + size / 2 + (2 << 30))?;
+    let btrfs = tools::loop_vol(dir, "btrfs", "btrfs", 2 * (size + growth) + (2 << 30))?;
     let socket = dir.join("btm.sock");
     println!(
         "bench: data set {} on {} (xfs, btm) and {} (btrfs)",

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::{
     dataset::DataSet,
-    tools::{self, Agent, LoopVol},
+    tools::{self, Agent},
     workspace_root,
 };
 
@@ -462,7 +462,7 @@ fn measure(a: &OffsiteArgs, bin: &Path) -> Result<Results> {
     let changed = ((size as f64 * a.change_pct / 100.0) as u64).max(64 << 10);
     r.changed = changed;
     let growth = changed / 2 * a.heights;
-    let xfs = LoopVol::new(dir, "xfs", "xfs", size + growth + size / 2 + (1 << 30))?;
+    let xfs = tools::loop_vol(dir, "xfs", "xfs", size + growth + size / 2 + (1 << 30))?;
     let socket = dir.join("btm.sock");
 
     let t = Instant::now();

@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 
 use super::dataset::DataSet;
 use super::report::{bytes, pct, secs};
-use super::tools::{Agent, LoopVol, sh};
+use super::tools::{Agent, sh};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ScaleArgs {
@@ -159,7 +159,7 @@ fn measure(a: &ScaleArgs, bin: &Path, size: u64, files: u64) -> Result<Point> {
     let big = size.saturating_sub(small).max(64 << 20);
     let one_pct = size / 100;
     let growth = ((a.heights * (1 + 16 + (one_pct >> 20))) << 20) + 4 * one_pct;
-    let vol = LoopVol::new(
+    let vol = super::tools::loop_vol(
         dir,
         "vol",
         "xfs",

@@ -49,47 +49,16 @@ pub fn pipeline(script: &str) -> Result<(f64, String)> {
     timed(Command::new("bash").args(["-o", "pipefail", "-c", script]))
 }
 
-/// A loop-mounted filesystem image; unmounted (and its loop device detached) on drop.
-pub struct LoopVol {
-    pub img: PathBuf,
-    pub mnt: PathBuf,
-}
-
-impl LoopVol {
-    pub fn new(dir: &Path, name: &str, fstype: &str, bytes: u64) -> Result<LoopVol> {
-        let img = dir.join(format!("{name}.img"));
-        let mnt = dir.join(name);
-        let _ = Command::new("umount").arg("-d").arg(&mnt).output();
-        let _ = std::fs::remove_file(&img);
-        std::fs::create_dir_all(&mnt)?;
-        std::fs::File::create(&img)?.set_len(bytes)?;
-        let img_s = img.to_str().context("non-UTF-8 path")?;
-        match fstype {
-            "xfs" => sh("mkfs.xfs", &["-q", "-f", img_s])?,
-            "btrfs" => sh("mkfs.btrfs", &["-q", "-f", img_s])?,
-            other => bail!("unsupported filesystem {other}"),
-        };
-        sh("mount", &["-o", "loop", img_s, mnt.to_str().unwrap()])?;
-        Ok(LoopVol { img, mnt })
-    }
-}
-
-impl Drop for LoopVol {
-    fn drop(&mut self) {
-        let m = self.mnt.to_string_lossy().into_owned();
-        let _ = Command::new("fsfreeze").args(["-u", &m]).output();
-        for _ in 0..20 {
-            if Command::new("umount")
-                .args(["-d", &m])
-                .status()
-                .is_ok_and(|s| s.success())
-            {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        let _ = std::fs::remove_file(&self.img);
-    }
+/// A `fstype` loop volume, `dir/name.img` mounted at `dir/name`: btm-testkit's, shared with
+/// the tests and the demo (unmounted, detached and removed on drop).
+pub fn loop_vol(dir: &Path, name: &str, fstype: &str, bytes: u64) -> Result<btm_testkit::LoopFs> {
+    btm_testkit::LoopFs::create(
+        &dir.join(format!("{name}.img")),
+        &dir.join(name),
+        fstype,
+        bytes,
+    )
+    .with_context(|| format!("loop volume {name} ({fstype})"))
 }
 
 /// `btm-agent run` on a volume; stopped with SIGTERM on drop.
