@@ -118,6 +118,9 @@ impl Command {
             Command::Verify(a) => a.json,
             Command::Replay(a) => a.json,
             Command::Rollback(a) => a.json,
+            Command::Config(a) => match &a.command {
+                btm_agent::cmd::config_cmd::ConfigCommand::Check(c) => c.json,
+            },
             _ => false,
         }
     }

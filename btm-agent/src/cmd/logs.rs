@@ -125,7 +125,9 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
 #[derive(clap::Args, Debug)]
 pub struct ReplayArgs {
     /// The log to replay from (or give --remote).
-    #[arg(long, env = "BTM_LOG_DIR", required_unless_present = "remote")]
+    // Required unless --remote is given: checked in `replay`, since clap's
+    // `required_unless_present` ignores a value from the configuration file.
+    #[arg(long, env = "BTM_LOG_DIR")]
     pub log: Option<PathBuf>,
     #[command(flatten)]
     pub offsite: RemoteArgs,
@@ -150,10 +152,11 @@ pub fn replay(a: ReplayArgs) -> Result<()> {
     if let Some(url) = &a.offsite.remote {
         return offsite::replay(&a.offsite, url, (a.to, a.exact), &a.into, a.cache, a.json);
     }
-    let dir = a
-        .log
-        .as_ref()
-        .expect("clap requires --log without --remote");
+    let Some(dir) = a.log.as_ref() else {
+        return Err(super::exit::usage(
+            "replay needs --log LOGDIR (or log in the configuration file) or --remote URL",
+        ));
+    };
     let log = Log::open_read(dir)?;
     let h = log.resolve(a.to, a.exact)?;
     let stats = log.replay(h, &a.into, &ReplayOptions::default())?;
