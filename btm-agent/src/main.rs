@@ -118,6 +118,7 @@ impl Command {
             Command::Verify(a) => a.json,
             Command::Replay(a) => a.json,
             Command::Rollback(a) => a.json,
+            Command::Compact(a) => a.json,
             Command::Config(a) => match &a.command {
                 btm_agent::cmd::config_cmd::ConfigCommand::Check(c) => c.json,
             },
@@ -225,6 +226,7 @@ fn compat(c: Compat) -> Result<()> {
                 PathBuf::from,
             ),
             json: false,
+            dry_run: false,
         })
     };
     let act = c.latest || c.closest.is_some() || c.exact.is_some() || c.clean;

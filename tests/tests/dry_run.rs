@@ -1,0 +1,220 @@
+//! `rollback --dry-run` and `compact --dry-run` through the real binary: they say what would be
+//! done (target, heights removed, bytes) and leave every file of the log byte-identical; the
+//! real compaction then does what the dry run said.
+use std::{path::Path, process::Command};
+
+use btm_agent::log::{CutRecord, Entry, ExtentBytes, ExtentData, Log, NsOp};
+use btm_tests::{agent_bin, tree_digest};
+
+fn agent(args: &[&str]) -> std::process::Output {
+    Command::new(agent_bin())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = agent(args);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{args:?}: {out}{err}");
+    out
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ok(args)).unwrap()
+}
+
+fn u64s(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+/// Heights 1..=6, each rewriting a file with its own 64 KiB; height 2 removed by retention.
+fn log_with_a_dropped_height(dir: &Path) {
+    let mut log = Log::open_append(dir).unwrap();
+    for h in 1..=6u64 {
+        log.append(CutRecord {
+            height: h,
+            time_unix_ms: h,
+            ops: vec![
+                NsOp::Put {
+                    path: format!("f{}", h % 2).into_bytes(),
+                    entry: Entry::File {
+                        id: h % 2 + 1,
+                        mode: 0o644,
+                        uid: 0,
+                        gid: 0,
+                    },
+                },
+                NsOp::SetSize {
+                    id: h % 2 + 1,
+                    size: 65536,
+                },
+            ],
+            extents: vec![ExtentData {
+                id: h % 2 + 1,
+                offset: 0,
+                bytes: ExtentBytes::Data(
+                    (0..65536u32).map(|i| (i * h as u32 % 251) as u8).collect(),
+                ),
+            }],
+        })
+        .unwrap();
+    }
+    log.drop_heights(&[2]).unwrap();
+}
+
+#[test]
+fn dry_runs_change_nothing_and_compact_does_what_it_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let logdir = dir.path().join("log");
+    log_with_a_dropped_height(&logdir);
+    let l = logdir.to_str().unwrap();
+    let vol = dir.path().join("volume");
+    std::fs::create_dir(&vol).unwrap();
+    let v = vol.to_str().unwrap();
+    // A reader first (it creates the readers' lock file, as any list or verify does).
+    ok(&["verify", "--log", l]);
+    let listed = json(&["list", "--log", l, "--json"]);
+    let stored = |h: u64| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["height"] == h)
+            .unwrap()["stored_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = tree_digest(&logdir);
+    let segments_bytes = |d: &Path| -> u64 {
+        std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("seg-"))
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    };
+    let seg_before = segments_bytes(&logdir);
+
+    let p = json(&[
+        "rollback",
+        "--dry-run",
+        "--json",
+        "--volume",
+        v,
+        "--log",
+        l,
+        "--to",
+        "3",
+    ]);
+    assert_eq!(
+        (p["v"].as_u64(), p["dry_run"].as_bool()),
+        (Some(1), Some(true)),
+        "{p}"
+    );
+    assert_eq!(p["height"], 3, "{p}");
+    assert_eq!(u64s(&p["removed"]), [4, 5, 6], "{p}");
+    assert_eq!(p["removed_bytes"], stored(4) + stored(5) + stored(6), "{p}");
+    assert!(p.get("removed_dropped").is_none(), "{p}");
+    // Below the dropped height: its record goes too, and is said.
+    let p = json(&[
+        "rollback",
+        "--dry-run",
+        "--json",
+        "--volume",
+        v,
+        "--log",
+        l,
+        "--to",
+        "2",
+    ]);
+    assert_eq!(p["height"], 1, "newest at or below 2 (2 was removed): {p}");
+    assert_eq!(u64s(&p["removed"]), [3, 4, 5, 6], "{p}");
+    assert_eq!(u64s(&p["removed_dropped"]), [2], "{p}");
+    let text = ok(&[
+        "rollback",
+        "--dry-run",
+        "--volume",
+        v,
+        "--log",
+        l,
+        "--to",
+        "3",
+    ]);
+    assert!(
+        text.contains("would roll")
+            && text.contains("would remove 3 newer heights")
+            && text.contains("nothing changed"),
+        "{text}"
+    );
+    // An exact height that is not there fails as a real rollback would (67).
+    let o = agent(&[
+        "rollback",
+        "--dry-run",
+        "--volume",
+        v,
+        "--log",
+        l,
+        "--to",
+        "2",
+        "--exact",
+    ]);
+    assert_eq!(o.status.code(), Some(67));
+
+    let c = json(&["compact", "--dry-run", "--json", "--log", l, "--cap", "3"]);
+    assert_eq!(c["dry_run"], true, "{c}");
+    let by_cap = u64s(&c["removed_by_cap"]);
+    assert_eq!(by_cap.len(), 2, "5 kept heights, cap 3: {c}");
+    let folded = u64s(&c["folded"]);
+    assert!(
+        folded.contains(&2) && by_cap.iter().all(|h| folded.contains(h)),
+        "{c}"
+    );
+    assert_eq!(c["kept"], 3, "{c}");
+    assert_eq!(c["bytes_before"], seg_before, "{c}");
+    let at_most = c["bytes_freed_at_most"].as_u64().unwrap();
+    assert!(
+        at_most >= by_cap.iter().map(|&h| stored(h)).sum::<u64>(),
+        "{c}"
+    );
+    let text = ok(&["compact", "--dry-run", "--log", l]);
+    assert!(
+        text.contains("would fold 1 removed heights") && text.contains("nothing changed"),
+        "{text}"
+    );
+    // --json is for the dry run only.
+    assert_eq!(
+        agent(&["compact", "--json", "--log", l]).status.code(),
+        Some(2)
+    );
+
+    assert_eq!(tree_digest(&logdir), before, "a dry run changed the log");
+
+    // The real compaction keeps exactly the heights the dry run said, and returns no more
+    // than it said.
+    ok(&["compact", "--log", l, "--cap", "3"]);
+    let kept: Vec<u64> = json(&["list", "--log", l, "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["height"].as_u64().unwrap())
+        .collect();
+    let expect: Vec<u64> = (1..=6).filter(|h| !folded.contains(h)).collect();
+    assert_eq!(kept, expect);
+    let after = segments_bytes(&logdir);
+    assert!(after < seg_before, "compaction freed nothing");
+    assert!(
+        seg_before - after <= at_most,
+        "freed {} > {at_most}",
+        seg_before - after
+    );
+}
