@@ -218,3 +218,76 @@ fn dry_runs_change_nothing_and_compact_does_what_it_said() {
         seg_before - after
     );
 }
+
+/// `push --dry-run` writes nothing, offsite or in the log (not even the log's offsite
+/// identity), and predicts exactly what the real push then does.
+#[test]
+fn push_dry_run_predicts_the_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let logdir = dir.path().join("log");
+    log_with_a_dropped_height(&logdir);
+    let l = logdir.to_str().unwrap();
+    let store = dir.path().join("remote");
+    std::fs::create_dir(&store).unwrap();
+    let remote = format!("file://{}", store.display());
+    ok(&["verify", "--log", l]);
+    let before = tree_digest(&logdir);
+    let empty = tree_digest(&store);
+
+    let plan = json(&[
+        "push",
+        "--dry-run",
+        "--json",
+        "--log",
+        l,
+        "--remote",
+        &remote,
+    ]);
+    assert_eq!(plan["dry_run"], true, "{plan}");
+    assert_eq!(plan["records_uploaded"], 6, "{plan}");
+    assert_eq!(plan["records_present"], 0, "{plan}");
+    assert_eq!(plan["pointers_written"], 5, "heights 1, 3..=6: {plan}");
+    assert!(plan["objects_uploaded"].as_u64().unwrap() > 0, "{plan}");
+    let text = ok(&["push", "--dry-run", "--log", l, "--remote", &remote]);
+    assert!(
+        text.contains("would upload 6 records") && text.contains("nothing changed"),
+        "{text}"
+    );
+    assert_eq!(tree_digest(&store), empty, "a dry run wrote offsite");
+    assert_eq!(tree_digest(&logdir), before, "a dry run changed the log");
+    assert!(!logdir.join("remote-id").exists());
+
+    let done = json(&["push", "--json", "--log", l, "--remote", &remote]);
+    for k in [
+        "records_uploaded",
+        "records_present",
+        "objects_uploaded",
+        "objects_present",
+        "bytes_uploaded",
+        "pointers_written",
+        "pointers_removed",
+        "newest_height",
+    ] {
+        assert_eq!(plan[k], done[k], "{k}: planned {plan}, done {done}");
+    }
+    // Once pushed, nothing is left to do.
+    let again = json(&[
+        "push",
+        "--dry-run",
+        "--json",
+        "--log",
+        l,
+        "--remote",
+        &remote,
+    ]);
+    assert_eq!(
+        (
+            again["records_uploaded"].as_u64(),
+            again["objects_uploaded"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{again}"
+    );
+    assert_eq!(again["records_present"], 6, "{again}");
+    assert_eq!(again["pointers_written"], 0, "{again}");
+}
