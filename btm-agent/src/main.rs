@@ -16,7 +16,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 /// `rollback --to H` work on the log.
 ///
 /// BTM's flags keep working: -p VOLUME with -l (list), -x (roll back to the latest),
-/// -r H (closest lower), -R H (exact), -C (clean), plus --log.
+/// -r H (closest lower), -R H (exact), -C (clean), -K N (keep the newest N), plus --log.
 ///
 /// Where heights are kept (list, rollback, -l/-x/-r/-R/-C): in the log when --log (or
 /// BTM_LOG_DIR) is given; otherwise in the native ZFS/Btrfs snapshots of -p VOLUME, as taken by
@@ -101,6 +101,10 @@ struct Compat {
     /// Remove every recorded height (asks first; only btm's own files go).
     #[arg(short = 'C')]
     clean: bool,
+    /// Keep only the newest N heights, removing the others (the log is compacted at once:
+    /// stop the agent first; `compact --dry-run --cap N` shows what goes).
+    #[arg(short = 'K', value_name = "N")]
+    kept: Option<usize>,
     /// Do not ask before -C.
     #[arg(long, requires = "clean")]
     yes: bool,
@@ -229,7 +233,7 @@ fn compat(c: Compat) -> Result<()> {
             dry_run: false,
         })
     };
-    let act = c.latest || c.closest.is_some() || c.exact.is_some() || c.clean;
+    let act = c.latest || c.closest.is_some() || c.exact.is_some() || c.clean || c.kept.is_some();
     // BTM: `btm -p VOLUME` alone lists.
     if c.list || (!act && (c.volume.is_some() || c.log.is_some())) {
         logs::list(logs::ListArgs {
@@ -248,6 +252,8 @@ fn compat(c: Compat) -> Result<()> {
         rollback(Some(h), false)
     } else if let Some(h) = c.exact {
         rollback(Some(h), true)
+    } else if let Some(n) = c.kept {
+        btm_agent::cmd::clean::keep_newest(c.log.as_deref(), c.volume.as_deref(), n)
     } else if c.clean {
         match (&c.log, &c.volume) {
             (Some(log), _) => btm_agent::cmd::clean::clean_log(log, c.yes),
@@ -258,7 +264,7 @@ fn compat(c: Compat) -> Result<()> {
         }
     } else {
         Err(exit::usage(
-            "nothing to do: give a subcommand (see --help) or one of BTM's -l, -x, -r H, -R H, -C",
+            "nothing to do: give a subcommand (see --help) or one of BTM's -l, -x, -r H, -R H, -C, -K N",
         ))
     }
 }

@@ -1,6 +1,7 @@
-//! `rollback --dry-run` and `compact --dry-run` through the real binary: they say what would be
-//! done (target, heights removed, bytes) and leave every file of the log byte-identical; the
-//! real compaction then does what the dry run said.
+//! `rollback --dry-run`, `compact --dry-run` and `push --dry-run` through the real binary: they
+//! say what would be done (target, heights removed, bytes) and leave every file of the log (and
+//! of the remote) byte-identical; the real compaction and push then do what the dry run said.
+//! And BTM's `-K N`, which keeps the newest N heights.
 use std::{path::Path, process::Command};
 
 use btm_agent::log::{CutRecord, Entry, ExtentBytes, ExtentData, Log, NsOp};
@@ -290,4 +291,31 @@ fn push_dry_run_predicts_the_push() {
     );
     assert_eq!(again["records_present"], 6, "{again}");
     assert_eq!(again["pointers_written"], 0, "{again}");
+}
+
+/// BTM's `-K N` keeps the newest N heights of a log and returns the others' space at once;
+/// `compact --dry-run --cap N` said beforehand what would go.
+#[test]
+fn btm_k_keeps_the_newest_heights() {
+    let dir = tempfile::tempdir().unwrap();
+    let logdir = dir.path().join("log");
+    log_with_a_dropped_height(&logdir);
+    let l = logdir.to_str().unwrap();
+    let plan = json(&["compact", "--dry-run", "--json", "--log", l, "--cap", "2"]);
+    assert_eq!(u64s(&plan["removed_by_cap"]), [1, 3, 4], "{plan}");
+    let o = agent(&["--log", l, "-K", "0"]);
+    assert_eq!(o.status.code(), Some(2), "-K 0 is -C's job");
+    let text = ok(&["--log", l, "-K", "2"]);
+    assert!(text.contains("compacted"), "{text}");
+    let left: Vec<u64> = json(&["list", "--log", l, "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["height"].as_u64().unwrap())
+        .collect();
+    assert_eq!(left, [5, 6]);
+    ok(&["verify", "--log", l]);
+    // Compacted already: nothing is left to fold.
+    let again = json(&["compact", "--dry-run", "--json", "--log", l]);
+    assert_eq!(again["folded"], serde_json::json!([]), "{again}");
 }
