@@ -70,6 +70,11 @@ const SHARED: &[Shared] = &[
         sources: &[],
     },
     Shared {
+        verb: "diff",
+        keys: &["log"],
+        sources: &[],
+    },
+    Shared {
         verb: "push",
         keys: &["log", "remote", "remote_name"],
         sources: &[],

@@ -48,6 +48,9 @@ enum Command {
     List(logs::ListArgs),
     /// Read the whole log and check every hash; names the height and file of any damage.
     Verify(logs::VerifyArgs),
+    /// What changed between two heights (paths added, removed, changed; bytes), from the log's
+    /// metadata alone.
+    Diff(btm_agent::cmd::diff::DiffArgs),
     /// Materialise a height into a directory (rewrites only what differs).
     Replay(logs::ReplayArgs),
     /// Roll the volume back in place to a height (stop the node first).
@@ -123,6 +126,7 @@ impl Command {
             Command::Replay(a) => a.json,
             Command::Rollback(a) => a.json,
             Command::Compact(a) => a.json,
+            Command::Diff(a) => a.json,
             Command::Config(a) => match &a.command {
                 btm_agent::cmd::config_cmd::ConfigCommand::Check(c) => c.json,
             },
@@ -155,6 +159,7 @@ fn main() {
         Some(Command::List(a)) => logs::list(a),
         Some(Command::Verify(a)) => logs::verify(a),
         Some(Command::Replay(a)) => logs::replay(a),
+        Some(Command::Diff(a)) => btm_agent::cmd::diff::run(a),
         Some(Command::Rollback(a)) => logs::rollback(a),
         Some(Command::Track(a)) => track::run(a),
         Some(Command::Compact(a)) => logs::compact(a),
