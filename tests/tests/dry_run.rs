@@ -319,3 +319,79 @@ fn btm_k_keeps_the_newest_heights() {
     let again = json(&["compact", "--dry-run", "--json", "--log", l]);
     assert_eq!(again["folded"], serde_json::json!([]), "{again}");
 }
+
+/// In native mode (btrfs snapshots kept by a `run --mode btrfs` agent): `rollback --dry-run`
+/// names the target and the snapshots that would go, touching neither the volume nor them;
+/// `-K 1` then deletes all but the newest.
+#[test]
+fn native_dry_run_and_k() {
+    use btm_tests::{LoopFs, Running, can_run, have_tool, sh, skip, snapshot_via, wait_listening};
+    if !can_run("native rollback --dry-run and -K") {
+        return;
+    }
+    if !have_tool("btrfs") {
+        skip(
+            "native rollback --dry-run and -K",
+            "btrfs-progs is not installed",
+        );
+        return;
+    }
+    let fs = LoopFs::new("btrfs", 300).unwrap();
+    let vol = fs.path("chain");
+    sh("btrfs", &["subvolume", "create", vol.to_str().unwrap()]).unwrap();
+    let sock = fs.dir.path().join("btm.sock");
+    let (v, s) = (vol.to_str().unwrap(), sock.to_str().unwrap());
+    let mut a = Running::new(
+        Command::new(agent_bin())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .args(["run", "--mode", "btrfs", "--volume", v, "--socket", s])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(&mut a, &sock, String::new);
+    for (h, content) in [(1, "one"), (2, "two"), (3, "three")] {
+        std::fs::write(vol.join("f"), content).unwrap();
+        snapshot_via(&sock, h);
+    }
+    a.terminate();
+    let heights = || -> Vec<u64> {
+        json(&["list", "-p", v, "--json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["height"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(heights(), [1, 2, 3]);
+
+    let p = json(&[
+        "rollback",
+        "--dry-run",
+        "--json",
+        "--mode",
+        "btrfs",
+        "-p",
+        v,
+        "--to",
+        "1",
+        "--socket",
+        s,
+    ]);
+    assert_eq!(p["height"], 1, "{p}");
+    assert_eq!(p["mode"], "btrfs", "{p}");
+    assert_eq!(u64s(&p["removed"]), [2, 3], "{p}");
+    assert!(
+        p.get("log").is_none() && p.get("removed_bytes").is_none(),
+        "{p}"
+    );
+    assert_eq!(std::fs::read_to_string(vol.join("f")).unwrap(), "three");
+    assert_eq!(heights(), [1, 2, 3], "a dry run removed snapshots");
+
+    let text = ok(&["-p", v, "-K", "1"]);
+    assert!(text.contains("removed 2 snapshots"), "{text}");
+    assert_eq!(heights(), [3]);
+    assert_eq!(std::fs::read_to_string(vol.join("f")).unwrap(), "three");
+}
