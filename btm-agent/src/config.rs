@@ -4,6 +4,9 @@
 //! The file's values become the defaults of the matching arguments before clap parses the
 //! command line, so clap itself applies "flag over env over default" and validates every
 //! value with the flag's own parser: one rule, one set of checks, whatever the source.
+//!
+//! The other verbs take from the same file the keys that say where things are (see [`SHARED`]):
+//! `btm-agent list` lists the log `run` writes, `status` asks the agent on `run`'s socket.
 use std::{
     collections::BTreeMap,
     ffi::OsString,
@@ -23,7 +26,75 @@ pub const DEFAULT_PATH: &str = "/etc/btm/btm.toml";
 const TARGETS: &[&[&str]] = &[&["run"], &["config", "check"]];
 
 /// Arguments that are not configuration keys.
-const NOT_KEYS: &[&str] = &["config", "help", "version"];
+const NOT_KEYS: &[&str] = &["config", "help", "version", "json"];
+
+/// A verb that takes some of `run`'s keys from the file.
+struct Shared {
+    verb: &'static str,
+    /// The file's keys it takes, when its command line and environment do not set them.
+    keys: &'static [&'static str],
+    /// Alternative places to work on (the log, a volume's snapshots, a remote): once one of
+    /// them is given by flag or environment, the file's values for the others are not used
+    /// (`list --remote URL` lists the remote, not the file's log; `rollback --volume V` does
+    /// not pair V with the file's log).
+    sources: &'static [&'static str],
+}
+
+/// `remote` is taken only where it is the destination (push, prune): for list and replay a
+/// remote replaces the log as the source, and `run --remote` is meant to ship, not to redirect
+/// them.
+const SHARED: &[Shared] = &[
+    Shared {
+        verb: "list",
+        keys: &["log", "volume", "remote_name"],
+        sources: &["log", "volume", "remote"],
+    },
+    Shared {
+        verb: "verify",
+        keys: &["log"],
+        sources: &[],
+    },
+    Shared {
+        verb: "replay",
+        keys: &["log", "remote_name"],
+        sources: &["log", "remote"],
+    },
+    Shared {
+        verb: "rollback",
+        keys: &["volume", "log", "socket"],
+        sources: &["volume", "log"],
+    },
+    Shared {
+        verb: "compact",
+        keys: &["log"],
+        sources: &[],
+    },
+    Shared {
+        verb: "diff",
+        keys: &["log"],
+        sources: &[],
+    },
+    Shared {
+        verb: "push",
+        keys: &["log", "remote", "remote_name"],
+        sources: &[],
+    },
+    Shared {
+        verb: "prune",
+        keys: &["remote", "remote_name"],
+        sources: &[],
+    },
+    Shared {
+        verb: "status",
+        keys: &["socket"],
+        sources: &[],
+    },
+    Shared {
+        verb: "snapshot",
+        keys: &["socket"],
+        sources: &[],
+    },
+];
 
 /// Where a value of the effective configuration came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +147,33 @@ impl Entry {
             _ => toml::Value::String(raw.clone()).to_string(),
         };
         format!("{} = {value}  # {}", self.key, self.source)
+    }
+}
+
+impl Entry {
+    /// The value as JSON: a boolean, a number, a string, or null when unset.
+    pub fn json_value(&self) -> serde_json::Value {
+        match (&self.raw, self.kind) {
+            (None, _) => serde_json::Value::Null,
+            (Some(r), Kind::Bool) => r
+                .parse::<bool>()
+                .map_or_else(|_| r.as_str().into(), Into::into),
+            (Some(r), Kind::Int) => r
+                .parse::<u64>()
+                .map_or_else(|_| r.as_str().into(), Into::into),
+            (Some(r), Kind::Str) => r.as_str().into(),
+        }
+    }
+
+    /// Where the value came from as a word (`flag`, `env`, `file`, `default`, `unset`).
+    pub fn source_kind(&self) -> &'static str {
+        match self.source {
+            Source::Flag => "flag",
+            Source::Env(_) => "env",
+            Source::File(_) => "file",
+            Source::Default => "default",
+            Source::Unset => "unset",
+        }
     }
 }
 
@@ -135,12 +233,20 @@ pub fn matches_with_config(cmd: Command, argv: Vec<OsString>) -> Result<ArgMatch
         .iter()
         .find_map(|t| descend(&pre, t).map(|m| (*t, m)))
     else {
+        if let Some((shared, sub)) = SHARED
+            .iter()
+            .find_map(|s| descend(&pre, &[s.verb]).map(|m| (s, m)))
+        {
+            let values = match config_file(sub) {
+                Some(path) => shared_values(&path, &cmd, shared, sub)?,
+                None => BTreeMap::new(),
+            };
+            let cmd = with_defaults(cmd, &[shared.verb], &values);
+            return Ok(cmd.try_get_matches_from(argv)?);
+        }
         return Ok(cmd.try_get_matches_from(argv)?);
     };
-    let file = match sub.get_one::<PathBuf>("config") {
-        Some(p) => Some(p.clone()),
-        None => Some(PathBuf::from(DEFAULT_PATH)).filter(|p| p.exists()),
-    };
+    let file = config_file(sub);
     let values = match &file {
         Some(path) => read_file(path, subcommand(&cmd, target))?,
         None => BTreeMap::new(),
@@ -162,6 +268,40 @@ pub fn matches_with_config(cmd: Command, argv: Vec<OsString>) -> Result<ArgMatch
         .collect();
     let _ = EFFECTIVE.set(Effective { file, entries });
     Ok(m)
+}
+
+/// `--config` (or `BTM_CONFIG`), else the default path when it exists.
+fn config_file(sub: &ArgMatches) -> Option<PathBuf> {
+    match sub.get_one::<PathBuf>("config") {
+        Some(p) => Some(p.clone()),
+        None => Some(PathBuf::from(DEFAULT_PATH)).filter(|p| p.exists()),
+    }
+}
+
+/// The file's values a shared verb takes (the whole file is checked as `run` would).
+fn shared_values(
+    path: &Path,
+    cmd: &Command,
+    shared: &Shared,
+    sub: &ArgMatches,
+) -> Result<BTreeMap<String, String>> {
+    let mut values = read_file(path, subcommand(cmd, &["run"]))?;
+    let given = |k: &str| {
+        matches!(
+            sub.try_get_raw(k)
+                .ok()
+                .flatten()
+                .map(|_| sub.value_source(k)),
+            Some(Some(ValueSource::CommandLine | ValueSource::EnvVariable))
+        )
+    };
+    let source_given = shared.sources.iter().any(|k| given(k));
+    values.retain(|k, _| {
+        shared.keys.contains(&k.as_str())
+            && !given(k)
+            && !(source_given && shared.sources.contains(&k.as_str()))
+    });
+    Ok(values)
 }
 
 /// The configuration file as a TOML table; `reading` says what was being done (`{}` is the
@@ -247,9 +387,17 @@ pub fn add_config_arg(cmd: Command) -> Command {
         .help(format!(
             "TOML file with these flags' keys (default {DEFAULT_PATH} if present); flags and BTM_* variables win"
         ));
-    TARGETS
+    let cmd = TARGETS
         .iter()
-        .fold(cmd, |cmd, t| mut_path(cmd, t, &|c| c.arg(arg.clone())))
+        .fold(cmd, |cmd, t| mut_path(cmd, t, &|c| c.arg(arg.clone())));
+    SHARED.iter().fold(cmd, |cmd, s| {
+        mut_path(cmd, &[s.verb], &|c| {
+            c.arg(arg.clone().help(format!(
+                "TOML file of `run` (default {DEFAULT_PATH} if present): {} come from it unless given",
+                s.keys.join(", ")
+            )))
+        })
+    })
 }
 
 fn with_defaults(cmd: Command, target: &[&str], values: &BTreeMap<String, String>) -> Command {

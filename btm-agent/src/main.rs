@@ -16,7 +16,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 /// `rollback --to H` work on the log.
 ///
 /// BTM's flags keep working: -p VOLUME with -l (list), -x (roll back to the latest),
-/// -r H (closest lower), -R H (exact), -C (clean), plus --log.
+/// -r H (closest lower), -R H (exact), -C (clean), -K N (keep the newest N), plus --log.
 ///
 /// Where heights are kept (list, rollback, -l/-x/-r/-R/-C): in the log when --log (or
 /// BTM_LOG_DIR) is given; otherwise in the native ZFS/Btrfs snapshots of -p VOLUME, as taken by
@@ -48,6 +48,9 @@ enum Command {
     List(logs::ListArgs),
     /// Read the whole log and check every hash; names the height and file of any damage.
     Verify(logs::VerifyArgs),
+    /// What changed between two heights (paths added, removed, changed; bytes), from the log's
+    /// metadata alone.
+    Diff(btm_agent::cmd::diff::DiffArgs),
     /// Materialise a height into a directory (rewrites only what differs).
     Replay(logs::ReplayArgs),
     /// Roll the volume back in place to a height (stop the node first).
@@ -101,6 +104,10 @@ struct Compat {
     /// Remove every recorded height (asks first; only btm's own files go).
     #[arg(short = 'C')]
     clean: bool,
+    /// Keep only the newest N heights, removing the others (the log is compacted at once:
+    /// stop the agent first; `compact --dry-run --cap N` shows what goes).
+    #[arg(short = 'K', value_name = "N")]
+    kept: Option<usize>,
     /// Do not ask before -C.
     #[arg(long, requires = "clean")]
     yes: bool,
@@ -118,6 +125,11 @@ impl Command {
             Command::Verify(a) => a.json,
             Command::Replay(a) => a.json,
             Command::Rollback(a) => a.json,
+            Command::Compact(a) => a.json,
+            Command::Diff(a) => a.json,
+            Command::Config(a) => match &a.command {
+                btm_agent::cmd::config_cmd::ConfigCommand::Check(c) => c.json,
+            },
             _ => false,
         }
     }
@@ -147,6 +159,7 @@ fn main() {
         Some(Command::List(a)) => logs::list(a),
         Some(Command::Verify(a)) => logs::verify(a),
         Some(Command::Replay(a)) => logs::replay(a),
+        Some(Command::Diff(a)) => btm_agent::cmd::diff::run(a),
         Some(Command::Rollback(a)) => logs::rollback(a),
         Some(Command::Track(a)) => track::run(a),
         Some(Command::Compact(a)) => logs::compact(a),
@@ -222,9 +235,10 @@ fn compat(c: Compat) -> Result<()> {
                 PathBuf::from,
             ),
             json: false,
+            dry_run: false,
         })
     };
-    let act = c.latest || c.closest.is_some() || c.exact.is_some() || c.clean;
+    let act = c.latest || c.closest.is_some() || c.exact.is_some() || c.clean || c.kept.is_some();
     // BTM: `btm -p VOLUME` alone lists.
     if c.list || (!act && (c.volume.is_some() || c.log.is_some())) {
         logs::list(logs::ListArgs {
@@ -243,6 +257,8 @@ fn compat(c: Compat) -> Result<()> {
         rollback(Some(h), false)
     } else if let Some(h) = c.exact {
         rollback(Some(h), true)
+    } else if let Some(n) = c.kept {
+        btm_agent::cmd::clean::keep_newest(c.log.as_deref(), c.volume.as_deref(), n)
     } else if c.clean {
         match (&c.log, &c.volume) {
             (Some(log), _) => btm_agent::cmd::clean::clean_log(log, c.yes),
@@ -253,7 +269,7 @@ fn compat(c: Compat) -> Result<()> {
         }
     } else {
         Err(exit::usage(
-            "nothing to do: give a subcommand (see --help) or one of BTM's -l, -x, -r H, -R H, -C",
+            "nothing to do: give a subcommand (see --help) or one of BTM's -l, -x, -r H, -R H, -C, -K N",
         ))
     }
 }

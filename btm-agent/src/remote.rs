@@ -23,6 +23,7 @@ const RETRY: Duration = Duration::from_secs(30);
 impl Shipper {
     /// Starts shipping `log_dir` to `remote`. The first push (catch-up) starts at once.
     pub fn start(remote: Remote, log_dir: PathBuf, opts: PushOptions) -> Shipper {
+        crate::metrics::offsite_enabled();
         let (tx, rx) = channel();
         let thread = std::thread::Builder::new()
             .name("btm-ship".into())

@@ -32,7 +32,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 
 pub use prune::{PruneReport, prune};
-pub use push::{PushOptions, PushReport, push};
+pub use push::{PushOptions, PushReport, push, push_plan};
 pub use restore::{RemoteHeight, RemoteReplay, list_heights, list_volumes, replay, resolve_volume};
 
 /// An open offsite location: the store, the URL's path as prefix, and a runtime to drive the

@@ -62,13 +62,19 @@ pub struct PushReport {
 /// Upload batches hold at most this many stored bytes in memory.
 const BATCH_BYTES: u64 = 64 << 20;
 
+/// The log's identity as recorded, if it has one yet.
+fn existing_log_id(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join("remote-id"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
 /// The log's identity for `volumes/<name>/owner`, kept in `LOGDIR/remote-id` (created once).
 fn log_id(dir: &Path) -> Result<String> {
     let f = dir.join("remote-id");
-    if let Ok(s) = std::fs::read_to_string(&f)
-        && !s.trim().is_empty()
-    {
-        return Ok(s.trim().to_string());
+    if let Some(id) = existing_log_id(dir) {
+        return Ok(id);
     }
     let mut seed = Vec::new();
     seed.extend_from_slice(&now_ms().to_le_bytes());
@@ -86,9 +92,15 @@ fn log_id(dir: &Path) -> Result<String> {
     Ok(id)
 }
 
-/// Claims `volumes/<name>` for this log, or refuses when another log owns it.
-fn check_owner(log: &Log, remote: &Remote, name: &str) -> Result<()> {
-    let id = log_id(log.dir())?;
+/// Claims `volumes/<name>` for this log, or refuses when another log owns it. With `claim`
+/// false (a dry run) nothing is written, locally or remotely.
+fn check_owner(log: &Log, remote: &Remote, name: &str, claim: bool) -> Result<()> {
+    let id = if claim {
+        log_id(log.dir())?
+    } else {
+        // A log without an identity yet gets a new one, which no owner record matches.
+        existing_log_id(log.dir()).unwrap_or_else(|| "(none yet)".into())
+    };
     let p = layout::owner_path(name);
     match remote.get_opt(&p)? {
         Some(b) => {
@@ -110,6 +122,7 @@ fn check_owner(log: &Log, remote: &Remote, name: &str) -> Result<()> {
                 );
             }
         }
+        None if !claim => {}
         None => {
             let o = Owner {
                 log_id: id,
@@ -133,43 +146,12 @@ struct Planned {
 /// of the same log only repeat work.
 pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
     layout::check_volume_name(&o.name).map_err(RemoteError::Refused)?;
-    check_owner(log, remote, &o.name)?;
+    check_owner(log, remote, &o.name, true)?;
     let mut lock = super::lock::Lock::take(remote, "push")?;
     let mut rep = PushReport::default();
-    // Every record's remote key; the chain of keys mirrors the log's hash chain.
-    let n = log.record_count();
-    let mut plan = Vec::with_capacity(n);
-    let mut prev = [0u8; 32];
-    for i in 0..n {
-        let v = log.record_view(i)?;
-        let key = RecordObj::key(
-            &RecordObj {
-                height: v.height,
-                time_unix_ms: v.time_unix_ms,
-                prev,
-                source_hash: v.hash,
-                meta: v.meta_bytes,
-            }
-            .encode(),
-        );
-        plan.push(Planned {
-            key,
-            height: v.height,
-            time_unix_ms: v.time_unix_ms,
-            dropped: v.dropped,
-        });
-        prev = key;
-    }
-    // Records exist as a prefix of the chain: find its end.
-    let (mut lo, mut hi) = (0usize, n);
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        if remote.exists(&layout::record_path(&plan[mid].key))? {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
+    let plan = chain(log)?;
+    let n = plan.len();
+    let lo = resume_point(remote, &plan)?;
     let start = if o.verify { 0 } else { lo };
     let mut pointers = Pointers::load(remote, &o.name)?;
     if !o.allow_removals {
@@ -253,6 +235,104 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
     pointers.finish(remote, o, &plan, &mut rep)?;
     rep.newest_height = plan.last().map(|p| p.height);
     Ok(rep)
+}
+
+/// How many records of `plan` the remote has: they exist as a prefix of the chain.
+fn resume_point(remote: &Remote, plan: &[Planned]) -> Result<usize> {
+    let (mut lo, mut hi) = (0usize, plan.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if remote.exists(&layout::record_path(&plan[mid].key))? {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
+/// What [`push`] would do, in its report's terms (records, objects and bytes it would upload,
+/// pointers it would write and remove), writing nothing anywhere: no owner claim, no lock, no
+/// `remote-id` in the log. Refuses what the push would refuse (another log's volume name, a
+/// mass removal without `allow_removals`). `verify` is not simulated.
+pub fn push_plan(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
+    layout::check_volume_name(&o.name).map_err(RemoteError::Refused)?;
+    check_owner(log, remote, &o.name, false)?;
+    let plan = chain(log)?;
+    let lo = resume_point(remote, &plan)?;
+    let pointers = Pointers::load(remote, &o.name)?;
+    if !o.allow_removals {
+        pointers.check_removals(&plan, remote, &o.name)?;
+    }
+    let mut rep = PushReport {
+        records_present: lo as u64,
+        newest_height: plan.last().map(|p| p.height),
+        ..Default::default()
+    };
+    let mut known: HashSet<[u8; 32]> = HashSet::new();
+    let mut prev = if lo > 0 { plan[lo - 1].key } else { [0u8; 32] };
+    for (i, p) in plan.iter().enumerate().skip(lo) {
+        let v = log.record_view(i)?;
+        let own: Vec<_> = v.own.iter().filter(|x| known.insert(x.hash)).collect();
+        for batch in batches(&own, |x| x.stored_len, BATCH_BYTES) {
+            let paths: Vec<ObjPath> = batch.iter().map(|x| layout::object_path(&x.hash)).collect();
+            for (x, there) in batch.iter().zip(remote.exist_many(&paths)?) {
+                if there {
+                    rep.objects_present += 1;
+                } else {
+                    rep.objects_uploaded += 1;
+                    rep.bytes_uploaded += layout::object_header(x).len() as u64 + x.stored_len;
+                }
+            }
+        }
+        let obj = RecordObj {
+            height: v.height,
+            time_unix_ms: v.time_unix_ms,
+            prev,
+            source_hash: v.hash,
+            meta: v.meta_bytes,
+        }
+        .encode();
+        rep.bytes_uploaded += obj.len() as u64;
+        rep.records_uploaded += 1;
+        prev = p.key;
+    }
+    let keep: HashSet<(u64, [u8; 32])> = wanted(&plan).map(|p| (p.height, p.key)).collect();
+    rep.pointers_written = keep.difference(&pointers.have).count() as u64;
+    rep.pointers_removed = pointers
+        .existing
+        .iter()
+        .filter(|(h, k, _)| !keep.contains(&(*h, *k)))
+        .count() as u64;
+    Ok(rep)
+}
+
+/// Every record's remote key; the chain of keys mirrors the log's hash chain.
+fn chain(log: &Log) -> Result<Vec<Planned>> {
+    let n = log.record_count();
+    let mut plan = Vec::with_capacity(n);
+    let mut prev = [0u8; 32];
+    for i in 0..n {
+        let v = log.record_view(i)?;
+        let key = RecordObj::key(
+            &RecordObj {
+                height: v.height,
+                time_unix_ms: v.time_unix_ms,
+                prev,
+                source_hash: v.hash,
+                meta: v.meta_bytes,
+            }
+            .encode(),
+        );
+        plan.push(Planned {
+            key,
+            height: v.height,
+            time_unix_ms: v.time_unix_ms,
+            dropped: v.dropped,
+        });
+        prev = key;
+    }
+    Ok(plan)
 }
 
 /// The pointers of the volume: those listed at the start of a push plus those it wrote.

@@ -132,7 +132,7 @@ if [ ! -f "$etc/$name.env" ]; then
     cat >"$etc/$name.env" <<EOF
 # Environment of $unit. BTM_* variables override /etc/btm/$name.toml, e.g.
 # BTM_ITV=10
-# BTM_METRICS_ADDR=127.0.0.1:9100
+# BTM_METRICS_ADDR=127.0.0.1:9846
 # BTM_LOG_LEVEL=info    (log filter)   BTM_LOG_FORMAT=json   (structured logs)
 BTM_CONFIG=/etc/btm/$name.toml
 EOF

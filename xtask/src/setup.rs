@@ -23,7 +23,17 @@ const PACKAGES: &[&str] = &[
     "restic",
     "rsync",
     "zstd",
+    // promtool, for .ci/validate-monitoring (deploy/monitoring's alert rules); its server is
+    // kept from starting (see `packages`).
+    "prometheus",
 ];
+
+/// Packages whose service must not start on install: Prometheus would listen on 9090 (and the
+/// tests pick ports there). Only their tools are wanted.
+const NO_SERVICE: &[&str] = &["prometheus"];
+
+/// Where Debian's maintainer scripts ask whether a service may start (exit 101: no).
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -78,10 +88,32 @@ fn packages() -> Result<()> {
     }
     eprintln!("setup: installing {}", missing.join(" "));
     run(sudo("apt-get").args(["update", "-qq"]))?;
-    run(sudo("apt-get")
+    // invoke-rc.d and deb-systemd-invoke start no service while policy-rc.d exits 101; one we
+    // put there for the install is removed after it (a container's own is left alone).
+    let no_start =
+        missing.iter().any(|p| NO_SERVICE.contains(p)) && !Path::new(POLICY_RC_D).exists();
+    if no_start {
+        run(sudo("sh").args([
+            "-c",
+            &format!("printf '#!/bin/sh\\nexit 101\\n' >{POLICY_RC_D} && chmod 755 {POLICY_RC_D}"),
+        ]))?;
+    }
+    let installed = run(sudo("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing))
+        .args(&missing));
+    if no_start {
+        run(sudo("rm").args(["-f", POLICY_RC_D]))?;
+    }
+    installed?;
+    // Not at the next boot either (where systemd runs; errors mean it does not).
+    for unit in NO_SERVICE.iter().filter(|p| missing.contains(p)) {
+        let _ = sudo("systemctl")
+            .args(["disable", "--now", "--quiet", unit])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    Ok(())
 }
 
 /// The S3-compatible server the offsite tests run against on loopback (PyPI `moto[server]`).

@@ -114,6 +114,49 @@ pub fn clean_native(volume: &Path, yes: bool) -> Result<()> {
     Ok(())
 }
 
+/// BTM's `-K N`: keeps the newest `n` heights and removes the others. In the log they are
+/// removed and compacted away at once (as `compact --cap N`, which needs the agent stopped;
+/// `compact --dry-run --cap N` shows what goes); native snapshots are deleted.
+pub fn keep_newest(log: Option<&Path>, volume: Option<&Path>, n: usize) -> Result<()> {
+    if n == 0 {
+        return Err(exit::usage(
+            "-K 0 would keep nothing: use -C to remove every height",
+        ));
+    }
+    if let Some(dir) = log {
+        return super::logs::compact(super::logs::CompactArgs {
+            log: dir.to_path_buf(),
+            cap: Some(n),
+            itv: 1,
+            algo: crate::retention::Algo::Fair,
+            dry_run: false,
+            json: false,
+        });
+    }
+    let Some(volume) = volume else {
+        return Err(exit::usage(
+            "-K needs --log LOGDIR or -p VOLUME (native snapshots)",
+        ));
+    };
+    let b = crate::snapshot::detect(volume)?.ok_or_else(|| {
+        exit::usage(format!(
+            "{} has no native snapshots; pass --log LOGDIR for a log",
+            volume.display()
+        ))
+    })?;
+    let mut hs = b.list()?;
+    hs.sort_unstable();
+    let old = &hs[..hs.len().saturating_sub(n)];
+    b.delete(old)?;
+    println!(
+        "removed {} snapshots of {}, kept the newest {}",
+        old.len(),
+        b.describe(),
+        hs.len() - old.len()
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

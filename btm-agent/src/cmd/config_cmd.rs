@@ -1,6 +1,8 @@
 //! `btm-agent config check`: validate the configuration `run` would use and print it as TOML,
 //! each key with where its value came from (flag, env, file or default). Meant for operators
-//! before a restart and for install scripts; it needs neither root nor the volume.
+//! before a restart and for install scripts; it needs neither root nor the volume. `--json`
+//! prints the same as one object (`{"v":1,"file":...,"settings":{KEY:{"value":...,
+//! "source":...}}}`).
 use anyhow::{Result, bail};
 
 use super::run::RunArgs;
@@ -22,17 +24,41 @@ pub enum ConfigCommand {
 pub struct CheckArgs {
     #[command(flatten)]
     pub run: RunArgs,
+    /// Print the effective configuration as one JSON object (errors too).
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: ConfigArgs) -> Result<()> {
     match args.command {
-        ConfigCommand::Check(c) => check(&c.run),
+        ConfigCommand::Check(c) => check(&c.run, c.json),
     }
 }
 
-fn check(args: &RunArgs) -> Result<()> {
+fn check(args: &RunArgs, json: bool) -> Result<()> {
     let eff = config::effective();
     validate(args, &eff)?;
+    if json {
+        let settings: serde_json::Map<String, serde_json::Value> = eff
+            .entries
+            .iter()
+            .map(|e| {
+                let mut v = serde_json::json!({
+                    "value": e.json_value(),
+                    "source": e.source_kind(),
+                });
+                if let Source::Env(var) = &e.source {
+                    v["env"] = var.as_str().into();
+                }
+                (e.key.clone(), v)
+            })
+            .collect();
+        // print_json puts "v": 1 first.
+        return super::report::print_json(serde_json::json!({
+            "file": eff.file,
+            "settings": settings,
+        }));
+    }
     match &eff.file {
         Some(f) => println!(
             "# effective configuration of `btm-agent run`; file {}",

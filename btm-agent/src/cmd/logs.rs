@@ -15,7 +15,7 @@ use crate::snapshot::{self, Probe, SnapshotBackend};
 
 /// Where heights are kept: the log when `--log` (or BTM_LOG_DIR) is given, otherwise the native
 /// snapshots (ZFS dataset or Btrfs subvolume) of `--volume`.
-fn native(volume: Option<&PathBuf>) -> Result<Box<dyn SnapshotBackend>> {
+pub(super) fn native(volume: Option<&PathBuf>) -> Result<Box<dyn SnapshotBackend>> {
     let Some(v) = volume else {
         return Err(exit::usage(
             "give --log LOGDIR (eBPF mode) or -p/--volume DIR (native ZFS/Btrfs snapshots) to say \
@@ -125,7 +125,9 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
 #[derive(clap::Args, Debug)]
 pub struct ReplayArgs {
     /// The log to replay from (or give --remote).
-    #[arg(long, env = "BTM_LOG_DIR", required_unless_present = "remote")]
+    // Required unless --remote is given: checked in `replay`, since clap's
+    // `required_unless_present` ignores a value from the configuration file.
+    #[arg(long, env = "BTM_LOG_DIR")]
     pub log: Option<PathBuf>,
     #[command(flatten)]
     pub offsite: RemoteArgs,
@@ -150,10 +152,11 @@ pub fn replay(a: ReplayArgs) -> Result<()> {
     if let Some(url) = &a.offsite.remote {
         return offsite::replay(&a.offsite, url, (a.to, a.exact), &a.into, a.cache, a.json);
     }
-    let dir = a
-        .log
-        .as_ref()
-        .expect("clap requires --log without --remote");
+    let Some(dir) = a.log.as_ref() else {
+        return Err(super::exit::usage(
+            "replay needs --log LOGDIR (or log in the configuration file) or --remote URL",
+        ));
+    };
     let log = Log::open_read(dir)?;
     let h = log.resolve(a.to, a.exact)?;
     let stats = log.replay(h, &a.into, &ReplayOptions::default())?;
@@ -201,9 +204,16 @@ pub struct RollbackArgs {
     /// Print what was done as one JSON object (`"v": 1`); errors too.
     #[arg(long)]
     pub json: bool,
+    /// Say what would be done (target height, heights removed, bytes) and change nothing
+    /// (the log is only read, the volume not touched; no agent is asked).
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 pub fn rollback(a: RollbackArgs) -> Result<()> {
+    if a.dry_run {
+        return super::dry_run::rollback(&a);
+    }
     // A running agent owns the volume and the log: ask it.
     if a.socket.exists() && std::os::unix::net::UnixStream::connect(&a.socket).is_ok() {
         let v = proto::call(
@@ -302,12 +312,22 @@ pub struct CompactArgs {
     /// With --cap: fair or fade.
     #[arg(short = 'a', long, value_enum, default_value = "fair")]
     pub algo: Algo,
+    /// Say what would be done (heights folded, bytes returned at most) and change nothing; works
+    /// while the agent runs.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: print the plan as one JSON object (`"v": 1`); errors too.
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
 }
 
 /// Folds the heights removed by retention into the next kept ones and returns their space.
 /// Needs the appender lock: stop the agent first (it compacts by itself when dropped records
 /// reach a quarter of the log).
 pub fn compact(a: CompactArgs) -> Result<()> {
+    if a.dry_run {
+        return super::dry_run::compact(&a);
+    }
     let mut log = open_existing(&a.log)?;
     if let Some(cap) = a.cap {
         let p = Policy::new(a.itv, cap, a.algo)?;

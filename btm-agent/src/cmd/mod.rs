@@ -2,6 +2,8 @@
 pub mod clean;
 pub mod config_cmd;
 pub mod demo;
+pub mod diff;
+pub mod dry_run;
 pub mod exec;
 pub mod exit;
 pub mod generate;

@@ -66,6 +66,9 @@ pub struct PushArgs {
     /// new retention policy); without it such a push stops before changing anything.
     #[arg(long)]
     pub allow_removals: bool,
+    /// Say what the push would upload and publish, and change nothing (locally or offsite).
+    #[arg(long, conflicts_with = "verify")]
+    pub dry_run: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -84,6 +87,30 @@ pub fn push(a: PushArgs) -> Result<()> {
     let mut opts = push_options(&a.log, a.remote.remote_name.as_deref(), a.tag, a.meta);
     opts.verify = a.verify;
     opts.allow_removals = a.allow_removals;
+    if a.dry_run {
+        let rep = remote::push_plan(&log, &remote, &opts)?;
+        if a.json {
+            let mut v = serde_json::to_value(&rep)?;
+            v["dry_run"] = true.into();
+            return super::report::print_json(v);
+        }
+        println!(
+            "dry run: pushing {} to {url} as {:?} would upload {} records ({} already there) and \
+             {} objects ({} already there), {} bytes; write {} pointers and remove {}; newest \
+             height {}; nothing changed",
+            a.log.display(),
+            opts.name,
+            rep.records_uploaded,
+            rep.records_present,
+            rep.objects_uploaded,
+            rep.objects_present,
+            rep.bytes_uploaded,
+            rep.pointers_written,
+            rep.pointers_removed,
+            rep.newest_height.map_or("none".into(), |h| h.to_string()),
+        );
+        return Ok(());
+    }
     let rep = remote::push(&log, &remote, &opts).with_context(|| {
         format!(
             "pushing {} to {url} (run push again to resume)",

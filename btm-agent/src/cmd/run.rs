@@ -98,9 +98,13 @@ pub struct RunArgs {
     /// Do not freeze the volume at cuts (only when the node is paused by the caller).
     #[arg(long)]
     pub no_freeze: bool,
-    /// Serve Prometheus /metrics and /healthz here (HOST:PORT, or :PORT for loopback).
+    /// Serve Prometheus /metrics, /livez and /readyz here (HOST:PORT, or :PORT for loopback;
+    /// the examples use 9846, 9100 being node_exporter's).
     #[arg(long, env = "BTM_METRICS_ADDR", value_parser = crate::metrics::parse_addr)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// /readyz answers 503 while a cut or a compaction has run longer than this (seconds).
+    #[arg(long, env = "BTM_READY_BUSY_SECS", default_value_t = 60)]
+    pub ready_busy_secs: u64,
     /// Ship every acknowledged height offsite in the background (never delays a cut); the
     /// remote mirrors the log's retention. See `btm-agent push --help` for URLs.
     #[command(flatten)]
@@ -154,6 +158,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     stop_on_signals(stop.clone(), &listener);
     let last = store.last_height();
     let metrics = crate::metrics::Metrics::start(args.metrics_addr, store.log_dir(), last)?;
+    metrics.set_busy_limit(Duration::from_secs(args.ready_busy_secs));
     let shipper = match (&args.offsite.remote, store.log_dir()) {
         (None, _) => None,
         (Some(url), Some(dir)) => Some(crate::remote::Shipper::start(
@@ -357,10 +362,13 @@ fn handle(
             "height": height,
             "skipped": "not a multiple of itv"
         })),
-        Request::Snapshot { height } => store.take(height, policy, metrics).inspect_err(|e| {
-            metrics.record_error();
-            tracing::error!(height, "height failed: {e:#}");
-        }),
+        Request::Snapshot { height } => {
+            let _busy = metrics.busy("cut");
+            store.take(height, policy, metrics).inspect_err(|e| {
+                metrics.record_error();
+                tracing::error!(height, "height failed: {e:#}");
+            })
+        }
         Request::Status => store.status(),
         Request::Rollback { height, exact } => store.rollback(height, exact),
     };

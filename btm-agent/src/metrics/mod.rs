@@ -1,8 +1,12 @@
-//! Prometheus metrics and a health endpoint for the agent (`run --metrics-addr ADDR`).
+//! Prometheus metrics and health endpoints for the agent (`run --metrics-addr ADDR`).
 //!
 //! Counters are atomics the run loop updates after each cut; a small std HTTP server on its
 //! own thread renders them in the text exposition format. Scrapes never touch the cutter, so a
 //! slow scraper cannot delay a height. Off by default; an address without a host binds loopback.
+//!
+//! Endpoints: `/metrics`; `/livez` (200 while the agent loop runs; `/healthz` is its older
+//! name); `/readyz` (200 once the agent has started and no long task, see [`Metrics::busy`],
+//! has run longer than the limit; 503 otherwise, with the reason in the body).
 use std::{
     fmt::Write as _,
     io::{Read, Write},
@@ -18,6 +22,12 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{cut::CutReport, tracker::Stats};
+
+mod busy;
+pub use busy::{BusyGuard, Tasks};
+
+/// How long a cut or a compaction may run before `/readyz` answers 503 (`--ready-busy-secs`).
+pub const DEFAULT_BUSY_LIMIT: Duration = Duration::from_secs(60);
 
 /// Scrapes answered at once; more connections are dropped.
 const MAX_SCRAPES: usize = 16;
@@ -48,6 +58,12 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 static OFFSITE_HEIGHT: AtomicU64 = AtomicU64::new(u64::MAX);
 static OFFSITE_BYTES: AtomicU64 = AtomicU64::new(0);
 static OFFSITE_FAILURES: AtomicU64 = AtomicU64::new(0);
+static OFFSITE_ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Offsite shipping is configured (`run --remote`): the lag behind the log is exported.
+pub fn offsite_enabled() {
+    OFFSITE_ENABLED.store(true, Ordering::Relaxed);
+}
 
 /// A push to the remote finished.
 pub fn offsite_shipped(height: Option<u64>, bytes: u64) {
@@ -85,6 +101,11 @@ pub struct Metrics {
     /// The tracker's counters after the last cut.
     tracker: Mutex<Option<Stats>>,
     freeze: Mutex<Histogram>,
+    /// Unix time (ms) of the agent's start and of the last height kept (0: none yet).
+    start_ms: u64,
+    last_cut_ms: AtomicU64,
+    busy: Tasks,
+    busy_limit_ms: AtomicU64,
 }
 
 impl Metrics {
@@ -100,6 +121,10 @@ impl Metrics {
             overflows: AtomicU64::new(0),
             tracker: Mutex::new(None),
             freeze: Mutex::new(Histogram::default()),
+            start_ms: unix_ms(),
+            last_cut_ms: AtomicU64::new(0),
+            busy: Tasks::default(),
+            busy_limit_ms: AtomicU64::new(DEFAULT_BUSY_LIMIT.as_millis() as u64),
         }
     }
 
@@ -112,7 +137,7 @@ impl Metrics {
         let m = Arc::new(Metrics::new(log_dir, last_height));
         if let Some(addr) = addr {
             let bound = m.clone().serve(addr)?;
-            tracing::info!("metrics on http://{bound}/metrics, health on /healthz");
+            tracing::info!("metrics on http://{bound}/metrics, health on /livez and /readyz");
         }
         m.set_alive(true);
         Ok(m)
@@ -148,6 +173,41 @@ impl Metrics {
         self.alive.store(alive, Ordering::SeqCst);
     }
 
+    /// Marks `name` (`"cut"`, `"compaction"`, ...) as running until the guard is dropped; see
+    /// the [`busy`] module. `/readyz` answers 503 while one has run longer than the limit.
+    pub fn busy(&self, name: &str) -> BusyGuard {
+        self.busy.start(name)
+    }
+
+    /// How long a task may run before `/readyz` answers 503 (default [`DEFAULT_BUSY_LIMIT`]).
+    pub fn set_busy_limit(&self, limit: Duration) {
+        self.busy_limit_ms
+            .store(limit.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether the agent is ready: started, and no task over the limit; else why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.alive.load(Ordering::SeqCst) {
+            return Err("agent loop not running".into());
+        }
+        let limit = Duration::from_millis(self.busy_limit_ms.load(Ordering::Relaxed));
+        let late: Vec<String> = self
+            .busy
+            .overdue(limit)
+            .iter()
+            .map(|(n, d)| format!("{n} running for {:.0} s", d.as_secs_f64()))
+            .collect();
+        if late.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} (limit {} s)",
+                late.join(", "),
+                limit.as_secs_f64()
+            ))
+        }
+    }
+
     /// Called after each successful cut.
     pub fn record_cut(&self, rep: &CutReport, stored_bytes: u64, tracker: Option<&Stats>) {
         self.record_height(rep.height);
@@ -175,6 +235,7 @@ impl Metrics {
     pub fn record_height(&self, height: u64) {
         self.heights.fetch_add(1, Ordering::Relaxed);
         self.last_height.store(height, Ordering::Relaxed);
+        self.last_cut_ms.store(unix_ms(), Ordering::Relaxed);
     }
 
     /// Called when a cut fails.
@@ -185,6 +246,12 @@ impl Metrics {
     /// The text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "# HELP btm_build_info The agent's version (value always 1).\n\
+             # TYPE btm_build_info gauge\nbtm_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {
             let _ = writeln!(
                 o,
@@ -192,6 +259,19 @@ impl Metrics {
             );
         };
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
+        let secs = |ms: u64| format!("{:.3}", ms as f64 / 1000.0);
+        metric(
+            "btm_start_time_seconds",
+            "gauge",
+            "Unix time the agent started.",
+            secs(self.start_ms),
+        );
+        metric(
+            "btm_ready",
+            "gauge",
+            "1 when /readyz answers 200 (started, no cut or compaction over the limit).",
+            u8::from(self.readiness().is_ok()).to_string(),
+        );
         metric(
             "btm_up",
             "gauge",
@@ -213,18 +293,36 @@ impl Metrics {
                 last.to_string(),
             );
         }
-        metric(
-            "btm_cut_bytes_read_total",
-            "counter",
-            "Bytes read from the volume by cuts.",
-            get(&self.read),
-        );
-        metric(
-            "btm_cut_bytes_stored_total",
-            "counter",
-            "Bytes appended to the log by cuts (after dedup and compression).",
-            get(&self.stored),
-        );
+        let cut_ms = self.last_cut_ms.load(Ordering::Relaxed);
+        if cut_ms != 0 {
+            metric(
+                "btm_last_cut_timestamp_seconds",
+                "gauge",
+                "Unix time the last height was kept (absent until the first since the start).",
+                secs(cut_ms),
+            );
+        }
+        for (new, old, help) in [
+            (
+                "btm_cut_read_bytes_total",
+                "btm_cut_bytes_read_total",
+                "Bytes read from the volume by cuts.",
+            ),
+            (
+                "btm_cut_stored_bytes_total",
+                "btm_cut_bytes_stored_total",
+                "Bytes appended to the log by cuts (after dedup and compression).",
+            ),
+        ] {
+            let v = get(if new.contains("read") {
+                &self.read
+            } else {
+                &self.stored
+            });
+            metric(new, "counter", help, v.clone());
+            // The old names (before 0.2) stay one release, so dashboards can move over.
+            metric(old, "counter", &format!("Deprecated, use {new}."), v);
+        }
         metric(
             "btm_cut_errors_total",
             "counter",
@@ -254,6 +352,14 @@ impl Metrics {
                 shipped.to_string(),
             );
         }
+        if OFFSITE_ENABLED.load(Ordering::Relaxed) && shipped != u64::MAX && last != u64::MAX {
+            metric(
+                "btm_offsite_lag_heights",
+                "gauge",
+                "Newest height in the log minus newest height shipped offsite (run --remote).",
+                last.saturating_sub(shipped).to_string(),
+            );
+        }
         metric(
             "btm_offsite_bytes_total",
             "counter",
@@ -266,6 +372,18 @@ impl Metrics {
             "Offsite pushes that failed and are retried.",
             get(&OFFSITE_FAILURES),
         );
+        let busy = self.busy.durations();
+        if !busy.is_empty() {
+            let _ = writeln!(
+                o,
+                "# HELP btm_busy_seconds How long the running task of each kind (cut, \
+                 compaction) has run; 0 when none runs.\n# TYPE btm_busy_seconds gauge"
+            );
+            for (task, d) in busy {
+                let d = d.map_or(0.0, |d| d.as_secs_f64());
+                let _ = writeln!(o, "btm_busy_seconds{{task=\"{task}\"}} {d:.3}");
+            }
+        }
         let h = self.freeze.lock().unwrap_or_else(|e| e.into_inner());
         let name = "btm_freeze_seconds";
         let _ = writeln!(
@@ -324,18 +442,27 @@ impl Metrics {
                 "text/plain; version=0.0.4; charset=utf-8",
                 self.render(),
             ),
-            ("GET" | "HEAD", "/healthz") if self.alive.load(Ordering::SeqCst) => {
+            // /healthz: the older name of /livez.
+            ("GET" | "HEAD", "/livez" | "/healthz") if self.alive.load(Ordering::SeqCst) => {
                 ("200 OK", "text/plain", "ok\n".to_string())
             }
-            ("GET" | "HEAD", "/healthz") => (
+            ("GET" | "HEAD", "/livez" | "/healthz") => (
                 "503 Service Unavailable",
                 "text/plain",
                 "agent loop not running\n".to_string(),
             ),
+            ("GET" | "HEAD", "/readyz") => match self.readiness() {
+                Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
+                Err(why) => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    format!("not ready: {why}\n"),
+                ),
+            },
             ("GET" | "HEAD", _) => (
                 "404 Not Found",
                 "text/plain",
-                "try /metrics or /healthz\n".to_string(),
+                "try /metrics, /livez or /readyz\n".to_string(),
             ),
             _ => (
                 "405 Method Not Allowed",
@@ -354,6 +481,12 @@ impl Metrics {
     }
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Bytes of regular files under `dir` (the log is a handful of segments and indexes).
 fn dir_bytes(dir: &Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -369,51 +502,4 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addr_without_host_is_loopback() {
-        assert_eq!(
-            parse_addr(":9100").unwrap(),
-            "127.0.0.1:9100".parse().unwrap()
-        );
-        assert_eq!(
-            parse_addr("9100").unwrap(),
-            "127.0.0.1:9100".parse().unwrap()
-        );
-        assert_eq!(
-            parse_addr("0.0.0.0:1").unwrap(),
-            "0.0.0.0:1".parse().unwrap()
-        );
-        assert!(parse_addr("nonsense").is_err());
-    }
-
-    #[test]
-    fn histogram_buckets_are_cumulative() {
-        let m = Metrics::new(Some(Path::new("/nonexistent")), None);
-        let rep = |h, ms| CutReport {
-            height: h,
-            freeze_ms: ms,
-            read_unfrozen: 1,
-            read_frozen: 2,
-            ..Default::default()
-        };
-        m.record_cut(&rep(5, 3.0), 10, None);
-        m.record_cut(&rep(6, 300.0), 10, None);
-        let t = m.render();
-        assert!(
-            t.contains("btm_freeze_seconds_bucket{le=\"0.005\"} 1\n"),
-            "{t}"
-        );
-        assert!(
-            t.contains("btm_freeze_seconds_bucket{le=\"0.5\"} 2\n"),
-            "{t}"
-        );
-        assert!(t.contains("btm_freeze_seconds_count 2\n"), "{t}");
-        assert!(t.contains("btm_heights_total 2\n"), "{t}");
-        assert!(t.contains("btm_last_height 6\n"), "{t}");
-        assert!(t.contains("btm_cut_bytes_read_total 6\n"), "{t}");
-        assert!(t.contains("btm_cut_bytes_stored_total 20\n"), "{t}");
-    }
-}
+mod tests;
