@@ -191,7 +191,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             Ok(inc) => inc,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !stop.load(Ordering::SeqCst) => {
                 // A compaction prepared in the background is finished between requests.
-                store.maintain().context("compacting the log")?;
+                maintain(store.as_mut(), &metrics)?;
                 continue;
             }
             Err(_) => break,
@@ -213,7 +213,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         // After answering: the node does not wait for a compaction (it is prepared on its own
         // thread and only finished here). Without its tracker the agent cannot go on, so a
         // failure here stops it (the log stays consistent).
-        store.maintain().context("compacting the log")?;
+        maintain(store.as_mut(), &metrics)?;
         // Then ship (a push holds the readers' lock, which would postpone compaction).
         if let Some(s) = &shipper {
             s.notify();
@@ -234,6 +234,13 @@ pub fn run(args: RunArgs) -> Result<()> {
     drop(shipper);
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// Upkeep between requests. Only the commit of a compaction (prepared on its own thread)
+/// runs here, holding up the next height: `/readyz` reports it once it takes too long.
+fn maintain(store: &mut dyn HeightStore, metrics: &crate::metrics::Metrics) -> Result<()> {
+    let _busy = metrics.busy("compaction");
+    store.maintain().context("compacting the log")
 }
 
 /// Picks the store for `--mode` (see [`Mode`]).
