@@ -92,6 +92,7 @@ fn check_owner(log: &Log, remote: &Remote, name: &str) -> Result<()> {
     let p = layout::owner_path(name);
     match remote.get_opt(&p)? {
         Some(b) => {
+            let b = remote.unseal(&p, b)?;
             let o: Owner = serde_json::from_slice(&b).map_err(|e| {
                 RemoteError::Damaged(format!(
                     "{p} on {} is not a btm owner record: {e}",
@@ -116,7 +117,8 @@ fn check_owner(log: &Log, remote: &Remote, name: &str) -> Result<()> {
                 host: hostname(),
                 created_unix_ms: now_ms(),
             };
-            remote.put(&p, serde_json::to_vec_pretty(&o).expect("serializable"))?;
+            let body = remote.seal(&p, serde_json::to_vec_pretty(&o).expect("serializable"));
+            remote.put(&p, body)?;
         }
     }
     Ok(())
@@ -133,6 +135,7 @@ struct Planned {
 /// of the same log only repeat work.
 pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
     layout::check_volume_name(&o.name).map_err(RemoteError::Refused)?;
+    remote.check_layout(true)?;
     check_owner(log, remote, &o.name)?;
     let mut lock = super::lock::Lock::take(remote, "push")?;
     let mut rep = PushReport::default();
@@ -142,7 +145,7 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
     let mut prev = [0u8; 32];
     for i in 0..n {
         let v = log.record_view(i)?;
-        let key = RecordObj::key(
+        let key = remote.record_key(
             &RecordObj {
                 height: v.height,
                 time_unix_ms: v.time_unix_ms,
@@ -190,7 +193,7 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
         let own: Vec<_> = v.own.iter().filter(|x| known.insert(x.hash)).collect();
         for batch in batches(&own, |x| x.stored_len, BATCH_BYTES) {
             lock.refresh()?;
-            let paths: Vec<ObjPath> = batch.iter().map(|x| layout::object_path(&x.hash)).collect();
+            let paths: Vec<ObjPath> = batch.iter().map(|x| remote.object_path(&x.hash)).collect();
             let there = if o.verify {
                 let hashes: Vec<[u8; 32]> = batch.iter().map(|x| x.hash).collect();
                 let ok = remote.objects_intact(&paths, &hashes)?;
@@ -207,6 +210,7 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
                 }
                 let mut obj = layout::object_header(x);
                 log.read_stored_into(x, &mut obj)?;
+                let obj = remote.seal(&path, obj);
                 items.push((path, obj));
                 rep.objects_uploaded += 1;
             }
@@ -223,12 +227,13 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
             meta: v.meta_bytes,
         }
         .encode();
-        debug_assert_eq!(RecordObj::key(&obj), p.key);
+        debug_assert_eq!(remote.record_key(&obj), p.key);
         let rpath = layout::record_path(&p.key);
+        let obj = remote.seal(&rpath, obj);
         let intact = i < lo
             && match remote.get_opt(&rpath)? {
                 Some(b) => {
-                    RecordObj::decode(&b, &p.key).is_ok() || {
+                    remote.decode_record(&rpath, b, &p.key).is_ok() || {
                         rep.repaired += 1;
                         false
                     }
@@ -283,7 +288,7 @@ impl Pointers {
         let old: Option<Pointer> = match self.existing.iter().find(|(h, _, _)| *h == p.height) {
             Some((_, _, path)) => remote
                 .get_opt(path)?
-                .and_then(|b| serde_json::from_slice(&b).ok()),
+                .and_then(|b| remote.decode_pointer(path, b).ok()),
             None => None,
         };
         let ptr = Pointer {
@@ -295,10 +300,8 @@ impl Pointers {
             meta: old.as_ref().map_or(o.meta.clone(), |x| x.meta.clone()),
             pushed_unix_ms: now_ms(),
         };
-        remote.put(
-            &layout::pointer_path(&o.name, p.height, &p.key),
-            serde_json::to_vec_pretty(&ptr).expect("serializable"),
-        )?;
+        let path = remote.pointer_path(&o.name, p.height, &p.key);
+        remote.put(&path, remote.encode_pointer(&path, &ptr))?;
         rep.pointers_written += 1;
         Ok(())
     }
