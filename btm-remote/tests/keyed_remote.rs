@@ -128,6 +128,27 @@ fn keyed_store_is_ciphertext_restores_exactly_and_refuses_forgeries() {
     let rep = push(&log, &keyed, &opts("v")).unwrap();
     assert_eq!((rep.records_uploaded, rep.pointers_written), (5, 5));
     push(&log, &plain, &opts("v")).unwrap();
+    // What a key costs on the store: 49 bytes per object (magic, version, nonce, tag), 64 more
+    // per pointer (its signature), and the marker.
+    let size = |d: &Path| -> (u64, u64) {
+        let fs = walk(d);
+        let n = fs.len() as u64;
+        (n, fs.iter().map(|f| f.metadata().unwrap().len()).sum())
+    };
+    let marker = std::fs::metadata(keyed_dir.join("layout.json"))
+        .unwrap()
+        .len();
+    let ((kn, kb), (pn, pb)) = (size(&keyed_dir), size(&plain_dir));
+    assert_eq!(
+        kn,
+        pn + 1,
+        "the keyed store has the marker besides the same objects"
+    );
+    assert_eq!(
+        kb,
+        pb + 49 * pn + 64 * 5 + marker,
+        "{kb} vs {pb}, {pn} objects"
+    );
 
     // (b) Every height restores exactly, into empty and stale directories.
     let mut blocks = HashMap::new();
@@ -331,7 +352,20 @@ fn keyed_store_is_ciphertext_restores_exactly_and_refuses_forgeries() {
     }
     let e = failed.expect("no restore read the forged object");
     assert!(e.contains("not sealed by this volume's remote key"), "{e}");
-    std::fs::write(&obj, &genuine).unwrap();
+
+    // push --verify opens and checks every object, and replaces one that does not open.
+    std::fs::write(&obj, b"btm.enc\n\x01 damaged or forged").unwrap();
+    let rep = push(
+        &log,
+        &keyed,
+        &PushOptions {
+            verify: true,
+            ..opts("v")
+        },
+    )
+    .unwrap();
+    assert_eq!(rep.repaired, 1, "{rep:?}");
+    assert_eq!(std::fs::read(&obj).unwrap().len(), genuine.len());
 
     // Prune with the key reads every chain and keeps what they reach (the copied plaintext
     // records are unreached and go).
