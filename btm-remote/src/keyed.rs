@@ -169,7 +169,8 @@ impl Remote {
                         "this remote is encrypted ({} has a keyed layout, public key {}): give \
                          --remote-key FILE (or BTM_REMOTE_KEY_FILE)",
                         self.url,
-                        &m.public_key[..m.public_key.len().min(16)]
+                        // The marker is anyone's to write: no byte slicing of its text.
+                        m.public_key.chars().take(16).collect::<String>()
                     ),
                     Some(k) if k.public_hex() != m.public_key => fail!(
                         Refused,

@@ -413,3 +413,39 @@ fn keyed_store_restores_large_objects_whole() {
         );
     }
 }
+
+/// The marker is anyone's to write: whatever it says is refused with a sentence, never a panic.
+#[test]
+fn odd_markers_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = |layout: u32, public_key: &str| {
+        serde_json::json!({
+            "layout": layout, "sealing": "xchacha20poly1305", "names": "blake3-keyed",
+            "signatures": "ed25519", "public_key": public_key, "created_unix_ms": 1
+        })
+        .to_string()
+    };
+    std::fs::write(
+        dir.join("layout.json"),
+        marker(2, &format!("a{}", "é".repeat(40))),
+    )
+    .unwrap();
+    let e = list_volumes(&open(&dir, None)).unwrap_err();
+    assert!(e.to_string().contains("this remote is encrypted"), "{e}");
+    let e = list_volumes(&open(&dir, Some(KEY))).unwrap_err();
+    assert!(e.to_string().contains("wrong remote key"), "{e}");
+    std::fs::write(dir.join("layout.json"), marker(3, "ab")).unwrap();
+    let e = list_volumes(&open(&dir, Some(KEY))).unwrap_err();
+    assert!(
+        matches!(&e, RemoteError::Refused(m) if m.contains("use a newer btm")),
+        "{e:?}"
+    );
+    std::fs::write(dir.join("layout.json"), b"\xff not json").unwrap();
+    let e = list_volumes(&open(&dir, None)).unwrap_err();
+    assert!(
+        matches!(&e, RemoteError::Damaged(m) if m.contains("not a btm layout marker")),
+        "{e:?}"
+    );
+}
