@@ -69,6 +69,8 @@ enum Command {
     Push(btm_agent::cmd::offsite::PushArgs),
     /// Delete offsite objects no height of any volume needs any more.
     Prune(btm_agent::cmd::offsite::PruneArgs),
+    /// Make the key that encrypts and signs an offsite copy (`remote-key generate --out FILE`).
+    RemoteKey(btm_agent::cmd::offsite::RemoteKeyArgs),
     /// Check the configuration (file, BTM_* variables, flags) and print the effective one.
     Config(btm_agent::cmd::config_cmd::ConfigArgs),
     /// Start a node with THP disabled (`-- NODE ARGS`), so that its mmap stores into files
@@ -168,6 +170,7 @@ fn main() {
         Some(Command::Demo(a)) => btm_agent::cmd::demo::run(a),
         Some(Command::Push(a)) => btm_agent::cmd::offsite::push(a),
         Some(Command::Prune(a)) => btm_agent::cmd::offsite::prune(a),
+        Some(Command::RemoteKey(a)) => btm_agent::cmd::offsite::remote_key(a),
         Some(Command::Config(a)) => btm_agent::cmd::config_cmd::run(a),
         Some(Command::Exec(a)) => btm_agent::cmd::exec::run(a),
         Some(Command::Thaw(a)) => btm_agent::cmd::thaw::run(a),
@@ -248,6 +251,7 @@ fn compat(c: Compat) -> Result<()> {
             offsite: btm_agent::cmd::offsite::RemoteArgs {
                 remote: None,
                 remote_name: None,
+                remote_key: None,
             },
             tag: None,
         })

@@ -17,6 +17,11 @@ pub const REC_VERSION: u16 = 1;
 pub const REC_HEADER_LEN: usize = 104;
 /// Pointer JSON `format`.
 pub const POINTER_FORMAT: u32 = 1;
+/// The layout marker object at the store's root: present only in keyed stores (a store without
+/// it is layout 1, plaintext).
+pub const MARKER: &str = "layout.json";
+/// Layout of a store written with a remote key (sealed objects, keyed names, signed pointers).
+pub const LAYOUT_KEYED: u32 = 2;
 
 /// The largest payload a log stores (btm-log's limit).
 const MAX_PAYLOAD_RAW: u64 = 64 << 20;
@@ -82,9 +87,20 @@ pub fn pointer_path(name: &str, height: u64, record: &[u8; 32]) -> ObjPath {
     ))
 }
 
-/// Height and record key from a pointer's file name.
+/// `volumes/<name>/heights/<height, 20 digits>-<record name>.sealed`: a pointer of a keyed
+/// store (sealed and signed, not JSON on the store).
+pub fn sealed_pointer_path(name: &str, height: u64, record: &[u8; 32]) -> ObjPath {
+    ObjPath::from(format!(
+        "volumes/{name}/heights/{height:020}-{}.sealed",
+        hex(record)
+    ))
+}
+
+/// Height and record key from a pointer's file name (either layout's).
 pub fn parse_pointer_name(file: &str) -> Option<(u64, [u8; 32])> {
-    let stem = file.strip_suffix(".json")?;
+    let stem = file
+        .strip_suffix(".json")
+        .or_else(|| file.strip_suffix(".sealed"))?;
     let (h, k) = stem.split_once('-')?;
     if h.len() != 20 || !h.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -208,7 +224,16 @@ impl RecordObj {
 
     /// Decodes and checks a downloaded record object against the key it was fetched by.
     pub fn decode(b: &[u8], key: &[u8; 32]) -> Result<RecordObj, String> {
-        if RecordObj::key(b) != *key {
+        RecordObj::decode_with(b, key, RecordObj::key)
+    }
+
+    /// [`RecordObj::decode`] with the store's naming (`key_of`: plain or keyed blake3).
+    pub fn decode_with(
+        b: &[u8],
+        key: &[u8; 32],
+        key_of: impl Fn(&[u8]) -> [u8; 32],
+    ) -> Result<RecordObj, String> {
+        if key_of(b) != *key {
             return Err("blake3 of the record object does not match its name".into());
         }
         if b.len() < REC_HEADER_LEN || &b[..8] != REC_MAGIC {
@@ -253,6 +278,21 @@ pub struct Pointer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<serde_json::Value>,
     pub pushed_unix_ms: u64,
+}
+
+/// `layout.json` of a keyed store (plaintext JSON: it holds nothing secret).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Marker {
+    pub layout: u32,
+    /// "xchacha20poly1305"
+    pub sealing: String,
+    /// "blake3-keyed"
+    pub names: String,
+    /// "ed25519"
+    pub signatures: String,
+    /// Hex ed25519 public key of the store's remote key (tells a wrong key from damage).
+    pub public_key: String,
+    pub created_unix_ms: u64,
 }
 
 /// `volumes/<name>/owner`: the identity of the log that pushes under this name.
@@ -311,6 +351,12 @@ mod tests {
         let file = p.filename().unwrap();
         assert_eq!(parse_pointer_name(file), Some((1234, [0xab; 32])));
         assert_eq!(parse_pointer_name("123-ab.json"), None);
+        let sealed = sealed_pointer_path("node-1", 7, &[0xcd; 32]);
+        assert!(sealed.as_ref().ends_with(".sealed"));
+        assert_eq!(
+            parse_pointer_name(sealed.filename().unwrap()),
+            Some((7, [0xcd; 32]))
+        );
         assert!(check_volume_name("node-1.data_2").is_ok());
         for bad in ["", "a/b", "..", ".x", "a b"] {
             assert!(check_volume_name(bad).is_err(), "{bad:?}");

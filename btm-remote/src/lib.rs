@@ -13,7 +13,9 @@
 //! four schemes); credentials come from its usual environment variables (`AWS_*`,
 //! `GOOGLE_*`, `AZURE_*`) and, for S3, `~/.aws/credentials` when the variables are absent.
 
+pub mod crypto;
 mod error;
+mod keyed;
 pub mod layout;
 mod lock;
 mod prune;
@@ -25,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+pub use crypto::RemoteKey;
 pub use error::{RemoteError, Result};
 use error::{fail, io};
 use futures::{StreamExt, TryStreamExt};
@@ -45,6 +48,10 @@ pub struct Remote {
     pub concurrency: usize,
     /// Optional local cache of downloaded immutable objects (records and payloads).
     cache: Option<PathBuf>,
+    /// The remote key of a keyed store (`keyed.rs`); `None` for the plaintext layout.
+    key: Option<Arc<RemoteKey>>,
+    /// Set once [`Remote::check_layout`] found the store's layout and the key agree.
+    layout_ok: std::sync::OnceLock<()>,
 }
 
 fn retry_config() -> RetryConfig {
@@ -204,6 +211,8 @@ impl Remote {
                 .filter(|&n| n > 0)
                 .unwrap_or(16),
             cache: None,
+            key: None,
+            layout_ok: std::sync::OnceLock::new(),
         }
     }
 
@@ -269,8 +278,8 @@ impl Remote {
         })
     }
 
-    /// For each payload object: `Some(true)` intact, `Some(false)` damaged, `None` missing
-    /// (each downloaded and decoded against its hash).
+    /// For each payload object: `Some(true)` intact, `Some(false)` damaged (or, keyed, not
+    /// sealed by this key), `None` missing (each downloaded, opened and decoded against its hash).
     pub(crate) fn objects_intact(
         &self,
         paths: &[ObjPath],
@@ -285,7 +294,10 @@ impl Remote {
                     Err(e) => Err(e),
                 }
                 .map_err(|e| self.fail("downloading", p, e))?;
-                Ok::<_, RemoteError>(Some(object_ok(&b, h)))
+                let ok = self
+                    .unseal(p, b)
+                    .is_ok_and(|plain| decode_object(&plain, h, None).is_ok());
+                Ok::<_, RemoteError>(Some(ok))
             }))
             .buffered(self.concurrency)
             .try_collect()
@@ -484,10 +496,6 @@ pub(crate) fn decode_object(
         ));
     }
     btm_log::decode_payload(&r, b[layout::OBJ_HEADER_LEN as usize..].to_vec())
-}
-
-fn object_ok(b: &[u8], hash: &[u8; 32]) -> bool {
-    decode_object(b, hash, None).is_ok()
 }
 
 /// Why [`fetch_capped`] returned no bytes.

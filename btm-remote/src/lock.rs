@@ -43,6 +43,8 @@ impl<'a> Lock<'a> {
             "created_unix_ms": now_ms(),
         }))
         .expect("serializable");
+        // Never read back (only its name and age count), but it names a host: sealed too.
+        let body = remote.seal(&path, body);
         remote.put(&path, body.clone())?;
         let lock = Lock {
             remote,

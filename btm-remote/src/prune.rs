@@ -14,7 +14,7 @@ use crate::error::{RemoteError, Result};
 use object_store::path::Path as ObjPath;
 
 use super::Remote;
-use super::layout::{self, RecordObj};
+use super::layout;
 use btm_log::{Meta, MetaExtent};
 
 /// What a prune found and did.
@@ -37,6 +37,7 @@ pub fn prune(remote: &Remote, grace: Duration, dry_run: bool) -> Result<PruneRep
         dry_run,
         ..Default::default()
     };
+    remote.check_layout(false)?;
     let mut lock = super::lock::Lock::take(remote, "prune")?;
     let mut records: HashSet<[u8; 32]> = HashSet::new();
     let mut objects: HashSet<[u8; 32]> = HashSet::new();
@@ -47,12 +48,11 @@ pub fn prune(remote: &Remote, grace: Duration, dry_run: bool) -> Result<PruneRep
             let mut next = key;
             while next != [0u8; 32] && records.insert(next) {
                 lock.refresh()?;
-                let b = remote.get(&layout::record_path(&next))?;
-                let rec = RecordObj::decode(&b, &next).map_err(|why| {
+                let p = layout::record_path(&next);
+                let b = remote.get(&p)?;
+                let rec = remote.decode_record(&p, b, &next).map_err(|e| {
                     RemoteError::Damaged(format!(
-                        "record {} is damaged ({why}); nothing was deleted: push again from the \
-                         source log, then prune",
-                        hex(&next)
+                        "{e}; nothing was deleted: push again from the source log, then prune"
                     ))
                 })?;
                 let meta = Meta::decode(&rec.meta).map_err(|e| {
@@ -60,7 +60,7 @@ pub fn prune(remote: &Remote, grace: Duration, dry_run: bool) -> Result<PruneRep
                 })?;
                 for x in &meta.extents {
                     if let MetaExtent::Data { payload, .. } = x {
-                        objects.insert(payload.hash);
+                        objects.insert(remote.name_of(&payload.hash));
                     }
                 }
                 next = rec.prev;
@@ -105,8 +105,4 @@ pub fn prune(remote: &Remote, grace: Duration, dry_run: bool) -> Result<PruneRep
         remote.delete_many(doomed)?;
     }
     Ok(rep)
-}
-
-fn hex(k: &[u8; 32]) -> String {
-    btm_log::hex(k)
 }

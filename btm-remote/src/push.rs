@@ -104,6 +104,7 @@ fn check_owner(log: &Log, remote: &Remote, name: &str, claim: bool) -> Result<()
     let p = layout::owner_path(name);
     match remote.get_opt(&p)? {
         Some(b) => {
+            let b = remote.unseal(&p, b)?;
             let o: Owner = serde_json::from_slice(&b).map_err(|e| {
                 RemoteError::Damaged(format!(
                     "{p} on {} is not a btm owner record: {e}",
@@ -129,7 +130,8 @@ fn check_owner(log: &Log, remote: &Remote, name: &str, claim: bool) -> Result<()
                 host: hostname(),
                 created_unix_ms: now_ms(),
             };
-            remote.put(&p, serde_json::to_vec_pretty(&o).expect("serializable"))?;
+            let body = remote.seal(&p, serde_json::to_vec_pretty(&o).expect("serializable"));
+            remote.put(&p, body)?;
         }
     }
     Ok(())
@@ -146,10 +148,11 @@ struct Planned {
 /// of the same log only repeat work.
 pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
     layout::check_volume_name(&o.name).map_err(RemoteError::Refused)?;
+    remote.check_layout(true)?;
     check_owner(log, remote, &o.name, true)?;
     let mut lock = super::lock::Lock::take(remote, "push")?;
     let mut rep = PushReport::default();
-    let plan = chain(log)?;
+    let plan = chain(log, remote)?;
     let n = plan.len();
     let lo = resume_point(remote, &plan)?;
     let start = if o.verify { 0 } else { lo };
@@ -172,7 +175,7 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
         let own: Vec<_> = v.own.iter().filter(|x| known.insert(x.hash)).collect();
         for batch in batches(&own, |x| x.stored_len, BATCH_BYTES) {
             lock.refresh()?;
-            let paths: Vec<ObjPath> = batch.iter().map(|x| layout::object_path(&x.hash)).collect();
+            let paths: Vec<ObjPath> = batch.iter().map(|x| remote.object_path(&x.hash)).collect();
             let there = if o.verify {
                 let hashes: Vec<[u8; 32]> = batch.iter().map(|x| x.hash).collect();
                 let ok = remote.objects_intact(&paths, &hashes)?;
@@ -189,6 +192,7 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
                 }
                 let mut obj = layout::object_header(x);
                 log.read_stored_into(x, &mut obj)?;
+                let obj = remote.seal(&path, obj);
                 items.push((path, obj));
                 rep.objects_uploaded += 1;
             }
@@ -205,12 +209,13 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
             meta: v.meta_bytes,
         }
         .encode();
-        debug_assert_eq!(RecordObj::key(&obj), p.key);
+        debug_assert_eq!(remote.record_key(&obj), p.key);
         let rpath = layout::record_path(&p.key);
+        let obj = remote.seal(&rpath, obj);
         let intact = i < lo
             && match remote.get_opt(&rpath)? {
                 Some(b) => {
-                    RecordObj::decode(&b, &p.key).is_ok() || {
+                    remote.decode_record(&rpath, b, &p.key).is_ok() || {
                         rep.repaired += 1;
                         false
                     }
@@ -257,8 +262,9 @@ fn resume_point(remote: &Remote, plan: &[Planned]) -> Result<usize> {
 /// mass removal without `allow_removals`). `verify` is not simulated.
 pub fn push_plan(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
     layout::check_volume_name(&o.name).map_err(RemoteError::Refused)?;
+    remote.check_layout(false)?;
     check_owner(log, remote, &o.name, false)?;
-    let plan = chain(log)?;
+    let plan = chain(log, remote)?;
     let lo = resume_point(remote, &plan)?;
     let pointers = Pointers::load(remote, &o.name)?;
     if !o.allow_removals {
@@ -275,13 +281,14 @@ pub fn push_plan(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushRepo
         let v = log.record_view(i)?;
         let own: Vec<_> = v.own.iter().filter(|x| known.insert(x.hash)).collect();
         for batch in batches(&own, |x| x.stored_len, BATCH_BYTES) {
-            let paths: Vec<ObjPath> = batch.iter().map(|x| layout::object_path(&x.hash)).collect();
+            let paths: Vec<ObjPath> = batch.iter().map(|x| remote.object_path(&x.hash)).collect();
             for (x, there) in batch.iter().zip(remote.exist_many(&paths)?) {
                 if there {
                     rep.objects_present += 1;
                 } else {
                     rep.objects_uploaded += 1;
-                    rep.bytes_uploaded += layout::object_header(x).len() as u64 + x.stored_len;
+                    rep.bytes_uploaded +=
+                        remote.sealed_len(layout::object_header(x).len() as u64 + x.stored_len);
                 }
             }
         }
@@ -293,7 +300,7 @@ pub fn push_plan(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushRepo
             meta: v.meta_bytes,
         }
         .encode();
-        rep.bytes_uploaded += obj.len() as u64;
+        rep.bytes_uploaded += remote.sealed_len(obj.len() as u64);
         rep.records_uploaded += 1;
         prev = p.key;
     }
@@ -308,13 +315,13 @@ pub fn push_plan(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushRepo
 }
 
 /// Every record's remote key; the chain of keys mirrors the log's hash chain.
-fn chain(log: &Log) -> Result<Vec<Planned>> {
+fn chain(log: &Log, remote: &Remote) -> Result<Vec<Planned>> {
     let n = log.record_count();
     let mut plan = Vec::with_capacity(n);
     let mut prev = [0u8; 32];
     for i in 0..n {
         let v = log.record_view(i)?;
-        let key = RecordObj::key(
+        let key = remote.record_key(
             &RecordObj {
                 height: v.height,
                 time_unix_ms: v.time_unix_ms,
@@ -363,7 +370,7 @@ impl Pointers {
         let old: Option<Pointer> = match self.existing.iter().find(|(h, _, _)| *h == p.height) {
             Some((_, _, path)) => remote
                 .get_opt(path)?
-                .and_then(|b| serde_json::from_slice(&b).ok()),
+                .and_then(|b| remote.decode_pointer(path, b).ok()),
             None => None,
         };
         let ptr = Pointer {
@@ -375,10 +382,8 @@ impl Pointers {
             meta: old.as_ref().map_or(o.meta.clone(), |x| x.meta.clone()),
             pushed_unix_ms: now_ms(),
         };
-        remote.put(
-            &layout::pointer_path(&o.name, p.height, &p.key),
-            serde_json::to_vec_pretty(&ptr).expect("serializable"),
-        )?;
+        let path = remote.pointer_path(&o.name, p.height, &p.key);
+        remote.put(&path, remote.encode_pointer(&path, &ptr))?;
         rep.pointers_written += 1;
         Ok(())
     }

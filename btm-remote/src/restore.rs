@@ -27,6 +27,7 @@ pub struct RemoteHeight {
 
 /// Volume names under the remote.
 pub fn list_volumes(remote: &Remote) -> Result<Vec<String>> {
+    remote.check_layout(false)?;
     let mut v: Vec<String> = remote
         .list_dirs(&ObjPath::from("volumes"))?
         .into_iter()
@@ -62,6 +63,7 @@ pub fn resolve_volume(remote: &Remote, name: Option<&str>) -> Result<String> {
 /// The pointers of a volume (one per kept height), read `concurrency` at a time, optionally
 /// only those tagged `tag`. Ascending by height.
 pub fn list_heights(remote: &Remote, name: &str, tag: Option<&str>) -> Result<Vec<RemoteHeight>> {
+    remote.check_layout(false)?;
     let mut names = remote.pointers(name)?;
     names.sort_by_key(|(h, _, _)| *h);
     // Two pointers for one height (a push replacing a compacted record was interrupted) name
@@ -71,12 +73,7 @@ pub fn list_heights(remote: &Remote, name: &str, tag: Option<&str>) -> Result<Ve
     let bodies = remote.get_many(&paths)?;
     let mut out = Vec::new();
     for ((h, k, p), b) in names.into_iter().zip(bodies) {
-        let ptr: Pointer = serde_json::from_slice(&b).map_err(|e| {
-            RemoteError::Damaged(format!(
-                "{p} on {} is not a btm height pointer: {e}",
-                remote.url()
-            ))
-        })?;
+        let ptr: Pointer = remote.decode_pointer(&p, b)?;
         if ptr.height != h || layout::parse_hex32(&ptr.record) != Some(k) {
             fail!(
                 Damaged,
@@ -112,24 +109,11 @@ pub(crate) fn fetch_chain(remote: &Remote, key: [u8; 32]) -> Result<Vec<RecordOb
             Some(b) => b,
             None => remote.get(&p)?,
         };
-        let rec = match RecordObj::decode(&b, &next) {
+        let rec = match remote.decode_record(&p, b.clone(), &next) {
             Ok(r) => r,
-            Err(why) if !from_cache => fail!(
-                Damaged,
-                "record object {p} on {} is damaged: {why}; repair it with `btm-agent push \
-                 --verify` from the source log",
-                remote.url()
-            ),
+            Err(e) if !from_cache => return Err(e),
             // A damaged cache entry: fetch it again.
-            Err(_) => {
-                let b = remote.get(&p)?;
-                RecordObj::decode(&b, &next).map_err(|why| {
-                    RemoteError::Damaged(format!(
-                        "record object {p} on {} is damaged: {why}",
-                        remote.url()
-                    ))
-                })?
-            }
+            Err(_) => remote.decode_record(&p, remote.get(&p)?, &next)?,
         };
         if !from_cache {
             remote.cache_put(&p, &b);
@@ -173,9 +157,42 @@ struct RemoteSource<'a> {
     remote: &'a Remote,
     read: RefCell<(u64, u64)>,
     ahead: RefCell<Ahead>,
-    /// Small objects fetched whole for their block table, kept for the payload read that often
-    /// follows (one request instead of two).
-    small: RefCell<HashMap<[u8; 32], bytes::Bytes>>,
+    /// Small objects fetched whole for their block table (in a keyed store, every object: a
+    /// sealed object only opens whole), kept for the payload read that often follows (one
+    /// request instead of two).
+    small: RefCell<Kept>,
+}
+
+/// An object as stored and as opened (the same bytes in a plaintext store).
+struct Obj {
+    stored: bytes::Bytes,
+    plain: bytes::Bytes,
+}
+
+/// Objects fetched whole for their table, by content hash, within [`SMALL_KEPT`] objects and
+/// [`KEPT_BYTES`] bytes.
+#[derive(Default)]
+struct Kept {
+    map: HashMap<[u8; 32], Obj>,
+    bytes: usize,
+}
+
+impl Kept {
+    fn keep(&mut self, hash: [u8; 32], o: Obj) {
+        let n = o.stored.len() + o.plain.len();
+        if self.map.len() >= SMALL_KEPT || self.bytes + n > KEPT_BYTES {
+            self.map.clear();
+            self.bytes = 0;
+        }
+        self.bytes += n;
+        self.map.insert(hash, o);
+    }
+
+    fn take(&mut self, hash: &[u8; 32]) -> Option<Obj> {
+        let o = self.map.remove(hash)?;
+        self.bytes -= o.stored.len() + o.plain.len();
+        Some(o)
+    }
 }
 
 /// Objects up to this size are fetched whole when only their block table is asked for: a
@@ -183,6 +200,8 @@ struct RemoteSource<'a> {
 const SMALL_OBJECT: u64 = 64 << 10;
 /// Memory for kept small objects.
 const SMALL_KEPT: usize = 256;
+/// Bytes (as stored plus opened) of kept objects: large sealed objects are kept too.
+const KEPT_BYTES: usize = 160 << 20;
 
 type Pending = tokio::task::JoinHandle<std::result::Result<Option<bytes::Bytes>, super::Fetch>>;
 
@@ -236,13 +255,22 @@ impl Ahead {
 impl RemoteSource<'_> {
     /// The object's bytes: from the cache, a read-ahead download, or a new one; then starts
     /// the next read-ahead downloads.
-    fn object(&self, path: &ObjPath, hash: &[u8; 32]) -> Result<(bytes::Bytes, bool), LogError> {
+    /// Opened (keyed store: authenticated under the remote key) but not yet checked against
+    /// its hash.
+    fn object(&self, path: &ObjPath, hash: &[u8; 32]) -> Result<(Obj, bool), LogError> {
+        let open = |stored: bytes::Bytes| -> Result<Obj, LogError> {
+            let plain = self
+                .remote
+                .unseal(path, stored.clone())
+                .map_err(|e| LogError::Source(format!("offsite copy: {e:#}")))?;
+            Ok(Obj { stored, plain })
+        };
         if let Some(b) = self.remote.cache_get(path) {
-            return Ok((b, true));
+            return Ok((open(b)?, true));
         }
         // Counted (and not cached on disk) when it was fetched for its table.
-        if let Some(b) = self.small.borrow_mut().remove(hash) {
-            return Ok((b, true));
+        if let Some(o) = self.small.borrow_mut().take(hash) {
+            return Ok((o, true));
         }
         let mine = {
             let mut a = self.ahead.borrow_mut();
@@ -253,7 +281,7 @@ impl RemoteSource<'_> {
             while a.inflight.len() < a.window && a.next < a.order.len() {
                 let h = a.order[a.next];
                 a.next += 1;
-                let p = layout::object_path(&h);
+                let p = self.remote.object_path(&h);
                 if a.inflight.contains_key(&h) || self.remote.cache_has(&p) {
                     continue;
                 }
@@ -284,22 +312,22 @@ impl RemoteSource<'_> {
                 }),
             None => self.remote.get(path),
         };
-        got.map(|b| (b, false))
-            .map_err(|e| LogError::Source(format!("offsite copy: {e:#}")))
+        let b = got.map_err(|e| LogError::Source(format!("offsite copy: {e:#}")))?;
+        Ok((open(b)?, false))
     }
 
     fn fetch(&self, p: &PayloadRef) -> Result<Vec<u8>, Result<String, LogError>> {
-        let path = layout::object_path(&p.hash);
-        let (b, from_cache) = self.object(&path, &p.hash).map_err(Err)?;
-        let checked = super::decode_object(&b, &p.hash, Some(p.raw_len));
+        let path = self.remote.object_path(&p.hash);
+        let (o, from_cache) = self.object(&path, &p.hash).map_err(Err)?;
+        let checked = super::decode_object(&o.plain, &p.hash, Some(p.raw_len));
         match checked {
             Ok(raw) => {
                 // Downloads only: cache hits and objects counted by `load_table` are not.
                 if !from_cache {
                     let mut r = self.read.borrow_mut();
                     r.0 += 1;
-                    r.1 += b.len() as u64;
-                    self.remote.cache_put(&path, &b);
+                    r.1 += o.stored.len() as u64;
+                    self.remote.cache_put(&path, &o.stored);
                 }
                 Ok(raw)
             }
@@ -318,24 +346,22 @@ impl PayloadSource for RemoteSource<'_> {
     }
 
     fn load_table(&self, p: &PayloadRef) -> Result<Vec<u8>, LogError> {
-        let path = layout::object_path(&p.hash);
+        let path = self.remote.object_path(&p.hash);
         let range = layout::object_table_range(p.raw_len);
-        if p.raw_len <= SMALL_OBJECT {
-            let (b, from_cache) = self.object(&path, &p.hash)?;
-            let table = b
+        // A sealed object only opens whole: no range reads of tables in a keyed store.
+        if p.raw_len <= SMALL_OBJECT || self.remote.keyed() {
+            let (o, from_cache) = self.object(&path, &p.hash)?;
+            let table = o
+                .plain
                 .get(layout::OBJ_HEADER_LEN as usize..range.end as usize)
                 .map(<[u8]>::to_vec)
                 .unwrap_or_default();
             if !from_cache {
                 let mut r = self.read.borrow_mut();
                 r.0 += 1;
-                r.1 += b.len() as u64;
+                r.1 += o.stored.len() as u64;
             }
-            let mut small = self.small.borrow_mut();
-            if small.len() >= SMALL_KEPT {
-                small.clear();
-            }
-            small.insert(p.hash, b);
+            self.small.borrow_mut().keep(p.hash, o);
             return Ok(table);
         }
         let b = match self.remote.cache_get(&path) {
@@ -399,7 +425,7 @@ pub fn replay(
     let src = RemoteSource {
         remote,
         read: RefCell::new((0, 0)),
-        small: RefCell::new(HashMap::new()),
+        small: RefCell::new(Kept::default()),
         ahead: RefCell::new(if empty {
             Ahead::new(&state)
         } else {

@@ -1,6 +1,7 @@
 //! What a bucket returns, from any bytes: payload objects (header, block table, data), record
 //! objects (with the name they were fetched by, so the checks behind the hash run), pointers,
-//! owners and object names. Nothing may panic; what decodes must be what was encoded.
+//! owners and object names, and sealed objects of a keyed store. Nothing may panic; what
+//! decodes must be what was encoded.
 #![no_main]
 use btm_remote::layout::{
     self, Owner, Pointer, RecordObj, check_volume_name, decode_object_header, parse_hex32,
@@ -44,6 +45,12 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(serde_json::from_slice::<Pointer>(&again).unwrap(), p);
             }
             let _ = serde_json::from_slice::<Owner>(rest);
+            // The same bytes as a sealed object of a keyed store: refused without a panic,
+            // and sealing them opens to them again.
+            let key = btm_remote::RemoteKey::from_secret(&[7; 32]);
+            let path = "volumes/v/heights/x.sealed";
+            assert!(key.open(path, rest).is_err());
+            assert_eq!(key.open(path, &key.seal(path, rest)).unwrap(), rest);
         }
         _ => {
             let s = String::from_utf8_lossy(rest);

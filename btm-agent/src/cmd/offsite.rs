@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::log::{Log, ReplayOptions};
-use crate::remote::{self, PushOptions, Remote};
+use crate::remote::{self, PushOptions, Remote, RemoteKey};
 
 /// Where an offsite copy lives and under which volume name.
 #[derive(clap::Args, Debug, Clone)]
@@ -20,6 +20,54 @@ pub struct RemoteArgs {
     /// Push default: <hostname>-<log dir name>; list/replay default: the only volume there.
     #[arg(long, env = "BTM_REMOTE_NAME", value_name = "NAME")]
     pub remote_name: Option<String>,
+    /// Remote key file (from `btm-agent remote-key generate`): everything stored offsite is
+    /// encrypted and signed with it, and a remote pushed with a key is read only with it. Keep
+    /// a copy apart from the node: losing the key loses the offsite copy.
+    #[arg(long, env = "BTM_REMOTE_KEY_FILE", value_name = "FILE")]
+    pub remote_key: Option<PathBuf>,
+}
+
+impl RemoteArgs {
+    /// Opens `url` with the remote key, when one is given.
+    pub fn open(&self, url: &str) -> Result<Remote> {
+        let key = match &self.remote_key {
+            Some(f) => Some(RemoteKey::load(f)?),
+            None => None,
+        };
+        Ok(Remote::open(url)?.with_key(key))
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RemoteKeyArgs {
+    #[command(subcommand)]
+    pub action: RemoteKeyAction,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum RemoteKeyAction {
+    /// Write a new random remote key (32 bytes, hex) to FILE, mode 0600; never overwrites.
+    /// Back it up apart from the node: without it the offsite copy cannot be read.
+    Generate {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+/// `remote-key generate`.
+pub fn remote_key(a: RemoteKeyArgs) -> Result<()> {
+    match a.action {
+        RemoteKeyAction::Generate { out } => {
+            let k = RemoteKey::generate(&out)?;
+            println!(
+                "wrote a new remote key to {} (mode 0600; public key {}). Back it up apart from \
+                 this machine: the offsite copy pushed with it cannot be read without it.",
+                out.display(),
+                k.public_hex()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Parses `--meta` (must be a JSON object or value).
@@ -82,7 +130,7 @@ pub fn push(a: PushArgs) -> Result<()> {
         .remote
         .as_deref()
         .context("push needs --remote URL (s3://BUCKET/PREFIX, gs://, az:// or file:///DIR)")?;
-    let remote = Remote::open(url)?;
+    let remote = a.remote.open(url)?;
     let log = Log::open_read(&a.log)?;
     let mut opts = push_options(&a.log, a.remote.remote_name.as_deref(), a.tag, a.meta);
     opts.verify = a.verify;
@@ -165,7 +213,7 @@ pub fn prune(a: PruneArgs) -> Result<()> {
         .remote
         .as_deref()
         .context("prune needs --remote URL")?;
-    let remote = Remote::open(url)?;
+    let remote = a.remote.open(url)?;
     let rep = remote::prune(&remote, Duration::from_secs(a.grace), a.dry_run)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rep)?);
@@ -189,7 +237,7 @@ pub fn prune(a: PruneArgs) -> Result<()> {
 
 /// `list --remote`.
 pub fn list(r: &RemoteArgs, url: &str, tag: Option<&str>, json: bool) -> Result<()> {
-    let remote = Remote::open(url)?;
+    let remote = r.open(url)?;
     let name = remote::resolve_volume(&remote, r.remote_name.as_deref())?;
     let hs = remote::list_heights(&remote, &name, tag)?;
     if json {
@@ -223,7 +271,7 @@ pub fn replay(
     cache: Option<PathBuf>,
     json: bool,
 ) -> Result<()> {
-    let remote = Remote::open(url)?.with_cache(cache);
+    let remote = r.open(url)?.with_cache(cache);
     let name = remote::resolve_volume(&remote, r.remote_name.as_deref())?;
     let rep = remote::replay(&remote, &name, to, exact, into, &ReplayOptions::default())?;
     if json {

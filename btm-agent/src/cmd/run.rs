@@ -162,7 +162,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let shipper = match (&args.offsite.remote, store.log_dir()) {
         (None, _) => None,
         (Some(url), Some(dir)) => Some(crate::remote::Shipper::start(
-            crate::remote::Remote::open(url)?,
+            args.offsite.open(url)?,
             dir.to_path_buf(),
             super::offsite::push_options(
                 dir,

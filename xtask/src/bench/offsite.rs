@@ -237,6 +237,7 @@ impl Moto {
             .env("BTM_LOG", "warn")
             .env_remove("BTM_REMOTE")
             .env_remove("BTM_REMOTE_NAME")
+            .env_remove("BTM_REMOTE_KEY_FILE")
             .env(
                 "RESTIC_REPOSITORY",
                 format!("s3:{}/{BUCKET}/{RESTIC_PREFIX}", self.endpoint),
