@@ -45,6 +45,11 @@ struct Cut {
     freeze_ms: f64,
     read: u64,
     stored: u64,
+    /// What the frozen phase did: entries it stat'ed (or walked), files it opened, and
+    /// whether it had to walk the tree.
+    frozen_entries: u64,
+    frozen_opens: u64,
+    frozen_walk: bool,
 }
 
 /// One size's figures.
@@ -75,6 +80,9 @@ fn cut(agent: &Agent, h: u64) -> Result<Cut> {
         freeze_ms: v["freeze_ms"].as_f64().unwrap_or(0.0),
         read: u("read_unfrozen") + u("read_frozen"),
         stored: u("stored_bytes"),
+        frozen_entries: u("frozen_entries"),
+        frozen_opens: u("frozen_opens"),
+        frozen_walk: v["frozen_walk"] == true,
     })
 }
 
@@ -331,14 +339,11 @@ fn render(a: &ScaleArgs, points: &[Point], total_secs: f64) -> String {
     );
     let _ = writeln!(
         s,
-        "| data | files | peak RSS | baseline | baseline read / stored | freeze p50 / p99 (all heights) | 1 MiB height | 16 MiB height | 1 % height (read / stored) | after a clean restart (read / stored) | after a crash + cold cache (read / stored) | compaction beside cuts (log before → after) |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| data | files | peak RSS | baseline | baseline read / stored | freeze p50 / p99 (all heights) | frozen work (max entries / opens; walks) | 1 MiB height | 16 MiB height | 1 % height (read / stored) | after a clean restart (read / stored) | after a crash + cold cache (read / stored) | compaction beside cuts (log before → after) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for p in points {
-        let all: Vec<f64> = p
-            .steps
-            .iter()
-            .flat_map(|(_, _, c)| c.iter().map(|c| c.freeze_ms))
-            .collect();
+        let cuts: Vec<&Cut> = p.steps.iter().flat_map(|(_, _, c)| c.iter()).collect();
+        let all: Vec<f64> = cuts.iter().map(|c| c.freeze_ms).collect();
         let step = |i: usize| -> (f64, u64, u64) {
             let c = &p.steps[i].2;
             let t: Vec<f64> = c.iter().map(|c| c.secs).collect();
@@ -354,7 +359,7 @@ fn render(a: &ScaleArgs, points: &[Point], total_secs: f64) -> String {
         let (tp, rp, sp) = step(2);
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} / {} | {:.1} / {:.1} ms | {} | {} | {} ({} / {}) | {} ({} / {}) | {} ({} / {}) | {} ({} → {}) |",
+            "| {} | {} | {} | {} | {} / {} | {:.1} / {:.1} ms | {} / {}; {} | {} | {} | {} ({} / {}) | {} ({} / {}) | {} ({} / {}) | {} ({} → {}) |",
             bytes(p.data as f64),
             p.files,
             bytes((p.rss_hwm_kb * 1024) as f64),
@@ -363,6 +368,9 @@ fn render(a: &ScaleArgs, points: &[Point], total_secs: f64) -> String {
             bytes(p.baseline.stored as f64),
             pct(&all, 50.0),
             pct(&all, 99.0),
+            cuts.iter().map(|c| c.frozen_entries).max().unwrap_or(0),
+            cuts.iter().map(|c| c.frozen_opens).max().unwrap_or(0),
+            cuts.iter().filter(|c| c.frozen_walk).count(),
             secs(t1),
             secs(t16),
             secs(tp),
