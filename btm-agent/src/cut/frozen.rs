@@ -17,7 +17,7 @@ impl Cutter {
             &BTreeMap<Identity, (RelPath, u64)>,
             &HashSet<Identity>,
         ),
-        (draft, ids): (&mut Draft, &mut HashMap<Identity, FileId>),
+        (draft, ids): (&mut Draft, &mut CutIds),
         full: bool,
         (losses1, widened1): (Losses, bool),
     ) -> Result<(Scan, CaptureStats, Losses, (bool, u64, u64))> {

@@ -258,7 +258,7 @@ impl Cutter {
         let files1 = scan1.owned_files();
         // Captured data goes straight into the record: memory stays at the log's batch.
         let mut draft = log.begin(height)?;
-        let mut ids: HashMap<Identity, FileId> = HashMap::new();
+        let mut ids = CutIds::default();
         let mut pre: HashSet<Identity> = HashSet::new();
         let mut st1 = CaptureStats::default();
         let bar = full.then(|| baseline_bar(files1.values().map(|f| f.1).sum()));
@@ -363,6 +363,7 @@ impl Cutter {
             };
             entries.insert(path.clone(), entry);
         }
+        let mut ids = ids.map;
         ids.retain(|ident, _| live.contains(ident));
         let mut ops = namespace_ops(&self.prev, &entries);
         let mut by_id: Vec<(FileId, u64)> = sizes.iter().map(|(&i, &s)| (i, s)).collect();
@@ -477,14 +478,8 @@ impl Cutter {
     }
 
     /// The id of a file this cut captures (kept across cuts while the inode lives).
-    fn id_for(
-        &mut self,
-        ident: &Identity,
-        path: &RelPath,
-        full: bool,
-        ids: &mut HashMap<Identity, FileId>,
-    ) -> FileId {
-        if let Some(id) = ids.get(ident).or_else(|| self.ids.get(ident)) {
+    fn id_for(&mut self, ident: &Identity, path: &RelPath, full: bool, ids: &mut CutIds) -> FileId {
+        if let Some(id) = ids.map.get(ident).or_else(|| self.ids.get(ident)) {
             let id = *id;
             ids.insert(*ident, id);
             return id;
@@ -492,7 +487,7 @@ impl Cutter {
         // On a full cut after start, keep the id the log has at this path (content is
         // rewritten in full anyway), unless another inode already took it.
         let id = match self.prev.get(path) {
-            Some(Entry::File { id, .. }) if full && !ids.values().any(|t| t == id) => *id,
+            Some(Entry::File { id, .. }) if full && !ids.taken.contains(id) => *id,
             _ => {
                 self.next_id += 1;
                 self.next_id - 1
@@ -500,6 +495,22 @@ impl Cutter {
         };
         ids.insert(*ident, id);
         id
+    }
+}
+
+/// The file ids a cut has handed out, by identity, and the set of them: "is this id taken
+/// already" is asked once per file of a full cut, so it must not scan the map (with 10^6
+/// files that made the first cut after a crash take an hour).
+#[derive(Default)]
+pub(crate) struct CutIds {
+    map: HashMap<Identity, FileId>,
+    taken: HashSet<FileId>,
+}
+
+impl CutIds {
+    fn insert(&mut self, ident: Identity, id: FileId) {
+        self.map.insert(ident, id);
+        self.taken.insert(id);
     }
 }
 
