@@ -201,14 +201,7 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
                 bar.set_message(format!("{} uploaded", indicatif::HumanBytes(t)));
             })?;
         }
-        let obj = RecordObj {
-            height: v.height,
-            time_unix_ms: v.time_unix_ms,
-            prev,
-            source_hash: v.hash,
-            meta: v.meta_bytes,
-        }
-        .encode();
+        let obj = record_object(v, prev);
         debug_assert_eq!(remote.record_key(&obj), p.key);
         let rpath = layout::record_path(&p.key);
         let obj = remote.seal(&rpath, obj);
@@ -292,14 +285,7 @@ pub fn push_plan(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushRepo
                 }
             }
         }
-        let obj = RecordObj {
-            height: v.height,
-            time_unix_ms: v.time_unix_ms,
-            prev,
-            source_hash: v.hash,
-            meta: v.meta_bytes,
-        }
-        .encode();
+        let obj = record_object(v, prev);
         rep.bytes_uploaded += remote.sealed_len(obj.len() as u64);
         rep.records_uploaded += 1;
         prev = p.key;
@@ -314,6 +300,18 @@ pub fn push_plan(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushRepo
     Ok(rep)
 }
 
+/// The record object of log record `v`, chained after the record object named `prev`.
+fn record_object(v: btm_log::RecordView, prev: [u8; 32]) -> Vec<u8> {
+    RecordObj {
+        height: v.height,
+        time_unix_ms: v.time_unix_ms,
+        prev,
+        source_hash: v.hash,
+        meta: v.meta_bytes,
+    }
+    .encode()
+}
+
 /// Every record's remote key; the chain of keys mirrors the log's hash chain.
 fn chain(log: &Log, remote: &Remote) -> Result<Vec<Planned>> {
     let n = log.record_count();
@@ -321,21 +319,13 @@ fn chain(log: &Log, remote: &Remote) -> Result<Vec<Planned>> {
     let mut prev = [0u8; 32];
     for i in 0..n {
         let v = log.record_view(i)?;
-        let key = remote.record_key(
-            &RecordObj {
-                height: v.height,
-                time_unix_ms: v.time_unix_ms,
-                prev,
-                source_hash: v.hash,
-                meta: v.meta_bytes,
-            }
-            .encode(),
-        );
+        let (height, time_unix_ms, dropped) = (v.height, v.time_unix_ms, v.dropped);
+        let key = remote.record_key(&record_object(v, prev));
         plan.push(Planned {
             key,
-            height: v.height,
-            time_unix_ms: v.time_unix_ms,
-            dropped: v.dropped,
+            height,
+            time_unix_ms,
+            dropped,
         });
         prev = key;
     }
