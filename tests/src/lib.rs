@@ -254,21 +254,28 @@ pub fn wait_agent_log(log: &Path, needle: &str, times: usize) -> String {
     }
 }
 
+/// `btm-agent status --json` through `sock`; panics with the agent's words when it does not
+/// answer (did it die?).
+pub fn agent_status(sock: &Path) -> serde_json::Value {
+    let out = Command::new(agent_bin())
+        .args(["status", "--json", "--socket"])
+        .arg(sock)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the agent on {} does not answer: {}",
+        sock.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Waits until the agent listening on `sock` has no compaction in progress (its status).
 pub fn wait_compaction_idle(sock: &Path) {
     let t0 = std::time::Instant::now();
     loop {
-        let out = Command::new(agent_bin())
-            .args(["status", "--json", "--socket"])
-            .arg(sock)
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        assert!(
-            out.status.success(),
-            "the agent no longer answers (did it die?): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let v = agent_status(sock);
         if v["compaction"].is_null() {
             return;
         }

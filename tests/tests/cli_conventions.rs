@@ -412,15 +412,6 @@ fn interrupted_verbs_exit_130() {
     }
 }
 
-fn status(sock: &Path) -> serde_json::Value {
-    let out = ok(agent()
-        .args(["status", "--json", "--socket"])
-        .arg(sock)
-        .output()
-        .unwrap());
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn status_and_exit_codes_with_a_real_agent() {
     if !can_run("status and exit codes with an agent") {
@@ -433,7 +424,7 @@ fn status_and_exit_codes_with_a_real_agent() {
     let mut rng = Rng(0x636c_6921);
 
     let mut a = start_agent_env(&vol.mnt, &log, &sock, &[], &[]);
-    let v = status(&sock);
+    let v = btm_tests::agent_status(&sock);
     assert_eq!(v["v"], 1, "{v}");
     assert!(v["last_height"].is_null(), "{v}");
     // Height 1: a megabyte of incompressible data (damaged below).
@@ -441,7 +432,7 @@ fn status_and_exit_codes_with_a_real_agent() {
     snapshot(&sock, 1);
     std::fs::write(vol.path("small"), b"two").unwrap();
     snapshot(&sock, 2);
-    let v = status(&sock);
+    let v = btm_tests::agent_status(&sock);
     assert_eq!(v["v"], 1, "{v}");
     assert_eq!(v["mode"], "ebpf", "{v}");
     assert_eq!(v["last_height"], 2, "{v}");
@@ -533,7 +524,7 @@ fn rollback_mode_btrfs_restores_a_height() {
     snapshot(&sock, 1);
     std::fs::write(vol.join("f"), b"two").unwrap();
     snapshot(&sock, 2);
-    let st = status(&sock);
+    let st = btm_tests::agent_status(&sock);
     assert_eq!(st["mode"], "btrfs", "{st}");
     assert_eq!(st["last_height"], 2, "{st}");
     assert!(st["target"].is_string(), "{st}");

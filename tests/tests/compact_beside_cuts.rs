@@ -7,20 +7,6 @@ use std::process::Command;
 
 use btm_tests::{LoopFs, agent_bin, can_run, snapshot_via, start_agent_env, workdir};
 
-fn status(sock: &Path) -> serde_json::Value {
-    let out = Command::new(agent_bin())
-        .args(["status", "--json", "--socket"])
-        .arg(sock)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn digest(dir: &Path) -> btm_agent::treehash::TreeHash {
     btm_agent::treehash::hash_tree(dir).unwrap()
 }
@@ -54,7 +40,7 @@ fn heights_are_cut_while_the_log_compacts() {
     let mut states = std::collections::BTreeMap::new();
     let mut h = 0;
     // Cut until retention has dropped enough for a compaction to start.
-    while status(&sock)["compaction"].is_null() {
+    while btm_tests::agent_status(&sock)["compaction"].is_null() {
         h += 1;
         assert!(h <= 20, "no compaction started after {h} heights");
         write_height(&vol, h);
@@ -68,7 +54,7 @@ fn heights_are_cut_while_the_log_compacts() {
         write_height(&vol, h);
         states.insert(h, digest(&vol));
         snapshot_via(&sock, h);
-        let c = &status(&sock)["compaction"];
+        let c = &btm_tests::agent_status(&sock)["compaction"];
         assert!(c.is_object(), "the compaction ended while held open: {c}");
     }
     let agent_log = std::fs::read_to_string(log.with_extension("agent.log")).unwrap();
