@@ -321,7 +321,7 @@ fn render(a: &ScaleArgs, points: &[Point], total_secs: f64) -> String {
          set of `cargo xtask bench` (an mmap'd state file, append-only block files, LSM tables) plus \
          small 4 KiB files in directories of 1,000, {}% of every 4 KiB of block files and tables left \
          zero so that the largest log fits the machine's disk. Every height also rewrites 10 small \
-         files. Times are wall-clock on a shared machine (builds ran beside this run).\n",
+         files. Times are wall-clock, with nothing else running on purpose.\n",
         a.sizes_gib
             .iter()
             .map(|g| g.to_string())
