@@ -342,6 +342,9 @@ fn e2e(fstype: &str) {
     let mount = Mount::at(&fs.mnt).unwrap();
     let tracker = Tracker::start(&mount, Limits::for_volume_bytes(8 << 30)).unwrap();
     let mut cutter = Cutter::new(mount, tracker, Log::open_append(&logdir).unwrap()).unwrap();
+    // Most heights patch the namespace the last freeze left from events; every 4th walks and
+    // checks it against the tree.
+    cutter.walk_every = 4;
     let mut m = Mutator::new(&fs.mnt, 0x51ed_270b ^ fstype.len() as u64);
     let mut expected: BTreeMap<u64, TreeHash> = BTreeMap::new();
     let mut reports: Vec<(CutReport, u64)> = Vec::new();
@@ -370,6 +373,20 @@ fn e2e(fstype: &str) {
     }
     let stats = cutter.tracker().stats().unwrap();
     drop(cutter);
+    let patched = reports.iter().filter(|(r, _)| !r.unfrozen_walk).count();
+    let missed: Vec<(u64, usize)> = reports
+        .iter()
+        .filter(|(r, _)| r.namespace_missed > 0)
+        .map(|(r, _)| (r.height, r.namespace_missed))
+        .collect();
+    assert!(
+        patched as u64 >= HEIGHTS / 2,
+        "{fstype}: only {patched} of {HEIGHTS} heights patched the namespace from events"
+    );
+    assert!(
+        missed.is_empty(),
+        "{fstype}: the namespace kept from events missed paths at (height, paths) {missed:?}"
+    );
     let m_history = std::mem::take(&mut m.history);
     drop(m);
 

@@ -70,6 +70,41 @@ fn churn(vol: &Path) {
         .unwrap();
 }
 
+/// Changes made between two heights (each call makes new ones): a directory rename, a
+/// removal, a tree removed and made again, a create, an append, a link, a chmod.
+fn churn_between(vol: &Path) {
+    let p = |r: &str| vol.join(r);
+    let n = (0..)
+        .find(|i| !p(&format!("between-{i}")).exists())
+        .unwrap();
+    let (from, d) = [("d004", 4), ("d002-renamed", 2)][n];
+    fs::rename(p(from), p(&format!("between-{n}"))).unwrap();
+    fs::remove_file(p(&format!("between-{n}/f{:06}", d * 1000 + 1))).unwrap();
+    fs::write(p(&format!("d000/made-{n}")), vec![n as u8 + 1; 3000]).unwrap();
+    fs::remove_dir_all(p("d003")).unwrap();
+    fs::create_dir(p("d003")).unwrap();
+    fs::write(p(&format!("d003/again-{n}")), b"again").unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(p("d000/f000009"))
+        .unwrap()
+        .write_all_at(b"more", 8 + n as u64 * 4)
+        .unwrap();
+    fs::hard_link(p("d000/f000011"), p(&format!("d001/hard-11-{n}"))).unwrap();
+    // Grown through the new link only: the other path's size must follow.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(p(&format!("d001/hard-11-{n}")))
+        .unwrap()
+        .write_all_at(&[7u8; 6000], 0)
+        .unwrap();
+    fs::set_permissions(
+        p("d000/f000012"),
+        fs::Permissions::from_mode(0o640 + n as u32),
+    )
+    .unwrap();
+}
+
 fn run(fstype: &str, files: usize, size_mb: u64) {
     let Cutting {
         mut cutter,
@@ -114,6 +149,27 @@ fn run(fstype: &str, files: usize, size_mb: u64) {
     assert!(!r3.frozen_walk);
     assert_eq!((r3.frozen_entries, r3.frozen_opens), (0, 0), "{r3:?}");
     assert_replay_equals(&logdir, 3, &vol.mnt, work.path());
+
+    // Changes between heights: the unfrozen phase patches the namespace the last freeze
+    // left from events instead of walking the tree.
+    churn_between(&vol.mnt);
+    let (r4, _) = cutter.cut(4).unwrap();
+    assert!(r1.unfrozen_walk, "the baseline walks");
+    for r in [&r2, &r3, &r4] {
+        assert!(!r.unfrozen_walk, "height {} walked unfrozen", r.height);
+    }
+    assert_replay_equals(&logdir, 4, &vol.mnt, work.path());
+
+    // The periodic walk checks the namespace kept from events against the tree.
+    churn_between(&vol.mnt);
+    cutter.walk_every = 1;
+    let (r5, _) = cutter.cut(5).unwrap();
+    assert!(r5.unfrozen_walk);
+    assert_eq!(
+        r5.namespace_missed, 0,
+        "the namespace kept from events differs from the tree"
+    );
+    assert_replay_equals(&logdir, 5, &vol.mnt, work.path());
 
     drop(cutter); // its namespace watch holds the mount
 }

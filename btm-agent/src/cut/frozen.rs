@@ -1,5 +1,7 @@
 //! The frozen phase of a cut: flip, bring the namespace up to date, read what changed since
 //! phase 1 (see the module documentation of [`super`]).
+use std::collections::BTreeSet;
+
 use super::*;
 
 impl Cutter {
@@ -11,7 +13,7 @@ impl Cutter {
     pub(super) fn phase2(
         &mut self,
         root: &Path,
-        (scan1, d1, files1, pre): (
+        (scan1, d1, files1, missed1): (
             Scan,
             &DirtySet,
             &BTreeMap<Identity, (RelPath, u64)>,
@@ -20,10 +22,14 @@ impl Cutter {
         (draft, ids): (&mut Draft, &mut CutIds),
         full: bool,
         (losses1, widened1): (Losses, bool),
-    ) -> Result<(Scan, CaptureStats, Losses, (bool, u64, u64))> {
+    ) -> Result<(Scan, CaptureStats, Losses, (bool, u64, u64, usize))> {
         // Counted before the flip: all of it belongs to the epochs drained here.
+        let t0 = Instant::now();
         let losses2 = Losses::of(&self.tracker.stats()?);
-        let mut d2 = self.tracker.take()?;
+        let idx = self.tracker.flip()?;
+        let t_flip = t0.elapsed();
+        let mut d2 = self.tracker.drain(idx)?;
+        let t_drain = t0.elapsed();
         if losses2.force_widen(&self.seen) {
             tracing::debug!("unresolved write faults: marking partially-marked folios whole");
             // d1's partial folios were read unwidened in phase 1, or before the last rise:
@@ -34,6 +40,10 @@ impl Cutter {
             d2.widen_to_folios();
         }
         let changes = self.ns.as_ref().map(NsWatch::drain);
+        let missed = match (self.check.take(), &changes) {
+            (Some(differ), Some(c)) if !c.lost => unexplained(&differ, &c.entries),
+            _ => 0,
+        };
         let (scan2, walked, work, candidates) = match changes {
             Some(c) if !c.lost => {
                 let mut scan2 = scan1;
@@ -50,12 +60,13 @@ impl Cutter {
                 (scan2, true, n, c)
             }
         };
+        let t_ns = t0.elapsed();
         let mut st = CaptureStats::default();
         let mut both: Option<DirtySet> = None;
         let mut opens = 0;
         for (ident, (path, size2)) in candidates {
             let id = self.id_for(&ident, &path, full, ids);
-            let want = if pre.contains(&ident) {
+            let want = if files1.contains_key(&ident) && !missed1.contains(&ident) {
                 let size1 = files1.get(&ident).map_or(0, |f| f.1);
                 let mut r = ranges_of(&d2, ident.0, size2);
                 if size2 > size1 {
@@ -84,7 +95,15 @@ impl Cutter {
                 );
             }
         }
-        Ok((scan2, st, losses2, (walked, work, opens)))
+        // Where a long freeze goes (the scale benchmark reads these).
+        tracing::debug!(
+            flip_us = t_flip.as_micros() as u64,
+            drain_us = (t_drain - t_flip).as_micros() as u64,
+            namespace_us = (t_ns - t_drain).as_micros() as u64,
+            read_us = (t0.elapsed() - t_ns).as_micros() as u64,
+            "frozen phase"
+        );
+        Ok((scan2, st, losses2, (walked, work, opens, missed)))
     }
 }
 
@@ -134,16 +153,15 @@ fn candidates(
             .next()
             .is_none()
             && !scan2.was_dir_ino(*ino)
+            && !scan2.gone.contains(ino)
             && !phantoms.contains(ino)
     });
     if !missing.is_empty() || !unknown.is_empty() {
         // A file marked dirty that no event accounts for (created and removed since phase 1,
         // or reached by another link): look for it by identity over the whole scan, in
         // memory only (no system call).
-        for (i, (p, size)) in scan2.files() {
-            if d2.files.contains_key(&i.0) && !out.contains_key(&i) {
-                out.insert(i, (p.clone(), size));
-            }
+        for (i, p, size) in scan2.files_with(|ino| d2.files.contains_key(&ino)) {
+            out.entry(i).or_insert_with(|| (p.clone(), size));
         }
         // Marked inodes no path leads to (a filesystem's own, like btrfs's btree inode) are
         // remembered so later freezes do not look again; a file that takes such a number
@@ -155,4 +173,14 @@ fn candidates(
         }));
     }
     out
+}
+
+/// How many of the paths where the namespace kept from events differed from the unfrozen
+/// walk no event since the patch explains (an event names the path or a directory above it).
+pub(super) fn unexplained(differ: &[RelPath], named: &BTreeSet<(RelPath, Vec<u8>)>) -> usize {
+    let named: HashSet<RelPath> = named.iter().map(|(d, n)| scan::join(d, n)).collect();
+    differ
+        .iter()
+        .filter(|p| !named.contains(*p) && !ancestors(p).any(|a| named.contains(a)))
+        .count()
 }

@@ -55,8 +55,14 @@ pub struct CutReport {
     pub stored_bytes: u64,
     /// Bytes captured but left out because the log already held them at that place.
     pub unchanged_bytes: u64,
-    /// Whether the frozen phase walked the whole tree (no namespace events, or lost ones).
+    /// Whether the unfrozen phase walked the whole tree (else it patched the namespace the
+    /// last freeze left from the events since), and whether the frozen phase did (no events,
+    /// or lost ones).
+    pub unfrozen_walk: bool,
     pub frozen_walk: bool,
+    /// On a height whose unfrozen phase walked to check the namespace kept from events:
+    /// the paths the events had missed (0 unless the kernel lost events without saying so).
+    pub namespace_missed: usize,
     /// Entries the frozen phase stat'ed or walked, and files it opened: what the freeze cost
     /// in system calls, which must follow what changed, not the size of the tree.
     pub frozen_entries: u64,
@@ -85,8 +91,19 @@ pub struct Cutter {
     full_retries: u32,
     /// Freeze the volume for phase 2 (off only when the caller pauses the node itself).
     pub freeze: bool,
-    /// Namespace changes since the unfrozen walk, so the freeze does not walk again.
+    /// Namespace changes since the last look at the tree, so neither phase walks it again.
     ns: Option<NsWatch>,
+    /// The namespace as the last freeze left it, patched from events by the next cut instead
+    /// of walking the tree again (see [`Cutter::namespace_now`]).
+    kept: Option<Scan>,
+    /// Heights cut since the unfrozen phase last walked the whole tree.
+    since_walk: u64,
+    /// Walk the whole tree unfrozen at least every this many heights, checking the
+    /// namespace kept from events against it (`BTM_WALK_EVERY`, 64 by default).
+    pub walk_every: u64,
+    /// Paths where the namespace kept from events and this cut's walk differ: the frozen
+    /// phase's events explain those changed meanwhile, the rest were missed.
+    check: Option<Vec<RelPath>>,
     /// What a clean stop left for the first cut after this start (see [`resume`]).
     resume: Option<Resume>,
     /// Marked inode numbers no path of the volume leads to (see [`frozen`]).
@@ -152,6 +169,10 @@ impl Cutter {
             full_retries: 0,
             freeze: true,
             ns,
+            kept: None,
+            since_walk: 0,
+            walk_every: walk_every(),
+            check: None,
             phantoms: HashSet::new(),
             before_freeze: None,
         })
@@ -249,29 +270,31 @@ impl Cutter {
         if widened1 {
             d1.widen_to_folios();
         }
-        // Every namespace change from here on is named by an event (the freeze re-reads those).
-        // Every namespace change from here on is named by an event (the freeze re-reads those).
-        if let Some(ns) = &self.ns {
-            ns.discard();
-        }
-        let scan1 = Scan::walk(&root).context("scanning the volume")?;
+        let (scan1, walked1, reread1) = self.namespace_now(&root, full, &d1)?;
+        rep.unfrozen_walk = walked1;
         let files1 = scan1.owned_files();
         // Captured data goes straight into the record: memory stays at the log's batch.
         let mut draft = log.begin(height)?;
         let mut ids = CutIds::default();
-        let mut pre: HashSet<Identity> = HashSet::new();
+        // Files phase 1 found changed at read time (gone, or another file at the path): the
+        // frozen phase reads them by the rules for files new since phase 1.
+        let mut missed1: HashSet<Identity> = HashSet::new();
         let mut st1 = CaptureStats::default();
         let bar = full.then(|| baseline_bar(files1.values().map(|f| f.1).sum()));
         for (ident, (path, size1)) in &files1 {
+            // Kept from events: a file neither marked nor named by an event since the last
+            // height has its size and bytes as recorded (nothing to read, no lookups).
+            if !walked1 && !d1.files.contains_key(&ident.0) && !reread1.contains(path) {
+                continue;
+            }
             let id = self.id_for(ident, path, full, &mut ids);
             let stat = self.stat_for_resume(&scan1, path, *size1);
             let want = self.ranges_for(ident, id, stat, &d1, full);
-            if matches!(&want, Want::Ranges(r) if r.is_empty()) {
-                pre.insert(*ident); // nothing to read: not even opened
-            } else {
+            // Nothing to read: not even opened.
+            if !matches!(&want, Want::Ranges(r) if r.is_empty()) {
                 let mut sink = |e: ExtentData| Ok(draft.extent(e)?);
-                if read_identity(&root, &scan1, path, ident, id, &want, &mut st1, &mut sink)? {
-                    pre.insert(*ident);
+                if !read_identity(&root, &scan1, path, ident, id, &want, &mut st1, &mut sink)? {
+                    missed1.insert(*ident);
                 }
             }
             if let Some(b) = &bar {
@@ -298,7 +321,7 @@ impl Cutter {
         hold_frozen_for_tests();
         let phase2 = self.phase2(
             &root,
-            (scan1, &d1, &files1, &pre),
+            (scan1, &d1, &files1, &missed1),
             (&mut draft, &mut ids),
             full,
             (losses1, widened1),
@@ -307,8 +330,21 @@ impl Cutter {
         if let Some(f) = frozen {
             f.thaw()?;
         }
-        let (scan2, st2, phase2_losses, work) = phase2?;
-        (rep.frozen_walk, rep.frozen_entries, rep.frozen_opens) = work;
+        let (mut scan2, st2, phase2_losses, work) = phase2?;
+        (
+            rep.frozen_walk,
+            rep.frozen_entries,
+            rep.frozen_opens,
+            rep.namespace_missed,
+        ) = work;
+        if rep.namespace_missed > 0 {
+            tracing::warn!(
+                missed = rep.namespace_missed,
+                "the namespace kept from events differed from the tree in {} paths no event \
+                 named; this height used the walk, which corrected it",
+                rep.namespace_missed
+            );
+        }
         rep.freeze_ms = ms(freeze_time);
         rep.read_frozen = st2.bytes_read;
         rep.data_bytes = st1.data_bytes + st2.data_bytes;
@@ -333,10 +369,10 @@ impl Cutter {
             return self.try_cut(log, height);
         }
 
-        // Build the record.
-        let mut entries: BTreeMap<RelPath, Entry> = BTreeMap::new();
-        let mut sizes: HashMap<FileId, u64> = HashMap::new();
-        let mut live: HashSet<Identity> = HashSet::new();
+        // Build the record. The scan is in path order: the map is built in one pass.
+        let mut entries: Vec<(RelPath, Entry)> = Vec::with_capacity(scan2.entries.len());
+        let mut sizes: HashMap<FileId, u64> = HashMap::with_capacity(self.sizes.len());
+        let mut live: HashSet<Identity> = HashSet::with_capacity(self.ids.len());
         for (path, e) in &scan2.entries {
             let entry = match &e.kind {
                 Kind::Dir => Entry::Dir {
@@ -361,20 +397,23 @@ impl Cutter {
                     }
                 }
             };
-            entries.insert(path.clone(), entry);
+            entries.push((path.clone(), entry));
         }
-        let mut ids = ids.map;
-        ids.retain(|ident, _| live.contains(ident));
+        let entries: BTreeMap<RelPath, Entry> = entries.into_iter().collect();
         let mut ops = namespace_ops(&self.prev, &entries);
-        let mut by_id: Vec<(FileId, u64)> = sizes.iter().map(|(&i, &s)| (i, s)).collect();
+        // A full cut rewrote every byte below the size (holes as zeros): the size is all
+        // that is left to set.
+        let mut by_id: Vec<(FileId, u64)> = sizes
+            .iter()
+            .filter(|(i, s)| full || self.sizes.get(i) != Some(s))
+            .map(|(&i, &s)| (i, s))
+            .collect();
         by_id.sort_unstable();
-        for (id, size) in by_id {
-            // A full cut rewrote every byte below the size (holes as zeros): the size is all
-            // that is left to set.
-            if full || self.sizes.get(&id) != Some(&size) {
-                ops.push(NsOp::SetSize { id, size });
-            }
-        }
+        ops.extend(
+            by_id
+                .into_iter()
+                .map(|(id, size)| NsOp::SetSize { id, size }),
+        );
         // Files that vanished between the phases leave nothing in the record.
         draft.retain_files(|id| sizes.contains_key(&id));
         rep.ops = ops.len();
@@ -384,11 +423,60 @@ impl Cutter {
         rep.stored_bytes = info.stored_bytes;
         rep.total_ms = ms(t_start.elapsed());
 
+        // A full cut assigned every id this cut; otherwise the kept ones stand beside the
+        // new ones (see `id_for`).
+        if full {
+            self.ids = ids.map;
+        } else {
+            self.ids.extend(ids.map);
+        }
+        self.ids.retain(|ident, _| live.contains(ident));
         self.prev = entries;
         self.sizes = sizes;
-        self.ids = ids;
         self.force_full = false;
+        self.since_walk = if walked1 { 0 } else { self.since_walk + 1 };
+        scan2.release_root();
+        self.kept = Some(scan2);
         Ok((rep, info))
+    }
+
+    /// The namespace for phase 1: the last cut's, patched with the entries named by events
+    /// since its freeze and the paths of files the tracker marked, or a walk of the whole
+    /// tree (on a full cut, without a kept namespace or events, after lost events, and every
+    /// [`Cutter::walk_every`] heights, when the kept namespace is checked against the walk).
+    /// True when it walked.
+    fn namespace_now(
+        &mut self,
+        root: &Path,
+        full: bool,
+        d1: &DirtySet,
+    ) -> Result<(Scan, bool, HashSet<RelPath>)> {
+        let mut patched = None;
+        if let (Some(mut scan), Some(ns), false) = (self.kept.take(), &self.ns, full) {
+            let mut c = ns.drain();
+            if !c.lost && scan.reopen(root).is_ok() {
+                c.entries
+                    .extend(scan.paths_marked(|ino| d1.files.contains_key(&ino)));
+                let (_, reread) = scan
+                    .patch(&c.entries)
+                    .context("re-reading changed entries of the volume")?;
+                if self.since_walk + 1 < self.walk_every {
+                    return Ok((scan, false, reread.into_iter().collect()));
+                }
+                patched = Some(scan);
+            }
+        }
+        if patched.is_none()
+            && let Some(ns) = &self.ns
+        {
+            // Every change from here on is named by an event (the freeze re-reads those).
+            // After a patch the events since its drain stay queued for the freeze: they
+            // explain what changed between the patch and the walk.
+            ns.discard();
+        }
+        let walked = Scan::walk(root).context("scanning the volume")?;
+        self.check = patched.map(|p| p.differences(&walked));
+        Ok((walked, true, HashSet::new()))
     }
 
     /// What to read of a file with `id`: what the tracker marked plus growth since the last
@@ -479,10 +567,15 @@ impl Cutter {
 
     /// The id of a file this cut captures (kept across cuts while the inode lives).
     fn id_for(&mut self, ident: &Identity, path: &RelPath, full: bool, ids: &mut CutIds) -> FileId {
-        if let Some(id) = ids.map.get(ident).or_else(|| self.ids.get(ident)) {
-            let id = *id;
-            ids.insert(*ident, id);
-            return id;
+        if let Some(id) = ids.map.get(ident) {
+            return *id;
+        }
+        if let Some(id) = self.ids.get(ident) {
+            // Only a full cut keeps every id it hands out (the others keep `self.ids`).
+            if full {
+                ids.insert(*ident, *id);
+            }
+            return *id;
         }
         // On a full cut after start, keep the id the log has at this path (content is
         // rewritten in full anyway), unless another inode already took it.
@@ -512,6 +605,16 @@ impl CutIds {
         self.map.insert(ident, id);
         self.taken.insert(id);
     }
+}
+
+/// The unfrozen phase walks the whole tree at least every this many heights
+/// (`BTM_WALK_EVERY`, 64 by default; 1 walks at every height).
+fn walk_every() -> u64 {
+    std::env::var("BTM_WALK_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(64)
 }
 
 /// The namespace and file sizes at the log's last height: what the next cut diffs against.
@@ -621,24 +724,31 @@ pub fn namespace_ops(
     next: &BTreeMap<RelPath, Entry>,
 ) -> Vec<NsOp> {
     let mut ops = Vec::new();
-    let mut removed: HashSet<&RelPath> = HashSet::new();
+    let mut removed: HashSet<&[u8]> = HashSet::new();
+    let under_removed = |removed: &HashSet<&[u8]>, p: &[u8]| {
+        !removed.is_empty() && ancestors(p).any(|a| removed.contains(a))
+    };
     let is_dir = |e: &Entry| matches!(e, Entry::Dir { .. });
+    // Both maps are in path order: walked side by side, no lookups.
+    let mut other = next.iter().peekable();
     for (p, e) in prev {
-        let gone = match next.get(p) {
-            None => true,
-            Some(n) => is_dir(n) != is_dir(e),
+        while other.next_if(|(q, _)| *q < p).is_some() {}
+        let gone = match other.peek() {
+            Some((q, n)) if *q == p => is_dir(n) != is_dir(e),
+            _ => true,
         };
         if gone {
-            let covered = ancestors(p).any(|a| removed.contains(&a.to_vec()));
-            if !covered {
+            if !under_removed(&removed, p) {
                 ops.push(NsOp::Remove { path: p.clone() });
             }
             removed.insert(p);
         }
     }
+    let mut other = prev.iter().peekable();
     for (p, e) in next {
-        let same = prev.get(p).is_some_and(|old| old == e)
-            && !ancestors(p).any(|a| removed.contains(&a.to_vec()));
+        while other.next_if(|(q, _)| *q < p).is_some() {}
+        let same = matches!(other.peek(), Some((q, old)) if *q == p && *old == e)
+            && !under_removed(&removed, p);
         if !same {
             ops.push(NsOp::Put {
                 path: p.clone(),

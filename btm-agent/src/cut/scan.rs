@@ -64,6 +64,9 @@ pub struct Scan {
     /// Identity -> the paths of a file with several links (may be stale: check the entry): a
     /// change seen through one path is copied to the others.
     linked: HashMap<Identity, Vec<RelPath>>,
+    /// Inode numbers of single-link files a patch removed (and no path holds since): the
+    /// filesystem still marks them while it frees them, and they are not to be looked for.
+    pub gone: HashSet<u64>,
 }
 
 impl Scan {
@@ -374,7 +377,9 @@ impl Scan {
 
     /// Removes `path` and everything under it.
     fn remove_tree(&mut self, path: &[u8]) {
-        self.entries.remove(path);
+        if let Some(e) = self.entries.remove(path) {
+            self.forget(&e);
+        }
         let mut from = path.to_vec();
         from.push(b'/');
         let mut to = path.to_vec();
@@ -385,11 +390,25 @@ impl Scan {
             .map(|(k, _)| k.clone())
             .collect();
         for k in under {
-            self.entries.remove(&k);
+            if let Some(e) = self.entries.remove(&k) {
+                self.forget(&e);
+            }
+        }
+    }
+
+    /// A removed entry: a file with one link is gone with it.
+    fn forget(&mut self, e: &ScanEntry) {
+        if let Kind::File { ident, .. } = e.kind
+            && e.links <= 1
+        {
+            self.gone.insert(ident.0);
         }
     }
 
     fn insert(&mut self, path: RelPath, kind: Kind, st: &Stat) {
+        if let Kind::File { ident, .. } = kind {
+            self.gone.remove(&ident.0);
+        }
         if kind == Kind::Dir {
             self.dirs.insert(st.ino, path.clone());
         }
@@ -417,6 +436,55 @@ impl Scan {
         );
     }
 
+    /// Keeps this scan between cuts without holding the volume open (an open root keeps
+    /// it from being unmounted); [`Scan::reopen`] takes the root again before a patch.
+    pub fn release_root(&mut self) {
+        self.root = None;
+    }
+
+    /// Opens `root` again for a patch; fails when it is no longer the filesystem walked.
+    pub fn reopen(&mut self, root: &Path) -> std::io::Result<()> {
+        let fd = open_dir(None, root.as_os_str().as_bytes())?;
+        if nix::sys::stat::fstat(&fd)?.st_dev != self.root_dev {
+            return Err(std::io::Error::other(
+                "another filesystem is mounted at the volume's root",
+            ));
+        }
+        self.root = Some(std::sync::Arc::new(fd));
+        Ok(())
+    }
+
+    /// (directory, name) of every path of the files whose inode number `marked` holds: the
+    /// tracker saw them written, so they are stat'ed again whatever the events said (a
+    /// write through a link outside the volume names a path the events cannot resolve).
+    pub fn paths_marked(&self, marked: impl Fn(u64) -> bool) -> Vec<(RelPath, Vec<u8>)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| matches!(e.kind, Kind::File { ident, .. } if marked(ident.0)))
+            .map(|(p, _)| split(p))
+            .collect()
+    }
+
+    /// Paths whose type, size, mode or owner differ between this scan (kept from events)
+    /// and a walk of the tree, or that only one of them has. Times are left out: a store
+    /// through mmap changes mtime without an event.
+    pub fn differences(&self, walked: &Scan) -> Vec<RelPath> {
+        let same = |a: &ScanEntry, b: &ScanEntry| {
+            (&a.kind, a.mode, a.uid, a.gid) == (&b.kind, b.mode, b.uid, b.gid)
+        };
+        let changed = walked
+            .entries
+            .iter()
+            .filter(|(p, e)| !self.entries.get(*p).is_some_and(|k| same(k, e)))
+            .map(|(p, _)| p.clone());
+        let gone = self
+            .entries
+            .keys()
+            .filter(|p| !walked.entries.contains_key(*p))
+            .cloned();
+        changed.chain(gone).collect()
+    }
+
     /// Whether file `ident` was seen with several links (by the walk or a patch).
     pub fn has_several_links(&self, ident: &Identity) -> bool {
         self.linked.contains_key(ident)
@@ -428,6 +496,18 @@ impl Scan {
             .into_iter()
             .map(|(i, (p, s))| (i, (p.clone(), s)))
             .collect()
+    }
+
+    /// (identity, path, size) of every regular file whose inode number `wanted` holds, in
+    /// one pass over the scan without building a map of all files.
+    pub fn files_with(
+        &self,
+        wanted: impl Fn(u64) -> bool,
+    ) -> impl Iterator<Item = (Identity, &RelPath, u64)> {
+        self.entries.iter().filter_map(move |(p, e)| match e.kind {
+            Kind::File { ident, size } if wanted(ident.0) => Some((ident, p, size)),
+            _ => None,
+        })
     }
 
     /// Identity -> (first path, size) of every regular file.
@@ -453,14 +533,14 @@ pub fn identity(md: &fs::Metadata) -> Identity {
 }
 
 /// A relative path as (parent directory, name).
-fn split(p: &[u8]) -> (RelPath, Vec<u8>) {
+pub fn split(p: &[u8]) -> (RelPath, Vec<u8>) {
     match p.iter().rposition(|&b| b == b'/') {
         Some(i) => (p[..i].to_vec(), p[i + 1..].to_vec()),
         None => (Vec::new(), p.to_vec()),
     }
 }
 
-fn join(dir: &[u8], name: &[u8]) -> RelPath {
+pub fn join(dir: &[u8], name: &[u8]) -> RelPath {
     let mut p = dir.to_vec();
     if !p.is_empty() {
         p.push(b'/');

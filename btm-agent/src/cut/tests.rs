@@ -106,3 +106,38 @@ fn ops_remove_topmost_then_put_in_order() {
         ]
     );
 }
+
+/// The periodic check: paths where the kept namespace and the walk differ are counted as
+/// missed unless an event since the patch names them or a directory above them.
+#[test]
+fn differences_not_named_by_events_are_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["a", "b", "c"] {
+        std::fs::write(dir.path().join(f), f).unwrap();
+    }
+    std::fs::create_dir(dir.path().join("d")).unwrap();
+    let kept = Scan::walk(dir.path()).unwrap();
+    assert!(
+        kept.differences(&Scan::walk(dir.path()).unwrap())
+            .is_empty()
+    );
+    std::fs::write(dir.path().join("a"), "longer").unwrap(); // size
+    std::fs::remove_file(dir.path().join("b")).unwrap(); // gone
+    std::fs::write(dir.path().join("d/new"), "n").unwrap(); // new, under d
+    let differ = kept.differences(&Scan::walk(dir.path()).unwrap());
+    assert_eq!(differ.len(), 3, "{differ:?}");
+    let named = |v: &[(&str, &str)]| {
+        v.iter()
+            .map(|(d, n)| (d.as_bytes().to_vec(), n.as_bytes().to_vec()))
+            .collect()
+    };
+    assert_eq!(frozen::unexplained(&differ, &named(&[])), 3);
+    assert_eq!(
+        frozen::unexplained(&differ, &named(&[("", "a"), ("", "d")])),
+        1
+    );
+    assert_eq!(
+        frozen::unexplained(&differ, &named(&[("", "b"), ("d", "new"), ("", "a")])),
+        0
+    );
+}

@@ -183,6 +183,8 @@ impl HeightStore for LogStore {
             freeze_ms = (rep.freeze_ms * 10.0).round() / 10.0,
             frozen_entries = rep.frozen_entries,
             frozen_walk = rep.frozen_walk,
+            unfrozen_walk = rep.unfrozen_walk,
+            total_ms = rep.total_ms.round(),
             read = rep.read_unfrozen + rep.read_frozen,
             stored = info.stored_bytes,
             files = rep.files_changed,

@@ -89,7 +89,11 @@ impl Agent {
             .arg("--socket")
             .arg(socket)
             .args(extra)
-            .env("BTM_LOG", "warn")
+            // BTM_BENCH_AGENT_LOG=debug shows where a cut's time goes (the agent logs to stderr).
+            .env(
+                "BTM_LOG",
+                std::env::var("BTM_BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
