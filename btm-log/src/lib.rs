@@ -47,6 +47,7 @@ mod payload;
 mod record;
 mod replay;
 mod state;
+mod summary;
 mod truncate;
 mod unchanged;
 mod verify;

@@ -141,6 +141,21 @@ fn dry_runs_change_nothing_and_compact_does_what_it_said() {
     assert_eq!(p["height"], 1, "newest at or below 2 (2 was removed): {p}");
     assert_eq!(u64s(&p["removed"]), [3, 4, 5, 6], "{p}");
     assert_eq!(u64s(&p["removed_dropped"]), [2], "{p}");
+    // The bytes are every record above height 1, the dropped height's too: the whole segment
+    // but its 32-byte header and record 1.
+    assert_eq!(
+        std::fs::read_dir(&logdir)
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("seg-"))
+            .count(),
+        1
+    );
+    assert_eq!(p["removed_bytes"], seg_before - 32 - stored(1), "{p}");
     let text = ok(&[
         "rollback",
         "--dry-run",

@@ -28,7 +28,8 @@ struct RollbackPlan {
     log: Option<PathBuf>,
     /// Heights above the target that would leave the log (or whose snapshots would go).
     removed: Vec<u64>,
-    /// Bytes of the removed heights' records (eBPF mode).
+    /// Bytes of every record above the target, those of heights already removed by retention
+    /// included: what the rollback deletes from the log (eBPF mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     removed_bytes: Option<u64>,
     /// Heights above the target already removed by retention whose records would go too.
@@ -47,6 +48,12 @@ pub fn rollback(a: &RollbackArgs) -> Result<()> {
     let log = Log::open_read(&dir)?;
     let h = log.resolve(a.to, a.exact)?;
     let newer: Vec<_> = log.heights().into_iter().filter(|i| i.height > h).collect();
+    let removed_bytes = log
+        .records_info()
+        .iter()
+        .filter(|(i, _)| i.height > h)
+        .map(|(i, _)| i.stored_bytes)
+        .sum();
     let removed_dropped = dropped_records(&log)?
         .into_iter()
         .filter(|&x| x > h)
@@ -60,7 +67,7 @@ pub fn rollback(a: &RollbackArgs) -> Result<()> {
             mode: "ebpf".into(),
             log: Some(dir),
             removed: newer.iter().map(|i| i.height).collect(),
-            removed_bytes: Some(newer.iter().map(|i| i.stored_bytes).sum()),
+            removed_bytes: Some(removed_bytes),
             removed_dropped,
         },
     )
