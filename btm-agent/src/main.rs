@@ -239,6 +239,7 @@ fn compat(c: Compat) -> Result<()> {
             ),
             json: false,
             dry_run: false,
+            preserve: Default::default(),
         })
     };
     let act = c.latest || c.closest.is_some() || c.exact.is_some() || c.clean || c.kept.is_some();

@@ -41,6 +41,7 @@ mod compact;
 pub mod dirfd;
 mod error;
 mod format;
+mod globs;
 mod meta;
 mod open;
 mod payload;
@@ -67,6 +68,7 @@ pub use append::Draft;
 pub use compact::{CompactReport, DROPPED_FILE, Prepared, record_dropped};
 pub use error::LogError;
 pub use format::{Codec, FORMAT_VERSION, PayloadRef};
+pub use globs::PathGlobs;
 pub use payload::{check_payload, decode_payload};
 pub use record::{
     CutRecord, Entry, ExtentBytes, ExtentData, FileId, NsOp, RelPath, check_path,

@@ -360,6 +360,7 @@ pub fn assert_replay_equals(logdir: &Path, h: u64, vol: &Path, work: &Path) {
     let opts = btm_agent::log::ReplayOptions {
         progress: false,
         sync: false,
+        ..Default::default()
     };
     log.replay(h, &into, &opts).unwrap();
     let d = diff(&hash_tree(&into).unwrap(), &hash_tree(vol).unwrap());

@@ -10,6 +10,7 @@ pub mod generate;
 pub mod heights;
 pub mod logs;
 pub mod offsite;
+pub mod paths;
 pub mod proto;
 pub mod report;
 pub mod run;

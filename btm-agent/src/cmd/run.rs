@@ -115,6 +115,12 @@ pub struct RunArgs {
     /// JSON metadata for the heights shipped offsite.
     #[arg(long, env = "BTM_REMOTE_META", value_parser = super::offsite::parse_meta)]
     pub remote_meta: Option<serde_json::Value>,
+    /// Rollbacks this agent does (`btm-agent rollback` adds its own --preserve).
+    #[command(flatten)]
+    pub preserve: super::paths::PreserveArgs,
+    /// What --remote shipping leaves home.
+    #[command(flatten)]
+    pub exclude: super::paths::ExcludeArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -145,6 +151,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let Err(e) = crate::volume::ThawGuard::install(&args.volume) {
         tracing::warn!("no thaw guard for {}: {e:#}", args.volume.display());
     }
+    let run_preserve = args.preserve.patterns();
+    args.preserve.globs()?;
+    args.exclude.globs()?;
     let mut store = select(&args, &policy)?;
     let listener = bind(&args.socket, args.socket_mode)?;
     set_socket_owner(
@@ -169,6 +178,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 args.offsite.remote_name.as_deref(),
                 args.remote_tag.clone(),
                 args.remote_meta.clone(),
+                &args.exclude,
             ),
         )),
         (Some(_), None) => bail!(
@@ -205,7 +215,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                     tracing::warn!(peer_uid = inc.peer_uid, "refused a request: {why}");
                     Response::err(ErrorCode::Forbidden, why)
                 }
-                None => handle(store.as_mut(), &policy, &metrics, req),
+                None => handle(store.as_mut(), &policy, &metrics, req, &run_preserve),
             },
             Err(refused) => refused,
         };
@@ -359,6 +369,7 @@ fn handle(
     policy: &Policy,
     metrics: &crate::metrics::Metrics,
     req: Request,
+    run_preserve: &[String],
 ) -> Response {
     let r = match req {
         Request::Snapshot { height } if store.is_kept(height) => Ok(serde_json::json!({
@@ -377,7 +388,16 @@ fn handle(
             })
         }
         Request::Status => store.status(),
-        Request::Rollback { height, exact } => store.rollback(height, exact),
+        Request::Rollback {
+            height,
+            exact,
+            mut preserve,
+        } => {
+            preserve.extend(run_preserve.iter().cloned());
+            crate::log::PathGlobs::new(&preserve)
+                .map_err(|e| super::exit::usage(format!("--preserve: {e}")))
+                .and_then(|p| store.rollback(height, exact, &p))
+        }
     };
     match r {
         Ok(v) => Response::ok(v),

@@ -36,6 +36,7 @@ use super::error::LogError;
 use super::format::{PayloadRef, TABLE_BLOCK, TABLE_ENTRY};
 use super::record::{FileId, RelPath, cmp_components, display_path, file_name_of, parent_of};
 use super::state::{FileState, Node, Piece, TreeState};
+use crate::PathGlobs;
 mod content;
 use crate::dirfd::{self, DIR_FLAGS};
 
@@ -46,6 +47,9 @@ pub struct ReplayOptions {
     pub progress: bool,
     /// `syncfs` the target's filesystem before returning, so the result is durable.
     pub sync: bool,
+    /// Paths left exactly as they are in the target: never written, rewound or removed (a
+    /// validator's signing state must not move backwards). Directories holding one stay.
+    pub preserve: PathGlobs,
 }
 
 impl Default for ReplayOptions {
@@ -53,6 +57,7 @@ impl Default for ReplayOptions {
         ReplayOptions {
             progress: true,
             sync: true,
+            preserve: PathGlobs::default(),
         }
     }
 }
@@ -76,6 +81,9 @@ pub struct ReplayStats {
     pub entries_removed: u64,
     /// Ranges turned into holes.
     pub holes_punched: u64,
+    /// Paths left as they were because `preserve` matches them (in the target or the height).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub preserved: Vec<String>,
 }
 
 const CACHE_BYTES: usize = 64 << 20;
@@ -177,15 +185,21 @@ pub fn replay_state(
         ProgressBar::hidden()
     };
     let mut r = Replayer::new(src, state, height, into, root, progress);
+    r.preserve = opts.preserve.clone();
     let root = r.root.clone();
     r.prune(&root, b"")?;
     let mut paths: Vec<&RelPath> = state.nodes.keys().collect();
     paths.sort_by(|a, b| cmp_components(a, b));
     for p in &paths {
+        if r.preserved(p) {
+            continue;
+        }
         r.build(p)?;
     }
     for p in paths.iter().rev() {
-        if let Some(Node::Dir { mode, uid, gid }) = state.nodes.get(*p) {
+        if let Some(Node::Dir { mode, uid, gid }) = state.nodes.get(*p)
+            && !r.preserve.matches(p)
+        {
             r.dir_meta(p, *mode, *uid, *gid)?;
         }
     }
@@ -194,6 +208,7 @@ pub fn replay_state(
         nix::unistd::syncfs(&*r.root).map_err(|e| r.err(b"", format!("syncfs: {e}")))?;
     }
     r.progress.finish_and_clear();
+    r.stats.preserved = std::mem::take(&mut r.kept).into_iter().collect();
     Ok(r.stats)
 }
 
@@ -220,6 +235,9 @@ pub(crate) struct Replayer<'a> {
     opened_up: HashMap<RelPath, u32>,
     buf: Vec<u8>,
     progress: ProgressBar,
+    preserve: PathGlobs,
+    /// Paths `preserve` kept, for the report.
+    kept: std::collections::BTreeSet<String>,
 }
 
 impl<'a> Replayer<'a> {
@@ -261,6 +279,8 @@ impl<'a> Replayer<'a> {
             opened_up: HashMap::new(),
             buf: Vec::new(),
             progress,
+            preserve: PathGlobs::default(),
+            kept: Default::default(),
         }
     }
 
@@ -336,6 +356,9 @@ impl<'a> Replayer<'a> {
                 }
                 continue;
             }
+            if self.preserved(&path) {
+                continue;
+            }
             let k = kind(&st);
             let keep = match self.st.nodes.get(&path) {
                 None => false,
@@ -348,8 +371,9 @@ impl<'a> Replayer<'a> {
                 }
             };
             if !keep {
-                self.remove(dir, &name, k == SFlag::S_IFDIR, &path)?;
-                self.stats.entries_removed += 1;
+                if self.remove_tree(dir, &name, k == SFlag::S_IFDIR, &path)? {
+                    self.stats.entries_removed += 1;
+                }
                 continue;
             }
             if k == SFlag::S_IFDIR {
@@ -369,6 +393,16 @@ impl<'a> Replayer<'a> {
         Ok(())
     }
 
+    /// Whether `preserve` covers `path` (noted for the report).
+    fn preserved(&mut self, path: &[u8]) -> bool {
+        let yes = self.preserve.matches(path);
+        if yes {
+            self.kept.insert(display_path(path));
+        }
+        yes
+    }
+
+    /// Removes an entry that stands where the height has another one.
     fn remove(
         &mut self,
         dir: &OwnedFd,
@@ -376,12 +410,32 @@ impl<'a> Replayer<'a> {
         is_dir: bool,
         path: &[u8],
     ) -> Result<(), LogError> {
+        if self.remove_tree(dir, name, is_dir, path)? {
+            return Ok(());
+        }
+        Err(self.err(
+            path,
+            "the height has another kind of entry here, but preserved paths lie under this \
+             directory (--preserve): move them or narrow the glob",
+        ))
+    }
+
+    /// Removes an entry and what is under it, except preserved paths (and the directories
+    /// holding them); true when it is gone.
+    fn remove_tree(
+        &mut self,
+        dir: &OwnedFd,
+        name: &[u8],
+        is_dir: bool,
+        path: &[u8],
+    ) -> Result<bool, LogError> {
         if is_dir {
             let sub = openat(dir, name, DIR_FLAGS, Mode::empty())
                 .map_err(|e| self.err(path, format!("open directory: {e}")))?;
             if !self.is_root {
                 let _ = fchmod(&sub, Mode::from_bits_truncate(0o700));
             }
+            let mut all = true;
             for child in
                 dirfd::list(&sub).map_err(|e| self.err(path, format!("read directory: {e}")))?
             {
@@ -398,14 +452,22 @@ impl<'a> Replayer<'a> {
                          not have: unmount it first (nothing in it was touched)",
                     ));
                 }
-                self.remove(&sub, &child, kind(&st) == SFlag::S_IFDIR, &cpath)?;
+                if self.preserved(&cpath) {
+                    all = false;
+                    continue;
+                }
+                all &= self.remove_tree(&sub, &child, kind(&st) == SFlag::S_IFDIR, &cpath)?;
+            }
+            if !all {
+                return Ok(false);
             }
             unlinkat(dir, name, UnlinkatFlags::RemoveDir)
-                .map_err(|e| self.err(path, format!("rmdir: {e}")))
+                .map_err(|e| self.err(path, format!("rmdir: {e}")))?;
         } else {
             unlinkat(dir, name, UnlinkatFlags::NoRemoveDir)
-                .map_err(|e| self.err(path, format!("unlink: {e}")))
+                .map_err(|e| self.err(path, format!("unlink: {e}")))?;
         }
+        Ok(true)
     }
 
     // ---- pass 2 -----------------------------------------------------------------------------
