@@ -75,6 +75,11 @@ const SHARED: &[Shared] = &[
         sources: &[],
     },
     Shared {
+        verb: "stats",
+        keys: &["log"],
+        sources: &[],
+    },
+    Shared {
         verb: "push",
         keys: &["log", "remote", "remote_name", "exclude"],
         sources: &[],

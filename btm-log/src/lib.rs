@@ -76,6 +76,7 @@ pub use record::{
 };
 pub use replay::{PayloadSource, ReplayOptions, ReplayStats, refuse_inside, replay_state};
 pub use state::{FileState, Node, Piece, TreeState};
+pub use summary::{FileStored, LogStats};
 pub use verify::VerifyReport;
 
 use format::{REC_HEADER_LEN, REC_MAGIC, RecHeader};

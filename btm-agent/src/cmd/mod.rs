@@ -17,6 +17,7 @@ pub mod run;
 pub mod sd_notify;
 pub mod size;
 pub mod socket;
+pub mod stats;
 pub mod status;
 pub mod thaw;
 pub mod track;
