@@ -348,13 +348,9 @@ fn read_file(path: &Path, cmd: &Command) -> Result<BTreeMap<String, Vec<String>>
             );
         };
         let list = matches!(arg.get_action(), ArgAction::Append);
+        // A list only for a repeatable flag; elsewhere it fails below as any other type.
         let items = match v {
             toml::Value::Array(a) if list => a,
-            v if list => vec![v],
-            toml::Value::Array(_) => bail!(
-                "{}: key `{k}`: takes one value, found a list",
-                path.display()
-            ),
             v => vec![v],
         };
         let mut vals = Vec::new();
