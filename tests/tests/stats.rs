@@ -140,7 +140,10 @@ fn stats_from_metadata() {
     let top = s["top_files"].as_array().unwrap();
     assert_eq!(top.len(), 3, "{s}");
     assert_eq!(top[0]["path"], "a", "64 KiB of noise takes the most: {s}");
-    assert_eq!(top[1]["path"], "small", "three 4 KiB rewrites of noise: {s}");
+    assert_eq!(
+        top[1]["path"], "small",
+        "three 4 KiB rewrites of noise: {s}"
+    );
     assert_eq!(top[1]["payloads"], 3, "{s}");
     assert_eq!(top[2]["path"], "big", "256 KiB that compresses: {s}");
     assert!(top.iter().all(|f| f["live"] == true), "{s}");

@@ -29,8 +29,14 @@ pub const DEFAULT_LOG: &str = "/var/lib/btm/log";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Mount point of the chain data volume to track.
-    #[arg(short = 'p', long, env = "BTM_VOLUME")]
+    /// Mount point of the chain data volume to track; in zfs (or auto) mode also the name of
+    /// a mounted dataset (`zroot/data`), as BTM takes it.
+    #[arg(
+        short = 'p',
+        long,
+        env = "BTM_VOLUME",
+        visible_alias = "snapshot-volume"
+    )]
     pub volume: PathBuf,
     /// Log directory of --mode ebpf (on another filesystem than the volume); unused by the
     /// native snapshot modes.
@@ -50,10 +56,22 @@ pub struct RunArgs {
     #[arg(long, env = "BTM_SOCKET_GROUP")]
     pub socket_group: Option<String>,
     /// Only heights divisible by this are kept.
-    #[arg(short = 'i', long, env = "BTM_ITV", default_value_t = 1)]
+    #[arg(
+        short = 'i',
+        long,
+        env = "BTM_ITV",
+        default_value_t = 1,
+        visible_alias = "snapshot-itv"
+    )]
     pub itv: u64,
     /// At most this many heights are kept (BTM's limit: 4096).
-    #[arg(short = 'c', long, env = "BTM_CAP", default_value_t = 4096)]
+    #[arg(
+        short = 'c',
+        long,
+        env = "BTM_CAP",
+        default_value_t = 4096,
+        visible_alias = "snapshot-cap"
+    )]
     pub cap: usize,
     /// Retention: fair (newest cap) or fade (density falls with age).
     #[arg(
@@ -61,7 +79,8 @@ pub struct RunArgs {
         long,
         env = "BTM_ALGO",
         value_enum,
-        default_value = "fair"
+        default_value = "fair",
+        visible_alias = "snapshot-algo"
     )]
     pub algo: Algo,
     /// Backend. auto: ebpf when --log is given and the tracker loads, else the volume's native
@@ -73,7 +92,8 @@ pub struct RunArgs {
         long,
         env = "BTM_MODE",
         value_enum,
-        default_value = "auto"
+        default_value = "auto",
+        visible_alias = "snapshot-mode"
     )]
     pub mode: Mode,
     /// eBPF mode: compact the log (tracking goes on meanwhile) once heights removed by retention
@@ -139,7 +159,11 @@ fn parse_octal(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s, 8).map_err(|e| format!("{s}: not an octal mode: {e}"))
 }
 
-pub fn run(args: RunArgs) -> Result<()> {
+pub fn run(mut args: RunArgs) -> Result<()> {
+    // BTM takes the dataset's name in ZFS mode (`-p zroot/data`): work on its mountpoint.
+    if matches!(args.mode, Mode::Auto | Mode::Zfs) && !args.volume.exists() {
+        args.volume = snapshot::canonical_dir(&args.volume)?;
+    }
     if args.itv == 0 {
         return Err(super::exit::usage("--itv must be at least 1"));
     }
