@@ -38,8 +38,25 @@ fn u64s(v: &serde_json::Value) -> Vec<u64> {
         .collect()
 }
 
-/// Heights 1..=6, each rewriting a file with its own 64 KiB; height 2 removed by retention.
+/// [`build_log_with_a_dropped_height`] in a child process: this process never holds the
+/// log's lock, which compaction and -K take (see `btm_tests::run_in_child`).
 fn log_with_a_dropped_height(dir: &Path) {
+    btm_tests::run_in_child(
+        "fixture_log_with_a_dropped_height",
+        &[("BTM_FIXTURE_LOG", dir)],
+    );
+}
+
+#[test]
+#[ignore = "a fixture: log_with_a_dropped_height runs it in a child process"]
+fn fixture_log_with_a_dropped_height() {
+    if let Some(dir) = std::env::var_os("BTM_FIXTURE_LOG") {
+        build_log_with_a_dropped_height(Path::new(&dir));
+    }
+}
+
+/// Heights 1..=6, each rewriting a file with its own 64 KiB; height 2 removed by retention.
+fn build_log_with_a_dropped_height(dir: &Path) {
     let mut log = Log::open_append(dir).unwrap();
     for h in 1..=6u64 {
         log.append(CutRecord {
