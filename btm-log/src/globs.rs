@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
-use crate::{Entry, Log, LogError, MetaExtent, NsOp};
+use crate::{Entry, FileId, Log, LogError, MetaExtent, NsOp};
 
 /// A set of path globs, with the patterns as given (they are reported and recorded).
 #[derive(Clone, Debug, Default)]
@@ -70,16 +70,16 @@ impl PathGlobs {
 }
 
 impl Log {
-    /// Payloads (by blake3) that only files put at paths matching `globs` hold: what an
-    /// offsite copy leaves out for `--exclude`. From metadata alone; a payload another file
-    /// also holds is not among them (that file needs it).
+    /// Payloads (by blake3) that only files at paths matching `globs` hold: what an offsite
+    /// copy leaves out for `--exclude`. From metadata alone. A file ever put at a path that
+    /// does not match (a hard link, a rename out of the globs) keeps all its payloads, and a
+    /// payload another file also holds is not among them: their heights need them.
     pub fn payloads_only_of(&self, globs: &PathGlobs) -> Result<HashSet<[u8; 32]>, LogError> {
-        let mut out = HashSet::new();
         if globs.is_empty() {
-            return Ok(out);
+            return Ok(HashSet::new());
         }
-        let mut excluded_id = HashMap::new();
-        let mut needed = HashSet::new();
+        let mut included: HashSet<FileId> = HashSet::new();
+        let mut holders: HashMap<[u8; 32], Vec<FileId>> = HashMap::new();
         for r in &self.records {
             let meta = self.read_meta(r)?;
             for op in &meta.ops {
@@ -87,22 +87,22 @@ impl Log {
                     path,
                     entry: Entry::File { id, .. },
                 } = op
+                    && !globs.matches(path)
                 {
-                    excluded_id.insert(*id, globs.matches(path));
+                    included.insert(*id);
                 }
             }
             for x in &meta.extents {
                 if let MetaExtent::Data { id, payload, .. } = x {
-                    if excluded_id.get(id).copied().unwrap_or(false) {
-                        out.insert(payload.hash);
-                    } else {
-                        needed.insert(payload.hash);
-                    }
+                    holders.entry(payload.hash).or_default().push(*id);
                 }
             }
         }
-        out.retain(|h| !needed.contains(h));
-        Ok(out)
+        Ok(holders
+            .into_iter()
+            .filter(|(_, ids)| ids.iter().all(|id| !included.contains(id)))
+            .map(|(h, _)| h)
+            .collect())
     }
 }
 
@@ -129,5 +129,79 @@ mod tests {
         assert!(!g.matches(b"data"));
         assert!(PathGlobs::new(&["/"]).is_err());
         assert!(PathGlobs::new(&["a[b"]).unwrap_err().contains("a[b"));
+    }
+
+    #[test]
+    fn only_payloads_no_other_path_needs_are_left_out() {
+        use crate::{CutRecord, Entry, ExtentBytes, ExtentData, Log, NsOp};
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open_append(dir.path()).unwrap();
+        let put = |path: &str, id| NsOp::Put {
+            path: path.into(),
+            entry: Entry::File {
+                id,
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+            },
+        };
+        let data = |id, b: &[u8]| ExtentData {
+            id,
+            offset: 0,
+            bytes: ExtentBytes::Data(b.to_vec()),
+        };
+        let size = |id, n| NsOp::SetSize { id, size: n };
+        log.append(CutRecord {
+            height: 1,
+            time_unix_ms: 1,
+            ops: vec![
+                NsOp::Put {
+                    path: b"keys".to_vec(),
+                    entry: Entry::Dir {
+                        mode: 0o700,
+                        uid: 0,
+                        gid: 0,
+                    },
+                },
+                put("keys/k", 1),
+                size(1, 6),
+                put("data", 2),
+                size(2, 6),
+                put("keys/moved", 3),
+                size(3, 6),
+                put("keys/copy", 4),
+                size(4, 6),
+            ],
+            extents: vec![
+                data(1, b"secret"),
+                data(2, b"public"),
+                data(3, b"moving"),
+                data(4, b"public"),
+            ],
+        })
+        .unwrap();
+        // keys/moved leaves the globs: height 2 needs its bytes.
+        log.append(CutRecord {
+            height: 2,
+            time_unix_ms: 2,
+            ops: vec![
+                NsOp::Remove {
+                    path: b"keys/moved".to_vec(),
+                },
+                put("moved", 3),
+            ],
+            extents: vec![],
+        })
+        .unwrap();
+        let g = PathGlobs::new(&["keys"]).unwrap();
+        let out = log.payloads_only_of(&g).unwrap();
+        let want: std::collections::HashSet<[u8; 32]> =
+            [*blake3::hash(b"secret").as_bytes()].into();
+        assert_eq!(out, want);
+        assert!(
+            log.payloads_only_of(&PathGlobs::default())
+                .unwrap()
+                .is_empty()
+        );
     }
 }
