@@ -158,6 +158,7 @@ fn dry_runs_change_nothing_and_compact_does_what_it_said() {
     assert_eq!(p["height"], 1, "newest at or below 2 (2 was removed): {p}");
     assert_eq!(u64s(&p["removed"]), [3, 4, 5, 6], "{p}");
     assert_eq!(u64s(&p["removed_dropped"]), [2], "{p}");
+    assert!(p.get("preserve").is_none(), "{p}");
     // The bytes are every record above height 1, the dropped height's too: the whole segment
     // but its 32-byte header and record 1.
     assert_eq!(
@@ -182,7 +183,13 @@ fn dry_runs_change_nothing_and_compact_does_what_it_said() {
         l,
         "--to",
         "3",
+        "--preserve-preset",
+        "cometbft",
     ]);
+    assert!(
+        text.contains("data/priv_validator_state.json") && text.contains("left as they are"),
+        "{text}"
+    );
     assert!(
         text.contains("would roll")
             && text.contains("would remove 3 newer heights")

@@ -35,9 +35,19 @@ struct RollbackPlan {
     /// Heights above the target already removed by retention whose records would go too.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     removed_dropped: Vec<u64>,
+    /// Globs of paths the rollback would leave as they are (`--preserve`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    preserve: Vec<String>,
 }
 
 pub fn rollback(a: &RollbackArgs) -> Result<()> {
+    let preserve = a.preserve.globs()?;
+    match (a.mode, &a.log) {
+        (Mode::Zfs | Mode::Btrfs, _) | (Mode::Auto, None) => {
+            super::logs::native_preserve(&preserve, "native snapshot")?
+        }
+        _ => {}
+    }
     let dir = match (a.mode, &a.log) {
         (Mode::Zfs, _) => return native(a, Box::new(snapshot::Zfs::open(&a.volume)?)),
         (Mode::Btrfs, _) => return native(a, Box::new(snapshot::Btrfs::open(&a.volume)?)),
@@ -69,6 +79,7 @@ pub fn rollback(a: &RollbackArgs) -> Result<()> {
             removed: newer.iter().map(|i| i.height).collect(),
             removed_bytes: Some(removed_bytes),
             removed_dropped,
+            preserve: preserve.patterns().to_vec(),
         },
     )
 }
@@ -87,6 +98,7 @@ fn native(a: &RollbackArgs, b: Box<dyn SnapshotBackend>) -> Result<()> {
             removed: hs.into_iter().filter(|&x| x > h).collect(),
             removed_bytes: None,
             removed_dropped: Vec::new(),
+            preserve: Vec::new(),
         },
     )
 }
@@ -116,6 +128,12 @@ fn print_rollback(json: bool, p: RollbackPlan) -> Result<()> {
         println!(
             "dry run: and the records of {} heights above it already removed by retention",
             p.removed_dropped.len()
+        );
+    }
+    if !p.preserve.is_empty() {
+        println!(
+            "dry run: paths matching {} would be left as they are",
+            p.preserve.join(", ")
         );
     }
     println!("dry run: nothing changed");
