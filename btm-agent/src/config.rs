@@ -56,12 +56,12 @@ const SHARED: &[Shared] = &[
     },
     Shared {
         verb: "replay",
-        keys: &["log", "remote_name"],
+        keys: &["log", "remote_name", "preserve", "preserve_preset"],
         sources: &["log", "remote"],
     },
     Shared {
         verb: "rollback",
-        keys: &["volume", "log", "socket"],
+        keys: &["volume", "log", "socket", "preserve", "preserve_preset"],
         sources: &["volume", "log"],
     },
     Shared {
@@ -75,8 +75,13 @@ const SHARED: &[Shared] = &[
         sources: &[],
     },
     Shared {
+        verb: "stats",
+        keys: &["log"],
+        sources: &[],
+    },
+    Shared {
         verb: "push",
-        keys: &["log", "remote", "remote_name"],
+        keys: &["log", "remote", "remote_name", "exclude"],
         sources: &[],
     },
     Shared {
@@ -122,7 +127,7 @@ impl std::fmt::Display for Source {
 #[derive(Clone, Debug)]
 pub struct Entry {
     pub key: String,
-    /// The value as given (before parsing), `None` when unset.
+    /// The value as given (before parsing), `None` when unset; a list's values one per line.
     pub raw: Option<String>,
     pub source: Source,
     kind: Kind,
@@ -133,6 +138,8 @@ enum Kind {
     Bool,
     Int,
     Str,
+    /// A repeatable flag (`--preserve G1 --preserve G2`): a TOML array in the file.
+    List,
 }
 
 impl Entry {
@@ -143,6 +150,7 @@ impl Entry {
         };
         let value = match self.kind {
             Kind::Bool => raw.clone(),
+            Kind::List => toml::Value::Array(raw.lines().map(|l| l.into()).collect()).to_string(),
             Kind::Int if raw.parse::<u64>().is_ok() => raw.clone(),
             _ => toml::Value::String(raw.clone()).to_string(),
         };
@@ -162,6 +170,7 @@ impl Entry {
                 .parse::<u64>()
                 .map_or_else(|_| r.as_str().into(), Into::into),
             (Some(r), Kind::Str) => r.as_str().into(),
+            (Some(r), Kind::List) => r.lines().collect::<Vec<_>>().into(),
         }
     }
 
@@ -284,7 +293,7 @@ fn shared_values(
     cmd: &Command,
     shared: &Shared,
     sub: &ArgMatches,
-) -> Result<BTreeMap<String, String>> {
+) -> Result<BTreeMap<String, Vec<String>>> {
     let mut values = read_file(path, subcommand(cmd, &["run"]))?;
     let given = |k: &str| {
         matches!(
@@ -315,7 +324,7 @@ pub fn read_table(path: &Path, reading: &str) -> Result<toml::Table> {
 
 /// Reads the file into `key -> value as a flag would spell it`, checking each key and value
 /// against the subcommand's arguments.
-fn read_file(path: &Path, cmd: &Command) -> Result<BTreeMap<String, String>> {
+fn read_file(path: &Path, cmd: &Command) -> Result<BTreeMap<String, Vec<String>>> {
     let table = read_table(
         path,
         "reading configuration {} (from --config, BTM_CONFIG or the default)",
@@ -338,26 +347,37 @@ fn read_file(path: &Path, cmd: &Command) -> Result<BTreeMap<String, String>> {
                 known.join(", ")
             );
         };
-        let s = match v {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            other => bail!(
-                "{}: key `{k}`: expected a string, integer or boolean, found {}",
-                path.display(),
-                other.type_str()
-            ),
+        let list = matches!(arg.get_action(), ArgAction::Append);
+        // A list only for a repeatable flag; elsewhere it fails below as any other type.
+        let items = match v {
+            toml::Value::Array(a) if list => a,
+            v => vec![v],
         };
-        check_value(arg, &s).map_err(|e| {
-            let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or_default();
-            anyhow::anyhow!(
-                "{}: key `{k}`: {}",
-                path.display(),
-                first.trim_start_matches("error: ")
-            )
-        })?;
-        out.insert(key, s);
+        let mut vals = Vec::new();
+        for v in items {
+            let s = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => bail!(
+                    "{}: key `{k}`: expected a string, integer or boolean{}, found {}",
+                    path.display(),
+                    if list { " (or a list of them)" } else { "" },
+                    other.type_str()
+                ),
+            };
+            check_value(arg, &s).map_err(|e| {
+                let msg = e.to_string();
+                let first = msg.lines().next().unwrap_or_default();
+                anyhow::anyhow!(
+                    "{}: key `{k}`: {}",
+                    path.display(),
+                    first.trim_start_matches("error: ")
+                )
+            })?;
+            vals.push(s);
+        }
+        out.insert(key, vals);
     }
     Ok(out)
 }
@@ -400,10 +420,10 @@ pub fn add_config_arg(cmd: Command) -> Command {
     })
 }
 
-fn with_defaults(cmd: Command, target: &[&str], values: &BTreeMap<String, String>) -> Command {
+fn with_defaults(cmd: Command, target: &[&str], values: &BTreeMap<String, Vec<String>>) -> Command {
     mut_path(cmd, target, &|mut c| {
         for (k, v) in values {
-            c = c.mut_arg(k.as_str(), |a| a.required(false).default_value(v.clone()));
+            c = c.mut_arg(k.as_str(), |a| a.required(false).default_values(v.clone()));
         }
         c
     })
@@ -437,13 +457,14 @@ fn entry(
     arg: &Arg,
     m: &ArgMatches,
     file: Option<&Path>,
-    values: &BTreeMap<String, String>,
+    values: &BTreeMap<String, Vec<String>>,
 ) -> Entry {
     let id = arg.get_id().as_str();
-    let raw = m
-        .get_raw(id)
-        .and_then(|mut v| v.next())
-        .map(|v| v.to_string_lossy().into_owned());
+    let raw = m.get_raw(id).map(|v| {
+        v.map(|v| v.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
     let source = match (m.value_source(id), file) {
         (None, _) => Source::Unset,
         (Some(ValueSource::CommandLine), _) => Source::Flag,
@@ -457,6 +478,8 @@ fn entry(
     };
     let kind = if matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse) {
         Kind::Bool
+    } else if matches!(arg.get_action(), ArgAction::Append) {
+        Kind::List
     } else {
         let t = arg.get_value_parser().type_id();
         if t == std::any::TypeId::of::<u64>() || t == std::any::TypeId::of::<usize>() {

@@ -51,6 +51,9 @@ enum Command {
     /// What changed between two heights (paths added, removed, changed; bytes), from the log's
     /// metadata alone.
     Diff(btm_agent::cmd::diff::DiffArgs),
+    /// What the log holds and costs, from metadata alone: heights, records, segments, bytes
+    /// captured, deduplicated and stored (ratios), the files taking the most.
+    Stats(btm_agent::cmd::stats::StatsArgs),
     /// Materialise a height into a directory (rewrites only what differs).
     Replay(logs::ReplayArgs),
     /// Roll the volume back in place to a height (stop the node first).
@@ -129,6 +132,7 @@ impl Command {
             Command::Rollback(a) => a.json,
             Command::Compact(a) => a.json,
             Command::Diff(a) => a.json,
+            Command::Stats(a) => a.json,
             Command::Config(a) => match &a.command {
                 btm_agent::cmd::config_cmd::ConfigCommand::Check(c) => c.json,
             },
@@ -162,6 +166,7 @@ fn main() {
         Some(Command::Verify(a)) => logs::verify(a),
         Some(Command::Replay(a)) => logs::replay(a),
         Some(Command::Diff(a)) => btm_agent::cmd::diff::run(a),
+        Some(Command::Stats(a)) => btm_agent::cmd::stats::run(a),
         Some(Command::Rollback(a)) => logs::rollback(a),
         Some(Command::Track(a)) => track::run(a),
         Some(Command::Compact(a)) => logs::compact(a),
@@ -239,6 +244,7 @@ fn compat(c: Compat) -> Result<()> {
             ),
             json: false,
             dry_run: false,
+            preserve: Default::default(),
         })
     };
     let act = c.latest || c.closest.is_some() || c.exact.is_some() || c.clean || c.kept.is_some();

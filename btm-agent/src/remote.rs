@@ -94,6 +94,16 @@ fn ship_loop(remote: Remote, log_dir: PathBuf, opts: PushOptions, rx: Receiver<(
     }
 }
 
+/// `opts` with the payloads `opts.excluded` (`--exclude`) leaves home: those only files at
+/// matching paths hold, found in the log's metadata.
+pub fn excluding(log: &Log, opts: &PushOptions) -> anyhow::Result<PushOptions> {
+    let mut o = opts.clone();
+    let globs = crate::log::PathGlobs::new(&o.excluded)
+        .map_err(|e| crate::cmd::exit::usage(format!("--exclude: {e}")))?;
+    o.skip = log.payloads_only_of(&globs)?;
+    Ok(o)
+}
+
 /// One push; false when it should be retried later.
 fn once(remote: &Remote, log_dir: &std::path::Path, opts: &PushOptions) -> bool {
     // A reader's shared lock: a compaction in progress makes this fail, and we retry.
@@ -104,7 +114,14 @@ fn once(remote: &Remote, log_dir: &std::path::Path, opts: &PushOptions) -> bool 
             return false;
         }
     };
-    match push(&log, remote, opts) {
+    let opts = match excluding(&log, opts) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!("offsite push postponed: {e:#}");
+            return false;
+        }
+    };
+    match push(&log, remote, &opts) {
         Ok(rep) => {
             tracing::info!(
                 remote = remote.url(),

@@ -22,6 +22,7 @@ fn ropts() -> ReplayOptions {
     ReplayOptions {
         progress: false,
         sync: false,
+        ..Default::default()
     }
 }
 

@@ -63,6 +63,9 @@ pub enum Request {
     Rollback {
         height: Option<u64>,
         exact: bool,
+        /// Globs of paths the rollback must leave as they are (`--preserve`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        preserve: Vec<String>,
     },
     Status,
 }

@@ -102,6 +102,7 @@ fn replay_256mib(c: &mut Criterion) {
     let opts = ReplayOptions {
         progress: false,
         sync: false,
+        ..Default::default()
     };
     let mut g = c.benchmark_group("replay");
     g.sample_size(10);

@@ -41,12 +41,14 @@ mod compact;
 pub mod dirfd;
 mod error;
 mod format;
+mod globs;
 mod meta;
 mod open;
 mod payload;
 mod record;
 mod replay;
 mod state;
+mod summary;
 mod truncate;
 mod unchanged;
 mod verify;
@@ -66,6 +68,7 @@ pub use append::Draft;
 pub use compact::{CompactReport, DROPPED_FILE, Prepared, record_dropped};
 pub use error::LogError;
 pub use format::{Codec, FORMAT_VERSION, PayloadRef};
+pub use globs::PathGlobs;
 pub use payload::{check_payload, decode_payload};
 pub use record::{
     CutRecord, Entry, ExtentBytes, ExtentData, FileId, NsOp, RelPath, check_path,
@@ -73,6 +76,7 @@ pub use record::{
 };
 pub use replay::{PayloadSource, ReplayOptions, ReplayStats, refuse_inside, replay_state};
 pub use state::{FileState, Node, Piece, TreeState};
+pub use summary::{FileStored, LogStats};
 pub use verify::VerifyReport;
 
 use format::{REC_HEADER_LEN, REC_MAGIC, RecHeader};

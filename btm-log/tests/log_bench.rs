@@ -79,6 +79,7 @@ fn bench_log_throughput() {
     let opts = ReplayOptions {
         progress: false,
         sync: true,
+        ..Default::default()
     };
     let into = tmp.path().join("tree");
     let t = Instant::now();

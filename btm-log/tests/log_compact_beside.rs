@@ -17,6 +17,7 @@ fn ropts() -> ReplayOptions {
     ReplayOptions {
         progress: false,
         sync: false,
+        ..Default::default()
     }
 }
 

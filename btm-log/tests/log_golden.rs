@@ -22,6 +22,7 @@ fn opts() -> ReplayOptions {
     ReplayOptions {
         progress: false,
         sync: false,
+        ..Default::default()
     }
 }
 

@@ -15,6 +15,7 @@ fn opts() -> ReplayOptions {
     ReplayOptions {
         progress: false,
         sync: false,
+        ..Default::default()
     }
 }
 

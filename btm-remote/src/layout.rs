@@ -278,6 +278,9 @@ pub struct Pointer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<serde_json::Value>,
     pub pushed_unix_ms: u64,
+    /// Globs of paths whose data the push left out (`--exclude`): a restore skips them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<String>,
 }
 
 /// `layout.json` of a keyed store (plaintext JSON: it holds nothing secret).

@@ -35,6 +35,11 @@ pub struct PushOptions {
     pub verify: bool,
     /// Let this push remove more than half of the remote's heights (see [`MASS_REMOVAL`]).
     pub allow_removals: bool,
+    /// Path filter (`--exclude`): the globs, recorded in the pointers this push writes (a
+    /// restore skips and names those paths), and the payloads only their files hold
+    /// ([`btm_log::Log::payloads_only_of`]), never uploaded.
+    pub excluded: Vec<String>,
+    pub skip: HashSet<[u8; 32]>,
 }
 
 /// A push that would remove more than this many heights, and more than half of those the remote
@@ -172,7 +177,9 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
     for (i, p) in plan.iter().enumerate().skip(start) {
         let v = log.record_view(i)?;
         // Payload objects first, in batches: ask which exist, upload the rest.
-        let own: Vec<_> = v.own.iter().filter(|x| known.insert(x.hash)).collect();
+        let own: Vec<_> = (v.own.iter())
+            .filter(|x| !o.skip.contains(&x.hash) && known.insert(x.hash))
+            .collect();
         for batch in batches(&own, |x| x.stored_len, BATCH_BYTES) {
             lock.refresh()?;
             let paths: Vec<ObjPath> = batch.iter().map(|x| remote.object_path(&x.hash)).collect();
@@ -272,7 +279,9 @@ pub fn push_plan(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushRepo
     let mut prev = if lo > 0 { plan[lo - 1].key } else { [0u8; 32] };
     for (i, p) in plan.iter().enumerate().skip(lo) {
         let v = log.record_view(i)?;
-        let own: Vec<_> = v.own.iter().filter(|x| known.insert(x.hash)).collect();
+        let own: Vec<_> = (v.own.iter())
+            .filter(|x| !o.skip.contains(&x.hash) && known.insert(x.hash))
+            .collect();
         for batch in batches(&own, |x| x.stored_len, BATCH_BYTES) {
             let paths: Vec<ObjPath> = batch.iter().map(|x| remote.object_path(&x.hash)).collect();
             for (x, there) in batch.iter().zip(remote.exist_many(&paths)?) {
@@ -371,6 +380,11 @@ impl Pointers {
             tag: old.as_ref().map_or(o.tag.clone(), |x| x.tag.clone()),
             meta: old.as_ref().map_or(o.meta.clone(), |x| x.meta.clone()),
             pushed_unix_ms: now_ms(),
+            excluded: (old.map_or_else(Vec::new, |x| x.excluded).into_iter())
+                .chain(o.excluded.iter().cloned())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
         };
         let path = remote.pointer_path(&o.name, p.height, &p.key);
         remote.put(&path, remote.encode_pointer(&path, &ptr))?;

@@ -23,6 +23,8 @@ pub struct RemoteHeight {
     pub time_unix_ms: u64,
     pub tag: Option<String>,
     pub meta: Option<serde_json::Value>,
+    /// Globs the push left out (`--exclude`).
+    pub excluded: Vec<String>,
 }
 
 /// Volume names under the remote.
@@ -92,6 +94,7 @@ pub fn list_heights(remote: &Remote, name: &str, tag: Option<&str>) -> Result<Ve
             time_unix_ms: ptr.time_unix_ms,
             tag: ptr.tag,
             meta: ptr.meta,
+            excluded: ptr.excluded,
         });
     }
     Ok(out)
@@ -390,6 +393,9 @@ pub struct RemoteReplay {
     pub objects_downloaded: u64,
     pub bytes_downloaded: u64,
     pub replay: ReplayStats,
+    /// Paths of the height not restored: the push left them out (`--exclude`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<String>,
 }
 
 /// Materialises height `to` (or the newest at or below it unless `exact`; the latest when
@@ -415,7 +421,8 @@ pub fn replay(
     let by_height: HashMap<u64, &RemoteHeight> = heights.iter().map(|x| (x.height, x)).collect();
     let key = layout::parse_hex32(&by_height[&h].record).expect("checked by list_heights");
     let chain = fetch_chain(remote, key)?;
-    let state = fold(&chain)?;
+    let mut state = fold(&chain)?;
+    let (excluded, opts) = leave_out(&mut state, &by_height[&h].excluded, opts)?;
     if let Some(c) = &remote.cache {
         btm_log::refuse_inside(c, "cache directory", into)?;
     }
@@ -432,7 +439,7 @@ pub fn replay(
             Ahead::default()
         }),
     };
-    let stats = btm_log::replay_state(&src, &state, h, into, opts)?;
+    let stats = btm_log::replay_state(&src, &state, h, into, &opts)?;
     let (objects, bytes) = *src.read.borrow();
     tracing::debug!(height = h, record = %hex(&key), "replayed from the remote");
     Ok(RemoteReplay {
@@ -442,5 +449,36 @@ pub fn replay(
         objects_downloaded: objects,
         bytes_downloaded: bytes,
         replay: stats,
+        excluded,
     })
+}
+
+/// Takes the paths a push left out (`--exclude`) out of `state` and keeps the target's own
+/// copies of them (replay neither writes nor removes them): their data is not on the remote.
+/// Returns those paths, for the report, and the options to replay with.
+fn leave_out(
+    state: &mut TreeState,
+    globs: &[String],
+    opts: &ReplayOptions,
+) -> Result<(Vec<String>, ReplayOptions)> {
+    let mut opts = opts.clone();
+    if globs.is_empty() {
+        return Ok((Vec::new(), opts));
+    }
+    let bad = |e: String| RemoteError::Refused(format!("a pointer's excluded globs: {e}"));
+    let ex = btm_log::PathGlobs::new(globs).map_err(bad)?;
+    let out = (state.nodes.keys())
+        .filter(|p| ex.matches(p))
+        .map(|p| btm_log::display_path(p))
+        .collect();
+    state.nodes.retain(|p, _| !ex.matches(p));
+    let both: Vec<String> = opts
+        .preserve
+        .patterns()
+        .iter()
+        .chain(globs)
+        .cloned()
+        .collect();
+    opts.preserve = btm_log::PathGlobs::new(&both).map_err(bad)?;
+    Ok((out, opts))
 }

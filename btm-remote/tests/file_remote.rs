@@ -12,6 +12,7 @@ fn no_sync() -> ReplayOptions {
     ReplayOptions {
         progress: false,
         sync: false,
+        ..Default::default()
     }
 }
 

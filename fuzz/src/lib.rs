@@ -83,6 +83,7 @@ pub fn exercise_log(segment: &[u8]) {
     let opts = ReplayOptions {
         progress: false,
         sync: false,
+        ..Default::default()
     };
     for h in log.heights() {
         if log.state_at(h.height).is_ok() {

@@ -302,6 +302,29 @@ pub fn snapshot_via(sock: &Path, h: u64) {
     );
 }
 
+/// Runs the `#[ignore]`d test `name` of this test binary in a child process with `env` (the
+/// fixture reads its arguments there); panics with its output unless it ran and passed.
+///
+/// For fixtures that open a log for appending: a lock taken in this process is inherited by
+/// every child another test thread forks meanwhile, and held by it until it execs, so it can
+/// outlive the fixture's `drop` and make the verb run next find the log locked (exit 75).
+pub fn run_in_child(name: &str, env: &[(&str, &Path)]) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--ignored", "--test-threads=1"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "fixture {name} in a child process: {text}"
+    );
+}
+
 /// A scratch work directory (logs, replays) on the real disk, removed when dropped.
 pub fn workdir(prefix: &str) -> TempDir {
     tempfile::Builder::new()
@@ -360,6 +383,7 @@ pub fn assert_replay_equals(logdir: &Path, h: u64, vol: &Path, work: &Path) {
     let opts = btm_agent::log::ReplayOptions {
         progress: false,
         sync: false,
+        ..Default::default()
     };
     log.replay(h, &into, &opts).unwrap();
     let d = diff(&hash_tree(&into).unwrap(), &hash_tree(vol).unwrap());

@@ -653,18 +653,10 @@ fn verify_and_replay_report_as_text_or_json() {
 /// removes only what btm wrote: a user's file in the log directory stays.
 #[test]
 fn clean_asks_and_removes_only_btms_files() {
-    use btm_agent::log::{CutRecord, Log};
     let dir = tempfile::tempdir().unwrap();
     let logdir = dir.path().join("log");
-    let mut log = Log::open_append(&logdir).unwrap();
-    log.append(CutRecord {
-        height: 1,
-        time_unix_ms: 1,
-        ops: vec![],
-        extents: vec![],
-    })
-    .unwrap();
-    drop(log);
+    // In a child: this process never holds the log's lock (see run_in_child).
+    btm_tests::run_in_child("fixture_one_height_log", &[("BTM_FIXTURE_LOG", &logdir)]);
     std::fs::write(logdir.join("notes.txt"), b"mine").unwrap();
     let l = logdir.to_str().unwrap();
     // As in BTM, naming the heights' place alone lists them.
@@ -694,4 +686,22 @@ fn clean_asks_and_removes_only_btms_files() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(left, ["notes.txt"]);
+}
+
+/// The log of [`clean_asks_and_removes_only_btms_files`]: one height in `BTM_FIXTURE_LOG`.
+#[test]
+#[ignore = "a fixture: clean_asks_and_removes_only_btms_files runs it in a child process"]
+fn fixture_one_height_log() {
+    use btm_agent::log::{CutRecord, Log};
+    let Some(dir) = std::env::var_os("BTM_FIXTURE_LOG") else {
+        return;
+    };
+    let mut log = Log::open_append(Path::new(&dir)).unwrap();
+    log.append(CutRecord {
+        height: 1,
+        time_unix_ms: 1,
+        ops: vec![],
+        extents: vec![],
+    })
+    .unwrap();
 }

@@ -99,6 +99,7 @@ fn heights_are_cut_while_the_log_compacts() {
         let opts = btm_agent::log::ReplayOptions {
             progress: false,
             sync: false,
+            ..Default::default()
         };
         l.replay(k, &into, &opts).unwrap();
         assert_eq!(digest(&into), states[&k], "height {k}");

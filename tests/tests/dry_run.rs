@@ -38,8 +38,25 @@ fn u64s(v: &serde_json::Value) -> Vec<u64> {
         .collect()
 }
 
-/// Heights 1..=6, each rewriting a file with its own 64 KiB; height 2 removed by retention.
+/// [`build_log_with_a_dropped_height`] in a child process: this process never holds the
+/// log's lock, which compaction and -K take (see `btm_tests::run_in_child`).
 fn log_with_a_dropped_height(dir: &Path) {
+    btm_tests::run_in_child(
+        "fixture_log_with_a_dropped_height",
+        &[("BTM_FIXTURE_LOG", dir)],
+    );
+}
+
+#[test]
+#[ignore = "a fixture: log_with_a_dropped_height runs it in a child process"]
+fn fixture_log_with_a_dropped_height() {
+    if let Some(dir) = std::env::var_os("BTM_FIXTURE_LOG") {
+        build_log_with_a_dropped_height(Path::new(&dir));
+    }
+}
+
+/// Heights 1..=6, each rewriting a file with its own 64 KiB; height 2 removed by retention.
+fn build_log_with_a_dropped_height(dir: &Path) {
     let mut log = Log::open_append(dir).unwrap();
     for h in 1..=6u64 {
         log.append(CutRecord {
@@ -141,6 +158,22 @@ fn dry_runs_change_nothing_and_compact_does_what_it_said() {
     assert_eq!(p["height"], 1, "newest at or below 2 (2 was removed): {p}");
     assert_eq!(u64s(&p["removed"]), [3, 4, 5, 6], "{p}");
     assert_eq!(u64s(&p["removed_dropped"]), [2], "{p}");
+    assert!(p.get("preserve").is_none(), "{p}");
+    // The bytes are every record above height 1, the dropped height's too: the whole segment
+    // but its 32-byte header and record 1.
+    assert_eq!(
+        std::fs::read_dir(&logdir)
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("seg-"))
+            .count(),
+        1
+    );
+    assert_eq!(p["removed_bytes"], seg_before - 32 - stored(1), "{p}");
     let text = ok(&[
         "rollback",
         "--dry-run",
@@ -150,7 +183,13 @@ fn dry_runs_change_nothing_and_compact_does_what_it_said() {
         l,
         "--to",
         "3",
+        "--preserve-preset",
+        "cometbft",
     ]);
+    assert!(
+        text.contains("data/priv_validator_state.json") && text.contains("left as they are"),
+        "{text}"
+    );
     assert!(
         text.contains("would roll")
             && text.contains("would remove 3 newer heights")

@@ -269,6 +269,14 @@ fn zfs_mode_end_to_end() {
         skip("modes_native zfs", &e);
         return;
     }
+    let (dir, _name, mnt, _pool) = pool("btmmodes");
+    let socket = dir.path().join("btm.sock");
+    scenario("zfs", &mnt, &socket);
+}
+
+/// A zfs-fuse (or OpenZFS) pool on a file, mounted in a scratch directory, destroyed when the
+/// guard is dropped: (its directory, its name, its mountpoint, the guard).
+fn pool(prefix: &str) -> (tempfile::TempDir, String, PathBuf, PoolGuard) {
     let dir = tempfile::Builder::new()
         .prefix("btm-zfs-")
         .tempdir_in(scratch())
@@ -278,7 +286,7 @@ fn zfs_mode_end_to_end() {
         .unwrap()
         .set_len(512 << 20)
         .unwrap();
-    let name = format!("btmmodes{}", std::process::id());
+    let name = format!("{prefix}{}", std::process::id());
     let mnt = dir.path().join("mnt");
     sh(
         "zpool",
@@ -291,9 +299,98 @@ fn zfs_mode_end_to_end() {
         ],
     )
     .unwrap();
-    let _pool = PoolGuard(name.clone());
+    let guard = PoolGuard(name.clone());
+    (dir, name, mnt, guard)
+}
+
+/// BTM's forms: the dataset's name instead of its mountpoint (`run -p pool/data`, `list -p`,
+/// `rollback --volume`, BTM's `-p D` alone), `run --snapshot-volume/-itv/-cap/-mode/-algo`, and
+/// a clear error when a name is neither a directory nor a dataset.
+#[test]
+fn zfs_takes_dataset_names_and_btm_long_flags() {
+    if !can_run("modes_native zfs dataset names") {
+        return;
+    }
+    if !have_tool("zpool") || !have_tool("zfs") {
+        skip(
+            "modes_native zfs dataset names",
+            "zfs tools are not installed",
+        );
+        return;
+    }
+    if let Err(e) = ensure_zfs() {
+        skip("modes_native zfs dataset names", &e);
+        return;
+    }
+    let (dir, name, mnt, _pool) = pool("btmnames");
+    let dataset = format!("{name}/data");
+    sh("zfs", &["create", &dataset]).unwrap();
+    let data = mnt.join("data");
+    assert!(data.is_dir(), "the dataset is mounted under the pool");
     let socket = dir.path().join("btm.sock");
-    scenario("zfs", &mnt, &socket);
+    let s = socket.to_str().unwrap();
+    let child = Command::new(agent_bin())
+        .args([
+            "run",
+            "--snapshot-volume",
+            &dataset,
+            "--snapshot-mode",
+            "zfs",
+        ])
+        .args([
+            "--snapshot-itv",
+            "2",
+            "--snapshot-cap",
+            "2",
+            "--snapshot-algo",
+            "fair",
+        ])
+        .args(["--socket", s])
+        .env_remove("BTM_LOG_DIR")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let a = Agent {
+        child,
+        socket: socket.clone(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "agent did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for h in 1..=6 {
+        std::fs::write(data.join("height"), h.to_string()).unwrap();
+        a.snapshot(h);
+    }
+    // --snapshot-itv 2 --snapshot-cap 2: heights 4 and 6.
+    let listed = cli(&["list", "-p", &dataset, "--json"]).unwrap();
+    let hs: Vec<u64> = serde_json::from_str::<serde_json::Value>(&listed)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["height"].as_u64().unwrap())
+        .collect();
+    assert_eq!(hs, [4, 6], "{listed}");
+    assert!(
+        cli(&["-p", &dataset]).unwrap().contains('6'),
+        "BTM's -p D alone lists"
+    );
+    drop(a);
+    let out = cli(&[
+        "rollback", "--volume", &dataset, "--mode", "zfs", "--to", "4",
+    ])
+    .unwrap();
+    assert!(out.contains("height 4"), "{out}");
+    assert_eq!(std::fs::read_to_string(data.join("height")).unwrap(), "4");
+
+    let e = cli(&["list", "-p", &format!("{name}/nope")]).unwrap_err();
+    assert!(
+        e.contains("no such directory") && e.contains("not a ZFS dataset either"),
+        "{e}"
+    );
+    assert!(!e.contains("(os error 2): No such file"), "{e}");
 }
 
 struct PoolGuard(String);

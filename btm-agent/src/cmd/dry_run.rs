@@ -28,15 +28,26 @@ struct RollbackPlan {
     log: Option<PathBuf>,
     /// Heights above the target that would leave the log (or whose snapshots would go).
     removed: Vec<u64>,
-    /// Bytes of the removed heights' records (eBPF mode).
+    /// Bytes of every record above the target, those of heights already removed by retention
+    /// included: what the rollback deletes from the log (eBPF mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     removed_bytes: Option<u64>,
     /// Heights above the target already removed by retention whose records would go too.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     removed_dropped: Vec<u64>,
+    /// Globs of paths the rollback would leave as they are (`--preserve`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    preserve: Vec<String>,
 }
 
 pub fn rollback(a: &RollbackArgs) -> Result<()> {
+    let preserve = a.preserve.globs()?;
+    match (a.mode, &a.log) {
+        (Mode::Zfs | Mode::Btrfs, _) | (Mode::Auto, None) => {
+            super::logs::native_preserve(&preserve, "native snapshot")?
+        }
+        _ => {}
+    }
     let dir = match (a.mode, &a.log) {
         (Mode::Zfs, _) => return native(a, Box::new(snapshot::Zfs::open(&a.volume)?)),
         (Mode::Btrfs, _) => return native(a, Box::new(snapshot::Btrfs::open(&a.volume)?)),
@@ -47,6 +58,12 @@ pub fn rollback(a: &RollbackArgs) -> Result<()> {
     let log = Log::open_read(&dir)?;
     let h = log.resolve(a.to, a.exact)?;
     let newer: Vec<_> = log.heights().into_iter().filter(|i| i.height > h).collect();
+    let removed_bytes = log
+        .records_info()
+        .iter()
+        .filter(|(i, _)| i.height > h)
+        .map(|(i, _)| i.stored_bytes)
+        .sum();
     let removed_dropped = dropped_records(&log)?
         .into_iter()
         .filter(|&x| x > h)
@@ -60,8 +77,9 @@ pub fn rollback(a: &RollbackArgs) -> Result<()> {
             mode: "ebpf".into(),
             log: Some(dir),
             removed: newer.iter().map(|i| i.height).collect(),
-            removed_bytes: Some(newer.iter().map(|i| i.stored_bytes).sum()),
+            removed_bytes: Some(removed_bytes),
             removed_dropped,
+            preserve: preserve.patterns().to_vec(),
         },
     )
 }
@@ -80,6 +98,7 @@ fn native(a: &RollbackArgs, b: Box<dyn SnapshotBackend>) -> Result<()> {
             removed: hs.into_iter().filter(|&x| x > h).collect(),
             removed_bytes: None,
             removed_dropped: Vec::new(),
+            preserve: Vec::new(),
         },
     )
 }
@@ -109,6 +128,12 @@ fn print_rollback(json: bool, p: RollbackPlan) -> Result<()> {
         println!(
             "dry run: and the records of {} heights above it already removed by retention",
             p.removed_dropped.len()
+        );
+    }
+    if !p.preserve.is_empty() {
+        println!(
+            "dry run: paths matching {} would be left as they are",
+            p.preserve.join(", ")
         );
     }
     println!("dry run: nothing changed");

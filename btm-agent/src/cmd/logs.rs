@@ -5,6 +5,7 @@ use anyhow::Result;
 
 use super::exit::{self, Code};
 use super::offsite::{self, RemoteArgs};
+use super::paths::{PreserveArgs, preserved_text};
 use super::proto::{self, DEFAULT_SOCKET, Request};
 use super::report;
 use super::run::Mode;
@@ -143,14 +144,21 @@ pub struct ReplayArgs {
     /// Directory to write the tree into (created if missing; only differences are rewritten).
     #[arg(long)]
     pub into: PathBuf,
+    #[command(flatten)]
+    pub preserve: PreserveArgs,
     /// Print what was done as one JSON object (`"v": 1`); errors too.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn replay(a: ReplayArgs) -> Result<()> {
+    let opts = ReplayOptions {
+        preserve: a.preserve.globs()?,
+        ..Default::default()
+    };
     if let Some(url) = &a.offsite.remote {
-        return offsite::replay(&a.offsite, url, (a.to, a.exact), &a.into, a.cache, a.json);
+        let to = (a.to, a.exact);
+        return offsite::replay(&a.offsite, url, to, &a.into, a.cache, &opts, a.json);
     }
     let Some(dir) = a.log.as_ref() else {
         return Err(super::exit::usage(
@@ -159,16 +167,17 @@ pub fn replay(a: ReplayArgs) -> Result<()> {
     };
     let log = Log::open_read(dir)?;
     let h = log.resolve(a.to, a.exact)?;
-    let stats = log.replay(h, &a.into, &ReplayOptions::default())?;
+    let stats = log.replay(h, &a.into, &opts)?;
     if a.json {
         return report::print_json(serde_json::json!({
             "height": h, "into": a.into, "stats": stats
         }));
     }
     println!(
-        "replayed height {h} into {}: {}",
+        "replayed height {h} into {}: {}{}",
         a.into.display(),
-        report::replay_summary(&stats)
+        report::replay_summary(&stats),
+        preserved_text(&stats.preserved)
     );
     Ok(())
 }
@@ -208,12 +217,15 @@ pub struct RollbackArgs {
     /// (the log is only read, the volume not touched; no agent is asked).
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub preserve: PreserveArgs,
 }
 
 pub fn rollback(a: RollbackArgs) -> Result<()> {
     if a.dry_run {
         return super::dry_run::rollback(&a);
     }
+    let preserve = a.preserve.globs()?;
     // A running agent owns the volume and the log: ask it.
     if a.socket.exists() && std::os::unix::net::UnixStream::connect(&a.socket).is_ok() {
         let v = proto::call(
@@ -221,6 +233,7 @@ pub fn rollback(a: RollbackArgs) -> Result<()> {
             &Request::Rollback {
                 height: a.to,
                 exact: a.exact,
+                preserve: preserve.patterns().to_vec(),
             },
             Duration::from_secs(24 * 3600),
         )?;
@@ -232,6 +245,12 @@ pub fn rollback(a: RollbackArgs) -> Result<()> {
             v["height"], v["removed"]
         );
         return Ok(());
+    }
+    match (a.mode, &a.log) {
+        (Mode::Zfs, _) => native_preserve(&preserve, "zfs")?,
+        (Mode::Btrfs, _) => native_preserve(&preserve, "btrfs")?,
+        (Mode::Auto, None) => native_preserve(&preserve, "native snapshot")?,
+        _ => {}
     }
     let native_rollback = |b: Box<dyn SnapshotBackend>| -> Result<()> {
         let v = crate::store::native_rollback(b.as_ref(), a.to, a.exact)?;
@@ -253,7 +272,11 @@ pub fn rollback(a: RollbackArgs) -> Result<()> {
     let log = open_existing(dir)?;
     let h = log.resolve(a.to, a.exact)?;
     let mount = crate::volume::Mount::at(&a.volume)?;
-    let stats = log.replay(h, &mount.mount_point, &ReplayOptions::default())?;
+    let opts = ReplayOptions {
+        preserve,
+        ..Default::default()
+    };
+    let stats = log.replay(h, &mount.mount_point, &opts)?;
     // Like `zfs rollback -r`: newer heights leave the log, so the node can re-reach them.
     let newer: Vec<u64> = log
         .heights()
@@ -268,12 +291,26 @@ pub fn rollback(a: RollbackArgs) -> Result<()> {
         }));
     }
     println!(
-        "rolled {} back to height {h}: {}; removed {} newer heights from the log",
+        "rolled {} back to height {h}: {}; removed {} newer heights from the log{}",
         mount.mount_point.display(),
         report::replay_summary(&stats),
-        newer.len()
+        newer.len(),
+        preserved_text(&stats.preserved)
     );
     Ok(())
+}
+
+/// A native snapshot rollback restores the whole dataset: it cannot leave paths alone.
+pub(crate) fn native_preserve(preserve: &crate::log::PathGlobs, kind: &str) -> Result<()> {
+    if preserve.is_empty() {
+        return Ok(());
+    }
+    Err(exit::usage(format!(
+        "--preserve works on the log (eBPF mode) only: a {kind} rollback restores the whole \
+         dataset, preserved paths included. Copy {} aside, roll back, and put them back \
+         before starting the node",
+        preserve.patterns().join(", ")
+    )))
 }
 
 #[derive(clap::Args, Debug)]

@@ -82,8 +82,11 @@ pub fn push_options(
     name: Option<&str>,
     tag: Option<String>,
     meta: Option<serde_json::Value>,
+    exclude: &super::paths::ExcludeArgs,
 ) -> PushOptions {
     PushOptions {
+        excluded: exclude.exclude.clone(),
+        skip: Default::default(),
         name: name.map_or_else(|| remote::default_volume_name(log_dir), str::to_string),
         tag,
         meta,
@@ -120,6 +123,8 @@ pub struct PushArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub exclude: super::paths::ExcludeArgs,
 }
 
 /// Copies every record the remote lacks, then publishes a pointer per kept height and
@@ -131,8 +136,16 @@ pub fn push(a: PushArgs) -> Result<()> {
         .as_deref()
         .context("push needs --remote URL (s3://BUCKET/PREFIX, gs://, az:// or file:///DIR)")?;
     let remote = a.remote.open(url)?;
+    a.exclude.globs()?;
     let log = Log::open_read(&a.log)?;
-    let mut opts = push_options(&a.log, a.remote.remote_name.as_deref(), a.tag, a.meta);
+    let opts = push_options(
+        &a.log,
+        a.remote.remote_name.as_deref(),
+        a.tag,
+        a.meta,
+        &a.exclude,
+    );
+    let mut opts = remote::excluding(&log, &opts)?;
     opts.verify = a.verify;
     opts.allow_removals = a.allow_removals;
     if a.dry_run {
@@ -269,24 +282,37 @@ pub fn replay(
     (to, exact): (Option<u64>, bool),
     into: &std::path::Path,
     cache: Option<PathBuf>,
+    opts: &ReplayOptions,
     json: bool,
 ) -> Result<()> {
     let remote = r.open(url)?.with_cache(cache);
     let name = remote::resolve_volume(&remote, r.remote_name.as_deref())?;
-    let rep = remote::replay(&remote, &name, to, exact, into, &ReplayOptions::default())?;
+    let rep = remote::replay(&remote, &name, to, exact, into, opts)?;
+    let kept: Vec<String> = (rep.replay.preserved.iter())
+        .filter(|p| !rep.excluded.contains(p))
+        .cloned()
+        .collect();
     if json {
         return super::report::print_json(&rep);
     }
     println!(
         "replayed height {} of {:?} from {url} into {}: {} records, {} objects ({}) \
-         downloaded; {}",
+         downloaded; {}{}",
         rep.height,
         rep.volume,
         into.display(),
         rep.records,
         rep.objects_downloaded,
         super::size::human(rep.bytes_downloaded),
-        super::report::replay_summary(&rep.replay)
+        super::report::replay_summary(&rep.replay),
+        super::paths::preserved_text(&kept)
     );
+    if !rep.excluded.is_empty() {
+        println!(
+            "not restored, left out of the offsite copy by push --exclude: {}; bring them from \
+             the host or your key backup before starting the node",
+            rep.excluded.join(", ")
+        );
+    }
     Ok(())
 }

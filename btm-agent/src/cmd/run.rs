@@ -29,8 +29,14 @@ pub const DEFAULT_LOG: &str = "/var/lib/btm/log";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Mount point of the chain data volume to track.
-    #[arg(short = 'p', long, env = "BTM_VOLUME")]
+    /// Mount point of the chain data volume to track; in zfs (or auto) mode also the name of
+    /// a mounted dataset (`zroot/data`), as BTM takes it.
+    #[arg(
+        short = 'p',
+        long,
+        env = "BTM_VOLUME",
+        visible_alias = "snapshot-volume"
+    )]
     pub volume: PathBuf,
     /// Log directory of --mode ebpf (on another filesystem than the volume); unused by the
     /// native snapshot modes.
@@ -50,10 +56,22 @@ pub struct RunArgs {
     #[arg(long, env = "BTM_SOCKET_GROUP")]
     pub socket_group: Option<String>,
     /// Only heights divisible by this are kept.
-    #[arg(short = 'i', long, env = "BTM_ITV", default_value_t = 1)]
+    #[arg(
+        short = 'i',
+        long,
+        env = "BTM_ITV",
+        default_value_t = 1,
+        visible_alias = "snapshot-itv"
+    )]
     pub itv: u64,
     /// At most this many heights are kept (BTM's limit: 4096).
-    #[arg(short = 'c', long, env = "BTM_CAP", default_value_t = 4096)]
+    #[arg(
+        short = 'c',
+        long,
+        env = "BTM_CAP",
+        default_value_t = 4096,
+        visible_alias = "snapshot-cap"
+    )]
     pub cap: usize,
     /// Retention: fair (newest cap) or fade (density falls with age).
     #[arg(
@@ -61,7 +79,8 @@ pub struct RunArgs {
         long,
         env = "BTM_ALGO",
         value_enum,
-        default_value = "fair"
+        default_value = "fair",
+        visible_alias = "snapshot-algo"
     )]
     pub algo: Algo,
     /// Backend. auto: ebpf when --log is given and the tracker loads, else the volume's native
@@ -73,7 +92,8 @@ pub struct RunArgs {
         long,
         env = "BTM_MODE",
         value_enum,
-        default_value = "auto"
+        default_value = "auto",
+        visible_alias = "snapshot-mode"
     )]
     pub mode: Mode,
     /// eBPF mode: compact the log (tracking goes on meanwhile) once heights removed by retention
@@ -115,6 +135,12 @@ pub struct RunArgs {
     /// JSON metadata for the heights shipped offsite.
     #[arg(long, env = "BTM_REMOTE_META", value_parser = super::offsite::parse_meta)]
     pub remote_meta: Option<serde_json::Value>,
+    /// Rollbacks this agent does (`btm-agent rollback` adds its own --preserve).
+    #[command(flatten)]
+    pub preserve: super::paths::PreserveArgs,
+    /// What --remote shipping leaves home.
+    #[command(flatten)]
+    pub exclude: super::paths::ExcludeArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -133,7 +159,11 @@ fn parse_octal(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s, 8).map_err(|e| format!("{s}: not an octal mode: {e}"))
 }
 
-pub fn run(args: RunArgs) -> Result<()> {
+pub fn run(mut args: RunArgs) -> Result<()> {
+    // BTM takes the dataset's name in ZFS mode (`-p zroot/data`): work on its mountpoint.
+    if matches!(args.mode, Mode::Auto | Mode::Zfs) && !args.volume.exists() {
+        args.volume = snapshot::canonical_dir(&args.volume)?;
+    }
     if args.itv == 0 {
         return Err(super::exit::usage("--itv must be at least 1"));
     }
@@ -145,6 +175,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let Err(e) = crate::volume::ThawGuard::install(&args.volume) {
         tracing::warn!("no thaw guard for {}: {e:#}", args.volume.display());
     }
+    let run_preserve = args.preserve.patterns();
+    args.preserve.globs()?;
+    args.exclude.globs()?;
     let mut store = select(&args, &policy)?;
     let listener = bind(&args.socket, args.socket_mode)?;
     set_socket_owner(
@@ -169,6 +202,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 args.offsite.remote_name.as_deref(),
                 args.remote_tag.clone(),
                 args.remote_meta.clone(),
+                &args.exclude,
             ),
         )),
         (Some(_), None) => bail!(
@@ -205,7 +239,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                     tracing::warn!(peer_uid = inc.peer_uid, "refused a request: {why}");
                     Response::err(ErrorCode::Forbidden, why)
                 }
-                None => handle(store.as_mut(), &policy, &metrics, req),
+                None => handle(store.as_mut(), &policy, &metrics, req, &run_preserve),
             },
             Err(refused) => refused,
         };
@@ -359,6 +393,7 @@ fn handle(
     policy: &Policy,
     metrics: &crate::metrics::Metrics,
     req: Request,
+    run_preserve: &[String],
 ) -> Response {
     let r = match req {
         Request::Snapshot { height } if store.is_kept(height) => Ok(serde_json::json!({
@@ -377,7 +412,16 @@ fn handle(
             })
         }
         Request::Status => store.status(),
-        Request::Rollback { height, exact } => store.rollback(height, exact),
+        Request::Rollback {
+            height,
+            exact,
+            mut preserve,
+        } => {
+            preserve.extend(run_preserve.iter().cloned());
+            crate::log::PathGlobs::new(&preserve)
+                .map_err(|e| super::exit::usage(format!("--preserve: {e}")))
+                .and_then(|p| store.rollback(height, exact, &p))
+        }
     };
     match r {
         Ok(v) => Response::ok(v),

@@ -308,12 +308,22 @@ pub fn probe(volume: &Path) -> Result<Probe, SnapshotError> {
     }
 }
 
-/// The volume as an absolute path without symlinks; it must be a directory.
-pub(crate) fn canonical_dir(volume: &Path) -> Result<PathBuf, SnapshotError> {
-    let vol = std::fs::canonicalize(volume).map_err(|e| SnapshotError::Io {
-        context: format!("cannot resolve volume {}", volume.display()),
-        source: e,
-    })?;
+/// The volume as an absolute path without symlinks; it must be a directory. A relative
+/// name that is no directory but a ZFS dataset (`zroot/data`, as BTM takes it) stands for the
+/// dataset's mountpoint.
+pub fn canonical_dir(volume: &Path) -> Result<PathBuf, SnapshotError> {
+    let vol = match std::fs::canonicalize(volume) {
+        Ok(v) => v,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && zfs::may_be_dataset(volume) => {
+            zfs::dataset_mountpoint(volume)?
+        }
+        Err(e) => {
+            return Err(SnapshotError::Io {
+                context: format!("cannot resolve volume {}", volume.display()),
+                source: e,
+            });
+        }
+    };
     if !vol.is_dir() {
         return Err(SnapshotError::Volume(format!(
             "volume {} is not a directory",

@@ -95,6 +95,40 @@ fn dataset_at(vol: &Path, mount: Option<&MountEntry>) -> Result<Option<String>, 
     Ok(None)
 }
 
+/// Whether `volume` could be a dataset name: relative, and not `./x` or `../x`.
+pub(super) fn may_be_dataset(volume: &Path) -> bool {
+    let s = volume.to_string_lossy();
+    !s.is_empty() && !s.starts_with(['/', '.']) && !s.ends_with('/')
+}
+
+/// The mountpoint of dataset `name` (`zfs list -H -o mountpoint NAME`), canonical. The error
+/// says the name is neither a directory nor a mounted dataset, and what to give instead.
+pub(super) fn dataset_mountpoint(name: &Path) -> Result<PathBuf, SnapshotError> {
+    let n = name.to_string_lossy();
+    let neither = |why: String| {
+        SnapshotError::Volume(format!(
+            "volume {n}: there is no such directory, and {why}; give the volume's mount point \
+             (an absolute path) or the name of a mounted dataset (`zfs list -o name,mountpoint` \
+             lists them)"
+        ))
+    };
+    let out = zfs(&[os("list"), os("-H"), os("-o"), os("mountpoint"), os(name)])
+        .map_err(|e| neither(format!("it is not a ZFS dataset either ({e})")))?;
+    let mp = out.trim();
+    if !mp.starts_with('/') {
+        return Err(neither(format!(
+            "ZFS dataset {n} has mountpoint={mp}: mount it (`zfs set mountpoint=/path {n}` or \
+             mount it by hand) and give that path"
+        )));
+    }
+    std::fs::canonicalize(mp).map_err(|e| {
+        neither(format!(
+            "ZFS dataset {n} should be mounted at {mp}, which cannot be resolved ({e}): `zfs \
+             mount {n}`"
+        ))
+    })
+}
+
 pub(super) fn probe(vol: &Path, mount: &MountEntry) -> Result<Probe, SnapshotError> {
     match dataset_at(vol, Some(mount))? {
         Some(dataset) => Ok(Probe::Found(Box::new(Zfs::with_dataset(

@@ -203,13 +203,22 @@ impl HeightStore for LogStore {
         Ok(())
     }
 
-    fn rollback(&mut self, height: Option<u64>, exact: bool) -> Result<serde_json::Value> {
+    fn rollback(
+        &mut self,
+        height: Option<u64>,
+        exact: bool,
+        preserve: &crate::log::PathGlobs,
+    ) -> Result<serde_json::Value> {
         // `kept` knows what this agent dropped since it opened the log.
         let h = crate::log::resolve_height(&self.kept.heights(), height, exact)?;
         // A compaction prepared from the records a rollback cuts off would bring them back.
         self.stop_compaction();
         let root = self.cutter.root().to_path_buf();
-        let stats = self.cutter.log().replay(h, &root, &Default::default())?;
+        let opts = crate::log::ReplayOptions {
+            preserve: preserve.clone(),
+            ..Default::default()
+        };
+        let stats = self.cutter.log().replay(h, &root, &opts)?;
         // Like `zfs rollback -r`: newer heights leave the log, so the node can re-reach them.
         let removed: Vec<u64> = self.kept.heights().into_iter().filter(|&x| x > h).collect();
         self.cutter

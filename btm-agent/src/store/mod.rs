@@ -36,7 +36,12 @@ pub trait HeightStore {
     /// BTM's rollback of the volume, in place: to `height` (or the latest), exactly or to the
     /// closest lower kept height; heights above the target leave the store, so the chain can
     /// reach them again. The node must be stopped.
-    fn rollback(&mut self, height: Option<u64>, exact: bool) -> Result<serde_json::Value>;
+    fn rollback(
+        &mut self,
+        height: Option<u64>,
+        exact: bool,
+        preserve: &crate::log::PathGlobs,
+    ) -> Result<serde_json::Value>;
 
     /// The answer to `{"cmd":"status"}`.
     fn status(&self) -> Result<serde_json::Value>;

@@ -60,7 +60,13 @@ impl HeightStore for NativeStore {
         Ok(())
     }
 
-    fn rollback(&mut self, height: Option<u64>, exact: bool) -> Result<serde_json::Value> {
+    fn rollback(
+        &mut self,
+        height: Option<u64>,
+        exact: bool,
+        preserve: &crate::log::PathGlobs,
+    ) -> Result<serde_json::Value> {
+        crate::cmd::logs::native_preserve(preserve, self.backend.name())?;
         rollback(self.backend.as_ref(), height, exact)
     }
 

@@ -36,7 +36,9 @@ use super::error::LogError;
 use super::format::{PayloadRef, TABLE_BLOCK, TABLE_ENTRY};
 use super::record::{FileId, RelPath, cmp_components, display_path, file_name_of, parent_of};
 use super::state::{FileState, Node, Piece, TreeState};
+use crate::PathGlobs;
 mod content;
+mod remove;
 use crate::dirfd::{self, DIR_FLAGS};
 
 /// How to replay.
@@ -46,6 +48,9 @@ pub struct ReplayOptions {
     pub progress: bool,
     /// `syncfs` the target's filesystem before returning, so the result is durable.
     pub sync: bool,
+    /// Paths left exactly as they are in the target: never written, rewound or removed (a
+    /// validator's signing state must not move backwards). Directories holding one stay.
+    pub preserve: PathGlobs,
 }
 
 impl Default for ReplayOptions {
@@ -53,6 +58,7 @@ impl Default for ReplayOptions {
         ReplayOptions {
             progress: true,
             sync: true,
+            preserve: PathGlobs::default(),
         }
     }
 }
@@ -76,6 +82,9 @@ pub struct ReplayStats {
     pub entries_removed: u64,
     /// Ranges turned into holes.
     pub holes_punched: u64,
+    /// Paths left as they were because `preserve` matches them (in the target or the height).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub preserved: Vec<String>,
 }
 
 const CACHE_BYTES: usize = 64 << 20;
@@ -177,15 +186,21 @@ pub fn replay_state(
         ProgressBar::hidden()
     };
     let mut r = Replayer::new(src, state, height, into, root, progress);
+    r.preserve = opts.preserve.clone();
     let root = r.root.clone();
     r.prune(&root, b"")?;
     let mut paths: Vec<&RelPath> = state.nodes.keys().collect();
     paths.sort_by(|a, b| cmp_components(a, b));
     for p in &paths {
+        if r.preserved(p) {
+            continue;
+        }
         r.build(p)?;
     }
     for p in paths.iter().rev() {
-        if let Some(Node::Dir { mode, uid, gid }) = state.nodes.get(*p) {
+        if let Some(Node::Dir { mode, uid, gid }) = state.nodes.get(*p)
+            && !r.preserve.matches(p)
+        {
             r.dir_meta(p, *mode, *uid, *gid)?;
         }
     }
@@ -194,6 +209,7 @@ pub fn replay_state(
         nix::unistd::syncfs(&*r.root).map_err(|e| r.err(b"", format!("syncfs: {e}")))?;
     }
     r.progress.finish_and_clear();
+    r.stats.preserved = std::mem::take(&mut r.kept).into_iter().collect();
     Ok(r.stats)
 }
 
@@ -220,6 +236,9 @@ pub(crate) struct Replayer<'a> {
     opened_up: HashMap<RelPath, u32>,
     buf: Vec<u8>,
     progress: ProgressBar,
+    preserve: PathGlobs,
+    /// Paths `preserve` kept, for the report.
+    kept: std::collections::BTreeSet<String>,
 }
 
 impl<'a> Replayer<'a> {
@@ -261,6 +280,8 @@ impl<'a> Replayer<'a> {
             opened_up: HashMap::new(),
             buf: Vec::new(),
             progress,
+            preserve: PathGlobs::default(),
+            kept: Default::default(),
         }
     }
 
@@ -336,6 +357,9 @@ impl<'a> Replayer<'a> {
                 }
                 continue;
             }
+            if self.preserved(&path) {
+                continue;
+            }
             let k = kind(&st);
             let keep = match self.st.nodes.get(&path) {
                 None => false,
@@ -348,8 +372,9 @@ impl<'a> Replayer<'a> {
                 }
             };
             if !keep {
-                self.remove(dir, &name, k == SFlag::S_IFDIR, &path)?;
-                self.stats.entries_removed += 1;
+                if self.remove_tree(dir, &name, k == SFlag::S_IFDIR, &path)? {
+                    self.stats.entries_removed += 1;
+                }
                 continue;
             }
             if k == SFlag::S_IFDIR {
@@ -367,45 +392,6 @@ impl<'a> Replayer<'a> {
             }
         }
         Ok(())
-    }
-
-    fn remove(
-        &mut self,
-        dir: &OwnedFd,
-        name: &[u8],
-        is_dir: bool,
-        path: &[u8],
-    ) -> Result<(), LogError> {
-        if is_dir {
-            let sub = openat(dir, name, DIR_FLAGS, Mode::empty())
-                .map_err(|e| self.err(path, format!("open directory: {e}")))?;
-            if !self.is_root {
-                let _ = fchmod(&sub, Mode::from_bits_truncate(0o700));
-            }
-            for child in
-                dirfd::list(&sub).map_err(|e| self.err(path, format!("read directory: {e}")))?
-            {
-                let cpath = join(path, &child);
-                let st = match fstatat(&sub, child.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-                    Ok(s) => s,
-                    Err(Errno::ENOENT) => continue,
-                    Err(e) => return Err(self.err(&cpath, format!("stat: {e}"))),
-                };
-                if st.st_dev != self.root_dev {
-                    return Err(self.err(
-                        &cpath,
-                        "another filesystem is mounted here, inside a directory the height does \
-                         not have: unmount it first (nothing in it was touched)",
-                    ));
-                }
-                self.remove(&sub, &child, kind(&st) == SFlag::S_IFDIR, &cpath)?;
-            }
-            unlinkat(dir, name, UnlinkatFlags::RemoveDir)
-                .map_err(|e| self.err(path, format!("rmdir: {e}")))
-        } else {
-            unlinkat(dir, name, UnlinkatFlags::NoRemoveDir)
-                .map_err(|e| self.err(path, format!("unlink: {e}")))
-        }
     }
 
     // ---- pass 2 -----------------------------------------------------------------------------
