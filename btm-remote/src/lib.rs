@@ -13,11 +13,13 @@
 //! four schemes); credentials come from its usual environment variables (`AWS_*`,
 //! `GOOGLE_*`, `AZURE_*`) and, for S3, `~/.aws/credentials` when the variables are absent.
 
+mod counting;
 pub mod crypto;
 mod error;
 mod keyed;
 pub mod layout;
 mod lock;
+pub mod pack;
 mod prune;
 mod push;
 mod restore;
@@ -27,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+pub use counting::RequestCounts;
 pub use crypto::RemoteKey;
 pub use error::{RemoteError, Result};
 use error::{fail, io};
@@ -50,8 +53,14 @@ pub struct Remote {
     cache: Option<PathBuf>,
     /// The remote key of a keyed store (`keyed.rs`); `None` for the plaintext layout.
     key: Option<Arc<RemoteKey>>,
-    /// Set once [`Remote::check_layout`] found the store's layout and the key agree.
-    layout_ok: std::sync::OnceLock<()>,
+    /// Set once [`Remote::check_layout`] found the store's layout and the key agree: whether
+    /// pushes write packs (layout 3).
+    layout_ok: std::sync::OnceLock<bool>,
+    /// An empty store becomes layout 1 or 2 (loose payload objects), not 3: for readers older
+    /// than packs, and for tests of such stores.
+    legacy: bool,
+    /// Requests sent through `store` so far.
+    counters: Arc<counting::Counters>,
 }
 
 fn retry_config() -> RetryConfig {
@@ -194,6 +203,11 @@ impl Remote {
     }
 
     fn with_store(url: &str, store: Arc<dyn ObjectStore>) -> Remote {
+        let counters = Arc::new(counting::Counters::default());
+        let store: Arc<dyn ObjectStore> = Arc::new(counting::Counting {
+            inner: store,
+            n: counters.clone(),
+        });
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -213,7 +227,22 @@ impl Remote {
             cache: None,
             key: None,
             layout_ok: std::sync::OnceLock::new(),
+            legacy: false,
+            counters,
         }
+    }
+
+    /// Makes a first push to an empty store write layout 1 (or 2 with a key): one object per
+    /// payload, as btm wrote before packs (readable by older btm). Stores that exist keep
+    /// their layout either way.
+    pub fn with_legacy_layout(mut self, legacy: bool) -> Remote {
+        self.legacy = legacy;
+        self
+    }
+
+    /// Requests sent to the store so far, by kind.
+    pub fn requests(&self) -> RequestCounts {
+        self.counters.snapshot()
     }
 
     /// Keeps downloaded records and payloads in `dir` (checked again on every use).

@@ -40,10 +40,13 @@ fn opts(name: &str) -> PushOptions {
     }
 }
 
+/// Layout 2 (and layout 1 for the plaintext twin): one sealed object per payload, as btm wrote
+/// before packs; tests/packs.rs covers keyed packs (layout 3).
 fn open(store: &Path, key: Option<[u8; 32]>) -> Remote {
     Remote::open(&format!("file://{}", store.display()))
         .unwrap()
         .with_key(key.map(|k| RemoteKey::from_secret(&k)))
+        .with_legacy_layout(true)
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -436,7 +439,7 @@ fn odd_markers_are_refused() {
     assert!(e.to_string().contains("this remote is encrypted"), "{e}");
     let e = list_volumes(&open(&dir, Some(KEY))).unwrap_err();
     assert!(e.to_string().contains("wrong remote key"), "{e}");
-    std::fs::write(dir.join("layout.json"), marker(3, "ab")).unwrap();
+    std::fs::write(dir.join("layout.json"), marker(4, "ab")).unwrap();
     let e = list_volumes(&open(&dir, Some(KEY))).unwrap_err();
     assert!(
         matches!(&e, RemoteError::Refused(m) if m.contains("use a newer btm")),

@@ -150,7 +150,8 @@ pub struct ReplayArgs {
 
 pub fn replay(a: ReplayArgs) -> Result<()> {
     if let Some(url) = &a.offsite.remote {
-        return offsite::replay(&a.offsite, url, (a.to, a.exact), &a.into, a.cache, a.json);
+        let remote = a.offsite.open(url)?.with_cache(a.cache);
+        return offsite::replay(&a.offsite, &remote, (a.to, a.exact), &a.into, a.json);
     }
     let Some(dir) = a.log.as_ref() else {
         return Err(super::exit::usage(

@@ -170,7 +170,8 @@ pub fn push(a: PushArgs) -> Result<()> {
     } else {
         println!(
             "pushed {} to {url} as {:?}: newest height {}, {} records uploaded ({} already there), \
-             {} objects uploaded ({} already there), {} bytes, {} pointers written, {} removed{}",
+             {} objects uploaded ({} already there) in {} packs, {} bytes, {} requests, {} \
+             pointers written, {} removed{}",
             a.log.display(),
             opts.name,
             rep.newest_height.map_or("none".into(), |h| h.to_string()),
@@ -178,7 +179,9 @@ pub fn push(a: PushArgs) -> Result<()> {
             rep.records_present,
             rep.objects_uploaded,
             rep.objects_present,
+            rep.packs_uploaded,
             rep.bytes_uploaded,
+            rep.requests.total(),
             rep.pointers_written,
             rep.pointers_removed,
             if a.verify {
@@ -220,7 +223,8 @@ pub fn prune(a: PruneArgs) -> Result<()> {
     } else {
         println!(
             "{} {url}: {} volumes, {} heights; records kept {} / deleted {}; objects kept {} / \
-             deleted {}; {} bytes freed; {} recent unreferenced objects left",
+             deleted {}; packs kept {} / deleted {}; {} bytes freed; {} recent unreferenced \
+             objects left",
             if a.dry_run { "would prune" } else { "pruned" },
             rep.volumes,
             rep.pointers,
@@ -228,6 +232,8 @@ pub fn prune(a: PruneArgs) -> Result<()> {
             rep.records_deleted,
             rep.objects_kept,
             rep.objects_deleted,
+            rep.packs_kept,
+            rep.packs_deleted,
             rep.bytes_freed,
             rep.recent_left
         );
@@ -265,27 +271,27 @@ pub fn list(r: &RemoteArgs, url: &str, tag: Option<&str>, json: bool) -> Result<
 /// `replay --remote`.
 pub fn replay(
     r: &RemoteArgs,
-    url: &str,
+    remote: &Remote,
     (to, exact): (Option<u64>, bool),
     into: &std::path::Path,
-    cache: Option<PathBuf>,
     json: bool,
 ) -> Result<()> {
-    let remote = r.open(url)?.with_cache(cache);
-    let name = remote::resolve_volume(&remote, r.remote_name.as_deref())?;
-    let rep = remote::replay(&remote, &name, to, exact, into, &ReplayOptions::default())?;
+    let url = remote.url();
+    let name = remote::resolve_volume(remote, r.remote_name.as_deref())?;
+    let rep = remote::replay(remote, &name, to, exact, into, &ReplayOptions::default())?;
     if json {
         return super::report::print_json(&rep);
     }
     println!(
         "replayed height {} of {:?} from {url} into {}: {} records, {} objects ({}) \
-         downloaded; {}",
+         downloaded in {} requests; {}",
         rep.height,
         rep.volume,
         into.display(),
         rep.records,
         rep.objects_downloaded,
         super::size::human(rep.bytes_downloaded),
+        rep.requests.total(),
         super::report::replay_summary(&rep.replay)
     );
     Ok(())

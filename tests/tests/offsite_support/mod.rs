@@ -91,6 +91,25 @@ impl Moto {
         python(&script)
     }
 
+    /// Flips one byte of `needle` inside whichever object under `prefix` holds it (a payload
+    /// inside a pack); returns that object's key.
+    pub fn corrupt_containing(&self, prefix: &str, needle: &[u8]) -> String {
+        let hex: String = needle.iter().map(|b| format!("{b:02x}")).collect();
+        self.boto(&format!(
+            "n = bytes.fromhex('{hex}')
+             for o in s3.list_objects_v2(Bucket='{BUCKET}', Prefix='{prefix}')['Contents']:
+                 b = bytearray(s3.get_object(Bucket='{BUCKET}', Key=o['Key'])['Body'].read())
+                 i = b.find(n)
+                 if i >= 0:
+                     b[i + len(n) // 2] ^= 0xff
+                     s3.put_object(Bucket='{BUCKET}', Key=o['Key'], Body=bytes(b))
+                     print(o['Key'])
+                     break"
+        ))
+        .trim()
+        .to_string()
+    }
+
     /// Flips one byte in the middle of an object, in place on the server.
     pub fn corrupt(&self, key: &str) {
         self.boto(&format!(
