@@ -23,6 +23,7 @@ pub mod pack;
 mod prune;
 mod push;
 mod restore;
+mod unprivileged;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,6 +62,8 @@ pub struct Remote {
     legacy: bool,
     /// Requests sent through `store` so far.
     counters: Arc<counting::Counters>,
+    /// Restores keep set-uid/set-gid bits and uid/gid 0 as the store says (`unprivileged.rs`).
+    privileged: bool,
 }
 
 fn retry_config() -> RetryConfig {
@@ -229,6 +232,7 @@ impl Remote {
             layout_ok: std::sync::OnceLock::new(),
             legacy: false,
             counters,
+            privileged: false,
         }
     }
 
@@ -237,6 +241,13 @@ impl Remote {
     /// their layout either way.
     pub fn with_legacy_layout(mut self, legacy: bool) -> Remote {
         self.legacy = legacy;
+        self
+    }
+
+    /// Makes restores keep set-uid/set-gid bits and ownership by uid/gid 0 as recorded
+    /// (`replay --remote --restore-privileged`); by default they are dropped (`unprivileged.rs`).
+    pub fn with_restore_privileged(mut self, yes: bool) -> Remote {
+        self.privileged = yes;
         self
     }
 

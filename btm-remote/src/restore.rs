@@ -535,6 +535,9 @@ pub struct RemoteReplay {
     pub records: usize,
     pub objects_downloaded: u64,
     pub bytes_downloaded: u64,
+    /// Files, directories and symlinks whose set-uid/set-gid bits or uid/gid 0 ownership were
+    /// not restored (see [`Remote::with_restore_privileged`]).
+    pub privileges_dropped: u64,
     /// Requests this restore sent, by kind.
     pub requests: crate::RequestCounts,
     pub replay: ReplayStats,
@@ -564,10 +567,20 @@ pub fn replay(
     let by_height: HashMap<u64, &RemoteHeight> = heights.iter().map(|x| (x.height, x)).collect();
     let key = layout::parse_hex32(&by_height[&h].record).expect("checked by list_heights");
     let chain = fetch_chain(remote, key)?;
-    let state = fold(&chain)?;
+    let mut state = fold(&chain)?;
     if let Some(c) = &remote.cache {
         btm_log::refuse_inside(c, "cache directory", into)?;
     }
+    let privileges_dropped = if remote.privileged {
+        0
+    } else {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::create_dir_all(into)
+            .map_err(crate::error::io(format!("creating {}", into.display())))?;
+        let m = std::fs::metadata(into)
+            .map_err(crate::error::io(format!("reading {}", into.display())))?;
+        super::unprivileged::strip(&mut state, (m.uid(), m.gid()))
+    };
     // Read ahead only into an empty target: elsewhere most payloads are already there and
     // downloading them ahead would waste the transfer.
     let empty = std::fs::read_dir(into).map_or(true, |mut d| d.next().is_none());
@@ -596,6 +609,7 @@ pub fn replay(
         records: chain.len(),
         objects_downloaded: objects,
         bytes_downloaded: bytes,
+        privileges_dropped,
         requests: remote.requests().since(&before),
         replay: stats,
     })
