@@ -1,6 +1,8 @@
-//! Request counts: every store a [`crate::Remote`] opens is wrapped so push and restore can
-//! report how many requests of each kind they sent (what a bucket bills, and what bounds a push
-//! on a distant store). The wrapper only counts and forwards to the real client.
+//! Request counts and bandwidth limits: every store a [`crate::Remote`] opens is wrapped so push
+//! and restore can report how many requests of each kind they sent (what a bucket bills, and
+//! what bounds a push on a distant store), and so uploads and downloads can be held to a rate
+//! (`--limit-upload`, `--limit-download`). The wrapper counts, waits for its turn, and forwards
+//! to the real client.
 
 use std::fmt;
 use std::sync::Arc;
@@ -49,6 +51,38 @@ pub(crate) struct Counters {
     head: AtomicU64,
     list: AtomicU64,
     delete: AtomicU64,
+    pub(crate) up: Pacer,
+    pub(crate) down: Pacer,
+}
+
+/// Holds transfers to a rate, averaged over requests: each request reserves a slot as long as
+/// its bytes take at the rate, after the slots reserved before it, and starts when its slot
+/// does (a download's size is known once its answer starts, so it waits before its body is
+/// read). Requests in flight at once share the rate.
+#[derive(Default, Debug)]
+pub(crate) struct Pacer {
+    /// Bytes per second; 0: no limit.
+    pub(crate) rate: AtomicU64,
+    next: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Pacer {
+    async fn take(&self, bytes: u64) {
+        let rate = self.rate.load(Relaxed);
+        if rate == 0 || bytes == 0 {
+            return;
+        }
+        let wait = {
+            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            let start = next.map_or(now, |t| t.max(now));
+            *next = Some(start + std::time::Duration::from_secs_f64(bytes as f64 / rate as f64));
+            start - now
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
 }
 
 impl Counters {
@@ -80,6 +114,7 @@ impl fmt::Display for Counting {
 impl ObjectStore for Counting {
     async fn put_opts(&self, p: &Path, payload: PutPayload, o: PutOptions) -> Result<PutResult> {
         self.n.put.fetch_add(1, Relaxed);
+        self.n.up.take(payload.content_length() as u64).await;
         self.inner.put_opts(p, payload, o).await
     }
 
@@ -95,10 +130,12 @@ impl ObjectStore for Counting {
     async fn get_opts(&self, p: &Path, o: GetOptions) -> Result<GetResult> {
         if o.head {
             self.n.head.fetch_add(1, Relaxed);
-        } else {
-            self.n.get.fetch_add(1, Relaxed);
+            return self.inner.get_opts(p, o).await;
         }
-        self.inner.get_opts(p, o).await
+        self.n.get.fetch_add(1, Relaxed);
+        let r = self.inner.get_opts(p, o).await?;
+        self.n.down.take(r.range.end - r.range.start).await;
+        Ok(r)
     }
 
     fn delete_stream(

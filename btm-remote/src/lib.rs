@@ -236,6 +236,13 @@ impl Remote {
         }
     }
 
+    /// Makes restores keep set-uid/set-gid bits and ownership by uid/gid 0 as recorded
+    /// (`replay --remote --restore-privileged`); by default they are dropped (`unprivileged.rs`).
+    pub fn with_restore_privileged(mut self, yes: bool) -> Remote {
+        self.privileged = yes;
+        self
+    }
+
     /// Makes a first push to an empty store write layout 1 (or 2 with a key): one object per
     /// payload, as btm wrote before packs (readable by older btm). Stores that exist keep
     /// their layout either way.
@@ -244,10 +251,12 @@ impl Remote {
         self
     }
 
-    /// Makes restores keep set-uid/set-gid bits and ownership by uid/gid 0 as recorded
-    /// (`replay --remote --restore-privileged`); by default they are dropped (`unprivileged.rs`).
-    pub fn with_restore_privileged(mut self, yes: bool) -> Remote {
-        self.privileged = yes;
+    /// Holds uploads and downloads to at most `up` and `down` bytes per second (averaged over
+    /// requests; `None`: no limit).
+    pub fn with_limits(self, up: Option<u64>, down: Option<u64>) -> Remote {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.counters.up.rate.store(up.unwrap_or(0), Relaxed);
+        self.counters.down.rate.store(down.unwrap_or(0), Relaxed);
         self
     }
 

@@ -462,3 +462,46 @@ fn compaction_reuses_packed_payloads() {
     replay(&remote, "v", Some(5), true, &out, &no_sync()).unwrap();
     assert_eq!(tree(&out), tree(&tmp.path().join("local5")));
 }
+
+/// `with_limits`: a push and a restore of about 1 MiB at 256 KiB/s take at least the time the
+/// bytes before their last request take at that rate.
+#[test]
+fn uploads_and_downloads_keep_to_their_limits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = log_with(&tmp.path().join("log"), 1..=3);
+    let rate = 256 << 10;
+    let dir = tmp.path().join("s");
+    let slow = open(&dir, None, false).with_limits(Some(rate), None);
+    let t = std::time::Instant::now();
+    let rep = push(&log, &slow, &opts("v")).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    // Everything but the last pack, record and pointer waited its turn.
+    let floor = (rep.bytes_uploaded - 120_000) as f64 / rate as f64;
+    assert!(
+        secs >= floor,
+        "{secs:.2} s for {} bytes",
+        rep.bytes_uploaded
+    );
+    let slow = open(&dir, None, false).with_limits(None, Some(rate));
+    let t = std::time::Instant::now();
+    let r = replay(&slow, "v", Some(3), true, &tmp.path().join("o"), &no_sync()).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let floor = (r.bytes_downloaded - 120_000) as f64 / rate as f64;
+    assert!(
+        secs >= floor && floor > 1.5,
+        "{secs:.2} s for {} bytes",
+        r.bytes_downloaded
+    );
+    // Unlimited, the same restore is quick.
+    let t = std::time::Instant::now();
+    replay(
+        &open(&dir, None, false),
+        "v",
+        Some(3),
+        true,
+        &tmp.path().join("p"),
+        &no_sync(),
+    )
+    .unwrap();
+    assert!(t.elapsed().as_secs_f64() < floor, "{:?}", t.elapsed());
+}

@@ -25,6 +25,14 @@ pub struct RemoteArgs {
     /// a copy apart from the node: losing the key loses the offsite copy.
     #[arg(long, env = "BTM_REMOTE_KEY_FILE", value_name = "FILE")]
     pub remote_key: Option<PathBuf>,
+    /// Upload at most this many bytes per second to the remote (e.g. 10MiB), averaged over
+    /// requests.
+    #[arg(long, env = "BTM_LIMIT_UPLOAD", value_name = "SIZE", value_parser = super::size::parse_size)]
+    pub limit_upload: Option<u64>,
+    /// Download at most this many bytes per second from the remote (e.g. 10MiB), averaged
+    /// over requests.
+    #[arg(long, env = "BTM_LIMIT_DOWNLOAD", value_name = "SIZE", value_parser = super::size::parse_size)]
+    pub limit_download: Option<u64>,
 }
 
 impl RemoteArgs {
@@ -34,7 +42,9 @@ impl RemoteArgs {
             Some(f) => Some(RemoteKey::load(f)?),
             None => None,
         };
-        Ok(Remote::open(url)?.with_key(key))
+        Ok(Remote::open(url)?
+            .with_key(key)
+            .with_limits(self.limit_upload, self.limit_download))
     }
 }
 
