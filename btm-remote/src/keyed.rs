@@ -184,7 +184,7 @@ impl Remote {
                 };
                 match key {
                     None if sealed => fail!(
-                        Refused,
+                        KeyMismatch,
                         "this remote is encrypted ({} has a keyed layout, public key {}): give \
                          --remote-key FILE (or BTM_REMOTE_KEY_FILE)",
                         self.url,
@@ -192,7 +192,7 @@ impl Remote {
                         m.public_key.chars().take(16).collect::<String>()
                     ),
                     Some(_) if !sealed => fail!(
-                        Refused,
+                        KeyMismatch,
                         "{} holds a plaintext offsite copy (layout {}, unsealed): a remote key \
                          is not used with it. Drop --remote-key to use it as it is, or push with \
                          the key to a new URL or prefix",
@@ -200,7 +200,7 @@ impl Remote {
                         m.layout
                     ),
                     Some(k) if k.public_hex() != m.public_key => fail!(
-                        Refused,
+                        KeyMismatch,
                         "wrong remote key for {}: it was written with the key whose public key \
                          is {}, this key's is {}; give the key this remote was pushed with",
                         self.url,
@@ -220,7 +220,7 @@ impl Remote {
                     // Layout 1: plaintext, loose payload objects.
                     (true, None) => false,
                     (true, Some(_)) => fail!(
-                        Refused,
+                        KeyMismatch,
                         "{} holds a plaintext offsite copy (layout 1, no {p}): a remote key is \
                          not used with it. Drop --remote-key to use it as it is, or push with \
                          the key to a new URL or prefix",

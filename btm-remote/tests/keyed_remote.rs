@@ -204,7 +204,7 @@ fn keyed_store_is_ciphertext_restores_exactly_and_refuses_forgeries() {
     // (c) Without the key, or with another: refused, saying why.
     let e = list_heights(&open(&keyed_dir, None), "v", None).unwrap_err();
     assert!(
-        matches!(&e, RemoteError::Refused(m) if m.contains("this remote is encrypted") && m.contains("--remote-key")),
+        matches!(&e, RemoteError::KeyMismatch(m) if m.contains("this remote is encrypted") && m.contains("--remote-key")),
         "{e:?}"
     );
     let e = replay(
@@ -221,13 +221,13 @@ fn keyed_store_is_ciphertext_restores_exactly_and_refuses_forgeries() {
     assert!(e.to_string().contains("encrypted"), "{e}");
     let e = list_volumes(&open(&keyed_dir, Some([1; 32]))).unwrap_err();
     assert!(
-        matches!(&e, RemoteError::Refused(m) if m.contains("wrong remote key")),
+        matches!(&e, RemoteError::KeyMismatch(m) if m.contains("wrong remote key")),
         "{e:?}"
     );
     // (e) A key given to a plaintext store is refused too; without it, it works as before.
     let e = list_heights(&open(&plain_dir, Some(KEY)), "v", None).unwrap_err();
     assert!(
-        matches!(&e, RemoteError::Refused(m) if m.contains("plaintext")),
+        matches!(&e, RemoteError::KeyMismatch(m) if m.contains("plaintext")),
         "{e:?}"
     );
     let e = push(&log, &open(&plain_dir, Some(KEY)), &opts("v")).unwrap_err();
