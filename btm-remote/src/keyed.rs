@@ -214,7 +214,10 @@ impl Remote {
             (None, key) => {
                 let mut used = false;
                 for dir in ["volumes", "records", "objects", "packs"] {
-                    used |= self.any_under(&ObjPath::from(dir))?;
+                    if self.any_under(&ObjPath::from(dir))? {
+                        used = true;
+                        break;
+                    }
                 }
                 match (used, key) {
                     // Layout 1: plaintext, loose payload objects.

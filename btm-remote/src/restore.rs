@@ -328,7 +328,11 @@ impl RemoteSource<'_> {
             .rt
             .block_on(task)
             .map_err(|e| LogError::Source(format!("offsite copy: download task: {e}")))?
-            .map_err(|f| self.remote.fetch_failed(path, f))
+            .map_err(|f| {
+                // A range of a pack, or a loose object.
+                let at = self.locs.get(hash).map(|l| pack_path(&l.pack));
+                self.remote.fetch_failed(at.as_ref().unwrap_or(path), f)
+            })
             .and_then(|b| {
                 b.ok_or_else(|| {
                     RemoteError::Missing(format!(
