@@ -162,6 +162,9 @@ struct RemoteSource<'a> {
     /// Payloads read and bytes downloaded.
     read: RefCell<(u64, u64)>,
     ahead: RefCell<Ahead>,
+    /// Block tables read so far: a large payload that later heights cut into many pieces is
+    /// compared piece by piece, each asking for the same table.
+    tables: RefCell<Tables>,
     /// Small objects fetched whole for their block table (in a keyed store, every object: a
     /// sealed object only opens whole), kept for the payload read that often follows (one
     /// request instead of two).
@@ -199,6 +202,16 @@ impl Kept {
         Some(o)
     }
 }
+
+/// Block tables by payload hash, within [`TABLE_BYTES`].
+#[derive(Default)]
+struct Tables {
+    map: HashMap<[u8; 32], Vec<u8>>,
+    bytes: usize,
+}
+
+/// Memory for block tables (16 bytes per 4 KiB block: 64 MiB covers 16 GiB of payloads).
+const TABLE_BYTES: usize = 64 << 20;
 
 /// Objects up to this size are fetched whole when only their block table is asked for: a
 /// request costs more than the bytes.
@@ -484,6 +497,25 @@ impl PayloadSource for RemoteSource<'_> {
     }
 
     fn load_table(&self, p: &PayloadRef) -> Result<Vec<u8>, LogError> {
+        if let Some(t) = self.tables.borrow().map.get(&p.hash) {
+            return Ok(t.clone());
+        }
+        let t = self.fetch_table(p)?;
+        let mut c = self.tables.borrow_mut();
+        if c.bytes + t.len() > TABLE_BYTES {
+            *c = Tables::default();
+        }
+        c.bytes += t.len();
+        c.map.insert(p.hash, t.clone());
+        Ok(t)
+    }
+}
+
+impl RemoteSource<'_> {
+    /// A payload's block table from the store: a range read of its object's (or entry's)
+    /// head, or the whole object when small or sealed (kept for the payload read that often
+    /// follows).
+    fn fetch_table(&self, p: &PayloadRef) -> Result<Vec<u8>, LogError> {
         let path = self.remote.object_path(&p.hash);
         let range = layout::object_table_range(p.raw_len);
         // A sealed object only opens whole: no range reads of tables in a keyed store.
@@ -598,6 +630,7 @@ pub fn replay(
         locs,
         read: RefCell::new((0, 0)),
         small: RefCell::new(Kept::default()),
+        tables: RefCell::new(Tables::default()),
         ahead: RefCell::new(if empty {
             Ahead::new(&state)
         } else {
