@@ -258,6 +258,8 @@ fn compat(c: Compat) -> Result<()> {
                 remote: None,
                 remote_name: None,
                 remote_key: None,
+                limit_upload: None,
+                limit_download: None,
             },
             tag: None,
         })

@@ -28,6 +28,10 @@ pub enum RemoteError {
     /// most of the remote's heights, a volume name that is not safe.
     #[error("{0}")]
     Refused(String),
+    /// The store and the remote key do not go together: an encrypted store without its key, a
+    /// plaintext store with one, or another key than the store's.
+    #[error("{0}")]
+    KeyMismatch(String),
     /// Nothing to restore: no volume, no heights, or not the height asked for.
     #[error("{0}")]
     NotFound(String),

@@ -147,15 +147,22 @@ impl Remote {
         })
     }
 
+    /// Whether pushes to this store write packs (layout 3), as [`Remote::check_layout`] found
+    /// (an empty store: what a push would make it).
+    pub(crate) fn packed(&self) -> bool {
+        self.layout_ok.get().copied().unwrap_or(!self.legacy)
+    }
+
     /// Checks that the store's layout and this remote's key go together, once per `Remote`:
-    /// a keyed store needs its key, a plaintext store takes none. With `writing`, an empty
-    /// store given a key becomes a keyed store (its marker is written).
+    /// a sealed store needs its key, a plaintext store takes none. With `writing`, an empty
+    /// store becomes a layout-3 store (its marker is written), or layout 1/2 with
+    /// [`Remote::with_legacy_layout`].
     pub(crate) fn check_layout(&self, writing: bool) -> Result<()> {
         if self.layout_ok.get().is_some() {
             return Ok(());
         }
         let p = ObjPath::from(layout::MARKER);
-        match (self.get_opt(&p)?, &self.key) {
+        let packed = match (self.get_opt(&p)?, &self.key) {
             (Some(b), key) => {
                 let m: Marker = serde_json::from_slice(&b).map_err(|e| {
                     RemoteError::Damaged(format!(
@@ -163,69 +170,94 @@ impl Remote {
                         self.url
                     ))
                 })?;
-                if m.layout != layout::LAYOUT_KEYED {
-                    fail!(
+                let sealed = match m.layout {
+                    layout::LAYOUT_KEYED => true,
+                    layout::LAYOUT_PACKED => m.sealing != "none",
+                    _ => fail!(
                         Refused,
-                        "{} has remote layout {} (from {p}); this btm reads layouts 1 and {}: \
+                        "{} has remote layout {} (from {p}); this btm reads layouts 1 to {}: \
                          use a newer btm",
                         self.url,
                         m.layout,
-                        layout::LAYOUT_KEYED
-                    );
-                }
+                        layout::LAYOUT_PACKED
+                    ),
+                };
                 match key {
-                    None => fail!(
-                        Refused,
+                    None if sealed => fail!(
+                        KeyMismatch,
                         "this remote is encrypted ({} has a keyed layout, public key {}): give \
                          --remote-key FILE (or BTM_REMOTE_KEY_FILE)",
                         self.url,
                         // The marker is anyone's to write: no byte slicing of its text.
                         m.public_key.chars().take(16).collect::<String>()
                     ),
+                    Some(_) if !sealed => fail!(
+                        KeyMismatch,
+                        "{} holds a plaintext offsite copy (layout {}, unsealed): a remote key \
+                         is not used with it. Drop --remote-key to use it as it is, or push with \
+                         the key to a new URL or prefix",
+                        self.url,
+                        m.layout
+                    ),
                     Some(k) if k.public_hex() != m.public_key => fail!(
-                        Refused,
+                        KeyMismatch,
                         "wrong remote key for {}: it was written with the key whose public key \
                          is {}, this key's is {}; give the key this remote was pushed with",
                         self.url,
                         m.public_key,
                         k.public_hex()
                     ),
-                    Some(_) => {}
+                    _ => {}
                 }
+                m.layout == layout::LAYOUT_PACKED
             }
-            (None, None) => {}
-            (None, Some(k)) => {
-                let mut plaintext = false;
-                for dir in ["volumes", "records", "objects"] {
-                    plaintext |= self.any_under(&ObjPath::from(dir))?;
+            (None, key) => {
+                let mut used = false;
+                for dir in ["volumes", "records", "objects", "packs"] {
+                    if self.any_under(&ObjPath::from(dir))? {
+                        used = true;
+                        break;
+                    }
                 }
-                if plaintext {
-                    fail!(
-                        Refused,
+                match (used, key) {
+                    // Layout 1: plaintext, loose payload objects.
+                    (true, None) => false,
+                    (true, Some(_)) => fail!(
+                        KeyMismatch,
                         "{} holds a plaintext offsite copy (layout 1, no {p}): a remote key is \
                          not used with it. Drop --remote-key to use it as it is, or push with \
                          the key to a new URL or prefix",
                         self.url
-                    );
-                }
-                if !writing {
+                    ),
                     // Nothing there yet: nothing to read either.
-                    return Ok(());
+                    (false, _) if !writing => return Ok(()),
+                    // Layout 1 has no marker.
+                    (false, None) if self.legacy => false,
+                    (false, key) => {
+                        let key = key.as_ref();
+                        let packed = !self.legacy;
+                        let m = Marker {
+                            layout: if packed {
+                                layout::LAYOUT_PACKED
+                            } else {
+                                layout::LAYOUT_KEYED
+                            },
+                            sealing: key.map_or("none", |_| "xchacha20poly1305").into(),
+                            names: key.map_or("blake3", |_| "blake3-keyed").into(),
+                            signatures: key.map_or("none", |_| "ed25519").into(),
+                            public_key: key.map(|k| k.public_hex()).unwrap_or_default(),
+                            packs: packed.then(|| "btm.pak".into()),
+                            created_unix_ms: now_ms(),
+                        };
+                        self.put(&p, serde_json::to_vec_pretty(&m).expect("serializable"))?;
+                        // Another first push with another key may have raced this one: read
+                        // it back.
+                        return self.check_layout(false);
+                    }
                 }
-                let m = Marker {
-                    layout: layout::LAYOUT_KEYED,
-                    sealing: "xchacha20poly1305".into(),
-                    names: "blake3-keyed".into(),
-                    signatures: "ed25519".into(),
-                    public_key: k.public_hex(),
-                    created_unix_ms: now_ms(),
-                };
-                self.put(&p, serde_json::to_vec_pretty(&m).expect("serializable"))?;
-                // Another first push with another key may have raced this one: read it back.
-                return self.check_layout(false);
             }
-        }
-        let _ = self.layout_ok.set(());
+        };
+        let _ = self.layout_ok.set(packed);
         Ok(())
     }
 

@@ -8,12 +8,16 @@
 use object_store::path::Path as ObjPath;
 use serde::{Deserialize, Serialize};
 
+use crate::pack::PackIndex;
 use btm_log::{Codec, PayloadRef, hex, table_len};
 
 pub const OBJ_MAGIC: &[u8; 8] = b"btm.obj\n";
 pub const OBJ_HEADER_LEN: u64 = 17;
 pub const REC_MAGIC: &[u8; 8] = b"btm.rix\n";
+/// Record object version of layouts 1 and 2 (payloads as loose objects).
 pub const REC_VERSION: u16 = 1;
+/// Record object version of layout 3: a pack index follows the metadata block.
+pub const REC_VERSION_PACKED: u16 = 2;
 pub const REC_HEADER_LEN: usize = 104;
 /// Pointer JSON `format`.
 pub const POINTER_FORMAT: u32 = 1;
@@ -22,6 +26,8 @@ pub const POINTER_FORMAT: u32 = 1;
 pub const MARKER: &str = "layout.json";
 /// Layout of a store written with a remote key (sealed objects, keyed names, signed pointers).
 pub const LAYOUT_KEYED: u32 = 2;
+/// Layout with packs (plaintext or keyed, as its marker says): what new stores get.
+pub const LAYOUT_PACKED: u32 = 3;
 
 /// The largest payload a log stores (btm-log's limit).
 const MAX_PAYLOAD_RAW: u64 = 64 << 20;
@@ -36,17 +42,24 @@ const MAX_SMALL_OBJECT: u64 = 1 << 20;
 pub fn max_object_len(p: &ObjPath) -> u64 {
     let s = p.as_ref();
     if s.starts_with("objects/") {
-        // Header, block table, and zstd's worst case over incompressible data.
-        OBJ_HEADER_LEN
-            + table_len(MAX_PAYLOAD_RAW)
-            + MAX_PAYLOAD_RAW
-            + MAX_PAYLOAD_RAW / 128
-            + (1 << 20)
+        max_payload_object_len() + crate::crypto::SEAL_OVERHEAD as u64
+    } else if s.starts_with("packs/") {
+        crate::pack::max_pack_len()
     } else if s.starts_with("records/") {
         MAX_RECORD_OBJECT
     } else {
         MAX_SMALL_OBJECT
     }
+}
+
+/// The largest payload object: header, block table, and zstd's worst case over
+/// incompressible data.
+pub fn max_payload_object_len() -> u64 {
+    OBJ_HEADER_LEN
+        + table_len(MAX_PAYLOAD_RAW)
+        + MAX_PAYLOAD_RAW
+        + MAX_PAYLOAD_RAW / 128
+        + (1 << 20)
 }
 
 fn fanout(dir: &str, key: &[u8; 32]) -> ObjPath {
@@ -200,13 +213,34 @@ pub struct RecordObj {
     pub source_hash: [u8; 32],
     /// The metadata block, in the log's format (docs/FORMAT.md).
     pub meta: Vec<u8>,
+    /// Layout 3: where the payloads this record stores lie in packs (`None`: layouts 1 and 2,
+    /// loose payload objects).
+    pub index: Option<PackIndex>,
 }
 
 impl RecordObj {
+    /// The whole object: [`RecordObj::encode_named`], then the pack index if any.
     pub fn encode(&self) -> Vec<u8> {
+        let mut b = self.encode_named();
+        if let Some(i) = &self.index {
+            b.extend_from_slice(&i.encode());
+        }
+        b
+    }
+
+    /// The part of the object its name is the hash of: header and metadata block. The pack
+    /// index is left out so that a chain's names are known before its payloads are packed (a
+    /// push resumes by them); a wrong index can only point at bytes that fail their payload's
+    /// blake3 (and, keyed, the whole record is sealed anyway).
+    pub fn encode_named(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(REC_HEADER_LEN + self.meta.len());
         b.extend_from_slice(REC_MAGIC);
-        b.extend_from_slice(&REC_VERSION.to_le_bytes());
+        let version = if self.index.is_some() {
+            REC_VERSION_PACKED
+        } else {
+            REC_VERSION
+        };
+        b.extend_from_slice(&version.to_le_bytes());
         b.extend_from_slice(&[0u8; 6]);
         b.extend_from_slice(&self.height.to_le_bytes());
         b.extend_from_slice(&self.time_unix_ms.to_le_bytes());
@@ -215,6 +249,21 @@ impl RecordObj {
         b.extend_from_slice(&(self.meta.len() as u64).to_le_bytes());
         b.extend_from_slice(&self.meta);
         b
+    }
+
+    /// The part of an encoded record object its name covers (see
+    /// [`RecordObj::encode_named`]); the whole object for version 1 or anything malformed.
+    pub fn named_part(encoded: &[u8]) -> &[u8] {
+        if encoded.len() < REC_HEADER_LEN
+            || u16::from_le_bytes([encoded[8], encoded[9]]) != REC_VERSION_PACKED
+        {
+            return encoded;
+        }
+        let meta_len = u64::from_le_bytes(encoded[96..104].try_into().unwrap());
+        usize::try_from(meta_len)
+            .ok()
+            .and_then(|m| encoded.get(..REC_HEADER_LEN.checked_add(m)?))
+            .unwrap_or(encoded)
     }
 
     /// The object's name: blake3 of its bytes.
@@ -233,34 +282,51 @@ impl RecordObj {
         key: &[u8; 32],
         key_of: impl Fn(&[u8]) -> [u8; 32],
     ) -> Result<RecordObj, String> {
-        if key_of(b) != *key {
-            return Err("blake3 of the record object does not match its name".into());
-        }
         if b.len() < REC_HEADER_LEN || &b[..8] != REC_MAGIC {
+            if key_of(b) != *key {
+                return Err("blake3 of the record object does not match its name".into());
+            }
             return Err("not a btm record object (bad magic)".into());
         }
         let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
         let version = u16::from_le_bytes([b[8], b[9]]);
-        if version != REC_VERSION {
-            return Err(format!(
-                "record object version {version}; this btm reads {REC_VERSION}: use a newer btm"
-            ));
+        let meta_len = u64_at(96);
+        let named = match version {
+            REC_VERSION => b,
+            REC_VERSION_PACKED => usize::try_from(meta_len)
+                .ok()
+                .and_then(|m| m.checked_add(REC_HEADER_LEN))
+                .and_then(|end| b.get(..end))
+                .ok_or("record object shorter than its metadata length")?,
+            _ => {
+                return Err(format!(
+                    "record object version {version}; this btm reads {REC_VERSION} and \
+                     {REC_VERSION_PACKED}: use a newer btm"
+                ));
+            }
+        };
+        if key_of(named) != *key {
+            return Err("blake3 of the record object does not match its name".into());
         }
         // Reserved for flags a later version may set: a reader that does not know them must
         // not read the object as if they were unset.
         if b[10..16] != [0u8; 6] {
             return Err("record object has reserved bytes set: use a newer btm".into());
         }
-        let meta_len = u64_at(96);
-        if meta_len != (b.len() - REC_HEADER_LEN) as u64 {
+        if meta_len != (named.len() - REC_HEADER_LEN) as u64 {
             return Err("record object length does not match its metadata length".into());
         }
+        let index = match version {
+            REC_VERSION => None,
+            _ => Some(PackIndex::decode(&b[named.len()..])?),
+        };
         Ok(RecordObj {
             height: u64_at(16),
             time_unix_ms: u64_at(24),
             prev: b[32..64].try_into().unwrap(),
             source_hash: b[64..96].try_into().unwrap(),
-            meta: b[REC_HEADER_LEN..].to_vec(),
+            meta: named[REC_HEADER_LEN..].to_vec(),
+            index,
         })
     }
 }
@@ -283,18 +349,23 @@ pub struct Pointer {
     pub excluded: Vec<String>,
 }
 
-/// `layout.json` of a keyed store (plaintext JSON: it holds nothing secret).
+/// `layout.json` of a keyed (layout 2) or packed (layout 3) store (plaintext JSON: it holds
+/// nothing secret).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Marker {
     pub layout: u32,
-    /// "xchacha20poly1305"
+    /// "xchacha20poly1305", or "none" (layout 3 without a key)
     pub sealing: String,
-    /// "blake3-keyed"
+    /// "blake3-keyed", or "blake3"
     pub names: String,
-    /// "ed25519"
+    /// "ed25519", or "none"
     pub signatures: String,
-    /// Hex ed25519 public key of the store's remote key (tells a wrong key from damage).
+    /// Hex ed25519 public key of the store's remote key (tells a wrong key from damage); empty
+    /// without a key.
     pub public_key: String,
+    /// Layout 3: "btm.pak" (payloads in packs, docs/FORMAT.md "Packs").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packs: Option<String>,
     pub created_unix_ms: u64,
 }
 
@@ -318,6 +389,7 @@ mod tests {
             prev: [1; 32],
             source_hash: [2; 32],
             meta: vec![0, 0, 0, 0, 0, 0, 0, 0],
+            index: None,
         };
         let b = r.encode();
         let k = RecordObj::key(&b);
@@ -331,6 +403,37 @@ mod tests {
         flagged[13] = 14;
         let e = RecordObj::decode(&flagged, &RecordObj::key(&flagged)).unwrap_err();
         assert!(e.contains("reserved"), "{e}");
+    }
+
+    /// Layout 3: the index rides after the metadata, outside the name; a forged index is
+    /// refused by its own checks, and the name still covers the metadata.
+    #[test]
+    fn packed_record_objects_carry_their_index() {
+        let mut r = RecordObj {
+            height: 3,
+            time_unix_ms: 9,
+            prev: [4; 32],
+            source_hash: [5; 32],
+            meta: vec![1, 2, 3],
+            index: Some(PackIndex {
+                packs: vec![[6; 32]],
+                entries: vec![([7; 32], 0, 8, 4113)],
+            }),
+        };
+        let b = r.encode();
+        let k = RecordObj::key(&r.encode_named());
+        assert_eq!(RecordObj::decode(&b, &k).unwrap(), r);
+        assert_ne!(k, RecordObj::key(&b));
+        // Same name whatever the index says (a re-pack keeps the chain).
+        r.index = Some(PackIndex::default());
+        assert_eq!(RecordObj::key(&r.encode_named()), k);
+        let mut bad = b.clone();
+        let n = bad.len();
+        bad[n - 5] = 0xff; // an entry length beyond any entry
+        assert!(RecordObj::decode(&bad, &k).unwrap_err().contains("pack"));
+        let mut meta = b.clone();
+        meta[REC_HEADER_LEN] ^= 1;
+        assert!(RecordObj::decode(&meta, &k).unwrap_err().contains("blake3"));
     }
 
     /// Found by the remote_objects fuzz target: a large number in a pointer's user metadata

@@ -13,20 +13,24 @@
 //! four schemes); credentials come from its usual environment variables (`AWS_*`,
 //! `GOOGLE_*`, `AZURE_*`) and, for S3, `~/.aws/credentials` when the variables are absent.
 
+mod counting;
 pub mod crypto;
 mod error;
 mod keyed;
 pub mod layout;
 mod lock;
+pub mod pack;
 mod prune;
 mod push;
 mod restore;
+mod unprivileged;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+pub use counting::RequestCounts;
 pub use crypto::RemoteKey;
 pub use error::{RemoteError, Result};
 use error::{fail, io};
@@ -50,8 +54,16 @@ pub struct Remote {
     cache: Option<PathBuf>,
     /// The remote key of a keyed store (`keyed.rs`); `None` for the plaintext layout.
     key: Option<Arc<RemoteKey>>,
-    /// Set once [`Remote::check_layout`] found the store's layout and the key agree.
-    layout_ok: std::sync::OnceLock<()>,
+    /// Set once [`Remote::check_layout`] found the store's layout and the key agree: whether
+    /// pushes write packs (layout 3).
+    layout_ok: std::sync::OnceLock<bool>,
+    /// An empty store becomes layout 1 or 2 (loose payload objects), not 3: for readers older
+    /// than packs, and for tests of such stores.
+    legacy: bool,
+    /// Requests sent through `store` so far.
+    counters: Arc<counting::Counters>,
+    /// Restores keep set-uid/set-gid bits and uid/gid 0 as the store says (`unprivileged.rs`).
+    privileged: bool,
 }
 
 fn retry_config() -> RetryConfig {
@@ -194,6 +206,11 @@ impl Remote {
     }
 
     fn with_store(url: &str, store: Arc<dyn ObjectStore>) -> Remote {
+        let counters = Arc::new(counting::Counters::default());
+        let store: Arc<dyn ObjectStore> = Arc::new(counting::Counting {
+            inner: store,
+            n: counters.clone(),
+        });
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -213,7 +230,39 @@ impl Remote {
             cache: None,
             key: None,
             layout_ok: std::sync::OnceLock::new(),
+            legacy: false,
+            counters,
+            privileged: false,
         }
+    }
+
+    /// Makes restores keep set-uid/set-gid bits and ownership by uid/gid 0 as recorded
+    /// (`replay --remote --restore-privileged`); by default they are dropped (`unprivileged.rs`).
+    pub fn with_restore_privileged(mut self, yes: bool) -> Remote {
+        self.privileged = yes;
+        self
+    }
+
+    /// Makes a first push to an empty store write layout 1 (or 2 with a key): one object per
+    /// payload, as btm wrote before packs (readable by older btm). Stores that exist keep
+    /// their layout either way.
+    pub fn with_legacy_layout(mut self, legacy: bool) -> Remote {
+        self.legacy = legacy;
+        self
+    }
+
+    /// Holds uploads and downloads to at most `up` and `down` bytes per second (averaged over
+    /// requests; `None`: no limit).
+    pub fn with_limits(self, up: Option<u64>, down: Option<u64>) -> Remote {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.counters.up.rate.store(up.unwrap_or(0), Relaxed);
+        self.counters.down.rate.store(down.unwrap_or(0), Relaxed);
+        self
+    }
+
+    /// Requests sent to the store so far, by kind.
+    pub fn requests(&self) -> RequestCounts {
+        self.counters.snapshot()
     }
 
     /// Keeps downloaded records and payloads in `dir` (checked again on every use).
@@ -365,24 +414,16 @@ impl Remote {
         })
     }
 
-    /// Several objects at once, in order.
+    /// Several objects at once, in order; None for one gone since it was listed (a push
+    /// replacing a pointer, or a prune, may remove it meanwhile).
     /// (Used for pointers, which are mutable and so never cached.)
-    pub(crate) fn get_many(&self, paths: &[ObjPath]) -> Result<Vec<Bytes>> {
+    pub(crate) fn get_many(&self, paths: &[ObjPath]) -> Result<Vec<Option<Bytes>>> {
         let store = &*self.store;
-        let got: Vec<Bytes> = self.rt.block_on(async {
+        let got: Vec<Option<Bytes>> = self.rt.block_on(async {
             futures::stream::iter(paths.iter().map(|p| async move {
-                match fetch_capped(store, p).await {
-                    Ok(Some(b)) => Ok(b),
-                    Ok(None) => Err(self.fail(
-                        "downloading",
-                        p,
-                        object_store::Error::NotFound {
-                            path: p.to_string(),
-                            source: "listed, then gone".into(),
-                        },
-                    )),
-                    Err(f) => Err(self.fetch_failed(p, f)),
-                }
+                fetch_capped(store, p)
+                    .await
+                    .map_err(|f| self.fetch_failed(p, f))
             }))
             .buffered(self.concurrency)
             .try_collect()

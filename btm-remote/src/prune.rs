@@ -3,7 +3,9 @@
 //!
 //! Mark and sweep, like restic's prune: walk every pointer's chain (records shared by several
 //! chains are read once), collect the payloads their metadata names, then delete unreached
-//! objects older than a grace period. The grace period protects objects a concurrent push has
+//! objects older than a grace period. A pack (layout 3) is kept while any kept record's pack
+//! index names it, whole: entries of dropped records inside a kept pack stay until every
+//! record naming the pack is gone (no pack is rewritten). The grace period protects objects a concurrent push has
 //! uploaded but not yet linked; lock objects (`lock.rs`) keep prune and pushes apart, so a push
 //! never links an old object that prune is deleting.
 
@@ -26,6 +28,8 @@ pub struct PruneReport {
     pub records_deleted: u64,
     pub objects_kept: u64,
     pub objects_deleted: u64,
+    pub packs_kept: u64,
+    pub packs_deleted: u64,
     pub bytes_freed: u64,
     /// Unreached objects younger than the grace period, left alone.
     pub recent_left: u64,
@@ -41,6 +45,7 @@ pub fn prune(remote: &Remote, grace: Duration, dry_run: bool) -> Result<PruneRep
     let mut lock = super::lock::Lock::take(remote, "prune")?;
     let mut records: HashSet<[u8; 32]> = HashSet::new();
     let mut objects: HashSet<[u8; 32]> = HashSet::new();
+    let mut packs: HashSet<[u8; 32]> = HashSet::new();
     for vol in super::list_volumes(remote)? {
         rep.volumes += 1;
         for (_, key, _) in remote.pointers(&vol)? {
@@ -58,6 +63,9 @@ pub fn prune(remote: &Remote, grace: Duration, dry_run: bool) -> Result<PruneRep
                 let meta = Meta::decode(&rec.meta).map_err(|e| {
                     RemoteError::Damaged(format!("metadata of height {}: {e:?}", rec.height))
                 })?;
+                if let Some(idx) = &rec.index {
+                    packs.extend(idx.packs.iter().copied());
+                }
                 for x in &meta.extents {
                     if let MetaExtent::Data { payload, .. } = x {
                         objects.insert(remote.name_of(&payload.hash));
@@ -85,6 +93,7 @@ pub fn prune(remote: &Remote, grace: Duration, dry_run: bool) -> Result<PruneRep
             &mut rep.objects_kept,
             &mut rep.objects_deleted,
         ),
+        ("packs", &packs, &mut rep.packs_kept, &mut rep.packs_deleted),
     ] {
         for (p, size, modified) in remote.list(&ObjPath::from(dir))? {
             let Some(key) = p.filename().and_then(layout::parse_hex32) else {

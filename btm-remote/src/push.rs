@@ -7,7 +7,7 @@
 //! lacks. Each height is published as soon as its record is up, so a long first push is
 //! restorable as it goes; pointers of heights retention removed locally are deleted last.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -16,6 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use object_store::path::Path as ObjPath;
 
 use super::layout::{self, Owner, Pointer, RecordObj};
+use super::pack::{self, Loc, PackIndex};
 use super::{Remote, hostname, now_ms};
 use btm_log::{Log, hex};
 
@@ -53,15 +54,20 @@ pub struct PushReport {
     pub records_uploaded: u64,
     /// Records the remote already had (found by the resume search).
     pub records_present: u64,
+    /// Payloads uploaded (loose, or as entries of packs).
     pub objects_uploaded: u64,
     /// Payloads the remote already had (from an earlier push, height or volume).
     pub objects_present: u64,
+    /// Pack objects uploaded (layout 3).
+    pub packs_uploaded: u64,
     pub bytes_uploaded: u64,
     pub pointers_written: u64,
     pub pointers_removed: u64,
     /// With `verify`: objects that were on the remote but damaged, uploaded again.
     pub repaired: u64,
     pub newest_height: Option<u64>,
+    /// Requests this push sent, by kind.
+    pub requests: crate::RequestCounts,
 }
 
 /// Upload batches hold at most this many stored bytes in memory.
@@ -154,9 +160,13 @@ struct Planned {
 pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
     layout::check_volume_name(&o.name).map_err(RemoteError::Refused)?;
     remote.check_layout(true)?;
+    let before = remote.requests();
     check_owner(log, remote, &o.name, true)?;
     let mut lock = super::lock::Lock::take(remote, "push")?;
     let mut rep = PushReport::default();
+    let packed = remote.packed();
+    // Layout 3: where this push put (or, verifying, found) each payload.
+    let mut located: HashMap<[u8; 32], Loc> = HashMap::new();
     let plan = chain(log, remote)?;
     let n = plan.len();
     let lo = resume_point(remote, &plan)?;
@@ -166,6 +176,11 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
         pointers.check_removals(&plan, remote, &o.name)?;
     }
     rep.records_present = lo as u64;
+    if packed && start < n {
+        let keys: HashSet<[u8; 32]> = plan.iter().map(|p| p.key).collect();
+        let tips = pointers.existing.iter().map(|(_, k, _)| *k);
+        located = pack::replaced_locations(remote, tips, &keys)?;
+    }
     let bar = progress_bar(o.progress, (n - start) as u64, &o.name);
     let uploaded = AtomicU64::new(0);
     let mut known: HashSet<[u8; 32]> = HashSet::new();
@@ -176,53 +191,62 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
     };
     for (i, p) in plan.iter().enumerate().skip(start) {
         let v = log.record_view(i)?;
-        // Payload objects first, in batches: ask which exist, upload the rest.
-        let own: Vec<_> = (v.own.iter())
-            .filter(|x| !o.skip.contains(&x.hash) && known.insert(x.hash))
+        // Payloads `--exclude` leaves out stay home (see `PushOptions::skip`).
+        let own: Vec<btm_log::PayloadRef> = (v.own.iter())
+            .filter(|x| !o.skip.contains(&x.hash))
+            .cloned()
             .collect();
-        for batch in batches(&own, |x| x.stored_len, BATCH_BYTES) {
-            lock.refresh()?;
-            let paths: Vec<ObjPath> = batch.iter().map(|x| remote.object_path(&x.hash)).collect();
-            let there = if o.verify {
-                let hashes: Vec<[u8; 32]> = batch.iter().map(|x| x.hash).collect();
-                let ok = remote.objects_intact(&paths, &hashes)?;
-                rep.repaired += ok.iter().filter(|x| **x == Some(false)).count() as u64;
-                ok.into_iter().map(|x| x == Some(true)).collect()
-            } else {
-                remote.exist_many(&paths)?
-            };
-            let mut items = Vec::new();
-            for ((x, path), there) in batch.iter().zip(paths).zip(there) {
-                if there {
-                    rep.objects_present += 1;
-                    continue;
-                }
-                let mut obj = layout::object_header(x);
-                log.read_stored_into(x, &mut obj)?;
-                let obj = remote.seal(&path, obj);
-                items.push((path, obj));
-                rep.objects_uploaded += 1;
-            }
-            remote.put_many(items, &|b| {
-                let t = uploaded.fetch_add(b, Ordering::Relaxed) + b;
-                bar.set_message(format!("{} uploaded", indicatif::HumanBytes(t)));
-            })?;
-        }
-        let obj = record_object(v, prev);
-        debug_assert_eq!(remote.record_key(&obj), p.key);
         let rpath = layout::record_path(&p.key);
-        let obj = remote.seal(&rpath, obj);
-        let intact = i < lo
-            && match remote.get_opt(&rpath)? {
-                Some(b) => {
-                    remote.decode_record(&rpath, b, &p.key).is_ok() || {
-                        rep.repaired += 1;
-                        false
+        let done = |b: u64| {
+            let t = uploaded.fetch_add(b, Ordering::Relaxed) + b;
+            bar.set_message(format!("{} uploaded", indicatif::HumanBytes(t)));
+        };
+        let index = if !packed {
+            push_loose(log, remote, o, &own, &mut known, &mut lock, &mut rep, &done)?;
+            None
+        } else if i < lo
+            && let Some(idx) = pack::verified(remote, &rpath, &p.key, &mut rep.repaired)?
+        {
+            // Verifying: the record and every entry its packs hold are intact.
+            located.extend(idx.locations());
+            None
+        } else {
+            let (idx, n) = pack::upload(
+                log,
+                remote,
+                &own,
+                &mut located,
+                BATCH_BYTES,
+                &mut || lock.refresh(),
+                &done,
+            )?;
+            rep.objects_uploaded += n.objects;
+            rep.objects_present += own.len() as u64 - n.objects;
+            rep.packs_uploaded += n.packs;
+            Some(idx)
+        };
+        let intact = if packed {
+            index.is_none()
+        } else {
+            i < lo
+                && match remote.get_opt(&rpath)? {
+                    Some(b) => {
+                        remote.decode_record(&rpath, b, &p.key).is_ok() || {
+                            rep.repaired += 1;
+                            false
+                        }
                     }
+                    None => false,
                 }
-                None => false,
-            };
+        };
         if !intact {
+            let obj = record_object(v, prev, index);
+            debug_assert_eq!(
+                remote.record_key(RecordObj::named_part(&obj)),
+                p.key,
+                "record names cover header and metadata only"
+            );
+            let obj = remote.seal(&rpath, obj);
             uploaded.fetch_add(obj.len() as u64, Ordering::Relaxed);
             remote.put(&rpath, obj)?;
             rep.records_uploaded += 1;
@@ -238,8 +262,52 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
     rep.bytes_uploaded = uploaded.load(Ordering::Relaxed);
     lock.refresh()?;
     pointers.finish(remote, o, &plan, &mut rep)?;
+    drop(lock);
     rep.newest_height = plan.last().map(|p| p.height);
+    rep.requests = remote.requests().since(&before);
     Ok(rep)
+}
+
+/// Layouts 1 and 2: a record's payloads as one object each, those the remote lacks (asked in
+/// batches), or with `verify` those missing or damaged.
+#[allow(clippy::too_many_arguments)]
+fn push_loose(
+    log: &Log,
+    remote: &Remote,
+    o: &PushOptions,
+    own: &[btm_log::PayloadRef],
+    known: &mut HashSet<[u8; 32]>,
+    lock: &mut super::lock::Lock<'_>,
+    rep: &mut PushReport,
+    done: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
+    let own: Vec<_> = own.iter().filter(|x| known.insert(x.hash)).collect();
+    for batch in batches(&own, |x| x.stored_len, BATCH_BYTES) {
+        lock.refresh()?;
+        let paths: Vec<ObjPath> = batch.iter().map(|x| remote.object_path(&x.hash)).collect();
+        let there = if o.verify {
+            let hashes: Vec<[u8; 32]> = batch.iter().map(|x| x.hash).collect();
+            let ok = remote.objects_intact(&paths, &hashes)?;
+            rep.repaired += ok.iter().filter(|x| **x == Some(false)).count() as u64;
+            ok.into_iter().map(|x| x == Some(true)).collect()
+        } else {
+            remote.exist_many(&paths)?
+        };
+        let mut items = Vec::new();
+        for ((x, path), there) in batch.iter().zip(paths).zip(there) {
+            if there {
+                rep.objects_present += 1;
+                continue;
+            }
+            let mut obj = layout::object_header(x);
+            log.read_stored_into(x, &mut obj)?;
+            let obj = remote.seal(&path, obj);
+            items.push((path, obj));
+            rep.objects_uploaded += 1;
+        }
+        remote.put_many(items, done)?;
+    }
+    Ok(())
 }
 
 /// How many records of `plan` the remote has: they exist as a prefix of the chain.
@@ -277,12 +345,30 @@ pub fn push_plan(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushRepo
     };
     let mut known: HashSet<[u8; 32]> = HashSet::new();
     let mut prev = if lo > 0 { plan[lo - 1].key } else { [0u8; 32] };
+    let packed = remote.packed();
     for (i, p) in plan.iter().enumerate().skip(lo) {
         let v = log.record_view(i)?;
+        let indexed = v.own.iter().filter(|x| !o.skip.contains(&x.hash)).count();
         let own: Vec<_> = (v.own.iter())
             .filter(|x| !o.skip.contains(&x.hash) && known.insert(x.hash))
             .collect();
-        for batch in batches(&own, |x| x.stored_len, BATCH_BYTES) {
+        let mut new_packs = 0;
+        if packed {
+            // Every payload new to this push goes up in packs (no per-payload checks).
+            let entries: u64 = own
+                .iter()
+                .map(|x| remote.sealed_len(layout::object_header(x).len() as u64 + x.stored_len))
+                .sum();
+            let packs = entries.div_ceil(pack::PACK_TARGET);
+            new_packs = packs;
+            rep.objects_uploaded += own.len() as u64;
+            rep.packs_uploaded += packs;
+            rep.bytes_uploaded += entries + packs * pack::PACK_MAGIC.len() as u64;
+        }
+        for batch in batches(&own, |x| x.stored_len, BATCH_BYTES)
+            .into_iter()
+            .filter(|_| !packed)
+        {
             let paths: Vec<ObjPath> = batch.iter().map(|x| remote.object_path(&x.hash)).collect();
             for (x, there) in batch.iter().zip(remote.exist_many(&paths)?) {
                 if there {
@@ -294,7 +380,14 @@ pub fn push_plan(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushRepo
                 }
             }
         }
-        let obj = record_object(v, prev);
+        // The record's pack index names every payload it holds and the packs they are in
+        // (the packs of earlier records it shares payloads with are not known here: counted
+        // as one, so the estimate is exact without sharing and close with it).
+        let index = packed.then(|| PackIndex {
+            packs: vec![[0u8; 32]; (new_packs + u64::from(indexed > own.len())) as usize],
+            entries: vec![([0u8; 32], 0, 0, 0); indexed],
+        });
+        let obj = record_object(v, prev, index);
         rep.bytes_uploaded += remote.sealed_len(obj.len() as u64);
         rep.records_uploaded += 1;
         prev = p.key;
@@ -309,14 +402,16 @@ pub fn push_plan(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushRepo
     Ok(rep)
 }
 
-/// The record object of log record `v`, chained after the record object named `prev`.
-fn record_object(v: btm_log::RecordView, prev: [u8; 32]) -> Vec<u8> {
+/// The record object of log record `v`, chained after the record object named `prev`, with
+/// its pack index in layout 3.
+fn record_object(v: btm_log::RecordView, prev: [u8; 32], index: Option<PackIndex>) -> Vec<u8> {
     RecordObj {
         height: v.height,
         time_unix_ms: v.time_unix_ms,
         prev,
         source_hash: v.hash,
         meta: v.meta_bytes,
+        index,
     }
     .encode()
 }
@@ -324,12 +419,18 @@ fn record_object(v: btm_log::RecordView, prev: [u8; 32]) -> Vec<u8> {
 /// Every record's remote key; the chain of keys mirrors the log's hash chain.
 fn chain(log: &Log, remote: &Remote) -> Result<Vec<Planned>> {
     let n = log.record_count();
+    // Names cover header and metadata: in layout 3 the (empty here) index only sets the version.
+    let index = remote.packed().then(PackIndex::default);
     let mut plan = Vec::with_capacity(n);
     let mut prev = [0u8; 32];
     for i in 0..n {
         let v = log.record_view(i)?;
         let (height, time_unix_ms, dropped) = (v.height, v.time_unix_ms, v.dropped);
-        let key = remote.record_key(&record_object(v, prev));
+        let key = remote.record_key(RecordObj::named_part(&record_object(
+            v,
+            prev,
+            index.clone(),
+        )));
         plan.push(Planned {
             key,
             height,
@@ -450,7 +551,7 @@ fn wanted(plan: &[Planned]) -> impl Iterator<Item = &Planned> {
 }
 
 /// Splits `items` into runs whose `size` sums stay under `max` (a single larger item is a run).
-fn batches<T>(items: &[T], size: impl Fn(&T) -> u64, max: u64) -> Vec<&[T]> {
+pub(crate) fn batches<T>(items: &[T], size: impl Fn(&T) -> u64, max: u64) -> Vec<&[T]> {
     let mut out = Vec::new();
     let (mut start, mut sum) = (0, 0);
     for (i, x) in items.iter().enumerate() {

@@ -10,6 +10,7 @@ use object_store::path::Path as ObjPath;
 
 use super::Remote;
 use super::layout::{self, Pointer, RecordObj};
+use super::pack::{Loc, pack_path};
 use btm_log::{
     LogError, Meta, Node, PayloadRef, PayloadSource, ReplayOptions, ReplayStats, TreeState, hex,
     resolve_height,
@@ -75,6 +76,8 @@ pub fn list_heights(remote: &Remote, name: &str, tag: Option<&str>) -> Result<Ve
     let bodies = remote.get_many(&paths)?;
     let mut out = Vec::new();
     for ((h, k, p), b) in names.into_iter().zip(bodies) {
+        // Removed since the listing (its height is no longer kept): not listed.
+        let Some(b) = b else { continue };
         let ptr: Pointer = remote.decode_pointer(&p, b)?;
         if ptr.height != h || layout::parse_hex32(&ptr.record) != Some(k) {
             fail!(
@@ -158,8 +161,15 @@ pub(crate) fn fold(chain: &[RecordObj]) -> Result<TreeState> {
 /// restore is not one round trip per payload.
 struct RemoteSource<'a> {
     remote: &'a Remote,
+    /// Layout 3: where each payload of the chain lies in its packs (from the records' pack
+    /// indexes); a payload not here is a loose object (layouts 1 and 2).
+    locs: HashMap<[u8; 32], Loc>,
+    /// Payloads read and bytes downloaded.
     read: RefCell<(u64, u64)>,
     ahead: RefCell<Ahead>,
+    /// Block tables read so far: a large payload that later heights cut into many pieces is
+    /// compared piece by piece, each asking for the same table.
+    tables: RefCell<Tables>,
     /// Small objects fetched whole for their block table (in a keyed store, every object: a
     /// sealed object only opens whole), kept for the payload read that often follows (one
     /// request instead of two).
@@ -198,6 +208,16 @@ impl Kept {
     }
 }
 
+/// Block tables by payload hash, within [`TABLE_BYTES`].
+#[derive(Default)]
+struct Tables {
+    map: HashMap<[u8; 32], Vec<u8>>,
+    bytes: usize,
+}
+
+/// Memory for block tables (16 bytes per 4 KiB block: 64 MiB covers 16 GiB of payloads).
+const TABLE_BYTES: usize = 64 << 20;
+
 /// Objects up to this size are fetched whole when only their block table is asked for: a
 /// request costs more than the bytes.
 const SMALL_OBJECT: u64 = 64 << 10;
@@ -206,17 +226,37 @@ const SMALL_KEPT: usize = 256;
 /// Bytes (as stored plus opened) of kept objects: large sealed objects are kept too.
 const KEPT_BYTES: usize = 160 << 20;
 
+/// The payloads one download holds: where in its bytes (`None`: all of them, a loose object).
+type Parts = Vec<([u8; 32], Option<std::ops::Range<usize>>)>;
+
 type Pending = tokio::task::JoinHandle<std::result::Result<Option<bytes::Bytes>, super::Fetch>>;
 
-/// Read-ahead state: payload hashes in replay order, and downloads in flight.
+/// Read-ahead state: payload hashes in replay order, and downloads in flight. A download is a
+/// loose object, or one range of a pack covering several payloads replay asks for one after
+/// the other (packs hold a record's payloads in the order of the log, which is mostly the
+/// order of the files).
 #[derive(Default)]
 struct Ahead {
     order: Vec<[u8; 32]>,
     pos: HashMap<[u8; 32], usize>,
     next: usize,
-    inflight: HashMap<[u8; 32], Pending>,
+    /// Which download holds each payload in flight.
+    inflight: HashMap<[u8; 32], u64>,
+    /// Downloads in flight, with the payloads they hold (`None`: a whole loose object).
+    tasks: HashMap<u64, (Pending, Parts)>,
+    /// Payloads a finished range download brought before replay asked for them.
+    ready: HashMap<[u8; 32], bytes::Bytes>,
+    next_task: u64,
     window: usize,
 }
+
+/// How far ahead in replay's order a read-ahead range looks for payloads of its pack.
+const RUN_LOOKAHEAD: usize = 4096;
+/// A read-ahead range of a pack holds at most this many bytes.
+const RUN_BYTES: u64 = 8 << 20;
+/// Bytes between two payloads of one range that are downloaded and thrown away rather than
+/// cost another request.
+const RUN_GAP: u64 = 16 << 10;
 
 /// Downloads in flight at once while reading ahead (`BTM_REMOTE_READ_AHEAD`, default 32: many
 /// payloads are a few 4 KiB blocks, so round trips, not bytes, bound a restore; 0 turns
@@ -256,11 +296,12 @@ impl Ahead {
 }
 
 impl RemoteSource<'_> {
-    /// The object's bytes: from the cache, a read-ahead download, or a new one; then starts
-    /// the next read-ahead downloads.
-    /// Opened (keyed store: authenticated under the remote key) but not yet checked against
-    /// its hash.
-    fn object(&self, path: &ObjPath, hash: &[u8; 32]) -> Result<(Obj, bool), LogError> {
+    /// The payload object's bytes (a loose object, or its entry in a pack): from the cache, a
+    /// read-ahead download, or a new one; then starts the next read-ahead downloads. Opened
+    /// (keyed store: authenticated under the remote key) but not yet checked against its hash.
+    /// Also says whether it came from the cache (or was counted already) and how many bytes
+    /// were downloaded for it.
+    fn object(&self, path: &ObjPath, hash: &[u8; 32]) -> Result<(Obj, bool, u64), LogError> {
         let open = |stored: bytes::Bytes| -> Result<Obj, LogError> {
             let plain = self
                 .remote
@@ -268,77 +309,189 @@ impl RemoteSource<'_> {
                 .map_err(|e| LogError::Source(format!("offsite copy: {e:#}")))?;
             Ok(Obj { stored, plain })
         };
+        let source = |e: RemoteError| LogError::Source(format!("offsite copy: {e:#}"));
         if let Some(b) = self.remote.cache_get(path) {
-            return Ok((open(b)?, true));
+            return Ok((open(b)?, true, 0));
         }
         // Counted (and not cached on disk) when it was fetched for its table.
         if let Some(o) = self.small.borrow_mut().take(hash) {
-            return Ok((o, true));
+            return Ok((o, true, 0));
         }
-        let mine = {
+        let (mine, ready) = {
             let mut a = self.ahead.borrow_mut();
             if let Some(&i) = a.pos.get(hash) {
                 a.next = a.next.max(i + 1);
             }
-            let mine = a.inflight.remove(hash);
-            while a.inflight.len() < a.window && a.next < a.order.len() {
-                let h = a.order[a.next];
-                a.next += 1;
-                let p = self.remote.object_path(&h);
-                if a.inflight.contains_key(&h) || self.remote.cache_has(&p) {
-                    continue;
-                }
-                let store = self.remote.store.clone();
-                let task = self
+            let ready = a.ready.remove(hash);
+            let mine = a.inflight.remove(hash).and_then(|id| a.tasks.remove(&id));
+            self.start_downloads(&mut a);
+            (mine, ready)
+        };
+        if let Some(b) = ready {
+            return Ok((open(b)?, false, 0));
+        }
+        let Some((task, parts)) = mine else {
+            let b = match self.locs.get(hash) {
+                Some(loc) => self
                     .remote
-                    .rt
-                    .spawn(async move { super::fetch_capped(&*store, &p).await });
-                a.inflight.insert(h, task);
+                    .get_range(&pack_path(&loc.pack), loc.offset..loc.offset + loc.len),
+                None => self.remote.get(path),
             }
-            mine
+            .map_err(source)?;
+            let n = b.len() as u64;
+            return Ok((open(b)?, false, n));
         };
-        let got = match mine {
-            Some(task) => self
-                .remote
-                .rt
-                .block_on(task)
-                .map_err(|e| LogError::Source(format!("offsite copy: download task: {e}")))?
-                .map_err(|f| self.remote.fetch_failed(path, f))
-                .and_then(|b| {
-                    b.ok_or_else(|| {
-                        RemoteError::Missing(format!(
-                            "object {path} on {} is missing: run `btm-agent push` from the \
-                             source log again",
-                            self.remote.url()
-                        ))
-                    })
-                }),
-            None => self.remote.get(path),
-        };
-        let b = got.map_err(|e| LogError::Source(format!("offsite copy: {e:#}")))?;
-        Ok((open(b)?, false))
+        let got = self
+            .remote
+            .rt
+            .block_on(task)
+            .map_err(|e| LogError::Source(format!("offsite copy: download task: {e}")))?
+            .map_err(|f| {
+                // A range of a pack, or a loose object.
+                let at = self.locs.get(hash).map(|l| pack_path(&l.pack));
+                self.remote.fetch_failed(at.as_ref().unwrap_or(path), f)
+            })
+            .and_then(|b| {
+                b.ok_or_else(|| {
+                    RemoteError::Missing(format!(
+                        "object {path} on {} is missing: run `btm-agent push` from the source \
+                         log again",
+                        self.remote.url()
+                    ))
+                })
+            })
+            .map_err(source)?;
+        let n = got.len() as u64;
+        let mut a = self.ahead.borrow_mut();
+        let mut own = None;
+        for (h, range) in parts {
+            a.inflight.remove(&h);
+            let b = match range {
+                None => got.clone(),
+                Some(r) if r.end <= got.len() => got.slice(r),
+                Some(_) => {
+                    return Err(source(RemoteError::Damaged(format!(
+                        "a pack on {} is shorter than the record's pack index says: the remote \
+                         is damaged; repair it with `btm-agent push --verify`",
+                        self.remote.url()
+                    ))));
+                }
+            };
+            if h == *hash {
+                own = Some(b);
+            } else {
+                a.ready.insert(h, b);
+            }
+        }
+        drop(a);
+        let b = own.expect("the download holds the payload it was started for");
+        Ok((open(b)?, false, n))
+    }
+
+    /// Starts read-ahead downloads up to the window: for a payload in a pack, one range
+    /// covering it and the payloads replay asks for next when they follow it in that pack.
+    fn start_downloads(&self, a: &mut Ahead) {
+        while a.tasks.len() < a.window && a.next < a.order.len() {
+            let h = a.order[a.next];
+            a.next += 1;
+            let skip = |a: &Ahead, h: &[u8; 32]| {
+                a.inflight.contains_key(h)
+                    || a.ready.contains_key(h)
+                    || self.remote.cache_has(&self.remote.object_path(h))
+            };
+            if skip(a, &h) {
+                continue;
+            }
+            let store = self.remote.store.clone();
+            let (task, parts) = match self.locs.get(&h) {
+                None => {
+                    let p = self.remote.object_path(&h);
+                    let t = self
+                        .remote
+                        .rt
+                        .spawn(async move { super::fetch_capped(&*store, &p).await });
+                    (t, vec![(h, None)])
+                }
+                Some(loc) => {
+                    let (start, mut end) = (loc.offset, loc.offset + loc.len);
+                    let mut parts = vec![(h, Some(0..loc.len as usize))];
+                    // The payloads replay asks for soon that follow this one in its pack,
+                    // by offset: replay's order interleaves packs (a file changed at several
+                    // heights), a pack's order is the log's.
+                    let soon = &a.order[a.next..(a.next + RUN_LOOKAHEAD).min(a.order.len())];
+                    let mut more: Vec<([u8; 32], Loc)> = soon
+                        .iter()
+                        .filter_map(|h2| Some((*h2, *self.locs.get(h2)?)))
+                        .filter(|(h2, l)| l.pack == loc.pack && l.offset >= end && !skip(a, h2))
+                        .collect();
+                    more.sort_by_key(|(_, l)| l.offset);
+                    for (h2, l) in more {
+                        if l.offset < end {
+                            continue;
+                        }
+                        if l.offset > end + RUN_GAP || l.offset + l.len - start > RUN_BYTES {
+                            break;
+                        }
+                        let at = (l.offset - start) as usize;
+                        parts.push((h2, Some(at..at + l.len as usize)));
+                        end = l.offset + l.len;
+                    }
+                    let p = pack_path(&loc.pack);
+                    let t = self.remote.rt.spawn(async move {
+                        use object_store::ObjectStoreExt;
+                        store
+                            .get_range(&p, start..end)
+                            .await
+                            .map(Some)
+                            .map_err(super::Fetch::Store)
+                    });
+                    (t, parts)
+                }
+            };
+            let id = a.next_task;
+            a.next_task += 1;
+            for (h, _) in &parts {
+                a.inflight.insert(*h, id);
+            }
+            a.tasks.insert(id, (task, parts));
+        }
     }
 
     fn fetch(&self, p: &PayloadRef) -> Result<Vec<u8>, Result<String, LogError>> {
         let path = self.remote.object_path(&p.hash);
-        let (o, from_cache) = self.object(&path, &p.hash).map_err(Err)?;
+        let (o, from_cache, downloaded) = self.object(&path, &p.hash).map_err(Err)?;
+        self.read.borrow_mut().1 += downloaded;
         let checked = super::decode_object(&o.plain, &p.hash, Some(p.raw_len));
         match checked {
             Ok(raw) => {
-                // Downloads only: cache hits and objects counted by `load_table` are not.
+                // Payloads read from the store: cache hits and objects counted by
+                // `load_table` are not.
                 if !from_cache {
-                    let mut r = self.read.borrow_mut();
-                    r.0 += 1;
-                    r.1 += o.stored.len() as u64;
+                    self.read.borrow_mut().0 += 1;
                     self.remote.cache_put(&path, &o.stored);
                 }
                 Ok(raw)
             }
             Err(why) => Err(Ok(format!(
-                "remote object {path} on {} is damaged ({why}); repair it with `btm-agent push \
-                 --verify` from the source log",
+                "remote {} on {} is damaged ({why}); repair it with `btm-agent push --verify` \
+                 from the source log",
+                self.describe(&path, &p.hash),
                 self.remote.url()
             ))),
+        }
+    }
+
+    /// How an error names a payload: its loose object, or its entry in a pack.
+    fn describe(&self, path: &ObjPath, hash: &[u8; 32]) -> String {
+        match self.locs.get(hash) {
+            Some(l) => format!(
+                "pack {} (entry of payload {} at {}+{})",
+                pack_path(&l.pack),
+                hex(hash),
+                l.offset,
+                l.len
+            ),
+            None => format!("object {path}"),
         }
     }
 }
@@ -349,32 +502,63 @@ impl PayloadSource for RemoteSource<'_> {
     }
 
     fn load_table(&self, p: &PayloadRef) -> Result<Vec<u8>, LogError> {
+        if let Some(t) = self.tables.borrow().map.get(&p.hash) {
+            return Ok(t.clone());
+        }
+        let t = self.fetch_table(p)?;
+        let mut c = self.tables.borrow_mut();
+        if c.bytes + t.len() > TABLE_BYTES {
+            *c = Tables::default();
+        }
+        c.bytes += t.len();
+        c.map.insert(p.hash, t.clone());
+        Ok(t)
+    }
+}
+
+impl RemoteSource<'_> {
+    /// A payload's block table from the store: a range read of its object's (or entry's)
+    /// head, or the whole object when small or sealed (kept for the payload read that often
+    /// follows).
+    fn fetch_table(&self, p: &PayloadRef) -> Result<Vec<u8>, LogError> {
         let path = self.remote.object_path(&p.hash);
         let range = layout::object_table_range(p.raw_len);
         // A sealed object only opens whole: no range reads of tables in a keyed store.
         if p.raw_len <= SMALL_OBJECT || self.remote.keyed() {
-            let (o, from_cache) = self.object(&path, &p.hash)?;
+            let (o, from_cache, downloaded) = self.object(&path, &p.hash)?;
             let table = o
                 .plain
                 .get(layout::OBJ_HEADER_LEN as usize..range.end as usize)
                 .map(<[u8]>::to_vec)
                 .unwrap_or_default();
+            let mut r = self.read.borrow_mut();
+            r.1 += downloaded;
             if !from_cache {
-                let mut r = self.read.borrow_mut();
                 r.0 += 1;
-                r.1 += o.stored.len() as u64;
             }
             self.small.borrow_mut().keep(p.hash, o);
             return Ok(table);
         }
+        // In a pack, the table is at the start of the payload's entry.
+        let (store_path, range) = match self.locs.get(&p.hash) {
+            Some(l) => (
+                pack_path(&l.pack),
+                l.offset..l.offset + range.end.min(l.len),
+            ),
+            None => (path.clone(), range),
+        };
         let b = match self.remote.cache_get(&path) {
-            Some(b) if b.len() as u64 >= range.end => {
-                b.slice(range.start as usize..range.end as usize)
+            Some(b) if b.len() as u64 >= range.end - range.start => {
+                b.slice(0..(range.end - range.start) as usize)
             }
-            _ => self
-                .remote
-                .get_range(&path, range.clone())
-                .map_err(|e| LogError::Source(format!("offsite copy: {e:#}")))?,
+            _ => {
+                let b = self
+                    .remote
+                    .get_range(&store_path, range.clone())
+                    .map_err(|e| LogError::Source(format!("offsite copy: {e:#}")))?;
+                self.read.borrow_mut().1 += b.len() as u64;
+                b
+            }
         };
         // Unchecked here, like the local table: a wrong entry only makes replay fetch the
         // payload, whose hash is checked.
@@ -392,6 +576,11 @@ pub struct RemoteReplay {
     pub records: usize,
     pub objects_downloaded: u64,
     pub bytes_downloaded: u64,
+    /// Files, directories and symlinks whose set-uid/set-gid bits or uid/gid 0 ownership were
+    /// not restored (see [`Remote::with_restore_privileged`]).
+    pub privileges_dropped: u64,
+    /// Requests this restore sent, by kind.
+    pub requests: crate::RequestCounts,
     pub replay: ReplayStats,
     /// Paths of the height not restored: the push left them out (`--exclude`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -408,6 +597,7 @@ pub fn replay(
     into: &Path,
     opts: &ReplayOptions,
 ) -> Result<RemoteReplay> {
+    let before = remote.requests();
     let heights = list_heights(remote, name, None)?;
     let hs: Vec<u64> = heights.iter().map(|h| h.height).collect();
     if hs.is_empty() {
@@ -426,13 +616,30 @@ pub fn replay(
     if let Some(c) = &remote.cache {
         btm_log::refuse_inside(c, "cache directory", into)?;
     }
+    let privileges_dropped = if remote.privileged {
+        0
+    } else {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::create_dir_all(into)
+            .map_err(crate::error::io(format!("creating {}", into.display())))?;
+        let m = std::fs::metadata(into)
+            .map_err(crate::error::io(format!("reading {}", into.display())))?;
+        super::unprivileged::strip(&mut state, (m.uid(), m.gid()))
+    };
     // Read ahead only into an empty target: elsewhere most payloads are already there and
     // downloading them ahead would waste the transfer.
     let empty = std::fs::read_dir(into).map_or(true, |mut d| d.next().is_none());
+    let locs = chain
+        .iter()
+        .filter_map(|r| r.index.as_ref())
+        .flat_map(|i| i.locations())
+        .collect();
     let src = RemoteSource {
         remote,
+        locs,
         read: RefCell::new((0, 0)),
         small: RefCell::new(Kept::default()),
+        tables: RefCell::new(Tables::default()),
         ahead: RefCell::new(if empty {
             Ahead::new(&state)
         } else {
@@ -448,6 +655,8 @@ pub fn replay(
         records: chain.len(),
         objects_downloaded: objects,
         bytes_downloaded: bytes,
+        privileges_dropped,
+        requests: remote.requests().since(&before),
         replay: stats,
         excluded,
     })

@@ -1,6 +1,6 @@
 //! Push and restore through a `file://` store, without root: every height of a small log
 //! restores exactly as the local replay does, a resumed push uploads only what is missing, and
-//! damage on the remote is found, named and repaired.
+//! damage on the remote is found, named and repaired, in layout 1 (loose payload objects).
 
 use std::path::Path;
 
@@ -48,7 +48,11 @@ fn file_remote_roundtrip_resume_and_damage() {
     }
     drop(log);
     let store = tmp.path().join("store");
-    let remote = Remote::open(&format!("file://{}", store.display())).unwrap();
+    // Layout 1 (one object per payload), as btm wrote before packs: tests/packs.rs covers
+    // layout 3, and this test keeps proving the old layout is still written and read.
+    let remote = Remote::open(&format!("file://{}", store.display()))
+        .unwrap()
+        .with_legacy_layout(true);
     let first = push(&Log::open_read(&logdir).unwrap(), &remote, &opts("v")).unwrap();
     assert_eq!((first.records_uploaded, first.pointers_written), (3, 3));
 

@@ -41,10 +41,13 @@ fn opts(name: &str) -> PushOptions {
     }
 }
 
+/// Layout 2 (and layout 1 for the plaintext twin): one sealed object per payload, as btm wrote
+/// before packs; tests/packs.rs covers keyed packs (layout 3).
 fn open(store: &Path, key: Option<[u8; 32]>) -> Remote {
     Remote::open(&format!("file://{}", store.display()))
         .unwrap()
         .with_key(key.map(|k| RemoteKey::from_secret(&k)))
+        .with_legacy_layout(true)
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -202,7 +205,7 @@ fn keyed_store_is_ciphertext_restores_exactly_and_refuses_forgeries() {
     // (c) Without the key, or with another: refused, saying why.
     let e = list_heights(&open(&keyed_dir, None), "v", None).unwrap_err();
     assert!(
-        matches!(&e, RemoteError::Refused(m) if m.contains("this remote is encrypted") && m.contains("--remote-key")),
+        matches!(&e, RemoteError::KeyMismatch(m) if m.contains("this remote is encrypted") && m.contains("--remote-key")),
         "{e:?}"
     );
     let e = replay(
@@ -219,13 +222,13 @@ fn keyed_store_is_ciphertext_restores_exactly_and_refuses_forgeries() {
     assert!(e.to_string().contains("encrypted"), "{e}");
     let e = list_volumes(&open(&keyed_dir, Some([1; 32]))).unwrap_err();
     assert!(
-        matches!(&e, RemoteError::Refused(m) if m.contains("wrong remote key")),
+        matches!(&e, RemoteError::KeyMismatch(m) if m.contains("wrong remote key")),
         "{e:?}"
     );
     // (e) A key given to a plaintext store is refused too; without it, it works as before.
     let e = list_heights(&open(&plain_dir, Some(KEY)), "v", None).unwrap_err();
     assert!(
-        matches!(&e, RemoteError::Refused(m) if m.contains("plaintext")),
+        matches!(&e, RemoteError::KeyMismatch(m) if m.contains("plaintext")),
         "{e:?}"
     );
     let e = push(&log, &open(&plain_dir, Some(KEY)), &opts("v")).unwrap_err();
@@ -437,7 +440,7 @@ fn odd_markers_are_refused() {
     assert!(e.to_string().contains("this remote is encrypted"), "{e}");
     let e = list_volumes(&open(&dir, Some(KEY))).unwrap_err();
     assert!(e.to_string().contains("wrong remote key"), "{e}");
-    std::fs::write(dir.join("layout.json"), marker(3, "ab")).unwrap();
+    std::fs::write(dir.join("layout.json"), marker(4, "ab")).unwrap();
     let e = list_volumes(&open(&dir, Some(KEY))).unwrap_err();
     assert!(
         matches!(&e, RemoteError::Refused(m) if m.contains("use a newer btm")),

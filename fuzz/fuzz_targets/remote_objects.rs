@@ -1,19 +1,20 @@
 //! What a bucket returns, from any bytes: payload objects (header, block table, data), record
 //! objects (with the name they were fetched by, so the checks behind the hash run), pointers,
-//! owners and object names, and sealed objects of a keyed store. Nothing may panic; what
-//! decodes must be what was encoded.
+//! owners and object names, sealed objects of a keyed store, and packs with the pack index a
+//! layout-3 record carries. Nothing may panic; what decodes must be what was encoded.
 #![no_main]
 use btm_remote::layout::{
     self, Owner, Pointer, RecordObj, check_volume_name, decode_object_header, parse_hex32,
     parse_pointer_name,
 };
+use btm_remote::pack::{self, PackIndex};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&kind, rest)) = data.split_first() else {
         return;
     };
-    match kind % 4 {
+    match kind % 5 {
         0 => {
             // A payload object: its claimed total length comes from the listing, not the body.
             if rest.len() < 8 {
@@ -33,10 +34,36 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         1 => {
-            let key = RecordObj::key(rest);
-            if let Ok(r) = RecordObj::decode(rest, &key) {
-                assert_eq!(r.encode(), rest);
-                let _ = btm_log::Meta::decode(&r.meta);
+            // Named by the whole object (version 1) or by header and metadata (version 2,
+            // whose pack index follows).
+            for key in [RecordObj::key(rest), RecordObj::key(RecordObj::named_part(rest))] {
+                if let Ok(r) = RecordObj::decode(rest, &key) {
+                    assert_eq!(r.encode(), rest);
+                    let _ = btm_log::Meta::decode(&r.meta);
+                }
+            }
+        }
+        4 => {
+            // A pack index (length-prefixed), then a pack: every entry the index accepts is
+            // read from the pack by range and decoded like a payload object.
+            if rest.len() < 4 {
+                return;
+            }
+            let n = (u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize).min(rest.len() - 4);
+            let (index, pack) = rest[4..].split_at(n);
+            if let Ok(idx) = PackIndex::decode(index) {
+                assert_eq!(idx.encode(), index);
+                for (hash, loc) in idx.locations() {
+                    assert!(loc.offset >= 8 && loc.offset + loc.len <= pack::max_pack_len());
+                    let Some(entry) = pack.get(loc.offset as usize..(loc.offset + loc.len) as usize)
+                    else {
+                        continue;
+                    };
+                    if let Ok(p) = decode_object_header(entry, &hash, entry.len() as u64) {
+                        let stored = entry[entry.len() - p.stored_len as usize..].to_vec();
+                        let _ = btm_log::decode_payload(&p, stored);
+                    }
+                }
             }
         }
         2 => {

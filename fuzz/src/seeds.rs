@@ -92,6 +92,11 @@ fn main() {
     for (i, r) in records.iter().enumerate() {
         put(&corpus, "log_meta", &format!("h{}", r.height), &r.meta);
         let meta = btm_log::Meta::decode(&r.meta).unwrap();
+        let mut pack = btm_remote::pack::PACK_MAGIC.to_vec();
+        let mut idx = btm_remote::pack::PackIndex {
+            packs: vec![[3; 32]],
+            entries: vec![],
+        };
         for (j, e) in meta.extents.iter().enumerate() {
             let MetaExtent::Data { payload: p, .. } = e else {
                 continue;
@@ -111,6 +116,10 @@ fn main() {
                 .to_vec();
             object.extend(layout::object_header(p));
             object.extend_from_slice(stored);
+            let entry = &object[8..];
+            idx.entries
+                .push((p.hash, 0, pack.len() as u64, entry.len() as u32));
+            pack.extend_from_slice(entry);
             let mut obj = vec![0u8];
             obj.extend(object);
             put(&corpus, "remote_objects", &format!("payload-{i}-{j}"), &obj);
@@ -121,10 +130,25 @@ fn main() {
             prev: [7; 32],
             source_hash: [9; 32],
             meta: r.meta.clone(),
+            index: None,
         };
         let mut obj = vec![1u8];
         obj.extend(ro.encode());
         put(&corpus, "remote_objects", &format!("record-{i}"), &obj);
+        // Layout 3: the same record with a pack index, and a pack of its payloads.
+        let packed = RecordObj {
+            index: Some(idx.clone()),
+            ..ro
+        };
+        let mut obj = vec![1u8];
+        obj.extend(packed.encode());
+        put(&corpus, "remote_objects", &format!("record-packed-{i}"), &obj);
+        let index = idx.encode();
+        let mut obj = vec![4u8];
+        obj.extend((index.len() as u32).to_le_bytes());
+        obj.extend(index);
+        obj.extend(pack);
+        put(&corpus, "remote_objects", &format!("pack-{i}"), &obj);
     }
     put(
         &corpus,

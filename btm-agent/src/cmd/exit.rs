@@ -29,13 +29,16 @@ pub enum Code {
     AgentNotRunning,
     /// Another process holds the log or the volume (an agent, a compaction); retry later.
     Locked,
+    /// The offsite store and `--remote-key` do not go together: an encrypted store without
+    /// its key, a plaintext store with one, or another key than the store's.
+    RemoteKey,
     /// Stopped by SIGINT or SIGTERM before it finished (push, replay and rollback resume or
     /// rewrite only what differs when run again).
     Interrupted,
 }
 
 impl Code {
-    pub const ALL: [Code; 8] = [
+    pub const ALL: [Code; 9] = [
         Code::Failure,
         Code::Usage,
         Code::Damage,
@@ -43,6 +46,7 @@ impl Code {
         Code::HeightNotFound,
         Code::AgentNotRunning,
         Code::Locked,
+        Code::RemoteKey,
         Code::Interrupted,
     ];
 
@@ -56,6 +60,8 @@ impl Code {
             Code::HeightNotFound => 67,
             Code::AgentNotRunning => 69,
             Code::Locked => 75,
+            // sysexits' EX_CONFIG: the key given (or not) does not fit the store.
+            Code::RemoteKey => 78,
             Code::Interrupted => 130,
         }
     }
@@ -70,6 +76,7 @@ impl Code {
             Code::HeightNotFound => "height_not_found",
             Code::AgentNotRunning => "agent_not_running",
             Code::Locked => "locked",
+            Code::RemoteKey => "remote_key",
             Code::Interrupted => "interrupted",
         }
     }
@@ -84,6 +91,10 @@ impl Code {
             Code::HeightNotFound => "the height is not recorded, or the log is empty",
             Code::AgentNotRunning => "no agent listens on the socket (status, snapshot)",
             Code::Locked => "another process holds the log or the volume; retry later",
+            Code::RemoteKey => {
+                "the offsite store and --remote-key do not go together (encrypted store, no \
+                 key; plaintext store, a key; another key)"
+            }
             Code::Interrupted => "stopped by SIGINT or SIGTERM before finishing; run it again",
         }
     }
@@ -148,6 +159,7 @@ fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<Code> {
             R::Locked(_) => Some(Code::Locked),
             R::Damaged(_) | R::Missing(_) => Some(Code::Damage),
             R::NotFound(_) => Some(Code::HeightNotFound),
+            R::KeyMismatch(_) => Some(Code::RemoteKey),
             _ => None,
         };
     }
@@ -214,4 +226,24 @@ pub fn help() -> String {
     s += "  Under --json an error is also printed on stdout as \
           {\"v\":1,\"error\":{\"code\":NAME,\"message\":...}}.";
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_that_does_not_fit_the_store_has_its_own_code() {
+        let e = anyhow::Error::new(crate::remote::RemoteError::KeyMismatch("wrong key".into()))
+            .context("listing");
+        assert_eq!(classify(&e), Code::RemoteKey);
+        assert_eq!(
+            (Code::RemoteKey.status(), Code::RemoteKey.name()),
+            (78, "remote_key")
+        );
+        let statuses: std::collections::HashSet<i32> =
+            Code::ALL.iter().map(|c| c.status()).collect();
+        assert_eq!(statuses.len(), Code::ALL.len(), "codes are distinct");
+        assert!(help().contains("remote_key"));
+    }
 }

@@ -135,6 +135,11 @@ pub struct ReplayArgs {
     /// With --remote: keep downloaded records and payloads here (checked again on every use).
     #[arg(long, requires = "remote")]
     pub cache: Option<PathBuf>,
+    /// With --remote: restore set-uid/set-gid bits and ownership by uid/gid 0 as the store
+    /// records them. Without it they are dropped (what root owns goes to the owner of --into):
+    /// whoever can write the bucket could otherwise plant a set-uid root file.
+    #[arg(long, requires = "remote")]
+    pub restore_privileged: bool,
     /// Height to materialise (default: the latest).
     #[arg(long)]
     pub to: Option<u64>,
@@ -157,8 +162,12 @@ pub fn replay(a: ReplayArgs) -> Result<()> {
         ..Default::default()
     };
     if let Some(url) = &a.offsite.remote {
-        let to = (a.to, a.exact);
-        return offsite::replay(&a.offsite, url, to, &a.into, a.cache, &opts, a.json);
+        let remote = a
+            .offsite
+            .open(url)?
+            .with_cache(a.cache)
+            .with_restore_privileged(a.restore_privileged);
+        return offsite::replay(&a.offsite, &remote, (a.to, a.exact), &a.into, &opts, a.json);
     }
     let Some(dir) = a.log.as_ref() else {
         return Err(super::exit::usage(

@@ -25,6 +25,14 @@ pub struct RemoteArgs {
     /// a copy apart from the node: losing the key loses the offsite copy.
     #[arg(long, env = "BTM_REMOTE_KEY_FILE", value_name = "FILE")]
     pub remote_key: Option<PathBuf>,
+    /// Upload at most this many bytes per second to the remote (e.g. 10MiB), averaged over
+    /// requests.
+    #[arg(long, env = "BTM_LIMIT_UPLOAD", value_name = "SIZE", value_parser = super::size::parse_size)]
+    pub limit_upload: Option<u64>,
+    /// Download at most this many bytes per second from the remote (e.g. 10MiB), averaged
+    /// over requests.
+    #[arg(long, env = "BTM_LIMIT_DOWNLOAD", value_name = "SIZE", value_parser = super::size::parse_size)]
+    pub limit_download: Option<u64>,
 }
 
 impl RemoteArgs {
@@ -34,7 +42,9 @@ impl RemoteArgs {
             Some(f) => Some(RemoteKey::load(f)?),
             None => None,
         };
-        Ok(Remote::open(url)?.with_key(key))
+        Ok(Remote::open(url)?
+            .with_key(key)
+            .with_limits(self.limit_upload, self.limit_download))
     }
 }
 
@@ -183,7 +193,8 @@ pub fn push(a: PushArgs) -> Result<()> {
     } else {
         println!(
             "pushed {} to {url} as {:?}: newest height {}, {} records uploaded ({} already there), \
-             {} objects uploaded ({} already there), {} bytes, {} pointers written, {} removed{}",
+             {} objects uploaded ({} already there) in {} packs, {} bytes, {} requests, {} \
+             pointers written, {} removed{}",
             a.log.display(),
             opts.name,
             rep.newest_height.map_or("none".into(), |h| h.to_string()),
@@ -191,7 +202,9 @@ pub fn push(a: PushArgs) -> Result<()> {
             rep.records_present,
             rep.objects_uploaded,
             rep.objects_present,
+            rep.packs_uploaded,
             rep.bytes_uploaded,
+            rep.requests.total(),
             rep.pointers_written,
             rep.pointers_removed,
             if a.verify {
@@ -233,7 +246,8 @@ pub fn prune(a: PruneArgs) -> Result<()> {
     } else {
         println!(
             "{} {url}: {} volumes, {} heights; records kept {} / deleted {}; objects kept {} / \
-             deleted {}; {} bytes freed; {} recent unreferenced objects left",
+             deleted {}; packs kept {} / deleted {}; {} bytes freed; {} recent unreferenced \
+             objects left",
             if a.dry_run { "would prune" } else { "pruned" },
             rep.volumes,
             rep.pointers,
@@ -241,6 +255,8 @@ pub fn prune(a: PruneArgs) -> Result<()> {
             rep.records_deleted,
             rep.objects_kept,
             rep.objects_deleted,
+            rep.packs_kept,
+            rep.packs_deleted,
             rep.bytes_freed,
             rep.recent_left
         );
@@ -278,16 +294,15 @@ pub fn list(r: &RemoteArgs, url: &str, tag: Option<&str>, json: bool) -> Result<
 /// `replay --remote`.
 pub fn replay(
     r: &RemoteArgs,
-    url: &str,
+    remote: &Remote,
     (to, exact): (Option<u64>, bool),
     into: &std::path::Path,
-    cache: Option<PathBuf>,
     opts: &ReplayOptions,
     json: bool,
 ) -> Result<()> {
-    let remote = r.open(url)?.with_cache(cache);
-    let name = remote::resolve_volume(&remote, r.remote_name.as_deref())?;
-    let rep = remote::replay(&remote, &name, to, exact, into, opts)?;
+    let url = remote.url();
+    let name = remote::resolve_volume(remote, r.remote_name.as_deref())?;
+    let rep = remote::replay(remote, &name, to, exact, into, opts)?;
     let kept: Vec<String> = (rep.replay.preserved.iter())
         .filter(|p| !rep.excluded.contains(p))
         .cloned()
@@ -297,13 +312,14 @@ pub fn replay(
     }
     println!(
         "replayed height {} of {:?} from {url} into {}: {} records, {} objects ({}) \
-         downloaded; {}{}",
+         downloaded in {} requests; {}{}",
         rep.height,
         rep.volume,
         into.display(),
         rep.records,
         rep.objects_downloaded,
         super::size::human(rep.bytes_downloaded),
+        rep.requests.total(),
         super::report::replay_summary(&rep.replay),
         super::paths::preserved_text(&kept)
     );

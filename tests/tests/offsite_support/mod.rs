@@ -91,6 +91,29 @@ impl Moto {
         python(&script)
     }
 
+    /// Flips one byte of `needle` inside whichever object under `prefix` holds it (a payload
+    /// inside a pack); returns that object's key.
+    pub fn corrupt_containing(&self, prefix: &str, needle: &[u8]) -> String {
+        let hex: String = needle.iter().map(|b| format!("{b:02x}")).collect();
+        let script = [
+            format!("n = bytes.fromhex('{hex}')"),
+            format!(
+                "for o in s3.list_objects_v2(Bucket='{BUCKET}', Prefix='{prefix}')['Contents']:"
+            ),
+            format!(
+                "    b = bytearray(s3.get_object(Bucket='{BUCKET}', Key=o['Key'])['Body'].read())"
+            ),
+            "    i = b.find(n)".into(),
+            "    if i >= 0:".into(),
+            "        b[i + len(n) // 2] ^= 0xff".into(),
+            format!("        s3.put_object(Bucket='{BUCKET}', Key=o['Key'], Body=bytes(b))"),
+            "        print(o['Key'])".into(),
+            "        break".into(),
+        ]
+        .join("\n");
+        self.boto(&script).trim().to_string()
+    }
+
     /// Flips one byte in the middle of an object, in place on the server.
     pub fn corrupt(&self, key: &str) {
         self.boto(&format!(

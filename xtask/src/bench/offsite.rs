@@ -44,6 +44,8 @@ pub struct OffsiteArgs {
 
 const BUCKET: &str = "btm-bench";
 const BTM_PREFIX: &str = "btm";
+/// The same log pushed with a remote key (encrypted, layout 3 sealed).
+const KEYED_PREFIX: &str = "btm-keyed";
 const RESTIC_PREFIX: &str = "restic";
 const VOLUME_NAME: &str = "bench";
 
@@ -60,8 +62,9 @@ struct Step {
     /// CPU seconds of the tool (user + system) and of the moto server during the step.
     cpu: f64,
     moto_cpu: f64,
-    /// HTTP requests moto served during the step, by method.
+    /// HTTP requests moto served during the step, by method, and their number.
     reqs: String,
+    nreqs: u64,
     note: String,
     /// Row whose time this one is compared with (btm's row for the same thing).
     vs: Option<usize>,
@@ -75,6 +78,7 @@ struct Results {
     checks: Vec<String>,
     log_bytes: u64,
     btm_remote: (u64, u64),
+    keyed_remote: (u64, u64),
     restic_remote: (u64, u64),
     secs_total: f64,
 }
@@ -194,8 +198,9 @@ impl Moto {
         std::fs::metadata(&self.log).map_or(0, |m| m.len())
     }
 
-    /// Requests logged after byte `from` of the log, by method ("PUT 12, HEAD 3").
-    fn requests_since(&self, from: u64) -> String {
+    /// Requests logged after byte `from` of the log, by method ("PUT 12, HEAD 3"), and their
+    /// number.
+    fn requests_since(&self, from: u64) -> (String, u64) {
         let log = std::fs::read(&self.log).unwrap_or_default();
         let tail = String::from_utf8_lossy(log.get(from as usize..).unwrap_or_default());
         let mut by: std::collections::BTreeMap<&str, u64> = Default::default();
@@ -204,10 +209,12 @@ impl Moto {
                 *by.entry(m).or_default() += 1;
             }
         }
-        by.iter()
+        let text = by
+            .iter()
             .map(|(m, n)| format!("{m} {n}"))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", ");
+        (text, by.values().sum())
     }
 
     /// Runs `c` timed, with the loopback bytes, CPU and requests it caused; fails with its
@@ -215,11 +222,13 @@ impl Moto {
     fn timed(&self, c: &mut Command) -> Result<(f64, Probe, String)> {
         let (lo0, cpu0, mcpu0, log0) = (lo_bytes(), children_cpu(), self.cpu(), self.log_len());
         let (secs, out) = tools::timed(c)?;
+        let (reqs, nreqs) = self.requests_since(log0);
         let p = Probe {
             lo: lo_bytes().saturating_sub(lo0),
             cpu: children_cpu() - cpu0,
             moto_cpu: self.cpu() - mcpu0,
-            reqs: self.requests_since(log0),
+            reqs,
+            nreqs,
         };
         Ok((secs, p, out))
     }
@@ -288,21 +297,11 @@ struct Probe {
     cpu: f64,
     moto_cpu: f64,
     reqs: String,
+    nreqs: u64,
 }
 
 fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
-}
-
-/// The number after `key` in `s`.
-fn num_after(s: &str, key: &str) -> Option<u64> {
-    s.split(key)
-        .nth(1)?
-        .trim_start()
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// `diff -rq --no-dereference a b`: None when equal, else the first lines of the difference.
@@ -332,6 +331,8 @@ struct Ctx<'a> {
     moto: &'a Moto,
     log: PathBuf,
     remote: String,
+    /// The keyed copy: its URL and key file.
+    keyed: (String, PathBuf),
 }
 
 impl Ctx<'_> {
@@ -347,18 +348,31 @@ impl Ctx<'_> {
         c
     }
 
-    fn push(&self, what: &str) -> Result<Step> {
-        let (secs, pr, out) = self.moto.timed(
-            self.btm()
-                .args(["push", "--json", "--log"])
-                .arg(&self.log)
-                .args(["--remote", &self.remote, "--remote-name", VOLUME_NAME]),
-        )?;
+    /// `btm VERB`, with `--remote-key` when `keyed`, and the URL to use.
+    fn btm_at(&self, verb: &[&str], keyed: bool) -> (Command, &str) {
+        let mut c = self.btm();
+        c.args(verb);
+        if keyed {
+            c.arg("--remote-key").arg(&self.keyed.1);
+            (c, &self.keyed.0)
+        } else {
+            (c, &self.remote)
+        }
+    }
+
+    fn push(&self, what: &str, keyed: bool) -> Result<Step> {
+        let (mut c, url) = self.btm_at(&["push", "--json"], keyed);
+        let (secs, pr, out) = self.moto.timed(c.args(["--log"]).arg(&self.log).args([
+            "--remote",
+            url,
+            "--remote-name",
+            VOLUME_NAME,
+        ]))?;
         let v: Value = serde_json::from_str(&out[out.find('{').context("push printed no JSON")?..])
             .context("push JSON")?;
         let u = |k: &str| v[k].as_u64().unwrap_or(0);
         Ok(Step {
-            tool: "btm",
+            tool: if keyed { "btm keyed" } else { "btm" },
             what: what.into(),
             secs,
             bytes: u("bytes_uploaded"),
@@ -366,10 +380,13 @@ impl Ctx<'_> {
             cpu: pr.cpu,
             moto_cpu: pr.moto_cpu,
             reqs: pr.reqs.clone(),
+            nreqs: pr.nreqs,
             note: format!(
-                "push: {} records, {} objects uploaded ({} already there), newest height {}",
+                "push: {} records, {} objects uploaded in {} packs ({} already there), newest \
+                 height {}",
                 u("records_uploaded"),
                 u("objects_uploaded"),
+                u("packs_uploaded"),
                 u("objects_present"),
                 v["newest_height"]
             ),
@@ -399,6 +416,7 @@ impl Ctx<'_> {
             cpu: pr.cpu,
             moto_cpu: pr.moto_cpu,
             reqs: pr.reqs.clone(),
+            nreqs: pr.nreqs,
             note: format!(
                 "backup: repo grew by {} objects; restic's data_added {}",
                 after.1.saturating_sub(before.1),
@@ -408,42 +426,33 @@ impl Ctx<'_> {
         })
     }
 
-    fn replay(&self, what: &str, height: u64, into: &Path) -> Result<Step> {
+    fn replay(&self, what: &str, height: u64, into: &Path, keyed: bool) -> Result<Step> {
+        let (mut c, url) = self.btm_at(&["replay"], keyed);
         let (secs, pr, out) = self.moto.timed(
-            self.btm()
-                .args([
-                    "replay",
-                    "--remote",
-                    &self.remote,
-                    "--remote-name",
-                    VOLUME_NAME,
-                ])
-                .args(["--exact", "--to", &height.to_string(), "--into"])
+            c.args(["--remote", url, "--remote-name", VOLUME_NAME])
+                .args(["--json", "--exact", "--to", &height.to_string(), "--into"])
                 .arg(into),
         )?;
-        // "... into DIR: N records, M objects (B bytes) downloaded; ReplayStats { .. }"
-        let down = out.split(" downloaded;").next().unwrap_or_default();
-        let down = down.rsplit_once(": ").map_or(down, |(_, r)| r);
-        let records: u64 = down
-            .split_whitespace()
-            .next()
-            .and_then(|x| x.parse().ok())
-            .unwrap_or(0);
-        let objects = num_after(down, "records, ").unwrap_or(0);
-        let bytes = num_after(down, "(").unwrap_or(0);
+        let v: Value =
+            serde_json::from_str(&out[out.find('{').context("replay printed no JSON")?..])
+                .context("replay JSON")?;
+        let u = |k: &str| v[k].as_u64().unwrap_or(0);
         Ok(Step {
-            tool: "btm",
+            tool: if keyed { "btm keyed" } else { "btm" },
             what: what.into(),
             secs,
-            bytes,
+            bytes: u("bytes_downloaded"),
             lo: pr.lo,
             cpu: pr.cpu,
             moto_cpu: pr.moto_cpu,
             reqs: pr.reqs.clone(),
+            nreqs: pr.nreqs,
             note: format!(
-                "replay: {records} records, {objects} objects downloaded; {} written, {} compared",
-                mib(num_after(&out, "bytes_written:").unwrap_or(0)),
-                mib(num_after(&out, "bytes_compared:").unwrap_or(0))
+                "replay: {} records, {} objects downloaded; {} written, {} compared",
+                u("records"),
+                u("objects_downloaded"),
+                mib(v["replay"]["bytes_written"].as_u64().unwrap_or(0)),
+                mib(v["replay"]["bytes_compared"].as_u64().unwrap_or(0))
             ),
             vs: None,
         })
@@ -485,7 +494,20 @@ fn measure(a: &OffsiteArgs, bin: &Path) -> Result<Results> {
         moto: &moto,
         log: dir.join("log"),
         remote: format!("s3://{BUCKET}/{BTM_PREFIX}"),
+        keyed: (
+            format!("s3://{BUCKET}/{KEYED_PREFIX}"),
+            dir.join("remote.key"),
+        ),
     };
+    tools::sh(
+        bin.to_str().context("agent path")?,
+        &[
+            "remote-key",
+            "generate",
+            "--out",
+            cx.keyed.1.to_str().context("key path")?,
+        ],
+    )?;
     let mut init = cx.restic();
     tools::timed(init.args(["init", "-q"])).context("restic init")?;
 
@@ -494,7 +516,7 @@ fn measure(a: &OffsiteArgs, bin: &Path) -> Result<Results> {
     let push_step = |steps: &mut Vec<Step>, height: u64, what: &str| -> Result<()> {
         let (cut_secs, rep) = agent.cut(height)?;
         let stored = rep["stored_bytes"].as_u64().unwrap_or(0);
-        let mut p = cx.push(what)?;
+        let mut p = cx.push(what, false)?;
         write!(
             p.note,
             "; the cut before it (local, not offsite) took {cut_secs:.2} s and stored {}",
@@ -511,6 +533,10 @@ fn measure(a: &OffsiteArgs, bin: &Path) -> Result<Results> {
             mib(b.bytes)
         );
         steps.push(b);
+        // The same log to a keyed store: what encryption costs.
+        let mut k = cx.push(what, true)?;
+        k.vs = Some(i);
+        steps.push(k);
         Ok(())
     };
 
@@ -535,7 +561,7 @@ fn measure(a: &OffsiteArgs, bin: &Path) -> Result<Results> {
     // Full restore of the last height into empty directories.
     let what = format!("restore h{height} into an empty dir");
     let btm_dir = dir.join("restore-btm");
-    let s = cx.replay(&what, height, &btm_dir)?;
+    let s = cx.replay(&what, height, &btm_dir, false)?;
     match tree_diff(&xfs.mnt, &btm_dir) {
         None => r.checks.push(format!(
             "btm replay of h{height} from moto == volume (diff -r)"
@@ -582,6 +608,7 @@ fn measure(a: &OffsiteArgs, bin: &Path) -> Result<Results> {
         cpu: pr.cpu,
         moto_cpu: pr.moto_cpu,
         reqs: pr.reqs.clone(),
+        nreqs: pr.nreqs,
         note: format!(
             "restore latest: restic reports no byte count, so bytes are the loopback traffic \
              (whole pack files); the snapshot's blobs as stored are {} (`restic stats --mode \
@@ -592,15 +619,33 @@ fn measure(a: &OffsiteArgs, bin: &Path) -> Result<Results> {
     });
     let _ = std::fs::remove_dir_all(&restic_dir);
     let _ = std::fs::remove_dir_all(&btm_dir);
+    let keyed_dir = dir.join("restore-keyed");
+    let mut s = cx.replay(&what, height, &keyed_dir, true)?;
+    s.vs = Some(i);
+    match tree_diff(&xfs.mnt, &keyed_dir) {
+        None => r.checks.push(format!(
+            "btm keyed replay of h{height} from moto == volume (diff -r)"
+        )),
+        Some(d) => r.checks.push(format!(
+            "MISMATCH btm keyed replay of h{height} vs volume: {d}"
+        )),
+    }
+    steps.push(s);
+    let _ = std::fs::remove_dir_all(&keyed_dir);
 
     // Differential restore: the last height into a tree restored at the baseline.
     let stale = dir.join("restore-stale");
-    let mut s = cx.replay(&format!("restore h{base} into an empty dir"), base, &stale)?;
+    let mut s = cx.replay(
+        &format!("restore h{base} into an empty dir"),
+        base,
+        &stale,
+        false,
+    )?;
     s.note
         .push_str(" (prepares the stale tree for the next row)");
     steps.push(s);
     let what = format!("restore h{height} into the h{base} tree");
-    let s = cx.replay(&what, height, &stale)?;
+    let s = cx.replay(&what, height, &stale, false)?;
     match tree_diff(&xfs.mnt, &stale) {
         None => r.checks.push(format!(
             "btm differential replay h{base} -> h{height} from moto == volume (diff -r)"
@@ -619,6 +664,7 @@ fn measure(a: &OffsiteArgs, bin: &Path) -> Result<Results> {
 
     r.log_bytes = tools::tree_bytes(&cx.log);
     r.btm_remote = moto.usage(BTM_PREFIX)?;
+    r.keyed_remote = moto.usage(KEYED_PREFIX)?;
     r.restic_remote = moto.usage(RESTIC_PREFIX)?;
     r.steps = steps;
     drop(moto);
@@ -703,7 +749,9 @@ fn render(a: &OffsiteArgs, r: &Results, root: &Path) -> String {
          \"loopback\" is every byte (both directions, HTTP included) on `lo` during the step \
          (the machine is shared: it may include others' loopback traffic); \
          \"CPU\" is user + system seconds of the tool's process and of moto during the step, and \
-         the requests are those moto logged during it.\n",
+         the requests are those moto logged during it. Rows \"btm keyed\" push the same log \
+         to `s3://{BUCKET}/{KEYED_PREFIX}` with a remote key (objects sealed, names keyed, \
+         pointers signed) and restore from it; their ratio is to btm's plaintext row.\n",
         mib(r.tree_bytes),
         a.change_pct,
         mib(r.changed)
@@ -738,20 +786,111 @@ fn render(a: &OffsiteArgs, r: &Results, root: &Path) -> String {
     }
     let _ = writeln!(
         s,
-        "\nAt the end: the local btm log is {}; on the server btm holds {} in {} objects, restic \
-         {} in {} objects. Whole run: {:.0} s.\n",
+        "\nAt the end: the local btm log is {}; on the server btm holds {} in {} objects ({} in \
+         {} with a remote key), restic {} in {} objects. Whole run: {:.0} s.\n",
         mib(r.log_bytes),
         mib(r.btm_remote.0),
         r.btm_remote.1,
+        mib(r.keyed_remote.0),
+        r.keyed_remote.1,
         mib(r.restic_remote.0),
         r.restic_remote.1,
         r.secs_total
     );
+    let _ = writeln!(s, "{}", per_height(r));
     let _ = writeln!(s, "Checks:\n");
     for c in &r.checks {
         let _ = writeln!(s, "- {c}");
     }
     let _ = writeln!(s, "\n{}", conclusion(r));
+    s
+}
+
+/// btm's incremental pushes before packs (layout 1), from BENCHMARKS-offsite.md at commit
+/// 6291858 (same data set and defaults): requests, payload bytes, loopback bytes and seconds per
+/// height (the average of h2..h4), and the full restore of h4 (seconds, GETs).
+const BEFORE_PACKS: (f64, f64, f64, f64) = (2604.0, 8.43, 11.9, 5.62);
+const BEFORE_PACKS_RESTORE: (f64, f64) = (11.16, 4856.0);
+
+/// Requests and bytes per incremental height for btm and restic, against btm before packs, and
+/// the goals of issue 18 with verdicts.
+fn per_height(r: &Results) -> String {
+    let avg = |tool: &str| -> (f64, f64, f64, f64) {
+        let st: Vec<&Step> = r
+            .steps
+            .iter()
+            .filter(|s| s.tool == tool && s.what.starts_with("incremental"))
+            .collect();
+        let n = st.len().max(1) as f64;
+        let m = (1u64 << 20) as f64;
+        (
+            st.iter().map(|s| s.nreqs as f64).sum::<f64>() / n,
+            st.iter().map(|s| s.bytes as f64 / m).sum::<f64>() / n,
+            st.iter().map(|s| s.lo as f64 / m).sum::<f64>() / n,
+            st.iter().map(|s| s.secs).sum::<f64>() / n,
+        )
+    };
+    let (b, rs) = (avg("btm"), avg("restic"));
+    let mut s = String::from(
+        "Per incremental height (averages):\n\n| | requests | bytes sent | loopback | time |\n\
+         |---|---:|---:|---:|---:|\n",
+    );
+    for (name, x) in [
+        ("btm, packs (this run)", b),
+        ("btm before packs (layout 1, commit 6291858)", BEFORE_PACKS),
+        ("restic (this run)", rs),
+    ] {
+        let _ = writeln!(
+            s,
+            "| {name} | {:.0} | {:.2} MiB | {:.2} MiB | {:.2} s |",
+            x.0, x.1, x.2, x.3
+        );
+    }
+    let last = 1 + r
+        .steps
+        .iter()
+        .filter(|s| s.tool == "btm" && s.what.starts_with("incremental"))
+        .count();
+    let what = format!("restore h{last} into an empty dir");
+    let full = |tool: &str| {
+        r.steps
+            .iter()
+            .find(|s| s.tool == tool && s.what == what)
+            .map(|s| (s.secs, s.lo, s.nreqs))
+    };
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let _ = writeln!(
+        s,
+        "\nGoals (issue 18):\n\n- requests per height at most 1/50 of before packs ({:.0}): \
+         {:.0}, {:.0}x fewer: {}\n- no more bytes per height than before packs, as stored \
+         ({:.2} MiB; packs add a 48-byte index row per payload): {:.2} MiB: {}\n- no more \
+         bytes per height than before packs, on the wire (loopback, {:.2} MiB): {:.2} MiB: {}",
+        BEFORE_PACKS.0 / 50.0,
+        b.0,
+        BEFORE_PACKS.0 / b.0.max(1.0),
+        verdict(b.0 * 50.0 <= BEFORE_PACKS.0),
+        BEFORE_PACKS.1,
+        b.1,
+        verdict(b.1 <= BEFORE_PACKS.1),
+        BEFORE_PACKS.2,
+        b.2,
+        verdict(b.2 <= BEFORE_PACKS.2),
+    );
+    if let (Some(bt), Some(rt)) = (full("btm"), full("restic")) {
+        let _ = writeln!(
+            s,
+            "- full restore faster than restic's, in time and in bytes (loopback): {:.2} s vs {:.2} s, \
+             {} vs {} ({} requests; before packs {:.2} s and {:.0} GETs): {}",
+            bt.0,
+            rt.0,
+            mib(bt.1),
+            mib(rt.1),
+            bt.2,
+            BEFORE_PACKS_RESTORE.0,
+            BEFORE_PACKS_RESTORE.1,
+            verdict(bt.0 < rt.0 && bt.1 < rt.1),
+        );
+    }
     s
 }
 
