@@ -75,7 +75,7 @@ pub use replay::{PayloadSource, ReplayOptions, ReplayStats, refuse_inside, repla
 pub use state::{FileState, Node, Piece, TreeState};
 pub use verify::VerifyReport;
 
-use format::{REC_HEADER_LEN, REC_MAGIC, RecHeader};
+use format::RecHeader;
 // The record-level API the offsite layer (`btm-remote`) and the fuzz targets build on: a record's
 // metadata, its own stored payloads, the checks a payload must pass and its block table.
 pub use format::{Meta, MetaExtent, block_table, table_len};
@@ -633,35 +633,6 @@ impl Log {
     pub fn verify(&self) -> Result<VerifyReport, LogError> {
         verify::verify(self)
     }
-}
-
-/// Looks for a decodable record header at or after `from` (before `end`).
-fn valid_header_after(file: &File, from: u64, end: u64) -> bool {
-    const CHUNK: usize = 1 << 20;
-    let mut at = from;
-    let mut buf = vec![0u8; CHUNK];
-    while at + REC_HEADER_LEN <= end {
-        let n = CHUNK.min((end - at) as usize);
-        if file.read_exact_at(&mut buf[..n], at).is_err() {
-            return false;
-        }
-        let mut i = 0;
-        while let Some(k) = buf[i..n].windows(8).position(|w| w == REC_MAGIC) {
-            let q = at + (i + k) as u64;
-            if q + REC_HEADER_LEN <= end {
-                let mut hb = [0u8; REC_HEADER_LEN as usize];
-                if file.read_exact_at(&mut hb, q).is_ok() && RecHeader::decode(&hb).is_ok() {
-                    return true;
-                }
-            }
-            i += k + 1;
-        }
-        if n < CHUNK {
-            break;
-        }
-        at += (n - 7) as u64;
-    }
-    false
 }
 
 /// Why [`pick_height`] found no height.
