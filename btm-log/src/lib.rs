@@ -44,6 +44,7 @@ mod format;
 mod meta;
 mod open;
 mod payload;
+mod pieces;
 mod record;
 mod replay;
 mod state;
@@ -67,6 +68,7 @@ pub use compact::{CompactReport, DROPPED_FILE, Prepared, record_dropped};
 pub use error::LogError;
 pub use format::{Codec, FORMAT_VERSION, PayloadRef};
 pub use payload::{check_payload, decode_payload};
+pub use pieces::PieceMap;
 pub use record::{
     CutRecord, Entry, ExtentBytes, ExtentData, FileId, NsOp, RelPath, check_path,
     check_symlink_target, display_path,

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::error::LogError;
 use super::format::{MetaExtent, PayloadRef};
+use super::pieces::PieceMap;
 use super::record::{
     Entry, FileId, NsOp, RelPath, check_path, check_symlink_target, display_path, parent_of,
 };
@@ -42,7 +43,7 @@ pub struct FileState {
     /// Number of paths that name this file.
     pub nlink: u32,
     /// Start offset -> piece; pieces never overlap and all lie below `size`.
-    pub pieces: BTreeMap<u64, Piece>,
+    pub pieces: PieceMap,
 }
 
 impl FileState {
@@ -282,7 +283,7 @@ impl TreeState {
                                         gid: 0,
                                         size: 0,
                                         nlink: 0,
-                                        pieces: BTreeMap::new(),
+                                        pieces: PieceMap::new(),
                                     });
                                     f.nlink += 1;
                                     (f.mode, f.uid, f.gid) = (*mode, *uid, *gid);
@@ -379,7 +380,7 @@ mod tests {
             gid: 0,
             size: 100,
             nlink: 1,
-            pieces: BTreeMap::new(),
+            pieces: PieceMap::new(),
         };
         f.pieces.insert(
             0,
