@@ -3,11 +3,13 @@
 //!
 //! Why not a `BTreeMap`: its first leaf reserves room for 11 entries, about 1 KiB, and most files
 //! of a node's data directory have one piece (10^6 files cost 1 GiB in the log's tip state, and
-//! compaction holds copies). Few pieces are kept in a sorted `Vec` grown one step at a time, so
-//! a one-piece file costs the piece itself. A file with many pieces (a mmap'd database file can
-//! have millions of 4 KiB ones) moves to a `BTreeMap` above [`LARGE`] pieces, so an insert in the
-//! middle stays O(log n) instead of moving the tail of a long `Vec`; it moves back below [`SMALL`].
-//! Which of the two holds the pieces is invisible: equality, order and iteration are the map's.
+//! compaction holds copies). Few pieces are kept in a sorted boxed slice of exactly their number,
+//! so a one-piece file costs the piece itself; the map is 16 bytes (a `Vec` or a `BTreeMap` would
+//! be 24, and every inode of the state's file table carries one). A file with many pieces (a
+//! mmap'd database file can have millions of 4 KiB ones) moves to a `BTreeMap` above [`LARGE`]
+//! pieces, so an insert in the middle stays O(log n) instead of moving the tail of a long slice;
+//! it moves back at [`SMALL`]. Which of the two holds the pieces is invisible: equality, order and
+//! iteration are the map's.
 
 use std::collections::{BTreeMap, btree_map};
 use std::fmt;
@@ -15,8 +17,8 @@ use std::ops::{Bound, RangeBounds};
 
 use super::state::Piece;
 
-/// Above this many pieces, a file's pieces move to a `BTreeMap` (a sorted insert then moves at
-/// most this many 96-byte entries).
+/// Above this many pieces, a file's pieces move to a `BTreeMap` (a sorted insert into the slice
+/// then copies at most this many 96-byte entries).
 pub const LARGE: usize = 64;
 /// At or below this many, they move back to a `Vec` (well below [`LARGE`], so a file hovering
 /// around the limit does not move back and forth).
@@ -27,15 +29,19 @@ pub const SMALL: usize = 16;
 pub struct PieceMap(Repr);
 
 #[derive(Clone)]
+#[allow(clippy::box_collection)] // The box is the point: see `Large`.
 enum Repr {
-    /// Sorted by start, unique starts, at most [`LARGE`] entries.
-    Small(Vec<(u64, Piece)>),
-    Large(BTreeMap<u64, Piece>),
+    /// Sorted by start, unique starts, at most [`LARGE`] entries, no spare room.
+    Small(Box<[(u64, Piece)]>),
+    /// Boxed: keeps the map at 16 bytes (a file with many pieces pays 24 more).
+    Large(Box<BTreeMap<u64, Piece>>),
 }
+
+const _: () = assert!(std::mem::size_of::<PieceMap>() == 16);
 
 impl Default for Repr {
     fn default() -> Self {
-        Repr::Small(Vec::new())
+        Repr::Small(Box::default())
     }
 }
 
@@ -67,43 +73,42 @@ impl PieceMap {
 
     /// Puts `piece` at `start`, returning the piece it replaces (as `BTreeMap::insert`).
     pub fn insert(&mut self, start: u64, piece: Piece) -> Option<Piece> {
-        let v = match &mut self.0 {
-            Repr::Small(v) => v,
+        let b = match &mut self.0 {
+            Repr::Small(b) => b,
             Repr::Large(m) => return m.insert(start, piece),
         };
-        let i = match v.binary_search_by_key(&start, |e| e.0) {
-            Ok(i) => return Some(std::mem::replace(&mut v[i].1, piece)),
+        let i = match b.binary_search_by_key(&start, |e| e.0) {
+            Ok(i) => return Some(std::mem::replace(&mut b[i].1, piece)),
             Err(i) => i,
         };
+        let mut v = std::mem::take(b).into_vec();
         if v.len() == LARGE {
-            let mut m: BTreeMap<u64, Piece> = std::mem::take(v).into_iter().collect();
+            let mut m: BTreeMap<u64, Piece> = v.into_iter().collect();
             m.insert(start, piece);
-            self.0 = Repr::Large(m);
+            self.0 = Repr::Large(Box::new(m));
             return None;
         }
-        if v.len() == v.capacity() {
-            // Doubling from one (a one-piece file holds exactly one), never past LARGE.
-            v.reserve_exact(v.len().clamp(1, LARGE - v.len()));
-        }
+        // Exactly one more (a realloc, often in place): at most LARGE entries are copied.
+        v.reserve_exact(1);
         v.insert(i, (start, piece));
+        *b = v.into_boxed_slice();
         None
     }
 
     /// Takes out the piece at `start` (as `BTreeMap::remove`).
     pub fn remove(&mut self, start: &u64) -> Option<Piece> {
         match &mut self.0 {
-            Repr::Small(v) => {
-                let i = v.binary_search_by_key(start, |e| e.0).ok()?;
+            Repr::Small(b) => {
+                let i = b.binary_search_by_key(start, |e| e.0).ok()?;
+                let mut v = std::mem::take(b).into_vec();
                 let (_, p) = v.remove(i);
-                if v.len() <= v.capacity() / 4 {
-                    v.shrink_to_fit();
-                }
+                *b = v.into_boxed_slice();
                 Some(p)
             }
             Repr::Large(m) => {
                 let p = m.remove(start)?;
                 if m.len() <= SMALL {
-                    self.0 = Repr::Small(std::mem::take(m).into_iter().collect());
+                    self.0 = Repr::Small(std::mem::take(&mut **m).into_iter().collect());
                 }
                 Some(p)
             }
