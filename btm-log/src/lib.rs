@@ -38,6 +38,7 @@
 mod append;
 mod check;
 mod compact;
+mod dedup;
 pub mod dirfd;
 mod error;
 mod format;
@@ -58,7 +59,7 @@ pub mod testing;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -221,7 +222,7 @@ pub struct Log {
     max_file_id: Option<FileId>,
     torn_tail: Option<TornTail>,
     /// Append mode: blake3 of raw bytes -> where that payload is stored.
-    dedup: HashMap<[u8; 32], PayloadRef>,
+    dedup: dedup::DedupIndex,
     /// Append mode: the state at the last height (built on first append).
     tip: Option<TreeState>,
     /// Heights removed by retention (`LOGDIR/dropped`): hidden from list, resolve and replay;
@@ -394,7 +395,7 @@ impl Log {
             records: Vec::new(),
             max_file_id: None,
             torn_tail: None,
-            dedup: HashMap::new(),
+            dedup: dedup::DedupIndex::default(),
             tip: None,
             dropped: BTreeSet::new(),
             poisoned: None,

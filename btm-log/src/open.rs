@@ -322,7 +322,7 @@ impl Log {
                     && p.offset >= ps
                     && p.offset < pe
                 {
-                    self.dedup.entry(p.hash).or_insert(*p);
+                    self.dedup.add(p);
                 }
             }
         }
