@@ -1,9 +1,9 @@
 //! What the log's folded state costs per file and per piece (issue 14: bounded agent memory).
 //!
-//! `state_mem build DIR [FILES] [PIECES]` writes a log through the real [`Log`] API: FILES files
-//! of one 4 KiB piece each (1,000 per directory, heights of 100,000 files), then one file of
-//! PIECES 4 KiB pieces, then a height of PIECES/100 writes half a block off (each splits a
-//! piece in the middle of the map).
+//! `state_mem build DIR [FILES] [PIECES [shuffled]]` writes a log through the real [`Log`] API:
+//! FILES files of one 4 KiB piece each (1,000 per directory, heights of 100,000 files), then one
+//! file of PIECES 4 KiB pieces (in offset order, or shuffled), then a height of PIECES/100 writes
+//! half a block off (each splits a piece in the middle of the map).
 //! `state_mem measure DIR` opens it and reports the heap the folded state takes (a counting
 //! allocator: bytes asked for, allocations, plus VmRSS/VmHWM from /proc), the time to open the
 //! log, fold it, and append one more small height. The log's format does not depend on the
@@ -105,7 +105,7 @@ fn block(tag: u64) -> Vec<u8> {
     b
 }
 
-fn build(dir: &Path, files: u64, pieces: u64) {
+fn build(dir: &Path, files: u64, pieces: u64, shuffled: bool) {
     let opts = LogOptions {
         compress_threads: 2,
         ..LogOptions::default()
@@ -151,20 +151,29 @@ fn build(dir: &Path, files: u64, pieces: u64) {
     }
     eprintln!("{files} files in {} heights: {:?}", height - 1, t.elapsed());
     if pieces > 0 {
-        // One file of `pieces` 4 KiB pieces (extents in order: the appender's `Unchanged::cover`
-        // sorts its ranges on every out-of-order extent), then a height of scattered writes
-        // half a block off, each splitting a piece in the middle of the map.
+        // One file of `pieces` 4 KiB pieces, then a height of scattered writes half a block
+        // off, each splitting a piece in the middle of the map.
         let t = Instant::now();
         let mut d = log.begin(height).expect("begin");
-        let ops = vec![
+        let mut ops = if files == 0 {
+            vec![dir_op(b"chaindata")]
+        } else {
+            Vec::new()
+        };
+        ops.extend([
             file_op(b"chaindata/state.mdbx", BIG),
             NsOp::SetSize {
                 id: BIG,
                 size: pieces * BLOCK as u64,
             },
-        ];
+        ]);
         d.sizes_from(&ops);
-        for slot in 0..pieces {
+        // In offset order, or (`shuffled`) in an order that jumps around the file.
+        let step = (pieces * 5 / 8..)
+            .find(|&s| gcd(s, pieces) == 1)
+            .unwrap_or(1);
+        for k in 0..pieces {
+            let slot = if shuffled { k * step % pieces } else { k };
             d.extent(ExtentData {
                 id: BIG,
                 offset: slot * BLOCK as u64,
@@ -189,6 +198,10 @@ fn build(dir: &Path, files: u64, pieces: u64) {
         d.commit(height, Vec::new()).expect("commit");
         eprintln!("{writes} scattered writes into it: {:?}", t.elapsed());
     }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 fn report(what: &str, before: (usize, usize), after: (usize, usize), n: u64) {
@@ -308,8 +321,15 @@ fn main() {
     let a: Vec<String> = std::env::args().collect();
     let arg = |i: usize, d: u64| a.get(i).map_or(d, |s| s.parse().expect("a number"));
     match a.get(1).map(String::as_str) {
-        Some("build") => build(Path::new(&a[2]), arg(3, 1_000_000), arg(4, 1_000_000)),
+        Some("build") => build(
+            Path::new(&a[2]),
+            arg(3, 1_000_000),
+            arg(4, 1_000_000),
+            a.get(5).is_some_and(|s| s == "shuffled"),
+        ),
         Some("measure") => measure(Path::new(&a[2])),
-        _ => eprintln!("usage: state_mem build DIR [FILES] [PIECES] | state_mem measure DIR"),
+        _ => eprintln!(
+            "usage: state_mem build DIR [FILES] [PIECES [shuffled]] | state_mem measure DIR"
+        ),
     }
 }
