@@ -206,12 +206,16 @@ impl Draft<'_> {
 
     fn piece(&mut self, id: FileId, offset: u64, raw: &[u8]) {
         let hash = *blake3::hash(raw).as_bytes();
-        let known = self.log.dedup.get(&hash).or_else(|| self.fresh.get(&hash));
+        let known = self
+            .log
+            .dedup
+            .get(&hash)
+            .or_else(|| self.fresh.get(&hash).copied());
         let row = self.rows.len();
         self.rows.push(MetaExtent::Data {
             id,
             offset,
-            payload: known.copied().unwrap_or(PayloadRef::PLACEHOLDER),
+            payload: known.unwrap_or(PayloadRef::PLACEHOLDER),
         });
         if known.is_none() {
             match self.pending_by_hash.get(&hash) {

@@ -38,6 +38,7 @@
 mod append;
 mod check;
 mod compact;
+mod dedup;
 pub mod dirfd;
 mod error;
 mod format;
@@ -45,6 +46,7 @@ mod globs;
 mod meta;
 mod open;
 mod payload;
+mod pieces;
 mod record;
 mod replay;
 mod state;
@@ -59,7 +61,7 @@ pub mod testing;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -70,6 +72,7 @@ pub use error::LogError;
 pub use format::{Codec, FORMAT_VERSION, PayloadRef};
 pub use globs::PathGlobs;
 pub use payload::{check_payload, decode_payload};
+pub use pieces::PieceMap;
 pub use record::{
     CutRecord, Entry, ExtentBytes, ExtentData, FileId, NsOp, RelPath, check_path,
     check_symlink_target, display_path,
@@ -79,7 +82,7 @@ pub use state::{FileState, Node, Piece, TreeState};
 pub use summary::{FileStored, LogStats};
 pub use verify::VerifyReport;
 
-use format::{REC_HEADER_LEN, REC_MAGIC, RecHeader};
+use format::RecHeader;
 // The record-level API the offsite layer (`btm-remote`) and the fuzz targets build on: a record's
 // metadata, its own stored payloads, the checks a payload must pass and its block table.
 pub use format::{Meta, MetaExtent, block_table, table_len};
@@ -223,7 +226,7 @@ pub struct Log {
     max_file_id: Option<FileId>,
     torn_tail: Option<TornTail>,
     /// Append mode: blake3 of raw bytes -> where that payload is stored.
-    dedup: HashMap<[u8; 32], PayloadRef>,
+    dedup: dedup::DedupIndex,
     /// Append mode: the state at the last height (built on first append).
     tip: Option<TreeState>,
     /// Heights removed by retention (`LOGDIR/dropped`): hidden from list, resolve and replay;
@@ -396,7 +399,7 @@ impl Log {
             records: Vec::new(),
             max_file_id: None,
             torn_tail: None,
-            dedup: HashMap::new(),
+            dedup: dedup::DedupIndex::default(),
             tip: None,
             dropped: BTreeSet::new(),
             poisoned: None,
@@ -637,35 +640,6 @@ impl Log {
     pub fn verify(&self) -> Result<VerifyReport, LogError> {
         verify::verify(self)
     }
-}
-
-/// Looks for a decodable record header at or after `from` (before `end`).
-fn valid_header_after(file: &File, from: u64, end: u64) -> bool {
-    const CHUNK: usize = 1 << 20;
-    let mut at = from;
-    let mut buf = vec![0u8; CHUNK];
-    while at + REC_HEADER_LEN <= end {
-        let n = CHUNK.min((end - at) as usize);
-        if file.read_exact_at(&mut buf[..n], at).is_err() {
-            return false;
-        }
-        let mut i = 0;
-        while let Some(k) = buf[i..n].windows(8).position(|w| w == REC_MAGIC) {
-            let q = at + (i + k) as u64;
-            if q + REC_HEADER_LEN <= end {
-                let mut hb = [0u8; REC_HEADER_LEN as usize];
-                if file.read_exact_at(&mut hb, q).is_ok() && RecHeader::decode(&hb).is_ok() {
-                    return true;
-                }
-            }
-            i += k + 1;
-        }
-        if n < CHUNK {
-            break;
-        }
-        at += (n - 7) as u64;
-    }
-    false
 }
 
 /// Why [`pick_height`] found no height.

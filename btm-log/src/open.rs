@@ -6,12 +6,12 @@ use std::path::Path;
 
 use super::check;
 use super::format::{
-    self, FORMAT_VERSION, HeaderError, REC_HEADER_LEN, RecHeader, SEG_HEADER_LEN, SegHeader,
-    TRAILER_LEN, Trailer,
+    self, FORMAT_VERSION, HeaderError, REC_HEADER_LEN, REC_MAGIC, RecHeader, SEG_HEADER_LEN,
+    SegHeader, TRAILER_LEN, Trailer,
 };
 use super::{
     HeightInfo, Log, LogError, Meta, MetaExtent, RecordLoc, Segment, TornTail, compact, data_bytes,
-    files_changed, fsync_dir, meta_ids, parse_seg_name, seg_name, valid_header_after,
+    files_changed, fsync_dir, meta_ids, parse_seg_name, seg_name,
 };
 
 pub(super) enum RecErr {
@@ -322,7 +322,7 @@ impl Log {
                     && p.offset >= ps
                     && p.offset < pe
                 {
-                    self.dedup.entry(p.hash).or_insert(*p);
+                    self.dedup.add(p);
                 }
             }
         }
@@ -356,4 +356,33 @@ pub(super) fn hash_payload_range(
         at += n as u64;
     }
     Ok(())
+}
+
+/// Looks for a decodable record header at or after `from` (before `end`).
+fn valid_header_after(file: &File, from: u64, end: u64) -> bool {
+    const CHUNK: usize = 1 << 20;
+    let mut at = from;
+    let mut buf = vec![0u8; CHUNK];
+    while at + REC_HEADER_LEN <= end {
+        let n = CHUNK.min((end - at) as usize);
+        if file.read_exact_at(&mut buf[..n], at).is_err() {
+            return false;
+        }
+        let mut i = 0;
+        while let Some(k) = buf[i..n].windows(8).position(|w| w == REC_MAGIC) {
+            let q = at + (i + k) as u64;
+            if q + REC_HEADER_LEN <= end {
+                let mut hb = [0u8; REC_HEADER_LEN as usize];
+                if file.read_exact_at(&mut hb, q).is_ok() && RecHeader::decode(&hb).is_ok() {
+                    return true;
+                }
+            }
+            i += k + 1;
+        }
+        if n < CHUNK {
+            break;
+        }
+        at += (n - 7) as u64;
+    }
+    false
 }

@@ -266,17 +266,14 @@ fn payload_reference_out_of_bounds_refused() {
     log.append(record(1, 1, noise(3, 1000))).unwrap();
     // Forge the dedup index so the next record points at bytes outside every payload section.
     let fake = blake3::hash(&noise(4, 1000));
-    log.dedup.insert(
-        *fake.as_bytes(),
-        PayloadRef {
-            seg: 1,
-            offset: 40,
-            stored_len: 1016,
-            raw_len: 1000,
-            codec: Codec::Raw,
-            hash: *fake.as_bytes(),
-        },
-    );
+    log.dedup.replace(&PayloadRef {
+        seg: 1,
+        offset: 40,
+        stored_len: 1016,
+        raw_len: 1000,
+        codec: Codec::Raw,
+        hash: *fake.as_bytes(),
+    });
     log.append(record(2, 2, noise(4, 1000))).unwrap();
     drop(log);
     let e = Log::open_read(tmp.path()).err().expect("opened");

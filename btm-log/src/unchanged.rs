@@ -14,7 +14,7 @@
 //! come last; [`Unchanged::allows`] then checks that none of them empties a dropped block
 //! (a shrink followed by a larger size, which reads as zeros there).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
 use super::error::LogError;
@@ -33,8 +33,10 @@ const TABLE_CACHE: usize = 32 << 20;
 pub(crate) struct Unchanged {
     /// File id -> a size given up front below which the tip's content survives the ops.
     limit: HashMap<FileId, u64>,
-    /// File id -> byte ranges earlier extents of the record touched (sorted, merged).
-    covered: HashMap<FileId, Vec<(u64, u64)>>,
+    /// File id -> byte ranges earlier extents of the record touched, start -> end, disjoint
+    /// and not touching. A map, not a sorted `Vec`: extents out of offset order (10^6 writes
+    /// scattered over a file) cost O(log n) each, not a sort of every range so far.
+    covered: HashMap<FileId, BTreeMap<u64, u64>>,
     /// File id -> the end of the highest block left out.
     dropped_end: HashMap<FileId, u64>,
     tables: HashMap<PayloadRef, Vec<u8>>,
@@ -59,32 +61,25 @@ impl Unchanged {
         if start >= end {
             return;
         }
-        let v = self.covered.entry(id).or_default();
-        match v.last_mut() {
-            Some(last) if last.0 <= start && start <= last.1 => last.1 = last.1.max(end),
-            Some(last) if last.1 < start => v.push((start, end)),
-            None => v.push((start, end)),
-            Some(_) => {
-                v.push((start, end));
-                v.sort_unstable();
-                let mut merged: Vec<(u64, u64)> = Vec::with_capacity(v.len());
-                for &(s, e) in v.iter() {
-                    match merged.last_mut() {
-                        Some(m) if s <= m.1 => m.1 = m.1.max(e),
-                        _ => merged.push((s, e)),
-                    }
-                }
-                *v = merged;
-            }
+        let m = self.covered.entry(id).or_default();
+        let (mut s, mut e) = (start, end);
+        if let Some((&ps, &pe)) = m.range(..start).next_back()
+            && pe >= start
+        {
+            (s, e) = (ps, e.max(pe));
         }
+        while let Some((&ns, &ne)) = m.range(s..=e).next() {
+            m.remove(&ns);
+            e = e.max(ne);
+        }
+        m.insert(s, e);
     }
 
     fn touched(&self, id: FileId, start: u64, end: u64) -> bool {
-        let Some(v) = self.covered.get(&id) else {
-            return false;
-        };
-        let i = v.partition_point(|r| r.1 <= start);
-        v.get(i).is_some_and(|r| r.0 < end)
+        self.covered
+            .get(&id)
+            .and_then(|m| m.range(..end).next_back())
+            .is_some_and(|(_, &e)| e > start)
     }
 
     /// Whether `ops` (the record's operations) keep every dropped block as the tip has it.
@@ -192,5 +187,58 @@ impl Unchanged {
             return Ok(false);
         };
         Ok(blake3::hash(bytes).as_bytes()[..TABLE_ENTRY as usize] == *want)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::Unchanged;
+
+    /// The sorted-`Vec` ranges this module kept before: the reference.
+    fn cover_vec(v: &mut Vec<(u64, u64)>, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        v.push((start, end));
+        v.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(v.len());
+        for &(s, e) in v.iter() {
+            match merged.last_mut() {
+                Some(m) if s <= m.1 => m.1 = m.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        *v = merged;
+    }
+
+    fn touched_vec(v: &[(u64, u64)], start: u64, end: u64) -> bool {
+        let i = v.partition_point(|r| r.1 <= start);
+        v.get(i).is_some_and(|r| r.0 < end)
+    }
+
+    proptest! {
+        /// Extents in any order cover, merge and answer "touched" as the sorted ranges did.
+        #[test]
+        fn covered_ranges_match_sorted_ranges(
+            covers in proptest::collection::vec((0u64..2000, 0u64..60), 0..200),
+            probes in proptest::collection::vec((0u64..2100, 1u64..80), 1..50),
+        ) {
+            let mut u = Unchanged::default();
+            let mut v = Vec::new();
+            for &(s, n) in &covers {
+                u.cover(7, s, s + n);
+                cover_vec(&mut v, s, s + n);
+                let m: Vec<(u64, u64)> = u.covered.get(&7).map_or(Vec::new(), |m| {
+                    m.iter().map(|(a, b)| (*a, *b)).collect()
+                });
+                prop_assert_eq!(&m, &v);
+            }
+            for &(s, n) in &probes {
+                prop_assert_eq!(u.touched(7, s, s + n), touched_vec(&v, s, s + n));
+                prop_assert!(!u.touched(8, s, s + n));
+            }
+        }
     }
 }
