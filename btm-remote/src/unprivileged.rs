@@ -60,7 +60,7 @@ mod tests {
         st.nodes.insert(
             b"l".to_vec(),
             Node::Symlink {
-                target: b"x".to_vec(),
+                target: Box::new(b"x".to_vec()),
                 uid: 7,
                 gid: 8,
             },
