@@ -51,8 +51,8 @@ const SHARED: &[Shared] = &[
     },
     Shared {
         verb: "verify",
-        keys: &["log"],
-        sources: &[],
+        keys: &["log", "remote_name"],
+        sources: &["log", "remote"],
     },
     Shared {
         verb: "replay",

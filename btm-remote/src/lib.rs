@@ -24,6 +24,7 @@ mod prune;
 mod push;
 mod restore;
 mod unprivileged;
+mod verify;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,6 +42,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 pub use prune::{PruneReport, prune};
 pub use push::{PushOptions, PushReport, push, push_plan};
 pub use restore::{RemoteHeight, RemoteReplay, list_heights, list_volumes, replay, resolve_volume};
+pub use verify::{RemoteVerifyReport, Subset, verify};
 
 /// An open offsite location: the store, the URL's path as prefix, and a runtime to drive the
 /// async client from our synchronous code.

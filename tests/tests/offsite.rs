@@ -169,6 +169,21 @@ fn s3_push_survives_a_dying_server_restores_and_detects_damage() {
         .replay(&remote, 50, &work.path().join("after-damage2"))
         .unwrap_err();
     assert!(e.contains("record object") && e.contains("damaged"), "{e}");
+    // verify --remote finds both without the log (the pack only when its data is read) and
+    // exits 65 (damage).
+    let check = ["verify", "--remote", &remote, "--remote-name", "node1"];
+    let data = [&check[..], &["--read-data-subset", "100%"]].concat();
+    let out = cli.command(&data).output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(65), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(name) && stdout.contains("record object"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("push --verify"), "{stderr}");
     // push --verify finds both and repairs them from the log.
     let mut args = push.to_vec();
     args.push("--verify");
@@ -177,6 +192,9 @@ fn s3_push_survives_a_dying_server_restores_and_detects_damage() {
     let into = work.path().join("repaired");
     cli.replay(&remote, 50, &into).unwrap();
     assert_eq!(hash_tree(&into).unwrap(), states[49].1, "after repair");
+    let v = cli.json(&data);
+    assert_eq!(v["problems"].as_array().map(Vec::len), Some(0), "{v}");
+    assert_eq!(v["payloads_read"], v["payloads"], "{v}");
 }
 
 #[test]

@@ -106,15 +106,72 @@ pub fn list(a: ListArgs) -> Result<()> {
 
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
+    /// The log to verify (or give --remote).
+    // Required unless --remote is given: checked in `verify` (see ReplayArgs::log).
     #[arg(long, env = "BTM_LOG_DIR")]
-    pub log: PathBuf,
+    pub log: Option<PathBuf>,
+    /// Verify an offsite copy instead, without its source log: every pointer and record is
+    /// downloaded and authenticated, every chain followed, and every payload must be on the
+    /// store (all volumes there, or --remote-name's).
+    #[command(flatten)]
+    pub offsite: RemoteArgs,
+    /// With --remote: also download this share of the packs and payload objects and check
+    /// every payload in them against its hash: N/M (run 1/M ... M/M to read everything once
+    /// over M runs) or a percentage (5%). Without it only their presence is checked.
+    #[arg(long, requires = "remote", value_name = "N/M|P%", value_parser = btm_remote::Subset::parse)]
+    pub read_data_subset: Option<btm_remote::Subset>,
     /// Print the report as one JSON object (`"v": 1`); errors too.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn verify(a: VerifyArgs) -> Result<()> {
-    let log = Log::open_read(&a.log)?;
+    if let Some(url) = &a.offsite.remote {
+        let remote = a.offsite.open(url)?;
+        let rep = btm_remote::verify(
+            &remote,
+            a.offsite.remote_name.as_deref(),
+            a.read_data_subset,
+        )?;
+        if a.json {
+            report::print_json(&rep)?;
+        } else {
+            println!(
+                "{url}: {} volumes, {} heights, {} records, {} payloads in {} packs and {} loose \
+                 objects; read {} objects ({}, {} payloads checked) in {} requests",
+                rep.volumes,
+                rep.heights,
+                rep.records,
+                rep.payloads,
+                rep.packs,
+                rep.loose_objects,
+                rep.objects_read,
+                human(rep.bytes_read),
+                rep.payloads_read,
+                rep.requests.total()
+            );
+            for p in &rep.problems {
+                println!("damage: {p}");
+            }
+        }
+        if !rep.problems.is_empty() {
+            return Err(exit::coded(
+                Code::Damage,
+                format!(
+                    "{} problems on {url}: run `btm-agent push --verify` from the source log to \
+                     repair the copy",
+                    rep.problems.len()
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    let Some(dir) = a.log.as_ref() else {
+        return Err(super::exit::usage(
+            "verify needs --log LOGDIR (or log in the configuration file) or --remote URL",
+        ));
+    };
+    let log = Log::open_read(dir)?;
     let rep = log.verify()?;
     if a.json {
         return report::print_json(&rep);
