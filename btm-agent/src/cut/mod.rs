@@ -81,8 +81,8 @@ pub struct Cutter {
     log: Option<Log>,
     /// Namespace at the last recorded height, as the log has it.
     prev: BTreeMap<RelPath, Entry>,
-    sizes: HashMap<FileId, u64>,
-    ids: HashMap<Identity, FileId>,
+    sizes: FastMap<FileId, u64>,
+    ids: FastMap<Identity, FileId>,
     next_id: FileId,
     force_full: bool,
     /// The tracker's loss counters as the last cut saw them (see [`losses`]).
@@ -127,7 +127,7 @@ impl Cutter {
         let (prev, sizes) = namespace_at_last(&log)?;
         // A clean stop's index: the first cut reads only what changed (see resume.rs).
         let resume = Resume::take(log.dir(), log.last_height());
-        let ids: HashMap<Identity, FileId> = resume
+        let ids: FastMap<Identity, FileId> = resume
             .iter()
             .flat_map(|r| r.files.iter())
             .filter(|(_, k)| sizes.contains_key(&k.id))
@@ -371,8 +371,10 @@ impl Cutter {
 
         // Build the record. The scan is in path order: the map is built in one pass.
         let mut entries: Vec<(RelPath, Entry)> = Vec::with_capacity(scan2.entries.len());
-        let mut sizes: HashMap<FileId, u64> = HashMap::with_capacity(self.sizes.len());
-        let mut live: HashSet<Identity> = HashSet::with_capacity(self.ids.len());
+        let mut sizes: FastMap<FileId, u64> =
+            FastMap::with_capacity_and_hasher(self.sizes.len(), rustc_hash::FxBuildHasher);
+        let mut live: FastSet<Identity> =
+            FastSet::with_capacity_and_hasher(self.ids.len(), rustc_hash::FxBuildHasher);
         for (path, e) in &scan2.entries {
             let entry = match &e.kind {
                 Kind::Dir => Entry::Dir {
@@ -596,8 +598,8 @@ impl Cutter {
 /// files that made the first cut after a crash take an hour).
 #[derive(Default)]
 pub(crate) struct CutIds {
-    map: HashMap<Identity, FileId>,
-    taken: HashSet<FileId>,
+    map: FastMap<Identity, FileId>,
+    taken: FastSet<FileId>,
 }
 
 impl CutIds {
@@ -618,10 +620,16 @@ fn walk_every() -> u64 {
 }
 
 /// The namespace and file sizes at the log's last height: what the next cut diffs against.
-type Namespace = (BTreeMap<RelPath, Entry>, HashMap<FileId, u64>);
+type Namespace = (BTreeMap<RelPath, Entry>, FastMap<FileId, u64>);
+
+/// The cutter's per-file maps hold every file of the volume and are looked up for each at
+/// every height: a fast hash for integer keys (inode numbers and ids the filesystem and the
+/// log assign, not chosen by a writer).
+pub(crate) type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
+pub(crate) type FastSet<K> = HashSet<K, rustc_hash::FxBuildHasher>;
 
 fn namespace_at_last(log: &Log) -> Result<Namespace> {
-    let (mut prev, mut sizes) = (BTreeMap::new(), HashMap::new());
+    let (mut prev, mut sizes) = (BTreeMap::new(), FastMap::default());
     if let Some(h) = log.last_height() {
         let st = log.state_at(h)?;
         for (p, e) in st.entries() {

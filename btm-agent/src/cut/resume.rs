@@ -202,7 +202,7 @@ pub fn index(
     height: u64,
     taken: i128,
     scan: &Scan,
-    ids: &HashMap<Identity, FileId>,
+    ids: &super::FastMap<Identity, FileId>,
     dirty: &crate::tracker::DirtySet,
 ) -> Resume {
     let mut files = HashMap::new();

@@ -490,12 +490,20 @@ impl Scan {
         self.linked.contains_key(ident)
     }
 
-    /// [`Scan::files`] with its own copies of the paths (to outlive the scan).
+    /// Identity -> (first path in path order, size) of every regular file, with its own
+    /// copies of the paths (to outlive the scan).
     pub fn owned_files(&self) -> BTreeMap<Identity, (RelPath, u64)> {
-        self.files()
-            .into_iter()
-            .map(|(i, (p, s))| (i, (p.clone(), s)))
-            .collect()
+        let mut v: Vec<(Identity, (RelPath, u64))> = (self.entries.iter())
+            .filter_map(|(p, e)| match e.kind {
+                Kind::File { ident, size } => Some((ident, (p.clone(), size))),
+                _ => None,
+            })
+            .collect();
+        // Stable: of a file's several paths, the first in path order stays. Sorted and
+        // without duplicates, the map is built in one pass.
+        v.sort_by_key(|(i, _)| *i);
+        v.dedup_by_key(|(i, _)| *i);
+        v.into_iter().collect()
     }
 
     /// (identity, path, size) of every regular file whose inode number `wanted` holds, in
@@ -508,17 +516,6 @@ impl Scan {
             Kind::File { ident, size } if wanted(ident.0) => Some((ident, p, size)),
             _ => None,
         })
-    }
-
-    /// Identity -> (first path, size) of every regular file.
-    pub fn files(&self) -> BTreeMap<Identity, (&RelPath, u64)> {
-        let mut out = BTreeMap::new();
-        for (p, e) in &self.entries {
-            if let Kind::File { ident, size } = e.kind {
-                out.entry(ident).or_insert((p, size));
-            }
-        }
-        out
     }
 }
 
