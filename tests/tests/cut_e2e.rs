@@ -348,6 +348,7 @@ fn e2e(fstype: &str) {
     let mut m = Mutator::new(&fs.mnt, 0x51ed_270b ^ fstype.len() as u64);
     let mut expected: BTreeMap<u64, TreeHash> = BTreeMap::new();
     let mut reports: Vec<(CutReport, u64)> = Vec::new();
+    let mut sizes: Vec<usize> = Vec::new(); // paths in the tree at each height
     for h in 1..=HEIGHTS {
         m.height(h);
         let (rep, _) = cutter
@@ -369,6 +370,7 @@ fn e2e(fstype: &str) {
                 .unwrap();
             eprintln!("{fstype} cut {h}: {rep:?}");
         }
+        sizes.push(expected[&h].len());
         reports.push((rep, m.changed));
     }
     let stats = cutter.tracker().stats().unwrap();
@@ -382,6 +384,17 @@ fn e2e(fstype: &str) {
     assert!(
         patched as u64 >= HEIGHTS / 2,
         "{fstype}: only {patched} of {HEIGHTS} heights patched the namespace from events"
+    );
+    // A height kept from events builds its record from the changed paths only (and, in this
+    // debug build, checks it against the record built from every path).
+    let record: Vec<(u64, usize, usize)> = (reports.iter().zip(&sizes))
+        .filter(|((r, _), _)| !r.full && !r.unfrozen_walk && !r.frozen_walk)
+        .map(|((r, _), &tree)| (r.height, r.record_paths, tree))
+        .collect();
+    let fewer = record.iter().filter(|(_, p, t)| p < t).count();
+    assert!(
+        fewer * 2 >= record.len() && !record.is_empty(),
+        "{fstype}: (height, record paths, tree paths) {record:?}"
     );
     assert!(
         missed.is_empty(),

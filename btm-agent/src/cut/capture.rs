@@ -1,7 +1,18 @@
 //! Reading changed byte ranges into extents.
 use std::{fs::File, os::unix::fs::FileExt, os::unix::io::AsRawFd};
 
-use crate::log::{ExtentBytes, ExtentData, FileId};
+use std::{
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+
+use super::{
+    Want,
+    scan::{self, Identity, Scan, identity},
+};
+use crate::log::{ExtentBytes, ExtentData, FileId, RelPath};
 
 /// Extents are cut at multiples of this offset, so an unchanged aligned piece has the same
 /// bytes as before and the log deduplicates it by blake3 (what makes a resync cheap to store).
@@ -252,6 +263,70 @@ fn push_piece(
         i = j;
     }
     Ok(())
+}
+
+/// Opens `path`, checks it is still `ident`, and hands what `want` says to `sink` as extents
+/// of file `id`. False when the path no longer holds that file.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn read_identity(
+    root: &Path,
+    scan: &Scan,
+    path: &RelPath,
+    ident: &Identity,
+    id: FileId,
+    want: &Want,
+    st: &mut CaptureStats,
+    sink: &mut dyn FnMut(ExtentData) -> Result<()>,
+) -> Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let full_path: PathBuf = root.join(std::ffi::OsStr::from_bytes(path));
+    // The path may have changed since the walk: a symlink is not followed, and a FIFO or device
+    // swapped in opens without blocking (O_NONBLOCK), then fails the identity check below.
+    let root_fd = scan.root.as_deref().context("a scan without its root")?;
+    let open = |flags| scan::open_beneath(root_fd, path, nix::fcntl::OFlag::O_NOCTTY | flags);
+    let f = match open(nix::fcntl::OFlag::O_NONBLOCK).or_else(|e| {
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(e);
+        }
+        // Someone holds a write lease on it: O_NONBLOCK refuses to break it. The data is
+        // needed, so break it and wait (the holder has the lease-break time to let go).
+        tracing::warn!(
+            "{} is under a write lease: waiting for its holder to release it",
+            full_path.display()
+        );
+        open(nix::fcntl::OFlag::empty())
+    }) {
+        Ok(f) => f,
+        // Gone, or a symlink, a non-directory or a mount now stands along its path.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || matches!(
+                    e.raw_os_error(),
+                    Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV)
+                ) =>
+        {
+            return Ok(false);
+        }
+        Err(e) => return Err(e).with_context(|| format!("opening {}", full_path.display())),
+    };
+    let md = f.metadata()?;
+    // Same inode and birth time, a regular file, and on the volume (a directory swapped for a
+    // symlink along the path leads elsewhere).
+    if identity(&md) != *ident || !md.is_file() || md.dev() != scan.root_dev {
+        return Ok(false);
+    }
+    let ranges = match want {
+        Want::Fresh | Want::Whole => data_ranges(&f, md.len()),
+        Want::Ranges(r) => r.clone(),
+    };
+    if let Want::Whole = want {
+        for e in holes(id, &ranges, md.len()) {
+            sink(e)?;
+        }
+    }
+    read_ranges(&f, id, &ranges, sink, st)
+        .with_context(|| format!("reading {}", full_path.display()))?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -109,7 +109,8 @@ impl Cutter {
 
 /// The files the frozen phase may have to read, by identity, with their path and size in
 /// `scan2`: those the tracker marked since phase 1, and those at paths re-read by the patch
-/// (new, renamed, resized). Every other file is as phase 1 read it.
+/// (new, renamed, resized). Every other file is as phase 1 read it. `files1` are the files
+/// phase 1 looked at (all of them after a walk).
 fn candidates(
     phantoms: &mut HashSet<u64>,
     scan2: &Scan,
@@ -138,8 +139,16 @@ fn candidates(
                 _ => {}
             }
         }
-        if !known {
-            unknown.push(*ino); // created since phase 1: must be among the re-read paths
+        if known {
+            continue;
+        }
+        match scan2.file_by_ino(*ino) {
+            // Unchanged at phase 1 (not looked at then), or created since.
+            Some((i, path, size)) => {
+                out.insert(i, (path.clone(), size));
+            }
+            // Created since phase 1 and among the re-read paths, or no file's.
+            None => unknown.push(*ino),
         }
     }
     for path in reread {

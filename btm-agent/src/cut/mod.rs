@@ -13,13 +13,15 @@
 //! 1 MiB-aligned pieces, so the unchanged ones deduplicate against the log by blake3.
 pub mod capture;
 mod frozen;
+mod lookup;
 mod losses;
 pub mod nsevents;
+mod record;
 pub mod resume;
 pub mod scan;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fs::File,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
@@ -27,11 +29,13 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use capture::{CaptureStats, data_ranges, holes, read_ranges};
+use capture::{CaptureStats, read_identity};
 use losses::Losses;
 use nsevents::NsWatch;
+use record::namespace_at_last;
+pub use record::namespace_ops;
 use resume::Resume;
-use scan::{Identity, Kind, Scan, ancestors, identity};
+use scan::{Identity, Kind, Scan, ScanEntry, ancestors};
 
 use crate::{
     log::{Draft, Entry, ExtentData, FileId, HeightInfo, Log, LogError, NsOp, RelPath},
@@ -69,6 +73,9 @@ pub struct CutReport {
     pub frozen_opens: u64,
     pub files_changed: u64,
     pub ops: usize,
+    /// Paths the record was built from: every path after a walk, only those changed since
+    /// the last height when the namespace was kept from events (the cost follows those).
+    pub record_paths: usize,
 }
 
 /// A height whose capture keeps losing events fails after this many full retries.
@@ -272,7 +279,14 @@ impl Cutter {
         }
         let (scan1, walked1, reread1) = self.namespace_now(&root, full, &d1)?;
         rep.unfrozen_walk = walked1;
-        let files1 = scan1.owned_files();
+        // Kept from events, the files to look at are those at the paths re-read: the others
+        // are as the last height recorded them (found by inode number should the frozen
+        // phase see them marked).
+        let files1 = if walked1 {
+            scan1.owned_files()
+        } else {
+            scan1.files_at(&reread1)
+        };
         // Captured data goes straight into the record: memory stays at the log's batch.
         let mut draft = log.begin(height)?;
         let mut ids = CutIds::default();
@@ -369,75 +383,22 @@ impl Cutter {
             return self.try_cut(log, height);
         }
 
-        // Build the record. The scan is in path order: the map is built in one pass.
-        let mut entries: Vec<(RelPath, Entry)> = Vec::with_capacity(scan2.entries.len());
-        let mut sizes: FastMap<FileId, u64> =
-            FastMap::with_capacity_and_hasher(self.sizes.len(), rustc_hash::FxBuildHasher);
-        let mut live: FastSet<Identity> =
-            FastSet::with_capacity_and_hasher(self.ids.len(), rustc_hash::FxBuildHasher);
-        for (path, e) in &scan2.entries {
-            let entry = match &e.kind {
-                Kind::Dir => Entry::Dir {
-                    mode: e.mode,
-                    uid: e.uid,
-                    gid: e.gid,
-                },
-                Kind::Symlink { target } => Entry::Symlink {
-                    target: target.clone(),
-                    uid: e.uid,
-                    gid: e.gid,
-                },
-                Kind::File { ident, size } => {
-                    let id = self.id_for(ident, path, full, &mut ids);
-                    live.insert(*ident);
-                    sizes.insert(id, *size);
-                    Entry::File {
-                        id,
-                        mode: e.mode,
-                        uid: e.uid,
-                        gid: e.gid,
-                    }
-                }
-            };
-            entries.push((path.clone(), entry));
-        }
-        let entries: BTreeMap<RelPath, Entry> = entries.into_iter().collect();
-        let mut ops = namespace_ops(&self.prev, &entries);
-        // A full cut rewrote every byte below the size (holes as zeros): the size is all
-        // that is left to set.
-        let mut by_id: Vec<(FileId, u64)> = sizes
-            .iter()
-            .filter(|(i, s)| full || self.sizes.get(i) != Some(s))
-            .map(|(&i, &s)| (i, s))
-            .collect();
-        by_id.sort_unstable();
-        ops.extend(
-            by_id
-                .into_iter()
-                .map(|(id, size)| NsOp::SetSize { id, size }),
-        );
+        let next = self.next_namespace(&scan2, full, &mut ids)?;
         // Files that vanished between the phases leave nothing in the record.
-        draft.retain_files(|id| sizes.contains_key(&id));
-        rep.ops = ops.len();
+        draft.retain_files(|id| next.holds(&self.sizes, id));
+        rep.ops = next.ops.len();
+        rep.record_paths = next.paths;
         rep.unchanged_bytes = draft.unchanged_bytes();
-        let info = draft.commit(now_ms(), ops)?;
+        let info = draft.commit(now_ms(), next.ops.clone())?;
         rep.files_changed = info.files_changed;
         rep.stored_bytes = info.stored_bytes;
         rep.total_ms = ms(t_start.elapsed());
 
-        // A full cut assigned every id this cut; otherwise the kept ones stand beside the
-        // new ones (see `id_for`).
-        if full {
-            self.ids = ids.map;
-        } else {
-            self.ids.extend(ids.map);
-        }
-        self.ids.retain(|ident, _| live.contains(ident));
-        self.prev = entries;
-        self.sizes = sizes;
+        self.adopt(next, ids, full);
         self.force_full = false;
         self.since_walk = if walked1 { 0 } else { self.since_walk + 1 };
         scan2.release_root();
+        scan2.track_changes();
         self.kept = Some(scan2);
         Ok((rep, info))
     }
@@ -596,7 +557,7 @@ impl Cutter {
 /// The file ids a cut has handed out, by identity, and the set of them: "is this id taken
 /// already" is asked once per file of a full cut, so it must not scan the map (with 10^6
 /// files that made the first cut after a crash take an hour).
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(crate) struct CutIds {
     map: FastMap<Identity, FileId>,
     taken: FastSet<FileId>,
@@ -619,28 +580,11 @@ fn walk_every() -> u64 {
         .unwrap_or(64)
 }
 
-/// The namespace and file sizes at the log's last height: what the next cut diffs against.
-type Namespace = (BTreeMap<RelPath, Entry>, FastMap<FileId, u64>);
-
 /// The cutter's per-file maps hold every file of the volume and are looked up for each at
 /// every height: a fast hash for integer keys (inode numbers and ids the filesystem and the
 /// log assign, not chosen by a writer).
 pub(crate) type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 pub(crate) type FastSet<K> = HashSet<K, rustc_hash::FxBuildHasher>;
-
-fn namespace_at_last(log: &Log) -> Result<Namespace> {
-    let (mut prev, mut sizes) = (BTreeMap::new(), FastMap::default());
-    if let Some(h) = log.last_height() {
-        let st = log.state_at(h)?;
-        for (p, e) in st.entries() {
-            if let Entry::File { id, .. } = e {
-                sizes.insert(id, st.file(id).map_or(0, |f| f.size));
-            }
-            prev.insert(p.clone(), e);
-        }
-    }
-    Ok((prev, sizes))
-}
 
 /// What a cut reads of one file.
 enum Want {
@@ -659,112 +603,6 @@ fn ranges_of(set: &DirtySet, ino: u64, size: u64) -> Vec<(u64, u64)> {
         .get(&ino)
         .map(|f| f.ranges_within(size))
         .unwrap_or_default()
-}
-
-/// Opens `path`, checks it is still `ident`, and hands what `want` says to `sink` as extents
-/// of file `id`. False when the path no longer holds that file.
-#[allow(clippy::too_many_arguments)]
-fn read_identity(
-    root: &Path,
-    scan: &Scan,
-    path: &RelPath,
-    ident: &Identity,
-    id: FileId,
-    want: &Want,
-    st: &mut CaptureStats,
-    sink: &mut dyn FnMut(ExtentData) -> Result<()>,
-) -> Result<bool> {
-    use std::os::unix::ffi::OsStrExt;
-    let full_path: PathBuf = root.join(std::ffi::OsStr::from_bytes(path));
-    // The path may have changed since the walk: a symlink is not followed, and a FIFO or device
-    // swapped in opens without blocking (O_NONBLOCK), then fails the identity check below.
-    let root_fd = scan.root.as_deref().context("a scan without its root")?;
-    let open = |flags| scan::open_beneath(root_fd, path, nix::fcntl::OFlag::O_NOCTTY | flags);
-    let f = match open(nix::fcntl::OFlag::O_NONBLOCK).or_else(|e| {
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(e);
-        }
-        // Someone holds a write lease on it: O_NONBLOCK refuses to break it. The data is
-        // needed, so break it and wait (the holder has the lease-break time to let go).
-        tracing::warn!(
-            "{} is under a write lease: waiting for its holder to release it",
-            full_path.display()
-        );
-        open(nix::fcntl::OFlag::empty())
-    }) {
-        Ok(f) => f,
-        // Gone, or a symlink, a non-directory or a mount now stands along its path.
-        Err(e)
-            if e.kind() == std::io::ErrorKind::NotFound
-                || matches!(
-                    e.raw_os_error(),
-                    Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV)
-                ) =>
-        {
-            return Ok(false);
-        }
-        Err(e) => return Err(e).with_context(|| format!("opening {}", full_path.display())),
-    };
-    let md = f.metadata()?;
-    // Same inode and birth time, a regular file, and on the volume (a directory swapped for a
-    // symlink along the path leads elsewhere).
-    if identity(&md) != *ident || !md.is_file() || md.dev() != scan.root_dev {
-        return Ok(false);
-    }
-    let ranges = match want {
-        Want::Fresh | Want::Whole => data_ranges(&f, md.len()),
-        Want::Ranges(r) => r.clone(),
-    };
-    if let Want::Whole = want {
-        for e in holes(id, &ranges, md.len()) {
-            sink(e)?;
-        }
-    }
-    read_ranges(&f, id, &ranges, sink, st)
-        .with_context(|| format!("reading {}", full_path.display()))?;
-    Ok(true)
-}
-
-/// Namespace operations that turn `prev` into `next`: removals first (the top-most removed path
-/// only), then puts in path order so parents precede children.
-pub fn namespace_ops(
-    prev: &BTreeMap<RelPath, Entry>,
-    next: &BTreeMap<RelPath, Entry>,
-) -> Vec<NsOp> {
-    let mut ops = Vec::new();
-    let mut removed: HashSet<&[u8]> = HashSet::new();
-    let under_removed = |removed: &HashSet<&[u8]>, p: &[u8]| {
-        !removed.is_empty() && ancestors(p).any(|a| removed.contains(a))
-    };
-    let is_dir = |e: &Entry| matches!(e, Entry::Dir { .. });
-    // Both maps are in path order: walked side by side, no lookups.
-    let mut other = next.iter().peekable();
-    for (p, e) in prev {
-        while other.next_if(|(q, _)| *q < p).is_some() {}
-        let gone = match other.peek() {
-            Some((q, n)) if *q == p => is_dir(n) != is_dir(e),
-            _ => true,
-        };
-        if gone {
-            if !under_removed(&removed, p) {
-                ops.push(NsOp::Remove { path: p.clone() });
-            }
-            removed.insert(p);
-        }
-    }
-    let mut other = prev.iter().peekable();
-    for (p, e) in next {
-        while other.next_if(|(q, _)| *q < p).is_some() {}
-        let same = matches!(other.peek(), Some((q, old)) if *q == p && *old == e)
-            && !under_removed(&removed, p);
-        if !same {
-            ops.push(NsOp::Put {
-                path: p.clone(),
-                entry: e.clone(),
-            });
-        }
-    }
-    ops
 }
 
 /// A progress bar for the baseline (a full copy can take hours on a large volume), drawn only

@@ -1,6 +1,6 @@
 //! Walking the tracked tree: the namespace as the log sees it, plus inode identities.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, btree_map},
     fs,
     os::{
         fd::{AsRawFd, OwnedFd},
@@ -14,6 +14,7 @@ use nix::{
     sys::stat::Mode,
 };
 
+use super::FastMap;
 use crate::{
     dirfd::{self, DIR_FLAGS},
     log::RelPath,
@@ -67,6 +68,15 @@ pub struct Scan {
     /// Inode numbers of single-link files a patch removed (and no path holds since): the
     /// filesystem still marks them while it frees them, and they are not to be looked for.
     pub gone: HashSet<u64>,
+    /// Paths whose entry a patch added, removed or changed since [`Scan::track_changes`]
+    /// (None after a walk: not tracked). The next record looks at these only, not at every
+    /// path of the volume.
+    pub changed: Option<BTreeSet<RelPath>>,
+    /// Identities of the files whose entries those changes removed or replaced (a file may
+    /// live on at another path, or be back at the same one).
+    pub dropped: Vec<Identity>,
+    /// Inode number -> a path of the regular file with it (see [`Scan::file_by_ino`]).
+    pub(super) by_ino: FastMap<u64, RelPath>,
 }
 
 impl Scan {
@@ -341,6 +351,7 @@ impl Scan {
             {
                 *other = e.clone();
                 reread.push(p.clone());
+                self.note(p, None);
             }
         }
     }
@@ -353,19 +364,26 @@ impl Scan {
         let mut hi = from.to_vec();
         hi.push(b'/' + 1);
         let keys: Vec<RelPath> = self.entries.range(lo..hi).map(|(k, _)| k.clone()).collect();
-        self.entries.remove(from);
+        let old = self.entries.remove(from);
+        self.note(from, old.as_ref());
         for k in keys {
             let e = self.entries.remove(&k).expect("listed");
+            self.note(&k, Some(&e));
+            self.unindex(&k, &e);
             let mut nk = to.to_vec();
             nk.extend_from_slice(&k[from.len()..]);
             match e.kind {
                 Kind::Dir => {
                     self.dirs.insert(e.ino, nk.clone());
                 }
-                Kind::File { .. } => moved.push(nk.clone()),
+                Kind::File { ident, .. } => {
+                    self.by_ino.insert(ident.0, nk.clone());
+                    moved.push(nk.clone());
+                }
                 Kind::Symlink { .. } => {}
             }
-            self.entries.insert(nk, e);
+            let old = self.entries.insert(nk.clone(), e);
+            self.note(&nk, old.as_ref());
         }
     }
 
@@ -379,6 +397,8 @@ impl Scan {
     fn remove_tree(&mut self, path: &[u8]) {
         if let Some(e) = self.entries.remove(path) {
             self.forget(&e);
+            self.note(path, Some(&e));
+            self.unindex(path, &e);
         }
         let mut from = path.to_vec();
         from.push(b'/');
@@ -392,6 +412,8 @@ impl Scan {
         for k in under {
             if let Some(e) = self.entries.remove(&k) {
                 self.forget(&e);
+                self.note(&k, Some(&e));
+                self.unindex(&k, &e);
             }
         }
     }
@@ -408,6 +430,7 @@ impl Scan {
     fn insert(&mut self, path: RelPath, kind: Kind, st: &Stat) {
         if let Kind::File { ident, .. } = kind {
             self.gone.remove(&ident.0);
+            self.by_ino.insert(ident.0, path.clone());
         }
         if kind == Kind::Dir {
             self.dirs.insert(st.ino, path.clone());
@@ -420,20 +443,62 @@ impl Scan {
                 paths.push(path.clone());
             }
         }
-        self.entries.insert(
-            path,
-            ScanEntry {
-                kind,
-                ino: st.ino,
-                links: st.nlink,
-                mtime: st.mtime,
-                ctime: st.ctime,
-                btime: st.btime,
-                mode: st.mode & 0o7777,
-                uid: st.uid,
-                gid: st.gid,
-            },
-        );
+        let e = ScanEntry {
+            kind,
+            ino: st.ino,
+            links: st.nlink,
+            mtime: st.mtime,
+            ctime: st.ctime,
+            btime: st.btime,
+            mode: st.mode & 0o7777,
+            uid: st.uid,
+            gid: st.gid,
+        };
+        let new_ino = match e.kind {
+            Kind::File { ident, .. } => Some(ident.0),
+            _ => None,
+        };
+        let tracked = self.changed.is_some();
+        let (path, old) = match self.entries.entry(path) {
+            // A walk meets each path once: no copy of it.
+            btree_map::Entry::Vacant(v) if !tracked => {
+                v.insert(e);
+                return;
+            }
+            btree_map::Entry::Vacant(v) => {
+                let path = v.key().clone();
+                v.insert(e);
+                (path, None)
+            }
+            btree_map::Entry::Occupied(mut o) => (o.key().clone(), Some(o.insert(e))),
+        };
+        if let Some(old) = &old
+            && !matches!(old.kind, Kind::File { ident, .. } if Some(ident.0) == new_ino)
+        {
+            self.unindex(&path, old);
+        }
+        self.note(&path, old.as_ref());
+    }
+
+    /// From now on, remember which paths change (see [`Scan::changed`]).
+    pub fn track_changes(&mut self) {
+        self.changed = Some(BTreeSet::new());
+        self.dropped.clear();
+    }
+
+    /// `path` changed; `old` is the entry it held before, if any.
+    fn note(&mut self, path: &[u8], old: Option<&ScanEntry>) {
+        let Some(changed) = &mut self.changed else {
+            return;
+        };
+        changed.insert(path.to_vec());
+        if let Some(ScanEntry {
+            kind: Kind::File { ident, .. },
+            ..
+        }) = old
+        {
+            self.dropped.push(*ident);
+        }
     }
 
     /// Keeps this scan between cuts without holding the volume open (an open root keeps
@@ -452,17 +517,6 @@ impl Scan {
         }
         self.root = Some(std::sync::Arc::new(fd));
         Ok(())
-    }
-
-    /// (directory, name) of every path of the files whose inode number `marked` holds: the
-    /// tracker saw them written, so they are stat'ed again whatever the events said (a
-    /// write through a link outside the volume names a path the events cannot resolve).
-    pub fn paths_marked(&self, marked: impl Fn(u64) -> bool) -> Vec<(RelPath, Vec<u8>)> {
-        self.entries
-            .iter()
-            .filter(|(_, e)| matches!(e.kind, Kind::File { ident, .. } if marked(ident.0)))
-            .map(|(p, _)| split(p))
-            .collect()
     }
 
     /// Paths whose type, size, mode or owner differ between this scan (kept from events)
@@ -488,34 +542,6 @@ impl Scan {
     /// Whether file `ident` was seen with several links (by the walk or a patch).
     pub fn has_several_links(&self, ident: &Identity) -> bool {
         self.linked.contains_key(ident)
-    }
-
-    /// Identity -> (first path in path order, size) of every regular file, with its own
-    /// copies of the paths (to outlive the scan).
-    pub fn owned_files(&self) -> BTreeMap<Identity, (RelPath, u64)> {
-        let mut v: Vec<(Identity, (RelPath, u64))> = (self.entries.iter())
-            .filter_map(|(p, e)| match e.kind {
-                Kind::File { ident, size } => Some((ident, (p.clone(), size))),
-                _ => None,
-            })
-            .collect();
-        // Stable: of a file's several paths, the first in path order stays. Sorted and
-        // without duplicates, the map is built in one pass.
-        v.sort_by_key(|(i, _)| *i);
-        v.dedup_by_key(|(i, _)| *i);
-        v.into_iter().collect()
-    }
-
-    /// (identity, path, size) of every regular file whose inode number `wanted` holds, in
-    /// one pass over the scan without building a map of all files.
-    pub fn files_with(
-        &self,
-        wanted: impl Fn(u64) -> bool,
-    ) -> impl Iterator<Item = (Identity, &RelPath, u64)> {
-        self.entries.iter().filter_map(move |(p, e)| match e.kind {
-            Kind::File { ident, size } if wanted(ident.0) => Some((ident, p, size)),
-            _ => None,
-        })
     }
 }
 

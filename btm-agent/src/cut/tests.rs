@@ -1,5 +1,5 @@
 //! Unit tests of the cut: reads that must not block, namespace operations.
-use super::*;
+use super::{scan::identity, *};
 
 /// A file swapped for a FIFO between the walk and the read must not block the cut.
 #[test]

@@ -184,6 +184,7 @@ impl HeightStore for LogStore {
             frozen_entries = rep.frozen_entries,
             frozen_walk = rep.frozen_walk,
             unfrozen_walk = rep.unfrozen_walk,
+            record_paths = rep.record_paths,
             total_ms = rep.total_ms.round(),
             read = rep.read_unfrozen + rep.read_frozen,
             stored = info.stored_bytes,

@@ -1,0 +1,87 @@
+//! Finding files in a scan: all of them (after a walk), those at given paths (a height kept
+//! from events), or one by inode number (a file the tracker marked), without building a map
+//! of every file of the volume at every height.
+use std::collections::BTreeMap;
+
+use super::scan::{Identity, Kind, Scan, ScanEntry, split};
+use crate::log::RelPath;
+
+/// Identity -> (path, size) of the files a cut looks at.
+pub type Files = BTreeMap<Identity, (RelPath, u64)>;
+
+impl Scan {
+    /// Every regular file, at the first of its paths in path order, with its own copies of
+    /// the paths (to outlive the scan).
+    pub fn owned_files(&self) -> Files {
+        Self::first_paths(self.files_with(|_| true))
+    }
+
+    /// The regular files at `paths` (each at the first of those paths in path order).
+    pub fn files_at<'a>(&'a self, paths: impl IntoIterator<Item = &'a RelPath>) -> Files {
+        let mut at: Vec<&RelPath> = paths.into_iter().collect();
+        at.sort_unstable();
+        at.dedup();
+        Self::first_paths(
+            at.into_iter()
+                .filter_map(|p| match self.entries.get(p)?.kind {
+                    Kind::File { ident, size } => Some((ident, p, size)),
+                    _ => None,
+                }),
+        )
+    }
+
+    /// Files in path order, each at its first path, as a map built in one pass.
+    fn first_paths<'a>(files: impl Iterator<Item = (Identity, &'a RelPath, u64)>) -> Files {
+        let mut v: Vec<(Identity, (RelPath, u64))> =
+            files.map(|(i, p, s)| (i, (p.clone(), s))).collect();
+        // Stable: of a file's several paths, the first in path order stays.
+        v.sort_by_key(|(i, _)| *i);
+        v.dedup_by_key(|(i, _)| *i);
+        v.into_iter().collect()
+    }
+
+    /// (identity, path, size) of every regular file whose inode number `wanted` holds, in
+    /// one pass over the scan without building a map of all files.
+    pub fn files_with(
+        &self,
+        wanted: impl Fn(u64) -> bool,
+    ) -> impl Iterator<Item = (Identity, &RelPath, u64)> {
+        self.entries.iter().filter_map(move |(p, e)| match e.kind {
+            Kind::File { ident, size } if wanted(ident.0) => Some((ident, p, size)),
+            _ => None,
+        })
+    }
+
+    /// (directory, name) of every path of the files whose inode number `marked` holds: the
+    /// tracker saw them written, so they are stat'ed again whatever the events said (a
+    /// write through a link outside the volume names a path the events cannot resolve).
+    pub fn paths_marked(&self, marked: impl Fn(u64) -> bool) -> Vec<(RelPath, Vec<u8>)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| matches!(e.kind, Kind::File { ident, .. } if marked(ident.0)))
+            .map(|(p, _)| split(p))
+            .collect()
+    }
+
+    /// The regular file with inode number `ino` at one of its paths, when the index still
+    /// leads to it.
+    pub fn file_by_ino(&self, ino: u64) -> Option<(Identity, &RelPath, u64)> {
+        let p = self.by_ino.get(&ino)?;
+        match self.entries.get(p)?.kind {
+            Kind::File { ident, size } if ident.0 == ino => Some((ident, p, size)),
+            _ => None,
+        }
+    }
+
+    /// `old` left `path`: the index no longer leads there.
+    pub(super) fn unindex(&mut self, path: &[u8], old: &ScanEntry) {
+        if let Kind::File { ident, .. } = old.kind
+            && self
+                .by_ino
+                .get(&ident.0)
+                .is_some_and(|p| p.as_slice() == path)
+        {
+            self.by_ino.remove(&ident.0);
+        }
+    }
+}
