@@ -21,6 +21,10 @@ const MIB: u64 = 1 << 20;
 /// The data on the volume, and the agent's memory limit (well below it).
 const DATA: u64 = 1024 * MIB;
 const LIMIT: u64 = 320 * MIB;
+/// The limit while the agent starts: the kernel's verifier charges its transient state for
+/// loading the tracker's programs to the loader's cgroup (about 260 MiB on 6.18), which is
+/// the kernel's cost of starting, not the agent's memory under load.
+const LOAD_LIMIT: u64 = 2048 * MIB;
 
 /// A memory cgroup for one test, removed when dropped.
 struct MemCage {
@@ -51,12 +55,20 @@ impl MemCage {
             fs::write(cage.dir.join(file), v).map_err(|e| format!("setting {file}: {e}"))
         };
         if v2 {
-            set("memory.max", limit.to_string())?;
             let _ = set("memory.swap.max", "0".into());
-        } else {
-            set("memory.limit_in_bytes", limit.to_string())?;
         }
+        cage.set_limit(limit)?;
         Ok(cage)
+    }
+
+    fn set_limit(&self, limit: u64) -> Result<(), String> {
+        let file = if self.v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        fs::write(self.dir.join(file), limit.to_string())
+            .map_err(|e| format!("setting {file}: {e}"))
     }
 
     fn procs(&self) -> PathBuf {
@@ -104,8 +116,22 @@ impl Drop for MemCage {
 }
 
 /// `btm-agent run` inside `cage`: a shell moves itself into the cgroup, then execs the agent
-/// (the child's pid is the agent's).
+/// (the child's pid is the agent's). The cage holds [`LIMIT`] from when the agent listens
+/// (its programs are loaded) on.
 fn start_caged(cage: &MemCage, vol: &Path, log: &Path, sock: &Path, extra: &[&str]) -> Running {
+    cage.set_limit(LOAD_LIMIT).unwrap();
+    let running = start_caged_at_load(cage, vol, log, sock, extra);
+    cage.set_limit(LIMIT).unwrap();
+    running
+}
+
+fn start_caged_at_load(
+    cage: &MemCage,
+    vol: &Path,
+    log: &Path,
+    sock: &Path,
+    extra: &[&str],
+) -> Running {
     let procs = cage.procs();
     let wrapper: [&OsStr; 4] = [
         "sh".as_ref(),
