@@ -47,6 +47,7 @@ fn run(fstype: &str) {
     cutter.cut(1).unwrap();
     write_at(&state, 5 * MIB, &rng.bytes(4096));
     cutter.cut(2).unwrap();
+    let old0 = cutter.tracker().stats().unwrap();
 
     // Tracked before the stop, then old enough not to be racy: only the marks are read.
     write_at(&state, 9 * MIB, &rng.bytes(3 * 4096));
@@ -56,6 +57,7 @@ fn run(fstype: &str) {
         .unwrap()
         .expect("a clean stop records its state");
     assert!(saved.ends_with(RESUME_FILE));
+    let old1 = cutter.tracker().stats().unwrap();
     drop(cutter);
 
     // While no agent runs: a write, an append, a new file.
@@ -67,10 +69,21 @@ fn run(fstype: &str) {
 
     let mut cutter = restart(&vol.mnt, &logdir);
     assert!(!logdir.join(RESUME_FILE).exists(), "the state is used once");
+    let new0 = cutter.tracker().stats().unwrap();
     let (r3, _) = cutter.cut(3).unwrap();
+    let new1 = cutter.tracker().stats().unwrap();
     let read = r3.read_unfrozen + r3.read_frozen;
+    // A write fault the tracker could not resolve, or a write into mapped pages it cannot
+    // see (any process's: neither names a file), makes a cut read partially-marked folios
+    // whole: the 12 KiB marked before the stop may then cost their folio (2 MiB at most).
+    let rose = |a: &btm_agent::tracker::Stats, b: &btm_agent::tracker::Stats| {
+        b.fault_unresolved > a.fault_unresolved
+            || b.remote_writes > a.remote_writes
+            || b.mem_opens > 0
+    };
+    let widened = rose(&old0, &old1) || rose(&new0, &new1);
     eprintln!(
-        "{fstype}: first cut after a clean stop read {} KiB",
+        "{fstype}: first cut after a clean stop read {} KiB (widening forced: {widened})",
         read / 1024
     );
     assert!(
@@ -78,8 +91,9 @@ fn run(fstype: &str) {
         "a clean stop's state makes the first cut incremental"
     );
     // Two changed 256 KiB files whole, the new file, the 12 KiB marked before the stop.
+    let most = if widened { 4 * MIB } else { 2 * MIB };
     assert!(
-        read < 2 * MIB,
+        read < most,
         "the first cut after a clean stop read {read} bytes of an 80 MiB volume"
     );
     assert_replay_equals(&logdir, 3, &vol.mnt, work.path());
