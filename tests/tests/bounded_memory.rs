@@ -61,12 +61,17 @@ impl MemCage {
         Ok(cage)
     }
 
-    fn set_limit(&self, limit: u64) -> Result<(), String> {
-        let file = if self.v2 {
+    /// The file holding the limit (cgroup v2 or v1).
+    fn limit_file(&self) -> &'static str {
+        if self.v2 {
             "memory.max"
         } else {
             "memory.limit_in_bytes"
-        };
+        }
+    }
+
+    fn set_limit(&self, limit: u64) -> Result<(), String> {
+        let file = self.limit_file();
         fs::write(self.dir.join(file), limit.to_string())
             .map_err(|e| format!("setting {file}: {e}"))
     }
@@ -77,12 +82,7 @@ impl MemCage {
 
     /// The limit the kernel enforces.
     fn limit(&self) -> u64 {
-        let f = if self.v2 {
-            "memory.max"
-        } else {
-            "memory.limit_in_bytes"
-        };
-        fs::read_to_string(self.dir.join(f))
+        fs::read_to_string(self.dir.join(self.limit_file()))
             .unwrap()
             .trim()
             .parse()

@@ -5,7 +5,7 @@
 use std::{fs, os::unix::fs::FileExt, path::Path, time::Duration};
 
 use btm_agent::{
-    cut::{Cutter, resume::RESUME_FILE},
+    cut::{Cutter, losses::Losses, resume::RESUME_FILE},
     log::Log,
     tracker::{Limits, Tracker},
     volume::Mount,
@@ -77,9 +77,7 @@ fn run(fstype: &str) {
     // see (any process's: neither names a file), makes a cut read partially-marked folios
     // whole: the 12 KiB marked before the stop may then cost their folio (2 MiB at most).
     let rose = |a: &btm_agent::tracker::Stats, b: &btm_agent::tracker::Stats| {
-        b.fault_unresolved > a.fault_unresolved
-            || b.remote_writes > a.remote_writes
-            || b.mem_opens > 0
+        Losses::of(b).force_widen(&Losses::of(a))
     };
     let widened = rose(&old0, &old1) || rose(&new0, &new1);
     eprintln!(

@@ -14,7 +14,7 @@
 pub mod capture;
 mod frozen;
 mod lookup;
-mod losses;
+pub mod losses;
 pub mod nsevents;
 mod record;
 pub mod resume;
@@ -383,13 +383,14 @@ impl Cutter {
             return self.try_cut(log, height);
         }
 
-        let next = self.next_namespace(&scan2, full, &mut ids)?;
+        let mut next = self.next_namespace(&scan2, full, &mut ids)?;
         // Files that vanished between the phases leave nothing in the record.
         draft.retain_files(|id| next.holds(&self.sizes, id));
         rep.ops = next.ops.len();
         rep.record_paths = next.paths;
         rep.unchanged_bytes = draft.unchanged_bytes();
-        let info = draft.commit(now_ms(), next.ops.clone())?;
+        // The record takes the operations (on a full cut, one per path of the volume).
+        let info = draft.commit(now_ms(), std::mem::take(&mut next.ops))?;
         rep.files_changed = info.files_changed;
         rep.stored_bytes = info.stored_bytes;
         rep.total_ms = ms(t_start.elapsed());
