@@ -61,6 +61,8 @@ struct Pool {
     mnt: PathBuf,
     created: bool,
     _dir: tempfile::TempDir,
+    /// Last field: disarmed after the pool is destroyed, which can hang as well.
+    _deadline: btm_testkit::Watchdog,
 }
 
 impl Pool {
@@ -78,6 +80,9 @@ impl Pool {
             mnt: dir.path().join("mnt"),
             created: false,
             _dir: dir,
+            // A zfs-fuse daemon that stops answering hangs file access on the pool, which no
+            // per-command deadline reaches: fail the run in minutes, not at CI's limit.
+            _deadline: btm_testkit::watchdog("snapshot_zfs", std::time::Duration::from_secs(600)),
         };
         sh(
             "zpool",

@@ -4,8 +4,10 @@
 //! depends on no btm crate, so the log's, the remote's, the agent's and the end-to-end tests
 //! all use it.
 mod loopfs;
+mod watchdog;
 
 pub use loopfs::LoopFs;
+pub use watchdog::{Watchdog, watchdog};
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -2,7 +2,8 @@
 //! `BTM_REQUIRE_KERNEL=1`), loop-mounted filesystems that clean up after themselves.
 use std::{
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
+    time::Duration,
 };
 
 use tempfile::TempDir;
@@ -23,7 +24,9 @@ pub fn can_run(what: &str) -> bool {
     }
 }
 
-pub use btm_testkit::{Rng, have_tool, is_root, remove_tree, scratch, skip, tree_digest};
+pub use btm_testkit::{
+    Rng, Watchdog, have_tool, is_root, remove_tree, scratch, skip, tree_digest, watchdog,
+};
 
 /// A finished command's stdout when it succeeded, else its stderr.
 pub fn outcome(out: std::process::Output) -> Result<String, String> {
@@ -34,15 +37,58 @@ pub fn outcome(out: std::process::Output) -> Result<String, String> {
     }
 }
 
+/// How long a tool run by [`sh`] may take (`BTM_TEST_CMD_TIMEOUT` seconds, default 300): a tool
+/// that hangs (a zfs-fuse daemon that stopped answering, a stuck loop device) fails its test
+/// in minutes instead of holding CI until its own limit.
+pub fn cmd_timeout() -> Duration {
+    let secs = std::env::var("BTM_TEST_CMD_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    Duration::from_secs(secs)
+}
+
+/// Runs `cmd args`, returns its stdout; fails on a non-zero exit, or kills it and fails when it
+/// runs longer than [`cmd_timeout`].
 pub fn sh(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(cmd).args(args).output()?;
-    if !out.status.success() {
+    use std::io::Read;
+    use wait_timeout::ChildExt;
+    let mut child = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot run {cmd}: {e}"))?;
+    // Drained beside the wait so that a chatty tool cannot block on a full pipe.
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut v);
+            }
+            String::from_utf8_lossy(&v).into_owned()
+        })
+    };
+    let out = drain(child.stdout.take().map(|r| Box::new(r) as _));
+    let err = drain(child.stderr.take().map(|r| Box::new(r) as _));
+    let limit = cmd_timeout();
+    let Some(status) = child.wait_timeout(limit)? else {
+        let _ = child.kill();
+        let _ = child.wait();
         anyhow::bail!(
-            "{cmd} {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "{cmd} {args:?} did not finish within {}s and was killed (BTM_TEST_CMD_TIMEOUT)",
+            limit.as_secs()
         );
+    };
+    let (out, err) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    if !status.success() {
+        anyhow::bail!("{cmd} {args:?} failed: {err}");
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out)
 }
 
 /// A filesystem of `fstype` on a sparse image file, loop-mounted under a temp dir

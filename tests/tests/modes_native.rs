@@ -12,6 +12,7 @@ use std::{
 use btm_agent::retention::{Algo, Policy};
 use btm_tests::{
     LoopFs, agent_bin, can_run, free_port, have_tool, http_get, prom_samples, scratch, sh, skip,
+    watchdog,
 };
 
 /// Runs the CLI (no log configured: heights live in the native snapshots); returns stdout.
@@ -256,8 +257,13 @@ fn btrfs_mode_end_to_end() {
     scenario("btrfs", &vol, &socket);
 }
 
+/// A zfs-fuse daemon that stops answering hangs file access on its pool, which no per-command
+/// deadline reaches: the test process ends after this long instead of holding CI to its limit.
+const ZFS_DEADLINE: Duration = Duration::from_secs(600);
+
 #[test]
 fn zfs_mode_end_to_end() {
+    let _deadline = watchdog("modes_native zfs", ZFS_DEADLINE);
     if !can_run("modes_native zfs") {
         return;
     }
@@ -308,6 +314,7 @@ fn pool(prefix: &str) -> (tempfile::TempDir, String, PathBuf, PoolGuard) {
 /// a clear error when a name is neither a directory nor a dataset.
 #[test]
 fn zfs_takes_dataset_names_and_btm_long_flags() {
+    let _deadline = watchdog("modes_native zfs dataset names", ZFS_DEADLINE);
     if !can_run("modes_native zfs dataset names") {
         return;
     }
