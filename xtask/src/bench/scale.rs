@@ -413,13 +413,22 @@ fn render(a: &ScaleArgs, points: &[Point], total_secs: f64) -> String {
              costs are in it too; a node's own mix differs):\n\n\
              - baseline: {} ({:.0} MB/s read at the largest size);\n\
              - peak RSS: {};\n\
-             - freeze p99: {:.1} ms;\n\
+             - freeze p99: {};\n\
              - first cut after a clean restart: {} read;\n\
              - first cut after a crash or reboot: {} read, {} stored.",
             secs(at(y.baseline.secs, x.baseline.secs)),
             y.baseline.read as f64 / y.baseline.secs.max(1e-9) / 1e6,
             bytes(at(rss(y), rss(x)).max(0.0)),
-            at(p99(y), p99(x)).max(0.0),
+            // Noise between runs can make it fall with size: then no growth was measured.
+            if p99(y) > p99(x) {
+                format!("{:.1} ms", at(p99(y), p99(x)))
+            } else {
+                format!(
+                    "no growth measured ({:.1} ms at the largest size, {:.1} ms at the one before)",
+                    p99(y),
+                    p99(x)
+                )
+            },
             bytes(at(y.restart.read as f64, x.restart.read as f64).max(0.0)),
             bytes(at(y.reboot.read as f64, x.reboot.read as f64).max(0.0)),
             bytes(at(y.reboot.stored as f64, x.reboot.stored as f64).max(0.0)),
