@@ -87,6 +87,11 @@ impl LoopFs {
 impl Drop for LoopFs {
     fn drop(&mut self) {
         for m in self.mounts.drain(..).rev() {
+            // An agent stopped cleanly leaves its tracker running for the next start, pinned
+            // under the filesystem's device: nothing will start on this one again.
+            if let Some(dev) = mount_dev(&m) {
+                let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/btm/{dev}"));
+            }
             // A test or agent killed inside a cut may have left it frozen.
             let _ = Command::new("fsfreeze").arg("-u").arg(&m).output();
             let unmounted = (0..20).any(|i| {
@@ -106,4 +111,15 @@ impl Drop for LoopFs {
         let _ = Command::new("losetup").args(["-d", &self.dev]).output();
         let _ = std::fs::remove_file(&self.img);
     }
+}
+
+/// The device of the filesystem mounted at `mnt` as `/proc/self/mountinfo` names it
+/// (`MAJ_MIN`; on btrfs not the `st_dev` of its root, which is the subvolume's).
+fn mount_dev(mnt: &std::path::Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mnt.to_str()?;
+    info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(4) == Some(&want)).then(|| f.get(2).map(|d| d.replace(':', "_")))?
+    })
 }

@@ -335,8 +335,10 @@ fn start_ebpf(args: &RunArgs, policy: &Policy) -> Result<Box<dyn HeightStore>> {
             mount.mount_point.display()
         );
     }
-    let tracker = Tracker::start(&mount, Limits::for_volume_bytes(mount.size_bytes()))
-        .map_err(unavailable)?;
+    // The tracker the last clean stop left running, if still there (cut/resume.rs).
+    let running = crate::cut::resume::Resume::peek_running(&args.log);
+    let limits = Limits::for_volume_bytes(mount.size_bytes());
+    let tracker = Tracker::start_after(&mount, limits, running).map_err(unavailable)?;
     tracing::info!("{}", tracker.mmap_policy());
     let store = LogStore::open(
         mount,

@@ -35,6 +35,28 @@ impl Losses {
         }
     }
 
+    /// The counters in a fixed order, for the state a stop leaves (`resume.state`).
+    pub fn words(&self) -> [u64; 5] {
+        [
+            self.lost,
+            self.prog_misses,
+            self.unresolved,
+            self.remote_writes,
+            self.mem_opens,
+        ]
+    }
+
+    pub fn from_words(w: [u64; 5]) -> Losses {
+        let [lost, prog_misses, unresolved, remote_writes, mem_opens] = w;
+        Losses {
+            lost,
+            prog_misses,
+            unresolved,
+            remote_writes,
+            mem_opens,
+        }
+    }
+
     /// Changes may have gone unmarked anywhere since `before`: capture in full.
     pub fn force_full(&self, before: &Losses) -> bool {
         self.lost > before.lost || self.prog_misses > before.prog_misses

@@ -133,7 +133,12 @@ impl Cutter {
         }
         let (prev, sizes) = namespace_at_last(&log)?;
         // A clean stop's index: the first cut reads only what changed (see resume.rs).
-        let resume = Resume::take(log.dir(), log.last_height());
+        let mut resume = Resume::take(log.dir(), log.last_height());
+        if let Some(r) = &mut resume {
+            r.kept_running = r
+                .running
+                .is_some_and(|run| tracker.adopted() == Some(run.handover.token));
+        }
         let ids: FastMap<Identity, FileId> = resume
             .iter()
             .flat_map(|r| r.files.iter())
@@ -142,13 +147,23 @@ impl Cutter {
             .collect();
         if let Some(r) = &resume {
             tracing::info!(
-                "resuming after a clean stop at height {}: {} files known, only what changed                  since is read",
+                "resuming after a clean stop at height {}: {} files known, only what changed \
+                 since is read ({})",
                 r.height,
-                ids.len()
+                ids.len(),
+                if r.kept_running {
+                    "the tracker kept marking meanwhile"
+                } else {
+                    "files whose stat changed are read whole"
+                }
             );
         }
         let next_id = log.max_file_id().map_or(1, |m| m + 1);
-        let seen = Losses::of(&tracker.stats()?);
+        // Losses while no agent ran count against the counters before the stop's last flip.
+        let seen = match resume.as_ref().filter(|r| r.kept_running) {
+            Some(r) => r.running.expect("kept running").seen,
+            None => Losses::of(&tracker.stats()?),
+        };
         // BTM_FREEZE_WALK=1: walk the whole tree in every freeze (no namespace events).
         let walk = std::env::var("BTM_FREEZE_WALK").is_ok_and(|v| v == "1");
         let ns = (!walk)
@@ -503,6 +518,9 @@ impl Cutter {
             return Ok(None);
         }
         let root = self.mount.mount_point.clone();
+        // The next start's baseline, read before the flip: whatever is counted later may
+        // concern the epoch left running.
+        let before = Losses::of(&self.tracker.stats()?);
         // Write-protect shared mappings: a store after this faults and updates mtime.
         syncfs(&root)?;
         let scan = Scan::walk(&root).context("scanning the volume")?;
@@ -519,12 +537,30 @@ impl Cutter {
         let taken = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |t| t.as_nanos() as i128);
-        let state = resume::index(height, taken, &scan, &self.ids, &d);
+        let mut state = resume::index(height, taken, &scan, &self.ids, &d);
+        if crate::tracker::handover::enabled() {
+            match self.tracker.hand_over() {
+                Ok(handover) => {
+                    state.running = Some(resume::Running {
+                        handover,
+                        seen: before,
+                    })
+                }
+                Err(e) => tracing::warn!(
+                    "cannot leave the tracker running ({e}): the next start compares files by stat"
+                ),
+            }
+        }
         let path = state.save(self.log().dir())?;
         tracing::info!(
-            "recorded {} files at height {height} for the next start ({})",
+            "recorded {} files at height {height} for the next start ({}){}",
             state.files.len(),
-            path.display()
+            path.display(),
+            if state.running.is_some() {
+                "; the tracker keeps marking until it starts"
+            } else {
+                ""
+            }
         );
         Ok(Some(path))
     }

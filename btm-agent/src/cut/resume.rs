@@ -22,12 +22,16 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::scan::{Identity, Kind, Scan};
-use crate::log::FileId;
+use super::{
+    losses::Losses,
+    scan::{Identity, Kind, Scan},
+};
+use crate::{log::FileId, tracker::Handover};
 
 pub const RESUME_FILE: &str = "resume.state";
 const MAGIC: &[u8; 8] = b"btm.res\n";
-const VERSION: u32 = 1;
+/// Version 2 adds the tracker a stop left running; version 1 files are still read.
+const VERSION: u32 = 2;
 /// Changes this close to the index are not trusted (covers coarse filesystem timestamps).
 pub const RACY_NS: i128 = 2_000_000_000;
 
@@ -42,6 +46,14 @@ pub struct Known {
     pub dirty: Vec<(u64, u64)>,
 }
 
+/// The tracker a stop left running (see [`crate::tracker::handover`]), and its loss counters
+/// before the stop's last flip: a rise since means marks may be missing from what it kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Running {
+    pub handover: Handover,
+    pub seen: Losses,
+}
+
 /// The state a clean stop left for the height it was written at.
 #[derive(Debug, Default)]
 pub struct Resume {
@@ -49,6 +61,10 @@ pub struct Resume {
     /// When the index was taken (ns since the epoch).
     pub taken: i128,
     pub files: HashMap<Identity, Known>,
+    pub running: Option<Running>,
+    /// The tracker kept marking while no agent ran ([`Resume::running`], taken over by this
+    /// start): a known file's marks cover it whatever its stat says.
+    pub kept_running: bool,
 }
 
 impl Resume {
@@ -61,6 +77,9 @@ impl Resume {
         now: (u64, i128, i128),
     ) -> Option<&[(u64, u64)]> {
         let k = self.files.get(ident)?;
+        if self.kept_running {
+            return (k.id == id).then_some(k.dirty.as_slice());
+        }
         let (size, mtime, ctime) = now;
         let racy = mtime.max(ctime) >= self.taken - RACY_NS;
         (k.id == id && k.size == size && k.mtime == mtime && k.ctime == ctime && !racy)
@@ -74,6 +93,16 @@ impl Resume {
         b.extend_from_slice(&VERSION.to_le_bytes());
         b.extend_from_slice(&self.height.to_le_bytes());
         b.extend_from_slice(&self.taken.to_le_bytes());
+        match &self.running {
+            None => b.push(0),
+            Some(r) => {
+                b.push(1);
+                let h = r.handover;
+                for v in [h.token, h.misses_base].into_iter().chain(r.seen.words()) {
+                    b.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
         b.extend_from_slice(&(self.files.len() as u64).to_le_bytes());
         for ((ino, btime), k) in &self.files {
             for v in [*ino, k.id, k.size, k.dirty.len() as u64] {
@@ -103,6 +132,13 @@ impl Resume {
         fs::rename(&tmp, &path)?;
         fs::File::open(dir)?.sync_all()?;
         Ok(path)
+    }
+
+    /// The tracker the state in `dir` says its stop left running, without taking the state:
+    /// the tracker starts before the log is opened.
+    pub fn peek_running(dir: &Path) -> Option<Handover> {
+        let bytes = fs::read(dir.join(RESUME_FILE)).ok()?;
+        Some(decode(&bytes).ok()?.running?.handover)
     }
 
     /// Reads and removes the state in `dir`: None when there is none, or when it is damaged
@@ -139,11 +175,33 @@ fn decode(b: &[u8]) -> Result<Resume> {
         bail!("checksum mismatch");
     }
     let mut r = Reader(&body[8..]);
-    if r.u32()? != VERSION {
+    let version = r.u32()?;
+    if version != VERSION && version != 1 {
         bail!("unknown version");
     }
     let height = r.u64()?;
     let taken = r.i128()?;
+    let running = match version {
+        1 => None,
+        _ => match r.take::<1>()?[0] {
+            0 => None,
+            1 => {
+                let handover = Handover {
+                    token: r.u64()?,
+                    misses_base: r.u64()?,
+                };
+                let mut w = [0u64; 5];
+                for v in &mut w {
+                    *v = r.u64()?;
+                }
+                Some(Running {
+                    handover,
+                    seen: Losses::from_words(w),
+                })
+            }
+            _ => bail!("bad running-tracker flag"),
+        },
+    };
     let n = r.u64()?;
     let mut files = HashMap::new();
     for _ in 0..n {
@@ -171,6 +229,8 @@ fn decode(b: &[u8]) -> Result<Resume> {
         height,
         taken,
         files,
+        running,
+        kept_running: false,
     })
 }
 
@@ -233,6 +293,7 @@ pub fn index(
         height,
         taken,
         files,
+        ..Default::default()
     }
 }
 
@@ -250,10 +311,11 @@ mod tests {
             ctime: 2,
             dirty: vec![(0, 4096)],
         };
-        let r = Resume {
+        let mut r = Resume {
             height: 5,
             taken: 10_000_000_000,
             files: [((3, 4), k.clone())].into(),
+            ..Default::default()
         };
         r.save(dir.path()).unwrap();
         assert!(
@@ -284,5 +346,33 @@ mod tests {
         b[30] ^= 1;
         fs::write(&p, b).unwrap();
         assert!(Resume::take(dir.path(), Some(5)).is_none());
+
+        // A stop that left its tracker running: peeked before the tracker starts, and then a
+        // known file's marks are trusted whatever its stat (the tracker saw every write).
+        let running = Running {
+            handover: Handover {
+                token: 0xfeed,
+                misses_base: 3,
+            },
+            seen: Losses::from_words([1, 2, 3, 4, 5]),
+        };
+        r.running = Some(running);
+        r.save(dir.path()).unwrap();
+        assert_eq!(Resume::peek_running(dir.path()), Some(running.handover));
+        let mut back = Resume::take(dir.path(), Some(5)).unwrap();
+        assert_eq!(back.running, Some(running));
+        assert!(
+            back.unchanged(&(3, 4), 7, (101, 5, 6)).is_none(),
+            "not taken over"
+        );
+        back.kept_running = true;
+        assert_eq!(
+            back.unchanged(&(3, 4), 7, (101, 5, 6)),
+            Some(&[(0, 4096)][..])
+        );
+        assert!(
+            back.unchanged(&(3, 4), 8, (100, 1, 2)).is_none(),
+            "another file"
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! maps into a [`DirtySet`].
 mod blocks;
 mod dirty_set;
+pub mod handover;
 mod kernel_btf;
 mod thp;
 pub mod tracefs;
@@ -13,7 +14,9 @@ pub mod tracefs;
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{
+        BtfTracePoint, TracePoint, tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId,
+    },
 };
 pub use blocks::BlockSet;
 use btm_common::{
@@ -21,8 +24,11 @@ use btm_common::{
     dirty::{Chunk, ChunkKey, FileKey, FileMark, stat},
 };
 pub use dirty_set::{DirtySet, FileDirty};
+pub use handover::Handover;
 pub use kernel_btf::KernelBtf;
 use tracefs::Format;
+
+use std::path::Path;
 
 use crate::volume::Mount;
 
@@ -72,7 +78,7 @@ pub const SUPPORTED_FS: &[&str] = &["ext4", "xfs", "btrfs"];
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/btm"));
 
 /// Sizes of the dirty maps.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Chunk entries per epoch (each covers 2 MiB of one file).
     pub chunks: u32,
@@ -119,7 +125,14 @@ pub struct Stats {
 pub struct Tracker {
     ebpf: Ebpf,
     mount: Mount,
+    limits: Limits,
     epoch: u32,
+    /// Each attached program's link, kept to be pinned on a handover.
+    links: Vec<(&'static str, Attached)>,
+    /// The stop whose tracker this one took over (see [`handover`]).
+    adopted: Option<u64>,
+    /// `recursion_misses` of earlier agents' programs, added to this one's.
+    misses_base: u64,
     /// Programs that could not be attached on this kernel (optional precision sources).
     pub skipped: Vec<String>,
     /// The `mm_struct.flags` bit of `PR_SET_THP_DISABLE`, as measured at start (None: not
@@ -128,8 +141,14 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// Loads and attaches the programs for the filesystem mounted at `mount`.
+    /// Loads and attaches the programs for the filesystem mounted at `mount` (leaving any
+    /// handover pins of the volume alone).
     pub fn start(mount: &Mount, limits: Limits) -> Result<Tracker, TrackerError> {
+        Self::load(mount, limits, None)
+    }
+
+    /// Loads the object (with the maps pinned in `pinned`, a stop's handover) and attaches.
+    fn load(mount: &Mount, limits: Limits, pinned: Option<&Path>) -> Result<Tracker, TrackerError> {
         if !nix::unistd::geteuid().is_root() {
             return Err(TrackerError::NotPrivileged);
         }
@@ -148,7 +167,13 @@ impl Tracker {
         fill_tracepoints(&mut cfg)?;
 
         let btf = Btf::from_sys_fs().map_err(|e| TrackerError::Btf(e.to_string()))?;
-        let mut ebpf = EbpfLoader::new()
+        let names = pinned.map(handover::pinned_maps).unwrap_or_default();
+        let mut loader = EbpfLoader::new();
+        for n in &names {
+            let dir = pinned.expect("names come from the pins");
+            loader.map_pin_path(n.as_str(), dir.join("maps").join(n));
+        }
+        let mut ebpf = loader
             .btf(Some(&btf))
             .map_max_entries("DIRTY0", limits.chunks)
             .map_max_entries("DIRTY1", limits.chunks)
@@ -157,6 +182,7 @@ impl Tracker {
             .load(EBPF_OBJECT)
             .map_err(|e| load_error(e.to_string()))?;
         let mut skipped = Vec::new();
+        let mut links = Vec::new();
         // (program, kind, target, required)
         let fs = mount.fstype.as_str();
         let progs: &[(&str, Kind, &str, bool)] = &[
@@ -271,7 +297,7 @@ impl Tracker {
         ];
         for &(prog, kind, target, required) in progs {
             match attach(&mut ebpf, &btf, prog, kind, target) {
-                Ok(()) => {}
+                Ok(id) => links.push((prog, id)),
                 Err(e) if required => return Err(e),
                 Err(e) => {
                     tracing::debug!("not attaching {prog} ({target}): {e}");
@@ -301,7 +327,11 @@ impl Tracker {
         let t = Tracker {
             ebpf,
             mount: mount.clone(),
+            limits,
             epoch: 0,
+            links,
+            adopted: None,
+            misses_base: 0,
             skipped,
             thp_off_bit,
         };
@@ -452,8 +482,15 @@ impl Tracker {
                     .find_map(|l| l.strip_prefix("recursion_misses:"))
                     .and_then(|v| v.trim().parse::<u64>().ok())
             })
-            .sum()
+            .sum::<u64>()
+            + self.misses_base
     }
+}
+
+/// An attached program's link.
+enum Attached {
+    Btf(BtfTracePointLinkId),
+    Tp(TracePointLinkId),
 }
 
 #[derive(Clone, Copy)]
@@ -468,7 +505,7 @@ fn attach(
     prog: &str,
     kind: Kind,
     target: &str,
-) -> Result<(), TrackerError> {
+) -> Result<Attached, TrackerError> {
     let p = ebpf
         .program_mut(prog)
         .ok_or_else(|| TrackerError::Load(format!("program {prog} missing from the object")))?;
@@ -479,7 +516,9 @@ fn attach(
                 .map_err(|e| load_error(format!("{prog}: {e}")))?;
             p.load(target, btf)
                 .map_err(|e| load_error(format!("{prog}: {e:#}")))?;
-            p.attach().map_err(|e| load_error(format!("{prog}: {e}")))?;
+            p.attach()
+                .map(Attached::Btf)
+                .map_err(|e| load_error(format!("{prog}: {e}")))
         }
         Kind::Tp => {
             let (cat, name) = target.split_once('/').unwrap();
@@ -493,10 +532,10 @@ fn attach(
                 .map_err(|e| load_error(format!("{prog}: {e}")))?;
             p.load().map_err(|e| load_error(format!("{prog}: {e:#}")))?;
             p.attach(cat, name)
-                .map_err(|e| load_error(format!("{prog}: {e}")))?;
+                .map(Attached::Tp)
+                .map_err(|e| load_error(format!("{prog}: {e}")))
         }
     }
-    Ok(())
 }
 
 fn load_error(msg: String) -> TrackerError {
