@@ -81,7 +81,9 @@ fn a_height_is_one_pack_and_restores_by_range() {
             "height {h}: {payload_gets} GETs for 192 payloads"
         );
     }
-    // Into a stale tree (height 4 there, 5 wanted): only the changed payloads, one range each.
+    // Into a stale tree (height 4 there, 5 wanted): only the changed payloads, those that
+    // neighbour each other in the pack in one range (replay compares a file first, then
+    // names what differs).
     let stale = tmp.path().join("fresh4");
     let r = replay(&packed, "v", Some(5), true, &stale, &no_sync()).unwrap();
     assert_eq!(tree(&stale), tree(&tmp.path().join("local5")));
@@ -90,7 +92,11 @@ fn a_height_is_one_pack_and_restores_by_range() {
         r.bytes_downloaded <= CHANGED * (BLOCK + 17 + 16),
         "only the changed blocks: {r:?}"
     );
-    assert_eq!(r.requests.get, 5 + 5 + CHANGED, "{r:?}");
+    let payload_gets = r.requests.get - 5 - 5;
+    assert!(
+        (1..=CHANGED / 4).contains(&payload_gets),
+        "{payload_gets} GETs for {CHANGED} changed payloads: {r:?}"
+    );
     // And back to 1 from 5: what differs, again.
     let r = replay(&packed, "v", Some(1), true, &stale, &no_sync()).unwrap();
     assert_eq!(tree(&stale), tree(&tmp.path().join("local1")));

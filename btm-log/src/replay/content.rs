@@ -28,31 +28,32 @@ impl Replayer<'_> {
             .unwrap_or(4096)
             .clamp(512, 1 << 20);
         let dirty_end = limit.div_ceil(bs).saturating_mul(bs);
-        let mut cursor = 0;
+        // First which pieces differ from the old bytes (all of them above `limit`), so that
+        // their payloads can be fetched together; then the writes.
+        let mut differs = Vec::with_capacity(f.pieces.len());
+        let (mut wanted, mut seen) = (Vec::new(), std::collections::HashSet::new());
         for (&start, piece) in &f.pieces {
+            let d = start + piece.len > limit || !self.same(file, start, piece, path)?;
+            if d && seen.insert(piece.payload.hash) {
+                wanted.push(piece.payload);
+            }
+            differs.push(d);
+        }
+        self.log.prefetch(&wanted);
+        let mut cursor = 0;
+        for ((&start, piece), differs) in f.pieces.iter().zip(differs) {
             if cursor < dirty_end {
                 changed |= self.hole(file, cursor, start, bs, path)?;
             }
             let end = start + piece.len;
             let range = piece.skip as usize..(piece.skip + piece.len) as usize;
-            if end <= limit {
-                // Old bytes are there: compare, and write only the blocks that differ.
-                let mut old = std::mem::take(&mut self.buf);
-                old.resize(piece.len as usize, 0);
-                file.read_exact_at(&mut old, start)
-                    .map_err(|e| self.err(path, format!("read: {e}")))?;
-                self.stats.bytes_compared += piece.len;
-                let same = if piece.is_whole() {
-                    *blake3::hash(&old).as_bytes() == piece.payload.hash
-                } else {
-                    self.table_says_same(piece, &old)?
-                };
-                if !same {
-                    let raw = self.payload(&piece.payload, path, id, start)?;
-                    changed |= self.write_diff(file, start, &raw[range], &old, bs, path)?;
-                }
+            if differs && end <= limit {
+                // Old bytes are there: write only the blocks that differ.
+                let old = self.read_old(file, start, piece.len, path)?;
+                let raw = self.payload(&piece.payload, path, id, start)?;
+                changed |= self.write_diff(file, start, &raw[range], &old, bs, path)?;
                 self.buf = old;
-            } else {
+            } else if differs {
                 let raw = self.payload(&piece.payload, path, id, start)?;
                 file.write_all_at(&raw[range], start)
                     .map_err(|e| self.err(path, format!("write: {e}")))?;
@@ -66,6 +67,41 @@ impl Replayer<'_> {
             changed |= self.hole(file, cursor, f.size, bs, path)?;
         }
         Ok(changed)
+    }
+
+    /// The file's `len` bytes at `start`, in the reused buffer (hand it back to `self.buf`).
+    fn read_old(
+        &mut self,
+        file: &File,
+        start: u64,
+        len: u64,
+        path: &[u8],
+    ) -> Result<Vec<u8>, LogError> {
+        let mut old = std::mem::take(&mut self.buf);
+        old.resize(len as usize, 0);
+        file.read_exact_at(&mut old, start)
+            .map_err(|e| self.err(path, format!("read: {e}")))?;
+        Ok(old)
+    }
+
+    /// Whether the file's bytes under `piece` (at `start`, below the old size) already equal
+    /// it: its hash when the piece is its whole payload, else its block table.
+    fn same(
+        &mut self,
+        file: &File,
+        start: u64,
+        piece: &Piece,
+        path: &[u8],
+    ) -> Result<bool, LogError> {
+        let old = self.read_old(file, start, piece.len, path)?;
+        self.stats.bytes_compared += piece.len;
+        let same = if piece.is_whole() {
+            *blake3::hash(&old).as_bytes() == piece.payload.hash
+        } else {
+            self.table_says_same(piece, &old)?
+        };
+        self.buf = old;
+        Ok(same)
     }
 
     /// True when the payload's block table shows that `old` (the file's bytes under `piece`)

@@ -117,6 +117,9 @@ pub trait PayloadSource {
     fn payload_height(&self, _p: &PayloadRef) -> Option<u64> {
         None
     }
+    /// Replay will load these payloads next, in this order: a source where each load is a
+    /// round trip (an offsite copy) starts fetching them together.
+    fn prefetch(&self, _next: &[PayloadRef]) {}
 }
 
 pub(crate) fn replay(
