@@ -159,10 +159,28 @@ impl Cutter {
             );
         }
         let next_id = log.max_file_id().map_or(1, |m| m + 1);
-        // Losses while no agent ran count against the counters before the stop's last flip.
-        let seen = match resume.as_ref().filter(|r| r.kept_running) {
-            Some(r) => r.running.expect("kept running").seen,
-            None => Losses::of(&tracker.stats()?),
+        // Losses while no agent ran (from the counters before the stop's last flip to those
+        // the taken-over programs left) force what they force on the first cut; this start's
+        // own counts (calibration faults) are part of its baseline, as on any start.
+        let now = Losses::of(&tracker.stats()?);
+        let seen = match (
+            resume.as_ref().filter(|r| r.kept_running),
+            tracker.taken_over_at(),
+        ) {
+            (Some(r), Some(at)) => {
+                let stop = r.running.expect("kept running").seen;
+                let down = Losses::of(&at);
+                if down.force_full(&stop) || down.rose(&stop) {
+                    tracing::info!(
+                        "the tracker could not follow every write while no agent ran: the first \
+                         cut reads more"
+                    );
+                    stop
+                } else {
+                    now
+                }
+            }
+            _ => now,
         };
         // BTM_FREEZE_WALK=1: walk the whole tree in every freeze (no namespace events).
         let walk = std::env::var("BTM_FREEZE_WALK").is_ok_and(|v| v == "1");

@@ -19,11 +19,11 @@ use std::{
 };
 
 use aya::{
-    maps::Array,
+    maps::{Array, PerCpuArray},
     programs::{BtfTracePoint, TracePoint, links::FdLink},
 };
 
-use super::{Attached, EBPF_OBJECT, Limits, Tracker, TrackerError};
+use super::{Attached, EBPF_OBJECT, Limits, Stats, Tracker, TrackerError};
 use crate::volume::Mount;
 
 impl Tracker {
@@ -57,6 +57,19 @@ impl Tracker {
             remove(&dir);
             return Self::load(mount, limits, None);
         };
+        // What the stop's programs counted, before this start's own work adds to it.
+        let at = aya::maps::MapData::from_pin(dir.join("maps").join("STATS"))
+            .ok()
+            .and_then(|m| PerCpuArray::<_, u64>::try_from(aya::maps::Map::PerCpuArray(m)).ok())
+            .map(|arr| super::stats_of(&arr, h.misses_base + old_misses));
+        let Some(at) = at else {
+            tracing::warn!(
+                "cannot read the counters pinned in {}: not taking them over",
+                dir.display()
+            );
+            remove(&dir);
+            return Self::load(mount, limits, None);
+        };
         let t = Self::load(mount, limits, Some(&dir));
         // The new programs mark the same maps now (or the load failed): the old ones go.
         remove(&dir);
@@ -74,6 +87,7 @@ impl Tracker {
             .map_err(|e| TrackerError::Map("EPOCH", e.to_string()))?;
         t.misses_base = h.misses_base + old_misses;
         t.adopted = Some(h.token);
+        t.taken_over_at = Some(at);
         tracing::info!(
             "took over the tracker the last stop left running ({}): what was written \
              meanwhile is marked",
@@ -85,6 +99,13 @@ impl Tracker {
     /// The token of the stop whose running tracker this one took over.
     pub fn adopted(&self) -> Option<u64> {
         self.adopted
+    }
+
+    /// The counters as the taken-over programs left them, before this start added to them
+    /// (its calibration faults, for one): what they counted while no agent ran is the rise
+    /// from the stop's to these.
+    pub fn taken_over_at(&self) -> Option<Stats> {
+        self.taken_over_at
     }
 
     /// Leaves the tracker running after this process exits: pins its maps, programs and

@@ -131,6 +131,9 @@ pub struct Tracker {
     links: Vec<(&'static str, Attached)>,
     /// The stop whose tracker this one took over (see [`handover`]).
     adopted: Option<u64>,
+    /// The counters as the stop's programs left them, read before this start's own work
+    /// (loading, calibrating) could add to them.
+    taken_over_at: Option<Stats>,
     /// `recursion_misses` of earlier agents' programs, added to this one's.
     misses_base: u64,
     /// Programs that could not be attached on this kernel (optional precision sources).
@@ -331,6 +334,7 @@ impl Tracker {
             epoch: 0,
             links,
             adopted: None,
+            taken_over_at: None,
             misses_base: 0,
             skipped,
             thp_off_bit,
@@ -449,23 +453,7 @@ impl Tracker {
         let arr: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(self.ebpf.map("STATS").unwrap())
                 .map_err(|e| TrackerError::Map("STATS", e.to_string()))?;
-        let get = |slot: u32| -> u64 { arr.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0) };
-        Ok(Stats {
-            events: get(stat::EVENTS),
-            chunk_overflows: get(stat::CHUNK_OVERFLOW),
-            lost: get(stat::LOST),
-            folio_suppressed: get(stat::FOLIO_SUPPRESSED),
-            folio_marked: get(stat::FOLIO_MARKED),
-            precise: get(stat::PRECISE),
-            range_calls: get(stat::RANGE_CALLS),
-            path_truncates: get(stat::PATH_TRUNCATE),
-            fault_unresolved: get(stat::FAULT_UNRESOLVED),
-            fault_marked: get(stat::FAULT_MARKED),
-            fault_wide: get(stat::FAULT_WIDE),
-            remote_writes: get(stat::REMOTE_WRITES),
-            mem_opens: get(stat::MEM_OPENS),
-            prog_misses: self.prog_misses(),
-        })
+        Ok(stats_of(&arr, self.prog_misses()))
     }
 }
 
@@ -484,6 +472,27 @@ impl Tracker {
             })
             .sum::<u64>()
             + self.misses_base
+    }
+}
+
+/// The counters in `arr` (the `STATS` map), with `prog_misses` from the programs' fds.
+fn stats_of<T: std::borrow::Borrow<MapData>>(arr: &PerCpuArray<T, u64>, prog_misses: u64) -> Stats {
+    let get = |slot: u32| -> u64 { arr.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0) };
+    Stats {
+        events: get(stat::EVENTS),
+        chunk_overflows: get(stat::CHUNK_OVERFLOW),
+        lost: get(stat::LOST),
+        folio_suppressed: get(stat::FOLIO_SUPPRESSED),
+        folio_marked: get(stat::FOLIO_MARKED),
+        precise: get(stat::PRECISE),
+        range_calls: get(stat::RANGE_CALLS),
+        path_truncates: get(stat::PATH_TRUNCATE),
+        fault_unresolved: get(stat::FAULT_UNRESOLVED),
+        fault_marked: get(stat::FAULT_MARKED),
+        fault_wide: get(stat::FAULT_WIDE),
+        remote_writes: get(stat::REMOTE_WRITES),
+        mem_opens: get(stat::MEM_OPENS),
+        prog_misses,
     }
 }
 
@@ -555,7 +564,13 @@ fn write_config(ebpf: &mut Ebpf, cfg: Config) -> Result<(), TrackerError> {
         .map_err(|e| TrackerError::Map("CONFIG", e.to_string()))
 }
 
-/// Adds every process with a shared mapping of a file on `mount`'s device to `MAPPERS`.
+/// Makes `MAPPERS` the processes with a shared mapping of a file on `mount`'s device now:
+/// adds them, then drops the rest. A map taken over from a stop holds processes that mapped
+/// the volume or were forked by one while no agent ran, this agent among them when a mapper
+/// started it (the fork probe adds the children of mappers); its own faults then counted as
+/// unresolved and widened every cut. Adding
+/// before dropping leaves no moment where a mapper is missing (a missing one is only marked
+/// per folio, never lost).
 fn seed_mappers(ebpf: &mut Ebpf, mount: &Mount) -> Result<(), TrackerError> {
     let dev = format!("{:02x}:{:02x}", mount.major, mount.minor);
     let mut mappers: HashMap<_, u32, u8> = HashMap::try_from(ebpf.map_mut("MAPPERS").unwrap())
@@ -563,6 +578,7 @@ fn seed_mappers(ebpf: &mut Ebpf, mount: &Mount) -> Result<(), TrackerError> {
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return Ok(());
     };
+    let mut now = std::collections::HashSet::new();
     for p in procs.flatten() {
         let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
@@ -578,7 +594,16 @@ fn seed_mappers(ebpf: &mut Ebpf, mount: &Mount) -> Result<(), TrackerError> {
         });
         if maps_volume {
             let _ = mappers.insert(pid, 1, 0);
+            now.insert(pid);
         }
+    }
+    let stale: Vec<u32> = mappers
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|pid| !now.contains(pid))
+        .collect();
+    for pid in stale {
+        let _ = mappers.remove(&pid);
     }
     Ok(())
 }
