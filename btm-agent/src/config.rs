@@ -42,21 +42,28 @@ struct Shared {
 
 /// `remote` is taken only where it is the destination (push, prune): for list and replay a
 /// remote replaces the log as the source, and `run --remote` is meant to ship, not to redirect
-/// them.
+/// them. So is `remote_key`, which belongs to that remote; the bandwidth limits apply to any
+/// remote.
 const SHARED: &[Shared] = &[
     Shared {
         verb: "list",
-        keys: &["log", "volume", "remote_name"],
+        keys: &["log", "volume", "remote_name", "limit_download"],
         sources: &["log", "volume", "remote"],
     },
     Shared {
         verb: "verify",
-        keys: &["log", "remote_name"],
+        keys: &["log", "remote_name", "limit_download"],
         sources: &["log", "remote"],
     },
     Shared {
         verb: "replay",
-        keys: &["log", "remote_name", "preserve", "preserve_preset"],
+        keys: &[
+            "log",
+            "remote_name",
+            "preserve",
+            "preserve_preset",
+            "limit_download",
+        ],
         sources: &["log", "remote"],
     },
     Shared {
@@ -81,12 +88,19 @@ const SHARED: &[Shared] = &[
     },
     Shared {
         verb: "push",
-        keys: &["log", "remote", "remote_name", "exclude"],
+        keys: &[
+            "log",
+            "remote",
+            "remote_name",
+            "remote_key",
+            "exclude",
+            "limit_upload",
+        ],
         sources: &[],
     },
     Shared {
         verb: "prune",
-        keys: &["remote", "remote_name"],
+        keys: &["remote", "remote_name", "remote_key"],
         sources: &[],
     },
     Shared {

@@ -212,6 +212,57 @@ fn verbs_take_places_from_the_config_file() {
     );
 }
 
+/// push and prune take the file's remote key with its remote (and push its upload limit): a
+/// keyed remote configured once for `run` is pushed to and pruned sealed, not refused.
+#[test]
+fn push_and_prune_take_the_remote_key_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let log = d.join("log");
+    append(&log, &[1, 2]);
+    let store = d.join("remote");
+    std::fs::create_dir(&store).unwrap();
+    let remote = format!("file://{}", store.display());
+    let key = d.join("remote.key");
+    let o = out(&mut agent(&[
+        "remote-key",
+        "generate",
+        "--out",
+        key.to_str().unwrap(),
+    ]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let conf = d.join("btm.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "log = {:?}\nremote = {remote:?}\nremote_key = {:?}\nlimit_upload = \"64MiB\"\n",
+            log.to_str().unwrap(),
+            key.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let c = conf.to_str().unwrap();
+    let v = json(&out(&mut agent(&["push", "--config", c, "--json"])));
+    assert_eq!(v["records_uploaded"], 2, "{v}");
+    let marker: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("layout.json")).unwrap()).unwrap();
+    assert_ne!(
+        marker["sealing"], "none",
+        "pushed sealed with the file's key: {marker}"
+    );
+    let v = json(&out(&mut agent(&[
+        "prune",
+        "--config",
+        c,
+        "--dry-run",
+        "--json",
+    ])));
+    assert_eq!(v["volumes"], 1, "{v}");
+    // The keyed remote read without its key (no file): refused with 78.
+    let o = out(&mut agent(&["list", "--remote", &remote, "--json"]));
+    assert_eq!(o.status.code(), Some(78), "{}", text(&o.stderr));
+}
+
 #[test]
 fn config_check_json_prints_the_effective_settings() {
     let dir = tempfile::tempdir().unwrap();
