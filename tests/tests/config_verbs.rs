@@ -43,6 +43,17 @@ fn json(o: &Output) -> serde_json::Value {
 }
 
 /// Heights of `list --json` output (local or remote).
+/// `prune --dry-run` with the config file `c`, its report.
+fn dry_prune(c: &str) -> serde_json::Value {
+    json(&out(&mut agent(&[
+        "prune",
+        "--config",
+        c,
+        "--dry-run",
+        "--json",
+    ])))
+}
+
 fn heights(v: &serde_json::Value) -> Vec<u64> {
     v.as_array()
         .unwrap_or_else(|| panic!("not a list: {v}"))
@@ -155,13 +166,7 @@ fn verbs_take_places_from_the_config_file() {
         ])))),
         [1, 2]
     );
-    let v = json(&out(&mut agent(&[
-        "prune",
-        "--config",
-        c,
-        "--dry-run",
-        "--json",
-    ])));
+    let v = dry_prune(c);
     assert_eq!(v["volumes"], 1, "{v}");
     // Without the file, prune has no remote.
     assert!(!out(&mut agent(&["prune", "--dry-run"])).status.success());
@@ -250,13 +255,7 @@ fn push_and_prune_take_the_remote_key_from_the_config_file() {
         marker["sealing"], "none",
         "pushed sealed with the file's key: {marker}"
     );
-    let v = json(&out(&mut agent(&[
-        "prune",
-        "--config",
-        c,
-        "--dry-run",
-        "--json",
-    ])));
+    let v = dry_prune(c);
     assert_eq!(v["volumes"], 1, "{v}");
     // The keyed remote read without its key (no file): refused with 78.
     let o = out(&mut agent(&["list", "--remote", &remote, "--json"]));

@@ -128,24 +128,19 @@ impl Tracker {
             for (name, id) in std::mem::take(&mut self.links) {
                 let p = self.ebpf.program_mut(name).expect("attached program");
                 let (prog, links) = (dir.join("progs").join(name), dir.join("links").join(name));
+                p.pin(&prog).map_err(|e| pin(name, e.to_string()))?;
                 let link: FdLink = match id {
-                    Attached::Btf(id) => {
-                        let p: &mut BtfTracePoint =
-                            p.try_into().map_err(|e| pin(name, format!("{e}")))?;
-                        p.pin(&prog).map_err(|e| pin(name, e.to_string()))?;
-                        p.take_link(id)
-                            .map_err(|e| pin(name, e.to_string()))?
-                            .into()
-                    }
-                    Attached::Tp(id) => {
-                        let p: &mut TracePoint =
-                            p.try_into().map_err(|e| pin(name, format!("{e}")))?;
-                        p.pin(&prog).map_err(|e| pin(name, e.to_string()))?;
-                        p.take_link(id)
-                            .map_err(|e| pin(name, e.to_string()))?
-                            .try_into()
-                            .map_err(|e| pin(name, format!("{e}")))?
-                    }
+                    Attached::Btf(id) => <&mut BtfTracePoint>::try_from(p)
+                        .map_err(|e| pin(name, e.to_string()))?
+                        .take_link(id)
+                        .map_err(|e| pin(name, e.to_string()))?
+                        .into(),
+                    Attached::Tp(id) => <&mut TracePoint>::try_from(p)
+                        .map_err(|e| pin(name, e.to_string()))?
+                        .take_link(id)
+                        .map_err(|e| pin(name, e.to_string()))?
+                        .try_into()
+                        .map_err(|e| pin(name, format!("{e}")))?,
                 };
                 link.pin(&links).map_err(|e| pin(name, e.to_string()))?;
             }
