@@ -74,8 +74,7 @@ fn run(fstype: &str) {
 
     // The stop left its programs attached: their links are pinned under the volume's device.
     let m = Mount::at(&vol.mnt).unwrap();
-    let pins =
-        Path::new(btm_agent::tracker::handover::ROOT).join(format!("{}_{}", m.major, m.minor));
+    let pins = btm_agent::tracker::handover::volume_dir(&m);
     let links: Vec<_> = fs::read_dir(&pins)
         .expect("a clean stop pins its tracker")
         .flatten()

@@ -57,11 +57,13 @@ impl Tracker {
             remove(&dir);
             return Self::load(mount, limits, None);
         };
+        // Every earlier agent's skipped runs, the stop's programs' included.
+        let misses_base = h.misses_base + old_misses;
         // What the stop's programs counted, before this start's own work adds to it.
         let at = aya::maps::MapData::from_pin(dir.join("maps").join("STATS"))
             .ok()
             .and_then(|m| PerCpuArray::<_, u64>::try_from(aya::maps::Map::PerCpuArray(m)).ok())
-            .map(|arr| super::stats_of(&arr, h.misses_base + old_misses));
+            .map(|arr| super::stats_of(&arr, misses_base));
         let Some(at) = at else {
             tracing::warn!(
                 "cannot read the counters pinned in {}: not taking them over",
@@ -85,7 +87,7 @@ impl Tracker {
         t.epoch = epoch
             .get(&0, 0)
             .map_err(|e| TrackerError::Map("EPOCH", e.to_string()))?;
-        t.misses_base = h.misses_base + old_misses;
+        t.misses_base = misses_base;
         t.adopted = Some(h.token);
         t.taken_over_at = Some(at);
         tracing::info!(
@@ -180,7 +182,7 @@ pub fn enabled() -> bool {
 }
 
 /// The pins of this volume, any layout and stop.
-pub(super) fn volume_dir(mount: &Mount) -> PathBuf {
+pub fn volume_dir(mount: &Mount) -> PathBuf {
     Path::new(ROOT).join(format!("{}_{}", mount.major, mount.minor))
 }
 
@@ -250,17 +252,11 @@ pub(super) fn pinned_maps(dir: &Path) -> Vec<String> {
 /// `recursion_misses` summed over the programs a stop pinned: runs the kernel skipped while
 /// no agent ran. None when a program cannot be read (then its marks cannot be trusted).
 pub(super) fn pinned_misses(dir: &Path) -> Option<u64> {
-    use std::os::fd::{AsFd, AsRawFd};
+    use std::os::fd::AsFd;
     let mut sum = 0;
     for e in fs::read_dir(dir.join("progs")).ok()? {
         let info = aya::programs::ProgramInfo::from_pin(e.ok()?.path()).ok()?;
-        let fd = info.fd().ok()?;
-        let raw = fd.as_fd().as_raw_fd();
-        let text = fs::read_to_string(format!("/proc/self/fdinfo/{raw}")).ok()?;
-        sum += text
-            .lines()
-            .find_map(|l| l.strip_prefix("recursion_misses:"))
-            .and_then(|v| v.trim().parse::<u64>().ok())?;
+        sum += super::recursion_misses(info.fd().ok()?.as_fd())?;
     }
     Some(sum)
 }

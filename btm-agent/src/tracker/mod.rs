@@ -78,7 +78,7 @@ pub const SUPPORTED_FS: &[&str] = &["ext4", "xfs", "btrfs"];
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/btm"));
 
 /// Sizes of the dirty maps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Chunk entries per epoch (each covers 2 MiB of one file).
     pub chunks: u32,
@@ -460,19 +460,22 @@ impl Tracker {
 impl Tracker {
     /// Sum of `recursion_misses` over the attached programs, from their fds' fdinfo.
     fn prog_misses(&self) -> u64 {
-        use std::os::fd::{AsFd, AsRawFd};
+        use std::os::fd::AsFd;
         self.ebpf
             .programs()
-            .filter_map(|(_, p)| p.fd().ok().map(|fd| fd.as_fd().as_raw_fd()))
-            .filter_map(|fd| std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok())
-            .filter_map(|info| {
-                info.lines()
-                    .find_map(|l| l.strip_prefix("recursion_misses:"))
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-            })
+            .filter_map(|(_, p)| recursion_misses(p.fd().ok()?.as_fd()))
             .sum::<u64>()
             + self.misses_base
     }
+}
+
+/// A program's `recursion_misses` (runs the kernel skipped), from its fd's fdinfo.
+fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("recursion_misses:"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// The counters in `arr` (the `STATS` map), with `prog_misses` from the programs' fds.
@@ -568,9 +571,8 @@ fn write_config(ebpf: &mut Ebpf, cfg: Config) -> Result<(), TrackerError> {
 /// adds them, then drops the rest. A map taken over from a stop holds processes that mapped
 /// the volume or were forked by one while no agent ran, this agent among them when a mapper
 /// started it (the fork probe adds the children of mappers); its own faults then counted as
-/// unresolved and widened every cut. Adding
-/// before dropping leaves no moment where a mapper is missing (a missing one is only marked
-/// per folio, never lost).
+/// unresolved and widened every cut. Adding before dropping leaves no moment where a mapper
+/// is missing (a missing one is only marked per folio, never lost).
 fn seed_mappers(ebpf: &mut Ebpf, mount: &Mount) -> Result<(), TrackerError> {
     let dev = format!("{:02x}:{:02x}", mount.major, mount.minor);
     let mut mappers: HashMap<_, u32, u8> = HashMap::try_from(ebpf.map_mut("MAPPERS").unwrap())
