@@ -77,7 +77,9 @@ pub use record::{
     CutRecord, Entry, ExtentBytes, ExtentData, FileId, NsOp, RelPath, check_path,
     check_symlink_target, display_path,
 };
-pub use replay::{PayloadSource, ReplayOptions, ReplayStats, refuse_inside, replay_state};
+pub use replay::{
+    PayloadSource, ReplayOptions, ReplayScope, ReplayStats, SinceLast, refuse_inside, replay_state,
+};
 pub use state::{FileState, Node, Piece, TreeState};
 pub use summary::{FileStored, LogStats};
 pub use verify::VerifyReport;

@@ -1,7 +1,8 @@
 //! The main job end to end on loop-mounted ext4, xfs and btrfs: 50 heights of a random mix of
 //! every write path and namespace change, each cut with the real freeze protocol. Replay to
 //! every height (fresh and differential) must equal the tree hashed at the moment of its cut,
-//! and so must in-place rollbacks to random heights.
+//! and so must in-place rollbacks through the cutter to random heights, each after changes no
+//! height holds yet, comparing only what changed; the heights cut after them too.
 use std::{
     collections::BTreeMap,
     ffi::OsStr,
@@ -17,7 +18,7 @@ use std::{
 
 use btm_agent::{
     cut::{CutReport, Cutter},
-    log::{Log, ReplayOptions},
+    log::{Log, PathGlobs, ReplayOptions},
     tracker::{Limits, Tracker},
     treehash::{TreeHash, diff, hash_tree},
     volume::Mount,
@@ -374,7 +375,6 @@ fn e2e(fstype: &str) {
         reports.push((rep, m.changed));
     }
     let stats = cutter.tracker().stats().unwrap();
-    drop(cutter);
     let patched = reports.iter().filter(|(r, _)| !r.unfrozen_walk).count();
     let missed: Vec<(u64, usize)> = reports
         .iter()
@@ -400,9 +400,6 @@ fn e2e(fstype: &str) {
         missed.is_empty(),
         "{fstype}: the namespace kept from events missed paths at (height, paths) {missed:?}"
     );
-    let m_history = std::mem::take(&mut m.history);
-    drop(m);
-
     // Replay every height fresh, and differentially into one directory in shuffled order.
     let log = Log::open_read(&logdir).unwrap();
     log.verify().unwrap();
@@ -448,11 +445,19 @@ fn e2e(fstype: &str) {
     }
     drop(log);
 
-    // In-place rollback of the volume itself to random heights.
-    let log = Log::open_append(&logdir).unwrap();
-    for _ in 0..4 {
-        let h = 1 + rng.below(HEIGHTS);
-        log.replay(h, &fs.mnt, &opts).unwrap();
+    // In-place rollbacks of the volume through the cutter, each after changes no height
+    // holds yet (the node wrote part of a block); the heights cut after them go on from the
+    // target.
+    let mut scoped = Vec::new();
+    for _ in 0..3 {
+        let next = expected.keys().last().unwrap() + 1;
+        m.height(next);
+        let kept: Vec<u64> = expected.keys().copied().collect();
+        let h = kept[rng.below(kept.len() as u64) as usize];
+        let st = cutter
+            .rollback(h, &PathGlobs::default())
+            .unwrap_or_else(|e| panic!("{fstype}: rollback to {h}: {e:#}"));
+        scoped.push((h, st.scoped, st.bytes_compared));
         let d = diff(&expected[&h], &hash_tree(&fs.mnt).unwrap());
         if !d.is_empty() {
             failures.push(format!(
@@ -460,7 +465,39 @@ fn e2e(fstype: &str) {
                 d.join("\n  ")
             ));
         }
+        expected.retain(|&k, _| k <= h);
+        for k in h + 1..h + 3 {
+            m.height(k);
+            let (rep, _) = cutter
+                .cut(k)
+                .unwrap_or_else(|e| panic!("{fstype}: cut {k} after the rollback: {e:#}"));
+            assert!(
+                !rep.full,
+                "{fstype}: the cut after a rollback to {h} was full"
+            );
+            expected.insert(k, hash_tree(&fs.mnt).unwrap());
+            let fresh = work.path().join(format!("after-{k}"));
+            Log::open_read(&logdir)
+                .and_then(|log| log.replay(k, &fresh, &opts))
+                .unwrap();
+            let d = diff(&expected[&k], &hash_tree(&fresh).unwrap());
+            if !d.is_empty() {
+                failures.push(format!(
+                    "{fstype}: height {k} cut after the rollback to {h}:\n  {}",
+                    d.join("\n  ")
+                ));
+            }
+            fs::remove_dir_all(&fresh).unwrap();
+        }
     }
+    drop(cutter);
+    let m_history = std::mem::take(&mut m.history);
+    drop(m);
+    eprintln!("{fstype}: rollbacks (height, scope, bytes compared): {scoped:?}");
+    assert!(
+        scoped.iter().all(|(_, s, _)| s.is_some()),
+        "{fstype}: a rollback compared the whole volume: {scoped:?}"
+    );
 
     let mut freeze: Vec<f64> = reports.iter().skip(1).map(|(r, _)| r.freeze_ms).collect();
     let captured: u64 = reports

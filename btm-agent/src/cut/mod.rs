@@ -18,6 +18,7 @@ pub mod losses;
 pub mod nsevents;
 mod record;
 pub mod resume;
+mod rollback;
 pub mod scan;
 
 use std::{

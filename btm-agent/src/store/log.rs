@@ -214,19 +214,9 @@ impl HeightStore for LogStore {
         let h = crate::log::resolve_height(&self.kept.heights(), height, exact)?;
         // A compaction prepared from the records a rollback cuts off would bring them back.
         self.stop_compaction();
-        let root = self.cutter.root().to_path_buf();
-        let opts = crate::log::ReplayOptions {
-            preserve: preserve.clone(),
-            ..Default::default()
-        };
-        let stats = self.cutter.log().replay(h, &root, &opts)?;
-        // Like `zfs rollback -r`: newer heights leave the log, so the node can re-reach them.
         let removed: Vec<u64> = self.kept.heights().into_iter().filter(|&x| x > h).collect();
-        self.cutter
-            .transform_log(|log| log.truncate_after(h).map(|log| (log, ())))?;
+        let stats = self.cutter.rollback(h, preserve)?;
         self.kept = Kept::of(self.cutter.log());
-        // The tracker saw the rollback as writes; the next cut re-reads everything to be sure.
-        self.cutter.resync();
         Ok(serde_json::json!({ "height": h, "removed": removed, "stats": stats }))
     }
 

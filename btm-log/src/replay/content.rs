@@ -28,24 +28,21 @@ impl Replayer<'_> {
             .unwrap_or(4096)
             .clamp(512, 1 << 20);
         let dirty_end = limit.div_ceil(bs).saturating_mul(bs);
+        let (segs, holes) = self.plan(f, limit, dirty_end, bs);
         // First which pieces differ from the old bytes (all of them above `limit`), so that
         // their payloads can be fetched together; then the writes.
-        let mut differs = Vec::with_capacity(f.pieces.len());
+        let mut differs = Vec::with_capacity(segs.len());
         let (mut wanted, mut seen) = (Vec::new(), std::collections::HashSet::new());
-        for (&start, piece) in &f.pieces {
-            let d = start + piece.len > limit || !self.same(file, start, piece, path)?;
+        for (start, piece) in &segs {
+            let d = start + piece.len > limit || !self.same(file, *start, piece, path)?;
             if d && seen.insert(piece.payload.hash) {
                 wanted.push(piece.payload);
             }
             differs.push(d);
         }
         self.log.prefetch(&wanted);
-        let mut cursor = 0;
-        for ((&start, piece), differs) in f.pieces.iter().zip(differs) {
-            if cursor < dirty_end {
-                changed |= self.hole(file, cursor, start, bs, path)?;
-            }
-            let end = start + piece.len;
+        for ((start, piece), differs) in segs.iter().zip(differs) {
+            let (start, end) = (*start, start + piece.len);
             let range = piece.skip as usize..(piece.skip + piece.len) as usize;
             if differs && end <= limit {
                 // Old bytes are there: write only the blocks that differ.
@@ -61,12 +58,64 @@ impl Replayer<'_> {
                 changed = true;
             }
             self.progress.inc(piece.len);
-            cursor = end;
         }
-        if cursor < dirty_end {
-            changed |= self.hole(file, cursor, f.size, bs, path)?;
+        for (start, end) in holes {
+            changed |= self.hole(file, start, end, bs, path)?;
         }
         Ok(changed)
+    }
+
+    /// The pieces to compare (and write where they differ) and the gaps to make holes of:
+    /// every piece and every gap below `dirty_end` (above it the file is a fresh hole), or,
+    /// when the replay is scoped ([`ReplayScope`]), only their parts within the file's
+    /// ranges that may differ, plus everything above `limit` (the old size or the new).
+    fn plan(
+        &self,
+        f: &FileState,
+        limit: u64,
+        dirty_end: u64,
+        bs: u64,
+    ) -> Plan {
+        let mut gaps = Vec::new();
+        let mut cursor = 0;
+        for (&start, piece) in &f.pieces {
+            if cursor < dirty_end && cursor < start {
+                gaps.push((cursor, start));
+            }
+            cursor = start + piece.len;
+        }
+        if cursor < dirty_end && cursor < f.size {
+            gaps.push((cursor, f.size));
+        }
+        let Some(only) = &self.only else {
+            return (
+                f.pieces.iter().map(|(&s, p)| (s, p.clone())).collect(),
+                gaps,
+            );
+        };
+        // Whole filesystem blocks: a mark or an extent may start or end inside one.
+        let mut want: Vec<(u64, u64)> = only
+            .iter()
+            .map(|&(a, b)| (a / bs * bs, b.div_ceil(bs).saturating_mul(bs)))
+            .chain([(limit / bs * bs, u64::MAX)])
+            .collect();
+        want = merge(want);
+        let mut segs = Vec::new();
+        for (&start, piece) in &f.pieces {
+            for (a, b) in overlaps(&want, start, start + piece.len) {
+                let sub = Piece {
+                    len: b - a,
+                    skip: piece.skip + (a - start),
+                    payload: piece.payload,
+                };
+                segs.push((a, sub));
+            }
+        }
+        let holes = gaps
+            .into_iter()
+            .flat_map(|(a, b)| overlaps(&want, a, b))
+            .collect();
+        (segs, holes)
     }
 
     /// The file's `len` bytes at `start`, in the reused buffer (hand it back to `self.buf`).
@@ -278,4 +327,32 @@ impl Replayer<'_> {
     }
 
     // ---- pass 3 -----------------------------------------------------------------------------
+}
+
+/// The pieces (at their file offsets) and the hole ranges a file's replay looks at.
+type Plan = (Vec<(u64, Piece)>, Vec<(u64, u64)>);
+
+/// Sorted, non-overlapping `[start, end)` ranges covering the same bytes as `r`.
+pub(super) fn merge(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    r.retain(|&(a, b)| a < b);
+    r.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(r.len());
+    for (a, b) in r {
+        match out.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// The parts of `[a, b)` within the merged ranges `want`.
+fn overlaps(want: &[(u64, u64)], a: u64, b: u64) -> Vec<(u64, u64)> {
+    let first = want.partition_point(|&(_, e)| e <= a);
+    want[first..]
+        .iter()
+        .take_while(|&&(s, _)| s < b)
+        .map(|&(s, e)| (s.max(a), e.min(b)))
+        .filter(|(s, e)| s < e)
+        .collect()
 }

@@ -39,7 +39,9 @@ use super::state::{FileState, Node, Piece, TreeState};
 use crate::PathGlobs;
 mod content;
 mod remove;
+mod scope;
 use crate::dirfd::{self, DIR_FLAGS};
+pub use scope::{ReplayScope, SinceLast};
 
 /// How to replay.
 #[derive(Clone, Debug)]
@@ -51,6 +53,9 @@ pub struct ReplayOptions {
     /// Paths left exactly as they are in the target: never written, rewound or removed (a
     /// validator's signing state must not move backwards). Directories holding one stay.
     pub preserve: PathGlobs,
+    /// Only what may differ, when the caller knows it (an in-place rollback: see
+    /// [`ReplayScope`]); `None` compares the whole tree.
+    pub scope: Option<ReplayScope>,
 }
 
 impl Default for ReplayOptions {
@@ -59,6 +64,7 @@ impl Default for ReplayOptions {
             progress: true,
             sync: true,
             preserve: PathGlobs::default(),
+            scope: None,
         }
     }
 }
@@ -85,6 +91,9 @@ pub struct ReplayStats {
     /// Paths left as they were because `preserve` matches them (in the target or the height).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub preserved: Vec<String>,
+    /// Paths and files a scoped replay looked at (`None`: the whole tree was compared).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scoped: Option<u64>,
 }
 
 const CACHE_BYTES: usize = 64 << 20;
@@ -190,18 +199,13 @@ pub fn replay_state(
     };
     let mut r = Replayer::new(src, state, height, into, root, progress);
     r.preserve = opts.preserve.clone();
-    let root = r.root.clone();
-    r.prune(&root, b"")?;
-    let mut paths: Vec<&RelPath> = state.nodes.keys().collect();
-    paths.sort_by(|a, b| cmp_components(a, b));
-    for p in &paths {
-        if r.preserved(p) {
-            continue;
-        }
-        r.build(p)?;
-    }
-    for p in paths.iter().rev() {
-        if let Some(Node::Dir { mode, uid, gid }) = state.nodes.get(*p)
+    let dirs = match &opts.scope {
+        Some(scope) => r.scoped(scope)?,
+        None => r.whole()?,
+    };
+    // Pass 3, deepest first (a read-only directory does not block its children).
+    for p in dirs.iter().rev() {
+        if let Some(Node::Dir { mode, uid, gid }) = state.nodes.get(p)
             && !r.preserve.matches(p)
         {
             r.dir_meta(p, *mode, *uid, *gid)?;
@@ -242,6 +246,9 @@ pub(crate) struct Replayer<'a> {
     preserve: PathGlobs,
     /// Paths `preserve` kept, for the report.
     kept: std::collections::BTreeSet<String>,
+    /// A scoped replay: the byte ranges of the file being built that may differ (`None`:
+    /// all of it).
+    only: Option<Vec<(u64, u64)>>,
 }
 
 impl<'a> Replayer<'a> {
@@ -285,6 +292,7 @@ impl<'a> Replayer<'a> {
             progress,
             preserve: PathGlobs::default(),
             kept: Default::default(),
+            only: None,
         }
     }
 
@@ -297,6 +305,17 @@ impl<'a> Replayer<'a> {
 
     /// The directory `dir` (relative), reached without following any symlink.
     pub(crate) fn dir_fd(&mut self, dir: &[u8]) -> Result<Rc<OwnedFd>, LogError> {
+        self.open_dir(dir, false)
+            .map(|fd| fd.expect("a missing directory is an error"))
+    }
+
+    /// [`Replayer::dir_fd`], or `None` when the directory (or one above it) does not exist
+    /// or is not a directory (nothing can be under it; a symlink is never followed).
+    pub(crate) fn dir_fd_if_there(&mut self, dir: &[u8]) -> Result<Option<Rc<OwnedFd>>, LogError> {
+        self.open_dir(dir, true)
+    }
+
+    fn open_dir(&mut self, dir: &[u8], missing_ok: bool) -> Result<Option<Rc<OwnedFd>>, LogError> {
         let comps: Vec<&[u8]> = if dir.is_empty() {
             Vec::new()
         } else {
@@ -314,6 +333,7 @@ impl<'a> Replayer<'a> {
                 .map_or_else(|| self.root.clone(), |(_, fd)| fd.clone());
             match openat(&*parent, *c, DIR_FLAGS, Mode::empty()) {
                 Ok(fd) => self.stack.push((c.to_vec(), Rc::new(fd))),
+                Err(Errno::ELOOP | Errno::ENOTDIR) if missing_ok => return Ok(None),
                 Err(e @ (Errno::ELOOP | Errno::ENOTDIR)) => {
                     let at = comps[..=i].join(&b'/');
                     return Err(LogError::UnsafePath {
@@ -325,81 +345,120 @@ impl<'a> Replayer<'a> {
                         ),
                     });
                 }
+                Err(Errno::ENOENT) if missing_ok => return Ok(None),
                 Err(e) => {
                     return Err(self.err(&comps[..=i].join(&b'/'), format!("open directory: {e}")));
                 }
             }
         }
-        Ok(self
-            .stack
-            .last()
-            .map_or_else(|| self.root.clone(), |(_, fd)| fd.clone()))
+        Ok(Some(
+            self.stack
+                .last()
+                .map_or_else(|| self.root.clone(), |(_, fd)| fd.clone()),
+        ))
     }
 
     // ---- pass 1 -----------------------------------------------------------------------------
+
+    /// Passes 1 and 2 over the whole tree; returns the directories for pass 3, in order.
+    fn whole(&mut self) -> Result<Vec<RelPath>, LogError> {
+        let root = self.root.clone();
+        self.prune(&root, b"")?;
+        let st = self.st;
+        let mut paths: Vec<&RelPath> = st.nodes.keys().collect();
+        paths.sort_by(|a, b| cmp_components(a, b));
+        for p in &paths {
+            if self.preserved(p) {
+                continue;
+            }
+            self.build(p)?;
+        }
+        Ok(paths
+            .into_iter()
+            .filter(|p| matches!(st.nodes.get(*p), Some(Node::Dir { .. })))
+            .cloned()
+            .collect())
+    }
 
     fn prune(&mut self, dir: &OwnedFd, prefix: &[u8]) -> Result<(), LogError> {
         let names =
             dirfd::list(dir).map_err(|e| self.err(prefix, format!("read directory: {e}")))?;
         for name in names {
             let path = join(prefix, &name);
-            let st = match fstatat(dir, name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(s) => s,
-                Err(Errno::ENOENT) => continue,
-                Err(e) => return Err(self.err(&path, format!("stat: {e}"))),
-            };
-            if st.st_dev != self.root_dev {
-                // A filesystem mounted inside the target is not part of it (cuts skip it too):
-                // never enter or remove it, and refuse when the height holds data there.
-                if self.st.nodes.contains_key(&path) {
-                    return Err(self.err(
-                        &path,
-                        "another filesystem is mounted here, where the height has data: \
-                         unmount it first",
-                    ));
-                }
-                continue;
-            }
-            if self.preserved(&path) {
-                continue;
-            }
-            let k = kind(&st);
-            let keep = match self.st.nodes.get(&path) {
-                None => false,
-                Some(Node::Dir { .. }) => k == SFlag::S_IFDIR,
-                Some(Node::File(_)) => k == SFlag::S_IFREG,
-                Some(Node::Symlink { target, .. }) => {
-                    k == SFlag::S_IFLNK
-                        && readlinkat(dir, name.as_slice())
-                            .is_ok_and(|t| t.as_bytes() == target.as_slice())
-                }
-            };
-            if !keep {
-                if self.remove_tree(dir, &name, k == SFlag::S_IFDIR, &path)? {
-                    self.stats.entries_removed += 1;
-                }
-                continue;
-            }
-            if k == SFlag::S_IFDIR {
-                let sub = openat(dir, name.as_slice(), DIR_FLAGS, Mode::empty())
-                    .map_err(|e| self.err(&path, format!("open directory: {e}")))?;
-                if !self.is_root && st.st_mode & 0o700 != 0o700 {
-                    // Pass 3 sets the final mode.
-                    let _ = fchmod(
-                        &sub,
-                        Mode::from_bits_truncate((st.st_mode & 0o7777) | 0o700),
-                    );
-                    self.opened_up.insert(path.clone(), st.st_mode & 0o7777);
-                }
+            if let Some(sub) = self.prune_entry(dir, &name, &path)? {
                 self.prune(&sub, &path)?;
             }
         }
         Ok(())
     }
 
+    /// Removes the entry `name` of `dir` (at `path`) when the height has none or another one
+    /// there; returns it opened (and made writable for pass 2) when it is a directory that
+    /// stays. Preserved paths and other filesystems are left alone.
+    fn prune_entry(
+        &mut self,
+        dir: &OwnedFd,
+        name: &[u8],
+        path: &RelPath,
+    ) -> Result<Option<OwnedFd>, LogError> {
+        let st = match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(s) => s,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(self.err(path, format!("stat: {e}"))),
+        };
+        if st.st_dev != self.root_dev {
+            // A filesystem mounted inside the target is not part of it (cuts skip it too):
+            // never enter or remove it, and refuse when the height holds data there.
+            if self.st.nodes.contains_key(path) {
+                return Err(self.err(
+                    path,
+                    "another filesystem is mounted here, where the height has data: \
+                     unmount it first",
+                ));
+            }
+            return Ok(None);
+        }
+        if self.preserved(path) {
+            return Ok(None);
+        }
+        let k = kind(&st);
+        let keep = match self.st.nodes.get(path) {
+            None => false,
+            Some(Node::Dir { .. }) => k == SFlag::S_IFDIR,
+            Some(Node::File(_)) => k == SFlag::S_IFREG,
+            Some(Node::Symlink { target, .. }) => {
+                k == SFlag::S_IFLNK
+                    && readlinkat(dir, name).is_ok_and(|t| t.as_bytes() == target.as_slice())
+            }
+        };
+        if !keep {
+            if self.remove_tree(dir, name, k == SFlag::S_IFDIR, path)? {
+                self.stats.entries_removed += 1;
+            }
+            return Ok(None);
+        }
+        if k != SFlag::S_IFDIR {
+            return Ok(None);
+        }
+        let sub = openat(dir, name, DIR_FLAGS, Mode::empty())
+            .map_err(|e| self.err(path, format!("open directory: {e}")))?;
+        if !self.is_root && st.st_mode & 0o700 != 0o700 {
+            // Pass 3 sets the final mode.
+            let _ = fchmod(
+                &sub,
+                Mode::from_bits_truncate((st.st_mode & 0o7777) | 0o700),
+            );
+            self.opened_up
+                .entry(path.clone())
+                .or_insert(st.st_mode & 0o7777);
+        }
+        Ok(Some(sub))
+    }
+
     // ---- pass 2 -----------------------------------------------------------------------------
 
-    fn build(&mut self, path: &RelPath) -> Result<(), LogError> {
+    /// Makes the entry at `path` what the height has; true when it made a new directory.
+    fn build(&mut self, path: &RelPath) -> Result<bool, LogError> {
         let st = self.st;
         let node = &st.nodes[path];
         let dfd = self.dir_fd(parent_of(path).unwrap_or(b""))?;
@@ -413,13 +472,14 @@ impl<'a> Replayer<'a> {
             Node::Dir { .. } => {
                 if let Some(s) = existing {
                     if kind(&s) == SFlag::S_IFDIR {
-                        return Ok(());
+                        return Ok(false);
                     }
                     self.remove(&dfd, name, false, path)?;
                 }
                 mkdirat(&*dfd, name, Mode::from_bits_truncate(0o700))
                     .map_err(|e| self.err(path, format!("mkdir: {e}")))?;
                 self.stats.files_touched += 1;
+                return Ok(true);
             }
             Node::Symlink { target, uid, gid } => {
                 let mut touched = false;
@@ -456,7 +516,7 @@ impl<'a> Replayer<'a> {
             }
             Node::File(id) => self.file(&dfd, path, name, *id, existing)?,
         }
-        Ok(())
+        Ok(false)
     }
 
     fn file(
