@@ -69,13 +69,7 @@ impl Replayer<'_> {
     /// every piece and every gap below `dirty_end` (above it the file is a fresh hole), or,
     /// when the replay is scoped ([`ReplayScope`]), only their parts within the file's
     /// ranges that may differ, plus everything above `limit` (the old size or the new).
-    fn plan(
-        &self,
-        f: &FileState,
-        limit: u64,
-        dirty_end: u64,
-        bs: u64,
-    ) -> Plan {
+    fn plan(&self, f: &FileState, limit: u64, dirty_end: u64, bs: u64) -> Plan {
         let mut gaps = Vec::new();
         let mut cursor = 0;
         for (&start, piece) in &f.pieces {

@@ -106,6 +106,12 @@ pub struct Results {
     pub rollback_secs: f64,
     pub rollback_height: u64,
     pub rollback_undone: u64,
+    /// What the rollback compared and wrote, whether it was scoped to what changed, and
+    /// what the next cut read (it re-reads what the rollback wrote, from the marks).
+    pub rollback_compared: u64,
+    pub rollback_written: u64,
+    pub rollback_scoped: bool,
+    pub after_rollback: Option<(BtmCut, bool)>,
     pub restore_secs: f64,
     pub rss_hwm_kb: u64,
     pub rss_kb: u64,
@@ -375,7 +381,7 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
     // 7. In-place rollback (through the running agent) vs a full restic restore.
     let rollback = tools::timed(
         Command::new(bin)
-            .args(["rollback", "--exact", "--volume"])
+            .args(["rollback", "--exact", "--json", "--volume"])
             .arg(&xfs.mnt)
             .arg("--log")
             .arg(&log)
@@ -388,7 +394,22 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
     r.rollback_height = rollback_to;
     r.rollback_undone = undone;
     match rollback {
-        Ok((secs, _)) => r.rollback_secs = secs,
+        Ok((secs, out)) => {
+            r.rollback_secs = secs;
+            let v: Value = serde_json::from_str(&out).unwrap_or_default();
+            let st = &v["detail"]["stats"];
+            r.rollback_compared = st["bytes_compared"].as_u64().unwrap_or(0);
+            r.rollback_written = st["bytes_written"].as_u64().unwrap_or(0);
+            r.rollback_scoped = st["scoped"].is_u64();
+            // Nothing changed since: the cut reads what the rollback wrote, no more.
+            match agent.cut(rollback_to + 1) {
+                Ok((secs, rep)) => {
+                    let full = rep["full"].as_bool().unwrap_or(true);
+                    r.after_rollback = Some((BtmCut::from_report(secs, &rep), full));
+                }
+                Err(e) => r.errors.push(format!("cut after the rollback: {e:#}")),
+            }
+        }
         Err(e) => {
             println!("bench: rollback FAILED: {e:#}");
             r.errors.push(format!("rollback --to {rollback_to}: {e:#}"));

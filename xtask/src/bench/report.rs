@@ -315,12 +315,33 @@ pub fn render(a: &BenchArgs, r: &Results) -> String {
     let p50 = pct(&r.freeze16, 50.0);
     let p99 = pct(&r.freeze16, 99.0);
     let replay_mbs = r.replay_bytes as f64 / 1e6 / r.replay_secs.max(1e-9);
+    let rollback_what = format!(
+        "{}: compared {}, wrote {}",
+        if r.rollback_scoped {
+            "scoped to what changed since the height"
+        } else {
+            "the whole tree"
+        },
+        bytes(r.rollback_compared as f64),
+        bytes(r.rollback_written as f64)
+    );
+    let after_rollback = match &r.after_rollback {
+        Some((c, full)) => format!(
+            "{} cut, read {}, stored {}, in {} (it re-reads what the rollback wrote)",
+            if *full { "a full" } else { "an incremental" },
+            bytes(c.read as f64),
+            bytes(c.stored as f64),
+            secs(c.secs)
+        ),
+        None => "failed".into(),
+    };
     let _ = writeln!(
         s,
         "| | |\n|---|---|\n\
          | freeze window, {} heights of 16 MiB | p50 {p50:.1} ms, p99 {p99:.1} ms, max {:.1} ms |\n\
          | replay of height {} into a fresh directory | {} in {} = **{replay_mbs:.0} MB/s** (includes the final syncfs) |\n\
-         | in-place rollback to height {} (undoing {} heights; btm captured {} after it) | {} (`btm-agent rollback --exact`, through the running agent) |\n\
+         | in-place rollback to height {} (undoing {} heights; btm captured {} after it) | {} (`btm-agent rollback --exact`, through the running agent): {} |\n\
+         | the cut right after the rollback | {} |\n\
          | full restore of the same height | {} (`restic restore` into an empty directory) |\n\
          | agent memory | VmHWM {}, VmRSS {} at the end |\n\
          | BPF map memory | {} (memlock of the agent's map fds, /proc/PID/fdinfo) |\n\
@@ -343,6 +364,8 @@ pub fn render(a: &BenchArgs, r: &Results) -> String {
         } else {
             "failed".into()
         },
+        rollback_what,
+        after_rollback,
         secs(r.restore_secs),
         bytes(r.rss_hwm_kb as f64 * 1024.0),
         bytes(r.rss_kb as f64 * 1024.0),
@@ -471,6 +494,7 @@ pub fn render(a: &BenchArgs, r: &Results) -> String {
              decoding in parallel would close it"
         }
     );
+    issue16_targets(&mut s, r, one, &rs, replay_mbs);
     let _ = writeln!(s, "\n## Every height\n");
     let _ = writeln!(
         s,
@@ -501,4 +525,61 @@ pub fn render(a: &BenchArgs, r: &Results) -> String {
          btm-agent --bench log`."
     );
     s
+}
+
+/// The goals of issue 16 that this run measures (tracking overhead is the issue 7 row).
+fn issue16_targets(s: &mut String, r: &Results, one: &[Height], rs: &[Row], replay_mbs: f64) {
+    let mark = |ok: bool| if ok { "met" } else { "**not met**" };
+    let _ = writeln!(
+        s,
+        "\n## Targets (issue 16)\n\n| target | measured | verdict |\n|---|---|---|"
+    );
+    if !one.is_empty() {
+        let (btm, btrfs) = (rs[0].secs, rs[3].secs);
+        let _ = writeln!(
+            s,
+            "| a 1 % height in at most half the time of `btrfs send -p` | btm {}, btrfs send {} | {} |",
+            secs(btm),
+            secs(btrfs),
+            mark(btm * 2.0 <= btrfs)
+        );
+        let amp = amplification(one);
+        let _ = writeln!(
+            s,
+            "| read amplification at most 1.25 at 1 % | {amp:.2}x | {} |",
+            mark(amp <= 1.25)
+        );
+    }
+    if let Some((_, hs)) = r
+        .rates
+        .iter()
+        .find(|(rate, _)| (*rate - RATES[0]).abs() < 1e-9)
+    {
+        let t = mean(hs.iter().map(|h| h.btm.secs));
+        let _ = writeln!(
+            s,
+            "| a 0.1 % height in at most 50 ms | {} | {} |",
+            secs(t),
+            mark(t <= 0.05)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "| replay into an empty directory at least 1 GB/s | {replay_mbs:.0} MB/s | {} |",
+        mark(r.replay_secs > 0.0 && replay_mbs >= 1000.0)
+    );
+    let cheap = r.rollback_scoped && r.after_rollback.as_ref().is_some_and(|(_, full)| !full);
+    let _ = writeln!(
+        s,
+        "| in-place rollback costs what changed since the height, not the tree | compared {}, \
+         wrote {}; the next cut {} | {} |",
+        bytes(r.rollback_compared as f64),
+        bytes(r.rollback_written as f64),
+        match &r.after_rollback {
+            Some((c, false)) => format!("incremental, read {}", bytes(c.read as f64)),
+            Some((c, true)) => format!("full, read {}", bytes(c.read as f64)),
+            None => "failed".into(),
+        },
+        mark(cheap)
+    );
 }
