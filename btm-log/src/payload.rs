@@ -33,10 +33,6 @@ impl PayloadSource for Log {
         Ok(t)
     }
 
-    fn shared(&self) -> Option<&(dyn PayloadSource + Sync)> {
-        Some(self)
-    }
-
     fn payload_height(&self, p: &PayloadRef) -> Option<u64> {
         let i = self
             .records

@@ -12,6 +12,7 @@
 //! in full: the agent cannot know what changed while it was not tracking. Extents are cut at
 //! 1 MiB-aligned pieces, so the unchanged ones deduplicate against the log by blake3.
 pub mod capture;
+pub mod crash_index;
 mod frozen;
 mod lookup;
 pub mod losses;
@@ -119,6 +120,11 @@ pub struct Cutter {
     /// Tests: runs between the unfrozen phase and the freeze (changes made there are what
     /// the frozen phase must find).
     pub before_freeze: Option<Box<dyn FnMut() + Send>>,
+    /// The stat index for a start after a crash (see [`crash_index`]): when it was last
+    /// written (height, time), how often, and when the last freeze ended (ns since the epoch).
+    indexed: Option<(u64, Instant)>,
+    pub index_every: Duration,
+    thawed_at: i128,
 }
 
 impl Cutter {
@@ -135,6 +141,10 @@ impl Cutter {
         let (prev, sizes) = namespace_at_last(&log)?;
         // A clean stop's index: the first cut reads only what changed (see resume.rs).
         let mut resume = Resume::take(log.dir(), log.last_height());
+        let after_crash = resume.is_none();
+        if after_crash {
+            resume = Resume::take_index(log.dir(), log.last_height());
+        }
         if let Some(r) = &mut resume {
             r.kept_running = r
                 .running
@@ -146,7 +156,15 @@ impl Cutter {
             .filter(|(_, k)| sizes.contains_key(&k.id))
             .map(|(i, k)| (*i, k.id))
             .collect();
-        if let Some(r) = &resume {
+        if let (Some(r), true) = (&resume, after_crash) {
+            tracing::info!(
+                "no clean stop at height {:?}: the stat index of height {} knows {} files; \
+                 only those whose stat changed since are read",
+                log.last_height(),
+                r.height,
+                ids.len()
+            );
+        } else if let Some(r) = &resume {
             tracing::info!(
                 "resuming after a clean stop at height {}: {} files known, only what changed \
                  since is read ({})",
@@ -216,6 +234,9 @@ impl Cutter {
             check: None,
             phantoms: HashSet::new(),
             before_freeze: None,
+            indexed: None,
+            index_every: crash_index::index_every(),
+            thawed_at: 0,
         })
     }
 
@@ -273,6 +294,12 @@ impl Cutter {
     /// Cuts height `height`; returns once it is durable in the log. After a failure (the
     /// tracker's epochs are already drained) the next cut captures everything.
     pub fn cut(&mut self, height: u64) -> Result<(CutReport, HeightInfo)> {
+        // Refused before anything is drained: the next cut stays incremental.
+        if let Some(last) = self.log().last_height()
+            && height <= last
+        {
+            return Err(LogError::HeightNotIncreasing { last, got: height }.into());
+        }
         self.full_retries = 0;
         // The record is written while the cut goes on: the log is held here for its duration.
         let mut log = self.log.take().expect("log lent out");
@@ -287,14 +314,13 @@ impl Cutter {
     }
 
     fn try_cut(&mut self, log: &mut Log, height: u64) -> Result<(CutReport, HeightInfo)> {
-        if let Some(last) = log.last_height()
-            && height <= last
-        {
-            return Err(LogError::HeightNotIncreasing { last, got: height }.into());
-        }
         let t_start = Instant::now();
         let root = self.mount.mount_point.clone();
         let full = self.force_full;
+        if full {
+            // A full cut may give files other ids than the stat index holds.
+            crash_index::remove(log.dir())?;
+        }
         let mut rep = CutReport {
             height,
             full,
@@ -378,6 +404,7 @@ impl Cutter {
         if let Some(f) = frozen {
             f.thaw()?;
         }
+        self.thawed_at = crash_index::now_ns();
         let (mut scan2, st2, phase2_losses, work) = phase2?;
         (
             rep.frozen_walk,

@@ -10,17 +10,17 @@
 //! stores only what differs. `syncfs` before the index write-protects every shared mapping, so
 //! a store through `mmap` after it faults and updates mtime.
 //!
-//! The file is used once (removed when read) and only for the height it was written at: after
-//! a crash there is none, and the first cut reads everything, as before.
+//! The file is used once (removed when read) and only for the height it was written at. After
+//! a crash there is none; the stat index cuts leave (see [`super::crash_index`]) serves then,
+//! in the same format: files whose stat changed since it are read whole.
 use std::{
     collections::HashMap,
     fs,
     io::Write,
-    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use super::{
     losses::Losses,
@@ -88,50 +88,39 @@ impl Resume {
 
     /// Writes the state atomically (temporary file, fsync, rename, directory fsync).
     pub fn save(&self, dir: &Path) -> Result<PathBuf> {
-        let mut b = Vec::with_capacity(64 + self.files.len() * 80);
-        b.extend_from_slice(MAGIC);
-        b.extend_from_slice(&VERSION.to_le_bytes());
-        b.extend_from_slice(&self.height.to_le_bytes());
-        b.extend_from_slice(&self.taken.to_le_bytes());
-        match &self.running {
-            None => b.push(0),
-            Some(r) => {
-                b.push(1);
-                let h = r.handover;
-                for v in [h.token, h.misses_base].into_iter().chain(r.seen.words()) {
-                    b.extend_from_slice(&v.to_le_bytes());
-                }
+        super::crash_index::write_atomic(dir, RESUME_FILE, |w| {
+            let mut e = Enc::new(w);
+            e.header(self.height, self.taken, self.running.as_ref())?;
+            e.u64s(&[self.files.len() as u64])?;
+            for ((ino, btime), k) in &self.files {
+                e.file((*ino, *btime), k.id, k.size, k.mtime, k.ctime, &k.dirty)?;
+            }
+            e.finish()
+        })?;
+        Ok(dir.join(RESUME_FILE))
+    }
+
+    /// The stat index a cut left in `dir` (see [`super::crash_index`]), kept for later starts:
+    /// None when there is none, when it is damaged, or when it describes a height the log
+    /// does not reach (`last`).
+    pub fn take_index(dir: &Path, last: Option<u64>) -> Option<Resume> {
+        let path = dir.join(super::crash_index::INDEX_FILE);
+        let bytes = fs::read(&path).ok()?;
+        match decode(&bytes) {
+            Ok(r) if r.running.is_none() && last.is_some_and(|l| r.height <= l) => Some(r),
+            Ok(r) => {
+                tracing::warn!(
+                    "{} describes height {}, the log ends at {last:?}: not used",
+                    path.display(),
+                    r.height
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!("{} is unusable ({e:#}): not used", path.display());
+                None
             }
         }
-        b.extend_from_slice(&(self.files.len() as u64).to_le_bytes());
-        for ((ino, btime), k) in &self.files {
-            for v in [*ino, k.id, k.size, k.dirty.len() as u64] {
-                b.extend_from_slice(&v.to_le_bytes());
-            }
-            for v in [*btime, k.mtime, k.ctime] {
-                b.extend_from_slice(&v.to_le_bytes());
-            }
-            for (o, l) in &k.dirty {
-                b.extend_from_slice(&o.to_le_bytes());
-                b.extend_from_slice(&l.to_le_bytes());
-            }
-        }
-        let sum = *blake3::hash(&b).as_bytes();
-        b.extend_from_slice(&sum);
-        let path = dir.join(RESUME_FILE);
-        let tmp = dir.join(format!("{RESUME_FILE}.tmp"));
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600) // it names every file of the volume
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(&b)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        fs::File::open(dir)?.sync_all()?;
-        Ok(path)
     }
 
     /// The tracker the state in `dir` says its stop left running, without taking the state:
@@ -256,6 +245,98 @@ impl Reader<'_> {
     }
 }
 
+/// Writes the stat index of `scan` (every file the cutter knows, no marks) as `dir/name`, in
+/// the resume state's format, straight from the scan; returns how many files it holds.
+pub fn write_index(
+    dir: &Path,
+    name: &str,
+    height: u64,
+    taken: i128,
+    scan: &Scan,
+    ids: &super::FastMap<Identity, FileId>,
+) -> Result<usize> {
+    let known = || {
+        scan.entries.values().filter_map(|e| match e.kind {
+            Kind::File { ident, size } => ids.get(&ident).map(|&id| (ident, id, size, e)),
+            _ => None,
+        })
+    };
+    let n = known().count();
+    super::crash_index::write_atomic(dir, name, |w| {
+        let mut enc = Enc::new(w);
+        enc.header(height, taken, None)?;
+        enc.u64s(&[n as u64])?;
+        for (ident, id, size, e) in known() {
+            enc.file(ident, id, size, e.mtime, e.ctime, &[])?;
+        }
+        enc.finish()
+    })?;
+    Ok(n)
+}
+
+/// The resume state's encoding, written as it goes, with its blake3 at the end.
+struct Enc<'a> {
+    w: &'a mut dyn Write,
+    sum: blake3::Hasher,
+}
+
+impl<'a> Enc<'a> {
+    fn new(w: &'a mut dyn Write) -> Enc<'a> {
+        Enc {
+            w,
+            sum: blake3::Hasher::new(),
+        }
+    }
+
+    fn put(&mut self, b: &[u8]) -> Result<()> {
+        self.sum.update(b);
+        self.w.write_all(b)?;
+        Ok(())
+    }
+
+    fn u64s(&mut self, v: &[u64]) -> Result<()> {
+        v.iter().try_for_each(|x| self.put(&x.to_le_bytes()))
+    }
+
+    fn header(&mut self, height: u64, taken: i128, running: Option<&Running>) -> Result<()> {
+        self.put(MAGIC)?;
+        self.put(&VERSION.to_le_bytes())?;
+        self.u64s(&[height])?;
+        self.put(&taken.to_le_bytes())?;
+        match running {
+            None => self.put(&[0]),
+            Some(r) => {
+                self.put(&[1])?;
+                let h = r.handover;
+                self.u64s(&[h.token, h.misses_base])?;
+                self.u64s(&r.seen.words())
+            }
+        }
+    }
+
+    fn file(
+        &mut self,
+        (ino, btime): Identity,
+        id: FileId,
+        size: u64,
+        mtime: i128,
+        ctime: i128,
+        dirty: &[(u64, u64)],
+    ) -> Result<()> {
+        self.u64s(&[ino, id, size, dirty.len() as u64])?;
+        for v in [btime, mtime, ctime] {
+            self.put(&v.to_le_bytes())?;
+        }
+        dirty.iter().try_for_each(|(o, l)| self.u64s(&[*o, *l]))
+    }
+
+    fn finish(self) -> Result<()> {
+        let sum = *self.sum.finalize().as_bytes();
+        self.w.write_all(&sum)?;
+        Ok(())
+    }
+}
+
 /// The index of a scan: every file the cutter knows (`ids`), with its stat and what `dirty`
 /// marked of it.
 pub fn index(
@@ -374,5 +455,49 @@ mod tests {
             back.unchanged(&(3, 4), 8, (100, 1, 2)).is_none(),
             "another file"
         );
+    }
+
+    #[test]
+    fn stat_index_serves_its_height_and_later_ones_and_stays() {
+        let vol = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(vol.path().join("a"), b"aaaa").unwrap();
+        fs::write(vol.path().join("b"), b"bb").unwrap();
+        let scan = Scan::walk(vol.path()).unwrap();
+        let idents: Vec<(Identity, u64)> = scan
+            .entries
+            .values()
+            .filter_map(|e| match e.kind {
+                Kind::File { ident, size } => Some((ident, size)),
+                _ => None,
+            })
+            .collect();
+        // Only files with an id are indexed.
+        let mut ids = super::super::FastMap::default();
+        ids.insert(idents[0].0, 11);
+        let name = super::super::crash_index::INDEX_FILE;
+        let n = write_index(dir.path(), name, 7, 42, &scan, &ids).unwrap();
+        assert_eq!(n, 1);
+        assert!(
+            Resume::take_index(dir.path(), Some(6)).is_none(),
+            "an older log"
+        );
+        assert!(
+            Resume::take_index(dir.path(), None).is_none(),
+            "an empty log"
+        );
+        let r = Resume::take_index(dir.path(), Some(9)).unwrap();
+        assert_eq!((r.height, r.taken, r.files.len()), (7, 42, 1));
+        let k = &r.files[&idents[0].0];
+        assert_eq!((k.id, k.size, k.dirty.len()), (11, idents[0].1, 0));
+        assert!(r.running.is_none());
+        assert!(Resume::take_index(dir.path(), Some(7)).is_some(), "kept");
+        // Damaged: refused.
+        let p = dir.path().join(name);
+        let mut b = fs::read(&p).unwrap();
+        let last = b.len() - 40;
+        b[last] ^= 1;
+        fs::write(&p, b).unwrap();
+        assert!(Resume::take_index(dir.path(), Some(9)).is_none());
     }
 }

@@ -19,6 +19,7 @@ impl Cutter {
             ..Default::default()
         };
         let since = self.changes_since_last()?;
+        super::crash_index::remove(self.log().dir())?;
         let log = self.log();
         let stats = match since {
             Some(since) => log
@@ -139,6 +140,8 @@ impl Cutter {
         self.resume = None;
         self.since_walk = 0;
         self.force_full = false;
+        // The walk's stats were not taken frozen: the next stat index comes with a cut.
+        self.indexed = self.log().last_height().map(|h| (h, Instant::now()));
         Ok(())
     }
 }

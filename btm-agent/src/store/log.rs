@@ -236,6 +236,7 @@ impl HeightStore for LogStore {
     /// the next cut stays incremental (compaction keeps the last height's state). An error
     /// leaves the log as it was; compaction is retried later.
     fn maintain(&mut self) -> Result<()> {
+        self.cutter.maintain_index();
         if let Some(bg) = &mut self.compaction {
             match bg.poll() {
                 Progress::Running => {}

@@ -41,7 +41,6 @@ impl Replayer<'_> {
             differs.push(d);
         }
         self.log.prefetch(&wanted);
-        self.upcoming = wanted.into();
         for ((start, piece), differs) in segs.iter().zip(differs) {
             let (start, end) = (*start, start + piece.len);
             let range = piece.skip as usize..(piece.skip + piece.len) as usize;
@@ -291,10 +290,6 @@ impl Replayer<'_> {
         if let Some(v) = self.cache.get(p) {
             return Ok(v.clone());
         }
-        self.decode_ahead(p);
-        if let Some(v) = self.cache.get(p) {
-            return Ok(v.clone());
-        }
         let raw = match self.log.load_payload(p) {
             Ok(raw) => raw,
             Err(Ok(what)) => {
@@ -330,48 +325,8 @@ impl Replayer<'_> {
         raw
     }
 
-    /// Decodes `p` and the payloads the file needs after it, a batch at a time, on every core
-    /// (when the source allows it). A payload that fails here is left out: loaded alone, it
-    /// fails again with the error that names its file.
-    fn decode_ahead(&mut self, p: &PayloadRef) {
-        let Some(src) = self.log.shared() else {
-            return;
-        };
-        while self.upcoming.front().is_some_and(|q| q != p) {
-            self.upcoming.pop_front();
-        }
-        let n = AHEAD.min(self.upcoming.len());
-        if n < 2 {
-            return;
-        }
-        let batch: Vec<PayloadRef> = self.upcoming.drain(..n).collect();
-        let workers = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .min(n);
-        let mut slots: Vec<Option<Vec<u8>>> = vec![None; n];
-        std::thread::scope(|s| {
-            for (w, chunk) in slots.chunks_mut(n.div_ceil(workers)).enumerate() {
-                let batch = &batch;
-                let first = w * n.div_ceil(workers);
-                s.spawn(move || {
-                    for (i, slot) in chunk.iter_mut().enumerate() {
-                        *slot = src.load_payload(&batch[first + i]).ok();
-                    }
-                });
-            }
-        });
-        for (q, raw) in batch.iter().zip(slots) {
-            if let Some(raw) = raw {
-                self.keep(q, raw);
-            }
-        }
-    }
-
     // ---- pass 3 -----------------------------------------------------------------------------
 }
-
-/// Payloads decoded together ahead of their writes: about 16 MiB, well within the cache.
-const AHEAD: usize = 16;
 
 /// The pieces (at their file offsets) and the hole ranges a file's replay looks at.
 type Plan = (Vec<(u64, Piece)>, Vec<(u64, u64)>);

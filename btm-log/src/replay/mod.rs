@@ -129,11 +129,6 @@ pub trait PayloadSource {
     /// Replay will load these payloads next, in this order: a source where each load is a
     /// round trip (an offsite copy) starts fetching them together.
     fn prefetch(&self, _next: &[PayloadRef]) {}
-    /// This source, when several threads may load from it at once: replay then decodes the
-    /// payloads it needs next on every core instead of one at a time.
-    fn shared(&self) -> Option<&(dyn PayloadSource + Sync)> {
-        None
-    }
 }
 
 pub(crate) fn replay(
@@ -237,8 +232,6 @@ pub(crate) struct Replayer<'a> {
     stats: ReplayStats,
     cache: HashMap<PayloadRef, Rc<Vec<u8>>>,
     cache_order: VecDeque<PayloadRef>,
-    /// The payloads the file being written needs, in order (decoded ahead in batches).
-    upcoming: VecDeque<PayloadRef>,
     cache_bytes: usize,
     /// Open directories along the last path used: (component, fd).
     stack: Vec<(Vec<u8>, Rc<OwnedFd>)>,
@@ -290,7 +283,6 @@ impl<'a> Replayer<'a> {
             },
             cache: HashMap::new(),
             cache_order: VecDeque::new(),
-            upcoming: VecDeque::new(),
             cache_bytes: 0,
             stack: Vec::new(),
             done: HashMap::new(),
