@@ -43,16 +43,13 @@ impl PayloadSource for Log {
 
 /// Decodes stored payload bytes (block table, then data) and checks the data against the
 /// payload's blake3 and its block table.
-pub fn decode_payload(p: &PayloadRef, mut stored: Vec<u8>) -> Result<Vec<u8>, String> {
+pub fn decode_payload(p: &PayloadRef, stored: Vec<u8>) -> Result<Vec<u8>, String> {
     let tl = format::table_len(p.raw_len) as usize;
-    if stored.len() < tl {
-        return Err("payload shorter than its block table".into());
+    let table = stored.get(..tl).map(<[u8]>::to_vec);
+    let raw = decode_data(p, stored)?;
+    if table.is_none_or(|t| format::block_table(&raw) != t) {
+        return Err("block table does not match the data".into());
     }
-    let raw = match p.codec {
-        Codec::Raw => stored.split_off(tl),
-        Codec::Zstd => unzstd(p, &stored[tl..])?,
-    };
-    check_raw(p, &raw, &stored[..tl])?;
     Ok(raw)
 }
 
@@ -69,16 +66,7 @@ fn decode_data(p: &PayloadRef, mut stored: Vec<u8>) -> Result<Vec<u8>, String> {
         Codec::Raw => stored.split_off(tl),
         Codec::Zstd => unzstd(p, &stored[tl..])?,
     };
-    if raw.len() as u64 != p.raw_len {
-        return Err(format!(
-            "holds {} raw bytes, expected {}",
-            raw.len(),
-            p.raw_len
-        ));
-    }
-    if *blake3::hash(&raw).as_bytes() != p.hash {
-        return Err("blake3 mismatch".into());
-    }
+    check_data(p, &raw)?;
     Ok(raw)
 }
 
@@ -106,7 +94,8 @@ fn unzstd(p: &PayloadRef, body: &[u8]) -> Result<Vec<u8>, String> {
     Ok(raw)
 }
 
-fn check_raw(p: &PayloadRef, raw: &[u8], table: &[u8]) -> Result<(), String> {
+/// The raw bytes' length and blake3 against the payload's.
+fn check_data(p: &PayloadRef, raw: &[u8]) -> Result<(), String> {
     if raw.len() as u64 != p.raw_len {
         return Err(format!(
             "holds {} raw bytes, expected {}",
@@ -117,6 +106,11 @@ fn check_raw(p: &PayloadRef, raw: &[u8], table: &[u8]) -> Result<(), String> {
     if *blake3::hash(raw).as_bytes() != p.hash {
         return Err("blake3 mismatch".into());
     }
+    Ok(())
+}
+
+fn check_raw(p: &PayloadRef, raw: &[u8], table: &[u8]) -> Result<(), String> {
+    check_data(p, raw)?;
     if format::block_table(raw) != table {
         return Err("block table does not match the data".into());
     }

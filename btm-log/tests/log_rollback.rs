@@ -6,16 +6,8 @@
 #[path = "log_support.rs"]
 mod support;
 
-use btm_log::{CutRecord, ExtentBytes, Log, LogOptions, NsOp, ReplayOptions, SinceLast, TreeState};
-use support::{MNode, Model, Rng, assert_tree};
-
-fn opts() -> ReplayOptions {
-    ReplayOptions {
-        progress: false,
-        sync: false,
-        ..Default::default()
-    }
-}
+use btm_log::{CutRecord, ExtentBytes, Log, LogOptions, NsOp, SinceLast, TreeState};
+use support::{MNode, Model, Rng, assert_tree, quiet};
 
 /// What the tracker would report for `rec` applied over `last`: paths whose entry changed,
 /// and the files written or changed, by id (`after` is the model with it).
@@ -100,13 +92,13 @@ fn scoped_rollback_equals_the_height() {
         let mut with = Log::open_append(&copy).unwrap();
         with.append(rec).unwrap();
         let target = tmp.path().join("target");
-        with.replay(31, &target, &opts()).unwrap();
+        with.replay(31, &target, &quiet()).unwrap();
         assert_tree(&target, &after, "the target before the rollback");
         drop(with);
         support::remove_tree(&copy);
 
         let (h, m) = &snapshots[rng.below(30) as usize];
-        let st = log.rollback_in_place(*h, &target, &opts(), since).unwrap();
+        let st = log.rollback_in_place(*h, &target, &quiet(), since).unwrap();
         assert!(st.scoped.is_some(), "{st:?}");
         assert_tree(
             &target,
@@ -114,7 +106,7 @@ fn scoped_rollback_equals_the_height() {
             &format!("round {round}: scoped rollback to {h}"),
         );
         // The same rollback over the whole tree, for the bytes it compares.
-        let whole = log.replay(*h, &target, &opts()).unwrap();
+        let whole = log.replay(*h, &target, &quiet()).unwrap();
         assert_eq!(
             whole.bytes_written, 0,
             "after the scoped rollback to {h}: {whole:?}"

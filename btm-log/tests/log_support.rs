@@ -520,6 +520,15 @@ pub fn assert_tree(dir: &Path, m: &Model, what: &str) {
 }
 
 /// Tests that need root skip with a printed reason (btm-testkit's one rule).
+/// Replay options for tests: no progress bar, no final syncfs.
+pub fn quiet() -> btm_log::ReplayOptions {
+    btm_log::ReplayOptions {
+        progress: false,
+        sync: false,
+        ..Default::default()
+    }
+}
+
 pub fn skip(reason: &str) {
     btm_testkit::skip("log test", reason);
 }

@@ -410,6 +410,18 @@ pub fn cutting(fstype: &str, size_mb: u64, prefix: &str) -> Cutting {
     }
 }
 
+/// Overwrites `bytes` at offset `at` of the existing file `path` (a pwrite, as a database
+/// updates a page).
+pub fn write_at(path: &Path, at: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .write_all_at(bytes, at)
+        .unwrap();
+}
+
 /// The heights a log holds.
 pub fn log_heights(log: &Path) -> Vec<u64> {
     btm_agent::log::Log::open_read(log)

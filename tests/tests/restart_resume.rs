@@ -5,12 +5,7 @@
 //! blocks, not its size. After a crash, the stat index cuts leave makes the first cut read
 //! only the files whose stat changed; without it, everything, as the control shows. Every
 //! height replays exactly.
-use std::{
-    fs,
-    os::unix::fs::{FileExt, MetadataExt},
-    path::Path,
-    time::Duration,
-};
+use std::{fs, os::unix::fs::MetadataExt, path::Path, time::Duration};
 
 use btm_agent::{
     cut::{
@@ -23,7 +18,7 @@ use btm_agent::{
     tracker::{Limits, Tracker},
     volume::Mount,
 };
-use btm_tests::{Cutting, FILESYSTEMS, Rng, assert_replay_equals, can_run, cutting};
+use btm_tests::{Cutting, FILESYSTEMS, Rng, assert_replay_equals, can_run, cutting, write_at};
 
 const MIB: u64 = 1 << 20;
 const VOL_MB: u64 = 512;
@@ -34,15 +29,6 @@ fn restart(vol: &Path, logdir: &Path) -> Cutter {
     let limits = Limits::for_volume_bytes(VOL_MB * MIB);
     let tracker = Tracker::start_after(&mount, limits, running).unwrap();
     Cutter::new(mount, tracker, Log::open_append(logdir).unwrap()).unwrap()
-}
-
-fn write_at(path: &Path, at: u64, bytes: &[u8]) {
-    fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .write_all_at(bytes, at)
-        .unwrap();
 }
 
 fn run(fstype: &str) {

@@ -3,12 +3,7 @@
 //! height name (the 64 MiB state file, written in a few blocks, is never read whole), and the
 //! next cut reads what the tracker marks instead of the whole volume again. Every height,
 //! before and after the rollbacks, replays exactly; the volume equals the target after each.
-use std::{
-    collections::BTreeMap,
-    fs,
-    os::unix::fs::{FileExt, PermissionsExt},
-    path::Path,
-};
+use std::{collections::BTreeMap, fs, os::unix::fs::PermissionsExt, path::Path};
 
 use btm_agent::{
     log::PathGlobs,
@@ -19,20 +14,11 @@ use btm_agent::{
     treehash::{TreeHash, diff, hash_tree},
     volume::Mount,
 };
-use btm_tests::{FILESYSTEMS, LoopFs, Rng, can_run, workdir};
+use btm_tests::{FILESYSTEMS, LoopFs, Rng, can_run, workdir, write_at};
 
 const MIB: u64 = 1 << 20;
 const VOL_MB: u64 = 512;
 const STATE: u64 = 64 * MIB;
-
-fn write_at(path: &Path, at: u64, bytes: &[u8]) {
-    fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .write_all_at(bytes, at)
-        .unwrap();
-}
 
 /// One height's worth of node writes: a few blocks of the state file, an appended log, a new
 /// block file, and now and then a rename, a removal, a new directory and a mode change.

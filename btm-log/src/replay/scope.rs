@@ -204,14 +204,12 @@ impl Replayer<'_> {
                 )),
                 _ => None,
             };
-            let made = self.build(p);
+            let made = self.build_noted(p, &mut done, &mut dirs);
             self.only = None;
             let made = made?;
-            done.insert(p.clone());
             if !matches!(st.nodes[p], Node::Dir { .. }) {
                 continue;
             }
-            dirs.push(p.clone());
             if made {
                 self.build_under(p, &mut done, &mut dirs)?;
             } else if whole {
@@ -256,16 +254,27 @@ impl Replayer<'_> {
             if fstatat(&*dfd, file_name_of(child), AtFlags::AT_SYMLINK_NOFOLLOW).is_ok() {
                 continue;
             }
-            let made = self.build(child)?;
-            done.insert(child.clone());
-            if matches!(st.nodes[child], Node::Dir { .. }) {
-                dirs.push(child.clone());
-                if made {
-                    self.build_under(child, done, dirs)?;
-                }
+            if self.build_noted(child, done, dirs)? {
+                self.build_under(child, done, dirs)?;
             }
         }
         Ok(())
+    }
+
+    /// Builds `p`, noting it done (and as a directory for pass 3); true when it made a new
+    /// directory.
+    fn build_noted(
+        &mut self,
+        p: &RelPath,
+        done: &mut HashSet<RelPath>,
+        dirs: &mut Vec<RelPath>,
+    ) -> Result<bool, LogError> {
+        let made = self.build(p)?;
+        done.insert(p.clone());
+        if matches!(self.st.nodes[p], Node::Dir { .. }) {
+            dirs.push(p.clone());
+        }
+        Ok(made)
     }
 
     /// Builds everything the height has under the directory `dir`, just made.
@@ -282,11 +291,7 @@ impl Replayer<'_> {
             if done.contains(q) || self.preserved(q) {
                 continue;
             }
-            self.build(q)?;
-            done.insert(q.clone());
-            if matches!(st.nodes[q], Node::Dir { .. }) {
-                dirs.push(q.clone());
-            }
+            self.build_noted(q, done, dirs)?;
         }
         Ok(())
     }
