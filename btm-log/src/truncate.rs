@@ -15,7 +15,7 @@ impl Log {
     /// reopened. Crash-safe: tombstones above `height` go first, then later segments newest
     /// first, then the segment holding the cut is truncated at a record boundary; every step
     /// leaves a valid prefix of the log.
-    pub fn truncate_after(self, height: u64) -> Result<Log, LogError> {
+    pub fn truncate_after(mut self, height: u64) -> Result<Log, LogError> {
         if !self.writable {
             return Err(LogError::ReadOnly {
                 dir: self.dir.clone(),
@@ -56,7 +56,13 @@ impl Log {
                 .map_err(|e| LogError::io(seg, e))?;
         }
         fsync_dir(&dir)?;
+        // Reopened with the same lock, as compaction does: releasing it, even for a moment,
+        // let a fork in another thread (its child shares the lock until it execs) make the
+        // reopen fail as if another agent held the log.
+        let locks = std::mem::take(&mut self._locks);
         drop(self);
-        Log::open_append_with(&dir, opts)
+        let mut log = Log::empty(&dir, true, opts, locks);
+        log.scan()?;
+        Ok(log)
     }
 }

@@ -118,3 +118,34 @@ fn scoped_rollback_equals_the_height() {
     eprintln!("compared: scoped {scoped_cmp} bytes, whole tree {whole_cmp} bytes");
     assert!(scoped_cmp * 2 < whole_cmp, "{scoped_cmp} vs {whole_cmp}");
 }
+
+/// Truncating keeps the appender's lock: another thread's fork (whose child shares the lock
+/// until it execs or exits) must not make the reopen fail as if another agent held the log.
+#[test]
+fn truncate_keeps_the_lock_while_a_child_shares_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut log = Log::open_append(tmp.path()).unwrap();
+    let mut model = Model::new();
+    let mut rng = Rng(5);
+    for h in 1..=3 {
+        model.random_changes(&mut rng);
+        log.append(model.cut(h)).unwrap();
+    }
+    // SAFETY: the child only sleeps and exits, without touching the parent's state.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        unsafe {
+            libc::sleep(2);
+            libc::_exit(0);
+        }
+    }
+    assert!(pid > 0, "fork");
+    let log = log.truncate_after(2);
+    let mut status = 0;
+    // SAFETY: waits for the child just forked.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let log = log.unwrap_or_else(|e| panic!("truncate with a child sharing the lock: {e}"));
+    assert_eq!(log.last_height(), Some(2));
+    // The lock is still held: a second appender is refused.
+    assert!(Log::open_append(tmp.path()).is_err());
+}

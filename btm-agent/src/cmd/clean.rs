@@ -14,6 +14,8 @@ const LOG_FILES: &[&str] = &[
     "dropped.tmp",
     "resume.state",
     "resume.state.tmp",
+    "index.state",
+    "index.state.tmp",
     "remote-id",
     "compact.new",
     "compact.ready",
