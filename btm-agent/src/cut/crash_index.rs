@@ -78,7 +78,8 @@ pub fn now_ns() -> i128 {
         .map_or(0, |t| t.as_nanos() as i128)
 }
 
-/// Writes `bytes` to `dir/name` atomically: temporary file, fsync, rename, directory fsync.
+/// Writes `dir/name` atomically through `write`: temporary file, fsync, rename, directory
+/// fsync.
 pub(super) fn write_atomic(
     dir: &Path,
     name: &str,

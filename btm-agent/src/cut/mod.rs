@@ -580,9 +580,7 @@ impl Cutter {
         if losses.force_widen(&self.seen) {
             d.widen_to_folios();
         }
-        let taken = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |t| t.as_nanos() as i128);
+        let taken = crash_index::now_ns();
         let mut state = resume::index(height, taken, &scan, &self.ids, &d);
         if crate::tracker::handover::enabled() {
             match self.tracker.hand_over() {
