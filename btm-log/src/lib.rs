@@ -270,28 +270,33 @@ fn lock_error(path: &Path, e: TryLockError) -> LogError {
     }
 }
 
+/// Paths the record names plus files it changes under no path it names. Sorted vectors, not
+/// hash sets: a baseline of 10^6 files counted them in 80 MiB of sets.
 fn files_changed(meta: &Meta) -> u64 {
-    let mut paths: HashSet<&[u8]> = HashSet::new();
-    let mut put_ids = HashSet::new();
-    let mut ids = HashSet::new();
+    let mut paths: Vec<&[u8]> = Vec::new();
+    let mut put_ids = Vec::new();
+    let mut ids = Vec::new();
     for op in &meta.ops {
         match op {
             NsOp::Put { path, entry } => {
-                paths.insert(path);
+                paths.push(path);
                 if let Entry::File { id, .. } = entry {
-                    put_ids.insert(*id);
+                    put_ids.push(*id);
                 }
             }
-            NsOp::Remove { path } => {
-                paths.insert(path);
-            }
-            NsOp::SetSize { id, .. } => {
-                ids.insert(*id);
-            }
+            NsOp::Remove { path } => paths.push(path),
+            NsOp::SetSize { id, .. } => ids.push(*id),
         }
     }
     ids.extend(meta.extents.iter().map(|e| e.id()));
-    (paths.len() + ids.difference(&put_ids).count()) as u64
+    for v in [&mut ids, &mut put_ids] {
+        v.sort_unstable();
+        v.dedup();
+    }
+    paths.sort_unstable();
+    paths.dedup();
+    let unnamed = ids.iter().filter(|id| put_ids.binary_search(id).is_err());
+    (paths.len() + unnamed.count()) as u64
 }
 
 fn meta_ids(meta: &Meta) -> impl Iterator<Item = FileId> + '_ {
@@ -564,6 +569,15 @@ impl Log {
             st.apply(r.header.height, &meta.ops, &meta.extents)?;
         }
         Ok(st)
+    }
+
+    /// The state at the last height, folded once and then kept up to date by every append:
+    /// the one copy of the namespace an appender needs (the cutter diffs against it).
+    pub fn tip(&mut self) -> Result<&TreeState, LogError> {
+        if self.tip.is_none() {
+            self.tip = Some(self.fold_to(self.records.len())?);
+        }
+        Ok(self.tip.as_ref().expect("just built"))
     }
 
     /// Folded namespace + per-file extent map at `height` (must be a recorded height), without

@@ -127,7 +127,7 @@ impl TreeState {
     }
 
     /// Every (path, entry), parents before children.
-    pub fn entries(&self) -> impl Iterator<Item = (&RelPath, Entry)> + '_ {
+    pub fn entries(&self) -> impl Iterator<Item = (&RelPath, Entry)> + Clone + '_ {
         self.nodes.iter().map(|(p, n)| (p, self.to_entry(n)))
     }
 

@@ -36,7 +36,9 @@ pub(crate) struct Unchanged {
     /// File id -> byte ranges earlier extents of the record touched, start -> end, disjoint
     /// and not touching. A map, not a sorted `Vec`: extents out of offset order (10^6 writes
     /// scattered over a file) cost O(log n) each, not a sort of every range so far.
-    covered: HashMap<FileId, BTreeMap<u64, u64>>,
+    /// Most files get one extent per record: that one is kept inline, not in a tree node
+    /// (a full capture after a crash covers every file of the volume).
+    covered: HashMap<FileId, Covered>,
     /// File id -> the end of the highest block left out.
     dropped_end: HashMap<FileId, u64>,
     tables: HashMap<PayloadRef, Vec<u8>>,
@@ -61,25 +63,26 @@ impl Unchanged {
         if start >= end {
             return;
         }
-        let m = self.covered.entry(id).or_default();
-        let (mut s, mut e) = (start, end);
-        if let Some((&ps, &pe)) = m.range(..start).next_back()
-            && pe >= start
-        {
-            (s, e) = (ps, e.max(pe));
+        let c = self.covered.entry(id).or_insert(Covered::One(start, end));
+        match c {
+            Covered::One(s, e) if start <= *e && *s <= end => {
+                (*s, *e) = ((*s).min(start), (*e).max(end));
+            }
+            Covered::One(s, e) => {
+                let m = BTreeMap::from([(*s, *e)]);
+                *c = Covered::Many(m);
+                c.insert(start, end);
+            }
+            Covered::Many(_) => c.insert(start, end),
         }
-        while let Some((&ns, &ne)) = m.range(s..=e).next() {
-            m.remove(&ns);
-            e = e.max(ne);
-        }
-        m.insert(s, e);
     }
 
     fn touched(&self, id: FileId, start: u64, end: u64) -> bool {
-        self.covered
-            .get(&id)
-            .and_then(|m| m.range(..end).next_back())
-            .is_some_and(|(_, &e)| e > start)
+        match self.covered.get(&id) {
+            None => false,
+            Some(Covered::One(s, e)) => *s < end && *e > start,
+            Some(Covered::Many(m)) => m.range(..end).next_back().is_some_and(|(_, &e)| e > start),
+        }
     }
 
     /// Whether `ops` (the record's operations) keep every dropped block as the tip has it.
@@ -190,11 +193,37 @@ impl Unchanged {
     }
 }
 
+/// Byte ranges of one file an extent touched: start -> end, disjoint and not touching.
+enum Covered {
+    One(u64, u64),
+    Many(BTreeMap<u64, u64>),
+}
+
+impl Covered {
+    /// Adds `[start, end)` (only on `Many`), merging what it overlaps or touches.
+    fn insert(&mut self, start: u64, end: u64) {
+        let Covered::Many(m) = self else {
+            return;
+        };
+        let (mut s, mut e) = (start, end);
+        if let Some((&ps, &pe)) = m.range(..start).next_back()
+            && pe >= start
+        {
+            (s, e) = (ps, e.max(pe));
+        }
+        while let Some((&ns, &ne)) = m.range(s..=e).next() {
+            m.remove(&ns);
+            e = e.max(ne);
+        }
+        m.insert(s, e);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
-    use super::Unchanged;
+    use super::{Covered, Unchanged};
 
     /// The sorted-`Vec` ranges this module kept before: the reference.
     fn cover_vec(v: &mut Vec<(u64, u64)>, start: u64, end: u64) {
@@ -230,9 +259,11 @@ mod tests {
             for &(s, n) in &covers {
                 u.cover(7, s, s + n);
                 cover_vec(&mut v, s, s + n);
-                let m: Vec<(u64, u64)> = u.covered.get(&7).map_or(Vec::new(), |m| {
-                    m.iter().map(|(a, b)| (*a, *b)).collect()
-                });
+                let m: Vec<(u64, u64)> = match u.covered.get(&7) {
+                    None => Vec::new(),
+                    Some(Covered::One(a, b)) => vec![(*a, *b)],
+                    Some(Covered::Many(m)) => m.iter().map(|(a, b)| (*a, *b)).collect(),
+                };
                 prop_assert_eq!(&m, &v);
             }
             for &(s, n) in &probes {

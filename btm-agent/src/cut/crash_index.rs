@@ -54,7 +54,15 @@ impl Cutter {
         }
         let taken = self.thawed_at;
         let dir = self.log().dir().to_path_buf();
-        match resume::write_index(&dir, INDEX_FILE, height, taken, scan, &self.ids) {
+        let of = resume::IndexOf {
+            height,
+            taken,
+            scan,
+            ids: &self.ids,
+            dirty: None,
+            running: None,
+        };
+        match resume::write_index(&dir, INDEX_FILE, &of) {
             Ok(n) => tracing::debug!(files = n, height, "wrote the stat index"),
             Err(e) => tracing::warn!("cannot write the stat index of height {height}: {e:#}"),
         }
@@ -72,10 +80,10 @@ pub fn remove(dir: &Path) -> Result<()> {
 }
 
 /// Nanoseconds since the epoch, now.
-pub fn now_ns() -> i128 {
+pub fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |t| t.as_nanos() as i128)
+        .map_or(0, |t| t.as_nanos() as i64)
 }
 
 /// Writes `dir/name` atomically through `write`: temporary file, fsync, rename, directory

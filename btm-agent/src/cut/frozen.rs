@@ -65,7 +65,7 @@ impl Cutter {
         let mut both: Option<DirtySet> = None;
         let mut opens = 0;
         for (ident, (path, size2)) in candidates {
-            let id = self.id_for(&ident, &path, full, ids);
+            let id = self.id_for(&ident, &path, full, ids, draft.tip());
             let want = if files1.contains_key(&ident) && !missed1.contains(&ident) {
                 let size1 = files1.get(&ident).map_or(0, |f| f.1);
                 let mut r = ranges_of(&d2, ident.0, size2);
@@ -81,7 +81,7 @@ impl Cutter {
                 });
                 // Not read in phase 1: the same rules, with both flips' marks.
                 let stat = self.stat_for_resume(&scan2, &path, size2);
-                self.ranges_for(&ident, id, stat, both, full)
+                self.ranges_for(&ident, id, stat, both, full, draft.tip())
             };
             if matches!(&want, Want::Ranges(r) if r.is_empty()) {
                 continue;
@@ -127,7 +127,7 @@ fn candidates(
     let mut unknown = Vec::new();
     for ino in d2.files.keys() {
         let mut known = false;
-        for (ident, (path, _)) in files1.range((*ino, i128::MIN)..=(*ino, i128::MAX)) {
+        for (ident, (path, _)) in files1.range((*ino, i64::MIN)..=(*ino, i64::MAX)) {
             known = true;
             match file_at(path) {
                 Some((i, size)) if i == *ident => {
@@ -158,7 +158,7 @@ fn candidates(
     }
     missing.retain(|i| !out.contains_key(i));
     unknown.retain(|ino| {
-        out.range((*ino, i128::MIN)..=(*ino, i128::MAX))
+        out.range((*ino, i64::MIN)..=(*ino, i64::MAX))
             .next()
             .is_none()
             && !scan2.was_dir_ino(*ino)
@@ -176,7 +176,7 @@ fn candidates(
         // remembered so later freezes do not look again; a file that takes such a number
         // later is created after a walk, so it is among the re-read paths.
         phantoms.extend(unknown.into_iter().filter(|ino| {
-            out.range((*ino, i128::MIN)..=(*ino, i128::MAX))
+            out.range((*ino, i64::MIN)..=(*ino, i64::MAX))
                 .next()
                 .is_none()
         }));

@@ -34,13 +34,12 @@ use anyhow::{Context, Result, bail};
 use capture::{CaptureStats, read_identity};
 use losses::Losses;
 use nsevents::NsWatch;
-use record::namespace_at_last;
 pub use record::namespace_ops;
 use resume::Resume;
 use scan::{Identity, Kind, Scan, ScanEntry, ancestors};
 
 use crate::{
-    log::{Draft, Entry, ExtentData, FileId, HeightInfo, Log, LogError, NsOp, RelPath},
+    log::{Draft, Entry, ExtentData, FileId, HeightInfo, Log, LogError, NsOp, RelPath, TreeState},
     tracker::{DirtySet, Tracker},
     volume::{Frozen, Mount},
 };
@@ -86,11 +85,10 @@ const MAX_FULL_RETRIES: u32 = 2;
 pub struct Cutter {
     mount: Mount,
     tracker: Tracker,
-    /// Always Some, except while [`Cutter::transform_log`] has lent it out.
+    /// Always Some, except while [`Cutter::transform_log`] has lent it out. Its tip (the
+    /// state at the last height) is the namespace and sizes each cut diffs against: the
+    /// cutter keeps no copy of them.
     log: Option<Log>,
-    /// Namespace at the last recorded height, as the log has it.
-    prev: BTreeMap<RelPath, Entry>,
-    sizes: FastMap<FileId, u64>,
     ids: FastMap<Identity, FileId>,
     next_id: FileId,
     force_full: bool,
@@ -124,11 +122,11 @@ pub struct Cutter {
     /// written (height, time), how often, and when the last freeze ended (ns since the epoch).
     indexed: Option<(u64, Instant)>,
     pub index_every: Duration,
-    thawed_at: i128,
+    thawed_at: i64,
 }
 
 impl Cutter {
-    pub fn new(mount: Mount, tracker: Tracker, log: Log) -> Result<Cutter> {
+    pub fn new(mount: Mount, tracker: Tracker, mut log: Log) -> Result<Cutter> {
         let vol_dev = std::fs::metadata(&mount.mount_point)?.dev();
         if std::fs::metadata(log.dir())?.dev() == vol_dev {
             bail!(
@@ -138,7 +136,6 @@ impl Cutter {
                 mount.mount_point.display()
             );
         }
-        let (prev, sizes) = namespace_at_last(&log)?;
         // A clean stop's index: the first cut reads only what changed (see resume.rs).
         let mut resume = Resume::take(log.dir(), log.last_height());
         let after_crash = resume.is_none();
@@ -150,10 +147,11 @@ impl Cutter {
                 .running
                 .is_some_and(|run| tracker.adopted() == Some(run.handover.token));
         }
+        let tip = log.tip()?;
         let ids: FastMap<Identity, FileId> = resume
             .iter()
             .flat_map(|r| r.files.iter())
-            .filter(|(_, k)| sizes.contains_key(&k.id))
+            .filter(|(_, k)| tip.file(k.id).is_some())
             .map(|(i, k)| (*i, k.id))
             .collect();
         if let (Some(r), true) = (&resume, after_crash) {
@@ -218,8 +216,6 @@ impl Cutter {
             mount,
             tracker,
             log: Some(log),
-            prev,
-            sizes,
             force_full: resume.is_none(),
             ids,
             next_id,
@@ -263,7 +259,6 @@ impl Cutter {
             Ok((log, r)) => {
                 if log.last_height() != last {
                     // Rolled back: continue from the log's new last height, in full.
-                    (self.prev, self.sizes) = namespace_at_last(&log)?;
                     self.ids.clear();
                     self.force_full = true;
                 }
@@ -361,9 +356,9 @@ impl Cutter {
             if !walked1 && !d1.files.contains_key(&ident.0) && !reread1.contains(path) {
                 continue;
             }
-            let id = self.id_for(ident, path, full, &mut ids);
+            let id = self.id_for(ident, path, full, &mut ids, draft.tip());
             let stat = self.stat_for_resume(&scan1, path, *size1);
-            let want = self.ranges_for(ident, id, stat, &d1, full);
+            let want = self.ranges_for(ident, id, stat, &d1, full, draft.tip());
             // Nothing to read: not even opened.
             if !matches!(&want, Want::Ranges(r) if r.is_empty()) {
                 let mut sink = |e: ExtentData| Ok(draft.extent(e)?);
@@ -444,9 +439,9 @@ impl Cutter {
             return self.try_cut(log, height);
         }
 
-        let mut next = self.next_namespace(&scan2, full, &mut ids)?;
+        let mut next = self.next_namespace(&scan2, full, &mut ids, draft.tip())?;
         // Files that vanished between the phases leave nothing in the record.
-        draft.retain_files(|id| next.holds(&self.sizes, id));
+        draft.retain_files(|tip, id| next.holds(tip, id));
         rep.ops = next.ops.len();
         rep.record_paths = next.paths;
         rep.unchanged_bytes = draft.unchanged_bytes();
@@ -513,9 +508,10 @@ impl Cutter {
         &self,
         ident: &Identity,
         id: FileId,
-        stat: (u64, i128, i128),
+        stat: (u64, i64, i64),
         dirty: &DirtySet,
         full: bool,
+        tip: &TreeState,
     ) -> Want {
         let size = stat.0;
         if !full && self.ids.get(ident) == Some(&id) {
@@ -531,14 +527,14 @@ impl Cutter {
                         .filter(|(o, _)| *o < size)
                         .map(|&(o, l)| (o, l.min(size - o))),
                 );
-                let old = self.sizes.get(&id).copied().unwrap_or(0);
+                let old = tip.file(id).map_or(0, |f| f.size);
                 if size > old {
                     r.push((old, size - old));
                 }
                 return Want::Ranges(r);
             }
         }
-        if self.sizes.contains_key(&id) {
+        if tip.file(id).is_some() {
             Want::Whole
         } else {
             Want::Fresh
@@ -547,7 +543,7 @@ impl Cutter {
 
     /// A file's size, and its mtime and ctime when a clean stop's record is to be checked
     /// (the first cut after a start; otherwise the times are not looked up).
-    fn stat_for_resume(&self, scan: &Scan, path: &RelPath, size: u64) -> (u64, i128, i128) {
+    fn stat_for_resume(&self, scan: &Scan, path: &RelPath, size: u64) -> (u64, i64, i64) {
         match (&self.resume, scan.entries.get(path)) {
             (Some(_), Some(e)) => (size, e.mtime, e.ctime),
             _ => (size, 0, 0),
@@ -564,6 +560,9 @@ impl Cutter {
             return Ok(None);
         }
         let root = self.mount.mount_point.clone();
+        // The walk below replaces the namespace kept from events (and the agent stops):
+        // two copies of every path would double the stop's memory.
+        self.kept = None;
         // The next start's baseline, read before the flip: whatever is counted later may
         // concern the epoch left running.
         let before = Losses::of(&self.tracker.stats()?);
@@ -581,11 +580,11 @@ impl Cutter {
             d.widen_to_folios();
         }
         let taken = crash_index::now_ns();
-        let mut state = resume::index(height, taken, &scan, &self.ids, &d);
+        let mut running = None;
         if crate::tracker::handover::enabled() {
             match self.tracker.hand_over() {
                 Ok(handover) => {
-                    state.running = Some(resume::Running {
+                    running = Some(resume::Running {
                         handover,
                         seen: before,
                     })
@@ -595,12 +594,21 @@ impl Cutter {
                 ),
             }
         }
-        let path = state.save(self.log().dir())?;
+        let of = resume::IndexOf {
+            height,
+            taken,
+            scan: &scan,
+            ids: &self.ids,
+            dirty: Some(&d),
+            running,
+        };
+        let dir = self.log().dir();
+        let n = resume::write_index(dir, resume::RESUME_FILE, &of)?;
+        let path = dir.join(resume::RESUME_FILE);
         tracing::info!(
-            "recorded {} files at height {height} for the next start ({}){}",
-            state.files.len(),
+            "recorded {n} files at height {height} for the next start ({}){}",
             path.display(),
-            if state.running.is_some() {
+            if running.is_some() {
                 "; the tracker keeps marking until it starts"
             } else {
                 ""
@@ -610,7 +618,14 @@ impl Cutter {
     }
 
     /// The id of a file this cut captures (kept across cuts while the inode lives).
-    fn id_for(&mut self, ident: &Identity, path: &RelPath, full: bool, ids: &mut CutIds) -> FileId {
+    fn id_for(
+        &mut self,
+        ident: &Identity,
+        path: &RelPath,
+        full: bool,
+        ids: &mut CutIds,
+        tip: &TreeState,
+    ) -> FileId {
         if let Some(id) = ids.map.get(ident) {
             return *id;
         }
@@ -623,8 +638,8 @@ impl Cutter {
         }
         // On a full cut after start, keep the id the log has at this path (content is
         // rewritten in full anyway), unless another inode already took it.
-        let id = match self.prev.get(path) {
-            Some(Entry::File { id, .. }) if full && !ids.taken.contains(id) => *id,
+        let id = match tip.entry(path) {
+            Some(Entry::File { id, .. }) if full && !ids.taken.contains(&id) => id,
             _ => {
                 self.next_id += 1;
                 self.next_id - 1

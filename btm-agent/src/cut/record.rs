@@ -5,7 +5,8 @@
 use super::*;
 
 /// The namespace a cut records, and what it changes in the cutter's view of the last height
-/// once committed ([`Cutter::adopt`]).
+/// once committed ([`Cutter::adopt`]). The namespace itself is the log's tip, which the
+/// commit brings up to date: no copy of it is built here.
 pub(super) struct NextNs {
     pub ops: Vec<NsOp>,
     /// Paths it was built from: every path of the volume, or the changed ones.
@@ -15,16 +16,14 @@ pub(super) struct NextNs {
 
 #[derive(Clone)]
 enum View {
-    /// Every path: the namespace, sizes and live identities as they are now.
+    /// Every path: the sizes and live identities as they are now.
     Whole {
-        prev: BTreeMap<RelPath, Entry>,
         sizes: FastMap<FileId, u64>,
         live: FastSet<Identity>,
     },
-    /// The changed paths only: their entries (None: gone), the sizes of the files there,
-    /// the identities found there, and the files no path holds any more.
+    /// The changed paths only: the sizes of the files there, the identities found there,
+    /// and the files no path holds any more.
     Changed {
-        entries: Vec<(RelPath, Option<Entry>)>,
         sizes: FastMap<FileId, u64>,
         present: FastSet<Identity>,
         dead: FastMap<FileId, Identity>,
@@ -33,12 +32,12 @@ enum View {
 
 impl NextNs {
     /// Whether file `id` is in the namespace recorded (extents of the others are dropped:
-    /// their file vanished between the phases). `old` are the last height's sizes.
-    pub fn holds(&self, old: &FastMap<FileId, u64>, id: FileId) -> bool {
+    /// their file vanished between the phases). `tip` is the last height's state.
+    pub fn holds(&self, tip: &TreeState, id: FileId) -> bool {
         match &self.view {
             View::Whole { sizes, .. } => sizes.contains_key(&id),
             View::Changed { sizes, dead, .. } => {
-                sizes.contains_key(&id) || (old.contains_key(&id) && !dead.contains_key(&id))
+                sizes.contains_key(&id) || (tip.file(id).is_some() && !dead.contains_key(&id))
             }
         }
     }
@@ -52,49 +51,56 @@ fn check_records() -> bool {
 
 impl Cutter {
     /// The namespace of this cut, from the paths the patches changed when the scan tracked
-    /// them (else from every path).
+    /// them (else from every path), against `tip`, the log's state at the last height.
     pub(super) fn next_namespace(
         &mut self,
         scan2: &Scan,
         full: bool,
         ids: &mut CutIds,
+        tip: &TreeState,
     ) -> Result<NextNs> {
         let Some(changed) = scan2.changed.as_ref().filter(|_| !full) else {
-            return Ok(self.whole_namespace(scan2, full, ids));
+            return Ok(self.whole_namespace(scan2, full, ids, tip));
         };
-        let next = self.changed_namespace(scan2, changed, ids);
+        let next = self.changed_namespace(scan2, changed, ids, tip);
         if check_records() {
-            let whole = self.whole_namespace(scan2, full, ids);
+            let whole = self.whole_namespace(scan2, full, ids, tip);
             self.same_view(&next, &whole, ids)?;
         }
         Ok(next)
     }
 
     /// Every path of `scan2`.
-    fn whole_namespace(&mut self, scan2: &Scan, full: bool, ids: &mut CutIds) -> NextNs {
-        let mut entries: Vec<(RelPath, Entry)> = Vec::with_capacity(scan2.entries.len());
+    fn whole_namespace(
+        &mut self,
+        scan2: &Scan,
+        full: bool,
+        ids: &mut CutIds,
+        tip: &TreeState,
+    ) -> NextNs {
+        // Borrowed paths in path order: the two sides are compared as they stream by.
+        let mut entries: Vec<(&[u8], Entry)> = Vec::with_capacity(scan2.entries.len());
         let mut sizes: FastMap<FileId, u64> =
-            FastMap::with_capacity_and_hasher(self.sizes.len(), rustc_hash::FxBuildHasher);
+            FastMap::with_capacity_and_hasher(tip.files.len(), rustc_hash::FxBuildHasher);
         let mut live: FastSet<Identity> =
             FastSet::with_capacity_and_hasher(self.ids.len(), rustc_hash::FxBuildHasher);
         for (path, e) in &scan2.entries {
-            let entry = self.entry_of(path, e, full, ids);
+            let entry = self.entry_of(path, e, full, ids, tip);
             if let (Kind::File { ident, size }, Entry::File { id, .. }) = (&e.kind, &entry) {
                 live.insert(*ident);
                 sizes.insert(*id, *size);
             }
-            entries.push((path.clone(), entry));
+            entries.push((path, entry));
         }
-        // In path order: the map is built in one pass.
-        let prev: BTreeMap<RelPath, Entry> = entries.into_iter().collect();
-        let mut ops = namespace_ops(&self.prev, &prev);
+        let was = tip.entries().map(|(p, e)| (p.as_slice(), e));
+        let mut ops = ops_between(was, entries.iter().map(|(p, e)| (*p, e.clone())));
         // A full cut rewrote every byte below the size (holes as zeros): the size is all
         // that is left to set.
-        ops.extend(self.set_sizes(&sizes, full));
+        ops.extend(set_sizes(&sizes, full, tip));
         NextNs {
             ops,
             paths: scan2.entries.len(),
-            view: View::Whole { prev, sizes, live },
+            view: View::Whole { sizes, live },
         }
     }
 
@@ -104,16 +110,17 @@ impl Cutter {
         scan2: &Scan,
         changed: &BTreeSet<RelPath>,
         ids: &mut CutIds,
+        tip: &TreeState,
     ) -> NextNs {
         let (mut before, mut after) = (BTreeMap::new(), BTreeMap::new());
         let mut sizes = FastMap::default();
         let mut present = FastSet::default();
         for path in changed {
-            if let Some(e) = self.prev.get(path) {
-                before.insert(path.clone(), e.clone());
+            if let Some(e) = tip.entry(path) {
+                before.insert(path.clone(), e);
             }
             if let Some(e) = scan2.entries.get(path) {
-                let entry = self.entry_of(path, e, false, ids);
+                let entry = self.entry_of(path, e, false, ids, tip);
                 if let (Kind::File { ident, size }, Entry::File { id, .. }) = (&e.kind, &entry) {
                     present.insert(*ident);
                     sizes.insert(*id, *size);
@@ -122,7 +129,7 @@ impl Cutter {
             }
         }
         let mut ops = namespace_ops(&before, &after);
-        ops.extend(self.set_sizes(&sizes, false));
+        ops.extend(set_sizes(&sizes, false, tip));
         // A file whose entry went is gone unless another of its links holds it: those are
         // looked for in one pass over the scan, only when there are any.
         let mut gone: FastSet<Identity> = (scan2.dropped.iter())
@@ -139,14 +146,10 @@ impl Cutter {
         let dead = (gone.into_iter())
             .filter_map(|i| self.ids.get(&i).map(|id| (*id, i)))
             .collect();
-        let entries = (changed.iter())
-            .map(|p| (p.clone(), after.remove(p)))
-            .collect();
         NextNs {
             ops,
             paths: changed.len(),
             view: View::Changed {
-                entries,
                 sizes,
                 present,
                 dead,
@@ -155,7 +158,14 @@ impl Cutter {
     }
 
     /// The log's entry for scan entry `e` at `path` (a file gets its id).
-    fn entry_of(&mut self, path: &RelPath, e: &ScanEntry, full: bool, ids: &mut CutIds) -> Entry {
+    fn entry_of(
+        &mut self,
+        path: &RelPath,
+        e: &ScanEntry,
+        full: bool,
+        ids: &mut CutIds,
+        tip: &TreeState,
+    ) -> Entry {
         match &e.kind {
             Kind::Dir => Entry::Dir {
                 mode: e.mode,
@@ -168,7 +178,7 @@ impl Cutter {
                 gid: e.gid,
             },
             Kind::File { ident, .. } => Entry::File {
-                id: self.id_for(ident, path, full, ids),
+                id: self.id_for(ident, path, full, ids, tip),
                 mode: e.mode,
                 uid: e.uid,
                 gid: e.gid,
@@ -176,41 +186,17 @@ impl Cutter {
         }
     }
 
-    /// Size operations for the files in `sizes` whose size the last height does not have
-    /// (all of them on a full cut), by id.
-    fn set_sizes(&self, sizes: &FastMap<FileId, u64>, full: bool) -> Vec<NsOp> {
-        let mut by_id: Vec<(FileId, u64)> = (sizes.iter())
-            .filter(|(i, s)| full || self.sizes.get(i) != Some(s))
-            .map(|(&i, &s)| (i, s))
-            .collect();
-        by_id.sort_unstable();
-        by_id
-            .into_iter()
-            .map(|(id, size)| NsOp::SetSize { id, size })
-            .collect()
-    }
-
-    /// Takes the namespace a committed record describes as the last height's.
+    /// Takes the ids a committed record describes as the last height's (its namespace and
+    /// sizes are the log's tip now).
     pub(super) fn adopt(&mut self, next: NextNs, ids: CutIds, full: bool) {
-        let (prev, sizes, ids_now) = self.adopted(next, ids, full);
-        (self.prev, self.sizes, self.ids) = (prev, sizes, ids_now);
+        self.ids = self.adopted(next.view, ids, full);
     }
 
-    /// What [`Cutter::adopt`] sets: the namespace, sizes and ids after `next`.
-    #[allow(clippy::type_complexity)]
-    fn adopted(
-        &mut self,
-        next: NextNs,
-        ids: CutIds,
-        full: bool,
-    ) -> (
-        BTreeMap<RelPath, Entry>,
-        FastMap<FileId, u64>,
-        FastMap<Identity, FileId>,
-    ) {
+    /// What [`Cutter::adopt`] sets: the ids after `view`.
+    fn adopted(&mut self, view: View, ids: CutIds, full: bool) -> FastMap<Identity, FileId> {
         let mut own = std::mem::take(&mut self.ids);
-        match next.view {
-            View::Whole { prev, sizes, live } => {
+        match view {
+            View::Whole { live, .. } => {
                 // A full cut assigned every id this cut; otherwise the kept ones stand beside
                 // the new ones (see `id_for`).
                 if full {
@@ -219,38 +205,21 @@ impl Cutter {
                     own.extend(ids.map);
                 }
                 own.retain(|ident, _| live.contains(ident));
-                (prev, sizes, own)
             }
-            View::Changed {
-                entries,
-                sizes,
-                present,
-                dead,
-            } => {
-                let (mut prev, mut all) = (
-                    std::mem::take(&mut self.prev),
-                    std::mem::take(&mut self.sizes),
-                );
-                for (id, ident) in dead {
+            View::Changed { present, dead, .. } => {
+                for (_, ident) in dead {
                     own.remove(&ident);
-                    all.remove(&id);
                 }
                 // Ids handed out for files that vanished before the record are not kept.
                 own.extend(ids.map.into_iter().filter(|(i, _)| present.contains(i)));
-                all.extend(sizes);
-                for (path, e) in entries {
-                    match e {
-                        Some(e) => prev.insert(path, e),
-                        None => prev.remove(&path),
-                    };
-                }
-                (prev, all, own)
             }
         }
+        own
     }
 
     /// Fails when the record built from the changed paths and the one built from every path
-    /// differ, in operations or in the namespace, sizes and ids they leave.
+    /// differ, in operations (which make the namespace and sizes the log keeps) or in the
+    /// ids they leave.
     fn same_view(&mut self, changed: &NextNs, whole: &NextNs, ids: &CutIds) -> Result<()> {
         if changed.ops != whole.ops {
             bail!(
@@ -260,43 +229,31 @@ impl Cutter {
                 whole.ops
             );
         }
-        let (prev, sizes, own) = (self.prev.clone(), self.sizes.clone(), self.ids.clone());
+        let own = self.ids.clone();
         let mut left = Vec::new();
         for next in [changed, whole] {
-            let copy = NextNs {
-                ops: Vec::new(),
-                paths: 0,
-                view: next.view.clone(),
-            };
-            let got = self.adopted(copy, ids.clone(), false);
-            (self.prev, self.sizes, self.ids) = (prev.clone(), sizes.clone(), own.clone());
-            left.push(got);
+            left.push(self.adopted(next.view.clone(), ids.clone(), false));
+            self.ids = own.clone();
         }
         if left[0] != left[1] {
-            bail!(
-                "internal error: the namespace, sizes or ids from the changed paths differ from \
-                 the walk's"
-            );
+            bail!("internal error: the ids from the changed paths differ from the walk's");
         }
         Ok(())
     }
 }
 
-/// The namespace and file sizes at the log's last height: what the next cut diffs against.
-type Namespace = (BTreeMap<RelPath, Entry>, FastMap<FileId, u64>);
-
-pub(super) fn namespace_at_last(log: &Log) -> Result<Namespace> {
-    let (mut prev, mut sizes) = (BTreeMap::new(), FastMap::default());
-    if let Some(h) = log.last_height() {
-        let st = log.state_at(h)?;
-        for (p, e) in st.entries() {
-            if let Entry::File { id, .. } = e {
-                sizes.insert(id, st.file(id).map_or(0, |f| f.size));
-            }
-            prev.insert(p.clone(), e);
-        }
-    }
-    Ok((prev, sizes))
+/// Size operations for the files in `sizes` whose size the last height (`tip`) does not
+/// have (all of them on a full cut), by id.
+fn set_sizes(sizes: &FastMap<FileId, u64>, full: bool, tip: &TreeState) -> Vec<NsOp> {
+    let mut by_id: Vec<(FileId, u64)> = (sizes.iter())
+        .filter(|(i, s)| full || tip.file(**i).map(|f| f.size) != Some(**s))
+        .map(|(&i, &s)| (i, s))
+        .collect();
+    by_id.sort_unstable();
+    by_id
+        .into_iter()
+        .map(|(id, size)| NsOp::SetSize { id, size })
+        .collect()
 }
 
 /// Namespace operations that turn `prev` into `next`: removals first (the top-most removed path
@@ -305,36 +262,49 @@ pub fn namespace_ops(
     prev: &BTreeMap<RelPath, Entry>,
     next: &BTreeMap<RelPath, Entry>,
 ) -> Vec<NsOp> {
+    fn item<'a>((p, e): (&'a RelPath, &Entry)) -> (&'a [u8], Entry) {
+        (p.as_slice(), e.clone())
+    }
+    ops_between(prev.iter().map(item), next.iter().map(item))
+}
+
+/// [`namespace_ops`] over two sides given in path order, each walked twice (so a side can
+/// stream from the log's tip instead of being copied).
+fn ops_between<'a, P, N>(prev: P, next: N) -> Vec<NsOp>
+where
+    P: Iterator<Item = (&'a [u8], Entry)> + Clone,
+    N: Iterator<Item = (&'a [u8], Entry)> + Clone,
+{
     let mut ops = Vec::new();
     let mut removed: HashSet<&[u8]> = HashSet::new();
     let under_removed = |removed: &HashSet<&[u8]>, p: &[u8]| {
         !removed.is_empty() && ancestors(p).any(|a| removed.contains(a))
     };
     let is_dir = |e: &Entry| matches!(e, Entry::Dir { .. });
-    // Both maps are in path order: walked side by side, no lookups.
-    let mut other = next.iter().peekable();
-    for (p, e) in prev {
+    // Both sides are in path order: walked side by side, no lookups.
+    let mut other = next.clone().peekable();
+    for (p, e) in prev.clone() {
         while other.next_if(|(q, _)| *q < p).is_some() {}
         let gone = match other.peek() {
-            Some((q, n)) if *q == p => is_dir(n) != is_dir(e),
+            Some((q, n)) if *q == p => is_dir(n) != is_dir(&e),
             _ => true,
         };
         if gone {
             if !under_removed(&removed, p) {
-                ops.push(NsOp::Remove { path: p.clone() });
+                ops.push(NsOp::Remove { path: p.to_vec() });
             }
             removed.insert(p);
         }
     }
-    let mut other = prev.iter().peekable();
+    let mut other = prev.peekable();
     for (p, e) in next {
         while other.next_if(|(q, _)| *q < p).is_some() {}
         let same = matches!(other.peek(), Some((q, old)) if *q == p && *old == e)
             && !under_removed(&removed, p);
         if !same {
             ops.push(NsOp::Put {
-                path: p.clone(),
-                entry: e.clone(),
+                path: p.to_vec(),
+                entry: e,
             });
         }
     }

@@ -13,12 +13,7 @@
 //! The file is used once (removed when read) and only for the height it was written at. After
 //! a crash there is none; the stat index cuts leave (see [`super::crash_index`]) serves then,
 //! in the same format: files whose stat changed since it are read whole.
-use std::{
-    collections::HashMap,
-    fs,
-    io::Write,
-    path::{Path, PathBuf},
-};
+use std::{collections::HashMap, fs, io::Write, path::Path};
 
 use anyhow::{Result, bail};
 
@@ -33,15 +28,15 @@ const MAGIC: &[u8; 8] = b"btm.res\n";
 /// Version 2 adds the tracker a stop left running; version 1 files are still read.
 const VERSION: u32 = 2;
 /// Changes this close to the index are not trusted (covers coarse filesystem timestamps).
-pub const RACY_NS: i128 = 2_000_000_000;
+pub const RACY_NS: i64 = 2_000_000_000;
 
 /// What a file was at the stop.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Known {
     pub id: FileId,
     pub size: u64,
-    pub mtime: i128,
-    pub ctime: i128,
+    pub mtime: i64,
+    pub ctime: i64,
     /// Byte ranges marked since the height, below `size`.
     pub dirty: Vec<(u64, u64)>,
 }
@@ -59,7 +54,7 @@ pub struct Running {
 pub struct Resume {
     pub height: u64,
     /// When the index was taken (ns since the epoch).
-    pub taken: i128,
+    pub taken: i64,
     pub files: HashMap<Identity, Known>,
     pub running: Option<Running>,
     /// The tracker kept marking while no agent ran ([`Resume::running`], taken over by this
@@ -74,7 +69,7 @@ impl Resume {
         &self,
         ident: &Identity,
         id: FileId,
-        now: (u64, i128, i128),
+        now: (u64, i64, i64),
     ) -> Option<&[(u64, u64)]> {
         let k = self.files.get(ident)?;
         if self.kept_running {
@@ -86,8 +81,10 @@ impl Resume {
             .then_some(k.dirty.as_slice())
     }
 
-    /// Writes the state atomically (temporary file, fsync, rename, directory fsync).
-    pub fn save(&self, dir: &Path) -> Result<PathBuf> {
+    /// Writes the state atomically (temporary file, fsync, rename, directory fsync). Tests
+    /// build states this way; the agent streams its own from the scan ([`write_index`]).
+    #[cfg(test)]
+    pub fn save(&self, dir: &Path) -> Result<std::path::PathBuf> {
         super::crash_index::write_atomic(dir, RESUME_FILE, |w| {
             let mut e = Enc::new(w);
             e.header(self.height, self.taken, self.running.as_ref())?;
@@ -169,7 +166,7 @@ fn decode(b: &[u8]) -> Result<Resume> {
         bail!("unknown version");
     }
     let height = r.u64()?;
-    let taken = r.i128()?;
+    let taken = r.ns()?;
     let running = match version {
         1 => None,
         _ => match r.take::<1>()?[0] {
@@ -195,7 +192,7 @@ fn decode(b: &[u8]) -> Result<Resume> {
     let mut files = HashMap::new();
     for _ in 0..n {
         let (ino, id, size, ranges) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
-        let (btime, mtime, ctime) = (r.i128()?, r.i128()?, r.i128()?);
+        let (btime, mtime, ctime) = (r.ns()?, r.ns()?, r.ns()?);
         let mut dirty = Vec::new();
         for _ in 0..ranges {
             dirty.push((r.u64()?, r.u64()?));
@@ -240,34 +237,46 @@ impl Reader<'_> {
     fn u64(&mut self) -> Result<u64> {
         Ok(u64::from_le_bytes(self.take()?))
     }
-    fn i128(&mut self) -> Result<i128> {
-        Ok(i128::from_le_bytes(self.take()?))
+    /// A time in ns, stored in 16 bytes (the format predates the 8-byte times in memory).
+    fn ns(&mut self) -> Result<i64> {
+        let t = i128::from_le_bytes(self.take()?);
+        Ok(t.clamp(i64::MIN as i128, i64::MAX as i128) as i64)
     }
 }
 
-/// Writes the stat index of `scan` (every file the cutter knows, no marks) as `dir/name`, in
-/// the resume state's format, straight from the scan; returns how many files it holds.
-pub fn write_index(
-    dir: &Path,
-    name: &str,
-    height: u64,
-    taken: i128,
-    scan: &Scan,
-    ids: &super::FastMap<Identity, FileId>,
-) -> Result<usize> {
+/// What a stat index is written from: every file of `scan` the cutter knows (`ids`), with
+/// its stat; on a clean stop also what the tracker marked of it since the last height and
+/// the tracker left running for the next start.
+pub struct IndexOf<'a> {
+    pub height: u64,
+    /// When the stats were taken (ns since the epoch).
+    pub taken: i64,
+    pub scan: &'a Scan,
+    pub ids: &'a super::FastMap<Identity, FileId>,
+    pub dirty: Option<&'a crate::tracker::DirtySet>,
+    pub running: Option<Running>,
+}
+
+/// Writes the index as `dir/name` in the resume state's format, straight from the scan (no
+/// copy of 10^6 entries in memory); returns how many files it holds.
+pub fn write_index(dir: &Path, name: &str, of: &IndexOf) -> Result<usize> {
     let known = || {
-        scan.entries.values().filter_map(|e| match e.kind {
-            Kind::File { ident, size } => ids.get(&ident).map(|&id| (ident, id, size, e)),
+        (of.scan.entries.values()).filter_map(|e| match e.kind {
+            Kind::File { ident, size } => of.ids.get(&ident).map(|&id| (ident, id, size, e)),
             _ => None,
         })
     };
     let n = known().count();
     super::crash_index::write_atomic(dir, name, |w| {
         let mut enc = Enc::new(w);
-        enc.header(height, taken, None)?;
+        enc.header(of.height, of.taken, of.running.as_ref())?;
         enc.u64s(&[n as u64])?;
         for (ident, id, size, e) in known() {
-            enc.file(ident, id, size, e.mtime, e.ctime, &[])?;
+            let marked = (of.dirty)
+                .and_then(|d| d.files.get(&ident.0))
+                .map(|f| f.ranges_within(size))
+                .unwrap_or_default();
+            enc.file(ident, id, size, e.mtime, e.ctime, &marked)?;
         }
         enc.finish()
     })?;
@@ -298,11 +307,11 @@ impl<'a> Enc<'a> {
         v.iter().try_for_each(|x| self.put(&x.to_le_bytes()))
     }
 
-    fn header(&mut self, height: u64, taken: i128, running: Option<&Running>) -> Result<()> {
+    fn header(&mut self, height: u64, taken: i64, running: Option<&Running>) -> Result<()> {
         self.put(MAGIC)?;
         self.put(&VERSION.to_le_bytes())?;
         self.u64s(&[height])?;
-        self.put(&taken.to_le_bytes())?;
+        self.put(&(taken as i128).to_le_bytes())?;
         match running {
             None => self.put(&[0]),
             Some(r) => {
@@ -319,13 +328,13 @@ impl<'a> Enc<'a> {
         (ino, btime): Identity,
         id: FileId,
         size: u64,
-        mtime: i128,
-        ctime: i128,
+        mtime: i64,
+        ctime: i64,
         dirty: &[(u64, u64)],
     ) -> Result<()> {
         self.u64s(&[ino, id, size, dirty.len() as u64])?;
         for v in [btime, mtime, ctime] {
-            self.put(&v.to_le_bytes())?;
+            self.put(&(v as i128).to_le_bytes())?;
         }
         dirty.iter().try_for_each(|(o, l)| self.u64s(&[*o, *l]))
     }
@@ -334,47 +343,6 @@ impl<'a> Enc<'a> {
         let sum = *self.sum.finalize().as_bytes();
         self.w.write_all(&sum)?;
         Ok(())
-    }
-}
-
-/// The index of a scan: every file the cutter knows (`ids`), with its stat and what `dirty`
-/// marked of it.
-pub fn index(
-    height: u64,
-    taken: i128,
-    scan: &Scan,
-    ids: &super::FastMap<Identity, FileId>,
-    dirty: &crate::tracker::DirtySet,
-) -> Resume {
-    let mut files = HashMap::new();
-    for e in scan.entries.values() {
-        let Kind::File { ident, size } = e.kind else {
-            continue;
-        };
-        let Some(&id) = ids.get(&ident) else {
-            continue;
-        };
-        let marked = dirty
-            .files
-            .get(&ident.0)
-            .map(|f| f.ranges_within(size))
-            .unwrap_or_default();
-        files.insert(
-            ident,
-            Known {
-                id,
-                size,
-                mtime: e.mtime,
-                ctime: e.ctime,
-                dirty: marked,
-            },
-        );
-    }
-    Resume {
-        height,
-        taken,
-        files,
-        ..Default::default()
     }
 }
 
@@ -476,7 +444,15 @@ mod tests {
         let mut ids = super::super::FastMap::default();
         ids.insert(idents[0].0, 11);
         let name = super::super::crash_index::INDEX_FILE;
-        let n = write_index(dir.path(), name, 7, 42, &scan, &ids).unwrap();
+        let of = IndexOf {
+            height: 7,
+            taken: 42,
+            scan: &scan,
+            ids: &ids,
+            dirty: None,
+            running: None,
+        };
+        let n = write_index(dir.path(), name, &of).unwrap();
         assert_eq!(n, 1);
         assert!(
             Resume::take_index(dir.path(), Some(6)).is_none(),

@@ -85,6 +85,7 @@ impl Cutter {
             .context("re-reading the entries changed since the last height")?;
         let changed = scan.changed.take().unwrap_or_default();
         let mut since = SinceLast::default();
+        let tip = self.log.as_mut().expect("log lent out").tip()?;
         for path in changed.into_iter().chain(reread) {
             let now = scan.entries.get(&path);
             // The file this path held at the last height, by identity.
@@ -101,9 +102,9 @@ impl Cutter {
                     .collect();
                 since.files.push((id, ranges));
             }
-            let same_entry = match (now, self.prev.get(&path), known) {
+            let same_entry = match (now, tip.entry(&path), known) {
                 (Some(e), Some(Entry::File { id, mode, uid, gid }), Some((known, ..))) => {
-                    *id == known && (e.mode, e.uid, e.gid) == (*mode, *uid, *gid)
+                    id == known && (e.mode, e.uid, e.gid) == (mode, uid, gid)
                 }
                 _ => false,
             };
@@ -123,12 +124,13 @@ impl Cutter {
     fn rolled_back(&mut self, preserve: &PathGlobs, exact: bool) -> Result<()> {
         let mut walked = Scan::walk(&self.mount.mount_point).context("scanning the volume")?;
         self.ids.clear();
+        let tip = self.log.as_mut().expect("log lent out").tip()?;
         for (path, e) in &walked.entries {
             if let (Kind::File { ident, .. }, Some(Entry::File { id, .. })) =
-                (&e.kind, self.prev.get(path))
+                (&e.kind, tip.entry(path))
                 && !preserve.matches(path)
             {
-                self.ids.insert(*ident, *id);
+                self.ids.insert(*ident, id);
             }
         }
         self.kept = exact.then(|| {

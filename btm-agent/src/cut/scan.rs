@@ -22,7 +22,7 @@ use crate::{
 
 /// A file's identity across cuts: inode number plus birth time, so a reused inode number is
 /// never mistaken for the file that had it before.
-pub type Identity = (u64, i128);
+pub type Identity = (u64, i64);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -39,15 +39,18 @@ pub struct ScanEntry {
     /// Hard links to it (a file with several may be found at another path).
     pub links: u32,
     /// Modification and change times, ns since the epoch (what a restart trusts).
-    pub mtime: i128,
-    pub ctime: i128,
+    pub mtime: i64,
+    pub ctime: i64,
     /// Birth time (0 where the filesystem has none): with the inode number, tells a renamed
     /// directory from a new one that reuses a freed inode number.
-    pub btime: i128,
+    pub btime: i64,
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
 }
+
+/// One per path of the volume, kept between heights: 8-byte times keep it at 80 bytes.
+const _: () = assert!(std::mem::size_of::<ScanEntry>() == 80);
 
 /// The tree under a root, by relative path (parents sort before their children).
 #[derive(Clone, Debug, Default)]
@@ -550,9 +553,17 @@ pub fn identity(md: &fs::Metadata) -> Identity {
         .created()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos() as i128)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or(0);
     (md.ino(), btime)
+}
+
+/// Nanoseconds since the epoch in 8 bytes (half of an i128, for 10^6 entries and more),
+/// saturating beyond the years 1678 and 2262: only a set mtime gets there, and the ctime
+/// beside it, which nobody can set, still changes with every write.
+pub fn ns_since_epoch(sec: i64, nsec: u32) -> i64 {
+    sec.saturating_mul(1_000_000_000)
+        .saturating_add(nsec as i64)
 }
 
 /// A relative path as (parent directory, name).
@@ -591,8 +602,8 @@ struct Frame {
 struct Stat {
     mode: u32,
     nlink: u32,
-    mtime: i128,
-    ctime: i128,
+    mtime: i64,
+    ctime: i64,
     uid: u32,
     gid: u32,
     ino: u64,
@@ -600,7 +611,7 @@ struct Stat {
     size: u64,
     /// Birth time in nanoseconds since the epoch, 0 where the filesystem has none (as
     /// [`identity`] has it).
-    btime: i128,
+    btime: i64,
 }
 
 fn stat_at(dir: &OwnedFd, name: &[u8]) -> std::io::Result<Stat> {
@@ -621,11 +632,11 @@ fn stat_at(dir: &OwnedFd, name: &[u8]) -> std::io::Result<Stat> {
         return Err(std::io::Error::last_os_error());
     }
     let btime = if sx.stx_mask & libc::STATX_BTIME != 0 && sx.stx_btime.tv_sec >= 0 {
-        sx.stx_btime.tv_sec as i128 * 1_000_000_000 + sx.stx_btime.tv_nsec as i128
+        ns_since_epoch(sx.stx_btime.tv_sec, sx.stx_btime.tv_nsec)
     } else {
         0
     };
-    let ns = |t: libc::statx_timestamp| t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128;
+    let ns = |t: libc::statx_timestamp| ns_since_epoch(t.tv_sec, t.tv_nsec);
     Ok(Stat {
         mode: sx.stx_mode as u32,
         nlink: sx.stx_nlink,
