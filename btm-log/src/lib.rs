@@ -46,6 +46,7 @@ mod globs;
 mod meta;
 mod open;
 mod payload;
+mod pins;
 mod pieces;
 mod record;
 mod replay;
@@ -72,6 +73,7 @@ pub use error::LogError;
 pub use format::{Codec, FORMAT_VERSION, PayloadRef};
 pub use globs::PathGlobs;
 pub use payload::{check_payload, decode_payload};
+pub use pins::{PINS_FILE, PINS_TMP, read_pins, write_pins};
 pub use pieces::PieceMap;
 pub use record::{
     CutRecord, Entry, ExtentBytes, ExtentData, FileId, NsOp, RelPath, check_path,
