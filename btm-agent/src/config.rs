@@ -77,6 +77,16 @@ const SHARED: &[Shared] = &[
         sources: &[],
     },
     Shared {
+        verb: "pin",
+        keys: &["log"],
+        sources: &[],
+    },
+    Shared {
+        verb: "unpin",
+        keys: &["log"],
+        sources: &[],
+    },
+    Shared {
         verb: "diff",
         keys: &["log"],
         sources: &[],

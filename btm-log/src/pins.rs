@@ -40,7 +40,10 @@ pub fn read_pins(dir: &Path) -> Result<BTreeSet<u64>, LogError> {
                  rewrites it)",
                 i + 1
             );
-            LogError::io(&path, std::io::Error::new(std::io::ErrorKind::InvalidData, msg))
+            LogError::io(
+                &path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, msg),
+            )
         })?;
         out.insert(h);
     }
@@ -87,7 +90,10 @@ mod tests {
         let pins: BTreeSet<u64> = [30, 7].into();
         write_pins(dir.path(), &pins).unwrap();
         assert_eq!(read_pins(dir.path()).unwrap(), pins);
-        let mode = fs::metadata(dir.path().join(PINS_FILE)).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join(PINS_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(!dir.path().join(PINS_TMP).exists());
         write_pins(dir.path(), &BTreeSet::new()).unwrap();
