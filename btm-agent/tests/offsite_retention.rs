@@ -344,7 +344,26 @@ fn pins_offsite_are_sealed_in_a_keyed_store() {
         btm_agent::remote::remote_pins(&s.remote, "v").unwrap(),
         [2].into()
     );
-    // Without the key, the store does not open.
-    let plain = Remote::open(&format!("file://{}", tmp.path().join("store").display())).unwrap();
-    assert!(btm_agent::remote::remote_pins(&plain, "v").is_err());
+    assert!(
+        remote::verify(&s.remote, Some("v"), None)
+            .unwrap()
+            .problems
+            .is_empty()
+    );
+    // A pin written without the key is damage to verify, and stops neither list nor restore.
+    std::fs::write(
+        pin_obj.with_file_name("00000000000000000001.json"),
+        br#"{"format":1,"height":1,"pushed_unix_ms":0}"#,
+    )
+    .unwrap();
+    assert!(btm_agent::remote::remote_pins(&s.remote, "v").is_err());
+    let rep = remote::verify(&s.remote, Some("v"), None).unwrap();
+    assert!(
+        rep.problems
+            .iter()
+            .any(|p| p.contains("pins/00000000000000000001.json")),
+        "{rep:?}"
+    );
+    assert_eq!(s.remote_heights(), vec![1, 2, 3]);
+    assert_restores(&s.remote, tmp.path(), 2);
 }

@@ -74,7 +74,7 @@ impl RemoteRetentionArgs {
         let Some(cap) = self.remote_cap else {
             if self.remote_itv.is_some() || self.remote_algo.is_some() {
                 return Err(super::exit::usage(
-                    "--remote-itv and --remote-algo need --remote-cap N (offsite retention of                      its own); without it the remote mirrors the log's retention",
+                    "--remote-itv and --remote-algo need --remote-cap N (offsite retention of its own); without it the remote mirrors the log's retention",
                 ));
             }
             return Ok(None);

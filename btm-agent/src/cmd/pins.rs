@@ -13,6 +13,13 @@ use super::report;
 use crate::log::{Log, read_pins, write_pins};
 
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Pins are kept in LOGDIR/pins and read by every process that removes \
+heights: retention (run, compact --cap, -K) sets them aside, taking no slot of --cap; a rollback \
+or -C over one is refused. Each push publishes them offsite (volumes/<name>/pins/) and never \
+deletes a pinned height's pointer, whatever --remote-cap says. `btm-agent unpin H --log DIR` \
+releases one; `btm-agent list` marks them."
+)]
 pub struct PinArgs {
     /// The height to pin: the log must hold it (see `btm-agent list`).
     pub height: u64,

@@ -80,7 +80,8 @@ pub fn list_heights(remote: &Remote, name: &str, tag: Option<&str>) -> Result<Ve
     names.dedup_by_key(|(h, _, _)| *h);
     let paths: Vec<ObjPath> = names.iter().map(|(_, _, p)| p.clone()).collect();
     let bodies = remote.get_many(&paths)?;
-    let pins = crate::remote_pins(remote, name)?;
+    // By name only: a damaged pin must not stop a restore (`verify --remote` checks them).
+    let pins = crate::pins::listed(remote, name)?;
     let mut out = Vec::new();
     for ((h, k, p), b) in names.into_iter().zip(bodies) {
         // Removed since the listing (its height is no longer kept): not listed.
@@ -105,7 +106,7 @@ pub fn list_heights(remote: &Remote, name: &str, tag: Option<&str>) -> Result<Ve
             tag: ptr.tag,
             meta: ptr.meta,
             excluded: ptr.excluded,
-            pinned: pins.contains(&h),
+            pinned: pins.contains_key(&h),
         });
     }
     Ok(out)
