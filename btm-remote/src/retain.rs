@@ -50,7 +50,7 @@ pub(crate) struct Retained {
 
 /// The records the log keeps a height for: kept heights, and the newest record (which the log
 /// keeps reachable even when retention dropped it).
-pub(crate) fn wanted(plan: &[Planned]) -> impl Iterator<Item = &Planned> {
+fn wanted(plan: &[Planned]) -> impl Iterator<Item = &Planned> {
     let last = plan.len().saturating_sub(1);
     plan.iter()
         .enumerate()
