@@ -82,7 +82,16 @@ impl Setup {
     }
 
     fn push(&self, remote_cap: Option<usize>) -> remote::PushReport {
+        self.try_push(remote_cap, false).unwrap()
+    }
+
+    fn try_push(
+        &self,
+        remote_cap: Option<usize>,
+        allow_removals: bool,
+    ) -> Result<remote::PushReport, remote::RemoteError> {
         let opts = PushOptions {
+            allow_removals,
             name: "v".into(),
             remote_retention: RemoteRetentionArgs {
                 remote_cap,
@@ -92,7 +101,7 @@ impl Setup {
             .unwrap(),
             ..Default::default()
         };
-        remote::push(&Log::open_read(&self.dir).unwrap(), &self.remote, &opts).unwrap()
+        remote::push(&Log::open_read(&self.dir).unwrap(), &self.remote, &opts)
     }
 
     fn local_heights(&self) -> Vec<u64> {
@@ -261,6 +270,49 @@ fn a_pinned_height_survives_retention_on_both_sides_until_unpinned() {
             .join("00000000000000000003.json")
             .exists()
     );
+}
+
+#[test]
+fn the_mass_removal_abort_covers_what_remote_retention_removes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Setup::new(tmp.path(), 2);
+    for h in 1..=8 {
+        s.cut(h);
+        s.push(Some(8));
+    }
+    assert_eq!(s.remote_heights(), (1..=8).collect::<Vec<_>>());
+    // A much smaller remote cap would remove 6 of 8 heights: refused, nothing changed.
+    let e = s.try_push(Some(2), false).unwrap_err();
+    assert!(matches!(e, remote::RemoteError::Refused(_)), "{e}");
+    assert!(e.to_string().contains("--allow-removals"), "{e}");
+    assert_eq!(s.remote_heights(), (1..=8).collect::<Vec<_>>());
+    let rep = s.try_push(Some(2), true).unwrap();
+    assert_eq!(rep.pointers_removed, 6, "{rep:?}");
+    assert_eq!(s.remote_heights(), vec![7, 8]);
+}
+
+#[test]
+fn remote_retention_drops_heights_a_local_rollback_abandoned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Setup::new(tmp.path(), 10);
+    for h in 1..=6 {
+        s.cut(h);
+        s.push(Some(10));
+    }
+    // Rolled back to 4: heights 5 and 6 belong to a history the log left.
+    let log = s.log.take().unwrap().truncate_after(4).unwrap();
+    s.log = Some(log);
+    s.push(Some(10));
+    assert_eq!(s.remote_heights(), vec![1, 2, 3, 4]);
+    // The chain reaches 5 again with other content: its new pointer replaces nothing stale.
+    let log = s.log.as_mut().unwrap();
+    log.append(record(5, 9, noise(555, 1000))).unwrap();
+    s.push(Some(10));
+    assert_eq!(s.remote_heights(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(s.pointer_files(tmp.path()), 5);
+    let into = tmp.path().join("new5");
+    remote::replay(&s.remote, "v", Some(5), true, &into, &no_sync()).unwrap();
+    assert_eq!(std::fs::read(into.join("f9")).unwrap(), noise(555, 1000));
 }
 
 #[test]
