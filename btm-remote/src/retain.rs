@@ -136,3 +136,75 @@ impl Retained {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log whose records are `heights`, those in `dropped` dropped; record keys are
+    /// `[height + generation; 32]` (a compaction changes them).
+    fn plan(heights: &[u64], dropped: &[u64], generation: u8) -> Vec<Planned> {
+        (heights.iter())
+            .map(|&h| Planned {
+                key: [h as u8 + generation; 32],
+                height: h,
+                time_unix_ms: h,
+                dropped: dropped.contains(&h),
+            })
+            .collect()
+    }
+
+    fn existing(heights: &[u64], generation: u8) -> Vec<(u64, [u8; 32], ObjPath)> {
+        (heights.iter())
+            .map(|&h| {
+                (
+                    h,
+                    [h as u8 + generation; 32],
+                    ObjPath::from(format!("p{h}")),
+                )
+            })
+            .collect()
+    }
+
+    fn newest(n: usize) -> RemoteRetention {
+        RemoteRetention::new(move |hs| hs[hs.len().saturating_sub(n)..].to_vec())
+    }
+
+    fn heights(r: &Retained) -> Vec<u64> {
+        r.heights.iter().copied().collect()
+    }
+
+    #[test]
+    fn without_a_policy_the_log_is_mirrored_and_pins_are_kept() {
+        let p = plan(&[1, 2, 3, 4], &[1, 2, 4], 0);
+        let r = retained(&p, &existing(&[1, 2, 3], 0), &BTreeSet::new(), None);
+        // Kept heights and the newest record, even dropped.
+        assert_eq!(heights(&r), vec![3, 4]);
+        assert_eq!(r.keep.len(), 2);
+        let r = retained(&p, &existing(&[1, 2, 3], 0), &[1].into(), None);
+        assert_eq!(heights(&r), vec![1, 3, 4]);
+        assert!(r.keep.contains(&(1, [1; 32])), "the pinned pointer stays");
+    }
+
+    #[test]
+    fn a_policy_chooses_among_remote_and_log_heights_and_keeps_the_newest() {
+        // The log kept 5 and 6 only (compaction folded 1..=4 away); the remote has 1..=5.
+        let p = plan(&[5, 6], &[], 10);
+        let ex = existing(&[1, 2, 3, 4, 5], 0);
+        let r = retained(&p, &ex, &BTreeSet::new(), Some(&newest(4)));
+        assert_eq!(heights(&r), vec![3, 4, 5, 6]);
+        // 3 and 4 keep their old pointers; 5 gets its new record's, the old one goes.
+        assert!(r.keep.contains(&(3, [3; 32])) && r.keep.contains(&(4, [4; 32])));
+        assert!(r.keep.contains(&(5, [15; 32])) && !r.keep.contains(&(5, [5; 32])));
+        assert_eq!(r.publish.len(), 2);
+        // A policy that wants none of them still leaves the newest height.
+        let none = RemoteRetention::new(|_| Vec::new());
+        assert_eq!(
+            heights(&retained(&p, &ex, &BTreeSet::new(), Some(&none))),
+            vec![6]
+        );
+        // Pinned heights take no slot.
+        let r = retained(&p, &ex, &[1].into(), Some(&newest(2)));
+        assert_eq!(heights(&r), vec![1, 5, 6]);
+    }
+}

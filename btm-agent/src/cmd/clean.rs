@@ -17,6 +17,8 @@ const LOG_FILES: &[&str] = &[
     "index.state",
     "index.state.tmp",
     "remote-id",
+    // Only when it pins nothing (comments): -C refuses while heights are pinned.
+    "pins",
     "pins.tmp",
     "compact.new",
     "compact.ready",
