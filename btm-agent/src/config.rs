@@ -77,6 +77,16 @@ const SHARED: &[Shared] = &[
         sources: &[],
     },
     Shared {
+        verb: "pin",
+        keys: &["log"],
+        sources: &[],
+    },
+    Shared {
+        verb: "unpin",
+        keys: &["log"],
+        sources: &[],
+    },
+    Shared {
         verb: "diff",
         keys: &["log"],
         sources: &[],
@@ -95,6 +105,9 @@ const SHARED: &[Shared] = &[
             "remote_key",
             "exclude",
             "limit_upload",
+            "remote_cap",
+            "remote_itv",
+            "remote_algo",
         ],
         sources: &[],
     },

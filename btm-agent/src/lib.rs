@@ -8,7 +8,8 @@
 //!   ships each new height in the background.
 //! * [`store`] is where kept heights live, behind one trait: the log (eBPF mode) or native
 //!   snapshots; [`snapshot`] holds the native-snapshot backends (ZFS, Btrfs).
-//! * [`retention`] decides which heights are kept (BTM's fair and fade).
+//! * [`retention`] decides which heights are kept (BTM's fair and fade); [`pins`] keeps the
+//!   heights an operator pinned out of its reach.
 //! * [`heights`] polls nodes for their height; [`cmd`] is the command line and the socket.
 //! * [`volume`] finds the mount and freezes it; [`dirfd`] and [`treehash`] walk trees by
 //!   descriptor; [`conn`] and [`metrics`] serve connections and Prometheus metrics;
@@ -23,6 +24,7 @@ pub mod conn;
 pub mod cut;
 pub mod heights;
 pub mod metrics;
+pub mod pins;
 pub mod remote;
 pub mod retention;
 pub mod snapshot;

@@ -54,6 +54,12 @@ enum Command {
     /// What the log holds and costs, from metadata alone: heights, records, segments, bytes
     /// captured, deduplicated and stored (ratios), the files taking the most.
     Stats(btm_agent::cmd::stats::StatsArgs),
+    /// Keep a height whatever retention says: local retention never drops it, a rollback over
+    /// it is refused, and push keeps it offsite (publishing the pin there).
+    Pin(btm_agent::cmd::pins::PinArgs),
+    /// Release a pinned height: retention may remove it from then on, here and (after the next
+    /// push) offsite.
+    Unpin(btm_agent::cmd::pins::PinArgs),
     /// Materialise a height into a directory (rewrites only what differs).
     Replay(logs::ReplayArgs),
     /// Roll the volume back in place to a height (stop the node first).
@@ -133,6 +139,7 @@ impl Command {
             Command::Compact(a) => a.json,
             Command::Diff(a) => a.json,
             Command::Stats(a) => a.json,
+            Command::Pin(a) | Command::Unpin(a) => a.json,
             Command::Config(a) => match &a.command {
                 btm_agent::cmd::config_cmd::ConfigCommand::Check(c) => c.json,
             },
@@ -165,6 +172,8 @@ fn main() {
         Some(Command::List(a)) => logs::list(a),
         Some(Command::Verify(a)) => logs::verify(a),
         Some(Command::Replay(a)) => logs::replay(a),
+        Some(Command::Pin(a)) => btm_agent::cmd::pins::pin(a),
+        Some(Command::Unpin(a)) => btm_agent::cmd::pins::unpin(a),
         Some(Command::Diff(a)) => btm_agent::cmd::diff::run(a),
         Some(Command::Stats(a)) => btm_agent::cmd::stats::run(a),
         Some(Command::Rollback(a)) => logs::rollback(a),

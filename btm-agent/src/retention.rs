@@ -40,6 +40,8 @@
 //!   here they may be passed in and are always deleted, and they do not take up positions.
 //! * Duplicate heights in the input are counted once.
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
 
 /// The most heights a policy may keep (BTM's `CAP_MAX`).
@@ -177,6 +179,15 @@ impl Policy {
         keep.sort_unstable();
         all.retain(|h| keep.binary_search(h).is_err());
         all
+    }
+
+    /// [`Policy::to_delete`] with the `pinned` heights set aside: they are never deleted and
+    /// take no slot, so pinning a height (`btm-agent pin`) pushes no other height out.
+    pub fn to_delete_unpinned(&self, heights: &[u64], pinned: &BTreeSet<u64>) -> Vec<u64> {
+        let free: Vec<u64> = (heights.iter().copied())
+            .filter(|h| !pinned.contains(h))
+            .collect();
+        self.to_delete(&free)
     }
 
     /// The complement of [`Policy::to_delete`]: the heights kept, ascending, without duplicates.
@@ -378,6 +389,14 @@ mod tests {
         let pol = p(u64::MAX, 10, Algo::Fade);
         assert_eq!(pol.to_keep(&[0, u64::MAX]), vec![0, u64::MAX]);
         assert_eq!(pol.to_keep(&[u64::MAX, 5]), vec![u64::MAX]);
+    }
+
+    #[test]
+    fn pinned_heights_are_never_deleted_and_take_no_slot() {
+        let pol = p(1, 2, Algo::Fair);
+        let pins: BTreeSet<u64> = [1].into();
+        assert_eq!(pol.to_delete_unpinned(&[1, 2, 3, 4, 5], &pins), vec![2, 3]);
+        assert_eq!(pol.to_delete(&[1, 2, 3, 4, 5]), vec![1, 2, 3]);
     }
 
     #[test]

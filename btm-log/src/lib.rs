@@ -47,6 +47,7 @@ mod meta;
 mod open;
 mod payload;
 mod pieces;
+mod pins;
 mod record;
 mod replay;
 mod state;
@@ -73,6 +74,7 @@ pub use format::{Codec, FORMAT_VERSION, PayloadRef};
 pub use globs::PathGlobs;
 pub use payload::{check_payload, decode_payload};
 pub use pieces::PieceMap;
+pub use pins::{PINS_FILE, PINS_TMP, read_pins, write_pins};
 pub use record::{
     CutRecord, Entry, ExtentBytes, ExtentData, FileId, NsOp, RelPath, check_path,
     check_symlink_target, display_path,

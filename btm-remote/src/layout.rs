@@ -100,6 +100,30 @@ pub fn pointer_path(name: &str, height: u64, record: &[u8; 32]) -> ObjPath {
     ))
 }
 
+/// `volumes/<name>/pins/`: the heights the volume's log pinned (`btm-agent pin`).
+pub fn pins_dir(name: &str) -> ObjPath {
+    ObjPath::from(format!("volumes/{name}/pins"))
+}
+
+/// `volumes/<name>/pins/<height, 20 digits>.json` (sealed in a keyed store, like the owner).
+pub fn pin_path(name: &str, height: u64) -> ObjPath {
+    ObjPath::from(format!("volumes/{name}/pins/{height:020}.json"))
+}
+
+/// The height a pin's file name carries.
+pub fn parse_pin_name(file: &str) -> Option<u64> {
+    let h = file.strip_suffix(".json")?;
+    (h.len() == 20 && h.bytes().all(|b| b.is_ascii_digit())).then(|| h.parse().ok())?
+}
+
+/// A pin object (JSON): the volume's log pinned `height` when the push that wrote it ran.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    pub format: u32,
+    pub height: u64,
+    pub pushed_unix_ms: u64,
+}
+
 /// `volumes/<name>/heights/<height, 20 digits>-<record name>.sealed`: a pointer of a keyed
 /// store (sealed and signed, not JSON on the store).
 pub fn sealed_pointer_path(name: &str, height: u64, record: &[u8; 32]) -> ObjPath {

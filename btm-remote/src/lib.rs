@@ -20,9 +20,11 @@ mod keyed;
 pub mod layout;
 mod lock;
 pub mod pack;
+mod pins;
 mod prune;
 mod push;
 mod restore;
+mod retain;
 mod unprivileged;
 mod verify;
 
@@ -39,9 +41,11 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 
+pub use pins::remote_pins;
 pub use prune::{PruneReport, prune};
 pub use push::{PushOptions, PushReport, push, push_plan};
 pub use restore::{RemoteHeight, RemoteReplay, list_heights, list_volumes, replay, resolve_volume};
+pub use retain::RemoteRetention;
 pub use verify::{RemoteVerifyReport, Subset, verify};
 
 /// An open offsite location: the store, the URL's path as prefix, and a runtime to drive the

@@ -5,9 +5,10 @@
 //! only after its record. So an existing record object implies its whole chain and all its
 //! payloads exist, and `push` resumes by finding (binary search) the first record the remote
 //! lacks. Each height is published as soon as its record is up, so a long first push is
-//! restorable as it goes; pointers of heights retention removed locally are deleted last.
+//! restorable as it goes; pins are published and pointers of heights no longer kept (local
+//! retention, or the remote's own, see `retain.rs`) are deleted last.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -17,6 +18,7 @@ use object_store::path::Path as ObjPath;
 
 use super::layout::{self, Owner, Pointer, RecordObj};
 use super::pack::{self, Loc, PackIndex};
+use super::retain::{self, RemoteRetention, Retained};
 use super::{Remote, hostname, now_ms};
 use btm_log::{Log, hex};
 
@@ -41,6 +43,8 @@ pub struct PushOptions {
     /// ([`btm_log::Log::payloads_only_of`]), never uploaded.
     pub excluded: Vec<String>,
     pub skip: HashSet<[u8; 32]>,
+    /// Offsite retention of its own (`--remote-cap`); `None`: the remote mirrors the log's.
+    pub remote_retention: Option<RemoteRetention>,
 }
 
 /// A push that would remove more than this many heights, and more than half of those the remote
@@ -63,6 +67,9 @@ pub struct PushReport {
     pub bytes_uploaded: u64,
     pub pointers_written: u64,
     pub pointers_removed: u64,
+    /// Pins published (`volumes/<name>/pins/`) and removed (unpinned in the log).
+    pub pins_written: u64,
+    pub pins_removed: u64,
     /// With `verify`: objects that were on the remote but damaged, uploaded again.
     pub repaired: u64,
     pub newest_height: Option<u64>,
@@ -148,11 +155,13 @@ fn check_owner(log: &Log, remote: &Remote, name: &str, claim: bool) -> Result<()
     Ok(())
 }
 
-struct Planned {
-    key: [u8; 32],
-    height: u64,
-    time_unix_ms: u64,
-    dropped: bool,
+/// One record of the log as the remote names it.
+pub(crate) struct Planned {
+    pub(crate) key: [u8; 32],
+    pub(crate) height: u64,
+    pub(crate) time_unix_ms: u64,
+    /// Retention dropped its height locally (the record is still in the log).
+    pub(crate) dropped: bool,
 }
 
 /// Pushes `log` to `remote` under `o.name`. Safe to interrupt and run again; concurrent pushes
@@ -172,8 +181,11 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
     let lo = resume_point(remote, &plan)?;
     let start = if o.verify { 0 } else { lo };
     let mut pointers = Pointers::load(remote, &o.name)?;
+    let pins = btm_log::read_pins(log.dir())?;
+    let remote_pins = super::pins::listed(remote, &o.name)?;
+    let retained = pointers.retained(&plan, &pins, o);
     if !o.allow_removals {
-        pointers.check_removals(&plan, remote, &o.name)?;
+        retained.check_removals(&pointers.existing, remote, &o.name)?;
     }
     rep.records_present = lo as u64;
     if packed && start < n {
@@ -252,7 +264,7 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
             rep.records_uploaded += 1;
         }
         // Each height becomes restorable as soon as its record is up.
-        if !p.dropped {
+        if retained.publish.contains(&(p.height, p.key)) {
             pointers.ensure(remote, o, p, &mut rep)?;
         }
         prev = p.key;
@@ -261,7 +273,8 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
     bar.finish_and_clear();
     rep.bytes_uploaded = uploaded.load(Ordering::Relaxed);
     lock.refresh()?;
-    pointers.finish(remote, o, &plan, &mut rep)?;
+    (rep.pins_written, rep.pins_removed) = super::pins::sync(remote, &o.name, &remote_pins, &pins)?;
+    pointers.finish(remote, o, &plan, &retained, &mut rep)?;
     drop(lock);
     rep.newest_height = plan.last().map(|p| p.height);
     rep.requests = remote.requests().since(&before);
@@ -335,10 +348,15 @@ pub fn push_plan(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushRepo
     let plan = chain(log, remote)?;
     let lo = resume_point(remote, &plan)?;
     let pointers = Pointers::load(remote, &o.name)?;
+    let pins = btm_log::read_pins(log.dir())?;
+    let retained = pointers.retained(&plan, &pins, o);
     if !o.allow_removals {
-        pointers.check_removals(&plan, remote, &o.name)?;
+        retained.check_removals(&pointers.existing, remote, &o.name)?;
     }
+    let (pins_add, pins_gone) = super::pins::changes(&super::pins::listed(remote, &o.name)?, &pins);
     let mut rep = PushReport {
+        pins_written: pins_add.len() as u64,
+        pins_removed: pins_gone.len() as u64,
         records_present: lo as u64,
         newest_height: plan.last().map(|p| p.height),
         ..Default::default()
@@ -392,12 +410,9 @@ pub fn push_plan(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushRepo
         rep.records_uploaded += 1;
         prev = p.key;
     }
-    let keep: HashSet<(u64, [u8; 32])> = wanted(&plan).map(|p| (p.height, p.key)).collect();
-    rep.pointers_written = keep.difference(&pointers.have).count() as u64;
-    rep.pointers_removed = pointers
-        .existing
-        .iter()
-        .filter(|(h, k, _)| !keep.contains(&(*h, *k)))
+    rep.pointers_written = retained.publish.difference(&pointers.have).count() as u64;
+    rep.pointers_removed = (pointers.existing.iter())
+        .filter(|(h, k, _)| !retained.keep.contains(&(*h, *k)))
         .count() as u64;
     Ok(rep)
 }
@@ -493,61 +508,35 @@ impl Pointers {
         Ok(())
     }
 
-    /// Refuses a push that would remove most of the remote's heights (see [`MASS_REMOVAL`]).
-    fn check_removals(&self, plan: &[Planned], remote: &Remote, name: &str) -> Result<()> {
-        let wanted: HashSet<u64> = wanted(plan).map(|p| p.height).collect();
-        let remote_heights: HashSet<u64> = self.existing.iter().map(|(h, _, _)| *h).collect();
-        let mut gone: Vec<u64> = remote_heights.difference(&wanted).copied().collect();
-        gone.sort_unstable();
-        if gone.len() > MASS_REMOVAL && gone.len() * 2 > remote_heights.len() {
-            fail!(
-                Refused,
-                "this push would remove {} of the {} heights of {name:?} on {} ({}..={}) because \
-                 the log no longer has them; nothing was changed. If that is intended (a \
-                 rollback, a new retention policy), push with --allow-removals",
-                gone.len(),
-                remote_heights.len(),
-                remote.url(),
-                gone[0],
-                gone[gone.len() - 1]
-            );
-        }
-        Ok(())
+    /// The pointers this push leaves (see `retain.rs`).
+    fn retained(&self, plan: &[Planned], pins: &BTreeSet<u64>, o: &PushOptions) -> Retained {
+        retain::retained(plan, &self.existing, pins, o.remote_retention.as_ref())
     }
 
-    /// Publishes every kept height (and the newest record, which the log keeps reachable),
-    /// then deletes pointers of heights retention removed or whose record changed.
+    /// Publishes every retained height of the log, then deletes the other pointers: heights
+    /// no longer kept, and old records of heights whose record compaction changed.
     fn finish(
         mut self,
         remote: &Remote,
         o: &PushOptions,
         plan: &[Planned],
+        retained: &Retained,
         rep: &mut PushReport,
     ) -> Result<()> {
-        let wanted: Vec<&Planned> = wanted(plan).collect();
-        for p in &wanted {
-            self.ensure(remote, o, p, rep)?;
+        for p in plan {
+            if retained.publish.contains(&(p.height, p.key)) {
+                self.ensure(remote, o, p, rep)?;
+            }
         }
-        let keep: HashSet<(u64, [u8; 32])> = wanted.iter().map(|p| (p.height, p.key)).collect();
         let stale: Vec<ObjPath> = self
             .existing
             .into_iter()
-            .filter(|(h, k, _)| !keep.contains(&(*h, *k)))
+            .filter(|(h, k, _)| !retained.keep.contains(&(*h, *k)))
             .map(|(_, _, p)| p)
             .collect();
         rep.pointers_removed = stale.len() as u64;
         remote.delete_many(stale)
     }
-}
-
-/// The records that get a pointer: kept heights, and the newest record (which the log keeps
-/// reachable even when retention dropped it).
-fn wanted(plan: &[Planned]) -> impl Iterator<Item = &Planned> {
-    let last = plan.len().saturating_sub(1);
-    plan.iter()
-        .enumerate()
-        .filter(move |(i, p)| !p.dropped || *i == last)
-        .map(|(_, p)| p)
 }
 
 /// Splits `items` into runs whose `size` sums stay under `max` (a single larger item is a run).

@@ -111,6 +111,12 @@ pub fn verify(
         rep.volumes += 1;
         let heights = list_heights(remote, vol, None)?;
         rep.heights += heights.len();
+        // Pins are authenticated here (list and push only read their names).
+        match crate::remote_pins(remote, vol) {
+            Ok(_) => {}
+            Err(RemoteError::Damaged(e) | RemoteError::KeyMismatch(e)) => rep.problems.push(e),
+            Err(e) => return Err(e),
+        }
         for h in &heights {
             let key = layout::parse_hex32(&h.record).expect("checked by list_heights");
             walk_chain(remote, key, h.height, &mut seen, &mut wanted, &mut rep)?;

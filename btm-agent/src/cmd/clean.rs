@@ -17,6 +17,9 @@ const LOG_FILES: &[&str] = &[
     "index.state",
     "index.state.tmp",
     "remote-id",
+    // Only when it pins nothing (comments): -C refuses while heights are pinned.
+    "pins",
+    "pins.tmp",
     "compact.new",
     "compact.ready",
 ];
@@ -57,6 +60,8 @@ pub fn clean_log(dir: &Path, yes: bool) -> Result<()> {
     // Holding the appender lock proves no agent is writing.
     let log = super::logs::open_existing(dir)?;
     let n = log.heights().len();
+    let all: Vec<u64> = log.heights().iter().map(|h| h.height).collect();
+    crate::pins::refuse_removing(dir, &all, "-C")?;
     confirm(
         &format!("remove all {n} heights of the log {}", dir.display()),
         yes,

@@ -58,6 +58,8 @@ pub fn rollback(a: &RollbackArgs) -> Result<()> {
     let log = Log::open_read(&dir)?;
     let h = log.resolve(a.to, a.exact)?;
     let newer: Vec<_> = log.heights().into_iter().filter(|i| i.height > h).collect();
+    let newer_heights: Vec<u64> = newer.iter().map(|i| i.height).collect();
+    crate::pins::refuse_removing(&dir, &newer_heights, &format!("rolling back to {h}"))?;
     let removed_bytes = log
         .records_info()
         .iter()
@@ -165,7 +167,7 @@ pub fn compact(a: &CompactArgs) -> Result<()> {
     let removed_by_cap = match a.cap {
         Some(cap) => {
             let hs: Vec<u64> = heights.iter().map(|h| h.height).collect();
-            Policy::new(a.itv, cap, a.algo)?.to_delete(&hs)
+            Policy::new(a.itv, cap, a.algo)?.to_delete_unpinned(&hs, &crate::pins::pinned(&a.log)?)
         }
         None => Vec::new(),
     };

@@ -85,8 +85,14 @@ pub fn list(a: ListArgs) -> Result<()> {
     };
     let log = Log::open_read(dir)?;
     let hs = log.heights();
+    let pins = crate::pins::pinned(dir)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&hs)?);
+        let mut v = serde_json::to_value(&hs)?;
+        for h in v.as_array_mut().into_iter().flatten() {
+            let pinned = h["height"].as_u64().is_some_and(|x| pins.contains(&x));
+            h["pinned"] = pinned.into();
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     if hs.is_empty() {
@@ -94,11 +100,16 @@ pub fn list(a: ListArgs) -> Result<()> {
     }
     for h in hs {
         println!(
-            "{:>10}  stored {:>10}  data {:>10}  files {:>6}",
+            "{:>10}  stored {:>10}  data {:>10}  files {:>6}{}",
             h.height,
             human(h.stored_bytes),
             human(h.data_bytes),
-            h.files_changed
+            h.files_changed,
+            if pins.contains(&h.height) {
+                "  pinned"
+            } else {
+                ""
+            }
         );
     }
     Ok(())
@@ -337,12 +348,6 @@ pub fn rollback(a: RollbackArgs) -> Result<()> {
     // Otherwise take the log's appender lock ourselves: fails if an agent holds it.
     let log = open_existing(dir)?;
     let h = log.resolve(a.to, a.exact)?;
-    let mount = crate::volume::Mount::at(&a.volume)?;
-    let opts = ReplayOptions {
-        preserve,
-        ..Default::default()
-    };
-    let stats = log.replay(h, &mount.mount_point, &opts)?;
     // Like `zfs rollback -r`: newer heights leave the log, so the node can re-reach them.
     let newer: Vec<u64> = log
         .heights()
@@ -350,6 +355,13 @@ pub fn rollback(a: RollbackArgs) -> Result<()> {
         .map(|i| i.height)
         .filter(|&x| x > h)
         .collect();
+    crate::pins::refuse_removing(dir, &newer, &format!("rolling back to {h}"))?;
+    let mount = crate::volume::Mount::at(&a.volume)?;
+    let opts = ReplayOptions {
+        preserve,
+        ..Default::default()
+    };
+    let stats = log.replay(h, &mount.mount_point, &opts)?;
     log.truncate_after(h)?;
     if a.json {
         return report::print_json(serde_json::json!({
@@ -435,7 +447,7 @@ pub fn compact(a: CompactArgs) -> Result<()> {
     if let Some(cap) = a.cap {
         let p = Policy::new(a.itv, cap, a.algo)?;
         let hs: Vec<u64> = log.heights().iter().map(|h| h.height).collect();
-        log.drop_heights(&p.to_delete(&hs))?;
+        log.drop_heights(&p.to_delete_unpinned(&hs, &crate::pins::pinned(&a.log)?))?;
     }
     let (log, rep) = log.compact()?;
     println!(

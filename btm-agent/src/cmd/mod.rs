@@ -11,6 +11,7 @@ pub mod heights;
 pub mod logs;
 pub mod offsite;
 pub mod paths;
+pub mod pins;
 pub mod proto;
 pub mod report;
 pub mod run;

@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::log::{Log, ReplayOptions};
-use crate::remote::{self, PushOptions, Remote, RemoteKey};
+use crate::remote::{self, PushOptions, Remote, RemoteKey, RemoteRetention};
+use crate::retention::{Algo, Policy};
 
 /// Where an offsite copy lives and under which volume name.
 #[derive(clap::Args, Debug, Clone)]
@@ -45,6 +46,53 @@ impl RemoteArgs {
         Ok(Remote::open(url)?
             .with_key(key)
             .with_limits(self.limit_upload, self.limit_download))
+    }
+}
+
+/// Offsite retention of its own (`push`, `run --remote`): which heights the remote keeps,
+/// independently of the log's retention.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RemoteRetentionArgs {
+    /// Offsite retention of its own: keep at most N heights on the remote, chosen (like --cap)
+    /// among every height the remote has and those pushed now, including heights the log's
+    /// retention or compaction already removed here (they stay restorable offsite). Without
+    /// it the remote mirrors the log's retention. Pinned heights (`btm-agent pin`) and the
+    /// newest height are always kept.
+    #[arg(long, env = "BTM_REMOTE_CAP", value_name = "N")]
+    pub remote_cap: Option<usize>,
+    /// With --remote-cap: only heights divisible by N are kept offsite (default 1).
+    #[arg(long, env = "BTM_REMOTE_ITV", value_name = "N")]
+    pub remote_itv: Option<u64>,
+    /// With --remote-cap: fair (the newest N) or fade (density falls with age); default fair.
+    #[arg(long, env = "BTM_REMOTE_ALGO", value_enum, value_name = "ALGO")]
+    pub remote_algo: Option<Algo>,
+}
+
+impl RemoteRetentionArgs {
+    /// The remote's own policy, `None` when the remote mirrors the log's retention.
+    pub fn policy(&self) -> Result<Option<Policy>> {
+        let Some(cap) = self.remote_cap else {
+            if self.remote_itv.is_some() || self.remote_algo.is_some() {
+                return Err(super::exit::usage(
+                    "--remote-itv and --remote-algo need --remote-cap N (offsite retention of its own); without it the remote mirrors the log's retention",
+                ));
+            }
+            return Ok(None);
+        };
+        let p = Policy::new(
+            self.remote_itv.unwrap_or(1),
+            cap,
+            self.remote_algo.unwrap_or(Algo::Fair),
+        )
+        .map_err(|e| super::exit::usage(format!("offsite retention (--remote-*): {e}")))?;
+        Ok(Some(p))
+    }
+
+    /// What `PushOptions::remote_retention` takes.
+    pub fn retention(&self) -> Result<Option<RemoteRetention>> {
+        Ok(self
+            .policy()?
+            .map(|p| RemoteRetention::new(move |hs| p.to_keep(hs))))
     }
 }
 
@@ -103,6 +151,7 @@ pub fn push_options(
         progress: true,
         verify: false,
         allow_removals: false,
+        remote_retention: None,
     }
 }
 
@@ -135,10 +184,13 @@ pub struct PushArgs {
     pub json: bool,
     #[command(flatten)]
     pub exclude: super::paths::ExcludeArgs,
+    #[command(flatten)]
+    pub retention: RemoteRetentionArgs,
 }
 
-/// Copies every record the remote lacks, then publishes a pointer per kept height and
-/// removes pointers of heights retention removed. Safe to interrupt: run it again to resume.
+/// Copies every record the remote lacks, then publishes a pointer per kept height and the
+/// log's pins, and removes pointers of heights retention removed (the log's, or the remote's
+/// own with --remote-cap; never a pinned one). Safe to interrupt: run it again to resume.
 pub fn push(a: PushArgs) -> Result<()> {
     let url = a
         .remote
@@ -147,6 +199,7 @@ pub fn push(a: PushArgs) -> Result<()> {
         .context("push needs --remote URL (s3://BUCKET/PREFIX, gs://, az:// or file:///DIR)")?;
     let remote = a.remote.open(url)?;
     a.exclude.globs()?;
+    let retention = a.retention.retention()?;
     let log = Log::open_read(&a.log)?;
     let opts = push_options(
         &a.log,
@@ -158,6 +211,7 @@ pub fn push(a: PushArgs) -> Result<()> {
     let mut opts = remote::excluding(&log, &opts)?;
     opts.verify = a.verify;
     opts.allow_removals = a.allow_removals;
+    opts.remote_retention = retention;
     if a.dry_run {
         let rep = remote::push_plan(&log, &remote, &opts)?;
         if a.json {
@@ -167,8 +221,8 @@ pub fn push(a: PushArgs) -> Result<()> {
         }
         println!(
             "dry run: pushing {} to {url} as {:?} would upload {} records ({} already there) and \
-             {} objects ({} already there), {} bytes; write {} pointers and remove {}; newest \
-             height {}; nothing changed",
+             {} objects ({} already there), {} bytes; write {} pointers and remove {}; publish \
+             {} pins and remove {}; newest height {}; nothing changed",
             a.log.display(),
             opts.name,
             rep.records_uploaded,
@@ -178,6 +232,8 @@ pub fn push(a: PushArgs) -> Result<()> {
             rep.bytes_uploaded,
             rep.pointers_written,
             rep.pointers_removed,
+            rep.pins_written,
+            rep.pins_removed,
             rep.newest_height.map_or("none".into(), |h| h.to_string()),
         );
         return Ok(());
@@ -194,7 +250,7 @@ pub fn push(a: PushArgs) -> Result<()> {
         println!(
             "pushed {} to {url} as {:?}: newest height {}, {} records uploaded ({} already there), \
              {} objects uploaded ({} already there) in {} packs, {} bytes, {} requests, {} \
-             pointers written, {} removed{}",
+             pointers written, {} removed, {} pins written, {} removed{}",
             a.log.display(),
             opts.name,
             rep.newest_height.map_or("none".into(), |h| h.to_string()),
@@ -207,6 +263,8 @@ pub fn push(a: PushArgs) -> Result<()> {
             rep.requests.total(),
             rep.pointers_written,
             rep.pointers_removed,
+            rep.pins_written,
+            rep.pins_removed,
             if a.verify {
                 format!(", {} damaged objects repaired", rep.repaired)
             } else {
@@ -281,11 +339,12 @@ pub fn list(r: &RemoteArgs, url: &str, tag: Option<&str>, json: bool) -> Result<
     }
     for h in hs {
         println!(
-            "{:>10}  {}  tag {:<12} meta {}",
+            "{:>10}  {}  tag {:<12} meta {}{}",
             h.height,
             &h.record[..16],
             h.tag.as_deref().unwrap_or("-"),
-            h.meta.map_or("-".into(), |m| m.to_string())
+            h.meta.map_or("-".into(), |m| m.to_string()),
+            if h.pinned { "  pinned" } else { "" }
         );
     }
     Ok(())

@@ -126,9 +126,13 @@ pub struct RunArgs {
     #[arg(long, env = "BTM_READY_BUSY_SECS", default_value_t = 60)]
     pub ready_busy_secs: u64,
     /// Ship every acknowledged height offsite in the background (never delays a cut); the
-    /// remote mirrors the log's retention. See `btm-agent push --help` for URLs.
+    /// remote mirrors the log's retention unless --remote-cap gives it its own. See
+    /// `btm-agent push --help` for URLs.
     #[command(flatten)]
     pub offsite: super::offsite::RemoteArgs,
+    /// Offsite retention of its own for the heights shipped (--remote-cap/-itv/-algo).
+    #[command(flatten)]
+    pub remote_retention: super::offsite::RemoteRetentionArgs,
     /// Tag for the heights shipped offsite.
     #[arg(long, env = "BTM_REMOTE_TAG")]
     pub remote_tag: Option<String>,
@@ -171,6 +175,10 @@ pub fn run(mut args: RunArgs) -> Result<()> {
         return Err(super::exit::usage("--cap must be between 1 and 4096"));
     }
     let policy = Policy::new(args.itv, args.cap, args.algo)?;
+    let remote_retention = args.remote_retention.retention()?;
+    if remote_retention.is_some() && args.offsite.remote.is_none() {
+        tracing::warn!("--remote-cap is set but there is no --remote to ship to: ignored");
+    }
     // Forked before the agent loads anything: the guard holds no lock or program.
     if let Err(e) = crate::volume::ThawGuard::install(&args.volume) {
         tracing::warn!("no thaw guard for {}: {e:#}", args.volume.display());
@@ -197,13 +205,16 @@ pub fn run(mut args: RunArgs) -> Result<()> {
         (Some(url), Some(dir)) => Some(crate::remote::Shipper::start(
             args.offsite.open(url)?,
             dir.to_path_buf(),
-            super::offsite::push_options(
-                dir,
-                args.offsite.remote_name.as_deref(),
-                args.remote_tag.clone(),
-                args.remote_meta.clone(),
-                &args.exclude,
-            ),
+            crate::remote::PushOptions {
+                remote_retention,
+                ..super::offsite::push_options(
+                    dir,
+                    args.offsite.remote_name.as_deref(),
+                    args.remote_tag.clone(),
+                    args.remote_meta.clone(),
+                    &args.exclude,
+                )
+            },
         )),
         (Some(_), None) => bail!(
             "--remote ships the log of eBPF mode; {} keeps heights as native snapshots: send \

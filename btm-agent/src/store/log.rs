@@ -102,7 +102,7 @@ impl LogStore {
             .with_context(|| format!("creating log dir {}", dir.display()))?;
         let mut log = Log::open_append(dir)?;
         let hs: Vec<u64> = log.heights().iter().map(|h| h.height).collect();
-        log.drop_heights(&policy.to_delete(&hs))?;
+        log.drop_heights(&policy.to_delete_unpinned(&hs, &crate::pins::pinned(dir)?))?;
         let kept = Kept::of(&log);
         let mut cutter = Cutter::new(mount, tracker, log)?;
         cutter.freeze = freeze;
@@ -212,12 +212,17 @@ impl HeightStore for LogStore {
     ) -> Result<serde_json::Value> {
         // `kept` knows what this agent dropped since it opened the log.
         let h = crate::log::resolve_height(&self.kept.heights(), height, exact)?;
+        let removed: Vec<u64> = self.kept.heights().into_iter().filter(|&x| x > h).collect();
+        crate::pins::refuse_removing(&self.dir, &removed, &format!("rolling back to {h}"))?;
         // A compaction prepared from the records a rollback cuts off would bring them back.
         self.stop_compaction();
-        let removed: Vec<u64> = self.kept.heights().into_iter().filter(|&x| x > h).collect();
         let stats = self.cutter.rollback(h, preserve)?;
         self.kept = Kept::of(self.cutter.log());
         Ok(serde_json::json!({ "height": h, "removed": removed, "stats": stats }))
+    }
+
+    fn pinned(&self) -> Result<std::collections::BTreeSet<u64>> {
+        crate::pins::pinned(&self.dir)
     }
 
     fn status(&self) -> Result<serde_json::Value> {

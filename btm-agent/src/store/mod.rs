@@ -7,6 +7,7 @@ mod compaction;
 mod log;
 mod native;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::Result;
@@ -82,12 +83,21 @@ pub trait HeightStore {
         metrics: &Metrics,
     ) -> Result<serde_json::Value> {
         let mut report = self.keep(height, metrics)?;
-        let mut removed = policy.to_delete(&self.heights()?);
-        if let Err(e) = self.remove(&removed) {
+        let removed = self.pinned().and_then(|pins| {
+            let removed = policy.to_delete_unpinned(&self.heights()?, &pins);
+            self.remove(&removed).map(|()| removed)
+        });
+        let removed = removed.unwrap_or_else(|e| {
             tracing::error!(height, "retention after height {height}: {e:#}");
-            removed.clear();
-        }
+            Vec::new()
+        });
         report["removed"] = serde_json::json!(removed);
         Ok(report)
+    }
+
+    /// Heights retention must leave alone (`btm-agent pin`): the log's pins; none for native
+    /// snapshots.
+    fn pinned(&self) -> Result<BTreeSet<u64>> {
+        Ok(BTreeSet::new())
     }
 }

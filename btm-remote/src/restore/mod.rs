@@ -30,6 +30,8 @@ pub struct RemoteHeight {
     pub meta: Option<serde_json::Value>,
     /// Globs the push left out (`--exclude`).
     pub excluded: Vec<String>,
+    /// The volume's log pinned this height (`btm-agent pin`): no push deletes its pointer.
+    pub pinned: bool,
 }
 
 /// Volume names under the remote.
@@ -78,6 +80,8 @@ pub fn list_heights(remote: &Remote, name: &str, tag: Option<&str>) -> Result<Ve
     names.dedup_by_key(|(h, _, _)| *h);
     let paths: Vec<ObjPath> = names.iter().map(|(_, _, p)| p.clone()).collect();
     let bodies = remote.get_many(&paths)?;
+    // By name only: a damaged pin must not stop a restore (`verify --remote` checks them).
+    let pins = crate::pins::listed(remote, name)?;
     let mut out = Vec::new();
     for ((h, k, p), b) in names.into_iter().zip(bodies) {
         // Removed since the listing (its height is no longer kept): not listed.
@@ -102,6 +106,7 @@ pub fn list_heights(remote: &Remote, name: &str, tag: Option<&str>) -> Result<Ve
             tag: ptr.tag,
             meta: ptr.meta,
             excluded: ptr.excluded,
+            pinned: pins.contains_key(&h),
         });
     }
     Ok(out)
