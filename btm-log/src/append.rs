@@ -354,12 +354,11 @@ impl Draft<'_> {
             self.log.tip = None; // partly applied: rebuild on the next append
             return Err(e);
         }
-        let meta_bytes = meta.encode();
         let prev_hash = self.log.records.last().map_or([0; 32], |r| r.info.hash);
         let w = self.w.take().expect("draft in progress");
         let seg = self.log.segments.last().expect("segment");
         let written = w
-            .finish(self.height, time_unix_ms, prev_hash, &meta_bytes)
+            .finish(self.height, time_unix_ms, prev_hash, &meta)
             .and_then(|hw| {
                 seg.file
                     .sync_data()

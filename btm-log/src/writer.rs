@@ -14,11 +14,14 @@ use std::{
 
 use super::error::LogError;
 use super::format::{
-    Codec, FORMAT_VERSION, PayloadRef, REC_HEADER_LEN, RecHeader, TRAILER_LEN, Trailer, v2_hash,
+    Codec, FORMAT_VERSION, Meta, PayloadRef, REC_HEADER_LEN, RecHeader, TRAILER_LEN, Trailer,
+    v2_hash,
 };
 
 /// Writes are gathered up to this size before they go to the file.
 const WRITE_BUF: usize = 4 << 20;
+/// A record's metadata is encoded, hashed and written in pieces of this size.
+const META_CHUNK: usize = 1 << 20;
 
 /// A segment file opened for writing.
 pub(crate) struct SegmentIo {
@@ -151,29 +154,37 @@ impl RecordWriter {
         height: u64,
         time_unix_ms: u64,
         prev_hash: [u8; 32],
-        meta: &[u8],
+        meta: &Meta,
     ) -> Result<(RecHeader, [u8; 32]), LogError> {
         self.flush()?;
-        let header = RecHeader {
+        let mut header = RecHeader {
             version: FORMAT_VERSION,
             height,
             time_unix_ms,
-            meta_len: meta.len() as u64,
+            meta_len: meta.encoded_len() as u64,
             payload_len: self.payload_len(),
             prev_hash,
-            meta_hash: *blake3::hash(meta).as_bytes(),
+            meta_hash: [0; 32],
         };
         let record_len = header.record_len().ok_or_else(|| LogError::InvalidRecord {
             height,
             reason: "the record is too large".into(),
         })?;
+        // Written and hashed in pieces as it is encoded (see `Meta::encode_in_chunks`).
+        let meta_at = self.start + header.meta_start();
+        let (mut at, mut hasher) = (meta_at, blake3::Hasher::new());
+        meta.encode_in_chunks(META_CHUNK, |c| {
+            hasher.update(c);
+            self.io.write_at(c, at)?;
+            at += c.len() as u64;
+            Ok(())
+        })?;
+        header.meta_hash = *hasher.finalize().as_bytes();
         let encoded = header.encode();
         let hash = v2_hash(&encoded, self.payloads.finalize().as_bytes());
-        let meta_at = self.start + header.meta_start();
-        self.io.write_at(meta, meta_at)?;
         let trailer = Trailer { record_len, hash }.encode();
         let trailer_at = self.start + record_len - TRAILER_LEN;
-        debug_assert_eq!(trailer_at, meta_at + meta.len() as u64);
+        debug_assert_eq!(trailer_at, at);
         self.io.write_at(&trailer, trailer_at)?;
         self.io.write_at(&encoded, self.start)?;
         Ok((header, hash))

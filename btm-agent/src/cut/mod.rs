@@ -401,6 +401,9 @@ impl Cutter {
         }
         self.thawed_at = crash_index::now_ns();
         let (mut scan2, st2, phase2_losses, work) = phase2?;
+        // What phase 1 read is no longer needed (a copy of every path on a full cut): freed
+        // before the record is built.
+        drop((files1, missed1, d1, reread1));
         (
             rep.frozen_walk,
             rep.frozen_entries,

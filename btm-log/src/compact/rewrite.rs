@@ -193,12 +193,12 @@ impl Writer {
             .into_iter()
             .map(|e| e.expect("every fresh row written"))
             .collect();
-        let meta = Meta { ops, extents }.encode();
+        let meta = Meta { ops, extents };
         let start = self.len;
         let (header, hash) = w.finish(height, time_unix_ms, self.prev_hash, &meta)?;
         self.len = start + header.record_len().expect("fits");
         self.prev_hash = hash;
-        self.throttle.account(2 * meta.len() as u64);
+        self.throttle.account(2 * meta.encoded_len() as u64);
         self.throttle.pace();
         test_pause();
         Ok(())
