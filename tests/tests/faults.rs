@@ -162,6 +162,15 @@ fn kill_dash_nine_during_cuts() {
             .to_string();
         assert!(err.contains("not above the last recorded height"), "{err}");
 
+        // The stat index of this start (a thread writes it after the first height) is there
+        // before the kill: the next start's first cut relies on it.
+        let index = log.join("index.state");
+        let t = std::time::Instant::now();
+        while !index.exists() && t.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(index.exists(), "round {round}: no stat index after 30 s");
+
         // One more cut, killed at a random instant while it runs.
         h += 1;
         mutate(&fs_.mnt, &mut rng, h);

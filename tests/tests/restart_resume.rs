@@ -146,6 +146,7 @@ fn run(fstype: &str) {
     // first cut read only the files whose stat changed since, here one block file written
     // while no agent ran, not the 64 MiB state file nor the other block files.
     cutter.maintain_index();
+    cutter.finish_index(); // a thread writes it
     assert!(
         logdir.join(INDEX_FILE).exists(),
         "{fstype}: the index was written"

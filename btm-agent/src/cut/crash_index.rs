@@ -41,32 +41,55 @@ pub fn index_every() -> Duration {
 
 impl Cutter {
     /// Writes the stat index of the last height when it is due (after the first cut of this
-    /// start, then every [`Cutter::index_every`]); a failure is logged, not fatal.
+    /// start, then every [`Cutter::index_every`]); a failure is logged, not fatal. Its rows
+    /// are taken here (48 bytes a file); a thread encodes, writes and syncs them (about 1 s
+    /// at 10^6 files) while the next heights are cut.
     pub fn maintain_index(&mut self) {
-        let (Some(height), Some(scan)) = (self.log().last_height(), &self.kept) else {
+        let Some(height) = self.log().last_height() else {
             return;
         };
-        if self
-            .indexed
-            .is_some_and(|(h, at)| h == height || at.elapsed() < self.index_every)
+        if self.kept.is_none()
+            || (self.indexed).is_some_and(|(h, at)| h == height || at.elapsed() < self.index_every)
         {
             return;
         }
-        let taken = self.thawed_at;
-        let dir = self.log().dir().to_path_buf();
-        let of = resume::IndexOf {
-            height,
-            taken,
-            scan,
-            ids: &self.ids,
-            dirty: None,
-            running: None,
+        self.finish_index();
+        let rows = match &self.kept {
+            Some(scan) => resume::index_rows(scan, &self.ids),
+            None => return,
         };
-        match resume::write_index(&dir, INDEX_FILE, &of) {
-            Ok(n) => tracing::debug!(files = n, height, "wrote the stat index"),
-            Err(e) => tracing::warn!("cannot write the stat index of height {height}: {e:#}"),
+        let (dir, taken) = (self.log().dir().to_path_buf(), self.thawed_at);
+        let spawned = std::thread::Builder::new()
+            .name("btm-index".into())
+            .spawn(
+                move || match resume::write_rows(&dir, INDEX_FILE, height, taken, &rows) {
+                    Ok(n) => tracing::debug!(files = n, height, "wrote the stat index"),
+                    Err(e) => {
+                        tracing::warn!("cannot write the stat index of height {height}: {e:#}")
+                    }
+                },
+            );
+        match spawned {
+            Ok(h) => self.index_writer = Some(h),
+            Err(e) => tracing::warn!("cannot start writing the stat index: {e}"),
         }
         self.indexed = Some((height, Instant::now()));
+    }
+
+    /// Waits for the index being written, if any. Before the index is removed (a full cut, a
+    /// rollback) or the agent stops: an index of an older state must not land after that.
+    pub fn finish_index(&mut self) {
+        if let Some(h) = self.index_writer.take()
+            && h.join().is_err()
+        {
+            tracing::warn!("the thread writing the stat index failed");
+        }
+    }
+
+    /// Removes the index once any write of it has finished.
+    pub(super) fn remove_index(&mut self, dir: &Path) -> Result<()> {
+        self.finish_index();
+        remove(dir)
     }
 }
 

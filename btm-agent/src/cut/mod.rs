@@ -122,6 +122,8 @@ pub struct Cutter {
     /// written (height, time), how often, and when the last freeze ended (ns since the epoch).
     indexed: Option<(u64, Instant)>,
     pub index_every: Duration,
+    /// The thread writing the stat index, while it runs (see [`crash_index`]).
+    index_writer: Option<std::thread::JoinHandle<()>>,
     thawed_at: i64,
 }
 
@@ -232,6 +234,7 @@ impl Cutter {
             before_freeze: None,
             indexed: None,
             index_every: crash_index::index_every(),
+            index_writer: None,
             thawed_at: 0,
         })
     }
@@ -314,7 +317,7 @@ impl Cutter {
         let full = self.force_full;
         if full {
             // A full cut may give files other ids than the stat index holds.
-            crash_index::remove(log.dir())?;
+            self.remove_index(log.dir())?;
         }
         let mut rep = CutReport {
             height,
@@ -562,6 +565,7 @@ impl Cutter {
         if self.force_full {
             return Ok(None);
         }
+        self.finish_index();
         let root = self.mount.mount_point.clone();
         // The walk below replaces the namespace kept from events (and the agent stops):
         // two copies of every path would double the stop's memory.

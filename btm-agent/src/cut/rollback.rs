@@ -19,7 +19,8 @@ impl Cutter {
             ..Default::default()
         };
         let since = self.changes_since_last()?;
-        super::crash_index::remove(self.log().dir())?;
+        let dir = self.log().dir().to_path_buf();
+        self.remove_index(&dir)?;
         let log = self.log();
         let stats = match since {
             Some(since) => log
