@@ -2,10 +2,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet, btree_map},
     fs,
-    os::{
-        fd::{AsRawFd, OwnedFd},
-        unix::{ffi::OsStrExt, fs::MetadataExt},
-    },
+    os::{fd::OwnedFd, unix::ffi::OsStrExt},
     path::Path,
 };
 
@@ -15,6 +12,8 @@ use nix::{
 };
 
 use super::FastMap;
+use super::stat::{Stat, stat_at};
+pub use super::stat::{identity, ns_since_epoch};
 use crate::{
     dirfd::{self, DIR_FLAGS},
     log::RelPath,
@@ -548,24 +547,6 @@ impl Scan {
     }
 }
 
-pub fn identity(md: &fs::Metadata) -> Identity {
-    let btime = md
-        .created()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    (md.ino(), btime)
-}
-
-/// Nanoseconds since the epoch in 8 bytes (half of an i128, for 10^6 entries and more),
-/// saturating beyond the years 1678 and 2262: only a set mtime gets there, and the ctime
-/// beside it, which nobody can set, still changes with every write.
-pub fn ns_since_epoch(sec: i64, nsec: u32) -> i64 {
-    sec.saturating_mul(1_000_000_000)
-        .saturating_add(nsec as i64)
-}
-
 /// A relative path as (parent directory, name).
 pub fn split(p: &[u8]) -> (RelPath, Vec<u8>) {
     match p.iter().rposition(|&b| b == b'/') {
@@ -596,59 +577,6 @@ struct Frame {
     fd: OwnedFd,
     rel: RelPath,
     names: Vec<Vec<u8>>,
-}
-
-/// What the walk needs of a `statx`.
-struct Stat {
-    mode: u32,
-    nlink: u32,
-    mtime: i64,
-    ctime: i64,
-    uid: u32,
-    gid: u32,
-    ino: u64,
-    dev: u64,
-    size: u64,
-    /// Birth time in nanoseconds since the epoch, 0 where the filesystem has none (as
-    /// [`identity`] has it).
-    btime: i64,
-}
-
-fn stat_at(dir: &OwnedFd, name: &[u8]) -> std::io::Result<Stat> {
-    let c = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
-    // SAFETY: zeroed is a valid statx buffer; the call fills it.
-    let mut sx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: valid descriptor, NUL-terminated name and buffer.
-    let r = unsafe {
-        libc::statx(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-            libc::STATX_BASIC_STATS | libc::STATX_BTIME,
-            &mut sx,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let btime = if sx.stx_mask & libc::STATX_BTIME != 0 && sx.stx_btime.tv_sec >= 0 {
-        ns_since_epoch(sx.stx_btime.tv_sec, sx.stx_btime.tv_nsec)
-    } else {
-        0
-    };
-    let ns = |t: libc::statx_timestamp| ns_since_epoch(t.tv_sec, t.tv_nsec);
-    Ok(Stat {
-        mode: sx.stx_mode as u32,
-        nlink: sx.stx_nlink,
-        mtime: ns(sx.stx_mtime),
-        ctime: ns(sx.stx_ctime),
-        uid: sx.stx_uid,
-        gid: sx.stx_gid,
-        ino: sx.stx_ino,
-        dev: libc::makedev(sx.stx_dev_major, sx.stx_dev_minor),
-        size: sx.stx_size,
-        btime,
-    })
 }
 
 /// Opens directory `name` of `dir` (or `name` itself, the root, which may be reached through
