@@ -364,12 +364,28 @@ pub fn push_plan(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushRepo
     let mut known: HashSet<[u8; 32]> = HashSet::new();
     let mut prev = if lo > 0 { plan[lo - 1].key } else { [0u8; 32] };
     let packed = remote.packed();
+    // As the push finds them: payloads of records a compaction replaced are in packs already.
+    let located = if packed && lo < plan.len() {
+        let keys: HashSet<[u8; 32]> = plan.iter().map(|p| p.key).collect();
+        pack::replaced_locations(remote, pointers.existing.iter().map(|(_, k, _)| *k), &keys)?
+    } else {
+        HashMap::new()
+    };
     for (i, p) in plan.iter().enumerate().skip(lo) {
         let v = log.record_view(i)?;
         let indexed = v.own.iter().filter(|x| !o.skip.contains(&x.hash)).count();
-        let own: Vec<_> = (v.own.iter())
-            .filter(|x| !o.skip.contains(&x.hash) && known.insert(x.hash))
-            .collect();
+        // What this record uploads, the packs it names that exist already, and whether it
+        // shares payloads with a record before it in this push.
+        let (mut own, mut old_packs, mut shared) = (Vec::new(), HashSet::new(), false);
+        for x in v.own.iter().filter(|x| !o.skip.contains(&x.hash)) {
+            if let Some(l) = located.get(&x.hash) {
+                old_packs.insert(l.pack);
+            } else if known.insert(x.hash) {
+                own.push(x);
+            } else {
+                shared = true;
+            }
+        }
         let mut new_packs = 0;
         if packed {
             // Every payload new to this push goes up in packs (no per-payload checks).
@@ -380,6 +396,7 @@ pub fn push_plan(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushRepo
             let packs = entries.div_ceil(pack::PACK_TARGET);
             new_packs = packs;
             rep.objects_uploaded += own.len() as u64;
+            rep.objects_present += (indexed - own.len()) as u64;
             rep.packs_uploaded += packs;
             rep.bytes_uploaded += entries + packs * pack::PACK_MAGIC.len() as u64;
         }
@@ -399,10 +416,11 @@ pub fn push_plan(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushRepo
             }
         }
         // The record's pack index names every payload it holds and the packs they are in
-        // (the packs of earlier records it shares payloads with are not known here: counted
-        // as one, so the estimate is exact without sharing and close with it).
+        // (packs of earlier records of this push it shares payloads with are not known here:
+        // counted as one, so the estimate is exact without such sharing and close with it).
+        let n_packs = new_packs as usize + old_packs.len() + usize::from(shared);
         let index = packed.then(|| PackIndex {
-            packs: vec![[0u8; 32]; (new_packs + u64::from(indexed > own.len())) as usize],
+            packs: vec![[0u8; 32]; n_packs],
             entries: vec![([0u8; 32], 0, 0, 0); indexed],
         });
         let obj = record_object(v, prev, index);

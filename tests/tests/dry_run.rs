@@ -330,6 +330,37 @@ fn push_dry_run_predicts_the_push() {
     );
     assert_eq!(again["records_present"], 6, "{again}");
     assert_eq!(again["pointers_written"], 0, "{again}");
+
+    // After a compaction the rewritten records' payloads are in the remote's packs already:
+    // the dry run finds them there as the push does, and still predicts it exactly.
+    ok(&["--log", l, "-K", "3"]);
+    let plan = json(&[
+        "push",
+        "--dry-run",
+        "--json",
+        "--log",
+        l,
+        "--remote",
+        &remote,
+    ]);
+    assert!(plan["records_uploaded"].as_u64().unwrap() > 0, "{plan}");
+    assert!(plan["objects_present"].as_u64().unwrap() > 0, "{plan}");
+    let done = json(&["push", "--json", "--log", l, "--remote", &remote]);
+    for k in [
+        "records_uploaded",
+        "records_present",
+        "objects_uploaded",
+        "objects_present",
+        "packs_uploaded",
+        "bytes_uploaded",
+        "pointers_written",
+        "pointers_removed",
+    ] {
+        assert_eq!(
+            plan[k], done[k],
+            "after -K 3, {k}: planned {plan}, done {done}"
+        );
+    }
 }
 
 /// BTM's `-K N` keeps the newest N heights of a log and returns the others' space at once;
