@@ -42,7 +42,12 @@ fn fresh_replay_writes_on_the_writer_thread() {
     let (m, _) = build(&logdir);
     let log = Log::open_read(&logdir).unwrap();
     let into = tmp.path().join("tree");
-    let st = log.replay(1, &into, &quiet()).unwrap();
+    // With sync: the writer thread also starts each range's writeback.
+    let synced = btm_log::ReplayOptions {
+        sync: true,
+        ..quiet()
+    };
+    let st = log.replay(1, &into, &synced).unwrap();
     assert!(st.writes_in_parallel > FILES, "{st:?}");
     assert_eq!(st.bytes_written, (FILES + 1) * SIZE);
     assert_tree(&into, &m, "parallel replay");

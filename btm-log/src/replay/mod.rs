@@ -188,6 +188,7 @@ pub fn replay_state(
     };
     let mut r = Replayer::new(src, state, height, into, root, progress);
     r.preserve = opts.preserve.clone();
+    r.writer.sync = opts.sync;
     let dirs = match &opts.scope {
         Some(scope) => r.scoped(scope)?,
         None => r.whole()?,
