@@ -3,22 +3,66 @@
 use std::os::unix::fs::FileExt;
 
 use super::format::{self, Codec, PayloadRef};
-use super::{Log, LogError, PayloadSource};
+use super::{Log, LogError};
+
+/// Where replay gets payload bytes: the local log's segments, or an offsite copy
+/// (`crate::remote`). Everything else about replay is the same for both.
+pub trait PayloadSource {
+    /// The raw bytes of `p`, decoded and checked against its blake3 and block table.
+    /// `Err(Ok(why))`: the stored bytes are bad; `Err(Err(e))`: they could not be read.
+    fn load_payload(&self, p: &PayloadRef) -> Result<Vec<u8>, Result<String, LogError>>;
+    /// [`PayloadSource::load_payload`], maybe without the blake3 check (then `false`): replay
+    /// checks on its writer thread, before writing, while this thread decodes the next one.
+    fn load_payload_unchecked(
+        &self,
+        p: &PayloadRef,
+    ) -> Result<(Vec<u8>, bool), Result<String, LogError>> {
+        self.load_payload(p).map(|raw| (raw, true))
+    }
+    /// The block table of `p` (unchecked: a wrong entry only makes replay read the payload,
+    /// whose blake3 is checked).
+    fn load_table(&self, p: &PayloadRef) -> Result<Vec<u8>, LogError>;
+    /// The height whose record stored `p`, for error messages.
+    fn payload_height(&self, _p: &PayloadRef) -> Option<u64> {
+        None
+    }
+    /// Replay will load these payloads next, in this order: a source where each load is a
+    /// round trip (an offsite copy) starts fetching them together.
+    fn prefetch(&self, _next: &[PayloadRef]) {}
+}
 
 /// The log's own segments as replay's payload source.
 impl PayloadSource for Log {
     fn load_payload(&self, p: &PayloadRef) -> Result<Vec<u8>, Result<String, LogError>> {
+        let (raw, _) = self.load_payload_unchecked(p)?;
+        check_data(p, &raw).map_err(Ok)?;
+        Ok(raw)
+    }
+
+    /// Reads the data after the block table straight into its own buffer (a raw payload is
+    /// then not copied again) and leaves the blake3 check to the caller.
+    fn load_payload_unchecked(
+        &self,
+        p: &PayloadRef,
+    ) -> Result<(Vec<u8>, bool), Result<String, LogError>> {
         let Some(seg) = self.segment(p.seg) else {
             return Err(Ok(format!("segment {} is not part of the log", p.seg)));
         };
         if p.offset.saturating_add(p.stored_len) > seg.len {
             return Err(Ok("payload lies beyond the end of its segment".into()));
         }
-        let mut stored = vec![0u8; p.stored_len as usize];
+        let tl = format::table_len(p.raw_len);
+        if p.stored_len < tl {
+            return Err(Ok("payload shorter than its block table".into()));
+        }
+        let mut body = vec![0u8; (p.stored_len - tl) as usize];
         seg.file
-            .read_exact_at(&mut stored, p.offset)
+            .read_exact_at(&mut body, p.offset + tl)
             .map_err(|e| Err(LogError::io(&seg.path, e)))?;
-        decode_data(p, stored).map_err(Ok)
+        match p.codec {
+            Codec::Raw => Ok((body, false)),
+            Codec::Zstd => Ok((unzstd(p, &body).map_err(Ok)?, false)),
+        }
     }
 
     fn load_table(&self, p: &PayloadRef) -> Result<Vec<u8>, LogError> {
@@ -95,7 +139,7 @@ fn unzstd(p: &PayloadRef, body: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// The raw bytes' length and blake3 against the payload's.
-fn check_data(p: &PayloadRef, raw: &[u8]) -> Result<(), String> {
+pub(crate) fn check_data(p: &PayloadRef, raw: &[u8]) -> Result<(), String> {
     if raw.len() as u64 != p.raw_len {
         return Err(format!(
             "holds {} raw bytes, expected {}",

@@ -82,14 +82,20 @@ fn bench_log_throughput() {
         ..Default::default()
     };
     let into = tmp.path().join("tree");
+    // The appends leave the log's segments dirty in the page cache: write them back first, so
+    // that the replay's syncfs does not pay for them.
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
     let t = Instant::now();
     let st = log.replay(21, &into, &opts).unwrap();
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "replay fresh (with syncfs): {} MiB in {secs:.2}s = {}; read {} MiB from the log",
+        "replay fresh (with syncfs): {} MiB in {secs:.2}s = {}; read {} MiB from the log; {} \
+         writes on the writer thread",
         total >> 20,
         mbs(total, secs),
-        st.log_bytes_read >> 20
+        st.log_bytes_read >> 20,
+        st.writes_in_parallel
     );
     let t = Instant::now();
     let st = log.replay(21, &into, &opts).unwrap();

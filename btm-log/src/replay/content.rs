@@ -1,12 +1,13 @@
 //! Replay of a file's bytes: compare what is there with the state, write only what differs.
 
 use super::*;
+use writer::{Bad, Job, Loaded};
 
 impl Replayer<'_> {
     /// Makes the file's bytes equal to the state's; returns whether anything changed.
     pub(super) fn content(
         &mut self,
-        file: &File,
+        file: &Arc<File>,
         f: &FileState,
         old_size: u64,
         fresh: bool,
@@ -47,13 +48,23 @@ impl Replayer<'_> {
             if differs && end <= limit {
                 // Old bytes are there: write only the blocks that differ.
                 let old = self.read_old(file, start, piece.len, path)?;
-                let raw = self.payload(&piece.payload, path, id, start)?;
-                changed |= self.write_diff(file, start, &raw[range], &old, bs, path)?;
+                let raw = self.checked(&piece.payload, path, id, start)?;
+                changed |= self.write_diff(file, start, &raw.raw[range], &old, bs, path)?;
                 self.buf = old;
             } else if differs {
                 let raw = self.payload(&piece.payload, path, id, start)?;
-                file.write_all_at(&raw[range], start)
-                    .map_err(|e| self.err(path, format!("write: {e}")))?;
+                let job = Job {
+                    file: file.clone(),
+                    p: piece.payload,
+                    data: raw,
+                    range,
+                    at: start,
+                    path: self.into.join(OsStr::from_bytes(path)),
+                    bad: self.bad(&piece.payload, path, id, start),
+                };
+                if self.writer.submit(job)? {
+                    self.stats.writes_in_parallel += 1;
+                }
                 self.stats.bytes_written += piece.len;
                 changed = true;
             }
@@ -280,46 +291,65 @@ impl Replayer<'_> {
         Ok(changed)
     }
 
+    /// The payload's raw bytes, maybe not yet checked against its blake3 (the writer thread
+    /// checks them before writing; [`Replayer::checked`] here).
     fn payload(
         &mut self,
         p: &PayloadRef,
         path: &[u8],
         id: FileId,
         offset: u64,
-    ) -> Result<Rc<Vec<u8>>, LogError> {
+    ) -> Result<Arc<Loaded>, LogError> {
         if let Some(v) = self.cache.get(p) {
             return Ok(v.clone());
         }
-        let raw = match self.log.load_payload(p) {
-            Ok(raw) => raw,
-            Err(Ok(what)) => {
-                return Err(LogError::CorruptExtent {
-                    height: self.log.payload_height(p).unwrap_or(self.height),
-                    path: display_path(path),
-                    id,
-                    offset,
-                    len: p.raw_len,
-                    what,
-                });
-            }
+        let (raw, checked) = match self.log.load_payload_unchecked(p) {
+            Ok(loaded) => loaded,
+            Err(Ok(what)) => return Err(self.bad(p, path, id, offset).error(what)),
             Err(Err(e)) => return Err(e),
         };
-        Ok(self.keep(p, raw))
+        Ok(self.keep(p, Loaded::new(raw, checked)))
+    }
+
+    /// [`Replayer::payload`], checked against its blake3 on this thread.
+    fn checked(
+        &mut self,
+        p: &PayloadRef,
+        path: &[u8],
+        id: FileId,
+        offset: u64,
+    ) -> Result<Arc<Loaded>, LogError> {
+        let raw = self.payload(p, path, id, offset)?;
+        match raw.check(p) {
+            Ok(()) => Ok(raw),
+            Err(what) => Err(self.bad(p, path, id, offset).error(what)),
+        }
+    }
+
+    /// What a damaged payload at `offset` of file `id` is reported as.
+    fn bad(&self, p: &PayloadRef, path: &[u8], id: FileId, offset: u64) -> Bad {
+        Bad {
+            height: self.log.payload_height(p).unwrap_or(self.height),
+            path: display_path(path),
+            id,
+            offset,
+            len: p.raw_len,
+        }
     }
 
     /// Caches a decoded payload (the oldest go once the cache is full).
-    fn keep(&mut self, p: &PayloadRef, raw: Vec<u8>) -> Rc<Vec<u8>> {
+    fn keep(&mut self, p: &PayloadRef, raw: Loaded) -> Arc<Loaded> {
         self.stats.log_bytes_read += p.stored_len;
         self.stats.payloads_read += 1;
-        let raw = Rc::new(raw);
-        self.cache_bytes += raw.len();
+        let raw = Arc::new(raw);
+        self.cache_bytes += raw.raw.len();
         self.cache.insert(*p, raw.clone());
         self.cache_order.push_back(*p);
         while self.cache_bytes > CACHE_BYTES
             && let Some(old) = self.cache_order.pop_front()
         {
             if let Some(v) = self.cache.remove(&old) {
-                self.cache_bytes -= v.len();
+                self.cache_bytes -= v.raw.len();
             }
         }
         raw

@@ -22,6 +22,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use nix::errno::Errno;
@@ -40,7 +41,9 @@ use crate::PathGlobs;
 mod content;
 mod remove;
 mod scope;
+mod writer;
 use crate::dirfd::{self, DIR_FLAGS};
+pub use crate::payload::PayloadSource;
 pub use scope::{ReplayScope, SinceLast};
 
 /// How to replay.
@@ -94,6 +97,10 @@ pub struct ReplayStats {
     /// Paths and files a scoped replay looked at (`None`: the whole tree was compared).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scoped: Option<u64>,
+    /// Writes handed to the writer thread (`replay::writer`), to run while the next payloads
+    /// are decoded. Not serialized: how replay worked, not what it did.
+    #[serde(skip)]
+    pub writes_in_parallel: u64,
 }
 
 const CACHE_BYTES: usize = 64 << 20;
@@ -111,24 +118,6 @@ fn join(prefix: &[u8], name: &[u8]) -> RelPath {
     p.push(b'/');
     p.extend_from_slice(name);
     p
-}
-
-/// Where replay gets payload bytes: the local log's segments, or an offsite copy
-/// (`crate::remote`). Everything else about replay is the same for both.
-pub trait PayloadSource {
-    /// The raw bytes of `p`, decoded and checked against its blake3 and block table.
-    /// `Err(Ok(why))`: the stored bytes are bad; `Err(Err(e))`: they could not be read.
-    fn load_payload(&self, p: &PayloadRef) -> Result<Vec<u8>, Result<String, LogError>>;
-    /// The block table of `p` (unchecked: a wrong entry only makes replay read the payload,
-    /// whose blake3 is checked).
-    fn load_table(&self, p: &PayloadRef) -> Result<Vec<u8>, LogError>;
-    /// The height whose record stored `p`, for error messages.
-    fn payload_height(&self, _p: &PayloadRef) -> Option<u64> {
-        None
-    }
-    /// Replay will load these payloads next, in this order: a source where each load is a
-    /// round trip (an offsite copy) starts fetching them together.
-    fn prefetch(&self, _next: &[PayloadRef]) {}
 }
 
 pub(crate) fn replay(
@@ -199,6 +188,7 @@ pub fn replay_state(
     };
     let mut r = Replayer::new(src, state, height, into, root, progress);
     r.preserve = opts.preserve.clone();
+    r.writer.sync = opts.sync;
     let dirs = match &opts.scope {
         Some(scope) => r.scoped(scope)?,
         None => r.whole()?,
@@ -212,6 +202,9 @@ pub fn replay_state(
         }
     }
     r.stack.clear();
+    // Every write done (or the first failed one reported) before the height counts as
+    // replayed.
+    r.writer.wait()?;
     if opts.sync {
         nix::unistd::syncfs(&*r.root).map_err(|e| r.err(b"", format!("syncfs: {e}")))?;
     }
@@ -230,7 +223,8 @@ pub(crate) struct Replayer<'a> {
     root_dev: u64,
     is_root: bool,
     stats: ReplayStats,
-    cache: HashMap<PayloadRef, Rc<Vec<u8>>>,
+    cache: HashMap<PayloadRef, Arc<writer::Loaded>>,
+    writer: writer::Writer,
     cache_order: VecDeque<PayloadRef>,
     cache_bytes: usize,
     /// Open directories along the last path used: (component, fd).
@@ -282,6 +276,7 @@ impl<'a> Replayer<'a> {
                 ..Default::default()
             },
             cache: HashMap::new(),
+            writer: writer::Writer::default(),
             cache_order: VecDeque::new(),
             cache_bytes: 0,
             stack: Vec::new(),
@@ -594,7 +589,7 @@ impl<'a> Replayer<'a> {
             }
         }
         .map_err(|e| self.err(path, format!("open: {e}")))?;
-        let file = File::from(fd);
+        let file = Arc::new(File::from(fd));
         let md = file
             .metadata()
             .map_err(|e| self.err(path, format!("fstat: {e}")))?;
@@ -606,6 +601,10 @@ impl<'a> Replayer<'a> {
         let old_mode = existing.map_or(md.mode(), |s| s.st_mode);
         let old_size = if fresh { 0 } else { md.len() };
         let content_changed = self.content(&file, f, old_size, fresh, path, id)?;
+        if f.mode & 0o6000 != 0 {
+            // A write without CAP_FSETID clears set-id bits: the writes go first.
+            self.writer.wait()?;
+        }
         let mut chowned = false;
         if self.is_root && (md.uid(), md.gid()) != (f.uid, f.gid) {
             fchown(
