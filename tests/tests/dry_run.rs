@@ -274,15 +274,18 @@ fn push_dry_run_predicts_the_push() {
     let before = tree_digest(&logdir);
     let empty = tree_digest(&store);
 
-    let plan = json(&[
-        "push",
-        "--dry-run",
-        "--json",
-        "--log",
-        l,
-        "--remote",
-        &remote,
-    ]);
+    let push_plan = || {
+        json(&[
+            "push",
+            "--dry-run",
+            "--json",
+            "--log",
+            l,
+            "--remote",
+            &remote,
+        ])
+    };
+    let plan = push_plan();
     assert_eq!(plan["dry_run"], true, "{plan}");
     assert_eq!(plan["records_uploaded"], 6, "{plan}");
     assert_eq!(plan["records_present"], 0, "{plan}");
@@ -311,15 +314,7 @@ fn push_dry_run_predicts_the_push() {
         assert_eq!(plan[k], done[k], "{k}: planned {plan}, done {done}");
     }
     // Once pushed, nothing is left to do.
-    let again = json(&[
-        "push",
-        "--dry-run",
-        "--json",
-        "--log",
-        l,
-        "--remote",
-        &remote,
-    ]);
+    let again = push_plan();
     assert_eq!(
         (
             again["records_uploaded"].as_u64(),
@@ -334,15 +329,7 @@ fn push_dry_run_predicts_the_push() {
     // After a compaction the rewritten records' payloads are in the remote's packs already:
     // the dry run finds them there as the push does, and still predicts it exactly.
     ok(&["--log", l, "-K", "3"]);
-    let plan = json(&[
-        "push",
-        "--dry-run",
-        "--json",
-        "--log",
-        l,
-        "--remote",
-        &remote,
-    ]);
+    let plan = push_plan();
     assert!(plan["records_uploaded"].as_u64().unwrap() > 0, "{plan}");
     assert!(plan["objects_present"].as_u64().unwrap() > 0, "{plan}");
     let done = json(&["push", "--json", "--log", l, "--remote", &remote]);
