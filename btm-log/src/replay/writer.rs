@@ -102,19 +102,56 @@ impl Job {
     }
 }
 
-impl Job {
-    /// Starts the writeback of the range written (`sync_file_range(SYNC_FILE_RANGE_WRITE)`,
-    /// which does not wait for it): only a hint, the final syncfs makes the bytes durable and
-    /// reports errors. Without it the kernel starts writing back only at that syncfs (or
-    /// once gigabytes are dirty), and the replay of 1 GiB waited ~0.5 s for the disk after
-    /// its last write.
-    fn start_writeback(&self) {
-        // SAFETY: the fd is open (the job holds the file); no memory is passed.
+/// Writeback is started per file once this many bytes were written to it, over the range
+/// they span: one call per 4 KiB piece (a height of scattered small changes) issued tiny
+/// writes out of order, and a 4.3 GiB replay ran at 260 MB/s instead of 398.
+const WRITEBACK_AFTER: usize = 16 << 20;
+
+/// Bytes written to one file since its writeback was last started, and the range they span.
+struct Unflushed {
+    file: Arc<File>,
+    lo: u64,
+    hi: u64,
+    bytes: usize,
+}
+
+impl Unflushed {
+    /// Notes `len` bytes written at `at` of `file`; starts the writeback of what is due.
+    fn note(pending: &mut Option<Unflushed>, file: &Arc<File>, at: u64, len: usize) {
+        match pending {
+            Some(u) if Arc::ptr_eq(&u.file, file) => {
+                (u.lo, u.hi) = (u.lo.min(at), u.hi.max(at + len as u64));
+                u.bytes += len;
+            }
+            _ => {
+                if let Some(u) = pending.take() {
+                    u.start_writeback();
+                }
+                *pending = Some(Unflushed {
+                    file: file.clone(),
+                    lo: at,
+                    hi: at + len as u64,
+                    bytes: len,
+                });
+            }
+        }
+        if pending.as_ref().is_some_and(|u| u.bytes >= WRITEBACK_AFTER) {
+            pending.take().expect("just checked").start_writeback();
+        }
+    }
+
+    /// Starts the writeback of the range (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which does
+    /// not wait for it): only a hint, the final syncfs makes the bytes durable and reports
+    /// errors. Without it the kernel starts writing back only at that syncfs (or once
+    /// gigabytes are dirty), and the replay of 1 GiB waited ~0.5 s for the disk after its
+    /// last write.
+    fn start_writeback(self) {
+        // SAFETY: the fd is open (this holds the file); no memory is passed.
         unsafe {
             libc::sync_file_range(
                 self.file.as_raw_fd(),
-                self.at as libc::off64_t,
-                self.range.len() as libc::off64_t,
+                self.lo as libc::off64_t,
+                (self.hi - self.lo) as libc::off64_t,
                 libc::SYNC_FILE_RANGE_WRITE,
             );
         }
@@ -218,12 +255,13 @@ impl Writer {
         let spawned = std::thread::Builder::new()
             .name("btm-replay-write".into())
             .spawn(move || {
+                let mut unflushed = None;
                 for j in rx {
                     // After a failure the rest is dropped.
                     let skip = shared.lock().failed.is_some();
                     let res = if skip { Ok(()) } else { j.run() };
                     if sync && res.is_ok() && !skip {
-                        j.start_writeback();
+                        Unflushed::note(&mut unflushed, &j.file, j.at, j.range.len());
                     }
                     let len = j.range.len();
                     drop(j);
