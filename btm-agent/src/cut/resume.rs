@@ -260,14 +260,6 @@ pub struct IndexOf<'a> {
 /// Writes the index as `dir/name` in the resume state's format, straight from the scan (no
 /// copy of 10^6 entries in memory); returns how many files it holds.
 pub fn write_index(dir: &Path, name: &str, of: &IndexOf) -> Result<usize> {
-    let known = || {
-        (of.scan.entries.values()).filter_map(|e| match e.kind {
-            Kind::File { ident, size } => {
-                (of.ids.get(&ident)).map(|&id| ((ident, id, size, e.mtime, e.ctime), ident))
-            }
-            _ => None,
-        })
-    };
     let marked = |ident: Identity, size| {
         (of.dirty)
             .and_then(|d| d.files.get(&ident.0))
@@ -275,8 +267,8 @@ pub fn write_index(dir: &Path, name: &str, of: &IndexOf) -> Result<usize> {
             .unwrap_or_default()
     };
     let head = (of.height, of.taken, of.running.as_ref());
-    let rows = known().map(|(row, ident)| (row, marked(ident, row.2)));
-    write_files(dir, name, head, known().count(), rows)
+    let rows = known_files(of.scan, of.ids).map(|row| (row, marked(row.0, row.2)));
+    write_files(dir, name, head, known_files(of.scan, of.ids).count(), rows)
 }
 
 /// One file of a stat index: identity, id, size, mtime, ctime.
@@ -285,14 +277,20 @@ pub type IndexRow = (Identity, FileId, u64, i64, i64);
 /// The rows of a stat index of `scan` (every file `ids` knows): 48 bytes a file, taken between
 /// requests so that a thread can write them while the next heights are cut.
 pub fn index_rows(scan: &Scan, ids: &super::FastMap<Identity, FileId>) -> Vec<IndexRow> {
-    (scan.entries.values())
-        .filter_map(|e| match e.kind {
-            Kind::File { ident, size } => {
-                (ids.get(&ident)).map(|&id| (ident, id, size, e.mtime, e.ctime))
-            }
-            _ => None,
-        })
-        .collect()
+    known_files(scan, ids).collect()
+}
+
+/// The rows of every file of `scan` the cutter knows (`ids`), in path order.
+fn known_files<'a>(
+    scan: &'a Scan,
+    ids: &'a super::FastMap<Identity, FileId>,
+) -> impl Iterator<Item = IndexRow> + 'a {
+    scan.entries.values().filter_map(|e| match e.kind {
+        Kind::File { ident, size } => ids
+            .get(&ident)
+            .map(|&id| (ident, id, size, e.mtime, e.ctime)),
+        _ => None,
+    })
 }
 
 /// Writes a stat index (no marks, no tracker) from its rows; returns how many it holds.
