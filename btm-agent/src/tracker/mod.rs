@@ -6,11 +6,15 @@
 //! maps into a [`DirtySet`].
 mod blocks;
 mod dirty_set;
+mod fdinfo;
 pub mod handover;
 mod kernel_btf;
 pub mod prefault;
 mod thp;
 pub mod tracefs;
+
+pub use fdinfo::ProgramCost;
+use fdinfo::{fdinfo_field, prog_fdinfo, recursion_misses};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -363,9 +367,11 @@ impl Tracker {
         match (faults, self.thp_off_bit) {
             (false, _) => "mmap stores: marked per folio (no page-fault tracepoints)".into(),
             (true, Some(bit)) => format!(
-                "mmap stores: 4 KiB per write-protect fault; whole folio on first-touch faults \
-                 and on 2 MiB folios a PMD may map (THP-disabled processes, mm flag bit {bit}, \
-                 never get PMD mappings: start the node with `btm-agent exec`)"
+                "mmap stores: 4 KiB per write-protect fault (the agent maps the node's \
+                 resident pages read-only after each cut, unless --no-prefault); whole folio \
+                 on first-touch faults into pages it could not map, and on 2 MiB folios a PMD \
+                 may map (THP-disabled processes, mm flag bit {bit}, never get PMD mappings: \
+                 start the node with `btm-agent exec`)"
             ),
             (true, None) => "mmap stores: 4 KiB per write-protect fault; whole folio on \
                  first-touch faults and on every 2 MiB folio of a 2 MiB-aligned mapping (THP \
@@ -510,36 +516,6 @@ impl Tracker {
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
-}
-
-/// One program's run count and total run time (see [`Tracker::program_costs`]).
-#[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
-pub struct ProgramCost {
-    pub name: String,
-    pub run_cnt: u64,
-    pub run_time_ns: u64,
-}
-
-/// A loaded program's fdinfo text.
-fn prog_fdinfo(p: &aya::programs::Program) -> Option<String> {
-    fdinfo(p.fd().ok()?.as_fd())
-}
-
-fn fdinfo(fd: std::os::fd::BorrowedFd<'_>) -> Option<String> {
-    use std::os::fd::AsRawFd;
-    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()
-}
-
-/// A program's `recursion_misses` (runs the kernel skipped), from its fd's fdinfo.
-fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
-    fdinfo_field(&fdinfo(fd)?, "recursion_misses")
-}
-
-/// A numeric `key:` line of an fdinfo text (`recursion_misses`, `run_cnt`, `run_time_ns`).
-fn fdinfo_field(info: &str, key: &str) -> Option<u64> {
-    info.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// The counters in `arr` (the `STATS` map), with `prog_misses` from the programs' fds.

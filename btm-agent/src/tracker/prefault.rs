@@ -44,28 +44,53 @@ pub struct PrefaultStats {
 
 /// Runs passes on a thread of their own, one at a time: after each cut, the store asks for one
 /// ([`Prefaulter::kick`]); a pass still running when the next cut ends is not doubled.
+///
+/// A pass costs time in proportion to the size of the mappings (pagemap and mincore of every
+/// page): a pass starts only once the agent has been idle of passes for `IDLE_SHARE` times as
+/// long as the last one took, so they take at most a fifth of one core however large the
+/// node maps.
 #[derive(Default)]
 pub struct Prefaulter {
     running: Option<std::thread::JoinHandle<()>>,
     stats: std::sync::Arc<std::sync::Mutex<PrefaultStats>>,
+    /// When the last pass may be followed by the next one.
+    next_at: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
+/// Idle time after a pass, in units of the pass's own duration.
+const IDLE_SHARE: u32 = 4;
+
 impl Prefaulter {
-    /// Starts a pass over `pids` unless one is still running.
+    /// Starts a pass over `pids` unless one is still running or the last one ended too
+    /// recently.
     pub fn kick(&mut self, pids: Vec<u32>, major: u32, minor: u32) {
         if self.running.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let now = std::time::Instant::now();
+        if self
+            .next_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| now < t)
+        {
             return;
         }
         if let Some(h) = self.running.take() {
             let _ = h.join();
         }
         let stats = self.stats.clone();
+        let next_at = self.next_at.clone();
         let spawned = std::thread::Builder::new()
             .name("prefault".into())
             .spawn(move || {
+                let t0 = std::time::Instant::now();
                 let mut st = *stats.lock().unwrap_or_else(|e| e.into_inner());
                 pass(&pids, major, minor, &mut st);
                 *stats.lock().unwrap_or_else(|e| e.into_inner()) = st;
+                let end = std::time::Instant::now();
+                *next_at.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(end + (end - t0) * IDLE_SHARE);
             });
         match spawned {
             Ok(h) => self.running = Some(h),
