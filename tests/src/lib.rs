@@ -491,3 +491,20 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Pages (4 KiB block numbers) of `pages` that the tracker's `set` does not cover for file
+/// `ino`: neither marked nor at or beyond its marked tail.
+pub fn missed(
+    set: &btm_agent::tracker::DirtySet,
+    ino: u64,
+    pages: &std::collections::BTreeSet<u64>,
+) -> Vec<u64> {
+    let f = set.files.get(&ino);
+    pages
+        .iter()
+        .copied()
+        .filter(|&p| {
+            f.is_none_or(|f| !f.blocks.contains(&p) && f.tail_from.is_none_or(|t| t > p * 4096))
+        })
+        .collect()
+}

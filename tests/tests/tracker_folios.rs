@@ -26,7 +26,7 @@ use btm_agent::{
     tracker::{DirtySet, Limits, Tracker},
     volume::{Frozen, Mount},
 };
-use btm_tests::{LoopFs, Rng, can_run, python3};
+use btm_tests::{LoopFs, Rng, can_run, missed, python3};
 
 const MIB: u64 = 1 << 20;
 const FOLIO: u64 = 2 * MIB;
@@ -208,18 +208,6 @@ fn volume(fstype: &str, rng: &mut Rng) -> (LoopFs, Tracker, std::path::PathBuf, 
     f.sync_all().unwrap();
     let ino = std::fs::metadata(&path).unwrap().ino();
     (fs, tracker, path, ino)
-}
-
-/// Blocks of `pages` that `set` does not cover for file `ino`.
-fn missed(set: &DirtySet, ino: u64, pages: &BTreeSet<u64>) -> Vec<u64> {
-    let f = set.files.get(&ino);
-    pages
-        .iter()
-        .copied()
-        .filter(|&p| {
-            f.is_none_or(|f| !f.blocks.contains(&p) && f.tail_from.is_none_or(|t| t > p * 4096))
-        })
-        .collect()
 }
 
 /// One filesystem at a time (see tracker_matrix.rs: concurrent trackers make lookups busy).

@@ -15,7 +15,7 @@ use btm_agent::{
     tracker::{DirtySet, Limits, Tracker},
     volume::{Frozen, Mount},
 };
-use btm_tests::{LoopFs, Rng, can_run};
+use btm_tests::{LoopFs, Rng, can_run, missed};
 use std::os::fd::AsRawFd;
 
 const MIB: u64 = 1 << 20;
@@ -93,17 +93,6 @@ fn cut(tracker: &mut Tracker, mnt: &Path) -> DirtySet {
         set.widen_to_folios();
     }
     set
-}
-
-fn missed(set: &DirtySet, ino: u64, pages: &BTreeSet<u64>) -> Vec<u64> {
-    let f = set.files.get(&ino);
-    pages
-        .iter()
-        .copied()
-        .filter(|&p| {
-            f.is_none_or(|f| !f.blocks.contains(&p) && f.tail_from.is_none_or(|t| t > p * PAGE))
-        })
-        .collect()
 }
 
 /// 16 random pages in each 2 MiB region of the file.
