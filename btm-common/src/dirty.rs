@@ -29,6 +29,16 @@ pub struct ChunkKey {
     pub chunk: u64,
 }
 
+/// Key of the fault probe's per-process maps: (tgid, a 2 MiB region number or a page's
+/// address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub at: u64,
+}
+
 /// One bit per 4 KiB block of the chunk; bit `b % 64` of word `b / 64`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,5 +144,9 @@ pub mod stat {
     /// Write faults resolved from the fault probe's cache of mappings, without
     /// `bpf_find_vma` (also counted in [`FAULT_MARKED`]).
     pub const FAULT_CACHED: u32 = 13;
-    pub const COUNT: u32 = 14;
+    /// Write faults whose VMA lookup was busy, kept (process, address, its mapping-change
+    /// count) for the agent to resolve from /proc at the drain, instead of widening every
+    /// partially-marked folio ([`FAULT_UNRESOLVED`] when that cannot be kept).
+    pub const FAULT_DEFERRED: u32 = 14;
+    pub const COUNT: u32 = 15;
 }

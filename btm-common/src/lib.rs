@@ -13,6 +13,7 @@ mod user {
     // SAFETY: all of these are repr(C) plain data without padding holes that matter.
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for ChunkKey {}
+    unsafe impl aya::Pod for ProcKey {}
     unsafe impl aya::Pod for Chunk {}
     unsafe impl aya::Pod for FileKey {}
     unsafe impl aya::Pod for FileMark {}

@@ -1,5 +1,5 @@
 //! Every map the programs share with the agent. Map names are the agent's contract.
-use crate::vmas::{Vma, VmaKey};
+use crate::vmas::{Pending, Vma, VmaKey};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -64,6 +64,18 @@ pub static GENS: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
 /// Per process sharing another's address space (`CLONE_VM`, not a thread): that process.
 #[map]
 pub static SHARES: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
+/// Per thread: the ranges a mapping-changing system call in flight may touch (`vmas`).
+#[map]
+pub static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
+/// Per process: how many mapping-changing system calls have settled (`vmas::changes`).
+#[map]
+pub static CHANGES: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
+/// Per epoch: write faults whose VMA lookup was busy, (tgid, page address) -> the process's
+/// mapping-change count then (`vmas::defer`); the agent resolves them from /proc at drain.
+#[map]
+pub static DEFER0: HashMap<VmaKey, u64> = HashMap::with_max_entries(4096, 0);
+#[map]
+pub static DEFER1: HashMap<VmaKey, u64> = HashMap::with_max_entries(4096, 0);
 /// Per CPU: how many generations it handed out.
 #[map]
 pub static NEXT_GEN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

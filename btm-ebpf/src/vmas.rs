@@ -4,29 +4,48 @@
 //! self-interrupt, a VM exit under a hypervisor): measured at about 7 µs a fault.
 //!
 //! Only positive answers are cached: an address whose VMA is a shared mapping of a tracked
-//! file, with what that VMA says (start, end, file offset, `MADV_NOHUGEPAGE`). Such an entry
-//! goes stale only when something is unmapped, remapped or re-advised in the process, so
-//! every call that can do that (mmap, munmap, mremap, remap_file_pages, shmat, madvise of
-//! huge-page advice, exec) gives the process a fresh generation first, and an entry counts
-//! only under the generation it was resolved in. A new process (fork, possibly with a
-//! recycled pid) starts with none, so nothing of a dead process is ever read.
+//! file, with what that VMA says (start, end, file offset, `MADV_NOHUGEPAGE`), under the key of
+//! its 2 MiB region. An entry goes stale only when something in that region is unmapped,
+//! remapped or re-advised: the system calls that can (munmap, mremap, `MAP_FIXED` mmap,
+//! remap_file_pages, `SHM_REMAP` shmat, huge-page madvise) note their ranges on entry
+//! ([`note_change`]), and on exit ([`settle`]), once the change is made, give the process a
+//! fresh generation if any cached region overlaps them; entries count only under the
+//! generation they were resolved in. Exec renews it too; a new process (fork, possibly with a
+//! recycled pid) starts with none. Processes that share an address space without being
+//! threads of one another do not cache, and their changes settle their parent's cache.
 //!
-//! A fault races a concurrent unmap in another thread the same way with or without the cache:
-//! the tracepoint runs before the fault is handled, `bpf_find_vma` drops the lock before too.
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_smp_processor_id};
+//! Checking on exit leaves one interleaving: a fault resolves the old mapping, the unmap and
+//! its exit check run, then the fault stores its (now stale) entry. Every exit also bumps the
+//! process's change count ([`changes`]); a fault that sees it move between its lookup and its
+//! store takes the entry back.
+//!
+//! A fault still races a concurrent change in another thread as it always did: the
+//! tracepoint runs before the fault is handled, and `bpf_find_vma` drops the lock before too.
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use crate::maps::{GENS, NEXT_GEN, SHARES, VMAS};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id},
+};
+
+use crate::maps::{CHANGES, DEFER0, DEFER1, EPOCH, GENS, MAPPERS, NEXT_GEN, PENDING, SHARES, VMAS};
 
 /// Bytes of address space one cache entry is keyed by (a PMD's span).
 const REGION_SHIFT: u64 = 21;
+/// Regions a change may span and still be checked one by one; a larger one renews.
+const MAX_REGIONS: u64 = 64;
 
+/// The ranges a system call in flight may unmap or remap (`[start, len]`, len 0 for none),
+/// or `all` for one whose range is not known on entry.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct VmaKey {
-    pub tgid: u32,
-    pub _pad: u32,
-    pub region: u64,
+pub struct Pending {
+    pub ranges: [[u64; 2]; 2],
+    pub all: u64,
 }
+
+/// (tgid, 2 MiB region) for the cache, (tgid, page address) for deferred faults.
+pub type VmaKey = btm_common::dirty::ProcKey;
 
 /// What the fault probe needs of a VMA.
 #[repr(C)]
@@ -109,12 +128,158 @@ pub fn on_fork(parent: u32, child: u32, shared_mm: bool) {
     }
 }
 
-/// After exec the process has an address space of its own, shared with nobody.
+/// After exec the process has an address space of its own, shared with nobody (and what a
+/// deferred fault of the old one pointed at is gone: see [`defer`]).
 #[inline(always)]
 pub fn on_exec(tgid: u32) {
+    bump_changes(tgid);
     invalidate(tgid);
     let _ = SHARES.remove(&tgid);
     let _ = GENS.remove(&tgid);
+}
+
+/// On entry to a system call that may change what `ranges` map (see [`Pending`]): kept
+/// for [`settle`] at its exit. Only processes that map the volume can have cached entries.
+#[inline(always)]
+pub fn note_change(ranges: [[u64; 2]; 2], all: bool) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: value not kept.
+    if unsafe { MAPPERS.get(&tgid) }.is_none() {
+        return;
+    }
+    let p = Pending {
+        ranges,
+        all: all as u64,
+    };
+    if PENDING.insert(&bpf_get_current_pid_tgid(), &p, 0).is_err() {
+        // Nowhere to keep it: this process stops caching for good.
+        let _ = GENS.insert(&tgid, &NO_CACHE, 0);
+    }
+}
+
+/// On exit from such a call: the change is made; entries of regions it touched die.
+#[inline(always)]
+pub fn settle() {
+    let tid = bpf_get_current_pid_tgid();
+    // SAFETY: value copied out immediately.
+    let Some(p) = (unsafe { PENDING.get(&tid) }).copied() else {
+        return;
+    };
+    let _ = PENDING.remove(&tid);
+    let tgid = (tid >> 32) as u32;
+    // SAFETY: value copied out immediately.
+    let owner = unsafe { SHARES.get(&tgid) }.copied().unwrap_or(tgid);
+    bump_changes(owner);
+    if p.all != 0
+        || overlaps_cached(owner, p.ranges[0][0], p.ranges[0][1])
+        || overlaps_cached(owner, p.ranges[1][0], p.ranges[1][1])
+    {
+        renew(owner);
+    }
+}
+
+#[inline(always)]
+fn bump_changes(tgid: u32) {
+    match CHANGES.get_ptr_mut(&tgid) {
+        // SAFETY: points into a live map value; atomic, since threads exit calls at once.
+        Some(c) => unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(c, 1);
+        },
+        None => {
+            if CHANGES.insert(&tgid, &1, BPF_NOEXIST as u64).is_err() {
+                // Inserted meanwhile (or full: then the fault side sees no count and
+                // never caches, see `changes`).
+                if let Some(c) = CHANGES.get_ptr_mut(&tgid) {
+                    // SAFETY: as above.
+                    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(c, 1) };
+                }
+            }
+        }
+    }
+}
+
+/// How many mapping changes of `tgid` have settled; [`UNCOUNTED`] when not counted (then a
+/// fault must not cache: it could not tell a change during its lookup). A plain integer, not
+/// an Option: the verifier rejects the undefined payload of a None spilled to the stack.
+#[inline(always)]
+pub fn changes(tgid: u32) -> u64 {
+    // SAFETY: value copied out immediately.
+    if let Some(c) = unsafe { CHANGES.get(&tgid) } {
+        return *c;
+    }
+    if CHANGES.insert(&tgid, &0, BPF_NOEXIST as u64).is_ok() {
+        return 0;
+    }
+    // SAFETY: as above.
+    unsafe { CHANGES.get(&tgid) }.copied().unwrap_or(UNCOUNTED)
+}
+
+/// See [`changes`].
+pub const UNCOUNTED: u64 = u64::MAX;
+
+/// Does any cached entry of `tgid` lie in a region `[start, start + len)` touches?
+#[inline(always)]
+fn overlaps_cached(tgid: u32, start: u64, len: u64) -> bool {
+    if len == 0 {
+        return false;
+    }
+    let r0 = start >> REGION_SHIFT;
+    let r1 = start.saturating_add(len - 1) >> REGION_SHIFT;
+    if r1 - r0 >= MAX_REGIONS {
+        return true;
+    }
+    let mut i = 0;
+    while i < MAX_REGIONS {
+        let region = r0 + i;
+        if region > r1 {
+            break;
+        }
+        let key = VmaKey {
+            tgid,
+            _pad: 0,
+            at: region,
+        };
+        // SAFETY: value not kept.
+        if unsafe { VMAS.get(&key) }.is_some() {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Keeps a write fault whose VMA could not be looked up, for the agent to resolve from
+/// /proc/PID/maps at the drain: exact as long as the process's mapping-change count is still
+/// the one kept here (the agent checks it before and after reading the maps). False when it
+/// cannot be kept: the agent must then widen every partially-marked folio.
+#[inline(always)]
+pub fn defer(tgid: u32, addr: u64) -> bool {
+    let c = changes(tgid);
+    if c == UNCOUNTED {
+        return false;
+    }
+    let key = VmaKey {
+        tgid,
+        _pad: 0,
+        at: addr & !0xfff,
+    };
+    let map = if EPOCH.get(0).copied().unwrap_or(0) & 1 == 0 {
+        &DEFER0
+    } else {
+        &DEFER1
+    };
+    map.insert(&key, &c, 0).is_ok()
+}
+
+/// Takes back the entry of `addr`'s region (see [`changes`]).
+#[inline(always)]
+pub fn forget_entry(tgid: u32, addr: u64) {
+    let key = VmaKey {
+        tgid,
+        _pad: 0,
+        at: addr >> REGION_SHIFT,
+    };
+    let _ = VMAS.remove(&key);
 }
 
 /// The process's generation: None when it must not use the cache, or when it has none yet
@@ -140,7 +305,7 @@ pub fn lookup(tgid: u32, g: u64, addr: u64) -> Option<Vma> {
     let key = VmaKey {
         tgid,
         _pad: 0,
-        region: addr >> REGION_SHIFT,
+        at: addr >> REGION_SHIFT,
     };
     // SAFETY: value copied out immediately.
     let v = *unsafe { VMAS.get(&key) }?;
@@ -154,7 +319,7 @@ pub fn remember(tgid: u32, addr: u64, vma: &Vma) {
     let key = VmaKey {
         tgid,
         _pad: 0,
-        region: addr >> REGION_SHIFT,
+        at: addr >> REGION_SHIFT,
     };
     let _ = VMAS.insert(&key, vma, 0);
 }

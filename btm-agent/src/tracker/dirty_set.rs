@@ -93,6 +93,18 @@ impl DirtySet {
     /// fault could not be resolved to a page: the lost page sits in a folio that was clean (its
     /// folio event then marked it whole) or already dirty, and a dirty folio is either marked
     /// whole or recorded here.
+    /// What the fault probe marks for a write fault on `page` of `ino`: the page, and the
+    /// partially-marked folio holding it, whose other pages the fault may have made writable.
+    pub fn mark_fault(&mut self, ino: u64, page: u64) {
+        let f = self.files.entry(ino).or_default();
+        f.blocks.insert(page);
+        for &(pino, index, order) in &self.partial {
+            if pino == ino && index <= page && page < index + (1u64 << order) {
+                f.blocks.insert_range(index..index + (1u64 << order));
+            }
+        }
+    }
+
     pub fn widen_to_folios(&mut self) {
         for &(ino, index, order) in &self.partial {
             let f = self.files.entry(ino).or_default();

@@ -5,6 +5,7 @@
 //! waits out every program that may still be running with the old epoch, and drains the old
 //! maps into a [`DirtySet`].
 mod blocks;
+mod deferred;
 mod dirty_set;
 mod fdinfo;
 pub mod handover;
@@ -26,7 +27,7 @@ use aya::{
 pub use blocks::BlockSet;
 use btm_common::{
     config::Config,
-    dirty::{Chunk, ChunkKey, FileKey, FileMark, stat},
+    dirty::{Chunk, ChunkKey, FileKey, FileMark, ProcKey, stat},
 };
 pub use dirty_set::{DirtySet, FileDirty};
 pub use handover::Handover;
@@ -124,6 +125,8 @@ pub struct Stats {
     pub mem_opens: u64,
     /// Write faults resolved from the fault probe's mapping cache (no `bpf_find_vma`).
     pub fault_cached: u64,
+    /// Write faults with a busy VMA lookup, resolved by the agent from /proc at the drain.
+    pub fault_deferred: u64,
     /// Program runs the kernel skipped (`recursion_misses`: another BPF program was active on
     /// that CPU). Each may be a lost change, so a rise forces a full capture.
     pub prog_misses: u64,
@@ -143,6 +146,8 @@ pub struct Tracker {
     taken_over_at: Option<Stats>,
     /// `recursion_misses` of earlier agents' programs, added to this one's.
     misses_base: u64,
+    /// Deferred write faults this agent could not resolve (added to `fault_unresolved`).
+    deferred_unknown: u64,
     /// Programs that could not be attached on this kernel (optional precision sources).
     pub skipped: Vec<String>,
     /// The `mm_struct.flags` bit of `PR_SET_THP_DISABLE`, as measured at start (None: not
@@ -212,6 +217,32 @@ impl Tracker {
                 true,
             ),
             ("btm_shmat", Kind::Tp, "syscalls/sys_enter_shmat", true),
+            ("btm_exit_mmap", Kind::Tp, "syscalls/sys_exit_mmap", true),
+            (
+                "btm_exit_munmap",
+                Kind::Tp,
+                "syscalls/sys_exit_munmap",
+                true,
+            ),
+            (
+                "btm_exit_mremap",
+                Kind::Tp,
+                "syscalls/sys_exit_mremap",
+                true,
+            ),
+            (
+                "btm_exit_remap_file_pages",
+                Kind::Tp,
+                "syscalls/sys_exit_remap_file_pages",
+                true,
+            ),
+            ("btm_exit_shmat", Kind::Tp, "syscalls/sys_exit_shmat", true),
+            (
+                "btm_exit_madvise",
+                Kind::Tp,
+                "syscalls/sys_exit_madvise",
+                true,
+            ),
             ("btm_iomap_iter", Kind::Btf, "iomap_iter", true),
             (
                 "btm_ext4_da_write_begin",
@@ -354,6 +385,7 @@ impl Tracker {
             adopted: None,
             taken_over_at: None,
             misses_base: 0,
+            deferred_unknown: 0,
             skipped,
             thp_off_bit,
         };
@@ -410,10 +442,10 @@ impl Tracker {
 
     /// Empties the maps of epoch index `idx` into a [`DirtySet`].
     pub fn drain(&mut self, idx: usize) -> Result<DirtySet, TrackerError> {
-        let (dname, mname, pname) = if idx == 0 {
-            ("DIRTY0", "MARKS0", "PARTIAL0")
+        let (dname, mname, pname, fname) = if idx == 0 {
+            ("DIRTY0", "MARKS0", "PARTIAL0", "DEFER0")
         } else {
-            ("DIRTY1", "MARKS1", "PARTIAL1")
+            ("DIRTY1", "MARKS1", "PARTIAL1", "DEFER1")
         };
         let mut set = DirtySet::default();
         {
@@ -456,7 +488,52 @@ impl Tracker {
                 let _ = partial.remove(&k);
             }
         }
+        self.resolve_deferred(fname, &mut set)?;
         Ok(set)
+    }
+
+    /// Marks the pages the epoch's deferred write faults hit, with their partially-marked
+    /// folios (what the fault probe would have done); one it cannot resolve widens every
+    /// partial folio of the set, and counts as unresolved (see `deferred`).
+    fn resolve_deferred(&mut self, name: &str, set: &mut DirtySet) -> Result<(), TrackerError> {
+        let kept: Vec<deferred::Deferred> = {
+            let mut defer: HashMap<_, ProcKey, u64> =
+                HashMap::try_from(self.ebpf.map_mut(name).unwrap())
+                    .map_err(|e| TrackerError::Map("DEFER", e.to_string()))?;
+            let keys: Vec<ProcKey> = defer.keys().filter_map(Result::ok).collect();
+            let mut v = Vec::with_capacity(keys.len());
+            for k in keys {
+                if let Ok(changes) = defer.get(&k, 0) {
+                    v.push(deferred::Deferred {
+                        tgid: k.tgid,
+                        addr: k.at,
+                        changes,
+                    });
+                }
+                let _ = defer.remove(&k);
+            }
+            v
+        };
+        if kept.is_empty() {
+            return Ok(());
+        }
+        let changes: HashMap<&MapData, u32, u64> =
+            HashMap::try_from(self.ebpf.map("CHANGES").unwrap())
+                .map_err(|e| TrackerError::Map("CHANGES", e.to_string()))?;
+        let count = |tgid: u32| changes.get(&tgid, 0).ok();
+        let mut unknown = 0;
+        for d in &kept {
+            match deferred::resolve(d, self.mount.major, self.mount.minor, count) {
+                deferred::Resolution::Page(ino, page) => set.mark_fault(ino, page),
+                deferred::Resolution::Untracked => {}
+                deferred::Resolution::Unknown => unknown += 1,
+            }
+        }
+        if unknown > 0 {
+            set.widen_to_folios();
+            self.deferred_unknown += unknown;
+        }
+        Ok(())
     }
 
     /// Flip and drain in one step: everything marked since the previous call.
@@ -483,7 +560,9 @@ impl Tracker {
         let arr: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(self.ebpf.map("STATS").unwrap())
                 .map_err(|e| TrackerError::Map("STATS", e.to_string()))?;
-        Ok(stats_of(&arr, self.prog_misses()))
+        let mut st = stats_of(&arr, self.prog_misses());
+        st.fault_unresolved += self.deferred_unknown;
+        Ok(st)
     }
 }
 
@@ -536,6 +615,7 @@ fn stats_of<T: std::borrow::Borrow<MapData>>(arr: &PerCpuArray<T, u64>, prog_mis
         remote_writes: get(stat::REMOTE_WRITES),
         mem_opens: get(stat::MEM_OPENS),
         fault_cached: get(stat::FAULT_CACHED),
+        fault_deferred: get(stat::FAULT_DEFERRED),
         prog_misses,
     }
 }

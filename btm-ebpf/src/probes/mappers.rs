@@ -16,6 +16,8 @@ use crate::{
 
 /// `MAP_SHARED` (also set in `MAP_SHARED_VALIDATE`).
 const MAP_SHARED: u64 = 0x01;
+/// `MAP_FIXED`: replaces whatever was mapped there (`MAP_FIXED_NOREPLACE` never does).
+const MAP_FIXED: u64 = 0x10;
 
 #[tracepoint(category = "syscalls", name = "sys_enter_mmap")]
 pub fn btm_enter_mmap(ctx: TracePointContext) -> u32 {
@@ -26,10 +28,15 @@ pub fn btm_enter_mmap(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn mmap(ctx: &TracePointContext) -> Option<()> {
     calibrate();
-    // MAP_FIXED may replace a mapping the fault cache holds (any mapping, shared or not).
-    vmas::invalidate(current_tgid());
     // SAFETY: syscall records hold 8-byte arguments from offset 16: flags is the 4th, fd the 5th.
     let flags: u64 = unsafe { ctx.read_at(16 + 8 * 3).ok()? };
+    if flags & MAP_FIXED != 0 {
+        // It may replace mappings the fault cache holds (any mapping, shared or not); other
+        // mappings go where nothing is mapped.
+        // SAFETY: as above: addr is the 1st argument, length the 2nd.
+        let (addr, len): (u64, u64) = unsafe { (ctx.read_at(16).ok()?, ctx.read_at(16 + 8).ok()?) };
+        vmas::note_change([[addr, len], [0, 0]], false);
+    }
     if flags & MAP_SHARED == 0 {
         return None;
     }

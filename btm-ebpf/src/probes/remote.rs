@@ -34,7 +34,8 @@ pub fn btm_madvise(ctx: TracePointContext) -> u32 {
     let advice = arg(&ctx, 2);
     if advice == Some(MADV_HUGEPAGE) || advice == Some(MADV_NOHUGEPAGE) {
         // Whether a PMD may map the range changes: the fault cache holds that.
-        vmas::invalidate(current_tgid());
+        let (addr, len) = (arg(&ctx, 0).unwrap_or(0), arg(&ctx, 1).unwrap_or(u64::MAX));
+        vmas::note_change([[addr, len], [0, 0]], false);
     }
     if advice == Some(MADV_POPULATE_WRITE)
         && config().is_some()

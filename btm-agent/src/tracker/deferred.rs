@@ -1,0 +1,122 @@
+//! Write faults the fault probe could not resolve to a file (its VMA lookup was busy), kept
+//! as (process, address, the process's mapping-change count) and resolved here from
+//! /proc/PID/maps at the drain. The maps still say what the fault hit as long as the count
+//! has not moved (the probes count every settled unmap, remap and exec): it is checked before
+//! and after reading them. What cannot be resolved that way widens every partially-marked
+//! folio, as an unresolved fault always did.
+use btm_common::dirty::BLOCK_SHIFT;
+
+/// One kept fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Deferred {
+    pub tgid: u32,
+    pub addr: u64,
+    pub changes: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Resolution {
+    /// A page of a file of the volume: (inode, block).
+    Page(u64, u64),
+    /// Not a shared mapping of the volume: its stores changed nothing tracked.
+    Untracked,
+    /// Could not tell (process gone, mappings changed, address no longer mapped).
+    Unknown,
+}
+
+/// Resolves `d` for the volume on `major:minor`; `count` reads the process's change count.
+pub(super) fn resolve(
+    d: &Deferred,
+    major: u32,
+    minor: u32,
+    count: impl Fn(u32) -> Option<u64>,
+) -> Resolution {
+    if count(d.tgid) != Some(d.changes) {
+        return Resolution::Unknown;
+    }
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{}/maps", d.tgid)) else {
+        return Resolution::Unknown;
+    };
+    if count(d.tgid) != Some(d.changes) {
+        return Resolution::Unknown;
+    }
+    mapping_at(&maps, d.addr, major, minor)
+}
+
+/// What the maps text says `addr` is.
+fn mapping_at(maps: &str, addr: u64, major: u32, minor: u32) -> Resolution {
+    for line in maps.lines() {
+        let mut f = line.split_ascii_whitespace();
+        let (Some(range), Some(perms), Some(off), Some(dev), Some(ino)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let Some((s, e)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) else {
+            continue;
+        };
+        if addr < start || addr >= end {
+            continue;
+        }
+        let shared = perms.as_bytes().get(3) == Some(&b's');
+        let on_volume = dev.split_once(':').is_some_and(|(a, b)| {
+            u32::from_str_radix(a, 16).ok() == Some(major)
+                && u32::from_str_radix(b, 16).ok() == Some(minor)
+        });
+        let (Ok(off), Ok(ino)) = (u64::from_str_radix(off, 16), ino.parse::<u64>()) else {
+            return Resolution::Unknown;
+        };
+        if !shared || !on_volume || ino == 0 {
+            return Resolution::Untracked;
+        }
+        return Resolution::Page(ino, (off + (addr - start)) >> BLOCK_SHIFT);
+    }
+    Resolution::Unknown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+55d000000000-55d000021000 r--p 00000000 08:01 131 /usr/bin/node
+7f0000000000-7f0000400000 rw-s 00200000 07:03 12 /vol/state.mdb
+7f0000400000-7f0000600000 rw-p 00000000 00:00 0
+7f0000600000-7f0000800000 rw-s 00000000 08:01 99 /elsewhere
+";
+
+    #[test]
+    fn pages_of_shared_mappings_of_the_volume() {
+        assert_eq!(
+            mapping_at(MAPS, 0x7f00_0000_3123, 7, 3),
+            Resolution::Page(12, (0x20_0000 + 0x3000) / 4096)
+        );
+        assert_eq!(
+            mapping_at(MAPS, 0x7f00_0040_0000, 7, 3),
+            Resolution::Untracked
+        );
+        assert_eq!(
+            mapping_at(MAPS, 0x7f00_0060_0000, 7, 3),
+            Resolution::Untracked
+        );
+        assert_eq!(mapping_at(MAPS, 0x1000, 7, 3), Resolution::Unknown);
+    }
+
+    #[test]
+    fn a_moved_count_or_a_gone_process_is_unknown() {
+        let d = Deferred {
+            tgid: std::process::id(),
+            addr: 0x1000,
+            changes: 5,
+        };
+        assert_eq!(resolve(&d, 7, 3, |_| Some(6)), Resolution::Unknown);
+        let gone = Deferred {
+            tgid: u32::MAX - 1,
+            ..d
+        };
+        assert_eq!(resolve(&gone, 7, 3, |_| Some(5)), Resolution::Unknown);
+    }
+}
