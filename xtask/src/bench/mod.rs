@@ -146,7 +146,9 @@ pub fn build_agent(out: &Path) -> Result<(PathBuf, PathBuf)> {
     } else {
         root.join(out)
     };
-    Ok((root.join("target/release/btm-agent"), out))
+    // Where cargo put it: CARGO_TARGET_DIR (relative to the workspace) or `target`.
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or(root.join("target"), |d| root.join(d));
+    Ok((target.join("release/btm-agent"), out))
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
