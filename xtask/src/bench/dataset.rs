@@ -14,6 +14,20 @@ use std::{
 
 use anyhow::{Result, bail};
 
+/// Disables transparent huge pages for this process, exactly as `btm-agent exec` does for the
+/// node it starts (`prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)`): file folios are then mapped page
+/// by page. Only mappings made afterwards are affected (see [`DataSet::remap`]).
+pub fn disable_thp() -> Result<()> {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
+        bail!(
+            "prctl(PR_SET_THP_DISABLE): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
 const PAGE: u64 = 4096;
 const BLK_FILE: u64 = 128 << 20;
 const LSM_FILE: u64 = 8 << 20;
@@ -25,7 +39,7 @@ pub struct DataSet {
     zeros: usize,
     state: *mut u8,
     state_len: u64,
-    _state_file: File,
+    state_file: File,
     blk_no: u64,
     blk_len: u64,
     lsm: VecDeque<(PathBuf, u64)>,
@@ -34,7 +48,10 @@ pub struct DataSet {
 
 impl Drop for DataSet {
     fn drop(&mut self) {
-        // SAFETY: the mapping was created in `create` with this length and is not used after.
+        if self.state.is_null() {
+            return;
+        }
+        // SAFETY: the mapping was created in `map` with this length and is not used after.
         unsafe { libc::munmap(self.state as *mut libc::c_void, self.state_len as usize) };
     }
 }
@@ -63,7 +80,7 @@ impl DataSet {
             zeros: zeros.min(PAGE as usize),
             state: std::ptr::null_mut(),
             state_len,
-            _state_file: f.try_clone()?,
+            state_file: f.try_clone()?,
             blk_no: 0,
             blk_len: 0,
             lsm: VecDeque::new(),
@@ -78,21 +95,7 @@ impl DataSet {
             f.write_all_at(&buf, off)?;
             off += n;
         }
-        // SAFETY: a shared mapping of a file we keep open for the data set's lifetime.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                state_len as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            bail!("mmap: {}", std::io::Error::last_os_error());
-        }
-        ds.state = p as *mut u8;
+        ds.map()?;
         // Block files: 30 %, LSM tables: 20 %.
         ds.append_blocks(bytes * 3 / 10)?;
         let mut lsm = bytes / 5;
@@ -102,6 +105,53 @@ impl DataSet {
             lsm -= n;
         }
         Ok(ds)
+    }
+
+    /// Maps the state file (shared, writable) into `self.state`.
+    fn map(&mut self) -> Result<()> {
+        // SAFETY: a shared mapping of a file we keep open for the data set's lifetime.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                self.state_len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                self.state_file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            bail!("mmap: {}", std::io::Error::last_os_error());
+        }
+        self.state = p as *mut u8;
+        Ok(())
+    }
+
+    /// Drops the state file's mapping and maps it again: PMD mappings made before a
+    /// `PR_SET_THP_DISABLE` stay until they are unmapped, so the precision mechanism only
+    /// takes effect for a mapping made after it (as a node started by `btm-agent exec` has).
+    pub fn remap(&mut self) -> Result<()> {
+        // SAFETY: the mapping was created in `map` with this length; `map` replaces the
+        // pointer before anything uses it again.
+        if unsafe { libc::munmap(self.state as *mut libc::c_void, self.state_len as usize) } != 0 {
+            bail!("munmap: {}", std::io::Error::last_os_error());
+        }
+        self.state = std::ptr::null_mut();
+        self.map()
+    }
+
+    /// `FilePmdMapped` of the state file's mapping in /proc/self/smaps, in kB (how much of it
+    /// the kernel maps with 2 MiB PMDs); `None` when the mapping or the field is not found.
+    pub fn file_pmd_mapped_kb(&self) -> Option<u64> {
+        let smaps = fs::read_to_string("/proc/self/smaps").ok()?;
+        let start = format!("{:x}-", self.state as usize);
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
+        lines.next()?;
+        lines
+            // The next mapping's header: "start-end perms ...", whose first word has a '-'.
+            .take_while(|l| !l.split_whitespace().next().is_some_and(|w| w.contains('-')))
+            .find_map(|l| l.strip_prefix("FilePmdMapped:"))
+            .and_then(|r| r.split_whitespace().next()?.parse().ok())
     }
 
     fn next(&mut self) -> u64 {

@@ -6,6 +6,7 @@
 mod dataset;
 pub mod offsite;
 mod report;
+mod report_precision;
 pub mod scale;
 mod tools;
 
@@ -71,6 +72,41 @@ impl BtmCut {
     }
 }
 
+/// The tracker's counters for mmap stores over some heights (deltas of the agent's `status`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FaultCounters {
+    pub fault_marked: u64,
+    pub folio_marked: u64,
+    pub fault_wide: u64,
+}
+
+impl FaultCounters {
+    fn of(status: &Value) -> FaultCounters {
+        let u = |k: &str| status["tracker"][k].as_u64().unwrap_or(0);
+        FaultCounters {
+            fault_marked: u("fault_marked"),
+            folio_marked: u("folio_marked"),
+            fault_wide: u("fault_wide"),
+        }
+    }
+
+    fn since(self, before: FaultCounters) -> FaultCounters {
+        FaultCounters {
+            fault_marked: self.fault_marked.saturating_sub(before.fault_marked),
+            folio_marked: self.folio_marked.saturating_sub(before.folio_marked),
+            fault_wide: self.fault_wide.saturating_sub(before.fault_wide),
+        }
+    }
+}
+
+/// What the state file's writer and the tracker did over one rate's heights.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Marks {
+    pub counters: FaultCounters,
+    /// `FilePmdMapped` of the writer's mapping of state.mdbx after the heights (kB).
+    pub pmd_kb: Option<u64>,
+}
+
 /// Every tool at one height.
 #[derive(Clone, Debug, Default)]
 pub struct Height {
@@ -90,6 +126,14 @@ pub struct Results {
     pub baseline: Height,
     /// Per rate: its heights.
     pub rates: Vec<(f64, Vec<Height>)>,
+    /// Per rate, as `rates`: the tracker's mmap counters and the writer's PMD mappings.
+    pub rate_marks: Vec<Marks>,
+    /// btm alone at the 0.1 % and 1 % rates with the precision mechanism (`btm-agent exec`:
+    /// THP disabled for the state file's writer): per rate, its heights and marks.
+    pub precise: Vec<(f64, Vec<Height>, Marks)>,
+    /// `FilePmdMapped` of the writer's mapping after the normal phases, before the
+    /// precision phases re-map it (kB).
+    pub pmd_normal_kb: Option<u64>,
     /// Per fio engine: IOPS without and with the agent (one entry per repetition).
     pub fio: Vec<(String, Vec<f64>, Vec<f64>)>,
     pub fio_size: u64,
@@ -106,6 +150,8 @@ pub struct Results {
     pub rollback_secs: f64,
     pub rollback_height: u64,
     pub rollback_undone: u64,
+    /// Heights the rollback undid (the 16 MiB heights and the precision phases').
+    pub rollback_heights: u64,
     /// What the rollback compared and wrote, whether it was scoped to what changed, and
     /// what the next cut read (it re-reads what the rollback wrote, from the marks).
     pub rollback_compared: u64,
@@ -286,6 +332,7 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
     for rate in RATES {
         let changed = ((size as f64 * rate) as u64).max(64 << 10);
         let mut hs = vec![];
+        let before = FaultCounters::of(&agent.status().unwrap_or_default());
         for _ in 0..a.heights {
             height += 1;
             ds_x.height(changed)?;
@@ -314,6 +361,10 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
             hs.push(h);
         }
         r.rates.push((rate, hs));
+        r.rate_marks.push(Marks {
+            counters: FaultCounters::of(&agent.status().unwrap_or_default()).since(before),
+            pmd_kb: ds_x.file_pmd_mapped_kb(),
+        });
     }
     let rollback_to = height;
     let restic_snap = restic_snaps.last().map(|s| s.1.clone()).unwrap_or_default();
@@ -337,6 +388,53 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
             report::pct(&r.freeze16, 99.0)
         );
     }
+
+    // 6. The precision mechanism: btm alone at 0.1 % and 1 % with the state file's writer
+    // running as `btm-agent exec` starts a node (THP disabled, then the file mapped again).
+    // These heights come after every other tool's phase and change only the xfs copy: the
+    // btrfs copy (dropped above), restic and rsync are done, so nothing compares against
+    // them, and every earlier figure keeps the mapping earlier reports had. The replay (of
+    // the last height) and the rollback (to the end of the rate phases) include them.
+    r.pmd_normal_kb = ds_x.file_pmd_mapped_kb();
+    match dataset::disable_thp().and_then(|()| ds_x.remap()) {
+        Ok(()) => {
+            for rate in [RATES[0], RATES[1]] {
+                let changed = ((size as f64 * rate) as u64).max(64 << 10);
+                let before = FaultCounters::of(&agent.status().unwrap_or_default());
+                let mut hs = vec![];
+                for _ in 0..a.heights {
+                    height += 1;
+                    ds_x.height(changed)?;
+                    let (secs, rep) = agent.cut(height)?;
+                    let h = Height {
+                        height,
+                        changed,
+                        btm: BtmCut::from_report(secs, &rep),
+                        ..Default::default()
+                    };
+                    undone += h.btm.data;
+                    print_height(&format!("{:.1} % exec", rate * 100.0), &h);
+                    hs.push(h);
+                }
+                let marks = Marks {
+                    counters: FaultCounters::of(&agent.status().unwrap_or_default()).since(before),
+                    pmd_kb: ds_x.file_pmd_mapped_kb(),
+                };
+                println!(
+                    "bench: precision {:.1} %: FilePmdMapped {:?} kB (normal phases: {:?} kB), {:?}",
+                    rate * 100.0,
+                    marks.pmd_kb,
+                    r.pmd_normal_kb,
+                    marks.counters
+                );
+                r.precise.push((rate, hs, marks));
+            }
+        }
+        Err(e) => {
+            println!("bench: precision mechanism FAILED: {e:#}");
+            r.errors.push(format!("precision mechanism: {e:#}"));
+        }
+    }
     drop(ds_x);
     r.tracker = agent
         .status()
@@ -347,7 +445,7 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
     r.rss_kb = rss;
     r.bpf_map_bytes = maps;
 
-    // 6. Replay the latest height into a fresh directory.
+    // 7. Replay the latest height into a fresh directory.
     let into = dir.join("replay");
     let replay = tools::timed(
         Command::new(bin)
@@ -380,7 +478,7 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
     }
     let _ = std::fs::remove_dir_all(&into);
 
-    // 7. In-place rollback (through the running agent) vs a full restic restore.
+    // 8. In-place rollback (through the running agent) vs a full restic restore.
     let rollback = tools::timed(
         Command::new(bin)
             .args(["rollback", "--exact", "--json", "--volume"])
@@ -395,6 +493,7 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
     );
     r.rollback_height = rollback_to;
     r.rollback_undone = undone;
+    r.rollback_heights = height - rollback_to;
     match rollback {
         Ok((secs, out)) => {
             r.rollback_secs = secs;

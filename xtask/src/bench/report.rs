@@ -2,6 +2,7 @@
 use std::fmt::Write as _;
 use std::process::Command;
 
+use super::report_precision::{precise_at, precision_section};
 use super::{BenchArgs, Height, RATES, Results};
 use crate::bench::tools::Run;
 
@@ -16,7 +17,7 @@ pub fn pct(v: &[f64], p: f64) -> f64 {
     s[rank.clamp(1, s.len()) - 1]
 }
 
-fn mean(v: impl Iterator<Item = f64>) -> f64 {
+pub fn mean(v: impl Iterator<Item = f64>) -> f64 {
     let v: Vec<f64> = v.collect();
     if v.is_empty() {
         0.0
@@ -210,7 +211,7 @@ fn table(hs: &[Height]) -> String {
 }
 
 /// btm's bytes read per byte the heights changed.
-fn amplification(hs: &[Height]) -> f64 {
+pub fn amplification(hs: &[Height]) -> f64 {
     let changed: u64 = hs.iter().map(|h| h.changed).sum();
     let read: u64 = hs.iter().map(|h| h.btm.read).sum();
     read as f64 / changed.max(1) as f64
@@ -278,6 +279,7 @@ pub fn render(a: &BenchArgs, r: &Results) -> String {
          extents (the send stream); tar + zstd reads everything and stores the compressed \
          archive.\n"
     );
+    precision_section(&mut s, r, a.heights);
 
     // Tracking overhead.
     let mut worst: f64 = 0.0;
@@ -357,7 +359,7 @@ pub fn render(a: &BenchArgs, r: &Results) -> String {
             "failed".into()
         },
         r.rollback_height,
-        r.freeze16.len(),
+        r.rollback_heights,
         bytes(r.rollback_undone as f64),
         if r.rollback_secs > 0.0 {
             secs(r.rollback_secs)
@@ -534,20 +536,40 @@ fn issue16_targets(s: &mut String, r: &Results, one: &[Height], rs: &[Row], repl
         s,
         "\n## Targets (issue 16)\n\n| target | measured | verdict |\n|---|---|---|"
     );
+    // Both figures where the precision phases ran; the verdict is the one with the mechanism,
+    // as the issue defines it (the data set's mmap writer started the way `btm-agent exec`
+    // starts a node).
+    let with_note = " (with the mechanism, as the issue defines it)";
+    let one_p = precise_at(r, RATES[1]).filter(|hs| !hs.is_empty());
     if !one.is_empty() {
         let (btm, btrfs) = (rs[0].secs, rs[3].secs);
+        let btm_p = one_p.map(|hs| mean(hs.iter().map(|h| h.btm.secs)));
         let _ = writeln!(
             s,
-            "| a 1 % height in at most half the time of `btrfs send -p` | btm {}, btrfs send {} | {} |",
+            "| a 1 % height in at most half the time of `btrfs send -p` | btm {}{}, btrfs send {} | {} |",
             secs(btm),
+            btm_p.map_or(String::new(), |t| format!(
+                " without the precision mechanism, {} with it",
+                secs(t)
+            )),
             secs(btrfs),
-            mark(btm * 2.0 <= btrfs)
+            match btm_p {
+                Some(t) => format!("{}{with_note}", mark(t * 2.0 <= btrfs)),
+                None => mark(btm * 2.0 <= btrfs).to_string(),
+            }
         );
         let amp = amplification(one);
+        let amp_p = one_p.map(amplification);
         let _ = writeln!(
             s,
-            "| read amplification at most 1.25 at 1 % | {amp:.2}x | {} |",
-            mark(amp <= 1.25)
+            "| read amplification at most 1.25 at 1 % for the data set's mmap writer | {amp:.2}x{} | {} |",
+            amp_p.map_or(String::new(), |x| format!(
+                " without the precision mechanism, **{x:.2}x** with it (`btm-agent exec`)"
+            )),
+            match amp_p {
+                Some(x) => format!("{}{with_note}", mark(x <= 1.25)),
+                None => mark(amp <= 1.25).to_string(),
+            }
         );
     }
     if let Some((_, hs)) = r
@@ -556,11 +578,21 @@ fn issue16_targets(s: &mut String, r: &Results, one: &[Height], rs: &[Row], repl
         .find(|(rate, _)| (*rate - RATES[0]).abs() < 1e-9)
     {
         let t = mean(hs.iter().map(|h| h.btm.secs));
+        let t_p = precise_at(r, RATES[0])
+            .filter(|hs| !hs.is_empty())
+            .map(|hs| mean(hs.iter().map(|h| h.btm.secs)));
         let _ = writeln!(
             s,
-            "| a 0.1 % height in at most 50 ms | {} | {} |",
+            "| a 0.1 % height in at most 50 ms | {}{} | {} |",
             secs(t),
-            mark(t <= 0.05)
+            t_p.map_or(String::new(), |x| format!(
+                " without the precision mechanism, {} with it",
+                secs(x)
+            )),
+            match t_p {
+                Some(x) => format!("{}{with_note}", mark(x <= 0.05)),
+                None => mark(t <= 0.05).to_string(),
+            }
         );
     }
     let _ = writeln!(

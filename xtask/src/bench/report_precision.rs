@@ -1,0 +1,110 @@
+//! BENCHMARKS.md sections for issue 16's measurements: btm with the precision mechanism
+//! (`btm-agent exec`).
+use std::fmt::Write as _;
+
+use super::report::{amplification, bytes, mean, pct, secs};
+use super::{Height, Marks, Results};
+
+/// The precision phases' heights at `rate`, when they ran.
+pub fn precise_at(r: &Results, rate: f64) -> Option<&[Height]> {
+    r.precise
+        .iter()
+        .find(|(x, _, _)| (*x - rate).abs() < 1e-9)
+        .map(|(_, hs, _)| hs.as_slice())
+}
+
+/// The main phases' heights and marks at `rate`.
+fn main_at(r: &Results, rate: f64) -> Option<(&[Height], Marks)> {
+    let i = r.rates.iter().position(|(x, _)| (*x - rate).abs() < 1e-9)?;
+    Some((
+        r.rates[i].1.as_slice(),
+        r.rate_marks.get(i).copied().unwrap_or_default(),
+    ))
+}
+
+fn kb(v: Option<u64>) -> String {
+    v.map_or_else(|| "not found".into(), |k| format!("{k} kB"))
+}
+
+fn row(s: &mut String, rate: f64, writer: &str, hs: &[Height], m: &Marks, btrfs: &str) {
+    let fr: Vec<f64> = hs.iter().map(|h| h.btm.freeze_ms).collect();
+    let c = &m.counters;
+    let _ = writeln!(
+        s,
+        "| {:.1} % | {writer} | {} | {} | {} | **{:.2}x** | {:.1} / {:.1} ms | {} / {} / {} | {} | {btrfs} |",
+        rate * 100.0,
+        secs(mean(hs.iter().map(|h| h.btm.secs))),
+        bytes(mean(hs.iter().map(|h| h.btm.read as f64))),
+        bytes(mean(hs.iter().map(|h| h.btm.stored as f64))),
+        amplification(hs),
+        pct(&fr, 50.0),
+        pct(&fr, 99.0),
+        c.fault_marked,
+        c.folio_marked,
+        c.fault_wide,
+        kb(m.pmd_kb),
+    );
+}
+
+/// "With the precision mechanism": btm at 0.1 % and 1 % with THP disabled for the writer, beside
+/// the same rates from the main phases (mapped as is) and btrfs send there.
+pub fn precision_section(s: &mut String, r: &Results, heights: u64) {
+    let _ = writeln!(
+        s,
+        "## With the precision mechanism (`btm-agent exec`: THP disabled for the writer)\n"
+    );
+    if r.precise.is_empty() {
+        let _ = writeln!(s, "Not measured in this run (see FAILED below).\n");
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "On this kernel a shared writable mapping of a file cached in 2 MiB folios (xfs) is \
+         mapped with one PMD on first touch: one store makes 2 MiB writable, and the tracker \
+         must mark the whole folio. A node started as `btm-agent exec -- NODE` runs with \
+         `prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)` (inherited across fork and exec), so its file \
+         mappings are made of 4 KiB PTEs and every store into a clean page faults on its own. \
+         After every other phase, the bench process (the state file's writer) made the same \
+         call, dropped its mapping of `state.mdbx` and mapped it again (PMD mappings made \
+         before stay until unmapped), then ran {heights} more heights at 0.1 % and at 1 % with \
+         btm alone (same changes as the main phases: half of them state pages through the \
+         mapping). Rows \"mapped as is\" are the main phases' figures at the same rate. \
+         Counters are the tracker's (`status`) over those heights: `fault_marked` write faults \
+         marked per page, `folio_marked` folios marked whole on dirtying, `fault_wide` faults \
+         widened to a 2 MiB folio a PMD may map. `FilePmdMapped` is read from \
+         /proc/self/smaps for the writer's mapping of `state.mdbx` after the heights.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| rate | state file's writer | btm time / height | bytes read | bytes stored | read \
+         amplification | freeze p50 / p99 | fault_marked / folio_marked / fault_wide | \
+         FilePmdMapped | btrfs send time / height |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for (rate, hs, m) in &r.precise {
+        let main = main_at(r, *rate);
+        let btrfs = main.map_or_else(
+            || "-".into(),
+            |(mh, _)| secs(mean(mh.iter().map(|h| h.btrfs.secs))),
+        );
+        if let Some((mh, mm)) = main {
+            row(s, *rate, "mapped as is", mh, &mm, &btrfs);
+        }
+        row(s, *rate, "**`exec`: THP disabled**", hs, m, &btrfs);
+    }
+    let with: Vec<Option<u64>> = r.precise.iter().map(|(_, _, m)| m.pmd_kb).collect();
+    let in_force = with.iter().all(|k| *k == Some(0));
+    let _ = writeln!(
+        s,
+        "\nThe mechanism was {}: the writer's mapping had FilePmdMapped {} after the normal \
+         phases (the 16 MiB heights included) and {} after the precision heights (0 kB means \
+         no part of it was PMD-mapped).\n",
+        if in_force {
+            "in force"
+        } else {
+            "**not in force**"
+        },
+        kb(r.pmd_normal_kb),
+        with.iter().map(|k| kb(*k)).collect::<Vec<_>>().join(" / ")
+    );
+}
