@@ -5,6 +5,7 @@
 //! height applies the same changes to both. Results go to BENCHMARKS.md.
 mod dataset;
 pub mod offsite;
+mod probes;
 mod report;
 mod report_precision;
 pub mod scale;
@@ -20,6 +21,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use dataset::DataSet;
+use probes::{BpfStats, ProbeCost, Programs};
 use tools::{Agent, Restic, Run};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -138,6 +140,10 @@ pub struct Results {
     pub fio: Vec<(String, Vec<f64>, Vec<f64>)>,
     pub fio_size: u64,
     pub fio_secs: u64,
+    /// Per fio engine: what the eBPF programs cost over its runs with the agent.
+    pub probe_cost: Vec<ProbeCost>,
+    /// Why the programs' cost could not be measured (`kernel.bpf_stats_enabled`).
+    pub probe_error: Option<String>,
     /// Freeze windows (ms) of the 16 MiB heights.
     pub freeze16: Vec<f64>,
     /// btm's cuts of the 16 MiB heights.
@@ -250,6 +256,14 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
             .iter()
             .map(|e| (e.to_string(), vec![], vec![]))
             .collect();
+        r.probe_cost = FIO_ENGINES
+            .iter()
+            .map(|e| ProbeCost {
+                engine: e.to_string(),
+                ios: 0,
+                programs: Some(Programs::new()),
+            })
+            .collect();
         // Lay the file out once, outside the measurements.
         tools::fio("buffered", &fio_file, r.fio_size, 1)?;
         for rep in 0..2 {
@@ -264,18 +278,43 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
                 } else {
                     None
                 };
+                // The programs' run counts and times, only while the agent runs (restored by
+                // the guard's drop, also when a run fails).
+                let stats = match agent.as_ref().map(|_| BpfStats::enable()) {
+                    Some(Err(e)) => {
+                        r.probe_error = Some(format!("{e:#}"));
+                        None
+                    }
+                    Some(Ok(g)) => Some(g),
+                    None => None,
+                };
+                let programs = || {
+                    let st = agent.as_ref()?.status().ok()?;
+                    probes::programs(&st)
+                };
                 for (i, e) in FIO_ENGINES.iter().enumerate() {
-                    let iops = tools::fio(e, &fio_file, r.fio_size, a.fio_secs)?;
+                    let before = programs();
+                    let run = tools::fio(e, &fio_file, r.fio_size, a.fio_secs)?;
+                    let iops = run.iops;
                     println!(
                         "bench: fio {e:>8} {} agent: {iops:>10.0} IOPS",
                         if with { "with   " } else { "without" }
                     );
                     if with {
                         r.fio[i].2.push(iops);
+                        let cost = &mut r.probe_cost[i];
+                        cost.ios += run.ios;
+                        match (before, programs(), &mut cost.programs) {
+                            (Some(b), Some(a), Some(sum)) if stats.is_some() => {
+                                probes::add(sum, &probes::delta(&b, &a))
+                            }
+                            _ => cost.programs = None,
+                        }
                     } else {
                         r.fio[i].1.push(iops);
                     }
                 }
+                drop(stats);
                 drop(agent);
             }
         }

@@ -2,7 +2,7 @@
 use std::fmt::Write as _;
 use std::process::Command;
 
-use super::report_precision::{precise_at, precision_section};
+use super::report_precision::{precise_at, precision_section, probe_cost_section};
 use super::{BenchArgs, Height, RATES, Results};
 use crate::bench::tools::Run;
 
@@ -308,6 +308,7 @@ pub fn render(a: &BenchArgs, r: &Results) -> String {
             "\nRuns alternate (without, with, without, with) to spread the machine's noise; a \
              negative overhead is noise.\n"
         );
+        probe_cost_section(&mut s, r);
     }
 
     let _ = writeln!(s, "## Freeze window, replay, rollback, memory\n");

@@ -1,5 +1,5 @@
 //! BENCHMARKS.md sections for issue 16's measurements: btm with the precision mechanism
-//! (`btm-agent exec`).
+//! (`btm-agent exec`), and the eBPF programs' cost per event under fio.
 use std::fmt::Write as _;
 
 use super::report::{amplification, bytes, mean, pct, secs};
@@ -106,5 +106,61 @@ pub fn precision_section(s: &mut String, r: &Results, heights: u64) {
         },
         kb(r.pmd_normal_kb),
         with.iter().map(|k| kb(*k)).collect::<Vec<_>>().join(" / ")
+    );
+}
+
+/// "Probe cost per event": per fio engine and program, from the agent's `programs` counters.
+pub fn probe_cost_section(s: &mut String, r: &Results) {
+    let _ = writeln!(s, "### Probe cost per event (kernel.bpf_stats_enabled)\n");
+    if let Some(e) = &r.probe_error {
+        let _ = writeln!(
+            s,
+            "Not measured: `kernel.bpf_stats_enabled` could not be set ({e}).\n"
+        );
+        return;
+    }
+    let measured: Vec<_> = r
+        .probe_cost
+        .iter()
+        .filter_map(|c| Some((c, c.per_write()?)))
+        .collect();
+    if measured.is_empty() || measured.len() < r.probe_cost.len() {
+        let _ = writeln!(
+            s,
+            "Not reported by this agent (its `status` has no `programs`).\n"
+        );
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "Over the runs with the agent above: each program's `run_cnt` and `run_time_ns` (the \
+         agent's `status`, from its program fds' fdinfo) before and after every fio run, \
+         against the write I/Os fio reports (`total_ios`). Only programs that ran are listed.\n\n\
+         | engine | program | runs per fio write | ns per run | ns per fio write |\n\
+         |---|---|---:|---:|---:|"
+    );
+    for (c, (rows, total)) in &measured {
+        for (name, per, ns) in rows {
+            let _ = writeln!(
+                s,
+                "| {} | `{name}` | {per:.2} | {ns:.0} | {:.0} |",
+                c.engine,
+                per * ns
+            );
+        }
+        let runs: f64 = rows.iter().map(|x| x.1).sum();
+        let _ = writeln!(
+            s,
+            "| {} | **all programs** ({} fio writes) | {runs:.2} | | **{total:.0}** |",
+            c.engine, c.ios
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n`kernel.bpf_stats_enabled` was 1 only during the runs with the agent (and set back \
+         after). Counting costs a little by itself: the kernel reads the clock twice per \
+         program run while it is on, so those runs' IOPS above include that. `run_cnt` counts \
+         every run of a program on the machine, also runs that return early for another \
+         filesystem (other processes' I/O on this shared machine included).\n"
     );
 }
