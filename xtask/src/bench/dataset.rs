@@ -31,6 +31,9 @@ pub fn disable_thp() -> Result<()> {
 const PAGE: u64 = 4096;
 const BLK_FILE: u64 = 128 << 20;
 const LSM_FILE: u64 = 8 << 20;
+/// The state file is first written in writes of this size; xfs and ext4 size page-cache folios
+/// by the write, so its folios are at most this large (smaller than 2 MiB: never PMD-mapped).
+pub const STATE_WRITE: u64 = 1 << 20;
 
 pub struct DataSet {
     root: PathBuf,
@@ -87,10 +90,9 @@ impl DataSet {
             lsm_next: 0,
         };
         // The state file: pages half random, half zeros (compresses about 2:1, like MDBX pages).
-        let chunk = 1 << 20;
         let mut off = 0;
         while off < state_len {
-            let n = chunk.min(state_len - off);
+            let n = STATE_WRITE.min(state_len - off);
             let buf = ds.pages(n);
             f.write_all_at(&buf, off)?;
             off += n;

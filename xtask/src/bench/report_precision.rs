@@ -2,6 +2,7 @@
 //! (`btm-agent exec`), and the eBPF programs' cost per event under fio.
 use std::fmt::Write as _;
 
+use super::dataset::STATE_WRITE;
 use super::report::{amplification, bytes, mean, pct, secs};
 use super::{Height, Marks, Results};
 
@@ -93,20 +94,29 @@ pub fn precision_section(s: &mut String, r: &Results, heights: u64) {
         row(s, *rate, "**`exec`: THP disabled**", hs, m, &btrfs);
     }
     let with: Vec<Option<u64>> = r.precise.iter().map(|(_, _, m)| m.pmd_kb).collect();
-    let in_force = with.iter().all(|k| *k == Some(0));
-    let _ = writeln!(
-        s,
-        "\nThe mechanism was {}: the writer's mapping had FilePmdMapped {} after the normal \
-         phases (the 16 MiB heights included) and {} after the precision heights (0 kB means \
-         no part of it was PMD-mapped).\n",
-        if in_force {
-            "in force"
-        } else {
-            "**not in force**"
-        },
-        kb(r.pmd_normal_kb),
-        with.iter().map(|k| kb(*k)).collect::<Vec<_>>().join(" / ")
-    );
+    let with_kb = with.iter().map(|k| kb(*k)).collect::<Vec<_>>().join(" / ");
+    let folio_marked: u64 = r
+        .precise
+        .iter()
+        .map(|(_, _, m)| m.counters.folio_marked)
+        .sum();
+    let verdict = if !with.iter().all(|k| *k == Some(0)) {
+        format!(
+            "The mechanism was **not in force**: the writer's mapping still had FilePmdMapped              {with_kb} after the precision heights."
+        )
+    } else if r.pmd_normal_kb.is_some_and(|k| k > 0) {
+        format!(
+            "The mechanism was in force: the writer's mapping had FilePmdMapped {} after the              normal phases (the 16 MiB heights included) and {with_kb} after the precision              heights.",
+            kb(r.pmd_normal_kb)
+        )
+    } else {
+        format!(
+            "No part of the writer's mapping was PMD-mapped even without the mechanism              (FilePmdMapped {} after the normal phases, the 16 MiB heights included; {with_kb}              after the precision heights): `state.mdbx` is first written in {} writes and xfs              sizes page-cache folios by the write, so its folios are smaller than a PMD and THP              disabled changes nothing here. The amplification that remains comes from folios              marked whole ({folio_marked} `folio_marked` over the precision heights): the data              set stores into pages its process never touched through the mapping, and the              tracker marks the whole folio on such a first-touch fault.",
+            kb(r.pmd_normal_kb),
+            bytes(STATE_WRITE as f64)
+        )
+    };
+    let _ = writeln!(s, "\n{verdict}\n");
 }
 
 /// "Probe cost per event": per fio engine and program, from the agent's `programs` counters.
@@ -163,4 +173,53 @@ pub fn probe_cost_section(s: &mut String, r: &Results) {
          every run of a program on the machine, also runs that return early for another \
          filesystem (other processes' I/O on this shared machine included).\n"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{BtmCut, FaultCounters};
+    use super::*;
+
+    fn results(normal_kb: u64, with_kb: u64) -> Results {
+        let h = |read| Height {
+            height: 2,
+            changed: 1 << 20,
+            btm: BtmCut {
+                secs: 0.1,
+                read,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let marks = |kb| Marks {
+            counters: FaultCounters {
+                fault_marked: 3,
+                folio_marked: 2,
+                fault_wide: 1,
+            },
+            pmd_kb: Some(kb),
+        };
+        Results {
+            rates: vec![(0.01, vec![h(40 << 20)])],
+            rate_marks: vec![marks(normal_kb)],
+            precise: vec![(0.01, vec![h(1 << 20)], marks(with_kb))],
+            pmd_normal_kb: Some(normal_kb),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn precision_section_says_whether_the_mechanism_mattered() {
+        let mut s = String::new();
+        precision_section(&mut s, &results(4096, 0), 1);
+        assert!(s.contains("| 1.0 % | mapped as is |"), "{s}");
+        assert!(s.contains("**40.00x**") && s.contains("**1.00x**"), "{s}");
+        assert!(s.contains("The mechanism was in force"), "{s}");
+        let mut s = String::new();
+        precision_section(&mut s, &results(0, 0), 1);
+        assert!(s.contains("even without the mechanism"), "{s}");
+        let mut s = String::new();
+        precision_section(&mut s, &results(4096, 2048), 1);
+        assert!(s.contains("**not in force**"), "{s}");
+    }
 }
