@@ -102,16 +102,26 @@ pub fn precision_section(s: &mut String, r: &Results, heights: u64) {
         .sum();
     let verdict = if !with.iter().all(|k| *k == Some(0)) {
         format!(
-            "The mechanism was **not in force**: the writer's mapping still had FilePmdMapped              {with_kb} after the precision heights."
+            "The mechanism was **not in force**: the writer's mapping still had FilePmdMapped \
+             {with_kb} after the precision heights."
         )
     } else if r.pmd_normal_kb.is_some_and(|k| k > 0) {
         format!(
-            "The mechanism was in force: the writer's mapping had FilePmdMapped {} after the              normal phases (the 16 MiB heights included) and {with_kb} after the precision              heights.",
+            "The mechanism was in force: the writer's mapping had FilePmdMapped {} after the \
+             normal phases (the 16 MiB heights included) and {with_kb} after the precision \
+             heights.",
             kb(r.pmd_normal_kb)
         )
     } else {
         format!(
-            "No part of the writer's mapping was PMD-mapped even without the mechanism              (FilePmdMapped {} after the normal phases, the 16 MiB heights included; {with_kb}              after the precision heights): `state.mdbx` is first written in {} writes and xfs              sizes page-cache folios by the write, so its folios are smaller than a PMD and THP              disabled changes nothing here. The amplification that remains comes from folios              marked whole ({folio_marked} `folio_marked` over the precision heights): the data              set stores into pages its process never touched through the mapping, and the              tracker marks the whole folio on such a first-touch fault.",
+            "No part of the writer's mapping was PMD-mapped even without the mechanism \
+             (FilePmdMapped {} after the normal phases, the 16 MiB heights included; {with_kb} \
+             after the precision heights): `state.mdbx` is first written in {} writes and xfs \
+             sizes page-cache folios by the write, so its folios are smaller than a PMD and THP \
+             disabled changes nothing here. The amplification that remains comes from folios \
+             marked whole ({folio_marked} `folio_marked` over the precision heights): the data \
+             set stores into pages its process never touched through the mapping, and the \
+             tracker marks the whole folio on such a first-touch fault.",
             kb(r.pmd_normal_kb),
             bytes(STATE_WRITE as f64)
         )
@@ -215,9 +225,11 @@ mod tests {
         assert!(s.contains("| 1.0 % | mapped as is |"), "{s}");
         assert!(s.contains("**40.00x**") && s.contains("**1.00x**"), "{s}");
         assert!(s.contains("The mechanism was in force"), "{s}");
+        assert!(!s.contains("   "), "a string continuation lost: {s}");
         let mut s = String::new();
         precision_section(&mut s, &results(0, 0), 1);
         assert!(s.contains("even without the mechanism"), "{s}");
+        assert!(!s.contains("   "), "a string continuation lost: {s}");
         let mut s = String::new();
         precision_section(&mut s, &results(4096, 2048), 1);
         assert!(s.contains("**not in force**"), "{s}");
