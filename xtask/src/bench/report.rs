@@ -440,10 +440,12 @@ pub fn render(a: &BenchArgs, r: &Results) -> String {
         format!(
             "btm read {amp1:.1}x the bytes a 1 % height changes: the data set stores blindly into \
              state pages its process never touched through the mapping; such a not-present write \
-             fault may map a whole large folio (2 MiB here) writable at once, so the tracker marks \
-             the folio (folio_marked {}, fault_unresolved {}) and the cut re-reads and hashes it \
+             fault may map a whole large folio (up to {} here: the state file's first writes) \
+             writable at once, so the tracker marks the folio (folio_marked {}, fault_unresolved \
+             {}) and the cut re-reads and hashes it \
              (the log then stores only the 4 KiB blocks that differ). Stores into pages already \
              mapped, and pwrite engines, are marked per 4 KiB",
+            bytes(super::dataset::STATE_WRITE as f64),
             counter("folio_marked"),
             counter("fault_unresolved")
         )
