@@ -234,4 +234,43 @@ mod tests {
         precision_section(&mut s, &results(4096, 2048), 1);
         assert!(s.contains("**not in force**"), "{s}");
     }
+
+    #[test]
+    fn probe_cost_table_or_not_reported() {
+        use crate::bench::probes::{ProbeCost, Programs};
+        let mut r = Results {
+            probe_cost: vec![ProbeCost {
+                engine: "mmap".into(),
+                ios: 1000,
+                programs: Some(Programs::from([
+                    ("btm_fault".to_string(), (1000, 300_000)),
+                    ("btm_dirty_folio".to_string(), (500, 50_000)),
+                ])),
+            }],
+            ..Default::default()
+        };
+        let mut s = String::new();
+        probe_cost_section(&mut s, &r);
+        assert!(
+            s.contains("| mmap | `btm_fault` | 1.00 | 300 | 300 |"),
+            "{s}"
+        );
+        assert!(
+            s.contains("| mmap | `btm_dirty_folio` | 0.50 | 100 | 50 |"),
+            "{s}"
+        );
+        assert!(s.contains("| 1.50 | | **350** |"), "{s}");
+        assert!(
+            s.contains("two clock reads") || s.contains("clock twice"),
+            "{s}"
+        );
+        r.probe_cost.push(ProbeCost {
+            engine: "direct".into(),
+            ios: 10,
+            programs: None,
+        });
+        let mut s = String::new();
+        probe_cost_section(&mut s, &r);
+        assert!(s.contains("Not reported by this agent"), "{s}");
+    }
 }
