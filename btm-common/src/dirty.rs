@@ -92,6 +92,10 @@ pub const PRECISE_PMD: u32 = 1;
 pub const PMD_ORDER: u64 = 9;
 
 /// Slots of the per-CPU `STATS` array.
+/// The `chunk` of a partial-folio map key that stands for the file itself: present when the
+/// file has any partially-marked folio in that epoch's map (not a folio index).
+pub const PARTIAL_FILE: u64 = u64::MAX;
+
 pub mod stat {
     /// Events that matched the tracked device.
     pub const EVENTS: u32 = 0;
@@ -127,5 +131,8 @@ pub mod stat {
     /// process's pages with no fault and, unlike the calls above, may go on for as long as the
     /// file stays open. After one, every cut marks partially-marked folios whole.
     pub const MEM_OPENS: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// Write faults resolved from the fault probe's cache of mappings, without
+    /// `bpf_find_vma` (also counted in [`FAULT_MARKED`]).
+    pub const FAULT_CACHED: u32 = 13;
+    pub const COUNT: u32 = 14;
 }

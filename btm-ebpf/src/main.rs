@@ -13,6 +13,7 @@ mod kernel;
 mod maps;
 mod mark;
 mod probes;
+mod vmas;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,4 +1,5 @@
 //! Every map the programs share with the agent. Map names are the agent's contract.
+use crate::vmas::{Vma, VmaKey};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -52,6 +53,20 @@ pub static PRECISE: LruHashMap<u64, PreciseRange> = LruHashMap::with_max_entries
 /// Per task: an open with O_TRUNC is in flight (resolved to an inode at syscall exit).
 #[map]
 pub static OPEN_TRUNC: LruHashMap<u64, u32> = LruHashMap::with_max_entries(8192, 0);
+
+/// The fault probe's cache of tracked shared mappings (see `vmas`), keyed by (tgid, 2 MiB
+/// region of the address); LRU, so a full cache only costs lookups.
+#[map]
+pub static VMAS: LruHashMap<VmaKey, Vma> = LruHashMap::with_max_entries(16384, 0);
+/// Per process: the generation `VMAS` entries must carry to count.
+#[map]
+pub static GENS: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
+/// Per process sharing another's address space (`CLONE_VM`, not a thread): that process.
+#[map]
+pub static SHARES: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
+/// Per CPU: how many generations it handed out.
+#[map]
+pub static NEXT_GEN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);

@@ -13,8 +13,8 @@ use aya_ebpf::{
     maps::HashMap,
 };
 use btm_common::dirty::{
-    BLOCK_SHIFT, BLOCKS_PER_CHUNK, CHUNK_WORDS, Chunk, ChunkKey, FileKey, FileMark, PreciseRange,
-    WHY_OVERFLOW, stat,
+    BLOCK_SHIFT, BLOCKS_PER_CHUNK, CHUNK_WORDS, Chunk, ChunkKey, FileKey, FileMark, PARTIAL_FILE,
+    PreciseRange, WHY_OVERFLOW, stat,
 };
 
 use crate::maps::{DIRTY0, DIRTY1, EPOCH, MARKS0, MARKS1, PARTIAL0, PARTIAL1, PRECISE, STATS};
@@ -169,6 +169,23 @@ pub fn mark_range(dev: u32, ino: u64, start: u64, end: u64) {
         return;
     }
     let odd = EPOCH.get(0).copied().unwrap_or(0) & 1;
+    if c0 == c1 {
+        // One chunk (nearly every write): no loop to set up.
+        let key = ChunkKey {
+            dev,
+            _pad: 0,
+            ino,
+            chunk: c0,
+        };
+        let dirty = if odd == 0 { &DIRTY0 } else { &DIRTY1 };
+        let lo = first % BLOCKS_PER_CHUNK;
+        let hi = last % BLOCKS_PER_CHUNK;
+        if !mark_chunk(dirty, &key, lo, hi) {
+            count(stat::CHUNK_OVERFLOW);
+            mark_tail(dev, ino, 0, WHY_OVERFLOW);
+        }
+        return;
+    }
     let mut ctx = RangeCtx {
         dev,
         odd,
@@ -243,7 +260,16 @@ pub fn mark_precise(dev: u32, ino: u64, start: u64, end: u64, flags: u32) {
         epoch: EPOCH.get(0).copied().unwrap_or(0),
         _pad: 0,
     };
-    let _ = PRECISE.insert(&tid, &r, 0);
+    // A task's entry is overwritten in place once it has one: an LRU insert allocates a
+    // node on every call. Only this task reads or writes its entry, and programs never nest
+    // on a CPU (a nested run is skipped and counted in `prog_misses`).
+    match PRECISE.get_ptr_mut(&tid) {
+        // SAFETY: points into a live map value.
+        Some(p) => unsafe { *p = r },
+        None => {
+            let _ = PRECISE.insert(&tid, &r, 0);
+        }
+    }
 }
 
 /// The flags of the current task's precise range when it covers part of `[start, end)` of
@@ -264,41 +290,63 @@ pub fn covered_by_precise(dev: u32, ino: u64, start: u64, end: u64) -> Option<u3
 }
 
 /// Records that folio `index` (of `order`) is dirty with only part of it marked. False when
-/// the record cannot be kept (map full): the caller must then mark the whole folio.
+/// the record cannot be kept (map full): the caller must then mark the whole folio. The
+/// file's own entry ([`PARTIAL_FILE`]) goes in first, so a fault on a file with no such folio
+/// costs one lookup per epoch instead of one per possible folio order.
 #[inline(always)]
 pub fn note_partial(dev: u32, ino: u64, index: u64, order: u64) -> bool {
+    let odd = EPOCH.get(0).copied().unwrap_or(0) & 1;
+    let map = if odd == 0 { &PARTIAL0 } else { &PARTIAL1 };
+    let file = ChunkKey {
+        dev,
+        _pad: 0,
+        ino,
+        chunk: PARTIAL_FILE,
+    };
+    // SAFETY: value not kept.
+    if unsafe { map.get(&file) }.is_none() && map.insert(&file, &0, 0).is_err() {
+        return false;
+    }
     let key = ChunkKey {
         dev,
         _pad: 0,
         ino,
         chunk: index,
     };
-    let odd = EPOCH.get(0).copied().unwrap_or(0) & 1;
-    let map = if odd == 0 { &PARTIAL0 } else { &PARTIAL1 };
     map.insert(&key, &(order as u32), 0).is_ok()
 }
 
 /// The partially-marked folio (index, order) containing `page`, from either epoch's record.
 #[inline(always)]
 pub fn partial_folio(dev: u32, ino: u64, page: u64) -> Option<(u64, u64)> {
-    let mut order = 1u64;
-    while order <= 9 {
-        let index = page & !((1u64 << order) - 1);
-        let key = ChunkKey {
-            dev,
-            _pad: 0,
-            ino,
-            chunk: index,
-        };
-        for map in [&PARTIAL0, &PARTIAL1] {
+    let file = ChunkKey {
+        dev,
+        _pad: 0,
+        ino,
+        chunk: PARTIAL_FILE,
+    };
+    for map in [&PARTIAL0, &PARTIAL1] {
+        // SAFETY: value not kept.
+        if unsafe { map.get(&file) }.is_none() {
+            continue;
+        }
+        let mut order = 1u64;
+        while order <= 9 {
+            let index = page & !((1u64 << order) - 1);
+            let key = ChunkKey {
+                dev,
+                _pad: 0,
+                ino,
+                chunk: index,
+            };
             // SAFETY: value copied out immediately.
             if let Some(o) = unsafe { map.get(&key) }
                 && *o as u64 == order
             {
                 return Some((index, order));
             }
+            order += 1;
         }
-        order += 1;
     }
     None
 }

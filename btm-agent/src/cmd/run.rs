@@ -118,6 +118,13 @@ pub struct RunArgs {
     /// Do not freeze the volume at cuts (only when the node is paused by the caller).
     #[arg(long)]
     pub no_freeze: bool,
+    /// eBPF mode: do not read-fault the node's shared mappings of the volume after each cut.
+    /// By default the agent maps every page of them that is in the page cache read-only in
+    /// the node's process (reading one byte of each with process_vm_readv, as the node's own
+    /// MADV_POPULATE_READ would), so that a later store into it is seen as 4 KiB, not as its
+    /// whole folio (up to 2 MiB re-read per store).
+    #[arg(long)]
+    pub no_prefault: bool,
     /// Serve Prometheus /metrics, /livez and /readyz here (HOST:PORT, or :PORT for loopback;
     /// the examples use 9846, 9100 being node_exporter's).
     #[arg(long, env = "BTM_METRICS_ADDR", value_parser = crate::metrics::parse_addr)]
@@ -361,7 +368,8 @@ fn start_ebpf(args: &RunArgs, policy: &Policy) -> Result<Box<dyn HeightStore>> {
             bytes_per_sec: args.compact_rate,
         },
         !args.no_freeze,
-    )?;
+    )?
+    .with_prefault(!args.no_prefault);
     // Held for the life of the process (the kernel releases it when the agent exits).
     std::mem::forget(claim);
     Ok(Box::new(store))

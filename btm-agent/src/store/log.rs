@@ -12,6 +12,7 @@ use crate::log::{CompactReport, Log};
 use crate::metrics::Metrics;
 use crate::retention::Policy;
 use crate::tracker::Tracker;
+use crate::tracker::prefault::Prefaulter;
 use crate::volume::Mount;
 
 /// Compact the log (tracking goes on meanwhile) once dropped records hold 1/COMPACT_SHARE of
@@ -29,6 +30,8 @@ pub struct LogStore {
     compact_rate: u64,
     /// A compaction being prepared beside the cuts.
     compaction: Option<Background>,
+    /// Read-faulting the node's mappings after cuts (None: switched off).
+    prefault: Option<Prefaulter>,
 }
 
 /// The log's kept heights (retention's input) and the byte counts that decide compaction,
@@ -113,10 +116,18 @@ impl LogStore {
             compact_min_bytes: compaction.min_bytes,
             compact_rate: compaction.bytes_per_sec,
             compaction: None,
+            prefault: None,
         };
         // What the policy drops now starts compacting at once, beside the first cuts.
         store.maintain()?;
         Ok(store)
+    }
+
+    /// Read-faults the node's shared mappings of the volume after each cut (see
+    /// [`crate::tracker::prefault`]), or not.
+    pub fn with_prefault(mut self, on: bool) -> LogStore {
+        self.prefault = on.then(Prefaulter::default);
+        self
     }
 
     /// Stops a compaction being prepared, throwing its work away.
@@ -176,6 +187,11 @@ impl HeightStore for LogStore {
 
     fn keep(&mut self, height: u64, metrics: &Metrics) -> Result<serde_json::Value> {
         let (rep, info) = self.cutter.cut(height)?;
+        if let Some(p) = &mut self.prefault {
+            let t = self.cutter.tracker();
+            let m = t.mount();
+            p.kick(t.mapper_pids(), m.major, m.minor);
+        }
         let stats = self.cutter.tracker().stats().ok();
         metrics.record_cut(&rep, info.stored_bytes, stats.as_ref());
         tracing::info!(
@@ -232,6 +248,8 @@ impl HeightStore for LogStore {
             "last_height": self.cutter.log().last_height(),
             "heights": self.kept.sizes.len(),
             "tracker": self.cutter.tracker().stats().ok(),
+            "programs": self.cutter.tracker().program_costs(),
+            "prefault": self.prefault.as_ref().map(Prefaulter::stats),
             "compaction": self.compaction.as_ref().map(Background::describe),
         }))
     }

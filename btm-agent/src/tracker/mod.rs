@@ -8,6 +8,7 @@ mod blocks;
 mod dirty_set;
 pub mod handover;
 mod kernel_btf;
+pub mod prefault;
 mod thp;
 pub mod tracefs;
 
@@ -28,7 +29,7 @@ pub use handover::Handover;
 pub use kernel_btf::KernelBtf;
 use tracefs::Format;
 
-use std::path::Path;
+use std::{os::fd::AsFd, path::Path};
 
 use crate::volume::Mount;
 
@@ -117,6 +118,8 @@ pub struct Stats {
     pub remote_writes: u64,
     /// Opens of `/proc/PID/mem` for writing (after one, every cut widens partial folios).
     pub mem_opens: u64,
+    /// Write faults resolved from the fault probe's mapping cache (no `bpf_find_vma`).
+    pub fault_cached: u64,
     /// Program runs the kernel skipped (`recursion_misses`: another BPF program was active on
     /// that CPU). Each may be a lost change, so a rise forces a full capture.
     pub prog_misses: u64,
@@ -194,6 +197,17 @@ impl Tracker {
             ("btm_fault_kernel", Kind::Btf, "page_fault_kernel", false),
             ("btm_enter_mmap", Kind::Tp, "syscalls/sys_enter_mmap", true),
             ("btm_fork", Kind::Btf, "sched_process_fork", true),
+            // The fault probe's mapping cache is only as good as these (vmas.rs).
+            ("btm_exec", Kind::Btf, "sched_process_exec", true),
+            ("btm_munmap", Kind::Tp, "syscalls/sys_enter_munmap", true),
+            ("btm_mremap", Kind::Tp, "syscalls/sys_enter_mremap", true),
+            (
+                "btm_remap_file_pages",
+                Kind::Tp,
+                "syscalls/sys_enter_remap_file_pages",
+                true,
+            ),
+            ("btm_shmat", Kind::Tp, "syscalls/sys_enter_shmat", true),
             ("btm_iomap_iter", Kind::Btf, "iomap_iter", true),
             (
                 "btm_ext4_da_write_begin",
@@ -428,7 +442,9 @@ impl Tracker {
                     .map_err(|e| TrackerError::Map("PARTIAL", e.to_string()))?;
             let keys: Vec<ChunkKey> = partial.keys().filter_map(Result::ok).collect();
             for k in keys {
-                if let Ok(order) = partial.get(&k, 0) {
+                if k.chunk == btm_common::dirty::PARTIAL_FILE {
+                    // The file's own entry, not a folio.
+                } else if let Ok(order) = partial.get(&k, 0) {
                     set.partial.push((k.ino, k.chunk, order.min(18)));
                 }
                 let _ = partial.remove(&k);
@@ -441,6 +457,14 @@ impl Tracker {
     pub fn take(&mut self) -> Result<DirtySet, TrackerError> {
         let idx = self.flip()?;
         self.drain(idx)
+    }
+
+    /// The processes (tgids) known to map a file of the volume shared; may include some that
+    /// exited.
+    pub fn mapper_pids(&self) -> Vec<u32> {
+        HashMap::<&MapData, u32, u8>::try_from(self.ebpf.map("MAPPERS").unwrap())
+            .map(|m| m.keys().filter_map(Result::ok).collect())
+            .unwrap_or_default()
     }
 
     /// Is `pid` (a tgid) known to map a file of the volume shared?
@@ -460,21 +484,61 @@ impl Tracker {
 impl Tracker {
     /// Sum of `recursion_misses` over the attached programs, from their fds' fdinfo.
     fn prog_misses(&self) -> u64 {
-        use std::os::fd::AsFd;
         self.ebpf
             .programs()
             .filter_map(|(_, p)| recursion_misses(p.fd().ok()?.as_fd()))
             .sum::<u64>()
             + self.misses_base
     }
+
+    /// Each loaded program's runs and the time spent in them. The kernel counts both only
+    /// while `kernel.bpf_stats_enabled` is 1 (it costs two clock reads a run), so they are
+    /// what a benchmark switches on to price a probe per event.
+    pub fn program_costs(&self) -> Vec<ProgramCost> {
+        let mut v: Vec<ProgramCost> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = prog_fdinfo(p)?;
+                Some(ProgramCost {
+                    name: name.to_string(),
+                    run_cnt: fdinfo_field(&info, "run_cnt").unwrap_or(0),
+                    run_time_ns: fdinfo_field(&info, "run_time_ns").unwrap_or(0),
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+}
+
+/// One program's run count and total run time (see [`Tracker::program_costs`]).
+#[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
+pub struct ProgramCost {
+    pub name: String,
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
+}
+
+/// A loaded program's fdinfo text.
+fn prog_fdinfo(p: &aya::programs::Program) -> Option<String> {
+    fdinfo(p.fd().ok()?.as_fd())
+}
+
+fn fdinfo(fd: std::os::fd::BorrowedFd<'_>) -> Option<String> {
+    use std::os::fd::AsRawFd;
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()
 }
 
 /// A program's `recursion_misses` (runs the kernel skipped), from its fd's fdinfo.
 fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
-    use std::os::fd::AsRawFd;
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    fdinfo_field(&fdinfo(fd)?, "recursion_misses")
+}
+
+/// A numeric `key:` line of an fdinfo text (`recursion_misses`, `run_cnt`, `run_time_ns`).
+fn fdinfo_field(info: &str, key: &str) -> Option<u64> {
     info.lines()
-        .find_map(|l| l.strip_prefix("recursion_misses:"))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
@@ -495,6 +559,7 @@ fn stats_of<T: std::borrow::Borrow<MapData>>(arr: &PerCpuArray<T, u64>, prog_mis
         fault_wide: get(stat::FAULT_WIDE),
         remote_writes: get(stat::REMOTE_WRITES),
         mem_opens: get(stat::MEM_OPENS),
+        fault_cached: get(stat::FAULT_CACHED),
         prog_misses,
     }
 }

@@ -1,5 +1,6 @@
 //! `exceptions:page_fault_user` / `page_fault_kernel` (tp_btf): write faults on shared file
-//! mappings, resolved to (inode, page) with `bpf_find_vma`.
+//! mappings, resolved to (inode, page) from the process's mapping cache (`vmas`), else with
+//! `bpf_find_vma` (about 7 µs here: from this tracepoint it defers its unlock to an irq_work).
 //!
 //! A store through a shared mapping is only visible to the kernel as a write fault (after each
 //! cut's writeback every mapping of a clean folio is read-only). What one fault makes writable
@@ -18,7 +19,10 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::generated::{bpf_find_vma, bpf_get_current_task_btf},
+    helpers::{
+        bpf_get_current_task,
+        generated::{bpf_find_vma, bpf_get_current_task_btf},
+    },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
@@ -31,6 +35,7 @@ use crate::{
     kernel::{config, current_tgid, read, tracked_inode},
     maps::MAPPERS,
     mark::{clear_precise, count, mark_precise, mark_range, partial_folio},
+    vmas::{self, Vma},
 };
 
 /// x86 page fault error code: the PTE was present (a write-protect fault).
@@ -46,12 +51,8 @@ const PMD_BYTES: u64 = 1 << (BLOCK_SHIFT as u64 + PMD_ORDER);
 #[repr(C)]
 struct FaultCtx {
     addr: u64,
-    dev: u32,
-    found: u32,
-    ino: u64,
-    page: u64,
-    /// Non-zero when a PMD may map the faulting address (see [`pmd_possible`]).
-    pmd: u64,
+    found: u64,
+    vma: Vma,
 }
 
 #[btf_tracepoint(function = "page_fault_user")]
@@ -68,24 +69,108 @@ pub fn btm_fault_kernel(ctx: BtfTracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_fault(addr: u64, error_code: u64) {
-    if error_code & X86_PF_WRITE == 0 || config().is_none() {
+    if error_code & X86_PF_WRITE == 0 {
         return;
     }
+    let Some(cfg) = config() else { return };
     // Only a process that maps a file of the volume shared can store into it through a
     // mapping (the set is complete: seeded from /proc, kept by the mmap and fork probes).
     // Skipping the rest keeps bpf_find_vma, and its per-CPU deferred unlock, off other
     // processes' faults: less overhead, and fewer busy lookups for the node's own faults.
+    let tgid = current_tgid();
     // SAFETY: value copied out immediately.
-    if unsafe { MAPPERS.get(&current_tgid()) }.is_none() {
+    if unsafe { MAPPERS.get(&tgid) }.is_none() {
         return;
     }
+    let generation = vmas::generation(tgid);
+    let vma = match generation.and_then(|g| vmas::lookup(tgid, g, addr)) {
+        Some(v) => {
+            count(stat::FAULT_CACHED);
+            v
+        }
+        None => match find(addr) {
+            Found::Vma(mut v) => {
+                if let Some(g) = generation
+                    && v.end != 0
+                {
+                    v.generation = g;
+                    vmas::remember(tgid, addr, &v);
+                }
+                v
+            }
+            Found::Untracked => {
+                clear_precise();
+                return;
+            }
+            Found::Busy => {
+                clear_precise();
+                // Busy (its deferred mmap unlock is still pending on this CPU). Fail safe:
+                // the folio event this fault may cause is not suppressed, and the agent
+                // widens this cut's marks to whole folios (see FAULT_UNRESOLVED).
+                count(stat::FAULT_UNRESOLVED);
+                return;
+            }
+        },
+    };
+    count(stat::FAULT_MARKED);
+    let (dev, ino) = (vma.dev, vma.ino);
+    let page = ((addr - vma.start) >> BLOCK_SHIFT) + vma.pgoff;
+    let start = page << BLOCK_SHIFT;
+    if error_code & X86_PF_PROT != 0 {
+        // Write-protect fault: on a PTE exactly this page becomes writable, a precise range
+        // that the folio event following it marks alone. On a PMD the whole 2 MiB folio
+        // does: the folio event marks it whole (PRECISE_PMD), and a dirty PMD-sized folio
+        // marked only in part gets no event at all, so it is marked whole here.
+        let pmd = pmd_possible(cfg, &vma, addr);
+        mark_precise(
+            dev,
+            ino,
+            start,
+            start + (1 << BLOCK_SHIFT),
+            if pmd { PRECISE_PMD } else { 0 },
+        );
+        if pmd
+            && let Some((index, order)) = partial_folio(dev, ino, page)
+            && order >= PMD_ORDER
+        {
+            count(stat::FAULT_WIDE);
+            let s = index << BLOCK_SHIFT;
+            mark_range(dev, ino, s, s + PMD_BYTES);
+        }
+        return;
+    }
+    // Not-present fault: the kernel may map the whole folio writable, so whatever folio
+    // event follows must mark the whole folio, and a dirty folio marked only in part gets
+    // no event at all: mark it whole here.
+    clear_precise();
+    mark_range(dev, ino, start, start + (1 << BLOCK_SHIFT));
+    if let Some((index, order)) = partial_folio(dev, ino, page) {
+        let s = index << BLOCK_SHIFT;
+        mark_range(dev, ino, s, s + (1u64 << (BLOCK_SHIFT as u64 + order)));
+    }
+}
+
+enum Found {
+    Vma(Vma),
+    Untracked,
+    Busy,
+}
+
+/// The VMA of `addr` in the current process, through `bpf_find_vma`.
+#[inline(always)]
+fn find(addr: u64) -> Found {
     let mut fc = FaultCtx {
         addr,
-        dev: 0,
         found: 0,
-        ino: 0,
-        page: 0,
-        pmd: 0,
+        vma: Vma {
+            start: 0,
+            end: 0,
+            pgoff: 0,
+            ino: 0,
+            dev: 0,
+            nohuge: 0,
+            generation: 0,
+        },
     };
     // SAFETY: the task pointer is a trusted BTF pointer; the callback only reads through
     // probe_read and writes into `fc` on our stack.
@@ -101,55 +186,11 @@ fn on_fault(addr: u64, error_code: u64) {
     };
     // -ENOENT: no VMA at that address (a kernel address, stack guard, bad pointer).
     if ret < 0 && ret != -2 {
-        clear_precise();
-        // Busy (its deferred mmap unlock is still pending on this CPU). Fail safe: the folio
-        // event this fault may cause is not suppressed, and the agent widens this cut's
-        // marks to whole folios (see FAULT_UNRESOLVED).
-        count(stat::FAULT_UNRESOLVED);
-        return;
-    }
-    if fc.found == 0 {
-        clear_precise();
-        return;
-    }
-    count(stat::FAULT_MARKED);
-    let start = fc.page << BLOCK_SHIFT;
-    if error_code & X86_PF_PROT != 0 {
-        // Write-protect fault: on a PTE exactly this page becomes writable, a precise range
-        // that the folio event following it marks alone. On a PMD the whole 2 MiB folio
-        // does: the folio event marks it whole (PRECISE_PMD), and a dirty PMD-sized folio
-        // marked only in part gets no event at all, so it is marked whole here.
-        let pmd = fc.pmd != 0;
-        mark_precise(
-            fc.dev,
-            fc.ino,
-            start,
-            start + (1 << BLOCK_SHIFT),
-            if pmd { PRECISE_PMD } else { 0 },
-        );
-        if pmd
-            && let Some((index, order)) = partial_folio(fc.dev, fc.ino, fc.page)
-            && order >= PMD_ORDER
-        {
-            count(stat::FAULT_WIDE);
-            let s = index << BLOCK_SHIFT;
-            mark_range(fc.dev, fc.ino, s, s + PMD_BYTES);
-        }
-        return;
-    }
-    // Not-present fault: the kernel may map the whole folio writable, so whatever folio
-    // event follows must mark the whole folio, and a dirty folio marked only in part gets
-    // no event at all: mark it whole here.
-    clear_precise();
-    mark_range(fc.dev, fc.ino, start, start + (1 << BLOCK_SHIFT));
-    if let Some((index, order)) = partial_folio(fc.dev, fc.ino, fc.page) {
-        let s = index << BLOCK_SHIFT;
-        mark_range(
-            fc.dev,
-            fc.ino,
-            s,
-            s + (1u64 << (BLOCK_SHIFT as u64 + order)),
-        );
+        Found::Busy
+    } else if fc.found == 0 {
+        Found::Untracked
+    } else {
+        Found::Vma(fc.vma)
     }
 }
 
@@ -169,15 +210,18 @@ fn resolve(vma: *const u8, fc: *mut FaultCtx) -> Option<()> {
     let file: *const u8 = read(vma, cfg.vma_file)?;
     let inode: *const u8 = read(file, cfg.file_inode)?;
     let (dev, ino) = tracked_inode(cfg, inode)?;
-    let start: u64 = read(vma, cfg.vma_start)?;
-    let pgoff: u64 = read(vma, cfg.vma_pgoff)?;
     // SAFETY: `fc` points at the caller's stack object, passed through bpf_find_vma.
     unsafe {
-        let addr = (*fc).addr;
-        (*fc).dev = dev;
-        (*fc).ino = ino;
-        (*fc).page = ((addr - start) >> BLOCK_SHIFT) + pgoff;
-        (*fc).pmd = pmd_possible(cfg, vma, flags, start, pgoff, addr) as u64;
+        (*fc).vma = Vma {
+            start: read(vma, cfg.vma_start)?,
+            // 0 when unreadable: never cached, and a PMD counts as possible.
+            end: read(vma, cfg.vma_end).unwrap_or(0),
+            pgoff: read(vma, cfg.vma_pgoff)?,
+            ino,
+            dev,
+            nohuge: (flags & VM_NOHUGEPAGE != 0) as u32,
+            generation: 0,
+        };
         (*fc).found = 1;
     }
     Some(())
@@ -185,32 +229,26 @@ fn resolve(vma: *const u8, fc: *mut FaultCtx) -> Option<()> {
 
 /// False only when the kernel cannot map `addr` of this VMA by PMD (the checks of
 /// `do_set_pmd`): the VMA is `MADV_NOHUGEPAGE`, its process has THP disabled
-/// (`PR_SET_THP_DISABLE`, the bit measured by the agent), or the 2 MiB around `addr` is not
-/// inside the VMA at a 2 MiB-aligned file offset. Anything unreadable counts as possible.
+/// (`PR_SET_THP_DISABLE`, the bit measured by the agent, read live since prctl can set it at
+/// any time), or the 2 MiB around `addr` is not inside the VMA at a 2 MiB-aligned file
+/// offset. Anything unreadable counts as possible.
 #[inline(always)]
-fn pmd_possible(
-    cfg: &Config,
-    vma: *const u8,
-    flags: u64,
-    start: u64,
-    pgoff: u64,
-    addr: u64,
-) -> bool {
-    if flags & VM_NOHUGEPAGE != 0 {
+fn pmd_possible(cfg: &Config, vma: &Vma, addr: u64) -> bool {
+    if vma.nohuge != 0 {
         return false;
     }
     let haddr = addr & !(PMD_BYTES - 1);
-    if let Some(end) = read::<u64>(vma, cfg.vma_end)
-        && (haddr < start || haddr + PMD_BYTES > end)
-    {
+    if vma.end != 0 && (haddr < vma.start || haddr + PMD_BYTES > vma.end) {
         return false;
     }
-    if ((start >> BLOCK_SHIFT).wrapping_sub(pgoff)) & ((1 << PMD_ORDER) - 1) != 0 {
+    if ((vma.start >> BLOCK_SHIFT).wrapping_sub(vma.pgoff)) & ((1 << PMD_ORDER) - 1) != 0 {
         return false;
     }
     let bit = cfg.thp_off_bit;
+    // SAFETY: the current task pointer, only read through probe_read.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
     if bit < 64
-        && let Some(mm) = read::<*const u8>(vma, cfg.vma_mm)
+        && let Some(mm) = read::<*const u8>(task, cfg.task_mm)
         && let Some(word) = read::<u64>(mm, cfg.mm_flags)
         && word & (1u64 << bit) != 0
     {

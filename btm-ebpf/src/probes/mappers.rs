@@ -11,6 +11,7 @@ use aya_ebpf::{
 use crate::{
     kernel::{config, current_tgid, read, tracked_fd},
     maps::{CALIB, MAPPERS},
+    vmas,
 };
 
 /// `MAP_SHARED` (also set in `MAP_SHARED_VALIDATE`).
@@ -25,6 +26,8 @@ pub fn btm_enter_mmap(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn mmap(ctx: &TracePointContext) -> Option<()> {
     calibrate();
+    // MAP_FIXED may replace a mapping the fault cache holds (any mapping, shared or not).
+    vmas::invalidate(current_tgid());
     // SAFETY: syscall records hold 8-byte arguments from offset 16: flags is the 4th, fd the 5th.
     let flags: u64 = unsafe { ctx.read_at(16 + 8 * 3).ok()? };
     if flags & MAP_SHARED == 0 {
@@ -54,17 +57,34 @@ fn calibrate() -> Option<()> {
 /// A child inherits its parent's mappings.
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn btm_fork(ctx: BtfTracePointContext) -> u32 {
+    let parent: *const u8 = ctx.arg(0);
     let child: *const u8 = ctx.arg(1);
-    let _ = fork(child);
+    let _ = fork(parent, child);
     0
 }
 
 #[inline(always)]
-fn fork(child: *const u8) -> Option<()> {
-    // SAFETY: value copied out immediately.
-    unsafe { MAPPERS.get(&current_tgid()) }?;
+fn fork(parent: *const u8, child: *const u8) -> Option<()> {
     let cfg = config()?;
     let tgid: i32 = read(child, cfg.task_tgid)?;
-    let _ = MAPPERS.insert(&(tgid as u32), &1, 0);
+    let tgid = tgid as u32;
+    let me = current_tgid();
+    if tgid != me {
+        // A process, not a thread: it may reuse a dead process's pid, and may share our
+        // address space (vfork, posix_spawn) without sharing our pid.
+        let mm = read::<u64>(child, cfg.task_mm);
+        let shared = mm.is_some() && mm == read::<u64>(parent, cfg.task_mm);
+        vmas::on_fork(me, tgid, shared);
+    }
+    // SAFETY: value copied out immediately.
+    unsafe { MAPPERS.get(&me) }?;
+    let _ = MAPPERS.insert(&tgid, &1, 0);
     Some(())
+}
+
+/// A new program image: a new address space.
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn btm_exec(_ctx: BtfTracePointContext) -> u32 {
+    vmas::on_exec(current_tgid());
+    0
 }

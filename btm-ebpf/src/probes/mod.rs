@@ -7,4 +7,5 @@ mod iomap;
 mod mappers;
 mod remote;
 mod syscalls;
+mod unmaps;
 mod xfs;

@@ -20,15 +20,23 @@ use crate::{
     kernel::{config, current_tgid},
     maps::MAPPERS,
     mark::count,
+    vmas,
 };
 
+const MADV_HUGEPAGE: u64 = 14;
+const MADV_NOHUGEPAGE: u64 = 15;
 const MADV_POPULATE_WRITE: u64 = 23;
 const PTRACE_POKETEXT: u64 = 4;
 const PTRACE_POKEDATA: u64 = 5;
 
 #[tracepoint(category = "syscalls", name = "sys_enter_madvise")]
 pub fn btm_madvise(ctx: TracePointContext) -> u32 {
-    if arg(&ctx, 2) == Some(MADV_POPULATE_WRITE)
+    let advice = arg(&ctx, 2);
+    if advice == Some(MADV_HUGEPAGE) || advice == Some(MADV_NOHUGEPAGE) {
+        // Whether a PMD may map the range changes: the fault cache holds that.
+        vmas::invalidate(current_tgid());
+    }
+    if advice == Some(MADV_POPULATE_WRITE)
         && config().is_some()
         // SAFETY: value not kept.
         && unsafe { MAPPERS.get(&current_tgid()) }.is_some()
