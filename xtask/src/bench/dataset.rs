@@ -14,20 +14,6 @@ use std::{
 
 use anyhow::{Result, bail};
 
-/// Disables transparent huge pages for this process, exactly as `btm-agent exec` does for the
-/// node it starts (`prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)`): file folios are then mapped page
-/// by page. Only mappings made afterwards are affected (see [`DataSet::remap`]).
-pub fn disable_thp() -> Result<()> {
-    // SAFETY: prctl with integer arguments.
-    if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
-        bail!(
-            "prctl(PR_SET_THP_DISABLE): {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
-}
-
 const PAGE: u64 = 4096;
 const BLK_FILE: u64 = 128 << 20;
 const LSM_FILE: u64 = 8 << 20;
@@ -129,9 +115,9 @@ impl DataSet {
         Ok(())
     }
 
-    /// Drops the state file's mapping and maps it again: PMD mappings made before a
-    /// `PR_SET_THP_DISABLE` stay until they are unmapped, so the precision mechanism only
-    /// takes effect for a mapping made after it (as a node started by `btm-agent exec` has).
+    /// Drops the state file's mapping and maps it again, as a node that starts maps it: no
+    /// page of it is mapped in this process afterwards (those the agent's prefault had mapped
+    /// read-only included), so the first store into each page is a not-present fault.
     pub fn remap(&mut self) -> Result<()> {
         // SAFETY: the mapping was created in `map` with this length; `map` replaces the
         // pointer before anything uses it again.

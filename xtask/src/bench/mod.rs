@@ -80,6 +80,7 @@ pub struct FaultCounters {
     pub fault_marked: u64,
     pub folio_marked: u64,
     pub fault_wide: u64,
+    pub fault_cached: u64,
 }
 
 impl FaultCounters {
@@ -89,6 +90,7 @@ impl FaultCounters {
             fault_marked: u("fault_marked"),
             folio_marked: u("folio_marked"),
             fault_wide: u("fault_wide"),
+            fault_cached: u("fault_cached"),
         }
     }
 
@@ -97,7 +99,36 @@ impl FaultCounters {
             fault_marked: self.fault_marked.saturating_sub(before.fault_marked),
             folio_marked: self.folio_marked.saturating_sub(before.folio_marked),
             fault_wide: self.fault_wide.saturating_sub(before.fault_wide),
+            fault_cached: self.fault_cached.saturating_sub(before.fault_cached),
         }
+    }
+}
+
+/// The agent's prefault over some heights (deltas of `status`'s `prefault`; `None` when the
+/// agent runs without it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Prefault {
+    /// Passes run (one after each cut).
+    pub passes: u64,
+    /// Pages read-faulted (in the page cache, not mapped in the writer before).
+    pub faulted: u64,
+}
+
+impl Prefault {
+    fn of(status: &Value) -> Option<Prefault> {
+        let p = status.get("prefault").filter(|p| p.is_object())?;
+        Some(Prefault {
+            passes: p["passes"].as_u64().unwrap_or(0),
+            faulted: p["faulted"].as_u64().unwrap_or(0),
+        })
+    }
+
+    fn since(after: Option<Prefault>, before: Option<Prefault>) -> Option<Prefault> {
+        let (a, b) = (after?, before.unwrap_or_default());
+        Some(Prefault {
+            passes: a.passes.saturating_sub(b.passes),
+            faulted: a.faulted.saturating_sub(b.faulted),
+        })
     }
 }
 
@@ -105,6 +136,8 @@ impl FaultCounters {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Marks {
     pub counters: FaultCounters,
+    /// The agent's prefault over the heights (`None`: `--no-prefault`).
+    pub prefault: Option<Prefault>,
     /// `FilePmdMapped` of the writer's mapping of state.mdbx after the heights (kB).
     pub pmd_kb: Option<u64>,
 }
@@ -130,11 +163,12 @@ pub struct Results {
     pub rates: Vec<(f64, Vec<Height>)>,
     /// Per rate, as `rates`: the tracker's mmap counters and the writer's PMD mappings.
     pub rate_marks: Vec<Marks>,
-    /// btm alone at the 0.1 % and 1 % rates with the precision mechanism (`btm-agent exec`:
-    /// THP disabled for the state file's writer): per rate, its heights and marks.
-    pub precise: Vec<(f64, Vec<Height>, Marks)>,
-    /// `FilePmdMapped` of the writer's mapping after the normal phases, before the
-    /// precision phases re-map it (kB).
+    /// btm alone at the 0.1 % and 1 % rates without the precision mechanism (the agent
+    /// restarted with `btm-agent run --no-prefault`, the state file mapped again): per rate,
+    /// its heights and marks. The main phases ran with it (the agent's prefault, default).
+    pub without: Vec<(f64, Vec<Height>, Marks)>,
+    /// `FilePmdMapped` of the writer's mapping after the main phases, before the phases
+    /// without the prefault re-map it (kB).
     pub pmd_normal_kb: Option<u64>,
     /// Per fio engine: IOPS without and with the agent (one entry per repetition).
     pub fio: Vec<(String, Vec<f64>, Vec<f64>)>,
@@ -148,7 +182,8 @@ pub struct Results {
     pub freeze16: Vec<f64>,
     /// btm's cuts of the 16 MiB heights.
     pub cuts16: Vec<BtmCut>,
-    /// The tracker's counters at the end (the agent's status answer).
+    /// The tracker's counters after the main phases and the 16 MiB heights (the agent's
+    /// status answer, before it is restarted without the prefault).
     pub tracker: Value,
     pub replay_secs: f64,
     pub replay_bytes: u64,
@@ -156,7 +191,7 @@ pub struct Results {
     pub rollback_secs: f64,
     pub rollback_height: u64,
     pub rollback_undone: u64,
-    /// Heights the rollback undid (the 16 MiB heights and the precision phases').
+    /// Heights the rollback undid (the 16 MiB heights and those without the prefault).
     pub rollback_heights: u64,
     /// What the rollback compared and wrote, whether it was scoped to what changed, and
     /// what the next cut read (it re-reads what the rollback wrote, from the marks).
@@ -343,7 +378,7 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
 
     // 3. Baselines: every tool's first full copy.
     let log = dir.join("log");
-    let agent = Agent::start(bin, &xfs.mnt, &log, &socket)?;
+    let mut agent = Agent::start(bin, &xfs.mnt, &log, &socket)?;
     let restic = Restic::init(dir)?;
     let mirror = dir.join("rsync-mirror");
     let send_file = dir.join("btrfs.send");
@@ -371,7 +406,8 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
     for rate in RATES {
         let changed = ((size as f64 * rate) as u64).max(64 << 10);
         let mut hs = vec![];
-        let before = FaultCounters::of(&agent.status().unwrap_or_default());
+        let st = agent.status().unwrap_or_default();
+        let (before, pf_before) = (FaultCounters::of(&st), Prefault::of(&st));
         for _ in 0..a.heights {
             height += 1;
             ds_x.height(changed)?;
@@ -400,8 +436,10 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
             hs.push(h);
         }
         r.rates.push((rate, hs));
+        let st = agent.status().unwrap_or_default();
         r.rate_marks.push(Marks {
-            counters: FaultCounters::of(&agent.status().unwrap_or_default()).since(before),
+            counters: FaultCounters::of(&st).since(before),
+            prefault: Prefault::since(Prefault::of(&st), pf_before),
             pmd_kb: ds_x.file_pmd_mapped_kb(),
         });
     }
@@ -428,23 +466,38 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
         );
     }
 
-    // 6. The precision mechanism: btm alone at 0.1 % and 1 % with the state file's writer
-    // running as `btm-agent exec` starts a node (THP disabled, then the file mapped again).
-    // These heights come after every other tool's phase and change only the xfs copy: the
-    // btrfs copy (dropped above), restic and rsync are done, so nothing compares against
-    // them, and every earlier figure keeps the mapping earlier reports had. The replay (of
-    // the last height) and the rollback (to the end of the rate phases) include them.
+    // 6. Without the precision mechanism: btm alone at 0.1 % and 1 % with the agent stopped
+    // cleanly (SIGTERM: the tracker keeps running and the next agent adopts it) and started
+    // again with the same arguments plus `--no-prefault`, and the state file mapped again, so
+    // the pages the prefault had mapped read-only in the writer are unmapped, as in a node's
+    // fresh mapping. These heights come after every other tool's phase and change only the
+    // xfs copy: the btrfs copy (dropped above), restic and rsync are done, so nothing compares
+    // against them. The replay (of the last height) and the rollback (to the end of the rate
+    // phases, through this agent) include them.
     r.pmd_normal_kb = ds_x.file_pmd_mapped_kb();
-    match dataset::disable_thp().and_then(|()| ds_x.remap()) {
-        Ok(()) => {
+    let st = agent.status().unwrap_or_default();
+    r.tracker = st["tracker"].clone();
+    let (hwm, rss, maps) = agent.memory();
+    r.rss_hwm_kb = hwm;
+    r.rss_kb = rss;
+    r.bpf_map_bytes = maps;
+    drop(agent);
+    let started = Agent::start_with(bin, &xfs.mnt, &log, &socket, &["--no-prefault"]);
+    let without = started.and_then(|ag| {
+        ds_x.remap()?;
+        Ok(ag)
+    });
+    agent = match without {
+        Ok(ag) => {
             for rate in [RATES[0], RATES[1]] {
                 let changed = ((size as f64 * rate) as u64).max(64 << 10);
-                let before = FaultCounters::of(&agent.status().unwrap_or_default());
+                let st = ag.status().unwrap_or_default();
+                let (before, pf_before) = (FaultCounters::of(&st), Prefault::of(&st));
                 let mut hs = vec![];
                 for _ in 0..a.heights {
                     height += 1;
                     ds_x.height(changed)?;
-                    let (secs, rep) = agent.cut(height)?;
+                    let (secs, rep) = ag.cut(height)?;
                     let h = Height {
                         height,
                         changed,
@@ -452,37 +505,35 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
                         ..Default::default()
                     };
                     undone += h.btm.data;
-                    print_height(&format!("{:.1} % exec", rate * 100.0), &h);
+                    print_height(&format!("{:.1} % nopf", rate * 100.0), &h);
                     hs.push(h);
                 }
+                let st = ag.status().unwrap_or_default();
                 let marks = Marks {
-                    counters: FaultCounters::of(&agent.status().unwrap_or_default()).since(before),
+                    counters: FaultCounters::of(&st).since(before),
+                    prefault: Prefault::since(Prefault::of(&st), pf_before),
                     pmd_kb: ds_x.file_pmd_mapped_kb(),
                 };
                 println!(
-                    "bench: precision {:.1} %: FilePmdMapped {:?} kB (normal phases: {:?} kB), {:?}",
+                    "bench: without the prefault {:.1} %: FilePmdMapped {:?} kB (main phases: \
+                     {:?} kB), prefault {:?}, {:?}",
                     rate * 100.0,
                     marks.pmd_kb,
                     r.pmd_normal_kb,
+                    marks.prefault,
                     marks.counters
                 );
-                r.precise.push((rate, hs, marks));
+                r.without.push((rate, hs, marks));
             }
+            ag
         }
         Err(e) => {
-            println!("bench: precision mechanism FAILED: {e:#}");
-            r.errors.push(format!("precision mechanism: {e:#}"));
+            println!("bench: phases without the prefault FAILED: {e:#}");
+            r.errors.push(format!("without the prefault: {e:#}"));
+            Agent::start(bin, &xfs.mnt, &log, &socket)?
         }
-    }
+    };
     drop(ds_x);
-    r.tracker = agent
-        .status()
-        .map(|v| v["tracker"].clone())
-        .unwrap_or_default();
-    let (hwm, rss, maps) = agent.memory();
-    r.rss_hwm_kb = hwm;
-    r.rss_kb = rss;
-    r.bpf_map_bytes = maps;
 
     // 7. Replay the latest height into a fresh directory.
     let into = dir.join("replay");

@@ -1,14 +1,15 @@
-//! BENCHMARKS.md sections for issue 16's measurements: btm with the precision mechanism
-//! (`btm-agent exec`), and the eBPF programs' cost per event under fio.
+//! BENCHMARKS.md sections for issue 16's measurements: btm without the precision mechanism
+//! (`btm-agent run --no-prefault`) beside the main phases (with it, the default), and the
+//! eBPF programs' cost per event under fio.
 use std::fmt::Write as _;
 
 use super::dataset::STATE_WRITE;
 use super::report::{amplification, bytes, mean, pct, secs};
 use super::{Height, Marks, Results};
 
-/// The precision phases' heights at `rate`, when they ran.
-pub fn precise_at(r: &Results, rate: f64) -> Option<&[Height]> {
-    r.precise
+/// The heights without the prefault at `rate`, when they ran.
+pub fn without_at(r: &Results, rate: f64) -> Option<&[Height]> {
+    r.without
         .iter()
         .find(|(x, _, _)| (*x - rate).abs() < 1e-9)
         .map(|(_, hs, _)| hs.as_slice())
@@ -27,12 +28,12 @@ fn kb(v: Option<u64>) -> String {
     v.map_or_else(|| "not found".into(), |k| format!("{k} kB"))
 }
 
-fn row(s: &mut String, rate: f64, writer: &str, hs: &[Height], m: &Marks, btrfs: &str) {
+fn row(s: &mut String, rate: f64, agent: &str, hs: &[Height], m: &Marks, btrfs: &str) {
     let fr: Vec<f64> = hs.iter().map(|h| h.btm.freeze_ms).collect();
     let c = &m.counters;
     let _ = writeln!(
         s,
-        "| {:.1} % | {writer} | {} | {} | {} | **{:.2}x** | {:.1} / {:.1} ms | {} / {} / {} | {} | {btrfs} |",
+        "| {:.1} % | {agent} | {} | {} | {} | **{:.2}x** | {:.1} / {:.1} ms | {} | {} / {} / {} / {} | {} | {btrfs} |",
         rate * 100.0,
         secs(mean(hs.iter().map(|h| h.btm.secs))),
         bytes(mean(hs.iter().map(|h| h.btm.read as f64))),
@@ -40,93 +41,111 @@ fn row(s: &mut String, rate: f64, writer: &str, hs: &[Height], m: &Marks, btrfs:
         amplification(hs),
         pct(&fr, 50.0),
         pct(&fr, 99.0),
+        m.prefault
+            .map_or_else(|| "off".into(), |p| format!("{} / {}", p.faulted, p.passes)),
         c.fault_marked,
         c.folio_marked,
         c.fault_wide,
+        c.fault_cached,
         kb(m.pmd_kb),
     );
 }
 
-/// "With the precision mechanism": btm at 0.1 % and 1 % with THP disabled for the writer, beside
-/// the same rates from the main phases (mapped as is) and btrfs send there.
+/// "Without the precision mechanism": btm at 0.1 % and 1 % with the agent restarted with
+/// `--no-prefault`, beside the same rates from the main phases (the default agent, with the
+/// prefault) and btrfs send there.
 pub fn precision_section(s: &mut String, r: &Results, heights: u64) {
     let _ = writeln!(
         s,
-        "## With the precision mechanism (`btm-agent exec`: THP disabled for the writer)\n"
+        "## Without the precision mechanism (`btm-agent run --no-prefault`)\n"
     );
-    if r.precise.is_empty() {
+    if r.without.is_empty() {
         let _ = writeln!(s, "Not measured in this run (see FAILED below).\n");
         return;
     }
     let _ = writeln!(
         s,
-        "On this kernel a shared writable mapping of a file cached in 2 MiB folios (xfs) is \
-         mapped with one PMD on first touch: one store makes 2 MiB writable, and the tracker \
-         must mark the whole folio. A node started as `btm-agent exec -- NODE` runs with \
-         `prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)` (inherited across fork and exec), so its file \
-         mappings are made of 4 KiB PTEs and every store into a clean page faults on its own. \
-         After every other phase, the bench process (the state file's writer) made the same \
-         call, dropped its mapping of `state.mdbx` and mapped it again (PMD mappings made \
-         before stay until unmapped), then ran {heights} more heights at 0.1 % and at 1 % with \
-         btm alone (same changes as the main phases: half of them state pages through the \
-         mapping). Rows \"mapped as is\" are the main phases' figures at the same rate. \
-         Counters are the tracker's (`status`) over those heights: `fault_marked` write faults \
-         marked per page, `folio_marked` folios marked whole on dirtying, `fault_wide` faults \
-         widened to a 2 MiB folio a PMD may map. `FilePmdMapped` is read from \
-         /proc/self/smaps for the writer's mapping of `state.mdbx` after the heights.\n"
+        "A store into a page of a shared file mapping that its process has not mapped yet is a \
+         not-present write fault, and such a fault maps the page's whole folio writable at once: \
+         the stores into the folio's other pages raise no fault, and the tracker must mark the \
+         whole folio. The precision mechanism is the agent's prefault, on by default: after each \
+         cut it read-faults (`process_vm_readv`, one byte per page) every page of the mapping \
+         processes' shared mappings of the volume that is in the page cache but not mapped, so a \
+         later store is a write-protect fault on that page alone and is marked as 4 KiB. The \
+         main phases ran with it (rows \"prefault (default)\"). After every other phase, the \
+         bench stopped the agent cleanly (SIGTERM: the tracker keeps running, the next agent \
+         adopts it), started it again with the same arguments plus `--no-prefault`, dropped its \
+         own mapping of `state.mdbx` and mapped it again (what the prefault had mapped is gone, \
+         as in a node's fresh mapping), then ran {heights} more heights at 0.1 % and at 1 % with \
+         btm alone (same changes as the main phases: half of them blind stores into state pages \
+         through the mapping). `prefault faulted / passes` is the prefault's `status` over those \
+         heights (pages read-faulted, passes run). The tracker's counters (`status`) over them: \
+         `fault_marked` write faults marked per page, `folio_marked` folios marked whole on \
+         dirtying, `fault_wide` faults widened to a folio a PMD may map, `fault_cached` faults \
+         answered from the tracker's cache. `FilePmdMapped` is read from /proc/self/smaps for \
+         the writer's mapping of `state.mdbx` after the heights.\n"
     );
     let _ = writeln!(
         s,
-        "| rate | state file's writer | btm time / height | bytes read | bytes stored | read \
-         amplification | freeze p50 / p99 | fault_marked / folio_marked / fault_wide | \
-         FilePmdMapped | btrfs send time / height |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| rate | agent | btm time / height | bytes read | bytes stored | read amplification \
+         | freeze p50 / p99 | prefault faulted / passes | fault_marked / folio_marked / \
+         fault_wide / fault_cached | FilePmdMapped | btrfs send time / height |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
-    for (rate, hs, m) in &r.precise {
+    for (rate, hs, m) in &r.without {
         let main = main_at(r, *rate);
         let btrfs = main.map_or_else(
             || "-".into(),
             |(mh, _)| secs(mean(mh.iter().map(|h| h.btrfs.secs))),
         );
         if let Some((mh, mm)) = main {
-            row(s, *rate, "mapped as is", mh, &mm, &btrfs);
+            row(s, *rate, "prefault (default)", mh, &mm, &btrfs);
         }
-        row(s, *rate, "**`exec`: THP disabled**", hs, m, &btrfs);
+        row(s, *rate, "**`--no-prefault`**", hs, m, &btrfs);
     }
-    let with: Vec<Option<u64>> = r.precise.iter().map(|(_, _, m)| m.pmd_kb).collect();
-    let with_kb = with.iter().map(|k| kb(*k)).collect::<Vec<_>>().join(" / ");
-    let folio_marked: u64 = r
-        .precise
+    let amps: Vec<String> = r
+        .without
         .iter()
-        .map(|(_, _, m)| m.counters.folio_marked)
-        .sum();
-    let verdict = if !with.iter().all(|k| *k == Some(0)) {
+        .filter_map(|(rate, hs, _)| {
+            let (mh, _) = main_at(r, *rate)?;
+            Some(format!(
+                "{:.2}x with the prefault and {:.2}x without it at {:.1} %",
+                amplification(mh),
+                amplification(hs),
+                rate * 100.0
+            ))
+        })
+        .collect();
+    if !amps.is_empty() {
+        let _ = writeln!(s, "\nRead amplification: {}.", amps.join("; "));
+    }
+    let without_kb: Vec<Option<u64>> = r.without.iter().map(|(_, _, m)| m.pmd_kb).collect();
+    let with_kb = without_kb
+        .iter()
+        .map(|k| kb(*k))
+        .collect::<Vec<_>>()
+        .join(" / ");
+    let pmd = if r.pmd_normal_kb == Some(0) && without_kb.iter().all(|k| *k == Some(0)) {
         format!(
-            "The mechanism was **not in force**: the writer's mapping still had FilePmdMapped \
-             {with_kb} after the precision heights."
-        )
-    } else if r.pmd_normal_kb.is_some_and(|k| k > 0) {
-        format!(
-            "The mechanism was in force: the writer's mapping had FilePmdMapped {} after the \
-             normal phases (the 16 MiB heights included) and {with_kb} after the precision \
-             heights.",
-            kb(r.pmd_normal_kb)
-        )
-    } else {
-        format!(
-            "No part of the writer's mapping was PMD-mapped even without the mechanism \
-             (FilePmdMapped {} after the normal phases, the 16 MiB heights included; {with_kb} \
-             after the precision heights): `state.mdbx` is first written in {} writes and xfs \
-             sizes page-cache folios by the write, so its folios are smaller than a PMD and THP \
-             disabled changes nothing here. The amplification that remains comes from folios \
-             marked whole ({folio_marked} `folio_marked` over the precision heights): the data \
-             set stores into pages its process never touched through the mapping, and the \
-             tracker marks the whole folio on such a first-touch fault.",
+            "No part of the writer's mapping was PMD-mapped (FilePmdMapped {} after the main \
+             phases, the 16 MiB heights included; {with_kb} after the heights without the \
+             prefault): `state.mdbx` is first written in {} writes and xfs sizes page-cache \
+             folios by the write, so its folios are smaller than a PMD. The difference is the \
+             prefault's alone; `btm-agent exec` (THP disabled for the node, for files cached in \
+             PMD-mapped 2 MiB folios, which the prefault does not help) has nothing to do here.",
             kb(r.pmd_normal_kb),
             bytes(STATE_WRITE as f64)
         )
+    } else {
+        format!(
+            "Part of the writer's mapping was PMD-mapped (FilePmdMapped {} after the main phases, \
+             {with_kb} after the heights without the prefault): a write-protect fault on a PMD \
+             makes 2 MiB writable again, so the prefault does not help there; `btm-agent exec` \
+             (THP disabled for the node) removes PMD mappings.",
+            kb(r.pmd_normal_kb)
+        )
     };
-    let _ = writeln!(s, "\n{verdict}\n");
+    let _ = writeln!(s, "\n{pmd}\n");
 }
 
 /// "Probe cost per event": per fio engine and program, from the agent's `programs` counters.
@@ -187,10 +206,10 @@ pub fn probe_cost_section(s: &mut String, r: &Results) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{BtmCut, FaultCounters};
+    use super::super::{BtmCut, FaultCounters, Prefault};
     use super::*;
 
-    fn results(normal_kb: u64, with_kb: u64) -> Results {
+    fn results(normal_kb: u64, without_kb: u64) -> Results {
         let h = |read| Height {
             height: 2,
             changed: 1 << 20,
@@ -201,38 +220,60 @@ mod tests {
             },
             ..Default::default()
         };
-        let marks = |kb| Marks {
+        let marks = |kb, prefault| Marks {
             counters: FaultCounters {
                 fault_marked: 3,
                 folio_marked: 2,
                 fault_wide: 1,
+                fault_cached: 4,
             },
+            prefault,
             pmd_kb: Some(kb),
         };
+        let pf = Prefault {
+            passes: 5,
+            faulted: 1234,
+        };
         Results {
-            rates: vec![(0.01, vec![h(40 << 20)])],
-            rate_marks: vec![marks(normal_kb)],
-            precise: vec![(0.01, vec![h(1 << 20)], marks(with_kb))],
+            rates: vec![(0.01, vec![h(1 << 20)])],
+            rate_marks: vec![marks(normal_kb, Some(pf))],
+            without: vec![(0.01, vec![h(40 << 20)], marks(without_kb, None))],
             pmd_normal_kb: Some(normal_kb),
             ..Default::default()
         }
     }
 
     #[test]
-    fn precision_section_says_whether_the_mechanism_mattered() {
-        let mut s = String::new();
-        precision_section(&mut s, &results(4096, 0), 1);
-        assert!(s.contains("| 1.0 % | mapped as is |"), "{s}");
-        assert!(s.contains("**40.00x**") && s.contains("**1.00x**"), "{s}");
-        assert!(s.contains("The mechanism was in force"), "{s}");
-        assert!(!s.contains("   "), "a string continuation lost: {s}");
+    fn precision_section_shows_with_and_without_the_prefault() {
         let mut s = String::new();
         precision_section(&mut s, &results(0, 0), 1);
-        assert!(s.contains("even without the mechanism"), "{s}");
+        assert!(s.contains("`btm-agent run --no-prefault`"), "{s}");
+        assert!(
+            s.contains("| 1.0 % | prefault (default) |")
+                && s.contains("| 1234 / 5 | 3 / 2 / 1 / 4 |"),
+            "{s}"
+        );
+        assert!(
+            s.contains("| 1.0 % | **`--no-prefault`** |") && s.contains("| off | 3 / 2 / 1 / 4 |"),
+            "{s}"
+        );
+        assert!(s.contains("**1.00x**") && s.contains("**40.00x**"), "{s}");
+        assert!(
+            s.contains("1.00x with the prefault and 40.00x without it at 1.0 %"),
+            "{s}"
+        );
+        assert!(
+            s.contains("No part of the writer's mapping was PMD-mapped"),
+            "{s}"
+        );
         assert!(!s.contains("   "), "a string continuation lost: {s}");
         let mut s = String::new();
         precision_section(&mut s, &results(4096, 2048), 1);
-        assert!(s.contains("**not in force**"), "{s}");
+        assert!(
+            s.contains("Part of the writer's mapping was PMD-mapped"),
+            "{s}"
+        );
+        assert!(!s.contains("   "), "a string continuation lost: {s}");
     }
 
     #[test]
