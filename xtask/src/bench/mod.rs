@@ -81,6 +81,7 @@ pub struct FaultCounters {
     pub folio_marked: u64,
     pub fault_wide: u64,
     pub fault_cached: u64,
+    pub fault_unresolved: u64,
 }
 
 impl FaultCounters {
@@ -91,6 +92,7 @@ impl FaultCounters {
             folio_marked: u("folio_marked"),
             fault_wide: u("fault_wide"),
             fault_cached: u("fault_cached"),
+            fault_unresolved: u("fault_unresolved"),
         }
     }
 
@@ -100,6 +102,9 @@ impl FaultCounters {
             folio_marked: self.folio_marked.saturating_sub(before.folio_marked),
             fault_wide: self.fault_wide.saturating_sub(before.fault_wide),
             fault_cached: self.fault_cached.saturating_sub(before.fault_cached),
+            fault_unresolved: self
+                .fault_unresolved
+                .saturating_sub(before.fault_unresolved),
         }
     }
 }

@@ -452,12 +452,13 @@ pub fn render(a: &BenchArgs, r: &Results) -> String {
     } else if amp1 > 2.0 {
         format!(
             "btm read {amp1:.1}x the bytes a 1 % height changes, with the agent's prefault on \
-             ({prefault}): stores into state pages the prefault had not mapped (not in the page \
-             cache at the last cut) are not-present write faults, which may map a whole folio (up \
-             to {} here: the state file's first writes) writable at once, so the tracker marks \
-             the folio (folio_marked {}, fault_unresolved {}) and the cut re-reads and hashes it \
-             (the log then stores only the 4 KiB blocks that differ). Stores into pages already \
-             mapped, and pwrite engines, are marked per 4 KiB",
+             ({prefault}). It reads whole folios (up to {} here: the state file's first writes) \
+             where a store hit a page the prefault had not mapped (a not-present write fault maps \
+             the whole folio writable: folio_marked {}) and in every cut that saw a write fault \
+             the probe could not resolve (fault_unresolved {}, `bpf_find_vma` busy), which marks \
+             every partially-marked folio whole; the cut re-reads and hashes them (the log then \
+             stores only the 4 KiB blocks that differ). Stores into pages already mapped, and \
+             pwrite engines, are marked per 4 KiB",
             bytes(super::dataset::STATE_WRITE as f64),
             counter("folio_marked"),
             counter("fault_unresolved")

@@ -33,7 +33,7 @@ fn row(s: &mut String, rate: f64, agent: &str, hs: &[Height], m: &Marks, btrfs: 
     let c = &m.counters;
     let _ = writeln!(
         s,
-        "| {:.1} % | {agent} | {} | {} | {} | **{:.2}x** | {:.1} / {:.1} ms | {} | {} / {} / {} / {} | {} | {btrfs} |",
+        "| {:.1} % | {agent} | {} | {} | {} | **{:.2}x** | {:.1} / {:.1} ms | {} | {} / {} / {} / {} / {} | {} | {btrfs} |",
         rate * 100.0,
         secs(mean(hs.iter().map(|h| h.btm.secs))),
         bytes(mean(hs.iter().map(|h| h.btm.read as f64))),
@@ -47,6 +47,7 @@ fn row(s: &mut String, rate: f64, agent: &str, hs: &[Height], m: &Marks, btrfs: 
         c.folio_marked,
         c.fault_wide,
         c.fault_cached,
+        c.fault_unresolved,
         kb(m.pmd_kb),
     );
 }
@@ -81,15 +82,18 @@ pub fn precision_section(s: &mut String, r: &Results, heights: u64) {
          through the mapping). `prefault faulted / passes` is the prefault's `status` over those \
          heights (pages read-faulted, passes run). The tracker's counters (`status`) over them: \
          `fault_marked` write faults marked per page, `folio_marked` folios marked whole on \
-         dirtying, `fault_wide` faults widened to a folio a PMD may map, `fault_cached` faults \
-         answered from the tracker's cache. `FilePmdMapped` is read from /proc/self/smaps for \
+         dirtying, `fault_wide` faults widened to a folio a PMD may map, `fault_cached` write faults \
+         resolved from the fault probe's mapping cache (no `bpf_find_vma`), `fault_unresolved` \
+         write faults the probe could not resolve to a mapping (`bpf_find_vma` busy): a cut \
+         that sees one marks every partially-marked folio whole, as without the prefault. \
+         `FilePmdMapped` is read from /proc/self/smaps for \
          the writer's mapping of `state.mdbx` after the heights.\n"
     );
     let _ = writeln!(
         s,
         "| rate | agent | btm time / height | bytes read | bytes stored | read amplification \
          | freeze p50 / p99 | prefault faulted / passes | fault_marked / folio_marked / \
-         fault_wide / fault_cached | FilePmdMapped | btrfs send time / height |\n\
+         fault_wide / fault_cached / fault_unresolved | FilePmdMapped | btrfs send time / height |\n\
          |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for (rate, hs, m) in &r.without {
@@ -118,6 +122,19 @@ pub fn precision_section(s: &mut String, r: &Results, heights: u64) {
         .collect();
     if !amps.is_empty() {
         let _ = writeln!(s, "\nRead amplification: {}.", amps.join("; "));
+    }
+    let unresolved: u64 = r
+        .without
+        .iter()
+        .filter_map(|(rate, _, _)| Some(main_at(r, *rate)?.1.counters.fault_unresolved))
+        .sum();
+    if unresolved > 0 {
+        let _ = writeln!(
+            s,
+            "\nThe main phases' heights at these rates saw {unresolved} unresolved write faults \
+             (`fault_unresolved`): each such cut marked every partially-marked folio whole, so \
+             those heights read whole folios with the prefault too."
+        );
     }
     let without_kb: Vec<Option<u64>> = r.without.iter().map(|(_, _, m)| m.pmd_kb).collect();
     let with_kb = without_kb
@@ -226,6 +243,7 @@ mod tests {
                 folio_marked: 2,
                 fault_wide: 1,
                 fault_cached: 4,
+                fault_unresolved: 0,
             },
             prefault,
             pmd_kb: Some(kb),
@@ -250,11 +268,12 @@ mod tests {
         assert!(s.contains("`btm-agent run --no-prefault`"), "{s}");
         assert!(
             s.contains("| 1.0 % | prefault (default) |")
-                && s.contains("| 1234 / 5 | 3 / 2 / 1 / 4 |"),
+                && s.contains("| 1234 / 5 | 3 / 2 / 1 / 4 / 0 |"),
             "{s}"
         );
         assert!(
-            s.contains("| 1.0 % | **`--no-prefault`** |") && s.contains("| off | 3 / 2 / 1 / 4 |"),
+            s.contains("| 1.0 % | **`--no-prefault`** |")
+                && s.contains("| off | 3 / 2 / 1 / 4 / 0 |"),
             "{s}"
         );
         assert!(s.contains("**1.00x**") && s.contains("**40.00x**"), "{s}");
