@@ -17,6 +17,9 @@ use anyhow::{Result, bail};
 const PAGE: u64 = 4096;
 const BLK_FILE: u64 = 128 << 20;
 const LSM_FILE: u64 = 8 << 20;
+/// The state file is first written in writes of this size; xfs and ext4 size page-cache folios
+/// by the write, so its folios are at most this large (smaller than 2 MiB: never PMD-mapped).
+pub const STATE_WRITE: u64 = 1 << 20;
 
 pub struct DataSet {
     root: PathBuf,
@@ -25,7 +28,7 @@ pub struct DataSet {
     zeros: usize,
     state: *mut u8,
     state_len: u64,
-    _state_file: File,
+    state_file: File,
     blk_no: u64,
     blk_len: u64,
     lsm: VecDeque<(PathBuf, u64)>,
@@ -34,7 +37,10 @@ pub struct DataSet {
 
 impl Drop for DataSet {
     fn drop(&mut self) {
-        // SAFETY: the mapping was created in `create` with this length and is not used after.
+        if self.state.is_null() {
+            return;
+        }
+        // SAFETY: the mapping was created in `map` with this length and is not used after.
         unsafe { libc::munmap(self.state as *mut libc::c_void, self.state_len as usize) };
     }
 }
@@ -63,36 +69,21 @@ impl DataSet {
             zeros: zeros.min(PAGE as usize),
             state: std::ptr::null_mut(),
             state_len,
-            _state_file: f.try_clone()?,
+            state_file: f.try_clone()?,
             blk_no: 0,
             blk_len: 0,
             lsm: VecDeque::new(),
             lsm_next: 0,
         };
         // The state file: pages half random, half zeros (compresses about 2:1, like MDBX pages).
-        let chunk = 1 << 20;
         let mut off = 0;
         while off < state_len {
-            let n = chunk.min(state_len - off);
+            let n = STATE_WRITE.min(state_len - off);
             let buf = ds.pages(n);
             f.write_all_at(&buf, off)?;
             off += n;
         }
-        // SAFETY: a shared mapping of a file we keep open for the data set's lifetime.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                state_len as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            bail!("mmap: {}", std::io::Error::last_os_error());
-        }
-        ds.state = p as *mut u8;
+        ds.map()?;
         // Block files: 30 %, LSM tables: 20 %.
         ds.append_blocks(bytes * 3 / 10)?;
         let mut lsm = bytes / 5;
@@ -102,6 +93,53 @@ impl DataSet {
             lsm -= n;
         }
         Ok(ds)
+    }
+
+    /// Maps the state file (shared, writable) into `self.state`.
+    fn map(&mut self) -> Result<()> {
+        // SAFETY: a shared mapping of a file we keep open for the data set's lifetime.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                self.state_len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                self.state_file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            bail!("mmap: {}", std::io::Error::last_os_error());
+        }
+        self.state = p as *mut u8;
+        Ok(())
+    }
+
+    /// Drops the state file's mapping and maps it again, as a node that starts maps it: no
+    /// page of it is mapped in this process afterwards (those the agent's prefault had mapped
+    /// read-only included), so the first store into each page is a not-present fault.
+    pub fn remap(&mut self) -> Result<()> {
+        // SAFETY: the mapping was created in `map` with this length; `map` replaces the
+        // pointer before anything uses it again.
+        if unsafe { libc::munmap(self.state as *mut libc::c_void, self.state_len as usize) } != 0 {
+            bail!("munmap: {}", std::io::Error::last_os_error());
+        }
+        self.state = std::ptr::null_mut();
+        self.map()
+    }
+
+    /// `FilePmdMapped` of the state file's mapping in /proc/self/smaps, in kB (how much of it
+    /// the kernel maps with 2 MiB PMDs); `None` when the mapping or the field is not found.
+    pub fn file_pmd_mapped_kb(&self) -> Option<u64> {
+        let smaps = fs::read_to_string("/proc/self/smaps").ok()?;
+        let start = format!("{:x}-", self.state as usize);
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
+        lines.next()?;
+        lines
+            // The next mapping's header: "start-end perms ...", whose first word has a '-'.
+            .take_while(|l| !l.split_whitespace().next().is_some_and(|w| w.contains('-')))
+            .find_map(|l| l.strip_prefix("FilePmdMapped:"))
+            .and_then(|r| r.split_whitespace().next()?.parse().ok())
     }
 
     fn next(&mut self) -> u64 {

@@ -5,7 +5,9 @@
 //! height applies the same changes to both. Results go to BENCHMARKS.md.
 mod dataset;
 pub mod offsite;
+mod probes;
 mod report;
+mod report_precision;
 pub mod scale;
 mod tools;
 
@@ -19,6 +21,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use dataset::DataSet;
+use probes::{BpfStats, ProbeCost, Programs};
 use tools::{Agent, Restic, Run};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -71,6 +74,79 @@ impl BtmCut {
     }
 }
 
+/// The tracker's counters for mmap stores over some heights (deltas of the agent's `status`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FaultCounters {
+    pub fault_marked: u64,
+    pub folio_marked: u64,
+    pub fault_wide: u64,
+    pub fault_cached: u64,
+    pub fault_unresolved: u64,
+}
+
+impl FaultCounters {
+    fn of(status: &Value) -> FaultCounters {
+        let u = |k: &str| status["tracker"][k].as_u64().unwrap_or(0);
+        FaultCounters {
+            fault_marked: u("fault_marked"),
+            folio_marked: u("folio_marked"),
+            fault_wide: u("fault_wide"),
+            fault_cached: u("fault_cached"),
+            fault_unresolved: u("fault_unresolved"),
+        }
+    }
+
+    fn since(self, before: FaultCounters) -> FaultCounters {
+        FaultCounters {
+            fault_marked: self.fault_marked.saturating_sub(before.fault_marked),
+            folio_marked: self.folio_marked.saturating_sub(before.folio_marked),
+            fault_wide: self.fault_wide.saturating_sub(before.fault_wide),
+            fault_cached: self.fault_cached.saturating_sub(before.fault_cached),
+            fault_unresolved: self
+                .fault_unresolved
+                .saturating_sub(before.fault_unresolved),
+        }
+    }
+}
+
+/// The agent's prefault over some heights (deltas of `status`'s `prefault`; `None` when the
+/// agent runs without it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Prefault {
+    /// Passes run (one after each cut).
+    pub passes: u64,
+    /// Pages read-faulted (in the page cache, not mapped in the writer before).
+    pub faulted: u64,
+}
+
+impl Prefault {
+    fn of(status: &Value) -> Option<Prefault> {
+        let p = status.get("prefault").filter(|p| p.is_object())?;
+        Some(Prefault {
+            passes: p["passes"].as_u64().unwrap_or(0),
+            faulted: p["faulted"].as_u64().unwrap_or(0),
+        })
+    }
+
+    fn since(after: Option<Prefault>, before: Option<Prefault>) -> Option<Prefault> {
+        let (a, b) = (after?, before.unwrap_or_default());
+        Some(Prefault {
+            passes: a.passes.saturating_sub(b.passes),
+            faulted: a.faulted.saturating_sub(b.faulted),
+        })
+    }
+}
+
+/// What the state file's writer and the tracker did over one rate's heights.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Marks {
+    pub counters: FaultCounters,
+    /// The agent's prefault over the heights (`None`: `--no-prefault`).
+    pub prefault: Option<Prefault>,
+    /// `FilePmdMapped` of the writer's mapping of state.mdbx after the heights (kB).
+    pub pmd_kb: Option<u64>,
+}
+
 /// Every tool at one height.
 #[derive(Clone, Debug, Default)]
 pub struct Height {
@@ -90,15 +166,29 @@ pub struct Results {
     pub baseline: Height,
     /// Per rate: its heights.
     pub rates: Vec<(f64, Vec<Height>)>,
+    /// Per rate, as `rates`: the tracker's mmap counters and the writer's PMD mappings.
+    pub rate_marks: Vec<Marks>,
+    /// btm alone at the 0.1 % and 1 % rates without the precision mechanism (the agent
+    /// restarted with `btm-agent run --no-prefault`, the state file mapped again): per rate,
+    /// its heights and marks. The main phases ran with it (the agent's prefault, default).
+    pub without: Vec<(f64, Vec<Height>, Marks)>,
+    /// `FilePmdMapped` of the writer's mapping after the main phases, before the phases
+    /// without the prefault re-map it (kB).
+    pub pmd_normal_kb: Option<u64>,
     /// Per fio engine: IOPS without and with the agent (one entry per repetition).
     pub fio: Vec<(String, Vec<f64>, Vec<f64>)>,
     pub fio_size: u64,
     pub fio_secs: u64,
+    /// Per fio engine: what the eBPF programs cost over its runs with the agent.
+    pub probe_cost: Vec<ProbeCost>,
+    /// Why the programs' cost could not be measured (`kernel.bpf_stats_enabled`).
+    pub probe_error: Option<String>,
     /// Freeze windows (ms) of the 16 MiB heights.
     pub freeze16: Vec<f64>,
     /// btm's cuts of the 16 MiB heights.
     pub cuts16: Vec<BtmCut>,
-    /// The tracker's counters at the end (the agent's status answer).
+    /// The tracker's counters after the main phases and the 16 MiB heights (the agent's
+    /// status answer, before it is restarted without the prefault).
     pub tracker: Value,
     pub replay_secs: f64,
     pub replay_bytes: u64,
@@ -106,6 +196,8 @@ pub struct Results {
     pub rollback_secs: f64,
     pub rollback_height: u64,
     pub rollback_undone: u64,
+    /// Heights the rollback undid (the 16 MiB heights and those without the prefault).
+    pub rollback_heights: u64,
     /// What the rollback compared and wrote, whether it was scoped to what changed, and
     /// what the next cut read (it re-reads what the rollback wrote, from the marks).
     pub rollback_compared: u64,
@@ -146,7 +238,9 @@ pub fn build_agent(out: &Path) -> Result<(PathBuf, PathBuf)> {
     } else {
         root.join(out)
     };
-    Ok((root.join("target/release/btm-agent"), out))
+    // Where cargo put it: CARGO_TARGET_DIR (relative to the workspace) or `target`.
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or(root.join("target"), |d| root.join(d));
+    Ok((target.join("release/btm-agent"), out))
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -202,6 +296,14 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
             .iter()
             .map(|e| (e.to_string(), vec![], vec![]))
             .collect();
+        r.probe_cost = FIO_ENGINES
+            .iter()
+            .map(|e| ProbeCost {
+                engine: e.to_string(),
+                ios: 0,
+                programs: Some(Programs::new()),
+            })
+            .collect();
         // Lay the file out once, outside the measurements.
         tools::fio("buffered", &fio_file, r.fio_size, 1)?;
         for rep in 0..2 {
@@ -216,18 +318,43 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
                 } else {
                     None
                 };
+                // The programs' run counts and times, only while the agent runs (restored by
+                // the guard's drop, also when a run fails).
+                let stats = match agent.as_ref().map(|_| BpfStats::enable()) {
+                    Some(Err(e)) => {
+                        r.probe_error = Some(format!("{e:#}"));
+                        None
+                    }
+                    Some(Ok(g)) => Some(g),
+                    None => None,
+                };
+                let programs = || {
+                    let st = agent.as_ref()?.status().ok()?;
+                    probes::programs(&st)
+                };
                 for (i, e) in FIO_ENGINES.iter().enumerate() {
-                    let iops = tools::fio(e, &fio_file, r.fio_size, a.fio_secs)?;
+                    let before = programs();
+                    let run = tools::fio(e, &fio_file, r.fio_size, a.fio_secs)?;
+                    let iops = run.iops;
                     println!(
                         "bench: fio {e:>8} {} agent: {iops:>10.0} IOPS",
                         if with { "with   " } else { "without" }
                     );
                     if with {
                         r.fio[i].2.push(iops);
+                        let cost = &mut r.probe_cost[i];
+                        cost.ios += run.ios;
+                        match (before, programs(), &mut cost.programs) {
+                            (Some(b), Some(a), Some(sum)) if stats.is_some() => {
+                                probes::add(sum, &probes::delta(&b, &a))
+                            }
+                            _ => cost.programs = None,
+                        }
                     } else {
                         r.fio[i].1.push(iops);
                     }
                 }
+                drop(stats);
                 drop(agent);
             }
         }
@@ -256,7 +383,7 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
 
     // 3. Baselines: every tool's first full copy.
     let log = dir.join("log");
-    let agent = Agent::start(bin, &xfs.mnt, &log, &socket)?;
+    let mut agent = Agent::start(bin, &xfs.mnt, &log, &socket)?;
     let restic = Restic::init(dir)?;
     let mirror = dir.join("rsync-mirror");
     let send_file = dir.join("btrfs.send");
@@ -284,6 +411,8 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
     for rate in RATES {
         let changed = ((size as f64 * rate) as u64).max(64 << 10);
         let mut hs = vec![];
+        let st = agent.status().unwrap_or_default();
+        let (before, pf_before) = (FaultCounters::of(&st), Prefault::of(&st));
         for _ in 0..a.heights {
             height += 1;
             ds_x.height(changed)?;
@@ -312,6 +441,12 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
             hs.push(h);
         }
         r.rates.push((rate, hs));
+        let st = agent.status().unwrap_or_default();
+        r.rate_marks.push(Marks {
+            counters: FaultCounters::of(&st).since(before),
+            prefault: Prefault::since(Prefault::of(&st), pf_before),
+            pmd_kb: ds_x.file_pmd_mapped_kb(),
+        });
     }
     let rollback_to = height;
     let restic_snap = restic_snaps.last().map(|s| s.1.clone()).unwrap_or_default();
@@ -335,17 +470,77 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
             report::pct(&r.freeze16, 99.0)
         );
     }
-    drop(ds_x);
-    r.tracker = agent
-        .status()
-        .map(|v| v["tracker"].clone())
-        .unwrap_or_default();
+
+    // 6. Without the precision mechanism: btm alone at 0.1 % and 1 % with the agent stopped
+    // cleanly (SIGTERM: the tracker keeps running and the next agent adopts it) and started
+    // again with the same arguments plus `--no-prefault`, and the state file mapped again, so
+    // the pages the prefault had mapped read-only in the writer are unmapped, as in a node's
+    // fresh mapping. These heights come after every other tool's phase and change only the
+    // xfs copy: the btrfs copy (dropped above), restic and rsync are done, so nothing compares
+    // against them. The replay (of the last height) and the rollback (to the end of the rate
+    // phases, through this agent) include them.
+    r.pmd_normal_kb = ds_x.file_pmd_mapped_kb();
+    let st = agent.status().unwrap_or_default();
+    r.tracker = st["tracker"].clone();
     let (hwm, rss, maps) = agent.memory();
     r.rss_hwm_kb = hwm;
     r.rss_kb = rss;
     r.bpf_map_bytes = maps;
+    drop(agent);
+    let started = Agent::start_with(bin, &xfs.mnt, &log, &socket, &["--no-prefault"]);
+    let without = started.and_then(|ag| {
+        ds_x.remap()?;
+        Ok(ag)
+    });
+    agent = match without {
+        Ok(ag) => {
+            for rate in [RATES[0], RATES[1]] {
+                let changed = ((size as f64 * rate) as u64).max(64 << 10);
+                let st = ag.status().unwrap_or_default();
+                let (before, pf_before) = (FaultCounters::of(&st), Prefault::of(&st));
+                let mut hs = vec![];
+                for _ in 0..a.heights {
+                    height += 1;
+                    ds_x.height(changed)?;
+                    let (secs, rep) = ag.cut(height)?;
+                    let h = Height {
+                        height,
+                        changed,
+                        btm: BtmCut::from_report(secs, &rep),
+                        ..Default::default()
+                    };
+                    undone += h.btm.data;
+                    print_height(&format!("{:.1} % nopf", rate * 100.0), &h);
+                    hs.push(h);
+                }
+                let st = ag.status().unwrap_or_default();
+                let marks = Marks {
+                    counters: FaultCounters::of(&st).since(before),
+                    prefault: Prefault::since(Prefault::of(&st), pf_before),
+                    pmd_kb: ds_x.file_pmd_mapped_kb(),
+                };
+                println!(
+                    "bench: without the prefault {:.1} %: FilePmdMapped {:?} kB (main phases: \
+                     {:?} kB), prefault {:?}, {:?}",
+                    rate * 100.0,
+                    marks.pmd_kb,
+                    r.pmd_normal_kb,
+                    marks.prefault,
+                    marks.counters
+                );
+                r.without.push((rate, hs, marks));
+            }
+            ag
+        }
+        Err(e) => {
+            println!("bench: phases without the prefault FAILED: {e:#}");
+            r.errors.push(format!("without the prefault: {e:#}"));
+            Agent::start(bin, &xfs.mnt, &log, &socket)?
+        }
+    };
+    drop(ds_x);
 
-    // 6. Replay the latest height into a fresh directory.
+    // 7. Replay the latest height into a fresh directory.
     let into = dir.join("replay");
     let replay = tools::timed(
         Command::new(bin)
@@ -378,7 +573,7 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
     }
     let _ = std::fs::remove_dir_all(&into);
 
-    // 7. In-place rollback (through the running agent) vs a full restic restore.
+    // 8. In-place rollback (through the running agent) vs a full restic restore.
     let rollback = tools::timed(
         Command::new(bin)
             .args(["rollback", "--exact", "--json", "--volume"])
@@ -393,6 +588,7 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
     );
     r.rollback_height = rollback_to;
     r.rollback_undone = undone;
+    r.rollback_heights = height - rollback_to;
     match rollback {
         Ok((secs, out)) => {
             r.rollback_secs = secs;

@@ -386,8 +386,15 @@ pub fn tree_bytes(root: &Path) -> u64 {
     n
 }
 
-/// fio 4 KiB random writes on `file`; returns write IOPS.
-pub fn fio(engine: &str, file: &Path, size: u64, secs: u64) -> Result<f64> {
+/// One fio run: write IOPS and the write I/Os it issued in all.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Fio {
+    pub iops: f64,
+    pub ios: u64,
+}
+
+/// fio 4 KiB random writes on `file`.
+pub fn fio(engine: &str, file: &Path, size: u64, secs: u64) -> Result<Fio> {
     let mut c = Command::new("fio");
     c.args([
         "--name=bench",
@@ -410,7 +417,9 @@ pub fn fio(engine: &str, file: &Path, size: u64, secs: u64) -> Result<f64> {
     // fio may print warnings before the JSON.
     let json = &out[out.find('{').context("fio printed no JSON")?..];
     let v: Value = serde_json::from_str(json).context("fio JSON")?;
-    v["jobs"][0]["write"]["iops"]
-        .as_f64()
-        .context("fio JSON without write iops")
+    let w = &v["jobs"][0]["write"];
+    Ok(Fio {
+        iops: w["iops"].as_f64().context("fio JSON without write iops")?,
+        ios: w["total_ios"].as_u64().unwrap_or(0),
+    })
 }
