@@ -29,7 +29,9 @@ pub struct Config {
     /// the write-fault probes are attached (they mark partial folios whole), so the agent
     /// clears it on kernels without them.
     pub suppress: u32,
-    pub _pad0: u32,
+    /// Test hook (`BTM_TEST_DEFER_FAULTS=1`): the fault probe defers every write fault its
+    /// cache cannot answer, as if the VMA lookup were busy, so tests can reach that path.
+    pub defer_all: u32,
 
     // struct folio
     pub folio_flags: u32,

@@ -67,11 +67,8 @@ pub static SHARES: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
 /// Per thread: the ranges a mapping-changing system call in flight may touch (`vmas`).
 #[map]
 pub static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
-/// Per process: how many mapping-changing system calls have settled (`vmas::changes`).
-#[map]
-pub static CHANGES: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
 /// Per epoch: write faults whose VMA lookup was busy, (tgid, page address) -> the process's
-/// mapping-change count then (`vmas::defer`); the agent resolves them from /proc at drain.
+/// cache generation then (`vmas::defer`); the agent resolves them from /proc at drain.
 #[map]
 pub static DEFER0: HashMap<VmaKey, u64> = HashMap::with_max_entries(4096, 0);
 #[map]

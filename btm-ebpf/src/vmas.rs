@@ -15,20 +15,18 @@
 //! threads of one another do not cache, and their changes settle their parent's cache.
 //!
 //! Checking on exit leaves one interleaving: a fault resolves the old mapping, the unmap and
-//! its exit check run, then the fault stores its (now stale) entry. Every exit also bumps the
-//! process's change count ([`changes`]); a fault that sees it move between its lookup and its
-//! store takes the entry back.
+//! its exit check run, then the fault stores its (now stale) entry. So a fault puts a
+//! placeholder entry (matching no address) under its region before it looks the VMA up: an
+//! exit check that runs after the lookup finds it and renews the generation.
 //!
 //! A fault still races a concurrent change in another thread as it always did: the
 //! tracepoint runs before the fault is handled, and `bpf_find_vma` drops the lock before too.
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id},
 };
 
-use crate::maps::{CHANGES, DEFER0, DEFER1, EPOCH, GENS, MAPPERS, NEXT_GEN, PENDING, SHARES, VMAS};
+use crate::maps::{DEFER0, DEFER1, EPOCH, GENS, MAPPERS, NEXT_GEN, PENDING, SHARES, VMAS};
 
 /// Bytes of address space one cache entry is keyed by (a PMD's span).
 const REGION_SHIFT: u64 = 21;
@@ -132,7 +130,6 @@ pub fn on_fork(parent: u32, child: u32, shared_mm: bool) {
 /// deferred fault of the old one pointed at is gone: see [`defer`]).
 #[inline(always)]
 pub fn on_exec(tgid: u32) {
-    bump_changes(tgid);
     invalidate(tgid);
     let _ = SHARES.remove(&tgid);
     let _ = GENS.remove(&tgid);
@@ -169,7 +166,6 @@ pub fn settle() {
     let tgid = (tid >> 32) as u32;
     // SAFETY: value copied out immediately.
     let owner = unsafe { SHARES.get(&tgid) }.copied().unwrap_or(tgid);
-    bump_changes(owner);
     if p.all != 0
         || overlaps_cached(owner, p.ranges[0][0], p.ranges[0][1])
         || overlaps_cached(owner, p.ranges[1][0], p.ranges[1][1])
@@ -177,45 +173,6 @@ pub fn settle() {
         renew(owner);
     }
 }
-
-#[inline(always)]
-fn bump_changes(tgid: u32) {
-    match CHANGES.get_ptr_mut(&tgid) {
-        // SAFETY: points into a live map value; atomic, since threads exit calls at once.
-        Some(c) => unsafe {
-            atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(c, 1);
-        },
-        None => {
-            if CHANGES.insert(&tgid, &1, BPF_NOEXIST as u64).is_err() {
-                // Inserted meanwhile (or full: then the fault side sees no count and
-                // never caches, see `changes`).
-                if let Some(c) = CHANGES.get_ptr_mut(&tgid) {
-                    // SAFETY: as above.
-                    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(c, 1) };
-                }
-            }
-        }
-    }
-}
-
-/// How many mapping changes of `tgid` have settled; [`UNCOUNTED`] when not counted (then a
-/// fault must not cache: it could not tell a change during its lookup). A plain integer, not
-/// an Option: the verifier rejects the undefined payload of a None spilled to the stack.
-#[inline(always)]
-pub fn changes(tgid: u32) -> u64 {
-    // SAFETY: value copied out immediately.
-    if let Some(c) = unsafe { CHANGES.get(&tgid) } {
-        return *c;
-    }
-    if CHANGES.insert(&tgid, &0, BPF_NOEXIST as u64).is_ok() {
-        return 0;
-    }
-    // SAFETY: as above.
-    unsafe { CHANGES.get(&tgid) }.copied().unwrap_or(UNCOUNTED)
-}
-
-/// See [`changes`].
-pub const UNCOUNTED: u64 = u64::MAX;
 
 /// Does any cached entry of `tgid` lie in a region `[start, start + len)` touches?
 #[inline(always)]
@@ -248,16 +205,34 @@ fn overlaps_cached(tgid: u32, start: u64, len: u64) -> bool {
     false
 }
 
-/// Keeps a write fault whose VMA could not be looked up, for the agent to resolve from
-/// /proc/PID/maps at the drain: exact as long as the process's mapping-change count is still
-/// the one kept here (the agent checks it before and after reading the maps). False when it
-/// cannot be kept: the agent must then widen every partially-marked folio.
+/// Before a fault looks its VMA up under generation `g`: a placeholder under its region
+/// (matching no address) that a change settling meanwhile will find (see the module doc).
 #[inline(always)]
-pub fn defer(tgid: u32, addr: u64) -> bool {
-    let c = changes(tgid);
-    if c == UNCOUNTED {
-        return false;
-    }
+pub fn placeholder(tgid: u32, addr: u64, g: u64) {
+    let key = VmaKey {
+        tgid,
+        _pad: 0,
+        at: addr >> REGION_SHIFT,
+    };
+    let v = Vma {
+        start: 0,
+        end: 0,
+        pgoff: 0,
+        ino: 0,
+        dev: 0,
+        nohuge: 0,
+        generation: g,
+    };
+    let _ = VMAS.insert(&key, &v, BPF_NOEXIST as u64);
+}
+
+/// Keeps a write fault whose VMA could not be looked up, under the generation `g` its
+/// placeholder holds, for the agent to resolve from /proc/PID/maps at the drain: exact as
+/// long as the process's generation is still `g` (no change settled over that region since;
+/// the agent checks before and after reading the maps). False when it cannot be kept: the
+/// agent must then widen every partially-marked folio.
+#[inline(always)]
+pub fn defer(tgid: u32, addr: u64, g: u64) -> bool {
     let key = VmaKey {
         tgid,
         _pad: 0,
@@ -268,18 +243,7 @@ pub fn defer(tgid: u32, addr: u64) -> bool {
     } else {
         &DEFER1
     };
-    map.insert(&key, &c, 0).is_ok()
-}
-
-/// Takes back the entry of `addr`'s region (see [`changes`]).
-#[inline(always)]
-pub fn forget_entry(tgid: u32, addr: u64) {
-    let key = VmaKey {
-        tgid,
-        _pad: 0,
-        at: addr >> REGION_SHIFT,
-    };
-    let _ = VMAS.remove(&key);
+    map.insert(&key, &g, 0).is_ok()
 }
 
 /// The process's generation: None when it must not use the cache, or when it has none yet

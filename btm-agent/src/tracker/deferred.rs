@@ -1,8 +1,8 @@
 //! Write faults the fault probe could not resolve to a file (its VMA lookup was busy), kept
-//! as (process, address, the process's mapping-change count) and resolved here from
-//! /proc/PID/maps at the drain. The maps still say what the fault hit as long as the count
-//! has not moved (the probes count every settled unmap, remap and exec): it is checked before
-//! and after reading them. What cannot be resolved that way widens every partially-marked
+//! as (process, address, the process's mapping-cache generation) and resolved here from
+//! /proc/PID/maps at the drain. The maps still say what the fault hit as long as the
+//! generation has not moved (every settled unmap, remap or exec over a region holding a cache
+//! entry or the fault's placeholder renews it): it is checked before and after reading them. What cannot be resolved that way widens every partially-marked
 //! folio, as an unresolved fault always did.
 use btm_common::dirty::BLOCK_SHIFT;
 
@@ -11,7 +11,7 @@ use btm_common::dirty::BLOCK_SHIFT;
 pub(super) struct Deferred {
     pub tgid: u32,
     pub addr: u64,
-    pub changes: u64,
+    pub generation: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -24,20 +24,20 @@ pub(super) enum Resolution {
     Unknown,
 }
 
-/// Resolves `d` for the volume on `major:minor`; `count` reads the process's change count.
+/// Resolves `d` for the volume on `major:minor`; `generation` reads the process's now.
 pub(super) fn resolve(
     d: &Deferred,
     major: u32,
     minor: u32,
-    count: impl Fn(u32) -> Option<u64>,
+    generation: impl Fn(u32) -> Option<u64>,
 ) -> Resolution {
-    if count(d.tgid) != Some(d.changes) {
+    if generation(d.tgid) != Some(d.generation) {
         return Resolution::Unknown;
     }
     let Ok(maps) = std::fs::read_to_string(format!("/proc/{}/maps", d.tgid)) else {
         return Resolution::Unknown;
     };
-    if count(d.tgid) != Some(d.changes) {
+    if generation(d.tgid) != Some(d.generation) {
         return Resolution::Unknown;
     }
     mapping_at(&maps, d.addr, major, minor)
@@ -110,7 +110,7 @@ mod tests {
         let d = Deferred {
             tgid: std::process::id(),
             addr: 0x1000,
-            changes: 5,
+            generation: 5,
         };
         assert_eq!(resolve(&d, 7, 3, |_| Some(6)), Resolution::Unknown);
         let gone = Deferred {

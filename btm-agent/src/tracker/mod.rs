@@ -366,6 +366,8 @@ impl Tracker {
             );
         }
         cfg.suppress = faults as u32;
+        cfg.defer_all = (std::env::var_os("BTM_TEST_DEFER_FAULTS").as_deref()
+            == Some(std::ffi::OsStr::new("1"))) as u32;
         cfg.ready = 1;
         write_config(&mut ebpf, cfg)?;
         // Processes that mapped the volume before the probes were armed (those after are seen
@@ -503,11 +505,11 @@ impl Tracker {
             let keys: Vec<ProcKey> = defer.keys().filter_map(Result::ok).collect();
             let mut v = Vec::with_capacity(keys.len());
             for k in keys {
-                if let Ok(changes) = defer.get(&k, 0) {
+                if let Ok(generation) = defer.get(&k, 0) {
                     v.push(deferred::Deferred {
                         tgid: k.tgid,
                         addr: k.at,
-                        changes,
+                        generation,
                     });
                 }
                 let _ = defer.remove(&k);
@@ -517,13 +519,13 @@ impl Tracker {
         if kept.is_empty() {
             return Ok(());
         }
-        let changes: HashMap<&MapData, u32, u64> =
-            HashMap::try_from(self.ebpf.map("CHANGES").unwrap())
-                .map_err(|e| TrackerError::Map("CHANGES", e.to_string()))?;
-        let count = |tgid: u32| changes.get(&tgid, 0).ok();
+        let gens: HashMap<&MapData, u32, u64> =
+            HashMap::try_from(self.ebpf.map("GENS").unwrap())
+                .map_err(|e| TrackerError::Map("GENS", e.to_string()))?;
+        let generation = |tgid: u32| gens.get(&tgid, 0).ok();
         let mut unknown = 0;
         for d in &kept {
-            match deferred::resolve(d, self.mount.major, self.mount.minor, count) {
+            match deferred::resolve(d, self.mount.major, self.mount.minor, generation) {
                 deferred::Resolution::Page(ino, page) => set.mark_fault(ino, page),
                 deferred::Resolution::Untracked => {}
                 deferred::Resolution::Unknown => unknown += 1,

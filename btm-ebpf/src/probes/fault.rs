@@ -88,40 +88,42 @@ fn on_fault(addr: u64, error_code: u64) {
             count(stat::FAULT_CACHED);
             v
         }
-        None => match find(tgid, addr) {
-            (changes, Found::Vma(mut v)) => {
-                if let Some(g) = generation
-                    && changes != vmas::UNCOUNTED
-                    && v.end != 0
-                {
-                    v.generation = g;
-                    vmas::remember(tgid, addr, &v);
-                    // A change settled during the lookup: what it found may be gone.
-                    if vmas::changes(tgid) != changes {
-                        vmas::forget_entry(tgid, addr);
+        None => {
+            if let Some(g) = generation {
+                vmas::placeholder(tgid, addr, g);
+            }
+            match find(cfg, addr) {
+                Found::Vma(mut v) => {
+                    if let Some(g) = generation
+                        && v.end != 0
+                    {
+                        v.generation = g;
+                        vmas::remember(tgid, addr, &v);
                     }
+                    v
                 }
-                v
-            }
-            (_, Found::Untracked) => {
-                clear_precise();
-                return;
-            }
-            (_, Found::Busy) => {
-                clear_precise();
-                // Busy (its deferred mmap unlock is still pending on this CPU). Fail safe:
-                // the folio event this fault may cause is not suppressed, and the agent
-                // resolves the address at the drain and marks that page and its partially
-                // marked folio (FAULT_DEFERRED), or, when it cannot be kept, widens this
-                // cut's marks to whole folios (FAULT_UNRESOLVED).
-                if vmas::defer(tgid, addr) {
-                    count(stat::FAULT_DEFERRED);
-                } else {
-                    count(stat::FAULT_UNRESOLVED);
+                Found::Untracked => {
+                    clear_precise();
+                    return;
                 }
-                return;
+                Found::Busy => {
+                    clear_precise();
+                    // Busy (its deferred mmap unlock is still pending on this CPU). Fail
+                    // safe: the folio event this fault may cause is not suppressed, and the
+                    // agent resolves the address at the drain and marks that page and its
+                    // partially-marked folio (FAULT_DEFERRED), or, when it cannot be kept,
+                    // widens this cut's marks to whole folios (FAULT_UNRESOLVED).
+                    if let Some(g) = generation
+                        && vmas::defer(tgid, addr, g)
+                    {
+                        count(stat::FAULT_DEFERRED);
+                    } else {
+                        count(stat::FAULT_UNRESOLVED);
+                    }
+                    return;
+                }
             }
-        },
+        }
     };
     count(stat::FAULT_MARKED);
     let (dev, ino) = (vma.dev, vma.ino);
@@ -167,11 +169,12 @@ enum Found {
     Busy,
 }
 
-/// The VMA of `addr` in the current process, through `bpf_find_vma`, with the process's
-/// count of settled mapping changes read before it (see `vmas::changes`).
+/// The VMA of `addr` in the current process, through `bpf_find_vma`.
 #[inline(always)]
-fn find(tgid: u32, addr: u64) -> (u64, Found) {
-    let changes = vmas::changes(tgid);
+fn find(cfg: &Config, addr: u64) -> Found {
+    if cfg.defer_all != 0 {
+        return Found::Busy;
+    }
     let mut fc = FaultCtx {
         addr,
         found: 0,
@@ -198,14 +201,13 @@ fn find(tgid: u32, addr: u64) -> (u64, Found) {
         )
     };
     // -ENOENT: no VMA at that address (a kernel address, stack guard, bad pointer).
-    let found = if ret < 0 && ret != -2 {
+    if ret < 0 && ret != -2 {
         Found::Busy
     } else if fc.found == 0 {
         Found::Untracked
     } else {
         Found::Vma(fc.vma)
-    };
-    (changes, found)
+    }
 }
 
 #[inline(never)]

@@ -43,7 +43,10 @@ fn mmap(ctx: &TracePointContext) -> Option<()> {
     let cfg = config()?;
     let fd: u64 = unsafe { ctx.read_at(16 + 8 * 4).ok()? };
     tracked_fd(cfg, fd)?;
-    let _ = MAPPERS.insert(&current_tgid(), &1, 0);
+    let tgid = current_tgid();
+    let _ = MAPPERS.insert(&tgid, &1, 0);
+    // A generation from the start, so that even the first fault can be deferred.
+    let _ = vmas::generation(tgid);
     Some(())
 }
 
@@ -86,6 +89,7 @@ fn fork(parent: *const u8, child: *const u8) -> Option<()> {
     // SAFETY: value copied out immediately.
     unsafe { MAPPERS.get(&me) }?;
     let _ = MAPPERS.insert(&tgid, &1, 0);
+    let _ = vmas::generation(tgid);
     Some(())
 }
 
