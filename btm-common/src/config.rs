@@ -71,7 +71,8 @@ pub struct Config {
     /// The bit of `mm_struct.flags` that `PR_SET_THP_DISABLE` sets, measured at start-up;
     /// `u32::MAX` when it could not be measured (PMD mappings are then assumed possible).
     pub thp_off_bit: u32,
-    pub _pad1: u32,
+    /// `struct file.f_mode` (`u32::MAX` when unknown: every shared mapping then counts).
+    pub file_mode: u32,
 
     /// `struct iomap_iter` members read by the `iomap_iter` (tp_btf) program. The tracepoint
     /// record's `length` is `iomap_length()` of the previous mapping, not the operation's: it is

@@ -67,12 +67,12 @@ pub static SHARES: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
 /// Per thread: the ranges a mapping-changing system call in flight may touch (`vmas`).
 #[map]
 pub static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
-/// Per epoch: write faults whose VMA lookup was busy, (tgid, page address) -> the process's
-/// cache generation then (`vmas::defer`); the agent resolves them from /proc at drain.
+/// Per epoch: write faults whose VMA lookup was busy, (tgid, page address) -> [the process's
+/// cache generation, its region's token] then (`vmas::defer`); the agent resolves them from /proc at drain.
 #[map]
-pub static DEFER0: HashMap<VmaKey, u64> = HashMap::with_max_entries(4096, 0);
+pub static DEFER0: HashMap<VmaKey, [u64; 2]> = HashMap::with_max_entries(4096, 0);
 #[map]
-pub static DEFER1: HashMap<VmaKey, u64> = HashMap::with_max_entries(4096, 0);
+pub static DEFER1: HashMap<VmaKey, [u64; 2]> = HashMap::with_max_entries(4096, 0);
 /// Per CPU: how many generations it handed out.
 #[map]
 pub static NEXT_GEN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

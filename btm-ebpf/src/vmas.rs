@@ -8,21 +8,24 @@
 //! its 2 MiB region. An entry goes stale only when something in that region is unmapped,
 //! remapped or re-advised: the system calls that can (munmap, mremap, `MAP_FIXED` mmap,
 //! remap_file_pages, `SHM_REMAP` shmat, huge-page madvise) note their ranges on entry
-//! ([`note_change`]), and on exit ([`settle`]), once the change is made, give the process a
-//! fresh generation if any cached region overlaps them; entries count only under the
-//! generation they were resolved in. Exec renews it too; a new process (fork, possibly with a
-//! recycled pid) starts with none. Processes that share an address space without being
-//! threads of one another do not cache, and their changes settle their parent's cache.
+//! ([`note_change`]) and on exit ([`settle`]), once the change is made, delete the keys of
+//! the regions they touched (a change spanning more than [`MAX_REGIONS`] regions, exec, and
+//! shmat renew the process's generation instead: entries count only under the generation
+//! they were resolved in). A new process (fork, possibly with a recycled pid) starts with no
+//! generation. Processes that share an address space without being threads of one another do
+//! not cache, and their changes settle their parent's cache.
 //!
-//! Checking on exit leaves one interleaving: a fault resolves the old mapping, the unmap and
-//! its exit check run, then the fault stores its (now stale) entry. So a fault puts a
-//! placeholder entry (matching no address) under its region before it looks the VMA up: an
-//! exit check that runs after the lookup finds it and renews the generation.
+//! Settling on exit leaves one interleaving: a fault resolves the old mapping, the change and
+//! its exit run, then the fault stores its (now stale) entry. So a fault first puts a
+//! placeholder (matching no address, with a fresh token) under its region, and stores its
+//! entry only over a key that still exists: a settle in between deleted it. The token also
+//! dates a fault whose lookup was busy ([`defer`]): the agent trusts /proc/PID/maps for it
+//! only while the region's key still holds that token and the generation is unchanged.
 //!
 //! A fault still races a concurrent change in another thread as it always did: the
 //! tracepoint runs before the fault is handled, and `bpf_find_vma` drops the lock before too.
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_EXIST, BPF_NOEXIST},
     helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id},
 };
 
@@ -58,6 +61,10 @@ pub struct Vma {
     pub nohuge: u32,
     /// The process's generation when this was resolved.
     pub generation: u64,
+    /// Set by the placeholder that first held the key and kept by the entries stored over
+    /// it, until a change settling over the region deletes the key: what dates a deferred
+    /// fault (see the module doc).
+    pub token: u64,
 }
 
 /// A generation number never handed out before: a per-CPU count and the CPU's number
@@ -167,48 +174,44 @@ pub fn settle() {
     // SAFETY: value copied out immediately.
     let owner = unsafe { SHARES.get(&tgid) }.copied().unwrap_or(tgid);
     if p.all != 0
-        || overlaps_cached(owner, p.ranges[0][0], p.ranges[0][1])
-        || overlaps_cached(owner, p.ranges[1][0], p.ranges[1][1])
+        || !drop_regions(owner, p.ranges[0][0], p.ranges[0][1])
+        || !drop_regions(owner, p.ranges[1][0], p.ranges[1][1])
     {
         renew(owner);
     }
 }
 
-/// Does any cached entry of `tgid` lie in a region `[start, start + len)` touches?
+/// Deletes the keys of `tgid` in the regions `[start, start + len)` touches; false when they
+/// are too many to visit (then the caller renews the generation).
 #[inline(always)]
-fn overlaps_cached(tgid: u32, start: u64, len: u64) -> bool {
+fn drop_regions(tgid: u32, start: u64, len: u64) -> bool {
     if len == 0 {
-        return false;
+        return true;
     }
     let r0 = start >> REGION_SHIFT;
     let r1 = start.saturating_add(len - 1) >> REGION_SHIFT;
     if r1 - r0 >= MAX_REGIONS {
-        return true;
+        return false;
     }
     let mut i = 0;
     while i < MAX_REGIONS {
-        let region = r0 + i;
-        if region > r1 {
+        let at = r0 + i;
+        if at > r1 {
             break;
         }
-        let key = VmaKey {
-            tgid,
-            _pad: 0,
-            at: region,
-        };
-        // SAFETY: value not kept.
-        if unsafe { VMAS.get(&key) }.is_some() {
-            return true;
-        }
+        let _ = VMAS.remove(&VmaKey { tgid, _pad: 0, at });
         i += 1;
     }
-    false
+    true
 }
 
-/// Before a fault looks its VMA up under generation `g`: a placeholder under its region
-/// (matching no address) that a change settling meanwhile will find (see the module doc).
+/// Before a fault looks its VMA up: a placeholder under its region (matching no address)
+/// with a fresh token, unless the key holds something already. Returns the token the key
+/// holds, which only a change settling over the region takes away (it deletes the key) (see the module doc), or 0
+/// (never a token) when there is none. A plain integer: the verifier rejects the undefined
+/// payload of a None spilled to the stack.
 #[inline(always)]
-pub fn placeholder(tgid: u32, addr: u64, g: u64) {
+pub fn placeholder(tgid: u32, addr: u64) -> u64 {
     let key = VmaKey {
         tgid,
         _pad: 0,
@@ -221,18 +224,23 @@ pub fn placeholder(tgid: u32, addr: u64, g: u64) {
         ino: 0,
         dev: 0,
         nohuge: 0,
-        generation: g,
+        generation: 0,
+        token: fresh_gen().unwrap_or(0),
     };
+    if v.token == 0 {
+        return 0;
+    }
     let _ = VMAS.insert(&key, &v, BPF_NOEXIST as u64);
+    // SAFETY: value copied out immediately.
+    unsafe { VMAS.get(&key) }.map_or(0, |v| v.token)
 }
 
-/// Keeps a write fault whose VMA could not be looked up, under the generation `g` its
-/// placeholder holds, for the agent to resolve from /proc/PID/maps at the drain: exact as
-/// long as the process's generation is still `g` (no change settled over that region since;
-/// the agent checks before and after reading the maps). False when it cannot be kept: the
-/// agent must then widen every partially-marked folio.
+/// Keeps a write fault whose VMA could not be looked up, with the process's generation `g`
+/// and its region's token, for the agent to resolve from /proc/PID/maps at the drain (see the
+/// module doc). False when it cannot be kept: the agent must then widen every
+/// partially-marked folio.
 #[inline(always)]
-pub fn defer(tgid: u32, addr: u64, g: u64) -> bool {
+pub fn defer(tgid: u32, addr: u64, g: u64, token: u64) -> bool {
     let key = VmaKey {
         tgid,
         _pad: 0,
@@ -243,7 +251,7 @@ pub fn defer(tgid: u32, addr: u64, g: u64) -> bool {
     } else {
         &DEFER1
     };
-    map.insert(&key, &g, 0).is_ok()
+    map.insert(&key, &[g, token], 0).is_ok()
 }
 
 /// The process's generation: None when it must not use the cache, or when it has none yet
@@ -276,8 +284,7 @@ pub fn lookup(tgid: u32, g: u64, addr: u64) -> Option<Vma> {
     (v.generation == g && v.start <= addr && addr < v.end).then_some(v)
 }
 
-/// Caches `vma` for the region of `addr`, resolved under generation `g` (read before the
-/// lookup, so an invalidation during it leaves the entry dead).
+/// Caches `vma` for the region of `addr` (its `generation` read before the lookup).
 #[inline(always)]
 pub fn remember(tgid: u32, addr: u64, vma: &Vma) {
     let key = VmaKey {
@@ -285,5 +292,12 @@ pub fn remember(tgid: u32, addr: u64, vma: &Vma) {
         _pad: 0,
         at: addr >> REGION_SHIFT,
     };
-    let _ = VMAS.insert(&key, vma, 0);
+    // Only over the placeholder (or entry) the fault found, keeping its token: a change
+    // settled meanwhile deleted it.
+    // SAFETY: value copied out immediately.
+    let Some(token) = (unsafe { VMAS.get(&key) }).map(|v| v.token) else {
+        return;
+    };
+    let v = Vma { token, ..*vma };
+    let _ = VMAS.insert(&key, &v, BPF_EXIST as u64);
 }

@@ -1,8 +1,9 @@
 //! Write faults the fault probe could not resolve to a file (its VMA lookup was busy), kept
-//! as (process, address, the process's mapping-cache generation) and resolved here from
-//! /proc/PID/maps at the drain. The maps still say what the fault hit as long as the
-//! generation has not moved (every settled unmap, remap or exec over a region holding a cache
-//! entry or the fault's placeholder renews it): it is checked before and after reading them. What cannot be resolved that way widens every partially-marked
+//! as (process, address, the process's mapping-cache generation, its region's token) and
+//! resolved here from /proc/PID/maps at the drain. The maps still say what the fault hit as
+//! long as neither has moved (a change settling over the region deletes its key and token;
+//! exec and very large changes renew the generation, btm-ebpf/src/vmas.rs): both are checked
+//! before and after reading them. What cannot be resolved that way widens every partially-marked
 //! folio, as an unresolved fault always did.
 use btm_common::dirty::BLOCK_SHIFT;
 
@@ -12,6 +13,7 @@ pub(super) struct Deferred {
     pub tgid: u32,
     pub addr: u64,
     pub generation: u64,
+    pub token: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -24,20 +26,21 @@ pub(super) enum Resolution {
     Unknown,
 }
 
-/// Resolves `d` for the volume on `major:minor`; `generation` reads the process's now.
+/// Resolves `d` for the volume on `major:minor`; `now` reads the process's generation and
+/// the token of the address's region as they are now.
 pub(super) fn resolve(
     d: &Deferred,
     major: u32,
     minor: u32,
-    generation: impl Fn(u32) -> Option<u64>,
+    now: impl Fn(u32, u64) -> Option<(u64, u64)>,
 ) -> Resolution {
-    if generation(d.tgid) != Some(d.generation) {
+    if now(d.tgid, d.addr) != Some((d.generation, d.token)) {
         return Resolution::Unknown;
     }
     let Ok(maps) = std::fs::read_to_string(format!("/proc/{}/maps", d.tgid)) else {
         return Resolution::Unknown;
     };
-    if generation(d.tgid) != Some(d.generation) {
+    if now(d.tgid, d.addr) != Some((d.generation, d.token)) {
         return Resolution::Unknown;
     }
     mapping_at(&maps, d.addr, major, minor)
@@ -111,12 +114,17 @@ mod tests {
             tgid: std::process::id(),
             addr: 0x1000,
             generation: 5,
+            token: 9,
         };
-        assert_eq!(resolve(&d, 7, 3, |_| Some(6)), Resolution::Unknown);
+        assert_eq!(resolve(&d, 7, 3, |_, _| Some((6, 9))), Resolution::Unknown);
+        assert_eq!(resolve(&d, 7, 3, |_, _| Some((5, 8))), Resolution::Unknown);
         let gone = Deferred {
             tgid: u32::MAX - 1,
             ..d
         };
-        assert_eq!(resolve(&gone, 7, 3, |_| Some(5)), Resolution::Unknown);
+        assert_eq!(
+            resolve(&gone, 7, 3, |_, _| Some((5, 9))),
+            Resolution::Unknown
+        );
     }
 }

@@ -121,6 +121,7 @@ impl KernelBtf {
         cfg.vma_end = opt("vm_area_struct", "vm_end");
         cfg.vma_mm = opt("vm_area_struct", "vm_mm");
         cfg.mm_flags = opt("mm_struct", "flags");
+        cfg.file_mode = opt("file", "f_mode");
         cfg.thp_off_bit = u32::MAX;
         cfg.iomap_iter_inode = self.offset("iomap_iter", &["inode"])?;
         cfg.iomap_iter_pos = self.offset("iomap_iter", &["pos"])?;

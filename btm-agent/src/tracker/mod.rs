@@ -499,17 +499,18 @@ impl Tracker {
     /// partial folio of the set, and counts as unresolved (see `deferred`).
     fn resolve_deferred(&mut self, name: &str, set: &mut DirtySet) -> Result<(), TrackerError> {
         let kept: Vec<deferred::Deferred> = {
-            let mut defer: HashMap<_, ProcKey, u64> =
+            let mut defer: HashMap<_, ProcKey, [u64; 2]> =
                 HashMap::try_from(self.ebpf.map_mut(name).unwrap())
                     .map_err(|e| TrackerError::Map("DEFER", e.to_string()))?;
             let keys: Vec<ProcKey> = defer.keys().filter_map(Result::ok).collect();
             let mut v = Vec::with_capacity(keys.len());
             for k in keys {
-                if let Ok(generation) = defer.get(&k, 0) {
+                if let Ok([generation, token]) = defer.get(&k, 0) {
                     v.push(deferred::Deferred {
                         tgid: k.tgid,
                         addr: k.at,
                         generation,
+                        token,
                     });
                 }
                 let _ = defer.remove(&k);
@@ -522,10 +523,25 @@ impl Tracker {
         let gens: HashMap<&MapData, u32, u64> =
             HashMap::try_from(self.ebpf.map("GENS").unwrap())
                 .map_err(|e| TrackerError::Map("GENS", e.to_string()))?;
-        let generation = |tgid: u32| gens.get(&tgid, 0).ok();
+        // (aya's HashMap reads LRU hash maps too.)
+        let vmas: HashMap<&MapData, ProcKey, [u64; 7]> =
+            HashMap::try_from(self.ebpf.map("VMAS").unwrap())
+                .map_err(|e| TrackerError::Map("VMAS", e.to_string()))?;
+        // The process's generation and the token its region's key holds now.
+        let now = |tgid: u32, addr: u64| {
+            let g = gens.get(&tgid, 0).ok()?;
+            let key = ProcKey {
+                tgid,
+                _pad: 0,
+                at: addr >> 21,
+            };
+            Some((g, vmas.get(&key, 0).ok()?[6]))
+        };
         let mut unknown = 0;
         for d in &kept {
-            match deferred::resolve(d, self.mount.major, self.mount.minor, generation) {
+            let r = deferred::resolve(d, self.mount.major, self.mount.minor, now);
+            tracing::debug!(?d, now = ?now(d.tgid, d.addr), ?r, "deferred write fault");
+            match r {
                 deferred::Resolution::Page(ino, page) => set.mark_fault(ino, page),
                 deferred::Resolution::Untracked => {}
                 deferred::Resolution::Unknown => unknown += 1,

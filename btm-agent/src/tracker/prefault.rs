@@ -209,13 +209,15 @@ fn fault_in(pid: u32, pagemap: &File, m: &Mapping, st: &mut PrefaultStats) -> st
 fn mincore_of(file: &File, offset: u64, n: u64, out: &mut [u8]) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let len = (n * PAGE) as usize;
+    // Private: a shared mapping of a tracked file would make the agent a "mapping process"
+    // for the tracker, whose direct reads then count as remote writes and widen every cut.
     // SAFETY: a read-only mapping of our own, never dereferenced, unmapped below.
     let p = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
             len,
             libc::PROT_READ,
-            libc::MAP_SHARED,
+            libc::MAP_PRIVATE,
             file.as_raw_fd(),
             offset as libc::off_t,
         )

@@ -89,9 +89,11 @@ fn on_fault(addr: u64, error_code: u64) {
             v
         }
         None => {
-            if let Some(g) = generation {
-                vmas::placeholder(tgid, addr, g);
-            }
+            let token = if generation.is_some() {
+                vmas::placeholder(tgid, addr)
+            } else {
+                0
+            };
             match find(cfg, addr) {
                 Found::Vma(mut v) => {
                     if let Some(g) = generation
@@ -114,7 +116,8 @@ fn on_fault(addr: u64, error_code: u64) {
                     // partially-marked folio (FAULT_DEFERRED), or, when it cannot be kept,
                     // widens this cut's marks to whole folios (FAULT_UNRESOLVED).
                     if let Some(g) = generation
-                        && vmas::defer(tgid, addr, g)
+                        && token != 0
+                        && vmas::defer(tgid, addr, g, token)
                     {
                         count(stat::FAULT_DEFERRED);
                     } else {
@@ -186,6 +189,7 @@ fn find(cfg: &Config, addr: u64) -> Found {
             dev: 0,
             nohuge: 0,
             generation: 0,
+            token: 0,
         },
     };
     // SAFETY: the task pointer is a trusted BTF pointer; the callback only reads through
@@ -237,6 +241,7 @@ fn resolve(vma: *const u8, fc: *mut FaultCtx) -> Option<()> {
             dev,
             nohuge: (flags & VM_NOHUGEPAGE != 0) as u32,
             generation: 0,
+            token: 0,
         };
         (*fc).found = 1;
     }

@@ -16,6 +16,8 @@ use crate::{
 
 /// `MAP_SHARED` (also set in `MAP_SHARED_VALIDATE`).
 const MAP_SHARED: u64 = 0x01;
+/// `FMODE_WRITE` in `struct file.f_mode`.
+const FMODE_WRITE: u32 = 0x2;
 /// `MAP_FIXED`: replaces whatever was mapped there (`MAP_FIXED_NOREPLACE` never does).
 const MAP_FIXED: u64 = 0x10;
 
@@ -42,7 +44,13 @@ fn mmap(ctx: &TracePointContext) -> Option<()> {
     }
     let cfg = config()?;
     let fd: u64 = unsafe { ctx.read_at(16 + 8 * 4).ok()? };
-    tracked_fd(cfg, fd)?;
+    let (_, _, file) = tracked_fd(cfg, fd)?;
+    // A file not open for writing can never be stored into through its mapping (mprotect
+    // cannot add write access to it): readers that map (restic, rsync) are not mappers, so
+    // their own faults cost nothing here and never need resolving.
+    if read::<u32>(file, cfg.file_mode).is_some_and(|m| m & FMODE_WRITE == 0) {
+        return None;
+    }
     let tgid = current_tgid();
     let _ = MAPPERS.insert(&tgid, &1, 0);
     // A generation from the start, so that even the first fault can be deferred.
@@ -93,9 +101,13 @@ fn fork(parent: *const u8, child: *const u8) -> Option<()> {
     Some(())
 }
 
-/// A new program image: a new address space.
+/// A new program image: a new address space, with none of the mappings a child inherited
+/// from a mapping parent (restic, rsync, a shell a node spawns): no longer a mapper until it
+/// maps the volume itself.
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn btm_exec(_ctx: BtfTracePointContext) -> u32 {
-    vmas::on_exec(current_tgid());
+    let tgid = current_tgid();
+    vmas::on_exec(tgid);
+    let _ = MAPPERS.remove(&tgid);
     0
 }
