@@ -213,3 +213,69 @@ fn remap_fixed_ext4() {
 fn remap_mremap_ext4() {
     replaced("ext4", Replace::Mremap);
 }
+
+/// Which processes count as mappers (only their write faults are looked at): mapping a file
+/// of the volume opened read-only does not make one (no store can go through it), opening it
+/// for writing does, and exec forgets it (no mapping survives exec; the children a node or
+/// the benchmark spawns inherit its mappings only until they exec).
+#[test]
+fn mappers_are_writers_until_exec() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run("tracker_remap mappers") {
+        return;
+    }
+    const SCRIPT: &str = r#"
+import mmap, os, sys
+ro = os.open(sys.argv[1], os.O_RDONLY)
+m1 = mmap.mmap(ro, 1 << 20, mmap.MAP_SHARED, mmap.PROT_READ)
+print(os.getpid(), flush=True)
+sys.stdin.readline()
+rw = os.open(sys.argv[1], os.O_RDWR)
+m2 = mmap.mmap(rw, 1 << 20)
+print("rw", flush=True)
+sys.stdin.readline()
+os.execv("/bin/sleep", ["sleep", "30"])
+"#;
+    let fs = LoopFs::new("xfs", 512).expect("loop fs");
+    let path = fs.path("db");
+    std::fs::write(&path, vec![1u8; 1 << 20]).unwrap();
+    let mount = Mount::at(&fs.mnt).unwrap();
+    let tracker = Tracker::start(&mount, Limits::for_volume_bytes(512 * MIB)).unwrap();
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let pid: u32 = line.trim().parse().unwrap();
+    assert!(
+        !tracker.is_mapper(pid),
+        "a read-only mapping made process {pid} a mapper"
+    );
+    writeln!(child.stdin.as_mut().unwrap()).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "rw");
+    assert!(
+        tracker.is_mapper(pid),
+        "a writable shared mapping did not make {pid} a mapper"
+    );
+    writeln!(child.stdin.as_mut().unwrap()).unwrap();
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default() != "sleep\n" {
+        assert!(t0.elapsed().as_secs() < 30, "the child never exec'd sleep");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        !tracker.is_mapper(pid),
+        "process {pid} exec'd sleep and still counts as a mapper"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
