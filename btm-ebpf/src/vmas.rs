@@ -50,7 +50,7 @@ pub type VmaKey = btm_common::dirty::ProcKey;
 
 /// What the fault probe needs of a VMA.
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct Vma {
     pub start: u64,
     pub end: u64,
@@ -207,9 +207,9 @@ fn drop_regions(tgid: u32, start: u64, len: u64) -> bool {
 
 /// Before a fault looks its VMA up: a placeholder under its region (matching no address)
 /// with a fresh token, unless the key holds something already. Returns the token the key
-/// holds, which only a change settling over the region takes away (it deletes the key) (see the module doc), or 0
-/// (never a token) when there is none. A plain integer: the verifier rejects the undefined
-/// payload of a None spilled to the stack.
+/// holds, which only a change settling over the region takes away by deleting the key (see
+/// the module doc), or 0 (never a token) when there is none. A plain integer: the verifier
+/// rejects the undefined payload of a None spilled to the stack.
 #[inline(always)]
 pub fn placeholder(tgid: u32, addr: u64) -> u64 {
     let key = VmaKey {
@@ -218,14 +218,8 @@ pub fn placeholder(tgid: u32, addr: u64) -> u64 {
         at: addr >> REGION_SHIFT,
     };
     let v = Vma {
-        start: 0,
-        end: 0,
-        pgoff: 0,
-        ino: 0,
-        dev: 0,
-        nohuge: 0,
-        generation: 0,
         token: fresh_gen().unwrap_or(0),
+        ..Vma::default()
     };
     if v.token == 0 {
         return 0;

@@ -181,16 +181,7 @@ fn find(cfg: &Config, addr: u64) -> Found {
     let mut fc = FaultCtx {
         addr,
         found: 0,
-        vma: Vma {
-            start: 0,
-            end: 0,
-            pgoff: 0,
-            ino: 0,
-            dev: 0,
-            nohuge: 0,
-            generation: 0,
-            token: 0,
-        },
+        vma: Vma::default(),
     };
     // SAFETY: the task pointer is a trusted BTF pointer; the callback only reads through
     // probe_read and writes into `fc` on our stack.
