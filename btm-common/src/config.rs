@@ -62,11 +62,10 @@ pub struct Config {
     pub btrfs_vfs_inode: u32,
     /// `task_struct.tgid` (fork inheritance of mapping processes).
     pub task_tgid: u32,
-    /// `task_struct.mm`, `vm_area_struct.vm_end` and `.vm_mm`, and `mm_struct.flags` (its
-    /// first word): what decides whether a write fault may map a whole 2 MiB folio by PMD.
+    /// `task_struct.mm`, `vm_area_struct.vm_end` and `mm_struct.flags` (its first word):
+    /// what decides whether a write fault may map a whole 2 MiB folio by PMD.
     pub task_mm: u32,
     pub vma_end: u32,
-    pub vma_mm: u32,
     pub mm_flags: u32,
     /// The bit of `mm_struct.flags` that `PR_SET_THP_DISABLE` sets, measured at start-up;
     /// `u32::MAX` when it could not be measured (PMD mappings are then assumed possible).

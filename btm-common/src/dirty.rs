@@ -101,11 +101,11 @@ pub const PRECISE_PMD: u32 = 1;
 /// the fault tracepoints). Smaller folios are only ever mapped by PTEs.
 pub const PMD_ORDER: u64 = 9;
 
-/// Slots of the per-CPU `STATS` array.
 /// The `chunk` of a partial-folio map key that stands for the file itself: present when the
 /// file has any partially-marked folio in that epoch's map (not a folio index).
 pub const PARTIAL_FILE: u64 = u64::MAX;
 
+/// Slots of the per-CPU `STATS` array.
 pub mod stat {
     /// Events that matched the tracked device.
     pub const EVENTS: u32 = 0;
@@ -144,9 +144,9 @@ pub mod stat {
     /// Write faults resolved from the fault probe's cache of mappings, without
     /// `bpf_find_vma` (also counted in [`FAULT_MARKED`]).
     pub const FAULT_CACHED: u32 = 13;
-    /// Write faults whose VMA lookup was busy, kept (process, address, its mapping-change
-    /// count) for the agent to resolve from /proc at the drain, instead of widening every
-    /// partially-marked folio ([`FAULT_UNRESOLVED`] when that cannot be kept).
+    /// Write faults whose VMA lookup was busy, kept (process, address, its cache generation
+    /// and region token) for the agent to resolve from /proc at the drain, instead of
+    /// widening every partially-marked folio ([`FAULT_UNRESOLVED`] when that cannot be kept).
     pub const FAULT_DEFERRED: u32 = 14;
     pub const COUNT: u32 = 15;
 }

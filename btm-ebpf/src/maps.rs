@@ -68,7 +68,8 @@ pub static SHARES: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
 #[map]
 pub static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
 /// Per epoch: write faults whose VMA lookup was busy, (tgid, page address) -> [the process's
-/// cache generation, its region's token] then (`vmas::defer`); the agent resolves them from /proc at drain.
+/// cache generation, its region's token] then (`vmas::defer`); the agent resolves them from
+/// /proc at the drain.
 #[map]
 pub static DEFER0: HashMap<VmaKey, [u64; 2]> = HashMap::with_max_entries(4096, 0);
 #[map]

@@ -9,9 +9,9 @@
 //! remapped or re-advised: the system calls that can (munmap, mremap, `MAP_FIXED` mmap,
 //! remap_file_pages, `SHM_REMAP` shmat, huge-page madvise) note their ranges on entry
 //! ([`note_change`]) and on exit ([`settle`]), once the change is made, delete the keys of
-//! the regions they touched (a change spanning more than [`MAX_REGIONS`] regions, exec, and
-//! shmat renew the process's generation instead: entries count only under the generation
-//! they were resolved in). A new process (fork, possibly with a recycled pid) starts with no
+//! the regions they touched (a change spanning more than [`MAX_REGIONS`] regions and shmat
+//! renew the process's generation instead, and exec drops it: entries count only under the
+//! generation they were resolved in). A new process (fork, possibly with a recycled pid) starts with no
 //! generation. Processes that share an address space without being threads of one another do
 //! not cache, and their changes settle their parent's cache.
 //!
@@ -47,6 +47,16 @@ pub struct Pending {
 
 /// (tgid, 2 MiB region) for the cache, (tgid, page address) for deferred faults.
 pub type VmaKey = btm_common::dirty::ProcKey;
+
+/// The cache key of `addr`'s region.
+#[inline(always)]
+fn region_key(tgid: u32, addr: u64) -> VmaKey {
+    VmaKey {
+        tgid,
+        _pad: 0,
+        at: addr >> REGION_SHIFT,
+    }
+}
 
 /// What the fault probe needs of a VMA.
 #[repr(C)]
@@ -87,17 +97,6 @@ fn fresh_gen() -> Option<u64> {
 /// own pid.
 const NO_CACHE: u64 = u64::MAX;
 
-/// Forgets what is cached for `tgid`, and for the process whose address space it shares:
-/// its mappings may change.
-#[inline(always)]
-pub fn invalidate(tgid: u32) {
-    renew(tgid);
-    // SAFETY: value copied out immediately.
-    if let Some(root) = unsafe { SHARES.get(&tgid) }.copied() {
-        renew(root);
-    }
-}
-
 #[inline(always)]
 fn renew(tgid: u32) {
     // SAFETY: value copied out immediately.
@@ -133,11 +132,11 @@ pub fn on_fork(parent: u32, child: u32, shared_mm: bool) {
     }
 }
 
-/// After exec the process has an address space of its own, shared with nobody (and what a
-/// deferred fault of the old one pointed at is gone: see [`defer`]).
+/// After exec the process has an address space of its own, shared with nobody; the one it
+/// leaves (a parent's, after vfork) is unchanged. Without its generation nothing cached or
+/// deferred under the old one counts (see [`defer`]).
 #[inline(always)]
 pub fn on_exec(tgid: u32) {
-    invalidate(tgid);
     let _ = SHARES.remove(&tgid);
     let _ = GENS.remove(&tgid);
 }
@@ -146,7 +145,8 @@ pub fn on_exec(tgid: u32) {
 /// for [`settle`] at its exit. Only processes that map the volume can have cached entries.
 #[inline(always)]
 pub fn note_change(ranges: [[u64; 2]; 2], all: bool) {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let tid = bpf_get_current_pid_tgid();
+    let tgid = (tid >> 32) as u32;
     // SAFETY: value not kept.
     if unsafe { MAPPERS.get(&tgid) }.is_none() {
         return;
@@ -155,7 +155,7 @@ pub fn note_change(ranges: [[u64; 2]; 2], all: bool) {
         ranges,
         all: all as u64,
     };
-    if PENDING.insert(&bpf_get_current_pid_tgid(), &p, 0).is_err() {
+    if PENDING.insert(&tid, &p, 0).is_err() {
         // Nowhere to keep it: this process stops caching for good.
         let _ = GENS.insert(&tgid, &NO_CACHE, 0);
     }
@@ -212,11 +212,7 @@ fn drop_regions(tgid: u32, start: u64, len: u64) -> bool {
 /// rejects the undefined payload of a None spilled to the stack.
 #[inline(always)]
 pub fn placeholder(tgid: u32, addr: u64) -> u64 {
-    let key = VmaKey {
-        tgid,
-        _pad: 0,
-        at: addr >> REGION_SHIFT,
-    };
+    let key = region_key(tgid, addr);
     let v = Vma {
         token: fresh_gen().unwrap_or(0),
         ..Vma::default()
@@ -268,11 +264,7 @@ pub fn generation(tgid: u32) -> Option<u64> {
 /// The cached VMA of `addr` under generation `g`.
 #[inline(always)]
 pub fn lookup(tgid: u32, g: u64, addr: u64) -> Option<Vma> {
-    let key = VmaKey {
-        tgid,
-        _pad: 0,
-        at: addr >> REGION_SHIFT,
-    };
+    let key = region_key(tgid, addr);
     // SAFETY: value copied out immediately.
     let v = *unsafe { VMAS.get(&key) }?;
     (v.generation == g && v.start <= addr && addr < v.end).then_some(v)
@@ -281,11 +273,7 @@ pub fn lookup(tgid: u32, g: u64, addr: u64) -> Option<Vma> {
 /// Caches `vma` for the region of `addr` (its `generation` read before the lookup).
 #[inline(always)]
 pub fn remember(tgid: u32, addr: u64, vma: &Vma) {
-    let key = VmaKey {
-        tgid,
-        _pad: 0,
-        at: addr >> REGION_SHIFT,
-    };
+    let key = region_key(tgid, addr);
     // Only over the placeholder (or entry) the fault found, keeping its token: a change
     // settled meanwhile deleted it.
     // SAFETY: value copied out immediately.

@@ -119,7 +119,6 @@ impl KernelBtf {
         let opt = |st: &str, m: &str| self.offset(st, &[m]).unwrap_or(u32::MAX);
         cfg.task_mm = opt("task_struct", "mm");
         cfg.vma_end = opt("vm_area_struct", "vm_end");
-        cfg.vma_mm = opt("vm_area_struct", "vm_mm");
         cfg.mm_flags = opt("mm_struct", "flags");
         cfg.file_mode = opt("file", "f_mode");
         cfg.thp_off_bit = u32::MAX;
