@@ -2,10 +2,12 @@
 //! as (process, address, the process's mapping-cache generation, its region's token) and
 //! resolved here from /proc/PID/maps at the drain. The maps still say what the fault hit as
 //! long as neither has moved (a change settling over the region deletes its key and token;
-//! exec and very large changes renew the generation, btm-ebpf/src/vmas.rs): both are checked
-//! before and after reading them. What cannot be resolved that way widens every partially-marked
-//! folio, as an unresolved fault always did.
+//! very large changes renew the generation and exec drops it, btm-ebpf/src/vmas.rs): both
+//! are checked before and after reading them. What cannot be resolved that way widens every
+//! partially-marked folio, as an unresolved fault always did.
 use btm_common::dirty::BLOCK_SHIFT;
+
+use super::procmaps::MapsLine;
 
 /// One kept fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,36 +50,17 @@ pub(super) fn resolve(
 
 /// What the maps text says `addr` is.
 fn mapping_at(maps: &str, addr: u64, major: u32, minor: u32) -> Resolution {
-    for line in maps.lines() {
-        let mut f = line.split_ascii_whitespace();
-        let (Some(range), Some(perms), Some(off), Some(dev), Some(ino)) =
-            (f.next(), f.next(), f.next(), f.next(), f.next())
-        else {
-            continue;
-        };
-        let Some((s, e)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) else {
-            continue;
-        };
-        if addr < start || addr >= end {
-            continue;
-        }
-        let shared = perms.as_bytes().get(3) == Some(&b's');
-        let on_volume = dev.split_once(':').is_some_and(|(a, b)| {
-            u32::from_str_radix(a, 16).ok() == Some(major)
-                && u32::from_str_radix(b, 16).ok() == Some(minor)
-        });
-        let (Ok(off), Ok(ino)) = (u64::from_str_radix(off, 16), ino.parse::<u64>()) else {
-            return Resolution::Unknown;
-        };
-        if !shared || !on_volume || ino == 0 {
-            return Resolution::Untracked;
-        }
-        return Resolution::Page(ino, (off + (addr - start)) >> BLOCK_SHIFT);
+    let Some(m) = maps
+        .lines()
+        .filter_map(MapsLine::parse)
+        .find(|m| m.start <= addr && addr < m.end)
+    else {
+        return Resolution::Unknown;
+    };
+    if !m.shares_file_on(major, minor) {
+        return Resolution::Untracked;
     }
-    Resolution::Unknown
+    Resolution::Page(m.ino, (m.offset + (addr - m.start)) >> BLOCK_SHIFT)
 }
 
 #[cfg(test)]

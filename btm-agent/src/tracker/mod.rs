@@ -11,6 +11,7 @@ mod fdinfo;
 pub mod handover;
 mod kernel_btf;
 pub mod prefault;
+mod procmaps;
 mod thp;
 pub mod tracefs;
 
@@ -713,7 +714,6 @@ fn write_config(ebpf: &mut Ebpf, cfg: Config) -> Result<(), TrackerError> {
 /// unresolved and widened every cut. Adding before dropping leaves no moment where a mapper
 /// is missing (a missing one is only marked per folio, never lost).
 fn seed_mappers(ebpf: &mut Ebpf, mount: &Mount) -> Result<(), TrackerError> {
-    let dev = format!("{:02x}:{:02x}", mount.major, mount.minor);
     let mut mappers: HashMap<_, u32, u8> = HashMap::try_from(ebpf.map_mut("MAPPERS").unwrap())
         .map_err(|e| TrackerError::Map("MAPPERS", e.to_string()))?;
     let Ok(procs) = std::fs::read_dir("/proc") else {
@@ -727,12 +727,10 @@ fn seed_mappers(ebpf: &mut Ebpf, mount: &Mount) -> Result<(), TrackerError> {
         let Ok(maps) = std::fs::read_to_string(p.path().join("maps")) else {
             continue;
         };
-        // `start-end perms offset dev inode path`; perms end in 's' for shared mappings.
-        let maps_volume = maps.lines().any(|l| {
-            let mut f = l.split_whitespace();
-            let perms = f.nth(1).unwrap_or("");
-            perms.ends_with('s') && f.nth(1) == Some(dev.as_str())
-        });
+        let maps_volume = maps
+            .lines()
+            .filter_map(procmaps::MapsLine::parse)
+            .any(|m| m.shared && m.on_device(mount.major, mount.minor));
         if maps_volume {
             let _ = mappers.insert(pid, 1, 0);
             now.insert(pid);

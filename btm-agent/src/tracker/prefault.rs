@@ -21,6 +21,8 @@ use std::{
     os::unix::fs::FileExt,
 };
 
+use super::procmaps::MapsLine;
+
 const PAGE: u64 = 4096;
 /// Pages looked at per pagemap and mincore read (256 MiB of address space).
 const WINDOW: u64 = 65536;
@@ -115,37 +117,16 @@ struct Mapping {
 
 /// The shared mappings of files on device `major:minor` in a /proc/PID/maps text.
 fn shared_mappings(maps: impl BufRead, major: u32, minor: u32) -> Vec<Mapping> {
-    let mut out = Vec::new();
-    for line in maps.lines().map_while(Result::ok) {
-        let mut f = line.split_ascii_whitespace();
-        let (Some(range), Some(perms), Some(off), Some(dev), Some(ino)) =
-            (f.next(), f.next(), f.next(), f.next(), f.next())
-        else {
-            continue;
-        };
-        if perms.as_bytes().get(3) != Some(&b's') || ino == "0" {
-            continue;
-        }
-        let Some((maj, min)) = dev.split_once(':') else {
-            continue;
-        };
-        if u32::from_str_radix(maj, 16).ok() != Some(major)
-            || u32::from_str_radix(min, 16).ok() != Some(minor)
-        {
-            continue;
-        }
-        let Some((s, e)) = range.split_once('-') else {
-            continue;
-        };
-        if let (Ok(start), Ok(end), Ok(offset)) = (
-            u64::from_str_radix(s, 16),
-            u64::from_str_radix(e, 16),
-            u64::from_str_radix(off, 16),
-        ) {
-            out.push(Mapping { start, end, offset });
-        }
-    }
-    out
+    maps.lines()
+        .map_while(Result::ok)
+        .filter_map(|l| MapsLine::parse(&l))
+        .filter(|l| l.shares_file_on(major, minor))
+        .map(|l| Mapping {
+            start: l.start,
+            end: l.end,
+            offset: l.offset,
+        })
+        .collect()
 }
 
 /// Runs one pass over the processes `pids` (the tracker's mapping processes) for the volume
