@@ -273,6 +273,43 @@ fn a_pinned_height_survives_retention_on_both_sides_until_unpinned() {
 }
 
 #[test]
+fn a_deleted_pins_file_does_not_unpin_offsite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Setup::new(tmp.path(), 2);
+    for h in 1..=3 {
+        s.cut(h);
+    }
+    pin(s.pin_args(3)).unwrap();
+    s.push(Some(2));
+    // Unpinning the last pin keeps the file (empty), so a missing one means a lost list.
+    pin(s.pin_args(2)).unwrap();
+    unpin(s.pin_args(2)).unwrap();
+    assert!(s.dir.join(btm_agent::log::PINS_FILE).is_file());
+    std::fs::remove_file(s.dir.join(btm_agent::log::PINS_FILE)).unwrap();
+    for h in 4..=6 {
+        s.cut(h);
+        let rep = s.push(Some(2));
+        assert_eq!(rep.pins_removed, 0, "{rep:?}");
+    }
+    // Offsite, 3 is still pinned and its pointer kept beside the newest two.
+    assert_eq!(s.remote_heights(), vec![3, 5, 6]);
+    let pinned: Vec<u64> = list_heights(&s.remote, "v", None)
+        .unwrap()
+        .iter()
+        .filter(|h| h.pinned)
+        .map(|h| h.height)
+        .collect();
+    assert_eq!(pinned, vec![3]);
+    // The file back, naming another height: the next push makes the remote's pins its list.
+    pin(s.pin_args(6)).unwrap();
+    s.cut(7);
+    let rep = s.push(Some(2));
+    assert_eq!((rep.pins_written, rep.pins_removed), (1, 1), "{rep:?}");
+    // 3 went; 6 is pinned and takes no slot, so the newest two unpinned are 5 and 7.
+    assert_eq!(s.remote_heights(), vec![5, 6, 7]);
+}
+
+#[test]
 fn the_mass_removal_abort_covers_what_remote_retention_removes() {
     let tmp = tempfile::tempdir().unwrap();
     let mut s = Setup::new(tmp.path(), 2);

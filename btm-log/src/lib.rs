@@ -76,7 +76,7 @@ pub use format::{Codec, FORMAT_VERSION, PayloadRef};
 pub use globs::PathGlobs;
 pub use payload::{check_payload, decode_payload};
 pub use pieces::PieceMap;
-pub use pins::{PINS_FILE, PINS_TMP, read_pins, write_pins};
+pub use pins::{PINS_FILE, PINS_TMP, read_pins, read_pins_file, write_pins};
 pub use record::{
     CutRecord, Entry, ExtentBytes, ExtentData, FileId, NsOp, RelPath, check_path,
     check_symlink_target, display_path,

@@ -22,10 +22,17 @@ pub const PINS_TMP: &str = "pins.tmp";
 /// The pinned heights of the log at `dir` (none when there is no pins file). A line that is
 /// not a height is an error, not an empty list: a damaged file must not unpin anything.
 pub fn read_pins(dir: &Path) -> Result<BTreeSet<u64>, LogError> {
+    Ok(read_pins_file(dir)?.unwrap_or_default())
+}
+
+/// [`read_pins`], telling a missing file (`None`) from an empty list. Once a log has had a
+/// pin its file stays (empty when everything is unpinned), so a missing file where the remote
+/// holds pins means the list was lost, not emptied: `push` keeps those pins.
+pub fn read_pins_file(dir: &Path) -> Result<Option<BTreeSet<u64>>, LogError> {
     let path = dir.join(PINS_FILE);
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(LogError::io(&path, e)),
     };
     let mut out = BTreeSet::new();
@@ -47,19 +54,13 @@ pub fn read_pins(dir: &Path) -> Result<BTreeSet<u64>, LogError> {
         })?;
         out.insert(h);
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
-/// Replaces the pins of the log at `dir` with `pins` (the file is removed when there are none).
+/// Replaces the pins of the log at `dir` with `pins`. With none the file stays, holding only
+/// its header line: see [`read_pins_file`].
 pub fn write_pins(dir: &Path, pins: &BTreeSet<u64>) -> Result<(), LogError> {
     let path = dir.join(PINS_FILE);
-    if pins.is_empty() {
-        match fs::remove_file(&path) {
-            Ok(()) => return fsync_dir(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(LogError::io(&path, e)),
-        }
-    }
     let tmp = dir.join(PINS_TMP);
     let mut text = String::from("# heights kept whatever retention says (btm-agent pin/unpin)\n");
     text.extend(pins.iter().map(|h| format!("{h}\n")));
@@ -84,9 +85,10 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
-    fn pins_round_trip_private_and_removed_when_empty() {
+    fn pins_round_trip_private_and_kept_when_empty() {
         let dir = tempfile::tempdir().unwrap();
         assert!(read_pins(dir.path()).unwrap().is_empty());
+        assert_eq!(read_pins_file(dir.path()).unwrap(), None);
         let pins: BTreeSet<u64> = [30, 7].into();
         write_pins(dir.path(), &pins).unwrap();
         assert_eq!(read_pins(dir.path()).unwrap(), pins);
@@ -97,7 +99,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         assert!(!dir.path().join(PINS_TMP).exists());
         write_pins(dir.path(), &BTreeSet::new()).unwrap();
-        assert!(!dir.path().join(PINS_FILE).exists());
+        assert_eq!(read_pins_file(dir.path()).unwrap(), Some(BTreeSet::new()));
     }
 
     #[test]

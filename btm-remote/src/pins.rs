@@ -47,6 +47,30 @@ pub fn remote_pins(remote: &Remote, name: &str) -> Result<BTreeSet<u64>> {
     Ok(out)
 }
 
+/// The log's pins as a push publishes them. Unpinning keeps `LOGDIR/pins` (empty), so a
+/// missing file where the remote holds pins means the list was lost (a deleted or restored log
+/// directory), not emptied: the remote's pins are kept, and their heights' pointers with them,
+/// rather than unpinned everywhere by one `rm`.
+pub(crate) fn local(
+    log_dir: &std::path::Path,
+    have: &BTreeMap<u64, ObjPath>,
+) -> Result<BTreeSet<u64>> {
+    if let Some(pins) = btm_log::read_pins_file(log_dir)? {
+        return Ok(pins);
+    }
+    if !have.is_empty() {
+        let list: Vec<String> = have.keys().map(u64::to_string).collect();
+        tracing::warn!(
+            "{} is missing but the remote pins height(s) {}: they stay pinned there while it \
+             is. The file is the list of pins: once it exists again (`btm-agent pin H` creates \
+             it), the next push unpins offsite every height it does not name",
+            log_dir.join(btm_log::PINS_FILE).display(),
+            list.join(", ")
+        );
+    }
+    Ok(have.keys().copied().collect())
+}
+
 /// What [`sync`] changes: pins to write and pin objects to delete.
 pub(crate) fn changes(
     have: &BTreeMap<u64, ObjPath>,

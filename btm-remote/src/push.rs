@@ -181,8 +181,8 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
     let lo = resume_point(remote, &plan)?;
     let start = if o.verify { 0 } else { lo };
     let mut pointers = Pointers::load(remote, &o.name)?;
-    let pins = btm_log::read_pins(log.dir())?;
     let remote_pins = super::pins::listed(remote, &o.name)?;
+    let pins = super::pins::local(log.dir(), &remote_pins)?;
     let retained = pointers.retained(&plan, &pins, o);
     if !o.allow_removals {
         retained.check_removals(&pointers.existing, remote, &o.name)?;
@@ -348,12 +348,13 @@ pub fn push_plan(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushRepo
     let plan = chain(log, remote)?;
     let lo = resume_point(remote, &plan)?;
     let pointers = Pointers::load(remote, &o.name)?;
-    let pins = btm_log::read_pins(log.dir())?;
+    let remote_pins = super::pins::listed(remote, &o.name)?;
+    let pins = super::pins::local(log.dir(), &remote_pins)?;
     let retained = pointers.retained(&plan, &pins, o);
     if !o.allow_removals {
         retained.check_removals(&pointers.existing, remote, &o.name)?;
     }
-    let (pins_add, pins_gone) = super::pins::changes(&super::pins::listed(remote, &o.name)?, &pins);
+    let (pins_add, pins_gone) = super::pins::changes(&remote_pins, &pins);
     let mut rep = PushReport {
         pins_written: pins_add.len() as u64,
         pins_removed: pins_gone.len() as u64,
