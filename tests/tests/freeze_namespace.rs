@@ -171,6 +171,26 @@ fn run(fstype: &str, files: usize, size_mb: u64) {
         );
     }
     assert_replay_equals(&logdir, 4, &vol.mnt, work.path());
+    // The report says where the time went: the phases add up to the cut, and on a block
+    // device the syncfs's write-back is counted (data was written before height 4).
+    for r in [&r2, &r3, &r4] {
+        let p = &r.phases_ms;
+        let sum = p.syncfs + p.drain + p.namespace + p.read + p.frozen + p.record;
+        assert!(
+            sum <= r.total_ms + 0.5 && sum >= r.total_ms * 0.8,
+            "phases {p:?} add up to {sum} ms of {} ms",
+            r.total_ms
+        );
+        assert!(p.frozen >= r.freeze_ms, "{p:?} vs freeze {}", r.freeze_ms);
+    }
+    if fstype == "btrfs" {
+        assert_eq!(
+            r4.synced_bytes, None,
+            "btrfs's anonymous device has no statistics"
+        );
+    } else {
+        assert!(r4.synced_bytes.unwrap_or(0) > 0, "{:?}", r4.synced_bytes);
+    }
 
     // The periodic walk checks the namespace kept from events against the tree.
     churn_between(&vol.mnt);

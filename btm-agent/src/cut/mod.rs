@@ -18,6 +18,7 @@ mod lookup;
 pub mod losses;
 pub mod nsevents;
 mod record;
+mod report;
 pub mod resume;
 mod rollback;
 pub mod scan;
@@ -37,6 +38,8 @@ use capture::{CaptureStats, read_identity};
 use losses::Losses;
 use nsevents::NsWatch;
 pub use record::namespace_ops;
+use report::Lap;
+pub use report::{CutReport, PhaseTimes};
 use resume::Resume;
 use scan::{Identity, Kind, Scan, ScanEntry, ancestors};
 
@@ -45,41 +48,6 @@ use crate::{
     tracker::{DirtySet, Tracker},
     volume::{Frozen, Mount},
 };
-
-/// What one cut did, for logs, metrics and the caller.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct CutReport {
-    pub height: u64,
-    /// True when every file was captured in full (baseline or resync).
-    pub full: bool,
-    pub freeze_ms: f64,
-    pub total_ms: f64,
-    /// Bytes read before the freeze and inside it.
-    pub read_unfrozen: u64,
-    pub read_frozen: u64,
-    /// Bytes of non-zero data captured.
-    pub data_bytes: u64,
-    pub stored_bytes: u64,
-    /// Bytes captured but left out because the log already held them at that place.
-    pub unchanged_bytes: u64,
-    /// Whether the unfrozen phase walked the whole tree (else it patched the namespace the
-    /// last freeze left from the events since), and whether the frozen phase did (no events,
-    /// or lost ones).
-    pub unfrozen_walk: bool,
-    pub frozen_walk: bool,
-    /// On a height whose unfrozen phase walked to check the namespace kept from events:
-    /// the paths the events had missed (0 unless the kernel lost events without saying so).
-    pub namespace_missed: usize,
-    /// Entries the frozen phase stat'ed or walked, and files it opened: what the freeze cost
-    /// in system calls, which must follow what changed, not the size of the tree.
-    pub frozen_entries: u64,
-    pub frozen_opens: u64,
-    pub files_changed: u64,
-    pub ops: usize,
-    /// Paths the record was built from: every path after a walk, only those changed since
-    /// the last height when the namespace was kept from events (the cost follows those).
-    pub record_paths: usize,
-}
 
 /// A height whose capture keeps losing events fails after this many full retries.
 const MAX_FULL_RETRIES: u32 = 2;
@@ -329,15 +297,24 @@ impl Cutter {
 
         // Phase 1: unfrozen pre-read.
         // Drain after writeback: partial-folio records must outlive the dirty folios.
+        let mut lap = Lap(Instant::now());
         let losses1 = Losses::of(&self.tracker.stats()?);
         let idx = self.tracker.flip()?;
+        let dev = (self.mount.major, self.mount.minor);
+        let written = report::device_written(dev.0, dev.1);
         syncfs(&root)?;
+        rep.synced_bytes = written
+            .zip(report::device_written(dev.0, dev.1))
+            .map(|(a, b)| b.saturating_sub(a));
+        rep.phases_ms.syncfs = lap.next();
         let mut d1 = self.tracker.drain(idx)?;
         let widened1 = losses1.force_widen(&self.seen);
         if widened1 {
             d1.widen_to_folios();
         }
+        rep.phases_ms.drain = lap.next();
         let (scan1, walked1, reread1) = self.namespace_now(&root, full, &d1)?;
+        rep.phases_ms.namespace = lap.next();
         rep.unfrozen_walk = walked1;
         // Kept from events, the files to look at are those at the paths re-read: the others
         // are as the last height recorded them (found by inode number should the frozen
@@ -381,6 +358,7 @@ impl Cutter {
         rep.read_unfrozen = st1.bytes_read;
         // What phase 2 reads stays buffered until the thaw (up to the batch size).
         draft.flush()?;
+        rep.phases_ms.read = lap.next();
 
         // Phase 2: frozen.
         if let Some(f) = &mut self.before_freeze {
@@ -405,6 +383,7 @@ impl Cutter {
             f.thaw()?;
         }
         self.thawed_at = crash_index::now_ns();
+        rep.phases_ms.frozen = lap.next();
         let (mut scan2, st2, phase2_losses, work) = phase2?;
         // What phase 1 read is no longer needed (a copy of every path on a full cut): freed
         // before the record is built.
@@ -457,6 +436,7 @@ impl Cutter {
         let info = draft.commit(now_ms(), std::mem::take(&mut next.ops))?;
         rep.files_changed = info.files_changed;
         rep.stored_bytes = info.stored_bytes;
+        rep.phases_ms.record = lap.next();
         rep.total_ms = ms(t_start.elapsed());
 
         self.adopt(next, ids, full);
