@@ -21,6 +21,22 @@ const LSM_FILE: u64 = 8 << 20;
 /// by the write, so its folios are at most this large (smaller than 2 MiB: never PMD-mapped).
 pub const STATE_WRITE: u64 = 1 << 20;
 
+/// Disables (`true`) or enables again THP for this process, the data set's writer, as
+/// `btm-agent exec` disables it for a node (docs/NODES.md): with it disabled the kernel maps no
+/// file folio with a PMD, so a store into a 2 MiB folio faults per 4 KiB page. Checked by the
+/// kernel at each fault, so it applies to the mapping's next faults; pages already PMD-mapped
+/// stay so until they are unmapped ([`DataSet::remap`]).
+pub fn writer_thp(disabled: bool) -> Result<()> {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, u64::from(disabled), 0, 0, 0) } != 0 {
+        bail!(
+            "prctl(PR_SET_THP_DISABLE, {disabled}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
 pub struct DataSet {
     root: PathBuf,
     rng: u64,

@@ -4,9 +4,11 @@
 //! restic, rsync and tar read it) and on a btrfs loop volume (the `btrfs send -p` anchor); every
 //! height applies the same changes to both. Results go to BENCHMARKS.md.
 mod dataset;
+mod limit;
 pub mod offsite;
 mod probes;
 mod report;
+mod report_phases;
 mod report_precision;
 pub mod scale;
 mod tools;
@@ -58,7 +60,15 @@ pub struct BtmCut {
     pub read_frozen: u64,
     pub data: u64,
     pub stored: u64,
+    /// The agent's own time for the cut and its phases (`total_ms`, `phases_ms`), in ms.
+    pub total_ms: f64,
+    pub phases: [f64; PHASES.len()],
+    /// What the volume's device wrote during the cut's syncfs (`synced_bytes`).
+    pub synced: u64,
 }
+
+/// The cut report's `phases_ms` keys, in order.
+pub const PHASES: [&str; 6] = ["syncfs", "drain", "namespace", "read", "frozen", "record"];
 
 impl BtmCut {
     fn from_report(secs: f64, v: &Value) -> BtmCut {
@@ -70,6 +80,9 @@ impl BtmCut {
             read_frozen: u("read_frozen"),
             data: u("data_bytes"),
             stored: u("stored_bytes"),
+            total_ms: v["total_ms"].as_f64().unwrap_or(0.0),
+            phases: PHASES.map(|k| v["phases_ms"][k].as_f64().unwrap_or(0.0)),
+            synced: u("synced_bytes"),
         }
     }
 }
@@ -169,12 +182,17 @@ pub struct Results {
     /// Per rate, as `rates`: the tracker's mmap counters and the writer's PMD mappings.
     pub rate_marks: Vec<Marks>,
     /// btm alone at the 0.1 % and 1 % rates without the precision mechanism (the agent
-    /// restarted with `btm-agent run --no-prefault`, the state file mapped again): per rate,
-    /// its heights and marks. The main phases ran with it (the agent's prefault, default).
+    /// restarted with `btm-agent run --no-prefault`, the writer's THP on again and the state
+    /// file mapped again): per rate, its heights and marks. The main phases ran with it (the
+    /// writer as `btm-agent exec` starts a node, the agent's prefault on by default).
     pub without: Vec<(f64, Vec<Height>, Marks)>,
     /// `FilePmdMapped` of the writer's mapping after the main phases, before the phases
-    /// without the prefault re-map it (kB).
+    /// without the precision mechanism re-map it (kB).
     pub pmd_normal_kb: Option<u64>,
+    /// The writer ran the main phases with THP disabled, as `btm-agent exec` starts a node.
+    pub writer_thp_disabled: bool,
+    /// zstd -1 plus blake3 on one core, bytes per second ([`limit::codec_rate`]).
+    pub codec_rate: f64,
     /// Per fio engine: IOPS without and with the agent (one entry per repetition).
     pub fio: Vec<(String, Vec<f64>, Vec<f64>)>,
     pub fio_size: u64,
@@ -274,8 +292,13 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
     std::fs::create_dir_all(dir)?;
     let mut r = Results {
         size,
+        codec_rate: limit::codec_rate(),
         ..Default::default()
     };
+    println!(
+        "bench: zstd -1 + blake3 on one core: {:.0} MB/s",
+        r.codec_rate / 1e6
+    );
     let growth = size / 10 * 3 * a.heights / 4 + a.freeze_heights * (16 << 20);
     let xfs = tools::loop_vol(dir, "xfs", "xfs", size + growth + size / 2 + (2 << 30))?;
     let btrfs = tools::loop_vol(dir, "btrfs", "btrfs", 2 * (size + growth) + (2 << 30))?;
@@ -371,6 +394,14 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
         "btrfs",
         &["-q", "subvolume", "create", bdata.to_str().unwrap()],
     )?;
+    // The writer (this process) runs as `btm-agent exec` starts a node: THP disabled, so no
+    // file folio is PMD-mapped (the tools it spawns get the system's setting back).
+    if let Err(e) = dataset::writer_thp(true) {
+        println!("bench: the writer runs with THP on: {e:#}");
+        r.errors.push(format!("writer THP: {e:#}"));
+    } else {
+        r.writer_thp_disabled = true;
+    }
     let mut ds_x = DataSet::create(&xfs.mnt, size, 0x2545_f491_4f6c_dd1d)?;
     let mut ds_b = DataSet::create(&bdata, size, 0x2545_f491_4f6c_dd1d)?;
     tools::sh("sync", &[])?;
@@ -489,6 +520,8 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
     drop(agent);
     let started = Agent::start_with(bin, &xfs.mnt, &log, &socket, &["--no-prefault"]);
     let without = started.and_then(|ag| {
+        // And the writer as a node started directly: THP on, its mapping made again.
+        dataset::writer_thp(false)?;
         ds_x.remap()?;
         Ok(ag)
     });
@@ -543,7 +576,7 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
     // 7. Replay the latest height into a fresh directory.
     let into = dir.join("replay");
     let replay = tools::timed(
-        Command::new(bin)
+        tools::command(bin)
             .args(["replay", "--log"])
             .arg(&log)
             .arg("--to")
@@ -575,7 +608,7 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
 
     // 8. In-place rollback (through the running agent) vs a full restic restore.
     let rollback = tools::timed(
-        Command::new(bin)
+        tools::command(bin)
             .args(["rollback", "--exact", "--json", "--volume"])
             .arg(&xfs.mnt)
             .arg("--log")

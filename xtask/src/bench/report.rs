@@ -2,7 +2,7 @@
 use std::fmt::Write as _;
 use std::process::Command;
 
-use super::report_precision::{precision_section, probe_cost_section, without_at};
+use super::report_precision::{WITH, WITHOUT, precision_section, probe_cost_section, without_at};
 use super::{BenchArgs, Height, RATES, Results};
 use crate::bench::tools::Run;
 
@@ -169,7 +169,17 @@ fn rows(hs: &[Height]) -> Vec<Row> {
     ]
 }
 
-fn table(hs: &[Height]) -> String {
+/// The physical limit of these heights on this machine (see [`super::limit`]), in seconds.
+pub fn limit(hs: &[Height], codec_rate: f64) -> Option<f64> {
+    super::limit::limit_secs(
+        mean(hs.iter().map(|h| h.changed as f64)),
+        codec_rate,
+        mean(hs.iter().map(|h| h.btm.phases[0] + h.btm.phases[1])),
+        mean(hs.iter().map(|h| h.btm.freeze_ms)),
+    )
+}
+
+fn table(hs: &[Height], codec_rate: f64) -> String {
     let rs = rows(hs);
     let btm = rs[0].secs;
     let mut s = String::new();
@@ -193,6 +203,18 @@ fn table(hs: &[Height]) -> String {
             bytes(r.read),
             bytes(r.stored),
             ratio
+        );
+    }
+    if let Some(t) = limit(hs, codec_rate) {
+        let _ = writeln!(
+            s,
+            "| physical limit | the changed bytes through zstd -1 + blake3 on one core ({:.0} MB/s, \
+             measured here), plus btm's syncfs (with the drain) and freeze | {} | {} | | btm \
+             takes **{:.1}x** the limit |",
+            codec_rate / 1e6,
+            secs(t),
+            bytes(mean(hs.iter().map(|h| h.changed as f64))),
+            btm / t
         );
     }
     let fr: Vec<f64> = hs.iter().map(|h| h.btm.freeze_ms).collect();
@@ -261,13 +283,13 @@ pub fn render(a: &BenchArgs, r: &Results) -> String {
             "### {:.1} % of the data set changed per height ({})\n\n{}",
             rate * 100.0,
             bytes(hs.first().map_or(0, |h| h.changed) as f64),
-            table(hs)
+            table(hs, r.codec_rate)
         );
     }
     let _ = writeln!(
         s,
         "### Baseline (first copy of the whole data set)\n\n{}",
-        table(std::slice::from_ref(&r.baseline))
+        table(std::slice::from_ref(&r.baseline), r.codec_rate)
     );
     let _ = writeln!(
         s,
@@ -279,6 +301,7 @@ pub fn render(a: &BenchArgs, r: &Results) -> String {
          extents (the send stream); tar + zstd reads everything and stores the compressed \
          archive.\n"
     );
+    super::report_phases::phases_section(&mut s, r);
     precision_section(&mut s, r, a.heights);
 
     // Tracking overhead.
@@ -346,7 +369,7 @@ pub fn render(a: &BenchArgs, r: &Results) -> String {
          | in-place rollback to height {} (undoing {} heights; btm captured {} after it) | {} (`btm-agent rollback --exact`, through the running agent): {} |\n\
          | the cut right after the rollback | {} |\n\
          | full restore of the same height | {} (`restic restore` into an empty directory) |\n\
-         | agent memory | VmHWM {}, VmRSS {} after the main phases and the 16 MiB heights (before the restart with `--no-prefault`) |\n\
+         | agent memory | VmHWM {}, VmRSS {} after the main phases and the 16 MiB heights (before the restart without the precision mechanism) |\n\
          | BPF map memory | {} (memlock of the agent's map fds, /proc/PID/fdinfo) |\n\
          | log size at the end | {} (restic repository: {}) |\n\n\
          Tracker counters after the main phases and the 16 MiB heights (the agent's `status`): `{}`\n",
@@ -418,9 +441,8 @@ pub fn render(a: &BenchArgs, r: &Results) -> String {
             format!(
                 "worst with the `{worst_engine}` engine; the probes run on every write fault / \
                  dirtying event and resolve the page, which fio's 4 KiB random writes hit on every \
-                 I/O. Not profiled here: a `perf` profile of the probes under this fio job is the \
-                 next step. Noise on this shared machine is several %, so small overheads are \
-                 within noise"
+                 I/O: see \"Probe cost per event\" below for each program's time per write. \
+                 Noise on this shared machine is several %, so small overheads are within noise"
             )
         };
         let _ = writeln!(
@@ -430,15 +452,13 @@ pub fn render(a: &BenchArgs, r: &Results) -> String {
         );
     }
     let fast = vs_restic >= 20.0 && vs_rsync >= 20.0;
-    // What the agent's prefault (the precision mechanism, default) did for the mmap writer.
+    // What the precision mechanism did for the mmap writer.
     let prefault = {
         let one_n = without_at(r, RATES[1]).filter(|hs| !hs.is_empty());
         format!(
-            "the agent's prefault read-faults the state file's cached pages after each cut, so \
-             the data set's blind stores fault per 4 KiB page and are marked as such{}",
+            "{WITH}: the data set's blind stores fault per 4 KiB page and are marked as such{}",
             one_n.map_or(String::new(), |hs| format!(
-                "; {:.2}x without it (`--no-prefault`), where a first-touch store marks its \
-                 whole folio",
+                "; {:.2}x {WITHOUT}, where a first-touch store marks its whole folio",
                 amplification(hs)
             ))
         )
@@ -451,16 +471,16 @@ pub fn render(a: &BenchArgs, r: &Results) -> String {
         )
     } else if amp1 > 2.0 {
         format!(
-            "btm read {amp1:.1}x the bytes a 1 % height changes, with the agent's prefault on \
-             ({prefault}). It reads whole folios (up to {} here: the state file's first writes) \
-             where a store hit a page the prefault had not mapped (a not-present write fault maps \
-             the whole folio writable: folio_marked {}) and in every cut that saw a write fault \
-             the probe could not resolve (fault_unresolved {}, `bpf_find_vma` busy), which marks \
-             every partially-marked folio whole; the cut re-reads and hashes them (the log then \
-             stores only the 4 KiB blocks that differ). Stores into pages already mapped, and \
-             pwrite engines, are marked per 4 KiB",
-            bytes(super::dataset::STATE_WRITE as f64),
+            "btm read {amp1:.1}x the bytes a 1 % height changes ({prefault}). It reads whole \
+             folios where a store hit a page the prefault had not mapped (a not-present write \
+             fault maps the whole folio writable: folio_marked {}), where a PMD mapping made \
+             2 MiB writable at once (fault_wide {}) and in every cut that saw a write fault the \
+             probe could not resolve (fault_unresolved {}), which marks every partially-marked \
+             folio whole; the cut re-reads and hashes them (the log then stores only the 4 KiB \
+             blocks that differ). Stores into pages already mapped, and pwrite engines, are \
+             marked per 4 KiB",
             counter("folio_marked"),
+            counter("fault_wide"),
             counter("fault_unresolved")
         )
     } else {
@@ -554,9 +574,9 @@ fn issue16_targets(s: &mut String, r: &Results, one: &[Height], rs: &[Row], repl
         s,
         "\n## Targets (issue 16)\n\n| target | measured | verdict |\n|---|---|---|"
     );
-    // Both figures where the phases without the prefault ran; the verdict is the one with
-    // the precision mechanism (the agent's prefault, default), as in the main phases.
-    let with_note = " (with the precision mechanism: the agent's prefault, default)";
+    // Both figures where the phases without the precision mechanism ran; the verdict is the
+    // one with it, as in the main phases.
+    let with_note = format!(" ({WITH})");
     let one_n = without_at(r, RATES[1]).filter(|hs| !hs.is_empty());
     if !one.is_empty() {
         let (btm, btrfs) = (rs[0].secs, rs[3].secs);
@@ -564,10 +584,11 @@ fn issue16_targets(s: &mut String, r: &Results, one: &[Height], rs: &[Row], repl
         let _ = writeln!(
             s,
             "| a 1 % height in at most half the time of `btrfs send -p` | btm {} with the \
-             precision mechanism{}, btrfs send {} | {}{with_note} |",
+             precision mechanism{}, btrfs send {}, physical limit {} | {}{with_note} |",
             secs(btm),
             btm_n.map_or(String::new(), |t| format!(", {} without it", secs(t))),
             secs(btrfs),
+            limit(one, r.codec_rate).map_or_else(|| "not measured".into(), secs),
             mark(btm * 2.0 <= btrfs)
         );
         let amp = amplification(one);
@@ -576,9 +597,7 @@ fn issue16_targets(s: &mut String, r: &Results, one: &[Height], rs: &[Row], repl
             s,
             "| read amplification at most 1.25 at 1 % for the data set's mmap writer | **{amp:.2}x** \
              with the precision mechanism{} | {}{with_note} |",
-            amp_n.map_or(String::new(), |x| format!(
-                ", {x:.2}x without it (`--no-prefault`)"
-            )),
+            amp_n.map_or(String::new(), |x| format!(", {x:.2}x {WITHOUT}")),
             mark(amp <= 1.25)
         );
     }

@@ -52,42 +52,60 @@ fn row(s: &mut String, rate: f64, agent: &str, hs: &[Height], m: &Marks, btrfs: 
     );
 }
 
-/// "Without the precision mechanism": btm at 0.1 % and 1 % with the agent restarted with
-/// `--no-prefault`, beside the same rates from the main phases (the default agent, with the
-/// prefault) and btrfs send there.
+/// What the main phases ran with: both halves of the precision mechanism.
+pub const WITH: &str = "with the precision mechanism: the writer started as `btm-agent exec` \
+                        starts a node (THP disabled) and the agent's prefault (default)";
+/// What the phases without it ran with.
+pub const WITHOUT: &str = "without it: the writer started directly (THP on) and \
+                           `btm-agent run --no-prefault`";
+
+/// "Without the precision mechanism": btm at 0.1 % and 1 % with the writer's THP on again and
+/// the agent restarted with `--no-prefault`, beside the same rates from the main phases (with
+/// both) and btrfs send there.
 pub fn precision_section(s: &mut String, r: &Results, heights: u64) {
     let _ = writeln!(
         s,
-        "## Without the precision mechanism (`btm-agent run --no-prefault`)\n"
+        "## Without the precision mechanism (THP on, `btm-agent run --no-prefault`)\n"
     );
     if r.without.is_empty() {
         let _ = writeln!(s, "Not measured in this run (see FAILED below).\n");
         return;
     }
+    let writer = if r.writer_thp_disabled {
+        "The main phases ran with both (rows \"exec + prefault\"): the benchmark process, the \
+         data set's writer, disabled THP for itself (`PR_SET_THP_DISABLE`) before mapping \
+         `state.mdbx`, as `btm-agent exec` does for a node; the tools it spawns (restic, rsync, \
+         fio, the agent) get the system's setting back."
+    } else {
+        "The writer could not disable THP in this run (see FAILED below): the main phases ran \
+         with the prefault alone."
+    };
     let _ = writeln!(
         s,
         "A store into a page of a shared file mapping that its process has not mapped yet is a \
-         not-present write fault, and such a fault maps the page's whole folio writable at once: \
-         the stores into the folio's other pages raise no fault, and the tracker must mark the \
-         whole folio. The precision mechanism is the agent's prefault, on by default: after each \
-         cut it read-faults (`process_vm_readv`, one byte per page) every page of the mapping \
-         processes' shared mappings of the volume that is in the page cache but not mapped, so a \
-         later store is a write-protect fault on that page alone and is marked as 4 KiB. The \
-         main phases ran with it (rows \"prefault (default)\"). After every other phase, the \
-         bench stopped the agent cleanly (SIGTERM: the tracker keeps running, the next agent \
-         adopts it), started it again with the same arguments plus `--no-prefault`, dropped its \
-         own mapping of `state.mdbx` and mapped it again (what the prefault had mapped is gone, \
-         as in a node's fresh mapping), then ran {heights} more heights at 0.1 % and at 1 % with \
-         btm alone (same changes as the main phases: half of them blind stores into state pages \
-         through the mapping). `prefault faulted / passes` is the prefault's `status` over those \
-         heights (pages read-faulted, passes run). The tracker's counters (`status`) over them: \
+         not-present write fault, and such a fault maps the page's whole folio writable at once \
+         (with one PMD when the folio is 2 MiB and the process has THP on): the stores into the \
+         folio's other pages raise no fault, and the tracker must mark the whole folio. The \
+         precision mechanism has two halves. `btm-agent exec` starts the node with THP disabled, \
+         so no file folio is PMD-mapped in it (a write-protect fault on a PMD makes 2 MiB \
+         writable again). The agent's prefault, on by default, read-faults after each cut \
+         (`process_vm_readv`, one byte per page) every page of the mapping processes' shared \
+         mappings of the volume that is in the page cache but not mapped, so a later store is a \
+         write-protect fault on that page alone and is marked as 4 KiB. {writer} After every \
+         other phase, the bench stopped the agent cleanly (SIGTERM: the tracker keeps running, \
+         the next agent adopts it), started it again with the same arguments plus \
+         `--no-prefault`, enabled THP for the writer again, dropped its mapping of `state.mdbx` \
+         and mapped it again (what the prefault had mapped is gone, as in a node's fresh \
+         mapping), then ran {heights} more heights at 0.1 % and at 1 % with btm alone (same \
+         changes as the main phases: half of them blind stores into state pages through the \
+         mapping). `prefault faulted / passes` is the prefault's `status` over those heights \
+         (pages read-faulted, passes run). The tracker's counters (`status`) over them: \
          `fault_marked` write faults marked per page, `folio_marked` folios marked whole on \
          dirtying, `fault_wide` faults widened to a folio a PMD may map, `fault_cached` write faults \
          resolved from the fault probe's mapping cache (no `bpf_find_vma`), `fault_unresolved` \
          write faults the probe could not resolve to a mapping (`bpf_find_vma` busy): a cut \
-         that sees one marks every partially-marked folio whole, as without the prefault. \
-         `FilePmdMapped` is read from /proc/self/smaps for \
-         the writer's mapping of `state.mdbx` after the heights.\n"
+         that sees one marks every partially-marked folio whole. `FilePmdMapped` is read from \
+         /proc/self/smaps for the writer's mapping of `state.mdbx` after the heights.\n"
     );
     let _ = writeln!(
         s,
@@ -103,9 +121,9 @@ pub fn precision_section(s: &mut String, r: &Results, heights: u64) {
             |(mh, _)| secs(mean(mh.iter().map(|h| h.btrfs.secs))),
         );
         if let Some((mh, mm)) = main {
-            row(s, *rate, "prefault (default)", mh, &mm, &btrfs);
+            row(s, *rate, "exec + prefault (default)", mh, &mm, &btrfs);
         }
-        row(s, *rate, "**`--no-prefault`**", hs, m, &btrfs);
+        row(s, *rate, "**THP on, `--no-prefault`**", hs, m, &btrfs);
     }
     let amps: Vec<String> = r
         .without
@@ -113,7 +131,7 @@ pub fn precision_section(s: &mut String, r: &Results, heights: u64) {
         .filter_map(|(rate, hs, _)| {
             let (mh, _) = main_at(r, *rate)?;
             Some(format!(
-                "{:.2}x with the prefault and {:.2}x without it at {:.1} %",
+                "{:.2}x with the precision mechanism and {:.2}x without it at {:.1} %",
                 amplification(mh),
                 amplification(hs),
                 rate * 100.0
@@ -133,7 +151,7 @@ pub fn precision_section(s: &mut String, r: &Results, heights: u64) {
             s,
             "\nThe main phases' heights at these rates saw {unresolved} unresolved write faults \
              (`fault_unresolved`): each such cut marked every partially-marked folio whole, so \
-             those heights read whole folios with the prefault too."
+             those heights read whole folios with the precision mechanism too."
         );
     }
     let without_kb: Vec<Option<u64>> = r.without.iter().map(|(_, _, m)| m.pmd_kb).collect();
@@ -142,26 +160,21 @@ pub fn precision_section(s: &mut String, r: &Results, heights: u64) {
         .map(|k| kb(*k))
         .collect::<Vec<_>>()
         .join(" / ");
-    let pmd = if r.pmd_normal_kb == Some(0) && without_kb.iter().all(|k| *k == Some(0)) {
-        format!(
-            "No part of the writer's mapping was PMD-mapped (FilePmdMapped {} after the main \
-             phases, the 16 MiB heights included; {with_kb} after the heights without the \
-             prefault): `state.mdbx` is first written in {} writes and xfs sizes page-cache \
-             folios by the write, so its folios are smaller than a PMD. The difference is the \
-             prefault's alone; `btm-agent exec` (THP disabled for the node, for files cached in \
-             PMD-mapped 2 MiB folios, which the prefault does not help) has nothing to do here.",
-            kb(r.pmd_normal_kb),
-            bytes(STATE_WRITE as f64)
-        )
-    } else {
-        format!(
-            "Part of the writer's mapping was PMD-mapped (FilePmdMapped {} after the main phases, \
-             {with_kb} after the heights without the prefault): a write-protect fault on a PMD \
-             makes 2 MiB writable again, so the prefault does not help there; `btm-agent exec` \
-             (THP disabled for the node) removes PMD mappings.",
-            kb(r.pmd_normal_kb)
-        )
-    };
+    let pmd = format!(
+        "FilePmdMapped of the writer's mapping of `state.mdbx`: {} after the main phases (the \
+         16 MiB heights included), {with_kb} after the heights without the precision mechanism. \
+         `state.mdbx` is first written in {} writes, but pages evicted under memory pressure \
+         (the anchors' copies fill the page cache too) come back through readahead, in folios \
+         of up to 2 MiB. {}",
+        kb(r.pmd_normal_kb),
+        bytes(STATE_WRITE as f64),
+        if r.pmd_normal_kb == Some(0) {
+            "With THP disabled for the writer none of them was PMD-mapped."
+        } else {
+            "Where the writer PMD-maps them, every store into a clean one marks 2 MiB \
+             (`fault_wide`), which the prefault cannot prevent."
+        }
+    );
     let _ = writeln!(s, "\n{pmd}\n");
 }
 
@@ -266,32 +279,37 @@ mod tests {
         let mut s = String::new();
         precision_section(&mut s, &results(0, 0), 1);
         assert!(s.contains("`btm-agent run --no-prefault`"), "{s}");
+        assert!(s.contains("The writer could not disable THP"), "{s}");
         assert!(
-            s.contains("| 1.0 % | prefault (default) |")
+            s.contains("| 1.0 % | exec + prefault (default) |")
                 && s.contains("| 1234 / 5 | 3 / 2 / 1 / 4 / 0 |"),
             "{s}"
         );
         assert!(
-            s.contains("| 1.0 % | **`--no-prefault`** |")
+            s.contains("| 1.0 % | **THP on, `--no-prefault`** |")
                 && s.contains("| off | 3 / 2 / 1 / 4 / 0 |"),
             "{s}"
         );
         assert!(s.contains("**1.00x**") && s.contains("**40.00x**"), "{s}");
         assert!(
-            s.contains("1.00x with the prefault and 40.00x without it at 1.0 %"),
+            s.contains("1.00x with the precision mechanism and 40.00x without it at 1.0 %"),
             "{s}"
         );
         assert!(
-            s.contains("No part of the writer's mapping was PMD-mapped"),
+            s.contains("With THP disabled for the writer none of them was PMD-mapped"),
             "{s}"
         );
         assert!(!s.contains("   "), "a string continuation lost: {s}");
         let mut s = String::new();
-        precision_section(&mut s, &results(4096, 2048), 1);
+        let mut r = results(4096, 2048);
+        r.writer_thp_disabled = true;
+        precision_section(&mut s, &r, 1);
         assert!(
-            s.contains("Part of the writer's mapping was PMD-mapped"),
+            s.contains("4096 kB after the main phases") && s.contains("2048 kB after the heights"),
             "{s}"
         );
+        assert!(s.contains("which the prefault cannot prevent"), "{s}");
+        assert!(s.contains("as `btm-agent exec` does for a node"), "{s}");
         assert!(!s.contains("   "), "a string continuation lost: {s}");
     }
 

@@ -10,9 +10,28 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+/// A command to spawn from the benchmark: it runs with the system's THP setting, not the
+/// writer's. The benchmark process is the data set's writer, and it disables THP for itself
+/// as `btm-agent exec` does for a node ([`super::dataset::writer_thp`]); the flag is kept
+/// across fork and exec, so without this reset restic, rsync, fio and the agent would inherit
+/// it.
+pub fn command(prog: impl AsRef<std::ffi::OsStr>) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(prog);
+    // SAFETY: prctl with integer arguments is async-signal-safe; its result is ignored (a
+    // kernel without the flag never set it).
+    unsafe {
+        c.pre_exec(|| {
+            libc::prctl(libc::PR_SET_THP_DISABLE, 0, 0, 0, 0);
+            Ok(())
+        })
+    };
+    c
+}
+
 /// Runs a command, fails with its stderr when it fails; returns stdout.
 pub fn sh(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd)
+    let out = command(cmd)
         .args(args)
         .output()
         .with_context(|| format!("running {cmd}"))?;
@@ -46,7 +65,7 @@ pub fn timed(cmd: &mut Command) -> Result<(f64, String)> {
 
 /// `bash -o pipefail -c script`, timed.
 pub fn pipeline(script: &str) -> Result<(f64, String)> {
-    timed(Command::new("bash").args(["-o", "pipefail", "-c", script]))
+    timed(command("bash").args(["-o", "pipefail", "-c", script]))
 }
 
 /// A `fstype` loop volume, `dir/name.img` mounted at `dir/name`: btm-testkit's, shared with
@@ -81,7 +100,7 @@ impl Agent {
         extra: &[&str],
     ) -> Result<Agent> {
         std::fs::create_dir_all(log)?;
-        let child = Command::new(bin)
+        let child = command(bin)
             .args(["run", "--mode", "ebpf", "--volume"])
             .arg(volume)
             .arg("--log")
@@ -239,7 +258,7 @@ impl Restic {
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::new("restic");
+        let mut c = command("restic");
         c.env("RESTIC_REPOSITORY", &self.repo)
             .env("RESTIC_PASSWORD", "btm-bench")
             .env("RESTIC_CACHE_DIR", &self.cache);
@@ -281,7 +300,7 @@ impl Restic {
 /// `rsync -a --delete --stats SRC/ DST/` (local: whole files, written to a temp file and renamed).
 pub fn rsync(src: &Path, dst: &Path) -> Result<Run> {
     let (secs, out) = timed(
-        Command::new("rsync")
+        command("rsync")
             .args(["-a", "--delete", "--stats"])
             .arg(format!("{}/", src.display()))
             .arg(format!("{}/", dst.display())),
@@ -330,7 +349,7 @@ pub fn btrfs_send(
             snap.to_str().unwrap(),
         ],
     )?;
-    let mut c = Command::new("btrfs");
+    let mut c = command("btrfs");
     c.args(["-q", "send", "-f"]).arg(out);
     if let Some(p) = parent {
         c.arg("-p").arg(p);
@@ -395,7 +414,7 @@ pub struct Fio {
 
 /// fio 4 KiB random writes on `file`.
 pub fn fio(engine: &str, file: &Path, size: u64, secs: u64) -> Result<Fio> {
-    let mut c = Command::new("fio");
+    let mut c = command("fio");
     c.args([
         "--name=bench",
         "--rw=randwrite",
