@@ -191,8 +191,10 @@ fn table(hs: &[Height], codec_rate: f64) -> String {
     for r in &rs {
         let ratio = if r.name.starts_with("btm") {
             "1x".to_string()
-        } else {
+        } else if r.secs >= btm {
             format!("**{:.1}x** slower", r.secs / btm)
+        } else {
+            format!("**{:.1}x** faster", btm / r.secs.max(1e-9))
         };
         let _ = writeln!(
             s,
