@@ -38,6 +38,7 @@
 mod append;
 mod check;
 mod compact;
+mod compare;
 mod counts;
 use counts::{data_bytes, files_changed, meta_ids};
 mod dedup;
@@ -71,6 +72,7 @@ use std::path::{Path, PathBuf};
 
 pub use append::Draft;
 pub use compact::{CompactReport, DROPPED_FILE, Prepared, record_dropped};
+pub use compare::{CompareOptions, TreeDiff, compare_tree};
 pub use error::LogError;
 pub use format::{Codec, FORMAT_VERSION, PayloadRef};
 pub use globs::PathGlobs;

@@ -111,6 +111,24 @@ fn ebpf_retention_and_compaction() {
     ])
     .unwrap();
     assert_eq!(digest(&vol), states[4].1, "rollback to 5");
+    // `verify --volume` agrees, reading only; a changed byte is named, and nothing written.
+    let vol_s = vol.to_str().unwrap();
+    let out = cli(&["verify", "--log", log_s, "--volume", vol_s, "--to", "5"]).unwrap();
+    assert!(
+        out.contains("against height 5") && out.contains("; 0 differences"),
+        "{out}"
+    );
+    let state = std::fs::read(vol.join("state")).unwrap();
+    let mut changed = state.clone();
+    changed[10] ^= 1;
+    std::fs::write(vol.join("state"), &changed).unwrap();
+    let e = cli(&["verify", "--log", log_s, "--volume", vol_s, "--to", "5"]).unwrap_err();
+    assert!(
+        e.contains("in 1 place (first: state: bytes differ at offset 10)"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(vol.join("state")).unwrap(), changed);
+    std::fs::write(vol.join("state"), &state).unwrap();
     // Like `zfs rollback -r`: height 6 left the log so the chain can re-reach it.
     assert_eq!(heights(log_s), vec![4, 5]);
     drop(agent);
