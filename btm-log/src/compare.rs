@@ -17,7 +17,7 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat, readlinkat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 
-use super::dirfd::{self, DIR_FLAGS};
+use super::dirfd::{self, DIR_FLAGS, join, kind};
 use super::error::LogError;
 use super::globs::PathGlobs;
 use super::payload::PayloadSource;
@@ -113,20 +113,6 @@ struct Comparer<'a> {
     seen: HashSet<&'a [u8]>,
     cache: VecDeque<([u8; 32], std::sync::Arc<Vec<u8>>)>,
     diff: TreeDiff,
-}
-
-fn kind(st: &FileStat) -> SFlag {
-    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
-}
-
-fn join(prefix: &[u8], name: &[u8]) -> RelPath {
-    let mut p = Vec::with_capacity(prefix.len() + 1 + name.len());
-    if !prefix.is_empty() {
-        p.extend_from_slice(prefix);
-        p.push(b'/');
-    }
-    p.extend_from_slice(name);
-    p
 }
 
 impl<'a> Comparer<'a> {

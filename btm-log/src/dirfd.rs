@@ -2,7 +2,14 @@
 //! and never hand the kernel a path longer than one name.
 use std::os::fd::OwnedFd;
 
-use nix::{dir::Dir, errno::Errno, fcntl::OFlag, sys::stat::Mode};
+use nix::{
+    dir::Dir,
+    errno::Errno,
+    fcntl::OFlag,
+    sys::stat::{FileStat, Mode, SFlag},
+};
+
+use super::record::RelPath;
 
 /// Opening a directory that must not be a symlink.
 pub const DIR_FLAGS: OFlag = OFlag::O_RDONLY
@@ -27,4 +34,21 @@ pub fn list(fd: &OwnedFd) -> Result<Vec<Vec<u8>>, Errno> {
         }
     }
     Ok(names)
+}
+
+/// The kind of entry a stat describes (`S_IFMT` bits).
+pub fn kind(st: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
+}
+
+/// `prefix/name`, or `name` at the root (empty prefix).
+pub fn join(prefix: &[u8], name: &[u8]) -> RelPath {
+    if prefix.is_empty() {
+        return name.to_vec();
+    }
+    let mut p = Vec::with_capacity(prefix.len() + 1 + name.len());
+    p.extend_from_slice(prefix);
+    p.push(b'/');
+    p.extend_from_slice(name);
+    p
 }

@@ -555,14 +555,7 @@ pub fn split(p: &[u8]) -> (RelPath, Vec<u8>) {
     }
 }
 
-pub fn join(dir: &[u8], name: &[u8]) -> RelPath {
-    let mut p = dir.to_vec();
-    if !p.is_empty() {
-        p.push(b'/');
-    }
-    p.extend_from_slice(name);
-    p
-}
+pub use crate::log::dirfd::join;
 
 /// The proper ancestors of a relative path, nearest last ("a/b/c" -> "a", "a/b").
 pub(crate) fn ancestors(p: &[u8]) -> impl Iterator<Item = &[u8]> {

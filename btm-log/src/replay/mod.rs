@@ -105,20 +105,7 @@ pub struct ReplayStats {
 
 const CACHE_BYTES: usize = 64 << 20;
 
-fn kind(st: &FileStat) -> SFlag {
-    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
-}
-
-fn join(prefix: &[u8], name: &[u8]) -> RelPath {
-    if prefix.is_empty() {
-        return name.to_vec();
-    }
-    let mut p = Vec::with_capacity(prefix.len() + 1 + name.len());
-    p.extend_from_slice(prefix);
-    p.push(b'/');
-    p.extend_from_slice(name);
-    p
-}
+use super::dirfd::{join, kind};
 
 pub(crate) fn replay(
     log: &Log,
