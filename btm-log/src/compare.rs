@@ -36,6 +36,8 @@ pub struct CompareOptions {
     pub preserve: PathGlobs,
     /// At most this many differences are listed (all are counted).
     pub max_listed: usize,
+    /// Show a progress bar on stderr when stderr is a terminal.
+    pub progress: bool,
 }
 
 /// What differs between the directory and the height.
@@ -75,7 +77,10 @@ pub fn compare_tree(
     let dev = fstat(&fd)
         .map_err(|e| LogError::io(root, std::io::Error::from(e)))?
         .st_dev;
+    let total = state.files.values().map(|f| f.size).sum();
+    let bar = super::replay::bytes_bar(opts.progress, total, format!("compare with {height}"));
     let mut c = Comparer {
+        bar,
         src,
         state,
         opts,
@@ -89,6 +94,7 @@ pub fn compare_tree(
         },
     };
     c.dir(&fd, b"")?;
+    c.bar.finish_and_clear();
     // What the height has and the walk did not find.
     let mut missing: Vec<&RelPath> = state
         .nodes
@@ -104,6 +110,7 @@ pub fn compare_tree(
 }
 
 struct Comparer<'a> {
+    bar: indicatif::ProgressBar,
     src: &'a dyn PayloadSource,
     state: &'a TreeState,
     opts: &'a CompareOptions,
@@ -286,6 +293,7 @@ impl<'a> Comparer<'a> {
     fn read(&mut self, file: &File, path: &[u8], at: u64, buf: &mut [u8]) -> Result<(), LogError> {
         file.read_exact_at(buf, at).map_err(|e| self.io(path, e))?;
         self.diff.bytes_compared += buf.len() as u64;
+        self.bar.inc(buf.len() as u64);
         Ok(())
     }
 

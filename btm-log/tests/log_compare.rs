@@ -13,6 +13,7 @@ fn opts(skip: &[&str]) -> CompareOptions {
     CompareOptions {
         preserve: PathGlobs::new(skip).unwrap(),
         max_listed: 50,
+        progress: false,
     }
 }
 

@@ -159,6 +159,7 @@ fn verify_volume(log: &Log, volume: &std::path::Path, a: &VerifyArgs) -> Result<
         preserve: crate::log::PathGlobs::new(&a.skip)
             .map_err(|e| super::exit::usage(format!("--skip: {e}")))?,
         max_listed: 100,
+        progress: !a.json,
     };
     let diff = crate::log::compare_tree(log, &state, h, volume, &opts)?;
     if a.json {

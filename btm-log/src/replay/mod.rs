@@ -136,6 +136,22 @@ pub fn refuse_inside(dir: &Path, what: &str, into: &Path) -> Result<(), LogError
     Ok(())
 }
 
+/// A progress bar of `total` bytes on stderr when `show` and stderr is a terminal (hidden
+/// otherwise), labelled `msg`.
+pub(crate) fn bytes_bar(show: bool, total: u64, msg: String) -> ProgressBar {
+    if !show || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(msg);
+    pb
+}
+
 /// Materialises `state` (the tree at `height`) into `into`, reading payloads from `src` and
 /// rewriting only what differs.
 pub fn replay_state(
@@ -160,19 +176,11 @@ pub fn replay_state(
             },
             e => LogError::io(into, std::io::Error::from(e)),
         })?;
-    let total: u64 = state.data_bytes();
-    let progress = if opts.progress && std::io::stderr().is_terminal() {
-        let pb = ProgressBar::new(total);
-        if let Ok(style) = ProgressStyle::with_template(
-            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        ) {
-            pb.set_style(style.progress_chars("=> "));
-        }
-        pb.set_message(format!("replay {height}"));
-        pb
-    } else {
-        ProgressBar::hidden()
-    };
+    let progress = bytes_bar(
+        opts.progress,
+        state.data_bytes(),
+        format!("replay {height}"),
+    );
     let mut r = Replayer::new(src, state, height, into, root, progress);
     r.preserve = opts.preserve.clone();
     r.writer.sync = opts.sync;
