@@ -19,6 +19,16 @@ pub struct Shipper {
 
 /// How long to wait before retrying after a failed push.
 const RETRY: Duration = Duration::from_secs(30);
+/// How often an idle shipping thread looks at `LOGDIR/pins`: `pin` and `unpin` are separate
+/// processes, and their change should not wait for the next height to reach the remote.
+const PINS_POLL: Duration = Duration::from_secs(5);
+
+/// What identifies a version of `LOGDIR/pins` (None: no file): its size and change time.
+fn pins_version(log_dir: &std::path::Path) -> Option<(u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(log_dir.join(crate::log::PINS_FILE)).ok()?;
+    Some((m.len(), m.ctime(), m.ctime_nsec()))
+}
 
 impl Shipper {
     /// Starts shipping `log_dir` to `remote`. The first push (catch-up) starts at once.
@@ -57,11 +67,13 @@ impl Drop for Shipper {
 fn ship_loop(remote: Remote, log_dir: PathBuf, opts: PushOptions, rx: Receiver<()>) {
     let mut pending = false;
     let mut retry_at: Option<Instant> = None;
+    // The pins the last successful push published (read before it started).
+    let mut pins_pushed = pins_version(&log_dir);
     loop {
         let wait = match retry_at {
             Some(t) => t.saturating_duration_since(Instant::now()),
             None if pending => Duration::ZERO,
-            None => Duration::from_secs(3600),
+            None => PINS_POLL,
         };
         match rx.recv_timeout(wait) {
             Ok(_) => {
@@ -72,7 +84,11 @@ fn ship_loop(remote: Remote, log_dir: PathBuf, opts: PushOptions, rx: Receiver<(
                     continue;
                 }
             }
-            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Timeout) => {
+                if pins_version(&log_dir) != pins_pushed {
+                    pending = true;
+                }
+            }
             Err(RecvTimeoutError::Disconnected) => {
                 // Stopping: one last push, unless the remote is failing (its retries would
                 // hold up the stop for minutes; the next start catches up).
@@ -85,9 +101,11 @@ fn ship_loop(remote: Remote, log_dir: PathBuf, opts: PushOptions, rx: Receiver<(
         if !pending || retry_at.is_some_and(|t| Instant::now() < t) {
             continue;
         }
+        let pins = pins_version(&log_dir);
         if once(&remote, &log_dir, &opts) {
             pending = false;
             retry_at = None;
+            pins_pushed = pins;
         } else {
             retry_at = Some(Instant::now() + RETRY);
         }

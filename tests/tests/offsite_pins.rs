@@ -112,6 +112,13 @@ fn agent_keeps_dropped_heights_offsite_and_a_pinned_height_everywhere() {
 
     // A rollback over a pin is refused by the agent, and nothing changes.
     cli.run(&["pin", "11", "--log", log_s]).unwrap();
+    // The pin reaches the remote without waiting for another height: the agent's shipping
+    // thread notices the pins file changed.
+    let shipped = (0..60).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        heights(&list(&["--remote", &remote])).1 == vec![4, 11]
+    });
+    assert!(shipped, "pin 11 did not reach the remote within 30 s");
     let e = cli
         .run(&[
             "rollback",
