@@ -77,8 +77,11 @@ pub fn compare_tree(
     let dev = fstat(&fd)
         .map_err(|e| LogError::io(root, std::io::Error::from(e)))?
         .st_dev;
-    let total = state.files.values().map(|f| f.size).sum();
-    let bar = super::replay::bytes_bar(opts.progress, total, format!("compare with {height}"));
+    let bar = super::replay::bytes_bar(
+        opts.progress,
+        state.total_size(),
+        format!("compare with {height}"),
+    );
     let mut c = Comparer {
         bar,
         src,
