@@ -18,7 +18,8 @@ const PAGE: u64 = 4096;
 const BLK_FILE: u64 = 128 << 20;
 const LSM_FILE: u64 = 8 << 20;
 /// The state file is first written in writes of this size; xfs and ext4 size page-cache folios
-/// by the write, so its folios are at most this large (smaller than 2 MiB: never PMD-mapped).
+/// by the write, so its folios start at most this large (pages evicted and read back through
+/// readahead may come back in 2 MiB folios).
 pub const STATE_WRITE: u64 = 1 << 20;
 
 /// Disables (`true`) or enables again THP for this process, the data set's writer, as

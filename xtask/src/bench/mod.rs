@@ -71,6 +71,12 @@ pub struct BtmCut {
 pub const PHASES: [&str; 6] = ["syncfs", "drain", "namespace", "read", "frozen", "record"];
 
 impl BtmCut {
+    /// The cut's `syncfs` and `drain` phases: the flip, the write-back and the marks, which
+    /// the physical limit counts as unavoidable.
+    pub fn sync_ms(&self) -> f64 {
+        self.phases[0] + self.phases[1]
+    }
+
     fn from_report(secs: f64, v: &Value) -> BtmCut {
         let u = |k: &str| v[k].as_u64().unwrap_or(0);
         BtmCut {

@@ -174,7 +174,7 @@ pub fn limit(hs: &[Height], codec_rate: f64) -> Option<f64> {
     super::limit::limit_secs(
         mean(hs.iter().map(|h| h.changed as f64)),
         codec_rate,
-        mean(hs.iter().map(|h| h.btm.phases[0] + h.btm.phases[1])),
+        mean(hs.iter().map(|h| h.btm.sync_ms())),
         mean(hs.iter().map(|h| h.btm.freeze_ms)),
     )
 }
