@@ -123,6 +123,7 @@ fn tail(p: &Path) -> String {
         .join("\n")
 }
 
+/// Where the agent keeps heights: its log (eBPF mode, the volume is the whole filesystem), or
 /// Btrfs snapshots of the subvolume holding the datadir (`--mode btrfs`).
 enum Store {
     Log(PathBuf),

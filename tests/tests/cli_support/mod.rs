@@ -89,7 +89,7 @@ pub fn heights_of(list_json: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Where the agent keeps heights: its log (eBPF mode, the volume is the whole filesystem), or
+/// A path as the `&str` argument the CLI takes.
 pub fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }

@@ -15,17 +15,10 @@ use std::{
 };
 
 use btm_agent::treehash::{TreeHash, hash_tree};
+pub use btm_tests::free_port;
 use btm_tests::{Rng, Running, agent_bin, outcome, skip, snapshot_via, start_agent};
 
 pub const BUCKET: &str = "btm-offsite";
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Runs a python script (the servers' own clients do what object_store cannot: create buckets
 /// and containers, damage objects); returns its stdout.
