@@ -4,12 +4,10 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use btm_agent::retention::{Algo, Policy};
 use btm_agent::snapshot::{SnapshotBackend, SnapshotError};
@@ -33,45 +31,9 @@ pub fn missing_prerequisite(tools: &[&str]) -> Option<String> {
         .map(|t| format!("`{t}` is not installed"))
 }
 
-/// Runs a setup command (killed after two minutes: a hung zfs-fuse must fail the test, not
-/// stall the whole run); `Err` carries the command line and its output.
-pub fn sh<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<String, String> {
-    let out = Command::new("timeout")
-        .args(["-k", "5", "120", program])
-        .args(args)
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    let line = std::iter::once(program.to_string())
-        .chain(
-            args.iter()
-                .map(|a| a.as_ref().to_string_lossy().into_owned()),
-        )
-        .collect::<Vec<_>>()
-        .join(" ");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "`{line}` failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim(),
-            String::from_utf8_lossy(&out.stdout).trim()
-        ))
-    }
-}
-
-/// A name no other test (in this process or another) uses at the same time.
-pub fn unique(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+/// Runs a setup command with a deadline (a hung zfs-fuse must fail the test, not stall the
+/// whole run); `Err` carries the command line and its output.
+pub use btm_testkit::zfs::zsh as sh;
 
 /// One entry of a directory tree, with file contents hashed.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,114 +3,30 @@
 //! Needs root and `zfs`/`zpool` (plus `zfs-fuse` when no ZFS daemon/module answers: the tests
 //! start the daemon themselves and leave it running). Otherwise they print `SKIP: <reason>`,
 //! or fail when `BTM_REQUIRE_KERNEL=1`. Every test makes its own uniquely named pool in its own
-//! temporary directory and destroys it when done, even on failure.
+//! scratch directory ([`btm_testkit::zfs::Pool`]) and destroys it when done, even on failure.
 
 #[path = "snapshot_support.rs"]
 mod support;
 
-use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use btm_agent::snapshot::{self, Probe, SnapshotBackend, Zfs};
 use support::*;
 
-/// Makes sure `zpool` can talk to ZFS, starting the zfs-fuse daemon if that is what is missing.
-fn ensure_zfs() -> Result<(), String> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let err = match sh("zpool", &["list", "-H"]) {
-        Ok(_) => return Ok(()),
-        Err(e) => e,
-    };
-    let no_daemon = err.contains("connect") || err.contains("daemon") || err.contains("initialize");
-    if !no_daemon {
-        return Err(format!("zpool does not work: {err}"));
-    }
-    if !have_tool("zfs-fuse") {
-        return Err(format!(
-            "ZFS is not reachable and zfs-fuse is not installed: {err}"
-        ));
-    }
-    // It daemonizes; keep it off our stdout/stderr so nothing waits on them.
-    let st = Command::new("zfs-fuse")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map_err(|e| format!("cannot start zfs-fuse: {e}"))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match sh("zpool", &["list", "-H"]) {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() > deadline => {
-                return Err(format!(
-                    "started zfs-fuse ({st}) but zpool still fails: {e}"
-                ));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}
-
-/// A pool on a 512 MiB sparse file, destroyed on drop.
+/// A test pool, with a deadline: a zfs-fuse daemon that stops answering hangs file access on
+/// the pool, which no per-command deadline reaches, so the test process ends after a few
+/// minutes (detaching the pools first) instead of holding CI to its limit.
 struct Pool {
-    name: String,
-    mnt: PathBuf,
-    created: bool,
-    _dir: tempfile::TempDir,
+    pool: btm_testkit::zfs::Pool,
     /// Last field: disarmed after the pool is destroyed, which can hang as well.
     _deadline: btm_testkit::Watchdog,
 }
 
-impl Pool {
-    fn create() -> Result<Pool, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("btm-zfs-test-")
-            .tempdir()
-            .map_err(|e| e.to_string())?;
-        let img = dir.path().join("pool.img");
-        std::fs::File::create(&img)
-            .and_then(|f| f.set_len(512 << 20))
-            .map_err(|e| e.to_string())?;
-        let mut pool = Pool {
-            name: unique("btmt"),
-            mnt: dir.path().join("mnt"),
-            created: false,
-            _dir: dir,
-            // A zfs-fuse daemon that stops answering hangs file access on the pool, which no
-            // per-command deadline reaches: fail the run in minutes, not at CI's limit.
-            _deadline: btm_testkit::watchdog("snapshot_zfs", std::time::Duration::from_secs(600)),
-        };
-        sh(
-            "zpool",
-            &[
-                OsStr::new("create"),
-                OsStr::new("-m"),
-                pool.mnt.as_os_str(),
-                OsStr::new(&pool.name),
-                img.as_os_str(),
-            ],
-        )?;
-        pool.created = true;
-        Ok(pool)
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        if !self.created {
-            return;
-        }
-        if let Err(e) = sh("zpool", &["destroy", "-f", &self.name]) {
-            eprintln!("cleanup: {e}; retrying after a forced unmount");
-            let _ = sh("zfs", &["unmount", "-f", &self.name]);
-            if let Err(e) = sh("zpool", &["destroy", "-f", &self.name]) {
-                eprintln!("cleanup failed, pool {} is left behind: {e}", self.name);
-            }
-        }
+impl std::ops::Deref for Pool {
+    type Target = btm_testkit::zfs::Pool;
+    fn deref(&self) -> &Self::Target {
+        &self.pool
     }
 }
 
@@ -120,16 +36,22 @@ fn setup() -> Option<Pool> {
         skip(&reason);
         return None;
     }
-    if let Err(reason) = ensure_zfs() {
+    let deadline = btm_testkit::watchdog_then(
+        "snapshot_zfs",
+        Duration::from_secs(240),
+        btm_testkit::zfs::detach_all_test_pools,
+    );
+    if let Err(reason) = btm_testkit::zfs::ensure_daemon() {
         skip(&reason);
         return None;
     }
-    match Pool::create() {
-        Ok(p) => Some(p),
-        Err(e) => {
-            // With root, tools and a daemon in place, failing to make a pool is a real failure.
-            panic!("cannot create a test pool: {e}")
-        }
+    match btm_testkit::zfs::Pool::create("btmt", &btm_testkit::scratch()) {
+        Ok(pool) => Some(Pool {
+            pool,
+            _deadline: deadline,
+        }),
+        // With root, tools and a daemon in place, failing to make a pool is a real failure.
+        Err(e) => panic!("cannot create a test pool: {e}"),
     }
 }
 

@@ -1,13 +1,14 @@
 //! What btm's tests share, written once (they had drifted apart in four copies): the rule for
 //! when a test may skip, tool lookup, a seeded generator, a tree digest, scratch space, loop
-//! filesystems ([`LoopFs`], also used by the benchmarks and the demo). It
+//! filesystems ([`LoopFs`], also used by the benchmarks and the demo), ZFS test pools ([`zfs`]). It
 //! depends on no btm crate, so the log's, the remote's, the agent's and the end-to-end tests
 //! all use it.
 mod loopfs;
 mod watchdog;
+pub mod zfs;
 
 pub use loopfs::LoopFs;
-pub use watchdog::{Watchdog, watchdog};
+pub use watchdog::{Watchdog, watchdog, watchdog_then};
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

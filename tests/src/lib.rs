@@ -26,6 +26,7 @@ pub fn can_run(what: &str) -> bool {
 
 pub use btm_testkit::{
     Rng, Watchdog, have_tool, is_root, remove_tree, scratch, skip, tree_digest, watchdog,
+    watchdog_then, zfs,
 };
 
 /// A finished command's stdout when it succeeded, else its stderr.

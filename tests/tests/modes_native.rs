@@ -12,7 +12,7 @@ use std::{
 use btm_agent::retention::{Algo, Policy};
 use btm_tests::{
     LoopFs, agent_bin, can_run, free_port, have_tool, http_get, prom_samples, scratch, sh, skip,
-    watchdog,
+    watchdog_then, zfs,
 };
 
 /// Runs the CLI (no log configured: heights live in the native snapshots); returns stdout.
@@ -259,11 +259,11 @@ fn btrfs_mode_end_to_end() {
 
 /// A zfs-fuse daemon that stops answering hangs file access on its pool, which no per-command
 /// deadline reaches: the test process ends after this long instead of holding CI to its limit.
-const ZFS_DEADLINE: Duration = Duration::from_secs(600);
+const ZFS_DEADLINE: Duration = Duration::from_secs(300);
 
 #[test]
 fn zfs_mode_end_to_end() {
-    let _deadline = watchdog("modes_native zfs", ZFS_DEADLINE);
+    let _deadline = watchdog_then("modes_native zfs", ZFS_DEADLINE, zfs::detach_all_test_pools);
     if !can_run("modes_native zfs") {
         return;
     }
@@ -271,42 +271,19 @@ fn zfs_mode_end_to_end() {
         skip("modes_native zfs", "zfs tools are not installed");
         return;
     }
-    if let Err(e) = ensure_zfs() {
+    if let Err(e) = zfs::ensure_daemon() {
         skip("modes_native zfs", &e);
         return;
     }
-    let (dir, _name, mnt, _pool) = pool("btmmodes");
-    let socket = dir.path().join("btm.sock");
-    scenario("zfs", &mnt, &socket);
+    let pool = pool("btmmodes");
+    let socket = pool.dir().join("btm.sock");
+    scenario("zfs", &pool.mnt, &socket);
 }
 
-/// A zfs-fuse (or OpenZFS) pool on a file, mounted in a scratch directory, destroyed when the
-/// guard is dropped: (its directory, its name, its mountpoint, the guard).
-fn pool(prefix: &str) -> (tempfile::TempDir, String, PathBuf, PoolGuard) {
-    let dir = tempfile::Builder::new()
-        .prefix("btm-zfs-")
-        .tempdir_in(scratch())
-        .unwrap();
-    let img = dir.path().join("pool.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(512 << 20)
-        .unwrap();
-    let name = format!("{prefix}{}", std::process::id());
-    let mnt = dir.path().join("mnt");
-    sh(
-        "zpool",
-        &[
-            "create",
-            "-m",
-            mnt.to_str().unwrap(),
-            &name,
-            img.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
-    let guard = PoolGuard(name.clone());
-    (dir, name, mnt, guard)
+/// A zfs-fuse (or OpenZFS) pool on a file in a scratch directory, destroyed (or detached, when
+/// ZFS cannot destroy it) when dropped.
+fn pool(prefix: &str) -> zfs::Pool {
+    zfs::Pool::create(prefix, &scratch()).unwrap()
 }
 
 /// BTM's forms: the dataset's name instead of its mountpoint (`run -p pool/data`, `list -p`,
@@ -314,7 +291,11 @@ fn pool(prefix: &str) -> (tempfile::TempDir, String, PathBuf, PoolGuard) {
 /// a clear error when a name is neither a directory nor a dataset.
 #[test]
 fn zfs_takes_dataset_names_and_btm_long_flags() {
-    let _deadline = watchdog("modes_native zfs dataset names", ZFS_DEADLINE);
+    let _deadline = watchdog_then(
+        "modes_native zfs dataset names",
+        ZFS_DEADLINE,
+        zfs::detach_all_test_pools,
+    );
     if !can_run("modes_native zfs dataset names") {
         return;
     }
@@ -325,16 +306,17 @@ fn zfs_takes_dataset_names_and_btm_long_flags() {
         );
         return;
     }
-    if let Err(e) = ensure_zfs() {
+    if let Err(e) = zfs::ensure_daemon() {
         skip("modes_native zfs dataset names", &e);
         return;
     }
-    let (dir, name, mnt, _pool) = pool("btmnames");
+    let pool = pool("btmnames");
+    let (name, mnt) = (&pool.name, &pool.mnt);
     let dataset = format!("{name}/data");
     sh("zfs", &["create", &dataset]).unwrap();
     let data = mnt.join("data");
     assert!(data.is_dir(), "the dataset is mounted under the pool");
-    let socket = dir.path().join("btm.sock");
+    let socket = pool.dir().join("btm.sock");
     let s = socket.to_str().unwrap();
     let child = Command::new(agent_bin())
         .args([
@@ -398,39 +380,4 @@ fn zfs_takes_dataset_names_and_btm_long_flags() {
         "{e}"
     );
     assert!(!e.contains("(os error 2): No such file"), "{e}");
-}
-
-struct PoolGuard(String);
-
-impl Drop for PoolGuard {
-    fn drop(&mut self) {
-        if sh("zpool", &["destroy", "-f", &self.0]).is_err() {
-            let _ = sh("zfs", &["unmount", "-f", &self.0]);
-            let _ = sh("zpool", &["destroy", "-f", &self.0]);
-        }
-    }
-}
-
-/// `zpool` must answer; start the zfs-fuse daemon when it is what is missing.
-fn ensure_zfs() -> Result<(), String> {
-    if sh("zpool", &["list", "-H"]).is_ok() {
-        return Ok(());
-    }
-    if !have_tool("zfs-fuse") {
-        return Err("ZFS does not answer and zfs-fuse is not installed".into());
-    }
-    Command::new("zfs-fuse")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map_err(|e| format!("cannot start zfs-fuse: {e}"))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if sh("zpool", &["list", "-H"]).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Err("started zfs-fuse but zpool still does not answer".into())
 }
