@@ -17,10 +17,11 @@ use std::{
     io::{BufRead, BufReader, Write},
     path::Path,
     process::{Child, ChildStdout, Command, Stdio},
+    time::Duration,
 };
 
 use btm_agent::log::{Log, PathGlobs, ReplayOptions};
-use btm_tests::{Cutting, can_run, cutting, have_tool, python3, skip};
+use btm_tests::{Cutting, can_run, cutting, have_tool, python3, skip, watchdog};
 
 const HEIGHTS: u64 = 10;
 const DRIVER: &str = include_str!("../py/engine.py");
@@ -182,6 +183,9 @@ fn one(fstype: &str, kind: &str, exec: bool) -> Run {
 }
 
 fn engines(fstype: &str) {
+    // An engine that blocks (in a read from its pipe nothing else would end) fails this test
+    // in minutes instead of holding CI to its limit; the six engines take 1-2 minutes.
+    let _deadline = watchdog(&format!("engines on {fstype}"), Duration::from_secs(900));
     if !can_run(&format!("storage engines on {fstype}")) {
         return;
     }
