@@ -7,7 +7,7 @@
 //! and bytes (holes read as zeros), a symlink's target, and entries the height does not have.
 //! Like the cut, it skips sockets, FIFOs and devices, and other filesystems mounted inside.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
@@ -21,7 +21,7 @@ use super::dirfd::{self, DIR_FLAGS, join, kind};
 use super::error::LogError;
 use super::globs::PathGlobs;
 use super::payload::PayloadSource;
-use super::record::{RelPath, display_path};
+use super::record::display_path;
 use super::state::{FileState, Node, TreeState};
 
 /// Bytes read from a file at a time.
@@ -98,18 +98,39 @@ pub fn compare_tree(
     };
     c.dir(&fd, b"")?;
     c.bar.finish_and_clear();
-    // What the height has and the walk did not find.
-    let mut missing: Vec<&RelPath> = state
+    // What the height has and the walk did not find: one difference per missing subtree.
+    let missing: HashSet<&[u8]> = state
         .nodes
         .keys()
         .filter(|p| !c.seen.contains(p.as_slice()) && !opts.preserve.matches(p))
+        .map(|p| p.as_slice())
         .collect();
-    missing.sort();
-    for p in missing {
-        c.diff
-            .differs(p, "missing (the height has it)".into(), opts.max_listed);
+    for (top, under) in missing_subtrees(&missing) {
+        let what = match under {
+            0 => "missing (the height has it)".to_string(),
+            n => format!("missing, with the {n} entries under it (the height has them)"),
+        };
+        c.diff.differs(top, what, opts.max_listed);
     }
     Ok(c.diff)
+}
+
+/// The missing paths whose parent directory is not missing too, each with how many missing
+/// paths lie under it, in path order: a lost directory is one difference, not one per entry.
+fn missing_subtrees<'a>(missing: &HashSet<&'a [u8]>) -> BTreeMap<&'a [u8], u64> {
+    let mut tops = BTreeMap::new();
+    for &p in missing {
+        let mut top = p;
+        let mut q = p;
+        while let Some(i) = q.iter().rposition(|&b| b == b'/') {
+            q = &q[..i];
+            if missing.contains(q) {
+                top = q;
+            }
+        }
+        *tops.entry(top).or_insert(0) += u64::from(top != p);
+    }
+    tops
 }
 
 struct Comparer<'a> {

@@ -114,4 +114,14 @@ fn a_replayed_tree_compares_equal_and_every_difference_is_named() {
     std::fs::remove_file(vol.join("db/b")).unwrap();
     let (d, listed) = compare(&["db/a", "db/sparse", "db/extra"]);
     assert_eq!(listed, vec!["db/b: missing (the height has it)"], "{d:?}");
+
+    // A lost directory is one difference that counts what was under it.
+    std::fs::remove_dir_all(vol.join("db")).unwrap();
+    let (d, listed) = compare(&[]);
+    assert_eq!(
+        listed,
+        vec!["db: missing, with the 3 entries under it (the height has them)"],
+        "{d:?}"
+    );
+    assert_eq!(d.differences, 1, "{d:?}");
 }
