@@ -12,6 +12,29 @@ use btm_agent::cmd::proto;
 use btm_tests::agent_bin;
 use serde_json::Value;
 
+/// The agent with a clean environment: the runner's BTM_* variables must not leak in.
+pub fn clean_agent() -> Command {
+    let mut c = Command::new(agent_bin());
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    c
+}
+
+/// Output bytes as text, for messages.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `snapshot --height H` through the clean-environment agent, which must succeed.
+pub fn snapshot(sock: &Path, h: u64) {
+    let out = clean_agent()
+        .args(["snapshot", "--height", &h.to_string(), "--socket"])
+        .arg(sock)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "height {h}: {}", text(&out.stderr));
+}
+
 /// A child process killed (and reaped) when the test ends, passing or not.
 pub struct Guard(pub Option<Child>);
 
