@@ -1,6 +1,9 @@
 //! The physical limit of a cut on this machine: the changed bytes through zstd -1 and blake3
 //! on one core (measured here, on data shaped like the data set's), plus the syncfs and the
-//! freeze that no cut can skip (the cut's own, from its `phases_ms`).
+//! freeze that no cut can skip (the cut's own, from its `phases_ms`). And the limit of a
+//! replay: the disk's own sequential write rate into the same directory.
+use std::io::Write;
+use std::path::Path;
 use std::time::Instant;
 
 /// Bytes of sample data; large enough to leave the caches, small enough to take well under
@@ -45,6 +48,26 @@ pub fn limit_secs(changed: f64, rate: f64, sync_ms: f64, freeze_ms: f64) -> Opti
     (rate > 0.0).then(|| changed / rate + (sync_ms + freeze_ms) / 1000.0)
 }
 
+/// The disk's sequential write rate into `dir`, in bytes per second: `bytes` (rounded up to
+/// whole MiB) of non-zero data written in 1 MiB writes to a new file, then an fsync (a replay
+/// ends with a syncfs). The file is removed.
+pub fn disk_write_rate(dir: &Path, bytes: u64) -> std::io::Result<f64> {
+    let path = dir.join("btm-bench-disk-limit");
+    let buf: Vec<u8> = (0..PIECE).map(|i| (i % 251) as u8 | 1).collect();
+    let t = Instant::now();
+    let result = (|| -> std::io::Result<f64> {
+        let mut f = std::fs::File::create(&path)?;
+        for _ in 0..bytes.div_ceil(PIECE as u64) {
+            f.write_all(&buf)?;
+        }
+        f.sync_all()?;
+        Ok(t.elapsed().as_secs_f64())
+    })();
+    let _ = std::fs::remove_file(&path);
+    let secs = result?;
+    Ok(bytes.div_ceil(PIECE as u64) as f64 * PIECE as f64 / secs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +78,12 @@ mod tests {
         assert!(r > 1e6, "{r}");
         assert_eq!(limit_secs(100e6, 500e6, 50.0, 10.0), Some(0.26));
         assert_eq!(limit_secs(1.0, 0.0, 0.0, 0.0), None);
+        let dir = std::env::temp_dir().join(format!("btm-limit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rate = disk_write_rate(&dir, 4 << 20).unwrap();
+        let left = std::fs::read_dir(&dir).unwrap().count();
+        std::fs::remove_dir(&dir).unwrap();
+        assert!(rate > 1e6, "{rate}");
+        assert_eq!(left, 0, "the file is removed");
     }
 }

@@ -217,6 +217,9 @@ pub struct Results {
     pub replay_secs: f64,
     pub replay_bytes: u64,
     pub replay_height: u64,
+    /// The disk's sequential write rate into the replay's directory, bytes per second
+    /// ([`limit::disk_write_rate`], the same bytes as the replay wrote); 0 when not measured.
+    pub disk_write_rate: f64,
     pub rollback_secs: f64,
     pub rollback_height: u64,
     pub rollback_undone: u64,
@@ -611,6 +614,18 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
         }
     }
     let _ = std::fs::remove_dir_all(&into);
+    if r.replay_bytes > 0 {
+        match limit::disk_write_rate(dir, r.replay_bytes) {
+            Ok(rate) => {
+                r.disk_write_rate = rate;
+                println!(
+                    "bench: the disk writes {:.0} MB/s sequentially there",
+                    rate / 1e6
+                );
+            }
+            Err(e) => println!("bench: disk write rate not measured: {e}"),
+        }
+    }
 
     // 8. In-place rollback (through the running agent) vs a full restic restore.
     let rollback = tools::timed(
