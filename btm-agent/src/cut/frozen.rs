@@ -72,7 +72,7 @@ impl Cutter {
                 if size2 > size1 {
                     r.push((size1, size2 - size1));
                 }
-                Want::Ranges(r)
+                Want::ranges(r)
             } else {
                 let both = both.get_or_insert_with(|| {
                     let mut b = d1.clone();

@@ -519,7 +519,7 @@ impl Cutter {
                 if size > old {
                     r.push((old, size - old));
                 }
-                return Want::Ranges(r);
+                return Want::ranges(r);
             }
         }
         if tip.file(id).is_some() {
@@ -613,6 +613,26 @@ enum Want {
     /// Re-read these byte ranges in full: zeros there (punched, zeroed, unwritten) must be
     /// recorded, since older data exists underneath in the log.
     Ranges(Vec<(u64, u64)>),
+}
+
+impl Want {
+    /// Re-read `r` (offset, length) sorted and merged. Its sources overlap: the marks of an
+    /// appended file cover the tail it grew by, which is added as well; read as given, every
+    /// appended byte was read twice (the 0.25x beyond what changed in the benchmark, whose
+    /// block files grow by a quarter of each height).
+    fn ranges(mut r: Vec<(u64, u64)>) -> Want {
+        r.retain(|&(_, len)| len > 0);
+        r.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(r.len());
+        for (off, len) in r {
+            let end = off.saturating_add(len);
+            match merged.last_mut() {
+                Some((o, l)) if off <= *o + *l => *l = (*l).max(end - *o),
+                _ => merged.push((off, len)),
+            }
+        }
+        Want::Ranges(merged)
+    }
 }
 
 fn ranges_of(set: &DirtySet, ino: u64, size: u64) -> Vec<(u64, u64)> {

@@ -141,3 +141,23 @@ fn differences_not_named_by_events_are_missed() {
         0
     );
 }
+
+#[test]
+fn ranges_to_reread_are_merged_so_no_byte_is_read_twice() {
+    let Want::Ranges(r) = Want::ranges(vec![
+        (1 << 20, 4096),
+        // The marks of an append, then the tail it grew by: the same bytes.
+        (8 << 20, 1 << 20),
+        (0, 4096),
+        (8 << 20, 1 << 20),
+        (4096, 4096),
+        (100, 0),
+        (9 << 20, 10),
+    ]) else {
+        panic!("not ranges")
+    };
+    assert_eq!(
+        r,
+        vec![(0, 8192), (1 << 20, 4096), (8 << 20, (1 << 20) + 10)]
+    );
+}
