@@ -129,9 +129,14 @@ fn or_bits(c: *mut Chunk, bits: &[u64; CHUNK_WORDS]) {
     while w < CHUNK_WORDS {
         if bits[w] != 0 {
             // SAFETY: points into a live map value; atomic so concurrent CPUs never lose a bit.
+            // A block written again in the same epoch (most writes of a busy file) finds its
+            // bits set: a plain load then, not a locked read-modify-write of a shared line.
+            // Bits are only cleared with the whole entry, after the epoch switched.
             unsafe {
                 let word = core::ptr::addr_of_mut!((*c).bits[w]);
-                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(word, bits[w]);
+                if core::ptr::read_volatile(word) & bits[w] != bits[w] {
+                    atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(word, bits[w]);
+                }
             }
         }
         w += 1;
