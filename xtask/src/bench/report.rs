@@ -488,10 +488,10 @@ pub fn render(a: &BenchArgs, r: &Results) -> String {
         )
     } else {
         format!(
-            "btm reads only the changed bytes ({amp1:.2}x: {prefault}), but its cut time is \
-             dominated by compressing, hashing and fsyncing on 2 shared cores plus two namespace \
-             walks; restic and rsync are fast on a small, page-cached data set. The gap grows \
-             with the data set: measure at the default size or larger"
+            "btm reads only the changed bytes ({amp1:.2}x: {prefault}), but most of its cut \
+             time is the syncfs writing the node's dirty pages back (see \"Where a height's \
+             time goes\"); restic and rsync are fast on a small, page-cached data set. The gap \
+             grows with the data set: measure at the default size or larger"
         )
     };
     let _ = writeln!(
