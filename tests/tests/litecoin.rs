@@ -269,12 +269,15 @@ fn litecoind_end_to_end(fs: &str) {
     let dd = setup.datadir.clone();
     let _agent = start_agent(&setup.run_args(), &setup.sock, &w.join("agent.log"));
 
-    // The node runs the hook for every new tip; while `pause` exists the hook does nothing,
-    // which leaves a gap in the log (as a misconfigured hook would).
+    // The node runs the hook for every new tip; while `pause` exists the hook only notes the
+    // block in `paused`, which leaves a gap in the log (as a misconfigured hook would).
+    let paused = w.join("paused.log");
     let hook = format!(
-        "[ -e {pause} ] || {agent} notify --socket {sock} --bitcoin-rpc http://127.0.0.1:{RPCPORT} \
-         --rpc-cookie {dd}/regtest/.cookie --flush --block-hash %s >>{out} 2>&1",
+        "if [ -e {pause} ]; then echo %s >>{paused}; else {agent} notify --socket {sock} \
+         --bitcoin-rpc http://127.0.0.1:{RPCPORT} --rpc-cookie {dd}/regtest/.cookie --flush \
+         --block-hash %s >>{out} 2>&1; fi",
         pause = pause.display(),
+        paused = paused.display(),
         agent = agent_bin().display(),
         sock = setup.sock.display(),
         dd = dd.display(),
@@ -319,6 +322,17 @@ fn litecoind_end_to_end(fs: &str) {
     for _ in 0..3 {
         node.cli(&["sendtoaddress", &pay_to, "0.5"]);
         mine_one(&mut recorded, false);
+    }
+    // The node runs hooks in the background: the pause ends only once the three paused
+    // blocks' hooks have seen it (else a late hook cuts a paused height, as on a slow CI
+    // machine).
+    let t = Instant::now();
+    while std::fs::read_to_string(&paused).map_or(0, |s| s.lines().count()) < 3 {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the hooks of the paused blocks did not run"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
     std::fs::remove_file(&pause).unwrap();
     node.cli(&["sendtoaddress", &pay_to, "0.25"]);
