@@ -84,7 +84,8 @@ pub use record::{
     check_symlink_target, display_path,
 };
 pub use replay::{
-    PayloadSource, ReplayOptions, ReplayScope, ReplayStats, SinceLast, refuse_inside, replay_state,
+    PayloadSource, ReplayOptions, ReplayScope, ReplayStats, SinceLast, merge_ranges, refuse_inside,
+    replay_state,
 };
 pub use state::{FileState, Node, Piece, TreeState};
 pub use summary::{FileStored, LogStats};

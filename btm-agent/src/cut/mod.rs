@@ -620,18 +620,13 @@ impl Want {
     /// appended file cover the tail it grew by, which is added as well; read as given, every
     /// appended byte was read twice (the 0.25x beyond what changed in the benchmark, whose
     /// block files grow by a quarter of each height).
-    fn ranges(mut r: Vec<(u64, u64)>) -> Want {
-        r.retain(|&(_, len)| len > 0);
-        r.sort_unstable();
-        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(r.len());
-        for (off, len) in r {
-            let end = off.saturating_add(len);
-            match merged.last_mut() {
-                Some((o, l)) if off <= *o + *l => *l = (*l).max(end - *o),
-                _ => merged.push((off, len)),
-            }
-        }
-        Want::Ranges(merged)
+    fn ranges(r: Vec<(u64, u64)>) -> Want {
+        let spans = r
+            .into_iter()
+            .map(|(o, l)| (o, o.saturating_add(l)))
+            .collect();
+        let merged = crate::log::merge_ranges(spans);
+        Want::Ranges(merged.into_iter().map(|(a, b)| (a, b - a)).collect())
     }
 }
 

@@ -361,8 +361,9 @@ impl Replayer<'_> {
 /// The pieces (at their file offsets) and the hole ranges a file's replay looks at.
 type Plan = (Vec<(u64, Piece)>, Vec<(u64, u64)>);
 
-/// Sorted, non-overlapping `[start, end)` ranges covering the same bytes as `r`.
-pub(super) fn merge(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+/// Sorted, non-overlapping `[start, end)` ranges covering the same bytes as `r` (also the
+/// ranges a cut re-reads, so that no byte is read twice).
+pub fn merge(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     r.retain(|&(a, b)| a < b);
     r.sort_unstable();
     let mut out: Vec<(u64, u64)> = Vec::with_capacity(r.len());

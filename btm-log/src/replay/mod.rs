@@ -44,6 +44,7 @@ mod scope;
 mod writer;
 use crate::dirfd::{self, DIR_FLAGS};
 pub use crate::payload::PayloadSource;
+pub use content::merge as merge_ranges;
 pub use scope::{ReplayScope, SinceLast};
 
 /// How to replay.
