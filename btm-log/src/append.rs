@@ -490,7 +490,7 @@ pub(super) fn compress_all(
     threads: usize,
 ) -> std::io::Result<Vec<Stored>> {
     let one = |d: &[u8]| -> std::io::Result<Stored> {
-        let c = zstd::bulk::compress(d, level)?;
+        let c = crate::zstd_ctx::compress(d, level)?;
         Ok((format::block_table(d), (c.len() < d.len()).then_some(c)))
     };
     let mut out: Vec<std::io::Result<Stored>> = Vec::with_capacity(raw.len());

@@ -59,6 +59,7 @@ mod truncate;
 mod unchanged;
 mod verify;
 mod writer;
+mod zstd_ctx;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

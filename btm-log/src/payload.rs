@@ -127,7 +127,8 @@ pub fn check_payload(p: &PayloadRef, stored: &[u8]) -> Result<(), String> {
 }
 
 fn unzstd(p: &PayloadRef, body: &[u8]) -> Result<Vec<u8>, String> {
-    let raw = zstd::bulk::decompress(body, p.raw_len as usize).map_err(|e| format!("zstd: {e}"))?;
+    let raw =
+        crate::zstd_ctx::decompress(body, p.raw_len as usize).map_err(|e| format!("zstd: {e}"))?;
     if raw.len() as u64 != p.raw_len {
         return Err(format!(
             "decompressed to {} bytes, expected {}",
