@@ -42,6 +42,9 @@ impl Replayer<'_> {
             differs.push(d);
         }
         self.log.prefetch(&wanted);
+        // Shared by the writes of this file (made once, not per piece).
+        let full: Arc<Path> = self.into.join(OsStr::from_bytes(path)).into();
+        let shown: Arc<str> = display_path(path).into();
         for ((start, piece), differs) in segs.iter().zip(differs) {
             let (start, end) = (*start, start + piece.len);
             let range = piece.skip as usize..(piece.skip + piece.len) as usize;
@@ -59,8 +62,8 @@ impl Replayer<'_> {
                     data: raw,
                     range,
                     at: start,
-                    path: self.into.join(OsStr::from_bytes(path)),
-                    bad: self.bad(&piece.payload, path, id, start),
+                    path: full.clone(),
+                    bad: self.bad_at(&piece.payload, shown.clone(), id, start),
                 };
                 if self.writer.submit(job)? {
                     self.stats.writes_in_parallel += 1;
@@ -328,9 +331,13 @@ impl Replayer<'_> {
 
     /// What a damaged payload at `offset` of file `id` is reported as.
     fn bad(&self, p: &PayloadRef, path: &[u8], id: FileId, offset: u64) -> Bad {
+        self.bad_at(p, display_path(path).into(), id, offset)
+    }
+
+    fn bad_at(&self, p: &PayloadRef, path: Arc<str>, id: FileId, offset: u64) -> Bad {
         Bad {
             height: self.log.payload_height(p).unwrap_or(self.height),
-            path: display_path(path),
+            path,
             id,
             offset,
             len: p.raw_len,

@@ -7,7 +7,7 @@
 //! the disk writes during the replay instead of all at its final syncfs.
 //!
 //! Memory stays bounded: at most [`IN_FLIGHT`] bytes (or one payload, if larger) wait for the
-//! thread. The first failed write is reported by the next [`Writer::submit`] or
+//! thread, plus the batch of at most [`BATCH_BYTES`] being gathered for it. The first failed write is reported by the next [`Writer::submit`] or
 //! [`Writer::wait`]; the writes queued after it are dropped. Dropping the writer waits for the
 //! thread, so nothing is written after replay returns.
 
@@ -15,7 +15,7 @@ use std::fs::File;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
@@ -53,7 +53,7 @@ impl Loaded {
 #[derive(Clone)]
 pub(in crate::replay) struct Bad {
     pub(in crate::replay) height: u64,
-    pub(in crate::replay) path: String,
+    pub(in crate::replay) path: Arc<str>,
     pub(in crate::replay) id: FileId,
     pub(in crate::replay) offset: u64,
     pub(in crate::replay) len: u64,
@@ -70,7 +70,7 @@ impl Bad {
         } = self;
         LogError::CorruptExtent {
             height,
-            path,
+            path: path.to_string(),
             id,
             offset,
             len,
@@ -86,7 +86,7 @@ pub(in crate::replay) struct Job {
     pub(in crate::replay) data: Arc<Loaded>,
     pub(in crate::replay) range: Range<usize>,
     pub(in crate::replay) at: u64,
-    pub(in crate::replay) path: PathBuf,
+    pub(in crate::replay) path: Arc<Path>,
     pub(in crate::replay) bad: Bad,
 }
 
@@ -98,7 +98,7 @@ impl Job {
         }
         self.file
             .write_all_at(&self.data.raw[self.range.clone()], self.at)
-            .map_err(|e| Failure::Write(self.path.clone(), format!("write: {e}")))
+            .map_err(|e| Failure::Write(self.path.to_path_buf(), format!("write: {e}")))
     }
 }
 
@@ -197,10 +197,19 @@ impl Shared {
 pub(super) struct Writer {
     /// Start the writeback of every range written (the replay ends with a syncfs).
     pub(super) sync: bool,
-    tx: Option<Sender<Job>>,
+    tx: Option<Sender<Vec<Job>>>,
     thread: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
+    /// Jobs not yet handed to the thread, and their bytes.
+    batch: Vec<Job>,
+    batch_bytes: usize,
 }
+
+/// Jobs go to the thread in batches of this many bytes (or [`BATCH_JOBS`] jobs): one hand-over
+/// per 4 KiB piece woke the thread for every piece, and a replay of scattered changes spent
+/// more time switching between the threads than writing.
+const BATCH_BYTES: usize = 256 << 10;
+const BATCH_JOBS: usize = 64;
 
 impl Writer {
     /// Checks and writes `job` on the writer thread; true when it went there, false when it
@@ -210,7 +219,21 @@ impl Writer {
             job.run().map_err(Failure::error)?;
             return Ok(false);
         }
-        let len = job.range.len();
+        self.batch_bytes += job.range.len();
+        self.batch.push(job);
+        if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_JOBS {
+            self.send_batch()?;
+        }
+        Ok(true)
+    }
+
+    /// Hands the batch to the thread once fewer than [`IN_FLIGHT`] bytes wait there.
+    fn send_batch(&mut self) -> Result<(), LogError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let len = std::mem::take(&mut self.batch_bytes);
+        let batch = std::mem::take(&mut self.batch);
         let mut q = self.shared.lock();
         while q.failed.is_none() && q.jobs > 0 && q.bytes + len > IN_FLIGHT {
             q = self.shared.cv.wait(q).unwrap_or_else(|p| p.into_inner());
@@ -222,22 +245,24 @@ impl Writer {
         q.jobs += 1;
         drop(q);
         let Some(tx) = &self.tx else {
-            unreachable!("started above")
+            unreachable!("started before the first job was batched")
         };
-        if let Err(back) = tx.send(job) {
+        if let Err(back) = tx.send(batch) {
             // The thread is gone (it panicked): do it here.
             let mut q = self.shared.lock();
             q.bytes -= len;
             q.jobs -= 1;
             drop(q);
-            back.0.run().map_err(Failure::error)?;
-            return Ok(false);
+            for j in back.0 {
+                j.run().map_err(Failure::error)?;
+            }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Waits until every submitted write is done; the first that failed is the error.
-    pub(super) fn wait(&self) -> Result<(), LogError> {
+    pub(super) fn wait(&mut self) -> Result<(), LogError> {
+        self.send_batch()?;
         let mut q = self.shared.lock();
         while q.jobs > 0 {
             q = self.shared.cv.wait(q).unwrap_or_else(|p| p.into_inner());
@@ -249,27 +274,34 @@ impl Writer {
     }
 
     fn start(&mut self) -> bool {
-        let (tx, rx) = channel::<Job>();
+        let (tx, rx) = channel::<Vec<Job>>();
         let shared = self.shared.clone();
         let sync = self.sync;
         let spawned = std::thread::Builder::new()
             .name("btm-replay-write".into())
             .spawn(move || {
                 let mut unflushed = None;
-                for j in rx {
-                    // After a failure the rest is dropped.
-                    let skip = shared.lock().failed.is_some();
-                    let res = if skip { Ok(()) } else { j.run() };
-                    if sync && res.is_ok() && !skip {
-                        Unflushed::note(&mut unflushed, &j.file, j.at, j.range.len());
+                for batch in rx {
+                    let mut len = 0;
+                    let mut failed = None;
+                    let failed_before = shared.lock().failed.is_some();
+                    for j in batch {
+                        // After a failure the rest is dropped.
+                        let skip = failed_before || failed.is_some();
+                        let res = if skip { Ok(()) } else { j.run() };
+                        if sync && res.is_ok() && !skip {
+                            Unflushed::note(&mut unflushed, &j.file, j.at, j.range.len());
+                        }
+                        len += j.range.len();
+                        if failed.is_none() {
+                            failed = res.err();
+                        }
                     }
-                    let len = j.range.len();
-                    drop(j);
                     let mut q = shared.lock();
                     q.bytes -= len;
                     q.jobs -= 1;
                     if q.failed.is_none() {
-                        q.failed = res.err();
+                        q.failed = failed;
                     }
                     drop(q);
                     shared.cv.notify_all();
