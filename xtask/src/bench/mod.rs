@@ -46,6 +46,9 @@ pub struct BenchArgs {
     /// Scratch directory (on a real disk: images, logs, repositories, mirrors).
     #[arg(long, default_value = "/var/tmp/btm-bench")]
     pub dir: PathBuf,
+    /// Leave the log (`DIR/log`) in place at the end, to profile replay or inspect it.
+    #[arg(long)]
+    pub keep_log: bool,
 }
 
 pub const RATES: [f64; 3] = [0.001, 0.01, 0.1];
@@ -677,7 +680,11 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
     r.restic_repo_bytes = tools::tree_bytes(&restic.repo);
     drop(btrfs);
     drop(xfs);
-    let _ = std::fs::remove_dir_all(dir);
+    if a.keep_log {
+        println!("bench: the log stays in {}", log.display());
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     Ok(r)
 }
 
