@@ -47,6 +47,12 @@ impl DedupIndex {
         });
     }
 
+    /// Forgets every payload stored in segment `seg` at `offset` or after: a record being
+    /// undone indexed them as it wrote them (one pass over the index, on that rare path only).
+    pub(crate) fn forget_from(&mut self, seg: u64, offset: u64) {
+        self.0.retain(|_, s| !(s.seg == seg && s.offset >= offset));
+    }
+
     /// Tests: points `p.hash` at `p`, replacing what was there (to forge references).
     #[cfg(test)]
     pub(crate) fn replace(&mut self, p: &PayloadRef) {

@@ -543,6 +543,45 @@ fn a_dropped_draft_is_undone_and_vanished_files_leave_unused_payloads() {
     assert!(!into.join("f3").exists());
 }
 
+/// The payloads an undone record wrote (a cut that starts over, or a disk that fills up) are
+/// forgotten with it: the next record holding the same bytes stores them again instead of
+/// pointing into the tail that was cut off (and that the next record then overwrites).
+#[test]
+fn an_undone_records_payloads_are_never_pointed_at() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        batch_bytes: 64 << 10,
+        chunk_size: 4096,
+        ..Default::default()
+    };
+    let mut log = Log::open_append_with(tmp.path(), opts).unwrap();
+    log.append(record(1, 1, noise(1, 10_000))).unwrap();
+    let data = noise(2, 300_000);
+    {
+        let mut d = log.begin(2).unwrap();
+        d.extent(ExtentData {
+            id: 2,
+            offset: 0,
+            bytes: ExtentBytes::Data(data.clone()),
+        })
+        .unwrap();
+        d.flush().unwrap();
+    }
+    // The same bytes again, this time up to a full disk halfway through the record.
+    log.fail_writes_beyond = Some(log.segments[0].len + 150_000);
+    assert!(log.append(record(2, 2, data.clone())).is_err());
+    log.fail_writes_beyond = None;
+    let rep = log.append(record(2, 2, data.clone())).unwrap();
+    assert!(rep.stored_bytes > 0, "the bytes were stored again");
+    log.verify().unwrap();
+    drop(log);
+    let log = Log::open_append(tmp.path()).unwrap();
+    log.verify().unwrap();
+    let into = tmp.path().join("r");
+    log.replay(2, &into, &no_sync()).unwrap();
+    assert_eq!(fs::read(into.join("f2")).unwrap(), data);
+}
+
 /// Compaction writes through the same writer and its fault seam: a full disk at any point
 /// leaves the log as it was.
 #[test]
