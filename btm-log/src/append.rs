@@ -1,8 +1,9 @@
 //! Appending a height as it is captured: a [`Draft`] takes extents one at a time, chunks,
 //! hashes, deduplicates and compresses them in bounded batches and writes the payloads to
 //! their final place in the segment; [`Draft::commit`] adds the namespace operations and the
-//! metadata, fsyncs and acknowledges. Memory is the batch (`LogOptions::batch_bytes`) plus one
-//! metadata row per stored extent, whatever the size of the height.
+//! metadata, fsyncs and acknowledges. Memory is the batch (`LogOptions::batch_bytes`; compressed
+//! [`COMPRESS_WINDOW`] at a time) plus one metadata row per stored extent and one dedup entry
+//! per new payload.
 //!
 //! A draft dropped without commit (an error, a cut that starts over) is undone: the segment is
 //! cut back to where the record began, or removed if the record started it.
@@ -22,6 +23,9 @@ use super::{
     HeightInfo, Log, Meta, RecordLoc, Segment, TreeState, data_bytes, files_changed, fsync_dir,
     seg_name,
 };
+
+/// Raw bytes of a batch compressed at a time (then written): what the compressed copies cost.
+const COMPRESS_WINDOW: usize = 8 << 20;
 
 /// A record being appended. See the module documentation.
 pub struct Draft<'a> {
@@ -237,15 +241,32 @@ impl Draft<'_> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let pending = std::mem::take(&mut self.pending);
+        let mut pending = std::mem::take(&mut self.pending).into_iter().peekable();
         self.pending_by_hash.clear();
         self.pending_bytes = 0;
+        while pending.peek().is_some() {
+            // A window of the batch at a time: the compressed copies of the whole batch beside
+            // its raw bytes doubled what the capture buffer's cap promises.
+            let (mut window, mut bytes) = (Vec::new(), 0);
+            while let Some(p) =
+                pending.next_if(|p| window.is_empty() || bytes + p.raw.len() <= COMPRESS_WINDOW)
+            {
+                bytes += p.raw.len();
+                window.push(p);
+            }
+            self.write_window(&window)?;
+        }
+        Ok(())
+    }
+
+    /// Compresses and writes `window`, and points its rows at where it went.
+    fn write_window(&mut self, window: &[Pending]) -> Result<(), LogError> {
         let opts = &self.log.opts;
-        let raws: Vec<&[u8]> = pending.iter().map(|p| p.raw.as_slice()).collect();
+        let raws: Vec<&[u8]> = window.iter().map(|p| p.raw.as_slice()).collect();
         let stored = compress_all(&raws, opts.zstd_level, opts.compress_threads)
             .map_err(|e| LogError::io(&self.log.dir, e))?;
         let w = self.w.as_mut().expect("draft in progress");
-        for (p, (table, zstd)) in pending.iter().zip(stored) {
+        for (p, (table, zstd)) in window.iter().zip(stored) {
             let (codec, body) = match &zstd {
                 Some(c) => (Codec::Zstd, c.as_slice()),
                 None => (Codec::Raw, p.raw.as_slice()),
