@@ -7,6 +7,7 @@ mod dataset;
 mod limit;
 pub mod offsite;
 mod probes;
+mod replay;
 mod report;
 mod report_phases;
 mod report_precision;
@@ -217,8 +218,14 @@ pub struct Results {
     /// The tracker's counters after the main phases and the 16 MiB heights (the agent's
     /// status answer, before it is restarted without the prefault).
     pub tracker: Value,
+    /// The replay with the log evicted from the page cache (see `replay.rs`), and its bytes.
     pub replay_secs: f64,
     pub replay_bytes: u64,
+    /// The same replay with the log cached.
+    pub replay_warm_secs: f64,
+    /// The log's bytes, and the rate the disk reads them at (evicted, 1 MiB reads).
+    pub replay_log_bytes: u64,
+    pub log_read_rate: f64,
     pub replay_height: u64,
     /// The disk's sequential write rate into the replay's directory, bytes per second
     /// ([`limit::disk_write_rate`], the same bytes as the replay wrote); 0 when not measured.
@@ -585,50 +592,8 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
     };
     drop(ds_x);
 
-    // 7. Replay the latest height into a fresh directory.
-    let into = dir.join("replay");
-    let replay = tools::timed(
-        tools::command(bin)
-            .args(["replay", "--log"])
-            .arg(&log)
-            .arg("--to")
-            .arg(height.to_string())
-            .arg("--into")
-            .arg(&into)
-            .env("BTM_LOG", "warn"),
-    );
-    r.replay_height = height;
-    match replay {
-        Ok((secs, out)) => {
-            r.replay_secs = secs;
-            r.replay_bytes = out
-                .split("bytes_written: ")
-                .nth(1)
-                .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
-                .unwrap_or_else(|| tools::tree_bytes(&into));
-            println!(
-                "bench: replay of height {height}: {} in {secs:.2} s",
-                gib(r.replay_bytes)
-            );
-        }
-        Err(e) => {
-            println!("bench: replay FAILED: {e:#}");
-            r.errors.push(format!("replay --to {height}: {e:#}"));
-        }
-    }
-    let _ = std::fs::remove_dir_all(&into);
-    if r.replay_bytes > 0 {
-        match limit::disk_write_rate(dir, r.replay_bytes) {
-            Ok(rate) => {
-                r.disk_write_rate = rate;
-                println!(
-                    "bench: the disk writes {:.0} MB/s sequentially there",
-                    rate / 1e6
-                );
-            }
-            Err(e) => println!("bench: disk write rate not measured: {e}"),
-        }
-    }
+    // 7. Replay the latest height into a fresh directory, the log cold and warm.
+    replay::measure(&mut r, bin, &log, dir, height);
 
     // 8. In-place rollback (through the running agent) vs a full restic restore.
     let rollback = tools::timed(
