@@ -107,6 +107,93 @@ fn ops_remove_topmost_then_put_in_order() {
     );
 }
 
+/// A tree of up to 3 levels over names a, b, c: directories, files (ids 1-4, so some are
+/// hard links of each other) and symlinks; every parent a directory.
+fn tree() -> impl proptest::strategy::Strategy<Value = BTreeMap<RelPath, Entry>> {
+    use proptest::prelude::*;
+    let names = prop::collection::vec((0u8..3, 0u8..3, 0u8..3, 0u8..7), 0..24);
+    names.prop_map(|picks| {
+        let mut t: BTreeMap<RelPath, Entry> = BTreeMap::new();
+        for (a, b, c, kind) in picks {
+            let depth = 1 + (kind as usize % 3);
+            let parts = [a, b, c];
+            let path: Vec<u8> = parts[..depth]
+                .iter()
+                .map(|n| [b'a' + n])
+                .collect::<Vec<_>>()
+                .join(&b'/');
+            // Every ancestor must be a directory: skip a path under a file or symlink.
+            let ancestors_ok = (1..depth).all(|d| {
+                let anc: Vec<u8> = parts[..d]
+                    .iter()
+                    .map(|n| [b'a' + n])
+                    .collect::<Vec<_>>()
+                    .join(&b'/');
+                !matches!(t.get(&anc), Some(e) if !matches!(e, Entry::Dir { .. }))
+            });
+            if !ancestors_ok || t.contains_key(&path) {
+                continue;
+            }
+            for d in 1..depth {
+                let anc: Vec<u8> = parts[..d]
+                    .iter()
+                    .map(|n| [b'a' + n])
+                    .collect::<Vec<_>>()
+                    .join(&b'/');
+                t.entry(anc).or_insert_with(dir);
+            }
+            let entry = match kind {
+                0 => dir(),
+                1..=4 => file(kind as u64),
+                _ => Entry::Symlink {
+                    target: vec![b'x'; kind as usize],
+                    uid: 0,
+                    gid: 0,
+                },
+            };
+            t.insert(path, entry);
+        }
+        // A file below a path that became a directory's child set is fine; a directory
+        // entry later turned into a file must not keep children: drop those.
+        let files: Vec<RelPath> = t
+            .iter()
+            .filter(|(_, e)| !matches!(e, Entry::Dir { .. }))
+            .map(|(p, _)| p.clone())
+            .collect();
+        t.retain(|p, _| {
+            !files
+                .iter()
+                .any(|f| p.len() > f.len() && p.starts_with(f) && p[f.len()] == b'/')
+        });
+        t
+    })
+}
+
+fn state_of(t: &BTreeMap<RelPath, Entry>) -> crate::log::TreeState {
+    let mut s = crate::log::TreeState::default();
+    let ops: Vec<NsOp> = t
+        .iter()
+        .map(|(p, e)| NsOp::Put {
+            path: p.clone(),
+            entry: e.clone(),
+        })
+        .collect();
+    s.apply(1, &ops, &[]).unwrap();
+    s
+}
+
+proptest::proptest! {
+    /// The ops between two trees, applied to the first, give the second (whatever order of
+    /// removes and puts the one-pass merge emits them in).
+    #[test]
+    fn namespace_ops_turn_one_tree_into_the_other(prev in tree(), next in tree()) {
+        let mut s = state_of(&prev);
+        s.apply(2, &namespace_ops(&prev, &next), &[]).unwrap();
+        let got: BTreeMap<RelPath, Entry> = s.entries().map(|(p, e)| (p.clone(), e)).collect();
+        proptest::prop_assert_eq!(got, next);
+    }
+}
+
 /// The periodic check: paths where the kept namespace and the walk differ are counted as
 /// missed unless an event since the patch names them or a directory above them.
 #[test]
