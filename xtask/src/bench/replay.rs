@@ -3,13 +3,7 @@
 //! cached (replay's own work: decode, check, write). Beside them, the disk's rates in the same
 //! run: reading the log, and writing the replay's bytes. A replay whose log was left partly
 //! cached by the steps before was neither, and its time moved with what those steps did.
-use std::{
-    fs::File,
-    io::Read,
-    os::fd::AsRawFd,
-    path::{Path, PathBuf},
-    time::Instant,
-};
+use std::{fs::File, io::Read, os::fd::AsRawFd, path::Path, time::Instant};
 
 use super::{Results, gib, limit, tools};
 
@@ -83,26 +77,9 @@ pub fn measure(r: &mut Results, bin: &Path, log: &Path, dir: &Path, height: u64)
     }
 }
 
-/// Every file under `dir`.
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => todo.push(e.path()),
-                Ok(t) if t.is_file() => out.push(e.path()),
-                _ => {}
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// Drops the log's pages from the page cache (they are clean: btm fsyncs what it writes).
 fn evict(log: &Path) {
-    for p in files(log) {
+    for (p, _) in tools::tree_files(log) {
         if let Ok(f) = File::open(&p) {
             let _ = f.sync_data();
             // SAFETY: an open fd; no memory is passed.
@@ -115,7 +92,7 @@ fn evict(log: &Path) {
 fn read_rate(log: &Path) -> std::io::Result<(u64, f64)> {
     let mut buf = vec![0u8; 1 << 20];
     let (t, mut total) = (Instant::now(), 0u64);
-    for p in files(log) {
+    for (p, _) in tools::tree_files(log) {
         let mut f = File::open(&p)?;
         loop {
             let n = f.read(&mut buf)?;

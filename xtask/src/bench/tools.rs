@@ -387,7 +387,13 @@ pub fn tar_zstd(src: &Path, out: &Path, tree_bytes: u64) -> Result<Run> {
 
 /// Apparent bytes of every regular file under `root`.
 pub fn tree_bytes(root: &Path) -> u64 {
-    let mut n = 0;
+    tree_files(root).iter().map(|(_, len)| len).sum()
+}
+
+/// Every regular file under `root` (symlinks not followed) and its apparent size, in path
+/// order.
+pub fn tree_files(root: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&d) else {
@@ -398,11 +404,12 @@ pub fn tree_bytes(root: &Path) -> u64 {
             if md.is_dir() {
                 stack.push(e.path());
             } else if md.is_file() {
-                n += md.len();
+                out.push((e.path(), md.len()));
             }
         }
     }
-    n
+    out.sort();
+    out
 }
 
 /// One fio run: write IOPS and the write I/Os it issued in all.
