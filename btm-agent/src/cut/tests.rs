@@ -117,30 +117,23 @@ fn tree() -> impl proptest::strategy::Strategy<Value = BTreeMap<RelPath, Entry>>
         for (a, b, c, kind) in picks {
             let depth = 1 + (kind as usize % 3);
             let parts = [a, b, c];
-            let path: Vec<u8> = parts[..depth]
-                .iter()
-                .map(|n| [b'a' + n])
-                .collect::<Vec<_>>()
-                .join(&b'/');
-            // Every ancestor must be a directory: skip a path under a file or symlink.
-            let ancestors_ok = (1..depth).all(|d| {
-                let anc: Vec<u8> = parts[..d]
+            // The path of the first `d` names.
+            let path_of = |d: usize| -> Vec<u8> {
+                parts[..d]
                     .iter()
                     .map(|n| [b'a' + n])
                     .collect::<Vec<_>>()
-                    .join(&b'/');
-                !matches!(t.get(&anc), Some(e) if !matches!(e, Entry::Dir { .. }))
-            });
+                    .join(&b'/')
+            };
+            let path = path_of(depth);
+            // Every ancestor must be a directory: skip a path under a file or symlink.
+            let ancestors_ok = (1..depth)
+                .all(|d| !matches!(t.get(&path_of(d)), Some(e) if !matches!(e, Entry::Dir { .. })));
             if !ancestors_ok || t.contains_key(&path) {
                 continue;
             }
             for d in 1..depth {
-                let anc: Vec<u8> = parts[..d]
-                    .iter()
-                    .map(|n| [b'a' + n])
-                    .collect::<Vec<_>>()
-                    .join(&b'/');
-                t.entry(anc).or_insert_with(dir);
+                t.entry(path_of(d)).or_insert_with(dir);
             }
             let entry = match kind {
                 0 => dir(),
@@ -153,18 +146,6 @@ fn tree() -> impl proptest::strategy::Strategy<Value = BTreeMap<RelPath, Entry>>
             };
             t.insert(path, entry);
         }
-        // A file below a path that became a directory's child set is fine; a directory
-        // entry later turned into a file must not keep children: drop those.
-        let files: Vec<RelPath> = t
-            .iter()
-            .filter(|(_, e)| !matches!(e, Entry::Dir { .. }))
-            .map(|(p, _)| p.clone())
-            .collect();
-        t.retain(|p, _| {
-            !files
-                .iter()
-                .any(|f| p.len() > f.len() && p.starts_with(f) && p[f.len()] == b'/')
-        });
         t
     })
 }

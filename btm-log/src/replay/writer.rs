@@ -7,8 +7,9 @@
 //! the disk writes during the replay instead of all at its final syncfs.
 //!
 //! Memory stays bounded: at most [`IN_FLIGHT`] bytes (or one payload, if larger) wait for the
-//! thread, plus the batch of at most [`BATCH_BYTES`] being gathered for it. The first failed write is reported by the next [`Writer::submit`] or
-//! [`Writer::wait`]; the writes queued after it are dropped. Dropping the writer waits for the
+//! thread, plus the batch of at most [`BATCH_BYTES`] being gathered for it. The first failed
+//! write is reported by the next [`Writer::submit`] or [`Writer::wait`]; the writes queued
+//! after it are dropped. Dropping the writer waits for the
 //! thread, so nothing is written after replay returns.
 
 use std::fs::File;
