@@ -1,124 +1,195 @@
 //! The record that replaces a run of dropped records and the kept record after it: the
 //! difference between the state before the run and the state at the kept height.
-use std::collections::BTreeSet;
+//!
+//! The state before the run is not built: it is the state after it with the values the run
+//! replaced put back ([`Undo`]), so the diff looks only at what the run touched (plus one pass
+//! over the paths, which holds nothing).
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::rewrite::Row;
-use crate::Log;
-use crate::record::{FileId, NsOp, parent_of};
-use crate::state::{FileState, TreeState};
+use crate::record::{Entry, FileId, NsOp, parent_of};
+use crate::state::{FileBefore, FileState, Node, Piece, TreeState, Undo};
 
-/// The kind of bytes at a file position: a hole, or payload bytes (by content).
-fn piece_at(f: &FileState, limit: u64, x: u64) -> Option<([u8; 32], u64)> {
+/// The kind of bytes at file position `x`, given the pieces starting at or before it (last
+/// first): a hole, or payload bytes (by content).
+fn piece_at<'a>(
+    mut before: impl DoubleEndedIterator<Item = (&'a u64, &'a Piece)>,
+    limit: u64,
+    x: u64,
+) -> Option<([u8; 32], u64)> {
     if x >= limit {
         return None;
     }
-    let (&s, p) = f.pieces.range(..=x).next_back()?;
+    let (&s, p) = before.next_back()?;
     (x < s + p.len).then(|| (p.payload.hash, p.skip + (x - s)))
 }
 
-/// Byte ranges of `[0, cur.size)` where `cur` differs from `base` (clipped to `base_limit`).
-fn differing(base: Option<&FileState>, base_limit: u64, cur: &FileState) -> Vec<(u64, u64)> {
-    let mut cuts = BTreeSet::from([0, cur.size]);
-    let add = |cuts: &mut BTreeSet<u64>, f: &FileState| {
-        for (&s, p) in &f.pieces {
-            cuts.insert(s.min(cur.size));
-            cuts.insert((s + p.len).min(cur.size));
-        }
-    };
-    add(&mut cuts, cur);
-    if let Some(b) = base {
-        add(&mut cuts, b);
-        cuts.insert(base_limit.min(cur.size));
-    }
-    let cuts: Vec<u64> = cuts.into_iter().collect();
+/// Byte ranges of `cur` inside `ranges` (sorted, disjoint) where it differs from the file
+/// before the run, whose pieces there are `old` and whose bytes end at `base_limit`.
+fn differing(
+    old: &BTreeMap<u64, Piece>,
+    base_limit: u64,
+    cur: &FileState,
+    ranges: impl Iterator<Item = (u64, u64)>,
+) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
-    for w in cuts.windows(2) {
-        let (a, b) = (w[0], w[1]);
-        if a >= b {
+    for (start, end) in ranges {
+        let end = end.min(cur.size);
+        if start >= end {
             continue;
         }
-        let old = base.and_then(|f| piece_at(f, base_limit, a));
-        if old == piece_at(cur, cur.size, a) {
-            continue;
+        let mut cuts = BTreeSet::from([start, end]);
+        if (start..end).contains(&base_limit) {
+            cuts.insert(base_limit);
         }
-        match out.last_mut() {
-            Some(last) if last.1 == a => last.1 = b,
-            _ => out.push((a, b)),
+        let mut add = |s: u64, len: u64| {
+            for c in [s, s + len] {
+                if (start..end).contains(&c) {
+                    cuts.insert(c);
+                }
+            }
+        };
+        let first = cur.pieces.range(..start).next_back();
+        for (&s, p) in first.into_iter().chain(cur.pieces.range(start..end)) {
+            add(s, p.len);
+        }
+        let first = old.range(..start).next_back();
+        for (&s, p) in first.into_iter().chain(old.range(start..end)) {
+            add(s, p.len);
+        }
+        let cuts: Vec<u64> = cuts.into_iter().collect();
+        for w in cuts.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let was = piece_at(old.range(..=a), base_limit, a);
+            if was == piece_at(cur.pieces.range(..=a), cur.size, a) {
+                continue;
+            }
+            match out.last_mut() {
+                Some(last) if last.1 == a => last.1 = b,
+                _ => out.push((a, b)),
+            }
         }
     }
     out
 }
 
-impl Log {
-    /// The record at `height` of the diff from `prev` to `cur`: applied to `prev` it gives a
-    /// tree with `cur`'s namespace, metadata and bytes.
-    pub(super) fn diff(&self, prev: &TreeState, cur: &TreeState) -> (Vec<NsOp>, Vec<Row>) {
-        let mut ops = Vec::new();
-        for p in prev.nodes.keys() {
-            let parent_gone = parent_of(p).is_some_and(|q| !cur.nodes.contains_key(q));
-            if !cur.nodes.contains_key(p) && !parent_gone {
-                ops.push(NsOp::Remove { path: p.clone() });
-            }
-        }
-        for (p, e) in cur.entries() {
-            if prev.entry(p).as_ref() != Some(&e) {
-                ops.push(NsOp::Put {
-                    path: p.clone(),
-                    entry: e,
-                });
-            }
-        }
-        let mut ids: Vec<FileId> = cur.files.keys().copied().collect();
-        ids.sort_unstable();
-        let mut rows = Vec::new();
-        for id in ids {
-            let f = &cur.files[&id];
-            let base = prev.files.get(&id);
-            let base_size = base.map_or(0, |b| b.size);
-            if base_size != f.size {
-                ops.push(NsOp::SetSize { id, size: f.size });
-            }
-            for (a, b) in differing(base, base_size.min(f.size), f) {
-                let mut x = a;
-                while x < b {
-                    let Some((&s, piece)) = f
-                        .pieces
-                        .range(..=x)
-                        .next_back()
-                        .filter(|(s, p)| x < **s + p.len)
-                    else {
-                        // A hole up to the next piece (or the range end).
-                        let next = f.pieces.range(x..).next().map_or(b, |(s, _)| (*s).min(b));
-                        rows.push(Row::Zero {
-                            id,
-                            offset: x,
-                            len: next - x,
-                        });
-                        x = next;
-                        continue;
-                    };
-                    let end = (s + piece.len).min(b);
-                    let skip = piece.skip + (x - s);
-                    if skip == 0 && end - x == piece.payload.raw_len {
-                        rows.push(Row::Ref {
-                            id,
-                            offset: x,
-                            p: piece.payload,
-                        });
-                    } else {
-                        // Part of a payload: cut out when written, in bounded batches.
-                        rows.push(Row::Fresh {
-                            id,
-                            offset: x,
-                            src: piece.payload,
-                            skip,
-                            len: end - x,
-                        });
-                    }
-                    x = end;
-                }
-            }
-        }
-        (ops, rows)
+/// The entry at a path before the run, whose node then was `node`.
+fn entry_before(undo: &Undo, cur: &TreeState, node: &Node) -> Option<Entry> {
+    match node {
+        Node::File(id) => match undo.files.get(id) {
+            // A path named the file before the run, so it existed: `None` cannot happen, and
+            // is reported as a difference (a put is always right to write).
+            Some(b) => b.as_ref().map(|b| Entry::File {
+                id: *id,
+                mode: b.mode,
+                uid: b.uid,
+                gid: b.gid,
+            }),
+            None => cur.files.contains_key(id).then(|| cur.to_entry(node)),
+        },
+        _ => Some(cur.to_entry(node)),
     }
 }
+
+/// Rows that make file `id` read as `f` in the byte ranges `ranges`.
+fn rows_of_ranges(id: FileId, f: &FileState, ranges: Vec<(u64, u64)>, rows: &mut Vec<Row>) {
+    for (a, b) in ranges {
+        let mut x = a;
+        while x < b {
+            let Some((&s, piece)) = f
+                .pieces
+                .range(..=x)
+                .next_back()
+                .filter(|(s, p)| x < **s + p.len)
+            else {
+                // A hole up to the next piece (or the range end).
+                let next = f.pieces.range(x..).next().map_or(b, |(s, _)| (*s).min(b));
+                rows.push(Row::Zero {
+                    id,
+                    offset: x,
+                    len: next - x,
+                });
+                x = next;
+                continue;
+            };
+            let end = (s + piece.len).min(b);
+            let skip = piece.skip + (x - s);
+            if skip == 0 && end - x == piece.payload.raw_len {
+                rows.push(Row::Ref {
+                    id,
+                    offset: x,
+                    p: piece.payload,
+                });
+            } else {
+                // Part of a payload: cut out when written, in bounded batches.
+                rows.push(Row::Fresh {
+                    id,
+                    offset: x,
+                    src: piece.payload,
+                    skip,
+                    len: end - x,
+                });
+            }
+            x = end;
+        }
+    }
+}
+
+/// The record of the diff from the state before a run (`cur` with `undo` put back) to `cur`:
+/// applied to that state it gives a tree with `cur`'s namespace, metadata and bytes.
+pub(super) fn diff(undo: &Undo, cur: &TreeState) -> (Vec<NsOp>, Vec<Row>) {
+    let mut ops = Vec::new();
+    for (p, was) in &undo.nodes {
+        let parent_gone = parent_of(p).is_some_and(|q| !cur.nodes.contains_key(q));
+        if was.is_some() && !cur.nodes.contains_key(p) && !parent_gone {
+            ops.push(NsOp::Remove { path: p.clone() });
+        }
+    }
+    for (p, n) in &cur.nodes {
+        let was = match undo.nodes.get(p) {
+            Some(was) => was.as_ref(),
+            None => match n {
+                Node::File(id) if undo.files.contains_key(id) => Some(n),
+                _ => continue, // Neither the path nor its file changed.
+            },
+        };
+        let entry = cur.to_entry(n);
+        if was.and_then(|w| entry_before(undo, cur, w)).as_ref() != Some(&entry) {
+            ops.push(NsOp::Put {
+                path: p.clone(),
+                entry,
+            });
+        }
+    }
+    let mut ids: Vec<FileId> = undo
+        .files
+        .keys()
+        .copied()
+        .filter(|id| cur.files.contains_key(id))
+        .collect();
+    ids.sort_unstable();
+    let mut rows = Vec::new();
+    let (none, whole) = (BTreeMap::new(), BTreeMap::from([(0, u64::MAX)]));
+    for id in ids {
+        let f = &cur.files[&id];
+        let (size, touched, old) = match &undo.files[&id] {
+            // Created by the run: it differs from nothing wherever it has bytes.
+            None => (0, &whole, &none),
+            Some(FileBefore {
+                size, touched, old, ..
+            }) => (*size, touched, old),
+        };
+        if size != f.size {
+            ops.push(NsOp::SetSize { id, size: f.size });
+        }
+        let ranges = touched.iter().map(|(&s, &e)| (s, e));
+        let ranges = differing(old, size.min(f.size), f, ranges);
+        rows_of_ranges(id, f, ranges, &mut rows);
+    }
+    (ops, rows)
+}
+
+#[cfg(test)]
+#[path = "diff_tests.rs"]
+mod tests;

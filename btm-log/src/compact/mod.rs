@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::state::TreeState;
+use super::state::Undo;
 use super::{Log, LogError, Segment, fsync_dir, seg_name};
 use rewrite::{Writer, rows_of};
 
@@ -308,7 +308,8 @@ impl Log {
         };
         let w = p.w.as_mut().expect("just made");
         let mut state = self.fold_to(s)?;
-        let mut run_base: Option<TreeState> = None;
+        // What the current run of dropped records replaced, to diff the state before it.
+        let mut run: Option<Undo> = None;
         for i in s..upto {
             if cancel.load(Ordering::Relaxed) {
                 return Err(self.abandoned("the agent asked it to stop"));
@@ -316,18 +317,21 @@ impl Log {
             let r = &self.records[i];
             let meta = self.read_meta(r)?;
             let merge = is_dropped(i) && i < last_kept;
-            if merge && run_base.is_none() {
-                run_base = Some(state.clone());
+            if merge && run.is_none() {
+                run = Some(Undo::default());
             }
-            state.apply(r.header.height, &meta.ops, &meta.extents)?;
+            match run.as_mut() {
+                Some(u) => state.apply_recording(r.header.height, &meta.ops, &meta.extents, u)?,
+                None => state.apply(r.header.height, &meta.ops, &meta.extents)?,
+            }
             if merge {
                 w.rep.dropped_records += 1;
                 continue;
             }
-            let (ops, rows) = match run_base.take() {
-                Some(base) => {
+            let (ops, rows) = match run.take() {
+                Some(undo) => {
                     w.rep.merged_records += 1;
-                    self.diff(&base, &state)
+                    diff::diff(&undo, &state)
                 }
                 None => (meta.ops, rows_of(meta.extents)),
             };

@@ -10,6 +10,9 @@ use super::record::{
     Entry, FileId, NsOp, RelPath, check_path, check_symlink_target, display_path, parent_of,
 };
 
+mod undo;
+pub(crate) use undo::{FileBefore, Undo};
+
 /// What a path holds in the folded state. Files point at their inode-like [`FileState`].
 /// A symlink's target is boxed (symlinks are rare): that makes every node 24 bytes, not 32
 /// (one node per path, 10^6 and more on a node's data directory).
@@ -131,7 +134,7 @@ impl TreeState {
         self.nodes.iter().map(|(p, n)| (p, self.to_entry(n)))
     }
 
-    fn to_entry(&self, n: &Node) -> Entry {
+    pub(crate) fn to_entry(&self, n: &Node) -> Entry {
         match n {
             Node::Dir { mode, uid, gid } => Entry::Dir {
                 mode: *mode,
@@ -179,20 +182,32 @@ impl TreeState {
     }
 
     /// Removes whatever is at `path` (a directory with everything under it).
-    fn remove_node(&mut self, path: &[u8], orphans: &mut Vec<FileId>) -> bool {
+    fn remove_node(
+        &mut self,
+        path: &[u8],
+        orphans: &mut Vec<FileId>,
+        undo: &mut Option<&mut Undo>,
+    ) -> bool {
+        if let Some(u) = undo {
+            u.node(path, self.nodes.get(path));
+        }
         let Some(node) = self.nodes.remove(path) else {
             return false;
         };
-        let mut unlink = |files: &mut HashMap<FileId, FileState>, n: &Node| {
-            if let Node::File(id) = n {
-                let f = files.get_mut(id).expect("file of a live path");
-                f.nlink -= 1;
-                if f.nlink == 0 {
-                    orphans.push(*id);
+        let mut unlink =
+            |files: &mut HashMap<FileId, FileState>, n: &Node, undo: &mut Option<&mut Undo>| {
+                if let Node::File(id) = n {
+                    if let Some(u) = undo {
+                        u.file(*id, files.get(id));
+                    }
+                    let f = files.get_mut(id).expect("file of a live path");
+                    f.nlink -= 1;
+                    if f.nlink == 0 {
+                        orphans.push(*id);
+                    }
                 }
-            }
-        };
-        unlink(&mut self.files, &node);
+            };
+        unlink(&mut self.files, &node, undo);
         if matches!(node, Node::Dir { .. }) {
             let mut lo = path.to_vec();
             lo.push(b'/');
@@ -200,8 +215,11 @@ impl TreeState {
             hi.push(b'/' + 1);
             let under: Vec<RelPath> = self.nodes.range(lo..hi).map(|(k, _)| k.clone()).collect();
             for k in under {
+                if let Some(u) = undo {
+                    u.node(&k, self.nodes.get(&k));
+                }
                 let n = self.nodes.remove(&k).expect("node");
-                unlink(&mut self.files, &n);
+                unlink(&mut self.files, &n, undo);
             }
         }
         true
@@ -215,6 +233,28 @@ impl TreeState {
         height: u64,
         ops: &[NsOp],
         extents: &[MetaExtent],
+    ) -> Result<(), LogError> {
+        self.apply_inner(height, ops, extents, None)
+    }
+
+    /// [`TreeState::apply`], keeping in `undo` what the record replaced (the first time a run
+    /// of records touches it): compaction diffs the state before a run from it.
+    pub(crate) fn apply_recording(
+        &mut self,
+        height: u64,
+        ops: &[NsOp],
+        extents: &[MetaExtent],
+        undo: &mut Undo,
+    ) -> Result<(), LogError> {
+        self.apply_inner(height, ops, extents, Some(undo))
+    }
+
+    fn apply_inner(
+        &mut self,
+        height: u64,
+        ops: &[NsOp],
+        extents: &[MetaExtent],
+        mut undo: Option<&mut Undo>,
     ) -> Result<(), LogError> {
         let invalid = |reason: String| LogError::InvalidRecord { height, reason };
         let unsafe_path = |path: &[u8], reason: String| LogError::UnsafePath {
@@ -264,6 +304,9 @@ impl TreeState {
                     match (existing, entry) {
                         (Some(Node::Dir { .. }), Entry::Dir { mode, uid, gid }) => {
                             // Same directory, new metadata: children stay.
+                            if let Some(u) = undo.as_mut() {
+                                u.node(path, existing);
+                            }
                             self.nodes.insert(
                                 path.clone(),
                                 Node::Dir {
@@ -276,12 +319,18 @@ impl TreeState {
                         (Some(Node::File(old)), Entry::File { id, mode, uid, gid })
                             if old == id =>
                         {
+                            if let Some(u) = undo.as_mut() {
+                                u.file(*id, self.files.get(id));
+                            }
                             let f = self.files.get_mut(id).expect("file of a live path");
                             (f.mode, f.uid, f.gid) = (*mode, *uid, *gid);
                         }
                         (existing, _) => {
                             if existing.is_some() {
-                                self.remove_node(path, &mut orphans);
+                                self.remove_node(path, &mut orphans, &mut undo);
+                            }
+                            if let Some(u) = undo.as_mut() {
+                                u.node(path, self.nodes.get(path));
                             }
                             let node = match entry {
                                 Entry::Dir { mode, uid, gid } => Node::Dir {
@@ -290,6 +339,9 @@ impl TreeState {
                                     gid: *gid,
                                 },
                                 Entry::File { id, mode, uid, gid } => {
+                                    if let Some(u) = undo.as_mut() {
+                                        u.file(*id, self.files.get(id));
+                                    }
                                     let f = self.files.entry(*id).or_insert_with(|| FileState {
                                         mode: 0,
                                         uid: 0,
@@ -314,7 +366,7 @@ impl TreeState {
                 }
                 NsOp::Remove { path } => {
                     check_path(path).map_err(|why| unsafe_path(path, why.to_string()))?;
-                    if !self.remove_node(path, &mut orphans) {
+                    if !self.remove_node(path, &mut orphans, &mut undo) {
                         return Err(invalid(format!(
                             "remove \"{}\": nothing is there",
                             display_path(path)
@@ -327,6 +379,10 @@ impl TreeState {
                             "set size of file id {id}: no such file (put it first)"
                         ))
                     })?;
+                    if let Some(u) = undo.as_mut() {
+                        // A shrink drops the pieces beyond the new size.
+                        u.pieces(*id, f, (*size).min(f.size), u64::MAX);
+                    }
                     f.set_size(*size);
                 }
             }
@@ -347,6 +403,9 @@ impl TreeState {
             if start >= end {
                 continue;
             }
+            if let Some(u) = undo.as_mut() {
+                u.pieces(id, f, start, end);
+            }
             f.punch(start, end);
             if let MetaExtent::Data { payload, .. } = e {
                 f.pieces.insert(
@@ -360,7 +419,11 @@ impl TreeState {
             }
         }
         for id in orphans {
-            if self.files.get(&id).is_some_and(|f| f.nlink == 0) {
+            if let Some(f) = self.files.get(&id).filter(|f| f.nlink == 0) {
+                if let Some(u) = undo.as_mut() {
+                    // Gone with all its bytes: a later put of the same id starts empty.
+                    u.pieces(id, f, 0, u64::MAX);
+                }
                 self.files.remove(&id);
             }
         }
