@@ -4,6 +4,8 @@
 //! FILES files of one 4 KiB piece each (1,000 per directory, heights of 100,000 files), then one
 //! file of PIECES 4 KiB pieces (in offset order, or shuffled), then a height of PIECES/100 writes
 //! half a block off (each splits a piece in the middle of the map).
+//! `state_mem compact DIR [HEIGHTS]` appends HEIGHTS small heights, drops all but the last and
+//! compacts, reporting the heap compaction adds at its peak.
 //! `state_mem measure DIR` opens it and reports the heap the folded state takes (a counting
 //! allocator: bytes asked for, allocations, plus VmRSS/VmHWM from /proc), the time to open the
 //! log, fold it, and append one more small height. The log's format does not depend on the
@@ -26,10 +28,13 @@ struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+/// The most `LIVE` reached since the last [`reset_peak`].
+static PEAK: AtomicUsize = AtomicUsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size(), Ordering::Relaxed);
+        let live = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
+        PEAK.fetch_max(live, Ordering::Relaxed);
         ALLOCS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: forwarded unchanged.
         unsafe { System.alloc(l) }
@@ -41,7 +46,8 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new, Ordering::Relaxed);
+        let live = LIVE.fetch_add(new, Ordering::Relaxed) + new;
+        PEAK.fetch_max(live, Ordering::Relaxed);
         LIVE.fetch_sub(l.size(), Ordering::Relaxed);
         // SAFETY: forwarded unchanged.
         unsafe { System.realloc(p, l, new) }
@@ -59,6 +65,10 @@ const BIG: u64 = u64::MAX / 2;
 
 fn heap() -> (usize, usize) {
     (LIVE.load(Ordering::Relaxed), ALLOCS.load(Ordering::Relaxed))
+}
+
+fn reset_peak() {
+    PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
 }
 
 fn proc_kib(key: &str) -> u64 {
@@ -317,6 +327,40 @@ fn measure(dir: &Path) {
     println!("VmHWM {} MiB", proc_kib("VmHWM:") / 1024);
 }
 
+/// Appends `n` small heights (one block of a small file and one of the big file each), marks
+/// all but the last dropped, and compacts: the heap compaction adds at its peak, and its time.
+fn compact(dir: &Path, n: u64) {
+    let mut log = Log::open_append(dir).expect("open append");
+    let first = log.last_height().expect("a height") + 1;
+    for h in first..first + n {
+        let mut d = log.begin(h).expect("begin");
+        d.extent(ExtentData {
+            id: h - first + 1,
+            offset: 0,
+            bytes: ExtentBytes::Data(block(u64::MAX - h)),
+        })
+        .expect("extent");
+        d.commit(h, Vec::new()).expect("commit");
+    }
+    let dropped: Vec<u64> = (first..first + n - 1).collect();
+    btm_log::record_dropped(dir, &dropped).expect("drop");
+    drop(log);
+    let log = Log::open_append(dir).expect("open append");
+    let before = heap().0;
+    reset_peak();
+    let t = Instant::now();
+    let (log, rep) = log.compact().expect("compact");
+    println!(
+        "compact {} dropped heights: {:?}, peak heap +{:.1} MiB over the open log ({:.1} MiB); {rep:?}",
+        dropped.len(),
+        t.elapsed(),
+        (PEAK.load(Ordering::Relaxed) - before) as f64 / (1 << 20) as f64,
+        before as f64 / (1 << 20) as f64,
+    );
+    drop(log);
+    println!("VmHWM {} MiB", proc_kib("VmHWM:") / 1024);
+}
+
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     let arg = |i: usize, d: u64| a.get(i).map_or(d, |s| s.parse().expect("a number"));
@@ -328,8 +372,9 @@ fn main() {
             a.get(5).is_some_and(|s| s == "shuffled"),
         ),
         Some("measure") => measure(Path::new(&a[2])),
+        Some("compact") => compact(Path::new(&a[2]), arg(3, 6)),
         _ => eprintln!(
-            "usage: state_mem build DIR [FILES] [PIECES [shuffled]] | state_mem measure DIR"
+            "usage: state_mem build DIR [FILES] [PIECES [shuffled]] | state_mem measure DIR | state_mem compact DIR [HEIGHTS]"
         ),
     }
 }
