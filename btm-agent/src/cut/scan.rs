@@ -79,6 +79,9 @@ pub struct Scan {
     pub dropped: Vec<Identity>,
     /// Inode number -> a path of the regular file with it (see [`Scan::file_by_ino`]).
     pub(super) by_ino: FastMap<u64, RelPath>,
+    /// During a whole walk: its entries, put in `entries` in one go at its end (see
+    /// [`Scan::walk`]).
+    walked: Option<Vec<(RelPath, ScanEntry)>>,
 }
 
 impl Scan {
@@ -92,7 +95,13 @@ impl Scan {
         let root_dev = nix::sys::stat::fstat(&root_fd)?.st_dev;
         scan.root_dev = root_dev;
         scan.root = Some(std::sync::Arc::new(nix::unistd::dup(&root_fd)?));
+        // Entries inserted one by one, in walk order, leave the map's nodes about half full
+        // (244 bytes an entry at 10^6 files); built from the sorted list they are full (154).
+        scan.walked = Some(Vec::new());
         scan.walk_under(root_fd, Vec::new(), &mut Vec::new())?;
+        let mut walked = scan.walked.take().unwrap_or_default();
+        walked.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        scan.entries = walked.into_iter().collect();
         Ok(scan)
     }
 
@@ -460,6 +469,11 @@ impl Scan {
             Kind::File { ident, .. } => Some(ident.0),
             _ => None,
         };
+        if let Some(walked) = &mut self.walked {
+            // A whole walk meets each path once (it starts from nothing).
+            walked.push((path, e));
+            return;
+        }
         let tracked = self.changed.is_some();
         let (path, old) = match self.entries.entry(path) {
             // A walk meets each path once: no copy of it.

@@ -1,0 +1,40 @@
+//! What the cutter's view of the volume costs in memory (issue 14): walks DIR as a cut does
+//! (`Scan::walk`) and reports the process's resident memory before and after, and at its
+//! peak. `cargo run --release -p btm-agent --example scan_mem -- DIR`.
+
+use std::path::Path;
+use std::time::Instant;
+
+fn status_kib(key: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| {
+            l.strip_prefix(key)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    let Some(dir) = std::env::args().nth(1) else {
+        eprintln!("usage: scan_mem DIR");
+        std::process::exit(2);
+    };
+    let before = status_kib("VmRSS:");
+    let t = Instant::now();
+    let scan = btm_agent::cut::scan::Scan::walk(Path::new(&dir)).expect("walk");
+    let n = scan.entries.len() as u64;
+    let after = status_kib("VmRSS:");
+    println!(
+        "{n} entries walked in {:?}: VmRSS +{} MiB ({} B per entry), VmHWM {} MiB",
+        t.elapsed(),
+        (after - before) / 1024,
+        (after - before) * 1024 / n.max(1),
+        status_kib("VmHWM:") / 1024,
+    );
+    drop(scan);
+}
