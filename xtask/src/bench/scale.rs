@@ -62,6 +62,8 @@ struct Point {
     /// Per change size (label, bytes): its heights.
     steps: Vec<(String, u64, Vec<Cut>)>,
     restart: Cut,
+    /// The clean stop before it (SIGTERM to exit).
+    stop_secs: f64,
     reboot: Cut,
     compact_secs: f64,
     /// The agent started no compaction (its free-space check refused it).
@@ -218,8 +220,9 @@ fn measure(a: &ScaleArgs, bin: &Path, size: u64, files: u64) -> Result<Point> {
     p.rss_hwm_kb = agent.memory().0;
     println!("bench-scale: after the heights: VmHWM {} kB", p.rss_hwm_kb);
 
-    // A clean restart (an upgrade): 1 % changes while no agent runs.
-    drop(agent);
+    // A clean restart (an upgrade): 1 % changes while no agent runs. The stop gets the time
+    // the deployments give it; killed sooner, it would be the crash measured below.
+    p.stop_secs = agent.stop()?;
     h += 1;
     ds.height(one_pct)?;
     touch_small(&vol.mnt, files, 10, h)?;
@@ -345,7 +348,7 @@ fn render(a: &ScaleArgs, points: &[Point], total_secs: f64) -> String {
     );
     let _ = writeln!(
         s,
-        "| data | files | peak RSS (cutting / compacting) | baseline | baseline read / stored | freeze p50 / p99 (all heights) | frozen work (max entries / opens; walks) | 1 MiB height | 16 MiB height | 1 % height (read / stored) | after a clean restart (read / stored) | after a crash + cold cache (read / stored) | compaction beside cuts (log before → after) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| data | files | peak RSS (cutting / compacting) | baseline | baseline read / stored | freeze p50 / p99 (all heights) | frozen work (max entries / opens; walks) | 1 MiB height | 16 MiB height | 1 % height (read / stored) | after a clean restart (read / stored; the stop before it) | after a crash + cold cache (read / stored) | compaction beside cuts (log before → after) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for p in points {
         let cuts: Vec<&Cut> = p.steps.iter().flat_map(|(_, _, c)| c.iter()).collect();
@@ -365,7 +368,7 @@ fn render(a: &ScaleArgs, points: &[Point], total_secs: f64) -> String {
         let (tp, rp, sp) = step(2);
         let _ = writeln!(
             s,
-            "| {} | {} | {} / {} | {} | {} / {} | {:.1} / {:.1} ms | {} / {}; {} | {} | {} | {} ({} / {}) | {} ({} / {}) | {} ({} / {}) | {} ({} → {}) |",
+            "| {} | {} | {} / {} | {} | {} / {} | {:.1} / {:.1} ms | {} / {}; {} | {} | {} | {} ({} / {}) | {} ({} / {}; {}) | {} ({} / {}) | {} ({} → {}) |",
             bytes(p.data as f64),
             p.files,
             bytes((p.rss_cuts_kb * 1024) as f64),
@@ -386,6 +389,7 @@ fn render(a: &ScaleArgs, points: &[Point], total_secs: f64) -> String {
             secs(p.restart.secs),
             bytes(p.restart.read as f64),
             bytes(p.restart.stored as f64),
+            secs(p.stop_secs),
             secs(p.reboot.secs),
             bytes(p.reboot.read as f64),
             bytes(p.reboot.stored as f64),

@@ -212,21 +212,47 @@ impl Agent {
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
+/// How long the deployments give the agent to stop (`TimeoutStopSec`, the DaemonSet's
+/// `terminationGracePeriodSeconds`): a clean stop records what the next start needs.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Agent {
+    /// Stops the agent as its service manager does (SIGTERM, then SIGKILL after `limit`);
+    /// `Some(seconds)` when it exited by itself.
+    fn terminate(&mut self, limit: Duration) -> Option<f64> {
+        let t = Instant::now();
         if let Ok(Some(_)) = self.child.try_wait() {
-            return;
+            return Some(0.0);
         }
         // SAFETY: kill(2) on the child we spawned (not reaped yet, so its pid is still ours).
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        for _ in 0..100 {
+        while t.elapsed() < limit {
             if self.child.try_wait().ok().flatten().is_some() {
-                return;
+                return Some(t.elapsed().as_secs_f64());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        None
+    }
+
+    /// A clean stop within [`STOP_TIMEOUT`]: how long it took (it walks the volume and records
+    /// what the next start needs, so it grows with the number of files).
+    pub fn stop(mut self) -> Result<f64> {
+        match self.terminate(STOP_TIMEOUT) {
+            Some(secs) => Ok(secs),
+            None => bail!(
+                "the agent did not stop within {} s of SIGTERM (the deployments' stop timeout)",
+                STOP_TIMEOUT.as_secs()
+            ),
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.terminate(Duration::from_secs(10));
     }
 }
 
