@@ -5,36 +5,22 @@
 use std::path::Path;
 use std::time::Instant;
 
-fn status_kib(key: &str) -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| {
-            l.strip_prefix(key)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
 fn main() {
     let Some(dir) = std::env::args().nth(1) else {
         eprintln!("usage: scan_mem DIR");
         std::process::exit(2);
     };
-    let before = status_kib("VmRSS:");
+    let before = btm_testkit::self_status_kib("VmRSS:");
     let t = Instant::now();
     let scan = btm_agent::cut::scan::Scan::walk(Path::new(&dir)).expect("walk");
     let n = scan.entries.len() as u64;
-    let after = status_kib("VmRSS:");
+    let after = btm_testkit::self_status_kib("VmRSS:");
     println!(
         "{n} entries walked in {:?}: VmRSS +{} MiB ({} B per entry), VmHWM {} MiB",
         t.elapsed(),
         (after - before) / 1024,
         (after - before) * 1024 / n.max(1),
-        status_kib("VmHWM:") / 1024,
+        btm_testkit::self_status_kib("VmHWM:") / 1024,
     );
     drop(scan);
 }

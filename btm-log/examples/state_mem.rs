@@ -71,20 +71,6 @@ fn reset_peak() {
     PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
 }
 
-fn proc_kib(key: &str) -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| {
-            l.strip_prefix(key)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
 fn dir_op(path: &[u8]) -> NsOp {
     NsOp::Put {
         path: path.to_vec(),
@@ -247,12 +233,12 @@ fn measure(dir: &Path) {
     );
     let last = log.last_height().expect("a height");
     let h0 = heap();
-    let rss0 = proc_kib("VmRSS:");
+    let rss0 = btm_testkit::self_status_kib("VmRSS:");
     let t = Instant::now();
     let st = log.state_at(last).expect("fold");
     let fold = t.elapsed();
     let h1 = heap();
-    let rss1 = proc_kib("VmRSS:");
+    let rss1 = btm_testkit::self_status_kib("VmRSS:");
     let big = st.file(BIG).map_or(0, |f| f.pieces.len() as u64);
     let files = st.files.len() as u64 - u64::from(big > 0);
     println!(
@@ -286,7 +272,10 @@ fn measure(dir: &Path) {
         files.max(1),
     );
     drop(st);
-    println!("VmHWM {} MiB", proc_kib("VmHWM:") / 1024);
+    println!(
+        "VmHWM {} MiB",
+        btm_testkit::self_status_kib("VmHWM:") / 1024
+    );
     drop(log);
 
     let ha = heap();
@@ -324,7 +313,10 @@ fn measure(dir: &Path) {
     }
     d.commit(last + 1, Vec::new()).expect("commit");
     println!("append one small height to the open log: {:?}", t.elapsed());
-    println!("VmHWM {} MiB", proc_kib("VmHWM:") / 1024);
+    println!(
+        "VmHWM {} MiB",
+        btm_testkit::self_status_kib("VmHWM:") / 1024
+    );
 }
 
 /// Appends `n` small heights (one block of a small file and one of the big file each), marks
@@ -358,7 +350,10 @@ fn compact(dir: &Path, n: u64) {
         before as f64 / (1 << 20) as f64,
     );
     drop(log);
-    println!("VmHWM {} MiB", proc_kib("VmHWM:") / 1024);
+    println!(
+        "VmHWM {} MiB",
+        btm_testkit::self_status_kib("VmHWM:") / 1024
+    );
 }
 
 fn main() {

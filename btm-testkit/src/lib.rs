@@ -150,6 +150,22 @@ pub fn remove_tree(dir: &Path) {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A `kB` field of this process's `/proc/self/status` (`"VmRSS:"`, `"VmHWM:"`), 0 if absent:
+/// what the memory examples report.
+pub fn self_status_kib(key: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| {
+            l.strip_prefix(key)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
