@@ -89,10 +89,12 @@ fn read_new(file: &std::fs::File, len: usize, offset: u64) -> std::io::Result<Ve
     let mut buf = Vec::with_capacity(len);
     while buf.len() < len {
         let at = offset + buf.len() as u64;
-        // Reads into the spare capacity and grows the length by what it read.
-        let n = rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        // Reads into the spare capacity and grows the length by what it read; retried when a
+        // signal interrupts it, as `read_exact_at` does.
+        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     // The capacity may exceed `len` (the allocator's choice), so a read may have gone past it.
