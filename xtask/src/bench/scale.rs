@@ -222,7 +222,10 @@ fn measure(a: &ScaleArgs, bin: &Path, size: u64, files: u64) -> Result<Point> {
     // How the heights' writes were marked (whole folios or 4 KiB pages): what a height's read
     // beyond its change comes from.
     let st = agent.status().unwrap_or_default();
-    println!("bench-scale: tracker counters after the heights: {}", st["tracker"]);
+    println!(
+        "bench-scale: tracker counters after the heights: {}",
+        st["tracker"]
+    );
 
     // A clean restart (an upgrade): 1 % changes while no agent runs. The stop gets the time
     // the deployments give it; killed sooner, it would be the crash measured below.
