@@ -218,17 +218,17 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Agent {
     /// Stops the agent as its service manager does (SIGTERM, then SIGKILL after `limit`);
-    /// `Some(seconds)` when it exited by itself.
-    fn terminate(&mut self, limit: Duration) -> Option<f64> {
+    /// its exit status and how long it took when it exited by itself.
+    fn terminate(&mut self, limit: Duration) -> Option<(std::process::ExitStatus, f64)> {
         let t = Instant::now();
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return Some(0.0);
+        if let Ok(Some(st)) = self.child.try_wait() {
+            return Some((st, 0.0));
         }
         // SAFETY: kill(2) on the child we spawned (not reaped yet, so its pid is still ours).
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         while t.elapsed() < limit {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return Some(t.elapsed().as_secs_f64());
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some((st, t.elapsed().as_secs_f64()));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -238,10 +238,15 @@ impl Agent {
     }
 
     /// A clean stop within [`STOP_TIMEOUT`]: how long it took (it walks the volume and records
-    /// what the next start needs, so it grows with the number of files).
+    /// what the next start needs, so it grows with the number of files). An agent that had
+    /// exited already, or that fails its stop, did not record that: an error, not a time.
     pub fn stop(mut self) -> Result<f64> {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            bail!("the agent had exited ({st}) before it was asked to stop");
+        }
         match self.terminate(STOP_TIMEOUT) {
-            Some(secs) => Ok(secs),
+            Some((st, secs)) if st.success() => Ok(secs),
+            Some((st, _)) => bail!("the agent's stop failed: {st}"),
             None => bail!(
                 "the agent did not stop within {} s of SIGTERM (the deployments' stop timeout)",
                 STOP_TIMEOUT.as_secs()
