@@ -47,7 +47,7 @@ fn diff_of_states(prev: &TreeState, cur: &TreeState) -> (Vec<NsOp>, Vec<Row>) {
             ops.push(NsOp::SetSize { id, size: f.size });
         }
         let limit = base_size.min(f.size);
-        let mut cuts = BTreeSet::from([0, f.size, limit.min(f.size)]);
+        let mut cuts = BTreeSet::from([0, f.size, limit]);
         for g in [Some(f), base].into_iter().flatten() {
             for (&s, p) in &g.pieces {
                 cuts.insert(s.min(f.size));
