@@ -42,6 +42,7 @@ use report::Lap;
 pub use report::{CutReport, PhaseTimes};
 use resume::Resume;
 use scan::{Identity, Kind, Scan, ScanEntry, ancestors};
+pub use suspend::Suspended;
 
 use crate::{
     log::{Draft, Entry, ExtentData, FileId, HeightInfo, Log, LogError, NsOp, RelPath, TreeState},
@@ -68,6 +69,8 @@ pub struct Cutter {
     full_retries: u32,
     /// Freeze the volume for phase 2 (off only when the caller pauses the node itself).
     pub freeze: bool,
+    /// A clean stop leaves the tracker running for the next start (`BTM_HANDOVER=0`: not).
+    pub leave_running: bool,
     /// Namespace changes since the last look at the tree, so neither phase walks it again.
     ns: Option<NsWatch>,
     /// The namespace as the last freeze left it, patched from events by the next cut instead
@@ -195,6 +198,7 @@ impl Cutter {
             seen,
             full_retries: 0,
             freeze: true,
+            leave_running: crate::tracker::handover::enabled(),
             ns,
             kept: None,
             since_walk: 0,
@@ -448,6 +452,26 @@ impl Cutter {
         Ok((rep, info))
     }
 
+    /// The namespace the last freeze left, brought up to now: the entries named by events
+    /// since and the paths of the files marked in `d` are stat'ed again (returned), nothing
+    /// else. None without a kept namespace or events, or when events were lost: only a walk
+    /// of the tree can say what changed then.
+    fn patch_kept(&mut self, root: &Path, d: &DirtySet) -> Result<Option<(Scan, Vec<RelPath>)>> {
+        let (Some(mut scan), Some(ns)) = (self.kept.take(), &self.ns) else {
+            return Ok(None);
+        };
+        let mut c = ns.drain();
+        if c.lost || scan.reopen(root).is_err() {
+            return Ok(None);
+        }
+        c.entries
+            .extend(scan.paths_marked(|ino| d.files.contains_key(&ino)));
+        let (_, reread) = scan
+            .patch(&c.entries)
+            .context("re-reading changed entries of the volume")?;
+        Ok(Some((scan, reread)))
+    }
+
     /// The namespace for phase 1: the last cut's, patched with the entries named by events
     /// since its freeze and the paths of files the tracker marked, or a walk of the whole
     /// tree (on a full cut, without a kept namespace or events, after lost events, and every
@@ -460,19 +484,14 @@ impl Cutter {
         d1: &DirtySet,
     ) -> Result<(Scan, bool, HashSet<RelPath>)> {
         let mut patched = None;
-        if let (Some(mut scan), Some(ns), false) = (self.kept.take(), &self.ns, full) {
-            let mut c = ns.drain();
-            if !c.lost && scan.reopen(root).is_ok() {
-                c.entries
-                    .extend(scan.paths_marked(|ino| d1.files.contains_key(&ino)));
-                let (_, reread) = scan
-                    .patch(&c.entries)
-                    .context("re-reading changed entries of the volume")?;
-                if self.since_walk + 1 < self.walk_every {
-                    return Ok((scan, false, reread.into_iter().collect()));
-                }
-                patched = Some(scan);
+        if full {
+            // Not kept beside the walk: two copies of every path.
+            self.kept = None;
+        } else if let Some((scan, reread)) = self.patch_kept(root, d1)? {
+            if self.since_walk + 1 < self.walk_every {
+                return Ok((scan, false, reread.into_iter().collect()));
             }
+            patched = Some(scan);
         }
         if patched.is_none()
             && let Some(ns) = &self.ns

@@ -237,8 +237,8 @@ impl Agent {
         None
     }
 
-    /// A clean stop within [`STOP_TIMEOUT`]: how long it took (it walks the volume and records
-    /// what the next start needs, so it grows with the number of files). An agent that had
+    /// A clean stop within [`STOP_TIMEOUT`]: how long it took (it records what the next start
+    /// needs, a row for every file, so it grows with the number of files). An agent that had
     /// exited already, or that fails its stop, did not record that: an error, not a time.
     pub fn stop(mut self) -> Result<f64> {
         if let Ok(Some(st)) = self.child.try_wait() {
