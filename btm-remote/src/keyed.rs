@@ -147,22 +147,32 @@ impl Remote {
         })
     }
 
-    /// Whether pushes to this store write packs (layout 3), as [`Remote::check_layout`] found
-    /// (an empty store: what a push would make it).
+    /// The store's layout, as [`Remote::check_layout`] found it (an empty store: what a push
+    /// would make it; 1 stands for 2 with a key).
+    fn layout(&self) -> u32 {
+        self.layout_ok.get().copied().unwrap_or(self.new_layout)
+    }
+
+    /// Whether pushes to this store write packs (layouts 3 and 4).
     pub(crate) fn packed(&self) -> bool {
-        self.layout_ok.get().copied().unwrap_or(!self.legacy)
+        self.layout() >= layout::LAYOUT_PACKED
+    }
+
+    /// Whether pushes to this store compress record objects (layout 4).
+    pub(crate) fn compressed_records(&self) -> bool {
+        self.layout() >= layout::LAYOUT_ZSTD_RECORDS
     }
 
     /// Checks that the store's layout and this remote's key go together, once per `Remote`:
     /// a sealed store needs its key, a plaintext store takes none. With `writing`, an empty
-    /// store becomes a layout-3 store (its marker is written), or layout 1/2 with
-    /// [`Remote::with_legacy_layout`].
+    /// store becomes a layout-4 store (its marker is written), or what
+    /// [`Remote::with_new_layout`] says.
     pub(crate) fn check_layout(&self, writing: bool) -> Result<()> {
         if self.layout_ok.get().is_some() {
             return Ok(());
         }
         let p = ObjPath::from(layout::MARKER);
-        let packed = match (self.get_opt(&p)?, &self.key) {
+        let found = match (self.get_opt(&p)?, &self.key) {
             (Some(b), key) => {
                 let m: Marker = serde_json::from_slice(&b).map_err(|e| {
                     RemoteError::Damaged(format!(
@@ -172,14 +182,14 @@ impl Remote {
                 })?;
                 let sealed = match m.layout {
                     layout::LAYOUT_KEYED => true,
-                    layout::LAYOUT_PACKED => m.sealing != "none",
+                    layout::LAYOUT_PACKED | layout::LAYOUT_ZSTD_RECORDS => m.sealing != "none",
                     _ => fail!(
                         Refused,
                         "{} has remote layout {} (from {p}); this btm reads layouts 1 to {}: \
                          use a newer btm",
                         self.url,
                         m.layout,
-                        layout::LAYOUT_PACKED
+                        layout::LAYOUT_ZSTD_RECORDS
                     ),
                 };
                 match key {
@@ -209,7 +219,7 @@ impl Remote {
                     ),
                     _ => {}
                 }
-                m.layout == layout::LAYOUT_PACKED
+                m.layout
             }
             (None, key) => {
                 let mut used = false;
@@ -221,7 +231,7 @@ impl Remote {
                 }
                 match (used, key) {
                     // Layout 1: plaintext, loose payload objects.
-                    (true, None) => false,
+                    (true, None) => 1,
                     (true, Some(_)) => fail!(
                         KeyMismatch,
                         "{} holds a plaintext offsite copy (layout 1, no {p}): a remote key is \
@@ -232,13 +242,13 @@ impl Remote {
                     // Nothing there yet: nothing to read either.
                     (false, _) if !writing => return Ok(()),
                     // Layout 1 has no marker.
-                    (false, None) if self.legacy => false,
+                    (false, None) if self.new_layout < layout::LAYOUT_PACKED => 1,
                     (false, key) => {
                         let key = key.as_ref();
-                        let packed = !self.legacy;
+                        let packed = self.new_layout >= layout::LAYOUT_PACKED;
                         let m = Marker {
                             layout: if packed {
-                                layout::LAYOUT_PACKED
+                                self.new_layout
                             } else {
                                 layout::LAYOUT_KEYED
                             },
@@ -257,7 +267,7 @@ impl Remote {
                 }
             }
         };
-        let _ = self.layout_ok.set(packed);
+        let _ = self.layout_ok.set(found);
         Ok(())
     }
 

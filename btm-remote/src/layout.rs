@@ -18,6 +18,10 @@ pub const REC_MAGIC: &[u8; 8] = b"btm.rix\n";
 pub const REC_VERSION: u16 = 1;
 /// Record object version of layout 3: a pack index follows the metadata block.
 pub const REC_VERSION_PACKED: u16 = 2;
+/// Record object version of layout 4: version 2's metadata block and pack index, compressed
+/// together (one zstd frame). Each index row repeats a hash the metadata holds: compressed, the
+/// index costs a few bytes a payload, and the metadata about half its size.
+pub const REC_VERSION_ZSTD: u16 = 3;
 pub const REC_HEADER_LEN: usize = 104;
 /// Pointer JSON `format`.
 pub const POINTER_FORMAT: u32 = 1;
@@ -26,8 +30,12 @@ pub const POINTER_FORMAT: u32 = 1;
 pub const MARKER: &str = "layout.json";
 /// Layout of a store written with a remote key (sealed objects, keyed names, signed pointers).
 pub const LAYOUT_KEYED: u32 = 2;
-/// Layout with packs (plaintext or keyed, as its marker says): what new stores get.
+/// Layout with packs (plaintext or keyed, as its marker says).
 pub const LAYOUT_PACKED: u32 = 3;
+/// Layout 3 with compressed record objects ([`REC_VERSION_ZSTD`]): what new stores get.
+pub const LAYOUT_ZSTD_RECORDS: u32 = 4;
+/// zstd level of compressed record objects (they are a small part of a push's bytes).
+const REC_ZSTD_LEVEL: i32 = 3;
 
 /// The largest payload a log stores (btm-log's limit).
 const MAX_PAYLOAD_RAW: u64 = 64 << 20;
@@ -240,29 +248,48 @@ pub struct RecordObj {
     /// Layout 3: where the payloads this record stores lie in packs (`None`: layouts 1 and 2,
     /// loose payload objects).
     pub index: Option<PackIndex>,
+    /// Layout 4: the metadata block and the index are stored compressed (version 3). Only
+    /// with an index.
+    pub compressed: bool,
 }
 
 impl RecordObj {
-    /// The whole object: [`RecordObj::encode_named`], then the pack index if any.
+    /// The whole object: [`RecordObj::encode_named`], then the pack index if any; in version
+    /// 3 the header, then the metadata block and the index in one zstd frame.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = self.encode_named();
-        if let Some(i) = &self.index {
+        let Some(i) = &self.index else {
+            return b;
+        };
+        if !self.compressed {
             b.extend_from_slice(&i.encode());
+            return b;
         }
-        b
+        let mut body = b.split_off(REC_HEADER_LEN);
+        body.extend_from_slice(&i.encode());
+        // The frame says its size (a reader allocates that once, or refuses it) and carries
+        // zstd's checksum (the index is not under the name: damage to it is found here). In
+        // memory, at a fixed level, zstd fails only on allocation.
+        let mut z = zstd::stream::write::Encoder::new(b, REC_ZSTD_LEVEL).expect("zstd level");
+        z.include_checksum(true).expect("zstd parameter");
+        z.set_pledged_src_size(Some(body.len() as u64))
+            .expect("zstd parameter");
+        std::io::Write::write_all(&mut z, &body).expect("zstd compression in memory");
+        z.finish().expect("zstd compression in memory")
     }
 
-    /// The part of the object its name is the hash of: header and metadata block. The pack
-    /// index is left out so that a chain's names are known before its payloads are packed (a
-    /// push resumes by them); a wrong index can only point at bytes that fail their payload's
-    /// blake3 (and, keyed, the whole record is sealed anyway).
+    /// The part of the object its name is the hash of: header and metadata block (in version
+    /// 3, as they are before compression). The pack index is left out so that a chain's names
+    /// are known before its payloads are packed (a push resumes by them); a wrong index can
+    /// only point at bytes that fail their payload's blake3 (and, keyed, the whole record is
+    /// sealed anyway).
     pub fn encode_named(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(REC_HEADER_LEN + self.meta.len());
         b.extend_from_slice(REC_MAGIC);
-        let version = if self.index.is_some() {
-            REC_VERSION_PACKED
-        } else {
-            REC_VERSION
+        let version = match (&self.index, self.compressed) {
+            (None, _) => REC_VERSION,
+            (Some(_), false) => REC_VERSION_PACKED,
+            (Some(_), true) => REC_VERSION_ZSTD,
         };
         b.extend_from_slice(&version.to_le_bytes());
         b.extend_from_slice(&[0u8; 6]);
@@ -276,7 +303,8 @@ impl RecordObj {
     }
 
     /// The part of an encoded record object its name covers (see
-    /// [`RecordObj::encode_named`]); the whole object for version 1 or anything malformed.
+    /// [`RecordObj::encode_named`]); the whole object for versions 1 and 3 (compressed: not a
+    /// part of it) or anything malformed.
     pub fn named_part(encoded: &[u8]) -> &[u8] {
         if encoded.len() < REC_HEADER_LEN
             || u16::from_le_bytes([encoded[8], encoded[9]]) != REC_VERSION_PACKED
@@ -315,17 +343,30 @@ impl RecordObj {
         let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
         let version = u16::from_le_bytes([b[8], b[9]]);
         let meta_len = u64_at(96);
-        let named = match version {
-            REC_VERSION => b,
-            REC_VERSION_PACKED => usize::try_from(meta_len)
-                .ok()
-                .and_then(|m| m.checked_add(REC_HEADER_LEN))
-                .and_then(|end| b.get(..end))
-                .ok_or("record object shorter than its metadata length")?,
+        let short = "record object shorter than its metadata length";
+        let meta_end = usize::try_from(meta_len)
+            .ok()
+            .and_then(|m| m.checked_add(REC_HEADER_LEN));
+        // Version 3: the header as stored, then the metadata and the index inflated.
+        let inflated: Vec<u8>;
+        let (named, rest): (&[u8], &[u8]) = match version {
+            REC_VERSION => (b, &[]),
+            REC_VERSION_PACKED => {
+                let end = meta_end.filter(|&e| e <= b.len()).ok_or(short)?;
+                b.split_at(end)
+            }
+            REC_VERSION_ZSTD => {
+                let mut whole = b[..REC_HEADER_LEN].to_vec();
+                let cap = MAX_RECORD_OBJECT - REC_HEADER_LEN as u64;
+                inflate(&b[REC_HEADER_LEN..], cap, &mut whole)?;
+                inflated = whole;
+                let end = meta_end.filter(|&e| e <= inflated.len()).ok_or(short)?;
+                inflated.split_at(end)
+            }
             _ => {
                 return Err(format!(
-                    "record object version {version}; this btm reads {REC_VERSION} and \
-                     {REC_VERSION_PACKED}: use a newer btm"
+                    "record object version {version}; this btm reads {REC_VERSION} to \
+                     {REC_VERSION_ZSTD}: use a newer btm"
                 ));
             }
         };
@@ -342,7 +383,7 @@ impl RecordObj {
         }
         let index = match version {
             REC_VERSION => None,
-            _ => Some(PackIndex::decode(&b[named.len()..])?),
+            _ => Some(PackIndex::decode(rest)?),
         };
         Ok(RecordObj {
             height: u64_at(16),
@@ -351,8 +392,42 @@ impl RecordObj {
             source_hash: b[64..96].try_into().unwrap(),
             meta: named[REC_HEADER_LEN..].to_vec(),
             index,
+            compressed: version == REC_VERSION_ZSTD,
         })
     }
+}
+
+/// Appends the body of a version-3 record object to `out`: exactly one zstd frame that says its
+/// size, at most `cap` bytes (the largest record object btm accepts), inflated into room reserved
+/// once for that size (zstd refuses a frame whose content differs from the size it says).
+fn inflate(z: &[u8], cap: u64, out: &mut Vec<u8>) -> Result<(), String> {
+    use std::io::Read;
+    let bad = |e: std::io::Error| format!("compressed record object: {e}");
+    match zstd::zstd_safe::find_frame_compressed_size(z) {
+        Ok(n) if n == z.len() => {}
+        _ => return Err("compressed record object is not one zstd frame".into()),
+    }
+    let size = match zstd::zstd_safe::get_frame_content_size(z) {
+        Ok(Some(n)) if n <= cap => n,
+        Ok(Some(n)) => {
+            return Err(format!(
+                "compressed record object inflates to {n} bytes, past {cap}: more than btm writes"
+            ));
+        }
+        _ => return Err("compressed record object does not say its size".into()),
+    };
+    out.reserve_exact(size as usize);
+    let start = out.len();
+    zstd::stream::read::Decoder::new(z)
+        .map_err(bad)?
+        .single_frame()
+        .take(size)
+        .read_to_end(out)
+        .map_err(bad)?;
+    if (out.len() - start) as u64 != size {
+        return Err("compressed record object is shorter than the size it says".into());
+    }
+    Ok(())
 }
 
 /// A kept height of a volume: which record object holds it, plus the user's tag and metadata.
@@ -414,6 +489,7 @@ mod tests {
             source_hash: [2; 32],
             meta: vec![0, 0, 0, 0, 0, 0, 0, 0],
             index: None,
+            compressed: false,
         };
         let b = r.encode();
         let k = RecordObj::key(&b);
@@ -443,6 +519,7 @@ mod tests {
                 packs: vec![[6; 32]],
                 entries: vec![([7; 32], 0, 8, 4113)],
             }),
+            compressed: false,
         };
         let b = r.encode();
         let k = RecordObj::key(&r.encode_named());
@@ -458,6 +535,74 @@ mod tests {
         let mut meta = b.clone();
         meta[REC_HEADER_LEN] ^= 1;
         assert!(RecordObj::decode(&meta, &k).unwrap_err().contains("blake3"));
+    }
+
+    /// Layout 4: metadata and index in one zstd frame. The name is the one the uncompressed
+    /// header and metadata give; the index's hashes, which the metadata repeats, cost a few
+    /// bytes each; a frame with bytes after it, or one that inflates past the cap, is refused.
+    #[test]
+    fn compressed_record_objects() {
+        let hashes: Vec<[u8; 32]> = (0..500u32)
+            .map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes())
+            .collect();
+        // Rows shaped like the extent table's: ids, offsets, the hash, locations.
+        let mut meta = Vec::new();
+        for (i, h) in hashes.iter().enumerate() {
+            meta.extend_from_slice(&7u64.to_le_bytes());
+            meta.extend_from_slice(&(i as u64 * 4096).to_le_bytes());
+            meta.extend_from_slice(h);
+            meta.extend_from_slice(&(1000 + i as u64 * 3000).to_le_bytes());
+        }
+        let index = PackIndex {
+            packs: vec![[6; 32]],
+            entries: (hashes.iter().enumerate())
+                .map(|(i, h)| (*h, 0, 8 + i as u64 * 3017, 3017))
+                .collect(),
+        };
+        let mut r = RecordObj {
+            height: 3,
+            time_unix_ms: 9,
+            prev: [4; 32],
+            source_hash: [5; 32],
+            meta,
+            index: Some(index),
+            compressed: true,
+        };
+        let b = r.encode();
+        let k = RecordObj::key(&r.encode_named());
+        assert_eq!(RecordObj::decode(&b, &k).unwrap(), r);
+        assert_eq!(u16::from_le_bytes([b[8], b[9]]), REC_VERSION_ZSTD);
+        r.compressed = false;
+        let plain = r.encode();
+        // The index alone is 48 bytes a payload uncompressed.
+        assert!(
+            b.len() + 40 * hashes.len() < plain.len(),
+            "{} compressed, {} not",
+            b.len(),
+            plain.len()
+        );
+        // Another version, another name.
+        assert_ne!(RecordObj::key(&r.encode_named()), k);
+        r.compressed = true;
+        let mut trailing = b.clone();
+        trailing.push(0);
+        let e = RecordObj::decode(&trailing, &k).unwrap_err();
+        assert!(e.contains("one zstd frame"), "{e}");
+        // Damage anywhere in the frame (the index included, which the name does not cover).
+        for at in [REC_HEADER_LEN + 20, b.len() / 2, b.len() - 10] {
+            let mut bad = b.clone();
+            bad[at] ^= 0x40;
+            assert!(RecordObj::decode(&bad, &k).is_err(), "byte {at} changed");
+        }
+        let mut meta = b.clone();
+        meta[20] ^= 1; // the height, in the named header
+        assert!(RecordObj::decode(&meta, &k).unwrap_err().contains("blake3"));
+        let big = zstd::bulk::compress(&vec![0u8; 1 << 20], 3).unwrap();
+        let mut out = vec![1, 2];
+        inflate(&big, 1 << 20, &mut out).unwrap();
+        assert_eq!(out.len(), 2 + (1 << 20));
+        let e = inflate(&big, (1 << 20) - 1, &mut Vec::new()).unwrap_err();
+        assert!(e.contains("past"), "{e}");
     }
 
     /// Found by the remote_objects fuzz target: a large number in a pointer's user metadata

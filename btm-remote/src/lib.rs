@@ -60,12 +60,12 @@ pub struct Remote {
     cache: Option<PathBuf>,
     /// The remote key of a keyed store (`keyed.rs`); `None` for the plaintext layout.
     key: Option<Arc<RemoteKey>>,
-    /// Set once [`Remote::check_layout`] found the store's layout and the key agree: whether
-    /// pushes write packs (layout 3).
-    layout_ok: std::sync::OnceLock<bool>,
-    /// An empty store becomes layout 1 or 2 (loose payload objects), not 3: for readers older
-    /// than packs, and for tests of such stores.
-    legacy: bool,
+    /// Set once [`Remote::check_layout`] found the store's layout and the key agree: the
+    /// layout number (1 to 4; what pushes write).
+    layout_ok: std::sync::OnceLock<u32>,
+    /// The layout an empty store gets: 4, or 3, or loose payload objects (1, or 2 with a key)
+    /// for readers older than packs and for tests of older stores.
+    new_layout: u32,
     /// Requests sent through `store` so far.
     counters: Arc<counting::Counters>,
     /// Restores keep set-uid/set-gid bits and uid/gid 0 as the store says (`unprivileged.rs`).
@@ -111,9 +111,31 @@ fn aws_shared_credentials() -> Option<(String, String, Option<String>)> {
     Some((id?, secret?, token))
 }
 
+/// The layout a first push gives an empty store: `BTM_REMOTE_NEW_LAYOUT` (1: one object per
+/// payload, readable by btm before packs; 3: packs, readable by btm before layout 4; 4, the
+/// default).
+fn new_layout_from_env() -> Result<u32> {
+    match std::env::var("BTM_REMOTE_NEW_LAYOUT") {
+        Err(_) => Ok(layout::LAYOUT_ZSTD_RECORDS),
+        Ok(v) => match v.trim().parse() {
+            Ok(n @ (1 | 3 | 4)) => Ok(n),
+            _ => fail!(
+                Config,
+                "BTM_REMOTE_NEW_LAYOUT={v:?}: give 1 (one object per payload), 3 (packs) or 4 \
+                 (packs and compressed records, the default); stores that exist keep theirs"
+            ),
+        },
+    }
+}
+
 impl Remote {
     /// Opens `url`. Nothing is contacted yet.
     pub fn open(url: &str) -> Result<Remote> {
+        let layout = new_layout_from_env()?;
+        Ok(Remote::open_url(url)?.with_new_layout(layout))
+    }
+
+    fn open_url(url: &str) -> Result<Remote> {
         let parsed = url::Url::parse(url).map_err(|e| {
             RemoteError::Config(format!(
                 "--remote {url:?} is not a URL ({e}): use s3://BUCKET/PREFIX, gs://, az:// or \
@@ -236,7 +258,7 @@ impl Remote {
             cache: None,
             key: None,
             layout_ok: std::sync::OnceLock::new(),
-            legacy: false,
+            new_layout: layout::LAYOUT_ZSTD_RECORDS,
             counters,
             privileged: false,
         }
@@ -253,7 +275,19 @@ impl Remote {
     /// payload, as btm wrote before packs (readable by older btm). Stores that exist keep
     /// their layout either way.
     pub fn with_legacy_layout(mut self, legacy: bool) -> Remote {
-        self.legacy = legacy;
+        self.new_layout = if legacy {
+            1
+        } else {
+            layout::LAYOUT_ZSTD_RECORDS
+        };
+        self
+    }
+
+    /// Makes a first push to an empty store write `layout` (1 to 4; 1 with a key is 2).
+    /// Stores that exist keep their layout. Tests of older stores, and readers older than
+    /// layout 4 (btm before record objects were compressed reads layout 3).
+    pub fn with_new_layout(mut self, layout: u32) -> Remote {
+        self.new_layout = layout.clamp(1, layout::LAYOUT_ZSTD_RECORDS);
         self
     }
 

@@ -252,13 +252,13 @@ pub fn push(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushReport> {
                 }
         };
         if !intact {
-            let obj = record_object(v, prev, index);
+            let obj = record_object(v, prev, index, remote.compressed_records());
             debug_assert_eq!(
-                remote.record_key(RecordObj::named_part(&obj)),
+                remote.record_key(&obj.encode_named()),
                 p.key,
                 "record names cover header and metadata only"
             );
-            let obj = remote.seal(&rpath, obj);
+            let obj = remote.seal(&rpath, obj.encode());
             uploaded.fetch_add(obj.len() as u64, Ordering::Relaxed);
             remote.put(&rpath, obj)?;
             rep.records_uploaded += 1;
@@ -424,7 +424,7 @@ pub fn push_plan(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushRepo
             packs: vec![[0u8; 32]; n_packs],
             entries: vec![([0u8; 32], 0, 0, 0); indexed],
         });
-        let obj = record_object(v, prev, index);
+        let obj = record_object(v, prev, index, remote.compressed_records()).encode();
         rep.bytes_uploaded += remote.sealed_len(obj.len() as u64);
         rep.records_uploaded += 1;
         prev = p.key;
@@ -437,8 +437,13 @@ pub fn push_plan(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushRepo
 }
 
 /// The record object of log record `v`, chained after the record object named `prev`, with
-/// its pack index in layout 3.
-fn record_object(v: btm_log::RecordView, prev: [u8; 32], index: Option<PackIndex>) -> Vec<u8> {
+/// its pack index in layouts 3 and 4 (`compressed`: 4).
+fn record_object(
+    v: btm_log::RecordView,
+    prev: [u8; 32],
+    index: Option<PackIndex>,
+    compressed: bool,
+) -> RecordObj {
     RecordObj {
         height: v.height,
         time_unix_ms: v.time_unix_ms,
@@ -446,25 +451,24 @@ fn record_object(v: btm_log::RecordView, prev: [u8; 32], index: Option<PackIndex
         source_hash: v.hash,
         meta: v.meta_bytes,
         index,
+        compressed,
     }
-    .encode()
 }
 
 /// Every record's remote key; the chain of keys mirrors the log's hash chain.
 fn chain(log: &Log, remote: &Remote) -> Result<Vec<Planned>> {
     let n = log.record_count();
-    // Names cover header and metadata: in layout 3 the (empty here) index only sets the version.
+    // Names cover header and metadata: in layouts 3 and 4 the (empty here) index and the
+    // compression only set the version.
     let index = remote.packed().then(PackIndex::default);
+    let compressed = remote.compressed_records();
     let mut plan = Vec::with_capacity(n);
     let mut prev = [0u8; 32];
     for i in 0..n {
         let v = log.record_view(i)?;
         let (height, time_unix_ms, dropped) = (v.height, v.time_unix_ms, v.dropped);
-        let key = remote.record_key(RecordObj::named_part(&record_object(
-            v,
-            prev,
-            index.clone(),
-        )));
+        let obj = record_object(v, prev, index.clone(), compressed);
+        let key = remote.record_key(&obj.encode_named());
         plan.push(Planned {
             key,
             height,

@@ -440,7 +440,7 @@ fn odd_markers_are_refused() {
     assert!(e.to_string().contains("this remote is encrypted"), "{e}");
     let e = list_volumes(&open(&dir, Some(KEY))).unwrap_err();
     assert!(e.to_string().contains("wrong remote key"), "{e}");
-    std::fs::write(dir.join("layout.json"), marker(4, "ab")).unwrap();
+    std::fs::write(dir.join("layout.json"), marker(5, "ab")).unwrap();
     let e = list_volumes(&open(&dir, Some(KEY))).unwrap_err();
     assert!(
         matches!(&e, RemoteError::Refused(m) if m.contains("use a newer btm")),

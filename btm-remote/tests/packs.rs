@@ -32,7 +32,10 @@ fn a_height_is_one_pack_and_restores_by_range() {
     let log = log_with(&logdir, 5..=5);
     let p = push(&log, &packed, &opts("v")).unwrap();
     let l = push(&log, &loose, &opts("v")).unwrap();
-    println!("packed {:?}\nloose {:?}", p.requests, l.requests);
+    println!(
+        "packed {:?} {} bytes\nloose {:?} {} bytes",
+        p.requests, p.bytes_uploaded, l.requests, l.bytes_uploaded
+    );
     assert_eq!((p.objects_uploaded, l.objects_uploaded), (CHANGED, CHANGED));
     assert_eq!((p.packs_uploaded, p.records_uploaded), (1, 1), "{p:?}");
     // Lock, pack, record, pointer; no request per payload.
@@ -48,10 +51,11 @@ fn a_height_is_one_pack_and_restores_by_range() {
         l.requests,
         p.requests
     );
-    // Bytes: the same entries plus a 48-byte index row each, the pack's magic and name (the
-    // loose layout spends nothing on an index, but a request's headers cost far more).
+    // Bytes: the same entries, the pack's magic and an index of 48 bytes a payload, but the
+    // record object compressed (layout 4), where each index row's hash repeats one of the
+    // metadata: fewer bytes than the loose layout, which has no index.
     assert!(
-        p.bytes_uploaded <= l.bytes_uploaded + 48 * CHANGED + 8 + 8 + 32,
+        p.bytes_uploaded < l.bytes_uploaded,
         "{} vs {}",
         p.bytes_uploaded,
         l.bytes_uploaded
@@ -62,8 +66,12 @@ fn a_height_is_one_pack_and_restores_by_range() {
         serde_json::from_slice(&std::fs::read(pdir.join("layout.json")).unwrap()).unwrap();
     assert_eq!(
         (marker["layout"].as_u64(), marker["sealing"].as_str()),
-        (Some(3), Some("none"))
+        (Some(4), Some("none"))
     );
+    for r in walk(&pdir.join("records")) {
+        let b = std::fs::read(&r).unwrap();
+        assert_eq!(&b[8..10], &3u16.to_le_bytes(), "{}: version 3", r.display());
+    }
 
     // Every height restores exactly into an empty directory; a fresh restore reads payloads
     // in ranges covering many at once (fewer GETs than payloads).
@@ -326,6 +334,54 @@ fn old_layouts_stay_readable_and_writable() {
                 "{name} {h} keyed {}",
                 key.is_some()
             );
+        }
+    }
+}
+
+/// A layout-3 store (packs, record objects not compressed, as btm wrote before layout 4) stays
+/// in its layout when this btm pushes to it, plaintext or keyed, and restores exactly.
+#[test]
+fn layout_3_stays_readable_and_writable() {
+    let tmp = tempfile::tempdir().unwrap();
+    for key in [None, Some(KEY)] {
+        let logdir = tmp.path().join(format!("log-{}", key.is_some()));
+        let log = log_with(&logdir, 1..=2);
+        let dir = tmp.path().join(format!("l3-{}", key.is_some()));
+        let old = open(&dir, key, false).with_new_layout(3);
+        push(&log, &old, &opts("v")).unwrap();
+        let version = |dir: &std::path::Path| {
+            let mut v: Vec<Vec<u8>> = (walk(&dir.join("records")).iter())
+                .map(|r| std::fs::read(r).unwrap())
+                .collect();
+            if key.is_none() {
+                // Plaintext: the header's version field.
+                v.iter_mut().for_each(|b| b.truncate(10));
+                v.iter_mut().for_each(|b| drop(b.drain(..8)));
+            }
+            v
+        };
+        let before = version(&dir);
+        assert_eq!(before.len(), 2);
+        if key.is_none() {
+            assert!(before.iter().all(|v| v[..] == 2u16.to_le_bytes()));
+        }
+        // This btm, as it opens any store: the store keeps its layout.
+        let log = log_with(&logdir, 3..=3);
+        let remote = open(&dir, key, false);
+        let rep = push(&log, &remote, &opts("v")).unwrap();
+        assert_eq!((rep.records_present, rep.records_uploaded), (2, 1));
+        let marker: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("layout.json")).unwrap()).unwrap();
+        assert_eq!(marker["layout"].as_u64(), Some(3));
+        if key.is_none() {
+            assert!(version(&dir).iter().all(|v| v[..] == 2u16.to_le_bytes()));
+        }
+        for h in 1..=3u64 {
+            let local = tmp.path().join(format!("l3-local{h}-{}", key.is_some()));
+            log.replay(h, &local, &no_sync()).unwrap();
+            let out = tmp.path().join(format!("l3-out{h}-{}", key.is_some()));
+            replay(&remote, "v", Some(h), true, &out, &no_sync()).unwrap();
+            assert_eq!(tree(&out), tree(&local), "{h} keyed {}", key.is_some());
         }
     }
 }

@@ -131,6 +131,7 @@ fn main() {
             source_hash: [9; 32],
             meta: r.meta.clone(),
             index: None,
+            compressed: false,
         };
         let mut obj = vec![1u8];
         obj.extend(ro.encode());
@@ -143,6 +144,14 @@ fn main() {
         let mut obj = vec![1u8];
         obj.extend(packed.encode());
         put(&corpus, "remote_objects", &format!("record-packed-{i}"), &obj);
+        // Layout 4: metadata and index compressed.
+        let zstd = RecordObj {
+            compressed: true,
+            ..packed
+        };
+        let mut obj = vec![1u8];
+        obj.extend(zstd.encode());
+        put(&corpus, "remote_objects", &format!("record-zstd-{i}"), &obj);
         let index = idx.encode();
         let mut obj = vec![4u8];
         obj.extend((index.len() as u32).to_le_bytes());

@@ -50,6 +50,9 @@ const BUCKET: &str = "btm-bench";
 const BTM_PREFIX: &str = "btm";
 /// The same log pushed with a remote key (encrypted, layout 3 sealed).
 const KEYED_PREFIX: &str = "btm-keyed";
+/// The same log pushed in layout 1 (one object per payload, as btm pushed before packs): what
+/// packs change, measured in the same run.
+const LOOSE_PREFIX: &str = "btm-loose";
 const RESTIC_PREFIX: &str = "restic";
 const VOLUME_NAME: &str = "bench";
 
@@ -83,6 +86,7 @@ struct Results {
     log_bytes: u64,
     btm_remote: (u64, u64),
     keyed_remote: (u64, u64),
+    loose_remote: (u64, u64),
     restic_remote: (u64, u64),
     secs_total: f64,
 }
@@ -337,6 +341,8 @@ struct Ctx<'a> {
     remote: String,
     /// The keyed copy: its URL and key file.
     keyed: (String, PathBuf),
+    /// The layout-1 copy's URL.
+    loose: String,
 }
 
 impl Ctx<'_> {
@@ -365,7 +371,18 @@ impl Ctx<'_> {
     }
 
     fn push(&self, what: &str, keyed: bool) -> Result<Step> {
-        let (mut c, url) = self.btm_at(&["push", "--json"], keyed);
+        let (c, url) = self.btm_at(&["push", "--json"], keyed);
+        self.push_with(what, if keyed { "btm keyed" } else { "btm" }, c, url)
+    }
+
+    /// The push to the layout-1 store (a first push makes it layout 1).
+    fn push_loose(&self, what: &str) -> Result<Step> {
+        let mut c = self.btm();
+        c.args(["push", "--json"]).env("BTM_REMOTE_NEW_LAYOUT", "1");
+        self.push_with(what, "btm loose", c, &self.loose)
+    }
+
+    fn push_with(&self, what: &str, tool: &'static str, mut c: Command, url: &str) -> Result<Step> {
         let (secs, pr, out) = self.moto.timed(c.args(["--log"]).arg(&self.log).args([
             "--remote",
             url,
@@ -376,7 +393,7 @@ impl Ctx<'_> {
             .context("push JSON")?;
         let u = |k: &str| v[k].as_u64().unwrap_or(0);
         Ok(Step {
-            tool: if keyed { "btm keyed" } else { "btm" },
+            tool,
             what: what.into(),
             secs,
             bytes: u("bytes_uploaded"),
@@ -502,6 +519,7 @@ fn measure(a: &OffsiteArgs, bin: &Path) -> Result<Results> {
             format!("s3://{BUCKET}/{KEYED_PREFIX}"),
             dir.join("remote.key"),
         ),
+        loose: format!("s3://{BUCKET}/{LOOSE_PREFIX}"),
     };
     tools::sh(
         bin.to_str().context("agent path")?,
@@ -541,6 +559,9 @@ fn measure(a: &OffsiteArgs, bin: &Path) -> Result<Results> {
         let mut k = cx.push(what, true)?;
         k.vs = Some(i);
         steps.push(k);
+        let mut l = cx.push_loose(what)?;
+        l.vs = Some(i);
+        steps.push(l);
         Ok(())
     };
 
@@ -669,6 +690,7 @@ fn measure(a: &OffsiteArgs, bin: &Path) -> Result<Results> {
     r.log_bytes = tools::tree_bytes(&cx.log);
     r.btm_remote = moto.usage(BTM_PREFIX)?;
     r.keyed_remote = moto.usage(KEYED_PREFIX)?;
+    r.loose_remote = moto.usage(LOOSE_PREFIX)?;
     r.restic_remote = moto.usage(RESTIC_PREFIX)?;
     r.steps = steps;
     drop(moto);
