@@ -418,11 +418,15 @@ pub fn push_plan(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushRepo
         }
         // The record's pack index names every payload it holds and the packs they are in
         // (packs of earlier records of this push it shares payloads with are not known here:
-        // counted as one, so the estimate is exact without such sharing and close with it).
+        // counted as one). Layout 4 compresses it with the metadata, so its size follows its
+        // content: the payloads' own hashes and lengths, offsets laid out as packs fill, and
+        // pack names that compress no better than real ones. Exact in layout 3 without such
+        // sharing; in layout 4 within a few bytes of the push (the real pack names differ).
         let n_packs = new_packs as usize + old_packs.len() + usize::from(shared);
-        let index = packed.then(|| PackIndex {
-            packs: vec![[0u8; 32]; n_packs],
-            entries: vec![([0u8; 32], 0, 0, 0); indexed],
+        let index = packed.then(|| {
+            planned_index(&v.own, &o.skip, n_packs, |x| {
+                remote.sealed_len(layout::object_header(x).len() as u64 + x.stored_len)
+            })
         });
         let obj = record_object(v, prev, index, remote.compressed_records()).encode();
         rep.bytes_uploaded += remote.sealed_len(obj.len() as u64);
@@ -434,6 +438,44 @@ pub fn push_plan(log: &Log, remote: &Remote, o: &PushOptions) -> Result<PushRepo
         .filter(|(h, k, _)| !retained.keep.contains(&(*h, *k)))
         .count() as u64;
     Ok(rep)
+}
+
+/// A stand-in for the pack index a push would write for `own` (less `skip`) in `n_packs`
+/// packs: each payload's hash and entry length (`entry_len`), offsets as entries fill packs of
+/// [`pack::PACK_TARGET`], and pack names derived from their number.
+fn planned_index(
+    own: &[btm_log::PayloadRef],
+    skip: &HashSet<[u8; 32]>,
+    n_packs: usize,
+    entry_len: impl Fn(&btm_log::PayloadRef) -> u64,
+) -> PackIndex {
+    let mut seen = HashSet::new();
+    let (mut pack, mut at) = (0u32, pack::PACK_MAGIC.len() as u64);
+    let mut entries = Vec::new();
+    for x in own.iter().filter(|x| !skip.contains(&x.hash)) {
+        if !seen.insert(x.hash) {
+            continue;
+        }
+        let len = entry_len(x);
+        if at > pack::PACK_MAGIC.len() as u64 && at + len > pack::PACK_TARGET {
+            pack += 1;
+            at = pack::PACK_MAGIC.len() as u64;
+        }
+        entries.push((x.hash, pack, at, len as u32));
+        at += len;
+    }
+    let n = if entries.is_empty() {
+        n_packs
+    } else {
+        n_packs.max(1)
+    };
+    for e in &mut entries {
+        e.1 = e.1.min(n as u32 - 1);
+    }
+    let packs = (0..n as u64)
+        .map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes())
+        .collect();
+    PackIndex { packs, entries }
 }
 
 /// The record object of log record `v`, chained after the record object named `prev`, with

@@ -300,10 +300,19 @@ fn push_dry_run_predicts_the_push() {
     assert_eq!(tree_digest(&logdir), before, "a dry run changed the log");
     assert!(!logdir.join("remote-id").exists());
 
-    // The push does what its dry run said, for each of `keys`.
+    // The push does what its dry run said, for each of `keys`. Bytes: a new store is layout 4,
+    // whose record objects are compressed with pack names the dry run cannot know (hashes of
+    // the packs), and a payload two records share is packed once: within a few bytes a record
+    // (8 bytes over 6 records here; exact in layout 3).
     let push_as_planned = |plan: &serde_json::Value, keys: &[&str]| {
         let done = json(&["push", "--json", "--log", l, "--remote", &remote]);
         for k in keys {
+            if *k == "bytes_uploaded" {
+                let (p, d) = (plan[k].as_u64().unwrap(), done[k].as_u64().unwrap());
+                let slack = 16 * done["records_uploaded"].as_u64().unwrap() + 16;
+                assert!(p.abs_diff(d) <= slack, "{k}: planned {plan}, done {done}");
+                continue;
+            }
             assert_eq!(plan[k], done[k], "{k}: planned {plan}, done {done}");
         }
     };
