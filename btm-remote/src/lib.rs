@@ -274,13 +274,12 @@ impl Remote {
     /// Makes a first push to an empty store write layout 1 (or 2 with a key): one object per
     /// payload, as btm wrote before packs (readable by older btm). Stores that exist keep
     /// their layout either way.
-    pub fn with_legacy_layout(mut self, legacy: bool) -> Remote {
-        self.new_layout = if legacy {
+    pub fn with_legacy_layout(self, legacy: bool) -> Remote {
+        self.with_new_layout(if legacy {
             1
         } else {
             layout::LAYOUT_ZSTD_RECORDS
-        };
-        self
+        })
     }
 
     /// Makes a first push to an empty store write `layout` (1 to 4; 1 with a key is 2).

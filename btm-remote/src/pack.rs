@@ -20,6 +20,12 @@ use btm_log::{Log, PayloadRef, hex};
 pub const PACK_MAGIC: &[u8; 8] = b"btm.pak\n";
 /// A pack is closed once it holds this many bytes (a larger single entry gets a pack alone).
 pub const PACK_TARGET: u64 = 16 << 20;
+/// Whether an entry of `len` bytes opens a new pack after `filled` bytes of the current one
+/// (its magic included): a pack closes at [`PACK_TARGET`], unless it holds no entry yet.
+pub(crate) fn opens_new_pack(filled: u64, len: u64) -> bool {
+    filled > PACK_MAGIC.len() as u64 && filled + len > PACK_TARGET
+}
+
 /// The largest entry btm writes: a payload object, sealed.
 pub fn max_entry_len() -> u64 {
     layout::max_payload_object_len() + crate::crypto::SEAL_OVERHEAD as u64
@@ -193,7 +199,7 @@ pub(crate) fn upload(
             // Sealed under the path a loose object would have: an entry moved to another
             // payload's place does not open.
             let entry = remote.seal(&remote.object_path(&x.hash), obj);
-            if !pending.is_empty() && (cur.len() + entry.len()) as u64 > PACK_TARGET {
+            if opens_new_pack(cur.len() as u64, entry.len() as u64) {
                 close(&mut cur, &mut pending);
             }
             pending.push((x.hash, cur.len() as u64, entry.len() as u64));

@@ -457,7 +457,7 @@ fn planned_index(
             continue;
         }
         let len = entry_len(x);
-        if at > pack::PACK_MAGIC.len() as u64 && at + len > pack::PACK_TARGET {
+        if pack::opens_new_pack(at, len) {
             pack += 1;
             at = pack::PACK_MAGIC.len() as u64;
         }

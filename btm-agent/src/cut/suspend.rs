@@ -33,11 +33,9 @@ impl Cutter {
         }
         self.finish_index();
         let root = self.mount.mount_point.clone();
-        // Marks since the height, drained after writeback as a cut does. The syncfs also
-        // write-protects shared mappings: a store after it faults, is marked and updates mtime.
-        let idx = self.tracker.flip()?;
-        syncfs(&root)?;
-        let mut d = self.tracker.drain(idx)?;
+        // Marks since the height. The syncfs also write-protects shared mappings: a store
+        // after it faults, is marked and updates mtime.
+        let mut d = self.drain_synced(&root)?;
         let (scan, walked, reread) = match self.patch_kept(&root, &d) {
             Ok(Some((scan, reread))) => (scan, false, reread.len()),
             Ok(None) => (self.walk_for_stop(&root)?, true, 0),
@@ -51,9 +49,7 @@ impl Cutter {
         let before = Losses::of(&self.tracker.stats()?);
         // Writes while the stats were taken: their marks, so that a file whose new stat was
         // taken before its last write is read where it was written.
-        let idx = self.tracker.flip()?;
-        syncfs(&root)?;
-        d.merge(self.tracker.drain(idx)?);
+        d.merge(self.drain_synced(&root)?);
         let losses = Losses::of(&self.tracker.stats()?);
         if losses.force_full(&self.seen) {
             tracing::warn!("the tracker lost events since the last height: no resume state");
@@ -109,6 +105,14 @@ impl Cutter {
             walked,
             reread,
         }))
+    }
+
+    /// The marks of the epoch running now: flipped, then drained after writeback, as a cut
+    /// does (partial-folio records must outlive the dirty folios).
+    fn drain_synced(&mut self, root: &Path) -> Result<DirtySet> {
+        let idx = self.tracker.flip()?;
+        syncfs(root)?;
+        Ok(self.tracker.drain(idx)?)
     }
 
     /// A walk of the whole tree, when no namespace was kept from events.
