@@ -5,9 +5,18 @@
 //! (`frozen_walk`), the events arrived (`frozen_entries` covers the changes), and the work it
 //! did is a few dozen entries in a tree of 10^5 files, as is the number of paths each record
 //! is built from.
+//!
+//! Writes are reported by fanotify only while a cut runs (their notification costs every write
+//! of the node): the filesystem mark's mask, as the kernel shows it in fdinfo, holds
+//! `FAN_MODIFY` between the cut's start and its freeze and not between heights, where the
+//! tracker's marks name the written files (appends, growth by fallocate). A truncation by
+//! path, which no probe can place, makes the next cut walk (tests/truncate_by_path.rs).
 use std::{
     fs,
-    os::unix::fs::{FileExt, PermissionsExt},
+    os::{
+        fd::AsRawFd,
+        unix::fs::{FileExt, PermissionsExt},
+    },
     path::Path,
 };
 
@@ -71,6 +80,37 @@ fn churn(vol: &Path) {
         .unwrap();
 }
 
+/// Whether the kernel reports writes on the filesystem of `vol` to a fanotify group of this
+/// process: the `mask` of its filesystem mark in fdinfo (`sdev` is the superblock's `dev_t`,
+/// which mountinfo gives: on btrfs `stat` gives the subvolume's). None when no group of this
+/// process marks that filesystem.
+fn writes_watched(vol: &Path) -> Option<bool> {
+    let m = btm_agent::volume::Mount::at(vol).unwrap();
+    let (major, minor) = (m.major as u64, m.minor as u64);
+    let want = format!("sdev:{:x} ", (major << 20) | minor);
+    let mut found = None;
+    for fd in fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
+        let Ok(info) = fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        for line in info.lines().filter(|l| l.starts_with("fanotify sdev:")) {
+            if !line.contains(&want) {
+                continue;
+            }
+            let mask = line
+                .split(" mask:")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap();
+            let mask = u64::from_str_radix(mask, 16).unwrap();
+            *found.get_or_insert(false) |= mask & libc::FAN_MODIFY != 0;
+        }
+    }
+    found
+}
+
 /// Changes made between two heights (each call makes new ones): a directory rename, a
 /// removal, a tree removed and made again, a create, an append, a link, a chmod.
 fn churn_between(vol: &Path) {
@@ -104,6 +144,15 @@ fn churn_between(vol: &Path) {
         fs::Permissions::from_mode(0o640 + n as u32),
     )
     .unwrap();
+    // Grown by plain allocation: no folio is dirtied, the tracker's fallocate probe marks it.
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(p("d000/f000013"))
+        .unwrap();
+    let len = 20_000 * (n as i64 + 1);
+    // SAFETY: plain syscall on an open descriptor.
+    assert_eq!(unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len) }, 0);
+    assert_eq!(f.metadata().unwrap().len(), len as u64);
 }
 
 fn run(fstype: &str, files: usize, size_mb: u64) {
@@ -118,8 +167,18 @@ fn run(fstype: &str, files: usize, size_mb: u64) {
     assert!(r1.full);
     assert_replay_equals(&logdir, 1, &vol.mnt, work.path());
 
+    assert_eq!(
+        writes_watched(&vol.mnt),
+        Some(false),
+        "writes are watched between heights"
+    );
     let root = vol.mnt.clone();
     cutter.before_freeze = Some(Box::new(move || {
+        assert_eq!(
+            writes_watched(&root),
+            Some(true),
+            "writes are not watched while the cut runs"
+        );
         churn(&root);
     }));
     let (r2, _) = cutter.cut(2).unwrap();
@@ -171,6 +230,7 @@ fn run(fstype: &str, files: usize, size_mb: u64) {
         );
     }
     assert_replay_equals(&logdir, 4, &vol.mnt, work.path());
+    assert_eq!(writes_watched(&vol.mnt), Some(false), "after height 4");
     // The report says where the time went: the phases add up to the cut, and on a block
     // device the syncfs's write-back is counted (data was written before height 4).
     for r in [&r2, &r3, &r4] {

@@ -345,6 +345,16 @@ fn workload(
             );
             c.ranges.push((3 * MIB, FILE_SIZE));
         }
+        "fallocate_grow" => {
+            // Plain allocation past the end: the file grows by zeros, no folio is dirtied.
+            let f = rw(path);
+            let (off, len) = (FILE_SIZE + MIB, 2 * MIB);
+            // SAFETY: plain syscall.
+            let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, off as i64, len as i64) };
+            assert_eq!(r, 0, "fallocate: {}", std::io::Error::last_os_error());
+            assert_eq!(f.metadata().unwrap().len(), off + len);
+            c.ranges.push((FILE_SIZE, off + len));
+        }
         "punch" | "zero" => {
             let f = rw(path);
             let mode = if name == "punch" {
@@ -468,6 +478,7 @@ const WORKLOADS: &[&str] = &[
     "truncate_shrink",
     "truncate_grow",
     "truncate_path",
+    "fallocate_grow",
     "punch",
     "zero",
     "copy_file_range",

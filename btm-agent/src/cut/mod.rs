@@ -16,6 +16,7 @@ pub mod crash_index;
 mod frozen;
 mod lookup;
 pub mod losses;
+mod namespace;
 pub mod nsevents;
 mod record;
 mod report;
@@ -98,6 +99,12 @@ pub struct Cutter {
     /// The thread writing the stat index, while it runs (see [`crash_index`]).
     index_writer: Option<std::thread::JoinHandle<()>>,
     thawed_at: i64,
+    /// The tracker's count of truncations by path when the last cut looked: a rise means a
+    /// file may have a new size that neither the tracker nor an event names.
+    truncates_seen: u64,
+    /// Report writes through fanotify between heights too (`BTM_WRITE_EVENTS=always`): no
+    /// truncation by path then makes a cut walk, at a notification per write of the node.
+    pub write_events_always: bool,
 }
 
 impl Cutter {
@@ -154,7 +161,8 @@ impl Cutter {
         // Losses while no agent ran (from the counters before the stop's last flip to those
         // the taken-over programs left) force what they force on the first cut; this start's
         // own counts (calibration faults) are part of its baseline, as on any start.
-        let now = Losses::of(&tracker.stats()?);
+        let stats = tracker.stats()?;
+        let now = Losses::of(&stats);
         let seen = match (
             resume.as_ref().filter(|r| r.kept_running),
             tracker.taken_over_at(),
@@ -210,6 +218,8 @@ impl Cutter {
             index_every: crash_index::index_every(),
             index_writer: None,
             thawed_at: 0,
+            truncates_seen: stats.path_truncates,
+            write_events_always: namespace::write_events_always()?,
         })
     }
 
@@ -302,7 +312,19 @@ impl Cutter {
         // Phase 1: unfrozen pre-read.
         // Drain after writeback: partial-folio records must outlive the dirty folios.
         let mut lap = Lap(Instant::now());
-        let losses1 = Losses::of(&self.tracker.stats()?);
+        // Every write from here to the thaw is named by an event (see [`nsevents`]); those
+        // made since the last thaw are in the marks this flip drains.
+        self.watch_writes(true);
+        let stats1 = self.tracker.stats()?;
+        let losses1 = Losses::of(&stats1);
+        // Read after the watch began: a truncation counted before it is seen by the walk, one
+        // counted after it is named by its event.
+        let truncated = std::mem::replace(&mut self.truncates_seen, stats1.path_truncates)
+            != stats1.path_truncates
+            && !self.write_events_always;
+        if truncated && !full {
+            tracing::debug!("a file was truncated by path since the last height: walking");
+        }
         let idx = self.tracker.flip()?;
         let dev = (self.mount.major, self.mount.minor);
         let written = report::device_written(dev.0, dev.1);
@@ -317,7 +339,7 @@ impl Cutter {
             d1.widen_to_folios();
         }
         rep.phases_ms.drain = lap.next();
-        let (scan1, walked1, reread1) = self.namespace_now(&root, full, &d1)?;
+        let (scan1, walked1, reread1) = self.namespace_now(&root, full || truncated, &d1)?;
         rep.phases_ms.namespace = lap.next();
         rep.unfrozen_walk = walked1;
         // Kept from events, the files to look at are those at the paths re-read: the others
@@ -387,6 +409,9 @@ impl Cutter {
             f.thaw()?;
         }
         self.thawed_at = crash_index::now_ns();
+        if !self.write_events_always {
+            self.watch_writes(false);
+        }
         rep.phases_ms.frozen = lap.next();
         let (mut scan2, st2, phase2_losses, work) = phase2?;
         // What phase 1 read is no longer needed (a copy of every path on a full cut): freed
@@ -450,60 +475,6 @@ impl Cutter {
         scan2.track_changes();
         self.kept = Some(scan2);
         Ok((rep, info))
-    }
-
-    /// The namespace the last freeze left, brought up to now: the entries named by events
-    /// since and the paths of the files marked in `d` are stat'ed again (returned), nothing
-    /// else. None without a kept namespace or events, or when events were lost: only a walk
-    /// of the tree can say what changed then.
-    fn patch_kept(&mut self, root: &Path, d: &DirtySet) -> Result<Option<(Scan, Vec<RelPath>)>> {
-        let (Some(mut scan), Some(ns)) = (self.kept.take(), &self.ns) else {
-            return Ok(None);
-        };
-        let mut c = ns.drain();
-        if c.lost || scan.reopen(root).is_err() {
-            return Ok(None);
-        }
-        c.entries
-            .extend(scan.paths_marked(|ino| d.files.contains_key(&ino)));
-        let (_, reread) = scan
-            .patch(&c.entries)
-            .context("re-reading changed entries of the volume")?;
-        Ok(Some((scan, reread)))
-    }
-
-    /// The namespace for phase 1: the last cut's, patched with the entries named by events
-    /// since its freeze and the paths of files the tracker marked, or a walk of the whole
-    /// tree (on a full cut, without a kept namespace or events, after lost events, and every
-    /// [`Cutter::walk_every`] heights, when the kept namespace is checked against the walk).
-    /// True when it walked.
-    fn namespace_now(
-        &mut self,
-        root: &Path,
-        full: bool,
-        d1: &DirtySet,
-    ) -> Result<(Scan, bool, HashSet<RelPath>)> {
-        let mut patched = None;
-        if full {
-            // Not kept beside the walk: two copies of every path.
-            self.kept = None;
-        } else if let Some((scan, reread)) = self.patch_kept(root, d1)? {
-            if self.since_walk + 1 < self.walk_every {
-                return Ok((scan, false, reread.into_iter().collect()));
-            }
-            patched = Some(scan);
-        }
-        if patched.is_none()
-            && let Some(ns) = &self.ns
-        {
-            // Every change from here on is named by an event (the freeze re-reads those).
-            // After a patch the events since its drain stay queued for the freeze: they
-            // explain what changed between the patch and the walk.
-            ns.discard();
-        }
-        let walked = Scan::walk(root).context("scanning the volume")?;
-        self.check = patched.map(|p| p.differences(&walked));
-        Ok((walked, true, HashSet::new()))
     }
 
     /// What to read of a file with `id`: what the tracker marked plus growth since the last

@@ -1,6 +1,7 @@
-//! Range-changing system calls that dirty no page: fallocate (punch, zero, collapse, insert),
-//! ftruncate, copy_file_range (reflinks), FICLONE/FICLONERANGE, open with O_TRUNC, and
-//! truncate(2) by path (counted: the agent rechecks sizes where no filesystem event covers it).
+//! Range-changing system calls that dirty no page: fallocate (punch, zero, collapse, insert,
+//! growth), ftruncate, copy_file_range (reflinks), FICLONE/FICLONERANGE, open with O_TRUNC,
+//! and truncate(2) by path (counted only: no probe on this kernel resolves the path, so the
+//! agent looks at the whole tree again when the count rises).
 //!
 //! Syscall records have a fixed ABI layout: 8 bytes of common header, the syscall number, then
 //! each argument as 8 bytes from offset 16.
@@ -17,6 +18,7 @@ use crate::{
     mark::{count, mark_range, mark_tail},
 };
 
+const FALLOC_FL_KEEP_SIZE: u64 = 0x01;
 const FALLOC_FL_PUNCH_HOLE: u64 = 0x02;
 const FALLOC_FL_COLLAPSE_RANGE: u64 = 0x08;
 const FALLOC_FL_ZERO_RANGE: u64 = 0x10;
@@ -40,15 +42,24 @@ pub fn btm_fallocate(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn fallocate(ctx: &TracePointContext) -> Option<()> {
     let cfg = config()?;
-    let (dev, ino, _) = tracked_fd(cfg, arg(ctx, 0)?)?;
+    let (dev, ino, file) = tracked_fd(cfg, arg(ctx, 0)?)?;
     let (mode, off, len) = (arg(ctx, 1)?, arg(ctx, 2)?, arg(ctx, 3)?);
     count(stat::RANGE_CALLS);
     if mode & (FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE) != 0 {
         mark_tail(dev, ino, off, WHY_RANGE_SHIFT);
     } else if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE) != 0 {
         mark_range(dev, ino, off, off.saturating_add(len));
+    } else if mode & FALLOC_FL_KEEP_SIZE == 0 {
+        // Plain allocation changes no content inside the file, but past its end it grows it
+        // with zeros: marked, so the cut looks at the file's size again (no write event
+        // names it).
+        let inode: *const u8 = read(file, cfg.file_inode)?;
+        let size: u64 = read(inode, cfg.inode_size).unwrap_or(0);
+        let end = off.saturating_add(len);
+        if end > size {
+            mark_range(dev, ino, size, end);
+        }
     }
-    // Plain allocation changes no content; growth past EOF is seen in the size.
     Some(())
 }
 
