@@ -323,7 +323,11 @@ impl Cutter {
             != stats1.path_truncates
             && !self.write_events_always;
         if truncated && !full {
-            tracing::debug!("a file was truncated by path since the last height: walking");
+            tracing::info!(
+                "a program on this host truncated a file by path since the last height: this \
+                 cut walks the whole tree (if it happens at most heights, set \
+                 BTM_WRITE_EVENTS=always)"
+            );
         }
         let idx = self.tracker.flip()?;
         let dev = (self.mount.major, self.mount.minor);
