@@ -52,6 +52,9 @@ pub struct Config {
     pub fdt_max_fds: u32,
     pub fdt_fd: u32,
     pub file_inode: u32,
+    // struct io_kiocb (io_uring's fallocate and ftruncate requests)
+    pub kiocb_opcode: u32,
+    pub kiocb_file: u32,
     pub file_pos: u32,
     // struct vm_area_struct (write faults on shared file mappings)
     pub vma_start: u32,

@@ -185,16 +185,21 @@ impl Mapping {
 }
 
 fn uring_write(f: &File, buf: *const u8, len: u32, off: u64) {
-    use io_uring::{IoUring, opcode, types};
-    let mut ring = IoUring::new(4).unwrap();
+    use io_uring::{opcode, types};
     let e = opcode::Write::new(types::Fd(f.as_raw_fd()), buf, len)
         .offset(off)
         .build();
-    // SAFETY: buffer outlives the submission, which we wait for.
+    assert_eq!(uring(e), len as i32, "io_uring write");
+}
+
+/// Submits one entry to a new ring and waits for its result. The entry's buffers, if any,
+/// must outlive the call.
+fn uring(e: io_uring::squeue::Entry) -> i32 {
+    let mut ring = io_uring::IoUring::new(4).unwrap();
+    // SAFETY: the caller keeps the entry's buffers alive; we wait for the completion.
     unsafe { ring.submission().push(&e).unwrap() };
     ring.submit_and_wait(1).unwrap();
-    let cqe = ring.completion().next().unwrap();
-    assert_eq!(cqe.result(), len as i32, "io_uring write");
+    ring.completion().next().unwrap().result()
 }
 
 /// Runs workload `name` on `path`; returns the changed ranges.
@@ -345,6 +350,28 @@ fn workload(
             );
             c.ranges.push((3 * MIB, FILE_SIZE));
         }
+        "uring_punch" => {
+            // io_uring's fallocate calls vfs_fallocate itself: no fallocate system call.
+            use io_uring::{opcode, types};
+            let f = rw(path);
+            let (off, len) = (7 * MIB + 4096, 64 << 10);
+            let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            let e = opcode::Fallocate::new(types::Fd(f.as_raw_fd()), len)
+                .offset(off)
+                .mode(mode)
+                .build();
+            assert_eq!(uring(e), 0, "io_uring punch");
+            c.ranges.push((off, off + len));
+        }
+        "uring_ftruncate_grow" => {
+            // io_uring's ftruncate: no ftruncate system call, and growth dirties nothing.
+            use io_uring::{opcode, types};
+            let f = rw(path);
+            let e = opcode::Ftruncate::new(types::Fd(f.as_raw_fd()), FILE_SIZE + 2 * MIB).build();
+            assert_eq!(uring(e), 0, "io_uring ftruncate");
+            assert_eq!(f.metadata().unwrap().len(), FILE_SIZE + 2 * MIB);
+            c.ranges.push((FILE_SIZE, FILE_SIZE + 2 * MIB));
+        }
         "fallocate_grow" => {
             // Plain allocation past the end: the file grows by zeros, no folio is dirtied.
             let f = rw(path);
@@ -479,6 +506,8 @@ const WORKLOADS: &[&str] = &[
     "truncate_grow",
     "truncate_path",
     "fallocate_grow",
+    "uring_punch",
+    "uring_ftruncate_grow",
     "punch",
     "zero",
     "copy_file_range",

@@ -107,6 +107,8 @@ impl KernelBtf {
         cfg.fdt_fd = self.offset("fdtable", &["fd"])?;
         cfg.file_inode = self.offset("file", &["f_inode"])?;
         cfg.file_pos = self.offset("file", &["f_pos"])?;
+        cfg.kiocb_opcode = self.offset("io_kiocb", &["opcode"])?;
+        cfg.kiocb_file = self.offset("io_kiocb", &["file"])?;
         cfg.vma_start = self.offset("vm_area_struct", &["vm_start"])?;
         cfg.vma_flags = self.offset("vm_area_struct", &["vm_flags", "__vm_flags"])?;
         cfg.vma_pgoff = self.offset("vm_area_struct", &["vm_pgoff"])?;

@@ -245,6 +245,8 @@ impl Tracker {
                 true,
             ),
             ("btm_iomap_iter", Kind::Btf, "iomap_iter", true),
+            ("btm_uring_submit", Kind::Btf, "io_uring_submit_req", true),
+            ("btm_uring_complete", Kind::Btf, "io_uring_complete", true),
             (
                 "btm_ext4_da_write_begin",
                 Kind::Tp,

@@ -8,4 +8,5 @@ mod mappers;
 mod remote;
 mod syscalls;
 mod unmaps;
+mod uring;
 mod xfs;
