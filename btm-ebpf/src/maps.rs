@@ -1,5 +1,8 @@
 //! Every map the programs share with the agent. Map names are the agent's contract.
-use crate::vmas::{Pending, Vma, VmaKey};
+use crate::{
+    mark::RangeMark,
+    vmas::{Pending, Vma, VmaKey},
+};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -53,6 +56,10 @@ pub static PRECISE: LruHashMap<u64, PreciseRange> = LruHashMap::with_max_entries
 /// Per task: an open with O_TRUNC is in flight (resolved to an inode at syscall exit).
 #[map]
 pub static OPEN_TRUNC: LruHashMap<u64, u32> = LruHashMap::with_max_entries(8192, 0);
+/// Per task: the mark a range call in flight made at entry, made again at its exit (see
+/// `probes/syscalls.rs`).
+#[map]
+pub static RANGE_INFLIGHT: LruHashMap<u64, RangeMark> = LruHashMap::with_max_entries(8192, 0);
 
 /// The fault probe's cache of tracked shared mappings (see `vmas`), keyed by (tgid, 2 MiB
 /// region of the address); LRU, so a full cache only costs lookups.

@@ -17,7 +17,9 @@ use btm_common::dirty::{
     PreciseRange, WHY_OVERFLOW, stat,
 };
 
-use crate::maps::{DIRTY0, DIRTY1, EPOCH, MARKS0, MARKS1, PARTIAL0, PARTIAL1, PRECISE, STATS};
+use crate::maps::{
+    DIRTY0, DIRTY1, EPOCH, MARKS0, MARKS1, PARTIAL0, PARTIAL1, PRECISE, RANGE_INFLIGHT, STATS,
+};
 
 /// Chunks one event may mark bit by bit (16 GiB); a longer range marks the file's tail.
 const MAX_CHUNKS_PER_EVENT: u64 = 8192;
@@ -354,6 +356,49 @@ pub fn partial_folio(dev: u32, ino: u64, page: u64) -> Option<(u64, u64)> {
         }
     }
     None
+}
+
+/// What a range-changing system call marks: `[start, end)`, or with `why` set every byte
+/// from `start` on ([`mark_tail`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RangeMark {
+    pub dev: u32,
+    pub why: u32,
+    pub ino: u64,
+    pub start: u64,
+    pub end: u64,
+}
+
+#[inline(always)]
+fn apply(m: &RangeMark) {
+    if m.why != 0 {
+        mark_tail(m.dev, m.ino, m.start, m.why);
+    } else {
+        mark_range(m.dev, m.ino, m.start, m.end);
+    }
+}
+
+/// Marks what a range call is about to change, and remembers it for [`range_call_done`]:
+/// the call may wait (for the frozen volume, for a lock) past the next epoch flip and change
+/// the file only then, after the cut that drained this mark read it.
+#[inline(always)]
+pub fn range_call(m: RangeMark) {
+    count(stat::RANGE_CALLS);
+    apply(&m);
+    let _ = RANGE_INFLIGHT.insert(&bpf_get_current_pid_tgid(), &m, 0);
+}
+
+/// At a range call's exit: marks again, in the epoch current now, what it marked at entry.
+#[inline(always)]
+pub fn range_call_done() {
+    let tid = bpf_get_current_pid_tgid();
+    // SAFETY: value copied out immediately.
+    let Some(m) = (unsafe { RANGE_INFLIGHT.get(&tid) }).copied() else {
+        return;
+    };
+    let _ = RANGE_INFLIGHT.remove(&tid);
+    apply(&m);
 }
 
 /// Forgets the current task's precise range, so no folio event it causes next is suppressed.

@@ -308,6 +308,25 @@ impl Tracker {
                 true,
             ),
             ("btm_ioctl", Kind::Tp, "syscalls/sys_enter_ioctl", true),
+            (
+                "btm_exit_fallocate",
+                Kind::Tp,
+                "syscalls/sys_exit_fallocate",
+                true,
+            ),
+            (
+                "btm_exit_ftruncate",
+                Kind::Tp,
+                "syscalls/sys_exit_ftruncate",
+                true,
+            ),
+            (
+                "btm_exit_copy_file_range",
+                Kind::Tp,
+                "syscalls/sys_exit_copy_file_range",
+                true,
+            ),
+            ("btm_exit_ioctl", Kind::Tp, "syscalls/sys_exit_ioctl", true),
             ("btm_madvise", Kind::Tp, "syscalls/sys_enter_madvise", true),
             (
                 "btm_process_vm_writev",

@@ -15,7 +15,7 @@ use btm_common::dirty::{WHY_CLONE, WHY_RANGE_SHIFT, WHY_TRUNCATE, stat};
 use crate::{
     kernel::{config, read, tracked_fd},
     maps::OPEN_TRUNC,
-    mark::{count, mark_range, mark_tail},
+    mark::{RangeMark, count, mark_tail, range_call, range_call_done},
 };
 
 const FALLOC_FL_KEEP_SIZE: u64 = 0x01;
@@ -44,20 +44,29 @@ fn fallocate(ctx: &TracePointContext) -> Option<()> {
     let cfg = config()?;
     let (dev, ino, file) = tracked_fd(cfg, arg(ctx, 0)?)?;
     let (mode, off, len) = (arg(ctx, 1)?, arg(ctx, 2)?, arg(ctx, 3)?);
-    count(stat::RANGE_CALLS);
+    let end = off.saturating_add(len);
+    let range = |start, end| RangeMark {
+        dev,
+        why: 0,
+        ino,
+        start,
+        end,
+    };
     if mode & (FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE) != 0 {
-        mark_tail(dev, ino, off, WHY_RANGE_SHIFT);
+        range_call(RangeMark {
+            why: WHY_RANGE_SHIFT,
+            ..range(off, 0)
+        });
     } else if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE) != 0 {
-        mark_range(dev, ino, off, off.saturating_add(len));
+        range_call(range(off, end));
     } else if mode & FALLOC_FL_KEEP_SIZE == 0 {
         // Plain allocation changes no content inside the file, but past its end it grows it
         // with zeros: marked, so the cut looks at the file's size again (no write event
-        // names it).
+        // names it between heights).
         let inode: *const u8 = read(file, cfg.file_inode)?;
         let size: u64 = read(inode, cfg.inode_size).unwrap_or(0);
-        let end = off.saturating_add(len);
         if end > size {
-            mark_range(dev, ino, size, end);
+            range_call(range(size, end));
         }
     }
     Some(())
@@ -79,7 +88,13 @@ fn ftruncate(ctx: &TracePointContext) -> Option<()> {
     let inode: *const u8 = read(file, cfg.file_inode)?;
     let size: u64 = read(inode, cfg.inode_size).unwrap_or(0);
     let len = arg(ctx, 1)?;
-    mark_tail(dev, ino, if len < size { len } else { size }, WHY_TRUNCATE);
+    range_call(RangeMark {
+        dev,
+        why: WHY_TRUNCATE,
+        ino,
+        start: if len < size { len } else { size },
+        end: 0,
+    });
     Some(())
 }
 
@@ -109,8 +124,13 @@ fn copy_file_range(ctx: &TracePointContext) -> Option<()> {
         // SAFETY: user pointer read through the helper; a fault yields an error.
         unsafe { bpf_probe_read_user(off_ptr as *const u64).ok()? }
     };
-    count(stat::RANGE_CALLS);
-    mark_range(dev, ino, off, off.saturating_add(len));
+    range_call(RangeMark {
+        dev,
+        why: 0,
+        ino,
+        start: off,
+        end: off.saturating_add(len),
+    });
     Some(())
 }
 
@@ -128,9 +148,15 @@ fn ioctl(ctx: &TracePointContext) -> Option<()> {
     }
     let cfg = config()?;
     let (dev, ino, _) = tracked_fd(cfg, arg(ctx, 0)?)?;
-    count(stat::RANGE_CALLS);
+    let tail = |start| RangeMark {
+        dev,
+        why: WHY_CLONE,
+        ino,
+        start,
+        end: 0,
+    };
     if cmd == FICLONE {
-        mark_tail(dev, ino, 0, WHY_CLONE);
+        range_call(tail(0));
         return Some(());
     }
     // struct file_clone_range { s64 src_fd; u64 src_offset; u64 src_length; u64 dest_offset; }
@@ -142,12 +168,42 @@ fn ioctl(ctx: &TracePointContext) -> Option<()> {
             bpf_probe_read_user((p + 24) as *const u64).ok()?,
         )
     };
-    if len == 0 {
-        mark_tail(dev, ino, dest, WHY_CLONE);
+    range_call(if len == 0 {
+        tail(dest)
     } else {
-        mark_range(dev, ino, dest, dest.saturating_add(len));
-    }
+        RangeMark {
+            why: 0,
+            end: dest.saturating_add(len),
+            ..tail(dest)
+        }
+    });
     Some(())
+}
+
+// The same calls' exits: what each marked at entry is marked again (`mark::range_call`).
+
+#[tracepoint(category = "syscalls", name = "sys_exit_fallocate")]
+pub fn btm_exit_fallocate(_ctx: TracePointContext) -> u32 {
+    range_call_done();
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_ftruncate")]
+pub fn btm_exit_ftruncate(_ctx: TracePointContext) -> u32 {
+    range_call_done();
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_copy_file_range")]
+pub fn btm_exit_copy_file_range(_ctx: TracePointContext) -> u32 {
+    range_call_done();
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_ioctl")]
+pub fn btm_exit_ioctl(_ctx: TracePointContext) -> u32 {
+    range_call_done();
+    0
 }
 
 /// open/openat/creat with O_TRUNC: note it at entry, resolve the returned fd at exit.
