@@ -98,7 +98,7 @@ pub fn ensure_daemon() -> Result<(), String> {
                 .map_err(|e| format!("cannot start zfs-fuse: {e}"))?;
         }
         match zsh("zpool", &["list", "-H"]) {
-            Ok(_) => return Ok(()),
+            Ok(_) => return warm_up(deadline),
             Err(e) => last = e,
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -106,6 +106,42 @@ pub fn ensure_daemon() -> Result<(), String> {
     Err(format!(
         "started zfs-fuse but zpool still does not answer: {last}"
     ))
+}
+
+/// A zfs-fuse daemon just started answers `zpool list` before it can mount: the tests' first
+/// pools, created at once, then fail to mount (`Input/output error`, about one cold start in
+/// three here). One pool is made and destroyed alone first, until that works.
+fn warm_up(deadline: Instant) -> Result<(), String> {
+    let parent = std::env::var_os("BTM_TEST_SCRATCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    loop {
+        let err = match Pool::create("btmwarm", &parent) {
+            Ok(_) => return Ok(()), // destroyed on drop
+            Err(e) => e,
+        };
+        // Created but not mounted: not destroyed by the drop.
+        for name in warm_pools() {
+            let _ = zsh("zpool", &["destroy", "-f", &name]);
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "started zfs-fuse but it cannot mount a pool: {err}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The warm-up pools of this process that ZFS still lists.
+fn warm_pools() -> Vec<String> {
+    let prefix = format!("btmwarm{}x", std::process::id());
+    zsh("zpool", &["list", "-H", "-o", "name"])
+        .unwrap_or_default()
+        .lines()
+        .filter(|n| n.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
 }
 
 /// What the zfs-fuse daemon is doing, for the message of a command that got no answer: its
