@@ -493,6 +493,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// What a cut drains, as the tracker tests take it: freeze the volume, flip and drain, thaw.
+pub fn drain_frozen(
+    tracker: &mut btm_agent::tracker::Tracker,
+    mnt: &Path,
+) -> btm_agent::tracker::DirtySet {
+    let frozen = btm_agent::volume::Frozen::freeze(mnt).expect("freeze");
+    let set = tracker.take().expect("drain");
+    frozen.thaw().expect("thaw");
+    set
+}
+
 /// Pages (4 KiB block numbers) of `pages` that the tracker's `set` does not cover for file
 /// `ino`: neither marked nor at or beyond its marked tail.
 pub fn missed(

@@ -18,25 +18,17 @@ use std::{
         fd::AsRawFd,
         unix::fs::{FileExt, MetadataExt},
     },
-    path::Path,
 };
 
 use btm_agent::{
-    tracker::{DirtySet, Limits, Tracker},
-    volume::{Frozen, Mount},
+    tracker::{Limits, Tracker},
+    volume::Mount,
 };
-use btm_tests::{LoopFs, Rng, can_run, missed};
+use btm_tests::{LoopFs, Rng, can_run, drain_frozen, missed};
 
 const MIB: u64 = 1 << 20;
 const LEN: u64 = 8 * MIB;
 const PAGE: u64 = 4096;
-
-fn cut(tracker: &mut Tracker, mnt: &Path) -> DirtySet {
-    let frozen = Frozen::freeze(mnt).expect("freeze");
-    let set = tracker.take().expect("drain");
-    frozen.thaw().expect("thaw");
-    set
-}
 
 /// Stores into 8 pages of each 2 MiB folio of a mapping of the file, after a pwrite dirtied
 /// page 511 of each; returns the pages stored into and the mapping.
@@ -95,12 +87,12 @@ fn busy_faults_are_resolved_by_the_agent() {
     // SAFETY: this test binary holds one test, so no other thread reads the environment.
     unsafe { std::env::set_var("BTM_TEST_DEFER_FAULTS", "1") };
     let mut tracker = Tracker::start(&mount, Limits::for_volume_bytes(512 * MIB)).unwrap();
-    let _ = cut(&mut tracker, &fs.mnt);
+    let _ = drain_frozen(&mut tracker, &fs.mnt);
 
     // Resolved at the drain.
     let before = tracker.stats().unwrap();
     let (pages, p) = stores(&f, &mut rng);
-    let set = cut(&mut tracker, &fs.mnt);
+    let set = drain_frozen(&mut tracker, &fs.mnt);
     let after = tracker.stats().unwrap();
     assert!(
         after.fault_deferred - before.fault_deferred >= LEN / (2 * MIB),
@@ -125,7 +117,7 @@ fn busy_faults_are_resolved_by_the_agent() {
     let (pages, p) = stores(&f, &mut rng);
     // SAFETY: as above.
     unsafe { libc::munmap(p as *mut libc::c_void, LEN as usize) };
-    let set = cut(&mut tracker, &fs.mnt);
+    let set = drain_frozen(&mut tracker, &fs.mnt);
     let after = tracker.stats().unwrap();
     assert!(after.fault_deferred > before.fault_deferred);
     assert!(

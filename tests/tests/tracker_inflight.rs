@@ -17,17 +17,14 @@ use btm_agent::{
     tracker::{DirtySet, Limits, Tracker},
     volume::{Frozen, Mount},
 };
-use btm_tests::{FILESYSTEMS, LoopFs, Rng, can_run};
+use btm_tests::{FILESYSTEMS, LoopFs, Rng, can_run, drain_frozen, missed};
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 8 * MIB;
 
-/// Every 4 KiB block of `[start, end)` of file `ino` is in `set`.
-fn covers(set: &DirtySet, ino: u64, start: u64, end: u64) -> bool {
-    set.files.get(&ino).is_some_and(|f| {
-        (start / 4096..end.div_ceil(4096))
-            .all(|b| f.blocks.contains(&b) || f.tail_from.is_some_and(|t| t <= b * 4096))
-    })
+/// The 4 KiB blocks of `[start, end)` that `set` does not cover for file `ino`.
+fn missed_range(set: &DirtySet, ino: u64, start: u64, end: u64) -> Vec<u64> {
+    missed(set, ino, &(start / 4096..end.div_ceil(4096)).collect())
 }
 
 /// A call on the file, its name, and the bytes it changes.
@@ -54,13 +51,7 @@ fn run(fstype: &str) {
     f.sync_all().unwrap();
     let ino = std::os::unix::fs::MetadataExt::ino(&f.metadata().unwrap());
     drop(f);
-    let cut = |t: &mut Tracker| {
-        let frozen = Frozen::freeze(&fs.mnt).expect("freeze");
-        let set = t.take().expect("drain");
-        frozen.thaw().expect("thaw");
-        set
-    };
-    cut(&mut tracker);
+    drain_frozen(&mut tracker, &fs.mnt);
 
     let calls: [Call; 2] = [
         (
@@ -90,15 +81,17 @@ fn run(fstype: &str) {
             !waiter.is_finished(),
             "{fstype}/{name}: the call did not wait for the frozen volume"
         );
-        assert!(
-            covers(&during, ino, start, end),
+        assert_eq!(
+            missed_range(&during, ino, start, end),
+            Vec::<u64>::new(),
             "{fstype}/{name}: no entry mark"
         );
         frozen.thaw().expect("thaw");
         assert_eq!(waiter.join().unwrap(), 0, "{fstype}/{name} failed");
-        let after = cut(&mut tracker);
-        assert!(
-            covers(&after, ino, start, end),
+        let after = drain_frozen(&mut tracker, &fs.mnt);
+        assert_eq!(
+            missed_range(&after, ino, start, end),
+            Vec::<u64>::new(),
             "{fstype}/{name}: the change landed after the drain and no later epoch marks it"
         );
     }

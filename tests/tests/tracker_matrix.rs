@@ -17,9 +17,9 @@ use std::{
 
 use btm_agent::{
     tracker::{DirtySet, Limits, Tracker},
-    volume::{Frozen, Mount},
+    volume::Mount,
 };
-use btm_tests::{LoopFs, Rng, can_run};
+use btm_tests::{LoopFs, Rng, can_run, drain_frozen};
 
 const MIB: u64 = 1 << 20;
 const FILE_SIZE: u64 = 16 * MIB;
@@ -31,13 +31,6 @@ struct Changed {
     ranges: Vec<(u64, u64)>,
     /// Unique 4 KiB blocks the workload wrote (amplification workloads only).
     amp_blocks: Option<u64>,
-}
-
-fn cut(tracker: &mut Tracker, mnt: &Path) -> DirtySet {
-    let frozen = Frozen::freeze(mnt).expect("freeze");
-    let set = tracker.take().expect("drain");
-    frozen.thaw().expect("thaw");
-    set
 }
 
 /// An aligned buffer for O_DIRECT.
@@ -566,13 +559,13 @@ fn matrix(fstype: &str) {
         let bystander = fs.path(&format!("by-{name}"));
         prepare(&bystander, &mut rng);
         let mut steady = (name == "mmap_steady").then(|| Mapping::prefaulted(&path));
-        cut(&mut tracker, &fs.mnt);
+        drain_frozen(&mut tracker, &fs.mnt);
 
         let Some(changed) = workload(name, &fs, &path, &mut rng, &mut steady) else {
             continue;
         };
         std::fs::write(&other, rng.bytes(8192)).unwrap();
-        let set = cut(&mut tracker, &fs.mnt);
+        let set = drain_frozen(&mut tracker, &fs.mnt);
 
         let ino = std::fs::metadata(&path).unwrap().ino();
         for &(s, e) in &changed.ranges {
