@@ -47,12 +47,17 @@ pub fn current_file(cfg: &Config, fd: u64) -> Option<*const u8> {
     read(fds, (fd * 8) as u32)
 }
 
+/// (dev, ino) of an open file whose inode is on the tracked filesystem.
+#[inline(always)]
+pub fn tracked_file(cfg: &Config, file: *const u8) -> Option<(u32, u64)> {
+    tracked_inode(cfg, read(file, cfg.file_inode)?)
+}
+
 /// (dev, ino, file) of a descriptor whose inode is on the tracked filesystem.
 #[inline(always)]
 pub fn tracked_fd(cfg: &Config, fd: u64) -> Option<(u32, u64, *const u8)> {
     let file = current_file(cfg, fd)?;
-    let inode: *const u8 = read(file, cfg.file_inode)?;
-    let (dev, ino) = tracked_inode(cfg, inode)?;
+    let (dev, ino) = tracked_file(cfg, file)?;
     Some((dev, ino, file))
 }
 

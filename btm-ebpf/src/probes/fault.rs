@@ -32,7 +32,7 @@ use btm_common::{
 };
 
 use crate::{
-    kernel::{config, current_tgid, read, tracked_inode},
+    kernel::{config, current_tgid, read, tracked_file},
     maps::MAPPERS,
     mark::{clear_precise, count, mark_precise, mark_range, partial_folio},
     vmas::{self, Vma},
@@ -218,9 +218,7 @@ fn resolve(vma: *const u8, fc: *mut FaultCtx) -> Option<()> {
     if flags & VM_SHARED == 0 {
         return None;
     }
-    let file: *const u8 = read(vma, cfg.vma_file)?;
-    let inode: *const u8 = read(file, cfg.file_inode)?;
-    let (dev, ino) = tracked_inode(cfg, inode)?;
+    let (dev, ino) = tracked_file(cfg, read(vma, cfg.vma_file)?)?;
     // SAFETY: `fc` points at the caller's stack object, passed through bpf_find_vma.
     unsafe {
         (*fc).vma = Vma {

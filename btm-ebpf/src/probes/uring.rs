@@ -11,7 +11,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use btm_common::dirty::{WHY_RANGE_SHIFT, stat};
 
 use crate::{
-    kernel::{config, read, tracked_inode},
+    kernel::{config, read, tracked_file},
     mark::{count, mark_tail},
 };
 
@@ -42,9 +42,7 @@ fn range_request(req: *const u8) -> Option<()> {
     if op != IORING_OP_FALLOCATE && op != IORING_OP_FTRUNCATE {
         return None;
     }
-    let file: *const u8 = read(req, cfg.kiocb_file)?;
-    let inode: *const u8 = read(file, cfg.file_inode)?;
-    let (dev, ino) = tracked_inode(cfg, inode)?;
+    let (dev, ino) = tracked_file(cfg, read(req, cfg.kiocb_file)?)?;
     count(stat::RANGE_CALLS);
     mark_tail(dev, ino, 0, WHY_RANGE_SHIFT);
     Some(())
