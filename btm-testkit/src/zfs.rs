@@ -112,9 +112,7 @@ pub fn ensure_daemon() -> Result<(), String> {
 /// pools, created at once, then fail to mount (`Input/output error`, about one cold start in
 /// three here). One pool is made and destroyed alone first, until that works.
 fn warm_up(deadline: Instant) -> Result<(), String> {
-    let parent = std::env::var_os("BTM_TEST_SCRATCH")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
+    let parent = crate::scratch();
     loop {
         let err = match Pool::create("btmwarm", &parent) {
             Ok(_) => return Ok(()), // destroyed on drop
