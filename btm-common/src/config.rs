@@ -94,3 +94,61 @@ pub struct Config {
     /// `xfs:xfs_itruncate_extents_start`: `pos` holds the `new_size` offset.
     pub xfs_itruncate: RangeTp,
 }
+
+/// Member offsets the `tp_btf` programs read through BTF-typed pointers: their arguments, and
+/// pointers loaded from those. The agent sets them as read-only data before it loads the
+/// object (the `BTM_TYPED` global). The verifier then knows each one as a constant and checks
+/// every load against the kernel's BTF, so these reads are plain loads instead of
+/// `bpf_probe_read_kernel` calls (a helper call and a fault-safe copy each: most of the time
+/// of the programs that run on every write).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Typed {
+    pub folio_flags: u32,
+    pub folio_index: u32,
+    pub folio_flags1: u32,
+    pub mapping_host: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+    pub iomap_iter_inode: u32,
+    pub iomap_iter_pos: u32,
+    pub iomap_iter_len: u32,
+    pub iomap_iter_flags: u32,
+}
+
+impl Typed {
+    /// All zero: the object's value before the agent sets it.
+    pub const UNSET: Typed = Typed {
+        folio_flags: 0,
+        folio_index: 0,
+        folio_flags1: 0,
+        mapping_host: 0,
+        inode_ino: 0,
+        inode_sb: 0,
+        sb_dev: 0,
+        iomap_iter_inode: 0,
+        iomap_iter_pos: 0,
+        iomap_iter_len: 0,
+        iomap_iter_flags: 0,
+    };
+}
+
+impl Config {
+    /// The offsets of this configuration that typed loads use.
+    pub fn typed(&self) -> Typed {
+        Typed {
+            folio_flags: self.folio_flags,
+            folio_index: self.folio_index,
+            folio_flags1: self.folio_flags1,
+            mapping_host: self.mapping_host,
+            inode_ino: self.inode_ino,
+            inode_sb: self.inode_sb,
+            sb_dev: self.sb_dev,
+            iomap_iter_inode: self.iomap_iter_inode,
+            iomap_iter_pos: self.iomap_iter_pos,
+            iomap_iter_len: self.iomap_iter_len,
+            iomap_iter_flags: self.iomap_iter_flags,
+        }
+    }
+}

@@ -9,9 +9,13 @@ pub mod dirty;
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{config::Config, dirty::*};
+    use super::{
+        config::{Config, Typed},
+        dirty::*,
+    };
     // SAFETY: all of these are repr(C) plain data without padding holes that matter.
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Typed {}
     unsafe impl aya::Pod for ChunkKey {}
     unsafe impl aya::Pod for ProcKey {}
     unsafe impl aya::Pod for Chunk {}

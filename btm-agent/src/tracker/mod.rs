@@ -185,7 +185,9 @@ impl Tracker {
 
         let btf = Btf::from_sys_fs().map_err(|e| TrackerError::Btf(e.to_string()))?;
         let names = pinned.map(handover::pinned_maps).unwrap_or_default();
+        let typed = cfg.typed();
         let mut loader = EbpfLoader::new();
+        loader.override_global("BTM_TYPED", &typed, true);
         for n in &names {
             let dir = pinned.expect("names come from the pins");
             loader.map_pin_path(n.as_str(), dir.join("maps").join(n));

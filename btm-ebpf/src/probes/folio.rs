@@ -11,7 +11,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use btm_common::dirty::{BLOCK_SHIFT, PMD_ORDER, PRECISE_PMD, stat};
 
 use crate::{
-    kernel::{config, read, tracked_inode},
+    kernel::{config, load, tracked_inode_typed, typed},
     mark::{count, covered_by_precise, mark_range, note_partial},
 };
 
@@ -26,12 +26,12 @@ pub fn btm_dirty_folio(ctx: BtfTracePointContext) -> u32 {
 #[inline(always)]
 fn try_dirty_folio(folio: *const u8, mapping: *const u8) -> Option<()> {
     let cfg = config()?;
-    let inode: *const u8 = read(mapping, cfg.mapping_host)?;
-    let (dev, ino) = tracked_inode(cfg, inode)?;
-    let index: u64 = read(folio, cfg.folio_index)?;
-    let flags: u64 = read(folio, cfg.folio_flags)?;
+    let inode: *const u8 = load(mapping, typed!(mapping_host))?;
+    let (dev, ino) = tracked_inode_typed(cfg, inode)?;
+    let index: u64 = load(folio, typed!(folio_index))?;
+    let flags: u64 = load(folio, typed!(folio_flags))?;
     let order = if flags & (1u64 << (cfg.pg_head_bit & 63)) != 0 {
-        read::<u64>(folio, cfg.folio_flags1)? & 0xff
+        load::<u64>(folio, typed!(folio_flags1))? & 0xff
     } else {
         0
     };

@@ -13,7 +13,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use btm_common::dirty::stat;
 
 use crate::{
-    kernel::{config, current_tgid, read, tracked_inode},
+    kernel::{config, current_tgid, load, tracked_inode_typed, typed},
     maps::MAPPERS,
     mark::{count, mark_precise, mark_range},
 };
@@ -28,7 +28,7 @@ pub fn btm_iomap_iter(ctx: BtfTracePointContext) -> u32 {
 #[inline(always)]
 fn try_iomap_iter(iter: *const u8) -> Option<()> {
     let cfg = config()?;
-    let flags: u32 = read(iter, cfg.iomap_iter_flags)?;
+    let flags: u32 = load(iter, typed!(iomap_iter_flags))?;
     if flags & (cfg.iomap_flag_write | cfg.iomap_flag_zero) == 0 {
         // A direct read by a mapping process may land in a shared mapping of a tracked file:
         // its pages are pinned and written without a fault the programs see (remote.rs).
@@ -45,13 +45,13 @@ fn try_iomap_iter(iter: *const u8) -> Option<()> {
     }
     // Every operation ends with a call that finds nothing left (`len` 0): half of the runs
     // on a 4 KiB write, and nothing to mark.
-    let len: u64 = read(iter, cfg.iomap_iter_len)?;
+    let len: u64 = load(iter, typed!(iomap_iter_len))?;
     if len == 0 {
         return None;
     }
-    let inode: *const u8 = read(iter, cfg.iomap_iter_inode)?;
-    let (dev, ino) = tracked_inode(cfg, inode)?;
-    let pos: u64 = read(iter, cfg.iomap_iter_pos)?;
+    let inode: *const u8 = load(iter, typed!(iomap_iter_inode))?;
+    let (dev, ino) = tracked_inode_typed(cfg, inode)?;
+    let pos: u64 = load(iter, typed!(iomap_iter_pos))?;
     let end = pos.saturating_add(len);
     if flags & cfg.iomap_flag_direct != 0 {
         // Direct I/O dirties no folio: nothing to suppress.
