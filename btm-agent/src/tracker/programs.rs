@@ -1,11 +1,10 @@
 //! Every program the tracker attaches, and where: (program, kind, target, required). A
-//! program that is not required is skipped, with a debug line, where it cannot attach (a
-//! filesystem's own tracepoints on a kernel without that filesystem, syscalls a kernel does
-//! not have).
+//! program that is not required is skipped, with a debug line, where it cannot attach (the
+//! page-fault tracepoints, system calls a kernel does not have).
 use super::Kind;
 
 pub(super) fn table(fs: &str) -> Vec<(&'static str, Kind, &'static str, bool)> {
-    vec![
+    let mut v = vec![
         ("btm_dirty_folio", Kind::Btf, "writeback_dirty_folio", true),
         ("btm_fault_user", Kind::Btf, "page_fault_user", false),
         ("btm_fault_kernel", Kind::Btf, "page_fault_kernel", false),
@@ -51,42 +50,6 @@ pub(super) fn table(fs: &str) -> Vec<(&'static str, Kind, &'static str, bool)> {
         ("btm_iomap_iter", Kind::Btf, "iomap_iter", true),
         ("btm_uring_submit", Kind::Btf, "io_uring_submit_req", true),
         ("btm_uring_complete", Kind::Btf, "io_uring_complete", true),
-        (
-            "btm_ext4_da_write_begin",
-            Kind::Tp,
-            "ext4/ext4_da_write_begin",
-            fs == "ext4",
-        ),
-        (
-            "btm_ext4_write_begin",
-            Kind::Tp,
-            "ext4/ext4_write_begin",
-            fs == "ext4",
-        ),
-        (
-            "btm_ext4_truncate",
-            Kind::Btf,
-            "ext4_truncate_enter",
-            fs == "ext4",
-        ),
-        (
-            "btm_btrfs_truncate_regular",
-            Kind::Btf,
-            "btrfs_truncate_show_fi_regular",
-            fs == "btrfs",
-        ),
-        (
-            "btm_btrfs_truncate_inline",
-            Kind::Btf,
-            "btrfs_truncate_show_fi_inline",
-            fs == "btrfs",
-        ),
-        (
-            "btm_xfs_itruncate",
-            Kind::Tp,
-            "xfs/xfs_itruncate_extents_start",
-            fs == "xfs",
-        ),
         (
             "btm_fallocate",
             Kind::Tp,
@@ -172,5 +135,76 @@ pub(super) fn table(fs: &str) -> Vec<(&'static str, Kind, &'static str, bool)> {
             false,
         ),
         ("btm_exit_creat", Kind::Tp, "syscalls/sys_exit_creat", false),
-    ]
+    ];
+    v.extend(
+        FS_PROGRAMS
+            .iter()
+            .filter(|p| p.0 == fs)
+            .map(|&(_, prog, kind, target)| (prog, kind, target, true)),
+    );
+    v
+}
+
+/// Programs on one filesystem's own tracepoints: (filesystem, program, kind, target). Only
+/// the tracked volume's are attached, and they are required there. Elsewhere they would only
+/// return at the device check, on every event of the host's other filesystems (the system
+/// disk's writes, for one).
+const FS_PROGRAMS: [(&str, &str, Kind, &str); 6] = [
+    (
+        "ext4",
+        "btm_ext4_da_write_begin",
+        Kind::Tp,
+        "ext4/ext4_da_write_begin",
+    ),
+    (
+        "ext4",
+        "btm_ext4_write_begin",
+        Kind::Tp,
+        "ext4/ext4_write_begin",
+    ),
+    (
+        "ext4",
+        "btm_ext4_truncate",
+        Kind::Btf,
+        "ext4_truncate_enter",
+    ),
+    (
+        "btrfs",
+        "btm_btrfs_truncate_regular",
+        Kind::Btf,
+        "btrfs_truncate_show_fi_regular",
+    ),
+    (
+        "btrfs",
+        "btm_btrfs_truncate_inline",
+        Kind::Btf,
+        "btrfs_truncate_show_fi_inline",
+    ),
+    (
+        "xfs",
+        "btm_xfs_itruncate",
+        Kind::Tp,
+        "xfs/xfs_itruncate_extents_start",
+    ),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_volume_filesystem_programs_are_attached() {
+        for fs in ["ext4", "xfs", "btrfs"] {
+            let t = table(fs);
+            for &(owner, prog, _, _) in &FS_PROGRAMS {
+                let entry = t.iter().find(|e| e.0 == prog);
+                if owner == fs {
+                    assert!(matches!(entry, Some(e) if e.3), "{prog} required on {fs}");
+                } else {
+                    assert!(entry.is_none(), "{prog} attached on {fs}");
+                }
+            }
+            assert!(t.iter().any(|e| e.0 == "btm_iomap_iter" && e.3));
+        }
+    }
 }
