@@ -115,6 +115,10 @@ pub struct Typed {
     pub iomap_iter_pos: u32,
     pub iomap_iter_len: u32,
     pub iomap_iter_flags: u32,
+    /// `task_struct.nvcsw` and `nivcsw`: a precise range counts only while its task has not
+    /// been switched out (`PreciseRange`).
+    pub task_nvcsw: u32,
+    pub task_nivcsw: u32,
 }
 
 impl Typed {
@@ -131,12 +135,15 @@ impl Typed {
         iomap_iter_pos: 0,
         iomap_iter_len: 0,
         iomap_iter_flags: 0,
+        task_nvcsw: 0,
+        task_nivcsw: 0,
     };
 }
 
 impl Config {
-    /// The offsets of this configuration that typed loads use.
-    pub fn typed(&self) -> Typed {
+    /// The offsets of this configuration that typed loads use, and the task's context switch
+    /// counters (only typed loads read them).
+    pub fn typed(&self, task_nvcsw: u32, task_nivcsw: u32) -> Typed {
         Typed {
             folio_flags: self.folio_flags,
             folio_index: self.folio_index,
@@ -149,6 +156,8 @@ impl Config {
             iomap_iter_pos: self.iomap_iter_pos,
             iomap_iter_len: self.iomap_iter_len,
             iomap_iter_flags: self.iomap_iter_flags,
+            task_nvcsw,
+            task_nivcsw,
         }
     }
 }

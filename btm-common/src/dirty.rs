@@ -72,12 +72,19 @@ pub const WHY_RANGE_SHIFT: u32 = 2;
 pub const WHY_CLONE: u32 = 4;
 pub const WHY_OVERFLOW: u32 = 8;
 
-/// The byte range the current task is writing through a precise (byte-granular) tracepoint.
-/// A folio event from the same task that overlaps it was caused by that write, so the folio's
-/// other blocks are not marked (large folios would otherwise turn 4 KiB writes into 2 MiB).
+/// The byte range a task is writing through a precise (byte-granular) tracepoint, kept per
+/// CPU. A folio event from the same task that overlaps it was caused by that write, so the
+/// folio's other blocks are not marked (large folios would otherwise turn 4 KiB writes into
+/// 2 MiB). It counts only while the task has not been switched out since it was set: the
+/// task then ran on this CPU all along, so no later write or fault of its own can have set or
+/// cleared its range elsewhere.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PreciseRange {
+    /// `bpf_get_current_pid_tgid()` of the task that set it.
+    pub tid: u64,
+    /// That task's context switches (`nvcsw + nivcsw`) when it set it.
+    pub switches: u64,
     pub dev: u32,
     /// [`PRECISE_PMD`] or 0.
     pub flags: u32,
@@ -92,9 +99,6 @@ pub struct PreciseRange {
     pub _pad: u32,
 }
 
-/// The range comes from a write-protect fault on a mapping where its page may sit in a
-/// PMD-mapped 2 MiB folio: a PMD write fault maps the whole folio writable, so the folio
-/// event it causes must mark the whole folio when the folio is PMD-sized.
 pub const PRECISE_PMD: u32 = 1;
 
 /// Order of a folio a PMD maps (2 MiB of 4 KiB pages on x86-64, the only architecture with

@@ -50,9 +50,10 @@ pub static MAPPERS: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 #[map]
 pub static CALIB: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(8, 0);
 
-/// Per task: the byte range its current write covers (see `PreciseRange`).
+/// Per CPU: the byte range the last precise write or write fault there covers, and whose
+/// (see `PreciseRange`).
 #[map]
-pub static PRECISE: LruHashMap<u64, PreciseRange> = LruHashMap::with_max_entries(8192, 0);
+pub static PRECISE: PerCpuArray<PreciseRange> = PerCpuArray::with_max_entries(1, 0);
 /// Per task: an open with O_TRUNC is in flight (resolved to an inode at syscall exit).
 #[map]
 pub static OPEN_TRUNC: LruHashMap<u64, u32> = LruHashMap::with_max_entries(8192, 0);

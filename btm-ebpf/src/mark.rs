@@ -9,7 +9,10 @@ use core::{
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_loop},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::{bpf_get_current_task_btf, bpf_loop},
+    },
     maps::HashMap,
 };
 use btm_common::dirty::{
@@ -17,6 +20,7 @@ use btm_common::dirty::{
     PreciseRange, WHY_OVERFLOW, stat,
 };
 
+use crate::kernel::{load, typed};
 use crate::maps::{
     DIRTY0, DIRTY1, EPOCH, MARKS0, MARKS1, PARTIAL0, PARTIAL1, PRECISE, RANGE_INFLIGHT, STATS,
 };
@@ -255,8 +259,13 @@ unsafe extern "C" fn chunk_cb(i: u64, data: *mut c_void) -> i64 {
 pub fn mark_precise(dev: u32, ino: u64, start: u64, end: u64, flags: u32) {
     count(stat::PRECISE);
     mark_range(dev, ino, start, end);
-    let tid = bpf_get_current_pid_tgid();
+    let Some(p) = PRECISE.get_ptr_mut(0) else {
+        return;
+    };
     let r = PreciseRange {
+        tid: bpf_get_current_pid_tgid(),
+        // A task whose counters cannot be read never matches (u64::MAX is never reached).
+        switches: switches().unwrap_or(u64::MAX),
         dev,
         flags,
         ino,
@@ -267,30 +276,36 @@ pub fn mark_precise(dev: u32, ino: u64, start: u64, end: u64, flags: u32) {
         epoch: EPOCH.get(0).copied().unwrap_or(0),
         _pad: 0,
     };
-    // A task's entry is overwritten in place once it has one: an LRU insert allocates a
-    // node on every call. Only this task reads or writes its entry, and programs never nest
-    // on a CPU (a nested run is skipped and counted in `prog_misses`).
-    match PRECISE.get_ptr_mut(&tid) {
-        // SAFETY: points into a live map value.
-        Some(p) => unsafe { *p = r },
-        None => {
-            let _ = PRECISE.insert(&tid, &r, 0);
-        }
-    }
+    // SAFETY: this CPU's slot; programs do not nest on a CPU (a nested run is skipped and
+    // counted in `prog_misses`), and a preempted writer finds its range invalid anyway.
+    unsafe { *p = r };
+}
+
+/// The current task's context switches so far. Between two equal readings the task ran on
+/// this CPU without a break: nothing else of its own ran elsewhere.
+#[inline(always)]
+fn switches() -> Option<u64> {
+    // SAFETY: a trusted BTF pointer to the current task, only read with typed loads.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let v: u64 = load(task, typed!(task_nvcsw))?;
+    let n: u64 = load(task, typed!(task_nivcsw))?;
+    Some(v.wrapping_add(n))
 }
 
 /// The flags of the current task's precise range when it covers part of `[start, end)` of
 /// this file.
 #[inline(always)]
 pub fn covered_by_precise(dev: u32, ino: u64, start: u64, end: u64) -> Option<u32> {
-    let tid = bpf_get_current_pid_tgid();
-    // SAFETY: value copied out immediately.
-    let r = unsafe { PRECISE.get(&tid) }?;
-    (r.dev == dev
+    let p = PRECISE.get_ptr(0)?;
+    // SAFETY: this CPU's slot, copied out.
+    let r = unsafe { *p };
+    (r.tid == bpf_get_current_pid_tgid()
+        && r.dev == dev
         && r.ino == ino
         && r.epoch == EPOCH.get(0).copied().unwrap_or(0)
         && r.start < end
         && r.end > start
+        && Some(r.switches) == switches()
         // SAFETY: plain helper call.
         && unsafe { bpf_ktime_get_ns() } < r.expires)
         .then_some(r.flags)
@@ -402,7 +417,11 @@ pub fn range_call_done() {
 }
 
 /// Forgets the current task's precise range, so no folio event it causes next is suppressed.
+/// Only this CPU's slot can hold a range of the task that still counts.
 #[inline(always)]
 pub fn clear_precise() {
-    let _ = PRECISE.remove(&bpf_get_current_pid_tgid());
+    if let Some(p) = PRECISE.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe { (*p).tid = 0 };
+    }
 }
