@@ -25,6 +25,7 @@ mod rollback;
 pub mod scan;
 mod stat;
 mod suspend;
+mod warm;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
