@@ -99,6 +99,9 @@ pub struct PreciseRange {
     pub _pad: u32,
 }
 
+/// The range comes from a write-protect fault on a mapping where its page may sit in a
+/// PMD-mapped 2 MiB folio: a PMD write fault maps the whole folio writable, so the folio
+/// event it causes must mark the whole folio when the folio is PMD-sized.
 pub const PRECISE_PMD: u32 = 1;
 
 /// Order of a folio a PMD maps (2 MiB of 4 KiB pages on x86-64, the only architecture with
