@@ -8,7 +8,7 @@ use std::{
     os::fd::OwnedFd,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
     },
     thread::JoinHandle,
@@ -23,25 +23,10 @@ const THREADS: usize = 8;
 const CHUNK: usize = 64;
 /// Jobs waiting at most; a directory listed while the queue is full is not warmed.
 const QUEUE: usize = 1024;
-/// Directories the queue holds a descriptor of at most: under a low `RLIMIT_NOFILE` the walk
-/// needs its own.
-const DIRS: usize = 64;
 
 struct Job {
-    dir: Arc<Dir>,
+    dir: Arc<OwnedFd>,
     names: Vec<Vec<u8>>,
-}
-
-/// A queued directory's descriptor, counted in [`Warmer::open`] while it lives.
-struct Dir {
-    fd: OwnedFd,
-    open: Arc<AtomicUsize>,
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 pub(super) struct Warmer {
@@ -49,8 +34,6 @@ pub(super) struct Warmer {
     stop: Arc<AtomicBool>,
     /// Stats the threads made.
     done: Arc<AtomicU64>,
-    /// Descriptors the queue holds.
-    open: Arc<AtomicUsize>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -74,7 +57,6 @@ impl Warmer {
             tx: Some(tx),
             stop,
             done,
-            open: Arc::new(AtomicUsize::new(0)),
             threads,
         })
     }
@@ -82,17 +64,13 @@ impl Warmer {
     /// Queues the names of `dir` in the order the walk takes them (from the end).
     pub(super) fn queue(&self, dir: &OwnedFd, names: &[Vec<u8>]) {
         let Some(tx) = &self.tx else { return };
-        if names.is_empty() || self.open.load(Ordering::Relaxed) >= DIRS {
+        if names.is_empty() {
             return;
         }
-        let Ok(fd) = nix::unistd::dup(dir) else {
+        let Ok(dir) = nix::unistd::dup(dir) else {
             return;
         };
-        self.open.fetch_add(1, Ordering::Relaxed);
-        let dir = Arc::new(Dir {
-            fd,
-            open: self.open.clone(),
-        });
+        let dir = Arc::new(dir);
         for chunk in names.rchunks(CHUNK) {
             let job = Job {
                 dir: dir.clone(),
@@ -116,7 +94,7 @@ fn work(rx: &Mutex<Receiver<Job>>, stop: &AtomicBool, done: &AtomicU64) {
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            let _ = stat_at(&job.dir.fd, name);
+            let _ = stat_at(&job.dir, name);
             done.fetch_add(1, Ordering::Relaxed);
         }
     }
