@@ -25,7 +25,6 @@ mod rollback;
 pub mod scan;
 mod stat;
 mod suspend;
-mod warm;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},

@@ -14,7 +14,6 @@ use nix::{
 use super::FastMap;
 use super::stat::{Stat, stat_at};
 pub use super::stat::{identity, ns_since_epoch};
-use super::warm::Warmer;
 use crate::{
     dirfd::{self, DIR_FLAGS},
     log::RelPath,
@@ -90,12 +89,6 @@ impl Scan {
     /// path: a path longer than PATH_MAX is walked like any other, and a directory swapped
     /// for a symlink meanwhile is not followed (it is skipped, as if it had gone).
     pub fn walk(root: &Path) -> std::io::Result<Scan> {
-        Ok(Self::walk_warmed(root)?.0)
-    }
-
-    /// [`Scan::walk`], and how many stats the warming threads made ahead of it
-    /// (`cut/warm.rs`).
-    pub(super) fn walk_warmed(root: &Path) -> std::io::Result<(Scan, u64)> {
         raise_fd_limit();
         let mut scan = Scan::default();
         let root_fd = open_dir(None, root.as_os_str().as_bytes())?;
@@ -105,14 +98,11 @@ impl Scan {
         // Entries inserted one by one, in walk order, leave the map's nodes about half full
         // (244 bytes an entry at 10^6 files); built from the sorted list they are full (154).
         scan.walked = Some(Vec::new());
-        let warm = Warmer::start();
-        let seen = scan.walk_under(root_fd, Vec::new(), &mut Vec::new(), warm.as_ref())?;
-        let warmed = warm.map_or(0, Warmer::finish);
-        tracing::debug!("walk: {seen} entries, {warmed} stat'ed ahead by the warming threads");
+        scan.walk_under(root_fd, Vec::new(), &mut Vec::new())?;
         let mut walked = scan.walked.take().unwrap_or_default();
         walked.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         scan.entries = walked.into_iter().collect();
-        Ok((scan, warmed))
+        Ok(scan)
     }
 
     /// Walks everything under the open directory `dir` (at `rel`), adding the paths of the
@@ -122,13 +112,9 @@ impl Scan {
         dir: OwnedFd,
         rel: RelPath,
         files: &mut Vec<RelPath>,
-        warm: Option<&Warmer>,
     ) -> std::io::Result<u64> {
         let track = !rel.is_empty(); // a patch, not the whole walk
         let names = dirfd::list(&dir)?;
-        if let Some(w) = warm {
-            w.queue(&dir, &names);
-        }
         let mut stack = vec![Frame {
             fd: dir,
             rel,
@@ -151,9 +137,6 @@ impl Scan {
             match self.entry_at(&top.fd, &name, path, &st)? {
                 Some((path, Some(sub))) => {
                     let names = dirfd::list(&sub)?;
-                    if let Some(w) = warm {
-                        w.queue(&sub, &names);
-                    }
                     stack.push(Frame {
                         fd: sub,
                         rel: path,
@@ -318,7 +301,7 @@ impl Scan {
             }
             if let Some((path, sub)) = self.entry_at(&dir_fd, name, path, &st)? {
                 if let Some(sub) = sub {
-                    work += self.walk_under(sub, path.clone(), &mut reread, None)?;
+                    work += self.walk_under(sub, path.clone(), &mut reread)?;
                     walked.insert(path.clone());
                 }
                 self.same_for_every_link(&path, &mut reread);
