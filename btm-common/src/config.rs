@@ -33,15 +33,10 @@ pub struct Config {
     /// cache cannot answer, as if the VMA lookup were busy, so tests can reach that path.
     pub defer_all: u32,
 
-    // struct folio
-    pub folio_flags: u32,
-    pub folio_index: u32,
-    /// `_flags_1` (second page's flags): the folio order is in its low byte when large.
-    pub folio_flags1: u32,
+    // struct folio (its other members are in `Typed`)
     /// Bit number of `PG_head` in `folio->flags`.
     pub pg_head_bit: u32,
-    // struct address_space / inode / super_block
-    pub mapping_host: u32,
+    // struct inode / super_block
     pub inode_ino: u32,
     pub inode_sb: u32,
     pub inode_size: u32,
@@ -76,14 +71,6 @@ pub struct Config {
     /// `struct file.f_mode` (`u32::MAX` when unknown: every shared mapping then counts).
     pub file_mode: u32,
 
-    /// `struct iomap_iter` members read by the `iomap_iter` (tp_btf) program. The tracepoint
-    /// record's `length` is `iomap_length()` of the previous mapping, not the operation's: it is
-    /// 0 on every iteration of an operation at file offset 0 (and on all but the first of any
-    /// operation), so the program reads the iterator's own `pos` and remaining `len`.
-    pub iomap_iter_inode: u32,
-    pub iomap_iter_pos: u32,
-    pub iomap_iter_len: u32,
-    pub iomap_iter_flags: u32,
     /// The iomap flag values on this kernel (from the `iomap:iomap_iter` print format).
     pub iomap_flag_write: u32,
     pub iomap_flag_zero: u32,
@@ -106,11 +93,17 @@ pub struct Config {
 pub struct Typed {
     pub folio_flags: u32,
     pub folio_index: u32,
+    /// `_flags_1` (second page's flags): the folio order is in its low byte when large.
     pub folio_flags1: u32,
     pub mapping_host: u32,
+    /// The same members as `Config`'s, for the typed reads.
     pub inode_ino: u32,
     pub inode_sb: u32,
     pub sb_dev: u32,
+    /// `struct iomap_iter` members. The tracepoint record's `length` is `iomap_length()` of
+    /// the previous mapping, not the operation's: it is 0 on every iteration of an operation
+    /// at file offset 0 (and on all but the first of any operation), so the program reads the
+    /// iterator's own `pos` and remaining `len`.
     pub iomap_iter_inode: u32,
     pub iomap_iter_pos: u32,
     pub iomap_iter_len: u32,
@@ -138,26 +131,4 @@ impl Typed {
         task_nvcsw: 0,
         task_nivcsw: 0,
     };
-}
-
-impl Config {
-    /// The offsets of this configuration that typed loads use, and the task's context switch
-    /// counters (only typed loads read them).
-    pub fn typed(&self, task_nvcsw: u32, task_nivcsw: u32) -> Typed {
-        Typed {
-            folio_flags: self.folio_flags,
-            folio_index: self.folio_index,
-            folio_flags1: self.folio_flags1,
-            mapping_host: self.mapping_host,
-            inode_ino: self.inode_ino,
-            inode_sb: self.inode_sb,
-            sb_dev: self.sb_dev,
-            iomap_iter_inode: self.iomap_iter_inode,
-            iomap_iter_pos: self.iomap_iter_pos,
-            iomap_iter_len: self.iomap_iter_len,
-            iomap_iter_flags: self.iomap_iter_flags,
-            task_nvcsw,
-            task_nivcsw,
-        }
-    }
 }

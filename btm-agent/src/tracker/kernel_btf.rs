@@ -1,12 +1,12 @@
 //! Kernel struct layouts read from `/sys/kernel/btf/vmlinux` at start-up.
 //!
 //! Rust eBPF programs have no CO-RE relocations, so the agent resolves every member offset the
-//! programs use here and hands them over in `Config`. Member names that changed across kernels
-//! are tried in order.
+//! programs use here and hands them over in `Config` (or `Typed`, for typed loads). Member
+//! names that changed across kernels are tried in order.
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
-use btm_common::config::Config;
+use btm_common::config::{Config, Typed};
 
 use super::TrackerError;
 
@@ -90,13 +90,28 @@ impl KernelBtf {
         )))
     }
 
-    /// Fills every struct offset of `cfg`.
+    /// The offsets the programs read with typed loads (`BTM_TYPED`, set before load).
+    pub fn typed(&self) -> Result<Typed, TrackerError> {
+        Ok(Typed {
+            folio_flags: self.offset("folio", &["flags"])?,
+            folio_index: self.offset("folio", &["index"])?,
+            folio_flags1: self.offset("folio", &["_flags_1"])?,
+            mapping_host: self.offset("address_space", &["host"])?,
+            inode_ino: self.offset("inode", &["i_ino"])?,
+            inode_sb: self.offset("inode", &["i_sb"])?,
+            sb_dev: self.offset("super_block", &["s_dev"])?,
+            iomap_iter_inode: self.offset("iomap_iter", &["inode"])?,
+            iomap_iter_pos: self.offset("iomap_iter", &["pos"])?,
+            iomap_iter_len: self.offset("iomap_iter", &["len"])?,
+            iomap_iter_flags: self.offset("iomap_iter", &["flags"])?,
+            task_nvcsw: self.offset("task_struct", &["nvcsw"])?,
+            task_nivcsw: self.offset("task_struct", &["nivcsw"])?,
+        })
+    }
+
+    /// Fills every struct offset of `cfg` (those of typed loads are in [`KernelBtf::typed`]).
     pub fn fill(&self, cfg: &mut Config) -> Result<(), TrackerError> {
-        cfg.folio_flags = self.offset("folio", &["flags"])?;
-        cfg.folio_index = self.offset("folio", &["index"])?;
-        cfg.folio_flags1 = self.offset("folio", &["_flags_1"])?;
         cfg.pg_head_bit = self.enum_value("PG_head")?;
-        cfg.mapping_host = self.offset("address_space", &["host"])?;
         cfg.inode_ino = self.offset("inode", &["i_ino"])?;
         cfg.inode_sb = self.offset("inode", &["i_sb"])?;
         cfg.inode_size = self.offset("inode", &["i_size"])?;
@@ -124,10 +139,6 @@ impl KernelBtf {
         cfg.mm_flags = opt("mm_struct", "flags");
         cfg.file_mode = opt("file", "f_mode");
         cfg.thp_off_bit = u32::MAX;
-        cfg.iomap_iter_inode = self.offset("iomap_iter", &["inode"])?;
-        cfg.iomap_iter_pos = self.offset("iomap_iter", &["pos"])?;
-        cfg.iomap_iter_len = self.offset("iomap_iter", &["len"])?;
-        cfg.iomap_iter_flags = self.offset("iomap_iter", &["flags"])?;
         Ok(())
     }
 }

@@ -185,10 +185,7 @@ impl Tracker {
 
         let btf = Btf::from_sys_fs().map_err(|e| TrackerError::Btf(e.to_string()))?;
         let names = pinned.map(handover::pinned_maps).unwrap_or_default();
-        let typed = cfg.typed(
-            kbtf.offset("task_struct", &["nvcsw"])?,
-            kbtf.offset("task_struct", &["nivcsw"])?,
-        );
+        let typed = kbtf.typed()?;
         let mut loader = EbpfLoader::new();
         loader.override_global("BTM_TYPED", &typed, true);
         for n in &names {
