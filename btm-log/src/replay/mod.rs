@@ -39,6 +39,7 @@ use super::record::{FileId, RelPath, cmp_components, display_path, file_name_of,
 use super::state::{FileState, Node, Piece, TreeState};
 use crate::PathGlobs;
 mod content;
+mod direct;
 mod remove;
 mod scope;
 mod writer;
@@ -102,6 +103,10 @@ pub struct ReplayStats {
     /// are decoded. Not serialized: how replay worked, not what it did.
     #[serde(skip)]
     pub writes_in_parallel: u64,
+    /// Of `bytes_written`, those the writer thread wrote with `O_DIRECT` (`replay::direct`).
+    /// Not serialized either.
+    #[serde(skip)]
+    pub bytes_direct: u64,
 }
 
 const CACHE_BYTES: usize = 64 << 20;
@@ -201,6 +206,7 @@ pub fn replay_state(
     // Every write done (or the first failed one reported) before the height counts as
     // replayed.
     r.writer.wait()?;
+    r.stats.bytes_direct = r.writer.direct_bytes();
     if opts.sync {
         nix::unistd::syncfs(&*r.root).map_err(|e| r.err(b"", format!("syncfs: {e}")))?;
     }

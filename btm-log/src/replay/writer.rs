@@ -1,16 +1,18 @@
 //! Replay's writer thread: the writes of fresh bytes (pieces above a file's old size, all of a
 //! new file's) go to one thread, which first checks each payload's blake3 (once per payload)
 //! and then writes, while replay reads and decompresses the next payloads: the hash and the
-//! page-cache copy run on one core, the reads and zstd on the other. A damaged payload is
-//! never written: its error ([`LogError::CorruptExtent`], as when replay checked it itself)
-//! fails the replay. With `sync`, the thread also starts each written range's writeback, so
-//! the disk writes during the replay instead of all at its final syncfs.
+//! copy run on one core, the reads and zstd on the other. Long runs of whole blocks go past
+//! the page cache, written by [`super::direct`]'s I/O threads while the next ones are
+//! checked; the rest through the cache. A damaged payload is never written: its error
+//! ([`LogError::CorruptExtent`], as when replay checked it itself) fails the replay. With
+//! `sync`, the thread also starts the writeback of what it wrote through the cache, so the
+//! disk writes during the replay instead of all at its final syncfs.
 //!
 //! Memory stays bounded: at most [`IN_FLIGHT`] bytes (or one payload, if larger) wait for the
-//! thread, plus the batch of at most [`BATCH_BYTES`] being gathered for it. The first failed
-//! write is reported by the next [`Writer::submit`] or [`Writer::wait`]; the writes queued
-//! after it are dropped. Dropping the writer waits for the
-//! thread, so nothing is written after replay returns.
+//! thread, plus the batch of at most [`BATCH_BYTES`] being gathered for it, plus the direct
+//! writer's buffers. The first failed write is reported by the next [`Writer::submit`] or
+//! [`Writer::wait`]; the writes queued after it are dropped. Dropping the writer waits for
+//! the thread, so nothing is written after replay returns.
 
 use std::fs::File;
 use std::ops::Range;
@@ -22,6 +24,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 
 use super::LogError;
+use super::direct::{Runs, WriteError};
 use crate::format::PayloadRef;
 use crate::payload::check_data;
 use crate::record::FileId;
@@ -92,11 +95,16 @@ pub(in crate::replay) struct Job {
 }
 
 impl Job {
-    /// Checks, then writes.
+    /// Checks the payload against its blake3.
+    fn check(&self) -> Result<(), Failure> {
+        self.data
+            .check(&self.p)
+            .map_err(|what| Failure::Corrupt(self.bad.clone(), what))
+    }
+
+    /// Checks, then writes through the page cache (when no writer thread could start).
     fn run(&self) -> Result<(), Failure> {
-        if let Err(what) = self.data.check(&self.p) {
-            return Err(Failure::Corrupt(self.bad.clone(), what));
-        }
+        self.check()?;
         self.file
             .write_all_at(&self.data.raw[self.range.clone()], self.at)
             .map_err(|e| Failure::Write(self.path.to_path_buf(), format!("write: {e}")))
@@ -109,7 +117,7 @@ impl Job {
 const WRITEBACK_AFTER: usize = 16 << 20;
 
 /// Bytes written to one file since its writeback was last started, and the range they span.
-struct Unflushed {
+pub(super) struct Unflushed {
     file: Arc<File>,
     lo: u64,
     hi: u64,
@@ -118,7 +126,7 @@ struct Unflushed {
 
 impl Unflushed {
     /// Notes `len` bytes written at `at` of `file`; starts the writeback of what is due.
-    fn note(pending: &mut Option<Unflushed>, file: &Arc<File>, at: u64, len: usize) {
+    pub(super) fn note(pending: &mut Option<Unflushed>, file: &Arc<File>, at: u64, len: usize) {
         match pending {
             Some(u) if Arc::ptr_eq(&u.file, file) => {
                 (u.lo, u.hi) = (u.lo.min(at), u.hi.max(at + len as u64));
@@ -146,7 +154,7 @@ impl Unflushed {
     /// errors. Without it the kernel starts writing back only at that syncfs (or once
     /// gigabytes are dirty), and the replay of 1 GiB waited ~0.5 s for the disk after its
     /// last write.
-    fn start_writeback(self) {
+    pub(super) fn start_writeback(self) {
         // SAFETY: the fd is open (this holds the file); no memory is passed.
         unsafe {
             libc::sync_file_range(
@@ -180,6 +188,8 @@ struct Queue {
     jobs: usize,
     /// The first failed job.
     failed: Option<Failure>,
+    /// Bytes the thread wrote with `O_DIRECT` ([`super::direct`]).
+    direct_bytes: u64,
 }
 
 #[derive(Default)]
@@ -261,6 +271,11 @@ impl Writer {
         Ok(())
     }
 
+    /// Bytes written with `O_DIRECT` so far (up to the last [`Writer::wait`]).
+    pub(super) fn direct_bytes(&self) -> u64 {
+        self.shared.lock().direct_bytes
+    }
+
     /// Waits until every submitted write is done; the first that failed is the error.
     pub(super) fn wait(&mut self) -> Result<(), LogError> {
         self.send_batch()?;
@@ -281,7 +296,7 @@ impl Writer {
         let spawned = std::thread::Builder::new()
             .name("btm-replay-write".into())
             .spawn(move || {
-                let mut unflushed = None;
+                let mut runs = Runs::new(sync);
                 for batch in rx {
                     let mut len = 0;
                     let mut failed = None;
@@ -289,24 +304,36 @@ impl Writer {
                     for j in batch {
                         // After a failure the rest is dropped.
                         let skip = failed_before || failed.is_some();
-                        let res = if skip { Ok(()) } else { j.run() };
-                        if sync && res.is_ok() && !skip {
-                            Unflushed::note(&mut unflushed, &j.file, j.at, j.range.len());
+                        if !skip {
+                            failed = j.check().err().or_else(|| {
+                                let data = &j.data.raw[j.range.clone()];
+                                runs.write(&j.file, &j.path, data, j.at)
+                                    .err()
+                                    .map(write_failed)
+                            });
                         }
                         len += j.range.len();
-                        if failed.is_none() {
-                            failed = res.err();
-                        }
                     }
                     let mut q = shared.lock();
+                    // The last batch queued ends the run, so that a wait finds every byte
+                    // written; while more are queued, the run goes on into them.
+                    if q.jobs == 1 && failed.is_none() && q.failed.is_none() {
+                        drop(q);
+                        failed = runs.finish().err().map(write_failed);
+                        q = shared.lock();
+                    }
                     q.bytes -= len;
                     q.jobs -= 1;
+                    q.direct_bytes = runs.direct_bytes;
                     if q.failed.is_none() {
                         q.failed = failed;
                     }
                     drop(q);
                     shared.cv.notify_all();
                 }
+                // Only when replay gave up without waiting: what is gathered is written
+                // before the thread is joined, as every queued job used to be.
+                let _ = runs.finish();
             });
         match spawned {
             Ok(t) => {
@@ -317,6 +344,10 @@ impl Writer {
             Err(_) => false,
         }
     }
+}
+
+fn write_failed((path, what): WriteError) -> Failure {
+    Failure::Write(path.to_path_buf(), what)
 }
 
 impl Drop for Writer {

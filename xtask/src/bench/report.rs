@@ -676,7 +676,7 @@ fn disk_limit(r: &Results) -> String {
     let mut out = String::new();
     if r.disk_write_rate > 0.0 {
         out += &format!(
-            "; the disk itself writes {:.0} MB/s there (the same bytes, 1 MiB writes, fsync)",
+            "; the disk itself writes {:.0} MB/s there (the same bytes, 1 MiB O_DIRECT writes, fsync)",
             r.disk_write_rate / 1e6
         );
     }
