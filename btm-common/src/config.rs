@@ -112,6 +112,10 @@ pub struct Typed {
     /// been switched out (`PreciseRange`).
     pub task_nvcsw: u32,
     pub task_nivcsw: u32,
+    /// `task_struct.mm` and `mm_struct.flags`: whether the faulting process has THP off
+    /// (`pmd_possible`, on every write-protect fault of a mapping process).
+    pub task_mm: u32,
+    pub mm_flags: u32,
 }
 
 impl Typed {
@@ -130,5 +134,7 @@ impl Typed {
         iomap_iter_flags: 0,
         task_nvcsw: 0,
         task_nivcsw: 0,
+        task_mm: 0,
+        mm_flags: 0,
     };
 }

@@ -106,6 +106,8 @@ impl KernelBtf {
             iomap_iter_flags: self.offset("iomap_iter", &["flags"])?,
             task_nvcsw: self.offset("task_struct", &["nvcsw"])?,
             task_nivcsw: self.offset("task_struct", &["nivcsw"])?,
+            task_mm: self.offset("task_struct", &["mm"])?,
+            mm_flags: self.offset("mm_struct", &["flags"])?,
         })
     }
 

@@ -19,10 +19,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_task,
-        generated::{bpf_find_vma, bpf_get_current_task_btf},
-    },
+    helpers::generated::{bpf_find_vma, bpf_get_current_task_btf},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
@@ -32,7 +29,7 @@ use btm_common::{
 };
 
 use crate::{
-    kernel::{config, current_tgid, read, tracked_file},
+    kernel::{config, current_tgid, load, read, tracked_file, typed},
     maps::MAPPERS,
     mark::{clear_precise, count, mark_precise, mark_range, partial_folio},
     vmas::{self, Vma},
@@ -255,11 +252,11 @@ fn pmd_possible(cfg: &Config, vma: &Vma, addr: u64) -> bool {
         return false;
     }
     let bit = cfg.thp_off_bit;
-    // SAFETY: the current task pointer, only read through probe_read.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // SAFETY: a trusted BTF pointer to the current task, only read with typed loads.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
     if bit < 64
-        && let Some(mm) = read::<*const u8>(task, cfg.task_mm)
-        && let Some(word) = read::<u64>(mm, cfg.mm_flags)
+        && let Some(mm) = load::<*const u8>(task, typed!(task_mm))
+        && let Some(word) = load::<u64>(mm, typed!(mm_flags))
         && word & (1u64 << bit) != 0
     {
         return false;
