@@ -67,12 +67,22 @@ impl Aligned {
     }
 }
 
-/// The file a run belongs to: its replay descriptor, its `O_DIRECT` twin (`None`: buffered
-/// only), and its path for errors.
+/// The file a run belongs to: its replay descriptor, its `O_DIRECT` twin, and its path for
+/// errors.
 struct Target {
     file: Arc<File>,
-    direct: Option<Arc<File>>,
+    /// Opened when the first run of the file is long enough (a tree of small files costs no
+    /// extra open per file); `Some(None)`: refused, the file goes through the cache.
+    direct: Option<Option<Arc<File>>>,
     path: Arc<Path>,
+}
+
+impl Target {
+    fn direct(&mut self) -> Option<Arc<File>> {
+        self.direct
+            .get_or_insert_with(|| reopen_direct(&self.file).map(Arc::new))
+            .clone()
+    }
 }
 
 /// One buffer's whole blocks to write at `at`.
@@ -206,11 +216,15 @@ impl Runs {
             self.flush()?;
             self.target = Some(Target {
                 file: file.clone(),
-                direct: reopen_direct(file).map(Arc::new),
+                direct: None,
                 path: path.clone(),
             });
         }
-        if self.target.as_ref().is_some_and(|t| t.direct.is_none()) {
+        if self
+            .target
+            .as_ref()
+            .is_some_and(|t| matches!(t.direct, Some(None)))
+        {
             return self.buffered(data, at);
         }
         if self.len > 0 && at != self.at + self.len as u64 {
@@ -305,11 +319,11 @@ impl Runs {
     /// Hands the buffer's first `n` bytes (whole blocks) to an I/O thread, or writes them here
     /// when there is none.
     fn send(&mut self, n: usize) -> Result<(), WriteError> {
-        let Some(t) = &self.target else {
+        let Some(t) = &mut self.target else {
             unreachable!("a run has a file")
         };
         let buf = std::mem::take(&mut self.buf);
-        let Some(direct) = t.direct.clone() else {
+        let Some(direct) = t.direct() else {
             let res = self.buffered(&buf.bytes()[..n], self.at);
             self.spare.push(buf);
             return res;
