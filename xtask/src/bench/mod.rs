@@ -9,6 +9,7 @@ pub mod offsite;
 mod probes;
 mod replay;
 mod report;
+mod report_overhead;
 mod report_phases;
 mod report_precision;
 pub mod scale;
@@ -41,6 +42,10 @@ pub struct BenchArgs {
     /// Seconds per fio run for the tracking overhead (0 skips it).
     #[arg(long, default_value_t = 10)]
     pub fio_secs: u64,
+    /// Rounds of fio runs without and with the agent, alternated: the report gives the
+    /// median overhead of the rounds and their spread.
+    #[arg(long, default_value_t = 4)]
+    pub fio_rounds: u64,
     /// Where the report is written.
     #[arg(long, default_value = "BENCHMARKS.md")]
     pub out: PathBuf,
@@ -348,7 +353,7 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
             .collect();
         // Lay the file out once, outside the measurements.
         tools::fio("buffered", &fio_file, r.fio_size, 1)?;
-        for rep in 0..2 {
+        for rep in 0..a.fio_rounds.max(1) {
             for with in [false, true] {
                 let agent = if with {
                     Some(Agent::start(
@@ -401,7 +406,7 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
             }
         }
         std::fs::remove_file(&fio_file)?;
-        for rep in 0..2 {
+        for rep in 0..a.fio_rounds.max(1) {
             let _ = std::fs::remove_dir_all(dir.join(format!("log-fio{rep}")));
         }
     }

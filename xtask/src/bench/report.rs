@@ -307,32 +307,8 @@ pub fn render(a: &BenchArgs, r: &Results) -> String {
     precision_section(&mut s, r, a.heights);
 
     // Tracking overhead.
-    let mut worst: f64 = 0.0;
     if !r.fio.is_empty() {
-        let _ = writeln!(
-            s,
-            "## Tracking overhead (fio 4 KiB randwrite, {} file, {} s per run, alternated \
-             without/with twice)\n\n| engine | IOPS without agent | IOPS with agent tracking | \
-             overhead |\n|---|---:|---:|---:|",
-            bytes(r.fio_size as f64),
-            r.fio_secs
-        );
-        for (e, off, on) in &r.fio {
-            let (o, w) = (mean(off.iter().copied()), mean(on.iter().copied()));
-            let ov = if o > 0.0 { (o - w) / o * 100.0 } else { 0.0 };
-            worst = worst.max(ov);
-            let what = match e.as_str() {
-                "buffered" => "buffered (psync, end_fsync)",
-                "direct" => "O_DIRECT (psync)",
-                _ => "mmap (shared mapping, end_fsync)",
-            };
-            let _ = writeln!(s, "| {what} | {o:.0} | {w:.0} | {ov:+.1} % |");
-        }
-        let _ = writeln!(
-            s,
-            "\nRuns alternate (without, with, without, with) to spread the machine's noise; a \
-             negative overhead is noise.\n"
-        );
+        super::report_overhead::overhead_section(&mut s, r);
         probe_cost_section(&mut s, r);
     }
 
@@ -419,20 +395,7 @@ pub fn render(a: &BenchArgs, r: &Results) -> String {
         s,
         "## Targets (issue 7)\n\n| target | measured | verdict | why |\n|---|---|---|---|"
     );
-    if !r.fio.is_empty() {
-        let worst_engine = r
-            .fio
-            .iter()
-            .map(|(e, off, on)| {
-                let o = mean(off.iter().copied());
-                (
-                    e.clone(),
-                    (o - mean(on.iter().copied())) / o.max(1e-9) * 100.0,
-                )
-            })
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|x| x.0)
-            .unwrap_or_default();
+    if let Some((worst_engine, worst)) = super::report_overhead::worst(r) {
         let why = if worst <= 2.0 {
             "every engine within 2 %: the probes add a few instructions per folio turning dirty and per write".to_string()
         } else {
