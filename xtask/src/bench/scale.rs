@@ -50,6 +50,8 @@ struct Cut {
     frozen_entries: u64,
     frozen_opens: u64,
     frozen_walk: bool,
+    /// The agent's own timing of the cut (`phases_ms`, in [`super::PHASES`] order).
+    phases: [f64; 6],
 }
 
 /// One size's figures.
@@ -89,6 +91,7 @@ fn cut(agent: &Agent, h: u64) -> Result<Cut> {
         frozen_entries: u("frozen_entries"),
         frozen_opens: u("frozen_opens"),
         frozen_walk: v["frozen_walk"] == true,
+        phases: super::PHASES.map(|k| v["phases_ms"][k].as_f64().unwrap_or(0.0)),
     })
 }
 
@@ -409,6 +412,7 @@ fn render(a: &ScaleArgs, points: &[Point], total_secs: f64) -> String {
             bytes(p.log_after as f64),
         );
     }
+    phases_table(&mut s, points);
     if let [.., x, y] = points {
         const NODE: f64 = 2e12;
         // Linear between the two largest runs, extended to 2 TB.
@@ -453,4 +457,79 @@ fn render(a: &ScaleArgs, points: &[Point], total_secs: f64) -> String {
         );
     }
     s
+}
+
+/// Where the cuts that grow with the tree spend their time: the agent's phases (ms) of the
+/// last 1 % height, the first cut after a clean restart and the one after a crash.
+fn phases_table(s: &mut String, points: &[Point]) {
+    let _ = writeln!(
+        s,
+        "\n## Where those cuts spend their time\n\nThe agent's own timing of each cut \
+         (`phases_ms` of its report, ms), as in BENCHMARKS.md's \"Where a height's time goes\".\n\n\
+         | data | files | cut | {} | total |\n|---|---|---|{}---:|",
+        super::PHASES
+            .iter()
+            .map(|p| format!("`{p}`"))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---:|".repeat(super::PHASES.len())
+    );
+    for p in points {
+        let last_pct = p.steps.get(2).and_then(|st| st.2.last()).copied();
+        let rows = [
+            ("last 1 % height", last_pct),
+            ("first after a clean restart", Some(p.restart)),
+            ("first after a crash + cold cache", Some(p.reboot)),
+        ];
+        for (what, c) in rows {
+            let Some(c) = c else { continue };
+            let cells: Vec<String> = c.phases.iter().map(|ms| format!("{ms:.0}")).collect();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {what} | {} | {} |",
+                bytes(p.data as f64),
+                p.files,
+                cells.join(" | "),
+                secs(c.secs)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_table_has_a_row_per_cut_with_every_phase() {
+        let c = |ms: f64| Cut {
+            secs: 2.5,
+            phases: [ms, 1.0, 2.0, 3.0, 4.0, 5.0],
+            ..Default::default()
+        };
+        let p = Point {
+            data: 1 << 30,
+            files: 1000,
+            steps: vec![
+                ("1 MiB".into(), 1 << 20, vec![c(7.0)]),
+                ("16 MiB".into(), 16 << 20, vec![c(8.0)]),
+                ("1 %".into(), 10 << 20, vec![c(9.0), c(10.0)]),
+            ],
+            restart: c(11.0),
+            reboot: c(12.0),
+            ..Default::default()
+        };
+        let mut s = String::new();
+        phases_table(&mut s, &[p]);
+        assert!(s.contains("| `syncfs` | `drain` |"), "{s}");
+        assert!(
+            s.contains("| last 1 % height | 10 | 1 | 2 | 3 | 4 | 5 |"),
+            "{s}"
+        );
+        assert!(s.contains("| first after a clean restart | 11 |"), "{s}");
+        assert!(
+            s.contains("| first after a crash + cold cache | 12 |"),
+            "{s}"
+        );
+    }
 }
