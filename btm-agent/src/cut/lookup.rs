@@ -1,7 +1,7 @@
 //! Finding files in a scan: all of them (after a walk), those at given paths (a height kept
 //! from events), or one by inode number (a file the tracker marked), without building a map
 //! of every file of the volume at every height.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use super::scan::{Identity, Kind, Scan, ScanEntry, split};
 use crate::log::RelPath;
@@ -50,6 +50,46 @@ impl Scan {
             Kind::File { ident, size } if wanted(ident.0) => Some((ident, p, size)),
             _ => None,
         })
+    }
+
+    /// Brings the scan up to date as [`Scan::patch`] does with the entries `named` by events,
+    /// then re-reads the files the tracker `marked` (inode numbers) at the paths the inode
+    /// index gives once those events are in, so that a height costs what it changed, not a
+    /// pass over every entry of the volume (about 30 ms per 10^6 files at every height).
+    /// Marked numbers no path leads to are skipped when the scan knows why (a removed file, a
+    /// directory, or `pathless`: the caller's own list, like a filesystem's internal inodes);
+    /// any other is looked for over the whole scan, as [`Scan::paths_marked`] does. Returns
+    /// how many entries were stat'ed or walked and the paths re-read.
+    pub fn patch_marked(
+        &mut self,
+        named: &BTreeSet<(RelPath, Vec<u8>)>,
+        marked: impl IntoIterator<Item = u64>,
+        pathless: impl Fn(u64) -> bool,
+    ) -> std::io::Result<(u64, Vec<RelPath>)> {
+        let (mut work, mut reread) = self.patch(named)?;
+        let mut paths = BTreeSet::new();
+        let mut unresolved = HashSet::new();
+        for ino in marked {
+            match self.file_by_ino(ino) {
+                Some((_, p, _)) => {
+                    paths.insert(split(p));
+                }
+                None if self.gone.contains(&ino) || self.was_dir_ino(ino) || pathless(ino) => {}
+                None => {
+                    unresolved.insert(ino);
+                }
+            }
+        }
+        if !unresolved.is_empty() {
+            paths.extend(self.paths_marked(|ino| unresolved.contains(&ino)));
+        }
+        paths.retain(|p| !named.contains(p));
+        if !paths.is_empty() {
+            let (w, r) = self.patch(&paths)?;
+            work += w;
+            reread.extend(r);
+        }
+        Ok((work, reread))
     }
 
     /// (directory, name) of every path of the files whose inode number `marked` holds: the

@@ -53,14 +53,14 @@ impl Cutter {
         let (Some(mut scan), Some(ns)) = (self.kept.take(), &self.ns) else {
             return Ok(None);
         };
-        let mut c = ns.drain();
+        let c = ns.drain();
         if c.lost || scan.reopen(root).is_err() {
             return Ok(None);
         }
-        c.entries
-            .extend(scan.paths_marked(|ino| d.files.contains_key(&ino)));
         let (_, reread) = scan
-            .patch(&c.entries)
+            .patch_marked(&c.entries, d.files.keys().copied(), |ino| {
+                self.phantoms.contains(&ino)
+            })
             .context("re-reading changed entries of the volume")?;
         Ok(Some((scan, reread)))
     }

@@ -72,17 +72,16 @@ impl Cutter {
         if losses.force_widen(&self.seen) {
             dirty.widen_to_folios();
         }
-        let Some(mut events) = self.ns.as_ref().map(NsWatch::drain) else {
+        let Some(events) = self.ns.as_ref().map(NsWatch::drain) else {
             return Ok(None);
         };
         if events.lost || scan.changed.is_none() || scan.reopen(&root).is_err() {
             return Ok(None);
         }
-        events
-            .entries
-            .extend(scan.paths_marked(|ino| dirty.files.contains_key(&ino)));
         let (_, reread) = scan
-            .patch(&events.entries)
+            .patch_marked(&events.entries, dirty.files.keys().copied(), |ino| {
+                self.phantoms.contains(&ino)
+            })
             .context("re-reading the entries changed since the last height")?;
         let changed = scan.changed.take().unwrap_or_default();
         let mut since = SinceLast::default();

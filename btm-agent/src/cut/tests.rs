@@ -229,3 +229,55 @@ fn ranges_to_reread_are_merged_so_no_byte_is_read_twice() {
         vec![(0, 8192), (1 << 20, 4096), (8 << 20, (1 << 20) + 10)]
     );
 }
+
+/// The files the tracker marked are re-read at the paths the inode index gives once the
+/// events are in (a rename, a new file, a removal, another link), and the patched scan is
+/// what a walk finds; numbers no path leads to are skipped or looked for over the scan.
+#[test]
+fn marked_files_are_found_by_inode_after_the_events() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| dir.path().join(f);
+    std::fs::create_dir(p("d")).unwrap();
+    for f in ["a", "b", "r", "d/x"] {
+        std::fs::write(p(f), f).unwrap();
+    }
+    std::fs::hard_link(p("b"), p("b2")).unwrap();
+    let ino = |f: &str| std::fs::metadata(p(f)).unwrap().ino();
+    let mut scan = Scan::walk(dir.path()).unwrap();
+    let (a, b, r) = (ino("a"), ino("b"), ino("r"));
+    // Written without an event naming them (the tracker's marks say so).
+    std::fs::write(p("a"), "longer than before").unwrap();
+    std::fs::write(p("b2"), "written through the other link").unwrap();
+    // Named by events: a rename of a written file, a new file, a removed one.
+    std::fs::write(p("d/x"), "x, longer").unwrap();
+    let x = ino("d/x");
+    std::fs::rename(p("d/x"), p("d/y")).unwrap();
+    std::fs::write(p("n"), "new").unwrap();
+    let n = ino("n");
+    std::fs::remove_file(p("r")).unwrap();
+    let named: BTreeSet<(RelPath, Vec<u8>)> = [("d", "x"), ("d", "y"), ("", "n"), ("", "r")]
+        .iter()
+        .map(|(d, f)| (d.as_bytes().to_vec(), f.as_bytes().to_vec()))
+        .collect();
+    let phantom = u64::MAX - 7;
+    let unknown = u64::MAX - 8;
+    let marked = [a, b, x, n, r, phantom, unknown];
+    let (_, reread) = scan.patch_marked(&named, marked, |i| i == phantom).unwrap();
+    let walked = Scan::walk(dir.path()).unwrap();
+    assert!(
+        scan.differences(&walked).is_empty(),
+        "{:?}",
+        scan.differences(&walked)
+    );
+    for f in ["a", "d/y", "n"] {
+        assert!(
+            reread.contains(&f.as_bytes().to_vec()),
+            "{f} not re-read: {reread:?}"
+        );
+    }
+    assert!(
+        reread.iter().any(|f| f == b"b" || f == b"b2"),
+        "no path of the written link re-read: {reread:?}"
+    );
+}
