@@ -134,10 +134,9 @@ pub(super) struct Runs {
     back: Receiver<Done>,
     threads: Vec<JoinHandle<()>>,
     spare: Vec<Aligned>,
-    /// Buffers made, and those with the I/O threads.
+    /// Buffers made.
     made: usize,
-    out: usize,
-    /// The writes with the I/O threads: id, file (its address) and range. A later write that
+    /// The writes (buffers) with the I/O threads: id, file (its address) and range. A later write that
     /// overlaps one waits for it, so the last write of a byte is the one that stays (replay
     /// writes each byte once; this keeps it true whatever the caller does).
     inflight: Vec<(u64, usize, u64, u64)>,
@@ -163,7 +162,6 @@ impl Runs {
             threads: Vec::new(),
             spare: Vec::new(),
             made: 0,
-            out: 0,
             inflight: Vec::new(),
             next_id: 0,
             failed: None,
@@ -205,9 +203,7 @@ impl Runs {
         mut data: &[u8],
         mut at: u64,
     ) -> Result<(), WriteError> {
-        if let Some(e) = self.failed.clone() {
-            return Err(e);
-        }
+        self.status()?;
         if !self
             .target
             .as_ref()
@@ -300,15 +296,20 @@ impl Runs {
             u.start_writeback();
         }
         res?;
-        match self.failed.clone() {
-            Some(e) => Err(e),
+        self.status()
+    }
+
+    /// The first write an I/O thread failed, as the error.
+    fn status(&self) -> Result<(), WriteError> {
+        match &self.failed {
+            Some(e) => Err(e.clone()),
             None => Ok(()),
         }
     }
 
     /// Waits until the I/O threads have written every buffer they hold.
     fn wait_io(&mut self) {
-        while self.out > 0 {
+        while !self.inflight.is_empty() {
             match self.back.recv() {
                 Ok(done) => self.returned(done),
                 Err(_) => self.io_gone(),
@@ -349,19 +350,13 @@ impl Runs {
             None => Some(io),
         };
         match unsent {
-            None => {
-                self.out += 1;
-                self.inflight.push(span);
-            }
+            None => self.inflight.push(span),
             Some(io) => {
                 let res = io.run();
                 self.returned((io.id, io.buf, res));
             }
         }
-        match self.failed.clone() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        self.status()
     }
 
     /// A buffer to gather into: a spare one, a new one while fewer than [`BUFFERS`] exist,
@@ -371,7 +366,7 @@ impl Runs {
             if let Some(b) = self.spare.pop() {
                 return Ok(b);
             }
-            if self.made < BUFFERS || self.out == 0 {
+            if self.made < BUFFERS || self.inflight.is_empty() {
                 self.made += 1;
                 return Ok(Aligned::new());
             }
@@ -379,9 +374,7 @@ impl Runs {
                 Ok(done) => self.returned(done),
                 Err(_) => self.io_gone(),
             }
-            if let Some(e) = self.failed.clone() {
-                return Err(e);
-            }
+            self.status()?;
         }
     }
 
@@ -389,7 +382,6 @@ impl Runs {
     fn returned(&mut self, (id, buf, res): Done) {
         if let Some(i) = self.inflight.iter().position(|s| s.0 == id) {
             self.inflight.swap_remove(i);
-            self.out -= 1;
         }
         match res {
             Ok(n) => self.direct_bytes += n,
@@ -402,7 +394,6 @@ impl Runs {
 
     /// The I/O threads are gone (one panicked) with buffers unwritten: the replay fails.
     fn io_gone(&mut self) {
-        self.out = 0;
         self.inflight.clear();
         let path = self
             .target
