@@ -78,8 +78,7 @@ fn zfs_snapshot_rollback_retention() {
 #[test]
 fn zfs_detection_child_datasets_and_foreign_snapshots() {
     let Some(pool) = setup() else { return };
-    let child = format!("{}/child", pool.name);
-    sh("zfs", &["create", &child]).unwrap();
+    let child = pool.create_dataset("child").unwrap();
     let child_mnt = pool.mnt.join("child");
 
     // A child dataset is found by its own mountpoint.

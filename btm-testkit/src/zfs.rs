@@ -6,6 +6,14 @@
 //! never use ZFS (libmdbx stats every mount point in /proc/mounts at open). So a pool that cannot
 //! be destroyed is detached: its FUSE connection aborted and the mount lazily unmounted, found
 //! through /proc/self/mountinfo without touching the path.
+//!
+//! zfs-fuse cannot take two mounts at once: each mount hands its new FUSE channel to the
+//! listener thread as two separate writes to one shared pipe (`zfsfuse_newfs`: the channel's
+//! info, then the mount point), with no lock. Two mounts in flight can interleave those writes;
+//! the listener then reads a mount point's bytes as the next channel's info and the daemon
+//! dies, closing every client's socket (`zfsfuse_ioctl_read_loop(): file descriptor closed`,
+//! then `cannot mount: Input/output error` for each pool being created). So every command of
+//! this module that mounts holds [`MOUNTING`]; tests create pools and datasets only here.
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,6 +27,10 @@ const CMD_SECS: &str = "60";
 /// Where the mount points of test pools live: only FUSE mounts under such a directory are ever
 /// aborted or detached.
 const DIR_PREFIX: &str = "btm-zfs-";
+
+/// Held by every command that makes zfs-fuse mount (see the module's doc). Test binaries run
+/// one at a time, so a lock per process is enough.
+static MOUNTING: Mutex<()> = Mutex::new(());
 
 /// Prints straight to stderr: the harness captures eprintln! even in threads a test spawned
 /// (the watchdog's), and loses it when the process ends first.
@@ -171,6 +183,13 @@ fn daemon_state() -> String {
     format!("zfs-fuse {pid} threads {}", threads.join(", "))
 }
 
+/// Runs a command that makes the daemon mount, one at a time; a failure says whether the
+/// daemon survived it.
+fn mounting<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<String, String> {
+    let _one = MOUNTING.lock().unwrap_or_else(|e| e.into_inner());
+    zsh(program, args).map_err(|e| format!("{e} ({})", daemon_state()))
+}
+
 fn daemon_running() -> bool {
     Command::new("pgrep")
         .args(["-x", "zfs-fuse"])
@@ -206,7 +225,7 @@ impl Pool {
         std::fs::File::create(&img)
             .and_then(|f| f.set_len(512 << 20))
             .map_err(|e| format!("{}: {e}", img.display()))?;
-        zsh(
+        mounting(
             "zpool",
             &[
                 OsStr::new("create"),
@@ -218,6 +237,14 @@ impl Pool {
         )?;
         pool.created = true;
         Ok(pool)
+    }
+
+    /// Creates the dataset `<pool>/<child>`, mounted under the pool's mount point; returns its
+    /// full name.
+    pub fn create_dataset(&self, child: &str) -> Result<String, String> {
+        let name = format!("{}/{child}", self.name);
+        mounting("zfs", &["create", &name])?;
+        Ok(name)
     }
 
     /// The directory holding the pool's file and mount point (for a test's other files).

@@ -312,8 +312,7 @@ fn zfs_takes_dataset_names_and_btm_long_flags() {
     }
     let pool = pool("btmnames");
     let (name, mnt) = (&pool.name, &pool.mnt);
-    let dataset = format!("{name}/data");
-    sh("zfs", &["create", &dataset]).unwrap();
+    let dataset = pool.create_dataset("data").unwrap();
     let data = mnt.join("data");
     assert!(data.is_dir(), "the dataset is mounted under the pool");
     let socket = pool.dir().join("btm.sock");
