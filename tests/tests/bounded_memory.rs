@@ -22,7 +22,7 @@ const MIB: u64 = 1 << 20;
 const DATA: u64 = 1024 * MIB;
 const LIMIT: u64 = 320 * MIB;
 /// The limit while the agent starts: the kernel's verifier charges its transient state for
-/// loading the tracker's programs to the loader's cgroup (about 260 MiB on 6.18), which is
+/// loading the tracker's programs to the loader's cgroup (about 65 MiB on 6.18), which is
 /// the kernel's cost of starting, not the agent's memory under load.
 const LOAD_LIMIT: u64 = 2048 * MIB;
 

@@ -8,6 +8,10 @@ pub struct ProgramCost {
     pub name: String,
     pub run_cnt: u64,
     pub run_time_ns: u64,
+    /// Instructions the verifier went through to load it (`verified_insns`; 0 before Linux
+    /// 5.16). The kernel refuses a program past 1,000,000, and the time is spent at every
+    /// agent start.
+    pub verified_insns: u64,
 }
 
 /// A loaded program's fdinfo text.

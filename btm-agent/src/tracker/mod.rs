@@ -463,6 +463,7 @@ impl Tracker {
                     name: name.to_string(),
                     run_cnt: fdinfo_field(&info, "run_cnt").unwrap_or(0),
                     run_time_ns: fdinfo_field(&info, "run_time_ns").unwrap_or(0),
+                    verified_insns: fdinfo_field(&info, "verified_insns").unwrap_or(0),
                 })
             })
             .collect();
