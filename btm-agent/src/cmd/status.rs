@@ -16,7 +16,8 @@ pub struct StatusArgs {
     /// Print the answer as one JSON object: `v` (1), `socket`, and the agent's fields: `mode`,
     /// `volume`, `last_height` (null while nothing is recorded), `heights`, and `tracker` and
     /// `programs` (eBPF mode: each probe's `run_cnt` and `run_time_ns`, counted only while
-    /// `sysctl kernel.bpf_stats_enabled=1`) or `target` (zfs/btrfs).
+    /// `sysctl kernel.bpf_stats_enabled=1`, and `verified_insns`, what loading it cost the
+    /// verifier) or `target` (zfs/btrfs).
     #[arg(long)]
     pub json: bool,
     /// Give up after this many seconds (the agent answers between cuts).
