@@ -202,6 +202,7 @@ impl Tracker {
             .map_err(|e| load_error(e.to_string()))?;
         let mut skipped = Vec::new();
         let mut links = Vec::new();
+        let mut fault_error = None;
         let progs = programs::table(mount.fstype.as_str());
         for &(prog, kind, target, required) in &progs {
             match attach(&mut ebpf, &btf, prog, kind, target) {
@@ -209,6 +210,9 @@ impl Tracker {
                 Err(e) if required => return Err(e),
                 Err(e) => {
                     tracing::debug!("not attaching {prog} ({target}): {e}");
+                    if target.starts_with("page_fault") {
+                        fault_error.get_or_insert_with(|| first_line(&e.to_string()));
+                    }
                     skipped.push(target.to_string());
                 }
             }
@@ -216,9 +220,11 @@ impl Tracker {
         // Programs do nothing until `ready`: attach first, then arm them. Without the fault
         // probes nothing may be suppressed (large folios are then marked whole).
         let faults = !skipped.iter().any(|t| t.starts_with("page_fault"));
-        if !faults {
+        if let Some(why) = fault_error {
+            // The reason matters: a kernel without the tracepoints is expected, a program the
+            // verifier refused is a defect to report.
             tracing::warn!(
-                "no page-fault tracepoints on this kernel: mmap writes are tracked per folio"
+                "page-fault probes not loaded ({why}): mmap writes are tracked per folio"
             );
         }
         cfg.suppress = faults as u32;
@@ -625,4 +631,33 @@ fn fill_tracepoints(cfg: &mut Config) -> Result<(), TrackerError> {
             Format::read("xfs", "xfs_itruncate_extents_start")?.range("new_size", None, None)?;
     }
     Ok(())
+}
+
+/// The first line of an error, at most 300 characters: a verifier's refusal carries its whole
+/// log, which belongs in the debug line, not in a warning.
+fn first_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or_default();
+    match line.char_indices().nth(300) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_refusal_is_warned_by_its_first_line_only() {
+        let err = "btm_fault_user: the BPF_PROG_LOAD syscall returned Permission denied \
+                   (os error 13). Verifier output: combined stack size of 3 calls is 608. \
+                   Too large\nprocessed 887610 insns (limit 1000000)";
+        assert_eq!(
+            super::first_line(err),
+            err.lines().next().unwrap(),
+            "the log after the first line is left out"
+        );
+        let long = "é".repeat(400);
+        let cut = super::first_line(&long);
+        assert_eq!(cut.chars().count(), 301, "300 characters and an ellipsis");
+        assert!(cut.ends_with('…'));
+    }
 }
