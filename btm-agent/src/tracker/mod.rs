@@ -219,7 +219,7 @@ impl Tracker {
         }
         // Programs do nothing until `ready`: attach first, then arm them. Without the fault
         // probes nothing may be suppressed (large folios are then marked whole).
-        let faults = !skipped.iter().any(|t| t.starts_with("page_fault"));
+        let faults = fault_error.is_none();
         if let Some(why) = fault_error {
             // The reason matters: a kernel without the tracepoints is expected, a program the
             // verifier refused is a defect to report.
