@@ -115,6 +115,9 @@ pub struct LogOptions {
     /// Raw bytes an append gathers before it compresses and writes them: the bound on the
     /// memory a height takes, whatever its size.
     pub batch_bytes: usize,
+    /// Memory the index of stored payloads by hash may take (`dedup.rs`): bytes met again
+    /// within what it holds are stored once.
+    pub dedup_index_bytes: usize,
 }
 
 impl Default for LogOptions {
@@ -125,24 +128,25 @@ impl Default for LogOptions {
             chunk_size: 1 << 20,
             compress_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             drop_unchanged: true,
-            batch_bytes: capture_buffer(),
+            batch_bytes: env_mib("BTM_CAPTURE_BUFFER_MIB", 64),
+            dedup_index_bytes: env_mib("BTM_DEDUP_INDEX_MIB", dedup::DEFAULT_BUDGET >> 20),
         }
     }
 }
 
-/// The append batch: `BTM_CAPTURE_BUFFER_MIB` (1 to 4096), 64 MiB by default.
-fn capture_buffer() -> usize {
-    const DEFAULT_MIB: usize = 64;
-    let mib = match std::env::var("BTM_CAPTURE_BUFFER_MIB") {
-        Err(_) => DEFAULT_MIB,
+/// A size in MiB from the environment variable `name` (1 to 4096; `default` when unset or
+/// out of range, with a warning), in bytes: `BTM_CAPTURE_BUFFER_MIB` (the append batch, 64 by
+/// default) and `BTM_DEDUP_INDEX_MIB` (32).
+fn env_mib(name: &str, default: usize) -> usize {
+    let mib = match std::env::var(name) {
+        Err(_) => default,
         Ok(v) => match v.trim().parse::<usize>() {
             Ok(n) if (1..=4096).contains(&n) => n,
             _ => {
                 tracing::warn!(
-                    "BTM_CAPTURE_BUFFER_MIB={v:?} is not a number of MiB from 1 to 4096; \
-                     using {DEFAULT_MIB}"
+                    "{name}={v:?} is not a number of MiB from 1 to 4096; using {default}"
                 );
-                DEFAULT_MIB
+                default
             }
         },
     };
@@ -352,6 +356,7 @@ impl Log {
     }
 
     fn empty(dir: &Path, writable: bool, opts: LogOptions, locks: Vec<File>) -> Log {
+        let dedup = dedup::DedupIndex::with_budget(opts.dedup_index_bytes);
         Log {
             dir: dir.to_path_buf(),
             writable,
@@ -361,7 +366,7 @@ impl Log {
             records: Vec::new(),
             max_file_id: None,
             torn_tail: None,
-            dedup: dedup::DedupIndex::default(),
+            dedup,
             tip: None,
             dropped: BTreeSet::new(),
             poisoned: None,

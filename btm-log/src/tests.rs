@@ -30,6 +30,48 @@ fn listing(dir: &Path) -> Vec<(String, u64)> {
     v
 }
 
+/// Dedup with a bounded index: payloads met recently are stored once, those it forgot are
+/// stored again (space, never a wrong byte), and reopening keeps it within its budget too.
+#[test]
+fn a_bounded_dedup_index_forgets_the_oldest_payloads_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = || LogOptions {
+        chunk_size: 4096,
+        // 64 table slots of 54 bytes: two generations of 28 payloads.
+        dedup_index_bytes: 64 * 54,
+        ..Default::default()
+    };
+    let data = noise(5, 100 * 4096);
+    let (old, recent) = (data[..20 * 4096].to_vec(), data[80 * 4096..].to_vec());
+    let mut log = Log::open_append_with(tmp.path(), opts()).unwrap();
+    let a = log.append(record(1, 1, data.clone())).unwrap();
+    assert!(a.stored_bytes > 100 * 4096);
+    let b = log.append(record(2, 2, recent.clone())).unwrap();
+    assert!(b.stored_bytes < 4096, "recent payloads found: {b:?}");
+    let c = log.append(record(3, 3, old.clone())).unwrap();
+    assert!(
+        c.stored_bytes > 20 * 4096,
+        "the oldest were forgotten: {c:?}"
+    );
+    assert!(log.dedup.len() <= 56);
+    drop(log);
+    let mut log = Log::open_append_with(tmp.path(), opts()).unwrap();
+    assert!(
+        log.dedup.len() <= 56,
+        "{} entries after open",
+        log.dedup.len()
+    );
+    // Record 3's payloads were indexed last on open.
+    let d = log.append(record(4, 4, old.clone())).unwrap();
+    assert!(d.stored_bytes < 4096, "{d:?}");
+    log.verify().unwrap();
+    let into = tmp.path().join("r");
+    log.replay(4, &into, &no_sync()).unwrap();
+    for (i, want) in [(1, &data), (2, &recent), (3, &old), (4, &old)] {
+        assert_eq!(&fs::read(into.join(format!("f{i}"))).unwrap(), want, "f{i}");
+    }
+}
+
 /// A write failing at any offset of a record (ENOSPC) leaves the log exactly as before, and the
 /// next append works.
 #[test]
