@@ -114,7 +114,7 @@ impl Log {
                 match self.read_record(seg_idx, p, flen, last) {
                     Ok((rec, meta)) => {
                         let len = rec.len();
-                        self.index_record(rec, &meta);
+                        self.index_record(rec, &meta, true);
                         p += len;
                     }
                     Err(RecErr::Fatal(e)) => return Err(e),
@@ -310,11 +310,14 @@ impl Log {
         Ok(())
     }
 
-    pub(super) fn index_record(&mut self, rec: RecordLoc, meta: &Meta) {
+    /// Adds `rec` to the chain; with `dedup`, also the payloads it stores to the dedup index
+    /// (an append indexed them as it wrote them: adding them again would only bring back those
+    /// the bounded index has since forgotten).
+    pub(super) fn index_record(&mut self, rec: RecordLoc, meta: &Meta, dedup: bool) {
         if let Some(m) = meta_ids(meta).max() {
             self.max_file_id = Some(self.max_file_id.map_or(m, |o| o.max(m)));
         }
-        if self.writable {
+        if self.writable && dedup {
             let (ps, pe) = rec.payload_range();
             for e in &meta.extents {
                 if let MetaExtent::Data { payload: p, .. } = e
