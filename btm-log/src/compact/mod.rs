@@ -21,6 +21,7 @@ use super::{Log, LogError, Segment, fsync_dir, seg_name};
 use rewrite::{Writer, rows_of};
 
 mod diff;
+mod moved;
 mod rewrite;
 
 /// Heights removed by retention, one decimal height per line.

@@ -1,12 +1,12 @@
 //! The writer of a compaction: new segments in `compact.new`, one record at a time, through
 //! the log's one record writer. It outlives the log it was filled from: a compaction prepared
 //! on a read-only view ([`Log::view`]) is finished on the appending log.
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use super::moved::Moved;
 use super::{CompactReport, test_pause};
 use crate::append::compress_all;
 use crate::format::{Codec, Meta, MetaExtent, PayloadRef, SEG_HEADER_LEN, SegHeader};
@@ -68,9 +68,9 @@ pub(super) struct Writer {
     prev_hash: [u8; 32],
     /// Old location (segment, offset) of a payload in a rewritten segment -> its new one. Only
     /// the location: the rest of the payload's reference does not change when it moves, and
-    /// the map holds every payload of the rewritten segments (32 bytes each, not 88: at 2·10^6
-    /// payloads that was 560 MiB at its peak, while the table grew).
-    moved: HashMap<(u64, u64), (u64, u64)>,
+    /// it holds every payload of the rewritten segments (32 bytes each, not 88: at 2·10^6
+    /// payloads whole references took 560 MiB at the peak).
+    moved: Moved,
     pub(super) rep: CompactReport,
     throttle: Throttle,
 }
@@ -89,7 +89,7 @@ impl Writer {
             files: Vec::new(),
             len: 0,
             prev_hash,
-            moved: HashMap::new(),
+            moved: Moved::default(),
             rep,
             throttle: Throttle::new(bytes_per_sec),
         }
@@ -163,8 +163,8 @@ impl Writer {
                     continue;
                 }
                 Row::Ref { id, offset, p } if p.seg < self.first_seg => (id, offset, p),
-                Row::Ref { id, offset, p } => match self.moved.get(&(p.seg, p.offset)) {
-                    Some(&(seg, at)) => (
+                Row::Ref { id, offset, p } => match self.moved.get((p.seg, p.offset)) {
+                    Some((seg, at)) => (
                         id,
                         offset,
                         PayloadRef {
