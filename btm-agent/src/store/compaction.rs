@@ -26,7 +26,8 @@ pub(super) enum Progress {
     Running,
     /// Nothing to fold after all.
     Nothing,
-    Prepared(Prepared),
+    /// Boxed: a prepared compaction is some 300 bytes, the other variants a few words.
+    Prepared(Box<Prepared>),
     Failed(LogError),
 }
 
@@ -56,13 +57,13 @@ impl Background {
     /// Takes the result once the thread is done.
     pub(super) fn poll(&mut self) -> Progress {
         if let Some(p) = self.parked.take() {
-            return Progress::Prepared(p);
+            return Progress::Prepared(Box::new(p));
         }
         if !self.handle.as_ref().is_some_and(|h| h.is_finished()) {
             return Progress::Running;
         }
         match self.handle.take().expect("running").join() {
-            Ok(Ok(Some(p))) => Progress::Prepared(p),
+            Ok(Ok(Some(p))) => Progress::Prepared(Box::new(p)),
             Ok(Ok(None)) => Progress::Nothing,
             Ok(Err(e)) => Progress::Failed(e),
             Err(_) => Progress::Failed(LogError::Source("the compaction thread panicked".into())),
