@@ -408,7 +408,7 @@ impl Draft<'_> {
             header,
             info: info.clone(),
         };
-        self.log.index_record(rec, &meta, false);
+        self.log.index_record(rec, &meta);
         self.new_segment = false;
         self.start = u64::MAX; // committed: nothing to undo
         Ok(info)

@@ -8,8 +8,8 @@
 //! form (a log of more than 2^32 segments, a payload over 4 GiB) is not indexed.
 //!
 //! And it is bounded: it holds the payloads stored or found most recently, in two generations
-//! of equal size (`BTM_DEDUP_INDEX_MIB`, 32 MiB for both by default). When the young one is full, the old
-//! one is forgotten and the young one becomes old; a payload found in the old one moves back
+//! of equal size (`BTM_DEDUP_INDEX_MIB`, 32 MiB for both by default). When the young one is
+//! full, the old one is forgotten and the young one becomes old; a payload found in the old one moves back
 //! to the young one, so what is met at every height (the same bytes written again and again)
 //! stays. Indexing every payload of the log cost 108 MiB after a baseline of 10^6 files and
 //! grew with every height after it. The index only saves storing bytes again: a payload left
@@ -46,7 +46,7 @@ const SLOT: usize = std::mem::size_of::<([u8; 32], Stored)>() + 1;
 pub(crate) const DEFAULT_BUDGET: usize = 32 << 20;
 
 impl DedupIndex {
-    /// An index whose two generations together take at most `bytes` (at least 16 entries
+    /// An index whose two generations together take at most `bytes` (at least 28 entries
     /// each). A generation is full at 7/8 of a power-of-two number of slots, where the table
     /// would otherwise double.
     pub(crate) fn with_budget(bytes: usize) -> Self {

@@ -114,7 +114,8 @@ impl Log {
                 match self.read_record(seg_idx, p, flen, last) {
                     Ok((rec, meta)) => {
                         let len = rec.len();
-                        self.index_record(rec, &meta, true);
+                        self.index_payloads(&rec, &meta);
+                        self.index_record(rec, &meta);
                         p += len;
                     }
                     Err(RecErr::Fatal(e)) => return Err(e),
@@ -310,14 +311,18 @@ impl Log {
         Ok(())
     }
 
-    /// Adds `rec` to the chain; with `dedup`, also the payloads it stores to the dedup index
-    /// (an append indexed them as it wrote them: adding them again would only bring back those
-    /// the bounded index has since forgotten).
-    pub(super) fn index_record(&mut self, rec: RecordLoc, meta: &Meta, dedup: bool) {
+    /// Adds `rec` to the chain.
+    pub(super) fn index_record(&mut self, rec: RecordLoc, meta: &Meta) {
         if let Some(m) = meta_ids(meta).max() {
             self.max_file_id = Some(self.max_file_id.map_or(m, |o| o.max(m)));
         }
-        if self.writable && dedup {
+        self.records.push(rec);
+    }
+
+    /// Opening a log for appending: adds the payloads `rec` stores to the dedup index (an
+    /// append indexes its own as it writes them).
+    fn index_payloads(&mut self, rec: &RecordLoc, meta: &Meta) {
+        if self.writable {
             let (ps, pe) = rec.payload_range();
             for e in &meta.extents {
                 if let MetaExtent::Data { payload: p, .. } = e
@@ -329,7 +334,6 @@ impl Log {
                 }
             }
         }
-        self.records.push(rec);
     }
 }
 

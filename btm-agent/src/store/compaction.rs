@@ -17,7 +17,7 @@ pub(super) struct Background {
     cancel: Arc<AtomicBool>,
     pub(super) started: Instant,
     /// Prepared, waiting for readers of the log to finish.
-    parked: Option<Prepared>,
+    parked: Option<Box<Prepared>>,
     told_parked: bool,
 }
 
@@ -57,7 +57,7 @@ impl Background {
     /// Takes the result once the thread is done.
     pub(super) fn poll(&mut self) -> Progress {
         if let Some(p) = self.parked.take() {
-            return Progress::Prepared(Box::new(p));
+            return Progress::Prepared(p);
         }
         if !self.handle.as_ref().is_some_and(|h| h.is_finished()) {
             return Progress::Running;
@@ -80,7 +80,7 @@ impl Background {
     }
 
     /// Keeps a prepared compaction for a later [`Background::poll`].
-    pub(super) fn park(&mut self, p: Prepared) {
+    pub(super) fn park(&mut self, p: Box<Prepared>) {
         if !self.told_parked {
             self.told_parked = true;
             tracing::info!("log compaction prepared; its commit waits for readers of the log");

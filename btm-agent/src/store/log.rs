@@ -272,7 +272,7 @@ impl HeightStore for LogStore {
                 // Readers (replay, list) hold readers.lock shared; the commit needs it
                 // exclusively. The prepared work waits for them (and cuts go on).
                 Progress::Prepared(p) if readers_idle(&self.dir) => self.finish_compaction(*p),
-                Progress::Prepared(p) => bg.park(*p),
+                Progress::Prepared(p) => bg.park(p),
             }
             return Ok(());
         }
