@@ -22,5 +22,32 @@ fn main() {
         (after - before) * 1024 / n.max(1),
         btm_testkit::self_status_kib("VmHWM:") / 1024,
     );
+    // SAFETY: glibc's malloc_trim only returns free memory to the kernel.
+    unsafe { libc::malloc_trim(0) };
+    println!(
+        "after malloc_trim: VmRSS +{} MiB",
+        (btm_testkit::self_status_kib("VmRSS:") - before) / 1024
+    );
+    // Every file found again by inode number (as the frozen phase finds a file the tracker
+    // marked), then the whole base rebuilt (as settling the changes of many heights does).
+    let inos: Vec<u64> = scan.files_with(|_| true).map(|(i, _, _)| i.0).collect();
+    let t = Instant::now();
+    let found = inos
+        .iter()
+        .filter(|i| scan.file_by_ino(**i).is_some())
+        .count();
+    println!(
+        "{found} of {} files found by inode number in {:?}",
+        inos.len(),
+        t.elapsed()
+    );
+    let mut scan = scan;
+    let t = Instant::now();
+    scan.entries.settle_now();
+    println!(
+        "base rebuilt in {:?}, VmHWM {} MiB",
+        t.elapsed(),
+        btm_testkit::self_status_kib("VmHWM:") / 1024
+    );
     drop(scan);
 }

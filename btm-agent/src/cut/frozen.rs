@@ -145,7 +145,7 @@ fn candidates(
         match scan2.file_by_ino(*ino) {
             // Unchanged at phase 1 (not looked at then), or created since.
             Some((i, path, size)) => {
-                out.insert(i, (path.clone(), size));
+                out.insert(i, (path.to_vec(), size));
             }
             // Created since phase 1 and among the re-read paths, or no file's.
             None => unknown.push(*ino),
@@ -170,7 +170,7 @@ fn candidates(
         // or reached by another link): look for it by identity over the whole scan, in
         // memory only (no system call).
         for (i, p, size) in scan2.files_with(|ino| d2.files.contains_key(&ino)) {
-            out.entry(i).or_insert_with(|| (p.clone(), size));
+            out.entry(i).or_insert_with(|| (p.to_vec(), size));
         }
         // Marked inodes no path leads to (a filesystem's own, like btrfs's btree inode) are
         // remembered so later freezes do not look again; a file that takes such a number

@@ -24,16 +24,16 @@ impl Scan {
         Self::first_paths(
             at.into_iter()
                 .filter_map(|p| match self.entries.get(p)?.kind {
-                    Kind::File { ident, size } => Some((ident, p, size)),
+                    Kind::File { ident, size } => Some((ident, p.as_slice(), size)),
                     _ => None,
                 }),
         )
     }
 
     /// Files in path order, each at its first path, as a map built in one pass.
-    fn first_paths<'a>(files: impl Iterator<Item = (Identity, &'a RelPath, u64)>) -> Files {
+    fn first_paths<'a>(files: impl Iterator<Item = (Identity, &'a [u8], u64)>) -> Files {
         let mut v: Vec<(Identity, (RelPath, u64))> =
-            files.map(|(i, p, s)| (i, (p.clone(), s))).collect();
+            files.map(|(i, p, s)| (i, (p.to_vec(), s))).collect();
         // Stable: of a file's several paths, the first in path order stays.
         v.sort_by_key(|(i, _)| *i);
         v.dedup_by_key(|(i, _)| *i);
@@ -45,7 +45,7 @@ impl Scan {
     pub fn files_with(
         &self,
         wanted: impl Fn(u64) -> bool,
-    ) -> impl Iterator<Item = (Identity, &RelPath, u64)> {
+    ) -> impl Iterator<Item = (Identity, &[u8], u64)> {
         self.entries.iter().filter_map(move |(p, e)| match e.kind {
             Kind::File { ident, size } if wanted(ident.0) => Some((ident, p, size)),
             _ => None,
@@ -105,12 +105,25 @@ impl Scan {
 
     /// The regular file with inode number `ino` at one of its paths, when the index still
     /// leads to it.
-    pub fn file_by_ino(&self, ino: u64) -> Option<(Identity, &RelPath, u64)> {
-        let p = self.by_ino.get(&ino)?;
-        match self.entries.get(p)?.kind {
+    pub fn file_by_ino(&self, ino: u64) -> Option<(Identity, &[u8], u64)> {
+        let file = |p, e: &ScanEntry| match e.kind {
             Kind::File { ident, size } if ident.0 == ino => Some((ident, p, size)),
             _ => None,
-        }
+        };
+        // Entered since the base was settled, else in the base's index.
+        let recent = self.by_ino.get(&ino).and_then(|p| {
+            let p = p.as_slice();
+            file(p, self.entries.get(p)?)
+        });
+        recent.or_else(|| {
+            let from = self.ino_index.partition_point(|(i, _)| *i < ino);
+            (self.ino_index[from..].iter())
+                .take_while(|(i, _)| *i == ino)
+                .find_map(|(_, at)| {
+                    let (p, e) = self.entries.base_entry(*at)?;
+                    file(p, e)
+                })
+        })
     }
 
     /// `old` left `path`: the index no longer leads there.

@@ -13,6 +13,7 @@
 //! 1 MiB-aligned pieces, so the unchanged ones deduplicate against the log by blake3.
 pub mod capture;
 pub mod crash_index;
+mod entries;
 mod frozen;
 mod lookup;
 pub mod losses;
@@ -477,6 +478,7 @@ impl Cutter {
         self.since_walk = if walked1 { 0 } else { self.since_walk + 1 };
         scan2.release_root();
         scan2.track_changes();
+        scan2.settle();
         self.kept = Some(scan2);
         Ok((rep, info))
     }
@@ -536,7 +538,7 @@ impl Cutter {
     fn id_for(
         &mut self,
         ident: &Identity,
-        path: &RelPath,
+        path: &[u8],
         full: bool,
         ids: &mut CutIds,
         tip: &TreeState,

@@ -91,7 +91,7 @@ impl Cutter {
                 live.insert(*ident);
                 sizes.insert(*id, *size);
             }
-            (path.as_slice(), entry)
+            (path, entry)
         });
         let mut ops = ops_between(was, now);
         // A full cut rewrote every byte below the size (holes as zeros): the size is all
@@ -160,7 +160,7 @@ impl Cutter {
     /// The log's entry for scan entry `e` at `path` (a file gets its id).
     fn entry_of(
         &mut self,
-        path: &RelPath,
+        path: &[u8],
         e: &ScanEntry,
         full: bool,
         ids: &mut CutIds,

@@ -125,7 +125,7 @@ impl Cutter {
         let mut walked = Scan::walk(&self.mount.mount_point).context("scanning the volume")?;
         self.ids.clear();
         let tip = self.log.as_mut().expect("log lent out").tip()?;
-        for (path, e) in &walked.entries {
+        for (path, e) in walked.entries.iter() {
             if let (Kind::File { ident, .. }, Some(Entry::File { id, .. })) =
                 (&e.kind, tip.entry(path))
                 && !preserve.matches(path)

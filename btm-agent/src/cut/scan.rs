@@ -1,6 +1,6 @@
 //! Walking the tracked tree: the namespace as the log sees it, plus inode identities.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet, btree_map},
+    collections::{BTreeSet, HashMap, HashSet},
     fs,
     os::{fd::OwnedFd, unix::ffi::OsStrExt},
     path::Path,
@@ -12,6 +12,7 @@ use nix::{
 };
 
 use super::FastMap;
+pub use super::entries::Entries;
 use super::stat::{Stat, stat_at};
 pub use super::stat::{identity, ns_since_epoch};
 use crate::{
@@ -54,7 +55,7 @@ const _: () = assert!(std::mem::size_of::<ScanEntry>() == 80);
 /// The tree under a root, by relative path (parents sort before their children).
 #[derive(Clone, Debug, Default)]
 pub struct Scan {
-    pub entries: BTreeMap<RelPath, ScanEntry>,
+    pub entries: Entries,
     /// Sockets, FIFOs and device nodes are not data: skipped, counted.
     pub skipped_special: u64,
     /// The volume's root directory as walked, and its device: files are read beneath it
@@ -77,8 +78,13 @@ pub struct Scan {
     /// Identities of the files whose entries those changes removed or replaced (a file may
     /// live on at another path, or be back at the same one).
     pub dropped: Vec<Identity>,
-    /// Inode number -> a path of the regular file with it (see [`Scan::file_by_ino`]).
+    /// Inode number -> a path of the regular file with it, for files entered since the
+    /// entries' base was settled (see [`Scan::file_by_ino`]).
     pub(super) by_ino: FastMap<u64, RelPath>,
+    /// (inode number, index in the entries' base) of every regular file of the base, sorted
+    /// (may be stale: check the entry). 16 bytes a file, where a map to a copy of the path
+    /// cost about 100.
+    pub(super) ino_index: Vec<(u64, u32)>,
     /// During a whole walk: its entries, put in `entries` in one go at its end (see
     /// [`Scan::walk`]).
     walked: Option<Vec<(RelPath, ScanEntry)>>,
@@ -101,8 +107,23 @@ impl Scan {
         scan.walk_under(root_fd, Vec::new(), &mut Vec::new())?;
         let mut walked = scan.walked.take().unwrap_or_default();
         walked.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        scan.entries = walked.into_iter().collect();
+        scan.entries = Entries::from_sorted(walked);
+        scan.index_base();
         Ok(scan)
+    }
+
+    /// Folds the paths changed since the entries' base into it when they are many (see
+    /// [`Entries::settle`]): between heights, outside the freeze.
+    pub fn settle(&mut self) {
+        if self.entries.settle() {
+            self.index_base();
+        }
+    }
+
+    /// Indexes the files of a freshly settled base by inode number.
+    pub(super) fn index_base(&mut self) {
+        self.ino_index = self.entries.base_files_by_ino();
+        self.by_ino = FastMap::default();
     }
 
     /// Walks everything under the open directory `dir` (at `rel`), adding the paths of the
@@ -338,7 +359,7 @@ impl Scan {
                 .entries
                 .iter()
                 .filter(|(_, o)| matches!(o.kind, Kind::File { ident: i, .. } if i == ident))
-                .map(|(p, _)| p.clone())
+                .map(|(p, _)| p.to_vec())
                 .collect();
         }
         self.linked.insert(ident, paths.clone());
@@ -376,11 +397,7 @@ impl Scan {
     /// Moves the entries at and under `from` to `to` (in memory: a directory renamed), and
     /// adds the paths of the files it moved to `moved`.
     fn move_tree(&mut self, from: &[u8], to: &[u8], moved: &mut Vec<RelPath>) {
-        let mut lo = from.to_vec();
-        lo.push(b'/');
-        let mut hi = from.to_vec();
-        hi.push(b'/' + 1);
-        let keys: Vec<RelPath> = self.entries.range(lo..hi).map(|(k, _)| k.clone()).collect();
+        let keys = self.entries.paths_under(from);
         let old = self.entries.remove(from);
         self.note(from, old.as_ref());
         for k in keys {
@@ -417,16 +434,7 @@ impl Scan {
             self.note(path, Some(&e));
             self.unindex(path, &e);
         }
-        let mut from = path.to_vec();
-        from.push(b'/');
-        let mut to = path.to_vec();
-        to.push(b'/' + 1);
-        let under: Vec<RelPath> = self
-            .entries
-            .range(from..to)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in under {
+        for k in self.entries.paths_under(path) {
             if let Some(e) = self.entries.remove(&k) {
                 self.forget(&e);
                 self.note(&k, Some(&e));
@@ -447,7 +455,10 @@ impl Scan {
     fn insert(&mut self, path: RelPath, kind: Kind, st: &Stat) {
         if let Kind::File { ident, .. } = kind {
             self.gone.remove(&ident.0);
-            self.by_ino.insert(ident.0, path.clone());
+            // A whole walk indexes its files when it ends.
+            if self.walked.is_none() {
+                self.by_ino.insert(ident.0, path.clone());
+            }
         }
         if kind == Kind::Dir {
             self.dirs.insert(st.ino, path.clone());
@@ -480,20 +491,7 @@ impl Scan {
             walked.push((path, e));
             return;
         }
-        let tracked = self.changed.is_some();
-        let (path, old) = match self.entries.entry(path) {
-            // A walk meets each path once: no copy of it.
-            btree_map::Entry::Vacant(v) if !tracked => {
-                v.insert(e);
-                return;
-            }
-            btree_map::Entry::Vacant(v) => {
-                let path = v.key().clone();
-                v.insert(e);
-                (path, None)
-            }
-            btree_map::Entry::Occupied(mut o) => (o.key().clone(), Some(o.insert(e))),
-        };
+        let old = self.entries.insert(path.clone(), e);
         if let Some(old) = &old
             && !matches!(old.kind, Kind::File { ident, .. } if Some(ident.0) == new_ino)
         {
@@ -551,13 +549,13 @@ impl Scan {
         let changed = walked
             .entries
             .iter()
-            .filter(|(p, e)| !self.entries.get(*p).is_some_and(|k| same(k, e)))
-            .map(|(p, _)| p.clone());
+            .filter(|(p, e)| !self.entries.get(p).is_some_and(|k| same(k, e)))
+            .map(|(p, _)| p.to_vec());
         let gone = self
             .entries
             .keys()
-            .filter(|p| !walked.entries.contains_key(*p))
-            .cloned();
+            .filter(|p| !walked.entries.contains_key(p))
+            .map(<[u8]>::to_vec);
         changed.chain(gone).collect()
     }
 

@@ -280,4 +280,20 @@ fn marked_files_are_found_by_inode_after_the_events() {
         reread.iter().any(|f| f == b"b" || f == b"b2"),
         "no path of the written link re-read: {reread:?}"
     );
+    // By inode number: a file of the walk's base (`a`), one moved since (`d/y`), one new
+    // (`n`), one removed (`r`); the same once the changes are folded into the base.
+    for settled in [false, true] {
+        if settled {
+            scan.entries.settle_now();
+            scan.index_base();
+            assert!(scan.by_ino.is_empty());
+        }
+        for (f, i) in [("a", a), ("d/y", x), ("n", n)] {
+            let found = scan.file_by_ino(i).map(|(_, p, _)| p.to_vec());
+            assert_eq!(found.as_deref(), Some(f.as_bytes()), "settled: {settled}");
+        }
+        assert!(scan.file_by_ino(r).is_none());
+        let b_at = scan.file_by_ino(b).map(|(_, p, _)| p.to_vec());
+        assert!(matches!(b_at.as_deref(), Some(b"b" | b"b2")), "{b_at:?}");
+    }
 }
