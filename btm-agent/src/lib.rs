@@ -22,6 +22,7 @@ pub use btm_log::dirfd;
 pub mod config;
 pub mod conn;
 pub mod cut;
+pub mod heap;
 pub mod heights;
 pub mod metrics;
 pub mod pins;

@@ -55,6 +55,10 @@ use crate::{
 /// A height whose capture keeps losing events fails after this many full retries.
 const MAX_FULL_RETRIES: u32 = 2;
 
+/// A record of more namespace operations than this (about 20 MiB of them) leaves enough
+/// freed heap behind for the cut to hand it back (see [`crate::heap`]).
+const LARGE_RECORD_OPS: usize = 100_000;
+
 pub struct Cutter {
     mount: Mount,
     tracker: Tracker,
@@ -480,6 +484,9 @@ impl Cutter {
         scan2.track_changes();
         scan2.settle();
         self.kept = Some(scan2);
+        if rep.full || rep.unfrozen_walk || rep.frozen_walk || rep.ops > LARGE_RECORD_OPS {
+            crate::heap::give_back();
+        }
         Ok((rep, info))
     }
 

@@ -77,6 +77,8 @@ struct Point {
     /// one that compacted: the two grow with different things.
     rss_cuts_kb: u64,
     rss_compact_kb: u64,
+    /// The cutting agent's RSS once the heights are done (what it holds between heights).
+    rss_rest_kb: u64,
     log_bytes: u64,
 }
 
@@ -220,8 +222,11 @@ fn measure(a: &ScaleArgs, bin: &Path, size: u64, files: u64) -> Result<Point> {
         println!("bench-scale: {label}: {cuts:?}");
         p.steps.push((label.to_string(), bytes, cuts));
     }
-    p.rss_hwm_kb = agent.memory().0;
-    println!("bench-scale: after the heights: VmHWM {} kB", p.rss_hwm_kb);
+    (p.rss_hwm_kb, p.rss_rest_kb, _) = agent.memory();
+    println!(
+        "bench-scale: after the heights: VmHWM {} kB, VmRSS {} kB",
+        p.rss_hwm_kb, p.rss_rest_kb
+    );
     // How the heights' writes were marked (whole folios or 4 KiB pages): what a height's read
     // beyond its change comes from.
     let st = agent.status().unwrap_or_default();
@@ -358,7 +363,7 @@ fn render(a: &ScaleArgs, points: &[Point], total_secs: f64) -> String {
     );
     let _ = writeln!(
         s,
-        "| data | files | peak RSS (cutting / compacting) | baseline | baseline read / stored | freeze p50 / p99 (all heights) | frozen work (max entries / opens; walks) | 1 MiB height | 16 MiB height | 1 % height (read / stored) | after a clean restart (read / stored; the stop before it) | after a crash + cold cache (read / stored) | compaction beside cuts (log before → after) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| data | files | peak RSS (cutting / compacting) | RSS between heights | baseline | baseline read / stored | freeze p50 / p99 (all heights) | frozen work (max entries / opens; walks) | 1 MiB height | 16 MiB height | 1 % height (read / stored) | after a clean restart (read / stored; the stop before it) | after a crash + cold cache (read / stored) | compaction beside cuts (log before → after) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for p in points {
         let cuts: Vec<&Cut> = p.steps.iter().flat_map(|(_, _, c)| c.iter()).collect();
@@ -378,11 +383,12 @@ fn render(a: &ScaleArgs, points: &[Point], total_secs: f64) -> String {
         let (tp, rp, sp) = step(2);
         let _ = writeln!(
             s,
-            "| {} | {} | {} / {} | {} | {} / {} | {:.1} / {:.1} ms | {} / {}; {} | {} | {} | {} ({} / {}) | {} ({} / {}; {}) | {} ({} / {}) | {} ({} → {}) |",
+            "| {} | {} | {} / {} | {} | {} | {} / {} | {:.1} / {:.1} ms | {} / {}; {} | {} | {} | {} ({} / {}) | {} ({} / {}; {}) | {} ({} / {}) | {} ({} → {}) |",
             bytes(p.data as f64),
             p.files,
             bytes((p.rss_cuts_kb * 1024) as f64),
             bytes((p.rss_compact_kb * 1024) as f64),
+            bytes((p.rss_rest_kb * 1024) as f64),
             secs(p.baseline.secs),
             bytes(p.baseline.read as f64),
             bytes(p.baseline.stored as f64),
