@@ -211,7 +211,9 @@ impl ThawGuard {
     /// (before the agent holds much memory).
     pub fn install(mount_point: &Path) -> anyhow::Result<()> {
         let dir = fs::File::open(mount_point)?;
-        let (rx, tx) = nix::unistd::pipe()?;
+        // Close-on-exec: a child the agent starts later (a snapshot command, say) must not
+        // hold the write end, or the guard would not see the agent die while that child lives.
+        let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         // SAFETY: the child makes only raw system calls (async-signal-safe after fork in a
         // multithreaded process) and leaves with _exit.
         let pid = unsafe { libc::fork() };

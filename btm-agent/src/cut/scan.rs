@@ -100,7 +100,8 @@ impl Scan {
         let root_fd = open_dir(None, root.as_os_str().as_bytes())?;
         let root_dev = nix::sys::stat::fstat(&root_fd)?.st_dev;
         scan.root_dev = root_dev;
-        scan.root = Some(std::sync::Arc::new(nix::unistd::dup(&root_fd)?));
+        // `try_clone` duplicates close-on-exec (`dup` does not): no child inherits the root.
+        scan.root = Some(std::sync::Arc::new(root_fd.try_clone()?));
         // Entries inserted one by one, in walk order, leave the map's nodes about half full
         // (244 bytes an entry at 10^6 files); built from the sorted list they are full (154).
         scan.walked = Some(Vec::new());
@@ -272,7 +273,7 @@ impl Scan {
                 continue; // under a directory walked in full just now
             }
             let dir_fd = if dir.is_empty() {
-                nix::unistd::dup(&*root)?
+                root.try_clone()?
             } else {
                 match open_beneath(&root, dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY) {
                     Ok(f) => OwnedFd::from(f),

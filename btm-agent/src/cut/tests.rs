@@ -297,3 +297,16 @@ fn marked_files_are_found_by_inode_after_the_events() {
         assert!(matches!(b_at.as_deref(), Some(b"b" | b"b2")), "{b_at:?}");
     }
 }
+
+/// The scan's own copy of the volume's root is close-on-exec: a child the agent starts must
+/// not inherit a descriptor of the volume (it would keep it from being unmounted).
+#[test]
+fn the_scan_holds_the_root_close_on_exec() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let scan = Scan::walk(dir.path()).unwrap();
+    let root = scan.root.as_ref().expect("a walk keeps its root");
+    // SAFETY: F_GETFD on a descriptor the scan owns.
+    let flags = unsafe { libc::fcntl(root.as_raw_fd(), libc::F_GETFD) };
+    assert!(flags >= 0 && flags & libc::FD_CLOEXEC != 0, "flags {flags}");
+}

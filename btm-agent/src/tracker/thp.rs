@@ -21,7 +21,7 @@ pub(super) fn measure_off_bit(ebpf: &mut Ebpf) -> Option<u32> {
 
 /// The `mm->flags` word of a forked child, as the mmap probe saw it.
 fn child_mm_flags(ebpf: &mut Ebpf, thp_off: bool) -> Option<u64> {
-    let (rx, tx) = nix::unistd::pipe().ok()?;
+    let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
     // SAFETY: the child makes only raw system calls (async-signal-safe after fork in a
     // multithreaded process) and exits without unwinding.
     let pid = unsafe { libc::fork() };

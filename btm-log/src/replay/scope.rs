@@ -145,7 +145,8 @@ impl Replayer<'_> {
                 continue; // no directory above: nothing there to remove
             };
             let sub = if p.is_empty() {
-                Some(nix::unistd::dup(&*self.root).map_err(|e| self.err(p, e))?)
+                // Close-on-exec, unlike `dup`.
+                Some(self.root.try_clone().map_err(|e| self.err(p, e))?)
             } else {
                 self.prune_entry(&dfd, file_name_of(p), p)?
             };
