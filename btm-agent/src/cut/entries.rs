@@ -216,6 +216,11 @@ impl Entries {
         v
     }
 
+    /// Where `path` is in the base (whether or not it was removed since).
+    pub fn base_position(&self, path: &[u8]) -> Option<u32> {
+        self.find(path).ok().and_then(|i| u32::try_from(i).ok())
+    }
+
     /// The path and entry at index `i` of the base, if it is still there (not removed since).
     pub fn base_entry(&self, i: u32) -> Option<(&[u8], &ScanEntry)> {
         let i = i as usize;

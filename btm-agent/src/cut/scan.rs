@@ -456,8 +456,14 @@ impl Scan {
     fn insert(&mut self, path: RelPath, kind: Kind, st: &Stat) {
         if let Kind::File { ident, .. } = kind {
             self.gone.remove(&ident.0);
-            // A whole walk indexes its files when it ends.
-            if self.walked.is_none() {
+            // A whole walk indexes its files when it ends; a file back at (or still at) the
+            // base path the index has for it needs no copy of the path: files re-read at
+            // every height would otherwise bring back one copy per file over time.
+            let indexed = || {
+                (self.entries.base_position(&path))
+                    .is_some_and(|at| self.ino_index.binary_search(&(ident.0, at)).is_ok())
+            };
+            if self.walked.is_none() && !indexed() {
                 self.by_ino.insert(ident.0, path.clone());
             }
         }

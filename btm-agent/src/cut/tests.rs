@@ -282,6 +282,8 @@ fn marked_files_are_found_by_inode_after_the_events() {
     );
     // By inode number: a file of the walk's base (`a`), one moved since (`d/y`), one new
     // (`n`), one removed (`r`); the same once the changes are folded into the base.
+    // A file re-read where the base has it takes no copy of its path; a new one does.
+    assert!(!scan.by_ino.contains_key(&a) && scan.by_ino.contains_key(&n));
     for settled in [false, true] {
         if settled {
             scan.entries.settle_now();
