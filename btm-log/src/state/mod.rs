@@ -1,7 +1,7 @@
 //! The folded state of the tree: namespace plus, per file, which payload bytes cover which range.
 //! Folding only needs metadata; payloads are read by replay.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::error::LogError;
 use super::format::{MetaExtent, PayloadRef};
@@ -10,7 +10,9 @@ use super::record::{
     Entry, FileId, NsOp, RelPath, check_path, check_symlink_target, display_path, parent_of,
 };
 
+mod files;
 mod undo;
+pub use files::FileTable;
 pub(crate) use undo::{FileBefore, Undo};
 
 /// What a path holds in the folded state. Files point at their inode-like [`FileState`].
@@ -120,7 +122,7 @@ pub struct TreeState {
     /// Every path, in byte order (a parent sorts before its children).
     pub nodes: BTreeMap<RelPath, Node>,
     /// Every live file id.
-    pub files: HashMap<FileId, FileState>,
+    pub files: FileTable,
 }
 
 impl TreeState {
@@ -194,19 +196,18 @@ impl TreeState {
         let Some(node) = self.nodes.remove(path) else {
             return false;
         };
-        let mut unlink =
-            |files: &mut HashMap<FileId, FileState>, n: &Node, undo: &mut Option<&mut Undo>| {
-                if let Node::File(id) = n {
-                    if let Some(u) = undo {
-                        u.file(*id, files.get(id));
-                    }
-                    let f = files.get_mut(id).expect("file of a live path");
-                    f.nlink -= 1;
-                    if f.nlink == 0 {
-                        orphans.push(*id);
-                    }
+        let mut unlink = |files: &mut FileTable, n: &Node, undo: &mut Option<&mut Undo>| {
+            if let Node::File(id) = n {
+                if let Some(u) = undo {
+                    u.file(*id, files.get(id));
                 }
-            };
+                let f = files.get_mut(id).expect("file of a live path");
+                f.nlink -= 1;
+                if f.nlink == 0 {
+                    orphans.push(*id);
+                }
+            }
+        };
         unlink(&mut self.files, &node, undo);
         if matches!(node, Node::Dir { .. }) {
             let mut lo = path.to_vec();
@@ -342,7 +343,7 @@ impl TreeState {
                                     if let Some(u) = undo.as_mut() {
                                         u.file(*id, self.files.get(id));
                                     }
-                                    let f = self.files.entry(*id).or_insert_with(|| FileState {
+                                    let f = self.files.get_or_insert_with(*id, || FileState {
                                         mode: 0,
                                         uid: 0,
                                         gid: 0,
