@@ -102,8 +102,7 @@ pub fn compare_tree(
     let missing: HashSet<&[u8]> = state
         .nodes
         .keys()
-        .filter(|p| !c.seen.contains(p.as_slice()) && !opts.preserve.matches(p))
-        .map(|p| p.as_slice())
+        .filter(|p| !c.seen.contains(p) && !opts.preserve.matches(p))
         .collect();
     for (top, under) in missing_subtrees(&missing) {
         let what = match under {
@@ -178,7 +177,7 @@ impl<'a> Comparer<'a> {
                 }
                 continue;
             };
-            self.seen.insert(key.as_slice());
+            self.seen.insert(key);
             self.diff.entries_compared += 1;
             if st.st_dev != self.dev {
                 self.diff.skipped += 1;

@@ -115,7 +115,7 @@ pub(crate) fn verify(log: &Log) -> Result<VerifyReport, LogError> {
                 if let Err(what) = decode_payload(pl, std::mem::take(&mut buf)) {
                     let path = state
                         .path_of(id)
-                        .map(|p| display_path(p))
+                        .map(display_path)
                         .unwrap_or_else(|| format!("<file id {id}, unlinked at height {height}>"));
                     return Err(LogError::CorruptExtent {
                         height,

@@ -77,7 +77,7 @@ mod tests {
         st.files.insert(2, file(0o644, 1000, 1000));
         assert_eq!(strip(&mut st, (1234, 99)), 2);
         assert_eq!(
-            st.nodes[&b"d".to_vec()],
+            st.nodes[&b"d"[..]],
             Node::Dir {
                 mode: 0o775,
                 uid: 1234,

@@ -55,7 +55,7 @@ fn rollback_leaves_filesystems_mounted_inside_the_volume_alone() {
     let st2 = log.state_at(2).unwrap();
     assert!(
         st2.entries()
-            .all(|(p, _)| !p.starts_with(b"ext") || p.as_slice() == b"ext"),
+            .all(|(p, _)| !p.starts_with(b"ext") || p == b"ext"),
         "a cut recorded the inner filesystem's files"
     );
 

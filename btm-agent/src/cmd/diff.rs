@@ -109,7 +109,7 @@ type Changes = (Vec<Change>, Vec<Change>, Vec<Change>);
 /// Paths added, removed and changed from `a` to `b`, each in path order.
 fn diff(a: &TreeState, b: &TreeState) -> Changes {
     let (mut added, mut removed, mut changed) = (Vec::new(), Vec::new(), Vec::new());
-    let paths: BTreeSet<&Vec<u8>> = a.nodes.keys().chain(b.nodes.keys()).collect();
+    let paths: BTreeSet<&[u8]> = a.nodes.keys().chain(b.nodes.keys()).collect();
     for p in paths {
         let path = display_path(p);
         match (a.nodes.get(p), b.nodes.get(p)) {

@@ -13,7 +13,6 @@
 //! 1 MiB-aligned pieces, so the unchanged ones deduplicate against the log by blake3.
 pub mod capture;
 pub mod crash_index;
-mod entries;
 mod frozen;
 mod lookup;
 pub mod losses;

@@ -84,7 +84,7 @@ impl Cutter {
             FastMap::with_capacity_and_hasher(tip.files.len(), rustc_hash::FxBuildHasher);
         let mut live: FastSet<Identity> =
             FastSet::with_capacity_and_hasher(self.ids.len(), rustc_hash::FxBuildHasher);
-        let was = tip.entries().map(|(p, e)| (p.as_slice(), e));
+        let was = tip.entries();
         let now = scan2.entries.iter().map(|(path, e)| {
             let entry = self.entry_of(path, e, full, ids, tip);
             if let (Kind::File { ident, size }, Entry::File { id, .. }) = (&e.kind, &entry) {

@@ -12,12 +12,11 @@ use nix::{
 };
 
 use super::FastMap;
-pub use super::entries::Entries;
 use super::stat::{Stat, stat_at};
 pub use super::stat::{identity, ns_since_epoch};
 use crate::{
     dirfd::{self, DIR_FLAGS},
-    log::RelPath,
+    log::{PathMap, RelPath},
 };
 
 /// A file's identity across cuts: inode number plus birth time, so a reused inode number is
@@ -55,7 +54,8 @@ const _: () = assert!(std::mem::size_of::<ScanEntry>() == 80);
 /// The tree under a root, by relative path (parents sort before their children).
 #[derive(Clone, Debug, Default)]
 pub struct Scan {
-    pub entries: Entries,
+    /// Folded only between heights ([`Scan::settle`]): `ino_index` holds positions in it.
+    pub entries: PathMap<ScanEntry>,
     /// Sockets, FIFOs and device nodes are not data: skipped, counted.
     pub skipped_special: u64,
     /// The volume's root directory as walked, and its device: files are read beneath it
@@ -108,13 +108,13 @@ impl Scan {
         scan.walk_under(root_fd, Vec::new(), &mut Vec::new())?;
         let mut walked = scan.walked.take().unwrap_or_default();
         walked.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        scan.entries = Entries::from_sorted(walked);
+        scan.entries = PathMap::from_sorted(walked, false);
         scan.index_base();
         Ok(scan)
     }
 
     /// Folds the paths changed since the entries' base into it when they are many (see
-    /// [`Entries::settle`]): between heights, outside the freeze.
+    /// [`PathMap::settle`]): between heights, outside the freeze.
     pub fn settle(&mut self) {
         if self.entries.settle() {
             self.index_base();
@@ -123,7 +123,14 @@ impl Scan {
 
     /// Indexes the files of a freshly settled base by inode number.
     pub(super) fn index_base(&mut self) {
-        self.ino_index = self.entries.base_files_by_ino();
+        let mut index: Vec<(u64, u32)> = (self.entries.base_values())
+            .filter_map(|(at, e)| match e.kind {
+                Kind::File { ident, .. } => Some((ident.0, at)),
+                _ => None,
+            })
+            .collect();
+        index.sort_unstable();
+        self.ino_index = index;
         self.by_ino = FastMap::default();
     }
 

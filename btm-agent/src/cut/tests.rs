@@ -170,7 +170,7 @@ proptest::proptest! {
     fn namespace_ops_turn_one_tree_into_the_other(prev in tree(), next in tree()) {
         let mut s = state_of(&prev);
         s.apply(2, &namespace_ops(&prev, &next), &[]).unwrap();
-        let got: BTreeMap<RelPath, Entry> = s.entries().map(|(p, e)| (p.clone(), e)).collect();
+        let got: BTreeMap<RelPath, Entry> = s.entries().map(|(p, e)| (p.to_vec(), e)).collect();
         proptest::prop_assert_eq!(got, next);
     }
 }

@@ -157,7 +157,7 @@ pub(super) fn diff(undo: &Undo, cur: &TreeState) -> (Vec<NsOp>, Vec<Row>) {
         let entry = cur.to_entry(n);
         if was.and_then(|w| entry_before(undo, cur, w)).as_ref() != Some(&entry) {
             ops.push(NsOp::Put {
-                path: p.clone(),
+                path: p.to_vec(),
                 entry,
             });
         }

@@ -25,13 +25,13 @@ fn diff_of_states(prev: &TreeState, cur: &TreeState) -> (Vec<NsOp>, Vec<Row>) {
     for p in prev.nodes.keys() {
         let parent_gone = parent_of(p).is_some_and(|q| !cur.nodes.contains_key(q));
         if !cur.nodes.contains_key(p) && !parent_gone {
-            ops.push(NsOp::Remove { path: p.clone() });
+            ops.push(NsOp::Remove { path: p.to_vec() });
         }
     }
     for (p, e) in cur.entries() {
         if prev.entry(p).as_ref() != Some(&e) {
             ops.push(NsOp::Put {
-                path: p.clone(),
+                path: p.to_vec(),
                 entry: e,
             });
         }
@@ -97,10 +97,10 @@ fn record(model: &mut TreeState, h: u64, picks: &[Pick]) -> (Vec<NsOp>, Vec<Meta
                     .nodes
                     .iter()
                     .filter(|(_, n)| matches!(n, Node::Dir { .. }))
-                    .map(|(p, _)| p.clone()),
+                    .map(|(p, _)| p.to_vec()),
             )
             .collect();
-        let paths: Vec<&RelPath> = model.nodes.keys().collect();
+        let paths: Vec<&[u8]> = model.nodes.keys().collect();
         let mut ids: Vec<FileId> = model.files.keys().copied().collect();
         ids.sort_unstable();
         let under = |name: String| {
@@ -155,7 +155,7 @@ fn record(model: &mut TreeState, h: u64, picks: &[Pick]) -> (Vec<NsOp>, Vec<Meta
                 },
             }),
             4 => (!paths.is_empty()).then(|| NsOp::Remove {
-                path: paths[b as usize % paths.len()].clone(),
+                path: paths[b as usize % paths.len()].to_vec(),
             }),
             5 => (!ids.is_empty()).then(|| NsOp::SetSize {
                 id: ids[b as usize % ids.len()],

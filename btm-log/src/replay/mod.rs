@@ -261,7 +261,7 @@ impl<'a> Replayer<'a> {
             if let Node::File(id) = n
                 && state.files[id].nlink > 1
             {
-                links.entry(*id).or_default().push(p.clone());
+                links.entry(*id).or_default().push(p.to_vec());
             }
         }
         let root_dev = nix::sys::stat::fstat(&root).map_or(0, |s| s.st_dev);
@@ -362,7 +362,7 @@ impl<'a> Replayer<'a> {
         let root = self.root.clone();
         self.prune(&root, b"")?;
         let st = self.st;
-        let mut paths: Vec<&RelPath> = st.nodes.keys().collect();
+        let mut paths: Vec<&[u8]> = st.nodes.keys().collect();
         paths.sort_by(|a, b| cmp_components(a, b));
         for p in &paths {
             if self.preserved(p) {
@@ -372,8 +372,8 @@ impl<'a> Replayer<'a> {
         }
         Ok(paths
             .into_iter()
-            .filter(|p| matches!(st.nodes.get(*p), Some(Node::Dir { .. })))
-            .cloned()
+            .filter(|p| matches!(st.nodes.get(p), Some(Node::Dir { .. })))
+            .map(<[u8]>::to_vec)
             .collect())
     }
 
@@ -396,7 +396,7 @@ impl<'a> Replayer<'a> {
         &mut self,
         dir: &OwnedFd,
         name: &[u8],
-        path: &RelPath,
+        path: &[u8],
     ) -> Result<Option<OwnedFd>, LogError> {
         let st = match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(s) => s,
@@ -446,7 +446,7 @@ impl<'a> Replayer<'a> {
                 Mode::from_bits_truncate((st.st_mode & 0o7777) | 0o700),
             );
             self.opened_up
-                .entry(path.clone())
+                .entry(path.to_vec())
                 .or_insert(st.st_mode & 0o7777);
         }
         Ok(Some(sub))
@@ -455,7 +455,7 @@ impl<'a> Replayer<'a> {
     // ---- pass 2 -----------------------------------------------------------------------------
 
     /// Makes the entry at `path` what the height has; true when it made a new directory.
-    fn build(&mut self, path: &RelPath) -> Result<bool, LogError> {
+    fn build(&mut self, path: &[u8]) -> Result<bool, LogError> {
         let st = self.st;
         let node = &st.nodes[path];
         let dfd = self.dir_fd(parent_of(path).unwrap_or(b""))?;
@@ -519,7 +519,7 @@ impl<'a> Replayer<'a> {
     fn file(
         &mut self,
         dfd: &Rc<OwnedFd>,
-        path: &RelPath,
+        path: &[u8],
         name: &[u8],
         id: FileId,
         existing: Option<FileStat>,
@@ -628,7 +628,7 @@ impl<'a> Replayer<'a> {
         if changed || fresh {
             self.stats.files_touched += 1;
         }
-        self.done.insert(id, (path.clone(), md.dev(), md.ino()));
+        self.done.insert(id, (path.to_vec(), md.dev(), md.ino()));
         Ok(())
     }
 

@@ -134,7 +134,7 @@ impl Replayer<'_> {
         let st = self.st;
         self.stats.scoped = Some(scope.size());
 
-        let mut named: Vec<&RelPath> = scope.paths.iter().collect();
+        let mut named: Vec<&[u8]> = scope.paths.iter().map(Vec::as_slice).collect();
         named.sort_by(|a, b| cmp_components(a, b));
         // Pass 1: what the height does not have, at the named paths and in named directories.
         for p in &named {
@@ -162,10 +162,10 @@ impl Replayer<'_> {
             }
         }
         // Pass 2: the named paths, then the other paths of the files with ranges.
-        let mut todo: BTreeSet<&RelPath> = named
+        let mut todo: BTreeSet<&[u8]> = named
             .iter()
             .copied()
-            .filter(|p| st.nodes.contains_key(*p))
+            .filter(|p| st.nodes.contains_key(p))
             .collect();
         if !scope.ranges.is_empty() {
             for (p, n) in &st.nodes {
@@ -178,8 +178,8 @@ impl Replayer<'_> {
         }
         // Every path of a file with several links: whichever comes first is written, the
         // others are linked to it (as in a whole replay).
-        let linked: Vec<&RelPath> = (todo.iter())
-            .filter_map(|p| match st.nodes.get(*p) {
+        let linked: Vec<&[u8]> = (todo.iter())
+            .filter_map(|p| match st.nodes.get(p) {
                 Some(Node::File(id)) => self.links.get(id),
                 _ => None,
             })
@@ -187,7 +187,7 @@ impl Replayer<'_> {
             .filter_map(|q| st.nodes.get_key_value(q).map(|(k, _)| k))
             .collect();
         todo.extend(linked);
-        let mut todo: Vec<&RelPath> = todo.into_iter().collect();
+        let mut todo: Vec<&[u8]> = todo.into_iter().collect();
         todo.sort_by(|a, b| cmp_components(a, b));
         let mut done: HashSet<RelPath> = HashSet::new();
         let mut dirs: Vec<RelPath> = Vec::new();
@@ -219,7 +219,7 @@ impl Replayer<'_> {
         }
         // A file built under a directory made anew may have links elsewhere: they are linked
         // to it, as a whole replay would.
-        let mut others: Vec<&RelPath> = (self.done.keys())
+        let mut others: Vec<&[u8]> = (self.done.keys())
             .filter_map(|id| self.links.get(id))
             .flatten()
             .filter(|q| !done.contains(*q))
@@ -266,14 +266,14 @@ impl Replayer<'_> {
     /// directory.
     fn build_noted(
         &mut self,
-        p: &RelPath,
+        p: &[u8],
         done: &mut HashSet<RelPath>,
         dirs: &mut Vec<RelPath>,
     ) -> Result<bool, LogError> {
         let made = self.build(p)?;
-        done.insert(p.clone());
+        done.insert(p.to_vec());
         if matches!(self.st.nodes[p], Node::Dir { .. }) {
-            dirs.push(p.clone());
+            dirs.push(p.to_vec());
         }
         Ok(made)
     }
@@ -286,7 +286,7 @@ impl Replayer<'_> {
         dirs: &mut Vec<RelPath>,
     ) -> Result<(), LogError> {
         let st = self.st;
-        let mut under: Vec<&RelPath> = descendants(st, dir).collect();
+        let mut under: Vec<&[u8]> = descendants(st, dir).collect();
         under.sort_by(|a, b| cmp_components(a, b));
         for q in under {
             if done.contains(q) || self.preserved(q) {
@@ -300,7 +300,7 @@ impl Replayer<'_> {
 
 /// Every path of `st` under the directory `dir` (`dir/...`: in byte order they lie between
 /// `dir/` and `dir0`, `'0'` being the byte after `'/'`).
-fn descendants<'a>(st: &'a TreeState, dir: &[u8]) -> impl Iterator<Item = &'a RelPath> + 'a {
+fn descendants<'a>(st: &'a TreeState, dir: &[u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
     let (lo, hi) = if dir.is_empty() {
         (Bound::Unbounded, Bound::Unbounded)
     } else {
@@ -310,11 +310,16 @@ fn descendants<'a>(st: &'a TreeState, dir: &[u8]) -> impl Iterator<Item = &'a Re
         hi.push(b'0');
         (Bound::Included(lo), Bound::Excluded(hi))
     };
-    st.nodes.range((lo, hi)).map(|(p, _)| p)
+    st.nodes
+        .range(
+            lo.as_ref().map(Vec::as_slice),
+            hi.as_ref().map(Vec::as_slice),
+        )
+        .map(|(p, _)| p)
 }
 
 /// The entries of `st` directly in the directory `dir`.
-fn children<'a>(st: &'a TreeState, dir: &'a [u8]) -> impl Iterator<Item = &'a RelPath> + 'a {
+fn children<'a>(st: &'a TreeState, dir: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
     let skip = if dir.is_empty() { 0 } else { dir.len() + 1 };
     descendants(st, dir).filter(move |p| !p[skip..].contains(&b'/'))
 }

@@ -1,13 +1,12 @@
 //! The folded state of the tree: namespace plus, per file, which payload bytes cover which range.
 //! Folding only needs metadata; payloads are read by replay.
 
-use std::collections::BTreeMap;
-
 use super::error::LogError;
 use super::format::{MetaExtent, PayloadRef};
+use super::pathmap::PathMap;
 use super::pieces::PieceMap;
 use super::record::{
-    Entry, FileId, NsOp, RelPath, check_path, check_symlink_target, display_path, parent_of,
+    Entry, FileId, NsOp, check_path, check_symlink_target, display_path, parent_of,
 };
 
 mod files;
@@ -120,7 +119,7 @@ pub struct TreeState {
     /// The height this state is at (`None` before the first record).
     pub height: Option<u64>,
     /// Every path, in byte order (a parent sorts before its children).
-    pub nodes: BTreeMap<RelPath, Node>,
+    pub nodes: PathMap<Node>,
     /// Every live file id.
     pub files: FileTable,
 }
@@ -132,7 +131,7 @@ impl TreeState {
     }
 
     /// Every (path, entry), parents before children.
-    pub fn entries(&self) -> impl Iterator<Item = (&RelPath, Entry)> + Clone + '_ {
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], Entry)> + Clone + '_ {
         self.nodes.iter().map(|(p, n)| (p, self.to_entry(n)))
     }
 
@@ -176,7 +175,7 @@ impl TreeState {
     }
 
     /// A path naming file `id` (the first in byte order), for messages.
-    pub fn path_of(&self, id: FileId) -> Option<&RelPath> {
+    pub fn path_of(&self, id: FileId) -> Option<&[u8]> {
         self.nodes
             .iter()
             .find(|(_, n)| **n == Node::File(id))
@@ -210,12 +209,7 @@ impl TreeState {
         };
         unlink(&mut self.files, &node, undo);
         if matches!(node, Node::Dir { .. }) {
-            let mut lo = path.to_vec();
-            lo.push(b'/');
-            let mut hi = path.to_vec();
-            hi.push(b'/' + 1);
-            let under: Vec<RelPath> = self.nodes.range(lo..hi).map(|(k, _)| k.clone()).collect();
-            for k in under {
+            for k in self.nodes.paths_under(path) {
                 if let Some(u) = undo {
                     u.node(&k, self.nodes.get(&k));
                 }

@@ -59,7 +59,7 @@ impl Ahead {
     /// Payloads in the order replay asks for them (paths in replay's order, pieces by offset),
     /// each once.
     pub(super) fn new(state: &TreeState) -> Ahead {
-        let mut paths: Vec<&Vec<u8>> = state.nodes.keys().collect();
+        let mut paths: Vec<&[u8]> = state.nodes.keys().collect();
         paths.sort_by(|a, b| btm_log::cmp_components(a, b));
         let mut a = Ahead {
             window: read_ahead(),

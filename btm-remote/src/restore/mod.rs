@@ -464,7 +464,7 @@ fn leave_out(
     let ex = btm_log::PathGlobs::new(globs).map_err(bad)?;
     let out = (state.nodes.keys())
         .filter(|p| ex.matches(p))
-        .map(|p| btm_log::display_path(p))
+        .map(btm_log::display_path)
         .collect();
     state.nodes.retain(|p, _| !ex.matches(p));
     let both: Vec<String> = opts
