@@ -22,8 +22,8 @@ fn main() {
         (after - before) * 1024 / n.max(1),
         btm_testkit::self_status_kib("VmHWM:") / 1024,
     );
-    // SAFETY: glibc's malloc_trim only returns free memory to the kernel.
-    unsafe { libc::malloc_trim(0) };
+    // What the agent does after a walk.
+    btm_agent::heap::give_back();
     println!(
         "after malloc_trim: VmRSS +{} MiB",
         (btm_testkit::self_status_kib("VmRSS:") - before) / 1024

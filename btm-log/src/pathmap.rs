@@ -242,15 +242,23 @@ impl<V> PathMap<V> {
         }
     }
 
-    /// The paths strictly under directory `dir`, in path order.
-    pub fn paths_under(&self, dir: &[u8]) -> Vec<Vec<u8>> {
+    /// The entries strictly under directory `dir` (every entry for the root, `""`), in path
+    /// order: in byte order `dir/...` lies between `dir/` and `dir0`, `'0'` being the byte
+    /// after `'/'`.
+    pub fn under(&self, dir: &[u8]) -> Iter<'_, V> {
+        if dir.is_empty() {
+            return self.iter();
+        }
         let mut lo = dir.to_vec();
         lo.push(b'/');
         let mut hi = dir.to_vec();
         hi.push(b'/' + 1);
         self.range(Bound::Included(&lo), Bound::Excluded(&hi))
-            .map(|(p, _)| p.to_vec())
-            .collect()
+    }
+
+    /// The paths of [`PathMap::under`], owned (to change the map while going through them).
+    pub fn paths_under(&self, dir: &[u8]) -> Vec<Vec<u8>> {
+        self.under(dir).map(|(p, _)| p.to_vec()).collect()
     }
 
     /// Folds the changes since the base into it once they are more than an eighth of it (at

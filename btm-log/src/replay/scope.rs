@@ -11,7 +11,6 @@
 //! [`ReplayScope::ranges`] of the other files.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::ops::Bound;
 
 use super::*;
 use crate::record::{Entry, NsOp};
@@ -298,24 +297,9 @@ impl Replayer<'_> {
     }
 }
 
-/// Every path of `st` under the directory `dir` (`dir/...`: in byte order they lie between
-/// `dir/` and `dir0`, `'0'` being the byte after `'/'`).
+/// Every path of `st` under the directory `dir` (every path for the root).
 fn descendants<'a>(st: &'a TreeState, dir: &[u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
-    let (lo, hi) = if dir.is_empty() {
-        (Bound::Unbounded, Bound::Unbounded)
-    } else {
-        let mut lo = dir.to_vec();
-        lo.push(b'/');
-        let mut hi = dir.to_vec();
-        hi.push(b'0');
-        (Bound::Included(lo), Bound::Excluded(hi))
-    };
-    st.nodes
-        .range(
-            lo.as_ref().map(Vec::as_slice),
-            hi.as_ref().map(Vec::as_slice),
-        )
-        .map(|(p, _)| p)
+    st.nodes.under(dir).map(|(p, _)| p)
 }
 
 /// The entries of `st` directly in the directory `dir`.
