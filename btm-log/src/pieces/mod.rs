@@ -6,19 +6,21 @@
 //! compaction holds copies). Few pieces are kept in a sorted boxed slice of exactly their number,
 //! so a one-piece file costs the piece itself; the map is 16 bytes (a `Vec` or a `BTreeMap` would
 //! be 24, and every inode of the state's file table carries one). A file with many pieces (a
-//! mmap'd database file can have millions of 4 KiB ones) moves to a `BTreeMap` above [`LARGE`]
-//! pieces, so an insert in the middle stays O(log n) instead of moving the tail of a long slice;
-//! it moves back at [`SMALL`]. Which of the two holds the pieces is invisible: equality, order and
-//! iteration are the map's.
+//! mmap'd database file can have millions of 4 KiB ones) moves to sorted chunks ([`chunks`])
+//! above [`LARGE`] pieces, so an insert in the middle moves at most one chunk instead of the tail
+//! of a long slice; it moves back at [`SMALL`]. Which of the two holds the pieces is invisible:
+//! equality, order and iteration are the map's.
 
-use std::collections::{BTreeMap, btree_map};
 use std::fmt;
 use std::ops::{Bound, RangeBounds};
 
 use super::state::Piece;
+use chunks::Chunks;
 
-/// Above this many pieces, a file's pieces move to a `BTreeMap` (a sorted insert into the slice
-/// then copies at most this many 96-byte entries).
+mod chunks;
+
+/// Above this many pieces, a file's pieces move to chunks (a sorted insert into the slice then
+/// copies at most this many 96-byte entries).
 pub const LARGE: usize = 64;
 /// At or below this many, they move back to a `Vec` (well below [`LARGE`], so a file hovering
 /// around the limit does not move back and forth).
@@ -29,12 +31,11 @@ pub const SMALL: usize = 16;
 pub struct PieceMap(Repr);
 
 #[derive(Clone)]
-#[allow(clippy::box_collection)] // The box is the point: see `Large`.
 enum Repr {
     /// Sorted by start, unique starts, at most [`LARGE`] entries, no spare room.
     Small(Box<[(u64, Piece)]>),
-    /// Boxed: keeps the map at 16 bytes (a file with many pieces pays 24 more).
-    Large(Box<BTreeMap<u64, Piece>>),
+    /// Boxed: keeps the map at 16 bytes (a file with many pieces pays 32 more).
+    Large(Box<Chunks>),
 }
 
 const _: () = assert!(std::mem::size_of::<PieceMap>() == 16);
@@ -67,7 +68,7 @@ impl PieceMap {
                 let i = v.binary_search_by_key(start, |e| e.0).ok()?;
                 Some(&mut v[i].1)
             }
-            Repr::Large(m) => m.get_mut(start),
+            Repr::Large(m) => m.get_mut(*start),
         }
     }
 
@@ -83,9 +84,8 @@ impl PieceMap {
         };
         let mut v = std::mem::take(b).into_vec();
         if v.len() == LARGE {
-            let mut m: BTreeMap<u64, Piece> = v.into_iter().collect();
-            m.insert(start, piece);
-            self.0 = Repr::Large(Box::new(m));
+            v.insert(i, (start, piece));
+            self.0 = Repr::Large(Box::new(Chunks::from_sorted(v)));
             return None;
         }
         // Exactly one more (a realloc, often in place): at most LARGE entries are copied.
@@ -106,35 +106,57 @@ impl PieceMap {
                 Some(p)
             }
             Repr::Large(m) => {
-                let p = m.remove(start)?;
-                if m.len() <= SMALL {
-                    self.0 = Repr::Small(std::mem::take(&mut **m).into_iter().collect());
-                }
+                let p = m.remove(*start)?;
+                self.shrink();
                 Some(p)
             }
+        }
+    }
+
+    /// Takes out the pieces whose start lies in `range`, in order (a punch, a truncation). Panics
+    /// where [`PieceMap::range`] does.
+    pub fn take_range<R: RangeBounds<u64>>(&mut self, range: R) -> Vec<(u64, Piece)> {
+        let (lo, hi) = (range.start_bound(), range.end_bound());
+        check_bounds(lo, hi);
+        match &mut self.0 {
+            Repr::Small(b) => {
+                let (from, to) = small_bounds(b, lo, hi);
+                if from == to {
+                    return Vec::new();
+                }
+                let mut v = std::mem::take(b).into_vec();
+                let out = v.drain(from..to).collect();
+                *b = v.into_boxed_slice();
+                out
+            }
+            Repr::Large(m) => {
+                let out = m.take_range(lo, hi);
+                self.shrink();
+                out
+            }
+        }
+    }
+
+    /// Back to a slice once chunks hold [`SMALL`] pieces or fewer.
+    fn shrink(&mut self) {
+        if let Repr::Large(m) = &mut self.0
+            && m.len() <= SMALL
+        {
+            self.0 = Repr::Small(std::mem::take(&mut **m).into_sorted().into_boxed_slice());
         }
     }
 
     /// The pieces whose start lies in `range`, in order, from either end. Panics where
     /// `BTreeMap::range` does (start above end, or equal and both excluded).
     pub fn range<R: RangeBounds<u64>>(&self, range: R) -> Iter<'_> {
+        let (lo, hi) = (range.start_bound(), range.end_bound());
+        check_bounds(lo, hi);
         match &self.0 {
             Repr::Small(v) => {
-                let (lo, hi) = (range.start_bound(), range.end_bound());
-                check_bounds(lo, hi);
-                let from = match lo {
-                    Bound::Included(s) => v.partition_point(|e| e.0 < *s),
-                    Bound::Excluded(s) => v.partition_point(|e| e.0 <= *s),
-                    Bound::Unbounded => 0,
-                };
-                let to = match hi {
-                    Bound::Included(e) => v.partition_point(|x| x.0 <= *e),
-                    Bound::Excluded(e) => v.partition_point(|x| x.0 < *e),
-                    Bound::Unbounded => v.len(),
-                };
-                Iter(IterRepr::Small(v[from..to.max(from)].iter()))
+                let (from, to) = small_bounds(v, lo, hi);
+                Iter(IterRepr::Small(v[from..to].iter()))
             }
-            Repr::Large(m) => Iter(IterRepr::Large(m.range(range))),
+            Repr::Large(m) => Iter(IterRepr::Large(m.range(lo, hi))),
         }
     }
 
@@ -143,10 +165,17 @@ impl PieceMap {
         self.range(..)
     }
 
-    /// True when the pieces are held in a `BTreeMap` (tests check both are reached).
+    /// True when the pieces are held in chunks (tests check both are reached), after checking
+    /// the chunks' invariants.
     #[cfg(test)]
     pub(crate) fn is_large(&self) -> bool {
-        matches!(self.0, Repr::Large(_))
+        match &self.0 {
+            Repr::Large(m) => {
+                m.check();
+                true
+            }
+            Repr::Small(_) => false,
+        }
     }
 
     /// Every piece in order of start.
@@ -170,12 +199,27 @@ fn check_bounds(lo: Bound<&u64>, hi: Bound<&u64>) {
     }
 }
 
+/// The indices of a sorted slice of entries that lie between the bounds (`from <= to`).
+fn small_bounds(v: &[(u64, Piece)], lo: Bound<&u64>, hi: Bound<&u64>) -> (usize, usize) {
+    let from = match lo {
+        Bound::Included(s) => v.partition_point(|e| e.0 < *s),
+        Bound::Excluded(s) => v.partition_point(|e| e.0 <= *s),
+        Bound::Unbounded => 0,
+    };
+    let to = match hi {
+        Bound::Included(e) => v.partition_point(|x| x.0 <= *e),
+        Bound::Excluded(e) => v.partition_point(|x| x.0 < *e),
+        Bound::Unbounded => v.len(),
+    };
+    (from, to.max(from))
+}
+
 /// Iterator over (start, piece) pairs of a [`PieceMap`], from either end.
 pub struct Iter<'a>(IterRepr<'a>);
 
 enum IterRepr<'a> {
     Small(std::slice::Iter<'a, (u64, Piece)>),
-    Large(btree_map::Range<'a, u64, Piece>),
+    Large(chunks::Iter<'a>),
 }
 
 impl<'a> Iterator for Iter<'a> {
@@ -184,7 +228,7 @@ impl<'a> Iterator for Iter<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         match &mut self.0 {
             IterRepr::Small(i) => i.next().map(|(s, p)| (s, p)),
-            IterRepr::Large(i) => i.next(),
+            IterRepr::Large(i) => i.next().map(|(s, p)| (s, p)),
         }
     }
 
@@ -200,7 +244,7 @@ impl DoubleEndedIterator for Iter<'_> {
     fn next_back(&mut self) -> Option<Self::Item> {
         match &mut self.0 {
             IterRepr::Small(i) => i.next_back().map(|(s, p)| (s, p)),
-            IterRepr::Large(i) => i.next_back(),
+            IterRepr::Large(i) => i.next_back().map(|(s, p)| (s, p)),
         }
     }
 }

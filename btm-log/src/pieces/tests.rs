@@ -37,6 +37,8 @@ enum MapOp {
     GetMut(u64),
     /// Removes every key in `[a, a + n)` (as a punch does).
     Clear(u64, u64),
+    /// Removes every key between any two bounds.
+    Take(u8, u64, u8, u64),
 }
 
 fn map_op(keys: u64) -> impl Strategy<Value = MapOp> {
@@ -45,6 +47,8 @@ fn map_op(keys: u64) -> impl Strategy<Value = MapOp> {
         2 => (0..keys).prop_map(MapOp::Remove),
         1 => (0..keys).prop_map(MapOp::GetMut),
         1 => (0..keys, 0..keys).prop_map(|(a, n)| MapOp::Clear(a, n)),
+        1 => (any::<u8>(), 0..keys + 10, any::<u8>(), 0..keys + 10)
+            .prop_map(|(lk, l, hk, h)| MapOp::Take(lk, l, hk, h)),
     ]
 }
 
@@ -93,45 +97,88 @@ fn check_same(ours: &PieceMap, model: &BTreeMap<u64, Piece>, probes: &[(u8, u64,
     }
 }
 
+/// Applies `ops` to a [`PieceMap`] and a `BTreeMap` alike, checking after each one.
+fn run_map_ops(
+    keys: u64,
+    ops: &[MapOp],
+    probes: &[(u8, u64, u8, u64)],
+) -> Result<(), TestCaseError> {
+    let (mut ours, mut model) = (PieceMap::new(), BTreeMap::new());
+    for (n, op) in ops.iter().enumerate() {
+        let n = n as u64;
+        match *op {
+            MapOp::Insert(k) => {
+                prop_assert_eq!(
+                    ours.insert(k % keys, piece(n)),
+                    model.insert(k % keys, piece(n))
+                );
+            }
+            MapOp::Remove(k) => {
+                prop_assert_eq!(ours.remove(&(k % keys)), model.remove(&(k % keys)))
+            }
+            MapOp::GetMut(k) => {
+                let (a, b) = (ours.get_mut(&(k % keys)), model.get_mut(&(k % keys)));
+                prop_assert_eq!(a.is_some(), b.is_some());
+                if let (Some(a), Some(b)) = (a, b) {
+                    a.len += n;
+                    b.len += n;
+                }
+            }
+            MapOp::Clear(a, len) => {
+                let (a, e) = (a % keys, (a % keys) + len);
+                prop_assert_eq!(
+                    ours.take_range(a..e),
+                    take(&mut model, (Bound::Included(a), Bound::Excluded(e)))
+                );
+            }
+            MapOp::Take(lk, l, hk, h) => {
+                let (lo, hi) = (bound(lk, l), bound(hk, h));
+                if valid(lo, hi) {
+                    prop_assert_eq!(ours.take_range((lo, hi)), take(&mut model, (lo, hi)));
+                }
+            }
+        }
+        // `is_large` also checks the chunks' invariants.
+        prop_assert!(!ours.is_large() || ours.len() > super::SMALL);
+        prop_assert!(ours.is_large() || ours.len() <= LARGE);
+    }
+    check_same(&ours, &model, probes);
+    Ok(())
+}
+
+/// What `take_range` should return, taken out of the model.
+fn take(model: &mut BTreeMap<u64, Piece>, r: (Bound<u64>, Bound<u64>)) -> Vec<(u64, Piece)> {
+    let ks: Vec<u64> = model.range(r).map(|(k, _)| *k).collect();
+    ks.into_iter()
+        .map(|k| (k, model.remove(&k).unwrap()))
+        .collect()
+}
+
 proptest! {
     /// Every operation the fold and the readers use gives what the `BTreeMap` gives, with few
-    /// keys (the `Vec`) and many (past [`LARGE`] and back).
+    /// keys (the slice) and many (past [`LARGE`] and back).
     #[test]
     fn map_matches_a_btreemap(
         keys in prop_oneof![Just(12u64), Just(200u64), Just(1000u64)],
         ops in proptest::collection::vec(map_op(1000), 0..600),
         probes in proptest::collection::vec((any::<u8>(), 0u64..1100, any::<u8>(), 0u64..1100), 8),
     ) {
-        let (mut ours, mut model) = (PieceMap::new(), BTreeMap::new());
-        for (n, op) in ops.iter().enumerate() {
-            let n = n as u64;
-            match *op {
-                MapOp::Insert(k) => {
-                    prop_assert_eq!(ours.insert(k % keys, piece(n)), model.insert(k % keys, piece(n)));
-                }
-                MapOp::Remove(k) => prop_assert_eq!(ours.remove(&(k % keys)), model.remove(&(k % keys))),
-                MapOp::GetMut(k) => {
-                    let (a, b) = (ours.get_mut(&(k % keys)), model.get_mut(&(k % keys)));
-                    prop_assert_eq!(a.is_some(), b.is_some());
-                    if let (Some(a), Some(b)) = (a, b) {
-                        a.len += n;
-                        b.len += n;
-                    }
-                }
-                MapOp::Clear(a, len) => {
-                    let (a, e) = (a % keys, (a % keys) + len);
-                    let ks: Vec<u64> = ours.range(a..e).map(|(k, _)| *k).collect();
-                    let ms: Vec<u64> = model.range(a..e).map(|(k, _)| *k).collect();
-                    prop_assert_eq!(&ks, &ms);
-                    for k in ks {
-                        prop_assert_eq!(ours.remove(&k), model.remove(&k));
-                    }
-                }
-            }
-            prop_assert!(!ours.is_large() || ours.len() > super::SMALL);
-            prop_assert!(ours.is_large() || ours.len() <= LARGE);
-        }
-        check_same(&ours, &model, &probes);
+        run_map_ops(keys, &ops, &probes)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    /// The same with thousands of pieces, first read in order as a capture does, then changed
+    /// anywhere: many chunks, split, emptied, merged and taken out whole.
+    #[test]
+    fn many_chunks_match_a_btreemap(
+        first in 0usize..3000,
+        ops in proptest::collection::vec(map_op(4000), 0..2000),
+        probes in proptest::collection::vec((any::<u8>(), 0u64..4100, any::<u8>(), 0u64..4100), 16),
+    ) {
+        let ordered: Vec<MapOp> = (0..first as u64).map(MapOp::Insert).collect();
+        run_map_ops(4000, &[ordered, ops].concat(), &probes)?;
     }
 }
 

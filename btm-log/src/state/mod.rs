@@ -90,9 +90,8 @@ impl FileState {
                 }
             }
         }
-        let inside: Vec<u64> = self.pieces.range(start..end).map(|(k, _)| *k).collect();
-        for k in inside {
-            let p = self.pieces.remove(&k).expect("piece");
+        // Only the last piece inside can reach past `end` (pieces do not overlap).
+        if let Some((k, p)) = self.pieces.take_range(start..end).pop() {
             let pe = k + p.len;
             if pe > end {
                 let right = Piece {
