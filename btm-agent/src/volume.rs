@@ -200,7 +200,8 @@ static GUARD: std::sync::Mutex<Option<ThawGuard>> = std::sync::Mutex::new(None);
 /// A freeze outlives the process that made it: an agent killed (SIGKILL, OOM) between
 /// `FIFREEZE` and `FITHAW` would leave the node blocked until someone ran `fsfreeze -u`. The
 /// agent tells the guard "frozen" and "thawed" through a pipe; when the pipe closes (the agent
-/// is gone) while the volume is frozen, the guard thaws it.
+/// is gone) while the volume is frozen, the guard thaws it. With `run --freeze-cgroup` it
+/// thaws the node's cgroup as well (a frozen cgroup outlives the agent the same way).
 pub struct ThawGuard {
     tx: std::os::fd::OwnedFd,
     pid: libc::pid_t,
@@ -209,8 +210,16 @@ pub struct ThawGuard {
 impl ThawGuard {
     /// Starts the guard for `mount_point`; every later [`Frozen`] reports to it. Fork it early
     /// (before the agent holds much memory).
-    pub fn install(mount_point: &Path) -> anyhow::Result<()> {
+    pub fn install(mount_point: &Path, cgroup: Option<&Path>) -> anyhow::Result<()> {
         let dir = fs::File::open(mount_point)?;
+        let cgroup_freeze = match cgroup {
+            Some(c) => Some(
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(c.join("cgroup.freeze"))?,
+            ),
+            None => None,
+        };
         // Close-on-exec: a child the agent starts later (a snapshot command, say) must not
         // hold the write end, or the guard would not see the agent die while that child lives.
         let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -232,6 +241,9 @@ impl ThawGuard {
                 if frozen {
                     let mut zero: libc::c_int = 0;
                     let _ = fithaw_raw(dir.as_raw_fd(), &mut zero);
+                    if let Some(f) = &cgroup_freeze {
+                        let _ = libc::write(f.as_raw_fd(), b"0".as_ptr().cast(), 1);
+                    }
                 }
                 libc::_exit(0);
             }
@@ -243,6 +255,7 @@ impl ThawGuard {
             );
         }
         drop(rx);
+        drop(cgroup_freeze);
         let old = GUARD
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -251,7 +264,7 @@ impl ThawGuard {
         Ok(())
     }
 
-    fn tell(frozen: bool) {
+    pub(crate) fn tell(frozen: bool) {
         if let Some(g) = GUARD.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             let _ = nix::unistd::write(&g.tx, if frozen { b"F" } else { b"T" });
         }

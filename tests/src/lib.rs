@@ -29,6 +29,30 @@ pub use btm_testkit::{
     watchdog_then, zfs,
 };
 
+/// Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on a
+/// host that mounts both versions). A host that mounts only cgroup v1 gets the v2 hierarchy
+/// mounted at /run/btm-test-cgroup2 (its core files, `cgroup.freeze` among them, need no
+/// controller).
+pub fn cgroup2() -> Option<PathBuf> {
+    let find = || {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+        mounts.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+    };
+    if let Some(p) = find() {
+        return Some(p);
+    }
+    let at = Path::new("/run/btm-test-cgroup2");
+    std::fs::create_dir_all(at).ok()?;
+    let _ = Command::new("mount")
+        .args(["-t", "cgroup2", "none"])
+        .arg(at)
+        .status();
+    find()
+}
+
 /// A finished command's stdout when it succeeded, else its stderr.
 pub fn outcome(out: std::process::Output) -> Result<String, String> {
     if out.status.success() {

@@ -500,6 +500,11 @@ fn e2e(fstype: &str) {
     );
 
     let mut freeze: Vec<f64> = reports.iter().skip(1).map(|(r, _)| r.freeze_ms).collect();
+    let mut enter: Vec<f64> = reports
+        .iter()
+        .skip(1)
+        .map(|(r, _)| r.freeze_enter_ms)
+        .collect();
     let captured: u64 = reports
         .iter()
         .skip(1)
@@ -507,10 +512,12 @@ fn e2e(fstype: &str) {
         .sum();
     let changed: u64 = reports.iter().skip(1).map(|(_, c)| *c).sum();
     eprintln!(
-        "{fstype}: {HEIGHTS} heights; freeze p50 {:.2} ms p99 {:.2} ms; bytes captured {captured} vs changed {changed} \
+        "{fstype}: {HEIGHTS} heights; freeze p50 {:.2} ms p99 {:.2} ms (FIFREEZE p50 {:.2} p99 {:.2}); bytes captured {captured} vs changed {changed} \
          ({:.2}x); baseline read {}; tracker {stats:?}",
         pct(&mut freeze, 0.5),
         pct(&mut freeze, 0.99),
+        pct(&mut enter, 0.5),
+        pct(&mut enter, 0.99),
         captured as f64 / changed.max(1) as f64,
         reports[0].0.read_unfrozen + reports[0].0.read_frozen,
     );

@@ -57,7 +57,15 @@ fn open_store(vol: &LoopFs, logdir: &Path) -> LogStore {
         min_bytes: u64::MAX,
         bytes_per_sec: 0,
     };
-    LogStore::open(mount, tracker, logdir, &policy, compaction, true).unwrap()
+    LogStore::open(
+        mount,
+        tracker,
+        logdir,
+        &policy,
+        compaction,
+        btm_agent::cut::Freeze::Volume,
+    )
+    .unwrap()
 }
 
 fn num(v: &serde_json::Value, key: &str) -> u64 {

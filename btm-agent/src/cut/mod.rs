@@ -13,6 +13,7 @@
 //! 1 MiB-aligned pieces, so the unchanged ones deduplicate against the log by blake3.
 pub mod capture;
 pub mod crash_index;
+pub mod freeze;
 mod frozen;
 mod lookup;
 pub mod losses;
@@ -28,7 +29,6 @@ mod suspend;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    fs::File,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
@@ -36,6 +36,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use capture::{CaptureStats, read_identity};
+pub use freeze::{Freeze, NodeCgroup, syncfs};
 use losses::Losses;
 use nsevents::NsWatch;
 pub use record::namespace_ops;
@@ -48,7 +49,7 @@ pub use suspend::Suspended;
 use crate::{
     log::{Draft, Entry, ExtentData, FileId, HeightInfo, Log, LogError, NsOp, RelPath, TreeState},
     tracker::{DirtySet, Tracker},
-    volume::{Frozen, Mount},
+    volume::Mount,
 };
 
 /// A height whose capture keeps losing events fails after this many full retries.
@@ -72,8 +73,9 @@ pub struct Cutter {
     seen: Losses,
     /// Full captures of the current height redone because events were lost meanwhile.
     full_retries: u32,
-    /// Freeze the volume for phase 2 (off only when the caller pauses the node itself).
-    pub freeze: bool,
+    /// What phase 2 freezes: the volume, the node's cgroup, or nothing (only when the caller
+    /// pauses the node itself).
+    pub freeze: Freeze,
     /// A clean stop leaves the tracker running for the next start (`BTM_HANDOVER=0`: not).
     pub leave_running: bool,
     /// Namespace changes since the last look at the tree, so neither phase walks it again.
@@ -96,6 +98,9 @@ pub struct Cutter {
     /// Tests: runs between the unfrozen phase and the freeze (changes made there are what
     /// the frozen phase must find).
     pub before_freeze: Option<Box<dyn FnMut() + Send>>,
+    /// Tests: runs inside the freeze, before the frozen phase (what the tree holds there is
+    /// what the height must replay to).
+    pub while_frozen: Option<Box<dyn FnMut() + Send>>,
     /// The stat index for a start after a crash (see [`crash_index`]): when it was last
     /// written (height, time), how often, and when the last freeze ended (ns since the epoch).
     indexed: Option<(u64, Instant)>,
@@ -209,7 +214,7 @@ impl Cutter {
             resume,
             seen,
             full_retries: 0,
-            freeze: true,
+            freeze: Freeze::Volume,
             leave_running: crate::tracker::handover::enabled(),
             ns,
             kept: None,
@@ -218,6 +223,7 @@ impl Cutter {
             check: None,
             phantoms: HashSet::new(),
             before_freeze: None,
+            while_frozen: None,
             indexed: None,
             index_every: crash_index::index_every(),
             index_writer: None,
@@ -395,15 +401,22 @@ impl Cutter {
         rep.phases_ms.read = lap.next();
 
         // Phase 2: frozen.
+        if !matches!(self.freeze, Freeze::Off) {
+            rep.presync_ms = freeze::presync(&root)?;
+        }
         if let Some(f) = &mut self.before_freeze {
             f();
         }
-        let frozen = if self.freeze {
-            Some(Frozen::freeze(&root)?)
-        } else {
-            None
-        };
+        // The node's writers block from the moment the freeze starts (FIFREEZE then writes
+        // back what was dirtied since the syncfs and quiesces the journal) until the thaw
+        // returns: that whole window is the freeze the node pays.
+        let t_enter = Instant::now();
+        let held = self.freeze.hold(&root)?;
         let t_freeze = Instant::now();
+        let enter_time = t_freeze - t_enter;
+        if let Some(f) = &mut self.while_frozen {
+            f();
+        }
         hold_frozen_for_tests();
         let phase2 = self.phase2(
             &root,
@@ -412,10 +425,9 @@ impl Cutter {
             full,
             (losses1, widened1),
         );
-        let freeze_time = t_freeze.elapsed();
-        if let Some(f) = frozen {
-            f.thaw()?;
-        }
+        let work_time = t_freeze.elapsed();
+        held.release()?;
+        let freeze_time = t_enter.elapsed();
         self.thawed_at = crash_index::now_ns();
         if !self.write_events_always {
             self.watch_writes(false);
@@ -440,6 +452,8 @@ impl Cutter {
             );
         }
         rep.freeze_ms = ms(freeze_time);
+        rep.freeze_enter_ms = ms(enter_time);
+        rep.frozen_work_ms = ms(work_time);
         rep.read_frozen = st2.bytes_read;
         rep.data_bytes = st1.data_bytes + st2.data_bytes;
 
@@ -654,12 +668,6 @@ fn baseline_bar(total: u64) -> indicatif::ProgressBar {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar
-}
-
-pub fn syncfs(root: &Path) -> Result<()> {
-    let f = File::open(root)?;
-    nix::unistd::syncfs(&f).with_context(|| format!("syncfs {}", root.display()))?;
-    Ok(())
 }
 
 fn ms(d: Duration) -> f64 {

@@ -7,7 +7,16 @@ pub struct CutReport {
     pub height: u64,
     /// True when every file was captured in full (baseline or resync).
     pub full: bool,
+    /// How long the node's writers were blocked: from the start of `FIFREEZE` to the end of
+    /// `FITHAW` (the sum of the two below and the thaw).
     pub freeze_ms: f64,
+    /// `FIFREEZE` itself: the filesystem writes back what was dirtied since phase 1's syncfs
+    /// and quiesces its journal, with writers already blocked.
+    pub freeze_enter_ms: f64,
+    /// The frozen phase's own work, between `FIFREEZE` and `FITHAW`.
+    pub frozen_work_ms: f64,
+    /// The syncs just before `FIFREEZE` that leave it little to write (the node still runs).
+    pub presync_ms: f64,
     pub total_ms: f64,
     /// Bytes read before the freeze and inside it.
     pub read_unfrozen: u64,
@@ -55,7 +64,7 @@ pub struct PhaseTimes {
     pub namespace: f64,
     /// Reading, compressing, hashing and appending what phase 1 wants, then flushing it.
     pub read: f64,
-    /// Freezing, the frozen phase and the thaw.
+    /// The syncs before the freeze, freezing, the frozen phase and the thaw.
     pub frozen: f64,
     /// The record: the namespace diffed against the tip, its metadata, the commit and its
     /// fsync.

@@ -99,7 +99,7 @@ impl LogStore {
         dir: &Path,
         policy: &Policy,
         compaction: CompactSettings,
-        freeze: bool,
+        freeze: crate::cut::Freeze,
     ) -> Result<LogStore> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating log dir {}", dir.display()))?;
@@ -199,6 +199,7 @@ impl HeightStore for LogStore {
         tracing::info!(
             height,
             freeze_ms = (rep.freeze_ms * 10.0).round() / 10.0,
+            freeze_enter_ms = (rep.freeze_enter_ms * 10.0).round() / 10.0,
             frozen_entries = rep.frozen_entries,
             frozen_walk = rep.frozen_walk,
             unfrozen_walk = rep.unfrozen_walk,

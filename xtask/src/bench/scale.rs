@@ -42,7 +42,10 @@ pub struct ScaleArgs {
 #[derive(Clone, Copy, Debug, Default)]
 struct Cut {
     secs: f64,
+    /// The node's writers blocked: `FIFREEZE` to the end of `FITHAW`.
     freeze_ms: f64,
+    /// Of which `FIFREEZE` itself (the writeback of what phase 1 left dirty).
+    freeze_enter_ms: f64,
     read: u64,
     stored: u64,
     /// What the frozen phase did: entries it stat'ed (or walked), files it opened, and
@@ -88,6 +91,7 @@ fn cut(agent: &Agent, h: u64) -> Result<Cut> {
     Ok(Cut {
         secs,
         freeze_ms: v["freeze_ms"].as_f64().unwrap_or(0.0),
+        freeze_enter_ms: v["freeze_enter_ms"].as_f64().unwrap_or(0.0),
         read: u("read_unfrozen") + u("read_frozen"),
         stored: u("stored_bytes"),
         frozen_entries: u("frozen_entries"),
@@ -363,11 +367,12 @@ fn render(a: &ScaleArgs, points: &[Point], total_secs: f64) -> String {
     );
     let _ = writeln!(
         s,
-        "| data | files | peak RSS (cutting / compacting) | RSS between heights | baseline | baseline read / stored | freeze p50 / p99 (all heights) | frozen work (max entries / opens; walks) | 1 MiB height | 16 MiB height | 1 % height (read / stored) | after a clean restart (read / stored; the stop before it) | after a crash + cold cache (read / stored) | compaction beside cuts (log before → after) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| data | files | peak RSS (cutting / compacting) | RSS between heights | baseline | baseline read / stored | freeze p50 / p99, all heights (of which `FIFREEZE`) | frozen work (max entries / opens; walks) | 1 MiB height | 16 MiB height | 1 % height (read / stored) | after a clean restart (read / stored; the stop before it) | after a crash + cold cache (read / stored) | compaction beside cuts (log before → after) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for p in points {
         let cuts: Vec<&Cut> = p.steps.iter().flat_map(|(_, _, c)| c.iter()).collect();
         let all: Vec<f64> = cuts.iter().map(|c| c.freeze_ms).collect();
+        let enter: Vec<f64> = cuts.iter().map(|c| c.freeze_enter_ms).collect();
         let step = |i: usize| -> (f64, u64, u64) {
             let c = &p.steps[i].2;
             let t: Vec<f64> = c.iter().map(|c| c.secs).collect();
@@ -383,7 +388,7 @@ fn render(a: &ScaleArgs, points: &[Point], total_secs: f64) -> String {
         let (tp, rp, sp) = step(2);
         let _ = writeln!(
             s,
-            "| {} | {} | {} / {} | {} | {} | {} / {} | {:.1} / {:.1} ms | {} / {}; {} | {} | {} | {} ({} / {}) | {} ({} / {}; {}) | {} ({} / {}) | {} ({} → {}) |",
+            "| {} | {} | {} / {} | {} | {} | {} / {} | {:.1} / {:.1} ms ({:.1} / {:.1}) | {} / {}; {} | {} | {} | {} ({} / {}) | {} ({} / {}; {}) | {} ({} / {}) | {} ({} → {}) |",
             bytes(p.data as f64),
             p.files,
             bytes((p.rss_cuts_kb * 1024) as f64),
@@ -394,6 +399,8 @@ fn render(a: &ScaleArgs, points: &[Point], total_secs: f64) -> String {
             bytes(p.baseline.stored as f64),
             pct(&all, 50.0),
             pct(&all, 99.0),
+            pct(&enter, 50.0),
+            pct(&enter, 99.0),
             cuts.iter().map(|c| c.frozen_entries).max().unwrap_or(0),
             cuts.iter().map(|c| c.frozen_opens).max().unwrap_or(0),
             cuts.iter().filter(|c| c.frozen_walk).count(),
