@@ -3,7 +3,9 @@
 //! rewrites, overwrites in place, creates, renames and removes files without pause. Inside each
 //! freeze the test hashes the tree (and, for the cgroup, checks the kernel reports every task of
 //! it frozen); every height must replay to exactly that tree, and the node must be running again
-//! after each cut. Prints what each way stopped the node for (not asserted: a benchmark's job).
+//! after each cut. The volume freeze must have expedited RCU grace periods while it froze (and
+//! put the setting back). Prints what each way stopped the node for (not asserted: a
+//! benchmark's job).
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -133,6 +135,24 @@ fn run(fstype: &str, by_cgroup: bool) {
             .any(|l| l == "frozen 1");
         s.lock().unwrap().push((frozen, hash_tree(&mnt).unwrap()));
     }));
+    // The volume freeze expedites RCU grace periods for the length of FIFREEZE (see
+    // `volume::Frozen::freeze`): a thread watches the kernel's setting during the cuts.
+    let rcu = Path::new("/sys/kernel/rcu_expedited");
+    let rcu_before = fs::read_to_string(rcu).unwrap_or_default();
+    let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let watching = watching.clone();
+        std::thread::spawn(move || {
+            let mut seen_on = 0u64;
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                if fs::read_to_string(rcu).is_ok_and(|v| v.trim() == "1") {
+                    seen_on += 1;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            seen_on
+        })
+    };
     let mut stall = Vec::new();
     let mut enter = Vec::new();
     for h in 1..=HEIGHTS {
@@ -150,8 +170,23 @@ fn run(fstype: &str, by_cgroup: bool) {
             enter.push(rep.freeze_enter_ms);
         }
     }
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let seen_expedited = watcher.join().unwrap();
     drop(cg);
     let _ = node.wait();
+    assert_eq!(
+        fs::read_to_string(rcu).unwrap_or_default(),
+        rcu_before,
+        "{what}: the cuts left /sys/kernel/rcu_expedited changed"
+    );
+    if rcu_before.trim() == "0" {
+        // Seen set while frozen by the volume, never by the cgroup (which takes no rwsem).
+        assert_eq!(
+            seen_expedited > 0,
+            !by_cgroup,
+            "{what}: expedited RCU seen {seen_expedited} times during the cuts"
+        );
+    }
     let seen = std::mem::take(&mut *seen.lock().unwrap());
     assert_eq!(
         seen.len() as u64,

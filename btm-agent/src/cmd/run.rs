@@ -116,13 +116,13 @@ pub struct RunArgs {
     )]
     pub compact_rate: u64,
     /// Do not freeze the volume at cuts (only when the node is paused by the caller).
-    #[arg(long, conflicts_with = "freeze_cgroup")]
+    #[arg(long)]
     pub no_freeze: bool,
     /// eBPF mode: at each cut, freeze the node's cgroup v2 (this directory, e.g.
     /// /sys/fs/cgroup/system.slice/node.service) instead of the volume's filesystem. The node
-    /// stops for less time: FIFREEZE also checkpoints ext4's journal and pushes xfs's metadata
-    /// log, with the node's writers blocked. Only processes in that cgroup are stopped, and a
-    /// node that leaves asynchronous writes in flight (AIO, io_uring) needs the volume freeze.
+    /// stops a little less: FIFREEZE also quiesces the filesystem's journal with the node's
+    /// writers blocked. Only processes in that cgroup are stopped, and a node that leaves
+    /// asynchronous writes in flight (AIO, io_uring) needs the volume freeze.
     #[arg(long, env = "BTM_FREEZE_CGROUP", value_name = "DIR")]
     pub freeze_cgroup: Option<PathBuf>,
     /// eBPF mode: do not read-fault the node's shared mappings of the volume after each cut.
@@ -306,7 +306,13 @@ fn maintain(store: &mut dyn HeightStore, metrics: &crate::metrics::Metrics) -> R
 fn freeze_of(args: &RunArgs) -> Result<crate::cut::Freeze> {
     use crate::cut::{Freeze, NodeCgroup};
     Ok(match (&args.freeze_cgroup, args.no_freeze) {
-        (Some(dir), _) => {
+        (Some(_), true) => {
+            return Err(super::exit::usage(
+                "--no-freeze and --freeze-cgroup (or their keys in the configuration) ask for \
+                 two ways of pausing the node: keep one",
+            ));
+        }
+        (Some(dir), false) => {
             let cg = NodeCgroup::open(dir)?;
             tracing::info!(
                 "cuts freeze the node's cgroup {} instead of the volume",

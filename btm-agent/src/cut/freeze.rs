@@ -1,15 +1,15 @@
 //! How phase 2 stops the node's writes: `FIFREEZE` on the volume (the default), or the cgroup v2
 //! freezer on the node's cgroup (`run --freeze-cgroup`).
 //!
-//! Why a second way: `FIFREEZE` blocks the node's writers from its start, and it does not only
-//! write back the pages dirtied since phase 1's syncfs: ext4 checkpoints its journal and xfs
-//! pushes its whole log of dirty metadata before they report frozen. Measured here right after a
-//! syncfs, with nothing left dirty but the metadata of a height: ext4 about 30 ms, xfs 4–5 ms
-//! with spikes of 30–100 ms, where a syncfs with the node stopped took 2–5 ms (cut_e2e: the
-//! node's stall was 35 ms at p50, 27 of them in `FIFREEZE`). Freezing the node's cgroup stops its
-//! tasks where they enter the kernel or return from it, without touching the filesystem; a
-//! syncfs then cleans and write-protects every page it dirtied, as `FIFREEZE` would, so its next
-//! store is seen again.
+//! Why a second way: the node's writers block from the moment `FIFREEZE` starts. Most of
+//! `FIFREEZE` was RCU grace periods, one before each of the superblock's freeze levels; the
+//! agent now expedites them (`volume::Frozen::freeze`), which took `FIFREEZE` from 28 to 1.4–2 ms
+//! at p50 in cut_e2e on ext4 and xfs. What is left is the filesystem's own quiescing (ext4
+//! flushes its journal, xfs covers its log), with the node's writers blocked. Freezing the
+//! node's cgroup stops its tasks where they enter or leave the kernel, without touching the
+//! filesystem; a syncfs then cleans and write-protects every page they dirtied, as `FIFREEZE`
+//! would, so their next store is seen again (entering the freeze beside a writing node: 0.6 ms
+//! at p50, against 2.5–3.3 ms for the expedited `FIFREEZE`).
 //!
 //! What the cgroup freezer does not stop: processes outside the cgroup (their writes are
 //! tracked; a height may hold a write of theirs half done, as a crash would), and asynchronous
