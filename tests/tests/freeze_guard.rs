@@ -22,6 +22,17 @@ fn write_in_background(dir: &std::path::Path) -> mpsc::Receiver<()> {
     rx
 }
 
+/// Asks the agent on `sock` for height 1, in the background.
+fn ask_for_height_1(sock: &std::path::Path) -> std::process::Child {
+    Command::new(agent_bin())
+        .args(["snapshot", "--height", "1", "--socket"])
+        .arg(sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn an_agent_killed_while_the_volume_is_frozen_leaves_it_thawed() {
     if !can_run("thaw guard") {
@@ -39,13 +50,7 @@ fn an_agent_killed_while_the_volume_is_frozen_leaves_it_thawed() {
         &[("BTM_TEST_HOLD_FROZEN_MS", "8000")],
     );
     fs::write(vol.path("block-1"), vec![7u8; 100_000]).unwrap();
-    let mut cut = Command::new(agent_bin())
-        .args(["snapshot", "--height", "1", "--socket"])
-        .arg(&sock)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut cut = ask_for_height_1(&sock);
     // Wait until the volume is frozen: a write blocks (the agent holds the freeze 8 s).
     let mut frozen = false;
     let mut wrote = write_in_background(&vol.mnt);
@@ -116,13 +121,7 @@ fn an_agent_killed_while_the_nodes_cgroup_is_frozen_leaves_it_thawed() {
         &["--freeze-cgroup", cg.to_str().unwrap()],
         &[("BTM_TEST_HOLD_FROZEN_MS", "8000")],
     );
-    let mut cut = Command::new(agent_bin())
-        .args(["snapshot", "--height", "1", "--socket"])
-        .arg(&sock)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut cut = ask_for_height_1(&sock);
     let t0 = std::time::Instant::now();
     while !frozen_now() && t0.elapsed() < Duration::from_secs(6) {
         std::thread::sleep(Duration::from_millis(20));

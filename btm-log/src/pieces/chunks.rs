@@ -154,40 +154,34 @@ impl Chunks {
         }
     }
 
-    /// The position of the first entry the bound lets in, as a lower bound.
-    fn lower(&self, b: Bound<&u64>) -> Pos {
-        let Some(k) = (match b {
-            Bound::Unbounded => None,
-            Bound::Included(k) | Bound::Excluded(k) => Some(*k),
-        }) else {
-            return (0, 0);
-        };
+    /// The position of the first entry whose key is above `k` (`past_equal`) or at or above it.
+    fn position(&self, k: u64, past_equal: bool) -> Pos {
         let c = self.chunk_of(k);
         let Some(chunk) = self.chunks.get(c) else {
             return (0, 0);
         };
-        let i = match b {
-            Bound::Excluded(_) => chunk.partition_point(|e| e.0 <= k),
-            _ => chunk.partition_point(|e| e.0 < k),
-        };
-        (c, i)
+        (
+            c,
+            chunk.partition_point(|e| e.0 < k || (past_equal && e.0 == k)),
+        )
+    }
+
+    /// The position of the first entry the bound lets in, as a lower bound.
+    fn lower(&self, b: Bound<&u64>) -> Pos {
+        match b {
+            Bound::Unbounded => (0, 0),
+            Bound::Included(k) => self.position(*k, false),
+            Bound::Excluded(k) => self.position(*k, true),
+        }
     }
 
     /// The position just past the last entry the bound lets in, as an upper bound.
     fn upper(&self, b: Bound<&u64>) -> Pos {
-        let k = match b {
-            Bound::Unbounded => return self.end(),
-            Bound::Included(k) | Bound::Excluded(k) => *k,
-        };
-        let c = self.chunk_of(k);
-        let Some(chunk) = self.chunks.get(c) else {
-            return (0, 0);
-        };
-        let i = match b {
-            Bound::Included(_) => chunk.partition_point(|e| e.0 <= k),
-            _ => chunk.partition_point(|e| e.0 < k),
-        };
-        (c, i)
+        match b {
+            Bound::Unbounded => self.end(),
+            Bound::Included(k) => self.position(*k, true),
+            Bound::Excluded(k) => self.position(*k, false),
+        }
     }
 
     fn end(&self) -> Pos {
