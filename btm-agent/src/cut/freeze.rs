@@ -18,7 +18,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -103,11 +102,6 @@ impl NodeCgroup {
         (&self.freeze)
             .write_all(if frozen { b"1" } else { b"0" })
             .with_context(|| format!("writing {}/cgroup.freeze", self.dir.display()))
-    }
-
-    /// The descriptor of `cgroup.freeze`, for the thaw guard.
-    pub fn freeze_fd(&self) -> std::os::fd::RawFd {
-        self.freeze.as_raw_fd()
     }
 }
 

@@ -407,9 +407,8 @@ impl Cutter {
         if let Some(f) = &mut self.before_freeze {
             f();
         }
-        // The node's writers block from the moment the freeze starts (FIFREEZE then writes
-        // back what was dirtied since the syncfs and quiesces the journal) until the thaw
-        // returns: that whole window is the freeze the node pays.
+        // The node's writers block from the moment the freeze starts (see `freeze`) until the
+        // thaw returns: that whole window is the freeze the node pays.
         let t_enter = Instant::now();
         let held = self.freeze.hold(&root)?;
         let t_freeze = Instant::now();

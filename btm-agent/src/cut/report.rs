@@ -7,15 +7,16 @@ pub struct CutReport {
     pub height: u64,
     /// True when every file was captured in full (baseline or resync).
     pub full: bool,
-    /// How long the node's writers were blocked: from the start of `FIFREEZE` to the end of
-    /// `FITHAW` (the sum of the two below and the thaw).
+    /// How long the node's writers were blocked: from the start of the freeze (`FIFREEZE`, or
+    /// the node's cgroup) to the end of the thaw (the sum of the two below and the thaw).
     pub freeze_ms: f64,
-    /// `FIFREEZE` itself: the filesystem writes back what was dirtied since phase 1's syncfs
-    /// and quiesces its journal, with writers already blocked.
+    /// The freeze itself, with the node's writers already blocked: `FIFREEZE` (its RCU grace
+    /// periods, the write-back of what was dirtied since the syncs, the journal), or the
+    /// cgroup freeze and its syncfs.
     pub freeze_enter_ms: f64,
-    /// The frozen phase's own work, between `FIFREEZE` and `FITHAW`.
+    /// The frozen phase's own work, between the freeze and the thaw.
     pub frozen_work_ms: f64,
-    /// The syncs just before `FIFREEZE` that leave it little to write (the node still runs).
+    /// The syncs just before the freeze that leave it little to write (the node still runs).
     pub presync_ms: f64,
     pub total_ms: f64,
     /// Bytes read before the freeze and inside it.
