@@ -26,6 +26,7 @@ pub mod heap;
 pub mod heights;
 pub mod metrics;
 pub mod pins;
+pub mod rcu;
 pub mod remote;
 pub mod retention;
 pub mod snapshot;

@@ -283,47 +283,6 @@ impl Drop for ThawGuard {
     }
 }
 
-/// Where the kernel is told to expedite RCU grace periods.
-const RCU_EXPEDITED: &str = "/sys/kernel/rcu_expedited";
-
-/// Expedited RCU grace periods for the length of a `FIFREEZE`.
-///
-/// Why: `FIFREEZE` takes the superblock's three freeze levels one after the other, each after
-/// a full RCU grace period (`rcu_sync_enter` in `percpu_down_write`), and the node's writers are
-/// blocked from the first level on. Sampling the freezing thread's kernel stack showed that wait
-/// as nearly all of `FIFREEZE` (1,768 samples there, 68 in the journal commit, 33 in the
-/// journal checkpoint's cache flush): 40 ms at p50 on an ext4 loop volume beside a writer,
-/// which was stalled 33 ms. With expedited grace periods (an
-/// IPI to each CPU instead of waiting for each to pass a quiescent state) the same `FIFREEZE`
-/// took 3 ms and the writer 2.5 ms.
-///
-/// Only a value of 0 is changed, and only that one is put back: another agent (or the
-/// administrator) that expedites already is left alone. An agent killed inside `FIFREEZE`
-/// leaves grace periods expedited (a cost in IPIs, nothing else) until `echo 0 >
-/// /sys/kernel/rcu_expedited`. `BTM_FREEZE_EXPEDITE=0` leaves the setting alone.
-struct ExpeditedRcu {
-    set: bool,
-}
-
-impl ExpeditedRcu {
-    fn start() -> ExpeditedRcu {
-        let off = std::env::var("BTM_FREEZE_EXPEDITE").is_ok_and(|v| v == "0");
-        let was_normal = fs::read_to_string(RCU_EXPEDITED).is_ok_and(|v| v.trim() == "0");
-        let set = !off && was_normal && fs::write(RCU_EXPEDITED, "1").is_ok();
-        ExpeditedRcu { set }
-    }
-}
-
-impl Drop for ExpeditedRcu {
-    fn drop(&mut self) {
-        if self.set
-            && let Err(e) = fs::write(RCU_EXPEDITED, "0")
-        {
-            tracing::warn!("putting {RCU_EXPEDITED} back to 0: {e}");
-        }
-    }
-}
-
 /// A frozen filesystem; thawed on drop so no error path can leave the node's volume frozen.
 pub struct Frozen {
     dir: fs::File,
@@ -336,7 +295,8 @@ impl Frozen {
     pub fn freeze(mount_point: &Path) -> anyhow::Result<Frozen> {
         let dir = fs::File::open(mount_point)?;
         let mut zero: libc::c_int = 0;
-        let _fast = ExpeditedRcu::start();
+        // The three freeze levels each wait for a grace period (see [`crate::rcu`]).
+        let _fast = crate::rcu::Expedited::start();
         ThawGuard::tell(true);
         // SAFETY: FIFREEZE on an open directory of the filesystem; the argument is unused.
         unsafe { fifreeze_raw(dir.as_raw_fd(), &mut zero) }.map_err(|e| {

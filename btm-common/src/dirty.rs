@@ -29,6 +29,10 @@ pub struct ChunkKey {
     pub chunk: u64,
 }
 
+/// The fault probe caches a process's mappings by region of `1 << REGION_SHIFT` bytes of
+/// address space (a PMD's span): `ProcKey::at` of the cache is `addr >> REGION_SHIFT`.
+pub const REGION_SHIFT: u64 = 21;
+
 /// Key of the fault probe's per-process maps: (tgid, a 2 MiB region number or a page's
 /// address).
 #[repr(C)]

@@ -29,10 +29,10 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id},
 };
 
+use btm_common::dirty::REGION_SHIFT;
+
 use crate::maps::{DEFER0, DEFER1, EPOCH, GENS, MAPPERS, NEXT_GEN, PENDING, SHARES, VMAS};
 
-/// Bytes of address space one cache entry is keyed by (a PMD's span).
-const REGION_SHIFT: u64 = 21;
 /// Regions a change may span and still be checked one by one; a larger one renews.
 const MAX_REGIONS: u64 = 64;
 

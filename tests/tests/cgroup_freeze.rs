@@ -3,8 +3,8 @@
 //! rewrites, overwrites in place, creates, renames and removes files without pause. Inside each
 //! freeze the test hashes the tree (and, for the cgroup, checks the kernel reports every task of
 //! it frozen); every height must replay to exactly that tree, and the node must be running again
-//! after each cut. The volume freeze must have expedited RCU grace periods while it froze (and
-//! put the setting back). Prints what each way stopped the node for (not asserted: a
+//! after each cut. The volume freeze must have expedited RCU grace periods while it froze, and
+//! every cut put the setting back. Prints what each way stopped the node for (not asserted: a
 //! benchmark's job).
 use std::{
     fs,
@@ -136,7 +136,7 @@ fn run(fstype: &str, by_cgroup: bool) {
         s.lock().unwrap().push((frozen, hash_tree(&mnt).unwrap()));
     }));
     // The volume freeze expedites RCU grace periods for the length of FIFREEZE (see
-    // `volume::Frozen::freeze`): a thread watches the kernel's setting during the cuts.
+    // `btm_agent::rcu`): a thread watches the kernel's setting during the cuts.
     let rcu = Path::new("/sys/kernel/rcu_expedited");
     let rcu_before = fs::read_to_string(rcu).unwrap_or_default();
     let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -179,12 +179,13 @@ fn run(fstype: &str, by_cgroup: bool) {
         rcu_before,
         "{what}: the cuts left /sys/kernel/rcu_expedited changed"
     );
-    if rcu_before.trim() == "0" {
-        // Seen set while frozen by the volume, never by the cgroup (which takes no rwsem).
-        assert_eq!(
+    if rcu_before.trim() == "0" && !by_cgroup {
+        // Seen set while `FIFREEZE` ran (milliseconds). The epoch flips expedite too, in
+        // either freeze, for tens of microseconds: too short for the watcher to be sure to
+        // see (the rcu module's own test proves those).
+        assert!(
             seen_expedited > 0,
-            !by_cgroup,
-            "{what}: expedited RCU seen {seen_expedited} times during the cuts"
+            "{what}: expedited RCU never seen during the cuts"
         );
     }
     let seen = std::mem::take(&mut *seen.lock().unwrap());

@@ -76,6 +76,12 @@ pub enum TrackerError {
     Load(String),
     #[error("eBPF map {0}: {1}")]
     Map(&'static str, String),
+    #[error(
+        "waiting for an RCU grace period (membarrier) failed: {0}; without it the tracker cannot \
+         know when its programs stopped writing an epoch (kernels booted with nohz_full refuse \
+         it): use --mode zfs or --mode btrfs there"
+    )]
+    GracePeriod(std::io::Error),
 }
 
 /// Filesystems whose every write path the tracker matrix proves (tests/tests/tracker_matrix.rs).
@@ -290,17 +296,9 @@ impl Tracker {
         epoch
             .set(0, self.epoch, 0)
             .map_err(|e| TrackerError::Map("EPOCH", e.to_string()))?;
-        // Programs run inside RCU read-side sections; MEMBARRIER_CMD_GLOBAL waits for a full
-        // RCU grace period, after which none can still hold the old epoch.
-        // SAFETY: plain syscall without pointers.
-        unsafe {
-            libc::syscall(
-                libc::SYS_membarrier,
-                1, /* MEMBARRIER_CMD_GLOBAL */
-                0,
-                0,
-            )
-        };
+        // Programs run inside RCU read-side sections: after a full grace period none can
+        // still hold the old epoch. Expedited, as this wait is inside the freeze (see [`crate::rcu`]).
+        crate::rcu::synchronize().map_err(TrackerError::GracePeriod)?;
         Ok((old & 1) as usize)
     }
 
@@ -390,19 +388,25 @@ impl Tracker {
             HashMap::try_from(self.ebpf.map("VMAS").unwrap())
                 .map_err(|e| TrackerError::Map("VMAS", e.to_string()))?;
         // The process's generation and the token its region's key holds now.
-        let now = |tgid: u32, addr: u64| {
+        let now = |tgid: u32, region: u64| {
             let g = gens.get(&tgid, 0).ok()?;
             let key = ProcKey {
                 tgid,
                 _pad: 0,
-                at: addr >> 21,
+                at: region,
             };
             Some((g, vmas.get(&key, 0).ok()?[6]))
         };
+        let resolved = deferred::resolve_all(
+            &kept,
+            self.mount.major,
+            self.mount.minor,
+            now,
+            deferred::proc_maps,
+        );
         let mut unknown = 0;
-        for d in &kept {
-            let r = deferred::resolve(d, self.mount.major, self.mount.minor, now);
-            tracing::debug!(?d, now = ?now(d.tgid, d.addr), ?r, "deferred write fault");
+        for (d, r) in kept.iter().zip(resolved) {
+            tracing::debug!(?d, ?r, "deferred write fault");
             match r {
                 deferred::Resolution::Page(ino, page) => set.mark_fault(ino, page),
                 deferred::Resolution::Untracked => {}
