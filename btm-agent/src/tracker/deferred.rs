@@ -5,6 +5,8 @@
 //! very large changes renew the generation and exec drops it, btm-ebpf/src/vmas.rs): both
 //! are checked before and after reading them. What cannot be resolved that way widens every
 //! partially-marked folio, as an unresolved fault always did.
+use std::time::{Duration, Instant};
+
 use btm_common::dirty::{BLOCK_SHIFT, REGION_SHIFT};
 
 use super::procmaps::MapsLine;
@@ -86,6 +88,42 @@ pub(super) fn resolve_all(
 /// A process's /proc/PID/maps now.
 pub(super) fn proc_maps(tgid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{tgid}/maps")).ok()
+}
+
+/// How long a drain waits, in all, for processes' maps.
+pub(super) const MAPS_BUDGET: Duration = Duration::from_millis(100);
+
+/// Reads maps with `read` (as [`proc_maps`]) until `deadline`: a read not done by then is
+/// left to finish in its own thread, and its process's faults stay unresolved.
+///
+/// Why: the frozen phase drains too, and reading a process's maps takes its `mmap_lock`
+/// (before Linux 6.17, and still when the per-VMA read fails). A thread of the node blocked by
+/// the freeze inside a write fault holds that lock for reading; once another of its threads
+/// waits to take it for writing (an `mmap` or `munmap`, as an allocator does), a new reader
+/// waits behind that one, until the thaw that waits for this drain. A fault left unresolved
+/// widens the partially-marked folios instead, as one the probe could not resolve does.
+pub(super) fn maps_until(
+    deadline: Instant,
+    read: fn(u32) -> Option<String>,
+) -> impl FnMut(u32) -> Option<String> {
+    let mut warned = false;
+    move |tgid| {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("btm-maps".into())
+            .spawn(move || tx.send(read(tgid)))
+            .ok()?;
+        let got = rx.recv_timeout(left);
+        if got.is_err() && !warned {
+            warned = true;
+            tracing::warn!(
+                "reading /proc/{tgid}/maps took more than {MAPS_BUDGET:?} (a thread of it may be \
+                 blocked by the freeze): its deferred write faults widen their folios"
+            );
+        }
+        got.ok().flatten()
+    }
 }
 
 /// What the maps (in address order, as the kernel lists them) say `addr` is.
@@ -194,5 +232,37 @@ mod tests {
                 Resolution::Unknown,
             ]
         );
+    }
+
+    /// A read of the maps that does not return by the deadline leaves its process's faults
+    /// unresolved and the drain goes on (a read blocked behind the freeze would not return
+    /// before the thaw); the others resolve.
+    #[test]
+    fn a_read_past_the_deadline_leaves_the_faults_unresolved() {
+        fn read(tgid: u32) -> Option<String> {
+            if tgid == 1 {
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            Some(MAPS.to_string())
+        }
+        let kept = [fault(1, 0x7f00_0000_3000), fault(2, 0x7f00_0000_3000)];
+        let t = Instant::now();
+        let r = resolve_all(
+            &kept,
+            7,
+            3,
+            |_, _| Some((5, 9)),
+            maps_until(t + Duration::from_millis(200), read),
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(r, [Resolution::Unknown, Resolution::Unknown]);
+        let r = resolve_all(
+            &kept[1..],
+            7,
+            3,
+            |_, _| Some((5, 9)),
+            maps_until(Instant::now() + Duration::from_millis(500), read),
+        );
+        assert_eq!(r, [Resolution::Page(12, 0x203)]);
     }
 }

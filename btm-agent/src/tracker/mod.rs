@@ -402,7 +402,10 @@ impl Tracker {
             self.mount.major,
             self.mount.minor,
             now,
-            deferred::proc_maps,
+            deferred::maps_until(
+                std::time::Instant::now() + deferred::MAPS_BUDGET,
+                deferred::proc_maps,
+            ),
         );
         let mut unknown = 0;
         for (d, r) in kept.iter().zip(resolved) {
