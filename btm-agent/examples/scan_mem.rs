@@ -41,6 +41,22 @@ fn main() {
         inos.len(),
         t.elapsed()
     );
+    // The cutter's ids of those files (`Cutter::ids`): a hash map before, an `IdMap` now.
+    let idents: Vec<(u64, i64)> = scan.files_with(|_| true).map(|(i, _, _)| i).collect();
+    let rss = || btm_testkit::self_status_kib("VmRSS:");
+    let r0 = rss();
+    let map: std::collections::HashMap<(u64, i64), u64, rustc_hash::FxBuildHasher> =
+        idents.iter().zip(1..).map(|(i, id)| (*i, id)).collect();
+    let r1 = rss();
+    let ids: btm_agent::cut::IdMap = idents.iter().zip(1..).map(|(i, id)| (*i, id)).collect();
+    let r2 = rss();
+    println!(
+        "ids of {} files: hash map +{} MiB, IdMap +{} MiB",
+        ids.len(),
+        (r1 - r0) / 1024,
+        (r2 - r1) / 1024
+    );
+    drop((map, ids, idents));
     let mut scan = scan;
     let t = Instant::now();
     scan.entries.settle_now();

@@ -15,6 +15,7 @@ pub mod capture;
 pub mod crash_index;
 pub mod freeze;
 mod frozen;
+mod idmap;
 mod lookup;
 pub mod losses;
 mod namespace;
@@ -37,6 +38,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use capture::{CaptureStats, read_identity};
 pub use freeze::{Freeze, NodeCgroup, syncfs};
+pub use idmap::IdMap;
 use losses::Losses;
 use nsevents::NsWatch;
 pub use record::namespace_ops;
@@ -66,7 +68,7 @@ pub struct Cutter {
     /// state at the last height) is the namespace and sizes each cut diffs against: the
     /// cutter keeps no copy of them.
     log: Option<Log>,
-    ids: FastMap<Identity, FileId>,
+    ids: IdMap,
     next_id: FileId,
     force_full: bool,
     /// The tracker's loss counters as the last cut saw them (see [`losses`]).
@@ -139,7 +141,7 @@ impl Cutter {
                 .is_some_and(|run| tracker.adopted() == Some(run.handover.token));
         }
         let tip = log.tip()?;
-        let ids: FastMap<Identity, FileId> = resume
+        let ids: IdMap = resume
             .iter()
             .flat_map(|r| r.files.iter())
             .filter(|(_, k)| tip.file(k.id).is_some())

@@ -193,14 +193,14 @@ impl Cutter {
     }
 
     /// What [`Cutter::adopt`] sets: the ids after `view`.
-    fn adopted(&mut self, view: View, ids: CutIds, full: bool) -> FastMap<Identity, FileId> {
+    fn adopted(&mut self, view: View, ids: CutIds, full: bool) -> IdMap {
         let mut own = std::mem::take(&mut self.ids);
         match view {
             View::Whole { live, .. } => {
                 // A full cut assigned every id this cut; otherwise the kept ones stand beside
                 // the new ones (see `id_for`).
                 if full {
-                    own = ids.map;
+                    own = ids.map.into_iter().collect();
                 } else {
                     own.extend(ids.map);
                 }

@@ -252,7 +252,7 @@ pub struct IndexOf<'a> {
     /// When the stats were taken (ns since the epoch).
     pub taken: i64,
     pub scan: &'a Scan,
-    pub ids: &'a super::FastMap<Identity, FileId>,
+    pub ids: &'a super::IdMap,
     pub dirty: Option<&'a crate::tracker::DirtySet>,
     pub running: Option<Running>,
 }
@@ -276,15 +276,12 @@ pub type IndexRow = (Identity, FileId, u64, i64, i64);
 
 /// The rows of a stat index of `scan` (every file `ids` knows): 48 bytes a file, taken between
 /// requests so that a thread can write them while the next heights are cut.
-pub fn index_rows(scan: &Scan, ids: &super::FastMap<Identity, FileId>) -> Vec<IndexRow> {
+pub fn index_rows(scan: &Scan, ids: &super::IdMap) -> Vec<IndexRow> {
     known_files(scan, ids).collect()
 }
 
 /// The rows of every file of `scan` the cutter knows (`ids`), in path order.
-fn known_files<'a>(
-    scan: &'a Scan,
-    ids: &'a super::FastMap<Identity, FileId>,
-) -> impl Iterator<Item = IndexRow> + 'a {
+fn known_files<'a>(scan: &'a Scan, ids: &'a super::IdMap) -> impl Iterator<Item = IndexRow> + 'a {
     scan.entries.values().filter_map(|e| match e.kind {
         Kind::File { ident, size } => ids
             .get(&ident)
@@ -483,7 +480,7 @@ mod tests {
             })
             .collect();
         // Only files with an id are indexed.
-        let mut ids = super::super::FastMap::default();
+        let mut ids = super::super::IdMap::default();
         ids.insert(idents[0].0, 11);
         let name = super::super::crash_index::INDEX_FILE;
         let of = IndexOf {
