@@ -229,7 +229,7 @@ mod tests {
             m.insert((i, 0), i + 1);
         }
         assert!(
-            m.added.len() <= 1024 + m.base.len() / 8,
+            m.added.len() <= SLACK + m.base.len() / 8,
             "{}",
             m.added.len()
         );

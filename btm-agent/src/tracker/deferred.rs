@@ -93,8 +93,9 @@ pub(super) fn proc_maps(tgid: u32) -> Option<String> {
 /// How long a drain waits, in all, for processes' maps.
 pub(super) const MAPS_BUDGET: Duration = Duration::from_millis(100);
 
-/// Reads maps with `read` (as [`proc_maps`]) until `deadline`: a read not done by then is
-/// left to finish in its own thread, and its process's faults stay unresolved.
+/// Reads maps with `read` (as [`proc_maps`]) for `budget` from now, all reads together: a
+/// read not done by then is left to finish in its own thread, and its process's faults stay
+/// unresolved.
 ///
 /// Why: the frozen phase drains too, and reading a process's maps takes its `mmap_lock`
 /// (before Linux 6.17, and still when the per-VMA read fails). A thread of the node blocked by
@@ -102,10 +103,11 @@ pub(super) const MAPS_BUDGET: Duration = Duration::from_millis(100);
 /// waits to take it for writing (an `mmap` or `munmap`, as an allocator does), a new reader
 /// waits behind that one, until the thaw that waits for this drain. A fault left unresolved
 /// widens the partially-marked folios instead, as one the probe could not resolve does.
-pub(super) fn maps_until(
-    deadline: Instant,
+pub(super) fn maps_within(
+    budget: Duration,
     read: fn(u32) -> Option<String>,
 ) -> impl FnMut(u32) -> Option<String> {
+    let deadline = Instant::now() + budget;
     let mut warned = false;
     move |tgid| {
         let left = deadline.checked_duration_since(Instant::now())?;
@@ -118,8 +120,8 @@ pub(super) fn maps_until(
         if got.is_err() && !warned {
             warned = true;
             tracing::warn!(
-                "reading /proc/{tgid}/maps took more than {MAPS_BUDGET:?} (a thread of it may be \
-                 blocked by the freeze): its deferred write faults widen their folios"
+                "reading /proc/{tgid}/maps took more than the drain's {budget:?} (a thread of it \
+                 may be blocked by the freeze): its deferred write faults widen their folios"
             );
         }
         got.ok().flatten()
@@ -252,7 +254,7 @@ mod tests {
             7,
             3,
             |_, _| Some((5, 9)),
-            maps_until(t + Duration::from_millis(200), read),
+            maps_within(Duration::from_millis(200), read),
         );
         assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
         assert_eq!(r, [Resolution::Unknown, Resolution::Unknown]);
@@ -261,7 +263,7 @@ mod tests {
             7,
             3,
             |_, _| Some((5, 9)),
-            maps_until(Instant::now() + Duration::from_millis(500), read),
+            maps_within(Duration::from_millis(500), read),
         );
         assert_eq!(r, [Resolution::Page(12, 0x203)]);
     }

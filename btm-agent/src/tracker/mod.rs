@@ -402,10 +402,7 @@ impl Tracker {
             self.mount.major,
             self.mount.minor,
             now,
-            deferred::maps_until(
-                std::time::Instant::now() + deferred::MAPS_BUDGET,
-                deferred::proc_maps,
-            ),
+            deferred::maps_within(deferred::MAPS_BUDGET, deferred::proc_maps),
         );
         let mut unknown = 0;
         for (d, r) in kept.iter().zip(resolved) {
