@@ -89,7 +89,30 @@ fn summary(v: &Value) -> String {
             }
         );
     }
+    if let Some(c) = v.get("last_compaction").filter(|c| c.is_object()) {
+        s += &last_compaction(c);
+    }
     s
+}
+
+/// The `last compaction` line: how it ended, and what it freed or why it failed.
+fn last_compaction(c: &serde_json::Value) -> String {
+    let took = c["secs"]
+        .as_f64()
+        .map_or(String::new(), |t| format!(" after {t} s"));
+    let what = match c["result"].as_str().unwrap_or("?") {
+        "compacted" => format!(
+            "compacted{took}: {} -> {} bytes",
+            c["bytes_before"], c["bytes_after"]
+        ),
+        "failed" => format!(
+            "FAILED{took} (retried in {} s): {}",
+            c["retry_in_secs"],
+            c["error"].as_str().unwrap_or("?")
+        ),
+        r => format!("{r}{took}"),
+    };
+    format!("last compact {what}\n")
 }
 
 #[cfg(test)]
@@ -122,5 +145,27 @@ mod tests {
         let s = summary(&v);
         assert!(s.contains("none recorded yet"), "{s}");
         assert!(s.contains("target       dataset tank/data"), "{s}");
+    }
+
+    #[test]
+    fn a_failed_compaction_is_not_shown_as_done() {
+        let v = |c: serde_json::Value| {
+            summary(&versioned(
+                std::path::Path::new("/s"),
+                serde_json::json!({"mode": "ebpf", "heights": 3, "last_compaction": c}),
+            ))
+        };
+        let s = v(serde_json::json!({"result": "failed", "secs": 2.5,
+            "error": "No space left on device", "retry_in_secs": 600}));
+        assert!(
+            s.contains("last compact FAILED after 2.5 s (retried in 600 s): No space left"),
+            "{s}"
+        );
+        let s = v(serde_json::json!({"result": "compacted", "secs": 20.0,
+            "bytes_before": 1000, "bytes_after": 400}));
+        assert!(
+            s.contains("last compact compacted after 20 s: 1000 -> 400 bytes"),
+            "{s}"
+        );
     }
 }

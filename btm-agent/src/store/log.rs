@@ -30,6 +30,9 @@ pub struct LogStore {
     compact_rate: u64,
     /// A compaction being prepared beside the cuts.
     compaction: Option<Background>,
+    /// How the last compaction ended, for `status` (an operator, or the scale benchmark,
+    /// must not take a failed one for a finished one).
+    last_compaction: Option<serde_json::Value>,
     /// Read-faulting the node's mappings after cuts (None: switched off).
     prefault: Option<Prefaulter>,
 }
@@ -89,6 +92,22 @@ fn log_compacted(rep: &CompactReport, started: Option<Instant>) {
     );
 }
 
+/// `status`'s record of how a compaction ended: `result`, its seconds, when it ended (Unix
+/// seconds) and `extra`'s fields.
+fn outcome(result: &str, started: Option<Instant>, extra: serde_json::Value) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "result": result,
+        "secs": started.map(|t| (t.elapsed().as_secs_f64() * 10.0).round() / 10.0),
+        "ended_unix": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    });
+    if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    v
+}
+
 impl LogStore {
     /// Opens (or creates) the log at `dir` for the tracked volume. The policy may have changed
     /// since the last run: it is applied at once, and what it drops is compacted in the
@@ -116,6 +135,7 @@ impl LogStore {
             compact_min_bytes: compaction.min_bytes,
             compact_rate: compaction.bytes_per_sec,
             compaction: None,
+            last_compaction: None,
             prefault: None,
         };
         // What the policy drops now starts compacting at once, beside the first cuts.
@@ -138,6 +158,20 @@ impl LogStore {
         }
     }
 
+    /// Records a compaction that failed (or could not start) and waits before the next try.
+    fn compaction_failed(&mut self, started: Option<Instant>, e: &anyhow::Error) {
+        tracing::warn!(
+            "log compaction failed, retrying in {} s: {e:#}",
+            COMPACT_RETRY.as_secs()
+        );
+        self.kept.retry_after = Some(Instant::now() + COMPACT_RETRY);
+        self.last_compaction = Some(outcome(
+            "failed",
+            started,
+            serde_json::json!({ "error": format!("{e:#}"), "retry_in_secs": COMPACT_RETRY.as_secs() }),
+        ));
+    }
+
     /// Finishes a prepared compaction (copying the heights cut meanwhile) once no reader
     /// holds the log; until then it waits, and cuts go on.
     fn finish_compaction(&mut self, p: crate::log::Prepared) {
@@ -146,14 +180,22 @@ impl LogStore {
         match self.cutter.transform_log(|log| log.finish_compaction(p)) {
             Ok(rep) => {
                 log_compacted(&rep, started);
+                self.last_compaction = Some(outcome(
+                    "compacted",
+                    started,
+                    serde_json::json!({
+                        "bytes_before": rep.bytes_before,
+                        "bytes_after": rep.bytes_after,
+                        "dropped_records": rep.dropped_records,
+                    }),
+                ));
                 // Compaction folds a state of its own: hundreds of MiB at 10^6 files.
                 crate::heap::give_back();
                 self.kept = Kept::of(self.cutter.log());
             }
             Err(e) => {
-                tracing::warn!("log compaction failed, retrying later: {e:#}");
                 self.kept = Kept::of(self.cutter.log());
-                self.kept.retry_after = Some(Instant::now() + COMPACT_RETRY);
+                self.compaction_failed(started, &e);
             }
         }
     }
@@ -254,6 +296,7 @@ impl HeightStore for LogStore {
             "programs": self.cutter.tracker().program_costs(),
             "prefault": self.prefault.as_ref().map(Prefaulter::stats),
             "compaction": self.compaction.as_ref().map(Background::describe),
+            "last_compaction": self.last_compaction,
         }))
     }
 
@@ -266,11 +309,16 @@ impl HeightStore for LogStore {
         if let Some(bg) = &mut self.compaction {
             match bg.poll() {
                 Progress::Running => {}
-                Progress::Nothing => self.compaction = None,
-                Progress::Failed(e) => {
+                Progress::Nothing => {
+                    let started = Some(bg.started);
                     self.compaction = None;
-                    tracing::warn!("log compaction failed, retrying later: {e:#}");
-                    self.kept.retry_after = Some(Instant::now() + COMPACT_RETRY);
+                    self.last_compaction =
+                        Some(outcome("nothing to fold", started, serde_json::json!({})));
+                }
+                Progress::Failed(e) => {
+                    let started = Some(bg.started);
+                    self.compaction = None;
+                    self.compaction_failed(started, &anyhow::Error::from(e));
                 }
                 // Readers (replay, list) hold readers.lock shared; the commit needs it
                 // exclusively. The prepared work waits for them (and cuts go on).
@@ -291,10 +339,7 @@ impl HeightStore for LogStore {
                 );
                 self.compaction = Some(bg);
             }
-            Err(e) => {
-                tracing::warn!("log compaction could not start, retrying later: {e:#}");
-                self.kept.retry_after = Some(Instant::now() + COMPACT_RETRY);
-            }
+            Err(e) => self.compaction_failed(None, &e),
         }
         Ok(())
     }

@@ -71,8 +71,9 @@ struct Point {
     stop_secs: f64,
     reboot: Cut,
     compact_secs: f64,
-    /// The agent started no compaction (its free-space check refused it).
-    compact_refused: bool,
+    /// Why the compaction did not finish: the agent started none (its free-space check
+    /// refused it) or it failed (the agent's `last_compaction`).
+    compact_failed: Option<String>,
     log_before: u64,
     log_after: u64,
     rss_hwm_kb: u64,
@@ -298,7 +299,7 @@ fn measure(a: &ScaleArgs, bin: &Path, size: u64, files: u64) -> Result<Point> {
         if !started && t.elapsed() > Duration::from_secs(30) {
             // The agent refuses a compaction the disk has no room for (its warning is above).
             println!("bench-scale: no compaction ran in 30 s (no room for its new segments?)");
-            p.compact_refused = true;
+            p.compact_failed = Some("refused: no room for its new segments".into());
             break;
         }
         if t.elapsed() > Duration::from_secs(6 * 3600) {
@@ -310,6 +311,16 @@ fn measure(a: &ScaleArgs, bin: &Path, size: u64, files: u64) -> Result<Point> {
         std::thread::sleep(Duration::from_millis(500));
     }
     p.compact_secs = t.elapsed().as_secs_f64();
+    let last = &agent.status()?["last_compaction"];
+    if started && last["result"] != "compacted" {
+        // A failed compaction also ends the loop above: report it, not a time.
+        println!("bench-scale: the compaction did not finish: {last}");
+        p.compact_failed = Some(format!(
+            "**{}**: {}",
+            last["result"].as_str().unwrap_or("no result"),
+            last["error"].as_str().unwrap_or("")
+        ));
+    }
     p.rss_cuts_kb = p.rss_hwm_kb;
     p.rss_compact_kb = agent.memory().0;
     p.rss_hwm_kb = p.rss_hwm_kb.max(p.rss_compact_kb);
@@ -416,11 +427,9 @@ fn render(a: &ScaleArgs, points: &[Point], total_secs: f64) -> String {
             secs(p.reboot.secs),
             bytes(p.reboot.read as f64),
             bytes(p.reboot.stored as f64),
-            if p.compact_refused {
-                "refused: no room for its new segments".to_string()
-            } else {
-                secs(p.compact_secs)
-            },
+            p.compact_failed
+                .clone()
+                .unwrap_or_else(|| secs(p.compact_secs)),
             bytes(p.log_before as f64),
             bytes(p.log_after as f64),
         );
