@@ -97,7 +97,12 @@ impl Chunks {
         let last = c + 1 == self.chunks.len();
         let chunk = &mut self.chunks[c];
         if last && i == chunk.len() && i < CHUNK {
-            // Read front to back: grown by doubling, and full at exactly CHUNK.
+            // Read front to back: grown by doubling, but never past CHUNK (a chunk tidied to
+            // an odd room would double past it and keep the spare room once another chunk
+            // follows it).
+            if chunk.len() == chunk.capacity() {
+                chunk.reserve_exact(i.max(1).min(CHUNK - i));
+            }
             chunk.push((key, piece));
             return None;
         }
