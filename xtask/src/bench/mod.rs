@@ -9,6 +9,7 @@ pub mod offsite;
 mod probes;
 mod replay;
 mod report;
+mod report_durable;
 mod report_overhead;
 mod report_phases;
 mod report_precision;
@@ -187,6 +188,16 @@ pub struct Height {
     pub tar: Run,
 }
 
+/// One height of the durable writer's phase.
+#[derive(Clone, Debug, Default)]
+pub struct Durable {
+    pub btm: BtmCut,
+    pub btrfs: Run,
+    /// The writer's commit (a syncfs) on the xfs and the btrfs volume, seconds.
+    pub commit_xfs: f64,
+    pub commit_btrfs: f64,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Results {
     pub size: u64,
@@ -201,6 +212,10 @@ pub struct Results {
     /// file mapped again): per rate, its heights and marks. The main phases ran with it (the
     /// writer as `btm-agent exec` starts a node, the agent's prefault on by default).
     pub without: Vec<(f64, Vec<Height>, Marks)>,
+    /// btm and `btrfs send -p` at the 0.1 % and 1 % rates with a durable writer: each
+    /// height's writes made durable by the writer (its commit, timed apart) before the tools
+    /// run, as a node that syncs at every block does.
+    pub durable: Vec<(f64, Vec<Durable>)>,
     /// `FilePmdMapped` of the writer's mapping after the main phases, before the phases
     /// without the precision mechanism re-map it (kB).
     pub pmd_normal_kb: Option<u64>,
@@ -502,6 +517,45 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
             prefault: Prefault::since(Prefault::of(&st), pf_before),
             pmd_kb: ds_x.file_pmd_mapped_kb(),
         });
+    }
+    // 4b. A durable writer: the node makes each height's writes durable at its commit (on
+    // xfs a 4 KiB store into a large page-cache folio makes the whole folio written back, by
+    // the node's own sync then, not by the cut's syncfs). btm and btrfs send only.
+    for rate in [RATES[0], RATES[1]] {
+        let changed = ((size as f64 * rate) as u64).max(64 << 10);
+        let mut hs = vec![];
+        for _ in 0..a.heights {
+            height += 1;
+            ds_x.height(changed)?;
+            ds_b.height(changed)?;
+            let mut d = Durable {
+                commit_xfs: ds_x.commit()?,
+                commit_btrfs: ds_b.commit()?,
+                ..Default::default()
+            };
+            let (secs, rep) = agent.cut(height)?;
+            d.btm = BtmCut::from_report(secs, &rep);
+            let (run, snap) = tools::btrfs_send(&bdata, height, Some(&parent), &send_file)?;
+            d.btrfs = run;
+            tools::sh(
+                "btrfs",
+                &["-q", "subvolume", "delete", parent.to_str().unwrap()],
+            )?;
+            parent = snap;
+            println!(
+                "bench: durable writer {:.1} %: commit xfs {:.3} s btrfs {:.3} s; btm {:.3} s \
+                 (syncfs {:.0} ms, {} written back); btrfs send {:.3} s",
+                rate * 100.0,
+                d.commit_xfs,
+                d.commit_btrfs,
+                d.btm.secs,
+                d.btm.phases[0],
+                gib(d.btm.synced),
+                d.btrfs.secs
+            );
+            hs.push(d);
+        }
+        r.durable.push((rate, hs));
     }
     let rollback_to = height;
     let restic_snap = restic_snaps.last().map(|s| s.1.clone()).unwrap_or_default();

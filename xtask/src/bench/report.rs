@@ -304,6 +304,7 @@ pub fn render(a: &BenchArgs, r: &Results) -> String {
          archive.\n"
     );
     super::report_phases::phases_section(&mut s, r);
+    super::report_durable::durable_section(&mut s, r);
     precision_section(&mut s, r, a.heights);
 
     // Tracking overhead.
@@ -579,6 +580,7 @@ fn issue16_targets(s: &mut String, r: &Results, one: &[Height], rs: &[Row]) {
             mark(t <= 0.05)
         );
     }
+    super::report_durable::durable_targets(s, r);
     // Replay's own work is the run with the log cached; the one that reads the log from the
     // disk is held to the disk's rates (reading the log, then writing) in the row above.
     let warm_mbs = r.replay_bytes as f64 / 1e6 / r.replay_warm_secs.max(1e-9);
