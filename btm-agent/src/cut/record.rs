@@ -167,7 +167,7 @@ impl Cutter {
         tip: &TreeState,
     ) -> Entry {
         match &e.kind {
-            Kind::Dir => Entry::Dir {
+            Kind::Dir { .. } => Entry::Dir {
                 mode: e.mode,
                 uid: e.uid,
                 gid: e.gid,

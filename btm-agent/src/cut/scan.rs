@@ -25,7 +25,9 @@ pub type Identity = (u64, i64);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
-    Dir,
+    /// Inode number and birth time: a directory re-read with the same ones keeps what is
+    /// under it (a directory removed and made again may get the freed number back).
+    Dir { ident: Identity },
     File { ident: Identity, size: u64 },
     Symlink { target: Vec<u8> },
 }
@@ -33,23 +35,19 @@ pub enum Kind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScanEntry {
     pub kind: Kind,
-    /// Inode number (a directory re-read with the same one keeps what is under it).
-    pub ino: u64,
     /// Hard links to it (a file with several may be found at another path).
     pub links: u32,
     /// Modification and change times, ns since the epoch (what a restart trusts).
     pub mtime: i64,
     pub ctime: i64,
-    /// Birth time (0 where the filesystem has none): with the inode number, tells a renamed
-    /// directory from a new one that reuses a freed inode number.
-    pub btime: i64,
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
 }
 
-/// One per path of the volume, kept between heights: 8-byte times keep it at 80 bytes.
-const _: () = assert!(std::mem::size_of::<ScanEntry>() == 80);
+/// One per path of the volume, kept between heights: 64 bytes. Inode number and birth time
+/// are only in the kind (they were also beside it: 80 bytes).
+const _: () = assert!(std::mem::size_of::<ScanEntry>() == 64);
 
 /// The tree under a root, by relative path (parents sort before their children).
 #[derive(Clone, Debug, Default)]
@@ -206,7 +204,7 @@ impl Scan {
                     }
                     Err(e) => return Err(e),
                 };
-                self.insert(path.clone(), Kind::Dir, st);
+                self.insert(path.clone(), Kind::Dir { ident: (st.ino, st.btime) }, st);
                 return Ok(Some((path, Some(sub))));
             }
             libc::S_IFREG => Kind::File {
@@ -305,12 +303,12 @@ impl Scan {
             // again may get the freed number back).
             let dir_ino_at = |s: &Scan, p: &[u8]| {
                 s.entries.get(p).is_some_and(|e| {
-                    e.kind == Kind::Dir && e.ino == st.ino && e.btime == st.btime && st.btime != 0
+                    e.kind == Kind::Dir { ident: (st.ino, st.btime) } && st.btime != 0
                 })
             };
             if is_dir && dir_ino_at(self, &path) {
                 // Its own metadata changed; what is under it has events of its own.
-                self.insert(path.clone(), Kind::Dir, &st);
+                self.insert(path.clone(), Kind::Dir { ident: (st.ino, st.btime) }, &st);
                 reread.push(path);
                 continue;
             }
@@ -324,7 +322,7 @@ impl Scan {
             if let (true, Some(old)) = (is_dir && st.dev == self.root_dev, moved_from) {
                 // Renamed: every path under it changes, nothing under it needs a stat.
                 self.move_tree(&old, &path, &mut reread);
-                self.insert(path.clone(), Kind::Dir, &st);
+                self.insert(path.clone(), Kind::Dir { ident: (st.ino, st.btime) }, &st);
                 reread.push(path);
                 continue;
             }
@@ -415,8 +413,8 @@ impl Scan {
             let mut nk = to.to_vec();
             nk.extend_from_slice(&k[from.len()..]);
             match e.kind {
-                Kind::Dir => {
-                    self.dirs.insert(e.ino, nk.clone());
+                Kind::Dir { ident } => {
+                    self.dirs.insert(ident.0, nk.clone());
                 }
                 Kind::File { ident, .. } => {
                     self.by_ino.insert(ident.0, nk.clone());
@@ -474,7 +472,7 @@ impl Scan {
                 self.by_ino.insert(ident.0, path.clone());
             }
         }
-        if kind == Kind::Dir {
+        if matches!(kind, Kind::Dir { .. }) {
             self.dirs.insert(st.ino, path.clone());
         }
         if let Kind::File { ident, .. } = kind
@@ -487,11 +485,9 @@ impl Scan {
         }
         let e = ScanEntry {
             kind,
-            ino: st.ino,
             links: st.nlink,
             mtime: st.mtime,
             ctime: st.ctime,
-            btime: st.btime,
             mode: st.mode & 0o7777,
             uid: st.uid,
             gid: st.gid,
