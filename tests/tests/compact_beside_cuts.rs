@@ -18,6 +18,27 @@ fn write_height(vol: &Path, h: u64) {
     std::fs::write(vol.join("state"), rng.bytes(512 << 10)).unwrap();
 }
 
+/// Every height of `kept` replays into `scratch` to the tree it had (`states`).
+fn replays_exactly(
+    log: &Path,
+    scratch: &Path,
+    kept: &[u64],
+    states: &std::collections::BTreeMap<u64, btm_agent::treehash::TreeHash>,
+) {
+    let l = btm_agent::log::Log::open_read(log).unwrap();
+    let opts = btm_agent::log::ReplayOptions {
+        progress: false,
+        sync: false,
+        ..Default::default()
+    };
+    for k in kept {
+        let into = scratch.join(format!("r{k}"));
+        l.replay(*k, &into, &opts).unwrap();
+        assert_eq!(digest(&into), states[k], "height {k}");
+        std::fs::remove_dir_all(&into).unwrap();
+    }
+}
+
 #[test]
 fn heights_are_cut_while_the_log_compacts() {
     if !can_run("compact_beside_cuts") {
@@ -100,18 +121,7 @@ fn heights_are_cut_while_the_log_compacts() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for k in kept {
-        let into = work.path().join(format!("r{k}"));
-        let l = btm_agent::log::Log::open_read(&log).unwrap();
-        let opts = btm_agent::log::ReplayOptions {
-            progress: false,
-            sync: false,
-            ..Default::default()
-        };
-        l.replay(k, &into, &opts).unwrap();
-        assert_eq!(digest(&into), states[&k], "height {k}");
-        std::fs::remove_dir_all(&into).unwrap();
-    }
+    replays_exactly(&log, work.path(), &kept, &states);
 }
 
 /// A log whose filesystem has no room for a compaction's new segments: the agent refuses to
@@ -189,16 +199,5 @@ fn a_compaction_without_room_is_refused_and_reported() {
     agent.terminate();
     let kept = btm_tests::log_heights(&log);
     assert_eq!(kept.last(), Some(&h));
-    for k in kept {
-        let into = work.path().join(format!("r{k}"));
-        let l = btm_agent::log::Log::open_read(&log).unwrap();
-        let opts = btm_agent::log::ReplayOptions {
-            progress: false,
-            sync: false,
-            ..Default::default()
-        };
-        l.replay(k, &into, &opts).unwrap();
-        assert_eq!(digest(&into), states[&k], "height {k}");
-        std::fs::remove_dir_all(&into).unwrap();
-    }
+    replays_exactly(&log, work.path(), &kept, &states);
 }

@@ -27,9 +27,25 @@ pub type Identity = (u64, i64);
 pub enum Kind {
     /// Inode number and birth time: a directory re-read with the same ones keeps what is
     /// under it (a directory removed and made again may get the freed number back).
-    Dir { ident: Identity },
-    File { ident: Identity, size: u64 },
-    Symlink { target: Vec<u8> },
+    Dir {
+        ident: Identity,
+    },
+    File {
+        ident: Identity,
+        size: u64,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
+}
+
+impl Kind {
+    /// The kind of the directory `st` describes.
+    fn dir(st: &Stat) -> Kind {
+        Kind::Dir {
+            ident: (st.ino, st.btime),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -204,7 +220,7 @@ impl Scan {
                     }
                     Err(e) => return Err(e),
                 };
-                self.insert(path.clone(), Kind::Dir { ident: (st.ino, st.btime) }, st);
+                self.insert(path.clone(), Kind::dir(st), st);
                 return Ok(Some((path, Some(sub))));
             }
             libc::S_IFREG => Kind::File {
@@ -302,13 +318,13 @@ impl Scan {
             // The same directory: inode number and birth time (a directory removed and made
             // again may get the freed number back).
             let dir_ino_at = |s: &Scan, p: &[u8]| {
-                s.entries.get(p).is_some_and(|e| {
-                    e.kind == Kind::Dir { ident: (st.ino, st.btime) } && st.btime != 0
-                })
+                s.entries
+                    .get(p)
+                    .is_some_and(|e| e.kind == Kind::dir(&st) && st.btime != 0)
             };
             if is_dir && dir_ino_at(self, &path) {
                 // Its own metadata changed; what is under it has events of its own.
-                self.insert(path.clone(), Kind::Dir { ident: (st.ino, st.btime) }, &st);
+                self.insert(path.clone(), Kind::dir(&st), &st);
                 reread.push(path);
                 continue;
             }
@@ -322,7 +338,7 @@ impl Scan {
             if let (true, Some(old)) = (is_dir && st.dev == self.root_dev, moved_from) {
                 // Renamed: every path under it changes, nothing under it needs a stat.
                 self.move_tree(&old, &path, &mut reread);
-                self.insert(path.clone(), Kind::Dir { ident: (st.ino, st.btime) }, &st);
+                self.insert(path.clone(), Kind::dir(&st), &st);
                 reread.push(path);
                 continue;
             }

@@ -27,6 +27,11 @@ pub struct FileTable {
 /// A slot: 48 bytes (with an `Option` around the state, 56).
 const _: () = assert!(std::mem::size_of::<(FileId, FileState)>() == 48);
 
+/// Bit `i` of `bits`.
+fn bit(bits: &[u64], i: usize) -> bool {
+    bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+}
+
 /// The state a removed slot keeps: no pieces, so nothing allocated.
 fn empty() -> FileState {
     FileState {
@@ -53,7 +58,7 @@ impl FileTable {
     }
 
     fn is_gone(&self, i: usize) -> bool {
-        self.gone.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+        bit(&self.gone, i)
     }
 
     fn set_gone(&mut self, i: usize, gone: bool) {
@@ -165,9 +170,8 @@ impl FileTable {
 
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut FileState> {
         let gone = &self.gone;
-        let is_gone = |i: usize| gone.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0);
         let base = (self.base.iter_mut().enumerate())
-            .filter(move |(i, _)| !is_gone(*i))
+            .filter(move |(i, _)| !bit(gone, *i))
             .map(|(_, (_, f))| f);
         base.chain(self.late.values_mut())
     }
@@ -186,11 +190,10 @@ impl FileTable {
         let late = std::mem::take(&mut self.late);
         let base = std::mem::take(&mut self.base);
         let gone = std::mem::take(&mut self.gone);
-        let is_gone = |i: usize| gone.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0);
         let mut out = Vec::with_capacity(self.len);
         let mut late = late.into_iter().peekable();
         let live = (base.into_iter().enumerate())
-            .filter(|(i, _)| !is_gone(*i))
+            .filter(|(i, _)| !bit(&gone, *i))
             .map(|(_, e)| e);
         for (id, f) in live {
             while let Some(l) = late.next_if(|(l, _)| *l < id) {

@@ -237,7 +237,11 @@ impl DataSet {
         let dir = File::open(&self.root)?;
         // SAFETY: plain syscall on an fd this function owns.
         if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-            bail!("syncfs {}: {}", self.root.display(), std::io::Error::last_os_error());
+            bail!(
+                "syncfs {}: {}",
+                self.root.display(),
+                std::io::Error::last_os_error()
+            );
         }
         Ok(t.elapsed().as_secs_f64())
     }

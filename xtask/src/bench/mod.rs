@@ -499,13 +499,7 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
             h.restic = run;
             restic_snaps.push((height, snap));
             h.rsync = tools::rsync(&xfs.mnt, &mirror)?;
-            let (run, snap) = tools::btrfs_send(&bdata, height, Some(&parent), &send_file)?;
-            h.btrfs = run;
-            tools::sh(
-                "btrfs",
-                &["-q", "subvolume", "delete", parent.to_str().unwrap()],
-            )?;
-            parent = snap;
+            h.btrfs = tools::btrfs_send_next(&bdata, height, &mut parent, &send_file)?;
             h.tar = tools::tar_zstd(&xfs.mnt, &tar_file, tree)?;
             print_height(&format!("{:.1} %", rate * 100.0), &h);
             hs.push(h);
@@ -535,13 +529,7 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
             };
             let (secs, rep) = agent.cut(height)?;
             d.btm = BtmCut::from_report(secs, &rep);
-            let (run, snap) = tools::btrfs_send(&bdata, height, Some(&parent), &send_file)?;
-            d.btrfs = run;
-            tools::sh(
-                "btrfs",
-                &["-q", "subvolume", "delete", parent.to_str().unwrap()],
-            )?;
-            parent = snap;
+            d.btrfs = tools::btrfs_send_next(&bdata, height, &mut parent, &send_file)?;
             println!(
                 "bench: durable writer {:.1} %: commit xfs {:.3} s btrfs {:.3} s; btm {:.3} s \
                  (syncfs {:.0} ms, {} written back); btrfs send {:.3} s",

@@ -358,6 +358,23 @@ pub fn rsync(src: &Path, dst: &Path) -> Result<Run> {
 
 /// A read-only snapshot of `subvol` named `snap-H`, sent (incrementally against `parent` when
 /// given) into a file; both timed together. Returns the run and the new snapshot's path.
+/// `btrfs send -p parent` of a new snapshot at `height`, which then becomes `parent` (the old
+/// one is deleted).
+pub fn btrfs_send_next(
+    subvol: &Path,
+    height: u64,
+    parent: &mut PathBuf,
+    out: &Path,
+) -> Result<Run> {
+    let (run, snap) = btrfs_send(subvol, height, Some(parent), out)?;
+    sh(
+        "btrfs",
+        &["-q", "subvolume", "delete", parent.to_str().unwrap()],
+    )?;
+    *parent = snap;
+    Ok(run)
+}
+
 pub fn btrfs_send(
     subvol: &Path,
     height: u64,
