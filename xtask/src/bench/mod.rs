@@ -193,6 +193,8 @@ pub struct Height {
 pub struct Durable {
     pub btm: BtmCut,
     pub btrfs: Run,
+    pub restic: Run,
+    pub rsync: Run,
     /// The writer's commit (a syncfs) on the xfs and the btrfs volume, seconds.
     pub commit_xfs: f64,
     pub commit_btrfs: f64,
@@ -514,7 +516,7 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
     }
     // 4b. A durable writer: the node makes each height's writes durable at its commit (on
     // xfs a 4 KiB store into a large page-cache folio makes the whole folio written back, by
-    // the node's own sync then, not by the cut's syncfs). btm and btrfs send only.
+    // the node's own sync then, not by the cut's syncfs). btm, btrfs send, restic, rsync.
     for rate in [RATES[0], RATES[1]] {
         let changed = ((size as f64 * rate) as u64).max(64 << 10);
         let mut hs = vec![];
@@ -530,16 +532,23 @@ fn measure(a: &BenchArgs, bin: &Path) -> Result<Results> {
             let (secs, rep) = agent.cut(height)?;
             d.btm = BtmCut::from_report(secs, &rep);
             d.btrfs = tools::btrfs_send_next(&bdata, height, &mut parent, &send_file)?;
+            let (run, snap) = restic.backup(&xfs.mnt)?;
+            d.restic = run;
+            restic_snaps.push((height, snap));
+            d.rsync = tools::rsync(&xfs.mnt, &mirror)?;
             println!(
                 "bench: durable writer {:.1} %: commit xfs {:.3} s btrfs {:.3} s; btm {:.3} s \
-                 (syncfs {:.0} ms, {} written back); btrfs send {:.3} s",
+                 (syncfs {:.0} ms, {} written back); btrfs send {:.3} s; restic {:.2} s; \
+                 rsync {:.2} s",
                 rate * 100.0,
                 d.commit_xfs,
                 d.commit_btrfs,
                 d.btm.secs,
                 d.btm.phases[0],
                 gib(d.btm.synced),
-                d.btrfs.secs
+                d.btrfs.secs,
+                d.restic.secs,
+                d.rsync.secs
             );
             hs.push(d);
         }

@@ -1,4 +1,4 @@
-//! "A durable writer": btm and `btrfs send -p` when the node makes each height's writes
+//! "A durable writer": btm, `btrfs send -p`, restic and rsync when the node makes each height's writes
 //! durable itself (as a node that syncs at every block commit does), so the cut's syncfs finds
 //! little to write back. The main phases' writer never syncs, and there the syncfs writing
 //! back its dirty folios is most of a small height (see "Where a height's time goes").
@@ -32,8 +32,9 @@ pub fn durable_section(s: &mut String, r: &Results) {
     let _ = writeln!(
         s,
         "| rate | writer's commit on xfs / on btrfs | btm height | of which `syncfs` | written \
-         back by the cut's syncfs | btm read | `btrfs send -p` | btm / btrfs send |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|"
+         back by the cut's syncfs | btm read | `btrfs send -p` | btm / btrfs send | restic \
+         (x btm) | rsync (x btm) |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for (rate, hs) in &r.durable {
         if hs.is_empty() {
@@ -41,9 +42,12 @@ pub fn durable_section(s: &mut String, r: &Results) {
         }
         let btm = mean_of(hs, |d| d.btm.secs);
         let send = mean_of(hs, |d| d.btrfs.secs);
+        let restic = mean_of(hs, |d| d.restic.secs);
+        let rsync = mean_of(hs, |d| d.rsync.secs);
         let _ = writeln!(
             s,
-            "| {:.1} % | {} / {} | {} | {:.0} ms | {} | {} | {} | {:.2}x |",
+            "| {:.1} % | {} / {} | {} | {:.0} ms | {} | {} | {} | {:.2}x | {} ({:.1}x) | {} \
+             ({:.1}x) |",
             rate * 100.0,
             secs(mean_of(hs, |d| d.commit_xfs)),
             secs(mean_of(hs, |d| d.commit_btrfs)),
@@ -52,7 +56,11 @@ pub fn durable_section(s: &mut String, r: &Results) {
             bytes(mean_of(hs, |d| d.btm.synced as f64)),
             bytes(mean_of(hs, |d| d.btm.read as f64)),
             secs(send),
-            btm / send.max(1e-9)
+            btm / send.max(1e-9),
+            secs(restic),
+            restic / btm.max(1e-9),
+            secs(rsync),
+            rsync / btm.max(1e-9)
         );
     }
     let _ = writeln!(s);
@@ -67,6 +75,15 @@ pub fn durable_targets(s: &mut String, r: &Results) {
         }
         let btm = mean_of(hs, |d| d.btm.secs);
         let send = mean_of(hs, |d| d.btrfs.secs);
+        let slower = |f: fn(&Durable) -> f64| mean_of(hs, f) / btm.max(1e-9);
+        let (restic, rsync) = (slower(|d| d.restic.secs), slower(|d| d.rsync.secs));
+        let _ = writeln!(
+            s,
+            "| a {:.1} % height at least 20x faster than restic and rsync, **durable writer** | \
+             restic {restic:.1}x, rsync {rsync:.1}x slower than btm | {} |",
+            rate * 100.0,
+            mark(restic >= 20.0 && rsync >= 20.0)
+        );
         if (*rate - super::RATES[1]).abs() < 1e-9 {
             let _ = writeln!(
                 s,
