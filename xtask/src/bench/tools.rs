@@ -356,8 +356,6 @@ pub fn rsync(src: &Path, dst: &Path) -> Result<Run> {
     })
 }
 
-/// A read-only snapshot of `subvol` named `snap-H`, sent (incrementally against `parent` when
-/// given) into a file; both timed together. Returns the run and the new snapshot's path.
 /// `btrfs send -p parent` of a new snapshot at `height`, which then becomes `parent` (the old
 /// one is deleted).
 pub fn btrfs_send_next(
@@ -375,6 +373,8 @@ pub fn btrfs_send_next(
     Ok(run)
 }
 
+/// A read-only snapshot of `subvol` named `snap-H`, sent (incrementally against `parent` when
+/// given) into a file; both timed together. Returns the run and the new snapshot's path.
 pub fn btrfs_send(
     subvol: &Path,
     height: u64,
