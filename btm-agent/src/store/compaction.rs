@@ -74,7 +74,7 @@ impl Background {
     /// readers), for `status`.
     pub(super) fn describe(&self) -> serde_json::Value {
         serde_json::json!({
-            "running_secs": (self.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+            "running_secs": tenths_since(self.started),
             "prepared": self.parked.is_some(),
         })
     }
@@ -97,6 +97,11 @@ impl Background {
             let _ = h.join();
         }
     }
+}
+
+/// Seconds since `t`, to a tenth (for `status` and the log).
+pub(super) fn tenths_since(t: Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 10.0).round() / 10.0
 }
 
 /// Tests hold a prepared compaction until the file `BTM_TEST_COMPACT_GATE` names exists, to

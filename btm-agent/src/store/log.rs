@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::HeightStore;
-use super::compaction::{Background, Progress};
+use super::compaction::{Background, Progress, tenths_since};
 use crate::cut::Cutter;
 use crate::log::{CompactReport, Log};
 use crate::metrics::Metrics;
@@ -83,7 +83,7 @@ fn readers_idle(dir: &Path) -> bool {
 /// Logs a compaction's report, each count as a number.
 fn log_compacted(rep: &CompactReport, started: Option<Instant>) {
     tracing::info!(
-        secs = started.map_or(0.0, |t| (t.elapsed().as_secs_f64() * 10.0).round() / 10.0),
+        secs = started.map_or(0.0, tenths_since),
         dropped_records = rep.dropped_records,
         merged_records = rep.merged_records,
         bytes_before = rep.bytes_before,
@@ -97,7 +97,7 @@ fn log_compacted(rep: &CompactReport, started: Option<Instant>) {
 fn outcome(result: &str, started: Option<Instant>, extra: serde_json::Value) -> serde_json::Value {
     let mut v = serde_json::json!({
         "result": result,
-        "secs": started.map(|t| (t.elapsed().as_secs_f64() * 10.0).round() / 10.0),
+        "secs": started.map(tenths_since),
         "ended_unix": std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
