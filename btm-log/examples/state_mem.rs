@@ -324,6 +324,7 @@ fn measure(dir: &Path) {
 fn compact(dir: &Path, n: u64) {
     let mut log = Log::open_append(dir).expect("open append");
     let first = log.last_height().expect("a height") + 1;
+    let big = log.tip().expect("tip").file(BIG).map(|f| f.size);
     for h in first..first + n {
         let mut d = log.begin(h).expect("begin");
         d.extent(ExtentData {
@@ -332,6 +333,14 @@ fn compact(dir: &Path, n: u64) {
             bytes: ExtentBytes::Data(block(u64::MAX - h)),
         })
         .expect("extent");
+        if let Some(size) = big {
+            d.extent(ExtentData {
+                id: BIG,
+                offset: (h * 7919 * BLOCK as u64) % size,
+                bytes: ExtentBytes::Data(block(u64::MAX / 3 - h)),
+            })
+            .expect("extent");
+        }
         d.commit(h, Vec::new()).expect("commit");
     }
     let dropped: Vec<u64> = (first..first + n - 1).collect();

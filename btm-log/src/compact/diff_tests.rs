@@ -10,7 +10,7 @@ use super::super::rewrite::Row;
 use super::{diff, rows_of_ranges};
 use crate::format::{Codec, MetaExtent, PayloadRef};
 use crate::record::{Entry, FileId, NsOp, RelPath, parent_of};
-use crate::state::{FileState, Node, TreeState, Undo};
+use crate::state::{FileState, Focus, Node, TreeState, Undo};
 
 /// The reference: every path and every file of both states compared.
 fn diff_of_states(prev: &TreeState, cur: &TreeState) -> (Vec<NsOp>, Vec<Row>) {
@@ -204,9 +204,11 @@ proptest! {
         let split = split.min(records.len() - 1);
         let mut undo = Undo::default();
         let mut base = None;
+        let mut made = Vec::new();
         for (i, picks) in records.iter().enumerate() {
             let h = i as u64 + 1;
             let (ops, extents) = record(&mut model, h, picks);
+            made.push((ops.clone(), extents.clone()));
             if i < split {
                 st.apply(h, &ops, &extents).unwrap();
                 model = st.clone();
@@ -223,6 +225,18 @@ proptest! {
         let got = diff(&undo, &st);
         prop_assert_eq!(&got.0, &want.0);
         prop_assert_eq!(&got.1, &want.1);
+        // Folded with the run's focus (pieces only where the run touched, as compaction
+        // folds), the same records give the same diff.
+        let mut focus = Focus::default();
+        for (ops, extents) in &made[split..] {
+            focus.add(ops, extents);
+        }
+        let (mut st, mut undo) = (TreeState::default(), Undo::default());
+        for (i, (ops, extents)) in made.iter().enumerate() {
+            let u = (i >= split).then_some(&mut undo);
+            st.apply_focused(i as u64 + 1, ops, extents, &focus, u).unwrap();
+        }
+        prop_assert_eq!(diff(&undo, &st), got);
     }
 }
 
@@ -269,11 +283,98 @@ fn a_run_keeps_only_what_it_touched() {
         offset: 8192,
         payload: payload(99_999, 4096),
     };
-    st.apply_recording(3, &[], &[write], &mut undo).unwrap();
+    st.apply_recording(3, &[], std::slice::from_ref(&write), &mut undo)
+        .unwrap();
     assert_eq!(undo.nodes.len(), 2, "{:?}", undo.nodes.keys());
     assert_eq!(undo.files.len(), 2);
     let eight = undo.files[&8].as_ref().unwrap();
     assert_eq!(eight.old.len(), 1);
     assert!(undo.files[&7].as_ref().unwrap().old.is_empty());
     assert_eq!(diff(&undo, &st), diff_of_states(&base, &st));
+
+    // Folded with the run's focus, the state holds file 7 whole (put again) and of file 8
+    // only the rewritten block: no other file keeps a piece.
+    let mut focus = Focus::default();
+    focus.add(&rename, &[]);
+    focus.add(&[], std::slice::from_ref(&write));
+    let (mut fst, mut fundo) = (TreeState::default(), Undo::default());
+    fst.apply_focused(1, &ops, &extents, &focus, None).unwrap();
+    fst.apply_focused(2, &rename, &[], &focus, Some(&mut fundo))
+        .unwrap();
+    fst.apply_focused(
+        3,
+        &[],
+        std::slice::from_ref(&write),
+        &focus,
+        Some(&mut fundo),
+    )
+    .unwrap();
+    let pieces: Vec<(FileId, usize)> = (0..1000)
+        .map(|id| (id, fst.files[&id].pieces.len()))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(pieces, vec![(7, 10), (8, 1)]);
+    assert_eq!(fst.files.len(), 1000);
+    assert_eq!(diff(&fundo, &fst), diff(&undo, &st));
+}
+
+/// A file removed and put again under its id in the same run starts empty: the diff compares
+/// all of its old bytes, so a focused fold must keep them all (the put focuses the whole file).
+#[test]
+fn an_id_put_again_after_its_removal_is_focused_whole() {
+    let put = |path: &[u8]| NsOp::Put {
+        path: path.to_vec(),
+        entry: Entry::File {
+            id: 5,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        },
+    };
+    let size = |size| NsOp::SetSize { id: 5, size };
+    let block = |b: u64, n: u64| MetaExtent::Data {
+        id: 5,
+        offset: b * 4096,
+        payload: payload(n, 4096),
+    };
+    let base: Vec<MetaExtent> = (0..10).map(|b| block(b, b)).collect();
+    let records: Vec<(Vec<NsOp>, Vec<MetaExtent>)> = vec![
+        (vec![put(b"a"), size(40_960)], base),
+        (
+            vec![NsOp::Remove {
+                path: b"a".to_vec(),
+            }],
+            vec![],
+        ),
+        (vec![put(b"b"), size(40_960)], vec![block(3, 77)]),
+    ];
+    let fold = |focus: Option<&Focus>| {
+        let (mut st, mut undo) = (TreeState::default(), Undo::default());
+        for (i, (ops, extents)) in records.iter().enumerate() {
+            let h = i as u64 + 1;
+            match (focus, i) {
+                (Some(f), 0) => st.apply_focused(h, ops, extents, f, None),
+                (Some(f), _) => st.apply_focused(h, ops, extents, f, Some(&mut undo)),
+                (None, 0) => st.apply(h, ops, extents),
+                (None, _) => st.apply_recording(h, ops, extents, &mut undo),
+            }
+            .unwrap();
+        }
+        diff(&undo, &st)
+    };
+    let mut focus = Focus::default();
+    for (ops, extents) in &records[1..] {
+        focus.add(ops, extents);
+    }
+    let (_, rows) = fold(Some(&focus));
+    // Block 3 rewritten, the other nine holes now (the file was put again empty).
+    let zero: u64 = rows
+        .iter()
+        .map(|r| match r {
+            Row::Zero { len, .. } => *len,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(zero, 9 * 4096, "{rows:?}");
+    assert_eq!(fold(Some(&focus)), fold(None));
 }

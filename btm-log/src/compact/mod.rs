@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::state::Undo;
+use super::state::{Focus, TreeState, Undo};
 use super::{Log, LogError, Segment, fsync_dir, seg_name};
 use rewrite::{Writer, rows_of};
 
@@ -308,7 +308,15 @@ impl Log {
             last_hash: self.records[upto - 1].info.hash,
         };
         let w = p.w.as_mut().expect("just made");
-        let mut state = self.fold_to(s)?;
+        let focus = self.focus(s, upto, last_kept, cancel)?;
+        let mut state = TreeState::default();
+        for r in &self.records[..s] {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(self.abandoned("the agent asked it to stop"));
+            }
+            let meta = self.read_meta(r)?;
+            state.apply_focused(r.header.height, &meta.ops, &meta.extents, &focus, None)?;
+        }
         // What the current run of dropped records replaced, to diff the state before it.
         let mut run: Option<Undo> = None;
         for i in s..upto {
@@ -321,10 +329,8 @@ impl Log {
             if merge && run.is_none() {
                 run = Some(Undo::default());
             }
-            match run.as_mut() {
-                Some(u) => state.apply_recording(r.header.height, &meta.ops, &meta.extents, u)?,
-                None => state.apply(r.header.height, &meta.ops, &meta.extents)?,
-            }
+            let (h, undo) = (r.header.height, run.as_mut());
+            state.apply_focused(h, &meta.ops, &meta.extents, &focus, undo)?;
             if merge {
                 w.rep.dropped_records += 1;
                 continue;
@@ -339,6 +345,35 @@ impl Log {
             w.emit(self, r.header.height, r.header.time_unix_ms, ops, rows)?;
         }
         Ok(Some(p))
+    }
+
+    /// What the runs of dropped records among records `s..upto` touch (each run with the kept
+    /// record that ends it): the only pieces the compaction's state keeps (see [`Focus`]).
+    fn focus(
+        &self,
+        s: usize,
+        upto: usize,
+        last_kept: usize,
+        cancel: &AtomicBool,
+    ) -> Result<Focus, LogError> {
+        let mut focus = Focus::default();
+        let mut in_run = false;
+        for i in s..upto {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(self.abandoned("the agent asked it to stop"));
+            }
+            let merge = self.dropped.contains(&self.records[i].header.height) && i < last_kept;
+            if merge || in_run {
+                let meta = self.read_meta(&self.records[i])?;
+                focus.add(&meta.ops, &meta.extents);
+            }
+            in_run = merge;
+        }
+        tracing::debug!(
+            "compaction: the dropped runs touch {} byte ranges",
+            focus.ranges()
+        );
+        Ok(focus)
     }
 
     fn abandoned(&self, why: &str) -> LogError {

@@ -10,8 +10,10 @@ use super::record::{
 };
 
 mod files;
+mod focus;
 mod undo;
 pub use files::FileTable;
+pub(crate) use focus::Focus;
 pub(crate) use undo::{FileBefore, Undo};
 
 /// What a path holds in the folded state. Files point at their inode-like [`FileState`].
@@ -228,11 +230,12 @@ impl TreeState {
         ops: &[NsOp],
         extents: &[MetaExtent],
     ) -> Result<(), LogError> {
-        self.apply_inner(height, ops, extents, None)
+        self.apply_inner(height, ops, extents, None, None)
     }
 
     /// [`TreeState::apply`], keeping in `undo` what the record replaced (the first time a run
     /// of records touches it): compaction diffs the state before a run from it.
+    #[cfg(test)]
     pub(crate) fn apply_recording(
         &mut self,
         height: u64,
@@ -240,7 +243,20 @@ impl TreeState {
         extents: &[MetaExtent],
         undo: &mut Undo,
     ) -> Result<(), LogError> {
-        self.apply_inner(height, ops, extents, Some(undo))
+        self.apply_inner(height, ops, extents, None, Some(undo))
+    }
+
+    /// [`TreeState::apply`] keeping pieces only inside `focus`, cut to it (see [`Focus`]),
+    /// and what the record replaced in `undo` when given.
+    pub(crate) fn apply_focused(
+        &mut self,
+        height: u64,
+        ops: &[NsOp],
+        extents: &[MetaExtent],
+        focus: &Focus,
+        undo: Option<&mut Undo>,
+    ) -> Result<(), LogError> {
+        self.apply_inner(height, ops, extents, Some(focus), undo)
     }
 
     fn apply_inner(
@@ -248,6 +264,7 @@ impl TreeState {
         height: u64,
         ops: &[NsOp],
         extents: &[MetaExtent],
+        focus: Option<&Focus>,
         mut undo: Option<&mut Undo>,
     ) -> Result<(), LogError> {
         let invalid = |reason: String| LogError::InvalidRecord { height, reason };
@@ -402,14 +419,22 @@ impl TreeState {
             }
             f.punch(start, end);
             if let MetaExtent::Data { payload, .. } = e {
-                f.pieces.insert(
-                    start,
-                    Piece {
-                        len: end - start,
-                        skip: 0,
+                let mut put = |a: u64, b: u64| {
+                    let piece = Piece {
+                        len: b - a,
+                        skip: a - start,
                         payload: *payload,
-                    },
-                );
+                    };
+                    f.pieces.insert(a, piece);
+                };
+                match focus {
+                    None => put(start, end),
+                    Some(focus) => {
+                        for (a, b) in focus.within(id, start, end) {
+                            put(a, b);
+                        }
+                    }
+                }
             }
         }
         for id in orphans {
