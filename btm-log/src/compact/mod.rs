@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::state::{Focus, TreeState, Undo};
 use super::{Log, LogError, Segment, fsync_dir, seg_name};
-use rewrite::{Writer, rows_of};
+use rewrite::Writer;
 
 mod diff;
 mod moved;
@@ -335,14 +335,15 @@ impl Log {
                 w.rep.dropped_records += 1;
                 continue;
             }
-            let (ops, rows) = match run.take() {
+            let (h, t) = (r.header.height, r.header.time_unix_ms);
+            match run.take() {
                 Some(undo) => {
                     w.rep.merged_records += 1;
-                    diff::diff(&undo, &state)
+                    let (ops, rows) = diff::diff(&undo, &state);
+                    w.emit(self, h, t, ops, rows)?;
                 }
-                None => (meta.ops, rows_of(meta.extents)),
-            };
-            w.emit(self, r.header.height, r.header.time_unix_ms, ops, rows)?;
+                None => w.emit_as_is(self, h, t, meta)?,
+            }
         }
         Ok(Some(p))
     }
@@ -419,13 +420,7 @@ impl Log {
         for i in p.upto..self.records.len() {
             let r = &self.records[i];
             let meta = self.read_meta(r)?;
-            w.emit(
-                &self,
-                r.header.height,
-                r.header.time_unix_ms,
-                meta.ops,
-                rows_of(meta.extents),
-            )?;
+            w.emit_as_is(&self, r.header.height, r.header.time_unix_ms, meta)?;
         }
         // Commit: new segments and manifest durable, then one rename.
         for (no, f) in &w.files {

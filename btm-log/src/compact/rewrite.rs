@@ -40,25 +40,6 @@ pub(super) enum Row {
     },
 }
 
-/// The rows of a record copied as it is (its payloads move with it).
-pub(super) fn rows_of(extents: Vec<MetaExtent>) -> Vec<Row> {
-    extents
-        .into_iter()
-        .map(|e| match e {
-            MetaExtent::Zero { id, offset, len } => Row::Zero { id, offset, len },
-            MetaExtent::Data {
-                id,
-                offset,
-                payload,
-            } => Row::Ref {
-                id,
-                offset,
-                p: payload,
-            },
-        })
-        .collect()
-}
-
 /// Writes the new segments into `compact.new`.
 pub(super) struct Writer {
     pub(super) tmp: PathBuf,
@@ -116,7 +97,72 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes one record; payloads it refers to in rewritten segments are read from `log`.
+    /// A record writer at the end of the current segment (a new one once it is full).
+    fn record_writer(&mut self, log: &Log) -> Result<RecordWriter, LogError> {
+        if self.files.is_empty() || (self.len >= log.opts.segment_size && self.len > SEG_HEADER_LEN)
+        {
+            self.new_segment()?;
+        }
+        let (seg_no, file) = self.files.last().expect("segment");
+        let path = self.tmp.join(seg_name(*seg_no));
+        let io = SegmentIo::new(file, &path, log.fail_beyond())?;
+        Ok(RecordWriter::new(io, *seg_no, self.len))
+    }
+
+    /// Where payload `p` is in the new log: where it was (a segment not rewritten), where an
+    /// earlier record's copy put it, or copied now from `log` (checked first).
+    fn place(
+        &mut self,
+        log: &Log,
+        w: &mut RecordWriter,
+        p: PayloadRef,
+    ) -> Result<PayloadRef, LogError> {
+        if p.seg < self.first_seg {
+            return Ok(p);
+        }
+        if let Some((seg, offset)) = self.moved.get((p.seg, p.offset)) {
+            return Ok(PayloadRef { seg, offset, ..p });
+        }
+        let seg = log.segment(p.seg).expect("checked at open");
+        let mut b = vec![0u8; p.stored_len as usize];
+        seg.file
+            .read_exact_at(&mut b, p.offset)
+            .map_err(|e| LogError::io(&seg.path, e))?;
+        // Never carry damage into the new log.
+        crate::check_payload(&p, &b).map_err(|what| LogError::Corrupt {
+            segment: seg.path.clone(),
+            offset: p.offset,
+            height: None,
+            what: format!("payload copied by compaction: {what}"),
+        })?;
+        let n = w.copied(&b, &p)?;
+        self.moved.insert((p.seg, p.offset), (n.seg, n.offset));
+        self.rep.copied_payloads += 1;
+        self.throttle.account(2 * p.stored_len);
+        Ok(n)
+    }
+
+    /// Writes a record copied as it is: its extents are kept and changed in place (their
+    /// payloads move), never turned into rows (a record of 10^6 extents held both).
+    pub(super) fn emit_as_is(
+        &mut self,
+        log: &Log,
+        height: u64,
+        time_unix_ms: u64,
+        meta: Meta,
+    ) -> Result<(), LogError> {
+        let Meta { ops, mut extents } = meta;
+        let mut w = self.record_writer(log)?;
+        for e in &mut extents {
+            if let MetaExtent::Data { payload, .. } = e {
+                *payload = self.place(log, &mut w, *payload)?;
+            }
+        }
+        self.finish(w, height, time_unix_ms, Meta { ops, extents })
+    }
+
+    /// Writes one record made of rows (a run's diff); payloads it refers to in rewritten
+    /// segments are read from `log`.
     pub(super) fn emit(
         &mut self,
         log: &Log,
@@ -125,15 +171,7 @@ impl Writer {
         ops: Vec<NsOp>,
         rows: Vec<Row>,
     ) -> Result<(), LogError> {
-        if self.files.is_empty() || (self.len >= log.opts.segment_size && self.len > SEG_HEADER_LEN)
-        {
-            self.new_segment()?;
-        }
-        let (seg_no, file) = self.files.last().expect("segment");
-        let seg_no = *seg_no;
-        let path = self.tmp.join(seg_name(seg_no));
-        let io = SegmentIo::new(file, &path, log.fail_beyond())?;
-        let mut w = RecordWriter::new(io, seg_no, self.len);
+        let mut w = self.record_writer(log)?;
         // Rows in order; fresh ones are filled in batch by batch (bounded memory, whatever
         // the size of the record).
         let mut extents: Vec<Option<MetaExtent>> = Vec::with_capacity(rows.len());
@@ -162,37 +200,7 @@ impl Writer {
                     extents.push(None);
                     continue;
                 }
-                Row::Ref { id, offset, p } if p.seg < self.first_seg => (id, offset, p),
-                Row::Ref { id, offset, p } => match self.moved.get((p.seg, p.offset)) {
-                    Some((seg, at)) => (
-                        id,
-                        offset,
-                        PayloadRef {
-                            seg,
-                            offset: at,
-                            ..p
-                        },
-                    ),
-                    None => {
-                        let seg = log.segment(p.seg).expect("checked at open");
-                        let mut b = vec![0u8; p.stored_len as usize];
-                        seg.file
-                            .read_exact_at(&mut b, p.offset)
-                            .map_err(|e| LogError::io(&seg.path, e))?;
-                        // Never carry damage into the new log.
-                        crate::check_payload(&p, &b).map_err(|what| LogError::Corrupt {
-                            segment: seg.path.clone(),
-                            offset: p.offset,
-                            height: None,
-                            what: format!("payload copied by compaction: {what}"),
-                        })?;
-                        let n = w.copied(&b, &p)?;
-                        self.moved.insert((p.seg, p.offset), (n.seg, n.offset));
-                        self.rep.copied_payloads += 1;
-                        self.throttle.account(2 * p.stored_len);
-                        (id, offset, n)
-                    }
-                },
+                Row::Ref { id, offset, p } => (id, offset, self.place(log, &mut w, p)?),
             };
             extents.push(Some(MetaExtent::Data {
                 id,
@@ -205,7 +213,17 @@ impl Writer {
             .into_iter()
             .map(|e| e.expect("every fresh row written"))
             .collect();
-        let meta = Meta { ops, extents };
+        self.finish(w, height, time_unix_ms, Meta { ops, extents })
+    }
+
+    /// Writes the record's metadata and header after its payloads.
+    fn finish(
+        &mut self,
+        w: RecordWriter,
+        height: u64,
+        time_unix_ms: u64,
+        meta: Meta,
+    ) -> Result<(), LogError> {
         let start = self.len;
         let (header, hash) = w.finish(height, time_unix_ms, self.prev_hash, &meta)?;
         self.len = start + header.record_len().expect("fits");
