@@ -17,7 +17,7 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat, readlinkat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 
-use super::dirfd::{self, DIR_FLAGS, join, kind};
+use super::dirfd::{self, DIR_FLAGS, join, kind, openat_noatime};
 use super::error::LogError;
 use super::globs::PathGlobs;
 use super::payload::PayloadSource;
@@ -268,7 +268,7 @@ impl<'a> Comparer<'a> {
             );
             return Ok(());
         }
-        let fd = openat(
+        let fd = openat_noatime(
             dir,
             name,
             OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,

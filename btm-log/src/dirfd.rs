@@ -1,11 +1,12 @@
 //! Directories by descriptor: what the cut's walk and replay share to never follow a symlink
 //! and never hand the kernel a path longer than one name.
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use nix::{
+    NixPath,
     dir::Dir,
     errno::Errno,
-    fcntl::OFlag,
+    fcntl::{OFlag, openat},
     sys::stat::{FileStat, Mode, SFlag},
 };
 
@@ -17,14 +18,28 @@ pub const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_NOFOLLOW)
     .union(OFlag::O_CLOEXEC);
 
-/// The names in a directory, without `.` and `..`.
+/// `openat` with O_NOATIME: reading must not change what is read. Under relatime a read, or
+/// a directory's listing, of an inode whose access time is not newer than its change updates
+/// that time: btm would write to the node's volume, and the next freeze would write every
+/// such inode back. The kernel refuses O_NOATIME (EPERM) to a caller that neither owns the
+/// inode nor has CAP_FOWNER: it is then opened without.
+pub fn openat_noatime<P: ?Sized + NixPath>(
+    dir: impl AsFd,
+    path: &P,
+    flags: OFlag,
+    mode: Mode,
+) -> Result<OwnedFd, Errno> {
+    let dir = dir.as_fd();
+    match openat(dir, path, flags | OFlag::O_NOATIME, mode) {
+        Err(Errno::EPERM) => openat(dir, path, flags, mode),
+        r => r,
+    }
+}
+
+/// The names in a directory, without `.` and `..` (listed without changing its access time).
 pub fn list(fd: &OwnedFd) -> Result<Vec<Vec<u8>>, Errno> {
-    let mut d = Dir::openat(
-        fd,
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let mut d = Dir::from_fd(openat_noatime(fd, ".", flags, Mode::empty())?)?;
     let mut names = Vec::new();
     for ent in d.iter() {
         let ent = ent?;

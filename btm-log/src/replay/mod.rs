@@ -43,7 +43,7 @@ mod direct;
 mod remove;
 mod scope;
 mod writer;
-use crate::dirfd::{self, DIR_FLAGS};
+use crate::dirfd::{self, DIR_FLAGS, openat_noatime};
 pub use crate::payload::PayloadSource;
 pub use content::merge as merge_ranges;
 pub use scope::{ReplayScope, SinceLast};
@@ -577,15 +577,17 @@ impl<'a> Replayer<'a> {
                 Mode::from_bits_truncate(0o600),
             )
         } else {
+            // Unchanged blocks are read and compared, not written: without their access
+            // times changing (see `openat_noatime`).
             let flags = OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-            match openat(&**dfd, name, flags, Mode::empty()) {
+            match openat_noatime(&**dfd, name, flags, Mode::empty()) {
                 Err(Errno::EACCES) if !self.is_root => {
                     // A read-only file we own: make it writable (the mode is restored below).
                     made_writable = true;
                     let ro = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
                     openat(&**dfd, name, ro, Mode::empty())
                         .and_then(|ro| fchmod(&ro, Mode::from_bits_truncate(0o600)))
-                        .and_then(|()| openat(&**dfd, name, flags, Mode::empty()))
+                        .and_then(|()| openat_noatime(&**dfd, name, flags, Mode::empty()))
                 }
                 r => r,
             }
