@@ -4,8 +4,9 @@
 //! FILES files of one 4 KiB piece each (1,000 per directory, heights of 100,000 files), then one
 //! file of PIECES 4 KiB pieces (in offset order, or shuffled), then a height of PIECES/100 writes
 //! half a block off (each splits a piece in the middle of the map).
-//! `state_mem compact DIR [HEIGHTS]` appends HEIGHTS small heights, drops all but the last and
-//! compacts, reporting the heap compaction adds at its peak.
+//! `state_mem compact DIR [HEIGHTS [all]]` appends HEIGHTS small heights, drops all but the
+//! last (with `all`, the built heights too) and compacts, reporting the heap compaction adds at
+//! its peak.
 //! `state_mem measure DIR` opens it and reports the heap the folded state takes (a counting
 //! allocator: bytes asked for, allocations, plus VmRSS/VmHWM from /proc), the time to open the
 //! log, fold it, and append one more small height. The log's format does not depend on the
@@ -321,7 +322,7 @@ fn measure(dir: &Path) {
 
 /// Appends `n` small heights (one block of a small file and one of the big file each), marks
 /// all but the last dropped, and compacts: the heap compaction adds at its peak, and its time.
-fn compact(dir: &Path, n: u64) {
+fn compact(dir: &Path, n: u64, all: bool) {
     let mut log = Log::open_append(dir).expect("open append");
     let first = log.last_height().expect("a height") + 1;
     let big = log.tip().expect("tip").file(BIG).map(|f| f.size);
@@ -343,7 +344,9 @@ fn compact(dir: &Path, n: u64) {
         }
         d.commit(h, Vec::new()).expect("commit");
     }
-    let dropped: Vec<u64> = (first..first + n - 1).collect();
+    // `all`: the built heights too, so that the run holds the baseline of every file.
+    let from = if all { 1 } else { first };
+    let dropped: Vec<u64> = (from..first + n - 1).collect();
     btm_log::record_dropped(dir, &dropped).expect("drop");
     drop(log);
     let log = Log::open_append(dir).expect("open append");
@@ -376,9 +379,13 @@ fn main() {
             a.get(5).is_some_and(|s| s == "shuffled"),
         ),
         Some("measure") => measure(Path::new(&a[2])),
-        Some("compact") => compact(Path::new(&a[2]), arg(3, 6)),
+        Some("compact") => compact(
+            Path::new(&a[2]),
+            arg(3, 6),
+            a.get(4).is_some_and(|s| s == "all"),
+        ),
         _ => eprintln!(
-            "usage: state_mem build DIR [FILES] [PIECES [shuffled]] | state_mem measure DIR | state_mem compact DIR [HEIGHTS]"
+            "usage: state_mem build DIR [FILES] [PIECES [shuffled]] | state_mem measure DIR | state_mem compact DIR [HEIGHTS [all]]"
         ),
     }
 }

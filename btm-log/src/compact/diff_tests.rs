@@ -231,6 +231,7 @@ proptest! {
         for (ops, extents) in &made[split..] {
             focus.add(ops, extents);
         }
+        focus.merge();
         let (mut st, mut undo) = (TreeState::default(), Undo::default());
         for (i, (ops, extents)) in made.iter().enumerate() {
             let u = (i >= split).then_some(&mut undo);
@@ -297,6 +298,7 @@ fn a_run_keeps_only_what_it_touched() {
     let mut focus = Focus::default();
     focus.add(&rename, &[]);
     focus.add(&[], std::slice::from_ref(&write));
+    focus.merge();
     let (mut fst, mut fundo) = (TreeState::default(), Undo::default());
     fst.apply_focused(1, &ops, &extents, &focus, None).unwrap();
     fst.apply_focused(2, &rename, &[], &focus, Some(&mut fundo))
@@ -366,6 +368,7 @@ fn an_id_put_again_after_its_removal_is_focused_whole() {
     for (ops, extents) in &records[1..] {
         focus.add(ops, extents);
     }
+    focus.merge();
     let (_, rows) = fold(Some(&focus));
     // Block 3 rewritten, the other nine holes now (the file was put again empty).
     let zero: u64 = rows
