@@ -435,6 +435,22 @@ pub fn cutting(fstype: &str, size_mb: u64, prefix: &str) -> Cutting {
     }
 }
 
+/// A cutter started again on a volume of `size_mb` MiB whose log a clean stop may have left a
+/// resume state in: it takes over the tracker that stop left running, if any.
+pub fn restart_cutter(vol: &Path, logdir: &Path, size_mb: u64) -> btm_agent::cut::Cutter {
+    use btm_agent::{
+        cut::{Cutter, resume::Resume},
+        log::Log,
+        tracker::{Limits, Tracker},
+        volume::Mount,
+    };
+    let mount = Mount::at(vol).unwrap();
+    let running = Resume::peek_running(logdir);
+    let tracker =
+        Tracker::start_after(&mount, Limits::for_volume_bytes(size_mb << 20), running).unwrap();
+    Cutter::new(mount, tracker, Log::open_append(logdir).unwrap()).unwrap()
+}
+
 /// Overwrites `bytes` at offset `at` of the existing file `path` (a pwrite, as a database
 /// updates a page).
 pub fn write_at(path: &Path, at: u64, bytes: &[u8]) {

@@ -8,27 +8,18 @@
 use std::{fs, os::unix::fs::MetadataExt, path::Path, time::Duration};
 
 use btm_agent::{
-    cut::{
-        Cutter,
-        crash_index::INDEX_FILE,
-        losses::Losses,
-        resume::{RESUME_FILE, Resume},
-    },
-    log::Log,
-    tracker::{Limits, Tracker},
+    cut::{Cutter, crash_index::INDEX_FILE, losses::Losses, resume::RESUME_FILE},
     volume::Mount,
 };
-use btm_tests::{Cutting, FILESYSTEMS, Rng, assert_replay_equals, can_run, cutting, write_at};
+use btm_tests::{
+    Cutting, FILESYSTEMS, Rng, assert_replay_equals, can_run, cutting, restart_cutter, write_at,
+};
 
 const MIB: u64 = 1 << 20;
 const VOL_MB: u64 = 512;
 
 fn restart(vol: &Path, logdir: &Path) -> Cutter {
-    let mount = Mount::at(vol).unwrap();
-    let running = Resume::peek_running(logdir);
-    let limits = Limits::for_volume_bytes(VOL_MB * MIB);
-    let tracker = Tracker::start_after(&mount, limits, running).unwrap();
-    Cutter::new(mount, tracker, Log::open_append(logdir).unwrap()).unwrap()
+    restart_cutter(vol, logdir, VOL_MB)
 }
 
 fn run(fstype: &str) {

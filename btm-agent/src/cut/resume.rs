@@ -255,20 +255,57 @@ pub struct IndexOf<'a> {
     pub ids: &'a super::IdMap,
     pub dirty: Option<&'a crate::tracker::DirtySet>,
     pub running: Option<Running>,
+    /// On the stop of a start that cut no height: the state the stop before it left, whose
+    /// marks (and, for a tracker not left running, stats) still say what the last height
+    /// does not have (see [`marks_of`]).
+    pub carried: Option<&'a Resume>,
 }
 
 /// Writes the index as `dir/name` in the resume state's format, straight from the scan (no
 /// copy of 10^6 entries in memory); returns how many files it holds.
 pub fn write_index(dir: &Path, name: &str, of: &IndexOf) -> Result<usize> {
-    let marked = |ident: Identity, size| {
-        (of.dirty)
-            .and_then(|d| d.files.get(&ident.0))
-            .map(|f| f.ranges_within(size))
-            .unwrap_or_default()
-    };
     let head = (of.height, of.taken, of.running.as_ref());
-    let rows = known_files(of.scan, of.ids).map(|row| (row, marked(row.0, row.2)));
+    let rows = known_files(of.scan, of.ids).map(|row| (row, marks_of(of, &row)));
     write_files(dir, name, head, known_files(of.scan, of.ids).count(), rows)
+}
+
+/// The ranges (offset, length) to record of a file (stat now in `row`) for the next start:
+/// what the tracker marked since the height. On the stop of a start that cut no height, also
+/// what the stop before it carried (`of.carried`): its marks, or the whole file where that
+/// state no longer vouches for it (its stat changed while no agent ran, or is racy). Only
+/// this stop's marks and stat would make the next start trust a file written before the
+/// first stop, or while no agent ran, as unchanged: its change would be missing from the next
+/// height.
+fn marks_of(of: &IndexOf, row: &IndexRow) -> Vec<(u64, u64)> {
+    let &(ident, id, size, mtime, ctime) = row;
+    let mut r = (of.dirty)
+        .and_then(|d| d.files.get(&ident.0))
+        .map(|f| f.ranges_within(size))
+        .unwrap_or_default();
+    let Some(prev) = of.carried else {
+        return r;
+    };
+    let Some(old) = prev.unchanged(&ident, id, (size, mtime, ctime)) else {
+        return if size == 0 {
+            Vec::new()
+        } else {
+            vec![(0, size)]
+        };
+    };
+    r.extend(
+        old.iter()
+            .filter(|&&(o, _)| o < size)
+            .map(|&(o, l)| (o, l.min(size - o))),
+    );
+    r.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(r.len());
+    for (o, l) in r {
+        match out.last_mut() {
+            Some((po, pl)) if *po + *pl >= o => *pl = (*pl).max(o + l - *po),
+            _ => out.push((o, l)),
+        }
+    }
+    out
 }
 
 /// One file of a stat index: identity, id, size, mtime, ctime.
@@ -464,6 +501,67 @@ mod tests {
         );
     }
 
+    /// The stop of a start that cut nothing carries the previous stop's marks where that
+    /// stop still vouches for the file, and marks it whole where it does not.
+    #[test]
+    fn a_stop_without_a_height_carries_the_previous_marks() {
+        let (scan, ids) = (Scan::default(), super::super::IdMap::default());
+        let known = |dirty: Vec<(u64, u64)>| Known {
+            id: 5,
+            size: 100,
+            mtime: 1_000,
+            ctime: 1_000,
+            dirty,
+        };
+        let mut prev = Resume {
+            height: 3,
+            taken: 10_000_000_000,
+            files: HashMap::from([((7, 1), known(vec![(10, 5), (50, 60)]))]),
+            running: None,
+            kept_running: false,
+        };
+        let marks = |prev: &Resume, row: IndexRow| {
+            let of = IndexOf {
+                height: 3,
+                taken: 20_000_000_000,
+                scan: &scan,
+                ids: &ids,
+                dirty: None,
+                running: None,
+                carried: Some(prev),
+            };
+            marks_of(&of, &row)
+        };
+        // Unchanged since the first stop: its marks, cut to the size now.
+        assert_eq!(
+            marks(&prev, ((7, 1), 5, 100, 1_000, 1_000)),
+            vec![(10, 5), (50, 50)]
+        );
+        // Its stat changed while no agent ran (and no tracker marked): all of it.
+        assert_eq!(marks(&prev, ((7, 1), 5, 100, 2_000, 2_000)), vec![(0, 100)]);
+        assert_eq!(marks(&prev, ((7, 1), 5, 120, 1_000, 1_000)), vec![(0, 120)]);
+        // Racy at the first stop: all of it.
+        let racy = 9_000_000_000;
+        assert_eq!(marks(&prev, ((7, 1), 5, 100, racy, racy)), vec![(0, 100)]);
+        // A tracker kept marking meanwhile: its marks whatever the stat says.
+        prev.kept_running = true;
+        assert_eq!(
+            marks(&prev, ((7, 1), 5, 100, 2_000, 2_000)),
+            vec![(10, 5), (50, 50)]
+        );
+        // Nothing carried: only this stop's marks.
+        let of = IndexOf {
+            height: 3,
+            taken: 0,
+            scan: &scan,
+            ids: &ids,
+            dirty: None,
+            running: None,
+            carried: None,
+        };
+        assert!(marks_of(&of, &((7, 1), 5, 100, 2_000, 2_000)).is_empty());
+    }
+
     #[test]
     fn stat_index_serves_its_height_and_later_ones_and_stays() {
         let vol = tempfile::tempdir().unwrap();
@@ -490,6 +588,7 @@ mod tests {
             ids: &ids,
             dirty: None,
             running: None,
+            carried: None,
         };
         let n = write_index(dir.path(), name, &of).unwrap();
         assert_eq!(n, 1);

@@ -81,6 +81,7 @@ impl Cutter {
             ids: &self.ids,
             dirty: Some(&d),
             running,
+            carried: self.resume.as_ref(),
         };
         let dir = self.log().dir();
         let files = resume::write_index(dir, resume::RESUME_FILE, &of)?;
