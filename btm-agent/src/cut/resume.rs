@@ -297,15 +297,11 @@ fn marks_of(of: &IndexOf, row: &IndexRow) -> Vec<(u64, u64)> {
             .filter(|&&(o, _)| o < size)
             .map(|&(o, l)| (o, l.min(size - o))),
     );
-    r.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::with_capacity(r.len());
-    for (o, l) in r {
-        match out.last_mut() {
-            Some((po, pl)) if *po + *pl >= o => *pl = (*pl).max(o + l - *po),
-            _ => out.push((o, l)),
-        }
-    }
-    out
+    let spans = r.into_iter().map(|(o, l)| (o, o + l)).collect();
+    crate::log::merge_ranges(spans)
+        .into_iter()
+        .map(|(a, b)| (a, b - a))
+        .collect()
 }
 
 /// One file of a stat index: identity, id, size, mtime, ctime.

@@ -76,16 +76,20 @@ impl Focus {
 
     /// The parts of `[start, end)` of file `id` inside its ranges, in order (after
     /// [`Focus::merge`]).
-    pub(crate) fn within(&self, id: FileId, start: u64, end: u64) -> Vec<(u64, u64)> {
+    pub(crate) fn within(
+        &self,
+        id: FileId,
+        start: u64,
+        end: u64,
+    ) -> impl Iterator<Item = (u64, u64)> + '_ {
         debug_assert_eq!(self.merged, self.ranges.len(), "merge before within");
         // The first range of the file that ends after `start`.
         let i = self.ranges.partition_point(|r| (r.0, r.2) <= (id, start));
         self.ranges[i..]
             .iter()
-            .take_while(|r| r.0 == id && r.1 < end)
-            .map(|r| (r.1.max(start), r.2.min(end)))
+            .take_while(move |r| r.0 == id && r.1 < end)
+            .map(move |r| (r.1.max(start), r.2.min(end)))
             .filter(|(s, e)| s < e)
-            .collect()
     }
 
     /// Ranges held, over all files (a compaction reports it).
@@ -137,12 +141,18 @@ mod tests {
             ],
         );
         f.merge();
-        assert_eq!(f.within(1, 0, 100), vec![(10, 20), (40, 50)]);
-        assert_eq!(f.within(1, 15, 45), vec![(15, 20), (40, 45)]);
-        assert_eq!(f.within(1, 20, 40), vec![]);
-        assert_eq!(f.within(2, 0, 150), vec![(100, 150)]);
-        assert_eq!(f.within(3, 7, 9), vec![(7, 9)]);
-        assert_eq!(f.within(4, 0, u64::MAX), vec![]);
+        assert_eq!(
+            f.within(1, 0, 100).collect::<Vec<_>>(),
+            vec![(10, 20), (40, 50)]
+        );
+        assert_eq!(
+            f.within(1, 15, 45).collect::<Vec<_>>(),
+            vec![(15, 20), (40, 45)]
+        );
+        assert_eq!(f.within(1, 20, 40).collect::<Vec<_>>(), vec![]);
+        assert_eq!(f.within(2, 0, 150).collect::<Vec<_>>(), vec![(100, 150)]);
+        assert_eq!(f.within(3, 7, 9).collect::<Vec<_>>(), vec![(7, 9)]);
+        assert_eq!(f.within(4, 0, u64::MAX).collect::<Vec<_>>(), vec![]);
         assert_eq!(f.ranges(), 4);
     }
 
@@ -159,11 +169,14 @@ mod tests {
         f.merge();
         let n = 200_000u64.div_ceil(3) * 10;
         assert_eq!(
-            f.within(0, 0, u64::MAX),
+            f.within(0, 0, u64::MAX).collect::<Vec<_>>(),
             vec![(0, n), (1_000_000, 1_000_005)]
         );
-        assert_eq!(f.within(1, 0, u64::MAX), vec![(0, 666_670)]);
-        assert_eq!(f.within(2, 5, 25), vec![(5, 25)]);
+        assert_eq!(
+            f.within(1, 0, u64::MAX).collect::<Vec<_>>(),
+            vec![(0, 666_670)]
+        );
+        assert_eq!(f.within(2, 5, 25).collect::<Vec<_>>(), vec![(5, 25)]);
         assert_eq!(f.ranges(), 4);
     }
 }
