@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::rewrite::Row;
+use crate::LogError;
 use crate::record::{Entry, FileId, NsOp, parent_of};
 use crate::state::{FileBefore, FileState, Node, Piece, TreeState, Undo};
 
@@ -77,10 +78,10 @@ fn differing(
 /// The entry at a path before the run, whose node then was `node`.
 fn entry_before(undo: &Undo, cur: &TreeState, node: &Node) -> Option<Entry> {
     match node {
-        Node::File(id) => match undo.files.get(id) {
+        Node::File(id) => match undo.before(*id) {
             // A path named the file before the run, so it existed: `None` cannot happen, and
             // is reported as a difference (a put is always right to write).
-            Some(b) => b.as_ref().map(|b| Entry::File {
+            Some(b) => b.map(|b| Entry::File {
                 id: *id,
                 mode: b.mode,
                 uid: b.uid,
@@ -92,8 +93,20 @@ fn entry_before(undo: &Undo, cur: &TreeState, node: &Node) -> Option<Entry> {
     }
 }
 
+/// Where a diff goes as it is made: a record written as it comes (a run over every file
+/// would hold over 500 MiB of operations and rows otherwise).
+pub(super) trait DiffOut {
+    fn op(&mut self, op: NsOp) -> Result<(), LogError>;
+    fn row(&mut self, row: Row) -> Result<(), LogError>;
+}
+
 /// Rows that make file `id` read as `f` in the byte ranges `ranges`.
-fn rows_of_ranges(id: FileId, f: &FileState, ranges: Vec<(u64, u64)>, rows: &mut Vec<Row>) {
+fn rows_of_ranges(
+    id: FileId,
+    f: &FileState,
+    ranges: Vec<(u64, u64)>,
+    out: &mut impl DiffOut,
+) -> Result<(), LogError> {
     for (a, b) in ranges {
         let mut x = a;
         while x < b {
@@ -105,75 +118,77 @@ fn rows_of_ranges(id: FileId, f: &FileState, ranges: Vec<(u64, u64)>, rows: &mut
             else {
                 // A hole up to the next piece (or the range end).
                 let next = f.pieces.range(x..).next().map_or(b, |(s, _)| (*s).min(b));
-                rows.push(Row::Zero {
+                out.row(Row::Zero {
                     id,
                     offset: x,
                     len: next - x,
-                });
+                })?;
                 x = next;
                 continue;
             };
             let end = (s + piece.len).min(b);
             let skip = piece.skip + (x - s);
             if skip == 0 && end - x == piece.payload.raw_len {
-                rows.push(Row::Ref {
+                out.row(Row::Ref {
                     id,
                     offset: x,
                     p: piece.payload,
-                });
+                })?;
             } else {
                 // Part of a payload: cut out when written, in bounded batches.
-                rows.push(Row::Fresh {
+                out.row(Row::Fresh {
                     id,
                     offset: x,
                     src: piece.payload,
                     skip,
                     len: end - x,
-                });
+                })?;
             }
             x = end;
         }
     }
+    Ok(())
 }
 
 /// The record of the diff from the state before a run (`cur` with `undo` put back) to `cur`:
-/// applied to that state it gives a tree with `cur`'s namespace, metadata and bytes.
-pub(super) fn diff(undo: &Undo, cur: &TreeState) -> (Vec<NsOp>, Vec<Row>) {
-    let mut ops = Vec::new();
-    for (p, was) in &undo.nodes {
+/// applied to that state it gives a tree with `cur`'s namespace, metadata and bytes. Handed to
+/// `out` as it is made: namespace operations first, then each file's size and rows in id order.
+pub(super) fn diff_into(
+    undo: &Undo,
+    cur: &TreeState,
+    out: &mut impl DiffOut,
+) -> Result<(), LogError> {
+    for (p, was) in undo.nodes.iter() {
         let parent_gone = parent_of(p).is_some_and(|q| !cur.nodes.contains_key(q));
         if was.is_some() && !cur.nodes.contains_key(p) && !parent_gone {
-            ops.push(NsOp::Remove { path: p.clone() });
+            out.op(NsOp::Remove { path: p.to_vec() })?;
         }
     }
     for (p, n) in &cur.nodes {
         let was = match undo.nodes.get(p) {
             Some(was) => was.as_ref(),
             None => match n {
-                Node::File(id) if undo.files.contains_key(id) => Some(n),
+                Node::File(id) if undo.before(*id).is_some() => Some(n),
                 _ => continue, // Neither the path nor its file changed.
             },
         };
         let entry = cur.to_entry(n);
         if was.and_then(|w| entry_before(undo, cur, w)).as_ref() != Some(&entry) {
-            ops.push(NsOp::Put {
+            out.op(NsOp::Put {
                 path: p.to_vec(),
                 entry,
-            });
+            })?;
         }
     }
     let mut ids: Vec<FileId> = undo
-        .files
-        .keys()
-        .copied()
+        .touched_files()
         .filter(|id| cur.files.contains_key(id))
         .collect();
     ids.sort_unstable();
-    let mut rows = Vec::new();
     let (none, whole) = (BTreeMap::new(), BTreeMap::from([(0, u64::MAX)]));
     for id in ids {
         let f = &cur.files[&id];
-        let (size, touched, old) = match &undo.files[&id] {
+        let (size, touched, old) = match undo.before(id).expect("touched") {
             // Created by the run: it differs from nothing wherever it has bytes.
             None => (0, &whole, &none),
             Some(FileBefore {
@@ -181,13 +196,34 @@ pub(super) fn diff(undo: &Undo, cur: &TreeState) -> (Vec<NsOp>, Vec<Row>) {
             }) => (*size, touched, old),
         };
         if size != f.size {
-            ops.push(NsOp::SetSize { id, size: f.size });
+            out.op(NsOp::SetSize { id, size: f.size })?;
         }
         let ranges = touched.iter().map(|(&s, &e)| (s, e));
         let ranges = differing(old, size.min(f.size), f, ranges);
-        rows_of_ranges(id, f, ranges, &mut rows);
+        rows_of_ranges(id, f, ranges, out)?;
     }
-    (ops, rows)
+    Ok(())
+}
+
+/// Collects a diff (tests compare diffs whole).
+#[cfg(test)]
+impl DiffOut for (Vec<NsOp>, Vec<Row>) {
+    fn op(&mut self, op: NsOp) -> Result<(), LogError> {
+        self.0.push(op);
+        Ok(())
+    }
+    fn row(&mut self, row: Row) -> Result<(), LogError> {
+        self.1.push(row);
+        Ok(())
+    }
+}
+
+/// The diff of [`diff_into`], collected.
+#[cfg(test)]
+pub(super) fn diff(undo: &Undo, cur: &TreeState) -> (Vec<NsOp>, Vec<Row>) {
+    let mut out = (Vec::new(), Vec::new());
+    diff_into(undo, cur, &mut out).expect("collecting cannot fail");
+    out
 }
 
 #[cfg(test)]

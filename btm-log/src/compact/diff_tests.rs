@@ -38,13 +38,13 @@ fn diff_of_states(prev: &TreeState, cur: &TreeState) -> (Vec<NsOp>, Vec<Row>) {
     }
     let mut ids: Vec<FileId> = cur.files.keys().copied().collect();
     ids.sort_unstable();
-    let mut rows = Vec::new();
+    let mut out = (ops, Vec::new());
     for id in ids {
         let f = &cur.files[&id];
         let base = prev.files.get(&id);
         let base_size = base.map_or(0, |b| b.size);
         if base_size != f.size {
-            ops.push(NsOp::SetSize { id, size: f.size });
+            out.0.push(NsOp::SetSize { id, size: f.size });
         }
         let limit = base_size.min(f.size);
         let mut cuts = BTreeSet::from([0, f.size, limit]);
@@ -66,9 +66,9 @@ fn diff_of_states(prev: &TreeState, cur: &TreeState) -> (Vec<NsOp>, Vec<Row>) {
                 _ => ranges.push((a, b)),
             }
         }
-        rows_of_ranges(id, f, ranges, &mut rows);
+        rows_of_ranges(id, f, ranges, &mut out).expect("collecting cannot fail");
     }
-    (ops, rows)
+    out
 }
 
 /// One random choice, read against the tree as it is when its op is made.
@@ -286,11 +286,12 @@ fn a_run_keeps_only_what_it_touched() {
     };
     st.apply_recording(3, &[], std::slice::from_ref(&write), &mut undo)
         .unwrap();
-    assert_eq!(undo.nodes.len(), 2, "{:?}", undo.nodes.keys());
+    assert_eq!(undo.nodes.len(), 2, "{:?}", undo.nodes);
     assert_eq!(undo.files.len(), 2);
-    let eight = undo.files[&8].as_ref().unwrap();
+    assert!(undo.created.is_empty());
+    let eight = &undo.files[&8];
     assert_eq!(eight.old.len(), 1);
-    assert!(undo.files[&7].as_ref().unwrap().old.is_empty());
+    assert!(undo.files[&7].old.is_empty());
     assert_eq!(diff(&undo, &st), diff_of_states(&base, &st));
 
     // Folded with the run's focus, the state holds file 7 whole (put again) and of file 8

@@ -339,11 +339,11 @@ impl Log {
             match run.take() {
                 Some(undo) => {
                     w.rep.merged_records += 1;
-                    let (ops, rows) = diff::diff(&undo, &state);
-                    // Freed before the record is written: a run over every file keeps the
-                    // old values of all of them (280 MiB at 10^6 files).
-                    drop((undo, meta));
-                    w.emit(self, h, t, ops, rows)?;
+                    drop(meta);
+                    let mut rec = w.rows_record(self, h)?;
+                    diff::diff_into(&undo, &state, &mut rec)?;
+                    drop(undo);
+                    rec.finish(t)?;
                 }
                 None => w.emit_as_is(self, h, t, meta)?,
             }
@@ -500,3 +500,6 @@ impl Log {
         self.segments.iter().map(|s| s.len).sum()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,13 +6,15 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use super::diff::DiffOut;
 use super::moved::Moved;
 use super::{CompactReport, test_pause};
 use crate::append::compress_all;
 use crate::format::{Codec, Meta, MetaExtent, PayloadRef, SEG_HEADER_LEN, SegHeader};
+use crate::meta::MetaStream;
 use crate::record::{FileId, NsOp};
 use crate::replay::PayloadSource;
-use crate::writer::{RecordWriter, SegmentIo};
+use crate::writer::{META_CHUNK, RecordWriter, SegmentIo};
 use crate::{Log, LogError, seg_name};
 
 /// A row of a rewritten record before payload locations are known.
@@ -158,77 +160,47 @@ impl Writer {
                 *payload = self.place(log, &mut w, *payload)?;
             }
         }
-        self.finish(w, height, time_unix_ms, Meta { ops, extents })
+        let meta = Meta { ops, extents };
+        self.finish(w, height, time_unix_ms, meta.encoded_len() as u64, |sink| {
+            meta.encode_in_chunks(META_CHUNK, sink)
+        })
     }
 
-    /// Writes one record made of rows (a run's diff); payloads it refers to in rewritten
-    /// segments are read from `log`.
-    pub(super) fn emit(
-        &mut self,
-        log: &Log,
+    /// A record made of rows (a run's diff), written as they come: see [`RowRecord`].
+    pub(super) fn rows_record<'a>(
+        &'a mut self,
+        log: &'a Log,
         height: u64,
-        time_unix_ms: u64,
-        ops: Vec<NsOp>,
-        rows: Vec<Row>,
-    ) -> Result<(), LogError> {
-        let mut w = self.record_writer(log)?;
-        // Rows in order; fresh ones are filled in batch by batch (bounded memory, whatever
-        // the size of the record).
-        let mut extents: Vec<Option<MetaExtent>> = Vec::with_capacity(rows.len());
-        let mut batch: Vec<(usize, FileId, u64, PayloadRef, u64, u64)> = Vec::new();
-        let mut batch_bytes = 0u64;
-        let limit = (log.opts.batch_bytes as u64).max(1 << 20);
-        for r in rows {
-            let (id, offset, payload) = match r {
-                Row::Zero { id, offset, len } => {
-                    extents.push(Some(MetaExtent::Zero { id, offset, len }));
-                    continue;
-                }
-                Row::Fresh {
-                    id,
-                    offset,
-                    src,
-                    skip,
-                    len,
-                } => {
-                    if batch_bytes + len > limit && !batch.is_empty() {
-                        self.fresh(log, &mut w, &mut batch, &mut extents)?;
-                        batch_bytes = 0;
-                    }
-                    batch.push((extents.len(), id, offset, src, skip, len));
-                    batch_bytes += len;
-                    extents.push(None);
-                    continue;
-                }
-                Row::Ref { id, offset, p } => (id, offset, self.place(log, &mut w, p)?),
-            };
-            extents.push(Some(MetaExtent::Data {
-                id,
-                offset,
-                payload,
-            }));
-        }
-        self.fresh(log, &mut w, &mut batch, &mut extents)?;
-        let extents = extents
-            .into_iter()
-            .map(|e| e.expect("every fresh row written"))
-            .collect();
-        self.finish(w, height, time_unix_ms, Meta { ops, extents })
+    ) -> Result<RowRecord<'a>, LogError> {
+        let rec = self.record_writer(log)?;
+        let meta = MetaStream::new(&self.tmp, height);
+        Ok(RowRecord {
+            w: self,
+            log,
+            rec,
+            meta,
+            pending: Vec::new(),
+            batch: Vec::new(),
+            batch_bytes: 0,
+        })
     }
 
-    /// Writes the record's metadata and header after its payloads.
+    /// Writes the record's metadata (`meta_len` bytes, from `encode`) and header after its
+    /// payloads.
     fn finish(
         &mut self,
         w: RecordWriter,
         height: u64,
         time_unix_ms: u64,
-        meta: Meta,
+        meta_len: u64,
+        encode: impl FnOnce(&mut dyn FnMut(&[u8]) -> Result<(), LogError>) -> Result<(), LogError>,
     ) -> Result<(), LogError> {
         let start = self.len;
-        let (header, hash) = w.finish(height, time_unix_ms, self.prev_hash, &meta)?;
+        let (header, hash) =
+            w.finish_with(height, time_unix_ms, self.prev_hash, meta_len, encode)?;
         self.len = start + header.record_len().expect("fits");
         self.prev_hash = hash;
-        self.throttle.account(2 * meta.encoded_len() as u64);
+        self.throttle.account(2 * meta_len);
         self.throttle.pace();
         test_pause();
         Ok(())
@@ -290,6 +262,95 @@ impl Writer {
         batch.clear();
         self.throttle.pace();
         Ok(())
+    }
+}
+
+/// Extents a [`RowRecord`] holds before it writes the fresh rows among them early.
+const PENDING_MAX: usize = 1 << 16;
+
+/// One record made of rows, written as the rows come: existing payloads are placed at once,
+/// fresh ones are cut out and compressed batch by batch, and the metadata is encoded into a
+/// [`MetaStream`]. Holds at most a batch of extents, whatever the size of the record.
+pub(super) struct RowRecord<'a> {
+    w: &'a mut Writer,
+    log: &'a Log,
+    rec: RecordWriter,
+    meta: MetaStream,
+    /// Extents not encoded yet: from the first fresh row of `batch` on, in order.
+    pending: Vec<Option<MetaExtent>>,
+    /// Fresh rows: (index in `pending`, id, offset, source payload, skip, len).
+    batch: Vec<(usize, FileId, u64, PayloadRef, u64, u64)>,
+    batch_bytes: u64,
+}
+
+impl RowRecord<'_> {
+    fn extent(&mut self, e: MetaExtent) -> Result<(), LogError> {
+        if self.pending.is_empty() {
+            return self.meta.extent(&e);
+        }
+        self.pending.push(Some(e));
+        if self.pending.len() >= PENDING_MAX {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the batch of fresh rows and encodes the extents held until then.
+    fn flush(&mut self) -> Result<(), LogError> {
+        let (log, rec) = (self.log, &mut self.rec);
+        self.w.fresh(log, rec, &mut self.batch, &mut self.pending)?;
+        self.batch_bytes = 0;
+        for e in self.pending.drain(..) {
+            self.meta.extent(&e.expect("every fresh row written"))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the record's metadata and header.
+    pub(super) fn finish(mut self, time_unix_ms: u64) -> Result<(), LogError> {
+        self.flush()?;
+        let RowRecord { w, rec, meta, .. } = self;
+        let height = meta.height();
+        w.finish(rec, height, time_unix_ms, meta.encoded_len(), |sink| {
+            meta.write(sink)
+        })
+    }
+}
+
+impl DiffOut for RowRecord<'_> {
+    fn op(&mut self, op: NsOp) -> Result<(), LogError> {
+        self.meta.op(&op)
+    }
+
+    fn row(&mut self, row: Row) -> Result<(), LogError> {
+        match row {
+            Row::Zero { id, offset, len } => self.extent(MetaExtent::Zero { id, offset, len }),
+            Row::Ref { id, offset, p } => {
+                let payload = self.w.place(self.log, &mut self.rec, p)?;
+                self.extent(MetaExtent::Data {
+                    id,
+                    offset,
+                    payload,
+                })
+            }
+            Row::Fresh {
+                id,
+                offset,
+                src,
+                skip,
+                len,
+            } => {
+                let limit = (self.log.opts.batch_bytes as u64).max(1 << 20);
+                if self.batch_bytes + len > limit && !self.batch.is_empty() {
+                    self.flush()?;
+                }
+                self.batch
+                    .push((self.pending.len(), id, offset, src, skip, len));
+                self.batch_bytes += len;
+                self.pending.push(None);
+                Ok(())
+            }
+        }
     }
 }
 

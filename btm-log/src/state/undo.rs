@@ -9,18 +9,23 @@
 //! before the run is the state after it with these values put back; the diff reads it that
 //! way (compact/diff.rs), without building it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::{FileState, Node, Piece};
-use crate::record::{FileId, RelPath};
+use crate::pathmap::PathMap;
+use crate::record::FileId;
 
 /// The values a run replaced. See the module documentation.
 #[derive(Debug, Default)]
 pub(crate) struct Undo {
-    /// Path -> its node before the run (`None`: the path did not exist).
-    pub(crate) nodes: BTreeMap<RelPath, Option<Node>>,
-    /// File -> what it was before the run (`None`: the file did not exist).
-    pub(crate) files: HashMap<FileId, Option<FileBefore>>,
+    /// Path -> its node before the run (`None`: the path did not exist). A path map, not a
+    /// tree map of owned paths: a run holding a baseline of 10^6 paths took 93 MiB so.
+    pub(crate) nodes: PathMap<Option<Node>>,
+    /// File -> what it was before the run, for files that existed then.
+    pub(crate) files: HashMap<FileId, FileBefore>,
+    /// Files the run created: apart, as they have nothing to keep (a run holding a baseline
+    /// of 10^6 files took 186 MiB with them in `files`).
+    pub(crate) created: HashSet<FileId>,
 }
 
 /// A file as it was before a run: its metadata, and its pieces where the run changed them.
@@ -45,25 +50,49 @@ impl Undo {
         }
     }
 
+    /// What file `id` was before the run: `None` if the run did not touch it, `Some(None)` if
+    /// the run created it.
+    pub(crate) fn before(&self, id: FileId) -> Option<Option<&FileBefore>> {
+        match self.files.get(&id) {
+            Some(b) => Some(Some(b)),
+            None => self.created.contains(&id).then_some(None),
+        }
+    }
+
+    /// Files the run touched.
+    pub(crate) fn touched_files(&self) -> impl Iterator<Item = FileId> + '_ {
+        self.files.keys().chain(&self.created).copied()
+    }
+
     /// Keeps the metadata of file `id` (`f`: as it is now) unless the run touched it already.
     pub(crate) fn file(&mut self, id: FileId, f: Option<&FileState>) {
-        self.files.entry(id).or_insert_with(|| {
-            f.map(|f| FileBefore {
-                mode: f.mode,
-                uid: f.uid,
-                gid: f.gid,
-                size: f.size,
-                touched: BTreeMap::new(),
-                old: BTreeMap::new(),
-            })
-        });
+        if self.created.contains(&id) {
+            return;
+        }
+        match f {
+            None => {
+                if !self.files.contains_key(&id) {
+                    self.created.insert(id);
+                }
+            }
+            Some(f) => {
+                self.files.entry(id).or_insert_with(|| FileBefore {
+                    mode: f.mode,
+                    uid: f.uid,
+                    gid: f.gid,
+                    size: f.size,
+                    touched: BTreeMap::new(),
+                    old: BTreeMap::new(),
+                });
+            }
+        }
     }
 
     /// Before `f` (file `id`) changes its pieces in `[start, end)`: keeps those of its pieces
     /// there that are still the ones from before the run.
     pub(crate) fn pieces(&mut self, id: FileId, f: &FileState, start: u64, end: u64) {
         self.file(id, Some(f));
-        let Some(Some(b)) = self.files.get_mut(&id) else {
+        let Some(b) = self.files.get_mut(&id) else {
             return; // Created by the run: there was nothing before.
         };
         if start >= end {

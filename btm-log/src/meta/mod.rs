@@ -4,6 +4,11 @@
 use crate::format::{Codec, MAX_PAYLOAD_RAW, Meta, MetaExtent, PayloadRef, table_len};
 use crate::record::{Entry, NsOp, check_path, check_symlink_target};
 
+mod stream;
+pub(crate) use stream::MetaStream;
+#[cfg(test)]
+pub(crate) use stream::SPILL_BUF;
+
 const OP_PUT: u8 = 1;
 const OP_REMOVE: u8 = 2;
 const OP_SET_SIZE: u8 = 3;
@@ -33,6 +38,78 @@ fn op_len(op: &NsOp) -> usize {
 
 const ZERO_EXT_LEN: usize = 8 + 8 + 1 + 8;
 const DATA_EXT_LEN: usize = 8 + 8 + 1 + 8 + 32 + 1 + 8 + 8 + 8;
+
+/// Appends the encoding of one namespace operation.
+fn encode_op(b: &mut Vec<u8>, op: &NsOp) {
+    let bytes = |b: &mut Vec<u8>, v: &[u8]| {
+        b.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        b.extend_from_slice(v);
+    };
+    match op {
+        NsOp::Put { path, entry } => {
+            b.push(OP_PUT);
+            bytes(b, path);
+            match entry {
+                Entry::Dir { mode, uid, gid } => {
+                    b.push(ENTRY_DIR);
+                    for v in [mode, uid, gid] {
+                        b.extend_from_slice(&v.to_le_bytes());
+                    }
+                }
+                Entry::File { id, mode, uid, gid } => {
+                    b.push(ENTRY_FILE);
+                    b.extend_from_slice(&id.to_le_bytes());
+                    for v in [mode, uid, gid] {
+                        b.extend_from_slice(&v.to_le_bytes());
+                    }
+                }
+                Entry::Symlink { target, uid, gid } => {
+                    b.push(ENTRY_SYMLINK);
+                    bytes(b, target);
+                    for v in [uid, gid] {
+                        b.extend_from_slice(&v.to_le_bytes());
+                    }
+                }
+            }
+        }
+        NsOp::Remove { path } => {
+            b.push(OP_REMOVE);
+            bytes(b, path);
+        }
+        NsOp::SetSize { id, size } => {
+            b.push(OP_SET_SIZE);
+            b.extend_from_slice(&id.to_le_bytes());
+            b.extend_from_slice(&size.to_le_bytes());
+        }
+    }
+}
+
+/// Appends the encoding of one extent row.
+fn encode_extent(b: &mut Vec<u8>, e: &MetaExtent) {
+    match e {
+        MetaExtent::Zero { id, offset, len } => {
+            b.extend_from_slice(&id.to_le_bytes());
+            b.extend_from_slice(&offset.to_le_bytes());
+            b.push(EXT_ZERO);
+            b.extend_from_slice(&len.to_le_bytes());
+        }
+        MetaExtent::Data {
+            id,
+            offset,
+            payload: p,
+        } => {
+            b.extend_from_slice(&id.to_le_bytes());
+            b.extend_from_slice(&offset.to_le_bytes());
+            b.push(EXT_DATA);
+            b.extend_from_slice(&p.raw_len.to_le_bytes());
+            b.extend_from_slice(&p.hash);
+            b.push(p.codec as u8);
+            b.extend_from_slice(&p.seg.to_le_bytes());
+            b.extend_from_slice(&p.offset.to_le_bytes());
+            b.extend_from_slice(&p.stored_len.to_le_bytes());
+        }
+    }
+}
 
 impl Meta {
     /// Size of the encoded block (independent of payload locations, which are fixed-width).
@@ -69,83 +146,22 @@ impl Meta {
         mut sink: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         let mut b = Vec::with_capacity(chunk.min(self.encoded_len()));
-        let bytes = |b: &mut Vec<u8>, v: &[u8]| {
-            b.extend_from_slice(&(v.len() as u32).to_le_bytes());
-            b.extend_from_slice(v);
+        let flush = |b: &mut Vec<u8>, sink: &mut dyn FnMut(&[u8]) -> Result<(), E>| {
+            if b.len() >= chunk {
+                sink(b)?;
+                b.clear();
+            }
+            Ok(())
         };
         b.extend_from_slice(&(self.ops.len() as u32).to_le_bytes());
         for op in &self.ops {
-            match op {
-                NsOp::Put { path, entry } => {
-                    b.push(OP_PUT);
-                    bytes(&mut b, path);
-                    match entry {
-                        Entry::Dir { mode, uid, gid } => {
-                            b.push(ENTRY_DIR);
-                            for v in [mode, uid, gid] {
-                                b.extend_from_slice(&v.to_le_bytes());
-                            }
-                        }
-                        Entry::File { id, mode, uid, gid } => {
-                            b.push(ENTRY_FILE);
-                            b.extend_from_slice(&id.to_le_bytes());
-                            for v in [mode, uid, gid] {
-                                b.extend_from_slice(&v.to_le_bytes());
-                            }
-                        }
-                        Entry::Symlink { target, uid, gid } => {
-                            b.push(ENTRY_SYMLINK);
-                            bytes(&mut b, target);
-                            for v in [uid, gid] {
-                                b.extend_from_slice(&v.to_le_bytes());
-                            }
-                        }
-                    }
-                }
-                NsOp::Remove { path } => {
-                    b.push(OP_REMOVE);
-                    bytes(&mut b, path);
-                }
-                NsOp::SetSize { id, size } => {
-                    b.push(OP_SET_SIZE);
-                    b.extend_from_slice(&id.to_le_bytes());
-                    b.extend_from_slice(&size.to_le_bytes());
-                }
-            }
-            if b.len() >= chunk {
-                sink(&b)?;
-                b.clear();
-            }
+            encode_op(&mut b, op);
+            flush(&mut b, &mut sink)?;
         }
         b.extend_from_slice(&(self.extents.len() as u32).to_le_bytes());
         for e in &self.extents {
-            match e {
-                MetaExtent::Zero { id, offset, len } => {
-                    b.extend_from_slice(&id.to_le_bytes());
-                    b.extend_from_slice(&offset.to_le_bytes());
-                    b.push(EXT_ZERO);
-                    b.extend_from_slice(&len.to_le_bytes());
-                }
-                MetaExtent::Data {
-                    id,
-                    offset,
-                    payload: p,
-                } => {
-                    b.extend_from_slice(&id.to_le_bytes());
-                    b.extend_from_slice(&offset.to_le_bytes());
-                    b.push(EXT_DATA);
-                    b.extend_from_slice(&p.raw_len.to_le_bytes());
-                    b.extend_from_slice(&p.hash);
-                    b.push(p.codec as u8);
-                    b.extend_from_slice(&p.seg.to_le_bytes());
-                    b.extend_from_slice(&p.offset.to_le_bytes());
-                    b.extend_from_slice(&p.stored_len.to_le_bytes());
-                }
-            }
-            if b.len() >= chunk {
-                sink(&b)?;
-                b.clear();
-            }
+            encode_extent(&mut b, e);
+            flush(&mut b, &mut sink)?;
         }
         if b.is_empty() { Ok(()) } else { sink(&b) }
     }
