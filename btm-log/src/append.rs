@@ -19,10 +19,7 @@ use super::record::{
 };
 use super::unchanged::Unchanged;
 use super::writer::{RecordWriter, SegmentIo};
-use super::{
-    HeightInfo, Log, Meta, RecordLoc, Segment, TreeState, data_bytes, files_changed, fsync_dir,
-    seg_name,
-};
+use super::{HeightInfo, Log, Meta, RecordLoc, Segment, Tally, TreeState, fsync_dir, seg_name};
 
 /// Raw bytes of a batch compressed at a time (then written): what the compressed copies cost.
 const COMPRESS_WINDOW: usize = 8 << 20;
@@ -393,12 +390,14 @@ impl Draft<'_> {
         let record_len = header.record_len().expect("fits");
         let seg_idx = self.log.segments.len() - 1;
         self.log.segments[seg_idx].len = self.start + record_len;
+        let tally = Tally::of(&meta);
+        let max_id = tally.max_id;
         let info = HeightInfo {
             height: self.height,
             time_unix_ms,
             stored_bytes: record_len,
-            data_bytes: data_bytes(&meta),
-            files_changed: files_changed(&meta),
+            data_bytes: tally.data_bytes,
+            files_changed: tally.files_changed(),
             hash,
         };
         let rec = RecordLoc {
@@ -408,7 +407,7 @@ impl Draft<'_> {
             header,
             info: info.clone(),
         };
-        self.log.index_record(rec, &meta);
+        self.log.index_record(rec, max_id);
         self.new_segment = false;
         self.start = u64::MAX; // committed: nothing to undo
         Ok(info)

@@ -17,14 +17,26 @@ pub(crate) fn decode_meta(
     if *blake3::hash(mb).as_bytes() != header.meta_hash {
         return Ok(None);
     }
-    Meta::decode(mb).map(Some).map_err(|e| match e {
+    Meta::decode(mb)
+        .map(Some)
+        .map_err(|e| meta_error(header.height, e, corrupt))
+}
+
+/// The error of a metadata block of the record of `height` that decodes badly; `corrupt`
+/// names the record.
+pub(crate) fn meta_error(
+    height: u64,
+    e: MetaError,
+    corrupt: impl Fn(String) -> LogError,
+) -> LogError {
+    match e {
         MetaError::Malformed(why) => corrupt(format!("malformed metadata: {why}")),
         MetaError::UnsafePath(path, reason) => LogError::UnsafePath {
-            height: header.height,
+            height,
             path: display_path(&path),
             reason,
         },
-    })
+    }
 }
 
 /// The chain: heights increase, and each record names the one before it (`prev`: its height
@@ -61,17 +73,65 @@ pub(crate) struct PayloadLayout<'m> {
     pub repeated: u64,
 }
 
-/// Sorts a record's extents into its own payloads and borrowed ones, and checks its own: each
-/// lies inside the payload section `section` of segment `seg`, none overlaps another, and in
-/// version 1 they tile the section (a version-2 writer may leave the payloads of files that
-/// vanished during the cut unused).
+/// Whether a data extent's payload `p` is one the record at segment `seg` stores in its payload
+/// section `section` (else an earlier record's), checking that it does not run past it.
+pub(crate) fn is_own(
+    seg: u64,
+    section: (u64, u64),
+    id: FileId,
+    offset: u64,
+    p: &PayloadRef,
+) -> Result<bool, String> {
+    let (ps, pe) = section;
+    let end = p
+        .offset
+        .checked_add(p.stored_len)
+        .ok_or_else(|| format!("payload of file id {id} at {offset} overflows"))?;
+    if p.seg == seg && p.offset >= ps && p.offset < pe {
+        if end > pe {
+            return Err(format!(
+                "data of file id {id} at offset {offset} runs past the payload section"
+            ));
+        }
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Checks a record's own payloads, as (offset, stored length) sorted by offset and each once:
+/// none overlaps another, and in version 1 they tile the section `section` (a version-2
+/// writer may leave the payloads of files that vanished during the cut unused).
+pub(crate) fn check_own(
+    section: (u64, u64),
+    version: u16,
+    own: impl Iterator<Item = (u64, u64)>,
+) -> Result<(), String> {
+    let (ps, pe) = section;
+    let gaps = version >= 2;
+    let mut at = ps;
+    for (offset, len) in own {
+        if offset < at || (offset > at && !gaps) {
+            return Err(format!("payloads overlap or leave a gap at offset {at}"));
+        }
+        at = offset + len;
+    }
+    if at != pe && !gaps {
+        return Err(format!(
+            "payload section has {} bytes no extent uses",
+            pe - at
+        ));
+    }
+    Ok(())
+}
+
+/// Sorts a record's extents into its own payloads and borrowed ones, and checks its own (see
+/// [`is_own`] and [`check_own`]).
 pub(crate) fn payload_layout<'m>(
     seg: u64,
     section: (u64, u64),
     version: u16,
     meta: &'m Meta,
 ) -> Result<PayloadLayout<'m>, String> {
-    let (ps, pe) = section;
     let mut own: Vec<Use<'m>> = Vec::new();
     let mut borrowed = Vec::new();
     for e in &meta.extents {
@@ -83,16 +143,7 @@ pub(crate) fn payload_layout<'m>(
         else {
             continue;
         };
-        let end = p
-            .offset
-            .checked_add(p.stored_len)
-            .ok_or_else(|| format!("payload of file id {id} at {offset} overflows"))?;
-        if p.seg == seg && p.offset >= ps && p.offset < pe {
-            if end > pe {
-                return Err(format!(
-                    "data of file id {id} at offset {offset} runs past the payload section"
-                ));
-            }
+        if is_own(seg, section, *id, *offset, p)? {
             own.push((p, *id, *offset));
         } else {
             borrowed.push((p, *id, *offset));
@@ -102,20 +153,11 @@ pub(crate) fn payload_layout<'m>(
     let before = own.len();
     own.dedup_by(|(a, _, _), (b, _, _)| a == b);
     let repeated = (before - own.len()) as u64;
-    let gaps = version >= 2;
-    let mut at = ps;
-    for (p, _, _) in &own {
-        if p.offset < at || (p.offset > at && !gaps) {
-            return Err(format!("payloads overlap or leave a gap at offset {at}"));
-        }
-        at = p.offset + p.stored_len;
-    }
-    if at != pe && !gaps {
-        return Err(format!(
-            "payload section has {} bytes no extent uses",
-            pe - at
-        ));
-    }
+    check_own(
+        section,
+        version,
+        own.iter().map(|(p, _, _)| (p.offset, p.stored_len)),
+    )?;
     Ok(PayloadLayout {
         own,
         borrowed,

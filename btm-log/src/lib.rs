@@ -40,10 +40,11 @@ mod check;
 mod compact;
 mod compare;
 mod counts;
-use counts::{data_bytes, files_changed, meta_ids};
+use counts::Tally;
 mod dedup;
 pub mod dirfd;
 mod error;
+mod fold;
 mod format;
 mod globs;
 mod meta;
@@ -527,8 +528,7 @@ impl Log {
     fn fold_to(&self, n: usize) -> Result<TreeState, LogError> {
         let mut st = TreeState::default();
         for r in &self.records[..n] {
-            let meta = self.read_meta(r)?;
-            st.apply(r.header.height, &meta.ops, &meta.extents)?;
+            self.apply_record(&mut st, r, None, None)?;
         }
         Ok(st)
     }

@@ -6,12 +6,14 @@ use std::path::Path;
 
 use super::check;
 use super::format::{
-    self, FORMAT_VERSION, HeaderError, REC_HEADER_LEN, REC_MAGIC, RecHeader, SEG_HEADER_LEN,
-    SegHeader, TRAILER_LEN, Trailer,
+    self, FORMAT_VERSION, HeaderError, PayloadRef, REC_HEADER_LEN, REC_MAGIC, RecHeader,
+    RecordHash, SEG_HEADER_LEN, SegHeader, TRAILER_LEN, Trailer,
 };
+use super::meta::{Item, ReadError, StreamErr, for_each_item};
+use super::record::FileId;
 use super::{
-    HeightInfo, Log, LogError, Meta, MetaExtent, RecordLoc, Segment, TornTail, compact, data_bytes,
-    files_changed, fsync_dir, meta_ids, parse_seg_name, seg_name,
+    HeightInfo, Log, LogError, MetaExtent, RecordLoc, Segment, Tally, TornTail, compact, fsync_dir,
+    parse_seg_name, seg_name,
 };
 
 pub(super) enum RecErr {
@@ -112,10 +114,9 @@ impl Log {
             let mut p = SEG_HEADER_LEN;
             while p < flen {
                 match self.read_record(seg_idx, p, flen, last) {
-                    Ok((rec, meta)) => {
+                    Ok((rec, max_id)) => {
                         let len = rec.len();
-                        self.index_payloads(&rec, &meta);
-                        self.index_record(rec, &meta);
+                        self.index_record(rec, max_id);
                         p += len;
                     }
                     Err(RecErr::Fatal(e)) => return Err(e),
@@ -176,12 +177,12 @@ impl Log {
     }
 
     fn read_record(
-        &self,
+        &mut self,
         seg_idx: usize,
         p: u64,
         flen: u64,
         last_seg: bool,
-    ) -> Result<(RecordLoc, Meta), RecErr> {
+    ) -> Result<(RecordLoc, Option<FileId>), RecErr> {
         let seg = &self.segments[seg_idx];
         let io = |e: std::io::Error| RecErr::Fatal(LogError::io(&seg.path, e));
         let anomaly = |why: String, resume: u64| RecErr::Anomaly { why, resume };
@@ -216,10 +217,6 @@ impl Log {
                 flen,
             ));
         }
-        let mut mb = vec![0u8; header.meta_len as usize];
-        seg.file
-            .read_exact_at(&mut mb, p + header.meta_start())
-            .map_err(io)?;
         let damaged = |what: String| LogError::Corrupt {
             segment: seg.path.clone(),
             offset: p,
@@ -227,7 +224,18 @@ impl Log {
             what,
         };
         let corrupt = |what: String| RecErr::Fatal(damaged(what));
-        let Some(meta) = check::decode_meta(&header, &mb, damaged).map_err(RecErr::Fatal)? else {
+        // The writer checks the whole last record before building on it: a crash (power loss)
+        // may have left the trailer durable but not every payload block.
+        let whole = self.writable && last_seg && end == flen;
+        let meta_at = p + header.meta_start();
+        let (meta_hash, record_hash) = hash_meta(
+            &seg.file,
+            &header,
+            meta_at,
+            whole.then(|| RecordHash::new(&header)),
+        )
+        .map_err(io)?;
+        if meta_hash != header.meta_hash {
             return Err(anomaly(
                 format!(
                     "metadata checksum mismatch in the record of height {}",
@@ -235,7 +243,7 @@ impl Log {
                 ),
                 end,
             ));
-        };
+        }
         let mut tb = [0u8; TRAILER_LEN as usize];
         seg.file
             .read_exact_at(&mut tb, end - TRAILER_LEN)
@@ -250,24 +258,22 @@ impl Log {
                 ));
             }
         };
-        // The writer checks the whole last record before building on it: a crash (power loss)
-        // may have left the trailer durable but not every payload block.
-        if self.writable
-            && last_seg
-            && end == flen
-            && hash_on_disk(&seg.file, p, &header, &mb).map_err(io)? != trailer.hash
-        {
-            return Err(anomaly(
-                format!(
-                    "checksum mismatch in the record of height {}",
-                    header.height
-                ),
-                end,
-            ));
+        if let Some(mut h) = record_hash {
+            let start = p + header.payload_start();
+            hash_payload_range(&seg.file, start, start + header.payload_len, &mut h).map_err(io)?;
+            if h.finish() != trailer.hash {
+                return Err(anomaly(
+                    format!(
+                        "checksum mismatch in the record of height {}",
+                        header.height
+                    ),
+                    end,
+                ));
+            }
         }
         let prev = self.records.last().map(|r| (r.header.height, &r.info.hash));
         check::check_chain(prev, &header).map_err(corrupt)?;
-        let rec = RecordLoc {
+        let mut rec = RecordLoc {
             seg_no: seg.no,
             seg_idx,
             offset: p,
@@ -276,74 +282,126 @@ impl Log {
                 height: header.height,
                 time_unix_ms: header.time_unix_ms,
                 stored_bytes: len,
-                data_bytes: data_bytes(&meta),
-                files_changed: files_changed(&meta),
+                data_bytes: 0,
+                files_changed: 0,
                 hash: trailer.hash,
             },
         };
-        self.check_payload_refs(&rec, &meta).map_err(corrupt)?;
-        Ok((rec, meta))
-    }
-
-    /// The record's own payloads must lie in its payload section (`check::payload_layout`);
-    /// every payload it borrows must lie inside an earlier record's payload section.
-    fn check_payload_refs(&self, rec: &RecordLoc, meta: &Meta) -> Result<(), String> {
-        let layout =
-            check::payload_layout(rec.seg_no, rec.payload_range(), rec.header.version, meta)?;
-        for (p, id, offset) in layout.borrowed {
-            let end = p.offset + p.stored_len;
-            let i = self
-                .records
-                .partition_point(|r| (r.seg_no, r.offset) <= (p.seg, p.offset));
-            let inside = i > 0 && {
-                let r = &self.records[i - 1];
-                let (rs, re) = r.payload_range();
-                r.seg_no == p.seg && p.offset >= rs && end <= re
+        // Intact: decoded item by item (a baseline's block is not held whole), its figures
+        // counted and its payload references checked on the way.
+        let mut tally = Tally::default();
+        let section = rec.payload_range();
+        let mut own: Vec<(u64, u64, u64)> = Vec::new();
+        let (file, records, dedup) = (&seg.file, &self.records, &mut self.dedup);
+        let writable = self.writable;
+        for_each_item(file, meta_at, header.meta_len, |item| {
+            let e = match item {
+                Item::Op(op) => {
+                    tally.op(&op);
+                    return Ok(());
+                }
+                Item::Extent(e) => e,
             };
-            if !inside {
-                return Err(format!(
-                    "data of file id {id} at offset {offset} points at segment {} bytes {}..{end}, \
-                     outside every payload section",
-                    p.seg, p.offset
-                ));
+            tally.extent(&e);
+            let MetaExtent::Data {
+                id,
+                offset,
+                payload: pl,
+            } = e
+            else {
+                return Ok(());
+            };
+            if check::is_own(rec.seg_no, section, id, offset, &pl).map_err(StreamErr::Item)? {
+                own.push((pl.offset, pl.stored_len, same_payload_key(&pl)));
+                if writable {
+                    dedup.add(&pl);
+                }
+                return Ok(());
             }
-        }
-        Ok(())
+            check_borrowed(records, &pl, id, offset).map_err(StreamErr::Item)
+        })
+        .map_err(|e| match e {
+            StreamErr::Item(what) => corrupt(what),
+            StreamErr::Read(ReadError::Io(e)) => io(e),
+            StreamErr::Read(ReadError::Meta(e)) => {
+                RecErr::Fatal(check::meta_error(header.height, e, damaged))
+            }
+        })?;
+        own.sort_unstable();
+        own.dedup();
+        let own = own.into_iter().map(|(o, l, _)| (o, l));
+        check::check_own(section, header.version, own).map_err(corrupt)?;
+        rec.info.data_bytes = tally.data_bytes;
+        let max_id = tally.max_id;
+        rec.info.files_changed = tally.files_changed();
+        Ok((rec, max_id))
     }
 
-    /// Adds `rec` to the chain.
-    pub(super) fn index_record(&mut self, rec: RecordLoc, meta: &Meta) {
-        if let Some(m) = meta_ids(meta).max() {
+    /// Adds `rec` to the chain; `max_id`: the largest file id it names.
+    pub(super) fn index_record(&mut self, rec: RecordLoc, max_id: Option<FileId>) {
+        if let Some(m) = max_id {
             self.max_file_id = Some(self.max_file_id.map_or(m, |o| o.max(m)));
         }
         self.records.push(rec);
     }
-
-    /// Opening a log for appending: adds the payloads `rec` stores to the dedup index (an
-    /// append indexes its own as it writes them).
-    fn index_payloads(&mut self, rec: &RecordLoc, meta: &Meta) {
-        if self.writable {
-            let (ps, pe) = rec.payload_range();
-            for e in &meta.extents {
-                if let MetaExtent::Data { payload: p, .. } = e
-                    && p.seg == rec.seg_no
-                    && p.offset >= ps
-                    && p.offset < pe
-                {
-                    self.dedup.add(p);
-                }
-            }
-        }
-    }
 }
 
-/// The record hash of the record at `p`, read back from the file (`meta` is its metadata).
-fn hash_on_disk(file: &File, p: u64, header: &RecHeader, meta: &[u8]) -> std::io::Result<[u8; 32]> {
-    let mut h = format::RecordHash::new(header);
-    h.meta(meta);
-    let start = p + header.payload_start();
-    hash_payload_range(file, start, start + header.payload_len, &mut h)?;
-    Ok(h.finish())
+/// A payload a record borrows must lie inside an earlier record's payload section.
+fn check_borrowed(
+    records: &[RecordLoc],
+    p: &PayloadRef,
+    id: FileId,
+    offset: u64,
+) -> Result<(), String> {
+    let end = p.offset + p.stored_len;
+    let i = records.partition_point(|r| (r.seg_no, r.offset) <= (p.seg, p.offset));
+    let inside = i > 0 && {
+        let r = &records[i - 1];
+        let (rs, re) = r.payload_range();
+        r.seg_no == p.seg && p.offset >= rs && end <= re
+    };
+    if !inside {
+        return Err(format!(
+            "data of file id {id} at offset {offset} points at segment {} bytes {}..{end}, \
+             outside every payload section",
+            p.seg, p.offset
+        ));
+    }
+    Ok(())
+}
+
+/// What tells two references to the same place apart besides their place and length: two
+/// extents may share a payload only if they name it alike.
+fn same_payload_key(p: &PayloadRef) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&p.raw_len.to_le_bytes());
+    h.update(&[p.codec as u8]);
+    h.update(&p.hash);
+    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// The blake3 of the metadata block at `at` (read 1 MiB at a time), also fed to `record` (the
+/// record hash of the last record, checked whole).
+pub(super) fn hash_meta(
+    file: &File,
+    header: &RecHeader,
+    at: u64,
+    mut record: Option<RecordHash>,
+) -> std::io::Result<([u8; 32], Option<RecordHash>)> {
+    let mut hasher = blake3::Hasher::new();
+    let end = at + header.meta_len;
+    let mut buf = vec![0u8; (1 << 20).min(header.meta_len as usize)];
+    let mut pos = at;
+    while pos < end {
+        let n = buf.len().min((end - pos) as usize);
+        file.read_exact_at(&mut buf[..n], pos)?;
+        hasher.update(&buf[..n]);
+        if let Some(r) = &mut record {
+            r.meta(&buf[..n]);
+        }
+        pos += n as u64;
+    }
+    Ok((*hasher.finalize().as_bytes(), record))
 }
 
 /// Feeds the bytes `from..to` of a segment to a record hash as payload-section bytes, 1 MiB

@@ -314,8 +314,7 @@ impl Log {
             if cancel.load(Ordering::Relaxed) {
                 return Err(self.abandoned("the agent asked it to stop"));
             }
-            let meta = self.read_meta(r)?;
-            state.apply_focused(r.header.height, &meta.ops, &meta.extents, &focus, None)?;
+            self.apply_record(&mut state, r, Some(&focus), None)?;
         }
         // What the current run of dropped records replaced, to diff the state before it.
         let mut run: Option<Undo> = None;
@@ -324,29 +323,30 @@ impl Log {
                 return Err(self.abandoned("the agent asked it to stop"));
             }
             let r = &self.records[i];
-            let meta = self.read_meta(r)?;
+            let (h, t) = (r.header.height, r.header.time_unix_ms);
             let merge = is_dropped(i) && i < last_kept;
             if merge && run.is_none() {
                 run = Some(Undo::default());
             }
-            let (h, undo) = (r.header.height, run.as_mut());
-            state.apply_focused(h, &meta.ops, &meta.extents, &focus, undo)?;
+            if run.is_none() {
+                // Copied as it is: its metadata is needed whole.
+                let meta = self.read_meta(r)?;
+                state.apply_focused(h, &meta.ops, &meta.extents, &focus, None)?;
+                w.emit_as_is(self, h, t, meta)?;
+                continue;
+            }
+            // In a run, or the kept record that ends it: applied as it is read.
+            self.apply_record(&mut state, r, Some(&focus), run.as_mut())?;
             if merge {
                 w.rep.dropped_records += 1;
                 continue;
             }
-            let (h, t) = (r.header.height, r.header.time_unix_ms);
-            match run.take() {
-                Some(undo) => {
-                    w.rep.merged_records += 1;
-                    drop(meta);
-                    let mut rec = w.rows_record(self, h)?;
-                    diff::diff_into(&undo, &state, &mut rec)?;
-                    drop(undo);
-                    rec.finish(t)?;
-                }
-                None => w.emit_as_is(self, h, t, meta)?,
-            }
+            let undo = run.take().expect("a run");
+            w.rep.merged_records += 1;
+            let mut rec = w.rows_record(self, h)?;
+            diff::diff_into(&undo, &state, &mut rec)?;
+            drop(undo);
+            rec.finish(t)?;
         }
         Ok(Some(p))
     }

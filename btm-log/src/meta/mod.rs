@@ -4,7 +4,9 @@
 use crate::format::{Codec, MAX_PAYLOAD_RAW, Meta, MetaExtent, PayloadRef, table_len};
 use crate::record::{Entry, NsOp, check_path, check_symlink_target};
 
+mod read;
 mod stream;
+pub(crate) use read::{Item, ReadError, StreamErr, for_each_item};
 pub(crate) use stream::MetaStream;
 #[cfg(test)]
 pub(crate) use stream::SPILL_BUF;
@@ -174,102 +176,12 @@ impl Meta {
         // Every op takes at least 9 bytes: do not trust the count for allocation.
         let mut ops = Vec::with_capacity(n_ops.min(b.len() / 9));
         for _ in 0..n_ops {
-            let op = match c.u8()? {
-                OP_PUT => {
-                    let path = c.path()?;
-                    let entry = match c.u8()? {
-                        ENTRY_DIR => Entry::Dir {
-                            mode: c.u32()?,
-                            uid: c.u32()?,
-                            gid: c.u32()?,
-                        },
-                        ENTRY_FILE => Entry::File {
-                            id: c.u64()?,
-                            mode: c.u32()?,
-                            uid: c.u32()?,
-                            gid: c.u32()?,
-                        },
-                        ENTRY_SYMLINK => {
-                            let target = c.bytes()?.to_vec();
-                            if let Err(why) = check_symlink_target(&target) {
-                                return Err(MetaError::UnsafePath(path, why.to_string()));
-                            }
-                            Entry::Symlink {
-                                target,
-                                uid: c.u32()?,
-                                gid: c.u32()?,
-                            }
-                        }
-                        k => return Err(MetaError::Malformed(format!("unknown entry kind {k}"))),
-                    };
-                    NsOp::Put { path, entry }
-                }
-                OP_REMOVE => NsOp::Remove { path: c.path()? },
-                OP_SET_SIZE => NsOp::SetSize {
-                    id: c.u64()?,
-                    size: c.u64()?,
-                },
-                k => return Err(MetaError::Malformed(format!("unknown op kind {k}"))),
-            };
-            ops.push(op);
+            ops.push(decode_op(&mut c)?);
         }
         let n_ext = c.u32()? as usize;
         let mut extents = Vec::with_capacity(n_ext.min(b.len() / ZERO_EXT_LEN));
         for _ in 0..n_ext {
-            let id = c.u64()?;
-            let offset = c.u64()?;
-            let e = match c.u8()? {
-                EXT_ZERO => MetaExtent::Zero {
-                    id,
-                    offset,
-                    len: c.u64()?,
-                },
-                EXT_DATA => {
-                    let raw_len = c.u64()?;
-                    let hash = c.hash()?;
-                    let codec = match c.u8()? {
-                        0 => Codec::Raw,
-                        1 => Codec::Zstd,
-                        k => return Err(MetaError::Malformed(format!("unknown codec {k}"))),
-                    };
-                    let p = PayloadRef {
-                        seg: c.u64()?,
-                        offset: c.u64()?,
-                        stored_len: c.u64()?,
-                        raw_len,
-                        codec,
-                        hash,
-                    };
-                    if raw_len == 0 || raw_len > MAX_PAYLOAD_RAW {
-                        return Err(MetaError::Malformed(format!(
-                            "payload raw length {raw_len} outside 1..={MAX_PAYLOAD_RAW}"
-                        )));
-                    }
-                    let body = p.stored_len.checked_sub(table_len(raw_len));
-                    if codec == Codec::Raw && body != Some(raw_len) {
-                        return Err(MetaError::Malformed(
-                            "raw payload with stored length != table + raw length".into(),
-                        ));
-                    }
-                    if codec == Codec::Zstd && !body.is_some_and(|b| b > 0 && b <= raw_len) {
-                        return Err(MetaError::Malformed(
-                            "zstd payload not smaller than its raw bytes".into(),
-                        ));
-                    }
-                    MetaExtent::Data {
-                        id,
-                        offset,
-                        payload: p,
-                    }
-                }
-                k => return Err(MetaError::Malformed(format!("unknown extent kind {k}"))),
-            };
-            if offset.checked_add(e.len()).is_none() {
-                return Err(MetaError::Malformed(format!(
-                    "extent of file id {id} at {offset} overflows"
-                )));
-            }
-            extents.push(e);
+            extents.push(decode_extent(&mut c)?);
         }
         if c.at != b.len() {
             return Err(MetaError::Malformed(format!(
@@ -281,6 +193,105 @@ impl Meta {
     }
 }
 
+/// Decodes and checks one namespace operation.
+fn decode_op(c: &mut impl Take) -> Result<NsOp, MetaError> {
+    Ok(match c.u8()? {
+        OP_PUT => {
+            let path = c.path()?;
+            let entry = match c.u8()? {
+                ENTRY_DIR => Entry::Dir {
+                    mode: c.u32()?,
+                    uid: c.u32()?,
+                    gid: c.u32()?,
+                },
+                ENTRY_FILE => Entry::File {
+                    id: c.u64()?,
+                    mode: c.u32()?,
+                    uid: c.u32()?,
+                    gid: c.u32()?,
+                },
+                ENTRY_SYMLINK => {
+                    let target = c.bytes()?;
+                    if let Err(why) = check_symlink_target(&target) {
+                        return Err(MetaError::UnsafePath(path, why.to_string()));
+                    }
+                    Entry::Symlink {
+                        target,
+                        uid: c.u32()?,
+                        gid: c.u32()?,
+                    }
+                }
+                k => return Err(MetaError::Malformed(format!("unknown entry kind {k}"))),
+            };
+            NsOp::Put { path, entry }
+        }
+        OP_REMOVE => NsOp::Remove { path: c.path()? },
+        OP_SET_SIZE => NsOp::SetSize {
+            id: c.u64()?,
+            size: c.u64()?,
+        },
+        k => return Err(MetaError::Malformed(format!("unknown op kind {k}"))),
+    })
+}
+
+/// Decodes and checks one extent row.
+fn decode_extent(c: &mut impl Take) -> Result<MetaExtent, MetaError> {
+    let id = c.u64()?;
+    let offset = c.u64()?;
+    let e = match c.u8()? {
+        EXT_ZERO => MetaExtent::Zero {
+            id,
+            offset,
+            len: c.u64()?,
+        },
+        EXT_DATA => {
+            let raw_len = c.u64()?;
+            let hash = c.hash()?;
+            let codec = match c.u8()? {
+                0 => Codec::Raw,
+                1 => Codec::Zstd,
+                k => return Err(MetaError::Malformed(format!("unknown codec {k}"))),
+            };
+            let p = PayloadRef {
+                seg: c.u64()?,
+                offset: c.u64()?,
+                stored_len: c.u64()?,
+                raw_len,
+                codec,
+                hash,
+            };
+            if raw_len == 0 || raw_len > MAX_PAYLOAD_RAW {
+                return Err(MetaError::Malformed(format!(
+                    "payload raw length {raw_len} outside 1..={MAX_PAYLOAD_RAW}"
+                )));
+            }
+            let body = p.stored_len.checked_sub(table_len(raw_len));
+            if codec == Codec::Raw && body != Some(raw_len) {
+                return Err(MetaError::Malformed(
+                    "raw payload with stored length != table + raw length".into(),
+                ));
+            }
+            if codec == Codec::Zstd && !body.is_some_and(|b| b > 0 && b <= raw_len) {
+                return Err(MetaError::Malformed(
+                    "zstd payload not smaller than its raw bytes".into(),
+                ));
+            }
+            MetaExtent::Data {
+                id,
+                offset,
+                payload: p,
+            }
+        }
+        k => return Err(MetaError::Malformed(format!("unknown extent kind {k}"))),
+    };
+    if offset.checked_add(e.len()).is_none() {
+        return Err(MetaError::Malformed(format!(
+            "extent of file id {id} at {offset} overflows"
+        )));
+    }
+    Ok(e)
+}
+
 /// A metadata block that decodes badly.
 #[derive(Debug)]
 pub enum MetaError {
@@ -288,20 +299,12 @@ pub enum MetaError {
     UnsafePath(Vec<u8>, String),
 }
 
-struct Cursor<'a> {
-    b: &'a [u8],
-    at: usize,
-}
+/// Where a decoder takes its bytes from: a block in memory ([`Cursor`]) or read from a
+/// segment as it goes ([`read::BlockReader`]).
+trait Take {
+    /// The next `n` bytes of the block.
+    fn take(&mut self, n: usize) -> Result<&[u8], MetaError>;
 
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], MetaError> {
-        if self.b.len() - self.at < n {
-            return Err(MetaError::Malformed("metadata block ends early".into()));
-        }
-        let s = &self.b[self.at..self.at + n];
-        self.at += n;
-        Ok(s)
-    }
     fn u8(&mut self) -> Result<u8, MetaError> {
         Ok(self.take(1)?[0])
     }
@@ -314,15 +317,31 @@ impl<'a> Cursor<'a> {
     fn hash(&mut self) -> Result<[u8; 32], MetaError> {
         Ok(self.take(32)?.try_into().unwrap())
     }
-    fn bytes(&mut self) -> Result<&'a [u8], MetaError> {
+    fn bytes(&mut self) -> Result<Vec<u8>, MetaError> {
         let n = self.u32()? as usize;
-        self.take(n)
+        Ok(self.take(n)?.to_vec())
     }
     fn path(&mut self) -> Result<Vec<u8>, MetaError> {
-        let p = self.bytes()?.to_vec();
+        let p = self.bytes()?;
         if let Err(why) = check_path(&p) {
             return Err(MetaError::UnsafePath(p, why.to_string()));
         }
         Ok(p)
+    }
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl Take for Cursor<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], MetaError> {
+        if self.b.len() - self.at < n {
+            return Err(MetaError::Malformed("metadata block ends early".into()));
+        }
+        let s = &self.b[self.at..self.at + n];
+        self.at += n;
+        Ok(s)
     }
 }

@@ -1,14 +1,12 @@
 //! The folded state of the tree: namespace plus, per file, which payload bytes cover which range.
 //! Folding only needs metadata; payloads are read by replay.
 
-use super::error::LogError;
-use super::format::{MetaExtent, PayloadRef};
+use super::format::PayloadRef;
 use super::pathmap::PathMap;
 use super::pieces::PieceMap;
-use super::record::{
-    Entry, FileId, NsOp, check_path, check_symlink_target, display_path, parent_of,
-};
+use super::record::{Entry, FileId, NsOp};
 
+mod apply;
 mod files;
 mod focus;
 mod undo;
@@ -220,241 +218,13 @@ impl TreeState {
         }
         true
     }
-
-    /// Applies one record: ops, then extents, then forgets files no path names any more.
-    /// Checks everything a hostile or buggy record could get wrong; on error the state is
-    /// partly applied and must be thrown away.
-    pub fn apply(
-        &mut self,
-        height: u64,
-        ops: &[NsOp],
-        extents: &[MetaExtent],
-    ) -> Result<(), LogError> {
-        self.apply_inner(height, ops, extents, None, None)
-    }
-
-    /// [`TreeState::apply`], keeping in `undo` what the record replaced (the first time a run
-    /// of records touches it): compaction diffs the state before a run from it.
-    #[cfg(test)]
-    pub(crate) fn apply_recording(
-        &mut self,
-        height: u64,
-        ops: &[NsOp],
-        extents: &[MetaExtent],
-        undo: &mut Undo,
-    ) -> Result<(), LogError> {
-        self.apply_inner(height, ops, extents, None, Some(undo))
-    }
-
-    /// [`TreeState::apply`] keeping pieces only inside `focus`, cut to it (see [`Focus`]),
-    /// and what the record replaced in `undo` when given.
-    pub(crate) fn apply_focused(
-        &mut self,
-        height: u64,
-        ops: &[NsOp],
-        extents: &[MetaExtent],
-        focus: &Focus,
-        undo: Option<&mut Undo>,
-    ) -> Result<(), LogError> {
-        self.apply_inner(height, ops, extents, Some(focus), undo)
-    }
-
-    fn apply_inner(
-        &mut self,
-        height: u64,
-        ops: &[NsOp],
-        extents: &[MetaExtent],
-        focus: Option<&Focus>,
-        mut undo: Option<&mut Undo>,
-    ) -> Result<(), LogError> {
-        let invalid = |reason: String| LogError::InvalidRecord { height, reason };
-        let unsafe_path = |path: &[u8], reason: String| LogError::UnsafePath {
-            height,
-            path: display_path(path),
-            reason,
-        };
-        let mut orphans = Vec::new();
-        for op in ops {
-            match op {
-                NsOp::Put { path, entry } => {
-                    check_path(path).map_err(|why| unsafe_path(path, why.to_string()))?;
-                    if let Some(parent) = parent_of(path) {
-                        match self.nodes.get(parent) {
-                            Some(Node::Dir { .. }) => {}
-                            Some(Node::Symlink { .. }) => {
-                                return Err(unsafe_path(
-                                    path,
-                                    format!(
-                                        "its parent \"{}\" is a symlink, not a directory",
-                                        display_path(parent)
-                                    ),
-                                ));
-                            }
-                            Some(Node::File(_)) => {
-                                return Err(unsafe_path(
-                                    path,
-                                    format!(
-                                        "its parent \"{}\" is a file, not a directory",
-                                        display_path(parent)
-                                    ),
-                                ));
-                            }
-                            None => {
-                                return Err(invalid(format!(
-                                    "put \"{}\": its parent directory does not exist (put the parent first)",
-                                    display_path(path)
-                                )));
-                            }
-                        }
-                    }
-                    if let Entry::Symlink { target, .. } = entry {
-                        check_symlink_target(target)
-                            .map_err(|why| unsafe_path(path, why.to_string()))?;
-                    }
-                    let existing = self.nodes.get(path);
-                    match (existing, entry) {
-                        (Some(Node::Dir { .. }), Entry::Dir { mode, uid, gid }) => {
-                            // Same directory, new metadata: children stay.
-                            if let Some(u) = undo.as_mut() {
-                                u.node(path, existing);
-                            }
-                            self.nodes.insert(
-                                path.clone(),
-                                Node::Dir {
-                                    mode: *mode,
-                                    uid: *uid,
-                                    gid: *gid,
-                                },
-                            );
-                        }
-                        (Some(Node::File(old)), Entry::File { id, mode, uid, gid })
-                            if old == id =>
-                        {
-                            if let Some(u) = undo.as_mut() {
-                                u.file(*id, self.files.get(id));
-                            }
-                            let f = self.files.get_mut(id).expect("file of a live path");
-                            (f.mode, f.uid, f.gid) = (*mode, *uid, *gid);
-                        }
-                        (existing, _) => {
-                            if existing.is_some() {
-                                self.remove_node(path, &mut orphans, &mut undo);
-                            }
-                            if let Some(u) = undo.as_mut() {
-                                u.node(path, self.nodes.get(path));
-                            }
-                            let node = match entry {
-                                Entry::Dir { mode, uid, gid } => Node::Dir {
-                                    mode: *mode,
-                                    uid: *uid,
-                                    gid: *gid,
-                                },
-                                Entry::File { id, mode, uid, gid } => {
-                                    if let Some(u) = undo.as_mut() {
-                                        u.file(*id, self.files.get(id));
-                                    }
-                                    let f = self.files.get_or_insert_with(*id, || FileState {
-                                        mode: 0,
-                                        uid: 0,
-                                        gid: 0,
-                                        size: 0,
-                                        nlink: 0,
-                                        pieces: PieceMap::new(),
-                                    });
-                                    f.nlink += 1;
-                                    (f.mode, f.uid, f.gid) = (*mode, *uid, *gid);
-                                    Node::File(*id)
-                                }
-                                Entry::Symlink { target, uid, gid } => Node::Symlink {
-                                    target: Box::new(target.clone()),
-                                    uid: *uid,
-                                    gid: *gid,
-                                },
-                            };
-                            self.nodes.insert(path.clone(), node);
-                        }
-                    }
-                }
-                NsOp::Remove { path } => {
-                    check_path(path).map_err(|why| unsafe_path(path, why.to_string()))?;
-                    if !self.remove_node(path, &mut orphans, &mut undo) {
-                        return Err(invalid(format!(
-                            "remove \"{}\": nothing is there",
-                            display_path(path)
-                        )));
-                    }
-                }
-                NsOp::SetSize { id, size } => {
-                    let f = self.files.get_mut(id).ok_or_else(|| {
-                        invalid(format!(
-                            "set size of file id {id}: no such file (put it first)"
-                        ))
-                    })?;
-                    if let Some(u) = undo.as_mut() {
-                        // A shrink drops the pieces beyond the new size.
-                        u.pieces(*id, f, (*size).min(f.size), u64::MAX);
-                    }
-                    f.set_size(*size);
-                }
-            }
-        }
-        for e in extents {
-            let id = e.id();
-            let f = self.files.get_mut(&id).ok_or_else(|| {
-                invalid(format!(
-                    "extent for file id {id}: no such file (put it first)"
-                ))
-            })?;
-            let start = e.offset();
-            let end = start
-                .checked_add(e.len())
-                .ok_or_else(|| invalid(format!("extent of file id {id} overflows")))?;
-            // Bytes at or beyond the size are dropped (the size is set by SetSize only).
-            let end = end.min(f.size);
-            if start >= end {
-                continue;
-            }
-            if let Some(u) = undo.as_mut() {
-                u.pieces(id, f, start, end);
-            }
-            f.punch(start, end);
-            if let MetaExtent::Data { payload, .. } = e {
-                let mut put = |a: u64, b: u64| {
-                    let piece = Piece {
-                        len: b - a,
-                        skip: a - start,
-                        payload: *payload,
-                    };
-                    f.pieces.insert(a, piece);
-                };
-                match focus {
-                    None => put(start, end),
-                    Some(focus) => {
-                        for (a, b) in focus.within(id, start, end) {
-                            put(a, b);
-                        }
-                    }
-                }
-            }
-        }
-        for id in orphans {
-            if let Some(f) = self.files.get(&id).filter(|f| f.nlink == 0) {
-                if let Some(u) = undo.as_mut() {
-                    // Gone with all its bytes: a later put of the same id starts empty.
-                    u.pieces(id, f, 0, u64::MAX);
-                }
-                self.files.remove(&id);
-            }
-        }
-        self.height = Some(height);
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::format::Codec;
     use super::*;
+    use crate::LogError;
 
     fn payload(n: u8, len: u64) -> PayloadRef {
         PayloadRef {
