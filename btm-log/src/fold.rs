@@ -24,11 +24,7 @@ impl Log {
         let h = r.header.height;
         if r.header.meta_len <= STREAM_META_ABOVE {
             let meta = self.read_meta(r)?;
-            let mut a = st.applying(h, focus, undo);
-            meta.ops.iter().try_for_each(|op| a.op(op))?;
-            meta.extents.iter().try_for_each(|e| a.extent(e))?;
-            a.finish();
-            return Ok(());
+            return st.apply_inner(h, &meta.ops, &meta.extents, focus, undo);
         }
         let seg = &self.segments[r.seg_idx];
         let damaged = |what: String| LogError::Corrupt {

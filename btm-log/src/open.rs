@@ -380,8 +380,21 @@ fn same_payload_key(p: &PayloadRef) -> u64 {
     u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
-/// The blake3 of the metadata block at `at` (read 1 MiB at a time), also fed to `record` (the
-/// record hash of the last record, checked whole).
+/// Hands the bytes `from..to` of a segment to `each`, 1 MiB at a time.
+fn read_range(file: &File, from: u64, to: u64, mut each: impl FnMut(&[u8])) -> std::io::Result<()> {
+    let mut buf = vec![0u8; (1 << 20).min(to.saturating_sub(from) as usize)];
+    let mut at = from;
+    while at < to {
+        let n = buf.len().min((to - at) as usize);
+        file.read_exact_at(&mut buf[..n], at)?;
+        each(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// The blake3 of the metadata block at `at`, also fed to `record` (the record hash of the last
+/// record, checked whole).
 pub(super) fn hash_meta(
     file: &File,
     header: &RecHeader,
@@ -389,38 +402,24 @@ pub(super) fn hash_meta(
     mut record: Option<RecordHash>,
 ) -> std::io::Result<([u8; 32], Option<RecordHash>)> {
     let mut hasher = blake3::Hasher::new();
-    let end = at + header.meta_len;
-    let mut buf = vec![0u8; (1 << 20).min(header.meta_len as usize)];
-    let mut pos = at;
-    while pos < end {
-        let n = buf.len().min((end - pos) as usize);
-        file.read_exact_at(&mut buf[..n], pos)?;
-        hasher.update(&buf[..n]);
+    read_range(file, at, at + header.meta_len, |b| {
+        hasher.update(b);
         if let Some(r) = &mut record {
-            r.meta(&buf[..n]);
+            r.meta(b);
         }
-        pos += n as u64;
-    }
+    })?;
     Ok((*hasher.finalize().as_bytes(), record))
 }
 
-/// Feeds the bytes `from..to` of a segment to a record hash as payload-section bytes, 1 MiB
-/// at a time (the open path's last-record check, and verify's unused payload bytes).
+/// Feeds the bytes `from..to` of a segment to a record hash as payload-section bytes (the open
+/// path's last-record check, and verify's unused payload bytes).
 pub(super) fn hash_payload_range(
     file: &File,
     from: u64,
     to: u64,
     hasher: &mut format::RecordHash,
 ) -> std::io::Result<()> {
-    let mut buf = vec![0u8; (1 << 20).min(to.saturating_sub(from) as usize)];
-    let mut at = from;
-    while at < to {
-        let n = buf.len().min((to - at) as usize);
-        file.read_exact_at(&mut buf[..n], at)?;
-        hasher.payload(&buf[..n]);
-        at += n as u64;
-    }
-    Ok(())
+    read_range(file, from, to, |b| hasher.payload(b))
 }
 
 /// Looks for a decodable record header at or after `from` (before `end`).

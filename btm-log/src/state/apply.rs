@@ -46,7 +46,9 @@ impl TreeState {
         self.apply_inner(height, ops, extents, Some(focus), undo)
     }
 
-    fn apply_inner(
+    /// [`TreeState::apply`] keeping pieces only inside `focus` when given, and what the record
+    /// replaces in `undo` when given.
+    pub(crate) fn apply_inner(
         &mut self,
         height: u64,
         ops: &[NsOp],
