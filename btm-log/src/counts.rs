@@ -1,8 +1,8 @@
 //! What a record's metadata adds up to: the figures its [`super::HeightInfo`] reports, and
 //! the largest file id it names. Counted item by item, as the open path decodes a record's
-//! block without holding it whole; the appender counts its `Meta` the same way.
+//! block without holding it whole; the appender counts the record it wrote the same way.
 
-use super::format::{Meta, MetaExtent};
+use super::format::MetaExtent;
 use super::record::{Entry, FileId, NsOp};
 
 /// The figures of one record. Sorted vectors, not hash sets: a baseline of 10^6 files counted
@@ -20,13 +20,6 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
-    pub fn of(meta: &Meta) -> Tally {
-        let mut t = Tally::default();
-        meta.ops.iter().for_each(|op| t.op(op));
-        meta.extents.iter().for_each(|e| t.extent(e));
-        t
-    }
-
     fn named(&mut self, id: FileId) {
         self.max_id = Some(self.max_id.map_or(id, |m| m.max(id)));
     }

@@ -26,6 +26,25 @@ impl Log {
             let meta = self.read_meta(r)?;
             return st.apply_inner(h, &meta.ops, &meta.extents, focus, undo);
         }
+        let mut a = st.applying(h, focus, undo);
+        self.for_each_item_of(r, true, |item| match item {
+            Item::Op(op) => a.op(&op),
+            Item::Extent(e) => a.extent(&e),
+        })?;
+        a.finish();
+        Ok(())
+    }
+
+    /// Hands each item of record `r`'s metadata block to `each`, decoded as it is read (a
+    /// chunk at a time), with the checks of [`crate::format::Meta::decode`]; the block is
+    /// checked against its hash first when `check_hash` (a separate pass).
+    pub(crate) fn for_each_item_of(
+        &self,
+        r: &RecordLoc,
+        check_hash: bool,
+        mut each: impl FnMut(Item) -> Result<(), LogError>,
+    ) -> Result<(), LogError> {
+        let h = r.header.height;
         let seg = &self.segments[r.seg_idx];
         let damaged = |what: String| LogError::Corrupt {
             segment: seg.path.clone(),
@@ -35,26 +54,21 @@ impl Log {
         };
         let at = r.offset + r.header.meta_start();
         let io = |e| LogError::io(&seg.path, e);
-        let (hash, _) = open::hash_meta(&seg.file, &r.header, at, None).map_err(io)?;
-        if hash != r.header.meta_hash {
-            let what = "metadata checksum mismatch (the segment changed after it was opened)";
-            return Err(damaged(what.into()));
-        }
-        let mut a = st.applying(h, focus, undo);
-        for_each_item(&seg.file, at, r.header.meta_len, |item| {
-            match item {
-                Item::Op(op) => a.op(&op),
-                Item::Extent(e) => a.extent(&e),
+        if check_hash {
+            let (hash, _) = open::hash_meta(&seg.file, &r.header, at, None).map_err(io)?;
+            if hash != r.header.meta_hash {
+                let what = "metadata checksum mismatch (the segment changed after it was opened)";
+                return Err(damaged(what.into()));
             }
-            .map_err(StreamErr::Item)
+        }
+        for_each_item(&seg.file, at, r.header.meta_len, |item| {
+            each(item).map_err(StreamErr::Item)
         })
         .map_err(|e| match e {
             StreamErr::Item(e) => e,
             StreamErr::Read(ReadError::Io(e)) => io(e),
             StreamErr::Read(ReadError::Meta(e)) => check::meta_error(h, e, damaged),
-        })?;
-        a.finish();
-        Ok(())
+        })
     }
 }
 

@@ -73,7 +73,7 @@ use std::fs::{self, File, OpenOptions, TryLockError};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-pub use append::Draft;
+pub use append::{Draft, RecordOps};
 pub use compact::{CompactReport, DROPPED_FILE, Prepared, record_dropped};
 pub use compare::{CompareOptions, TreeDiff, compare_tree};
 pub use error::LogError;

@@ -563,7 +563,7 @@ fn a_dropped_draft_is_undone_and_vanished_files_leave_unused_payloads() {
         })
         .unwrap();
     }
-    d.retain_files(|_, id| id != 3);
+    d.retain_files(|_, id| id != 3).unwrap();
     d.commit(
         2,
         vec![

@@ -11,7 +11,7 @@
 //! Extents arrive one at a time (see [`super::append`]), so only what the fold guarantees is
 //! used: a block is compared only where no earlier extent of the record touched it (a later
 //! one could restore what an earlier one changed) and below the file's tip size. Operations
-//! come last; [`Unchanged::allows`] then checks that none of them empties a dropped block
+//! come last; [`Unchanged::sizes_check`] then checks that none of them empties a dropped block
 //! (a shrink followed by a larger size, which reads as zeros there).
 
 use std::collections::{BTreeMap, HashMap};
@@ -85,26 +85,13 @@ impl Unchanged {
         }
     }
 
-    /// Whether `ops` (the record's operations) keep every dropped block as the tip has it.
-    pub(crate) fn allows(&self, ops: &[NsOp]) -> Result<(), String> {
-        let mut sizes: HashMap<FileId, (u64, u64)> = HashMap::new();
-        for op in ops {
-            if let NsOp::SetSize { id, size } = op
-                && self.dropped_end.contains_key(id)
-            {
-                let e = sizes.entry(*id).or_insert((*size, *size));
-                e.0 = e.0.min(*size);
-                e.1 = *size;
-            }
+    /// A check, fed the record's operations one at a time, that they keep every dropped block
+    /// as the tip has it.
+    pub(crate) fn sizes_check(&self) -> SizesCheck<'_> {
+        SizesCheck {
+            u: self,
+            sizes: HashMap::new(),
         }
-        for (id, (min, last)) in sizes {
-            if min < last && self.dropped_end[&id] > min {
-                return Err(format!(
-                    "file id {id} is shrunk to {min} and grown again after its data was compared                      with the tip: give the sizes before the extents"
-                ));
-            }
-        }
-        Ok(())
     }
 
     /// The byte ranges of `data` (file `id` at `offset`) that differ from the tip, in order.
@@ -216,6 +203,38 @@ impl Covered {
             e = e.max(ne);
         }
         m.insert(s, e);
+    }
+}
+
+/// See [`Unchanged::sizes_check`]: the smallest and the last size each op sets, for the
+/// files that left blocks out.
+pub(crate) struct SizesCheck<'a> {
+    u: &'a Unchanged,
+    sizes: HashMap<FileId, (u64, u64)>,
+}
+
+impl SizesCheck<'_> {
+    pub(crate) fn op(&mut self, op: &NsOp) {
+        if let NsOp::SetSize { id, size } = op
+            && self.u.dropped_end.contains_key(id)
+        {
+            let e = self.sizes.entry(*id).or_insert((*size, *size));
+            e.0 = e.0.min(*size);
+            e.1 = *size;
+        }
+    }
+
+    /// Fails when a file is shrunk below a block left out and grown again.
+    pub(crate) fn finish(self) -> Result<(), String> {
+        for (id, (min, last)) in self.sizes {
+            if min < last && self.u.dropped_end[&id] > min {
+                return Err(format!(
+                    "file id {id} is shrunk to {min} and grown again after its data was compared \
+                     with the tip: give the sizes before the extents"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -14,8 +14,7 @@ use std::{
 
 use super::error::LogError;
 use super::format::{
-    Codec, FORMAT_VERSION, Meta, PayloadRef, REC_HEADER_LEN, RecHeader, TRAILER_LEN, Trailer,
-    v2_hash,
+    Codec, FORMAT_VERSION, PayloadRef, REC_HEADER_LEN, RecHeader, TRAILER_LEN, Trailer, v2_hash,
 };
 
 /// Writes are gathered up to this size before they go to the file.
@@ -147,23 +146,10 @@ impl RecordWriter {
         Ok(())
     }
 
-    /// Writes the metadata, the trailer and, last, the header. Returns the header and the
-    /// record hash; the record is complete on disk but not yet durable (the caller fsyncs).
-    pub fn finish(
-        self,
-        height: u64,
-        time_unix_ms: u64,
-        prev_hash: [u8; 32],
-        meta: &Meta,
-    ) -> Result<(RecHeader, [u8; 32]), LogError> {
-        let len = meta.encoded_len() as u64;
-        self.finish_with(height, time_unix_ms, prev_hash, len, |sink| {
-            meta.encode_in_chunks(META_CHUNK, sink)
-        })
-    }
-
-    /// [`RecordWriter::finish`] with a metadata block of `meta_len` bytes that `encode` hands
-    /// to its sink in pieces (a [`crate::meta::MetaStream`], or a `Meta` encoded as it goes).
+    /// Writes the metadata, the trailer and, last, the header: a metadata block of `meta_len`
+    /// bytes that `encode` hands to its sink in pieces (a [`crate::meta::MetaStream`], or a
+    /// `Meta` encoded as it goes). Returns the header and the record hash; the record is
+    /// complete on disk but not yet durable (the caller fsyncs).
     pub fn finish_with(
         mut self,
         height: u64,

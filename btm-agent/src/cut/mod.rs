@@ -49,7 +49,10 @@ use scan::{Identity, Kind, Scan, ScanEntry, ancestors};
 pub use suspend::Suspended;
 
 use crate::{
-    log::{Draft, Entry, ExtentData, FileId, HeightInfo, Log, LogError, NsOp, RelPath, TreeState},
+    log::{
+        Draft, Entry, ExtentData, FileId, HeightInfo, Log, LogError, NsOp, RecordOps, RelPath,
+        TreeState,
+    },
     tracker::{DirtySet, Tracker},
     volume::Mount,
 };
@@ -478,14 +481,16 @@ impl Cutter {
             return self.try_cut(log, height);
         }
 
-        let mut next = self.next_namespace(&scan2, full, &mut ids, draft.tip())?;
+        // The record takes the operations as they are made (on a full cut, one per path of
+        // the volume).
+        let mut ops = draft.ops();
+        let next = self.next_namespace(&scan2, full, &mut ids, draft.tip(), &mut ops)?;
         // Files that vanished between the phases leave nothing in the record.
-        draft.retain_files(|tip, id| next.holds(tip, id));
-        rep.ops = next.ops.len();
+        draft.retain_files(|tip, id| next.holds(tip, id))?;
+        rep.ops = ops.len() as usize;
         rep.record_paths = next.paths;
         rep.unchanged_bytes = draft.unchanged_bytes();
-        // The record takes the operations (on a full cut, one per path of the volume).
-        let info = draft.commit(now_ms(), std::mem::take(&mut next.ops))?;
+        let info = draft.commit_ops(now_ms(), ops)?;
         rep.files_changed = info.files_changed;
         rep.stored_bytes = info.stored_bytes;
         rep.phases_ms.record = lap.next();

@@ -4,11 +4,11 @@
 //! the cost follows what changed, not the number of files.
 use super::*;
 
-/// The namespace a cut records, and what it changes in the cutter's view of the last height
-/// once committed ([`Cutter::adopt`]). The namespace itself is the log's tip, which the
-/// commit brings up to date: no copy of it is built here.
+/// What a cut's namespace changes in the cutter's view of the last height once committed
+/// ([`Cutter::adopt`]). Its operations went into the record as they were made (on a full cut,
+/// one per path of the volume); the namespace itself is the log's tip, which the commit brings
+/// up to date: no copy of it is built here.
 pub(super) struct NextNs {
-    pub ops: Vec<NsOp>,
     /// Paths it was built from: every path of the volume, or the changed ones.
     pub paths: usize,
     view: View,
@@ -49,23 +49,36 @@ fn check_records() -> bool {
     cfg!(debug_assertions) || std::env::var("BTM_CHECK_RECORD").is_ok_and(|v| v == "1")
 }
 
+/// Where a namespace's operations go as they are made: the record's [`RecordOps`], or a
+/// vector.
+type OpSink<'a> = &'a mut dyn FnMut(NsOp) -> Result<(), LogError>;
+
 impl Cutter {
     /// The namespace of this cut, from the paths the patches changed when the scan tracked
-    /// them (else from every path), against `tip`, the log's state at the last height.
+    /// them (else from every path), against `tip`, the log's state at the last height; its
+    /// operations go to `out`.
     pub(super) fn next_namespace(
         &mut self,
         scan2: &Scan,
         full: bool,
         ids: &mut CutIds,
         tip: &TreeState,
+        out: &mut RecordOps,
     ) -> Result<NextNs> {
         let Some(changed) = scan2.changed.as_ref().filter(|_| !full) else {
-            return Ok(self.whole_namespace(scan2, full, ids, tip));
+            return self.whole_namespace(scan2, full, ids, tip, &mut |op| out.push(&op));
         };
-        let next = self.changed_namespace(scan2, changed, ids, tip);
+        let (ops, next) = self.changed_namespace(scan2, changed, ids, tip);
         if check_records() {
-            let whole = self.whole_namespace(scan2, full, ids, tip);
-            self.same_view(&next, &whole, ids)?;
+            let mut whole_ops = Vec::new();
+            let whole = self.whole_namespace(scan2, full, ids, tip, &mut |op| {
+                whole_ops.push(op);
+                Ok(())
+            })?;
+            self.same_view((&ops, &next), (&whole_ops, &whole), ids)?;
+        }
+        for op in &ops {
+            out.push(op)?;
         }
         Ok(next)
     }
@@ -77,7 +90,8 @@ impl Cutter {
         full: bool,
         ids: &mut CutIds,
         tip: &TreeState,
-    ) -> NextNs {
+        out: OpSink,
+    ) -> Result<NextNs> {
         // Both sides stream by in path order and are compared as they go: a copy of the new
         // side (an entry per path) cost 117 MiB in a baseline of 10^6 files.
         let mut sizes: FastMap<FileId, u64> =
@@ -93,25 +107,25 @@ impl Cutter {
             }
             (path, entry)
         });
-        let mut ops = ops_between(was, now);
+        ops_between(was, now, out)?;
         // A full cut rewrote every byte below the size (holes as zeros): the size is all
         // that is left to set.
-        ops.extend(set_sizes(&sizes, full, tip));
-        NextNs {
-            ops,
+        set_sizes(&sizes, full, tip, out)?;
+        Ok(NextNs {
             paths: scan2.entries.len(),
             view: View::Whole { sizes, live },
-        }
+        })
     }
 
-    /// Only the paths in `changed`: every other entry is as the last height recorded it.
+    /// Only the paths in `changed`: every other entry is as the last height recorded it. Its
+    /// operations, few, are returned as values.
     fn changed_namespace(
         &mut self,
         scan2: &Scan,
         changed: &BTreeSet<RelPath>,
         ids: &mut CutIds,
         tip: &TreeState,
-    ) -> NextNs {
+    ) -> (Vec<NsOp>, NextNs) {
         let (mut before, mut after) = (BTreeMap::new(), BTreeMap::new());
         let mut sizes = FastMap::default();
         let mut present = FastSet::default();
@@ -129,7 +143,11 @@ impl Cutter {
             }
         }
         let mut ops = namespace_ops(&before, &after);
-        ops.extend(set_sizes(&sizes, false, tip));
+        set_sizes(&sizes, false, tip, &mut |op| {
+            ops.push(op);
+            Ok(())
+        })
+        .expect("a vector takes every operation");
         // A file whose entry went is gone unless another of its links holds it: those are
         // looked for in one pass over the scan, only when there are any.
         let mut gone: FastSet<Identity> = (scan2.dropped.iter())
@@ -146,15 +164,15 @@ impl Cutter {
         let dead = (gone.into_iter())
             .filter_map(|i| self.ids.get(&i).map(|id| (*id, i)))
             .collect();
-        NextNs {
-            ops,
+        let next = NextNs {
             paths: changed.len(),
             view: View::Changed {
                 sizes,
                 present,
                 dead,
             },
-        }
+        };
+        (ops, next)
     }
 
     /// The log's entry for scan entry `e` at `path` (a file gets its id).
@@ -220,13 +238,16 @@ impl Cutter {
     /// Fails when the record built from the changed paths and the one built from every path
     /// differ, in operations (which make the namespace and sizes the log keeps) or in the
     /// ids they leave.
-    fn same_view(&mut self, changed: &NextNs, whole: &NextNs, ids: &CutIds) -> Result<()> {
-        if changed.ops != whole.ops {
+    fn same_view(
+        &mut self,
+        (changed_ops, changed): (&[NsOp], &NextNs),
+        (whole_ops, whole): (&[NsOp], &NextNs),
+        ids: &CutIds,
+    ) -> Result<()> {
+        if changed_ops != whole_ops {
             bail!(
-                "internal error: the record from the changed paths differs from the walk's: {:?} \
-                 against {:?}",
-                changed.ops,
-                whole.ops
+                "internal error: the record from the changed paths differs from the walk's: \
+                 {changed_ops:?} against {whole_ops:?}"
             );
         }
         let own = self.ids.clone();
@@ -243,8 +264,13 @@ impl Cutter {
 }
 
 /// Size operations for the files in `sizes` whose size the last height (`tip`) does not
-/// have (all of them on a full cut), by id.
-fn set_sizes(sizes: &FastMap<FileId, u64>, full: bool, tip: &TreeState) -> Vec<NsOp> {
+/// have (all of them on a full cut), by id, to `out`.
+fn set_sizes(
+    sizes: &FastMap<FileId, u64>,
+    full: bool,
+    tip: &TreeState,
+    out: OpSink,
+) -> Result<(), LogError> {
     let mut by_id: Vec<(FileId, u64)> = (sizes.iter())
         .filter(|(i, s)| full || tip.file(**i).map(|f| f.size) != Some(**s))
         .map(|(&i, &s)| (i, s))
@@ -252,8 +278,7 @@ fn set_sizes(sizes: &FastMap<FileId, u64>, full: bool, tip: &TreeState) -> Vec<N
     by_id.sort_unstable();
     by_id
         .into_iter()
-        .map(|(id, size)| NsOp::SetSize { id, size })
-        .collect()
+        .try_for_each(|(id, size)| out(NsOp::SetSize { id, size }))
 }
 
 /// Namespace operations that turn `prev` into `next`: removals first (the top-most removed path
@@ -265,29 +290,37 @@ pub fn namespace_ops(
     fn item<'a>((p, e): (&'a RelPath, &Entry)) -> (&'a [u8], Entry) {
         (p.as_slice(), e.clone())
     }
-    ops_between(prev.iter().map(item), next.iter().map(item))
+    let mut ops = Vec::new();
+    ops_between(prev.iter().map(item), next.iter().map(item), &mut |op| {
+        ops.push(op);
+        Ok(())
+    })
+    .expect("a vector takes every operation");
+    ops
 }
 
 /// [`namespace_ops`] over two sides given in path order, merged in one pass (so neither side
-/// is copied: the tip's side streams from the log's state, the new side from the scan).
+/// is copied: the tip's side streams from the log's state, the new side from the scan), each
+/// operation handed to `out` as it is made.
 /// Removes and puts come in path order: a put depends only on its own path and its
 /// ancestors, which sort before it, and a remove below a removed directory is left out.
-fn ops_between<'a, P, N>(prev: P, next: N) -> Vec<NsOp>
+fn ops_between<'a, P, N>(prev: P, next: N, out: OpSink) -> Result<(), LogError>
 where
     P: Iterator<Item = (&'a [u8], Entry)>,
     N: Iterator<Item = (&'a [u8], Entry)>,
 {
     use std::cmp::Ordering::{Equal, Greater, Less};
-    let mut ops = Vec::new();
     let mut removed: HashSet<&[u8]> = HashSet::new();
     let under_removed = |removed: &HashSet<&[u8]>, p: &[u8]| {
         !removed.is_empty() && ancestors(p).any(|a| removed.contains(a))
     };
-    let gone = |ops: &mut Vec<NsOp>, removed: &mut HashSet<&'a [u8]>, p: &'a [u8]| {
-        if !under_removed(removed, p) {
-            ops.push(NsOp::Remove { path: p.to_vec() });
-        }
+    let gone = |out: OpSink, removed: &mut HashSet<&'a [u8]>, p: &'a [u8]| {
+        let r = match under_removed(removed, p) {
+            false => out(NsOp::Remove { path: p.to_vec() }),
+            true => Ok(()),
+        };
         removed.insert(p);
+        r
     };
     let is_dir = |e: &Entry| matches!(e, Entry::Dir { .. });
     let (mut prev, mut next) = (prev.peekable(), next.peekable());
@@ -301,30 +334,30 @@ where
         match order {
             Less => {
                 let (p, _) = prev.next().expect("peeked");
-                gone(&mut ops, &mut removed, p);
+                gone(out, &mut removed, p)?;
             }
             Greater => {
                 let (q, entry) = next.next().expect("peeked");
-                ops.push(NsOp::Put {
+                out(NsOp::Put {
                     path: q.to_vec(),
                     entry,
-                });
+                })?;
             }
             Equal => {
                 let ((p, old), (_, entry)) =
                     (prev.next().expect("peeked"), next.next().expect("peeked"));
                 let retyped = is_dir(&old) != is_dir(&entry);
                 if retyped {
-                    gone(&mut ops, &mut removed, p);
+                    gone(out, &mut removed, p)?;
                 }
                 if retyped || old != entry || under_removed(&removed, p) {
-                    ops.push(NsOp::Put {
+                    out(NsOp::Put {
                         path: p.to_vec(),
                         entry,
-                    });
+                    })?;
                 }
             }
         }
     }
-    ops
+    Ok(())
 }

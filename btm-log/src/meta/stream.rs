@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use super::{encode_extent, encode_op};
 use crate::LogError;
 use crate::format::MetaExtent;
-use crate::record::NsOp;
+use crate::record::{FileId, NsOp};
 
 /// Bytes a spill keeps in memory before it goes to its file.
 pub(crate) const SPILL_BUF: usize = 4 << 20;
@@ -60,12 +60,21 @@ impl Spill {
     /// The item count, then every encoded byte, handed to `sink` in pieces of at most
     /// [`SPILL_BUF`].
     fn drain(
-        mut self,
+        self,
         dir: &Path,
         sink: &mut dyn FnMut(&[u8]) -> Result<(), LogError>,
     ) -> Result<(), LogError> {
         let count = u32::try_from(self.count).expect("checked when added");
         sink(&count.to_le_bytes())?;
+        self.drain_items(dir, sink)
+    }
+
+    /// Every encoded byte, without the count.
+    fn drain_items(
+        mut self,
+        dir: &Path,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), LogError>,
+    ) -> Result<(), LogError> {
         if let Some(mut f) = self.file.take() {
             let io = |e| LogError::io(dir, e);
             f.seek(SeekFrom::Start(0)).map_err(io)?;
@@ -130,6 +139,54 @@ impl MetaStream {
         self.too_large(&self.extents)?;
         encode_extent(&mut self.extents.buf, e);
         self.extents.added(&self.dir)
+    }
+
+    /// Operations and extents added so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.ops.count, self.extents.count)
+    }
+
+    /// This stream's operations with the extents of `other` (a record whose operations and
+    /// extents are made by different hands: the appender's draft and the cutter).
+    pub fn with_extents_of(mut self, other: MetaStream) -> MetaStream {
+        self.extents = other.extents;
+        self
+    }
+
+    /// Leaves out the extents of files `keep` refuses, copying the others to a new spill. Only
+    /// the file id and the kind of each are read: an extent's length follows from its kind.
+    pub fn retain_extents(&mut self, keep: impl Fn(FileId) -> bool) -> Result<(), LogError> {
+        let old = std::mem::replace(&mut self.extents, Spill::new());
+        let (dir, mut carry) = (self.dir.clone(), Vec::new());
+        old.drain_items(&dir, &mut |chunk| {
+            carry.extend_from_slice(chunk);
+            let mut at = 0;
+            while carry.len() - at > 16 {
+                let len = if carry[at + 16] == super::EXT_ZERO {
+                    super::ZERO_EXT_LEN
+                } else {
+                    super::DATA_EXT_LEN
+                };
+                if carry.len() - at < len {
+                    break;
+                }
+                let id = FileId::from_le_bytes(carry[at..at + 8].try_into().expect("8 bytes"));
+                if keep(id) {
+                    self.extents.buf.extend_from_slice(&carry[at..at + len]);
+                    self.extents.added(&dir)?;
+                }
+                at += len;
+            }
+            carry.drain(..at);
+            Ok(())
+        })?;
+        debug_assert!(carry.is_empty(), "a spill holds whole extents");
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub fn extents_spilled(&self) -> bool {
+        self.extents.file.is_some()
     }
 
     /// Bytes of the encoded block.

@@ -2,27 +2,37 @@
 //! hashes, deduplicates and compresses them in bounded batches and writes the payloads to
 //! their final place in the segment; [`Draft::commit`] adds the namespace operations and the
 //! metadata, fsyncs and acknowledges. Memory is the batch (`LogOptions::batch_bytes`; compressed
-//! [`COMPRESS_WINDOW`] at a time) plus one metadata row per stored extent and one dedup entry
-//! per new payload.
+//! [`COMPRESS_WINDOW`] at a time, its metadata rows encoded once its payloads are placed) plus
+//! one dedup entry per new payload. The metadata (the rows, and the operations in a
+//! [`RecordOps`]) is encoded as it comes, spilling to an unnamed file beside the log past a few
+//! MiB: a baseline of 10^6 files held 2·10^6 operations and 10^6 rows as values (~300 MiB).
 //!
 //! A draft dropped without commit (an error, a cut that starts over) is undone: the segment is
 //! cut back to where the record began, or removed if the record started it.
 
-use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::collections::{HashMap, HashSet};
 
 use super::error::LogError;
-use super::format::{self, Codec, MetaExtent, PayloadRef, SEG_HEADER_LEN, SegHeader};
+use super::format::{self, Codec, MetaExtent, PayloadRef, SEG_HEADER_LEN};
+use super::meta::MetaStream;
 use super::record::{
     CutRecord, Entry, ExtentBytes, ExtentData, FileId, NsOp, check_path, check_symlink_target,
     display_path,
 };
 use super::unchanged::Unchanged;
 use super::writer::{RecordWriter, SegmentIo};
-use super::{HeightInfo, Log, Meta, RecordLoc, Segment, Tally, TreeState, fsync_dir, seg_name};
+use super::{HeightInfo, Log, TreeState};
+
+mod commit;
+#[cfg(test)]
+mod tests;
 
 /// Raw bytes of a batch compressed at a time (then written): what the compressed copies cost.
 const COMPRESS_WINDOW: usize = 8 << 20;
+
+/// Rows held before they are encoded: rows of payloads the log already has (or of holes) do
+/// not fill the batch.
+const ROWS_MAX: usize = 64 << 10;
 
 /// A record being appended. See the module documentation.
 pub struct Draft<'a> {
@@ -32,7 +42,12 @@ pub struct Draft<'a> {
     seg_no: u64,
     start: u64,
     w: Option<RecordWriter>,
+    /// Rows since the last flush (in order; those of pending payloads wait for their place).
     rows: Vec<MetaExtent>,
+    /// The rows flushed, encoded.
+    ext: MetaStream,
+    /// The file of each run of rows (to leave out files gone before the commit).
+    row_files: Vec<FileId>,
     /// New payloads waiting for compression, in order of first use.
     pending: Vec<Pending>,
     pending_by_hash: HashMap<[u8; 32], usize>,
@@ -102,6 +117,7 @@ impl Log {
             }
         };
         let unchanged = (check && self.opts.drop_unchanged).then(Unchanged::default);
+        let ext = MetaStream::new(&self.dir, height);
         Ok(Draft {
             log: self,
             height,
@@ -110,6 +126,8 @@ impl Log {
             start,
             w: Some(w),
             rows: Vec::new(),
+            ext,
+            row_files: Vec::new(),
             pending: Vec::new(),
             pending_by_hash: HashMap::new(),
             pending_bytes: 0,
@@ -129,12 +147,72 @@ impl Log {
             extents,
         } = record;
         let mut d = self.begin(height)?;
-        d.check_paths(&ops)?;
+        let mut record_ops = d.ops();
+        for op in &ops {
+            record_ops.push(op)?;
+        }
         d.sizes_from(&ops);
+        drop(ops);
         for e in extents {
             d.extent(e)?;
         }
-        d.commit(time_unix_ms, ops)
+        d.commit_ops(time_unix_ms, record_ops)
+    }
+}
+
+/// A record's namespace operations ([`NsOp`]), encoded as they are made, in a buffer that
+/// spills to an unnamed file beside the log. Taken from [`Draft::ops`] and given to
+/// [`Draft::commit_ops`]; apart from the draft, so that the cutter can diff against the tip the
+/// draft holds while it adds them.
+pub struct RecordOps {
+    stream: MetaStream,
+    height: u64,
+    check: bool,
+}
+
+impl RecordOps {
+    /// Adds an operation (applied in order, before every extent). Its path and symlink target
+    /// are checked here, so that an unsafe one fails before anything is written.
+    pub fn push(&mut self, op: &NsOp) -> Result<(), LogError> {
+        if self.check {
+            check_op(self.height, op)?;
+        }
+        self.stream.op(op)
+    }
+
+    /// Operations added.
+    pub fn len(&self) -> u64 {
+        self.stream.counts().0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The cheap checks of an operation's path and symlink target.
+fn check_op(height: u64, op: &NsOp) -> Result<(), LogError> {
+    let (path, target) = match op {
+        NsOp::Put { path, entry } => (
+            path,
+            match entry {
+                Entry::Symlink { target, .. } => Some(target),
+                _ => None,
+            },
+        ),
+        NsOp::Remove { path } => (path, None),
+        NsOp::SetSize { .. } => return Ok(()),
+    };
+    let bad = check_path(path)
+        .err()
+        .or_else(|| target.and_then(|t| check_symlink_target(t).err()));
+    match bad {
+        Some(why) => Err(LogError::UnsafePath {
+            height,
+            path: display_path(path),
+            reason: why.to_string(),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -154,6 +232,15 @@ impl Draft<'_> {
         self.unchanged.as_ref().map_or(0, |u| u.dropped)
     }
 
+    /// An empty set of operations for this record (see [`RecordOps`]).
+    pub fn ops(&self) -> RecordOps {
+        RecordOps {
+            stream: MetaStream::new(&self.log.dir, self.height),
+            height: self.height,
+            check: self.check,
+        }
+    }
+
     /// Tells the draft every size the record's operations will set, when they are known before
     /// the extents (otherwise [`Draft::commit`] checks that they allow what was left out).
     pub fn sizes_from(&mut self, ops: &[NsOp]) {
@@ -169,6 +256,9 @@ impl Draft<'_> {
             height: self.height,
             reason: format!("extent of file id {} at {} overflows", e.id, e.offset),
         })?;
+        if self.row_files.last() != Some(&e.id) {
+            self.row_files.push(e.id);
+        }
         match e.bytes {
             ExtentBytes::Zero(n) => {
                 if n > 0 {
@@ -200,7 +290,7 @@ impl Draft<'_> {
         {
             u.cover(e.id, e.offset, end);
         }
-        if self.pending_bytes >= self.log.opts.batch_bytes {
+        if self.pending_bytes >= self.log.opts.batch_bytes || self.rows.len() >= ROWS_MAX {
             self.flush()?;
         }
         Ok(())
@@ -232,12 +322,10 @@ impl Draft<'_> {
         }
     }
 
-    /// Compresses what is pending (on several threads) and writes it out; the batch is then
-    /// empty (the cut empties it before the freeze, so the frozen phase only buffers).
+    /// Compresses what is pending (on several threads), writes it out and encodes the rows;
+    /// the batch is then empty (the cut empties it before the freeze, so the frozen phase only
+    /// buffers).
     pub fn flush(&mut self) -> Result<(), LogError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
         let mut pending = std::mem::take(&mut self.pending).into_iter().peekable();
         self.pending_by_hash.clear();
         self.pending_bytes = 0;
@@ -252,6 +340,9 @@ impl Draft<'_> {
                 window.push(p);
             }
             self.write_window(&window)?;
+        }
+        for row in self.rows.drain(..) {
+            self.ext.extent(&row)?;
         }
         Ok(())
     }
@@ -290,16 +381,31 @@ impl Draft<'_> {
 
     /// Leaves out the extents of files `keep` refuses (files gone before the record's
     /// namespace was taken); `keep` is given the tip too. Their payloads stay in the record,
-    /// unused.
-    pub fn retain_files(&mut self, keep: impl Fn(&TreeState, FileId) -> bool) {
+    /// unused. Rows already encoded are copied without them (rare: a file must vanish during
+    /// the cut).
+    pub fn retain_files(
+        &mut self,
+        keep: impl Fn(&TreeState, FileId) -> bool,
+    ) -> Result<(), LogError> {
         let tip = self.log.tip.as_ref().expect("begin builds the tip");
-        // Where each kept row goes; re-point pending payloads at the new places.
+        let gone: HashSet<FileId> = (self.row_files.iter())
+            .filter(|&&id| !keep(tip, id))
+            .copied()
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        self.row_files.retain(|id| !gone.contains(id));
+        if self.ext.counts().1 > 0 {
+            self.ext.retain_extents(|id| !gone.contains(&id))?;
+        }
+        // Where each kept row of the batch goes; re-point pending payloads at the new places.
         let mut kept = 0;
         let place: Vec<Option<usize>> = self
             .rows
             .iter()
             .map(|r| {
-                keep(tip, r.id()).then(|| {
+                (!gone.contains(&r.id())).then(|| {
                     kept += 1;
                     kept - 1
                 })
@@ -313,189 +419,7 @@ impl Draft<'_> {
         for p in &mut self.pending {
             p.rows = p.rows.iter().filter_map(|&r| place[r]).collect();
         }
-    }
-
-    /// The cheap checks of the operations' paths.
-    pub fn check_paths(&self, ops: &[NsOp]) -> Result<(), LogError> {
-        for op in ops.iter().filter(|_| self.check) {
-            let (path, target) = match op {
-                NsOp::Put { path, entry } => (
-                    path,
-                    match entry {
-                        Entry::Symlink { target, .. } => Some(target),
-                        _ => None,
-                    },
-                ),
-                NsOp::Remove { path } => (path, None),
-                NsOp::SetSize { .. } => continue,
-            };
-            let bad = check_path(path)
-                .err()
-                .or_else(|| target.and_then(|t| check_symlink_target(t).err()));
-            if let Some(why) = bad {
-                return Err(LogError::UnsafePath {
-                    height: self.height,
-                    path: display_path(path),
-                    reason: why.to_string(),
-                });
-            }
-        }
         Ok(())
-    }
-
-    /// Adds the namespace operations (applied before every extent), checks the record against
-    /// the state it builds on, writes the metadata, fsyncs, and acknowledges the height.
-    pub fn commit(mut self, time_unix_ms: u64, ops: Vec<NsOp>) -> Result<HeightInfo, LogError> {
-        self.check_paths(&ops)?;
-        if let (Some(u), true) = (&self.unchanged, self.check)
-            && let Err(reason) = u.allows(&ops)
-        {
-            return Err(LogError::InvalidRecord {
-                height: self.height,
-                reason,
-            });
-        }
-        // Pending payloads whose rows were all dropped are not stored.
-        self.pending.retain(|p| !p.rows.is_empty());
-        self.flush()?;
-        let meta = Meta {
-            ops,
-            extents: std::mem::take(&mut self.rows),
-        };
-        let tip = self.log.tip.as_mut().expect("tip");
-        if let Err(e) = tip.apply(self.height, &meta.ops, &meta.extents)
-            && self.check
-        {
-            self.log.tip = None; // partly applied: rebuild on the next append
-            return Err(e);
-        }
-        let prev_hash = self.log.records.last().map_or([0; 32], |r| r.info.hash);
-        let w = self.w.take().expect("draft in progress");
-        let seg = self.log.segments.last().expect("segment");
-        let written = w
-            .finish(self.height, time_unix_ms, prev_hash, &meta)
-            .and_then(|hw| {
-                seg.file
-                    .sync_data()
-                    .map_err(|e| LogError::io(&seg.path, e))?;
-                Ok(hw)
-            });
-        let (header, hash) = match written {
-            Ok(hw) => hw,
-            Err(e) => {
-                self.log.tip = None;
-                return Err(e); // Drop undoes the record
-            }
-        };
-        let record_len = header.record_len().expect("fits");
-        let seg_idx = self.log.segments.len() - 1;
-        self.log.segments[seg_idx].len = self.start + record_len;
-        let tally = Tally::of(&meta);
-        let max_id = tally.max_id;
-        let info = HeightInfo {
-            height: self.height,
-            time_unix_ms,
-            stored_bytes: record_len,
-            data_bytes: tally.data_bytes,
-            files_changed: tally.files_changed(),
-            hash,
-        };
-        let rec = RecordLoc {
-            seg_no: self.seg_no,
-            seg_idx,
-            offset: self.start,
-            header,
-            info: info.clone(),
-        };
-        self.log.index_record(rec, max_id);
-        self.new_segment = false;
-        self.start = u64::MAX; // committed: nothing to undo
-        Ok(info)
-    }
-}
-
-impl Drop for Draft<'_> {
-    fn drop(&mut self) {
-        if self.start != u64::MAX {
-            tracing::warn!(
-                "the record of height {} was not committed; undoing it",
-                self.height
-            );
-            self.log.tip = None;
-            // The payloads this record indexed are cut off with it: nothing may point at them.
-            self.log.dedup.forget_from(self.seg_no, self.start);
-            self.log.undo_append(self.new_segment, self.start);
-        }
-    }
-}
-
-impl Log {
-    // ---- appending (see append.rs) -------------------------------------------------------
-
-    /// Creates segment `seg_no` (header, fsync, directory fsync) and makes it the last one.
-    pub(super) fn create_segment(&mut self, seg_no: u64) -> Result<(), LogError> {
-        let path = self.dir.join(seg_name(seg_no));
-        let created = (|| -> Result<File, LogError> {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .map_err(|e| LogError::io(&path, e))?;
-            let io = SegmentIo::new(&file, &path, self.fail_beyond())?;
-            io.write_at(&SegHeader { seg: seg_no }.encode(), 0)?;
-            file.sync_all().map_err(|e| LogError::io(&path, e))?;
-            fsync_dir(&self.dir)?;
-            Ok(file)
-        })();
-        match created {
-            Ok(file) => {
-                self.segments.push(Segment {
-                    no: seg_no,
-                    path,
-                    file,
-                    len: SEG_HEADER_LEN,
-                });
-                Ok(())
-            }
-            Err(e) => {
-                if path.exists() {
-                    let _ = fs::remove_file(&path);
-                    let _ = fsync_dir(&self.dir);
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Undoes a record that was not acknowledged: cuts the last segment back to `start`, or
-    /// removes it when the record created it. A failure here poisons the log.
-    pub(super) fn undo_append(&mut self, new_segment: bool, start: u64) {
-        let seg = self.segments.last().expect("segment");
-        let undo = if new_segment {
-            fs::remove_file(&seg.path)
-                .map_err(|e| LogError::io(&seg.path, e))
-                .and_then(|()| fsync_dir(&self.dir))
-        } else {
-            seg.file
-                .set_len(start)
-                .and_then(|()| seg.file.sync_all())
-                .map_err(|e| LogError::io(&seg.path, e))
-        };
-        if new_segment {
-            self.segments.pop();
-        }
-        if let Err(u) = undo {
-            self.poisoned = Some(u.to_string());
-        }
-    }
-
-    /// Tests: where writes start failing like a full disk.
-    pub(super) fn fail_beyond(&self) -> Option<u64> {
-        #[cfg(test)]
-        return self.fail_writes_beyond;
-        #[cfg(not(test))]
-        None
     }
 }
 
