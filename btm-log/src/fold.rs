@@ -46,12 +46,7 @@ impl Log {
     ) -> Result<(), LogError> {
         let h = r.header.height;
         let seg = &self.segments[r.seg_idx];
-        let damaged = |what: String| LogError::Corrupt {
-            segment: seg.path.clone(),
-            offset: r.offset,
-            height: Some(h),
-            what,
-        };
+        let damaged = self.damaged(r);
         let at = r.offset + r.header.meta_start();
         let io = |e| LogError::io(&seg.path, e);
         if check_hash {
@@ -67,7 +62,7 @@ impl Log {
         .map_err(|e| match e {
             StreamErr::Item(e) => e,
             StreamErr::Read(ReadError::Io(e)) => io(e),
-            StreamErr::Read(ReadError::Meta(e)) => check::meta_error(h, e, damaged),
+            StreamErr::Read(ReadError::Meta(e)) => check::meta_error(h, e, &damaged),
         })
     }
 }

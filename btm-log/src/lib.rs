@@ -455,16 +455,23 @@ impl Log {
         seg.file
             .read_exact_at(&mut mb, r.offset + r.header.meta_start())
             .map_err(|e| LogError::io(&seg.path, e))?;
-        let corrupt = |what: String| LogError::Corrupt {
-            segment: seg.path.clone(),
-            offset: r.offset,
-            height: Some(r.header.height),
-            what,
-        };
-        let meta = check::decode_meta(&r.header, &mb, corrupt)?.ok_or_else(|| {
+        let corrupt = self.damaged(r);
+        let meta = check::decode_meta(&r.header, &mb, &corrupt)?.ok_or_else(|| {
             corrupt("metadata checksum mismatch (the segment changed after it was opened)".into())
         })?;
         Ok((mb, meta))
+    }
+
+    /// What names record `r` as damaged, with `what` is wrong with it.
+    fn damaged(&self, r: &RecordLoc) -> impl Fn(String) -> LogError {
+        let (segment, offset) = (self.segments[r.seg_idx].path.clone(), r.offset);
+        let height = Some(r.header.height);
+        move |what| LogError::Corrupt {
+            segment: segment.clone(),
+            offset,
+            height,
+            what,
+        }
     }
 
     /// Number of records in the chain, dropped ones included (see [`Log::record_view`]).

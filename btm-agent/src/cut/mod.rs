@@ -27,6 +27,7 @@ mod rollback;
 pub mod scan;
 mod stat;
 mod suspend;
+mod want;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -47,6 +48,7 @@ pub use report::{CutReport, PhaseTimes};
 use resume::Resume;
 use scan::{Identity, Kind, Scan, ScanEntry, ancestors};
 pub use suspend::Suspended;
+use want::{Want, ranges_of};
 
 use crate::{
     log::{
@@ -509,57 +511,6 @@ impl Cutter {
         Ok((rep, info))
     }
 
-    /// What to read of a file with `id`: what the tracker marked plus growth since the last
-    /// height when it is tracked (and, on the first cut after a clean stop, what the stop
-    /// recorded, when the file did not change since: `stat` is its size, mtime and ctime now);
-    /// on a full cut or a changed file, all of it, holes as zeros, when the log has the id
-    /// (only blocks that differ are stored); else its data (it starts empty).
-    fn ranges_for(
-        &self,
-        ident: &Identity,
-        id: FileId,
-        stat: (u64, i64, i64),
-        dirty: &DirtySet,
-        full: bool,
-        tip: &TreeState,
-    ) -> Want {
-        let size = stat.0;
-        if !full && self.ids.get(ident) == Some(&id) {
-            let recorded = match &self.resume {
-                None => Some(&[][..]),
-                Some(r) => r.unchanged(ident, id, stat),
-            };
-            if let Some(recorded) = recorded {
-                let mut r = ranges_of(dirty, ident.0, size);
-                r.extend(
-                    recorded
-                        .iter()
-                        .filter(|(o, _)| *o < size)
-                        .map(|&(o, l)| (o, l.min(size - o))),
-                );
-                let old = tip.file(id).map_or(0, |f| f.size);
-                if size > old {
-                    r.push((old, size - old));
-                }
-                return Want::ranges(r);
-            }
-        }
-        if tip.file(id).is_some() {
-            Want::Whole
-        } else {
-            Want::Fresh
-        }
-    }
-
-    /// A file's size, and its mtime and ctime when a clean stop's record is to be checked
-    /// (the first cut after a start; otherwise the times are not looked up).
-    fn stat_for_resume(&self, scan: &Scan, path: &RelPath, size: u64) -> (u64, i64, i64) {
-        match (&self.resume, scan.entries.get(path)) {
-            (Some(_), Some(e)) => (size, e.mtime, e.ctime),
-            _ => (size, 0, 0),
-        }
-    }
-
     /// The id of a file this cut captures (kept across cuts while the inode lives).
     fn id_for(
         &mut self,
@@ -624,40 +575,6 @@ fn walk_every() -> u64 {
 /// log assign, not chosen by a writer).
 pub(crate) type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 pub(crate) type FastSet<K> = HashSet<K, rustc_hash::FxBuildHasher>;
-
-/// What a cut reads of one file.
-enum Want {
-    /// The file starts empty in this record: read its data ranges only (holes stay holes).
-    Fresh,
-    /// The log has other content for this id: read the data ranges and record the holes as
-    /// zeros, so every byte below the size is written (unchanged blocks are left out).
-    Whole,
-    /// Re-read these byte ranges in full: zeros there (punched, zeroed, unwritten) must be
-    /// recorded, since older data exists underneath in the log.
-    Ranges(Vec<(u64, u64)>),
-}
-
-impl Want {
-    /// Re-read `r` (offset, length) sorted and merged. Its sources overlap: the marks of an
-    /// appended file cover the tail it grew by, which is added as well; read as given, every
-    /// appended byte was read twice (the 0.25x beyond what changed in the benchmark, whose
-    /// block files grow by a quarter of each height).
-    fn ranges(r: Vec<(u64, u64)>) -> Want {
-        let spans = r
-            .into_iter()
-            .map(|(o, l)| (o, o.saturating_add(l)))
-            .collect();
-        let merged = crate::log::merge_ranges(spans);
-        Want::Ranges(merged.into_iter().map(|(a, b)| (a, b - a)).collect())
-    }
-}
-
-fn ranges_of(set: &DirtySet, ino: u64, size: u64) -> Vec<(u64, u64)> {
-    set.files
-        .get(&ino)
-        .map(|f| f.ranges_within(size))
-        .unwrap_or_default()
-}
 
 /// A progress bar for the baseline (a full copy can take hours on a large volume), drawn only
 /// when stderr is a terminal.
