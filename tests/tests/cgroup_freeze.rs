@@ -17,6 +17,7 @@ use std::{
 use btm_agent::{
     cut::{Cutter, Freeze, NodeCgroup},
     log::{Log, ReplayOptions},
+    rcu::RCU_EXPEDITED as RCU,
     tracker::{Limits, Tracker},
     treehash::{TreeHash, diff, hash_tree},
     volume::Mount,
@@ -96,6 +97,29 @@ fn pct(mut v: Vec<f64>, p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The RCU setting before any cut of this process. Each test takes it before its first cut,
+/// so the first to ask reads it while no cut runs. Read at each test's start, it could be a
+/// sibling test's freeze holding it at 1 for a few milliseconds: the test then took 1 for the
+/// value its cuts had to leave, and failed though they left nothing changed.
+fn rcu_before_any_cut() -> &'static str {
+    static BEFORE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BEFORE.get_or_init(|| fs::read_to_string(RCU).unwrap_or_default())
+}
+
+/// Whether the RCU setting is `want`, or comes back to it within 5 s: a sibling test's freeze
+/// holds it at 1 for milliseconds at a time, while a value a cut failed to put back stays.
+fn rcu_settles_at(want: &str) -> Result<(), String> {
+    let mut now = String::new();
+    for _ in 0..50 {
+        now = fs::read_to_string(RCU).unwrap_or_default();
+        if now == want {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(now)
+}
+
 fn run(fstype: &str, by_cgroup: bool) {
     let what = format!(
         "cuts beside a writing node on {fstype}, freezing the {}",
@@ -104,6 +128,7 @@ fn run(fstype: &str, by_cgroup: bool) {
     if !can_run(&what) {
         return;
     }
+    let rcu_before = rcu_before_any_cut();
     let Some(root) = cgroup2() else {
         skip(&what, "no cgroup v2 hierarchy is mounted");
         return;
@@ -137,8 +162,7 @@ fn run(fstype: &str, by_cgroup: bool) {
     }));
     // The volume freeze expedites RCU grace periods for the length of FIFREEZE (see
     // `btm_agent::rcu`): a thread watches the kernel's setting during the cuts.
-    let rcu = Path::new("/sys/kernel/rcu_expedited");
-    let rcu_before = fs::read_to_string(rcu).unwrap_or_default();
+    let rcu = Path::new(RCU);
     let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let watcher = {
         let watching = watching.clone();
@@ -174,11 +198,9 @@ fn run(fstype: &str, by_cgroup: bool) {
     let seen_expedited = watcher.join().unwrap();
     drop(cg);
     let _ = node.wait();
-    assert_eq!(
-        fs::read_to_string(rcu).unwrap_or_default(),
-        rcu_before,
-        "{what}: the cuts left /sys/kernel/rcu_expedited changed"
-    );
+    if let Err(now) = rcu_settles_at(rcu_before) {
+        panic!("{what}: the cuts left {RCU} changed: {now:?}, {rcu_before:?} before any cut");
+    }
     if rcu_before.trim() == "0" && !by_cgroup {
         // Seen set while `FIFREEZE` ran (milliseconds). The epoch flips expedite too, in
         // either freeze, for tens of microseconds: too short for the watcher to be sure to
