@@ -16,6 +16,7 @@ pub mod crash_index;
 pub mod freeze;
 mod frozen;
 mod idmap;
+mod known;
 mod lookup;
 pub mod losses;
 mod namespace;
@@ -149,8 +150,8 @@ impl Cutter {
         let ids: IdMap = resume
             .iter()
             .flat_map(|r| r.files.iter())
-            .filter(|(_, k)| tip.file(k.id).is_some())
-            .map(|(i, k)| (*i, k.id))
+            .filter(|(_, k, _)| tip.file(k.id).is_some())
+            .map(|(i, k, _)| (i, k.id))
             .collect();
         if let (Some(r), true) = (&resume, after_crash) {
             tracing::info!(

@@ -13,33 +13,24 @@
 //! The file is used once (removed when read) and only for the height it was written at. After
 //! a crash there is none; the stat index cuts leave (see [`super::crash_index`]) serves then,
 //! in the same format: files whose stat changed since it are read whole.
-use std::{collections::HashMap, fs, io::Write, path::Path};
+use std::{fs, io::Write, path::Path};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
+pub use super::known::{Known, KnownFiles};
 use super::{
+    known::read_state,
     losses::Losses,
     scan::{Identity, Kind, Scan},
 };
 use crate::{log::FileId, tracker::Handover};
 
 pub const RESUME_FILE: &str = "resume.state";
-const MAGIC: &[u8; 8] = b"btm.res\n";
+pub(super) const MAGIC: &[u8; 8] = b"btm.res\n";
 /// Version 2 adds the tracker a stop left running; version 1 files are still read.
-const VERSION: u32 = 2;
+pub(super) const VERSION: u32 = 2;
 /// Changes this close to the index are not trusted (covers coarse filesystem timestamps).
 pub const RACY_NS: i64 = 2_000_000_000;
-
-/// What a file was at the stop.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Known {
-    pub id: FileId,
-    pub size: u64,
-    pub mtime: i64,
-    pub ctime: i64,
-    /// Byte ranges marked since the height, below `size`.
-    pub dirty: Vec<(u64, u64)>,
-}
 
 /// The tracker a stop left running (see [`crate::tracker::handover`]), and its loss counters
 /// before the stop's last flip: a rise since means marks may be missing from what it kept.
@@ -55,7 +46,7 @@ pub struct Resume {
     pub height: u64,
     /// When the index was taken (ns since the epoch).
     pub taken: i64,
-    pub files: HashMap<Identity, Known>,
+    pub files: KnownFiles,
     pub running: Option<Running>,
     /// The tracker kept marking while no agent ran ([`Resume::running`], taken over by this
     /// start): a known file's marks cover it whatever its stat says.
@@ -71,14 +62,14 @@ impl Resume {
         id: FileId,
         now: (u64, i64, i64),
     ) -> Option<&[(u64, u64)]> {
-        let k = self.files.get(ident)?;
+        let (k, dirty) = self.files.get(ident)?;
         if self.kept_running {
-            return (k.id == id).then_some(k.dirty.as_slice());
+            return (k.id == id).then_some(dirty);
         }
         let (size, mtime, ctime) = now;
         let racy = mtime.max(ctime) >= self.taken - RACY_NS;
         (k.id == id && k.size == size && k.mtime == mtime && k.ctime == ctime && !racy)
-            .then_some(k.dirty.as_slice())
+            .then_some(dirty)
     }
 
     /// Writes the state atomically (temporary file, fsync, rename, directory fsync). Tests
@@ -89,8 +80,8 @@ impl Resume {
             let mut e = Enc::new(w);
             e.header(self.height, self.taken, self.running.as_ref())?;
             e.u64s(&[self.files.len() as u64])?;
-            for ((ino, btime), k) in &self.files {
-                e.file((*ino, *btime), k.id, k.size, k.mtime, k.ctime, &k.dirty)?;
+            for (ident, k, dirty) in self.files.iter() {
+                e.file(ident, k.id, k.size, k.mtime, k.ctime, dirty)?;
             }
             e.finish()
         })?;
@@ -102,8 +93,10 @@ impl Resume {
     /// does not reach (`last`).
     pub fn take_index(dir: &Path, last: Option<u64>) -> Option<Resume> {
         let path = dir.join(super::crash_index::INDEX_FILE);
-        let bytes = fs::read(&path).ok()?;
-        match decode(&bytes) {
+        if !path.exists() {
+            return None;
+        }
+        match read_state(&path, true) {
             Ok(r) if r.running.is_none() && last.is_some_and(|l| r.height <= l) => Some(r),
             Ok(r) => {
                 tracing::warn!(
@@ -123,18 +116,25 @@ impl Resume {
     /// The tracker the state in `dir` says its stop left running, without taking the state:
     /// the tracker starts before the log is opened.
     pub fn peek_running(dir: &Path) -> Option<Handover> {
-        let bytes = fs::read(dir.join(RESUME_FILE)).ok()?;
-        Some(decode(&bytes).ok()?.running?.handover)
+        Some(
+            read_state(&dir.join(RESUME_FILE), false)
+                .ok()?
+                .running?
+                .handover,
+        )
     }
 
     /// Reads and removes the state in `dir`: None when there is none, or when it is damaged
     /// or was written at another height than `height` (then the first cut reads everything).
     pub fn take(dir: &Path, height: Option<u64>) -> Option<Resume> {
         let path = dir.join(RESUME_FILE);
-        let bytes = fs::read(&path).ok()?;
+        if !path.exists() {
+            return None;
+        }
+        let state = read_state(&path, true);
         let _ = fs::remove_file(&path);
         let _ = fs::File::open(dir).and_then(|d| d.sync_all());
-        match decode(&bytes) {
+        match state {
             Ok(r) if Some(r.height) == height => Some(r),
             Ok(r) => {
                 tracing::warn!(
@@ -149,98 +149,6 @@ impl Resume {
                 None
             }
         }
-    }
-}
-
-fn decode(b: &[u8]) -> Result<Resume> {
-    if b.len() < 8 + 4 + 8 + 16 + 8 + 32 || &b[..8] != MAGIC {
-        bail!("not a resume state");
-    }
-    let (body, sum) = b.split_at(b.len() - 32);
-    if blake3::hash(body).as_bytes() != sum {
-        bail!("checksum mismatch");
-    }
-    let mut r = Reader(&body[8..]);
-    let version = r.u32()?;
-    if version != VERSION && version != 1 {
-        bail!("unknown version");
-    }
-    let height = r.u64()?;
-    let taken = r.ns()?;
-    let running = match version {
-        1 => None,
-        _ => match r.take::<1>()?[0] {
-            0 => None,
-            1 => {
-                let handover = Handover {
-                    token: r.u64()?,
-                    misses_base: r.u64()?,
-                };
-                let mut w = [0u64; 5];
-                for v in &mut w {
-                    *v = r.u64()?;
-                }
-                Some(Running {
-                    handover,
-                    seen: Losses::from_words(w),
-                })
-            }
-            _ => bail!("bad running-tracker flag"),
-        },
-    };
-    let n = r.u64()?;
-    let mut files = HashMap::new();
-    for _ in 0..n {
-        let (ino, id, size, ranges) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
-        let (btime, mtime, ctime) = (r.ns()?, r.ns()?, r.ns()?);
-        let mut dirty = Vec::new();
-        for _ in 0..ranges {
-            dirty.push((r.u64()?, r.u64()?));
-        }
-        files.insert(
-            (ino, btime),
-            Known {
-                id,
-                size,
-                mtime,
-                ctime,
-                dirty,
-            },
-        );
-    }
-    if !r.0.is_empty() {
-        bail!("trailing bytes");
-    }
-    Ok(Resume {
-        height,
-        taken,
-        files,
-        running,
-        kept_running: false,
-    })
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
-        if self.0.len() < N {
-            bail!("truncated");
-        }
-        let (a, rest) = self.0.split_at(N);
-        self.0 = rest;
-        Ok(a.try_into().expect("length checked"))
-    }
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take()?))
-    }
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take()?))
-    }
-    /// A time in ns, stored in 16 bytes (the format predates the 8-byte times in memory).
-    fn ns(&mut self) -> Result<i64> {
-        let t = i128::from_le_bytes(self.take()?);
-        Ok(t.clamp(i64::MIN as i128, i64::MAX as i128) as i64)
     }
 }
 
@@ -456,12 +364,11 @@ mod tests {
             size: 100,
             mtime: 1,
             ctime: 2,
-            dirty: vec![(0, 4096)],
         };
         let mut r = Resume {
             height: 5,
             taken: 10_000_000_000,
-            files: [((3, 4), k.clone())].into(),
+            files: [((3, 4), k, vec![(0, 4096)])].into_iter().collect(),
             ..Default::default()
         };
         r.save(dir.path()).unwrap();
@@ -471,7 +378,7 @@ mod tests {
         );
         r.save(dir.path()).unwrap();
         let back = Resume::take(dir.path(), Some(5)).unwrap();
-        assert_eq!(back.files[&(3, 4)], k);
+        assert_eq!(back.files.get(&(3, 4)), Some((k, &[(0, 4096)][..])));
         assert!(Resume::take(dir.path(), Some(5)).is_none(), "used once");
         // Trusted only when nothing changed and it is not racy.
         assert_eq!(
@@ -528,17 +435,18 @@ mod tests {
     #[test]
     fn a_stop_without_a_height_carries_the_previous_marks() {
         let (scan, ids) = (Scan::default(), super::super::IdMap::default());
-        let known = |dirty: Vec<(u64, u64)>| Known {
+        let known = Known {
             id: 5,
             size: 100,
             mtime: 1_000,
             ctime: 1_000,
-            dirty,
         };
         let mut prev = Resume {
             height: 3,
             taken: 10_000_000_000,
-            files: HashMap::from([((7, 1), known(vec![(10, 5), (50, 60)]))]),
+            files: [((7, 1), known, vec![(10, 5), (50, 60)])]
+                .into_iter()
+                .collect(),
             running: None,
             kept_running: false,
         };
@@ -624,8 +532,8 @@ mod tests {
         );
         let r = Resume::take_index(dir.path(), Some(9)).unwrap();
         assert_eq!((r.height, r.taken, r.files.len()), (7, 42, 1));
-        let k = &r.files[&idents[0].0];
-        assert_eq!((k.id, k.size, k.dirty.len()), (11, idents[0].1, 0));
+        let (k, dirty) = r.files.get(&idents[0].0).unwrap();
+        assert_eq!((k.id, k.size, dirty.len()), (11, idents[0].1, 0));
         assert!(r.running.is_none());
         assert!(Resume::take_index(dir.path(), Some(7)).is_some(), "kept");
         // Damaged: refused.
