@@ -13,12 +13,7 @@ impl Cutter {
     pub(super) fn phase2(
         &mut self,
         root: &Path,
-        (scan1, d1, files1, missed1): (
-            Scan,
-            &DirtySet,
-            &BTreeMap<Identity, (RelPath, u64)>,
-            &HashSet<Identity>,
-        ),
+        (scan1, d1, files1, missed1): (Scan, &DirtySet, &Files, &HashSet<Identity>),
         (draft, ids): (&mut Draft, &mut CutIds),
         full: bool,
         (losses1, widened1): (Losses, bool),
@@ -114,10 +109,10 @@ impl Cutter {
 fn candidates(
     phantoms: &mut HashSet<u64>,
     scan2: &Scan,
-    files1: &BTreeMap<Identity, (RelPath, u64)>,
+    files1: &Files,
     d2: &DirtySet,
     reread: &[RelPath],
-) -> BTreeMap<Identity, (RelPath, u64)> {
+) -> Files {
     let mut out = BTreeMap::new();
     let file_at = |p: &RelPath| match scan2.entries.get(p).map(|e| &e.kind) {
         Some(Kind::File { ident, size }) => Some((*ident, *size)),
@@ -127,7 +122,7 @@ fn candidates(
     let mut unknown = Vec::new();
     for ino in d2.files.keys() {
         let mut known = false;
-        for (ident, (path, _)) in files1.range((*ino, i64::MIN)..=(*ino, i64::MAX)) {
+        for (ident, (path, _)) in files1.of_ino(*ino) {
             known = true;
             match file_at(path) {
                 Some((i, size)) if i == *ident => {
@@ -181,7 +176,7 @@ fn candidates(
                 .is_none()
         }));
     }
-    out
+    out.into()
 }
 
 /// How many of the paths where the namespace kept from events differed from the unfrozen

@@ -41,6 +41,7 @@ use anyhow::{Context, Result, bail};
 use capture::{CaptureStats, read_identity};
 pub use freeze::{Freeze, NodeCgroup, syncfs};
 pub use idmap::IdMap;
+use lookup::Files;
 use losses::Losses;
 use nsevents::NsWatch;
 pub use record::namespace_ops;

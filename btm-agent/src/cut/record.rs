@@ -16,10 +16,11 @@ pub(super) struct NextNs {
 
 #[derive(Clone)]
 enum View {
-    /// Every path: the sizes and live identities as they are now.
+    /// Every path: the sizes (by id) and live identities as they are now, sorted: at a full
+    /// cut of 10^6 files two hash maps took 71 MiB, the vectors 32.
     Whole {
-        sizes: FastMap<FileId, u64>,
-        live: FastSet<Identity>,
+        sizes: Vec<(FileId, u64)>,
+        live: Vec<Identity>,
     },
     /// The changed paths only: the sizes of the files there, the identities found there,
     /// and the files no path holds any more.
@@ -35,7 +36,7 @@ impl NextNs {
     /// their file vanished between the phases). `tip` is the last height's state.
     pub fn holds(&self, tip: &TreeState, id: FileId) -> bool {
         match &self.view {
-            View::Whole { sizes, .. } => sizes.contains_key(&id),
+            View::Whole { sizes, .. } => sizes.binary_search_by_key(&id, |s| s.0).is_ok(),
             View::Changed { sizes, dead, .. } => {
                 sizes.contains_key(&id) || (tip.file(id).is_some() && !dead.contains_key(&id))
             }
@@ -94,20 +95,26 @@ impl Cutter {
     ) -> Result<NextNs> {
         // Both sides stream by in path order and are compared as they go: a copy of the new
         // side (an entry per path) cost 117 MiB in a baseline of 10^6 files.
-        let mut sizes: FastMap<FileId, u64> =
-            FastMap::with_capacity_and_hasher(tip.files.len(), rustc_hash::FxBuildHasher);
-        let mut live: FastSet<Identity> =
-            FastSet::with_capacity_and_hasher(self.ids.len(), rustc_hash::FxBuildHasher);
+        // At most one of each per path.
+        let mut sizes: Vec<(FileId, u64)> = Vec::with_capacity(scan2.entries.len());
+        let mut live: Vec<Identity> = Vec::with_capacity(scan2.entries.len());
         let was = tip.entries();
         let now = scan2.entries.iter().map(|(path, e)| {
             let entry = self.entry_of(path, e, full, ids, tip);
             if let (Kind::File { ident, size }, Entry::File { id, .. }) = (&e.kind, &entry) {
-                live.insert(*ident);
-                sizes.insert(*id, *size);
+                live.push(*ident);
+                sizes.push((*id, *size));
             }
             (path, entry)
         });
         ops_between(was, now, out)?;
+        // A file's links give it once per path, with the same id and size.
+        sizes.sort_unstable();
+        sizes.dedup_by_key(|s| s.0);
+        sizes.shrink_to_fit();
+        live.sort_unstable();
+        live.dedup();
+        live.shrink_to_fit();
         // A full cut rewrote every byte below the size (holes as zeros): the size is all
         // that is left to set.
         set_sizes(&sizes, full, tip, out)?;
@@ -143,7 +150,9 @@ impl Cutter {
             }
         }
         let mut ops = namespace_ops(&before, &after);
-        set_sizes(&sizes, false, tip, &mut |op| {
+        let mut by_id: Vec<(FileId, u64)> = sizes.iter().map(|(&i, &s)| (i, s)).collect();
+        by_id.sort_unstable();
+        set_sizes(&by_id, false, tip, &mut |op| {
             ops.push(op);
             Ok(())
         })
@@ -222,7 +231,7 @@ impl Cutter {
                 } else {
                     own.extend(ids.map);
                 }
-                own.retain(|ident, _| live.contains(ident));
+                own.retain(|ident, _| live.binary_search(ident).is_ok());
             }
             View::Changed { present, dead, .. } => {
                 for (_, ident) in dead {
@@ -263,22 +272,17 @@ impl Cutter {
     }
 }
 
-/// Size operations for the files in `sizes` whose size the last height (`tip`) does not
-/// have (all of them on a full cut), by id, to `out`.
+/// Size operations for the files in `sizes` (sorted by id) whose size the last height (`tip`)
+/// does not have (all of them on a full cut), to `out`.
 fn set_sizes(
-    sizes: &FastMap<FileId, u64>,
+    sizes: &[(FileId, u64)],
     full: bool,
     tip: &TreeState,
     out: OpSink,
 ) -> Result<(), LogError> {
-    let mut by_id: Vec<(FileId, u64)> = (sizes.iter())
-        .filter(|(i, s)| full || tip.file(**i).map(|f| f.size) != Some(**s))
-        .map(|(&i, &s)| (i, s))
-        .collect();
-    by_id.sort_unstable();
-    by_id
-        .into_iter()
-        .try_for_each(|(id, size)| out(NsOp::SetSize { id, size }))
+    (sizes.iter())
+        .filter(|(i, s)| full || tip.file(*i).map(|f| f.size) != Some(*s))
+        .try_for_each(|&(id, size)| out(NsOp::SetSize { id, size }))
 }
 
 /// Namespace operations that turn `prev` into `next`: removals first (the top-most removed path
