@@ -368,6 +368,26 @@ fn compact(dir: &Path, n: u64, all: bool) {
     );
 }
 
+/// `verify DIR`: the heap `Log::verify` takes over the open log.
+fn verify(dir: &Path) {
+    let log = Log::open_read(dir).expect("open");
+    let before = heap().0;
+    reset_peak();
+    let t = Instant::now();
+    let rep = log.verify().expect("verify");
+    println!(
+        "verify {:?}: {} payloads, peak heap +{:.1} MiB over the open log ({:.1} MiB)",
+        t.elapsed(),
+        rep.payloads,
+        (PEAK.load(Ordering::Relaxed) - before) as f64 / (1 << 20) as f64,
+        before as f64 / (1 << 20) as f64,
+    );
+    println!(
+        "VmHWM {} MiB",
+        btm_testkit::self_status_kib("VmHWM:") / 1024
+    );
+}
+
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     let arg = |i: usize, d: u64| a.get(i).map_or(d, |s| s.parse().expect("a number"));
@@ -379,13 +399,14 @@ fn main() {
             a.get(5).is_some_and(|s| s == "shuffled"),
         ),
         Some("measure") => measure(Path::new(&a[2])),
+        Some("verify") => verify(Path::new(&a[2])),
         Some("compact") => compact(
             Path::new(&a[2]),
             arg(3, 6),
             a.get(4).is_some_and(|s| s == "all"),
         ),
         _ => eprintln!(
-            "usage: state_mem build DIR [FILES] [PIECES [shuffled]] | state_mem measure DIR | state_mem compact DIR [HEIGHTS [all]]"
+            "usage: state_mem build DIR [FILES] [PIECES [shuffled]] | state_mem measure DIR | state_mem verify DIR | state_mem compact DIR [HEIGHTS [all]]"
         ),
     }
 }
