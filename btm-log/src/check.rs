@@ -4,7 +4,7 @@
 //! torn append, anywhere else it is damage.
 
 use super::error::LogError;
-use super::format::{Meta, MetaError, MetaExtent, PayloadRef, RecHeader};
+use super::format::{Meta, MetaError, PayloadRef, RecHeader};
 use super::record::{FileId, display_path};
 
 /// A record's metadata block checked against the header's blake3, then decoded. `Ok(None)`
@@ -61,17 +61,7 @@ pub(crate) fn check_chain(
 }
 
 /// A data extent's payload with the first extent (file id, offset) that uses it.
-pub(crate) type Use<'m> = (&'m PayloadRef, FileId, u64);
-
-/// Where a record's data extents point.
-pub(crate) struct PayloadLayout<'m> {
-    /// Payloads stored in this record's payload section, in section order, each once.
-    pub own: Vec<Use<'m>>,
-    /// Payloads stored by earlier records (deduplicated data).
-    pub borrowed: Vec<Use<'m>>,
-    /// Extents that use a payload of `own` a second time.
-    pub repeated: u64,
-}
+pub(crate) type Use = (PayloadRef, FileId, u64);
 
 /// Whether a data extent's payload `p` is one the record at segment `seg` stores in its payload
 /// section `section` (else an earlier record's), checking that it does not run past it.
@@ -124,43 +114,20 @@ pub(crate) fn check_own(
     Ok(())
 }
 
-/// Sorts a record's extents into its own payloads and borrowed ones, and checks its own (see
-/// [`is_own`] and [`check_own`]).
-pub(crate) fn payload_layout<'m>(
-    seg: u64,
+/// Sorts a record's own payloads by offset, keeps each once (with the first extent that uses
+/// it), and checks them (see [`check_own`]); returns how many extents used one again.
+pub(crate) fn own_layout(
     section: (u64, u64),
     version: u16,
-    meta: &'m Meta,
-) -> Result<PayloadLayout<'m>, String> {
-    let mut own: Vec<Use<'m>> = Vec::new();
-    let mut borrowed = Vec::new();
-    for e in &meta.extents {
-        let MetaExtent::Data {
-            id,
-            offset,
-            payload: p,
-        } = e
-        else {
-            continue;
-        };
-        if is_own(seg, section, *id, *offset, p)? {
-            own.push((p, *id, *offset));
-        } else {
-            borrowed.push((p, *id, *offset));
-        }
-    }
+    own: &mut Vec<Use>,
+) -> Result<u64, String> {
     own.sort_by_key(|(p, _, _)| p.offset);
     let before = own.len();
     own.dedup_by(|(a, _, _), (b, _, _)| a == b);
-    let repeated = (before - own.len()) as u64;
     check_own(
         section,
         version,
         own.iter().map(|(p, _, _)| (p.offset, p.stored_len)),
     )?;
-    Ok(PayloadLayout {
-        own,
-        borrowed,
-        repeated,
-    })
+    Ok((before - own.len()) as u64)
 }
