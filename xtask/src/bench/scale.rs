@@ -229,8 +229,10 @@ fn measure(a: &ScaleArgs, bin: &Path, size: u64, files: u64) -> Result<Point> {
     }
     (p.rss_hwm_kb, p.rss_rest_kb, _) = agent.memory();
     println!(
-        "bench-scale: after the heights: VmHWM {} kB, VmRSS {} kB",
-        p.rss_hwm_kb, p.rss_rest_kb
+        "bench-scale: after the heights: VmHWM {} kB, VmRSS {} kB ({})",
+        p.rss_hwm_kb,
+        p.rss_rest_kb,
+        rss_parts(agent.pid())
     );
     // How the heights' writes were marked (whole folios or 4 KiB pages): what a height's read
     // beyond its change comes from.
@@ -514,6 +516,17 @@ fn phases_table(s: &mut String, points: &[Point]) {
             );
         }
     }
+}
+
+/// What a process's resident memory is made of (`RssAnon`, `RssFile`, `RssShmem` of
+/// /proc/PID/status): file pages the agent maps count in VmRSS but are not its heap.
+fn rss_parts(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    (status.lines())
+        .filter(|l| l.starts_with("Rss"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
