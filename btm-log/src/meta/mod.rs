@@ -171,26 +171,45 @@ impl Meta {
     /// Decodes and checks a metadata block: structure, path safety, symlink targets, payload
     /// bounds. Errors are (kind, message) so the caller can add the location.
     pub fn decode(b: &[u8]) -> Result<Meta, MetaError> {
-        let mut c = Cursor { b, at: 0 };
-        let n_ops = c.u32()? as usize;
         // Every op takes at least 9 bytes: do not trust the count for allocation.
-        let mut ops = Vec::with_capacity(n_ops.min(b.len() / 9));
-        for _ in 0..n_ops {
-            ops.push(decode_op(&mut c)?);
-        }
-        let n_ext = c.u32()? as usize;
-        let mut extents = Vec::with_capacity(n_ext.min(b.len() / ZERO_EXT_LEN));
-        for _ in 0..n_ext {
-            extents.push(decode_extent(&mut c)?);
-        }
-        if c.at != b.len() {
-            return Err(MetaError::Malformed(format!(
-                "{} trailing bytes",
-                b.len() - c.at
-            )));
-        }
-        Ok(Meta { ops, extents })
+        let n_ops = b
+            .get(..4)
+            .map_or(0, |n| u32::from_le_bytes(n.try_into().unwrap()));
+        let mut meta = Meta {
+            ops: Vec::with_capacity((n_ops as usize).min(b.len() / 9)),
+            extents: Vec::new(),
+        };
+        for_each_in(b, |item| {
+            match item {
+                Item::Op(op) => meta.ops.push(op),
+                Item::Extent(e) => meta.extents.push(e),
+            }
+            Ok::<(), MetaError>(())
+        })?;
+        Ok(meta)
     }
+}
+
+/// Hands each item of the metadata block `b` (in memory) to `each`, with the checks of
+/// [`Meta::decode`], which collects them.
+pub(crate) fn for_each_in<E: From<MetaError>>(
+    b: &[u8],
+    mut each: impl FnMut(Item) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut c = Cursor { b, at: 0 };
+    let n_ops = c.u32()?;
+    for _ in 0..n_ops {
+        each(Item::Op(decode_op(&mut c)?))?;
+    }
+    let n_ext = c.u32()?;
+    for _ in 0..n_ext {
+        each(Item::Extent(decode_extent(&mut c)?))?;
+    }
+    if c.at != b.len() {
+        let left = b.len() - c.at;
+        return Err(MetaError::Malformed(format!("{left} trailing bytes")).into());
+    }
+    Ok(())
 }
 
 /// Decodes and checks one namespace operation.
