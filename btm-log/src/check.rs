@@ -4,23 +4,8 @@
 //! torn append, anywhere else it is damage.
 
 use super::error::LogError;
-use super::format::{Meta, MetaError, PayloadRef, RecHeader};
+use super::format::{MetaError, PayloadRef, RecHeader};
 use super::record::{FileId, display_path};
-
-/// A record's metadata block checked against the header's blake3, then decoded. `Ok(None)`
-/// when the checksum does not match; `corrupt` names the record for a malformed block.
-pub(crate) fn decode_meta(
-    header: &RecHeader,
-    mb: &[u8],
-    corrupt: impl Fn(String) -> LogError,
-) -> Result<Option<Meta>, LogError> {
-    if *blake3::hash(mb).as_bytes() != header.meta_hash {
-        return Ok(None);
-    }
-    Meta::decode(mb)
-        .map(Some)
-        .map_err(|e| meta_error(header.height, e, corrupt))
-}
 
 /// The error of a metadata block of the record of `height` that decodes badly; `corrupt`
 /// names the record.

@@ -445,21 +445,23 @@ impl Log {
     }
 
     fn read_meta(&self, r: &RecordLoc) -> Result<Meta, LogError> {
-        self.read_meta_bytes(r).map(|(_, m)| m)
+        let mb = self.read_meta_block(r)?;
+        Meta::decode(&mb).map_err(|e| check::meta_error(r.header.height, e, self.damaged(r)))
     }
 
-    /// The metadata block of a record as stored, and decoded (both checked).
-    fn read_meta_bytes(&self, r: &RecordLoc) -> Result<(Vec<u8>, Meta), LogError> {
+    /// The metadata block of a record as stored, checked against its hash (the segment may
+    /// have changed since it was opened).
+    fn read_meta_block(&self, r: &RecordLoc) -> Result<Vec<u8>, LogError> {
         let seg = &self.segments[r.seg_idx];
         let mut mb = vec![0u8; r.header.meta_len as usize];
         seg.file
             .read_exact_at(&mut mb, r.offset + r.header.meta_start())
             .map_err(|e| LogError::io(&seg.path, e))?;
-        let corrupt = self.damaged(r);
-        let meta = check::decode_meta(&r.header, &mb, &corrupt)?.ok_or_else(|| {
-            corrupt("metadata checksum mismatch (the segment changed after it was opened)".into())
-        })?;
-        Ok((mb, meta))
+        if *blake3::hash(&mb).as_bytes() != r.header.meta_hash {
+            let what = "metadata checksum mismatch (the segment changed after it was opened)";
+            return Err(self.damaged(r)(what.into()));
+        }
+        Ok(mb)
     }
 
     /// What names record `r` as damaged, with `what` is wrong with it.
@@ -484,16 +486,7 @@ impl Log {
     /// earlier records).
     pub fn record_view(&self, i: usize) -> Result<RecordView, LogError> {
         let r = &self.records[i];
-        let seg = &self.segments[r.seg_idx];
-        let mut meta_bytes = vec![0u8; r.header.meta_len as usize];
-        seg.file
-            .read_exact_at(&mut meta_bytes, r.offset + r.header.meta_start())
-            .map_err(|e| LogError::io(&seg.path, e))?;
-        let damaged = self.damaged(r);
-        if *blake3::hash(&meta_bytes).as_bytes() != r.header.meta_hash {
-            let what = "metadata checksum mismatch (the segment changed after it was opened)";
-            return Err(damaged(what.into()));
-        }
+        let meta_bytes = self.read_meta_block(r)?;
         // The payloads it stores itself, from its extents as the block decodes: the block is
         // held (it is uploaded as it is), its decoded form is not (as large again).
         let (s, e) = r.payload_range();
@@ -509,7 +502,7 @@ impl Log {
             }
             Ok::<(), format::MetaError>(())
         })
-        .map_err(|e| check::meta_error(r.header.height, e, &damaged))?;
+        .map_err(|e| check::meta_error(r.header.height, e, self.damaged(r)))?;
         Ok(RecordView {
             height: r.header.height,
             time_unix_ms: r.header.time_unix_ms,
