@@ -71,16 +71,15 @@ impl KnownFiles {
     /// Sorts the rows; of an identity listed twice (the writer lists a file once per path, so
     /// hard links repeat it) the last one stands, as the marks do.
     fn seal(&mut self) {
+        // Stable, so a repeat follows the rows it repeats; each overwrites the one kept.
         self.rows.sort_by_key(|(i, _)| *i);
-        let mut out = 0;
-        for i in 0..self.rows.len() {
-            if out > 0 && self.rows[out - 1].0 == self.rows[i].0 {
-                out -= 1;
+        self.rows.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                *kept = *later;
             }
-            self.rows[out] = self.rows[i];
-            out += 1;
-        }
-        self.rows.truncate(out);
+            same
+        });
         self.rows.shrink_to_fit();
     }
 }

@@ -35,14 +35,6 @@ impl Files {
     pub fn values(&self) -> impl Iterator<Item = &(RelPath, u64)> {
         self.0.iter().map(|(_, v)| v)
     }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 impl<'a> IntoIterator for &'a Files {
